@@ -42,7 +42,7 @@ const (
 
 // Info describes a block format: BlockSize elements are stored in TypeSize
 // bytes. For NF4 the block is the 64-weight nibble block; its absmax codes and
-// group scales live in a tensor-level side table (see NF4Bytes).
+// group scales live in a tensor-level side table (see NF4SideBytes).
 type Info struct {
 	Name      string
 	BlockSize int

@@ -1,0 +1,100 @@
+package data
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qtune/qtune/internal/shared"
+)
+
+func TestLoadRealDatasets(t *testing.T) {
+	for _, c := range []struct {
+		path []string
+		kind Kind
+		n    int
+	}{
+		{[]string{"assets", "data", "sst2", "train.jsonl"}, Classification, 1000},
+		{[]string{"assets", "data", "sst2", "test.jsonl"}, Classification, 872},
+		{[]string{"assets", "data", "tinyshakespeare", "valid.jsonl"}, Text, 0},
+		{[]string{"assets", "data", "tinystories", "sample.txt"}, Text, 1},
+	} {
+		recs, kind, err := Load(shared.Path(t, c.path...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kind != c.kind || (c.n > 0 && len(recs) != c.n) || len(recs) == 0 {
+			t.Errorf("%v: %d %s records", c.path, len(recs), kind)
+		}
+		if kind == Classification && (recs[0].Choices[0] != " terrible" || !strings.HasSuffix(recs[0].Prompt, "It was")) {
+			t.Errorf("sst2 record %+v", recs[0])
+		}
+	}
+}
+
+func TestJSONLErrorsNameTheLine(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"{\"text\":\"a\"}\n\n{\"text\":1}\n", "line 3"},
+		{"{\"text\":\"a\"}\nnot json\n", "line 2"},
+		{"{\"prompt\":\"p\",\"choices\":[\"a\",\"b\"],\"label\":2}\n", "out of range"},
+		{"{\"prompt\":\"p\",\"choices\":[\"a\"],\"label\":0}\n", "at least 2"},
+		{"{\"prompt\":\"p\",\"choices\":[\"a\",\"b\"],\"label\":\"x\"}\n", "integer"},
+		{"{\"text\":\"a\"}\n{\"prompt\":\"p\",\"completion\":\"c\"}\n", "line 2"},
+		{"{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}\n", "unknown role"},
+		{"{\"prompt\":\"p\"}\n", "go together"},
+		{"{\"other\":1}\n", "none of"},
+		{"\n\n", "no records"},
+	} {
+		_, _, err := ReadJSONL(strings.NewReader(c.in))
+		if err == nil || !errors.Is(err, ErrData) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: error %v, want one mentioning %q", c.in, err, c.want)
+		}
+	}
+}
+
+func TestJSONLKinds(t *testing.T) {
+	recs, kind, err := ReadJSONL(strings.NewReader(`{"prompt":"2+2=","completion":"4"}` + "\n" + `{"prompt":"a","completion":"b"}`))
+	if err != nil || kind != Completion || len(recs) != 2 || recs[0].Completion != "4" {
+		t.Fatalf("%v %v %+v", err, kind, recs)
+	}
+	recs, kind, err = ReadJSONL(strings.NewReader(`{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}`))
+	if err != nil || kind != Chat || len(recs[0].Messages) != 2 {
+		t.Fatalf("%v %v %+v", err, kind, recs)
+	}
+}
+
+func TestLoadPlainAndBadFiles(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "a.txt")
+	os.WriteFile(p, []byte("hello world"), 0o644)
+	recs, kind, err := Load(p)
+	if err != nil || kind != Text || recs[0].Text != "hello world" {
+		t.Fatalf("%v %v %v", err, kind, recs)
+	}
+	os.WriteFile(p, []byte{0xff, 0xfe, 0x00}, 0o644)
+	if _, _, err := Load(p); err == nil {
+		t.Fatal("binary file accepted as text")
+	}
+	if _, _, err := Load(filepath.Join(dir, "missing")); err == nil {
+		t.Fatal("missing file accepted")
+	}
+}
+
+func FuzzReadJSONL(f *testing.F) {
+	f.Add([]byte(`{"text":"a"}`))
+	f.Add([]byte(`{"prompt":"p","choices":["a","b"],"label":1}`))
+	f.Add([]byte(`{"messages":[{"role":"user","content":"x"}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		recs, kind, err := ReadJSONL(strings.NewReader(string(b)))
+		if err != nil {
+			return
+		}
+		for _, r := range recs {
+			if kind == Classification && (r.Label < 0 || r.Label >= len(r.Choices)) {
+				t.Fatalf("label %d of %d choices accepted", r.Label, len(r.Choices))
+			}
+		}
+	})
+}

@@ -1,0 +1,2 @@
+// Package layering holds the test that keeps imports pointing down.
+package layering

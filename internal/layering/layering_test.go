@@ -1,0 +1,72 @@
+// Package layering checks the import rule of design.md: imports point down
+// only (cmd → train → methods → model → nn → kernels, with quant, tensor and
+// budget at the bottom and format, offload, optim, checkpoint, data,
+// tokenizer beside the chain).
+package layering
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const mod = "github.com/qtune/qtune/"
+
+// rank: a package may import only packages of strictly lower rank.
+var rank = map[string]int{
+	"quant": 0, "budget": 0, "internal/shared": 0,
+	"tensor":      1,
+	"format/gguf": 2, "format/safetensors": 2, "format/llama2c": 2, "offload": 2, "data": 2, "optim": 2, "checkpoint": 2,
+	"kernels":   2,
+	"tokenizer": 3, "nn": 3,
+	"model":          4,
+	"internal/synth": 4,
+	"methods":        5,
+	"train":          6,
+	"cmd/qtune":      7,
+}
+
+func rankOf(p string) (int, bool) {
+	p = strings.TrimPrefix(p, mod)
+	for {
+		if r, ok := rank[p]; ok {
+			return r, true
+		}
+		i := strings.LastIndex(p, "/")
+		if i < 0 {
+			return 0, false
+		}
+		p = p[:i] // a subpackage (methods/mezo) takes its room's rank
+	}
+}
+
+func TestImportsPointDown(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, mod+"...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		from := f[0]
+		if strings.HasPrefix(from, mod+"internal/layering") {
+			continue
+		}
+		rf, ok := rankOf(from)
+		if !ok {
+			t.Errorf("package %s has no room in the layering table; add it", from)
+			continue
+		}
+		for _, to := range f[1:] {
+			if !strings.HasPrefix(to, mod) {
+				continue
+			}
+			rt, ok := rankOf(to)
+			if !ok {
+				continue // reported as its own line
+			}
+			if rt >= rf {
+				t.Errorf("%s imports %s: imports must point down", strings.TrimPrefix(from, mod), strings.TrimPrefix(to, mod))
+			}
+		}
+	}
+}

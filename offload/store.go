@@ -1,0 +1,87 @@
+package offload
+
+import (
+	"fmt"
+	"os"
+	"unsafe"
+
+	"golang.org/x/exp/mmap"
+)
+
+// Mapped is one memory-mapped, read-only file.
+type Mapped struct {
+	Path string
+	r    *mmap.ReaderAt
+	data []byte
+}
+
+// Bytes returns the whole mapped file. It must not be written: the mapping is
+// read-only and a write faults.
+func (m *Mapped) Bytes() []byte { return m.data }
+
+// Close unmaps the file; views taken from Bytes become invalid.
+func (m *Mapped) Close() error {
+	if m.r == nil {
+		return nil
+	}
+	err := m.r.Close()
+	m.r, m.data = nil, nil
+	return err
+}
+
+// Map memory-maps path read-only.
+func Map(path string) (*Mapped, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("offload: %w", err)
+	}
+	if st.IsDir() {
+		return nil, fmt.Errorf("offload: %s: is a directory", path)
+	}
+	r, err := mmap.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("offload: %w", err)
+	}
+	data := *(*[]byte)(unsafe.Pointer(r))
+	if len(data) != r.Len() || (len(data) > 0 && (data[0] != r.At(0) || data[len(data)-1] != r.At(len(data)-1))) {
+		r.Close()
+		return nil, fmt.Errorf("offload: %s: unexpected golang.org/x/exp/mmap layout; cannot view mapped bytes", path)
+	}
+	return &Mapped{Path: path, r: r, data: data}, nil
+}
+
+// Store owns every file mapped for one model and unmaps them together.
+type Store struct {
+	files []*Mapped
+}
+
+// Map maps path and keeps it until Close.
+func (s *Store) Map(path string) (*Mapped, error) {
+	m, err := Map(path)
+	if err != nil {
+		return nil, err
+	}
+	s.files = append(s.files, m)
+	return m, nil
+}
+
+// MappedBytes is the total size of the mapped files.
+func (s *Store) MappedBytes() int64 {
+	var n int64
+	for _, f := range s.files {
+		n += int64(len(f.data))
+	}
+	return n
+}
+
+// Close unmaps every file.
+func (s *Store) Close() error {
+	var first error
+	for _, f := range s.files {
+		if err := f.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	s.files = nil
+	return first
+}
