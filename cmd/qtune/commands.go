@@ -1,0 +1,246 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/train"
+)
+
+func (a *app) openModel(path, tok string) (*model.Model, error) {
+	if path == "" {
+		return nil, usageErr("--model is required")
+	}
+	t0 := time.Now()
+	m, err := model.Open(path, model.Options{Tokenizer: tok})
+	if err != nil {
+		return nil, err
+	}
+	c := m.Config
+	a.log.Info().Str("model", path).Str("format", m.Format).Int("layers", c.Layers).Int("dim", c.Dim).
+		Int("vocab", c.Vocab).Float64("weights_MiB", float64(m.WeightBytes())/(1<<20)).
+		Dur("load", time.Since(t0).Round(time.Microsecond)).Msg("model mapped")
+	return m, nil
+}
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+func (a *app) tokenize(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("tokenize", flag.ContinueOnError)
+	mp := fs.String("model", "", "model file or folder")
+	tp := fs.String("tokenizer", "", "tokenizer file (llama2.c models)")
+	text := fs.String("text", "", "text to tokenize")
+	noBOS := fs.Bool("no-bos", false, "do not prepend the BOS token")
+	asJSON := fs.Bool("json", false, "print a JSON array")
+	pos, err := a.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErr("unexpected argument %q", pos[0])
+	}
+	m, err := a.openModel(*mp, *tp)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	ids := m.Tokenizer.Encode(*text, !*noBOS)
+	if *asJSON {
+		if ids == nil {
+			ids = []int{}
+		}
+		return a.printJSON(ids)
+	}
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = fmt.Sprint(id)
+	}
+	fmt.Fprintln(a.stdout, strings.Join(s, " "))
+	return nil
+}
+
+func (a *app) generate(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
+	mp := fs.String("model", "", "model file or folder")
+	tp := fs.String("tokenizer", "", "tokenizer file (llama2.c models)")
+	prompt := fs.String("prompt", "", "prompt text")
+	n := fs.Int("n", 128, "tokens to generate")
+	temp := fs.Float64("temp", 0.8, "sampling temperature; 0 is greedy")
+	topP := fs.Float64("top-p", 0.9, "nucleus sampling mass")
+	seed := fs.Uint64("seed", 0, "random seed (0: from the clock)")
+	asJSON := fs.Bool("json", false, `print {"prompt_tokens","tokens","text"}`)
+	ignoreEOS := fs.Bool("ignore-eos", false, "keep going past the end-of-sequence token")
+	pos, err := a.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErr("unexpected argument %q", pos[0])
+	}
+	if *n < 0 || *temp < 0 || *topP < 0 || *topP > 1 {
+		return usageErr("-n must be ≥ 0, --temp ≥ 0, --top-p in [0, 1]")
+	}
+	m, err := a.openModel(*mp, *tp)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if *seed == 0 {
+		*seed = uint64(time.Now().UnixNano())
+	}
+	ptoks := m.Tokenizer.Encode(*prompt, true)
+	if len(ptoks) == 0 {
+		return fmt.Errorf("prompt encodes to no tokens and the model has no BOS")
+	}
+	t0 := time.Now()
+	var streamed int
+	opt := model.GenerateOptions{MaxTokens: *n, Sampler: model.NewSampler(*temp, *topP, *seed), StopAtEOS: !*ignoreEOS}
+	if !*asJSON {
+		fmt.Fprint(a.stdout, *prompt)
+		opt.OnToken = func(id int) {
+			fmt.Fprint(a.stdout, m.Tokenizer.Piece(id))
+			streamed++
+		}
+	}
+	out, err := m.Generate(ctx, ptoks, opt)
+	if err != nil {
+		return err
+	}
+	el := time.Since(t0)
+	a.log.Info().Int("prompt_tokens", len(ptoks)).Int("tokens", len(out)).
+		Float64("tokens_per_s", float64(len(out))/el.Seconds()).Msg("generated")
+	if *asJSON {
+		if out == nil {
+			out = []int{}
+		}
+		return a.printJSON(struct {
+			PromptTokens []int  `json:"prompt_tokens"`
+			Tokens       []int  `json:"tokens"`
+			Text         string `json:"text"`
+		}{ptoks, out, continuation(m, out)})
+	}
+	fmt.Fprintln(a.stdout)
+	return nil
+}
+
+func (a *app) eval(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
+	mp := fs.String("model", "", "model file or folder")
+	tp := fs.String("tokenizer", "", "tokenizer file (llama2.c models)")
+	dp := fs.String("data", "", "plain text, {\"text\"} / {\"prompt\",\"completion\"} JSONL, or classification JSONL")
+	maxSeq := fs.Int("max-seq-length", 0, "window length in tokens (0: model context, at most 1024)")
+	limit := fs.Int("limit", 0, "evaluate only the first N records (0: all)")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	pos, err := a.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErr("unexpected argument %q", pos[0])
+	}
+	if *dp == "" {
+		return usageErr("--data is required")
+	}
+	if *maxSeq < 0 || *limit < 0 {
+		return usageErr("--max-seq-length and --limit must be ≥ 0")
+	}
+	recs, kind, err := data.Load(*dp)
+	if err != nil {
+		return err
+	}
+	if *limit > 0 && *limit < len(recs) {
+		recs = recs[:*limit]
+	}
+	m, err := a.openModel(*mp, *tp)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	bar := a.newProgress("eval")
+	opt := train.EvalOptions{MaxSeqLen: *maxSeq, Progress: bar.update}
+	t0 := time.Now()
+	if kind == data.Classification {
+		res, err := train.EvalClassify(ctx, m, recs, opt)
+		bar.done()
+		if err != nil {
+			return fmt.Errorf("%s: %w", *dp, err)
+		}
+		a.log.Info().Dur("took", time.Since(t0).Round(time.Millisecond)).Msg("evaluated")
+		if *asJSON {
+			return a.printJSON(res)
+		}
+		fmt.Fprintf(a.stdout, "accuracy %.4f (%d examples)\n", res.Accuracy, res.N)
+		return nil
+	}
+	res, err := train.EvalLM(ctx, m, recs, kind, opt)
+	bar.done()
+	if err != nil {
+		return fmt.Errorf("%s: %w", *dp, err)
+	}
+	el := time.Since(t0)
+	a.log.Info().Dur("took", el.Round(time.Millisecond)).Float64("tokens_per_s", float64(res.Tokens)/el.Seconds()).Msg("evaluated")
+	if *asJSON {
+		return a.printJSON(res)
+	}
+	fmt.Fprintf(a.stdout, "loss %.4f  ppl %.3f  (%d tokens)\n", res.Loss, res.PPL, res.Tokens)
+	return nil
+}
+
+// progress draws a one-line bar on stderr when it is a terminal.
+type progress struct {
+	a     *app
+	label string
+	start time.Time
+	last  time.Time
+	drawn bool
+}
+
+func (a *app) newProgress(label string) *progress {
+	return &progress{a: a, label: label, start: time.Now()}
+}
+
+func (p *progress) update(done, total int) {
+	if !p.a.tty || p.a.json {
+		return
+	}
+	now := time.Now()
+	if done < total && now.Sub(p.last) < 100*time.Millisecond {
+		return
+	}
+	p.last = now
+	const width = 30
+	fill := width * done / max(total, 1)
+	rate := float64(done) / now.Sub(p.start).Seconds()
+	eta := ""
+	if rate > 0 && done < total {
+		eta = fmt.Sprintf(" eta %s", time.Duration(float64(total-done)/rate*float64(time.Second)).Round(time.Second))
+	}
+	fmt.Fprintf(p.a.stderr, "\r%s [%s%s] %d/%d %.1f/s%s  ", p.label, strings.Repeat("=", fill), strings.Repeat(" ", width-fill), done, total, rate, eta)
+	p.drawn = true
+}
+
+func (p *progress) done() {
+	if p.drawn {
+		fmt.Fprintln(p.a.stderr)
+	}
+}
+
+// continuation renders generated ids as the text that follows the prompt:
+// the pieces joined (a leading space kept), byte tokens reassembled.
+func continuation(m *model.Model, ids []int) string {
+	var b strings.Builder
+	for _, id := range ids {
+		b.WriteString(m.Tokenizer.Piece(id))
+	}
+	return b.String()
+}

@@ -1,0 +1,146 @@
+// Command qtune fine-tunes and runs Llama-family models whose weights stay
+// quantized in memory-mapped files. This package only parses flags, sets up
+// logging and calls the library; see the README for the commands.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+const usage = `qtune: fine-tune Llama-family models on quantized, memory-mapped weights
+
+Usage:
+  qtune inspect FILE [--json] [--errors]          metadata, tensors, bytes per type, parameters
+  qtune tokenize --model M --text T [--json]      token ids
+  qtune generate --model M --prompt P [-n N] [--temp T] [--top-p P] [--seed S] [--json]
+  qtune eval --model M --data FILE [--json]       loss/perplexity, or accuracy on classification JSONL
+  qtune quantize IN OUT --type q8_0|q4_0|q4_k|q6_k|nf4|f16|bf16
+
+Global flags (before or after the command):
+  --log-json     logs as JSON lines on stderr (default: console format on a terminal)
+  --quiet        only warnings and errors on stderr
+
+Results go to stdout; logs and progress go to stderr. Exit status 1 on error, 2 on bad usage.
+`
+
+// errUsage marks a command-line mistake (exit status 2).
+var errUsage = errors.New("usage")
+
+type app struct {
+	log    zerolog.Logger
+	stdout io.Writer
+	stderr io.Writer
+	tty    bool // stderr is a terminal
+	json   bool // --log-json
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	a := &app{stdout: stdout, stderr: stderr}
+	if f, ok := stderr.(*os.File); ok {
+		a.tty = isTerminal(f)
+	}
+	level := zerolog.InfoLevel
+	var rest []string
+	for _, s := range args {
+		switch s {
+		case "--log-json", "-log-json":
+			a.json = true
+		case "--quiet", "-quiet", "-q":
+			level = zerolog.WarnLevel
+		default:
+			rest = append(rest, s)
+		}
+	}
+	if a.json {
+		a.log = zerolog.New(stderr).With().Timestamp().Logger().Level(level)
+	} else {
+		a.log = zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.TimeOnly, NoColor: !a.tty}).
+			With().Timestamp().Logger().Level(level)
+	}
+	if len(rest) == 0 || rest[0] == "-h" || rest[0] == "--help" || rest[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		if len(rest) == 0 {
+			return 2
+		}
+		return 0
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	cmds := map[string]func(context.Context, []string) error{
+		"inspect":  a.inspect,
+		"tokenize": a.tokenize,
+		"generate": a.generate,
+		"eval":     a.eval,
+		"quantize": a.quantize,
+	}
+	cmd, ok := cmds[rest[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "qtune: unknown command %q (try qtune --help)\n", rest[0])
+		return 2
+	}
+	err := cmd(ctx, rest[1:])
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "qtune %s: %s\n", rest[0], strings.TrimPrefix(err.Error(), "usage: "))
+		return 2
+	default:
+		msg := strings.ReplaceAll(err.Error(), "\n", " ")
+		if a.json {
+			a.log.Error().Str("command", rest[0]).Msg(msg)
+		} else {
+			fmt.Fprintf(stderr, "qtune %s: %s\n", rest[0], msg)
+		}
+		return 1
+	}
+}
+
+// parse parses flags that may come before, between or after positional
+// arguments, returning the positionals.
+func (a *app) parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	fs.SetOutput(io.Discard)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fs.SetOutput(a.stdout)
+				fmt.Fprintf(a.stdout, "Flags of qtune %s:\n", fs.Name())
+				fs.PrintDefaults()
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func usageErr(f string, a ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(f, a...))
+}

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qtune/qtune/format/gguf"
+	"github.com/qtune/qtune/internal/shared"
+)
+
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = run(args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func stories(t *testing.T) string {
+	return shared.Path(t, "assets", "models", "stories260K.gguf")
+}
+
+func TestGenerateJSONGolden(t *testing.T) {
+	var g struct {
+		Cases []struct {
+			PromptText   string `json:"prompt_text"`
+			PromptIDs    []int  `json:"prompt_ids"`
+			GeneratedIDs []int  `json:"generated_ids"`
+		} `json:"cases"`
+	}
+	b, _ := os.ReadFile(shared.Path(t, "golden", "stories260K", "greedy.json"))
+	if err := json.Unmarshal(b, &g); err != nil {
+		t.Fatal(err)
+	}
+	c := g.Cases[0]
+	code, out, errs := runCLI(t, "generate", "--model", stories(t), "--prompt", c.PromptText, "-n", "200", "--temp", "0", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var res struct {
+		PromptTokens []int  `json:"prompt_tokens"`
+		Tokens       []int  `json:"tokens"`
+		Text         string `json:"text"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("stdout is not one JSON object: %v\n%s", err, out)
+	}
+	if len(res.Tokens) != 200 || !equal(res.Tokens, c.GeneratedIDs) || !equal(res.PromptTokens, c.PromptIDs) {
+		t.Fatalf("tokens differ from golden:\n got %v\nwant %v", res.Tokens, c.GeneratedIDs)
+	}
+	if !strings.HasPrefix(res.Text, ", there was a little girl named Lily.") {
+		t.Fatalf("text %q", res.Text)
+	}
+}
+
+func equal(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestTokenizeJSON(t *testing.T) {
+	code, out, errs := runCLI(t, "tokenize", "--model", stories(t), "--text", "Once upon a time", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if strings.TrimSpace(out) != "[1,403,407,261,378]" {
+		t.Fatalf("stdout %q", out)
+	}
+}
+
+func TestEvalJSON(t *testing.T) {
+	code, out, errs := runCLI(t, "eval", "--model", stories(t), "--data", shared.Path(t, "assets", "data", "tinystories", "sample.txt"), "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var r struct {
+		Loss, PPL float64
+		Tokens    int
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	// stories260K is trained on TinyStories: its in-domain loss is low but
+	// far from zero; the window arithmetic makes tokens = encoded length - 1.
+	if r.Tokens < 500 || r.Loss < 0.5 || r.Loss > 3 || r.PPL < 1.6 {
+		t.Fatalf("implausible eval %+v", r)
+	}
+	code, out, errs = runCLI(t, "eval", "--model", stories(t), "--data", shared.Path(t, "assets", "data", "sst2", "valid.jsonl"), "--limit", "40", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var c struct {
+		Accuracy float64
+		N        int
+	}
+	if err := json.Unmarshal([]byte(out), &c); err != nil || c.N != 40 || c.Accuracy < 0 || c.Accuracy > 1 {
+		t.Fatalf("classification eval %q (%v)", out, err)
+	}
+}
+
+func TestInspectAndQuantize(t *testing.T) {
+	code, out, errs := runCLI(t, "inspect", stories(t))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{"general.architecture", "tensors (48)", "token_embd.weight", "bytes per type", "F32", "quantization error", "NF4"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("inspect output lacks %q", want)
+		}
+	}
+	dst := filepath.Join(t.TempDir(), "q4k.gguf")
+	code, out, errs = runCLI(t, "quantize", stories(t), dst, "--type", "q4_k")
+	if code != 0 {
+		t.Fatalf("quantize exit %d: %s", code, errs)
+	}
+	code, out, errs = runCLI(t, "inspect", dst, "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var r inspectResult
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	types := map[string]int{}
+	for _, tt := range r.Tensors {
+		types[tt.Type]++
+	}
+	// 64-wide rows are not a multiple of Q4_K's 256-element block, so every
+	// matrix stays F32 — the llama.cpp-compatible fallback for ragged rows.
+	if types["Q4_K"] != 0 || types["F32"] != 48 {
+		t.Errorf("q4_k file of a 64-wide model: types %v, want all 48 F32", types)
+	}
+	dst = filepath.Join(t.TempDir(), "q8.gguf")
+	if code, _, errs = runCLI(t, "quantize", stories(t), dst, "--type", "q8_0"); code != 0 {
+		t.Fatalf("quantize exit %d: %s", code, errs)
+	}
+	_, out, _ = runCLI(t, "inspect", dst, "--json")
+	r = inspectResult{}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	types = map[string]int{}
+	for _, tt := range r.Tensors {
+		types[tt.Type]++
+	}
+	if types["Q8_0"] != 32 || types["F32"] != 16 {
+		t.Errorf("q8_0 file: types %v, want 32 Q8_0 + 16 F32 (as ggml's golden file)", types)
+	}
+}
+
+// TestBadInputs: damaged or missing files and bad data give exit status 1
+// and one line on stderr naming the problem; usage mistakes give 2.
+func TestBadInputs(t *testing.T) {
+	dir := t.TempDir()
+	src, _ := os.ReadFile(stories(t))
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, b, 0o644)
+		return p
+	}
+	truncated := write("trunc.gguf", src[:len(src)/2])
+	badMagic := write("magic.gguf", append([]byte("GGUX"), src[4:]...))
+	empty := write("empty.gguf", nil)
+	q8, _ := os.ReadFile(shared.Path(t, "golden", "gguf", "stories260K-q8_0.gguf"))
+	f, err := gguf.Parse(q8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ti, _ := f.Tensor("blk.2.attn_v.weight")
+	nanScale := append([]byte(nil), q8...)
+	nanScale[ti.Offset+34*3], nanScale[ti.Offset+34*3+1] = 0x00, 0x7e // block 3's d = NaN
+	nanPath := write("nan.gguf", nanScale)
+	badJSONL := write("bad.jsonl", []byte("{\"text\":\"ok\"}\n{\"text\": 3\n"))
+	badLabel := write("label.jsonl", []byte("{\"prompt\":\"a\",\"choices\":[\"x\",\"y\"],\"label\":5}\n"))
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"inspect", truncated}, 1, "trunc.gguf"},
+		{[]string{"generate", "--model", truncated, "--prompt", "x"}, 1, "trunc.gguf"},
+		{[]string{"generate", "--model", nanPath, "--prompt", "x"}, 1, "blk.2.attn_v.weight"},
+		{[]string{"eval", "--model", nanPath, "--data", badLabel}, 1, "line 1"},
+		{[]string{"generate", "--model", badMagic, "--prompt", "x"}, 1, "magic.gguf"},
+		{[]string{"eval", "--model", empty, "--data", badJSONL}, 1, "line 2"},
+		{[]string{"eval", "--model", stories(t), "--data", badJSONL}, 1, "line 2"},
+		{[]string{"eval", "--model", stories(t), "--data", badLabel}, 1, "line 1"},
+		{[]string{"generate", "--model", filepath.Join(dir, "missing.gguf"), "--prompt", "x"}, 1, "missing.gguf"},
+		{[]string{"generate", "--prompt", "x"}, 2, "--model"},
+		{[]string{"quantize", stories(t), filepath.Join(dir, "o.gguf"), "--type", "q3_x"}, 2, "q3_x"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+	} {
+		code, _, errs := runCLI(t, c.args...)
+		lines := strings.Split(strings.TrimSpace(errs), "\n")
+		if code != c.code || !strings.Contains(errs, c.want) || len(lines) != 1 {
+			t.Errorf("%v: exit %d (want %d), stderr %q (want one line containing %q)", c.args, code, c.code, errs, c.want)
+		}
+	}
+}

@@ -1,0 +1,144 @@
+package model
+
+import (
+	"fmt"
+
+	"github.com/qtune/qtune/kernels"
+	"github.com/qtune/qtune/nn"
+)
+
+// State is one sequence's inference state: the KV cache and the position
+// reached. It is sized for a maximum length when created.
+type State struct {
+	Pos    int
+	maxLen int
+	k, v   [][]float32 // per layer: (maxLen, Hkv*D)
+	// Hidden is the final normalised hidden state of the last position of the
+	// last Forward call (C), as fed to the output matrix.
+	Hidden []float32
+}
+
+// NewState allocates a KV cache for sequences of up to maxLen tokens.
+func (m *Model) NewState(maxLen int) *State {
+	c := m.Config
+	if maxLen > c.Context && c.Context > 0 {
+		maxLen = c.Context
+	}
+	kvd := c.KVHeads * c.HeadDim
+	s := &State{maxLen: maxLen, k: make([][]float32, c.Layers), v: make([][]float32, c.Layers)}
+	for i := range s.k {
+		s.k[i] = make([]float32, maxLen*kvd)
+		s.v[i] = make([]float32, maxLen*kvd)
+	}
+	s.Hidden = make([]float32, c.Dim)
+	return s
+}
+
+// KVBytes is the size of a KV cache for maxLen tokens.
+func (c *Config) KVBytes(maxLen int) int64 {
+	return int64(c.Layers) * int64(maxLen) * int64(c.KVHeads*c.HeadDim) * 2 * 4
+}
+
+// MaxLen is the capacity of the state.
+func (s *State) MaxLen() int { return s.maxLen }
+
+// Reset forgets the sequence so the state can be reused.
+func (s *State) Reset() { s.Pos = 0 }
+
+// Forward runs tokens (T) at positions s.Pos.. through the model, appending
+// their keys and values to the cache. When all is true logits gets (T, V)
+// rows, otherwise only the last position's (V). It returns an error for a
+// token outside the vocabulary or a sequence longer than the state.
+func (m *Model) Forward(s *State, tokens []int, logits []float32, all bool) error {
+	c := m.Config
+	T := len(tokens)
+	if T == 0 {
+		return nil
+	}
+	if s.Pos+T > s.maxLen {
+		return fmt.Errorf("model: sequence of %d tokens exceeds the context of %d", s.Pos+T, s.maxLen)
+	}
+	for _, t := range tokens {
+		if t < 0 || t >= c.Vocab {
+			return fmt.Errorf("model: token id %d outside the vocabulary (%d)", t, c.Vocab)
+		}
+	}
+	nl := 1
+	if all {
+		nl = T
+	}
+	if len(logits) < nl*c.Vocab {
+		return fmt.Errorf("model: logits buffer of %d for %d rows of %d", len(logits), nl, c.Vocab)
+	}
+	C, F := c.Dim, c.Hidden
+	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	p := m.pool
+	x := make([]float32, T*C)    // (T, C) residual stream
+	xb := make([]float32, T*C)   // (T, C) normalised
+	q := make([]float32, T*qd)   // (T, H*D)
+	att := make([]float32, T*qd) // (T, H*D)
+	kk := make([]float32, T*kvd) // (T, Hkv*D)
+	vv := make([]float32, T*kvd) // (T, Hkv*D)
+	tmp := make([]float32, T*C)  // (T, C)
+	g := make([]float32, T*F)    // (T, F)
+	u := make([]float32, T*F)    // (T, F)
+	for t, id := range tokens {
+		m.Embed.Row(x[t*C:(t+1)*C], id)
+	}
+	D := c.HeadDim
+	for li := range m.Layers {
+		l := &m.Layers[li]
+		for t := 0; t < T; t++ {
+			nn.RMSNorm(xb[t*C:(t+1)*C], x[t*C:(t+1)*C], l.AttnNorm, c.Eps)
+		}
+		kernels.MatMul(p, q, xb, T, l.Wq)
+		kernels.MatMul(p, kk, xb, T, l.Wk)
+		kernels.MatMul(p, vv, xb, T, l.Wv)
+		for t := 0; t < T; t++ {
+			pos := s.Pos + t
+			for h := 0; h < c.Heads; h++ {
+				m.rope.Apply(q[t*qd+h*D:t*qd+(h+1)*D], pos)
+			}
+			for h := 0; h < c.KVHeads; h++ {
+				m.rope.Apply(kk[t*kvd+h*D:t*kvd+(h+1)*D], pos)
+			}
+		}
+		copy(s.k[li][s.Pos*kvd:], kk)
+		copy(s.v[li][s.Pos*kvd:], vv)
+		keys, vals := s.k[li], s.v[li]
+		p.Parallel(T, 1, func(lo, hi int) {
+			scores := make([]float32, s.Pos+hi)
+			for t := lo; t < hi; t++ {
+				n := s.Pos + t + 1
+				nn.Attention(att[t*qd:(t+1)*qd], q[t*qd:(t+1)*qd], keys, vals, n, kvd, c.Heads, c.KVHeads, D, scores)
+			}
+		})
+		kernels.MatMul(p, tmp, att, T, l.Wo)
+		addInto(x, tmp)
+		for t := 0; t < T; t++ {
+			nn.RMSNorm(xb[t*C:(t+1)*C], x[t*C:(t+1)*C], l.FFNNorm, c.Eps)
+		}
+		kernels.MatMul(p, g, xb, T, l.Gate)
+		kernels.MatMul(p, u, xb, T, l.Up)
+		nn.SwiGLU(g, g, u)
+		kernels.MatMul(p, tmp, g, T, l.Down)
+		addInto(x, tmp)
+	}
+	first := 0
+	if !all {
+		first = T - 1
+	}
+	for t := first; t < T; t++ {
+		nn.RMSNorm(xb[t*C:(t+1)*C], x[t*C:(t+1)*C], m.OutNorm, c.Eps)
+	}
+	copy(s.Hidden, xb[(T-1)*C:T*C])
+	kernels.MatMul(p, logits[:nl*c.Vocab], xb[first*C:T*C], nl, m.Output)
+	s.Pos += T
+	return nil
+}
+
+func addInto(dst, src []float32) {
+	for i, v := range src {
+		dst[i] += v
+	}
+}

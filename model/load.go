@@ -1,0 +1,572 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/qtune/qtune/format/gguf"
+	"github.com/qtune/qtune/format/llama2c"
+	"github.com/qtune/qtune/format/safetensors"
+	"github.com/qtune/qtune/kernels"
+	"github.com/qtune/qtune/nn"
+	"github.com/qtune/qtune/offload"
+	"github.com/qtune/qtune/quant"
+	"github.com/qtune/qtune/tensor"
+	"github.com/qtune/qtune/tokenizer"
+)
+
+// Layer is one transformer block; matrices are views into the model file.
+type Layer struct {
+	AttnNorm []float32      // (C)
+	Wq       kernels.Matrix // (H*D, C)
+	Wk       kernels.Matrix // (Hkv*D, C)
+	Wv       kernels.Matrix // (Hkv*D, C)
+	Wo       kernels.Matrix // (C, H*D)
+	FFNNorm  []float32      // (C)
+	Gate     kernels.Matrix // (F, C)
+	Up       kernels.Matrix // (F, C)
+	Down     kernels.Matrix // (C, F)
+}
+
+// Model is a loaded Llama-family model.
+type Model struct {
+	Config    Config
+	Format    string // "gguf", "safetensors", "llama2c"
+	Path      string
+	Embed     kernels.Matrix // (V, C)
+	OutNorm   []float32      // (C)
+	Output    kernels.Matrix // (V, C); the embedding when tied
+	Layers    []Layer
+	Tokenizer *tokenizer.Tokenizer
+	// Tensors lists every tensor in file order (names in GGUF convention).
+	Tensors []tensor.Tensor
+	// GGUF is the parsed header when the model came from a GGUF file.
+	GGUF *gguf.File
+
+	rope  nn.Rope
+	store offload.Store
+	pool  *kernels.Pool
+}
+
+// Options adjust loading.
+type Options struct {
+	// Tokenizer is a tokenizer file for formats that keep it apart
+	// (llama2.c's tokenizer.bin). Empty: look beside the model.
+	Tokenizer string
+	// Pool runs the kernels; nil means kernels.Default().
+	Pool *kernels.Pool
+}
+
+// ErrFormat marks a file that is not a model qtune can read.
+var ErrFormat = errors.New("unrecognised model file")
+
+// Open loads a model from a GGUF file, a Hugging Face folder (config.json +
+// safetensors) or a llama2.c checkpoint, keeping weights memory-mapped.
+func Open(path string, opt Options) (*Model, error) {
+	m := &Model{Path: path, pool: opt.Pool}
+	if m.pool == nil {
+		m.pool = kernels.Default()
+	}
+	var err error
+	st, serr := os.Stat(path)
+	switch {
+	case serr != nil:
+		return nil, fmt.Errorf("model: %w", serr)
+	case st.IsDir():
+		err = m.openHF(path, opt)
+	default:
+		err = m.openFile(path, opt)
+	}
+	if err != nil {
+		m.store.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// Close unmaps the model files. The model must not be used afterwards.
+func (m *Model) Close() error { return m.store.Close() }
+
+func (m *Model) openFile(path string, opt Options) error {
+	f, err := m.store.Map(path)
+	if err != nil {
+		return err
+	}
+	data := f.Bytes()
+	if len(data) >= 4 && string(data[:4]) == "GGUF" {
+		return m.openGGUF(path, data, opt)
+	}
+	if len(data) >= 4 && (string(data[:4]) == "FUGG") {
+		return fmt.Errorf("model: %s: big-endian GGUF is not supported", path)
+	}
+	if strings.EqualFold(filepath.Ext(path), ".gguf") {
+		return fmt.Errorf("model: %s: %w: bad GGUF magic %q", path, ErrFormat, data[:min(4, len(data))])
+	}
+	if len(data) >= 9 && looksLikeSafetensors(data) {
+		return m.openSafetensorsFile(path, opt)
+	}
+	if _, err := llama2c.ParseConfig(data); err != nil {
+		return fmt.Errorf("model: %s: %w: not GGUF, safetensors or a llama2.c checkpoint (%v)", path, ErrFormat, err)
+	}
+	return m.openLlama2C(path, data, opt)
+}
+
+func looksLikeSafetensors(data []byte) bool {
+	n := uint64(data[0]) | uint64(data[1])<<8 | uint64(data[2])<<16 | uint64(data[3])<<24 |
+		uint64(data[4])<<32 | uint64(data[5])<<40 | uint64(data[6])<<48 | uint64(data[7])<<56
+	return n > 1 && n < uint64(len(data)) && data[8] == '{'
+}
+
+func (m *Model) openGGUF(path string, data []byte, opt Options) error {
+	f, err := gguf.Parse(data)
+	if err != nil {
+		return fmt.Errorf("model: %s: %w", path, err)
+	}
+	m.Format, m.GGUF = "gguf", f
+	arch, _ := f.String("general.architecture")
+	if arch == "" {
+		return fmt.Errorf("model: %s: missing general.architecture", path)
+	}
+	if !supportedArch(arch) {
+		return fmt.Errorf("model: %s: architecture %q is not a Llama-family model", path, arch)
+	}
+	tensors := make(map[string]tensor.Tensor, len(f.Tensors))
+	for _, ti := range f.Tensors {
+		t := tensor.Tensor{Name: ti.Name, Type: ti.Type, Shape: ti.Shape, Data: f.Data(data, ti)}
+		tensors[ti.Name] = t
+		m.Tensors = append(m.Tensors, t)
+	}
+	geti := func(k string) int {
+		v, ok := f.Uint(arch + "." + k)
+		if !ok || v > math.MaxInt32 {
+			return 0
+		}
+		return int(v)
+	}
+	c := Config{Arch: arch,
+		Dim: geti("embedding_length"), Hidden: geti("feed_forward_length"), Layers: geti("block_count"),
+		Heads: geti("attention.head_count"), Context: geti("context_length"), RopeDims: geti("rope.dimension_count"),
+	}
+	c.KVHeads = geti("attention.head_count_kv")
+	if c.KVHeads == 0 {
+		c.KVHeads = c.Heads
+	}
+	if c.Heads > 0 {
+		c.HeadDim = c.Dim / c.Heads
+	}
+	if kd := geti("attention.key_length"); kd > 0 {
+		c.HeadDim = kd
+	}
+	if c.RopeDims == 0 {
+		c.RopeDims = c.HeadDim
+	}
+	if eps, ok := f.Float(arch + ".attention.layer_norm_rms_epsilon"); ok {
+		c.Eps = float32(eps)
+	} else {
+		c.Eps = 1e-5
+	}
+	c.RopeTheta = 10000
+	if th, ok := f.Float(arch + ".rope.freq_base"); ok {
+		c.RopeTheta = th
+	}
+	switch st, _ := f.String(arch + ".rope.scaling.type"); st {
+	case "", "none":
+	case "linear":
+		if fac, ok := f.Float(arch + ".rope.scaling.factor"); ok && fac > 0 {
+			c.RopeLinear = fac
+		}
+	default:
+		return fmt.Errorf("model: %s: RoPE scaling %q is not supported (linear is)", path, st)
+	}
+	if emb, ok := tensors["token_embd.weight"]; ok && len(emb.Shape) == 2 {
+		c.Vocab = int(emb.Shape[1])
+	}
+	if c.Context == 0 {
+		c.Context = 2048
+	}
+	m.Config = c
+	if err := m.build(tensors); err != nil {
+		return fmt.Errorf("model: %s: %w", path, err)
+	}
+	if opt.Tokenizer != "" {
+		return m.loadTokenizer(opt.Tokenizer)
+	}
+	tok, err := tokenizer.FromGGUF(f)
+	if err != nil {
+		return fmt.Errorf("model: %s: %w", path, err)
+	}
+	return m.setTokenizer(tok)
+}
+
+func supportedArch(a string) bool {
+	switch a {
+	case "llama", "mistral", "qwen2", "granite", "smollm":
+		return true
+	}
+	return false
+}
+
+func (m *Model) openLlama2C(path string, data []byte, opt Options) error {
+	lm, err := llama2c.Parse(data)
+	if err != nil {
+		return fmt.Errorf("model: %s: %w", path, err)
+	}
+	m.Format = "llama2c"
+	cfg := lm.Config
+	c := Config{Arch: "llama", Dim: cfg.Dim, Hidden: cfg.HiddenDim, Layers: cfg.NLayers, Heads: cfg.NHeads,
+		KVHeads: cfg.NKVHeads, Vocab: cfg.VocabSize, Context: cfg.SeqLen, Eps: 1e-5, RopeTheta: 10000}
+	if c.Heads > 0 {
+		c.HeadDim = c.Dim / c.Heads
+	}
+	c.RopeDims = c.HeadDim
+	m.Config = c
+	tensors := make(map[string]tensor.Tensor, len(lm.Tensors))
+	for _, lt := range lm.Tensors {
+		t := tensor.Tensor{Name: lt.Name, Type: quant.F32, Shape: lt.Shape, Data: lt.Data}
+		tensors[lt.Name] = t
+		m.Tensors = append(m.Tensors, t)
+	}
+	if err := m.build(tensors); err != nil {
+		return fmt.Errorf("model: %s: %w", path, err)
+	}
+	tp := opt.Tokenizer
+	if tp == "" {
+		tp = findBeside(path, "tokenizer.bin", "tok*.bin")
+	}
+	if tp == "" {
+		return fmt.Errorf("model: %s: %w: llama2.c models keep it in tokenizer.bin; pass --tokenizer", path, tokenizer.ErrNoTokenizer)
+	}
+	return m.loadTokenizer(tp)
+}
+
+// loadTokenizer reads a tokenizer kept apart from the weights: a GGUF file
+// (a vocabulary-only GGUF or another model's), a SentencePiece
+// tokenizer.model, a Hugging Face tokenizer folder or tokenizer.json, or a
+// llama2.c tokenizer.bin.
+func (m *Model) loadTokenizer(path string) error {
+	var tok *tokenizer.Tokenizer
+	st, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("model: tokenizer: %w", err)
+	}
+	switch {
+	case st.IsDir():
+		tok, err = tokenizer.FromHFDir(path)
+	case filepath.Base(path) == "tokenizer.json":
+		tok, err = tokenizer.FromHFDir(filepath.Dir(path))
+	default:
+		var b []byte
+		b, err = os.ReadFile(path)
+		if err != nil {
+			break
+		}
+		switch {
+		case len(b) >= 4 && string(b[:4]) == "GGUF":
+			var f *gguf.File
+			if f, err = gguf.Parse(b); err == nil {
+				tok, err = tokenizer.FromGGUF(f)
+			}
+		case strings.HasSuffix(path, ".model"):
+			tok, err = tokenizer.FromSentencePiece(b)
+		default:
+			tok, err = tokenizer.FromLlama2C(b, m.Config.Vocab)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("model: tokenizer %s: %w", path, err)
+	}
+	return m.setTokenizer(tok)
+}
+
+// setTokenizer checks that every token id fits the embedding.
+func (m *Model) setTokenizer(tok *tokenizer.Tokenizer) error {
+	if tok.VocabSize() > m.Config.Vocab {
+		return fmt.Errorf("model: tokenizer has %d tokens but the model's embedding only %d", tok.VocabSize(), m.Config.Vocab)
+	}
+	m.Tokenizer = tok
+	return nil
+}
+
+// findBeside returns the first file matching one of the patterns in the
+// model's folder.
+func findBeside(path string, patterns ...string) string {
+	dir := filepath.Dir(path)
+	for _, p := range patterns {
+		ms, _ := filepath.Glob(filepath.Join(dir, p))
+		sort.Strings(ms)
+		for _, f := range ms {
+			if f != path {
+				return f
+			}
+		}
+	}
+	return ""
+}
+
+func (m *Model) openSafetensorsFile(path string, opt Options) error {
+	if _, err := os.Stat(filepath.Join(filepath.Dir(path), "config.json")); err != nil {
+		return fmt.Errorf("model: %s: a safetensors file needs its config.json beside it", path)
+	}
+	return m.openHF(filepath.Dir(path), opt)
+}
+
+func (m *Model) openHF(dir string, opt Options) error {
+	cb, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		return fmt.Errorf("model: %s: not a model folder: %w", dir, err)
+	}
+	hc, err := safetensors.ParseConfig(cb)
+	if err != nil {
+		return fmt.Errorf("model: %s/config.json: %w", dir, err)
+	}
+	m.Format = "safetensors"
+	c := Config{Arch: "llama", Dim: hc.HiddenSize, Hidden: hc.IntermediateSize, Layers: hc.NumHiddenLayers,
+		Heads: hc.NumAttentionHeads, KVHeads: hc.NumKeyValueHeads, HeadDim: hc.HeadDim, Vocab: hc.VocabSize,
+		Context: hc.MaxPositionEmbeddings, Eps: float32(hc.RMSNormEps), RopeTheta: hc.RopeTheta,
+		RopeNeox: true, Tied: hc.TieWordEmbeddings}
+	if c.KVHeads == 0 {
+		c.KVHeads = c.Heads
+	}
+	if c.HeadDim == 0 && c.Heads > 0 {
+		c.HeadDim = c.Dim / c.Heads
+	}
+	c.RopeDims = c.HeadDim
+	if c.RopeTheta == 0 {
+		c.RopeTheta = 10000
+	}
+	if c.Eps == 0 {
+		c.Eps = 1e-6
+	}
+	if c.Context == 0 {
+		c.Context = 2048
+	}
+	if rs := hc.RopeScaling; rs != nil {
+		t, _ := rs["type"].(string)
+		if t == "" {
+			t, _ = rs["rope_type"].(string)
+		}
+		switch t {
+		case "", "default":
+		case "linear":
+			if f, ok := rs["factor"].(float64); ok && f > 0 {
+				c.RopeLinear = f
+			}
+		case "llama3":
+			c.RopeFactors = llama3Factors(c, rs)
+		default:
+			return fmt.Errorf("model: %s/config.json: RoPE scaling %q is not supported (linear and llama3 are)", dir, t)
+		}
+	}
+	m.Config = c
+	files := []string{"model.safetensors"}
+	if ib, err := os.ReadFile(filepath.Join(dir, "model.safetensors.index.json")); err == nil {
+		idx, err := safetensors.ParseIndex(ib)
+		if err != nil {
+			return fmt.Errorf("model: %s/model.safetensors.index.json: %w", dir, err)
+		}
+		seen := map[string]bool{}
+		files = files[:0]
+		for _, f := range idx.WeightMap {
+			if strings.Contains(f, "/") || strings.Contains(f, `\`) || f == ".." {
+				return fmt.Errorf("model: %s: shard name %q escapes the folder", dir, f)
+			}
+			if !seen[f] {
+				seen[f] = true
+				files = append(files, f)
+			}
+		}
+		sort.Strings(files)
+	}
+	tensors := map[string]tensor.Tensor{}
+	for _, fn := range files {
+		p := filepath.Join(dir, fn)
+		mf, err := m.store.Map(p)
+		if err != nil {
+			return fmt.Errorf("model: %w", err)
+		}
+		sf, err := safetensors.Parse(mf.Bytes())
+		if err != nil {
+			return fmt.Errorf("model: %s: %w", p, err)
+		}
+		for _, st := range sf.Tensors {
+			name, ok := safetensors.GGUFName(st.Name)
+			if !ok {
+				continue // rotary caches and other extras
+			}
+			typ, ok := safetensors.TypeOf(st.DType)
+			if !ok || !(typ == quant.F32 || typ == quant.F16 || typ == quant.BF16) {
+				return fmt.Errorf("model: %s: tensor %q: dtype %s is not supported for weights", p, st.Name, st.DType)
+			}
+			shape := make([]int64, len(st.Shape))
+			for i, d := range st.Shape {
+				shape[len(shape)-1-i] = d
+			}
+			if _, dup := tensors[name]; dup {
+				return fmt.Errorf("model: %s: tensor %q appears in two shards", dir, st.Name)
+			}
+			t := tensor.Tensor{Name: name, Type: typ, Shape: shape, Data: st.Data}
+			tensors[name] = t
+			m.Tensors = append(m.Tensors, t)
+		}
+	}
+	if _, ok := tensors["output.weight"]; !ok {
+		m.Config.Tied = true
+	}
+	if err := m.build(tensors); err != nil {
+		return fmt.Errorf("model: %s: %w", dir, err)
+	}
+	if opt.Tokenizer != "" {
+		return m.loadTokenizer(opt.Tokenizer)
+	}
+	tok, err := tokenizer.FromHFDir(dir)
+	if err != nil {
+		return fmt.Errorf("model: %s: %w", dir, err)
+	}
+	return m.setTokenizer(tok)
+}
+
+// build checks every tensor's type and shape against the config and wires
+// the views into layers.
+func (m *Model) build(ts map[string]tensor.Tensor) error {
+	c := &m.Config
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	C, F, V := c.Dim, c.Hidden, c.Vocab
+	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	mat := func(name string, rows, cols int) (kernels.Matrix, error) {
+		t, ok := ts[name]
+		if !ok {
+			return kernels.Matrix{}, fmt.Errorf("missing tensor %q", name)
+		}
+		if len(t.Shape) != 2 || t.Shape[0] != int64(cols) || t.Shape[1] != int64(rows) {
+			return kernels.Matrix{}, fmt.Errorf("tensor %q has shape %v, want [%d %d]", name, t.Shape, cols, rows)
+		}
+		if err := t.Check(); err != nil {
+			return kernels.Matrix{}, err
+		}
+		row := make([]float32, cols)
+		if err := quant.DequantizeRange(t.Type, row, t.Data, t.Elems(), 0); err != nil {
+			return kernels.Matrix{}, fmt.Errorf("tensor %q: %w", name, err)
+		}
+		if err := quant.CheckScales(t.Type, t.Data, t.Elems()); err != nil {
+			return kernels.Matrix{}, fmt.Errorf("tensor %q: %w", name, err)
+		}
+		return kernels.Matrix{Type: t.Type, Rows: rows, Cols: cols, Data: t.Data}, nil
+	}
+	vec := func(name string, n int) ([]float32, error) {
+		t, ok := ts[name]
+		if !ok {
+			return nil, fmt.Errorf("missing tensor %q", name)
+		}
+		if t.Elems() != int64(n) {
+			return nil, fmt.Errorf("tensor %q has shape %v, want [%d]", name, t.Shape, n)
+		}
+		if err := t.Check(); err != nil {
+			return nil, err
+		}
+		out := make([]float32, n)
+		if err := quant.Dequantize(t.Type, out, t.Data); err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", name, err)
+		}
+		for _, v := range out {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, fmt.Errorf("tensor %q holds NaN or Inf", name)
+			}
+		}
+		return out, nil
+	}
+	var err error
+	if m.Embed, err = mat("token_embd.weight", V, C); err != nil {
+		return err
+	}
+	if m.OutNorm, err = vec("output_norm.weight", C); err != nil {
+		return err
+	}
+	if _, ok := ts["output.weight"]; ok && !c.Tied {
+		if m.Output, err = mat("output.weight", V, C); err != nil {
+			return err
+		}
+	} else {
+		c.Tied = true
+		m.Output = m.Embed
+	}
+	m.Layers = make([]Layer, c.Layers)
+	for i := range m.Layers {
+		l := &m.Layers[i]
+		p := fmt.Sprintf("blk.%d.", i)
+		if l.AttnNorm, err = vec(p+"attn_norm.weight", C); err != nil {
+			return err
+		}
+		if l.FFNNorm, err = vec(p+"ffn_norm.weight", C); err != nil {
+			return err
+		}
+		for _, w := range []struct {
+			dst        *kernels.Matrix
+			name       string
+			rows, cols int
+		}{{&l.Wq, "attn_q", qd, C}, {&l.Wk, "attn_k", kvd, C}, {&l.Wv, "attn_v", kvd, C}, {&l.Wo, "attn_output", C, qd},
+			{&l.Gate, "ffn_gate", F, C}, {&l.Up, "ffn_up", F, C}, {&l.Down, "ffn_down", C, F}} {
+			if *w.dst, err = mat(p+w.name+".weight", w.rows, w.cols); err != nil {
+				return err
+			}
+		}
+	}
+	factors := c.RopeFactors
+	if rf, ok := ts["rope_freqs.weight"]; ok && rf.Type == quant.F32 && rf.Elems() == int64(c.RopeDims/2) {
+		factors = make([]float32, rf.Elems())
+		if err := quant.Dequantize(quant.F32, factors, rf.Data); err != nil {
+			return err
+		}
+	}
+	m.rope = nn.NewRope(c.RopeDims, c.RopeTheta, c.RopeNeox, factors, c.RopeLinear)
+	return nil
+}
+
+// Pool returns the worker pool the model's kernels run on.
+func (m *Model) Pool() *kernels.Pool { return m.pool }
+
+// WeightBytes is the total size of the weight tensors as stored.
+func (m *Model) WeightBytes() int64 {
+	var n int64
+	for _, t := range m.Tensors {
+		n += int64(len(t.Data))
+	}
+	return n
+}
+
+// llama3Factors computes Llama 3.1's per-frequency RoPE divisors from the
+// HF rope_scaling block (what llama.cpp's converter stores as rope_freqs):
+// long wavelengths are divided by factor, short ones kept, and the band
+// between blended smoothly.
+func llama3Factors(c Config, rs map[string]any) []float32 {
+	num := func(k string, d float64) float64 {
+		if v, ok := rs[k].(float64); ok && v > 0 {
+			return v
+		}
+		return d
+	}
+	factor, low, high := num("factor", 8), num("low_freq_factor", 1), num("high_freq_factor", 4)
+	old := num("original_max_position_embeddings", 8192)
+	lowWave, highWave := old/low, old/high
+	out := make([]float32, c.RopeDims/2)
+	for j := range out {
+		freq := math.Pow(c.RopeTheta, -float64(2*j)/float64(c.RopeDims))
+		wave := 2 * math.Pi / freq
+		switch {
+		case wave < highWave:
+			out[j] = 1
+		case wave > lowWave:
+			out[j] = float32(factor)
+		default:
+			smooth := (old/wave - low) / (high - low)
+			out[j] = float32(1 / ((1-smooth)/factor + smooth))
+		}
+	}
+	return out
+}

@@ -1,0 +1,264 @@
+package model
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"strings"
+
+	"github.com/qtune/qtune/format/gguf"
+	"github.com/qtune/qtune/quant"
+	"github.com/qtune/qtune/tensor"
+	"github.com/qtune/qtune/tokenizer"
+)
+
+// QuantizeTypes are the targets `qtune quantize` offers.
+var QuantizeTypes = []quant.Type{quant.Q8_0, quant.Q4_0, quant.Q4_K, quant.Q6_K, quant.NF4, quant.F16, quant.BF16, quant.F32}
+
+// fileType is llama.cpp's general.file_type for a uniformly quantized file.
+var fileType = map[quant.Type]uint32{quant.F32: 0, quant.F16: 1, quant.Q4_0: 2, quant.Q8_0: 7, quant.Q4_K: 14, quant.Q6_K: 18, quant.BF16: 32}
+
+// QuantizeReport summarises a quantization.
+type QuantizeReport struct {
+	Tensors   int     // tensors written
+	Quantized int     // tensors converted to the target type
+	RMSE      float64 // over all converted elements, vs the source values
+	Bytes     int64   // tensor data written
+}
+
+// TargetType returns the type a tensor gets when a file is quantized to t:
+// 1-D tensors and rows whose length is not a multiple of t's block stay F32
+// (the policy of ggml's reference files; llama.cpp's own tool has more
+// special cases).
+func TargetType(src tensor.Tensor, t quant.Type) quant.Type {
+	in, err := quant.Lookup(t)
+	if err != nil || len(src.Shape) < 2 || src.Shape[0]%int64(in.BlockSize) != 0 {
+		return quant.F32
+	}
+	return t
+}
+
+// Quantize writes the model as a GGUF v3 file with its matrices in type t.
+// Standard types give a file llama.cpp loads; NF4 uses qtune's container
+// (quant.NF4's doc). Hugging Face sources get their Q/K rows permuted to
+// GGUF's order. Matrices are converted one at a time; the float32 working
+// set is one tensor.
+func Quantize(m *Model, w io.Writer, t quant.Type) (QuantizeReport, error) {
+	if !quant.CanQuantize(t) {
+		return QuantizeReport{}, fmt.Errorf("model: quantize: %w: cannot quantize to %s", quant.ErrUnknownType, t)
+	}
+	kv, err := m.metadata()
+	if err != nil {
+		return QuantizeReport{}, err
+	}
+	if ft, ok := fileType[t]; ok {
+		kv = append(kv, gguf.KVOf("general.file_type", ft))
+	} else {
+		kv = append(kv, gguf.KVOf("qtune.file_type", t.String()))
+	}
+	if in, _ := quant.Lookup(t); in.Quantized {
+		kv = append(kv, gguf.KVOf("general.quantization_version", uint32(2)))
+	}
+	var rep QuantizeReport
+	var sqerr float64
+	var nerr int64
+	var wts []gguf.WriteTensor
+	c := m.Config
+	for _, src := range m.Tensors {
+		src := src
+		tt := TargetType(src, t)
+		n := src.Elems()
+		size, err := quant.Bytes(tt, n)
+		if err != nil {
+			return rep, fmt.Errorf("model: quantize %q: %w", src.Name, err)
+		}
+		heads := 0
+		if m.Config.RopeNeox && m.Format == "safetensors" {
+			switch {
+			case strings.HasSuffix(src.Name, ".attn_q.weight"):
+				heads = c.Heads
+			case strings.HasSuffix(src.Name, ".attn_k.weight"):
+				heads = c.KVHeads
+			}
+		}
+		converted := tt != src.Type
+		wts = append(wts, gguf.WriteTensor{Name: src.Name, Type: tt, Shape: src.Shape, Size: size,
+			Write: func(w io.Writer) error {
+				if !converted && heads == 0 {
+					_, err := w.Write(src.Data)
+					return err
+				}
+				f := make([]float32, n)
+				if err := quant.Dequantize(src.Type, f, src.Data); err != nil {
+					return fmt.Errorf("model: quantize %q: %w", src.Name, err)
+				}
+				if heads > 0 {
+					f = permuteHFToGGUF(f, int(src.Shape[0]), heads)
+				}
+				out := make([]byte, size)
+				if err := quant.Quantize(tt, out, f); err != nil {
+					return fmt.Errorf("model: quantize %q: %w", src.Name, err)
+				}
+				if tt == t {
+					back := make([]float32, n)
+					if err := quant.Dequantize(tt, back, out); err != nil {
+						return err
+					}
+					for i, v := range back {
+						d := float64(v) - float64(f[i])
+						sqerr += d * d
+					}
+					nerr += n
+					rep.Quantized++
+				}
+				_, err := w.Write(out)
+				return err
+			}})
+		rep.Bytes += size
+	}
+	rep.Tensors = len(wts)
+	// The RMSE is only known after the data is written, so it cannot go in
+	// the header; it is reported to the caller (and by `qtune inspect --errors`).
+	if err := gguf.Write(w, 3, kv, wts, 0); err != nil {
+		return rep, err
+	}
+	if nerr > 0 {
+		rep.RMSE = math.Sqrt(sqerr / float64(nerr))
+	}
+	return rep, nil
+}
+
+// permuteHFToGGUF reorders the rows of a Q or K matrix from Hugging Face's
+// rotate-half order to GGUF's interleaved order: within each head of D rows,
+// GGUF row 2b+a is HF row a·D/2+b.
+func permuteHFToGGUF(f []float32, cols, heads int) []float32 {
+	rows := len(f) / cols
+	D := rows / heads
+	out := make([]float32, len(f))
+	for h := 0; h < heads; h++ {
+		for b := 0; b < D/2; b++ {
+			for a := 0; a < 2; a++ {
+				dst := h*D + 2*b + a
+				src := h*D + a*(D/2) + b
+				copy(out[dst*cols:(dst+1)*cols], f[src*cols:(src+1)*cols])
+			}
+		}
+	}
+	return out
+}
+
+// metadata returns the GGUF key-value pairs describing the model: the source
+// file's own when it was GGUF (less the keys a conversion changes), else
+// keys built from the config and tokenizer.
+func (m *Model) metadata() ([]gguf.KV, error) {
+	var kv []gguf.KV
+	if m.GGUF != nil {
+		for _, p := range m.GGUF.KV {
+			switch p.Key {
+			case "general.file_type", "general.quantization_version", "general.alignment":
+				continue
+			}
+			kv = append(kv, p)
+		}
+	} else {
+		c := m.Config
+		a := c.Arch
+		kv = append(kv,
+			gguf.KVOf("general.architecture", a),
+			gguf.KVOf("general.name", "qtune-converted"),
+			gguf.KVOf(a+".context_length", uint32(c.Context)),
+			gguf.KVOf(a+".embedding_length", uint32(c.Dim)),
+			gguf.KVOf(a+".block_count", uint32(c.Layers)),
+			gguf.KVOf(a+".feed_forward_length", uint32(c.Hidden)),
+			gguf.KVOf(a+".attention.head_count", uint32(c.Heads)),
+			gguf.KVOf(a+".attention.head_count_kv", uint32(c.KVHeads)),
+			gguf.KVOf(a+".attention.layer_norm_rms_epsilon", c.Eps),
+			gguf.KVOf(a+".rope.dimension_count", uint32(c.RopeDims)),
+			gguf.KVOf(a+".rope.freq_base", float32(c.RopeTheta)),
+			gguf.KVOf(a+".vocab_size", uint32(c.Vocab)),
+		)
+		if c.HeadDim != c.Dim/c.Heads {
+			kv = append(kv, gguf.KVOf(a+".attention.key_length", uint32(c.HeadDim)), gguf.KVOf(a+".attention.value_length", uint32(c.HeadDim)))
+		}
+		if c.RopeLinear > 0 {
+			kv = append(kv, gguf.KVOf(a+".rope.scaling.type", "linear"), gguf.KVOf(a+".rope.scaling.factor", float32(c.RopeLinear)))
+		}
+		if m.Tokenizer != nil {
+			kv = append(kv, tokenizerKV(m.Tokenizer.Vocab())...)
+		}
+	}
+	return kv, nil
+}
+
+func tokenizerKV(v tokenizer.Vocab) []gguf.KV {
+	var kv []gguf.KV
+	if v.Kind == tokenizer.SPM {
+		kv = append(kv, gguf.KVOf("tokenizer.ggml.model", "llama"))
+	} else {
+		kv = append(kv, gguf.KVOf("tokenizer.ggml.model", "gpt2"))
+		if v.Pre != "" {
+			kv = append(kv, gguf.KVOf("tokenizer.ggml.pre", v.Pre))
+		}
+	}
+	kv = append(kv, gguf.KVOf("tokenizer.ggml.tokens", v.Tokens))
+	if len(v.Scores) == len(v.Tokens) {
+		kv = append(kv, gguf.KVOf("tokenizer.ggml.scores", v.Scores))
+	}
+	if len(v.Types) == len(v.Tokens) {
+		kv = append(kv, gguf.KVOf("tokenizer.ggml.token_type", v.Types))
+	}
+	if len(v.Merges) > 0 {
+		kv = append(kv, gguf.KVOf("tokenizer.ggml.merges", v.Merges))
+	}
+	for _, p := range []struct {
+		k  string
+		id int
+	}{{"bos", v.BOS}, {"eos", v.EOS}, {"unknown", v.UNK}, {"padding", v.PAD}} {
+		if p.id >= 0 {
+			kv = append(kv, gguf.KVOf("tokenizer.ggml."+p.k+"_token_id", uint32(p.id)))
+		}
+	}
+	kv = append(kv, gguf.KVOf("tokenizer.ggml.add_bos_token", v.AddBOS), gguf.KVOf("tokenizer.ggml.add_space_prefix", v.AddSpacePrefix))
+	if v.ChatTemplate != "" {
+		kv = append(kv, gguf.KVOf("tokenizer.chat_template", v.ChatTemplate))
+	}
+	return kv
+}
+
+// QuantError returns the RMSE that quantizing the tensors to t would cause,
+// over the elements that would be converted, against their current values
+// (the F32 original for a float file). One tensor is decoded at a time.
+func QuantError(ts []tensor.Tensor, t quant.Type) (rmse float64, elems int64, err error) {
+	var sq float64
+	for _, src := range ts {
+		if TargetType(src, t) != t || src.Type == t {
+			continue
+		}
+		n := src.Elems()
+		f := make([]float32, n)
+		if err := quant.Dequantize(src.Type, f, src.Data); err != nil {
+			return 0, 0, fmt.Errorf("model: %q: %w", src.Name, err)
+		}
+		size, err := quant.Bytes(t, n)
+		if err != nil {
+			return 0, 0, err
+		}
+		q := make([]byte, size)
+		if err := quant.Quantize(t, q, f); err != nil {
+			return 0, 0, fmt.Errorf("model: %q: %w", src.Name, err)
+		}
+		back := make([]float32, n)
+		if err := quant.Dequantize(t, back, q); err != nil {
+			return 0, 0, err
+		}
+		for i, v := range back {
+			d := float64(v) - float64(f[i])
+			sq += d * d
+		}
+		elems += n
+	}
+	if elems == 0 {
+		return 0, 0, nil
+	}
+	return math.Sqrt(sq / float64(elems)), elems, nil
+}

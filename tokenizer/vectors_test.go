@@ -1,0 +1,202 @@
+package tokenizer
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/qtune/qtune/format/gguf"
+	"github.com/qtune/qtune/internal/shared"
+)
+
+// vectors reads llama.cpp's tests.inp/tests.out pair: strings separated by
+// "\n__ggml_vocab_test__\n" lines (the file ends with one), ids one line per
+// string.
+func vectors(t testing.TB, name string) ([]string, [][]int) {
+	t.Helper()
+	inp, err := os.ReadFile(shared.Path(t, "assets", "tokenizers", name, "tests.inp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	outb, err := os.ReadFile(shared.Path(t, "assets", "tokenizers", name, "tests.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sep = "\n__ggml_vocab_test__\n"
+	s := strings.TrimSuffix(string(inp), sep)
+	texts := strings.Split(s, sep)
+	lines := strings.Split(strings.TrimSuffix(string(outb), "\n"), "\n")
+	if len(texts) != len(lines) || len(texts) != 46 {
+		t.Fatalf("%s: %d strings, %d id lines, want 46", name, len(texts), len(lines))
+	}
+	ids := make([][]int, len(lines))
+	for i, l := range lines {
+		for _, f := range strings.Fields(l) {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids[i] = append(ids[i], n)
+		}
+	}
+	return texts, ids
+}
+
+func loadGGUF(t testing.TB, elem ...string) *Tokenizer {
+	t.Helper()
+	data, err := os.ReadFile(shared.Path(t, elem...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := gguf.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, err := FromGGUF(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tk
+}
+
+func loadFile(t testing.TB, load func([]byte) (*Tokenizer, error), elem ...string) *Tokenizer {
+	t.Helper()
+	data, err := os.ReadFile(shared.Path(t, elem...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, err := load(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tk
+}
+
+// hfDir links the given shared files into a temporary folder.
+func hfDir(t testing.TB, files ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, f := range files {
+		src := shared.Path(t, "assets", "tokenizers", f)
+		if err := os.Symlink(src, filepath.Join(dir, filepath.Base(f))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func llama2Tokenizers(t testing.TB) map[string]*Tokenizer {
+	return map[string]*Tokenizer{
+		"gguf":  loadGGUF(t, "assets", "tokenizers", "llama2", "vocab-llama2.gguf"),
+		"model": loadFile(t, FromSentencePiece, "assets", "tokenizers", "llama2", "tokenizer.model"),
+		"bin": loadFile(t, func(b []byte) (*Tokenizer, error) { return FromLlama2C(b, 32000) },
+			"assets", "tokenizers", "llama2", "tokenizer.bin"),
+	}
+}
+
+func gpt2Tokenizers(t testing.TB) map[string]*Tokenizer {
+	hf, err := FromHFDir(hfDir(t, "gpt2/vocab.json", "gpt2/merges.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return map[string]*Tokenizer{
+		"gguf": loadGGUF(t, "assets", "tokenizers", "gpt2", "vocab-gpt2.gguf"),
+		"hf":   hf,
+	}
+}
+
+func storiesTokenizers(t testing.TB) map[string]*Tokenizer {
+	return map[string]*Tokenizer{
+		"gguf": loadGGUF(t, "assets", "models", "stories260K.gguf"),
+		"bin": loadFile(t, func(b []byte) (*Tokenizer, error) { return FromLlama2C(b, 512) },
+			"assets", "models", "llama2c", "tok512.bin"),
+	}
+}
+
+func equalIDs(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func checkVectors(t *testing.T, toks map[string]*Tokenizer, texts []string, want [][]int) {
+	for name, tk := range toks {
+		t.Run(name, func(t *testing.T) {
+			pass := 0
+			for i, s := range texts {
+				got := tk.Encode(s, false)
+				if !equalIDs(got, want[i]) {
+					t.Errorf("case %d %q:\n got %v\nwant %v", i, s, got, want[i])
+					continue
+				}
+				pass++
+				if d := tk.Decode(got); d != s {
+					t.Errorf("case %d: Decode(Encode(%q)) = %q", i, s, d)
+				}
+				if d := tk.Decode(tk.Encode(s, true)); d != s {
+					t.Errorf("case %d: Decode(Encode(%q, bos)) = %q", i, s, d)
+				}
+			}
+			t.Logf("%d/%d vectors pass", pass, len(texts))
+		})
+	}
+}
+
+func TestLlama2Vectors(t *testing.T) {
+	texts, want := vectors(t, "llama2")
+	checkVectors(t, llama2Tokenizers(t), texts, want)
+}
+
+func TestGPT2Vectors(t *testing.T) {
+	texts, want := vectors(t, "gpt2")
+	checkVectors(t, gpt2Tokenizers(t), texts, want)
+}
+
+func TestStoriesGolden(t *testing.T) {
+	data, err := os.ReadFile(shared.Path(t, "golden", "stories260K", "tokenizer.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g struct {
+		BOS   bool `json:"bos"`
+		Cases []struct {
+			Text string `json:"text"`
+			IDs  []int  `json:"ids"`
+		} `json:"cases"`
+	}
+	if err := json.Unmarshal(data, &g); err != nil {
+		t.Fatal(err)
+	}
+	if len(g.Cases) != 30 || !g.BOS {
+		t.Fatalf("%d cases, bos %v", len(g.Cases), g.BOS)
+	}
+	for name, tk := range storiesTokenizers(t) {
+		t.Run(name, func(t *testing.T) {
+			if tk.VocabSize() != 512 || tk.BOS() != 1 || tk.EOS() != 2 || tk.Kind() != SPM {
+				t.Fatalf("vocab %d bos %d eos %d kind %v", tk.VocabSize(), tk.BOS(), tk.EOS(), tk.Kind())
+			}
+			pass := 0
+			for i, c := range g.Cases {
+				got := tk.Encode(c.Text, true)
+				if !equalIDs(got, c.IDs) {
+					t.Errorf("case %d %q:\n got %v\nwant %v", i, c.Text, got, c.IDs)
+					continue
+				}
+				pass++
+				if d := tk.Decode(got); d != c.Text {
+					t.Errorf("case %d: Decode = %q, want %q", i, d, c.Text)
+				}
+			}
+			t.Logf("%d/%d golden cases pass", pass, len(g.Cases))
+		})
+	}
+}

@@ -1,0 +1,199 @@
+package train
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/nn"
+)
+
+// EvalOptions control evaluation.
+type EvalOptions struct {
+	// MaxSeqLen is the window length in tokens (0: the model's context,
+	// capped at 1024). Longer texts are scored in windows that overlap by one
+	// token, so every token after the first is predicted exactly once.
+	MaxSeqLen int
+	// Progress, when set, is called after each record with (done, total).
+	Progress func(done, total int)
+}
+
+// LMResult is the outcome of a language-modelling evaluation.
+type LMResult struct {
+	Loss   float64 `json:"loss"` // mean negative log-likelihood per predicted token (nats)
+	PPL    float64 `json:"ppl"`  // exp(Loss)
+	Tokens int     `json:"tokens"`
+}
+
+// ClassResult is the outcome of a classification evaluation.
+type ClassResult struct {
+	Accuracy float64 `json:"accuracy"`
+	N        int     `json:"n"`
+}
+
+func (o *EvalOptions) window(m *model.Model) int {
+	w := o.MaxSeqLen
+	if w <= 0 {
+		w = min(m.Config.Context, 1024)
+	}
+	return max(2, min(w, m.Config.Context))
+}
+
+// EvalLM returns the mean loss over Text records (every token after BOS) or
+// Completion records (completion tokens only).
+func EvalLM(ctx context.Context, m *model.Model, recs []data.Record, kind data.Kind, o EvalOptions) (LMResult, error) {
+	if kind != data.Text && kind != data.Completion {
+		return LMResult{}, fmt.Errorf("train: language-model evaluation needs text or prompt/completion data, not %s", kind)
+	}
+	W := o.window(m)
+	st := m.NewState(W)
+	logits := make([]float32, W*m.Config.Vocab)
+	var nll float64
+	var n int
+	for ri, r := range recs {
+		if err := ctx.Err(); err != nil {
+			return LMResult{}, err
+		}
+		var ids []int
+		first := 1 // index of the first scored token
+		if kind == data.Text {
+			ids = m.Tokenizer.Encode(r.Text, true)
+		} else {
+			ids = m.Tokenizer.Encode(r.Prompt+r.Completion, true)
+			first = max(1, commonPrefix(ids, m.Tokenizer.Encode(r.Prompt, true)))
+		}
+		s, k, err := TokenNLL(m, st, logits, ids, first)
+		if err != nil {
+			return LMResult{}, err
+		}
+		nll += s
+		n += k
+		if o.Progress != nil {
+			o.Progress(ri+1, len(recs))
+		}
+	}
+	if n == 0 {
+		return LMResult{}, errors.New("train: no tokens to score")
+	}
+	loss := nll / float64(n)
+	return LMResult{Loss: loss, PPL: math.Exp(loss), Tokens: n}, nil
+}
+
+// TokenNLL returns the summed negative log-likelihood of ids[first:] given
+// their prefixes, and how many tokens that is. Sequences longer than the
+// state are scored in windows of st.MaxLen() tokens overlapping by one, so
+// every token is predicted once, with the context of its own window. logits
+// is scratch of at least st.MaxLen()·V floats.
+func TokenNLL(m *model.Model, st *model.State, logits []float32, ids []int, first int) (float64, int, error) {
+	W, V := st.MaxLen(), m.Config.Vocab
+	if W < 2 {
+		return 0, 0, errors.New("train: window shorter than 2 tokens")
+	}
+	var nll float64
+	var n int
+	for start := 0; start+1 < len(ids); start += W - 1 {
+		end := min(start+W, len(ids))
+		if end > first {
+			st.Reset()
+			if err := m.Forward(st, ids[start:end], logits, true); err != nil {
+				return 0, 0, err
+			}
+			for t := max(start, first-1); t+1 < end; t++ {
+				row := logits[(t-start)*V : (t-start+1)*V]
+				nll += nn.LogSumExp(row) - float64(row[ids[t+1]])
+				n++
+			}
+		}
+		if end == len(ids) {
+			break
+		}
+	}
+	return nll, n, nil
+}
+
+func commonPrefix(a, b []int) int {
+	i := 0
+	for i < len(a) && i < len(b) && a[i] == b[i] {
+		i++
+	}
+	return i
+}
+
+// ChoiceScores returns, for one classification record, the summed
+// log-likelihood of each choice's tokens after the prompt (MeZO's protocol:
+// the text prompt+choice is encoded whole and the tokens past the part shared
+// with the prompt's own encoding are scored).
+func ChoiceScores(m *model.Model, st *model.State, r data.Record) ([]float64, error) {
+	V := m.Config.Vocab
+	prompt := m.Tokenizer.Encode(r.Prompt, true)
+	full := make([][]int, len(r.Choices))
+	lcp := len(prompt)
+	for i, c := range r.Choices {
+		full[i] = m.Tokenizer.Encode(r.Prompt+c, true)
+		lcp = min(lcp, commonPrefix(full[i], prompt))
+	}
+	lcp = max(lcp, 1)
+	maxLen := 0
+	for _, f := range full {
+		maxLen = max(maxLen, len(f))
+		if len(f) <= lcp {
+			return nil, fmt.Errorf("train: choice adds no tokens after the prompt %q", r.Prompt)
+		}
+	}
+	if maxLen > st.MaxLen() {
+		return nil, fmt.Errorf("train: prompt and choice take %d tokens, more than the window of %d", maxLen, st.MaxLen())
+	}
+	st.Reset()
+	last := make([]float32, V)
+	if err := m.Forward(st, full[0][:lcp], last, false); err != nil {
+		return nil, err
+	}
+	scores := make([]float64, len(r.Choices))
+	logits := make([]float32, maxLen*V)
+	for i, f := range full {
+		st.Pos = lcp
+		rest := f[lcp:]
+		if err := m.Forward(st, rest, logits, true); err != nil {
+			return nil, err
+		}
+		s := float64(last[rest[0]]) - nn.LogSumExp(last)
+		for j := 1; j < len(rest); j++ {
+			row := logits[(j-1)*V : j*V]
+			s += float64(row[rest[j]]) - nn.LogSumExp(row)
+		}
+		scores[i] = s
+	}
+	return scores, nil
+}
+
+// EvalClassify returns the accuracy of picking the choice with the highest
+// summed log-likelihood.
+func EvalClassify(ctx context.Context, m *model.Model, recs []data.Record, o EvalOptions) (ClassResult, error) {
+	st := m.NewState(o.window(m))
+	correct := 0
+	for i, r := range recs {
+		if err := ctx.Err(); err != nil {
+			return ClassResult{}, err
+		}
+		sc, err := ChoiceScores(m, st, r)
+		if err != nil {
+			return ClassResult{}, fmt.Errorf("record %d: %w", i+1, err)
+		}
+		best := 0
+		for j, s := range sc {
+			if s > sc[best] {
+				best = j
+			}
+		}
+		if best == r.Label {
+			correct++
+		}
+		if o.Progress != nil {
+			o.Progress(i+1, len(recs))
+		}
+	}
+	return ClassResult{Accuracy: float64(correct) / float64(len(recs)), N: len(recs)}, nil
+}
