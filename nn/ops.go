@@ -4,20 +4,29 @@ import (
 	"math"
 )
 
+// Float is the element type of the ops: float32 in the engine, float64 in
+// the finite-difference checks of the backward passes.
+type Float interface{ ~float32 | ~float64 }
+
 // RMSNorm writes out[i] = x[i] / sqrt(mean(x²) + eps) · w[i] for one row,
 // accumulating the mean of squares in float64. Reference:
 //
 //	ss = Σ x[i]²/n;  r = 1/sqrt(ss+eps);  out[i] = x[i]·r·w[i]
-func RMSNorm(out, x, w []float32, eps float32) {
-	var ss float64
-	for _, v := range x {
-		ss += float64(v) * float64(v)
-	}
-	r := float32(1 / math.Sqrt(ss/float64(len(x))+float64(eps)))
+func RMSNorm[F Float](out, x, w []F, eps float32) {
+	r := F(rmsInv(x, eps))
 	w = w[:len(x)]
 	for i, v := range x {
 		out[i] = v * r * w[i]
 	}
+}
+
+// rmsInv returns 1/sqrt(mean(x²)+eps), accumulated in float64.
+func rmsInv[F Float](x []F, eps float32) float64 {
+	var ss float64
+	for _, v := range x {
+		ss += float64(v) * float64(v)
+	}
+	return 1 / math.Sqrt(ss/float64(len(x))+float64(eps))
 }
 
 // Rope holds the rotation frequencies of rotary position embeddings.
@@ -102,10 +111,10 @@ func LogSumExp(x []float32) float64 {
 }
 
 // SwiGLU writes out[i] = silu(gate[i]) · up[i], silu(g) = g/(1+e^−g).
-func SwiGLU(out, gate, up []float32) {
+func SwiGLU[F Float](out, gate, up []F) {
 	up = up[:len(gate)]
 	for i, g := range gate {
-		out[i] = float32(float64(g)/(1+math.Exp(-float64(g)))) * up[i]
+		out[i] = F(float64(g)/(1+math.Exp(-float64(g)))) * up[i]
 	}
 }
 

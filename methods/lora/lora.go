@@ -1,0 +1,232 @@
+package lora
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strings"
+	"unsafe"
+
+	"github.com/qtune/qtune/kernels"
+	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/quant"
+)
+
+// Layer is one adapted linear layer.
+type Layer struct {
+	Target  string // GGUF base tensor name, e.g. blk.0.attn_q.weight
+	In, Out int
+	R       int
+	Scale   float32   // alpha/R (or alpha/√R)
+	A, B    []float32 // (R, In), (Out, R)
+	GA, GB  []float32 // gradients, same shapes
+	Dropout float32   // probability of zeroing an input element of the A path
+
+	pool *kernels.Pool
+	seed uint64 // dropout seed of the current step
+	id   uint64 // distinguishes layers' masks
+}
+
+var _ model.Adapter = (*Layer)(nil)
+
+// f32Matrix views a float32 slice as an F32 kernels.Matrix.
+func f32Matrix(v []float32, rows, cols int) kernels.Matrix {
+	var b []byte
+	if len(v) > 0 {
+		b = unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+	}
+	return kernels.Matrix{Type: quant.F32, Rows: rows, Cols: cols, Data: b}
+}
+
+// dropped returns x with the step's dropout applied (x itself when off).
+func (l *Layer) dropped(x []float32, M int) []float32 {
+	if l.Dropout <= 0 {
+		return x[:M*l.In]
+	}
+	out := make([]float32, M*l.In)
+	keep := 1 / (1 - l.Dropout)
+	r := rand.New(rand.NewPCG(l.seed, l.id))
+	th := uint32(float64(l.Dropout) * math.MaxUint32)
+	for i := range out {
+		if r.Uint32() >= th {
+			out[i] = x[i] * keep
+		}
+	}
+	return out
+}
+
+// Forward adds s·(x·Aᵀ)·Bᵀ to y.
+func (l *Layer) Forward(y, x []float32, M int) {
+	xd := l.dropped(x, M)
+	h := make([]float32, M*l.R)
+	kernels.MatMul(l.pool, h, xd, M, f32Matrix(l.A, l.R, l.In))
+	t := make([]float32, M*l.Out)
+	kernels.MatMul(l.pool, t, h, M, f32Matrix(l.B, l.Out, l.R))
+	kernels.Axpy(y[:M*l.Out], l.Scale, t)
+}
+
+// Backward accumulates dB += s·dyᵀh, dA += dhᵀx with dh = s·dy·B, and
+// dx += dh·A (through the dropout mask).
+func (l *Layer) Backward(dx, dy, x []float32, M int) {
+	xd := l.dropped(x, M)
+	h := make([]float32, M*l.R)
+	kernels.MatMul(l.pool, h, xd, M, f32Matrix(l.A, l.R, l.In))
+	s := l.Scale
+	// dB (Out, R) += s · dyᵀ (Out, M) · h (M, R)
+	for m := 0; m < M; m++ {
+		dyr := dy[m*l.Out : (m+1)*l.Out]
+		hr := h[m*l.R : (m+1)*l.R]
+		for o, g := range dyr {
+			if g != 0 {
+				kernels.Axpy(l.GB[o*l.R:(o+1)*l.R], s*g, hr)
+			}
+		}
+	}
+	// dh (M, R) = s · dy · B
+	dh := make([]float32, M*l.R)
+	kernels.MatMulT(l.pool, dh, dy, M, f32Matrix(l.B, l.Out, l.R))
+	for i := range dh {
+		dh[i] *= s
+	}
+	// dA (R, In) += dhᵀ · xd
+	for m := 0; m < M; m++ {
+		xr := xd[m*l.In : (m+1)*l.In]
+		for r := 0; r < l.R; r++ {
+			if g := dh[m*l.R+r]; g != 0 {
+				kernels.Axpy(l.GA[r*l.In:(r+1)*l.In], g, xr)
+			}
+		}
+	}
+	if dx == nil {
+		return
+	}
+	if l.Dropout <= 0 {
+		kernels.MatMulT(l.pool, dx, dh, M, f32Matrix(l.A, l.R, l.In))
+		return
+	}
+	t := make([]float32, M*l.In)
+	kernels.MatMulT(l.pool, t, dh, M, f32Matrix(l.A, l.R, l.In))
+	mask := l.dropped(onesLike(M*l.In), M)
+	for i := range t {
+		dx[i] += t[i] * mask[i]
+	}
+}
+
+func onesLike(n int) []float32 {
+	o := make([]float32, n)
+	for i := range o {
+		o[i] = 1
+	}
+	return o
+}
+
+// Config chooses where adapters go and how they start.
+type Config struct {
+	Rank    int
+	Alpha   float64
+	Dropout float64
+	RSLoRA  bool
+	Targets []model.Module // default: all seven linear layers
+	// Layers adapts only the last Layers blocks (MLX-LM's --num-layers);
+	// 0 or less means every block.
+	Layers int
+	Seed   uint64
+}
+
+// ParseTargets reads a comma-separated list of module names (q,k,v,o,gate,
+// up,down; "all" for every one; HF names like q_proj are accepted too).
+func ParseTargets(s string) ([]model.Module, error) {
+	if s == "" || s == "all" {
+		return []model.Module{model.ModQ, model.ModK, model.ModV, model.ModO, model.ModGate, model.ModUp, model.ModDown}, nil
+	}
+	var out []model.Module
+	seen := map[model.Module]bool{}
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSuffix(strings.TrimSpace(f), "_proj")
+		found := false
+		for i, n := range model.ModuleNames {
+			if n == f {
+				if !seen[model.Module(i)] {
+					out = append(out, model.Module(i))
+					seen[model.Module(i)] = true
+				}
+				found = true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("lora: unknown target module %q (q, k, v, o, gate, up, down)", f)
+		}
+	}
+	return out, nil
+}
+
+// Set is the adapters of a model.
+type Set struct {
+	Config Config
+	Layers []*Layer          // in (layer, module) order
+	ByPos  model.Adapters    // for model.StepOptions
+	ByName map[string]*Layer // by target tensor name
+}
+
+// New creates adapters for m: A ~ U(−1/√in, 1/√in) (PEFT's default Kaiming
+// uniform with a = √5), B = 0, so training starts from the base model.
+func New(m *model.Model, c Config) (*Set, error) {
+	if c.Rank <= 0 || c.Rank > 4096 {
+		return nil, fmt.Errorf("lora: rank %d out of range", c.Rank)
+	}
+	if !(c.Alpha > 0) {
+		return nil, fmt.Errorf("lora: alpha %g must be positive", c.Alpha)
+	}
+	if c.Dropout < 0 || c.Dropout >= 1 {
+		return nil, fmt.Errorf("lora: dropout %g out of [0, 1)", c.Dropout)
+	}
+	if len(c.Targets) == 0 {
+		c.Targets, _ = ParseTargets("all")
+	}
+	scale := c.Alpha / float64(c.Rank)
+	if c.RSLoRA {
+		scale = c.Alpha / math.Sqrt(float64(c.Rank))
+	}
+	nl := m.Config.Layers
+	first := 0
+	if c.Layers > 0 && c.Layers < nl {
+		first = nl - c.Layers
+	}
+	s := &Set{Config: c, ByPos: make(model.Adapters, nl), ByName: map[string]*Layer{}}
+	r := rand.New(rand.NewPCG(c.Seed, 0x10a))
+	for li := first; li < nl; li++ {
+		for _, mod := range c.Targets {
+			w := m.Layers[li].Matrix(mod)
+			l := &Layer{Target: model.TensorName(li, mod), In: w.Cols, Out: w.Rows, R: c.Rank, Scale: float32(scale),
+				Dropout: float32(c.Dropout), pool: m.Pool(), id: uint64(li)*16 + uint64(mod)}
+			l.A = make([]float32, l.R*l.In)
+			l.B = make([]float32, l.Out*l.R)
+			l.GA = make([]float32, len(l.A))
+			l.GB = make([]float32, len(l.B))
+			bound := 1 / math.Sqrt(float64(l.In))
+			for i := range l.A {
+				l.A[i] = float32((2*r.Float64() - 1) * bound)
+			}
+			s.Layers = append(s.Layers, l)
+			s.ByPos[li][mod] = l
+			s.ByName[l.Target] = l
+		}
+	}
+	return s, nil
+}
+
+// SetStep sets the dropout seed of the coming step.
+func (s *Set) SetStep(step int) {
+	for _, l := range s.Layers {
+		l.seed = s.Config.Seed ^ uint64(step)*0x9e3779b97f4a7c15
+	}
+}
+
+// Params returns the number of trainable parameters.
+func (s *Set) Params() int64 {
+	var n int64
+	for _, l := range s.Layers {
+		n += int64(len(l.A) + len(l.B))
+	}
+	return n
+}

@@ -1,0 +1,420 @@
+package model
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/qtune/qtune/kernels"
+	"github.com/qtune/qtune/nn"
+)
+
+// Module names one of the seven linear layers of a block.
+type Module int
+
+// The adaptable linear layers, in the order of design.md and the golden
+// LoRA file: q, k, v, o, gate, up, down.
+const (
+	ModQ Module = iota
+	ModK
+	ModV
+	ModO
+	ModGate
+	ModUp
+	ModDown
+	NumModules
+)
+
+// ModuleNames are the short names used by --targets.
+var ModuleNames = [NumModules]string{"q", "k", "v", "o", "gate", "up", "down"}
+
+// moduleTensor is each module's GGUF tensor name within a block.
+var moduleTensor = [NumModules]string{"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}
+
+// TensorName returns the GGUF name of layer l's module weight.
+func TensorName(l int, mod Module) string { return fmt.Sprintf("blk.%d.%s.weight", l, moduleTensor[mod]) }
+
+// Matrix returns the frozen weight of a module.
+func (l *Layer) Matrix(mod Module) *kernels.Matrix {
+	return [...]*kernels.Matrix{&l.Wq, &l.Wk, &l.Wv, &l.Wo, &l.Gate, &l.Up, &l.Down}[mod]
+}
+
+// Adapter adds a trainable term to one frozen linear layer y = x·Wᵀ.
+// Implementations keep their own parameters and gradients.
+type Adapter interface {
+	// Forward adds the adapter's output for M rows: y (M, out) += f(x (M, in)).
+	Forward(y, x []float32, M int)
+	// Backward accumulates the adapter's parameter gradients for the same
+	// rows and adds its input gradient to dx (M, in), given dy (M, out).
+	Backward(dx, dy, x []float32, M int)
+}
+
+// Adapters holds an optional adapter per layer and module.
+type Adapters [][NumModules]Adapter
+
+// StepOptions control LossGrad.
+type StepOptions struct {
+	Adapters Adapters
+	// Checkpoint keeps only each layer's input during the forward pass and
+	// recomputes the layer's activations during the backward pass.
+	Checkpoint bool
+	// WeightGrads, when it has an entry for a tensor's GGUF name, receives
+	// dL/dW for that weight (row-major (out, in), or the vector), +=.
+	// token_embd.weight gets the gradient through the lookup only and
+	// output.weight through the output projection only, tied or not.
+	WeightGrads map[string][]float32
+	// FirstLayer is the lowest layer the backward pass reaches; gradients
+	// below it (and of the embedding) are not computed.
+	FirstLayer int
+}
+
+// layerActs are the activations of one block for B·T rows.
+type layerActs struct {
+	xin  []float32 // (BT, C) block input
+	xn1  []float32 // (BT, C) attention RMSNorm output
+	q    []float32 // (BT, H·D) after RoPE
+	k    []float32 // (BT, Hkv·D) after RoPE
+	v    []float32 // (BT, Hkv·D)
+	lse  []float32 // (B, H, T) softmax log-sum-exp
+	att  []float32 // (BT, H·D) attention output before Wo
+	xmid []float32 // (BT, C) residual after attention
+	xn2  []float32 // (BT, C) FFN RMSNorm output
+	g    []float32 // (BT, F) gate pre-activation
+	u    []float32 // (BT, F) up projection
+	h    []float32 // (BT, F) silu(g)·u
+}
+
+func (m *Model) newActs(BT, B int, full bool) *layerActs {
+	c := m.Config
+	C, F := c.Dim, c.Hidden
+	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	a := &layerActs{xin: make([]float32, BT*C)}
+	if full {
+		a.xn1, a.q, a.k, a.v = make([]float32, BT*C), make([]float32, BT*qd), make([]float32, BT*kvd), make([]float32, BT*kvd)
+		a.lse, a.att, a.xmid, a.xn2 = make([]float32, BT*c.Heads), make([]float32, BT*qd), make([]float32, BT*C), make([]float32, BT*C)
+		a.g, a.u, a.h = make([]float32, BT*F), make([]float32, BT*F), make([]float32, BT*F)
+	}
+	return a
+}
+
+// ActivationBytes estimates the float32 activations LossGrad keeps for a
+// batch of B sequences of T tokens (the planner's number).
+func (c *Config) ActivationBytes(B, T int, checkpoint bool) int64 {
+	BT := int64(B * T)
+	qd, kvd := int64(c.Heads*c.HeadDim), int64(c.KVHeads*c.HeadDim)
+	C, F := int64(c.Dim), int64(c.Hidden)
+	perLayer := BT * (4*C + 2*qd + 2*kvd + int64(c.Heads) + 3*F)
+	saved := int64(c.Layers) * perLayer
+	if checkpoint {
+		saved = int64(c.Layers)*BT*C + perLayer
+	}
+	return 4 * saved
+}
+
+// linear computes y = x·Wᵀ (+ adapter) for M rows.
+func (m *Model) linear(y, x []float32, M int, l int, mod Module, ad Adapters) {
+	kernels.MatMul(m.pool, y, x, M, *m.Layers[l].Matrix(mod))
+	if a := adapterOf(ad, l, mod); a != nil {
+		a.Forward(y, x, M)
+	}
+}
+
+func adapterOf(ad Adapters, l int, mod Module) Adapter {
+	if l < len(ad) {
+		return ad[l][mod]
+	}
+	return nil
+}
+
+// linearBack accumulates dx += dy·W (+ adapter), the adapter's gradients,
+// and dW when requested.
+func (m *Model) linearBack(dx, dy, x []float32, M int, l int, mod Module, o *StepOptions) {
+	w := m.Layers[l].Matrix(mod)
+	if dx != nil {
+		kernels.MatMulT(m.pool, dx, dy, M, *w)
+	}
+	if a := adapterOf(o.Adapters, l, mod); a != nil {
+		a.Backward(dx, dy, x, M)
+	}
+	if dw, ok := o.WeightGrads[TensorName(l, mod)]; ok {
+		m.weightGrad(dw, dy, x, M, w.Rows, w.Cols)
+	}
+}
+
+// weightGrad accumulates dW (N, K) += dYᵀ (N, M) · X (M, K), split over N.
+func (m *Model) weightGrad(dw, dy, x []float32, M, N, K int) {
+	m.pool.Parallel(N, 1, func(lo, hi int) {
+		for n := lo; n < hi; n++ {
+			row := dw[n*K : (n+1)*K]
+			for r := 0; r < M; r++ {
+				if a := dy[r*N+n]; a != 0 {
+					kernels.Axpy(row, a, x[r*K:(r+1)*K])
+				}
+			}
+		}
+	})
+}
+
+// layerForward computes block l on a.xin, filling a's activations and
+// writing the block output to out (BT, C).
+func (m *Model) layerForward(l int, a *layerActs, out []float32, B, T int, ad Adapters) {
+	c := m.Config
+	C, D := c.Dim, c.HeadDim
+	qd, kvd := c.Heads*D, c.KVHeads*D
+	BT := B * T
+	L := &m.Layers[l]
+	for r := 0; r < BT; r++ {
+		nn.RMSNorm(a.xn1[r*C:(r+1)*C], a.xin[r*C:(r+1)*C], L.AttnNorm, c.Eps)
+	}
+	m.linear(a.q, a.xn1, BT, l, ModQ, ad)
+	m.linear(a.k, a.xn1, BT, l, ModK, ad)
+	m.linear(a.v, a.xn1, BT, l, ModV, ad)
+	for r := 0; r < BT; r++ {
+		pos := r % T
+		for h := 0; h < c.Heads; h++ {
+			m.rope.Apply(a.q[r*qd+h*D:r*qd+(h+1)*D], pos)
+		}
+		for h := 0; h < c.KVHeads; h++ {
+			m.rope.Apply(a.k[r*kvd+h*D:r*kvd+(h+1)*D], pos)
+		}
+	}
+	m.pool.Parallel(B, 1, func(lo, hi int) {
+		sc := make([]float32, T)
+		for b := lo; b < hi; b++ {
+			nn.AttentionSeq(a.att[b*T*qd:(b+1)*T*qd], a.lse[b*c.Heads*T:(b+1)*c.Heads*T],
+				a.q[b*T*qd:(b+1)*T*qd], a.k[b*T*kvd:(b+1)*T*kvd], a.v[b*T*kvd:(b+1)*T*kvd], T, c.Heads, c.KVHeads, D, sc)
+		}
+	})
+	m.linear(a.xmid, a.att, BT, l, ModO, ad)
+	for i, v := range a.xin {
+		a.xmid[i] += v
+	}
+	for r := 0; r < BT; r++ {
+		nn.RMSNorm(a.xn2[r*C:(r+1)*C], a.xmid[r*C:(r+1)*C], L.FFNNorm, c.Eps)
+	}
+	m.linear(a.g, a.xn2, BT, l, ModGate, ad)
+	m.linear(a.u, a.xn2, BT, l, ModUp, ad)
+	nn.SwiGLU(a.h, a.g, a.u)
+	m.linear(out, a.h, BT, l, ModDown, ad)
+	for i, v := range a.xmid {
+		out[i] += v
+	}
+}
+
+// scratch buffers for one block's backward.
+type backScratch struct {
+	dh, dg, du  []float32 // (BT, F)
+	dxn         []float32 // (BT, C)
+	datt        []float32 // (BT, H·D)
+	dq          []float32 // (BT, H·D)
+	dk, dv      []float32 // (BT, Hkv·D)
+	attnScratch []float32
+}
+
+// layerBackward takes dx = dL/d(block output) and turns it, in place, into
+// dL/d(block input), accumulating adapter and weight gradients.
+func (m *Model) layerBackward(l int, a *layerActs, dx []float32, B, T int, o *StepOptions, s *backScratch) {
+	c := m.Config
+	C, D := c.Dim, c.HeadDim
+	qd, kvd := c.Heads*D, c.KVHeads*D
+	BT := B * T
+	L := &m.Layers[l]
+	norm := func(name string) []float32 { return o.WeightGrads[fmt.Sprintf("blk.%d.%s.weight", l, name)] }
+	// FFN: out = xmid + down(silu(g)·u), g = gate(xn2), u = up(xn2).
+	clear(s.dh)
+	m.linearBack(s.dh, dx, a.h, BT, l, ModDown, o)
+	clear(s.dg)
+	clear(s.du)
+	nn.SwiGLUBackward(s.dg, s.du, s.dh, a.g, a.u)
+	clear(s.dxn)
+	m.linearBack(s.dxn, s.dg, a.xn2, BT, l, ModGate, o)
+	m.linearBack(s.dxn, s.du, a.xn2, BT, l, ModUp, o)
+	dwn := norm("ffn_norm")
+	for r := 0; r < BT; r++ {
+		nn.RMSNormBackward(dx[r*C:(r+1)*C], dwn, s.dxn[r*C:(r+1)*C], a.xmid[r*C:(r+1)*C], L.FFNNorm, c.Eps)
+	}
+	// Attention: xmid = xin + o(att), att = attention(rope(q(xn1)), rope(k(xn1)), v(xn1)).
+	clear(s.datt)
+	m.linearBack(s.datt, dx, a.att, BT, l, ModO, o)
+	clear(s.dq)
+	clear(s.dk)
+	clear(s.dv)
+	m.pool.Parallel(B, 1, func(lo, hi int) {
+		sc := make([]float32, 2*T)
+		for b := lo; b < hi; b++ {
+			nn.AttentionSeqBackward(s.dq[b*T*qd:(b+1)*T*qd], s.dk[b*T*kvd:(b+1)*T*kvd], s.dv[b*T*kvd:(b+1)*T*kvd],
+				s.datt[b*T*qd:(b+1)*T*qd], a.q[b*T*qd:(b+1)*T*qd], a.k[b*T*kvd:(b+1)*T*kvd], a.v[b*T*kvd:(b+1)*T*kvd],
+				a.lse[b*c.Heads*T:(b+1)*c.Heads*T], T, c.Heads, c.KVHeads, D, sc)
+		}
+	})
+	for r := 0; r < BT; r++ {
+		pos := r % T
+		for h := 0; h < c.Heads; h++ {
+			m.rope.RotateBack(s.dq[r*qd+h*D:r*qd+(h+1)*D], pos)
+		}
+		for h := 0; h < c.KVHeads; h++ {
+			m.rope.RotateBack(s.dk[r*kvd+h*D:r*kvd+(h+1)*D], pos)
+		}
+	}
+	clear(s.dxn)
+	m.linearBack(s.dxn, s.dq, a.xn1, BT, l, ModQ, o)
+	m.linearBack(s.dxn, s.dk, a.xn1, BT, l, ModK, o)
+	m.linearBack(s.dxn, s.dv, a.xn1, BT, l, ModV, o)
+	dwa := norm("attn_norm")
+	for r := 0; r < BT; r++ {
+		nn.RMSNormBackward(dx[r*C:(r+1)*C], dwa, s.dxn[r*C:(r+1)*C], a.xin[r*C:(r+1)*C], L.AttnNorm, c.Eps)
+	}
+}
+
+// lossRows is how many rows of logits are materialised at once: the (rows,
+// V) logits and their gradient are the only vocabulary-sized buffers.
+const lossRows = 64
+
+// LossGrad runs the model on B sequences of T tokens (tokens and targets
+// are B·T, targets[i] the id to predict at position i, or −1 for none) and
+// returns the summed cross-entropy over targeted positions and their count.
+// When backward is true it accumulates gradients of scale·(summed loss)
+// into the adapters and o.WeightGrads; pass scale = 1/count for the mean.
+func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backward bool, scale float64) (float64, int, error) {
+	c := m.Config
+	BT := B * T
+	if B <= 0 || T <= 0 || len(tokens) != BT || len(targets) != BT {
+		return 0, 0, fmt.Errorf("model: batch of %d tokens and %d targets for B=%d T=%d", len(tokens), len(targets), B, T)
+	}
+	if T > c.Context {
+		return 0, 0, fmt.Errorf("model: sequence length %d exceeds the context of %d", T, c.Context)
+	}
+	for i, t := range tokens {
+		if t < 0 || t >= c.Vocab {
+			return 0, 0, fmt.Errorf("model: token id %d at %d outside the vocabulary (%d)", t, i, c.Vocab)
+		}
+		if tg := targets[i]; tg < -1 || tg >= c.Vocab {
+			return 0, 0, fmt.Errorf("model: target id %d at %d outside the vocabulary (%d)", tg, i, c.Vocab)
+		}
+	}
+	C := c.Dim
+	nL := c.Layers
+	first := min(max(o.FirstLayer, 0), nL)
+	// Forward. acts[l].xin is kept for every layer; the rest only without
+	// checkpointing (or for layers the backward does not reach, nothing).
+	acts := make([]*layerActs, nL)
+	var work *layerActs
+	if o.Checkpoint || !backward || first > 0 {
+		work = m.newActs(BT, B, true)
+	}
+	x := make([]float32, BT*C)
+	for r, id := range tokens {
+		m.Embed.Row(x[r*C:(r+1)*C], id)
+	}
+	for l := 0; l < nL; l++ {
+		full := backward && !o.Checkpoint && l >= first
+		var a *layerActs
+		if full {
+			a = m.newActs(BT, B, true)
+		} else {
+			a = work
+			if backward && l >= first {
+				a = &layerActs{xin: make([]float32, BT*C)}
+				// borrow work's buffers for this pass only
+				w := *work
+				w.xin = a.xin
+				copy(w.xin, x)
+				next := make([]float32, BT*C)
+				m.layerForward(l, &w, next, B, T, o.Adapters)
+				acts[l] = a
+				x = next
+				continue
+			}
+		}
+		copy(a.xin, x)
+		next := make([]float32, BT*C)
+		m.layerForward(l, a, next, B, T, o.Adapters)
+		if full {
+			acts[l] = a
+		}
+		x = next
+	}
+	// Final norm, output projection and loss, lossRows rows at a time.
+	xnf := make([]float32, BT*C)
+	for r := 0; r < BT; r++ {
+		nn.RMSNorm(xnf[r*C:(r+1)*C], x[r*C:(r+1)*C], m.OutNorm, c.Eps)
+	}
+	var dxnf []float32
+	if backward {
+		dxnf = make([]float32, BT*C)
+	}
+	V := c.Vocab
+	logits := make([]float32, lossRows*V)
+	var dlog []float32
+	if backward {
+		dlog = make([]float32, lossRows*V)
+	}
+	dwOut := o.WeightGrads["output.weight"]
+	var loss float64
+	n := 0
+	for r0 := 0; r0 < BT; r0 += lossRows {
+		rows := min(lossRows, BT-r0)
+		kernels.MatMul(m.pool, logits[:rows*V], xnf[r0*C:(r0+rows)*C], rows, m.Output)
+		if backward {
+			clear(dlog[:rows*V])
+		}
+		any := false
+		for i := 0; i < rows; i++ {
+			tg := targets[r0+i]
+			if tg < 0 {
+				continue
+			}
+			any = true
+			var d []float32
+			if backward {
+				d = dlog[i*V : (i+1)*V]
+			}
+			loss += nn.CrossEntropy(d, logits[i*V:(i+1)*V], tg, scale)
+			n++
+		}
+		if backward && any {
+			kernels.MatMulT(m.pool, dxnf[r0*C:(r0+rows)*C], dlog[:rows*V], rows, m.Output)
+			if dwOut != nil {
+				m.weightGrad(dwOut, dlog[:rows*V], xnf[r0*C:(r0+rows)*C], rows, V, C)
+			}
+		}
+	}
+	if math.IsNaN(loss) || math.IsInf(loss, 0) {
+		return loss, n, fmt.Errorf("model: loss is %v", loss)
+	}
+	if !backward {
+		return loss, n, nil
+	}
+	// Backward.
+	dx := make([]float32, BT*C)
+	dwf := o.WeightGrads["output_norm.weight"]
+	for r := 0; r < BT; r++ {
+		nn.RMSNormBackward(dx[r*C:(r+1)*C], dwf, dxnf[r*C:(r+1)*C], x[r*C:(r+1)*C], m.OutNorm, c.Eps)
+	}
+	F := c.Hidden
+	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	s := &backScratch{dh: make([]float32, BT*F), dg: make([]float32, BT*F), du: make([]float32, BT*F),
+		dxn: make([]float32, BT*C), datt: make([]float32, BT*qd), dq: make([]float32, BT*qd),
+		dk: make([]float32, BT*kvd), dv: make([]float32, BT*kvd)}
+	var tmpOut []float32
+	if o.Checkpoint {
+		tmpOut = make([]float32, BT*C)
+	}
+	for l := nL - 1; l >= first; l-- {
+		a := acts[l]
+		if o.Checkpoint {
+			w := *work
+			w.xin = a.xin
+			m.layerForward(l, &w, tmpOut, B, T, o.Adapters)
+			a = &w
+		}
+		m.layerBackward(l, a, dx, B, T, &o, s)
+	}
+	if first == 0 {
+		if dwe := o.WeightGrads["token_embd.weight"]; dwe != nil {
+			for r, id := range tokens {
+				kernels.Axpy(dwe[id*C:(id+1)*C], 1, dx[r*C:(r+1)*C])
+			}
+		}
+	}
+	return loss, n, nil
+}
