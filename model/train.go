@@ -31,7 +31,9 @@ var ModuleNames = [NumModules]string{"q", "k", "v", "o", "gate", "up", "down"}
 var moduleTensor = [NumModules]string{"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}
 
 // TensorName returns the GGUF name of layer l's module weight.
-func TensorName(l int, mod Module) string { return fmt.Sprintf("blk.%d.%s.weight", l, moduleTensor[mod]) }
+func TensorName(l int, mod Module) string {
+	return fmt.Sprintf("blk.%d.%s.weight", l, moduleTensor[mod])
+}
 
 // Matrix returns the frozen weight of a module.
 func (l *Layer) Matrix(mod Module) *kernels.Matrix {
