@@ -1,0 +1,127 @@
+package checkpoint
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+)
+
+// Tensor is one named float32 array.
+type Tensor struct {
+	Name  string
+	Shape []int     // ggml order, Shape[0] innermost; empty for a scalar
+	Data  []float32 // (product of Shape)
+}
+
+// State is everything one checkpoint file holds.
+type State struct {
+	Version int             // the caller's schema number for Meta and tensor names (0..2^32-1)
+	Meta    json.RawMessage // the caller's JSON (step, data position, RNG, hyper-parameters); may be empty
+	Tensors []Tensor        // unique names, saved in this order
+}
+
+// Errors that callers can branch on with errors.Is.
+var (
+	// ErrCorrupt marks every file that Decode and Load refuse for its
+	// content: bad magic, checksum mismatch, truncation, impossible
+	// counts, duplicate names, an unsupported version, a body over the
+	// limit.
+	ErrCorrupt = errors.New("corrupt checkpoint")
+	// ErrVersion additionally marks a file written in a newer format
+	// version than this build reads.
+	ErrVersion = errors.New("unsupported checkpoint format version")
+	// ErrLimit additionally marks a file whose body is larger than the
+	// caller's limit.
+	ErrLimit = errors.New("checkpoint larger than the limit")
+	// ErrInvalid marks a State that Encode and Save refuse to write.
+	ErrInvalid = errors.New("invalid state")
+)
+
+// DefaultLimit is the largest body, in decompressed bytes, that Load
+// accepts. Use LoadLimit to choose another.
+const DefaultLimit int64 = 16 << 30
+
+// Save writes s to path atomically: it encodes into path+".tmp" in the same
+// folder, fsyncs it, renames it over path and fsyncs the folder, so a crash
+// at any point leaves the previous file at path intact. An invalid State is
+// refused before anything is written.
+func Save(path string, s *State) error {
+	if _, err := bodySize(s); err != nil {
+		return fmt.Errorf("checkpoint: save %s: %w", path, err)
+	}
+	tmp := path + ".tmp"
+	if err := writeSynced(tmp, s); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("checkpoint: save %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("checkpoint: save %s: %w", path, err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("checkpoint: save %s: sync folder: %w", path, err)
+	}
+	return nil
+}
+
+// writeSynced encodes s into a new file at name and fsyncs it.
+func writeSynced(name string, s *State) (err error) {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	bw := bufio.NewWriterSize(f, 1<<20)
+	if err := encode(bw, s); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// syncDir makes a rename in dir durable. Windows cannot fsync a folder and
+// makes renames durable by itself.
+func syncDir(dir string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Load reads the checkpoint at path with DefaultLimit.
+func Load(path string) (*State, error) { return LoadLimit(path, DefaultLimit) }
+
+// LoadLimit reads the checkpoint at path, refusing a body larger than limit
+// decompressed bytes (limit <= 0 means DefaultLimit). Every refusal is one
+// line naming the file and the problem, and wraps ErrCorrupt; a failure to
+// open or read the file is returned as the os error.
+func LoadLimit(path string, limit int64) (*State, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	defer f.Close()
+	s, err := decode(bufio.NewReaderSize(f, 1<<20), limit)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: %s: %w", path, err)
+	}
+	return s, nil
+}
