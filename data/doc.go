@@ -1,8 +1,44 @@
-// Package data reads training and evaluation data: plain text, and JSONL in
-// the shapes fine-tuning tools share — {"text"}, {"prompt","completion"},
-// {"messages"} and classification {"prompt","choices","label"}.
+// Package data turns data files into training batches: it reads plain text
+// and JSONL in the shapes fine-tuning tools share — {"text"},
+// {"prompt","completion"}, {"messages"} and classification
+// {"prompt","choices","label"} — tokenizes records into examples with a loss
+// mask, caches the tokens, and cuts examples into shuffled, resumable
+// batches.
 //
-// It validates records line by line and reports the file and line of the
-// first bad one. Not here: tokenization policy beyond what a record needs,
-// or batching for training (arrives with the training loop).
+// The flow:
+//
+//	LoadSplits(dir)            train.jsonl, valid.jsonl, test.jsonl (MLX-LM's layout) or one file
+//	Tokenize / CachedTokenize  records -> []Example{Tokens, Loss}
+//	NewBatcher(...).Next()     examples -> Batch{Tokens, Targets} (B, T), Seek/Position to resume
+//
+// Loss masks. Loss[i] says whether token i is a target. Text trains on every
+// token after BOS; prompt/completion and classification on the completion
+// (the label's choice), with the boundary found by encoding prompt+completion
+// whole and the prompt alone, so tokens at the join are the natural ones;
+// chat on the assistant turns, rendered in the model's template family
+// (ChatML, Llama-3, Llama-2, Zephyr, recognised by markers; see ChatFormat)
+// or, for models without one such as stories260K, the plain default
+// "User: …\nAssistant: …\n".
+//
+// Batches. Targets are already shifted: position t of a row holds a token and
+// targets the token after it, or -1. Without packing each example is a row,
+// truncated to MaxSeqLen positions and padded to the batch's longest row.
+// With packing the examples of an epoch are concatenated, as tokenized (with
+// AddEOS each ends with EOS and the next starts with BOS), and cut into rows
+// of MaxSeqLen: attention and prediction run across example boundaries as in
+// llama-style and MLX-LM packing, except that a BOS is never a target. Every
+// epoch has its own order, a function of the seed and the epoch number only
+// (our own splitmix64 shuffle, stable across Go releases), so a run resumed
+// at a saved Pos sees the same batches.
+//
+// Not here: the tokenizer itself (data needs only the small Encoder
+// interface and must not import tokenizer/), full Jinja chat templates
+// (families are rendered natively, without default system prompts), sorting
+// by length to cut padding, and attention masks that stop at example
+// boundaries (packing trades that isolation for no padding at all).
+//
+// The token cache trades disk for start-up time: examples are stored as
+// varints with run-length loss flags under the SHA-256 of the records, the
+// options and the caller's tokenizer identity; a damaged file is detected
+// (CRC-32C, every count bounded by the file's length) and rebuilt.
 package data

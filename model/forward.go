@@ -91,9 +91,9 @@ func (m *Model) Forward(s *State, tokens []int, logits []float32, all bool) erro
 		for t := 0; t < T; t++ {
 			nn.RMSNorm(xb[t*C:(t+1)*C], x[t*C:(t+1)*C], l.AttnNorm, c.Eps)
 		}
-		kernels.MatMul(p, q, xb, T, l.Wq)
-		kernels.MatMul(p, kk, xb, T, l.Wk)
-		kernels.MatMul(p, vv, xb, T, l.Wv)
+		m.linear(q, xb, T, li, ModQ, m.Adapters)
+		m.linear(kk, xb, T, li, ModK, m.Adapters)
+		m.linear(vv, xb, T, li, ModV, m.Adapters)
 		for t := 0; t < T; t++ {
 			pos := s.Pos + t
 			for h := 0; h < c.Heads; h++ {
@@ -113,15 +113,15 @@ func (m *Model) Forward(s *State, tokens []int, logits []float32, all bool) erro
 				nn.Attention(att[t*qd:(t+1)*qd], q[t*qd:(t+1)*qd], keys, vals, n, kvd, c.Heads, c.KVHeads, D, scores)
 			}
 		})
-		kernels.MatMul(p, tmp, att, T, l.Wo)
+		m.linear(tmp, att, T, li, ModO, m.Adapters)
 		addInto(x, tmp)
 		for t := 0; t < T; t++ {
 			nn.RMSNorm(xb[t*C:(t+1)*C], x[t*C:(t+1)*C], l.FFNNorm, c.Eps)
 		}
-		kernels.MatMul(p, g, xb, T, l.Gate)
-		kernels.MatMul(p, u, xb, T, l.Up)
+		m.linear(g, xb, T, li, ModGate, m.Adapters)
+		m.linear(u, xb, T, li, ModUp, m.Adapters)
 		nn.SwiGLU(g, g, u)
-		kernels.MatMul(p, tmp, g, T, l.Down)
+		m.linear(tmp, g, T, li, ModDown, m.Adapters)
 		addInto(x, tmp)
 	}
 	first := 0

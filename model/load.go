@@ -47,6 +47,9 @@ type Model struct {
 	Tensors []tensor.Tensor
 	// GGUF is the parsed header when the model came from a GGUF file.
 	GGUF *gguf.File
+	// Adapters, when set, are applied by Forward (generation and
+	// evaluation with a trained adapter).
+	Adapters Adapters
 
 	rope  nn.Rope
 	store offload.Store

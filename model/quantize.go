@@ -44,6 +44,16 @@ func TargetType(src tensor.Tensor, t quant.Type) quant.Type {
 // GGUF's order. Matrices are converted one at a time; the float32 working
 // set is one tensor.
 func Quantize(m *Model, w io.Writer, t quant.Type) (QuantizeReport, error) {
+	return QuantizeWith(m, w, t, nil)
+}
+
+// Delta changes a tensor's float values before they are quantized (export
+// --merge adds s·B·A). f is the tensor in the model's row order, (out, in).
+// It reports whether it changed anything.
+type Delta func(name string, f []float32) bool
+
+// QuantizeWith is Quantize with an optional delta applied to each tensor.
+func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeReport, error) {
 	if !quant.CanQuantize(t) {
 		return QuantizeReport{}, fmt.Errorf("model: quantize: %w: cannot quantize to %s", quant.ErrUnknownType, t)
 	}
@@ -84,13 +94,18 @@ func Quantize(m *Model, w io.Writer, t quant.Type) (QuantizeReport, error) {
 		converted := tt != src.Type
 		wts = append(wts, gguf.WriteTensor{Name: src.Name, Type: tt, Shape: src.Shape, Size: size,
 			Write: func(w io.Writer) error {
-				if !converted && heads == 0 {
+				if !converted && heads == 0 && delta == nil {
 					_, err := w.Write(src.Data)
 					return err
 				}
 				f := make([]float32, n)
 				if err := quant.Dequantize(src.Type, f, src.Data); err != nil {
 					return fmt.Errorf("model: quantize %q: %w", src.Name, err)
+				}
+				changed := delta != nil && delta(src.Name, f)
+				if !converted && heads == 0 && !changed {
+					_, err := w.Write(src.Data)
+					return err
 				}
 				if heads > 0 {
 					f = permuteHFToGGUF(f, int(src.Shape[0]), heads)

@@ -107,6 +107,7 @@ type Tokenizer struct {
 	removeExtra  bool              // SentencePiece remove_extra_whitespace
 	spaceSplit   bool              // SPM: no piece has "▁" after another characters
 	text         []string          // (V) decoded text of each token
+	special      map[string]int32  // control and user-defined tokens by text
 }
 
 // New checks v and builds a Tokenizer. The slices of v are copied.
@@ -197,6 +198,14 @@ func build(v Vocab, o options) (*Tokenizer, error) {
 
 	t.pieces = make(map[string]int32, n)
 	t.user = map[byte][]string{}
+	t.special = map[string]int32{}
+	for i, s := range v.Tokens {
+		if ty := t.types[i]; (ty == TypeControl || ty == TypeUserDefined) && s != "" {
+			if _, dup := t.special[s]; !dup {
+				t.special[s] = int32(i)
+			}
+		}
+	}
 	switch v.Kind {
 	case SPM:
 		for i, s := range v.Tokens {
@@ -471,4 +480,12 @@ func (t *Tokenizer) fallback(out []int, s string) []int {
 		out = append(out, int(t.byteTok[s[i]]))
 	}
 	return out
+}
+
+// TokenID returns the id of the control or user-defined token whose text is
+// exactly s ("<|im_start|>", "<|eot_id|>"), for chat templates that write
+// special tokens; ordinary pieces and unknown strings give false.
+func (t *Tokenizer) TokenID(s string) (int, bool) {
+	id, ok := t.special[s]
+	return int(id), ok
 }

@@ -200,3 +200,20 @@ func TestStoriesGolden(t *testing.T) {
 		})
 	}
 }
+
+func TestTokenIDSpecials(t *testing.T) {
+	tok, err := New(Vocab{Kind: SPM, Tokens: []string{"<unk>", "<s>", "</s>", "<|im_start|>", "a"}, Types: []int32{2, 3, 3, 4, 1},
+		BOS: 1, EOS: 2, UNK: 0, PAD: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, ok := tok.TokenID("<|im_start|>"); !ok || id != 3 {
+		t.Fatalf("<|im_start|>: %d %v", id, ok)
+	}
+	if id, ok := tok.TokenID("</s>"); !ok || id != 2 {
+		t.Fatalf("</s>: %d %v", id, ok)
+	}
+	if _, ok := tok.TokenID("a"); ok {
+		t.Fatal("an ordinary piece reported as special")
+	}
+}

@@ -9,11 +9,12 @@ import (
 	"time"
 
 	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/train"
 )
 
-func (a *app) openModel(path, tok string) (*model.Model, error) {
+func (a *app) openModel(path, tok string, adapter ...string) (*model.Model, error) {
 	if path == "" {
 		return nil, usageErr("--model is required")
 	}
@@ -21,6 +22,15 @@ func (a *app) openModel(path, tok string) (*model.Model, error) {
 	m, err := model.Open(path, model.Options{Tokenizer: tok})
 	if err != nil {
 		return nil, err
+	}
+	if len(adapter) > 0 && adapter[0] != "" {
+		set, err := lora.Load(m, adapter[0])
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+		m.Adapters = set.ByPos
+		a.log.Info().Str("adapter", adapter[0]).Int("matrices", len(set.Layers)).Int("rank", set.Config.Rank).Msg("adapter applied")
 	}
 	c := m.Config
 	a.log.Info().Str("model", path).Str("format", m.Format).Int("layers", c.Layers).Int("dim", c.Dim).
@@ -74,6 +84,7 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	mp := fs.String("model", "", "model file or folder")
 	tp := fs.String("tokenizer", "", "tokenizer file (llama2.c models)")
 	prompt := fs.String("prompt", "", "prompt text")
+	adp := fs.String("adapter", "", "apply a LoRA adapter (PEFT folder, or GGUF adapter file/folder)")
 	n := fs.Int("n", 128, "tokens to generate")
 	temp := fs.Float64("temp", 0.8, "sampling temperature; 0 is greedy")
 	topP := fs.Float64("top-p", 0.9, "nucleus sampling mass")
@@ -90,7 +101,7 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	if *n < 0 || *temp < 0 || *topP < 0 || *topP > 1 {
 		return usageErr("-n must be ≥ 0, --temp ≥ 0, --top-p in [0, 1]")
 	}
-	m, err := a.openModel(*mp, *tp)
+	m, err := a.openModel(*mp, *tp, *adp)
 	if err != nil {
 		return err
 	}
@@ -138,6 +149,7 @@ func (a *app) eval(ctx context.Context, args []string) error {
 	mp := fs.String("model", "", "model file or folder")
 	tp := fs.String("tokenizer", "", "tokenizer file (llama2.c models)")
 	dp := fs.String("data", "", "plain text, {\"text\"} / {\"prompt\",\"completion\"} JSONL, or classification JSONL")
+	adp := fs.String("adapter", "", "apply a LoRA adapter (PEFT folder, or GGUF adapter file/folder)")
 	maxSeq := fs.Int("max-seq-length", 0, "window length in tokens (0: model context, at most 1024)")
 	limit := fs.Int("limit", 0, "evaluate only the first N records (0: all)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
@@ -161,7 +173,7 @@ func (a *app) eval(ctx context.Context, args []string) error {
 	if *limit > 0 && *limit < len(recs) {
 		recs = recs[:*limit]
 	}
-	m, err := a.openModel(*mp, *tp)
+	m, err := a.openModel(*mp, *tp, *adp)
 	if err != nil {
 		return err
 	}

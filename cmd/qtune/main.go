@@ -22,9 +22,11 @@ const usage = `qtune: fine-tune Llama-family models on quantized, memory-mapped 
 Usage:
   qtune inspect FILE [--json] [--errors]          metadata, tensors, bytes per type, parameters
   qtune tokenize --model M --text T [--json]      token ids
-  qtune generate --model M --prompt P [-n N] [--temp T] [--top-p P] [--seed S] [--json]
-  qtune eval --model M --data FILE [--json]       loss/perplexity, or accuracy on classification JSONL
+  qtune generate --model M --prompt P [-n N] [--temp T] [--top-p P] [--seed S] [--adapter DIR] [--json]
+  qtune eval --model M --data FILE [--adapter DIR] [--json]   loss/perplexity, or accuracy on classification JSONL
   qtune quantize IN OUT --type q8_0|q4_0|q4_k|q6_k|nf4|f16|bf16
+  qtune export --model M --adapter DIR [--merge --type T] --out OUT   adapters for other tools, or a merged model
+  qtune train --model M --data D --method lora|qlora [--iters N --batch-size B --learning-rate LR ...]
 
 Global flags (before or after the command):
   --log-json     logs as JSON lines on stderr (default: console format on a terminal)
@@ -91,6 +93,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"generate": a.generate,
 		"eval":     a.eval,
 		"quantize": a.quantize,
+		"train":    a.train,
+		"export":   a.export,
 	}
 	cmd, ok := cmds[rest[0]]
 	if !ok {

@@ -230,3 +230,28 @@ func (s *Set) Params() int64 {
 	}
 	return n
 }
+
+// AddDelta adds s·B·A to w, the layer's base weight as float32 (Out, In)
+// in the model's row order: the merge of export --merge.
+func (l *Layer) AddDelta(w []float32) {
+	for o := 0; o < l.Out; o++ {
+		row := w[o*l.In : (o+1)*l.In]
+		for r := 0; r < l.R; r++ {
+			if b := l.B[o*l.R+r]; b != 0 {
+				kernels.Axpy(row, l.Scale*b, l.A[r*l.In:(r+1)*l.In])
+			}
+		}
+	}
+}
+
+// Merge returns the model.Delta that folds the set into the base weights.
+func (s *Set) Merge() model.Delta {
+	return func(name string, f []float32) bool {
+		l, ok := s.ByName[name]
+		if !ok {
+			return false
+		}
+		l.AddDelta(f)
+		return true
+	}
+}

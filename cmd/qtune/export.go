@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/quant"
+)
+
+func (a *app) export(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("export", flag.ContinueOnError)
+	mp := fs.String("model", "", "base model file or folder")
+	tp := fs.String("tokenizer", "", "tokenizer file (llama2.c models)")
+	adp := fs.String("adapter", "", "adapter to export (PEFT folder, or GGUF adapter file/folder)")
+	merge := fs.Bool("merge", false, "fold the adapter into the weights and write a whole model")
+	typ := fs.String("type", "f16", "with --merge: type of the merged matrices (f32, f16, bf16, q8_0, q4_0, q4_k, q6_k, nf4)")
+	out := fs.String("out", "", "output: a .gguf file with --merge, else a folder for PEFT + GGUF adapters")
+	pos, err := a.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErr("unexpected argument %q", pos[0])
+	}
+	if *adp == "" || *out == "" {
+		return usageErr("--adapter and --out are required")
+	}
+	t, err := quant.ParseType(*typ)
+	if err != nil || !quant.CanQuantize(t) {
+		return usageErr("unsupported --type %q", *typ)
+	}
+	m, err := a.openModel(*mp, *tp)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	set, err := lora.Load(m, *adp)
+	if err != nil {
+		return err
+	}
+	if !*merge {
+		if err := os.MkdirAll(*out, 0o755); err != nil {
+			return err
+		}
+		if err := set.Save(*out, m, *mp); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stdout, "%s: %d adapted matrices as PEFT (%s) and GGUF (%s)\n", *out, len(set.Layers), lora.PEFTFile, lora.GGUFFile)
+		return nil
+	}
+	t0 := time.Now()
+	tmp := *out + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriterSize(f, 1<<20)
+	rep, err := model.QuantizeWith(m, bw, t, set.Merge())
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, *out)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	a.log.Info().Dur("took", time.Since(t0).Round(time.Millisecond)).Msg("merged")
+	fmt.Fprintf(a.stdout, "%s: merged %d adapted matrices, %d tensors (%d as %s), %s\n", *out, len(set.Layers), rep.Tensors, rep.Quantized, t, humanBytes(rep.Bytes))
+	return nil
+}

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/qtune/qtune/train"
+)
+
+// trainFlags binds every train.Config field to its MLX-LM-style flag.
+func trainFlags(fs *flag.FlagSet, c *train.Config) *string {
+	fs.StringVar(&c.Model, "model", c.Model, "model file or folder")
+	fs.StringVar(&c.Tokenizer, "tokenizer", c.Tokenizer, "tokenizer file (llama2.c models)")
+	fs.StringVar(&c.Data, "data", c.Data, "folder with train.jsonl/valid.jsonl/test.jsonl, or one file")
+	fs.StringVar(&c.Method, "method", c.Method, "lora, or qlora (float bases are quantized to NF4 once and cached)")
+	fs.IntVar(&c.Iters, "iters", c.Iters, "training iterations")
+	fs.IntVar(&c.BatchSize, "batch-size", c.BatchSize, "sequences per micro-batch")
+	fs.IntVar(&c.MaxSeqLength, "max-seq-length", c.MaxSeqLength, "tokens per sequence (longer examples are truncated)")
+	fs.Float64Var(&c.LearningRate, "learning-rate", c.LearningRate, "peak learning rate")
+	fs.IntVar(&c.NumLayers, "num-layers", c.NumLayers, "adapt the last N blocks (-1: all)")
+	fs.StringVar(&c.AdapterPath, "adapter-path", c.AdapterPath, "folder for adapters, state and the loss curve")
+	fs.IntVar(&c.StepsPerReport, "steps-per-report", c.StepsPerReport, "iterations between progress lines")
+	fs.IntVar(&c.StepsPerEval, "steps-per-eval", c.StepsPerEval, "iterations between validation losses (0: none)")
+	fs.IntVar(&c.ValBatches, "val-batches", c.ValBatches, "validation batches per evaluation (-1: all)")
+	fs.IntVar(&c.SaveEvery, "save-every", c.SaveEvery, "iterations between resumable state saves (0: only at the end)")
+	fs.BoolVar(&c.GradCheckpoint, "grad-checkpoint", c.GradCheckpoint, "recompute each block's activations in the backward pass")
+	fs.Uint64Var(&c.Seed, "seed", c.Seed, "random seed (data order, adapter init, dropout)")
+	fs.IntVar(&c.Rank, "rank", c.Rank, "LoRA rank")
+	fs.Float64Var(&c.Alpha, "alpha", c.Alpha, "LoRA alpha (scale alpha/rank)")
+	fs.Float64Var(&c.Dropout, "dropout", c.Dropout, "LoRA dropout")
+	fs.StringVar(&c.Targets, "targets", c.Targets, "adapted modules: all, or a list of q,k,v,o,gate,up,down")
+	fs.StringVar(&c.Optimizer, "optimizer", c.Optimizer, "adamw or sgd")
+	fs.Float64Var(&c.WeightDecay, "weight-decay", c.WeightDecay, "decoupled weight decay (AdamW) / L2 (SGD)")
+	fs.Float64Var(&c.Momentum, "momentum", c.Momentum, "SGD momentum")
+	fs.StringVar(&c.LRSchedule, "lr-schedule", c.LRSchedule, "constant, linear or cosine")
+	fs.IntVar(&c.Warmup, "warmup", c.Warmup, "linear warm-up iterations")
+	fs.Float64Var(&c.MinLR, "min-lr", c.MinLR, "final learning rate of linear/cosine schedules")
+	fs.IntVar(&c.GradAccum, "grad-accumulation-steps", c.GradAccum, "micro-batches per optimizer step")
+	fs.Float64Var(&c.MaxGradNorm, "max-grad-norm", c.MaxGradNorm, "clip gradients to this global norm (0: off)")
+	fs.BoolVar(&c.Pack, "pack", c.Pack, "pack examples into full sequences instead of padding")
+	fs.BoolVar(&c.Resume, "resume", c.Resume, "continue from the state saved in --adapter-path")
+	fs.StringVar(&c.CacheDir, "cache-dir", c.CacheDir, "folder for the NF4 base and token caches (default: user cache)")
+	return fs.String("config", "", "YAML or JSON file of these settings (flags override it)")
+}
+
+// loadConfig reads a YAML or JSON config file into c (keys as train.Config's
+// json tags; unknown keys are an error).
+func loadConfig(path string, c *train.Config) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var raw map[string]any
+	if err := yaml.Unmarshal(b, &raw); err != nil { // YAML is a superset of JSON
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	j, err := json.Marshal(raw)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(j)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(c); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+func (a *app) train(ctx context.Context, args []string) error {
+	cfg := train.Defaults()
+	// First pass: find --config, so the file sets values the flags then override.
+	probe := flag.NewFlagSet("train", flag.ContinueOnError)
+	var scratch train.Config
+	cfgPath := trainFlags(probe, &scratch)
+	if _, err := a.parse(probe, args); err != nil {
+		return err
+	}
+	if *cfgPath != "" {
+		if err := loadConfig(*cfgPath, &cfg); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+	}
+	fs := flag.NewFlagSet("train", flag.ContinueOnError)
+	trainFlags(fs, &cfg)
+	pos, err := a.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErr("unexpected argument %q", pos[0])
+	}
+	if err := cfg.Validate(); err != nil {
+		return usageErr("%v", err)
+	}
+	a.log.Info().Str("model", cfg.Model).Str("data", cfg.Data).Str("method", cfg.Method).Int("iters", cfg.Iters).
+		Int("batch_size", cfg.BatchSize).Int("rank", cfg.Rank).Msg("training")
+	res, err := train.Run(ctx, cfg, func(s string) { a.log.Info().Msg(s) }, func(p train.Progress) {
+		fmt.Fprintln(a.stderr, p.String())
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stdout, "trained %d iterations in %s: validation loss %.4f -> %.4f, train loss %.4f; adapters in %s\n",
+		res.Iters, res.Took.Round(1e6), res.FirstValLoss, res.FinalValLoss, res.FinalTrain, cfg.AdapterPath)
+	return nil
+}

@@ -1,0 +1,177 @@
+package adapter
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/qtune/qtune/format/safetensors"
+	"github.com/qtune/qtune/quant"
+)
+
+// checkDType accepts the element types adapters are stored in.
+func checkDType(t quant.Type) error {
+	switch t {
+	case quant.F32, quant.F16, quant.BF16:
+		return nil
+	}
+	return invalidErr("element type %v, want F32, F16 or BF16", t)
+}
+
+// encode converts v to little-endian bytes of type t (F32, F16 or BF16). A
+// finite value that overflows to ±Inf in the narrower type is an error.
+func encode(t quant.Type, v []float32, what string) ([]byte, error) {
+	switch t {
+	case quant.F32:
+		b := make([]byte, 4*len(v))
+		for i, x := range v {
+			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+		}
+		return b, nil
+	case quant.F16, quant.BF16:
+		b := make([]byte, 2*len(v))
+		for i, x := range v {
+			var h uint16
+			var y float32
+			if t == quant.F16 {
+				h = quant.F32ToF16(x)
+				y = quant.F16ToF32(h)
+			} else {
+				h = quant.F32ToBF16(x)
+				y = quant.BF16ToF32(h)
+			}
+			if math.IsInf(float64(y), 0) && !math.IsInf(float64(x), 0) {
+				return nil, invalidErr("%s: value %g at %d overflows %v", what, x, i, t)
+			}
+			binary.LittleEndian.PutUint16(b[2*i:], h)
+		}
+		return b, nil
+	}
+	return nil, checkDType(t)
+}
+
+// decode converts n values of type t (F32, F16 or BF16) from b.
+func decode(t quant.Type, b []byte, n int, what string) ([]float32, error) {
+	var size int
+	switch t {
+	case quant.F32:
+		size = 4
+	case quant.F16, quant.BF16:
+		size = 2
+	default:
+		return nil, unsupportedErr("%s: element type %v, want F32, F16 or BF16", what, t)
+	}
+	if n < 0 || len(b) != n*size {
+		return nil, formatErr("%s: %d bytes for %d values of %v", what, len(b), n, t)
+	}
+	v := make([]float32, n)
+	switch t {
+	case quant.F32:
+		for i := range v {
+			v[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+		}
+	case quant.F16:
+		for i := range v {
+			v[i] = quant.F16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
+		}
+	case quant.BF16:
+		for i := range v {
+			v[i] = quant.BF16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
+		}
+	}
+	return v, nil
+}
+
+// stType returns the element type of a safetensors dtype adapters use (F32,
+// F16, BF16).
+func stType(dtype string) (quant.Type, bool) {
+	t, ok := safetensors.TypeOf(dtype)
+	if !ok || checkDType(t) != nil {
+		return 0, false
+	}
+	return t, true
+}
+
+// writeFileAtomic writes path through a temporary file in the same folder,
+// fsynced and renamed over path, so a reader sees the old file or the new
+// one, never a part. The folder is synced as well (best effort).
+func writeFileAtomic(path string, write func(w io.Writer) error) (err error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, "."+base+".tmp*")
+	if err != nil {
+		return fmt.Errorf("adapter: %w", err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	bw := bufio.NewWriterSize(f, 1<<20)
+	if err := write(bw); err != nil {
+		if strings.HasPrefix(err.Error(), "adapter: ") {
+			return err // already ours, with its context
+		}
+		return fmt.Errorf("adapter: write %s: %w", path, err)
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("adapter: write %s: %w", path, err)
+	}
+	if err := f.Chmod(0o644); err != nil {
+		return fmt.Errorf("adapter: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("adapter: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("adapter: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("adapter: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync() // best effort: makes the rename durable where supported
+		d.Close()
+	}
+	return nil
+}
+
+// permuteRows returns the rows of b (rows × cols, row-major) reordered per
+// head between the GGUF and HF RoPE layouts (formats.md §3.2):
+//
+//	GGUF row 2b + a  =  HF row a·(D/2) + b      a ∈ {0, 1}, b ∈ [0, D/2)
+//
+// toHF moves GGUF rows to HF rows; otherwise the inverse. heads is n_head for
+// q, n_head_kv for k.
+func permuteRows(b []float32, rows, cols, heads int, toHF bool) []float32 {
+	out := make([]float32, len(b))
+	for g := 0; g < rows; g++ {
+		h := safetensors.HFRowForGGUF(g, heads, rows)
+		if toHF {
+			copy(out[h*cols:(h+1)*cols], b[g*cols:(g+1)*cols])
+		} else {
+			copy(out[g*cols:(g+1)*cols], b[h*cols:(h+1)*cols])
+		}
+	}
+	return out
+}
+
+// checkHeads checks that rows split into heads of even size.
+func checkHeads(target string, rows, heads int, which string) error {
+	if heads <= 0 {
+		return invalidErr("%s: %s = %d; the Q/K row permutation needs the head count", target, which, heads)
+	}
+	if rows%heads != 0 || (rows/heads)%2 != 0 {
+		return invalidErr("%s: %d rows do not split into %s = %d heads of even size", target, rows, which, heads)
+	}
+	return nil
+}

@@ -1,0 +1,23 @@
+package train
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+
+	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/model"
+)
+
+// WriteAdapters saves the trained adapters in the formats other tools load
+// (PEFT and llama.cpp GGUF) plus qtune's own record of the run.
+func WriteAdapters(dir string, m *model.Model, set *lora.Set, cfg Config) error {
+	if err := set.Save(dir, m, cfg.Model); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "qtune_config.json"), b, 0o644)
+}

@@ -1,0 +1,101 @@
+package train
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/quant"
+)
+
+// DefaultCacheDir is where converted bases and token caches go:
+// $QTUNE_CACHE, else the user cache folder's qtune/.
+func DefaultCacheDir() string {
+	if d := os.Getenv("QTUNE_CACHE"); d != "" {
+		return d
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "qtune")
+	}
+	return filepath.Join(os.TempDir(), "qtune-cache")
+}
+
+// hasFloatMatrices reports whether any 2-D weight is stored as a float type.
+func hasFloatMatrices(m *model.Model) bool {
+	for _, t := range m.Tensors {
+		if len(t.Shape) == 2 && (t.Type == quant.F32 || t.Type == quant.F16 || t.Type == quant.BF16) &&
+			model.TargetType(t, quant.NF4) == quant.NF4 {
+			return true
+		}
+	}
+	return false
+}
+
+// OpenBase opens the model a method trains on. For "qlora" a model whose
+// matrices are float is quantized to NF4 once and the result cached in
+// cacheDir (keyed by the source's path, size and modification time) and
+// reused next time; an already quantized model trains over its own types.
+// note describes what was done, for the log.
+func OpenBase(path, method, cacheDir string, opt model.Options) (m *model.Model, note string, err error) {
+	m, err = model.Open(path, opt)
+	if err != nil {
+		return nil, "", err
+	}
+	if method != "qlora" || !hasFloatMatrices(m) {
+		return m, "", nil
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		m.Close()
+		return nil, "", err
+	}
+	abs, _ := filepath.Abs(path)
+	h := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%d\x00%d\x00nf4-v1", abs, st.Size(), st.ModTime().UnixNano())))
+	name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path)) + "-nf4-" + hex.EncodeToString(h[:6]) + ".gguf"
+	cached := filepath.Join(cacheDir, name)
+	if _, err := os.Stat(cached); err == nil {
+		if q, err := model.Open(cached, opt); err == nil {
+			m.Close()
+			return q, "NF4 base from cache " + cached, nil
+		}
+		os.Remove(cached) // damaged: rebuild it
+	}
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		m.Close()
+		return nil, "", fmt.Errorf("train: cache folder: %w", err)
+	}
+	tmp, err := os.CreateTemp(cacheDir, name+".tmp*")
+	if err != nil {
+		m.Close()
+		return nil, "", fmt.Errorf("train: %w", err)
+	}
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	_, err = model.Quantize(m, bw, quant.NF4)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), cached)
+	}
+	m.Close()
+	if err != nil {
+		os.Remove(tmp.Name())
+		return nil, "", fmt.Errorf("train: caching the NF4 base: %w", err)
+	}
+	q, err := model.Open(cached, opt)
+	if err != nil {
+		return nil, "", err
+	}
+	return q, "quantized the base to NF4 once, cached at " + cached, nil
+}

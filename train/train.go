@@ -1,0 +1,438 @@
+package train
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/qtune/qtune/checkpoint"
+	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/optim"
+)
+
+// Config is a training run. Field names follow MLX-LM's flags where one
+// exists (json tags are the --config keys).
+type Config struct {
+	Model          string  `json:"model"`
+	Tokenizer      string  `json:"tokenizer,omitempty"`
+	Data           string  `json:"data"`
+	Method         string  `json:"method"` // lora | qlora
+	Iters          int     `json:"iters"`
+	BatchSize      int     `json:"batch_size"`
+	MaxSeqLength   int     `json:"max_seq_length"`
+	LearningRate   float64 `json:"learning_rate"`
+	NumLayers      int     `json:"num_layers"` // adapt the last N blocks; ≤0 all
+	AdapterPath    string  `json:"adapter_path"`
+	StepsPerReport int     `json:"steps_per_report"`
+	StepsPerEval   int     `json:"steps_per_eval"`
+	ValBatches     int     `json:"val_batches"` // ≤0: the whole validation split
+	SaveEvery      int     `json:"save_every"`
+	GradCheckpoint bool    `json:"grad_checkpoint"`
+	Seed           uint64  `json:"seed"`
+	Rank           int     `json:"rank"`
+	Alpha          float64 `json:"alpha"`
+	Dropout        float64 `json:"dropout"`
+	Targets        string  `json:"targets"`
+	Optimizer      string  `json:"optimizer"` // adamw | sgd
+	WeightDecay    float64 `json:"weight_decay"`
+	Momentum       float64 `json:"momentum"`
+	LRSchedule     string  `json:"lr_schedule"` // constant | linear | cosine
+	Warmup         int     `json:"warmup"`
+	MinLR          float64 `json:"min_lr"`
+	GradAccum      int     `json:"grad_accumulation_steps"`
+	MaxGradNorm    float64 `json:"max_grad_norm"` // ≤0: no clipping
+	Pack           bool    `json:"pack"`
+	Resume         bool    `json:"resume"`
+	CacheDir       string  `json:"cache_dir,omitempty"`
+}
+
+// Defaults returns MLX-LM's defaults where they exist, QLoRA's otherwise.
+func Defaults() Config {
+	return Config{Method: "lora", Iters: 1000, BatchSize: 4, MaxSeqLength: 2048, LearningRate: 1e-5, NumLayers: 16,
+		AdapterPath: "adapters", StepsPerReport: 10, StepsPerEval: 200, ValBatches: 25, SaveEvery: 100, Seed: 0,
+		Rank: 8, Alpha: 16, Dropout: 0, Targets: "all", Optimizer: "adamw", WeightDecay: 0, Momentum: 0.9,
+		LRSchedule: "constant", GradAccum: 1, MaxGradNorm: 1}
+}
+
+// Validate checks the configuration before any work.
+func (c *Config) Validate() error {
+	switch {
+	case c.Model == "":
+		return errors.New("train: a model is required")
+	case c.Data == "":
+		return errors.New("train: data is required")
+	case c.Method != "lora" && c.Method != "qlora":
+		return fmt.Errorf("train: method %q is not available (lora, qlora)", c.Method)
+	case c.Iters <= 0 || c.Iters > 1e9:
+		return fmt.Errorf("train: iters %d out of range", c.Iters)
+	case c.BatchSize <= 0 || c.BatchSize > 1<<16:
+		return fmt.Errorf("train: batch size %d out of range", c.BatchSize)
+	case c.MaxSeqLength < 2 || c.MaxSeqLength > 1<<20:
+		return fmt.Errorf("train: max sequence length %d out of range", c.MaxSeqLength)
+	case !(c.LearningRate > 0) || c.LearningRate > 10:
+		return fmt.Errorf("train: learning rate %g out of range", c.LearningRate)
+	case c.GradAccum <= 0:
+		return fmt.Errorf("train: gradient accumulation steps %d must be ≥ 1", c.GradAccum)
+	case c.Optimizer != "adamw" && c.Optimizer != "sgd":
+		return fmt.Errorf("train: optimizer %q is not available (adamw, sgd)", c.Optimizer)
+	case c.AdapterPath == "":
+		return errors.New("train: an adapter path is required")
+	}
+	if c.StepsPerReport <= 0 {
+		c.StepsPerReport = 10
+	}
+	return nil
+}
+
+// Progress is one report of a running training.
+type Progress struct {
+	Iter         int
+	Kind         string // "train" or "val"
+	Loss         float64
+	LearningRate float64
+	ItPerSec     float64
+	TokPerSec    float64
+	Trained      int64 // tokens trained on so far
+	PeakMem      int64 // bytes (VmHWM)
+	Took         time.Duration
+}
+
+// String renders the report in MLX-LM's format.
+func (p Progress) String() string {
+	if p.Kind == "val" {
+		return fmt.Sprintf("Iter %d: Val loss %.3f, Val took %.3fs", p.Iter, p.Loss, p.Took.Seconds())
+	}
+	return fmt.Sprintf("Iter %d: Train loss %.3f, Learning Rate %.3e, It/sec %.3f, Tokens/sec %.3f, Trained Tokens %d, Peak mem %.3f GB",
+		p.Iter, p.Loss, p.LearningRate, p.ItPerSec, p.TokPerSec, p.Trained, float64(p.PeakMem)/1e9)
+}
+
+// Result summarises a finished run.
+type Result struct {
+	Iters         int
+	FirstValLoss  float64
+	FinalValLoss  float64
+	FinalTrain    float64
+	Trained       int64
+	TrainableSize int64
+	Took          time.Duration
+	Curve         []Point
+	ValCurve      []Point
+}
+
+// runMeta is the JSON part of the training state.
+type runMeta struct {
+	Step     int      `json:"step"`
+	Pos      data.Pos `json:"pos"`
+	Trained  int64    `json:"trained"`
+	Curve    []Point  `json:"curve"`
+	ValCurve []Point  `json:"val_curve"`
+	Config   Config   `json:"config"`
+}
+
+const stateFile = "training_state.qtck"
+
+// Logger receives the run's lines (progress, plan, notes).
+type Logger func(line string)
+
+// Run trains adapters as configured. It reports every StepsPerReport
+// iterations, evaluates every StepsPerEval, saves resumable state every
+// SaveEvery into AdapterPath, and writes the adapters and a loss curve at
+// the end. Cancelling ctx stops at the next iteration with ctx.Err().
+func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress)) (*Result, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = func(string) {}
+	}
+	if onProgress == nil {
+		onProgress = func(Progress) {}
+	}
+	if cfg.CacheDir == "" {
+		cfg.CacheDir = DefaultCacheDir()
+	}
+	splits, err := data.LoadSplits(cfg.Data)
+	if err != nil {
+		return nil, err
+	}
+	m, note, err := OpenBase(cfg.Model, cfg.Method, cfg.CacheDir, model.Options{Tokenizer: cfg.Tokenizer})
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	if note != "" {
+		log(note)
+	}
+	if cfg.MaxSeqLength > m.Config.Context {
+		log(fmt.Sprintf("max sequence length %d capped at the model's context %d", cfg.MaxSeqLength, m.Config.Context))
+		cfg.MaxSeqLength = m.Config.Context
+	}
+	targets, err := lora.ParseTargets(cfg.Targets)
+	if err != nil {
+		return nil, err
+	}
+	set, err := lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Dropout: cfg.Dropout, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed})
+	if err != nil {
+		return nil, err
+	}
+	params := make([]*optim.Param, 0, 2*len(set.Layers))
+	for _, l := range set.Layers {
+		params = append(params, &optim.Param{Name: l.Target + ".lora_a", W: l.A, G: l.GA, Decay: true},
+			&optim.Param{Name: l.Target + ".lora_b", W: l.B, G: l.GB, Decay: true})
+	}
+	var opt optim.Optimizer
+	if cfg.Optimizer == "sgd" {
+		opt = optim.NewSGD(cfg.Momentum, cfg.WeightDecay, false)
+	} else {
+		opt = optim.NewAdamW(0.9, 0.999, 1e-8, cfg.WeightDecay)
+	}
+	sched := optim.Schedule{Kind: cfg.LRSchedule, Peak: cfg.LearningRate, Min: cfg.MinLR, Warmup: cfg.Warmup, Total: cfg.Iters}
+	if err := sched.Validate(); err != nil {
+		return nil, err
+	}
+	tokOpt := data.TokenizeOptions{AddEOS: true, NoBOS: !m.Tokenizer.AddBOS() && m.Tokenizer.BOS() < 0, ChatTemplate: m.Tokenizer.ChatTemplate()}
+	key := data.CacheKey{Tokenizer: tokenizerID(m), Name: strings.TrimSuffix(filepath.Base(splits.Train.Path), ".jsonl")}
+	trainEx, hit, err := data.CachedTokenize(filepath.Join(cfg.CacheDir, "tokens"), key, m.Tokenizer, splits.Train.Records, splits.Train.Kind, tokOpt)
+	if err != nil {
+		return nil, err
+	}
+	if hit {
+		log("training tokens from the cache")
+	}
+	batcher, err := data.NewBatcher(trainEx, data.BatchOptions{BatchSize: cfg.BatchSize, MaxSeqLen: cfg.MaxSeqLength, Pack: cfg.Pack, Seed: cfg.Seed})
+	if err != nil {
+		return nil, err
+	}
+	var validEx []data.Example
+	if splits.Valid != nil {
+		if validEx, err = data.Tokenize(m.Tokenizer, splits.Valid.Records, splits.Valid.Kind, tokOpt); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(cfg.AdapterPath, 0o755); err != nil {
+		return nil, fmt.Errorf("train: adapter path: %w", err)
+	}
+	res := &Result{TrainableSize: set.Params(), FirstValLoss: math.NaN(), FinalValLoss: math.NaN()}
+	start := 0
+	statePath := filepath.Join(cfg.AdapterPath, stateFile)
+	if cfg.Resume {
+		meta, err := loadState(statePath, set, opt)
+		if err != nil {
+			return nil, err
+		}
+		start = meta.Step
+		if err := batcher.Seek(meta.Pos); err != nil {
+			return nil, fmt.Errorf("train: resuming: %w", err)
+		}
+		res.Trained, res.Curve, res.ValCurve = meta.Trained, meta.Curve, meta.ValCurve
+		log(fmt.Sprintf("resumed from %s at iteration %d", statePath, start))
+	}
+	log(fmt.Sprintf("trainable parameters: %d (%.3f%% of %d), %d adapted matrices, rank %d, scale %.3g",
+		set.Params(), 100*float64(set.Params())/float64(m.Config.Params()), m.Config.Params(), len(set.Layers), cfg.Rank, cfg.Alpha/float64(cfg.Rank)))
+	stepOpt := model.StepOptions{Adapters: set.ByPos, Checkpoint: cfg.GradCheckpoint}
+	evalVal := func(iter int) error {
+		if len(validEx) == 0 {
+			return nil
+		}
+		t0 := time.Now()
+		l, err := evalLoss(m, set, validEx, cfg)
+		if err != nil {
+			return err
+		}
+		if iter == 0 || math.IsNaN(res.FirstValLoss) {
+			res.FirstValLoss = l
+		}
+		res.FinalValLoss = l
+		res.ValCurve = append(res.ValCurve, Point{iter, l})
+		onProgress(Progress{Iter: iter, Kind: "val", Loss: l, Took: time.Since(t0)})
+		return nil
+	}
+	if start == 0 && cfg.StepsPerEval > 0 {
+		if err := evalVal(0); err != nil {
+			return nil, err
+		}
+	}
+	t0 := time.Now()
+	lastReport, lastTokens := time.Now(), res.Trained
+	var repLoss float64
+	var repTok, repSteps int
+	for it := start + 1; it <= cfg.Iters; it++ {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		set.SetStep(it)
+		optim.ZeroGrad(params)
+		var stepLoss float64
+		var stepTok int
+		batches := make([]data.Batch, cfg.GradAccum)
+		total := 0
+		for k := range batches {
+			batches[k] = batcher.Next()
+			total += batches[k].NumTargets()
+		}
+		if total == 0 {
+			return res, fmt.Errorf("train: iteration %d has no tokens to predict (check --max-seq-length and the data)", it)
+		}
+		for _, b := range batches {
+			l, n, err := m.LossGrad(b.Tokens, b.Targets, b.B, b.T, stepOpt, true, 1/float64(total))
+			if err != nil {
+				return res, fmt.Errorf("train: iteration %d: %w", it, err)
+			}
+			stepLoss += l
+			stepTok += n
+			res.Trained += int64(b.NumTokens())
+		}
+		if cfg.MaxGradNorm > 0 {
+			optim.ClipGradNorm(params, cfg.MaxGradNorm)
+		}
+		lr := sched.LR(it - 1)
+		if err := opt.Step(params, lr); err != nil {
+			return res, err
+		}
+		repLoss += stepLoss
+		repTok += stepTok
+		repSteps++
+		res.Curve = append(res.Curve, Point{it, stepLoss / float64(stepTok)})
+		if it%cfg.StepsPerReport == 0 || it == cfg.Iters {
+			el := time.Since(lastReport).Seconds()
+			onProgress(Progress{Iter: it, Kind: "train", Loss: repLoss / float64(repTok), LearningRate: lr,
+				ItPerSec: float64(repSteps) / el, TokPerSec: float64(res.Trained-lastTokens) / el, Trained: res.Trained, PeakMem: PeakRSS()})
+			lastReport, lastTokens = time.Now(), res.Trained
+			repLoss, repTok, repSteps = 0, 0, 0
+		}
+		if cfg.StepsPerEval > 0 && (it%cfg.StepsPerEval == 0 || it == cfg.Iters) {
+			if err := evalVal(it); err != nil {
+				return res, err
+			}
+		}
+		if cfg.SaveEvery > 0 && it%cfg.SaveEvery == 0 && it < cfg.Iters {
+			meta := runMeta{Step: it, Pos: batcher.Position(), Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg}
+			if err := saveState(statePath, meta, set, opt); err != nil {
+				return res, err
+			}
+		}
+	}
+	res.Iters = cfg.Iters
+	res.Took = time.Since(t0)
+	if n := len(res.Curve); n > 0 {
+		res.FinalTrain = res.Curve[n-1].Loss
+	}
+	meta := runMeta{Step: cfg.Iters, Pos: batcher.Position(), Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg}
+	if err := saveState(statePath, meta, set, opt); err != nil {
+		return res, err
+	}
+	if err := WriteAdapters(cfg.AdapterPath, m, set, cfg); err != nil {
+		return res, err
+	}
+	f, err := os.Create(filepath.Join(cfg.AdapterPath, "loss.svg"))
+	if err == nil {
+		err = WriteLossSVG(f, fmt.Sprintf("qtune %s on %s", cfg.Method, filepath.Base(cfg.Data)), res.Curve, res.ValCurve)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return res, err
+}
+
+// tokenizerID identifies the tokenizer for the token cache.
+func tokenizerID(m *model.Model) string {
+	b, _ := json.Marshal(m.Tokenizer.Vocab())
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+// evalLoss is the mean loss over the validation examples (up to
+// ValBatches batches), with the adapters applied and no dropout.
+func evalLoss(m *model.Model, set *lora.Set, ex []data.Example, cfg Config) (float64, error) {
+	b, err := data.NewBatcher(ex, data.BatchOptions{BatchSize: cfg.BatchSize, MaxSeqLen: cfg.MaxSeqLength, Pack: cfg.Pack, Seed: 1})
+	if err != nil {
+		return 0, err
+	}
+	drop := set.Config.Dropout
+	for _, l := range set.Layers {
+		l.Dropout = 0
+	}
+	defer func() {
+		for _, l := range set.Layers {
+			l.Dropout = float32(drop)
+		}
+	}()
+	nb := b.BatchesPerEpoch()
+	if cfg.ValBatches > 0 && cfg.ValBatches < nb {
+		nb = cfg.ValBatches
+	}
+	var sum float64
+	var n int
+	for i := 0; i < nb; i++ {
+		bt := b.Next()
+		l, k, err := m.LossGrad(bt.Tokens, bt.Targets, bt.B, bt.T, model.StepOptions{Adapters: set.ByPos}, false, 0)
+		if err != nil {
+			return 0, err
+		}
+		sum += l
+		n += k
+	}
+	if n == 0 {
+		return math.NaN(), nil
+	}
+	return sum / float64(n), nil
+}
+
+func saveState(path string, meta runMeta, set *lora.Set, opt optim.Optimizer) error {
+	mb, err := json.Marshal(meta)
+	if err != nil {
+		return err
+	}
+	st := &checkpoint.State{Version: 1, Meta: mb}
+	for _, l := range set.Layers {
+		st.Tensors = append(st.Tensors,
+			checkpoint.Tensor{Name: l.Target + ".lora_a", Shape: []int{l.R, l.In}, Data: l.A},
+			checkpoint.Tensor{Name: l.Target + ".lora_b", Shape: []int{l.Out, l.R}, Data: l.B})
+	}
+	for _, s := range opt.State() {
+		st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: "optim/" + s.Name, Shape: []int{len(s.Data)}, Data: s.Data})
+	}
+	return checkpoint.Save(path, st)
+}
+
+func loadState(path string, set *lora.Set, opt optim.Optimizer) (runMeta, error) {
+	var meta runMeta
+	st, err := checkpoint.Load(path)
+	if err != nil {
+		return meta, err
+	}
+	if err := json.Unmarshal(st.Meta, &meta); err != nil {
+		return meta, fmt.Errorf("train: %s: bad metadata: %w", path, err)
+	}
+	byName := map[string][]float32{}
+	var ost []optim.StateTensor
+	for _, t := range st.Tensors {
+		if len(t.Name) > 6 && t.Name[:6] == "optim/" {
+			ost = append(ost, optim.StateTensor{Name: t.Name[6:], Data: t.Data})
+			continue
+		}
+		byName[t.Name] = t.Data
+	}
+	for _, l := range set.Layers {
+		a, b := byName[l.Target+".lora_a"], byName[l.Target+".lora_b"]
+		if len(a) != len(l.A) || len(b) != len(l.B) {
+			return meta, fmt.Errorf("train: %s: adapter %s does not match this run's shapes (rank or targets changed?)", path, l.Target)
+		}
+		copy(l.A, a)
+		copy(l.B, b)
+	}
+	if err := opt.LoadState(ost); err != nil {
+		return meta, fmt.Errorf("train: %s: %w", path, err)
+	}
+	return meta, nil
+}
