@@ -6,7 +6,7 @@ MODEL_URL = https://huggingface.co/ggml-org/tiny-llamas/resolve/main/stories260K
 BIN     := bin/qtune
 FUZZTIME ?= 3s
 
-.PHONY: build demo test test-short fuzz bench vet clean
+.PHONY: build demo demo-model test test-short fuzz bench vet clean evidence
 
 build:
 	$(GO) build -o $(BIN) ./cmd/qtune
@@ -19,22 +19,38 @@ models/stories260K.gguf:
 demo-model:
 	@if [ -f "$(MODEL)" ]; then echo "model: $(MODEL)"; else $(MAKE) models/stories260K.gguf; fi
 
+DATA     ?= $(SHARED)/assets/data/tinyshakespeare
+DATA_URL  = https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
+
+models/tinyshakespeare.txt:
+	@mkdir -p models
+	curl -fL --retry 3 -o $@.part $(DATA_URL) && mv $@.part $@
+
+# The main job: quantize stories260K to NF4, fine-tune it briefly with QLoRA
+# on Shakespeare, show the validation loss before and after, and generate
+# with and without the adapter.
 demo: build demo-model
 	@M="$(MODEL)"; [ -f "$$M" ] || M=models/stories260K.gguf; \
-	set -e; \
+	D="$(DATA)"; V="$(DATA)/valid.jsonl"; \
+	if [ ! -d "$$D" ]; then $(MAKE) -s models/tinyshakespeare.txt; D=models/tinyshakespeare.txt; V=$$D; fi; \
+	set -e; mkdir -p out; \
 	echo "== inspect"; ./$(BIN) --quiet inspect "$$M" | sed -n '1,6p;/bytes per type/,$$p'; \
-	echo; echo "== quantize to Q8_0 and Q4_0"; \
-	mkdir -p out; ./$(BIN) --quiet quantize "$$M" out/stories260K-q8_0.gguf --type q8_0; \
-	./$(BIN) --quiet quantize "$$M" out/stories260K-q4_0.gguf --type q4_0; \
+	echo; echo "== quantize to NF4 (QLoRA's 4-bit NormalFloat) and Q8_0"; \
 	./$(BIN) --quiet quantize "$$M" out/stories260K-nf4.gguf --type nf4; \
-	echo; echo "== generate (greedy, F32 and Q8_0)"; \
-	./$(BIN) --quiet generate --model "$$M" --prompt "Once upon a time" -n 60 --temp 0; \
-	./$(BIN) --quiet generate --model out/stories260K-q8_0.gguf --prompt "Once upon a time" -n 60 --temp 0; \
-	echo; echo "== eval: TinyStories sample (in domain) and tinyshakespeare (out of domain)"; \
-	for f in "$$M" out/stories260K-q8_0.gguf out/stories260K-q4_0.gguf out/stories260K-nf4.gguf; do \
-	  printf '%-36s stories: ' "$$(basename $$f)"; ./$(BIN) --quiet eval --model $$f --data $(SHARED)/assets/data/tinystories/sample.txt | tr -d '\n'; \
-	  printf '   shakespeare: '; ./$(BIN) --quiet eval --model $$f --data $(SHARED)/assets/data/tinyshakespeare/valid.jsonl --limit 40; \
-	done
+	./$(BIN) --quiet quantize "$$M" out/stories260K-q8_0.gguf --type q8_0; \
+	echo; echo "== validation loss of the NF4 base on Shakespeare (out of its TinyStories domain)"; \
+	./$(BIN) --quiet eval --model out/stories260K-nf4.gguf --data "$$V" --limit 40 --max-seq-length 256; \
+	echo; echo "== QLoRA: LoRA rank 8 on all linear layers over the frozen NF4 base, 150 iterations"; \
+	rm -rf out/demo-adapter; \
+	./$(BIN) --quiet train --model out/stories260K-nf4.gguf --data "$$D" --iters 150 --batch-size 4 \
+	  --max-seq-length 256 --learning-rate 3e-3 --steps-per-report 25 --steps-per-eval 75 --val-batches 20 \
+	  --adapter-path out/demo-adapter; \
+	echo; echo "== validation loss with the adapter"; \
+	./$(BIN) --quiet eval --model out/stories260K-nf4.gguf --adapter out/demo-adapter --data "$$V" --limit 40 --max-seq-length 256; \
+	echo; echo "== generate (greedy) without and with the adapter"; \
+	./$(BIN) --quiet generate --model out/stories260K-nf4.gguf --prompt "ROMEO:" -n 60 --temp 0; \
+	./$(BIN) --quiet generate --model out/stories260K-nf4.gguf --adapter out/demo-adapter --prompt "ROMEO:" -n 60 --temp 0; \
+	echo; echo "adapters (PEFT + llama.cpp GGUF) and loss curve: out/demo-adapter/"; ls out/demo-adapter
 
 vet:
 	$(GO) vet ./...
@@ -46,8 +62,15 @@ test: vet
 test-short:
 	$(GO) test -short ./...
 
+# One table of kernel speeds against this machine's measured limits and
+# OpenBLAS (kernels/cmd/kbench, ~2 min), then the codec and model benchmarks.
 bench:
-	$(GO) test -run='^$$' -bench=. -benchtime=1x ./kernels/ ./quant/ ./model/
+	$(GO) run ./kernels/cmd/kbench
+	$(GO) test -run='^$$' -bench=. -benchtime=1x ./quant/ ./model/
 
 clean:
 	rm -rf bin out
+
+# The README's fine-tuning evidence table (a few minutes).
+evidence: build
+	./scripts/evidence.sh

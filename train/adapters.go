@@ -21,3 +21,14 @@ func WriteAdapters(dir string, m *model.Model, set *lora.Set, cfg Config) error 
 	}
 	return os.WriteFile(filepath.Join(dir, "qtune_config.json"), b, 0o644)
 }
+
+// ApplyAdapter loads an adapter (PEFT folder, or GGUF adapter file or
+// folder) and makes m's Forward use it.
+func ApplyAdapter(m *model.Model, path string) error {
+	set, err := lora.Load(m, path)
+	if err != nil {
+		return err
+	}
+	m.Adapters = set.ByPos
+	return nil
+}

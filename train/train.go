@@ -239,6 +239,11 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	}
 	log(fmt.Sprintf("trainable parameters: %d (%.3f%% of %d), %d adapted matrices, rank %d, scale %.3g",
 		set.Params(), 100*float64(set.Params())/float64(m.Config.Params()), m.Config.Params(), len(set.Layers), cfg.Rank, cfg.Alpha/float64(cfg.Rank)))
+	act := m.Config.ActivationBytes(cfg.BatchSize, cfg.MaxSeqLength, cfg.GradCheckpoint)
+	other := m.Config.ActivationBytes(cfg.BatchSize, cfg.MaxSeqLength, !cfg.GradCheckpoint)
+	log(fmt.Sprintf("memory: weights %.1f MiB mapped, activations ≤ %.1f MiB per micro-batch (%.1f MiB %s checkpointing), adapters+grads+optimizer %.1f MiB",
+		float64(m.WeightBytes())/(1<<20), float64(act)/(1<<20), float64(other)/(1<<20), map[bool]string{true: "without", false: "with"}[cfg.GradCheckpoint],
+		float64(set.Params()*8+opt.StateBytes(set.Params()))/(1<<20)))
 	stepOpt := model.StepOptions{Adapters: set.ByPos, Checkpoint: cfg.GradCheckpoint}
 	evalVal := func(iter int) error {
 		if len(validEx) == 0 {

@@ -24,6 +24,7 @@ var rank = map[string]int{
 	"methods":        5,
 	"train":          6,
 	"cmd/qtune":      7,
+	"examples":       7,
 }
 
 func rankOf(p string) (int, bool) {
