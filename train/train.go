@@ -10,12 +10,12 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/qtune/qtune/checkpoint"
 	"github.com/qtune/qtune/data"
-	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/optim"
 )
@@ -71,8 +71,8 @@ func (c *Config) Validate() error {
 		return errors.New("train: a model is required")
 	case c.Data == "":
 		return errors.New("train: data is required")
-	case c.Method != "lora" && c.Method != "qlora":
-		return fmt.Errorf("train: method %q is not available (lora, qlora)", c.Method)
+	case !slices.Contains(Methods, c.Method):
+		return fmt.Errorf("train: method %q is not available (%s)", c.Method, strings.Join(Methods, ", "))
 	case c.Iters <= 0 || c.Iters > 1e9:
 		return fmt.Errorf("train: iters %d out of range", c.Iters)
 	case c.BatchSize <= 0 || c.BatchSize > 1<<16:
@@ -177,24 +177,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		log(fmt.Sprintf("max sequence length %d capped at the model's context %d", cfg.MaxSeqLength, m.Config.Context))
 		cfg.MaxSeqLength = m.Config.Context
 	}
-	targets, err := lora.ParseTargets(cfg.Targets)
+	meth, err := newMethod(m, cfg)
 	if err != nil {
 		return nil, err
-	}
-	set, err := lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Dropout: cfg.Dropout, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed})
-	if err != nil {
-		return nil, err
-	}
-	params := make([]*optim.Param, 0, 2*len(set.Layers))
-	for _, l := range set.Layers {
-		params = append(params, &optim.Param{Name: l.Target + ".lora_a", W: l.A, G: l.GA, Decay: true},
-			&optim.Param{Name: l.Target + ".lora_b", W: l.B, G: l.GB, Decay: true})
-	}
-	var opt optim.Optimizer
-	if cfg.Optimizer == "sgd" {
-		opt = optim.NewSGD(cfg.Momentum, cfg.WeightDecay, false)
-	} else {
-		opt = optim.NewAdamW(0.9, 0.999, 1e-8, cfg.WeightDecay)
 	}
 	sched := optim.Schedule{Kind: cfg.LRSchedule, Peak: cfg.LearningRate, Min: cfg.MinLR, Warmup: cfg.Warmup, Total: cfg.Iters}
 	if err := sched.Validate(); err != nil {
@@ -222,11 +207,11 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if err := os.MkdirAll(cfg.AdapterPath, 0o755); err != nil {
 		return nil, fmt.Errorf("train: adapter path: %w", err)
 	}
-	res := &Result{TrainableSize: set.Params(), FirstValLoss: math.NaN(), FinalValLoss: math.NaN()}
+	res := &Result{TrainableSize: meth.Trainable(), FirstValLoss: math.NaN(), FinalValLoss: math.NaN()}
 	start := 0
 	statePath := filepath.Join(cfg.AdapterPath, stateFile)
 	if cfg.Resume {
-		meta, err := loadState(statePath, set, opt)
+		meta, err := loadState(statePath, meth)
 		if err != nil {
 			return nil, err
 		}
@@ -237,20 +222,18 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		res.Trained, res.Curve, res.ValCurve = meta.Trained, meta.Curve, meta.ValCurve
 		log(fmt.Sprintf("resumed from %s at iteration %d", statePath, start))
 	}
-	log(fmt.Sprintf("trainable parameters: %d (%.3f%% of %d), %d adapted matrices, rank %d, scale %.3g",
-		set.Params(), 100*float64(set.Params())/float64(m.Config.Params()), m.Config.Params(), len(set.Layers), cfg.Rank, cfg.Alpha/float64(cfg.Rank)))
+	log(meth.Describe())
 	act := m.Config.ActivationBytes(cfg.BatchSize, cfg.MaxSeqLength, cfg.GradCheckpoint)
 	other := m.Config.ActivationBytes(cfg.BatchSize, cfg.MaxSeqLength, !cfg.GradCheckpoint)
 	log(fmt.Sprintf("memory: weights %.1f MiB mapped, activations ≤ %.1f MiB per micro-batch (%.1f MiB %s checkpointing), adapters+grads+optimizer %.1f MiB",
 		float64(m.WeightBytes())/(1<<20), float64(act)/(1<<20), float64(other)/(1<<20), map[bool]string{true: "without", false: "with"}[cfg.GradCheckpoint],
-		float64(set.Params()*8+opt.StateBytes(set.Params()))/(1<<20)))
-	stepOpt := model.StepOptions{Adapters: set.ByPos, Checkpoint: cfg.GradCheckpoint}
+		float64(meth.StateBytes())/(1<<20)))
 	evalVal := func(iter int) error {
 		if len(validEx) == 0 {
 			return nil
 		}
 		t0 := time.Now()
-		l, err := evalLoss(m, set, validEx, cfg)
+		l, err := evalLoss(m, meth, validEx, cfg)
 		if err != nil {
 			return err
 		}
@@ -275,34 +258,17 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
-		set.SetStep(it)
-		optim.ZeroGrad(params)
-		var stepLoss float64
-		var stepTok int
 		batches := make([]data.Batch, cfg.GradAccum)
-		total := 0
 		for k := range batches {
 			batches[k] = batcher.Next()
-			total += batches[k].NumTargets()
-		}
-		if total == 0 {
-			return res, fmt.Errorf("train: iteration %d has no tokens to predict (check --max-seq-length and the data)", it)
-		}
-		for _, b := range batches {
-			l, n, err := m.LossGrad(b.Tokens, b.Targets, b.B, b.T, stepOpt, true, 1/float64(total))
-			if err != nil {
-				return res, fmt.Errorf("train: iteration %d: %w", it, err)
-			}
-			stepLoss += l
-			stepTok += n
-			res.Trained += int64(b.NumTokens())
-		}
-		if cfg.MaxGradNorm > 0 {
-			optim.ClipGradNorm(params, cfg.MaxGradNorm)
 		}
 		lr := sched.LR(it - 1)
-		if err := opt.Step(params, lr); err != nil {
+		stepLoss, stepTok, err := meth.Step(it, batches, lr)
+		if err != nil {
 			return res, err
+		}
+		for _, b := range batches {
+			res.Trained += int64(b.NumTokens())
 		}
 		repLoss += stepLoss
 		repTok += stepTok
@@ -322,7 +288,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		}
 		if cfg.SaveEvery > 0 && it%cfg.SaveEvery == 0 && it < cfg.Iters {
 			meta := runMeta{Step: it, Pos: batcher.Position(), Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg}
-			if err := saveState(statePath, meta, set, opt); err != nil {
+			if err := saveState(statePath, meta, meth); err != nil {
 				return res, err
 			}
 		}
@@ -333,10 +299,10 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		res.FinalTrain = res.Curve[n-1].Loss
 	}
 	meta := runMeta{Step: cfg.Iters, Pos: batcher.Position(), Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg}
-	if err := saveState(statePath, meta, set, opt); err != nil {
+	if err := saveState(statePath, meta, meth); err != nil {
 		return res, err
 	}
-	if err := WriteAdapters(cfg.AdapterPath, m, set, cfg); err != nil {
+	if err := meth.Save(cfg.AdapterPath); err != nil {
 		return res, err
 	}
 	f, err := os.Create(filepath.Join(cfg.AdapterPath, "loss.svg"))
@@ -357,21 +323,15 @@ func tokenizerID(m *model.Model) string {
 }
 
 // evalLoss is the mean loss over the validation examples (up to
-// ValBatches batches), with the adapters applied and no dropout.
-func evalLoss(m *model.Model, set *lora.Set, ex []data.Example, cfg Config) (float64, error) {
+// ValBatches batches), with the method's trainable part applied and no
+// dropout.
+func evalLoss(m *model.Model, meth Method, ex []data.Example, cfg Config) (float64, error) {
 	b, err := data.NewBatcher(ex, data.BatchOptions{BatchSize: cfg.BatchSize, MaxSeqLen: cfg.MaxSeqLength, Pack: cfg.Pack, Seed: 1})
 	if err != nil {
 		return 0, err
 	}
-	drop := set.Config.Dropout
-	for _, l := range set.Layers {
-		l.Dropout = 0
-	}
-	defer func() {
-		for _, l := range set.Layers {
-			l.Dropout = float32(drop)
-		}
-	}()
+	o, done := meth.Eval()
+	defer done()
 	nb := b.BatchesPerEpoch()
 	if cfg.ValBatches > 0 && cfg.ValBatches < nb {
 		nb = cfg.ValBatches
@@ -380,7 +340,7 @@ func evalLoss(m *model.Model, set *lora.Set, ex []data.Example, cfg Config) (flo
 	var n int
 	for i := 0; i < nb; i++ {
 		bt := b.Next()
-		l, k, err := m.LossGrad(bt.Tokens, bt.Targets, bt.B, bt.T, model.StepOptions{Adapters: set.ByPos}, false, 0)
+		l, k, err := m.LossGrad(bt.Tokens, bt.Targets, bt.B, bt.T, o, false, 0)
 		if err != nil {
 			return 0, err
 		}
@@ -393,24 +353,15 @@ func evalLoss(m *model.Model, set *lora.Set, ex []data.Example, cfg Config) (flo
 	return sum / float64(n), nil
 }
 
-func saveState(path string, meta runMeta, set *lora.Set, opt optim.Optimizer) error {
+func saveState(path string, meta runMeta, meth Method) error {
 	mb, err := json.Marshal(meta)
 	if err != nil {
 		return err
 	}
-	st := &checkpoint.State{Version: 1, Meta: mb}
-	for _, l := range set.Layers {
-		st.Tensors = append(st.Tensors,
-			checkpoint.Tensor{Name: l.Target + ".lora_a", Shape: []int{l.R, l.In}, Data: l.A},
-			checkpoint.Tensor{Name: l.Target + ".lora_b", Shape: []int{l.Out, l.R}, Data: l.B})
-	}
-	for _, s := range opt.State() {
-		st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: "optim/" + s.Name, Shape: []int{len(s.Data)}, Data: s.Data})
-	}
-	return checkpoint.Save(path, st)
+	return checkpoint.Save(path, &checkpoint.State{Version: 1, Meta: mb, Tensors: meth.Tensors()})
 }
 
-func loadState(path string, set *lora.Set, opt optim.Optimizer) (runMeta, error) {
+func loadState(path string, meth Method) (runMeta, error) {
 	var meta runMeta
 	st, err := checkpoint.Load(path)
 	if err != nil {
@@ -419,24 +370,7 @@ func loadState(path string, set *lora.Set, opt optim.Optimizer) (runMeta, error)
 	if err := json.Unmarshal(st.Meta, &meta); err != nil {
 		return meta, fmt.Errorf("train: %s: bad metadata: %w", path, err)
 	}
-	byName := map[string][]float32{}
-	var ost []optim.StateTensor
-	for _, t := range st.Tensors {
-		if len(t.Name) > 6 && t.Name[:6] == "optim/" {
-			ost = append(ost, optim.StateTensor{Name: t.Name[6:], Data: t.Data})
-			continue
-		}
-		byName[t.Name] = t.Data
-	}
-	for _, l := range set.Layers {
-		a, b := byName[l.Target+".lora_a"], byName[l.Target+".lora_b"]
-		if len(a) != len(l.A) || len(b) != len(l.B) {
-			return meta, fmt.Errorf("train: %s: adapter %s does not match this run's shapes (rank or targets changed?)", path, l.Target)
-		}
-		copy(l.A, a)
-		copy(l.B, b)
-	}
-	if err := opt.LoadState(ost); err != nil {
+	if err := meth.Load(st.Tensors); err != nil {
 		return meta, fmt.Errorf("train: %s: %w", path, err)
 	}
 	return meta, nil

@@ -1,0 +1,190 @@
+package train
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/qtune/qtune/checkpoint"
+	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/optim"
+)
+
+// Method is an update rule as the loop sees it: what is trainable and how
+// one iteration changes it. Each method lives in methods/<name>; its glue to
+// the loop is a file of this package, listed in newMethod.
+type Method interface {
+	// Describe is a line for the log: what is trained, how many parameters.
+	Describe() string
+	// Trainable is the number of trainable values.
+	Trainable() int64
+	// StateBytes is the memory the method keeps besides the model (its
+	// parameters, gradients, optimizer state), for the plan.
+	StateBytes() int64
+	// Step runs iteration it (1-based) over the micro-batches of one
+	// optimizer step with learning rate lr, updates the parameters, and
+	// returns the summed loss and the number of predicted tokens.
+	Step(it int, batches []data.Batch, lr float64) (loss float64, n int, err error)
+	// Eval prepares the model for evaluation (adapters applied, no
+	// dropout) and returns the options LossGrad needs; done undoes it.
+	Eval() (o model.StepOptions, done func())
+	// Tensors and Load are the resumable state (parameters and optimizer
+	// moments) under stable names.
+	Tensors() []checkpoint.Tensor
+	Load(ts []checkpoint.Tensor) error
+	// Save writes the result in the formats other tools read.
+	Save(dir string) error
+}
+
+// newMethod builds the method cfg names (an explicit table, no registry).
+func newMethod(m *model.Model, cfg Config) (Method, error) {
+	switch cfg.Method {
+	case "lora", "qlora":
+		return newLoRAMethod(m, cfg)
+	}
+	return nil, fmt.Errorf("train: method %q is not available (%s)", cfg.Method, strings.Join(Methods, ", "))
+}
+
+// Methods lists the methods Run accepts.
+var Methods = []string{"lora", "qlora"}
+
+func newOptimizer(cfg Config) optim.Optimizer {
+	if cfg.Optimizer == "sgd" {
+		return optim.NewSGD(cfg.Momentum, cfg.WeightDecay, false)
+	}
+	return optim.NewAdamW(0.9, 0.999, 1e-8, cfg.WeightDecay)
+}
+
+// loraMethod is first-order LoRA (QLoRA on an NF4 base): backward through
+// the frozen base, gradients for A and B, an optimizer step.
+type loraMethod struct {
+	m      *model.Model
+	cfg    Config
+	set    *lora.Set
+	params []*optim.Param
+	opt    optim.Optimizer
+}
+
+func newLoRAMethod(m *model.Model, cfg Config) (*loraMethod, error) {
+	targets, err := lora.ParseTargets(cfg.Targets)
+	if err != nil {
+		return nil, err
+	}
+	set, err := lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Dropout: cfg.Dropout, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed})
+	if err != nil {
+		return nil, err
+	}
+	lm := &loraMethod{m: m, cfg: cfg, set: set, opt: newOptimizer(cfg)}
+	lm.params = loraParams(set)
+	return lm, nil
+}
+
+// loraParams lists a set's A and B as optimizer parameters.
+func loraParams(set *lora.Set) []*optim.Param {
+	ps := make([]*optim.Param, 0, 2*len(set.Layers))
+	for _, l := range set.Layers {
+		ps = append(ps, &optim.Param{Name: l.Target + ".lora_a", W: l.A, G: l.GA, Decay: true},
+			&optim.Param{Name: l.Target + ".lora_b", W: l.B, G: l.GB, Decay: true})
+	}
+	return ps
+}
+
+func (l *loraMethod) Describe() string {
+	c := l.m.Config
+	return fmt.Sprintf("%s: %d trainable parameters (%.3f%% of %d) in %d adapted matrices, rank %d, scale %.3g, %s",
+		l.cfg.Method, l.set.Params(), 100*float64(l.set.Params())/float64(c.Params()), c.Params(), len(l.set.Layers),
+		l.cfg.Rank, l.cfg.Alpha/float64(l.cfg.Rank), l.opt.Name())
+}
+
+func (l *loraMethod) Trainable() int64 { return l.set.Params() }
+
+func (l *loraMethod) StateBytes() int64 {
+	return 8*l.set.Params() + l.opt.StateBytes(l.set.Params())
+}
+
+func (l *loraMethod) Step(it int, batches []data.Batch, lr float64) (float64, int, error) {
+	l.set.SetStep(it)
+	optim.ZeroGrad(l.params)
+	total := 0
+	for _, b := range batches {
+		total += b.NumTargets()
+	}
+	if total == 0 {
+		return 0, 0, fmt.Errorf("train: iteration %d has no tokens to predict (check --max-seq-length and the data)", it)
+	}
+	o := model.StepOptions{Adapters: l.set.ByPos, Checkpoint: l.cfg.GradCheckpoint}
+	var loss float64
+	var n int
+	for _, b := range batches {
+		s, k, err := l.m.LossGrad(b.Tokens, b.Targets, b.B, b.T, o, true, 1/float64(total))
+		if err != nil {
+			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+		}
+		loss += s
+		n += k
+	}
+	if l.cfg.MaxGradNorm > 0 {
+		optim.ClipGradNorm(l.params, l.cfg.MaxGradNorm)
+	}
+	return loss, n, l.opt.Step(l.params, lr)
+}
+
+func (l *loraMethod) Eval() (model.StepOptions, func()) {
+	for _, ly := range l.set.Layers {
+		ly.Dropout = 0
+	}
+	return model.StepOptions{Adapters: l.set.ByPos}, func() {
+		for _, ly := range l.set.Layers {
+			ly.Dropout = float32(l.set.Config.Dropout)
+		}
+	}
+}
+
+func (l *loraMethod) Tensors() []checkpoint.Tensor {
+	var ts []checkpoint.Tensor
+	for _, ly := range l.set.Layers {
+		ts = append(ts,
+			checkpoint.Tensor{Name: ly.Target + ".lora_a", Shape: []int{ly.R, ly.In}, Data: ly.A},
+			checkpoint.Tensor{Name: ly.Target + ".lora_b", Shape: []int{ly.Out, ly.R}, Data: ly.B})
+	}
+	return append(ts, optimTensors(l.opt)...)
+}
+
+func (l *loraMethod) Load(ts []checkpoint.Tensor) error {
+	by := map[string][]float32{}
+	for _, t := range ts {
+		by[t.Name] = t.Data
+	}
+	for _, ly := range l.set.Layers {
+		a, b := by[ly.Target+".lora_a"], by[ly.Target+".lora_b"]
+		if len(a) != len(ly.A) || len(b) != len(ly.B) {
+			return fmt.Errorf("adapter %s does not match this run's shapes (rank or targets changed?)", ly.Target)
+		}
+		copy(ly.A, a)
+		copy(ly.B, b)
+	}
+	return loadOptim(l.opt, ts)
+}
+
+func (l *loraMethod) Save(dir string) error { return WriteAdapters(dir, l.m, l.set, l.cfg) }
+
+// optimTensors and loadOptim keep an optimizer's moments in a checkpoint
+// under "optim/<name>".
+func optimTensors(o optim.Optimizer) []checkpoint.Tensor {
+	var ts []checkpoint.Tensor
+	for _, s := range o.State() {
+		ts = append(ts, checkpoint.Tensor{Name: "optim/" + s.Name, Shape: []int{len(s.Data)}, Data: s.Data})
+	}
+	return ts
+}
+
+func loadOptim(o optim.Optimizer, ts []checkpoint.Tensor) error {
+	var st []optim.StateTensor
+	for _, t := range ts {
+		if strings.HasPrefix(t.Name, "optim/") {
+			st = append(st, optim.StateTensor{Name: t.Name[len("optim/"):], Data: t.Data})
+		}
+	}
+	return o.LoadState(st)
+}
