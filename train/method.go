@@ -42,12 +42,20 @@ func newMethod(m *model.Model, cfg Config) (Method, error) {
 	switch cfg.Method {
 	case "lora", "qlora":
 		return newLoRAMethod(m, cfg)
+	case "mezo":
+		return newMeZOMethod(m, cfg)
+	case "loho", "loho-inter":
+		return newLoHOMethod(m, cfg, false)
+	case "loho-intra":
+		return newLoHOMethod(m, cfg, true)
+	case "loreml":
+		return newLoReMLMethod(m, cfg)
 	}
 	return nil, fmt.Errorf("train: method %q is not available (%s)", cfg.Method, strings.Join(Methods, ", "))
 }
 
 // Methods lists the methods Run accepts.
-var Methods = []string{"lora", "qlora"}
+var Methods = []string{"lora", "qlora", "mezo", "loho", "loho-inter", "loho-intra", "loreml"}
 
 func newOptimizer(cfg Config) optim.Optimizer {
 	if cfg.Optimizer == "sgd" {

@@ -54,6 +54,19 @@ type Config struct {
 	Pack           bool    `json:"pack"`
 	Resume         bool    `json:"resume"`
 	CacheDir       string  `json:"cache_dir,omitempty"`
+
+	// Zeroth-order and hybrid methods (methods.md §2–4).
+	ZOLearningRate float64 `json:"zo_learning_rate"` // MeZO/LoHO ZO step size (constant)
+	Epsilon        float64 `json:"epsilon"`          // SPSA perturbation scale
+	Perturbations  int     `json:"perturbations"`    // n-SPSA draws per step
+	ZOTarget       string  `json:"zo_target"`        // mezo: lora | float | scales
+	FOLayers       string  `json:"fo_layers"`        // loho inter: N deepest blocks first-order, or "auto"
+	FORatio        float64 `json:"fo_ratio"`         // loho intra: share of entries trained first-order
+	FOEvery        int     `json:"fo_every"`         // loho: first-order update every k steps
+	KeepRatio      float64 `json:"keep_ratio"`       // loreml: share of weights kept trainable
+	Stage1Iters    int     `json:"stage1_iters"`     // loreml: iterations of score learning
+	WarmStart      float64 `json:"warm_start"`       // loreml: γ of W ← W + γ·S
+	MaxMem         string  `json:"max_mem,omitempty"`
 }
 
 // Defaults returns MLX-LM's defaults where they exist, QLoRA's otherwise.
@@ -61,7 +74,9 @@ func Defaults() Config {
 	return Config{Method: "lora", Iters: 1000, BatchSize: 4, MaxSeqLength: 2048, LearningRate: 1e-5, NumLayers: 16,
 		AdapterPath: "adapters", StepsPerReport: 10, StepsPerEval: 200, ValBatches: 25, SaveEvery: 100, Seed: 0,
 		Rank: 8, Alpha: 16, Dropout: 0, Targets: "all", Optimizer: "adamw", WeightDecay: 0, Momentum: 0.9,
-		LRSchedule: "constant", GradAccum: 1, MaxGradNorm: 1}
+		LRSchedule: "constant", GradAccum: 1, MaxGradNorm: 1,
+		ZOLearningRate: 1e-4, Epsilon: 1e-3, Perturbations: 1, ZOTarget: "lora", FOLayers: "auto", FORatio: 0.5, FOEvery: 1,
+		KeepRatio: 0.005, Stage1Iters: 0, WarmStart: 1}
 }
 
 // Validate checks the configuration before any work.
