@@ -63,9 +63,9 @@ test-short:
 	$(GO) test -short ./...
 
 # One table of kernel speeds against this machine's measured limits and
-# OpenBLAS (kernels/cmd/kbench, ~2 min), then the codec and model benchmarks.
+# OpenBLAS (kernels/kbench_test.go, ~2 min), then the codec and model benchmarks.
 bench:
-	$(GO) run ./kernels/cmd/kbench
+	cd kernels && $(GO) test -count=1 -run '^TestKBench$$' -timeout 15m -args -kbench
 	$(GO) test -run='^$$' -bench=. -benchtime=1x ./quant/ ./model/
 
 clean:

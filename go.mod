@@ -3,6 +3,7 @@ module github.com/qtune/qtune
 go 1.26.8
 
 require (
+	github.com/ebitengine/purego v0.11.3
 	github.com/klauspost/compress v1.20.4
 	github.com/rs/zerolog v1.35.1
 	golang.org/x/exp v0.0.0-20261113113407-e3970619a1a4
@@ -11,7 +12,6 @@ require (
 )
 
 require (
-	github.com/ebitengine/purego v0.11.3 // indirect
 	github.com/mattn/go-colorable v0.1.14 // indirect
 	github.com/mattn/go-isatty v0.0.20 // indirect
 )

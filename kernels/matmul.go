@@ -79,13 +79,74 @@ func getScratch(n int) *[]float32 {
 //		}
 //	}
 //
-// W is dequantized tileRows rows at a time into a worker-local scratch; F32
-// weights are read in place.
+// For M ≤ matVecRows it streams W once (matVec: memory-bound generation);
+// above, it runs the packed GEMM with W decoded one kcBlock×ncBlock block at
+// a time into the worker's panel buffer. Without assembly it is
+// matMulGeneric. Results differ from matMulGeneric by rounding only (FMA and
+// summation order); they are bit-identical for any number of workers.
 func MatMul(p *Pool, y, x []float32, M int, w Matrix) {
 	N, K := w.Rows, w.Cols
 	if len(x) < M*K || len(y) < M*N {
 		panic(fmt.Sprintf("kernels: MatMul: x %d y %d for M=%d N=%d K=%d", len(x), len(y), M, N, K))
 	}
+	if kern.fn == nil {
+		matMulGeneric(p, y, x, M, w)
+		return
+	}
+	if M <= matVecRows {
+		matVec(p, y, x, M, w)
+		return
+	}
+	B := operandB{w: &w, wT: true}
+	if w.Type == quant.F32 {
+		if wf := F32View(w.Data); wf != nil {
+			B = operandB{f: wf, rs: 1, cs: K}
+		}
+	}
+	gemm(p, kern, y, N, M, N, K, operandA{a: x, rs: K, cs: 1}, B, false)
+}
+
+// MatMulT computes dX += dY·W for dY (M, N) and W (N, K), reading the
+// quantized rows of W directly (no transposed copy, no whole dequantized
+// copy). Reference loop:
+//
+//	for m { for k { for n { dx[m*K+k] += dy[m*N+n] * w[n][k] } } }
+//
+// Fast path: the packed GEMM with B = W, whose kcBlock rows are decoded a
+// column block at a time (each worker owns a range of dX columns). Without
+// assembly it is matMulTGeneric.
+func MatMulT(p *Pool, dx, dy []float32, M int, w Matrix) {
+	N, K := w.Rows, w.Cols
+	if len(dx) < M*K || len(dy) < M*N {
+		panic(fmt.Sprintf("kernels: MatMulT: dx %d dy %d for M=%d N=%d K=%d", len(dx), len(dy), M, N, K))
+	}
+	if kern.fn == nil {
+		matMulTGeneric(p, dx, dy, M, w)
+		return
+	}
+	B := operandB{w: &w}
+	if w.Type == quant.F32 {
+		if wf := F32View(w.Data); wf != nil {
+			B = operandB{f: wf, rs: K, cs: 1}
+		}
+	}
+	gemm(p, kern, dx, K, M, K, N, operandA{a: dy, rs: N, cs: 1}, B, true)
+}
+
+// matMulGeneric is MatMul's reference. Reference loop:
+//
+//	for m := 0; m < M; m++ {
+//		for n := 0; n < N; n++ {
+//			var s float32
+//			for k := 0; k < K; k++ { s += x[m*K+k] * w[n][k] }
+//			y[m*N+n] = s
+//		}
+//	}
+//
+// W is dequantized tileRows rows at a time into a worker-local scratch; F32
+// weights are read in place.
+func matMulGeneric(p *Pool, y, x []float32, M int, w Matrix) {
+	N, K := w.Rows, w.Cols
 	var wf []float32
 	if w.Type == quant.F32 {
 		wf = F32View(w.Data)
@@ -104,7 +165,7 @@ func MatMul(p *Pool, y, x []float32, M int, w Matrix) {
 			} else {
 				tile = (*sp)[:nt*K]
 				for i := 0; i < nt; i++ {
-					w.Row(tile[i*K:(i+1)*K], n0+i)
+					decodeRow(&w, tile[i*K:(i+1)*K], n0+i, 0)
 				}
 			}
 			for m := 0; m < M; m++ {
@@ -122,19 +183,15 @@ func MatMul(p *Pool, y, x []float32, M int, w Matrix) {
 	})
 }
 
-// MatMulT computes dX += dY·W for dY (M, N) and W (N, K), reading the
-// quantized rows of W directly (no transposed copy). Reference loop:
+// matMulTGeneric is MatMulT's reference. Reference loop:
 //
 //	for m { for k { for n { dx[m*K+k] += dy[m*N+n] * w[n][k] } } }
 //
 // Work is split over the K columns' owners is not possible without
 // re-decoding rows, so it is split over M: each worker decodes each row of W
 // once per call and owns a disjoint set of dX rows.
-func MatMulT(p *Pool, dx, dy []float32, M int, w Matrix) {
+func matMulTGeneric(p *Pool, dx, dy []float32, M int, w Matrix) {
 	N, K := w.Rows, w.Cols
-	if len(dx) < M*K || len(dy) < M*N {
-		panic(fmt.Sprintf("kernels: MatMulT: dx %d dy %d for M=%d N=%d K=%d", len(dx), len(dy), M, N, K))
-	}
 	var wf []float32
 	if w.Type == quant.F32 {
 		wf = F32View(w.Data)
@@ -151,7 +208,7 @@ func MatMulT(p *Pool, dx, dy []float32, M int, w Matrix) {
 				row = wf[n*K : (n+1)*K]
 			} else {
 				row = (*sp)[:K]
-				w.Row(row, n)
+				decodeRow(&w, row, n, 0)
 			}
 			for m := lo; m < hi; m++ {
 				if a := dy[m*N+n]; a != 0 {

@@ -1,0 +1,78 @@
+package kernels
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/qtune/qtune/quant"
+)
+
+// Fuzz targets: each runs the fast path at every instruction-set level this
+// machine has against the float64 reference on random shapes (bounded so a
+// seed-corpus run stays in milliseconds) and checks the documented bound
+// (gemmTol).
+
+func fuzzShape(m, n, k uint16) (int, int, int) {
+	return int(m%70) + 1, int(n%110) + 1, int(k%300) + 1
+}
+
+func FuzzGemm(f *testing.F) {
+	f.Add(uint16(1), uint16(1), uint16(1), uint64(1))
+	f.Add(uint16(9), uint16(49), uint16(257), uint64(2))
+	f.Add(uint16(64), uint16(96), uint16(33), uint64(3))
+	p := NewPool(2)
+	f.Fuzz(func(t *testing.T, m, n, k uint16, seed uint64) {
+		M, N, K := fuzzShape(m, n, k)
+		r := rand.New(rand.NewPCG(seed, 1))
+		a, b, c0 := randSlice(r, M*K), randSlice(r, N*K), randSlice(r, M*N)
+		for _, l := range levels() {
+			withLevel(t, l, func() {
+				c := append([]float32(nil), c0...)
+				GemmNT(p, c, a, b, M, N, K, true)
+				want, abs := refGemm(M, N, K, func(i, kk int) float64 { return float64(a[i*K+kk]) }, func(kk, j int) float64 { return float64(b[j*K+kk]) }, c0)
+				checkNear(t, fmt.Sprintf("GemmNT %s %d,%d,%d", l, M, N, K), c, want, abs, K)
+				copy(c, c0)
+				GemmNN(p, c, a, b, M, N, K)
+				want, abs = refGemm(M, N, K, func(i, kk int) float64 { return float64(a[i*K+kk]) }, func(kk, j int) float64 { return float64(b[kk*N+j]) }, c0)
+				checkNear(t, fmt.Sprintf("GemmNN %s %d,%d,%d", l, M, N, K), c, want, abs, K)
+				copy(c, c0)
+				GemmTN(p, c, a, b, M, N, K)
+				want, abs = refGemm(M, N, K, func(i, kk int) float64 { return float64(a[kk*M+i]) }, func(kk, j int) float64 { return float64(b[kk*N+j]) }, c0)
+				checkNear(t, fmt.Sprintf("GemmTN %s %d,%d,%d", l, M, N, K), c, want, abs, K)
+			})
+		}
+	})
+}
+
+func FuzzMatMul(f *testing.F) {
+	f.Add(uint8(0), uint16(1), uint16(3), uint16(1), uint64(1))
+	f.Add(uint8(3), uint16(4), uint16(5), uint16(2), uint64(2))
+	f.Add(uint8(4), uint16(9), uint16(50), uint16(3), uint64(3))
+	f.Add(uint8(7), uint16(2), uint16(7), uint16(5), uint64(4))
+	p := NewPool(2)
+	f.Fuzz(func(t *testing.T, ti uint8, m, n, kb uint16, seed uint64) {
+		typ := testTypes[int(ti)%len(testTypes)]
+		M, N := int(m%40)+1, int(n%60)+1
+		bs := max(blockOf(typ), 32)
+		K := (int(kb%6) + 1) * bs
+		if typ == quant.Q4_K || typ == quant.Q6_K {
+			K = (int(kb%3) + 1) * 256
+		}
+		r := rand.New(rand.NewPCG(seed, 2))
+		w, deq := randMatrix(t, typ, N, K, r)
+		x, dy, dx0 := randSlice(r, M*K), randSlice(r, M*N), randSlice(r, M*K)
+		wantY, absY := refGemm(M, N, K, func(i, k int) float64 { return float64(x[i*K+k]) }, func(k, j int) float64 { return float64(deq[j*K+k]) }, nil)
+		wantX, absX := refGemm(M, K, N, func(i, nn int) float64 { return float64(dy[i*N+nn]) }, func(nn, k int) float64 { return float64(deq[nn*K+k]) }, dx0)
+		for _, l := range levels() {
+			withLevel(t, l, func() {
+				y := make([]float32, M*N)
+				MatMul(p, y, x, M, w)
+				checkNear(t, fmt.Sprintf("MatMul %s %s %d,%d,%d", typ, l, M, N, K), y, wantY, absY, K)
+				dx := append([]float32(nil), dx0...)
+				MatMulT(p, dx, dy, M, w)
+				checkNear(t, fmt.Sprintf("MatMulT %s %s %d,%d,%d", typ, l, M, N, K), dx, wantX, absX, N)
+			})
+		}
+	})
+}

@@ -1,0 +1,65 @@
+package kernels
+
+import "github.com/qtune/qtune/quant"
+
+// matVecRows is the largest M that MatMul treats as matrix-vector work
+// (generation): each W row is streamed from memory once and used against
+// M ≤ 4 rows of X, which are small enough to stay in L1.
+const matVecRows = 4
+
+// matVec is MatMul for M ≤ matVecRows. Reference loop (the same as
+// MatMul's):
+//
+//	for n { for m { y[m*N+n] = Σₖ x[m*K+k]·w[n][k] } }
+//
+// Workers own disjoint ranges of W rows. A row is read straight from its
+// blocks by a fused assembly dot (fusedRowDot: F32, F16, BF16, Q8_0, Q4_0,
+// Q4_K, Q6_K, NF4 with AVX-512), or decoded once into a row buffer and dotted with each X
+// row (dotF32Fast) for the other types and levels.
+func matVec(p *Pool, y, x []float32, M int, w Matrix) {
+	N, K := w.Rows, w.Cols
+	if K == 0 {
+		clear(y[:M*N])
+		return
+	}
+	var wf []float32
+	if w.Type == quant.F32 {
+		wf = F32View(w.Data)
+	}
+	p.Parallel(N, 8, func(lo, hi int) {
+		var sp *[]float32
+		defer func() {
+			if sp != nil {
+				scratchPool.Put(sp)
+			}
+		}()
+		var scales []float32
+		if w.Type == quant.Q4_K || w.Type == quant.Q6_K {
+			scales = make([]float32, K/16)
+		}
+		for n := lo; n < hi; n++ {
+			if wf != nil {
+				row := wf[n*K : (n+1)*K]
+				for m := 0; m < M; m++ {
+					y[m*N+n] = dotF32Fast(x[m*K:(m+1)*K], row)
+				}
+				continue
+			}
+			if s, ok := fusedRowDot(&w, n, x[:K], scales); ok {
+				y[n] = s
+				for m := 1; m < M; m++ {
+					y[m*N+n], _ = fusedRowDot(&w, n, x[m*K:(m+1)*K], scales)
+				}
+				continue
+			}
+			if sp == nil {
+				sp = getScratch(K)
+			}
+			row := (*sp)[:K]
+			decodeRow(&w, row, n, 0)
+			for m := 0; m < M; m++ {
+				y[m*N+n] = dotF32Fast(x[m*K:(m+1)*K], row)
+			}
+		}
+	})
+}
