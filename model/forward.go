@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/nn"
 )
@@ -16,6 +17,9 @@ type State struct {
 	// Hidden is the final normalised hidden state of the last position of the
 	// last Forward call (C), as fed to the output matrix.
 	Hidden []float32
+	err    error // the KV cache could not be reserved
+	kvb    int64
+	acct   *budget.Accountant
 }
 
 // NewState allocates a KV cache for sequences of up to maxLen tokens.
@@ -25,7 +29,12 @@ func (m *Model) NewState(maxLen int) *State {
 		maxLen = c.Context
 	}
 	kvd := c.KVHeads * c.HeadDim
-	s := &State{maxLen: maxLen, k: make([][]float32, c.Layers), v: make([][]float32, c.Layers)}
+	s := &State{maxLen: maxLen, k: make([][]float32, c.Layers), v: make([][]float32, c.Layers), acct: m.Acct}
+	s.kvb = c.KVBytes(maxLen)
+	if s.err = m.Acct.Reserve(budget.KVCache, -1, s.kvb); s.err != nil {
+		s.maxLen = 0
+		return s
+	}
 	for i := range s.k {
 		s.k[i] = make([]float32, maxLen*kvd)
 		s.v[i] = make([]float32, maxLen*kvd)
@@ -34,9 +43,24 @@ func (m *Model) NewState(maxLen int) *State {
 	return s
 }
 
+// ForwardBytes is the size of Forward's buffers for T tokens.
+func (c *Config) ForwardBytes(T int) int64 {
+	qd, kvd := int64(c.Heads*c.HeadDim), int64(c.KVHeads*c.HeadDim)
+	return 4 * int64(T) * (3*int64(c.Dim) + 2*qd + 2*kvd + 2*int64(c.Hidden))
+}
+
 // KVBytes is the size of a KV cache for maxLen tokens.
 func (c *Config) KVBytes(maxLen int) int64 {
 	return int64(c.Layers) * int64(maxLen) * int64(c.KVHeads*c.HeadDim) * 2 * 4
+}
+
+// Free returns the KV cache's reservation; the state must not be used after.
+func (s *State) Free() {
+	if s.err == nil {
+		s.acct.Release(budget.KVCache, -1, s.kvb)
+		s.err = fmt.Errorf("model: state used after Free")
+		s.k, s.v = nil, nil
+	}
 }
 
 // MaxLen is the capacity of the state.
@@ -52,6 +76,9 @@ func (s *State) Reset() { s.Pos = 0 }
 func (m *Model) Forward(s *State, tokens []int, logits []float32, all bool) error {
 	c := m.Config
 	T := len(tokens)
+	if s.err != nil {
+		return s.err
+	}
 	if T == 0 {
 		return nil
 	}
@@ -73,6 +100,11 @@ func (m *Model) Forward(s *State, tokens []int, logits []float32, all bool) erro
 	C, F := c.Dim, c.Hidden
 	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
 	p := m.pool
+	work := c.ForwardBytes(T)
+	if err := m.Acct.Reserve(budget.Workspace, -1, work); err != nil {
+		return err
+	}
+	defer m.Acct.Release(budget.Workspace, -1, work)
 	x := make([]float32, T*C)    // (T, C) residual stream
 	xb := make([]float32, T*C)   // (T, C) normalised
 	q := make([]float32, T*qd)   // (T, H*D)
@@ -85,6 +117,7 @@ func (m *Model) Forward(s *State, tokens []int, logits []float32, all bool) erro
 	for t, id := range tokens {
 		m.Embed.Row(x[t*C:(t+1)*C], id)
 	}
+	m.embedDone()
 	D := c.HeadDim
 	for li := range m.Layers {
 		l := &m.Layers[li]
@@ -123,6 +156,7 @@ func (m *Model) Forward(s *State, tokens []int, logits []float32, all bool) erro
 		nn.SwiGLU(g, g, u)
 		m.linear(tmp, g, T, li, ModDown, m.Adapters)
 		addInto(x, tmp)
+		m.layerDone(li, li+1)
 	}
 	first := 0
 	if !all {
@@ -133,6 +167,7 @@ func (m *Model) Forward(s *State, tokens []int, logits []float32, all bool) erro
 	}
 	copy(s.Hidden, xb[(T-1)*C:T*C])
 	kernels.MatMul(p, logits[:nl*c.Vocab], xb[first*C:T*C], nl, m.Output)
+	m.prefetch(0) // for the next call
 	s.Pos += T
 	return nil
 }

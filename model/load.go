@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/format/gguf"
 	"github.com/qtune/qtune/format/llama2c"
 	"github.com/qtune/qtune/format/safetensors"
@@ -50,6 +51,11 @@ type Model struct {
 	// Adapters, when set, are applied by Forward (generation and
 	// evaluation with a trained adapter).
 	Adapters Adapters
+	// Stream drops each block's weights from residency after use and reads
+	// the next block's ahead (the plan's "disk" placement).
+	Stream bool
+	// Acct receives reservations for every large buffer (nil: none).
+	Acct *budget.Accountant
 
 	rope  nn.Rope
 	store offload.Store
@@ -460,6 +466,9 @@ func (m *Model) build(ts map[string]tensor.Tensor) error {
 		if err := quant.CheckScales(t.Type, t.Data, t.Elems()); err != nil {
 			return kernels.Matrix{}, fmt.Errorf("tensor %q: %w", name, err)
 		}
+		// The scan paged the tensor in; let it go until it is used, so a
+		// model larger than the budget can still be loaded and streamed.
+		offload.Release(t.Data)
 		return kernels.Matrix{Type: t.Type, Rows: rows, Cols: cols, Data: t.Data}, nil
 	}
 	vec := func(name string, n int) ([]float32, error) {
@@ -572,4 +581,55 @@ func llama3Factors(c Config, rs map[string]any) []float32 {
 		}
 	}
 	return out
+}
+
+// LayerBytes returns the stored weight bytes of each block.
+func (m *Model) LayerBytes() []int64 {
+	out := make([]int64, len(m.Layers))
+	for i := range m.Layers {
+		for k := Module(0); k < NumModules; k++ {
+			out[i] += int64(len(m.Layers[i].Matrix(k).Data))
+		}
+	}
+	return out
+}
+
+// OutputBytes is the output matrix's stored size (0 when tied to the
+// embedding, which is then counted as the embedding).
+func (m *Model) OutputBytes() int64 {
+	if m.Config.Tied {
+		return 0
+	}
+	return int64(len(m.Output.Data))
+}
+
+// EmbedBytes is the token embedding's stored size.
+func (m *Model) EmbedBytes() int64 { return int64(len(m.Embed.Data)) }
+
+// layerDone ends the use of block l's weights: when streaming, its pages
+// leave the resident set and the next block is read ahead.
+func (m *Model) layerDone(l, next int) {
+	if !m.Stream {
+		return
+	}
+	for k := Module(0); k < NumModules; k++ {
+		offload.Release(m.Layers[l].Matrix(k).Data)
+	}
+	m.prefetch(next)
+}
+
+// prefetch reads block l's weights ahead of use (streaming only).
+func (m *Model) prefetch(l int) {
+	if m.Stream && l >= 0 && l < len(m.Layers) {
+		for k := Module(0); k < NumModules; k++ {
+			offload.Prefetch(m.Layers[l].Matrix(k).Data)
+		}
+	}
+}
+
+// embedDone drops the embedding rows just looked up (streaming only).
+func (m *Model) embedDone() {
+	if m.Stream && !m.Config.Tied {
+		offload.Release(m.Embed.Data)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/nn"
 )
@@ -293,50 +294,78 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 			return 0, 0, fmt.Errorf("model: target id %d at %d outside the vocabulary (%d)", tg, i, c.Vocab)
 		}
 	}
-	C := c.Dim
+	C, F, V := c.Dim, c.Hidden, c.Vocab
+	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
 	nL := c.Layers
 	first := min(max(o.FirstLayer, 0), nL)
-	// Forward. acts[l].xin is kept for every layer; the rest only without
-	// checkpointing (or for layers the backward does not reach, nothing).
+	// Reserve before allocating: the step's workspace, then each block's
+	// kept activations as they are made; all is returned at the end.
+	var reserved []struct {
+		cat   budget.Category
+		layer int
+		n     int64
+	}
+	reserve := func(cat budget.Category, layer int, n int64) error {
+		if err := m.Acct.Reserve(cat, layer, n); err != nil {
+			return err
+		}
+		reserved = append(reserved, struct {
+			cat   budget.Category
+			layer int
+			n     int64
+		}{cat, layer, n})
+		return nil
+	}
+	defer func() {
+		for _, r := range reserved {
+			m.Acct.Release(r.cat, r.layer, r.n)
+		}
+	}()
+	if err := reserve(budget.Workspace, -1, c.StepWorkspaceBytes(B, T, backward)); err != nil {
+		return 0, 0, err
+	}
+	perLayer := c.ActivationBytes(B, T, false) / int64(nL)
 	acts := make([]*layerActs, nL)
-	var work *layerActs
+	var work *layerActs // one block's full activations, reused
 	if o.Checkpoint || !backward || first > 0 {
+		if err := reserve(budget.Activations, -1, perLayer); err != nil {
+			return 0, 0, err
+		}
 		work = m.newActs(BT, B, true)
 	}
+	// Forward. Blocks the backward reaches keep their activations (all of
+	// them, or only their input with checkpointing); the others keep nothing.
 	x := make([]float32, BT*C)
+	next := make([]float32, BT*C)
 	for r, id := range tokens {
 		m.Embed.Row(x[r*C:(r+1)*C], id)
 	}
+	m.embedDone()
 	for l := 0; l < nL; l++ {
-		full := backward && !o.Checkpoint && l >= first
-		var a *layerActs
-		if full {
-			a = m.newActs(BT, B, true)
-		} else {
-			a = work
-			if backward && l >= first {
-				a = &layerActs{xin: make([]float32, BT*C)}
-				// borrow work's buffers for this pass only
-				w := *work
-				w.xin = a.xin
-				copy(w.xin, x)
-				next := make([]float32, BT*C)
-				m.layerForward(l, &w, next, B, T, o.Adapters)
-				acts[l] = a
-				x = next
-				continue
+		a := work
+		switch {
+		case backward && l >= first && !o.Checkpoint:
+			if err := reserve(budget.Activations, l, perLayer); err != nil {
+				return 0, 0, err
 			}
+			a = m.newActs(BT, B, true)
+			acts[l] = a
+		case backward && l >= first:
+			if err := reserve(budget.SavedInputs, l, 4*int64(BT*C)); err != nil {
+				return 0, 0, err
+			}
+			acts[l] = &layerActs{xin: make([]float32, BT*C)}
+			w := *work
+			w.xin = acts[l].xin
+			a = &w
 		}
 		copy(a.xin, x)
-		next := make([]float32, BT*C)
 		m.layerForward(l, a, next, B, T, o.Adapters)
-		if full {
-			acts[l] = a
-		}
-		x = next
+		x, next = next, x
+		m.layerDone(l, l+1)
 	}
 	// Final norm, output projection and loss, lossRows rows at a time.
-	xnf := make([]float32, BT*C)
+	xnf := next // the last block's input is kept in acts; reuse the buffer
 	for r := 0; r < BT; r++ {
 		nn.RMSNorm(xnf[r*C:(r+1)*C], x[r*C:(r+1)*C], m.OutNorm, c.Eps)
 	}
@@ -344,17 +373,17 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 	if backward {
 		dxnf = make([]float32, BT*C)
 	}
-	V := c.Vocab
-	logits := make([]float32, lossRows*V)
+	chunk := min(lossRows, BT)
+	logits := make([]float32, chunk*V)
 	var dlog []float32
 	if backward {
-		dlog = make([]float32, lossRows*V)
+		dlog = make([]float32, chunk*V)
 	}
 	dwOut := o.WeightGrads["output.weight"]
 	var loss float64
 	n := 0
-	for r0 := 0; r0 < BT; r0 += lossRows {
-		rows := min(lossRows, BT-r0)
+	for r0 := 0; r0 < BT; r0 += chunk {
+		rows := min(chunk, BT-r0)
 		kernels.MatMul(m.pool, logits[:rows*V], xnf[r0*C:(r0+rows)*C], rows, m.Output)
 		if backward {
 			clear(dlog[:rows*V])
@@ -384,6 +413,7 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 		return loss, n, fmt.Errorf("model: loss is %v", loss)
 	}
 	if !backward {
+		m.prefetch(0)
 		return loss, n, nil
 	}
 	// Backward.
@@ -392,16 +422,12 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 	for r := 0; r < BT; r++ {
 		nn.RMSNormBackward(dx[r*C:(r+1)*C], dwf, dxnf[r*C:(r+1)*C], x[r*C:(r+1)*C], m.OutNorm, c.Eps)
 	}
-	F := c.Hidden
-	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
 	s := &backScratch{dh: make([]float32, BT*F), dg: make([]float32, BT*F), du: make([]float32, BT*F),
 		dxn: make([]float32, BT*C), datt: make([]float32, BT*qd), dq: make([]float32, BT*qd),
 		dk: make([]float32, BT*kvd), dv: make([]float32, BT*kvd)}
-	var tmpOut []float32
-	if o.Checkpoint {
-		tmpOut = make([]float32, BT*C)
-	}
+	tmpOut := next
 	for l := nL - 1; l >= first; l-- {
+		m.prefetch(l)
 		a := acts[l]
 		if o.Checkpoint {
 			w := *work
@@ -410,7 +436,9 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 			a = &w
 		}
 		m.layerBackward(l, a, dx, B, T, &o, s)
+		m.layerDone(l, l-1)
 	}
+	m.prefetch(0)
 	if first == 0 {
 		if dwe := o.WeightGrads["token_embd.weight"]; dwe != nil {
 			for r, id := range tokens {
@@ -419,4 +447,24 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 		}
 	}
 	return loss, n, nil
+}
+
+// StepWorkspaceBytes is the size of LossGrad's transient buffers for B
+// sequences of T tokens: residual streams, logits chunks and, with backward,
+// the gradient scratch.
+func (c *Config) StepWorkspaceBytes(B, T int, backward bool) int64 {
+	BT := int64(B * T)
+	C, F, V := int64(c.Dim), int64(c.Hidden), int64(c.Vocab)
+	qd, kvd := int64(c.Heads*c.HeadDim), int64(c.KVHeads*c.HeadDim)
+	rows := min(lossRows, BT)
+	n := 2*BT*C + rows*V // residual streams, logits
+	if backward {
+		// The logits and their gradient are dead once the backward starts,
+		// and the collector (held near the plan by a soft limit) reclaims
+		// them, so the peak is the larger phase, not the sum.
+		loss := rows*V + BT*C                  // dlogits, dxnf
+		back := 2*BT*C + BT*(3*F+C+2*qd+2*kvd) // dxnf, dx, gradient scratch
+		n += max(loss, back-rows*V)
+	}
+	return 4 * n
 }

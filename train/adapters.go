@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/methods/loreml"
 	"github.com/qtune/qtune/model"
 )
 
@@ -23,8 +24,17 @@ func WriteAdapters(dir string, m *model.Model, set *lora.Set, cfg Config) error 
 }
 
 // ApplyAdapter loads an adapter (PEFT folder, or GGUF adapter file or
-// folder) and makes m's Forward use it.
+// folder, or a LoReML delta: a folder holding loreml_delta.safetensors, or
+// a mezo/loho output folder, see HasZOState) and makes m's Forward use it.
 func ApplyAdapter(m *model.Model, path string) error {
+	if loreml.Has(path) {
+		_, err := loreml.Load(m, path)
+		return err
+	}
+	if HasZOState(path) {
+		_, err := ApplyZOState(m, path)
+		return err
+	}
 	set, err := lora.Load(m, path)
 	if err != nil {
 		return err

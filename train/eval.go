@@ -34,6 +34,9 @@ type ClassResult struct {
 	N        int     `json:"n"`
 }
 
+// Window is the evaluation window for m.
+func (o *EvalOptions) Window(m *model.Model) int { return o.window(m) }
+
 func (o *EvalOptions) window(m *model.Model) int {
 	w := o.MaxSeqLen
 	if w <= 0 {

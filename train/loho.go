@@ -1,12 +1,324 @@
 package train
 
 import (
-	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
 
+	"github.com/qtune/qtune/budget"
+	"github.com/qtune/qtune/checkpoint"
+	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/kernels"
+	"github.com/qtune/qtune/methods/loho"
+	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/methods/mezo"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/optim"
 )
 
-// newLoHOMethod is filled in by the hybrid work (issue 6).
+// lohoMethod is LoHO (methods.md §3). Inter-layer: first-order on the LoRA
+// factors of the deepest N blocks, MeZO on the LoRA factors of the blocks
+// below, backprop stopped at block L−N. Intra-layer: first-order on a
+// sparse delta at a seeded mask of each adapted matrix, MeZO on the same
+// matrices' LoRA factors (see methods/loho's doc for why not on ¬M).
+type lohoMethod struct {
+	m     *model.Model
+	cfg   Config
+	intra bool
+	set   *lora.Set      // every adapted matrix's LoRA factors
+	ad    model.Adapters // what the forward passes use
+	first int            // lowest block the backward reaches
+	foN   int            // inter: first-order blocks
+	why   string         // how foN was chosen
+	fo    []*optim.Param
+	opt   optim.Optimizer
+	zo    *mezo.SPSA // nil when the zeroth-order set is empty
+	sp    []*loho.Sparse
+	foVal int64 // first-order values
+	nnzIx int64 // CSR index bytes of the sparse deltas
+}
+
+// loraDx is a zeroth-order LoRA layer inside the first-order part of the
+// network: its output and its input gradient count, it gets no gradient.
+type loraDx struct {
+	l    *lora.Layer
+	pool *kernels.Pool
+}
+
+func (d loraDx) Forward(y, x []float32, M int) { d.l.Forward(y, x, M) }
+
+// Backward adds dx += s·(dy·B)·A only.
+func (d loraDx) Backward(dx, dy, x []float32, M int) {
+	if dx == nil {
+		return
+	}
+	l := d.l
+	dh := make([]float32, M*l.R)
+	kernels.MatMulT(d.pool, dh, dy, M, mezo.F32Matrix(l.B, l.Out, l.R))
+	for i := range dh {
+		dh[i] *= l.Scale
+	}
+	kernels.MatMulT(d.pool, dx, dh, M, mezo.F32Matrix(l.A, l.R, l.In))
+}
+
+// layerOf returns the block index of a GGUF block tensor name.
+func layerOf(target string) int {
+	s := strings.TrimPrefix(target, "blk.")
+	n, _ := strconv.Atoi(s[:strings.IndexByte(s, '.')])
+	return n
+}
+
 func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
-	return nil, errors.New("train: loho is not implemented yet")
+	zc, err := zoConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	targets, err := lora.ParseTargets(cfg.Targets)
+	if err != nil {
+		return nil, err
+	}
+	set, err := lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed})
+	if err != nil {
+		return nil, err
+	}
+	if len(set.Layers) == 0 {
+		return nil, fmt.Errorf("train: loho: no matrices to adapt")
+	}
+	h := &lohoMethod{m: m, cfg: cfg, intra: intra, set: set, opt: newOptimizer(cfg)}
+	L := m.Config.Layers
+	lowest := layerOf(set.Layers[0].Target) // lowest adapted block
+	var zoLayers []*lora.Layer
+	if intra {
+		if !(cfg.FORatio > 0 && cfg.FORatio <= 1) {
+			return nil, fmt.Errorf("train: loho-intra: --fo-ratio %g out of (0, 1]", cfg.FORatio)
+		}
+		h.first = lowest
+		h.ad = make(model.Adapters, L)
+		for _, l := range set.Layers {
+			l.GA, l.GB = nil, nil
+			s, err := loho.NewSparse(l.Target, l.Out, l.In, cfg.FORatio, cfg.Seed, true, m.Pool())
+			if err != nil {
+				return nil, err
+			}
+			h.sp = append(h.sp, s)
+			h.fo = append(h.fo, &optim.Param{Name: l.Target + ".sparse", W: s.Val, G: s.Grad, Decay: true})
+			h.foVal += int64(s.Nnz())
+			h.nnzIx += 4*int64(s.Nnz()) + 4*int64(s.Out+1)
+			li := layerOf(l.Target)
+			for mod := model.Module(0); mod < model.NumModules; mod++ {
+				if set.ByPos[li][mod] == l {
+					h.ad[li][mod] = loho.Stack{s, loraDx{l, m.Pool()}}
+				}
+			}
+		}
+		zoLayers = set.Layers
+	} else {
+		adapted := L - lowest
+		if h.foN, h.why, err = foLayers(m, cfg, set, adapted); err != nil {
+			return nil, err
+		}
+		h.first = L - h.foN
+		h.ad = set.ByPos
+		for _, l := range set.Layers {
+			if layerOf(l.Target) >= h.first {
+				h.fo = append(h.fo, &optim.Param{Name: l.Target + ".lora_a", W: l.A, G: l.GA, Decay: true},
+					&optim.Param{Name: l.Target + ".lora_b", W: l.B, G: l.GB, Decay: true})
+				h.foVal += int64(len(l.A) + len(l.B))
+			} else {
+				l.GA, l.GB = nil, nil
+				zoLayers = append(zoLayers, l)
+			}
+		}
+	}
+	if len(zoLayers) > 0 {
+		if h.zo, err = mezo.New(loraTensors(zoLayers), zc, m.Pool()); err != nil {
+			return nil, err
+		}
+	}
+	return h, nil
+}
+
+// foLayers resolves --fo-layers for inter-layer LoHO: a number, or auto —
+// the largest N whose estimate fits --max-mem, or without a budget every
+// adapted block but the lowest.
+func foLayers(m *model.Model, cfg Config, set *lora.Set, adapted int) (int, string, error) {
+	if cfg.FOLayers != "auto" && cfg.FOLayers != "" {
+		n, err := strconv.Atoi(cfg.FOLayers)
+		if err != nil || n < 0 || n > adapted {
+			return 0, "", fmt.Errorf("train: loho: --fo-layers %q: want auto or 0..%d (the adapted blocks)", cfg.FOLayers, adapted)
+		}
+		return n, "--fo-layers", nil
+	}
+	if cfg.MaxMem == "" {
+		return max(adapted-1, 0), "auto without --max-mem: every adapted block but the lowest", nil
+	}
+	limit, err := budget.ParseSize(cfg.MaxMem)
+	if err != nil {
+		return 0, "", fmt.Errorf("train: loho: --max-mem: %w", err)
+	}
+	p := lohoPlan(m, cfg, set, adapted)
+	n, err := p.MaxFO(limit)
+	if err != nil {
+		return 0, "", err
+	}
+	n = min(n, adapted)
+	return n, fmt.Sprintf("auto: largest N whose estimate %.1f MiB fits --max-mem %s", float64(p.Bytes(n))/(1<<20), cfg.MaxMem), nil
+}
+
+// lohoPlan is the inter-layer memory model for this run.
+func lohoPlan(m *model.Model, cfg Config, set *lora.Set, adapted int) loho.Plan {
+	per := set.Params() / int64(max(adapted, 1)) // LoRA values per adapted block
+	opt := newOptimizer(cfg)
+	fo := 8*per + opt.StateBytes(per) // values, gradients, moments
+	return loho.PlanFor(m.Config, m.WeightBytes(), cfg.BatchSize, cfg.MaxSeqLength, cfg.GradCheckpoint, fo, 4*per)
+}
+
+func (h *lohoMethod) zoValues() int64 {
+	if h.zo == nil {
+		return 0
+	}
+	return h.zo.Params()
+}
+
+func (h *lohoMethod) Describe() string {
+	c := h.cfg
+	zo := fmt.Sprintf("ZO: MeZO (n=%d, ε=%g, η_ZO=%g constant) on %d LoRA values, kept without gradients", c.Perturbations, c.Epsilon, c.ZOLearningRate, h.zoValues())
+	clip := ""
+	if c.MaxGradNorm > 0 {
+		clip = fmt.Sprintf(", clip %g", c.MaxGradNorm)
+	}
+	every := ""
+	if c.FOEvery > 1 {
+		every = fmt.Sprintf(" every %d steps", c.FOEvery)
+	}
+	if h.intra {
+		return fmt.Sprintf("loho-intra: FO (%s%s, scheduled lr%s) on sparse deltas at a seeded %.0f%% mask of %d matrices: %d values with gradients (SDDMM, no dense gradient) and optimizer state, %.1f MiB of CSR indices; backprop from block %d; %s (rank %d)",
+			h.opt.Name(), clip, every, 100*c.FORatio, len(h.sp), h.foVal, float64(h.nnzIx)/(1<<20), h.first, zo, c.Rank)
+	}
+	L := h.m.Config.Layers
+	s := fmt.Sprintf("loho-inter: FO (%s%s, scheduled lr%s) on the LoRA factors of blocks %d..%d (N=%d of %d, %s): %d values with gradients and optimizer state, activations of those %d blocks only (backprop stops at block %d); %s on the blocks below",
+		h.opt.Name(), clip, every, h.first, L-1, h.foN, L, h.why, h.foVal, h.foN, h.first, zo)
+	if h.foN > 0 && h.zo == nil {
+		s += " (none: first-order only)"
+	}
+	return s
+}
+
+func (h *lohoMethod) Trainable() int64 { return h.foVal + h.zoValues() }
+
+func (h *lohoMethod) StateBytes() int64 {
+	return 8*h.foVal + h.opt.StateBytes(h.foVal) + h.nnzIx + 4*h.zoValues()
+}
+
+// StepActivations and StepWorkspace are what one step needs besides the
+// model and the method's state, for the planner: one block's working set
+// (the no-grad blocks) and the activations of the blocks the backward
+// reaches (their inputs only with checkpointing), and the backward's
+// workspace.
+func (h *lohoMethod) StepActivations(B, T int, ckpt bool) int64 {
+	c := h.m.Config
+	one := c
+	one.Layers = 1
+	per := one.ActivationBytes(B, T, false)
+	if ckpt {
+		per = 4 * int64(B*T*c.Dim)
+	}
+	return one.ActivationBytes(B, T, false) + int64(c.Layers-h.first)*per
+}
+
+func (h *lohoMethod) StepWorkspace(B, T int) int64 { return h.m.Config.StepWorkspaceBytes(B, T, true) }
+
+func (h *lohoMethod) Step(it int, batches []data.Batch, lr float64) (float64, int, error) {
+	h.set.SetStep(it)
+	loss, total, err := batchLoss(h.m, it, batches, h.ad)
+	if err != nil {
+		return 0, 0, err
+	}
+	// ZO estimate first (two perturbed no-grad passes per draw, θ restored).
+	var ds []mezo.Draw
+	if h.zo != nil {
+		if ds, err = h.zo.Estimate(it, loss); err != nil {
+			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+		}
+	}
+	// FO gradient on the same batch at the unperturbed values.
+	foStep := len(h.fo) > 0 && (h.cfg.FOEvery <= 1 || it%h.cfg.FOEvery == 0)
+	var sum float64
+	if foStep {
+		optim.ZeroGrad(h.fo)
+		o := model.StepOptions{Adapters: h.ad, Checkpoint: h.cfg.GradCheckpoint, FirstLayer: h.first}
+		for _, b := range batches {
+			s, _, err := h.m.LossGrad(b.Tokens, b.Targets, b.B, b.T, o, true, 1/float64(total))
+			if err != nil {
+				return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+			}
+			sum += s
+		}
+	}
+	// Updates: ZO with its constant rate, FO with the scheduled one.
+	if h.zo != nil {
+		h.zo.Update(ds)
+	}
+	if foStep {
+		if h.cfg.MaxGradNorm > 0 {
+			optim.ClipGradNorm(h.fo, h.cfg.MaxGradNorm)
+		}
+		if err := h.opt.Step(h.fo, lr); err != nil {
+			return 0, 0, err
+		}
+		return sum, total, nil
+	}
+	return drawsLoss(ds, total), total, nil
+}
+
+func (h *lohoMethod) Eval() (model.StepOptions, func()) {
+	return model.StepOptions{Adapters: h.ad}, func() {}
+}
+
+func (h *lohoMethod) Tensors() []checkpoint.Tensor {
+	var ts []checkpoint.Tensor
+	for _, l := range h.set.Layers {
+		ts = append(ts,
+			checkpoint.Tensor{Name: l.Target + ".lora_a", Shape: []int{l.R, l.In}, Data: l.A},
+			checkpoint.Tensor{Name: l.Target + ".lora_b", Shape: []int{l.Out, l.R}, Data: l.B})
+	}
+	for _, s := range h.sp {
+		ts = append(ts, checkpoint.Tensor{Name: s.Target + ".sparse", Shape: []int{len(s.Val)}, Data: s.Val})
+	}
+	return append(ts, optimTensors(h.opt)...)
+}
+
+func (h *lohoMethod) Load(ts []checkpoint.Tensor) error {
+	by := map[string][]float32{}
+	for _, t := range ts {
+		by[t.Name] = t.Data
+	}
+	for _, l := range h.set.Layers {
+		a, b := by[l.Target+".lora_a"], by[l.Target+".lora_b"]
+		if len(a) != len(l.A) || len(b) != len(l.B) {
+			return fmt.Errorf("adapter %s does not match this run's shapes (rank or targets changed?)", l.Target)
+		}
+		copy(l.A, a)
+		copy(l.B, b)
+	}
+	for _, s := range h.sp {
+		v := by[s.Target+".sparse"]
+		if len(v) != len(s.Val) {
+			return fmt.Errorf("sparse delta %s does not match this run's mask (seed or --fo-ratio changed?)", s.Target)
+		}
+		copy(s.Val, v)
+	}
+	return loadOptim(h.opt, ts)
+}
+
+func (h *lohoMethod) Save(dir string) error {
+	if err := WriteAdapters(dir, h.m, h.set, h.cfg); err != nil {
+		return err
+	}
+	if !h.intra {
+		return nil
+	}
+	return loho.WriteSparse(filepath.Join(dir, loho.SparseFile), h.sp, map[string]string{
+		"mask_seed": strconv.FormatUint(h.cfg.Seed, 10), "fo_ratio": strconv.FormatFloat(h.cfg.FORatio, 'g', -1, 64)})
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/checkpoint"
 	"github.com/qtune/qtune/data"
 	"github.com/qtune/qtune/model"
@@ -67,6 +68,8 @@ type Config struct {
 	Stage1Iters    int     `json:"stage1_iters"`     // loreml: iterations of score learning
 	WarmStart      float64 `json:"warm_start"`       // loreml: γ of W ← W + γ·S
 	MaxMem         string  `json:"max_mem,omitempty"`
+	// DryRun stops after the memory plan (qtune plan train).
+	DryRun bool `json:"-"`
 }
 
 // Defaults returns MLX-LM's defaults where they exist, QLoRA's otherwise.
@@ -137,6 +140,7 @@ type Result struct {
 	FirstValLoss  float64
 	FinalValLoss  float64
 	FinalTrain    float64
+	Plan          *budget.Plan
 	Trained       int64
 	TrainableSize int64
 	Took          time.Duration
@@ -192,10 +196,35 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		log(fmt.Sprintf("max sequence length %d capped at the model's context %d", cfg.MaxSeqLength, m.Config.Context))
 		cfg.MaxSeqLength = m.Config.Context
 	}
+	var limit int64
+	if cfg.MaxMem != "" {
+		if limit, err = budget.ParseSize(cfg.MaxMem); err != nil {
+			return nil, err
+		}
+	}
 	meth, err := newMethod(m, cfg)
 	if err != nil {
 		return nil, err
 	}
+	plan, perr := PlanTrain(m, cfg, meth, FileSize(cfg.Data), limit)
+	for _, line := range strings.Split(plan.String(), "\n") {
+		log(line)
+	}
+	if perr != nil {
+		return &Result{Plan: plan}, perr
+	}
+	if cfg.DryRun {
+		return &Result{Plan: plan}, nil
+	}
+	if plan.Checkpoint != cfg.GradCheckpoint || plan.MicroBatch != cfg.BatchSize {
+		cfg.GradCheckpoint = plan.Checkpoint
+		cfg.GradAccum *= plan.Accum
+		cfg.BatchSize = plan.MicroBatch
+		if meth, err = newMethod(m, cfg); err != nil { // same seed: same initial state
+			return nil, err
+		}
+	}
+	ApplyPlan(m, plan)
 	sched := optim.Schedule{Kind: cfg.LRSchedule, Peak: cfg.LearningRate, Min: cfg.MinLR, Warmup: cfg.Warmup, Total: cfg.Iters}
 	if err := sched.Validate(); err != nil {
 		return nil, err

@@ -8,8 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/data"
 	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/methods/loreml"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/train"
 )
@@ -23,7 +25,21 @@ func (a *app) openModel(path, tok string, adapter ...string) (*model.Model, erro
 	if err != nil {
 		return nil, err
 	}
-	if len(adapter) > 0 && adapter[0] != "" {
+	if len(adapter) > 0 && adapter[0] != "" && loreml.Has(adapter[0]) {
+		set, err := loreml.Load(m, adapter[0])
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+		a.log.Info().Str("adapter", adapter[0]).Int("matrices", len(set.Matrices)).Int64("kept", set.Kept()).Int64("norm_values", set.NormValues()).Msg("loreml delta applied")
+	} else if len(adapter) > 0 && adapter[0] != "" && train.HasZOState(adapter[0]) {
+		what, err := train.ApplyZOState(m, adapter[0])
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+		a.log.Info().Str("adapter", adapter[0]).Str("applied", what).Msg("mezo/loho output applied")
+	} else if len(adapter) > 0 && adapter[0] != "" {
 		set, err := lora.Load(m, adapter[0])
 		if err != nil {
 			m.Close()
@@ -91,6 +107,7 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	seed := fs.Uint64("seed", 0, "random seed (0: from the clock)")
 	asJSON := fs.Bool("json", false, `print {"prompt_tokens","tokens","text"}`)
 	ignoreEOS := fs.Bool("ignore-eos", false, "keep going past the end-of-sequence token")
+	maxMem := fs.String("max-mem", "", "memory budget (512MiB, 2GB, 1.5GiB or bytes)")
 	pos, err := a.parse(fs, args)
 	if err != nil {
 		return err
@@ -113,6 +130,15 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	if len(ptoks) == 0 {
 		return fmt.Errorf("prompt encodes to no tokens and the model has no BOS")
 	}
+	limit, err := a.budget(*maxMem)
+	if err != nil {
+		return err
+	}
+	plan, err := train.PlanGenerate(m, min(len(ptoks)+*n, m.Config.Context), len(ptoks), limit)
+	if err := a.showPlan(plan, err); err != nil || a.planOnly {
+		return err
+	}
+	train.ApplyPlan(m, plan)
 	t0 := time.Now()
 	var streamed int
 	opt := model.GenerateOptions{MaxTokens: *n, Sampler: model.NewSampler(*temp, *topP, *seed), StopAtEOS: !*ignoreEOS}
@@ -153,6 +179,7 @@ func (a *app) eval(ctx context.Context, args []string) error {
 	maxSeq := fs.Int("max-seq-length", 0, "window length in tokens (0: model context, at most 1024)")
 	limit := fs.Int("limit", 0, "evaluate only the first N records (0: all)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	maxMem := fs.String("max-mem", "", "memory budget (512MiB, 2GB, 1.5GiB or bytes)")
 	pos, err := a.parse(fs, args)
 	if err != nil {
 		return err
@@ -178,8 +205,26 @@ func (a *app) eval(ctx context.Context, args []string) error {
 		return err
 	}
 	defer m.Close()
+	memLimit, err := a.budget(*maxMem)
+	if err != nil {
+		return err
+	}
+	opt := train.EvalOptions{MaxSeqLen: *maxSeq}
+	plan, err := train.PlanEval(m, opt.Window(m), train.FileSize(*dp), memLimit)
+	if err != nil && *maxSeq == 0 { // a shorter scoring window is the eval's own knob
+		for w := opt.Window(m) / 2; w >= 64 && err != nil; w /= 2 {
+			if p2, err2 := train.PlanEval(m, w, train.FileSize(*dp), memLimit); err2 == nil {
+				plan, err, opt.MaxSeqLen = p2, nil, w
+				plan.Strategy = append(plan.Strategy, fmt.Sprintf("scoring window shortened to %d tokens", w))
+			}
+		}
+	}
+	if err := a.showPlan(plan, err); err != nil || a.planOnly {
+		return err
+	}
+	train.ApplyPlan(m, plan)
 	bar := a.newProgress("eval")
-	opt := train.EvalOptions{MaxSeqLen: *maxSeq, Progress: bar.update}
+	opt.Progress = bar.update
 	t0 := time.Now()
 	if kind == data.Classification {
 		res, err := train.EvalClassify(ctx, m, recs, opt)
@@ -255,4 +300,31 @@ func continuation(m *model.Model, ids []int) string {
 		b.WriteString(m.Tokenizer.Piece(id))
 	}
 	return b.String()
+}
+
+// budget parses --max-mem ("" means no budget).
+func (a *app) budget(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := budget.ParseSize(s)
+	if err != nil {
+		return 0, usageErr("--max-mem: %v", err)
+	}
+	return n, nil
+}
+
+// showPlan prints the memory plan: to stdout for qtune plan, else as the
+// first log lines of the run. A plan that does not fit is an error.
+func (a *app) showPlan(p *budget.Plan, err error) error {
+	if p != nil {
+		if a.planOnly {
+			fmt.Fprintln(a.stdout, p.String())
+		} else {
+			for _, line := range strings.Split(p.String(), "\n") {
+				a.log.Info().Msg(line)
+			}
+		}
+	}
+	return err
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/methods/loreml"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/quant"
 )
@@ -17,7 +18,7 @@ func (a *app) export(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("export", flag.ContinueOnError)
 	mp := fs.String("model", "", "base model file or folder")
 	tp := fs.String("tokenizer", "", "tokenizer file (llama2.c models)")
-	adp := fs.String("adapter", "", "adapter to export (PEFT folder, or GGUF adapter file/folder)")
+	adp := fs.String("adapter", "", "adapter to export (PEFT folder, GGUF adapter file/folder, or LoReML delta folder: --merge only)")
 	merge := fs.Bool("merge", false, "fold the adapter into the weights and write a whole model")
 	typ := fs.String("type", "f16", "with --merge: type of the merged matrices (f32, f16, bf16, q8_0, q4_0, q4_k, q6_k, nf4)")
 	out := fs.String("out", "", "output: a .gguf file with --merge, else a folder for PEFT + GGUF adapters")
@@ -40,9 +41,23 @@ func (a *app) export(ctx context.Context, args []string) error {
 		return err
 	}
 	defer m.Close()
-	set, err := lora.Load(m, *adp)
-	if err != nil {
-		return err
+	var delta model.Delta
+	var matrices int
+	var set *lora.Set
+	if loreml.Has(*adp) {
+		ls, err := loreml.Load(m, *adp)
+		if err != nil {
+			return err
+		}
+		if !*merge {
+			return usageErr("a LoReML delta (%s) has no PEFT/GGUF LoRA form; export it with --merge", loreml.FileName)
+		}
+		delta, matrices = ls.Merge(), len(ls.Matrices)
+	} else {
+		if set, err = lora.Load(m, *adp); err != nil {
+			return err
+		}
+		delta, matrices = set.Merge(), len(set.Layers)
 	}
 	if !*merge {
 		if err := os.MkdirAll(*out, 0o755); err != nil {
@@ -61,7 +76,7 @@ func (a *app) export(ctx context.Context, args []string) error {
 		return err
 	}
 	bw := bufio.NewWriterSize(f, 1<<20)
-	rep, err := model.QuantizeWith(m, bw, t, set.Merge())
+	rep, err := model.QuantizeWith(m, bw, t, delta)
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -79,6 +94,6 @@ func (a *app) export(ctx context.Context, args []string) error {
 		return err
 	}
 	a.log.Info().Dur("took", time.Since(t0).Round(time.Millisecond)).Msg("merged")
-	fmt.Fprintf(a.stdout, "%s: merged %d adapted matrices, %d tensors (%d as %s), %s\n", *out, len(set.Layers), rep.Tensors, rep.Quantized, t, humanBytes(rep.Bytes))
+	fmt.Fprintf(a.stdout, "%s: merged %d adapted matrices, %d tensors (%d as %s), %s\n", *out, matrices, rep.Tensors, rep.Quantized, t, humanBytes(rep.Bytes))
 	return nil
 }

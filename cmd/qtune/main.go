@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/qtune/qtune/train"
 )
 
 const usage = `qtune: fine-tune Llama-family models on quantized, memory-mapped weights
@@ -26,6 +28,7 @@ Usage:
   qtune eval --model M --data FILE [--adapter DIR] [--json]   loss/perplexity, or accuracy on classification JSONL
   qtune quantize IN OUT --type q8_0|q4_0|q4_k|q6_k|nf4|f16|bf16
   qtune export --model M --adapter DIR [--merge --type T] --out OUT   adapters for other tools, or a merged model
+  qtune plan train|eval|generate [the same flags]   print the memory plan (--max-mem) and stop
   qtune train --model M --data D --method lora|qlora [--iters N --batch-size B --learning-rate LR ...]
 
 Global flags (before or after the command):
@@ -44,10 +47,20 @@ type app struct {
 	stderr io.Writer
 	tty    bool // stderr is a terminal
 	json   bool // --log-json
+	// planOnly makes train, eval and generate print their memory plan to
+	// stdout and stop (qtune plan).
+	planOnly bool
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	code := run(os.Args[1:], os.Stdout, os.Stderr)
+	// QTUNE_PEAK_FILE asks for the process's peak resident set (VmHWM) on
+	// exit, for memory tests: a parent's rusage can carry the parent's own
+	// high-water mark across fork and exec.
+	if p := os.Getenv("QTUNE_PEAK_FILE"); p != "" {
+		os.WriteFile(p, []byte(fmt.Sprintln(train.PeakRSS())), 0o644)
+	}
+	os.Exit(code)
 }
 
 func isTerminal(f *os.File) bool {
@@ -95,6 +108,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"quantize": a.quantize,
 		"train":    a.train,
 		"export":   a.export,
+		"plan":     a.plan,
 	}
 	cmd, ok := cmds[rest[0]]
 	if !ok {
@@ -147,4 +161,21 @@ func (a *app) parse(fs *flag.FlagSet, args []string) ([]string, error) {
 
 func usageErr(f string, a ...any) error {
 	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(f, a...))
+}
+
+// plan runs train, eval or generate up to their memory plan.
+func (a *app) plan(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return usageErr("plan needs a command: train, eval or generate")
+	}
+	a.planOnly = true
+	switch args[0] {
+	case "train":
+		return a.train(ctx, args[1:])
+	case "eval":
+		return a.eval(ctx, args[1:])
+	case "generate":
+		return a.generate(ctx, args[1:])
+	}
+	return usageErr("plan: unknown command %q (train, eval, generate)", args[0])
 }

@@ -109,6 +109,14 @@ func (a *app) train(ctx context.Context, args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return usageErr("%v", err)
 	}
+	cfg.DryRun = a.planOnly
+	if a.planOnly {
+		res, err := train.Run(ctx, cfg, nil, nil)
+		if res != nil && res.Plan != nil {
+			fmt.Fprintln(a.stdout, res.Plan.String())
+		}
+		return err
+	}
 	a.log.Info().Str("model", cfg.Model).Str("data", cfg.Data).Str("method", cfg.Method).Int("iters", cfg.Iters).
 		Int("batch_size", cfg.BatchSize).Int("rank", cfg.Rank).Msg("training")
 	res, err := train.Run(ctx, cfg, func(s string) { a.log.Info().Msg(s) }, func(p train.Progress) {

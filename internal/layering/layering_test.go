@@ -19,12 +19,14 @@ var rank = map[string]int{
 	"format/gguf": 2, "format/safetensors": 2, "format/llama2c": 2, "format/adapter": 3, "offload": 2, "data": 2, "optim": 2, "checkpoint": 2,
 	"kernels":   2,
 	"tokenizer": 3, "nn": 3,
-	"model":          4,
-	"internal/synth": 4,
-	"methods":        5,
-	"train":          6,
-	"cmd/qtune":      7,
-	"examples":       7,
+	"model":            4,
+	"internal/synth":   4,
+	"methods":          5,
+	"train":            6,
+	"cmd/qtune":        7,
+	"examples":         7,
+	"internal/cmd":     7,
+	"internal/memtest": 7,
 }
 
 func rankOf(p string) (int, bool) {

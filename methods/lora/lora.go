@@ -60,9 +60,10 @@ func (l *Layer) Forward(y, x []float32, M int) {
 	xd := l.dropped(x, M)
 	h := make([]float32, M*l.R)
 	kernels.MatMul(l.pool, h, xd, M, f32Matrix(l.A, l.R, l.In))
-	t := make([]float32, M*l.Out)
-	kernels.MatMul(l.pool, t, h, M, f32Matrix(l.B, l.Out, l.R))
-	kernels.Axpy(y[:M*l.Out], l.Scale, t)
+	for i := range h {
+		h[i] *= l.Scale
+	}
+	kernels.GemmNT(l.pool, y[:M*l.Out], h, l.B, M, l.Out, l.R, true) // y += (s·h)·Bᵀ
 }
 
 // Backward accumulates dB += s·dyᵀh, dA += dhᵀx with dh = s·dy·B, and

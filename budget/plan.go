@@ -1,0 +1,222 @@
+package budget
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+)
+
+// Where a layer's weights live during a run.
+type Where string
+
+// Placements. Device is reserved for the GPU backend and never chosen yet.
+const (
+	Host   Where = "host"   // mapped and kept resident
+	Disk   Where = "disk"   // mapped, read ahead before use and dropped after
+	Device Where = "device" // accelerator memory (not available yet)
+)
+
+// Item is one line of a plan's breakdown.
+type Item struct {
+	Category Category
+	Bytes    int64
+	Note     string
+}
+
+// Request describes a run to the planner in bytes only.
+type Request struct {
+	Job        string  // "train", "eval" or "generate"
+	Budget     int64   // 0: no budget (plan only)
+	LayerBytes []int64 // stored weights of each block
+	OtherBytes int64   // weights every step touches whole (output matrix, norms)
+	EmbedBytes int64   // the part of the token embedding the run touches (looked-up rows)
+	Batch      int     // sequences per optimizer step
+	// Activations returns the bytes kept for a micro-batch of b sequences:
+	// saved activations (train) or live buffers (eval, generate).
+	Activations func(b int, checkpoint bool) int64
+	// Workspace returns transient buffers for a micro-batch of b sequences.
+	Workspace func(b int) int64
+	// Fixed are reservations independent of the strategy (trainable
+	// parameters, gradients, optimizer state, KV cache, token cache).
+	Fixed []Item
+	// Runtime is the process's own footprint (binary, Go runtime, tokenizer).
+	Runtime int64
+	// CanCheckpoint allows activation checkpointing (training only).
+	CanCheckpoint bool
+	// HeapFloor is the smallest heap the runtime keeps whatever the live
+	// data (Go's collector does not run below a 4 MiB heap goal).
+	HeapFloor int64
+}
+
+// Plan is how a run fits its budget.
+type Plan struct {
+	Budget     int64
+	Items      []Item
+	Peak       int64 // the planned peak resident memory
+	MicroBatch int
+	Accum      int  // micro-batches per optimizer step
+	Checkpoint bool // activation checkpointing
+	Stream     bool // weights streamed layer by layer
+	Placement  []Where
+	Strategy   []string
+	// HeapLimit is what the Go heap may use: the budget less the mapped
+	// weights the plan keeps resident and the runtime's own pages.
+	HeapLimit int64
+}
+
+// ErrNoFit is returned when no strategy fits the budget.
+var ErrNoFit = errors.New("does not fit the memory budget")
+
+// NoFitError says what the smallest feasible budget is.
+type NoFitError struct {
+	Budget, Need int64
+	Job          string
+}
+
+func (e *NoFitError) Error() string {
+	return fmt.Sprintf("budget: %s %s: %s is not enough, the smallest budget that fits is %s (--max-mem %dMiB)",
+		e.Job, ErrNoFit, FormatSize(e.Budget), FormatSize(e.Need), (e.Need+(1<<20)-1)>>20)
+}
+
+func (e *NoFitError) Unwrap() error { return ErrNoFit }
+
+type candidate struct {
+	micro      int
+	checkpoint bool
+	stream     bool
+}
+
+// Make chooses the fastest strategy that fits: weights resident before
+// streamed, the whole batch before smaller micro-batches with gradient
+// accumulation, and activation checkpointing before smaller micro-batches.
+func Make(r Request) (*Plan, error) {
+	if r.Batch <= 0 {
+		r.Batch = 1
+	}
+	var cands []candidate
+	for _, stream := range []bool{false, true} {
+		for micro := r.Batch; micro >= 1; micro = (micro + 1) / 2 {
+			cands = append(cands, candidate{micro, false, stream})
+			if r.CanCheckpoint {
+				cands = append(cands, candidate{micro, true, stream})
+			}
+			if micro == 1 {
+				break
+			}
+		}
+	}
+	var best *Plan
+	for _, c := range cands {
+		p := r.evaluate(c)
+		if r.Budget == 0 || p.Peak <= r.Budget {
+			return p, nil
+		}
+		if best == nil || p.Peak < best.Peak {
+			best = p
+		}
+	}
+	return best, &NoFitError{Budget: r.Budget, Need: best.Peak, Job: r.Job}
+}
+
+func (r *Request) evaluate(c candidate) *Plan {
+	p := &Plan{Budget: r.Budget, MicroBatch: c.micro, Accum: (r.Batch + c.micro - 1) / c.micro,
+		Checkpoint: c.checkpoint, Stream: c.stream}
+	var all, biggest int64
+	for _, b := range r.LayerBytes {
+		all += b
+		biggest = max(biggest, b)
+	}
+	p.Placement = make([]Where, len(r.LayerBytes))
+	for i := range p.Placement {
+		p.Placement[i] = Host
+		if c.stream {
+			p.Placement[i] = Disk
+		}
+	}
+	add := func(cat Category, n int64, note string) {
+		p.Items = append(p.Items, Item{cat, n, note})
+	}
+	if c.stream {
+		// The block in use is resident; the next one is read ahead into the
+		// page cache, which is not this process's memory until touched.
+		add(WeightsResident, r.OtherBytes+min(r.EmbedBytes, 1<<20), "output matrix and norms; embedding rows dropped after lookup")
+		add(WeightsStreamed, biggest, fmt.Sprintf("%d layers streamed from the mapped file, one resident at a time", len(r.LayerBytes)))
+	} else {
+		add(WeightsResident, all+r.OtherBytes+r.EmbedBytes, "every layer mapped and kept resident")
+	}
+	act := int64(0)
+	if r.Activations != nil {
+		act = r.Activations(c.micro, c.checkpoint)
+	}
+	switch {
+	case r.Job != "train":
+		add(Activations, act, "live buffers of one forward pass")
+	case c.checkpoint:
+		add(SavedInputs, act, "each block's input kept; the block recomputed in the backward pass")
+	default:
+		add(Activations, act, "every block's activations kept for the backward pass")
+	}
+	if r.Workspace != nil {
+		add(Workspace, r.Workspace(c.micro), "logits chunk, backward scratch, dequantization panels")
+	}
+	p.Items = append(p.Items, r.Fixed...)
+	var heap int64
+	for _, it := range p.Items {
+		if it.Category != WeightsResident && it.Category != WeightsStreamed {
+			heap += it.Bytes
+		}
+	}
+	add(Runtime, r.Runtime+max(0, r.HeapFloor-heap), "binary, Go runtime, tokenizer, GC headroom")
+	var heapFree int64
+	for _, it := range p.Items {
+		p.Peak += it.Bytes
+		switch it.Category {
+		case WeightsResident, WeightsStreamed, Runtime:
+			heapFree += it.Bytes
+		}
+	}
+	if r.Budget > 0 {
+		p.HeapLimit = r.Budget - heapFree
+	}
+	if c.stream {
+		p.Strategy = append(p.Strategy, "weights streamed layer by layer from the mapped file (read ahead of use, dropped after)")
+	} else {
+		p.Strategy = append(p.Strategy, "weights resident (memory-mapped)")
+	}
+	if r.Job == "train" {
+		if c.checkpoint {
+			p.Strategy = append(p.Strategy, "activation checkpointing")
+		}
+		if p.Accum > 1 {
+			p.Strategy = append(p.Strategy, fmt.Sprintf("micro-batches of %d with %d-step gradient accumulation", c.micro, p.Accum))
+		}
+	}
+	return p
+}
+
+// String renders the plan as the lines printed before a run.
+func (p *Plan) String() string {
+	var b strings.Builder
+	if p.Budget > 0 {
+		fmt.Fprintf(&b, "memory plan: peak %s of a %s budget\n", FormatSize(p.Peak), FormatSize(p.Budget))
+	} else {
+		fmt.Fprintf(&b, "memory plan: peak %s (no budget set)\n", FormatSize(p.Peak))
+	}
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	for _, it := range p.Items {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", it.Category, FormatSize(it.Bytes), it.Note)
+	}
+	tw.Flush()
+	fmt.Fprintf(&b, "  strategy: %s\n", strings.Join(p.Strategy, "; "))
+	hosts, disks := 0, 0
+	for _, w := range p.Placement {
+		if w == Disk {
+			disks++
+		} else {
+			hosts++
+		}
+	}
+	fmt.Fprintf(&b, "  placement: %d layers on host, %d on disk, 0 on device", hosts, disks)
+	return b.String()
+}

@@ -1,0 +1,86 @@
+package budget
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func req(budget int64) Request {
+	return Request{
+		Job: "train", Budget: budget, LayerBytes: []int64{100 << 20, 100 << 20, 100 << 20, 100 << 20},
+		OtherBytes: 50 << 20, EmbedBytes: 50 << 20, Batch: 8,
+		Activations: func(b int, ckpt bool) int64 {
+			if ckpt {
+				return int64(b) * 10 << 20
+			}
+			return int64(b) * 40 << 20
+		},
+		Workspace: func(b int) int64 { return int64(b) << 20 },
+		Fixed:     []Item{{Trainable, 10 << 20, ""}, {OptimizerState, 20 << 20, ""}},
+		Runtime:   30 << 20, CanCheckpoint: true,
+	}
+}
+
+func TestPlanPrefersFastStrategies(t *testing.T) {
+	p, err := Make(req(1 << 40))
+	if err != nil || p.Stream || p.Checkpoint || p.MicroBatch != 8 || p.Accum != 1 {
+		t.Fatalf("roomy budget: %+v %v", p, err)
+	}
+	// 400+100 weights + 8·40 acts + 8 ws + 30 fixed + 30 runtime = 888 MiB; a
+	// budget of 700 MiB needs checkpointing (8·10) but keeps weights resident.
+	p, err = Make(req(700 << 20))
+	if err != nil || p.Stream || !p.Checkpoint || p.MicroBatch != 8 {
+		t.Fatalf("700 MiB: %+v %v", p, err)
+	}
+	// Below the weights: stream them.
+	p, err = Make(req(400 << 20))
+	if err != nil || !p.Stream || p.Peak > 400<<20 {
+		t.Fatalf("400 MiB: %+v %v", p, err)
+	}
+	for _, w := range p.Placement {
+		if w != Disk {
+			t.Fatalf("placement %v", p.Placement)
+		}
+	}
+	if !strings.Contains(p.String(), "weights streamed") || !strings.Contains(p.String(), "placement: 0 layers on host, 4 on disk") {
+		t.Fatalf("plan text:\n%s", p)
+	}
+}
+
+func TestPlanNoFitNamesSmallestBudget(t *testing.T) {
+	_, err := Make(req(100 << 20))
+	var nf *NoFitError
+	if !errors.As(err, &nf) || !errors.Is(err, ErrNoFit) {
+		t.Fatalf("error %v", err)
+	}
+	// Smallest: stream (50 other + 1 embed + 100 window) + 1·10 ckpt + 1 ws + 30 + 30 = 222 MiB.
+	if nf.Need != 222<<20 || !strings.Contains(err.Error(), "222MiB") {
+		t.Fatalf("need %d: %v", nf.Need>>20, err)
+	}
+	p, err := Make(req(nf.Need))
+	if err != nil || p.Peak != nf.Need {
+		t.Fatalf("the named budget does not fit: %v", err)
+	}
+}
+
+func TestAccountant(t *testing.T) {
+	a := NewAccountant(10 << 20)
+	if err := a.Reserve(Activations, 0, 6<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reserve(KVCache, -1, 6<<20); !errors.Is(err, ErrOverBudget) {
+		t.Fatalf("over-budget reservation: %v", err)
+	}
+	a.Release(Activations, 0, 6<<20)
+	if err := a.Reserve(KVCache, -1, 6<<20); err != nil {
+		t.Fatal(err)
+	}
+	if a.Peak() != 6<<20 || a.Used() != 6<<20 || !strings.Contains(a.Report(), "kv cache 6.0 MiB") {
+		t.Fatalf("peak %d used %d report %q", a.Peak(), a.Used(), a.Report())
+	}
+	var nilA *Accountant
+	if nilA.Reserve(Workspace, 0, 1<<40) != nil {
+		t.Fatal("nil accountant refused")
+	}
+}

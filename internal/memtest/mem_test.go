@@ -1,0 +1,198 @@
+package memtest
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/qtune/qtune/budget"
+	"github.com/qtune/qtune/internal/shared"
+	"github.com/qtune/qtune/internal/synth"
+	"github.com/qtune/qtune/quant"
+)
+
+var (
+	bin    string // the qtune binary under test
+	tmpDir string
+)
+
+func TestMain(m *testing.M) {
+	var err error
+	tmpDir, err = os.MkdirTemp("", "qtune-memtest")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = filepath.Join(tmpDir, "qtune")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/qtune/qtune/cmd/qtune").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(tmpDir)
+	os.Exit(code)
+}
+
+// model writes (once) a synthetic model of the preset and type.
+func model(t *testing.T, preset string, typ quant.Type) string {
+	t.Helper()
+	p := filepath.Join(tmpDir, preset+"-"+typ.String()+".gguf")
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	if err := synth.Write(p, synth.Presets[preset], typ, 1); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// run executes qtune and returns stdout, stderr and the peak RSS in bytes.
+func run(t *testing.T, args ...string) (string, string, int64, error) {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"--quiet"}, args...)...)
+	pf := filepath.Join(t.TempDir(), "peak")
+	cmd.Env = append(os.Environ(), "QTUNE_PEAK_FILE="+pf)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	// The child's own VmHWM: rusage from wait4 would include this test
+	// process's high-water mark, inherited across fork and exec.
+	b, rerr := os.ReadFile(pf)
+	peak, perr := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if rerr != nil || perr != nil || peak <= 0 {
+		t.Fatalf("no peak RSS from qtune %v: %v %v", args, rerr, perr)
+	}
+	return o.String(), e.String(), peak, err
+}
+
+var planPeak = regexp.MustCompile(`memory plan: peak ([0-9.]+) (KiB|MiB|GiB)`)
+
+func plannedPeak(t *testing.T, args []string) int64 {
+	t.Helper()
+	out, errs, _, err := run(t, append([]string{"plan"}, args...)...)
+	if err != nil {
+		t.Fatalf("qtune plan %v: %v\n%s", args, err, errs)
+	}
+	mm := planPeak.FindStringSubmatch(out)
+	if mm == nil {
+		t.Fatalf("no plan in %q", out)
+	}
+	v, _ := strconv.ParseFloat(mm[1], 64)
+	return int64(v * map[string]float64{"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[mm[2]])
+}
+
+type job struct {
+	name string
+	args []string
+}
+
+func jobs(t *testing.T, modelPath string) []job {
+	small := filepath.Join(tmpDir, "small.txt")
+	os.WriteFile(small, []byte("Once upon a time, there was a little girl named Lily. She loved to play outside."), 0o644)
+	data := filepath.Join(tmpDir, "data")
+	os.MkdirAll(data, 0o755)
+	// Records longer than --max-seq-length, so batches are full (the plan
+	// bounds the longest batch; short data would sit well under it).
+	os.WriteFile(filepath.Join(data, "train.jsonl"), []byte(`{"text":"Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her dog Max, and every day they ran to the big tree by the pond."}
+{"text":"One day, she saw a big, red ball in the grass. She wanted to play with it, but it was too high. Lily's mom said, let's go to the park and find a stick to reach it."}
+`), 0o644)
+	return []job{
+		{"generate", []string{"generate", "--model", modelPath, "--prompt", "Once upon a time", "-n", "4", "--temp", "0"}},
+		{"eval", []string{"eval", "--model", modelPath, "--data", small, "--max-seq-length", "64"}},
+		{"train-lora", []string{"train", "--model", modelPath, "--data", data, "--iters", "1", "--batch-size", "2",
+			"--max-seq-length", "32", "--rank", "2", "--steps-per-eval", "0", "--adapter-path", filepath.Join(tmpDir, "adapter")}},
+	}
+}
+
+// check runs every job under the budget: the run must succeed, stay at or
+// under the budget, and land within 15% of its plan.
+func check(t *testing.T, modelPath string, limit int64) {
+	for _, j := range jobs(t, modelPath) {
+		args := append(append([]string{}, j.args...), "--max-mem", strconv.FormatInt(limit, 10))
+		want := plannedPeak(t, args)
+		_, errs, peak, err := run(t, args...)
+		if err != nil {
+			t.Errorf("%s %s under %s: %v\n%s", filepath.Base(modelPath), j.name, budget.FormatSize(limit), err, errs)
+			continue
+		}
+		off := float64(peak-want) / float64(want)
+		// Within 15%, or within 2 MiB for runs whose whole footprint is a
+		// few MiB (the Go runtime's own floor dominates there).
+		close := off <= 0.15 && off >= -0.15 || peak-want < 2<<20 && want-peak < 2<<20
+		t.Logf("%-22s %-10s budget %-9s planned %-9s measured %-9s (%+.0f%%)", filepath.Base(modelPath), j.name,
+			budget.FormatSize(limit), budget.FormatSize(want), budget.FormatSize(peak), 100*off)
+		if peak > limit {
+			t.Errorf("%s %s: peak RSS %s exceeds the budget %s", filepath.Base(modelPath), j.name, budget.FormatSize(peak), budget.FormatSize(limit))
+		}
+		if !close {
+			t.Errorf("%s %s: plan %s is %.0f%% off the measured %s", filepath.Base(modelPath), j.name, budget.FormatSize(want), 100*off, budget.FormatSize(peak))
+		}
+	}
+}
+
+func fileSize(t *testing.T, p string) int64 {
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
+}
+
+func TestBudgetStories260K(t *testing.T) {
+	m := shared.Path(t, "golden", "gguf", "stories260K-q4_0.gguf")
+	check(t, m, 32<<20)
+}
+
+// The 110M models' quantized weights are about 70 MiB: one budget above,
+// one below (weights then stream layer by layer).
+func TestBudget110M(t *testing.T) {
+	for _, typ := range []quant.Type{quant.Q4_0, quant.NF4} {
+		m := model(t, "110M", typ)
+		w := fileSize(t, m)
+		check(t, m, w+96<<20)
+		check(t, m, w-8<<20)
+	}
+}
+
+// The 1B models' weights are 550–600 MiB; 320 MiB is about half of that.
+func TestBudget1B(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes two 1B-parameter models")
+	}
+	for _, typ := range []quant.Type{quant.Q4_0, quant.NF4} {
+		m := model(t, "1B", typ)
+		w := fileSize(t, m)
+		check(t, m, w+160<<20)
+		check(t, m, 320<<20)
+	}
+}
+
+// TestImpossibleBudgetFailsFast: a budget nothing fits stops before any
+// work, with the smallest feasible budget in the message; that budget works.
+func TestImpossibleBudgetFailsFast(t *testing.T) {
+	m := model(t, "110M", quant.Q4_0)
+	args := jobs(t, m)[0].args
+	_, errs, _, err := run(t, append(args, "--max-mem", "16MiB")...)
+	if err == nil || !strings.Contains(errs, "smallest budget that fits") {
+		t.Fatalf("16MiB accepted or unclear: %v %q", err, errs)
+	}
+	mm := regexp.MustCompile(`--max-mem (\d+)MiB`).FindStringSubmatch(errs)
+	if mm == nil || strings.Count(strings.TrimSpace(errs), "\n") != 0 {
+		t.Fatalf("message %q", errs)
+	}
+	_, errs, peak, err := run(t, append(args, "--max-mem", mm[1]+"MiB")...)
+	if err != nil {
+		t.Fatalf("the named budget %sMiB fails: %v %s", mm[1], err, errs)
+	}
+	n, _ := strconv.Atoi(mm[1])
+	if peak > int64(n)<<20 {
+		t.Fatalf("peak %d over the named budget %sMiB", peak, mm[1])
+	}
+}

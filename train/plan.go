@@ -1,0 +1,119 @@
+package train
+
+import (
+	"fmt"
+	"os"
+	"runtime/debug"
+
+	"github.com/qtune/qtune/budget"
+	"github.com/qtune/qtune/model"
+)
+
+// runtimeBytes estimates the process's own footprint: the binary and Go
+// runtime (measured at about 9 MiB for stories260K), the parsed header and
+// tokenizer (grow with the vocabulary), and headroom for garbage not yet
+// collected.
+func runtimeBytes(m *model.Model) int64 {
+	n := int64(15 << 19) // 7.5 MiB
+	if m.Tokenizer != nil {
+		n += int64(m.Tokenizer.VocabSize()) * 300
+	}
+	return n
+}
+
+// weightRequest fills the weight fields of a planner request; tokens is how
+// many token lookups the run makes (each touches a page of the embedding).
+func weightRequest(m *model.Model, r *budget.Request, tokens int64) {
+	r.LayerBytes = m.LayerBytes()
+	r.OtherBytes = m.OutputBytes()
+	emb := m.EmbedBytes()
+	if m.Config.Tied { // the output projection reads the whole embedding
+		r.OtherBytes += emb
+	} else {
+		row := emb / int64(m.Config.Vocab)
+		r.EmbedBytes = min(emb, tokens*max(row, 4096))
+	}
+	r.Runtime = runtimeBytes(m)
+}
+
+// PlanGenerate plans generation of up to maxLen tokens (prompt included).
+func PlanGenerate(m *model.Model, maxLen, promptLen int, limit int64) (*budget.Plan, error) {
+	c := m.Config
+	r := budget.Request{Job: "generate", Budget: limit, Batch: 1,
+		Activations: func(int, bool) int64 { return c.ForwardBytes(max(promptLen, 1)) },
+		Workspace:   func(int) int64 { return int64(4 * c.Vocab) },
+		Fixed:       []budget.Item{{Category: budget.KVCache, Bytes: c.KVBytes(maxLen), Note: fmt.Sprintf("%d positions", maxLen)}}}
+	weightRequest(m, &r, int64(maxLen))
+	return budget.Make(r)
+}
+
+// PlanEval plans evaluation with windows of w tokens over a data file of
+// dataBytes.
+func PlanEval(m *model.Model, w int, dataBytes int64, limit int64) (*budget.Plan, error) {
+	c := m.Config
+	r := budget.Request{Job: "eval", Budget: limit, Batch: 1,
+		Activations: func(int, bool) int64 { return c.ForwardBytes(w) },
+		Workspace:   func(int) int64 { return int64(4 * w * c.Vocab) },
+		Fixed: []budget.Item{{Category: budget.KVCache, Bytes: c.KVBytes(w), Note: fmt.Sprintf("window of %d tokens", w)},
+			{Category: budget.TokenCache, Bytes: 3 * dataBytes, Note: "records and their tokens"}}}
+	weightRequest(m, &r, dataBytes/2)
+	return budget.Make(r)
+}
+
+// PlanTrain plans a training run of meth over m.
+func PlanTrain(m *model.Model, cfg Config, meth Method, dataBytes int64, limit int64) (*budget.Plan, error) {
+	c := m.Config
+	T := cfg.MaxSeqLength
+	r := budget.Request{Job: "train", Budget: limit, Batch: cfg.BatchSize, CanCheckpoint: true,
+		Activations: func(b int, ckpt bool) int64 { return c.ActivationBytes(b, T, ckpt) },
+		Workspace:   func(b int) int64 { return c.StepWorkspaceBytes(b, T, true) },
+		Fixed: []budget.Item{
+			{Category: budget.Trainable, Bytes: meth.StateBytes(), Note: meth.Describe()},
+			{Category: budget.TokenCache, Bytes: 5 * dataBytes, Note: "records and their tokens"}}}
+	weightRequest(m, &r, dataBytes/2)
+	r.HeapFloor = 4 << 20 // training makes garbage enough to reach it
+	if cfg.GradCheckpoint { // asked for: start from checkpointing
+		r.Activations = func(b int, _ bool) int64 { return c.ActivationBytes(b, T, true) }
+	}
+	return budget.Make(r)
+}
+
+// ApplyPlan makes m follow p: streaming as planned, every large buffer
+// reserved against the budget, and the Go heap limited to what the plan
+// leaves for it.
+//
+// The heap is held near the plan (a soft limit of the planned heap plus a
+// tenth, never above what the budget leaves), so garbage does not double
+// the footprint and the printed plan stays what the run uses.
+func ApplyPlan(m *model.Model, p *budget.Plan) {
+	m.Stream = p.Stream
+	var nonHeap int64
+	for _, it := range p.Items {
+		switch it.Category {
+		case budget.WeightsResident, budget.WeightsStreamed:
+			nonHeap += it.Bytes
+		}
+	}
+	soft := (p.Peak - nonHeap) * 11 / 10
+	if p.Budget > 0 && p.HeapLimit > 0 {
+		m.Acct = budget.NewAccountant(p.HeapLimit)
+		soft = min(soft, p.HeapLimit)
+	}
+	debug.SetMemoryLimit(soft)
+}
+
+// FileSize returns a file's size, or 0.
+func FileSize(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if st.IsDir() {
+		var n int64
+		for _, f := range []string{"train.jsonl", "valid.jsonl"} {
+			n += FileSize(path + "/" + f)
+		}
+		return n
+	}
+	return st.Size()
+}

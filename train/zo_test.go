@@ -1,0 +1,189 @@
+package train
+
+import (
+	"context"
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/internal/shared"
+	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/quant"
+)
+
+// zoRun is smallRun for a zeroth-order or hybrid method.
+func zoRun(t *testing.T, dir, method, target string) Config {
+	c := smallRun(t, dir)
+	c.Method, c.ZOTarget = method, target
+	c.Dropout = 0
+	c.ZOLearningRate, c.Epsilon = 1e-3, 1e-2
+	c.FOLayers = "2"
+	c.FORatio = 0.2
+	return c
+}
+
+// TestZOResumeGivesSameLosses: for MeZO (each trainable set) and both LoHO
+// modes, a run interrupted after iteration 3 and resumed reports the same
+// per-iteration losses and final validation loss as an uninterrupted one
+// (parameters, optimizer moments, data position restored; the draws' seeds
+// are a function of (seed, iteration)).
+func TestZOResumeGivesSameLosses(t *testing.T) {
+	for _, tc := range []struct{ method, target string }{
+		{"mezo", "lora"}, {"mezo", "float"}, {"loho-inter", "lora"}, {"loho-intra", "lora"},
+	} {
+		t.Run(tc.method+"-"+tc.target, func(t *testing.T) {
+			ctx := context.Background()
+			full, err := Run(ctx, zoRun(t, t.TempDir(), tc.method, tc.target), nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			cfg := zoRun(t, dir, tc.method, tc.target)
+			cctx, cancel := context.WithCancel(ctx)
+			_, err = Run(cctx, cfg, nil, func(p Progress) {
+				if p.Kind == "train" && p.Iter == 3 {
+					cancel()
+				}
+			})
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("interrupted run: %v", err)
+			}
+			cfg.Resume = true
+			resumed, err := Run(ctx, cfg, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(full.Curve) != 6 || len(resumed.Curve) != 6 {
+				t.Fatalf("curves of %d and %d points", len(full.Curve), len(resumed.Curve))
+			}
+			for i := range full.Curve {
+				if full.Curve[i] != resumed.Curve[i] {
+					t.Fatalf("iteration %d: uninterrupted loss %v, resumed %v", i+1, full.Curve[i].Loss, resumed.Curve[i].Loss)
+				}
+			}
+			if full.FinalValLoss != resumed.FinalValLoss || full.FinalValLoss == full.FirstValLoss {
+				t.Fatalf("validation loss %v -> %v, resumed run %v", full.FirstValLoss, full.FinalValLoss, resumed.FinalValLoss)
+			}
+		})
+	}
+}
+
+// TestZOOutputsApply: what each method saves, applied to a fresh model
+// (ApplyAdapter, as qtune eval --adapter does), gives the validation loss the
+// run measured with its in-memory state.
+func TestZOOutputsApply(t *testing.T) {
+	for _, tc := range []struct{ method, target, model string }{
+		{"mezo", "lora", ""}, {"mezo", "float", ""}, {"mezo", "scales", "q8"}, {"loho-inter", "lora", ""}, {"loho-intra", "lora", "q8"},
+	} {
+		t.Run(tc.method+"-"+tc.target, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := zoRun(t, dir, tc.method, tc.target)
+			cfg.Iters, cfg.SaveEvery, cfg.StepsPerEval = 4, 0, 4
+			if tc.model == "q8" {
+				cfg.Model = quantizedStories(t, dir)
+			}
+			res, err := Run(context.Background(), cfg, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := model.Open(cfg.Model, model.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			if err := ApplyAdapter(m, dir); err != nil {
+				t.Fatal(err)
+			}
+			meth := &applied{m: m}
+			splits, err := data.LoadSplits(cfg.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tokOpt := data.TokenizeOptions{AddEOS: true, NoBOS: !m.Tokenizer.AddBOS() && m.Tokenizer.BOS() < 0, ChatTemplate: m.Tokenizer.ChatTemplate()}
+			ex, err := data.Tokenize(m.Tokenizer, splits.Valid.Records, splits.Valid.Kind, tokOpt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := evalLoss(m, meth, ex, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("validation loss %.5f -> %.5f; applied from %s: %.5f", res.FirstValLoss, res.FinalValLoss, dir, got)
+			if math.Abs(got-res.FinalValLoss) > 1e-5 || got == res.FirstValLoss {
+				t.Fatalf("applied output gives %v, the run %v (start %v)", got, res.FinalValLoss, res.FirstValLoss)
+			}
+		})
+	}
+}
+
+// applied is a Method stand-in that evaluates m with its own adapters.
+type applied struct {
+	Method
+	m *model.Model
+}
+
+func (a *applied) Eval() (model.StepOptions, func()) {
+	return model.StepOptions{Adapters: a.m.Adapters}, func() {}
+}
+
+// quantizedStories writes stories260K as Q8_0 into dir.
+func quantizedStories(t *testing.T, dir string) string {
+	src, err := model.Open(shared.Path(t, "assets", "models", "stories260K.gguf"), model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	p := filepath.Join(dir, "q8.gguf")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := model.Quantize(src, f, quant.Q8_0); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestLoHOAutoLayers: --fo-layers auto without a budget trains every
+// adapted block but the lowest first-order; with --max-mem it takes the
+// largest N the plan fits; a budget too small is an error.
+func TestLoHOAutoLayers(t *testing.T) {
+	cfg := zoRun(t, t.TempDir(), "loho", "lora")
+	m, err := model.Open(cfg.Model, model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	L := m.Config.Layers
+	cfg.FOLayers = "auto"
+	meth, err := newMethod(m, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := meth.(*lohoMethod); h.foN != L-1 || h.first != 1 || h.zo == nil {
+		t.Fatalf("auto without budget: N=%d first=%d", h.foN, h.first)
+	}
+	p := lohoPlan(m, cfg, meth.(*lohoMethod).set, L)
+	cfg.MaxMem = strconv.FormatInt(p.Bytes(2)+1, 10)
+	meth, err = newMethod(m, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := meth.(*lohoMethod); h.foN != 2 || !strings.Contains(meth.Describe(), "fits --max-mem") {
+		t.Fatalf("auto with the budget of N=2: N=%d (%s)", h.foN, meth.Describe())
+	}
+	cfg.MaxMem = "1MiB"
+	if _, err := newMethod(m, cfg); err == nil {
+		t.Fatal("a 1 MiB budget was accepted")
+	}
+	cfg.FOLayers = "9"
+	if _, err := newMethod(m, cfg); err == nil {
+		t.Fatal("--fo-layers 9 on a 5-block model was accepted")
+	}
+}
