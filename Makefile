@@ -6,7 +6,7 @@ MODEL_URL = https://huggingface.co/ggml-org/tiny-llamas/resolve/main/stories260K
 BIN     := bin/qtune
 FUZZTIME ?= 3s
 
-.PHONY: build demo demo-model test test-short fuzz bench vet clean evidence
+.PHONY: build demo demo-model test test-short fuzz bench bench-mem vet clean evidence
 
 build:
 	$(GO) build -o $(BIN) ./cmd/qtune
@@ -70,6 +70,10 @@ bench:
 
 clean:
 	rm -rf bin out
+
+# Peak memory and speed under --max-mem budgets (synthetic 110M/1B models; minutes).
+bench-mem: build
+	./scripts/bench-mem.sh
 
 # The README's fine-tuning evidence table (a few minutes).
 evidence: build
