@@ -7,4 +7,4 @@ const (
 	adviceWillNeed = 0
 )
 
-func madvise(addr, n uintptr, advice int) {}
+func madvise(b []byte, advice int) {}

@@ -2,18 +2,11 @@
 
 package offload
 
-import (
-	"unsafe"
-
-	"golang.org/x/sys/unix"
-)
+import "golang.org/x/sys/unix"
 
 const (
 	adviceDontNeed = unix.MADV_DONTNEED
 	adviceWillNeed = unix.MADV_WILLNEED
 )
 
-func madvise(addr, n uintptr, advice int) {
-	b := unsafe.Slice((*byte)(unsafe.Pointer(addr)), n)
-	_ = unix.Madvise(b, advice)
-}
+func madvise(b []byte, advice int) { _ = unix.Madvise(b, advice) }

@@ -89,29 +89,29 @@ func (s *Store) Close() error {
 // pageSize is the granularity of residency control.
 var pageSize = uintptr(os.Getpagesize())
 
+// pages widens b to the whole pages it lies on.
+func pages(b []byte) []byte {
+	p := unsafe.Pointer(&b[0])
+	off := uintptr(p) & (pageSize - 1)
+	n := (off + uintptr(len(b)) + pageSize - 1) &^ (pageSize - 1)
+	return unsafe.Slice((*byte)(unsafe.Add(p, -int(off))), n)
+}
+
 // Release drops the pages of b (a view into a mapping) from this process's
 // resident set: the next access faults them back in from the page cache (or
 // the file). The range is widened to whole pages, so neighbouring views may
 // be dropped too; that costs a refault, never correctness. Where the system
 // offers no such call, Release does nothing.
 func Release(b []byte) {
-	if len(b) == 0 {
-		return
+	if len(b) > 0 {
+		madvise(pages(b), adviceDontNeed)
 	}
-	start := uintptr(unsafe.Pointer(&b[0]))
-	end := start + uintptr(len(b))
-	start &^= pageSize - 1
-	end = (end + pageSize - 1) &^ (pageSize - 1)
-	madvise(start, end-start, adviceDontNeed)
 }
 
 // Prefetch asks the system to start reading b's pages into the page cache
 // ahead of use, without mapping them into this process yet.
 func Prefetch(b []byte) {
-	if len(b) == 0 {
-		return
+	if len(b) > 0 {
+		madvise(pages(b), adviceWillNeed)
 	}
-	start := uintptr(unsafe.Pointer(&b[0])) &^ (pageSize - 1)
-	end := (uintptr(unsafe.Pointer(&b[0])) + uintptr(len(b)) + pageSize - 1) &^ (pageSize - 1)
-	madvise(start, end-start, adviceWillNeed)
 }
