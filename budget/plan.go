@@ -47,6 +47,10 @@ type Request struct {
 	// HeapFloor is the smallest heap the runtime keeps whatever the live
 	// data (Go's collector does not run below a 4 MiB heap goal).
 	HeapFloor int64
+	// OptimizerBytes is optimizer state that may move to a file-backed
+	// scratch ("disk"); OptimizerDiskBytes is what stays resident then (one
+	// parameter's moments during its update). Zero: not offered.
+	OptimizerBytes, OptimizerDiskBytes int64
 }
 
 // Plan is how a run fits its budget.
@@ -58,6 +62,9 @@ type Plan struct {
 	Accum      int  // micro-batches per optimizer step
 	Checkpoint bool // activation checkpointing
 	Stream     bool // weights streamed layer by layer
+	// OptimizerOnDisk keeps optimizer state in a file-backed scratch that
+	// leaves memory between steps.
+	OptimizerOnDisk bool
 	Placement  []Where
 	Strategy   []string
 	// HeapLimit is what the Go heap may use: the budget less the mapped
@@ -85,21 +92,29 @@ type candidate struct {
 	micro      int
 	checkpoint bool
 	stream     bool
+	optDisk    bool
 }
 
 // Make chooses the fastest strategy that fits: weights resident before
 // streamed, the whole batch before smaller micro-batches with gradient
-// accumulation, and activation checkpointing before smaller micro-batches.
+// accumulation, and at each micro-batch size activation checkpointing, then
+// optimizer state on disk, before a smaller micro-batch.
 func Make(r Request) (*Plan, error) {
 	if r.Batch <= 0 {
 		r.Batch = 1
 	}
+	disk := []bool{false}
+	if r.OptimizerBytes > r.OptimizerDiskBytes && r.OptimizerDiskBytes >= 0 && r.OptimizerBytes > 0 {
+		disk = append(disk, true)
+	}
 	var cands []candidate
 	for _, stream := range []bool{false, true} {
 		for micro := r.Batch; micro >= 1; micro = (micro + 1) / 2 {
-			cands = append(cands, candidate{micro, false, stream})
-			if r.CanCheckpoint {
-				cands = append(cands, candidate{micro, true, stream})
+			for _, optDisk := range disk {
+				cands = append(cands, candidate{micro, false, stream, optDisk})
+				if r.CanCheckpoint {
+					cands = append(cands, candidate{micro, true, stream, optDisk})
+				}
 			}
 			if micro == 1 {
 				break
@@ -121,7 +136,7 @@ func Make(r Request) (*Plan, error) {
 
 func (r *Request) evaluate(c candidate) *Plan {
 	p := &Plan{Budget: r.Budget, MicroBatch: c.micro, Accum: (r.Batch + c.micro - 1) / c.micro,
-		Checkpoint: c.checkpoint, Stream: c.stream}
+		Checkpoint: c.checkpoint, Stream: c.stream, OptimizerOnDisk: c.optDisk}
 	var all, biggest int64
 	for _, b := range r.LayerBytes {
 		all += b
@@ -161,6 +176,13 @@ func (r *Request) evaluate(c candidate) *Plan {
 		add(Workspace, r.Workspace(c.micro), "logits chunk, backward scratch, dequantization panels")
 	}
 	p.Items = append(p.Items, r.Fixed...)
+	if r.OptimizerBytes > 0 {
+		if c.optDisk {
+			add(OptimizerState, r.OptimizerDiskBytes, fmt.Sprintf("%s in a file-backed scratch, one parameter's moments resident at a time", FormatSize(r.OptimizerBytes)))
+		} else {
+			add(OptimizerState, r.OptimizerBytes, "moments in memory")
+		}
+	}
 	var heap int64
 	for _, it := range p.Items {
 		if it.Category != WeightsResident && it.Category != WeightsStreamed {
@@ -174,6 +196,10 @@ func (r *Request) evaluate(c candidate) *Plan {
 		switch it.Category {
 		case WeightsResident, WeightsStreamed, Runtime:
 			heapFree += it.Bytes
+		case OptimizerState:
+			if c.optDisk {
+				heapFree += it.Bytes
+			}
 		}
 	}
 	if r.Budget > 0 {
@@ -187,6 +213,9 @@ func (r *Request) evaluate(c candidate) *Plan {
 	if r.Job == "train" {
 		if c.checkpoint {
 			p.Strategy = append(p.Strategy, "activation checkpointing")
+		}
+		if c.optDisk {
+			p.Strategy = append(p.Strategy, "optimizer state on disk")
 		}
 		if p.Accum > 1 {
 			p.Strategy = append(p.Strategy, fmt.Sprintf("micro-batches of %d with %d-step gradient accumulation", c.micro, p.Accum))

@@ -84,3 +84,26 @@ func TestAccountant(t *testing.T) {
 		t.Fatal("nil accountant refused")
 	}
 }
+
+// TestPlanOptimizerOnDisk: when the optimizer state is what does not fit,
+// it moves to disk before the micro-batch shrinks.
+func TestPlanOptimizerOnDisk(t *testing.T) {
+	r := req(0)
+	r.Fixed = []Item{{Trainable, 10 << 20, ""}}
+	r.OptimizerBytes, r.OptimizerDiskBytes = 200<<20, 2<<20
+	// resident: 500 weights + 8·10 ckpt + 8 ws + 10 + 200 opt + 30 = 828; with
+	// the optimizer on disk 630.
+	p, err := Make(setBudget(r, 700<<20))
+	if err != nil || !p.OptimizerOnDisk || !p.Checkpoint || p.Stream || p.MicroBatch != 8 {
+		t.Fatalf("%+v %v", p, err)
+	}
+	if !strings.Contains(p.String(), "optimizer state on disk") {
+		t.Fatalf("plan text:\n%s", p)
+	}
+	p, err = Make(setBudget(r, 900<<20))
+	if err != nil || p.OptimizerOnDisk {
+		t.Fatalf("roomy budget moved the optimizer to disk: %+v %v", p, err)
+	}
+}
+
+func setBudget(r Request, b int64) Request { r.Budget = b; return r }

@@ -15,6 +15,9 @@ type Tensor struct {
 	Name  string
 	Shape []int     // ggml order, Shape[0] innermost; empty for a scalar
 	Data  []float32 // (product of Shape)
+	// Written, when set, is called once Data has been encoded (a caller
+	// whose data lives in a file-backed scratch drops it from memory then).
+	Written func() `json:"-"`
 }
 
 // State is everything one checkpoint file holds.

@@ -175,6 +175,9 @@ func encode(w io.Writer, s *State) error {
 			bw.u64(uint64(d))
 		}
 		bw.floats(t.Data)
+		if t.Written != nil {
+			t.Written()
+		}
 	}
 	if bw.n+4 != size {
 		bw.err = fmt.Errorf("internal error: wrote %d body bytes, planned %d", bw.n+4, size)

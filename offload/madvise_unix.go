@@ -2,7 +2,11 @@
 
 package offload
 
-import "golang.org/x/sys/unix"
+import (
+	"os"
+
+	"golang.org/x/sys/unix"
+)
 
 const (
 	adviceDontNeed = unix.MADV_DONTNEED
@@ -10,3 +14,9 @@ const (
 )
 
 func madvise(b []byte, advice int) { _ = unix.Madvise(b, advice) }
+
+func mapShared(f *os.File, size int) ([]byte, error) {
+	return unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+}
+
+func unmap(b []byte) error { return unix.Munmap(b) }

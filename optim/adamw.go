@@ -20,8 +20,30 @@ import (
 // fields.
 type AdamW struct {
 	Beta1, Beta2, Eps, WeightDecay float64
+	// Store, when set, holds the moments (for example in a file-backed
+	// mapping, so they leave memory between steps); nil keeps them on the heap.
+	Store MomentStore
 
 	st map[string]*adamState
+}
+
+// MomentStore provides optimizer moment storage: Alloc returns n zeroed
+// values; Evict is told when a parameter's moments are not needed until the
+// next step, so a store backed by a file can drop them from memory.
+type MomentStore interface {
+	Alloc(n int) ([]float32, error)
+	Evict(v []float32)
+}
+
+func (o *AdamW) alloc(n int) ([]float32, error) {
+	if o.Store == nil {
+		return make([]float32, n), nil
+	}
+	v, err := o.Store.Alloc(n)
+	if err != nil {
+		return nil, fmt.Errorf("optim: adamw: moment store: %w", err)
+	}
+	return v, nil
 }
 
 type adamState struct {
@@ -82,7 +104,15 @@ func (o *AdamW) Step(params []*Param, lr float64) error {
 		}
 		s := o.st[p.Name]
 		if s == nil {
-			s = &adamState{m: make([]float32, len(p.W)), v: make([]float32, len(p.W))}
+			m, err := o.alloc(len(p.W))
+			if err != nil {
+				return err
+			}
+			v, err := o.alloc(len(p.W))
+			if err != nil {
+				return err
+			}
+			s = &adamState{m: m, v: v}
 			o.st[p.Name] = s
 		}
 		s.t++
@@ -101,6 +131,10 @@ func (o *AdamW) Step(params []*Param, lr float64) error {
 			m[i], v[i] = float32(mi), float32(vi)
 			wi := float64(w[i]) * decay
 			w[i] = float32(wi - stepSize*mi/(math.Sqrt(vi)/sqrtBC2+eps))
+		}
+		if o.Store != nil {
+			o.Store.Evict(s.m)
+			o.Store.Evict(s.v)
 		}
 	}
 	return nil
@@ -178,6 +212,23 @@ func (o *AdamW) LoadState(ts []StateTensor) error {
 			return fmt.Errorf("optim: adamw: state of %q: needs m, v and step: %w", name, ErrState)
 		case len(s.m) != len(s.v):
 			return fmt.Errorf("optim: adamw: state of %q: m has %d values, v %d: %w", name, len(s.m), len(s.v), ErrState)
+		}
+	}
+	if o.Store != nil {
+		for _, s := range st {
+			m, err := o.alloc(len(s.m))
+			if err != nil {
+				return err
+			}
+			v, err := o.alloc(len(s.v))
+			if err != nil {
+				return err
+			}
+			copy(m, s.m)
+			copy(v, s.v)
+			s.m, s.v = m, v
+			o.Store.Evict(m)
+			o.Store.Evict(v)
 		}
 	}
 	o.st = st

@@ -641,3 +641,39 @@ func BenchmarkAdamWStep(b *testing.B) {
 	}
 	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds()/1e6, "Mparams/s")
 }
+
+type countingStore struct{ allocs, evicts int }
+
+func (c *countingStore) Alloc(n int) ([]float32, error) { c.allocs++; return make([]float32, n), nil }
+func (c *countingStore) Evict(v []float32)              { c.evicts++ }
+
+// TestAdamWMomentStore: moments in a store give the same weights as on the
+// heap, and every parameter's moments are evicted after each step.
+func TestAdamWMomentStore(t *testing.T) {
+	mk := func() []*Param {
+		return []*Param{{Name: "a", W: []float32{1, -2, 3}, G: []float32{0.1, 0.2, -0.3}, Decay: true},
+			{Name: "b", W: []float32{0.5}, G: []float32{-1}}}
+	}
+	plain, stored := mk(), mk()
+	st := &countingStore{}
+	o1, o2 := NewAdamW(0.9, 0.999, 1e-8, 0.01), NewAdamW(0.9, 0.999, 1e-8, 0.01)
+	o2.Store = st
+	for i := 0; i < 3; i++ {
+		if err := o1.Step(plain, 1e-2); err != nil {
+			t.Fatal(err)
+		}
+		if err := o2.Step(stored, 1e-2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range plain {
+		for j := range plain[i].W {
+			if plain[i].W[j] != stored[i].W[j] {
+				t.Fatalf("param %d[%d]: %v vs %v", i, j, plain[i].W[j], stored[i].W[j])
+			}
+		}
+	}
+	if st.allocs != 4 || st.evicts != 12 {
+		t.Fatalf("allocs %d evicts %d, want 4 and 12", st.allocs, st.evicts)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/qtune/qtune/data"
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/offload"
 	"github.com/qtune/qtune/optim"
 )
 
@@ -181,8 +182,17 @@ func (l *loraMethod) Save(dir string) error { return WriteAdapters(dir, l.m, l.s
 // under "optim/<name>".
 func optimTensors(o optim.Optimizer) []checkpoint.Tensor {
 	var ts []checkpoint.Tensor
+	var store optim.MomentStore
+	if a, ok := o.(*optim.AdamW); ok {
+		store = a.Store
+	}
 	for _, s := range o.State() {
-		ts = append(ts, checkpoint.Tensor{Name: "optim/" + s.Name, Shape: []int{len(s.Data)}, Data: s.Data})
+		t := checkpoint.Tensor{Name: "optim/" + s.Name, Shape: []int{len(s.Data)}, Data: s.Data}
+		if store != nil { // moments on disk: back out of memory once saved
+			d := s.Data
+			t.Written = func() { store.Evict(d) }
+		}
+		ts = append(ts, t)
 	}
 	return ts
 }
@@ -195,4 +205,40 @@ func loadOptim(o optim.Optimizer, ts []checkpoint.Tensor) error {
 		}
 	}
 	return o.LoadState(st)
+}
+
+// optimizerOnDisk is implemented by methods whose optimizer state can move
+// to a file-backed scratch (the plan's "optimizer state on disk").
+type optimizerOnDisk interface {
+	// OptimizerBytes is the optimizer state in total and the largest share
+	// one parameter needs at once.
+	OptimizerBytes() (total, largest int64)
+	// MoveOptimizerToDisk keeps the optimizer's moments in a scratch file
+	// in dir from now on.
+	MoveOptimizerToDisk(dir string) error
+}
+
+func (l *loraMethod) OptimizerBytes() (int64, int64) {
+	if _, ok := l.opt.(*optim.AdamW); !ok {
+		return 0, 0
+	}
+	var largest int64
+	for _, p := range l.params {
+		largest = max(largest, int64(len(p.W)))
+	}
+	return l.opt.StateBytes(l.set.Params()), 8 * largest
+}
+
+func (l *loraMethod) MoveOptimizerToDisk(dir string) error {
+	a, ok := l.opt.(*optim.AdamW)
+	if !ok {
+		return fmt.Errorf("train: only AdamW state can move to disk")
+	}
+	total, _ := l.OptimizerBytes()
+	s, err := offload.NewScratch(dir, total+int64(64*len(l.params))+4096)
+	if err != nil {
+		return err
+	}
+	a.Store = s
+	return nil
 }

@@ -72,6 +72,13 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, dataBytes int64, limit i
 			{Category: budget.TokenCache, Bytes: 5 * dataBytes, Note: "records and their tokens"}}}
 	weightRequest(m, &r, dataBytes/2)
 	r.HeapFloor = 4 << 20 // training makes garbage enough to reach it
+	if od, ok := meth.(optimizerOnDisk); ok {
+		total, largest := od.OptimizerBytes()
+		if total > 0 {
+			r.Fixed[0].Bytes -= total
+			r.OptimizerBytes, r.OptimizerDiskBytes = total, largest
+		}
+	}
 	if cfg.GradCheckpoint { // asked for: start from checkpointing
 		r.Activations = func(b int, _ bool) int64 { return c.ActivationBytes(b, T, true) }
 	}

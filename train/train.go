@@ -224,6 +224,12 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 			return nil, err
 		}
 	}
+	if plan.OptimizerOnDisk {
+		if err := meth.(optimizerOnDisk).MoveOptimizerToDisk(cfg.CacheDir); err != nil {
+			return nil, err
+		}
+		log("optimizer state on disk: moments in a scratch file under " + cfg.CacheDir)
+	}
 	ApplyPlan(m, plan)
 	sched := optim.Schedule{Kind: cfg.LRSchedule, Peak: cfg.LearningRate, Min: cfg.MinLR, Warmup: cfg.Warmup, Total: cfg.Iters}
 	if err := sched.Validate(); err != nil {

@@ -203,3 +203,29 @@ func TestImpossibleBudgetFailsFast(t *testing.T) {
 		t.Fatalf("peak %d over the named budget %sMiB", peak, mm[1])
 	}
 }
+
+// TestOptimizerOnDisk: rank-64 adapters on the 110M model need 85 MiB of
+// AdamW moments; under 150 MiB the plan moves them to a file-backed scratch
+// and streams the weights, and the run keeps to the budget.
+func TestOptimizerOnDisk(t *testing.T) {
+	m := model(t, "110M", quant.Q4_0)
+	data := filepath.Join(tmpDir, "data")
+	jobs(t, m) // writes the data folder
+	args := append(trainArgs(m, data, "lora", "--iters", "2"), "--rank", "64", "--max-mem", "150MiB")
+	plan, errs, _, err := run(t, append([]string{"plan"}, args...)...)
+	if err != nil || !strings.Contains(plan, "optimizer state on disk") {
+		t.Fatalf("plan: %v %s\n%s", err, errs, plan)
+	}
+	want := plannedPeak(t, args)
+	_, errs, peak, err := run(t, args...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errs)
+	}
+	t.Logf("planned %s, measured %s", budget.FormatSize(want), budget.FormatSize(peak))
+	if peak > 150<<20 {
+		t.Fatalf("peak %s over the 150 MiB budget", budget.FormatSize(peak))
+	}
+	if off := float64(peak-want) / float64(want); off > 0.15 || off < -0.15 {
+		t.Errorf("plan %s is %.0f%% off the measured %s", budget.FormatSize(want), 100*off, budget.FormatSize(peak))
+	}
+}

@@ -54,18 +54,19 @@ func permuteRows(b []float32, cols, heads int, toGGUF bool) []float32 {
 
 // ToAdapter converts the set to the exchange form, with rows in GGUF order
 // (a model loaded from a Hugging Face folder keeps HF order in memory, so its
-// q/k rows are permuted here).
+// q/k rows are permuted here). A and B alias the set's; treat them as
+// read-only.
 func (s *Set) ToAdapter(m *model.Model, baseName string) *adapter.Adapter {
 	a := &adapter.Adapter{Rank: s.Config.Rank, Alpha: s.Config.Alpha, Dropout: s.Config.Dropout, BaseModel: baseName, UseRSLoRA: s.Config.RSLoRA}
 	for _, t := range s.Config.Targets {
 		a.Targets = append(a.Targets, model.ModuleNames[t])
 	}
 	for _, l := range s.Layers {
-		b := append([]float32(nil), l.B...)
+		b := l.B // shared, read-only: exporting makes no copy of the adapters
 		if h := qkHeads(m.Config, l.Target); h > 0 && m.Config.RopeNeox {
 			b = permuteRows(b, l.R, h, true)
 		}
-		a.Layers = append(a.Layers, adapter.LoRA{Target: l.Target, In: l.In, Out: l.Out, Rank: l.R, A: append([]float32(nil), l.A...), B: b})
+		a.Layers = append(a.Layers, adapter.LoRA{Target: l.Target, In: l.In, Out: l.Out, Rank: l.R, A: l.A, B: b})
 	}
 	return a
 }
