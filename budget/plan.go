@@ -65,8 +65,8 @@ type Plan struct {
 	// OptimizerOnDisk keeps optimizer state in a file-backed scratch that
 	// leaves memory between steps.
 	OptimizerOnDisk bool
-	Placement  []Where
-	Strategy   []string
+	Placement       []Where
+	Strategy        []string
 	// HeapLimit is what the Go heap may use: the budget less the mapped
 	// weights the plan keeps resident and the runtime's own pages.
 	HeapLimit int64
