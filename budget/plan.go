@@ -51,6 +51,10 @@ type Request struct {
 	// scratch ("disk"); OptimizerDiskBytes is what stays resident then (one
 	// parameter's moments during its update). Zero: not offered.
 	OptimizerBytes, OptimizerDiskBytes int64
+	// Spillable returns the saved block inputs of a checkpointed
+	// micro-batch of b sequences that can be spilled to a file-backed
+	// scratch, and the part that stays resident (the block in use).
+	Spillable func(b int) (all, resident int64)
 }
 
 // Plan is how a run fits its budget.
@@ -65,8 +69,11 @@ type Plan struct {
 	// OptimizerOnDisk keeps optimizer state in a file-backed scratch that
 	// leaves memory between steps.
 	OptimizerOnDisk bool
-	Placement       []Where
-	Strategy        []string
+	// SpillActivations keeps checkpointed block inputs in a file-backed
+	// scratch, paged back in during the backward pass.
+	SpillActivations bool
+	Placement        []Where
+	Strategy         []string
 	// HeapLimit is what the Go heap may use: the budget less the mapped
 	// weights the plan keeps resident and the runtime's own pages.
 	HeapLimit int64
@@ -93,6 +100,7 @@ type candidate struct {
 	checkpoint bool
 	stream     bool
 	optDisk    bool
+	spill      bool
 }
 
 // Make chooses the fastest strategy that fits: weights resident before
@@ -111,10 +119,13 @@ func Make(r Request) (*Plan, error) {
 	for _, stream := range []bool{false, true} {
 		for micro := r.Batch; micro >= 1; micro = (micro + 1) / 2 {
 			for _, optDisk := range disk {
-				cands = append(cands, candidate{micro, false, stream, optDisk})
+				cands = append(cands, candidate{micro, false, stream, optDisk, false})
 				if r.CanCheckpoint {
-					cands = append(cands, candidate{micro, true, stream, optDisk})
+					cands = append(cands, candidate{micro, true, stream, optDisk, false})
 				}
+			}
+			if r.CanCheckpoint && r.Spillable != nil {
+				cands = append(cands, candidate{micro, true, stream, disk[len(disk)-1], true})
 			}
 			if micro == 1 {
 				break
@@ -136,7 +147,7 @@ func Make(r Request) (*Plan, error) {
 
 func (r *Request) evaluate(c candidate) *Plan {
 	p := &Plan{Budget: r.Budget, MicroBatch: c.micro, Accum: (r.Batch + c.micro - 1) / c.micro,
-		Checkpoint: c.checkpoint, Stream: c.stream, OptimizerOnDisk: c.optDisk}
+		Checkpoint: c.checkpoint, Stream: c.stream, OptimizerOnDisk: c.optDisk, SpillActivations: c.spill}
 	var all, biggest int64
 	for _, b := range r.LayerBytes {
 		all += b
@@ -167,6 +178,9 @@ func (r *Request) evaluate(c candidate) *Plan {
 	switch {
 	case r.Job != "train":
 		add(Activations, act, "live buffers of one forward pass")
+	case c.spill:
+		all, resident := r.Spillable(c.micro)
+		add(SavedInputs, act-all+resident, fmt.Sprintf("block inputs (%s) spilled to a file-backed scratch, one block's resident", FormatSize(all)))
 	case c.checkpoint:
 		add(SavedInputs, act, "each block's input kept; the block recomputed in the backward pass")
 	default:
@@ -216,6 +230,9 @@ func (r *Request) evaluate(c candidate) *Plan {
 		}
 		if c.optDisk {
 			p.Strategy = append(p.Strategy, "optimizer state on disk")
+		}
+		if c.spill {
+			p.Strategy = append(p.Strategy, "checkpointed activations spilled to disk (uncompressed: float32 block inputs measured incompressible by zstd)")
 		}
 		if p.Accum > 1 {
 			p.Strategy = append(p.Strategy, fmt.Sprintf("micro-batches of %d with %d-step gradient accumulation", c.micro, p.Accum))

@@ -56,6 +56,9 @@ type Model struct {
 	Stream bool
 	// Acct receives reservations for every large buffer (nil: none).
 	Acct *budget.Accountant
+	// Spill, when set, holds checkpointed block inputs in a file-backed
+	// scratch that leaves memory between the forward and backward passes.
+	Spill *offload.Scratch
 
 	rope  nn.Rope
 	store offload.Store

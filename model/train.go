@@ -351,16 +351,31 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 			a = m.newActs(BT, B, true)
 			acts[l] = a
 		case backward && l >= first:
-			if err := reserve(budget.SavedInputs, l, 4*int64(BT*C)); err != nil {
-				return 0, 0, err
+			var xin []float32
+			if m.Spill != nil {
+				if l == first {
+					m.Spill.Reset()
+				}
+				var err error
+				if xin, err = m.Spill.Alloc(BT * C); err != nil {
+					return 0, 0, err
+				}
+			} else {
+				if err := reserve(budget.SavedInputs, l, 4*int64(BT*C)); err != nil {
+					return 0, 0, err
+				}
+				xin = make([]float32, BT*C)
 			}
-			acts[l] = &layerActs{xin: make([]float32, BT*C)}
+			acts[l] = &layerActs{xin: xin}
 			w := *work
 			w.xin = acts[l].xin
 			a = &w
 		}
 		copy(a.xin, x)
 		m.layerForward(l, a, next, B, T, o.Adapters)
+		if m.Spill != nil && acts[l] != nil {
+			m.Spill.Evict(acts[l].xin)
+		}
 		x, next = next, x
 		m.layerDone(l, l+1)
 	}
@@ -436,6 +451,9 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 			a = &w
 		}
 		m.layerBackward(l, a, dx, B, T, &o, s)
+		if m.Spill != nil {
+			m.Spill.Evict(acts[l].xin)
+		}
 		m.layerDone(l, l-1)
 	}
 	m.prefetch(0)

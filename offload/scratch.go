@@ -73,6 +73,9 @@ func (s *Scratch) Evict(v []float32) {
 	Release(b)
 }
 
+// Reset makes the whole scratch available again (earlier slices are reused).
+func (s *Scratch) Reset() { s.off = 0 }
+
 // Close unmaps the scratch; slices from it become invalid.
 func (s *Scratch) Close() error {
 	if s.data == nil {

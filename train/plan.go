@@ -79,6 +79,10 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, dataBytes int64, limit i
 			r.OptimizerBytes, r.OptimizerDiskBytes = total, largest
 		}
 	}
+	r.Spillable = func(b int) (int64, int64) {
+		one := 4 * int64(b*T*c.Dim)
+		return int64(c.Layers) * one, one
+	}
 	if cfg.GradCheckpoint { // asked for: start from checkpointing
 		r.Activations = func(b int, _ bool) int64 { return c.ActivationBytes(b, T, true) }
 	}

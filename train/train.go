@@ -18,6 +18,7 @@ import (
 	"github.com/qtune/qtune/checkpoint"
 	"github.com/qtune/qtune/data"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/offload"
 	"github.com/qtune/qtune/optim"
 )
 
@@ -223,6 +224,15 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		if meth, err = newMethod(m, cfg); err != nil { // same seed: same initial state
 			return nil, err
 		}
+	}
+	if plan.SpillActivations {
+		sp, err := offload.NewScratch(cfg.CacheDir, 4*int64(m.Config.Layers*cfg.BatchSize*cfg.MaxSeqLength*m.Config.Dim)+int64(64*m.Config.Layers)+4096)
+		if err != nil {
+			return nil, err
+		}
+		defer sp.Close()
+		m.Spill = sp
+		log("checkpointed activations spill to a scratch file under " + cfg.CacheDir)
 	}
 	if plan.OptimizerOnDisk {
 		if err := meth.(optimizerOnDisk).MoveOptimizerToDisk(cfg.CacheDir); err != nil {
