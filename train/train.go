@@ -241,6 +241,16 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		log("optimizer state on disk: moments in a scratch file under " + cfg.CacheDir)
 	}
 	ApplyPlan(m, plan)
+	// The method's state and the tokens are booked against the budget for
+	// the whole run (their allocation is done or happens at the first step).
+	for _, it := range plan.Items {
+		switch it.Category {
+		case budget.Trainable, budget.OptimizerState, budget.TokenCache:
+			if err := m.Acct.Reserve(it.Category, -1, it.Bytes); err != nil {
+				return nil, err
+			}
+		}
+	}
 	sched := optim.Schedule{Kind: cfg.LRSchedule, Peak: cfg.LearningRate, Min: cfg.MinLR, Warmup: cfg.Warmup, Total: cfg.Iters}
 	if err := sched.Validate(); err != nil {
 		return nil, err
