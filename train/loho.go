@@ -35,6 +35,7 @@ type lohoMethod struct {
 	opt   optim.Optimizer
 	zo    *mezo.SPSA // nil when the zeroth-order set is empty
 	sp    []*loho.Sparse
+	est   int64 // inter: the plan's estimate for foN
 	foVal int64 // first-order values
 	nnzIx int64 // CSR index bytes of the sparse deltas
 }
@@ -119,6 +120,7 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 			return nil, err
 		}
 		h.first = L - h.foN
+		h.est = lohoPlan(m, cfg, set, adapted).Bytes(h.foN)
 		h.ad = set.ByPos
 		for _, l := range set.Layers {
 			if layerOf(l.Target) >= h.first {
@@ -197,8 +199,8 @@ func (h *lohoMethod) Describe() string {
 			h.opt.Name(), clip, every, 100*c.FORatio, len(h.sp), h.foVal, float64(h.nnzIx)/(1<<20), h.first, zo, c.Rank)
 	}
 	L := h.m.Config.Layers
-	s := fmt.Sprintf("loho-inter: FO (%s%s, scheduled lr%s) on the LoRA factors of blocks %d..%d (N=%d of %d, %s): %d values with gradients and optimizer state, activations of those %d blocks only (backprop stops at block %d); %s on the blocks below",
-		h.opt.Name(), clip, every, h.first, L-1, h.foN, L, h.why, h.foVal, h.foN, h.first, zo)
+	s := fmt.Sprintf("loho-inter: FO (%s%s, scheduled lr%s) on the LoRA factors of blocks %d..%d (N=%d of %d, %s): %d values with gradients and optimizer state, activations of those %d blocks only (backprop stops at block %d); %s on the blocks below; LoHO memory estimate %.1f MiB",
+		h.opt.Name(), clip, every, h.first, L-1, h.foN, L, h.why, h.foVal, h.foN, h.first, zo, float64(h.est)/(1<<20))
 	if h.foN > 0 && h.zo == nil {
 		s += " (none: first-order only)"
 	}

@@ -1,0 +1,80 @@
+package mezo
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+
+	"github.com/qtune/qtune/format/safetensors"
+)
+
+// WriteTensors writes ts as an F32 safetensors file (names and shapes as
+// given, metadata in the header), atomically: a temporary file renamed.
+func WriteTensors(path string, ts []Tensor, meta map[string]string) error {
+	st := make([]safetensors.Tensor, len(ts))
+	for i, t := range ts {
+		shape := []int64{int64(len(t.Data))}
+		if t.Shape != nil {
+			shape = shape[:0]
+			for _, d := range t.Shape {
+				shape = append(shape, int64(d))
+			}
+		}
+		b := make([]byte, 4*len(t.Data))
+		for j, v := range t.Data {
+			binary.LittleEndian.PutUint32(b[4*j:], math.Float32bits(v))
+		}
+		st[i] = safetensors.Tensor{Name: t.Name, DType: "F32", Shape: shape, Data: b}
+	}
+	var buf bytes.Buffer
+	if err := safetensors.Write(&buf, st, meta); err != nil {
+		return fmt.Errorf("mezo: %s: %w", path, err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("mezo: %w", err)
+	}
+	_, err = tmp.Write(buf.Bytes())
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("mezo: %w", err)
+	}
+	return nil
+}
+
+// ReadTensors reads a file written by WriteTensors (F32 tensors only).
+func ReadTensors(path string) ([]Tensor, map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mezo: %w", err)
+	}
+	f, err := safetensors.Parse(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mezo: %s: %w", path, err)
+	}
+	ts := make([]Tensor, 0, len(f.Tensors))
+	for _, t := range f.Tensors {
+		if t.DType != "F32" {
+			return nil, nil, fmt.Errorf("mezo: %s: tensor %q is %s, want F32", path, t.Name, t.DType)
+		}
+		v := make([]float32, len(t.Data)/4)
+		for j := range v {
+			v[j] = math.Float32frombits(binary.LittleEndian.Uint32(t.Data[4*j:]))
+		}
+		shape := make([]int, len(t.Shape))
+		for j, d := range t.Shape {
+			shape[j] = int(d)
+		}
+		ts = append(ts, Tensor{Name: t.Name, Data: v, Shape: shape})
+	}
+	return ts, f.Metadata, nil
+}

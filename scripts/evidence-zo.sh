@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Evidence for the zeroth-order and hybrid methods (issue 6): stories260K with
+# NF4 and Q8_0 bases on SST-2 (MeZO's prompt "<sentence> It was" with
+# " terrible" / " great"; 1,000 training examples; accuracy on the 872 dev
+# examples in test.jsonl, summed log-likelihood of each candidate), for
+# zero-shot, LoRA (first order), MeZO, LoHO-inter and LoHO-intra, with steps,
+# wall time and peak resident memory (/usr/bin/time %M). Hyper-parameters were
+# chosen on valid.jsonl (500 examples), never on test.jsonl.
+# Then the memory check: MeZO's peak RSS next to `qtune eval` with the same
+# model and sequence length, on stories260K and on the synthetic 15M Q4_0.
+#
+#   scripts/evidence-zo.sh            # QTUNE=bin/qtune SHARED=../shared OUT=out/evidence-zo ITERS=500
+set -euo pipefail
+S=${SHARED:-../shared}
+Q=${QTUNE:-bin/qtune}
+M=$S/assets/models/stories260K.gguf
+D=$S/assets/data/sst2
+O=${OUT:-out/evidence-zo}
+ITERS=${ITERS:-500}
+mkdir -p "$O"
+$Q --quiet quantize "$M" "$O/stories-q8_0.gguf" --type q8_0 >/dev/null
+$Q --quiet quantize "$M" "$O/stories-nf4.gguf" --type nf4 >/dev/null
+COMMON="--data $D --iters $ITERS --batch-size 8 --max-seq-length 128 --steps-per-report 100 --steps-per-eval 0 --seed 1 --cache-dir $O/cache"
+acc() { sed -E 's/.*"accuracy":([0-9.]+).*/\1/'; }
+# name | flags (LoRA rank 8, alpha 16, all seven modules in every method)
+METHODS=(
+  "lora|--method lora --learning-rate 3e-3"
+  "mezo|--method mezo --zo-target lora --zo-learning-rate 1e-4 --epsilon 1e-2"
+  "loho-inter|--method loho-inter --fo-layers auto --learning-rate 3e-3 --zo-learning-rate 1e-4 --epsilon 1e-2"
+  "loho-intra|--method loho-intra --fo-ratio 0.5 --learning-rate 1e-3 --zo-learning-rate 1e-4 --epsilon 1e-2"
+)
+{
+printf '| base | method | SST-2 dev accuracy (872) | steps | wall | peak RSS |\n|---|---|---|---|---|---|\n'
+for base in nf4 q8_0; do
+  B="$O/stories-$base.gguf"
+  a0=$($Q --quiet eval --model "$B" --data "$D/test.jsonl" --json | acc)
+  rss0=$( { /usr/bin/time -f '%M' $Q --quiet eval --model "$B" --data "$D/test.jsonl" >/dev/null; } 2>&1 | tail -n 1)
+  printf '| %s | zero-shot | %s | 0 | - | %.1f MB (eval) |\n' "$base" "$a0" "$(echo "$rss0/1024" | bc -l)"
+  for entry in "${METHODS[@]}"; do
+    name=${entry%%|*}; flags=${entry#*|}
+    dir="$O/$name-$base"
+    start=$(date +%s.%N)
+    /usr/bin/time -f '%M' $Q train --model "$B" $COMMON $flags --adapter-path "$dir" >/dev/null 2>"$dir.log"
+    wall=$(echo "$(date +%s.%N) - $start" | bc)
+    rss=$(tail -n 1 "$dir.log")
+    a1=$($Q --quiet eval --model "$B" --adapter "$dir" --data "$D/test.jsonl" --json | acc)
+    printf '| %s | %s | %s | %d | %.0f s | %.1f MB |\n' "$base" "$name" "$a1" "$ITERS" "$wall" "$(echo "$rss/1024" | bc -l)"
+  done
+done
+echo
+echo "Memory: MeZO (LoRA, batch 1 x 256 tokens, 5 steps) next to qtune eval (256-token windows, 20 records)"
+printf '| model | eval peak RSS | mezo peak RSS | ratio |\n|---|---|---|---|\n'
+go run ./internal/cmd/synthgen -preset 15M -type q4_0 -out "$O/synth15m-q4_0.gguf" >/dev/null
+T=$S/assets/data/tinyshakespeare
+for mm in "$O/stories-nf4.gguf" "$O/synth15m-q4_0.gguf"; do
+  e=$( { /usr/bin/time -f '%M' $Q --quiet eval --model "$mm" --data "$T/valid.jsonl" --max-seq-length 256 --limit 20 >/dev/null; } 2>&1 | tail -n 1)
+  z=$( { /usr/bin/time -f '%M' $Q --quiet train --model "$mm" --data "$T" --method mezo --iters 5 --batch-size 1 --max-seq-length 256 \
+        --steps-per-eval 0 --steps-per-report 5 --cache-dir "$O/cache" --adapter-path "$O/mem-mezo" >/dev/null; } 2>&1 | tail -n 1)
+  printf '| %s | %.1f MB | %.1f MB | %.2f |\n' "$(basename "$mm")" "$(echo "$e/1024" | bc -l)" "$(echo "$z/1024" | bc -l)" "$(echo "$z/$e" | bc -l)"
+done
+} | tee "$O/table.md"
