@@ -120,7 +120,7 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 			return nil, err
 		}
 		h.first = L - h.foN
-		h.est = lohoPlan(m, cfg, set, adapted).Bytes(h.foN)
+		h.est = lohoPlan(m, cfg, set, adapted, 0).Bytes(h.foN)
 		h.ad = set.ByPos
 		for _, l := range set.Layers {
 			if layerOf(l.Target) >= h.first {
@@ -159,7 +159,7 @@ func foLayers(m *model.Model, cfg Config, set *lora.Set, adapted int) (int, stri
 	if err != nil {
 		return 0, "", fmt.Errorf("train: loho: --max-mem: %w", err)
 	}
-	p := lohoPlan(m, cfg, set, adapted)
+	p := lohoPlan(m, cfg, set, adapted, limit)
 	n, err := p.MaxFO(limit)
 	if err != nil {
 		return 0, "", err
@@ -169,11 +169,24 @@ func foLayers(m *model.Model, cfg Config, set *lora.Set, adapted int) (int, stri
 }
 
 // lohoPlan is the inter-layer memory model for this run.
-func lohoPlan(m *model.Model, cfg Config, set *lora.Set, adapted int) loho.Plan {
+func lohoPlan(m *model.Model, cfg Config, set *lora.Set, adapted int, limit int64) loho.Plan {
 	per := set.Params() / int64(max(adapted, 1)) // LoRA values per adapted block
 	opt := newOptimizer(cfg)
 	fo := 8*per + opt.StateBytes(per) // values, gradients, moments
-	return loho.PlanFor(m.Config, m.WeightBytes(), cfg.BatchSize, cfg.MaxSeqLength, cfg.GradCheckpoint, fo, 4*per)
+	p := loho.PlanFor(m.Config, m.WeightBytes(), cfg.BatchSize, cfg.MaxSeqLength, cfg.GradCheckpoint, fo, 4*per)
+	// The same runtime and data terms as the run's own plan (PlanTrain).
+	p.Runtime = runtimeBytes(m) + 5*FileSize(cfg.Data) + 4<<20
+	if limit > 0 && limit < m.WeightBytes() { // the run will stream the blocks
+		var biggest int64
+		for _, b := range m.LayerBytes() {
+			biggest = max(biggest, b)
+		}
+		p.Weights = m.OutputBytes() + biggest + min(m.EmbedBytes(), 1<<20)
+		if m.Config.Tied {
+			p.Weights += m.EmbedBytes()
+		}
+	}
+	return p
 }
 
 func (h *lohoMethod) zoValues() int64 {

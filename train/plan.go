@@ -83,8 +83,18 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, dataBytes int64, limit i
 		one := 4 * int64(b*T*c.Dim)
 		return int64(c.Layers) * one, one
 	}
+	// Methods that do not back-propagate through every block (MeZO, LoHO)
+	// say what one step of theirs keeps.
+	if sa, ok := meth.(interface {
+		StepActivations(B, T int, ckpt bool) int64
+		StepWorkspace(B, T int) int64
+	}); ok {
+		r.Activations = func(b int, ckpt bool) int64 { return sa.StepActivations(b, T, ckpt) }
+		r.Workspace = func(b int) int64 { return sa.StepWorkspace(b, T) }
+	}
 	if cfg.GradCheckpoint { // asked for: start from checkpointing
-		r.Activations = func(b int, _ bool) int64 { return c.ActivationBytes(b, T, true) }
+		act := r.Activations
+		r.Activations = func(b int, _ bool) int64 { return act(b, true) }
 	}
 	return budget.Make(r)
 }

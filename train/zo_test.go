@@ -169,7 +169,7 @@ func TestLoHOAutoLayers(t *testing.T) {
 	if h := meth.(*lohoMethod); h.foN != L-1 || h.first != 1 || h.zo == nil {
 		t.Fatalf("auto without budget: N=%d first=%d", h.foN, h.first)
 	}
-	p := lohoPlan(m, cfg, meth.(*lohoMethod).set, L)
+	p := lohoPlan(m, cfg, meth.(*lohoMethod).set, L, 0)
 	cfg.MaxMem = strconv.FormatInt(p.Bytes(2)+1, 10)
 	meth, err = newMethod(m, cfg)
 	if err != nil {

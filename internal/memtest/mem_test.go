@@ -108,6 +108,11 @@ func jobs(t *testing.T, modelPath string) []job {
 		{"eval", []string{"eval", "--model", modelPath, "--data", small, "--max-seq-length", "64"}},
 		{"train-lora", trainArgs(modelPath, data, "lora", "--iters", "1")},
 		{"train-loreml", trainArgs(modelPath, data, "loreml", "--iters", "2", "--stage1-iters", "1")},
+		{"train-mezo", trainArgs(modelPath, data, "mezo", "--iters", "2")},
+		{"train-loho", trainArgs(modelPath, data, "loho", "--iters", "1")},
+		// 1% of each matrix first-order: a sparse delta costs ~20 bytes per
+		// entry (value, gradient, moments, index) against 0.56 for a Q4_0 weight.
+		{"train-loho-intra", trainArgs(modelPath, data, "loho-intra", "--iters", "1", "--fo-ratio", "0.01")},
 	}
 }
 
