@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"sort"
 	"unicode/utf8"
 
@@ -305,6 +307,32 @@ func Write(w io.Writer, tensors []Tensor, metadata map[string]string) error {
 		if _, err := w.Write(t.Data); err != nil {
 			return fmt.Errorf("safetensors: write: tensor %q: %w", t.Name, err)
 		}
+	}
+	return nil
+}
+
+// WriteFile writes a safetensors file atomically: to a temporary file in the
+// same folder, then renamed over path, so a failure leaves any previous file
+// intact.
+func WriteFile(path string, tensors []Tensor, metadata map[string]string) error {
+	var buf bytes.Buffer
+	if err := Write(&buf, tensors, metadata); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("safetensors: %w", err)
+	}
+	_, err = tmp.Write(buf.Bytes())
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("safetensors: %w", err)
 	}
 	return nil
 }

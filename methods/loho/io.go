@@ -1,12 +1,10 @@
 package loho
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/qtune/qtune/format/safetensors"
@@ -41,23 +39,7 @@ func WriteSparse(path string, ds []*Sparse, meta map[string]string) error {
 			safetensors.Tensor{Name: s.Target + ".indices", DType: "I32", Shape: []int64{int64(len(idx))}, Data: i32Bytes(idx)},
 			safetensors.Tensor{Name: s.Target + ".values", DType: "F32", Shape: []int64{int64(len(s.Val))}, Data: f32Bytes(s.Val)})
 	}
-	var buf bytes.Buffer
-	if err := safetensors.Write(&buf, ts, md); err != nil {
-		return fmt.Errorf("loho: %s: %w", path, err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("loho: %w", err)
-	}
-	_, err = tmp.Write(buf.Bytes())
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	if err := safetensors.WriteFile(path, ts, md); err != nil {
 		return fmt.Errorf("loho: %w", err)
 	}
 	return nil

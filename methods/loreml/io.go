@@ -147,20 +147,7 @@ func (s *Set) Save(dir string, m *model.Model, baseName string) error {
 	meta := map[string]string{"format": fileFormat, "version": "1", "warm_start": fl(s.Config.WarmStart),
 		"rank": strconv.Itoa(s.Config.Rank), "alpha": fl(s.Config.Alpha), "keep_ratio": fl(s.Config.KeepRatio),
 		"row_order": "gguf", "base_model": baseName}
-	tmp := filepath.Join(dir, FileName+".tmp")
-	f, err := os.Create(tmp)
-	if err != nil {
-		return fmt.Errorf("loreml: %w", err)
-	}
-	err = safetensors.Write(f, ts, meta)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, FileName))
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := safetensors.WriteFile(filepath.Join(dir, FileName), ts, meta); err != nil {
 		return fmt.Errorf("loreml: %w", err)
 	}
 	return nil

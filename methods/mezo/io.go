@@ -1,12 +1,10 @@
 package mezo
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 
 	"github.com/qtune/qtune/format/safetensors"
 )
@@ -29,23 +27,7 @@ func WriteTensors(path string, ts []Tensor, meta map[string]string) error {
 		}
 		st[i] = safetensors.Tensor{Name: t.Name, DType: "F32", Shape: shape, Data: b}
 	}
-	var buf bytes.Buffer
-	if err := safetensors.Write(&buf, st, meta); err != nil {
-		return fmt.Errorf("mezo: %s: %w", path, err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("mezo: %w", err)
-	}
-	_, err = tmp.Write(buf.Bytes())
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	if err := safetensors.WriteFile(path, st, meta); err != nil {
 		return fmt.Errorf("mezo: %w", err)
 	}
 	return nil
