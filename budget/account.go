@@ -72,6 +72,17 @@ func (a *Accountant) Reserve(cat Category, layer int, n int64) error {
 	return nil
 }
 
+// SetLimit changes the limit (for example once a plan has decided how much
+// of the budget the heap may use). Reservations already made stay.
+func (a *Accountant) SetLimit(limit int64) {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	a.limit = limit
+	a.mu.Unlock()
+}
+
 // Release returns n bytes of cat.
 func (a *Accountant) Release(cat Category, layer int, n int64) {
 	if a == nil || n <= 0 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/data"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/nn"
@@ -53,6 +54,10 @@ func EvalLM(ctx context.Context, m *model.Model, recs []data.Record, kind data.K
 	}
 	W := o.window(m)
 	st := m.NewState(W)
+	if err := m.Acct.Reserve(budget.Workspace, -1, 4*int64(W*m.Config.Vocab)); err != nil {
+		return LMResult{}, err
+	}
+	defer m.Acct.Release(budget.Workspace, -1, 4*int64(W*m.Config.Vocab))
 	logits := make([]float32, W*m.Config.Vocab)
 	var nll float64
 	var n int
@@ -155,6 +160,10 @@ func ChoiceScores(m *model.Model, st *model.State, r data.Record) ([]float64, er
 		return nil, err
 	}
 	scores := make([]float64, len(r.Choices))
+	if err := m.Acct.Reserve(budget.Workspace, -1, 4*int64(maxLen*V)); err != nil {
+		return nil, err
+	}
+	defer m.Acct.Release(budget.Workspace, -1, 4*int64(maxLen*V))
 	logits := make([]float32, maxLen*V)
 	for i, f := range full {
 		st.Pos = lcp

@@ -117,7 +117,11 @@ func ApplyPlan(m *model.Model, p *budget.Plan) {
 	}
 	soft := (p.Peak - nonHeap) * 11 / 10
 	if p.Budget > 0 && p.HeapLimit > 0 {
-		m.Acct = budget.NewAccountant(p.HeapLimit)
+		if m.Acct == nil {
+			m.Acct = budget.NewAccountant(p.HeapLimit)
+		} else {
+			m.Acct.SetLimit(p.HeapLimit)
+		}
 		soft = min(soft, p.HeapLimit)
 	}
 	debug.SetMemoryLimit(soft)

@@ -17,6 +17,7 @@ import (
 	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/checkpoint"
 	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/offload"
 	"github.com/qtune/qtune/optim"
@@ -203,6 +204,16 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 			return nil, err
 		}
 	}
+	// The accountant exists before anything large is allocated: the
+	// method's tensors are booked (from their shapes) before it is built,
+	// and the limit tightens to the plan's heap share once there is a plan.
+	if limit > 0 {
+		m.Acct = budget.NewAccountant(limit - runtimeBytes(m))
+	}
+	pre := 8 * loraValues(m, cfg) // adapter values and their gradients
+	if err := m.Acct.Reserve(budget.Trainable, -1, pre); err != nil {
+		return nil, fmt.Errorf("train: the trainable tensors alone exceed --max-mem: %w", err)
+	}
 	meth, err := newMethod(m, cfg)
 	if err != nil {
 		return nil, err
@@ -241,8 +252,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		log("optimizer state on disk: moments in a scratch file under " + cfg.CacheDir)
 	}
 	ApplyPlan(m, plan)
-	// The method's state and the tokens are booked against the budget for
-	// the whole run (their allocation is done or happens at the first step).
+	// The method's state as planned (optimizer moments come at the first
+	// step) and the token cache (built next) replace the early estimate.
+	m.Acct.Release(budget.Trainable, -1, pre)
 	for _, it := range plan.Items {
 		switch it.Category {
 		case budget.Trainable, budget.OptimizerState, budget.TokenCache:
@@ -444,4 +456,25 @@ func loadState(path string, meth Method) (runMeta, error) {
 		return meta, fmt.Errorf("train: %s: %w", path, err)
 	}
 	return meta, nil
+}
+
+// loraValues counts the adapter values a LoRA-family method allocates when
+// it is built (A and B on every adapted matrix), from the shapes alone.
+func loraValues(m *model.Model, cfg Config) int64 {
+	targets, err := lora.ParseTargets(cfg.Targets)
+	if err != nil {
+		return 0
+	}
+	first := 0
+	if cfg.NumLayers > 0 && cfg.NumLayers < m.Config.Layers {
+		first = m.Config.Layers - cfg.NumLayers
+	}
+	var n int64
+	for l := first; l < m.Config.Layers; l++ {
+		for _, t := range targets {
+			w := m.Layers[l].Matrix(t)
+			n += int64(cfg.Rank) * int64(w.Rows+w.Cols)
+		}
+	}
+	return n
 }
