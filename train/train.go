@@ -21,6 +21,7 @@ import (
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/offload"
 	"github.com/qtune/qtune/optim"
+	"github.com/qtune/qtune/quant"
 )
 
 // Config is a training run. Field names follow MLX-LM's flags where one
@@ -211,6 +212,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		m.Acct = budget.NewAccountant(limit - runtimeBytes(m))
 	}
 	pre := 8 * loraValues(m, cfg) // adapter values and their gradients
+	if cfg.Method == "mezo" && cfg.ZOTarget == "float" {
+		pre += floatMatrixBytes(m) // writable float32 copies of float matrices
+	}
 	if err := m.Acct.Reserve(budget.Trainable, -1, pre); err != nil {
 		return nil, fmt.Errorf("train: the trainable tensors alone exceed --max-mem: %w", err)
 	}
@@ -474,6 +478,21 @@ func loraValues(m *model.Model, cfg Config) int64 {
 		for _, t := range targets {
 			w := m.Layers[l].Matrix(t)
 			n += int64(cfg.Rank) * int64(w.Rows+w.Cols)
+		}
+	}
+	return n
+}
+
+// floatMatrixBytes is the size of float32 copies of the model's float
+// (F32/F16/BF16) matrices, which MeZO's float target trains.
+func floatMatrixBytes(m *model.Model) int64 {
+	var n int64
+	for _, t := range m.Tensors {
+		switch t.Type {
+		case quant.F32, quant.F16, quant.BF16:
+			if len(t.Shape) == 2 {
+				n += 4 * t.Elems()
+			}
 		}
 	}
 	return n
