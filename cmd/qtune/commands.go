@@ -193,6 +193,16 @@ func (a *app) eval(ctx context.Context, args []string) error {
 	if *maxSeq < 0 || *limit < 0 {
 		return usageErr("--max-seq-length and --limit must be ≥ 0")
 	}
+	memLimit, err := a.budget(*maxMem)
+	if err != nil {
+		return err
+	}
+	// The records are booked before they are read (the plan, made once the
+	// model is open, then narrows the accountant to the heap's share).
+	acct := budget.NewAccountant(memLimit)
+	if err := acct.Reserve(budget.TokenCache, -1, 3*train.FileSize(*dp)); err != nil {
+		return err
+	}
 	recs, kind, err := data.Load(*dp)
 	if err != nil {
 		return err
@@ -205,10 +215,7 @@ func (a *app) eval(ctx context.Context, args []string) error {
 		return err
 	}
 	defer m.Close()
-	memLimit, err := a.budget(*maxMem)
-	if err != nil {
-		return err
-	}
+	m.Acct = acct
 	opt := train.EvalOptions{MaxSeqLen: *maxSeq}
 	plan, err := train.PlanEval(m, opt.Window(m), train.FileSize(*dp), memLimit)
 	if err != nil && *maxSeq == 0 { // a shorter scoring window is the eval's own knob
