@@ -69,9 +69,10 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, dataBytes int64, limit i
 		Workspace:   func(b int) int64 { return c.StepWorkspaceBytes(b, T, true) },
 		Fixed: []budget.Item{
 			{Category: budget.Trainable, Bytes: meth.StateBytes(), Note: meth.Describe()},
+			{Category: budget.Gradients}, // split off the method's state below
 			{Category: budget.TokenCache, Bytes: 5 * dataBytes, Note: "records and their tokens"}}}
 	weightRequest(m, &r, dataBytes/2)
-	r.HeapFloor = 4 << 20 // training makes garbage enough to reach it
+	r.HeapFloor = 6 << 20 // training makes garbage enough to reach it (Go keeps a 4 MiB goal plus its own spans)
 	if od, ok := meth.(optimizerOnDisk); ok {
 		total, largest := od.OptimizerBytes()
 		if total > 0 {
@@ -79,6 +80,12 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, dataBytes int64, limit i
 			r.OptimizerBytes, r.OptimizerDiskBytes = total, largest
 		}
 	}
+	// Of the rest, the parameters themselves are 4 bytes per trainable
+	// value; what is left (first-order methods) is their gradients.
+	params := min(4*meth.Trainable(), r.Fixed[0].Bytes)
+	r.Fixed[1].Bytes = r.Fixed[0].Bytes - params
+	r.Fixed[1].Note = "of the trainable parameters (none for zeroth-order updates)"
+	r.Fixed[0].Bytes = params
 	r.Spillable = func(b int) (int64, int64) {
 		one := 4 * int64(b*T*c.Dim)
 		return int64(c.Layers) * one, one

@@ -140,9 +140,7 @@ func check(t *testing.T, modelPath string, limit int64, only ...string) {
 			continue
 		}
 		off := float64(peak-want) / float64(want)
-		// Within 15%, or within 3 MiB for runs whose whole footprint is a
-		// few MiB (the Go runtime's own floor dominates there).
-		close := off <= 0.15 && off >= -0.15 || peak-want < 3<<20 && want-peak < 3<<20
+		close := off <= 0.15 && off >= -0.15
 		t.Logf("%-22s %-10s budget %-9s planned %-9s measured %-9s (%+.0f%%)", filepath.Base(modelPath), j.name,
 			budget.FormatSize(limit), budget.FormatSize(want), budget.FormatSize(peak), 100*off)
 		if peak > limit {
