@@ -107,6 +107,7 @@ func (m *Model) Generate(ctx context.Context, prompt []int, o GenerateOptions) (
 		return nil, fmt.Errorf("model: prompt of %d tokens exceeds the context of %d", len(prompt), m.Config.Context)
 	}
 	s := m.NewState(maxLen)
+	defer s.Free()
 	logits := make([]float32, m.Config.Vocab)
 	if err := m.Forward(s, prompt, logits, false); err != nil {
 		return nil, err

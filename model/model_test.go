@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/internal/shared"
 	"github.com/qtune/qtune/quant"
 )
@@ -225,5 +226,31 @@ func TestForwardRejectsBadTokens(t *testing.T) {
 	}
 	if err := m.Forward(s, []int{1, 2, 3, 4, 5}, out, false); err == nil {
 		t.Fatal("5 tokens accepted by a state of 4")
+	}
+}
+
+// TestStateReservations: a state books its KV cache with the accountant and
+// gives it back on Free; Generate frees its own.
+func TestStateReservations(t *testing.T) {
+	m := openStories(t)
+	m.Acct = budget.NewAccountant(0)
+	defer func() { m.Acct = nil }()
+	s := m.NewState(64)
+	if got, want := m.Acct.Used(), m.Config.KVBytes(64); got != want {
+		t.Fatalf("reserved %d, want the KV cache's %d", got, want)
+	}
+	s.Free()
+	if m.Acct.Used() != 0 {
+		t.Fatalf("%d bytes still reserved after Free", m.Acct.Used())
+	}
+	if _, err := m.Generate(context.Background(), []int{1, 403}, GenerateOptions{MaxTokens: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if m.Acct.Used() != 0 || m.Acct.Peak() == 0 {
+		t.Fatalf("after Generate: used %d, peak %d", m.Acct.Used(), m.Acct.Peak())
+	}
+	m.Acct = budget.NewAccountant(1 << 10) // far too small for any cache
+	if err := m.Forward(m.NewState(64), []int{1}, make([]float32, m.Config.Vocab), false); err == nil {
+		t.Fatal("a state over the budget was usable")
 	}
 }

@@ -54,6 +54,7 @@ func EvalLM(ctx context.Context, m *model.Model, recs []data.Record, kind data.K
 	}
 	W := o.window(m)
 	st := m.NewState(W)
+	defer st.Free()
 	if err := m.Acct.Reserve(budget.Workspace, -1, 4*int64(W*m.Config.Vocab)); err != nil {
 		return LMResult{}, err
 	}
@@ -185,6 +186,7 @@ func ChoiceScores(m *model.Model, st *model.State, r data.Record) ([]float64, er
 // summed log-likelihood.
 func EvalClassify(ctx context.Context, m *model.Model, recs []data.Record, o EvalOptions) (ClassResult, error) {
 	st := m.NewState(o.window(m))
+	defer st.Free()
 	correct := 0
 	for i, r := range recs {
 		if err := ctx.Err(); err != nil {
