@@ -22,6 +22,9 @@ type EvalOptions struct {
 	Progress func(done, total int)
 }
 
+// EvalRows is how many positions' logits evaluation materialises at once.
+const EvalRows = 64
+
 // LMResult is the outcome of a language-modelling evaluation.
 type LMResult struct {
 	Loss   float64 `json:"loss"` // mean negative log-likelihood per predicted token (nats)
@@ -55,11 +58,12 @@ func EvalLM(ctx context.Context, m *model.Model, recs []data.Record, kind data.K
 	W := o.window(m)
 	st := m.NewState(W)
 	defer st.Free()
-	if err := m.Acct.Reserve(budget.Workspace, -1, 4*int64(W*m.Config.Vocab)); err != nil {
+	rows := min(W, EvalRows)
+	if err := m.Acct.Reserve(budget.Workspace, -1, 4*int64(rows*m.Config.Vocab)); err != nil {
 		return LMResult{}, err
 	}
-	defer m.Acct.Release(budget.Workspace, -1, 4*int64(W*m.Config.Vocab))
-	logits := make([]float32, W*m.Config.Vocab)
+	defer m.Acct.Release(budget.Workspace, -1, 4*int64(rows*m.Config.Vocab))
+	logits := make([]float32, rows*m.Config.Vocab)
 	var nll float64
 	var n int
 	for ri, r := range recs {
@@ -95,25 +99,32 @@ func EvalLM(ctx context.Context, m *model.Model, recs []data.Record, kind data.K
 // their prefixes, and how many tokens that is. Sequences longer than the
 // state are scored in windows of st.MaxLen() tokens overlapping by one, so
 // every token is predicted once, with the context of its own window. logits
-// is scratch of at least st.MaxLen()·V floats.
+// is scratch of at least V floats; each window goes through the model in
+// chunks of len(logits)/V positions.
 func TokenNLL(m *model.Model, st *model.State, logits []float32, ids []int, first int) (float64, int, error) {
 	W, V := st.MaxLen(), m.Config.Vocab
 	if W < 2 {
 		return 0, 0, errors.New("train: window shorter than 2 tokens")
 	}
+	// A window is fed through the KV cache in chunks of as many positions
+	// as logits holds rows, so the (positions, V) logits never exceed it.
+	rows := max(1, min(len(logits)/V, W))
 	var nll float64
 	var n int
 	for start := 0; start+1 < len(ids); start += W - 1 {
 		end := min(start+W, len(ids))
 		if end > first {
 			st.Reset()
-			if err := m.Forward(st, ids[start:end], logits, true); err != nil {
-				return 0, 0, err
-			}
-			for t := max(start, first-1); t+1 < end; t++ {
-				row := logits[(t-start)*V : (t-start+1)*V]
-				nll += nn.LogSumExp(row) - float64(row[ids[t+1]])
-				n++
+			for c0 := start; c0 < end; c0 += rows {
+				c1 := min(c0+rows, end)
+				if err := m.Forward(st, ids[c0:c1], logits, true); err != nil {
+					return 0, 0, err
+				}
+				for t := max(c0, first-1); t < c1 && t+1 < end; t++ {
+					row := logits[(t-c0)*V : (t-c0+1)*V]
+					nll += nn.LogSumExp(row) - float64(row[ids[t+1]])
+					n++
+				}
 			}
 		}
 		if end == len(ids) {

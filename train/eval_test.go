@@ -53,6 +53,19 @@ func TestTokenNLLGolden(t *testing.T) {
 	if n != 62 || math.Abs(loss-g.BaseLoss)/g.BaseLoss > 1e-5 {
 		t.Fatalf("loss %.7f over %d tokens, golden %.7f over 62", loss, n, g.BaseLoss)
 	}
+	// A window fed through the cache in chunks of 5 positions scores the
+	// same as all at once.
+	var chunked float64
+	for _, seq := range g.Batch {
+		s, _, err := TokenNLL(m, st, logits[:5*m.Config.Vocab], seq, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chunked += s
+	}
+	if math.Abs(chunked-sum)/sum > 1e-5 {
+		t.Fatalf("chunked NLL %.7f, whole %.7f", chunked, sum)
+	}
 	// Windows: scoring with a window of 9 covers every token once too.
 	small := m.NewState(9)
 	s, k, err := TokenNLL(m, small, logits, g.Batch[0], 1)

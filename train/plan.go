@@ -52,8 +52,8 @@ func PlanGenerate(m *model.Model, maxLen, promptLen int, limit int64) (*budget.P
 func PlanEval(m *model.Model, w int, dataBytes int64, limit int64) (*budget.Plan, error) {
 	c := m.Config
 	r := budget.Request{Job: "eval", Budget: limit, Batch: 1,
-		Activations: func(int, bool) int64 { return c.ForwardBytes(w) },
-		Workspace:   func(int) int64 { return int64(4 * w * c.Vocab) },
+		Activations: func(int, bool) int64 { return c.ForwardBytes(min(w, EvalRows)) },
+		Workspace:   func(int) int64 { return int64(4 * min(w, EvalRows) * c.Vocab) },
 		Fixed: []budget.Item{{Category: budget.KVCache, Bytes: c.KVBytes(w), Note: fmt.Sprintf("window of %d tokens", w)},
 			{Category: budget.TokenCache, Bytes: 3 * dataBytes, Note: "records and their tokens"}}}
 	weightRequest(m, &r, dataBytes/2)
