@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 
@@ -125,7 +126,11 @@ func (a *app) train(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(a.stdout, "trained %d iterations in %s: validation loss %.4f -> %.4f, train loss %.4f; adapters in %s\n",
-		res.Iters, res.Took.Round(1e6), res.FirstValLoss, res.FinalValLoss, res.FinalTrain, cfg.AdapterPath)
+	val := "no validation"
+	if !math.IsNaN(res.FirstValLoss) {
+		val = fmt.Sprintf("validation loss %.4f -> %.4f", res.FirstValLoss, res.FinalValLoss)
+	}
+	fmt.Fprintf(a.stdout, "trained %d iterations in %s: %s, train loss %.4f; adapters in %s\n",
+		res.Iters, res.Took.Round(1e6), val, res.FinalTrain, cfg.AdapterPath)
 	return nil
 }
