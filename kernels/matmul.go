@@ -171,10 +171,6 @@ func matMulGeneric(p *Pool, y, x []float32, M int, w Matrix) {
 			for m := 0; m < M; m++ {
 				xr := x[m*K : (m+1)*K]
 				yr := y[m*N+n0 : m*N+n0+nt]
-				if nt == 4 {
-					yr[0], yr[1], yr[2], yr[3] = dot4(xr, tile[:K], tile[K:2*K], tile[2*K:3*K], tile[3*K:4*K])
-					continue
-				}
 				for i := 0; i < nt; i++ {
 					yr[i] = Dot(xr, tile[i*K:(i+1)*K])
 				}

@@ -19,12 +19,6 @@ func Dot(a, b []float32) float32 {
 	return (s0 + s1) + (s2 + s3)
 }
 
-// dot4 returns Dot(x, w0..w3) with the same summation order as Dot, reading x
-// once for four weight rows.
-func dot4(x, w0, w1, w2, w3 []float32) (float32, float32, float32, float32) {
-	return Dot(x, w0), Dot(x, w1), Dot(x, w2), Dot(x, w3)
-}
-
 // Axpy computes y += a·x.
 func Axpy(y []float32, a float32, x []float32) {
 	x = x[:len(y)]

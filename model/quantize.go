@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/qtune/qtune/format/gguf"
+	"github.com/qtune/qtune/format/safetensors"
 	"github.com/qtune/qtune/quant"
 	"github.com/qtune/qtune/tensor"
 	"github.com/qtune/qtune/tokenizer"
@@ -108,7 +109,7 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 					return err
 				}
 				if heads > 0 {
-					f = permuteHFToGGUF(f, int(src.Shape[0]), heads)
+					f = safetensors.PermuteRowsF32(f, len(f)/int(src.Shape[0]), int(src.Shape[0]), heads, false)
 				}
 				out := make([]byte, size)
 				if err := quant.Quantize(tt, out, f); err != nil {
@@ -141,25 +142,6 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 		rep.RMSE = math.Sqrt(sqerr / float64(nerr))
 	}
 	return rep, nil
-}
-
-// permuteHFToGGUF reorders the rows of a Q or K matrix from Hugging Face's
-// rotate-half order to GGUF's interleaved order: within each head of D rows,
-// GGUF row 2b+a is HF row a·D/2+b.
-func permuteHFToGGUF(f []float32, cols, heads int) []float32 {
-	rows := len(f) / cols
-	D := rows / heads
-	out := make([]float32, len(f))
-	for h := 0; h < heads; h++ {
-		for b := 0; b < D/2; b++ {
-			for a := 0; a < 2; a++ {
-				dst := h*D + 2*b + a
-				src := h*D + a*(D/2) + b
-				copy(out[dst*cols:(dst+1)*cols], f[src*cols:(src+1)*cols])
-			}
-		}
-	}
-	return out
 }
 
 // metadata returns the GGUF key-value pairs describing the model: the source

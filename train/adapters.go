@@ -2,6 +2,7 @@ package train
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 
@@ -26,19 +27,21 @@ func WriteAdapters(dir string, m *model.Model, set *lora.Set, cfg Config) error 
 // ApplyAdapter loads an adapter (PEFT folder, or GGUF adapter file or
 // folder, or a LoReML delta: a folder holding loreml_delta.safetensors, or
 // a mezo/loho output folder, see HasZOState) and makes m's Forward use it.
-func ApplyAdapter(m *model.Model, path string) error {
-	if loreml.Has(path) {
-		_, err := loreml.Load(m, path)
-		return err
-	}
-	if HasZOState(path) {
-		_, err := ApplyZOState(m, path)
-		return err
+func ApplyAdapter(m *model.Model, path string) (applied string, err error) {
+	switch {
+	case loreml.Has(path):
+		set, err := loreml.Load(m, path)
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("loreml delta: %d matrices, %d kept entries, %d norm values", len(set.Matrices), set.Kept(), set.NormValues()), nil
+	case HasZOState(path):
+		return ApplyZOState(m, path)
 	}
 	set, err := lora.Load(m, path)
 	if err != nil {
-		return err
+		return "", err
 	}
 	m.Adapters = set.ByPos
-	return nil
+	return fmt.Sprintf("lora: %d matrices, rank %d", len(set.Layers), set.Config.Rank), nil
 }

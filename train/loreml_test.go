@@ -105,7 +105,7 @@ func TestLoReMLLowersLossAndMerges(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	if err := ApplyAdapter(m, dir); err != nil {
+	if _, err := ApplyAdapter(m, dir); err != nil {
 		t.Fatal(err)
 	}
 	meth := &fixedMethod{o: model.StepOptions{Adapters: m.Adapters}}

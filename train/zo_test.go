@@ -96,7 +96,7 @@ func TestZOOutputsApply(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer m.Close()
-			if err := ApplyAdapter(m, dir); err != nil {
+			if _, err := ApplyAdapter(m, dir); err != nil {
 				t.Fatal(err)
 			}
 			meth := &applied{m: m}

@@ -10,8 +10,6 @@ import (
 
 	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/data"
-	"github.com/qtune/qtune/methods/lora"
-	"github.com/qtune/qtune/methods/loreml"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/train"
 )
@@ -25,28 +23,13 @@ func (a *app) openModel(path, tok string, adapter ...string) (*model.Model, erro
 	if err != nil {
 		return nil, err
 	}
-	if len(adapter) > 0 && adapter[0] != "" && loreml.Has(adapter[0]) {
-		set, err := loreml.Load(m, adapter[0])
+	if len(adapter) > 0 && adapter[0] != "" {
+		what, err := train.ApplyAdapter(m, adapter[0])
 		if err != nil {
 			m.Close()
 			return nil, err
 		}
-		a.log.Info().Str("adapter", adapter[0]).Int("matrices", len(set.Matrices)).Int64("kept", set.Kept()).Int64("norm_values", set.NormValues()).Msg("loreml delta applied")
-	} else if len(adapter) > 0 && adapter[0] != "" && train.HasZOState(adapter[0]) {
-		what, err := train.ApplyZOState(m, adapter[0])
-		if err != nil {
-			m.Close()
-			return nil, err
-		}
-		a.log.Info().Str("adapter", adapter[0]).Str("applied", what).Msg("mezo/loho output applied")
-	} else if len(adapter) > 0 && adapter[0] != "" {
-		set, err := lora.Load(m, adapter[0])
-		if err != nil {
-			m.Close()
-			return nil, err
-		}
-		m.Adapters = set.ByPos
-		a.log.Info().Str("adapter", adapter[0]).Int("matrices", len(set.Layers)).Int("rank", set.Config.Rank).Msg("adapter applied")
+		a.log.Info().Str("adapter", adapter[0]).Msg("applied " + what)
 	}
 	c := m.Config
 	a.log.Info().Str("model", path).Str("format", m.Format).Int("layers", c.Layers).Int("dim", c.Dim).

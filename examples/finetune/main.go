@@ -65,7 +65,7 @@ func main() {
 		os.Exit(1)
 	}
 	defer m.Close()
-	if err := train.ApplyAdapter(m, *out); err != nil {
+	if _, err := train.ApplyAdapter(m, *out); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}

@@ -145,26 +145,6 @@ func writeFileAtomic(path string, write func(w io.Writer) error) (err error) {
 	return nil
 }
 
-// permuteRows returns the rows of b (rows × cols, row-major) reordered per
-// head between the GGUF and HF RoPE layouts (formats.md §3.2):
-//
-//	GGUF row 2b + a  =  HF row a·(D/2) + b      a ∈ {0, 1}, b ∈ [0, D/2)
-//
-// toHF moves GGUF rows to HF rows; otherwise the inverse. heads is n_head for
-// q, n_head_kv for k.
-func permuteRows(b []float32, rows, cols, heads int, toHF bool) []float32 {
-	out := make([]float32, len(b))
-	for g := 0; g < rows; g++ {
-		h := safetensors.HFRowForGGUF(g, heads, rows)
-		if toHF {
-			copy(out[h*cols:(h+1)*cols], b[g*cols:(g+1)*cols])
-		} else {
-			copy(out[g*cols:(g+1)*cols], b[h*cols:(h+1)*cols])
-		}
-	}
-	return out
-}
-
 // checkHeads checks that rows split into heads of even size.
 func checkHeads(target string, rows, heads int, which string) error {
 	if heads <= 0 {

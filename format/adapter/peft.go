@@ -59,9 +59,9 @@ func WritePEFT(dir string, a *Adapter, heads, kvHeads int, dtype quant.Type) err
 		b := l.B
 		switch modules[p.kind].kind {
 		case "q":
-			b = permuteRows(b, l.Out, l.Rank, heads, true)
+			b = safetensors.PermuteRowsF32(b, l.Out, l.Rank, heads, true)
 		case "k":
-			b = permuteRows(b, l.Out, l.Rank, kvHeads, true)
+			b = safetensors.PermuteRowsF32(b, l.Out, l.Rank, kvHeads, true)
 		}
 		name := peftPrefix + "model.layers." + strconv.Itoa(p.layer) + "." + modules[p.kind].hf
 		ab, err := encode(dtype, l.A, l.Target+" A")
@@ -502,9 +502,9 @@ func readPEFT(cfg *peftConfig, wb []byte, heads, kvHeads int) (*Adapter, error) 
 	for _, p := range ps {
 		switch modules[p.kind].kind {
 		case "q":
-			p.l.B = permuteRows(p.l.B, p.l.Out, p.l.Rank, heads, false)
+			p.l.B = safetensors.PermuteRowsF32(p.l.B, p.l.Out, p.l.Rank, heads, false)
 		case "k":
-			p.l.B = permuteRows(p.l.B, p.l.Out, p.l.Rank, kvHeads, false)
+			p.l.B = safetensors.PermuteRowsF32(p.l.B, p.l.Out, p.l.Rank, kvHeads, false)
 		}
 	}
 	targets := cfg.targets

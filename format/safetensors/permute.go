@@ -77,3 +77,23 @@ func PermuteRowsGGUFToHF(dst, src []byte, rows, rowBytes, heads int) error {
 	}
 	return nil
 }
+
+// PermuteRowsF32 returns the rows of b (rows × cols float32, row-major)
+// reordered per head between the GGUF and HF RoPE layouts (formats.md §3.2):
+//
+//	GGUF row 2b + a  =  HF row a·(D/2) + b      a ∈ {0, 1}, b ∈ [0, D/2)
+//
+// toHF moves GGUF rows to HF rows; otherwise the inverse. heads is n_head for
+// q, n_head_kv for k; rows must split into heads of even size.
+func PermuteRowsF32(b []float32, rows, cols, heads int, toHF bool) []float32 {
+	out := make([]float32, len(b))
+	for g := 0; g < rows; g++ {
+		h := HFRowForGGUF(g, heads, rows)
+		if toHF {
+			copy(out[h*cols:(h+1)*cols], b[g*cols:(g+1)*cols])
+		} else {
+			copy(out[g*cols:(g+1)*cols], b[h*cols:(h+1)*cols])
+		}
+	}
+	return out
+}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/qtune/qtune/format/adapter"
+	"github.com/qtune/qtune/format/safetensors"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/quant"
 )
@@ -30,28 +31,6 @@ func qkHeads(c model.Config, target string) int {
 	return 0
 }
 
-// permuteRows reorders the rows of b (rows of cols values) between HF's
-// rotate-half order and GGUF's interleaved order within each head:
-// GGUF row 2j+a holds HF row a·D/2+j. toGGUF picks the direction.
-func permuteRows(b []float32, cols, heads int, toGGUF bool) []float32 {
-	rows := len(b) / cols
-	D := rows / heads
-	out := make([]float32, len(b))
-	for h := 0; h < heads; h++ {
-		for j := 0; j < D/2; j++ {
-			for a := 0; a < 2; a++ {
-				g, f := h*D+2*j+a, h*D+a*(D/2)+j
-				src, dst := f, g
-				if !toGGUF {
-					src, dst = g, f
-				}
-				copy(out[dst*cols:(dst+1)*cols], b[src*cols:(src+1)*cols])
-			}
-		}
-	}
-	return out
-}
-
 // ToAdapter converts the set to the exchange form, with rows in GGUF order
 // (a model loaded from a Hugging Face folder keeps HF order in memory, so its
 // q/k rows are permuted here). A and B alias the set's; treat them as
@@ -64,7 +43,7 @@ func (s *Set) ToAdapter(m *model.Model, baseName string) *adapter.Adapter {
 	for _, l := range s.Layers {
 		b := l.B // shared, read-only: exporting makes no copy of the adapters
 		if h := qkHeads(m.Config, l.Target); h > 0 && m.Config.RopeNeox {
-			b = permuteRows(b, l.R, h, true)
+			b = safetensors.PermuteRowsF32(b, l.Out, l.R, h, false)
 		}
 		a.Layers = append(a.Layers, adapter.LoRA{Target: l.Target, In: l.In, Out: l.Out, Rank: l.R, A: l.A, B: b})
 	}
@@ -100,7 +79,7 @@ func FromAdapter(m *model.Model, a *adapter.Adapter) (*Set, error) {
 		}
 		b := append([]float32(nil), al.B...)
 		if h := qkHeads(m.Config, al.Target); h > 0 && m.Config.RopeNeox {
-			b = permuteRows(b, al.Rank, h, false)
+			b = safetensors.PermuteRowsF32(b, al.Out, al.Rank, h, true)
 		}
 		l := &Layer{Target: al.Target, In: al.In, Out: al.Out, R: al.Rank, Scale: scale, A: append([]float32(nil), al.A...), B: b,
 			GA: make([]float32, len(al.A)), GB: make([]float32, len(b)), pool: m.Pool()}
