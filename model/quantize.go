@@ -116,14 +116,11 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 					return fmt.Errorf("model: quantize %q: %w", src.Name, err)
 				}
 				if tt == t {
-					back := make([]float32, n)
-					if err := quant.Dequantize(tt, back, out); err != nil {
+					sq, err := squaredError(tt, out, f)
+					if err != nil {
 						return err
 					}
-					for i, v := range back {
-						d := float64(v) - float64(f[i])
-						sqerr += d * d
-					}
+					sqerr += sq
 					nerr += n
 					rep.Quantized++
 				}
@@ -244,18 +241,25 @@ func QuantError(ts []tensor.Tensor, t quant.Type) (rmse float64, elems int64, er
 		if err := quant.Quantize(t, q, f); err != nil {
 			return 0, 0, fmt.Errorf("model: %q: %w", src.Name, err)
 		}
-		back := make([]float32, n)
-		if err := quant.Dequantize(t, back, q); err != nil {
+		e, err := squaredError(t, q, f)
+		if err != nil {
 			return 0, 0, err
 		}
-		for i, v := range back {
-			d := float64(v) - float64(f[i])
-			sq += d * d
-		}
+		sq += e
 		elems += n
 	}
 	if elems == 0 {
 		return 0, 0, nil
 	}
 	return math.Sqrt(sq / float64(elems)), elems, nil
+}
+
+// squaredError decodes q (type t) and returns Σ (decoded − f)².
+func squaredError(t quant.Type, q []byte, f []float32) (float64, error) {
+	back := make([]float32, len(f))
+	if err := quant.Dequantize(t, back, q); err != nil {
+		return 0, err
+	}
+	r := quant.RMSE(back, f)
+	return r * r * float64(len(f)), nil
 }
