@@ -86,8 +86,7 @@ func TestFullGradsGolden(t *testing.T) {
 	for _, ckpt := range []bool{false, true} {
 		grads := map[string][]float32{}
 		for _, name := range fullGradNames {
-			tt := findTensor(m, name)
-			grads[name] = make([]float32, tt.Elems())
+			grads[name] = make([]float32, tensorElems(m, name))
 		}
 		sum, n, err := m.LossGrad(tokens, targets, B, T, StepOptions{WeightGrads: grads, Checkpoint: ckpt}, true, 1.0/62)
 		if err != nil {
@@ -113,18 +112,14 @@ func TestFullGradsGolden(t *testing.T) {
 	}
 }
 
-func findTensor(m *Model, name string) tensorLike {
+func tensorElems(m *Model, name string) int64 {
 	for _, t := range m.Tensors {
 		if t.Name == name {
-			return tensorLike{t.Elems()}
+			return t.Elems()
 		}
 	}
 	panic("no tensor " + name)
 }
-
-type tensorLike struct{ n int64 }
-
-func (t tensorLike) Elems() int64 { return t.n }
 
 // TestLossGradForwardOnly: without backward the summed loss equals the
 // eval path's, and FirstLayer stops gradients below it.
