@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
-
-	"github.com/qtune/qtune/quant"
 )
 
 // BenchmarkMatMul measures the dequantizing matmul Y = X·Wᵀ per type on a
@@ -36,5 +34,3 @@ func BenchmarkMatMul(b *testing.B) {
 		}
 	}
 }
-
-var _ = quant.F32
