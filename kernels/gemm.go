@@ -158,24 +158,17 @@ func packA(ap []float32, A operandA, ic, mc, pc, kc, mr int) {
 			}
 			continue
 		}
+		if A.cs == 1 { // rows of A contiguous: transpose
+			transposePanel(pan, A.a[(ic+ir)*A.rs+pc:], A.rs, kc, mm, mr)
+			continue
+		}
 		for r := 0; r < mm; r++ {
 			base := (ic+ir+r)*A.rs + pc*A.cs
-			if A.cs == 1 {
-				src := A.a[base : base+kc]
-				for k, v := range src {
-					pan[k*mr+r] = v
-				}
-			} else {
-				for k := 0; k < kc; k++ {
-					pan[k*mr+r] = A.a[base+k*A.cs]
-				}
-			}
-		}
-		for r := mm; r < mr; r++ {
 			for k := 0; k < kc; k++ {
-				pan[k*mr+r] = 0
+				pan[k*mr+r] = A.a[base+k*A.cs]
 			}
 		}
+		zeroCols(pan, kc, mm, mr)
 	}
 }
 
@@ -241,17 +234,24 @@ func packB(bufs *gemmBufs, B operandB, pc, kc, jc, nc, nr int) {
 
 // transposePanel writes pan[k*nr+j] = src[j*ld+k] for j < nn, k < kc, and
 // zeros columns nn..nr-1: nn rows of src become one packed B panel.
+//
+// Groups of 16, 8 or 4 rows go through transposeFast (in-register
+// transposes of 16×16 or 8×8 blocks); what it leaves, the rows past the last
+// group and the k past its last block, is done here.
 func transposePanel(pan, src []float32, ld, kc, nn, nr int) {
-	const kb = 16 // k strip: nn read streams, nr·kb floats written
-	for k0 := 0; k0 < kc; k0 += kb {
-		ke := min(kb, kc-k0)
-		for j := 0; j < nn; j++ {
-			s := src[j*ld+k0 : j*ld+k0+ke]
-			d := pan[k0*nr+j:]
+	for j := 0; j < nn; {
+		g, kd := transposeFast(pan[j:], src[j*ld:], ld, kc, nn-j, nr)
+		if g == 0 {
+			g = nn - j
+		}
+		for r := j; r < j+g && kd < kc; r++ {
+			s := src[r*ld+kd : r*ld+kc]
+			d := pan[kd*nr+r:]
 			for k, v := range s {
 				d[k*nr] = v
 			}
 		}
+		j += g
 	}
 	zeroCols(pan, kc, nn, nr)
 }

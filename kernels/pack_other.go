@@ -1,0 +1,6 @@
+//go:build !amd64 || noasm
+
+package kernels
+
+// transposeFast has no fast routine here: transposeRows does all the work.
+func transposeFast(pan, src []float32, ld, kc, nn, nr int) (g, kd int) { return 0, 0 }
