@@ -12,26 +12,31 @@ import (
 // (operandA, operandB) that cover the three layouts training needs and
 // quantized weights:
 //
-//	loop pc over K in kcBlock steps             (fixed: the reduction order)
-//	  loop ic over M in mcBlock rows
-//	    pack A[ic:ic+mc, pc:pc+kc] into MR-tall panels (once per worker)
-//	    loop jc over N in ncBlock columns      (each worker owns its columns)
-//	      pack B[pc:pc+kc, jc:jc+nc] into NR-wide panels (decoding W here)
+//	loop jc over N in ncBlock columns          (each worker owns its columns)
+//	  loop pc over K in kcBlock steps           (fixed: the reduction order)
+//	    pack B[pc:pc+kc, jc:jc+nc] into NR-wide panels (decoding W here)
+//	    loop ic over M in mcBlock rows
+//	      pack A[ic:ic+mc, pc:pc+kc] into MR-tall panels
 //	      for each NR panel, for each MR panel: micro-kernel → C tile
+//
+// Each element of B is packed (or decoded) once per call; A once per
+// ncBlock columns of a worker's range. Packing is copying or, for the
+// operands stored across k (Wᵀ, X in X·Wᵀ, dY in dY·W), transposing in
+// registers (transposePanel). The micro-kernel prefetches its C tile before
+// its last k steps.
 //
 // Determinism: every C element is one FMA chain over each kc block (k
 // ascending), added to C block after block in pc order; the split over
 // workers only decides who computes which tile, never the order of the sum,
 // so results are bit-identical for any number of workers.
 //
-// Memory: per worker mcBlock·kcBlock + ncBlock·kcBlock floats (≈ 0.9 MiB,
-// sized so that both blocks stay in a 1 MiB L2), pooled; a quantized W is
-// decoded one kc×nc block at a time, never whole (once per call for
-// M ≤ mcBlock, once per mcBlock rows of X above).
+// Memory: per worker mcBlock·kcBlock + ncBlock·kcBlock floats (2 MiB: the
+// A block stays in a 1 MiB L2, the B block in L3), pooled; a quantized W is
+// decoded one kc×nc block at a time, never whole, once per call.
 const (
-	kcBlock = 256 // a multiple of every block size (32, 64, 256)
-	mcBlock = 512 // a multiple of every MR
-	ncBlock = 384 // a multiple of every NR
+	kcBlock = 256  // a multiple of every block size (32, 64, 256)
+	mcBlock = 512  // a multiple of every MR
+	ncBlock = 1536 // a multiple of every NR
 )
 
 // operandA is A: element (i, k) at a[i*rs+k*cs].
@@ -100,18 +105,18 @@ func gemmBlock(mk microKernel, c []float32, ldc, i0, i1, j0, j1, K int, A operan
 	defer gemmBufPool.Put(bufs)
 	mr, nr := mk.mr, mk.nr
 	tmp := bufs.tmp[:mr*nr]
-	for pc := 0; pc < K; pc += kcBlock {
-		kc := min(kcBlock, K-pc)
-		acc := 0
-		if accum || pc > 0 {
-			acc = 1
-		}
-		for ic := i0; ic < i1; ic += mcBlock {
-			mc := min(mcBlock, i1-ic)
-			packA(bufs.ap, A, ic, mc, pc, kc, mr)
-			for jc := j0; jc < j1; jc += ncBlock {
-				nc := min(ncBlock, j1-jc)
-				packB(bufs, B, pc, kc, jc, nc, nr)
+	for jc := j0; jc < j1; jc += ncBlock {
+		nc := min(ncBlock, j1-jc)
+		for pc := 0; pc < K; pc += kcBlock {
+			kc := min(kcBlock, K-pc)
+			acc := 0
+			if accum || pc > 0 {
+				acc = 1
+			}
+			packB(bufs, B, pc, kc, jc, nc, nr)
+			for ic := i0; ic < i1; ic += mcBlock {
+				mc := min(mcBlock, i1-ic)
+				packA(bufs.ap, A, ic, mc, pc, kc, mr)
 				for jr := 0; jr < nc; jr += nr {
 					nn := min(nr, nc-jr)
 					bpan := &bufs.bp[jr*kc]
@@ -150,12 +155,7 @@ func packA(ap []float32, A operandA, ic, mc, pc, kc, mr int) {
 		pan := ap[ir*kc : ir*kc+mr*kc]
 		mm := min(mr, mc-ir)
 		if A.rs == 1 { // A stored transposed: a row of k is contiguous in i
-			for k := 0; k < kc; k++ {
-				base := (pc+k)*A.cs + ic + ir
-				d := pan[k*mr : k*mr+mr]
-				copy(d, A.a[base:base+mm])
-				clear(d[mm:])
-			}
+			copyPanel(pan, A.a[pc*A.cs+ic+ir:], A.cs, kc, mm, mr)
 			continue
 		}
 		if A.cs == 1 { // rows of A contiguous: transpose
@@ -205,13 +205,7 @@ func packB(bufs *gemmBufs, B operandB, pc, kc, jc, nc, nr int) {
 	case B.cs == 1: // rows of B contiguous
 		for jr := 0; jr < nc; jr += nr {
 			pan := bp[jr*kc : jr*kc+nr*kc]
-			nn := min(nr, nc-jr)
-			for k := 0; k < kc; k++ {
-				base := (pc+k)*B.rs + jc + jr
-				d := pan[k*nr : k*nr+nr]
-				copy(d, B.f[base:base+nn])
-				clear(d[nn:])
-			}
+			copyPanel(pan, B.f[pc*B.rs+jc+jr:], B.rs, kc, min(nr, nc-jr), nr)
 		}
 	default: // columns of B contiguous (B = Wᵀ with W row-major)
 		for jr := 0; jr < nc; jr += nr {
@@ -252,6 +246,17 @@ func transposePanel(pan, src []float32, ld, kc, nn, nr int) {
 			}
 		}
 		j += g
+	}
+	zeroCols(pan, kc, nn, nr)
+}
+
+// copyPanel writes pan[k*nr+j] = src[k*ld+j] for j < nn, k < kc, and zeros
+// columns nn..nr-1: kc rows of src become one packed panel.
+func copyPanel(pan, src []float32, ld, kc, nn, nr int) {
+	if !copyFast(pan, src, ld, kc, nn, nr) {
+		for k := 0; k < kc; k++ {
+			copy(pan[k*nr:k*nr+nn], src[k*ld:k*ld+nn])
+		}
 	}
 	zeroCols(pan, kc, nn, nr)
 }

@@ -50,3 +50,21 @@ func transposeFast(pan, src []float32, ld, kc, nn, nr int) (g, kd int) {
 	}
 	return g, kd
 }
+
+// copyRowsAVX: for k < kc { for j < n { dst[k*dstride+j] = src[k*ld+j] } },
+// n a multiple of 4.
+//
+//go:noescape
+func copyRowsAVX(dst, src *float32, ld, dstride, kc, n int)
+
+// copyFast copies n-wide rows of src (stride ld) into pan (stride nr) for k
+// < kc and reports whether it did (n a multiple of 4, an AVX level).
+func copyFast(pan, src []float32, ld, kc, n, nr int) bool {
+	if curLevel < levelAVX2 || n%4 != 0 || kc == 0 || n == 0 {
+		return false
+	}
+	_ = src[(kc-1)*ld+n-1]
+	_ = pan[(kc-1)*nr+n-1]
+	copyRowsAVX(&pan[0], &src[0], ld, nr, kc, n)
+	return true
+}

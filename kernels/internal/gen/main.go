@@ -61,6 +61,19 @@ func kernel(name, reg string, vlen, mr, nv int) {
 	p("JZ %s_one", name)
 	label(name + "_loop2")
 	p("PREFETCHT0 %d(DI)", 4*(8*nr))
+	// Sixteen k steps before the end, fetch the C tile (from L3 or memory)
+	// so that the final accumulate does not wait for it.
+	p("CMPQ BX, $8")
+	p("JNE %s_body", name)
+	p("MOVQ DX, AX")
+	for i := 0; i < mr; i++ {
+		for off := 0; off < 4*nr; off += 64 {
+			p("PREFETCHT0 %d(AX)", off)
+		}
+		p("PREFETCHT0 %d(AX)", 4*nr-4)
+		p("ADDQ R8, AX")
+	}
+	label(name + "_body")
 	step(0)
 	step(1)
 	p("ADDQ $%d, SI", 4*2*mr)
@@ -102,6 +115,7 @@ func main() {
 	transpose16()
 	transpose8()
 	transpose4()
+	copyRows()
 	os.Stdout.WriteString(out.String())
 }
 
@@ -300,6 +314,53 @@ func transpose4() {
 	p("ADDQ $128, DI")
 	p("DECQ CX")
 	p("JNZ %s_loop", name)
+	label(name + "_done")
+	p("VZEROUPPER")
+	p("RET")
+}
+
+// copyRows emits the AVX copying pack of row-contiguous operands:
+//
+//	for k < kc { for j < n { dst[k*dstride+j] = src[k*ld+j] } }
+//
+// for n a multiple of 4 (32-byte moves, then one 16-byte move if n%8 = 4).
+func copyRows() {
+	const name = "copyRowsAVX"
+	fmt.Fprintf(&out, "\n// func copyRowsAVX(dst, src *float32, ld, dstride, kc, n int)\n")
+	fmt.Fprintf(&out, "TEXT ·%s(SB), NOSPLIT, $0-48\n", name)
+	p("MOVQ dst+0(FP), DI")
+	p("MOVQ src+8(FP), SI")
+	p("MOVQ ld+16(FP), R8")
+	p("SHLQ $2, R8")
+	p("MOVQ dstride+24(FP), R10")
+	p("SHLQ $2, R10")
+	p("MOVQ kc+32(FP), CX")
+	p("MOVQ n+40(FP), DX")
+	p("SHLQ $2, DX") // bytes per row
+	p("MOVQ DX, R9")
+	p("ANDQ $-32, R9") // bytes in 32-byte moves
+	p("TESTQ CX, CX")
+	p("JZ %s_done", name)
+	label(name + "_row")
+	p("XORQ AX, AX")
+	p("CMPQ AX, R9")
+	p("JGE %s_tail", name)
+	label(name + "_y")
+	p("VMOVUPS (SI)(AX*1), Y0")
+	p("VMOVUPS Y0, (DI)(AX*1)")
+	p("ADDQ $32, AX")
+	p("CMPQ AX, R9")
+	p("JLT %s_y", name)
+	label(name + "_tail")
+	p("CMPQ AX, DX")
+	p("JGE %s_next", name)
+	p("VMOVUPS (SI)(AX*1), X0")
+	p("VMOVUPS X0, (DI)(AX*1)")
+	label(name + "_next")
+	p("ADDQ R8, SI")
+	p("ADDQ R10, DI")
+	p("DECQ CX")
+	p("JNZ %s_row", name)
 	label(name + "_done")
 	p("VZEROUPPER")
 	p("RET")
