@@ -3,6 +3,7 @@ package kernels
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/qtune/qtune/quant"
 )
@@ -10,33 +11,43 @@ import (
 // Blocked, packed GEMM driver (the BLIS loop nest) around an assembly
 // micro-kernel. C (M×N) = A (M×K) · B (K×N), where A and B are views
 // (operandA, operandB) that cover the three layouts training needs and
-// quantized weights:
+// quantized weights.
 //
-//	loop jc over N in ncBlock columns          (each worker owns its columns)
-//	  loop pc over K in kcBlock steps           (fixed: the reduction order)
-//	    pack B[pc:pc+kc, jc:jc+nc] into NR-wide panels (decoding W here)
-//	    loop ic over M in mcBlock rows
-//	      pack A[ic:ic+mc, pc:pc+kc] into MR-tall panels
-//	      for each NR panel, for each MR panel: micro-kernel → C tile
+// One operand is packed once into a buffer all workers share: the smaller
+// one (A when M ≤ N), or B whenever it is a quantized W read row by row
+// (MatMulT), so that each block of W is decoded exactly once. The other is
+// split into tasks (column ranges of B, or row ranges of A) that the workers
+// take in turn, each packing its own share privately:
 //
-// Each element of B is packed (or decoded) once per call; A once per
-// ncBlock columns of a worker's range. Packing is copying or, for the
-// operands stored across k (Wᵀ, X in X·Wᵀ, dY in dY·W), transposing in
-// registers (transposePanel). The micro-kernel prefetches its C tile before
-// its last k steps.
+//	loop s0 over the shared operand's rows/columns in sChunk steps
+//	  loop k0 over K in chunks whose shared pack fits sharedMax
+//	    all workers: pack the shared operand [s0 chunk, k0 chunk]
+//	    all workers, tasks taken dynamically, each task:
+//	      loop pc over the chunk in kcBlock steps  (fixed: the reduction order)
+//	        pack the task's share of the other operand
+//	        for each NR panel, for each MR panel: micro-kernel → C tile
+//
+// Every element of A and B is packed (or decoded) once per call. Packing is
+// copying or, for the operands stored across k (Wᵀ, X in X·Wᵀ, dY in
+// dY·W), transposing in registers (transposePanel). The micro-kernel
+// prefetches its C tile before its last k steps.
 //
 // Determinism: every C element is one FMA chain over each kc block (k
-// ascending), added to C block after block in pc order; the split over
-// workers only decides who computes which tile, never the order of the sum,
-// so results are bit-identical for any number of workers.
+// ascending), added to C block after block in pc order, by whichever worker
+// takes its task; the tasks and blocks are fixed by the shape alone, so
+// results are bit-identical for any number of workers.
 //
-// Memory: per worker mcBlock·kcBlock + ncBlock·kcBlock floats (2 MiB: the
-// A block stays in a 1 MiB L2, the B block in L3), pooled; a quantized W is
-// decoded one kc×nc block at a time, never whole, once per call.
+// Memory: the shared pack (at most sharedMax floats, 4 MiB) per call, and
+// per worker a private A or B block of mTaskMax·kcBlock or nTaskMax·kcBlock
+// floats, pooled; a quantized W is decoded one block at a time, never whole.
 const (
-	kcBlock = 256  // a multiple of every block size (32, 64, 256)
-	mcBlock = 512  // a multiple of every MR
-	ncBlock = 1536 // a multiple of every NR
+	kcBlock   = 256     // a multiple of every block size (32, 64, 256)
+	mcBlock   = 512     // rows of shared A swept per B panel (an L2-sized block); a multiple of every MR
+	mTaskMax  = 128     // rows of a row task (its A block stays in L2); a multiple of every MR
+	nTaskMax  = 384     // columns of a column task; a multiple of every NR
+	colGroup  = 768     // columns of a quantized W decoded together: a multiple of every NR and block size
+	sChunk    = 3072    // rows or columns of the shared operand per pass: a multiple of mcBlock and colGroup
+	sharedMax = 1 << 20 // floats of the shared pack (sChunk·kcBlock ≤ sharedMax)
 )
 
 // operandA is A: element (i, k) at a[i*rs+k*cs].
@@ -55,22 +66,33 @@ type operandB struct {
 	wT     bool
 }
 
+// gemmBufs is a worker's private scratch: a task's A or B block, a decoded
+// row strip, and an edge tile.
 type gemmBufs struct {
 	ap, bp, row, tmp []float32
 }
 
-var gemmBufPool sync.Pool
+var gemmBufPool, sharedPool sync.Pool
 
-func getGemmBufs(mk microKernel) *gemmBufs {
-	if b, ok := gemmBufPool.Get().(*gemmBufs); ok && len(b.tmp) >= mk.mr*mk.nr {
+func getGemmBufs() *gemmBufs {
+	if b, ok := gemmBufPool.Get().(*gemmBufs); ok {
 		return b
 	}
 	return &gemmBufs{
-		ap:  make([]float32, mcBlock*kcBlock),
-		bp:  make([]float32, ncBlock*kcBlock),
-		row: make([]float32, max(ncBlock+2*256, 64*kcBlock)),
+		ap:  make([]float32, mTaskMax*kcBlock),
+		bp:  make([]float32, nTaskMax*kcBlock),
+		row: make([]float32, max(colGroup+2*256, 64*kcBlock)),
 		tmp: make([]float32, 16*64),
 	}
+}
+
+func getShared(n int) *[]float32 {
+	if s, ok := sharedPool.Get().(*[]float32); ok && cap(*s) >= n {
+		*s = (*s)[:n]
+		return s
+	}
+	s := make([]float32, n)
+	return &s
 }
 
 // gemm runs C = A·B (accum false) or C += A·B on the micro-kernel mk, with
@@ -87,61 +109,130 @@ func gemm(p *Pool, mk microKernel, c []float32, ldc, M, N, K int, A operandA, B 
 		}
 		return
 	}
-	un := (N + mk.nr - 1) / mk.nr
-	um := (M + mk.mr - 1) / mk.mr
-	if un >= p.Workers() || un >= um {
-		p.Parallel(N, mk.nr, func(j0, j1 int) {
-			gemmBlock(mk, c, ldc, 0, M, j0, j1, K, A, B, accum)
-		})
-		return
+	mr, nr := mk.mr, mk.nr
+	shareA := M <= N && (B.w == nil || B.wT)
+	W := p.Workers()
+	// S is the shared dimension (M or N), T the task dimension.
+	S, T, sUnit, tUnit, tMax := M, N, mr, nr, nTaskMax
+	if !shareA {
+		S, T, sUnit, tUnit, tMax = N, M, nr, mr, mTaskMax
 	}
-	p.Parallel(M, mk.mr, func(i0, i1 int) {
-		gemmBlock(mk, c, ldc, i0, i1, 0, N, K, A, B, accum)
+	// Tasks: about three per worker, at most tMax wide, at least one unit
+	// (and 32 rows for row tasks, so that a shared B panel serves several
+	// tiles).
+	tw := (T + 3*W - 1) / (3 * W)
+	tw = min(tMax, max(tw, tUnit, 32*btoi(!shareA)))
+	tw = (tw + tUnit - 1) / tUnit * tUnit
+	nTask := (T + tw - 1) / tw
+	// Shared packing units: groups of rows of A or columns of B.
+	gw := 8 * sUnit
+	if !shareA && B.w != nil {
+		gw = colGroup
+	}
+	for s0 := 0; s0 < S; s0 += sChunk {
+		sn := min(sChunk, S-s0)
+		sPad := (sn + sUnit - 1) / sUnit * sUnit
+		kChunk := max(kcBlock, sharedMax/sPad/kcBlock*kcBlock)
+		sp := getShared(sPad * min(K, kChunk))
+		shared := *sp
+		for k0 := 0; k0 < K; k0 += kChunk {
+			k1 := min(K, k0+kChunk)
+			nPc := (k1 - k0 + kcBlock - 1) / kcBlock
+			nGroup := (sn + gw - 1) / gw
+			// The shared pack: block pc (kc = min(kcBlock, k1-pc)) holds the
+			// sPad/sUnit panels of the chunk at (pc-k0)*sPad, panel q at
+			// q*sUnit*kc within it.
+			runTasks(p, nPc*nGroup, func(bufs *gemmBufs, u int) {
+				pc := k0 + u/nGroup*kcBlock
+				kc := min(kcBlock, k1-pc)
+				g0 := u % nGroup * gw
+				g1 := min(sn, g0+gw)
+				dst := shared[(pc-k0)*sPad+g0*kc:]
+				if shareA {
+					packA(dst, A, s0+g0, g1-g0, pc, kc, mr)
+				} else {
+					packB(dst, bufs.row, B, pc, kc, s0+g0, g1-g0, nr)
+				}
+			})
+			runTasks(p, nTask, func(bufs *gemmBufs, t int) {
+				t0 := t * tw
+				t1 := min(T, t0+tw)
+				for pc := k0; pc < k1; pc += kcBlock {
+					kc := min(kcBlock, k1-pc)
+					acc := 0
+					if accum || pc > 0 {
+						acc = 1
+					}
+					sh := shared[(pc-k0)*sPad:]
+					if shareA {
+						packB(bufs.bp, bufs.row, B, pc, kc, t0, t1-t0, nr)
+						for ic := 0; ic < sn; ic += mcBlock {
+							mc := min(mcBlock, sn-ic)
+							gemmTiles(mk, c, ldc, s0+ic, mc, t0, t1-t0, kc, sh[ic*kc:], bufs.bp, acc, bufs.tmp)
+						}
+					} else {
+						packA(bufs.ap, A, t0, t1-t0, pc, kc, mr)
+						gemmTiles(mk, c, ldc, t0, t1-t0, s0, sn, kc, bufs.ap, sh, acc, bufs.tmp)
+					}
+				}
+			})
+		}
+		sharedPool.Put(sp)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// runTasks runs f(bufs, t) for t < n on the pool's workers, each taking the
+// next task as it finishes one, with its own pooled scratch.
+func runTasks(p *Pool, n int, f func(bufs *gemmBufs, t int)) {
+	var next atomic.Int64
+	p.Parallel(min(n, p.Workers()), 1, func(_, _ int) {
+		bufs := getGemmBufs()
+		defer gemmBufPool.Put(bufs)
+		for {
+			t := int(next.Add(1)) - 1
+			if t >= n {
+				return
+			}
+			f(bufs, t)
+		}
 	})
 }
 
-func gemmBlock(mk microKernel, c []float32, ldc, i0, i1, j0, j1, K int, A operandA, B operandB, accum bool) {
-	bufs := getGemmBufs(mk)
-	defer gemmBufPool.Put(bufs)
+// gemmTiles runs the micro-kernel over C[i0:i0+mc, j0:j0+nc] from the packed
+// A panels ap (rows i0+ir at ap[ir*kc]) and B panels bp (columns j0+jr at
+// bp[jr*kc]): each NR panel of B against every MR panel of A.
+func gemmTiles(mk microKernel, c []float32, ldc, i0, mc, j0, nc, kc int, ap, bp []float32, acc int, tmp []float32) {
 	mr, nr := mk.mr, mk.nr
-	tmp := bufs.tmp[:mr*nr]
-	for jc := j0; jc < j1; jc += ncBlock {
-		nc := min(ncBlock, j1-jc)
-		for pc := 0; pc < K; pc += kcBlock {
-			kc := min(kcBlock, K-pc)
-			acc := 0
-			if accum || pc > 0 {
-				acc = 1
+	tmp = tmp[:mr*nr]
+	for jr := 0; jr < nc; jr += nr {
+		nn := min(nr, nc-jr)
+		bpan := &bp[jr*kc : jr*kc+nr*kc][0]
+		for ir := 0; ir < mc; ir += mr {
+			mm := min(mr, mc-ir)
+			apan := &ap[ir*kc : ir*kc+mr*kc][0]
+			ci := (i0+ir)*ldc + j0 + jr
+			if mm == mr && nn == nr {
+				_ = c[ci+(mr-1)*ldc+nr-1]
+				mk.fn(kc, apan, bpan, &c[ci], ldc, acc)
+				continue
 			}
-			packB(bufs, B, pc, kc, jc, nc, nr)
-			for ic := i0; ic < i1; ic += mcBlock {
-				mc := min(mcBlock, i1-ic)
-				packA(bufs.ap, A, ic, mc, pc, kc, mr)
-				for jr := 0; jr < nc; jr += nr {
-					nn := min(nr, nc-jr)
-					bpan := &bufs.bp[jr*kc]
-					for ir := 0; ir < mc; ir += mr {
-						mm := min(mr, mc-ir)
-						apan := &bufs.ap[ir*kc]
-						ci := (ic+ir)*ldc + jc + jr
-						if mm == mr && nn == nr {
-							_ = c[ci+(mr-1)*ldc+nr-1]
-							mk.fn(kc, apan, bpan, &c[ci], ldc, acc)
-							continue
-						}
-						mk.fn(kc, apan, bpan, &tmp[0], nr, 0)
-						for r := 0; r < mm; r++ {
-							cr := c[ci+r*ldc : ci+r*ldc+nn]
-							tr := tmp[r*nr : r*nr+nn]
-							if acc != 0 {
-								for j := range cr {
-									cr[j] += tr[j]
-								}
-							} else {
-								copy(cr, tr)
-							}
-						}
+			mk.fn(kc, apan, bpan, &tmp[0], nr, 0)
+			for r := 0; r < mm; r++ {
+				cr := c[ci+r*ldc : ci+r*ldc+nn]
+				tr := tmp[r*nr : r*nr+nn]
+				if acc != 0 {
+					for j := range cr {
+						cr[j] += tr[j]
 					}
+				} else {
+					copy(cr, tr)
 				}
 			}
 		}
@@ -174,11 +265,10 @@ func packA(ap []float32, A operandA, ic, mc, pc, kc, mr int) {
 
 // packB writes B[pc:pc+kc, jc:jc+nc] as NR-column panels: panel q holds
 // bp[q*nr*kc + k*nr + j] = B[pc+k][jc+q*nr+j], columns past nc zero.
-func packB(bufs *gemmBufs, B operandB, pc, kc, jc, nc, nr int) {
-	bp := bufs.bp
+func packB(bp, rowBuf []float32, B operandB, pc, kc, jc, nc, nr int) {
 	switch {
 	case B.w != nil && B.wT: // B[k][j] = W[j][k]: decode rows of W, scatter
-		rows := bufs.row[:nr*kc]
+		rows := rowBuf[:nr*kc]
 		for jr := 0; jr < nc; jr += nr {
 			pan := bp[jr*kc : jr*kc+nr*kc]
 			nn := min(nr, nc-jr)
@@ -191,7 +281,7 @@ func packB(bufs *gemmBufs, B operandB, pc, kc, jc, nc, nr int) {
 		bs := blockSize(B.w.Type)
 		lo := jc / bs * bs
 		hi := (jc + nc + bs - 1) / bs * bs
-		row := bufs.row[:hi-lo]
+		row := rowBuf[:hi-lo]
 		for k := 0; k < kc; k++ {
 			decodeRow(B.w, row, pc+k, lo)
 			seg := row[jc-lo:]
