@@ -41,13 +41,21 @@ import (
 // per worker a private A or B block of mTaskMax·kcBlock or nTaskMax·kcBlock
 // floats, pooled; a quantized W is decoded one block at a time, never whole.
 const (
-	kcBlock   = 256     // a multiple of every block size (32, 64, 256)
-	mcBlock   = 512     // rows of shared A swept per B panel (an L2-sized block); a multiple of every MR
-	mTaskMax  = 128     // rows of a row task (its A block stays in L2); a multiple of every MR
-	nTaskMax  = 384     // columns of a column task; a multiple of every NR
-	colGroup  = 768     // columns of a quantized W decoded together: a multiple of every NR and block size
-	sChunk    = 3072    // rows or columns of the shared operand per pass: a multiple of mcBlock and colGroup
-	sharedMax = 1 << 20 // floats of the shared pack (sChunk·kcBlock ≤ sharedMax)
+	kcBlock  = 256 // a multiple of every block size (32, 64, 256)
+	mcBlock  = 512 // rows of shared A swept per B panel (an L2-sized block); a multiple of every MR
+	mTaskMax = 128 // rows of a row task (its A block stays in L2); a multiple of every MR
+	nTaskMax = 384 // columns of a column task; a multiple of every NR
+	colGroup = 768 // columns of a quantized W decoded together: a multiple of every NR and block size
+)
+
+// The shared operand is packed sChunk rows or columns at a time (a multiple
+// of mcBlock and colGroup), over as many kcBlock steps of K as fit in
+// sharedMax floats (sChunk·kcBlock ≤ sharedMax). They are variables only so
+// that a test can shrink them: the results do not depend on them (the K
+// chunks are whole kcBlock steps).
+var (
+	sChunk    = 3072
+	sharedMax = 1 << 20
 )
 
 // operandA is A: element (i, k) at a[i*rs+k*cs].

@@ -206,3 +206,56 @@ func TestDecodeRowMatchesQuant(t *testing.T) {
 		}
 	}
 }
+
+// TestGemmChunks: with the shared operand packed in small chunks (several
+// passes over its rows/columns and over K), every GEMM layout and MatMul /
+// MatMulT give results bit-identical to one pass, for 1 and 3 workers.
+func TestGemmChunks(t *testing.T) {
+	r := rand.New(rand.NewPCG(15, 16))
+	type run func(p *Pool) []float32
+	var runs []run
+	for _, sh := range [][3]int{{200, 300, 600}, {300, 200, 700}, {9, 500, 530}, {500, 9, 530}} {
+		M, N, K := sh[0], sh[1], sh[2]
+		a, b := randSlice(r, M*K), randSlice(r, N*K)
+		runs = append(runs,
+			func(p *Pool) []float32 { c := make([]float32, M*N); GemmNT(p, c, a, b, M, N, K, false); return c },
+			func(p *Pool) []float32 { c := make([]float32, M*N); GemmNN(p, c, a, b, M, N, K); return c },
+			func(p *Pool) []float32 { c := make([]float32, M*N); GemmTN(p, c, a, b, M, N, K); return c })
+	}
+	for _, typ := range []quant.Type{quant.Q4_K, quant.Q8_0} {
+		for _, sh := range [][3]int{{40, 300, 768}, {400, 260, 512}} {
+			M, N, K := sh[0], sh[1], sh[2]
+			w, _ := randMatrix(t, typ, N, K, r)
+			x, dy := randSlice(r, M*K), randSlice(r, M*N)
+			runs = append(runs,
+				func(p *Pool) []float32 { y := make([]float32, M*N); MatMul(p, y, x, M, w); return y },
+				func(p *Pool) []float32 { dx := make([]float32, M*K); MatMulT(p, dx, dy, M, w); return dx })
+		}
+	}
+	for _, l := range levels() {
+		if l == levelGeneric {
+			continue
+		}
+		withLevel(t, l, func() {
+			p1, p3 := NewPool(1), NewPool(3)
+			defer p1.Close()
+			defer p3.Close()
+			for i, f := range runs {
+				want := f(p1)
+				func() {
+					oldS, oldMax := sChunk, sharedMax
+					defer func() { sChunk, sharedMax = oldS, oldMax }()
+					sChunk, sharedMax = 96, 96*kcBlock
+					for _, p := range []*Pool{p1, p3} {
+						got := f(p)
+						for j := range want {
+							if math.Float32bits(got[j]) != math.Float32bits(want[j]) {
+								t.Fatalf("%s run %d, %d workers, small chunks: [%d] = %g, one pass gave %g", l, i, p.Workers(), j, got[j], want[j])
+							}
+						}
+					}
+				}()
+			}
+		})
+	}
+}
