@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -125,13 +126,16 @@ func gemm(p *Pool, mk microKernel, c []float32, ldc, M, N, K int, A operandA, B 
 	if !shareA {
 		S, T, sUnit, tUnit, tMax = N, M, nr, mr, mTaskMax
 	}
-	// Tasks: about three per worker, at most tMax wide, at least one unit
-	// (and 32 rows for row tasks, so that a shared B panel serves several
-	// tiles).
-	tw := (T + 3*W - 1) / (3 * W)
-	tw = min(tMax, max(tw, tUnit, 32*btoi(!shareA)))
-	tw = (tw + tUnit - 1) / tUnit * tUnit
-	nTask := (T + tw - 1) / tw
+	// Tasks: U units of tUnit split evenly (sizes differ by at most one
+	// unit) into about three per worker, each at most tMax wide and, for row
+	// tasks, at least 32 rows so that a shared B panel serves several tiles.
+	U := (T + tUnit - 1) / tUnit
+	uMax := tMax / tUnit
+	nTask := max(3*W, (U+uMax-1)/uMax)
+	if !shareA {
+		nTask = min(nTask, max(1, U/(32/tUnit)))
+	}
+	nTask = max(min(nTask, U), (U+uMax-1)/uMax)
 	// Shared packing units: groups of rows of A or columns of B.
 	gw := 8 * sUnit
 	if !shareA && B.w != nil {
@@ -161,10 +165,9 @@ func gemm(p *Pool, mk microKernel, c []float32, ldc, M, N, K int, A operandA, B 
 				} else {
 					packB(dst, bufs.row, B, pc, kc, s0+g0, g1-g0, nr)
 				}
-			})
-			runTasks(p, nTask, func(bufs *gemmBufs, t int) {
-				t0 := t * tw
-				t1 := min(T, t0+tw)
+			}, nTask, func(bufs *gemmBufs, t int) {
+				t0 := t * U / nTask * tUnit
+				t1 := min(T, (t+1)*U/nTask*tUnit)
 				for pc := k0; pc < k1; pc += kcBlock {
 					kc := min(kcBlock, k1-pc)
 					acc := 0
@@ -189,26 +192,32 @@ func gemm(p *Pool, mk microKernel, c []float32, ldc, M, N, K int, A operandA, B 
 	}
 }
 
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// runTasks runs f(bufs, t) for t < n on the pool's workers, each taking the
-// next task as it finishes one, with its own pooled scratch.
-func runTasks(p *Pool, n int, f func(bufs *gemmBufs, t int)) {
-	var next atomic.Int64
-	p.Parallel(min(n, p.Workers()), 1, func(_, _ int) {
+// runTasks runs f1(bufs, u) for u < n1, then f2(bufs, t) for t < n2, on the
+// pool's workers, each with its own pooled scratch taking the next task as it
+// finishes one. No f2 task starts before every f1 task has finished; a worker
+// that starts late (a busy core) simply finds the first phase done.
+func runTasks(p *Pool, n1 int, f1 func(bufs *gemmBufs, u int), n2 int, f2 func(bufs *gemmBufs, t int)) {
+	var next1, done1, next2 atomic.Int64
+	p.Parallel(min(max(n1, n2), p.Workers()), 1, func(_, _ int) {
 		bufs := getGemmBufs()
 		defer gemmBufPool.Put(bufs)
 		for {
-			t := int(next.Add(1)) - 1
-			if t >= n {
+			u := int(next1.Add(1)) - 1
+			if u >= n1 {
+				break
+			}
+			f1(bufs, u)
+			done1.Add(1)
+		}
+		for done1.Load() < int64(n1) {
+			runtime.Gosched() // another worker is finishing its share
+		}
+		for {
+			t := int(next2.Add(1)) - 1
+			if t >= n2 {
 				return
 			}
-			f(bufs, t)
+			f2(bufs, t)
 		}
 	})
 }
