@@ -708,9 +708,11 @@ TEXT ·copyRowsAVX(SB), NOSPLIT, $0-48
 	JZ copyRowsAVX_done
 copyRowsAVX_row:
 	XORQ AX, AX
+	LEAQ (SI)(R8*8), R11
 	CMPQ AX, R9
 	JGE copyRowsAVX_tail
 copyRowsAVX_y:
+	PREFETCHT0 (R11)(AX*1)
 	VMOVUPS (SI)(AX*1), Y0
 	VMOVUPS Y0, (DI)(AX*1)
 	ADDQ $32, AX
