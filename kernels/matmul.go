@@ -80,8 +80,8 @@ func getScratch(n int) *[]float32 {
 //	}
 //
 // For M ≤ matVecRows it streams W once (matVec: memory-bound generation);
-// above, it runs the packed GEMM with W decoded one kcBlock×ncBlock block at
-// a time into the worker's panel buffer. Without assembly it is
+// above, it runs the packed GEMM with W decoded into packed panels one
+// kcBlock-deep block at a time, each once. Without assembly it is
 // matMulGeneric. Results differ from matMulGeneric by rounding only (FMA and
 // summation order); they are bit-identical for any number of workers.
 func MatMul(p *Pool, y, x []float32, M int, w Matrix) {
@@ -112,9 +112,9 @@ func MatMul(p *Pool, y, x []float32, M int, w Matrix) {
 //
 //	for m { for k { for n { dx[m*K+k] += dy[m*N+n] * w[n][k] } } }
 //
-// Fast path: the packed GEMM with B = W, whose kcBlock rows are decoded a
-// column block at a time (each worker owns a range of dX columns). Without
-// assembly it is matMulTGeneric.
+// Fast path: the packed GEMM with B = W, whose rows are decoded once, in
+// kcBlock-row blocks, into the packed block all workers share (each worker
+// then takes ranges of dX rows). Without assembly it is matMulTGeneric.
 func MatMulT(p *Pool, dx, dy []float32, M int, w Matrix) {
 	N, K := w.Rows, w.Cols
 	if len(dx) < M*K || len(dy) < M*N {
