@@ -132,7 +132,7 @@ func TestMatMulFastVsReference(t *testing.T) {
 					name := fmt.Sprintf("%s %s M=%d N=%d K=%d", typ, l, M, N, K)
 					y := make([]float32, M*N)
 					MatMul(p, y, x, M, w)
-					checkNear(t, "MatMul "+name, y, wantY, absY, K)
+					checkMatMul(t, "MatMul "+name, l, &w, x, M, y, wantY, absY)
 					dx := append([]float32(nil), dx0...)
 					MatMulT(p, dx, dy, M, w)
 					checkNear(t, "MatMulT "+name, dx, wantX, absX, N)

@@ -22,6 +22,17 @@ func matVec(p *Pool, y, x []float32, M int, w Matrix) {
 		clear(y[:M*N])
 		return
 	}
+	if acts := newQ8Acts(&w, x, M); acts != nil {
+		p.Parallel(N, 8, func(lo, hi int) {
+			for n := lo; n < hi; n++ {
+				for m, a := range acts {
+					y[m*N+n] = a.rowDot(&w, n)
+				}
+			}
+		})
+		putQ8Acts(acts)
+		return
+	}
 	var wf []float32
 	if w.Type == quant.F32 {
 		wf = F32View(w.Data)
@@ -62,4 +73,16 @@ func matVec(p *Pool, y, x []float32, M int, w Matrix) {
 			}
 		}
 	})
+}
+
+// q8Block is the activation block size of the integer matrix-vector path
+// for weights of type t (matvec_q8.go), 0 when t has none.
+func q8Block(t quant.Type) int {
+	switch t {
+	case quant.Q8_0, quant.Q4_0, quant.Q4_K, quant.Q6_K:
+		return 32
+	case quant.NF4:
+		return 64
+	}
+	return 0
 }
