@@ -23,11 +23,9 @@ func matVec(p *Pool, y, x []float32, M int, w Matrix) {
 		return
 	}
 	if acts := newQ8Acts(&w, x, M); acts != nil {
-		p.Parallel(N, 8, func(lo, hi int) {
-			for n := lo; n < hi; n++ {
-				for m, a := range acts {
-					y[m*N+n] = a.rowDot(&w, n)
-				}
+		p.Parallel(N, 16, func(lo, hi int) {
+			for m, a := range acts {
+				a.rowsDot(&w, y[m*N+lo:m*N+hi], lo, hi)
 			}
 		})
 		putQ8Acts(acts)

@@ -55,37 +55,40 @@ GLOBL mvidx<>(SB), RODATA|NOPTR, $160
 // converts them to 4 float32.
 #define F16X4(a, b, c) \
 	MOVWQZX 0(DI), AX \
-	MOVWQZX a(DI), BX \
-	SHLQ $16, BX \
-	ORQ BX, AX \
-	MOVWQZX b(DI), BX \
-	SHLQ $32, BX \
-	ORQ BX, AX \
-	MOVWQZX c(DI), BX \
-	SHLQ $48, BX \
-	ORQ BX, AX \
+	MOVWQZX a(DI), DX \
+	SHLQ $16, DX \
+	ORQ DX, AX \
+	MOVWQZX b(DI), DX \
+	SHLQ $32, DX \
+	ORQ DX, AX \
+	MOVWQZX c(DI), DX \
+	SHLQ $48, DX \
+	ORQ DX, AX \
 	VMOVQ AX, X2 \
 	VCVTPH2PS X2, X2
 
-// func dotQ8_0VNNI(w *byte, x *int8, corr *int32, dx *float32, nb int) float32
-// Σ over nb Q8_0 blocks (nb a multiple of 4) of float32(d_w·dx[b]) ·
+// func dotQ8_0VNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
+// y[r] = Σ over the first nb Q8_0 blocks (nb a multiple of 4) of row r of float32(d_w·dx[b]) ·
 // Σ_j (q[j]^0x80)·x[j] + corr: the weights biased to unsigned, corr holds
 // −128·Σx at [8b].
-TEXT ·dotQ8_0VNNI(SB), NOSPLIT, $0-44
-	MOVQ w+0(FP), DI
-	MOVQ x+8(FP), SI
-	MOVQ corr+16(FP), R8
-	MOVQ dx+24(FP), R9
-	MOVQ nb+32(FP), CX
-	SHRQ $2, CX
-	VPXORD Z0, Z0, Z0
-	VPXORD Z1, Z1, Z1
+TEXT ·dotQ8_0VNNI(SB), NOSPLIT, $0-64
+	MOVQ y+0(FP), R11
+	MOVQ w+8(FP), DI
+	MOVQ rows+48(FP), R10
 	MOVL $0x80808080, AX
 	VPBROADCASTD AX, Z31
 	VPMOVZXBD mvidx<>+0(SB), Z30
 	VPMOVZXBD mvidx<>+16(SB), Z29
-	TESTQ CX, CX
-	JZ q8vdone
+	TESTQ R10, R10
+	JZ q8vend
+q8vrow:
+	MOVQ x+16(FP), SI
+	MOVQ corr+24(FP), R8
+	MOVQ dx+32(FP), R9
+	MOVQ nb+40(FP), CX
+	SHRQ $2, CX
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
 q8vloop:
 	F16X4(34, 68, 102)
 	VMULPS (R9), X2, X2
@@ -111,11 +114,15 @@ q8vloop:
 	ADDQ $16, R9
 	DECQ CX
 	JNZ q8vloop
-q8vdone:
 	VADDPS Z1, Z0, Z0
 	MVREDUCE
+	VMOVSS X0, (R11)
+	ADDQ $4, R11
+	ADDQ skip+56(FP), DI
+	DECQ R10
+	JNZ q8vrow
+q8vend:
 	VZEROUPPER
-	MOVSS X0, ret+40(FP)
 	RET
 
 // Q4_0 group of 4 blocks (72 bytes at DI) into accumulator acc: nibbles of
@@ -142,28 +149,33 @@ q8vdone:
 	ADDQ $64, R8 \
 	ADDQ $16, R9
 
-// func dotQ4_0VNNI(w *byte, x *int8, corr *int32, dx *float32, nb int) float32
-// Σ over nb Q4_0 blocks (nb a multiple of 4) of float32(d_w·dx[b]) ·
+// func dotQ4_0VNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
+// y[r] = Σ over the first nb Q4_0 blocks (nb a multiple of 4) of row r of float32(d_w·dx[b]) ·
 // (Σ_j q[j]·x[j] − 8·Σ_j x[j]), x in q8Act's Q4_0 group order.
-TEXT ·dotQ4_0VNNI(SB), NOSPLIT, $0-44
-	MOVQ w+0(FP), DI
-	MOVQ x+8(FP), SI
-	MOVQ corr+16(FP), R8
-	MOVQ dx+24(FP), R9
-	MOVQ nb+32(FP), CX
-	SHRQ $2, CX
-	VPXORD Z0, Z0, Z0
-	VPXORD Z1, Z1, Z1
+TEXT ·dotQ4_0VNNI(SB), NOSPLIT, $0-64
+	MOVQ y+0(FP), R11
+	MOVQ w+8(FP), DI
+	MOVQ rows+48(FP), R10
 	MOVL $0x0f0f0f0f, AX
 	VPBROADCASTD AX, Z31
 	VPMOVZXBD mvidx<>+32(SB), Z30
-	MOVQ CX, DX
-	SHRQ $1, DX
+	TESTQ R10, R10
+	JZ q4vend
+q4vrow:
+	MOVQ x+16(FP), SI
+	MOVQ corr+24(FP), R8
+	MOVQ dx+32(FP), R9
+	MOVQ nb+40(FP), CX
+	SHRQ $2, CX
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	MOVQ CX, R12
+	SHRQ $1, R12
 	JZ q4vone
 q4vloop:
 	Q4VGROUP(Z0)
 	Q4VGROUP(Z1)
-	DECQ DX
+	DECQ R12
 	JNZ q4vloop
 q4vone:
 	TESTQ $1, CX
@@ -172,27 +184,31 @@ q4vone:
 q4vdone:
 	VADDPS Z1, Z0, Z0
 	MVREDUCE
+	VMOVSS X0, (R11)
+	ADDQ $4, R11
+	ADDQ skip+56(FP), DI
+	DECQ R10
+	JNZ q4vrow
+q4vend:
 	VZEROUPPER
-	MOVSS X0, ret+40(FP)
 	RET
 
-// func dotNF4VNNI(q, codes *byte, x *int8, corr *int32, dx *float32, nb int, c2, mu float32, tab *byte) float32
-// Σ over nb NF4 blocks (nb even, one double-quantization group) of
+// func dotNF4VNNI(y *float32, q, codes *byte, x *int8, corr *int32, dx *float32, nb, rows int, c2, mu float32, tab *byte)
+// y[r] = Σ over the nb NF4 blocks of row r (nb even, all rows in one
+// double-quantization group) of
 // float32(s_b·dx[b]) · Σ_j tab[q_j]·x[j] + corr, where tab is the int8 code
 // book biased by 128 (corr = −128·Σx at [8b]) and s_b = max(float32(
 // float32(float32(codes[b])/127)·c2) + mu, +0) as quant decodes it. Blocks
 // go in pairs (64 nibble bytes, x in q8Act's NF4 pair order); the scales
 // of 16 blocks at a time are computed in one vector.
-TEXT ·dotNF4VNNI(SB), NOSPLIT, $0-68
-	MOVQ q+0(FP), DI
-	MOVQ codes+8(FP), R10
-	MOVQ x+16(FP), SI
-	MOVQ corr+24(FP), R8
-	MOVQ dx+32(FP), R9
-	MOVQ nb+40(FP), R13
-	VBROADCASTSS c2+48(FP), Z26
-	VBROADCASTSS mu+52(FP), Z25
-	MOVQ tab+56(FP), AX
+TEXT ·dotNF4VNNI(SB), NOSPLIT, $0-80
+	MOVQ y+0(FP), R12
+	MOVQ q+8(FP), DI
+	MOVQ codes+16(FP), R10
+	MOVQ rows+56(FP), R11
+	VBROADCASTSS c2+64(FP), Z26
+	VBROADCASTSS mu+68(FP), Z25
+	MOVQ tab+72(FP), AX
 	VBROADCASTI32X4 (AX), Z28
 	MOVL $0x42fe0000, AX // 127.0
 	VPBROADCASTD AX, Z27
@@ -201,10 +217,14 @@ TEXT ·dotNF4VNNI(SB), NOSPLIT, $0-68
 	VPBROADCASTD AX, Z31
 	MOVL $2, AX
 	VPBROADCASTD AX, Z23
+	TESTQ R11, R11
+	JZ nf4vend
+nf4vrow:
+	MOVQ x+24(FP), SI
+	MOVQ corr+32(FP), R8
+	MOVQ dx+40(FP), R9
+	MOVQ nb+48(FP), R13
 	VPXORD Z0, Z0, Z0
-	VPXORD Z1, Z1, Z1
-	TESTQ R13, R13
-	JZ nf4vdone
 nf4vchunk:
 	MOVQ R13, BX
 	CMPQ BX, $16
@@ -250,10 +270,13 @@ nf4vpair:
 	JNZ nf4vpair
 	TESTQ R13, R13
 	JNZ nf4vchunk
-nf4vdone:
 	MVREDUCE
+	VMOVSS X0, (R12)
+	ADDQ $4, R12
+	DECQ R11
+	JNZ nf4vrow
+nf4vend:
 	VZEROUPPER
-	MOVSS X0, ret+64(FP)
 	RET
 
 // Q4_K: one 64-byte load of nibbles (two 32-byte groups) into the int32
@@ -268,27 +291,29 @@ nf4vdone:
 	VPDPBUSD xoff(SI), Z7, lo \
 	VPDPBUSD xoff+64(SI), Z8, hi
 
-// func dotQ4KVNNI(w *byte, x *int8, dx, fsum *float32, nsb int) float32
-// Σ over nsb Q4_K super-blocks of Σ_j float32(float32(d·sc_j)·dx_j)·Σ q·x
+// func dotQ4KVNNI(y *float32, w *byte, x *int8, dx, fsum *float32, nsb, rows int)
+// y[r] = Σ over the nsb Q4_K super-blocks of row r of Σ_j float32(float32(d·sc_j)·dx_j)·Σ q·x
 // − Σ_j float32(dmin·m_j)·fsum_j, the 6-bit scales and mins unpacked here,
 // x in q8Act's Q4_K sub-block order (0,2,1,3,4,6,5,7).
-TEXT ·dotQ4KVNNI(SB), NOSPLIT, $0-44
-	MOVQ w+0(FP), DI
-	MOVQ x+8(FP), SI
-	MOVQ dx+16(FP), R9
-	MOVQ fsum+24(FP), R10
-	MOVQ nsb+32(FP), CX
-	VPXORD Z0, Z0, Z0
-	VPXORD Z1, Z1, Z1
-	VPXORD Z15, Z15, Z15
+TEXT ·dotQ4KVNNI(SB), NOSPLIT, $0-56
+	MOVQ y+0(FP), R8
+	MOVQ w+8(FP), DI
 	MOVL $0x0f0f0f0f, AX
 	VPBROADCASTD AX, Z31
 	VPMOVZXBD mvidx<>+48(SB), Z20
 	VPMOVZXBD mvidx<>+64(SB), Z21
 	VPMOVZXBD mvidx<>+80(SB), Z22
 	VPMOVZXBD mvidx<>+96(SB), Z23
-	TESTQ CX, CX
-	JZ q4kvdone
+	CMPQ rows+48(FP), $0
+	JEQ q4kvend
+q4kvrow:
+	MOVQ x+16(FP), SI
+	MOVQ dx+24(FP), R9
+	MOVQ fsum+32(FP), R10
+	MOVQ nsb+40(FP), CX
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z15, Z15, Z15
 q4kvloop:
 	MOVL 0(DI), AX
 	VMOVD AX, X2
@@ -349,7 +374,6 @@ q4kvloop:
 	ADDQ $32, R10
 	DECQ CX
 	JNZ q4kvloop
-q4kvdone:
 	VADDPS Z15, Z0, Z0
 	VMOVAPS Y1, Y9
 	MVREDUCE
@@ -357,8 +381,12 @@ q4kvdone:
 	VMOVAPS Y9, Y0
 	MVREDUCE8
 	VSUBSS X0, X10, X0
+	VMOVSS X0, (R8)
+	ADDQ $4, R8
+	DECQ rows+48(FP)
+	JNZ q4kvrow
+q4kvend:
 	VZEROUPPER
-	MOVSS X0, ret+40(FP)
 	RET
 
 // Q6_K: half of a super-block (128 values: 64 ql bytes at R11, 32 qh at
@@ -387,18 +415,14 @@ q4kvdone:
 	VPERMPS Z10, ib, Z11 \
 	VFMADD231PS Z11, Z9, Z1
 
-// func dotQ6KVNNI(w *byte, x *int8, corr *int32, dx *float32, nsb int) float32
-// Σ over nsb Q6_K super-blocks of Σ_i float32(float32(d·sc_i)·dx_i) ·
+// func dotQ6KVNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nsb, rows int)
+// y[r] = Σ over the nsb Q6_K super-blocks of row r of Σ_i float32(float32(d·sc_i)·dx_i) ·
 // (Σ q·x − 32·Σ x) per 16 values i, q the 6-bit codes, x natural, dx one
 // per 16 values.
-TEXT ·dotQ6KVNNI(SB), NOSPLIT, $0-44
-	MOVQ w+0(FP), DI
-	MOVQ x+8(FP), SI
-	MOVQ corr+16(FP), R8
-	MOVQ dx+24(FP), R9
-	MOVQ nsb+32(FP), CX
-	VPXORD Z0, Z0, Z0
-	VPXORD Z1, Z1, Z1
+TEXT ·dotQ6KVNNI(SB), NOSPLIT, $0-56
+	MOVQ y+0(FP), R13
+	MOVQ w+8(FP), DI
+	MOVQ rows+48(FP), R10
 	MOVL $0x0f0f0f0f, AX
 	VPBROADCASTD AX, Z31
 	MOVL $0x30303030, AX
@@ -407,8 +431,15 @@ TEXT ·dotQ6KVNNI(SB), NOSPLIT, $0-44
 	VPMOVZXBD mvidx<>+112(SB), Z21
 	VPMOVZXBD mvidx<>+128(SB), Z22
 	VPMOVZXBD mvidx<>+144(SB), Z23
-	TESTQ CX, CX
-	JZ q6kvdone
+	TESTQ R10, R10
+	JZ q6kvend
+q6kvrow:
+	MOVQ x+16(FP), SI
+	MOVQ corr+24(FP), R8
+	MOVQ dx+32(FP), R9
+	MOVQ nsb+40(FP), CX
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
 q6kvloop:
 	MOVWLZX 208(DI), AX
 	VMOVD AX, X2
@@ -432,26 +463,25 @@ q6kvloop:
 	ADDQ $64, R9
 	DECQ CX
 	JNZ q6kvloop
-q6kvdone:
 	VADDPS Z1, Z0, Z0
 	MVREDUCE
+	VMOVSS X0, (R13)
+	ADDQ $4, R13
+	DECQ R10
+	JNZ q6kvrow
+q6kvend:
 	VZEROUPPER
-	MOVSS X0, ret+40(FP)
 	RET
 
 // AVX2 variants: VPMADDUBSW (u8×s8 → s16 pairs) + VPMADDWD by ones (→ s32).
 // Q8_0 and NF4 use the sign trick (|w| unsigned, x with w's sign) since a
 // +128 bias would saturate the 16-bit pair sums; corr is then unused.
 
-// func dotQ8_0AVX2(w *byte, x *int8, corr *int32, dx *float32, nb int) float32
-TEXT ·dotQ8_0AVX2(SB), NOSPLIT, $0-44
-	MOVQ w+0(FP), DI
-	MOVQ x+8(FP), SI
-	MOVQ dx+24(FP), R9
-	MOVQ nb+32(FP), CX
-	SHRQ $2, CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
+// func dotQ8_0AVX2(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
+TEXT ·dotQ8_0AVX2(SB), NOSPLIT, $0-64
+	MOVQ y+0(FP), R11
+	MOVQ w+8(FP), DI
+	MOVQ rows+48(FP), R10
 	MOVL $0x00010001, AX
 	VMOVD AX, X11
 	VPBROADCASTD X11, Y11
@@ -459,8 +489,15 @@ TEXT ·dotQ8_0AVX2(SB), NOSPLIT, $0-44
 	VPMOVZXBD mvidx<>+8(SB), Y13
 	VPMOVZXBD mvidx<>+16(SB), Y14
 	VPMOVZXBD mvidx<>+24(SB), Y15
-	TESTQ CX, CX
-	JZ q8adone
+	TESTQ R10, R10
+	JZ q8aend
+q8arow:
+	MOVQ x+16(FP), SI
+	MOVQ dx+32(FP), R9
+	MOVQ nb+40(FP), CX
+	SHRQ $2, CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
 q8aloop:
 	F16X4(34, 68, 102)
 	VMULPS (R9), X2, X2
@@ -505,11 +542,15 @@ q8aloop:
 	ADDQ $16, R9
 	DECQ CX
 	JNZ q8aloop
-q8adone:
 	VADDPS Y1, Y0, Y0
 	MVREDUCE8
+	VMOVSS X0, (R11)
+	ADDQ $4, R11
+	ADDQ skip+56(FP), DI
+	DECQ R10
+	JNZ q8arow
+q8aend:
 	VZEROUPPER
-	MOVSS X0, ret+40(FP)
 	RET
 
 // Q4_0 AVX2: blocks a, a+1 of a group (nibbles at o1, o2), x low halves
@@ -529,16 +570,11 @@ q8adone:
 	VPERMPS Y2, idx, Y8 \
 	VFMADD231PS Y8, Y6, acc
 
-// func dotQ4_0AVX2(w *byte, x *int8, corr *int32, dx *float32, nb int) float32
-TEXT ·dotQ4_0AVX2(SB), NOSPLIT, $0-44
-	MOVQ w+0(FP), DI
-	MOVQ x+8(FP), SI
-	MOVQ corr+16(FP), R8
-	MOVQ dx+24(FP), R9
-	MOVQ nb+32(FP), CX
-	SHRQ $2, CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
+// func dotQ4_0AVX2(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
+TEXT ·dotQ4_0AVX2(SB), NOSPLIT, $0-64
+	MOVQ y+0(FP), R11
+	MOVQ w+8(FP), DI
+	MOVQ rows+48(FP), R10
 	MOVL $0x0f0f0f0f, AX
 	VMOVD AX, X15
 	VPBROADCASTD X15, Y15
@@ -547,8 +583,16 @@ TEXT ·dotQ4_0AVX2(SB), NOSPLIT, $0-44
 	VPBROADCASTD X14, Y14
 	VPMOVZXBD mvidx<>+32(SB), Y12
 	VPMOVZXBD mvidx<>+40(SB), Y13
-	TESTQ CX, CX
-	JZ q4adone
+	TESTQ R10, R10
+	JZ q4aend
+q4arow:
+	MOVQ x+16(FP), SI
+	MOVQ corr+24(FP), R8
+	MOVQ dx+32(FP), R9
+	MOVQ nb+40(FP), CX
+	SHRQ $2, CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
 q4aloop:
 	F16X4(18, 36, 54)
 	VMULPS (R9), X2, X2
@@ -560,11 +604,15 @@ q4aloop:
 	ADDQ $16, R9
 	DECQ CX
 	JNZ q4aloop
-q4adone:
 	VADDPS Y1, Y0, Y0
 	MVREDUCE8
+	VMOVSS X0, (R11)
+	ADDQ $4, R11
+	ADDQ skip+56(FP), DI
+	DECQ R10
+	JNZ q4arow
+q4aend:
 	VZEROUPPER
-	MOVSS X0, ret+40(FP)
 	RET
 
 // NF4 AVX2: one block (32 nibble bytes at off(DI)), x low values at xl(SI),
@@ -592,17 +640,16 @@ q4adone:
 	VPADDD Y11, Y12, Y12 \
 	VFMADD231PS Y7, Y6, Y0
 
-// func dotNF4AVX2(q, codes *byte, x *int8, corr *int32, dx *float32, nb int, c2, mu float32, tab *byte) float32
+// func dotNF4AVX2(y *float32, q, codes *byte, x *int8, corr *int32, dx *float32, nb, rows int, c2, mu float32, tab *byte)
 // As dotNF4VNNI with the signed code book; the scales of 8 blocks at a
 // time (reads up to 7 codes past the last, inside the tensor's c2 and μ,
 // and dx up to 7 past, inside q8Act's padding).
-TEXT ·dotNF4AVX2(SB), NOSPLIT, $0-68
-	MOVQ q+0(FP), DI
-	MOVQ codes+8(FP), R10
-	MOVQ x+16(FP), SI
-	MOVQ dx+32(FP), R9
-	MOVQ nb+40(FP), R13
-	MOVQ tab+56(FP), AX
+TEXT ·dotNF4AVX2(SB), NOSPLIT, $0-80
+	MOVQ y+0(FP), R12
+	MOVQ q+8(FP), DI
+	MOVQ codes+16(FP), R10
+	MOVQ rows+56(FP), R11
+	MOVQ tab+72(FP), AX
 	VBROADCASTI128 (AX), Y14
 	MOVL $0x0f0f0f0f, AX
 	VMOVD AX, X15
@@ -613,9 +660,13 @@ TEXT ·dotNF4AVX2(SB), NOSPLIT, $0-68
 	MOVL $1, AX
 	VMOVD AX, X11
 	VPBROADCASTD X11, Y11
+	TESTQ R11, R11
+	JZ nf4aend
+nf4arow:
+	MOVQ x+24(FP), SI
+	MOVQ dx+40(FP), R9
+	MOVQ nb+48(FP), R13
 	VXORPS Y0, Y0, Y0
-	TESTQ R13, R13
-	JZ nf4adone
 nf4achunk:
 	MOVQ R13, BX
 	CMPQ BX, $8
@@ -628,9 +679,9 @@ nf4aok:
 	VMOVD AX, X3
 	VBROADCASTSS X3, Y3
 	VDIVPS Y3, Y10, Y10
-	VBROADCASTSS c2+48(FP), Y3
+	VBROADCASTSS c2+64(FP), Y3
 	VMULPS Y3, Y10, Y10
-	VBROADCASTSS mu+52(FP), Y3
+	VBROADCASTSS mu+68(FP), Y3
 	VADDPS Y3, Y10, Y10
 	VXORPS Y3, Y3, Y3
 	VMAXPS Y3, Y10, Y10
@@ -649,10 +700,13 @@ nf4apair:
 	JNZ nf4apair
 	TESTQ R13, R13
 	JNZ nf4achunk
-nf4adone:
 	MVREDUCE8
+	VMOVSS X0, (R12)
+	ADDQ $4, R12
+	DECQ R11
+	JNZ nf4arow
+nf4aend:
 	VZEROUPPER
-	MOVSS X0, ret+64(FP)
 	RET
 
 // Q4_K AVX2: 32-byte group g of nibbles at off(DI): low nibbles are
@@ -676,16 +730,10 @@ nf4adone:
 	VPADDD Y11, Y12, Y12 \
 	VFMADD231PS Y9, Y8, Y2
 
-// func dotQ4KAVX2(w *byte, x *int8, dx, fsum *float32, nsb int) float32
-TEXT ·dotQ4KAVX2(SB), NOSPLIT, $0-44
-	MOVQ w+0(FP), DI
-	MOVQ x+8(FP), SI
-	MOVQ dx+16(FP), R9
-	MOVQ fsum+24(FP), R10
-	MOVQ nsb+32(FP), CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
+// func dotQ4KAVX2(y *float32, w *byte, x *int8, dx, fsum *float32, nsb, rows int)
+TEXT ·dotQ4KAVX2(SB), NOSPLIT, $0-56
+	MOVQ y+0(FP), R8
+	MOVQ w+8(FP), DI
 	MOVL $0x0f0f0f0f, AX
 	VMOVD AX, X15
 	VPBROADCASTD X15, Y15
@@ -695,8 +743,16 @@ TEXT ·dotQ4KAVX2(SB), NOSPLIT, $0-44
 	MOVL $1, AX
 	VMOVD AX, X11
 	VPBROADCASTD X11, Y11
-	TESTQ CX, CX
-	JZ q4kadone
+	CMPQ rows+48(FP), $0
+	JEQ q4kaend
+q4karow:
+	MOVQ x+16(FP), SI
+	MOVQ dx+24(FP), R9
+	MOVQ fsum+32(FP), R10
+	MOVQ nsb+40(FP), CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
 q4kaloop:
 	MOVL 0(DI), AX
 	VMOVD AX, X6
@@ -748,7 +804,6 @@ q4kaloop:
 	ADDQ $32, R10
 	DECQ CX
 	JNZ q4kaloop
-q4kadone:
 	VADDPS Y2, Y0, Y0
 	VMOVAPS Y1, Y9
 	MVREDUCE8
@@ -756,8 +811,12 @@ q4kadone:
 	VMOVAPS Y9, Y0
 	MVREDUCE8
 	VSUBSS X0, X10, X0
+	VMOVSS X0, (R8)
+	ADDQ $4, R8
+	DECQ rows+48(FP)
+	JNZ q4karow
+q4kaend:
 	VZEROUPPER
-	MOVSS X0, ret+40(FP)
 	RET
 
 // Q6_K AVX2: 32 values from ql (low or high nibbles in Y4) and qh bits (in
@@ -794,15 +853,11 @@ q4kadone:
 	VPSRLW $2, Y3, Y5 \
 	Q6AQUARTER(96, 96, Y12, Y1)
 
-// func dotQ6KAVX2(w *byte, x *int8, corr *int32, dx *float32, nsb int) float32
-TEXT ·dotQ6KAVX2(SB), NOSPLIT, $32-44
-	MOVQ w+0(FP), DI
-	MOVQ x+8(FP), SI
-	MOVQ corr+16(FP), R8
-	MOVQ dx+24(FP), R9
-	MOVQ nsb+32(FP), CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
+// func dotQ6KAVX2(y *float32, w *byte, x *int8, corr *int32, dx *float32, nsb, rows int)
+TEXT ·dotQ6KAVX2(SB), NOSPLIT, $32-56
+	MOVQ y+0(FP), R13
+	MOVQ w+8(FP), DI
+	MOVQ rows+48(FP), R10
 	MOVL $0x0f0f0f0f, AX
 	VMOVD AX, X15
 	VPBROADCASTD X15, Y15
@@ -816,8 +871,15 @@ TEXT ·dotQ6KAVX2(SB), NOSPLIT, $32-44
 	VPMOVZXBD mvidx<>+40(SB), Y10
 	VPMOVZXBD mvidx<>+112(SB), Y11
 	VPMOVZXBD mvidx<>+120(SB), Y12
-	TESTQ CX, CX
-	JZ q6kadone
+	TESTQ R10, R10
+	JZ q6kaend
+q6karow:
+	MOVQ x+16(FP), SI
+	MOVQ corr+24(FP), R8
+	MOVQ dx+32(FP), R9
+	MOVQ nsb+40(FP), CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
 q6kaloop:
 	MOVQ DI, R11
 	LEAQ 128(DI), R12
@@ -849,9 +911,124 @@ q6kaloop:
 	ADDQ $64, R9
 	DECQ CX
 	JNZ q6kaloop
-q6kadone:
 	VADDPS Y1, Y0, Y0
 	MVREDUCE8
+	VMOVSS X0, (R13)
+	ADDQ $4, R13
+	DECQ R10
+	JNZ q6karow
+q6kaend:
 	VZEROUPPER
-	MOVSS X0, ret+40(FP)
 	RET
+
+// func quantQ8AVX2(x *float32, q *int8, d, fsum *float32, isum *int32, nb, bs32 int)
+// Quantizes nb blocks of 32·g values (bs32 = g = 1 or 2) of x: per block the
+// absolute maximum a, d[b] = a/127, q = round-to-nearest-even(x·(127/a))
+// (0 when a = 0) in natural order, isum[b] = Σ q and fsum[b] = Σ x (float32,
+// in a fixed order).
+TEXT ·quantQ8AVX2(SB), NOSPLIT, $0-56
+	MOVQ x+0(FP), SI
+	MOVQ q+8(FP), DI
+	MOVQ d+16(FP), R8
+	MOVQ fsum+24(FP), R9
+	MOVQ isum+32(FP), R10
+	MOVQ nb+40(FP), CX
+	MOVQ bs32+48(FP), DX
+	MOVL $0x7fffffff, AX
+	VMOVD AX, X15
+	VPBROADCASTD X15, Y15
+	MOVL $0x42fe0000, AX // 127.0
+	VMOVD AX, X14
+	VPMOVZXBD qperm<>(SB), Y13
+	TESTQ CX, CX
+	JZ qdone
+qblock:
+	// absolute maximum over 32·g values into X4, float sum into X5
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	MOVQ SI, R11
+	MOVQ DX, BX
+qamax:
+	VMOVUPS (R11), Y0
+	VMOVUPS 32(R11), Y1
+	VMOVUPS 64(R11), Y2
+	VMOVUPS 96(R11), Y3
+	VADDPS Y1, Y0, Y6
+	VADDPS Y3, Y2, Y7
+	VADDPS Y7, Y6, Y6
+	VADDPS Y6, Y5, Y5
+	VANDPS Y15, Y0, Y0
+	VANDPS Y15, Y1, Y1
+	VANDPS Y15, Y2, Y2
+	VANDPS Y15, Y3, Y3
+	VMAXPS Y1, Y0, Y0
+	VMAXPS Y3, Y2, Y2
+	VMAXPS Y2, Y0, Y0
+	VMAXPS Y0, Y4, Y4
+	ADDQ $128, R11
+	DECQ BX
+	JNZ qamax
+	VEXTRACTF128 $1, Y4, X0
+	VMAXPS X0, X4, X4
+	VPERMILPS $0x4e, X4, X0
+	VMAXPS X0, X4, X4
+	VPERMILPS $0xb1, X4, X0
+	VMAXPS X0, X4, X4
+	VEXTRACTF128 $1, Y5, X0
+	VADDPS X0, X5, X5
+	VPERMILPS $0x4e, X5, X0
+	VADDPS X0, X5, X5
+	VPERMILPS $0xb1, X5, X0
+	VADDPS X0, X5, X5
+	VMOVSS X5, (R9)
+	VDIVSS X14, X4, X0
+	VMOVSS X0, (R8)
+	VXORPS X6, X6, X6
+	VUCOMISS X6, X4
+	JBE qzero
+	VDIVSS X4, X14, X6
+qzero:
+	VBROADCASTSS X6, Y6
+	VPXOR Y12, Y12, Y12
+	MOVQ DX, BX
+qconv:
+	VMULPS (SI), Y6, Y0
+	VMULPS 32(SI), Y6, Y1
+	VMULPS 64(SI), Y6, Y2
+	VMULPS 96(SI), Y6, Y3
+	VCVTPS2DQ Y0, Y0
+	VCVTPS2DQ Y1, Y1
+	VCVTPS2DQ Y2, Y2
+	VCVTPS2DQ Y3, Y3
+	VPADDD Y1, Y0, Y7
+	VPADDD Y3, Y2, Y8
+	VPADDD Y8, Y7, Y7
+	VPADDD Y7, Y12, Y12
+	VPACKSSDW Y1, Y0, Y0
+	VPACKSSDW Y3, Y2, Y2
+	VPACKSSWB Y2, Y0, Y0
+	VPERMD Y0, Y13, Y0
+	VMOVDQU Y0, (DI)
+	ADDQ $128, SI
+	ADDQ $32, DI
+	DECQ BX
+	JNZ qconv
+	VEXTRACTI128 $1, Y12, X0
+	VPADDD X0, X12, X12
+	VPSHUFD $0x4e, X12, X0
+	VPADDD X0, X12, X12
+	VPSHUFD $0xb1, X12, X0
+	VPADDD X0, X12, X12
+	VMOVD X12, (R10)
+	ADDQ $4, R8
+	ADDQ $4, R9
+	ADDQ $4, R10
+	DECQ CX
+	JNZ qblock
+qdone:
+	VZEROUPPER
+	RET
+
+// qperm undoes the lane interleaving of VPACKSSDW+VPACKSSWB (dwords).
+DATA qperm<>+0(SB)/8, $0x0703060205010400
+GLOBL qperm<>(SB), RODATA|NOPTR, $8

@@ -38,35 +38,40 @@ var hasVNNI = cpu.X86.HasAVX512VNNI
 // haveQ8 reports that this build has the integer matrix-vector kernels.
 const haveQ8 = true
 
-//go:noescape
-func dotQ8_0VNNI(w *byte, x *int8, corr *int32, dx *float32, nb int) float32
+// The kernels compute y[r] for rows consecutive weight rows starting at w
+// (each of nb blocks, or nsb super-blocks), against one quantized x; skip is
+// the number of bytes of each row after the nb blocks they read (the Go
+// tail's blocks).
 
 //go:noescape
-func dotQ4_0VNNI(w *byte, x *int8, corr *int32, dx *float32, nb int) float32
+func dotQ8_0VNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
 
 //go:noescape
-func dotNF4VNNI(q, codes *byte, x *int8, corr *int32, dx *float32, nb int, c2, mu float32, tab *byte) float32
+func dotQ4_0VNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
 
 //go:noescape
-func dotQ4KVNNI(w *byte, x *int8, dx, fsum *float32, nsb int) float32
+func dotNF4VNNI(y *float32, q, codes *byte, x *int8, corr *int32, dx *float32, nb, rows int, c2, mu float32, tab *byte)
 
 //go:noescape
-func dotQ6KVNNI(w *byte, x *int8, corr *int32, dx *float32, nsb int) float32
+func dotQ4KVNNI(y *float32, w *byte, x *int8, dx, fsum *float32, nsb, rows int)
 
 //go:noescape
-func dotQ8_0AVX2(w *byte, x *int8, corr *int32, dx *float32, nb int) float32
+func dotQ6KVNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nsb, rows int)
 
 //go:noescape
-func dotQ4_0AVX2(w *byte, x *int8, corr *int32, dx *float32, nb int) float32
+func dotQ8_0AVX2(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
 
 //go:noescape
-func dotNF4AVX2(q, codes *byte, x *int8, corr *int32, dx *float32, nb int, c2, mu float32, tab *byte) float32
+func dotQ4_0AVX2(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
 
 //go:noescape
-func dotQ4KAVX2(w *byte, x *int8, dx, fsum *float32, nsb int) float32
+func dotNF4AVX2(y *float32, q, codes *byte, x *int8, corr *int32, dx *float32, nb, rows int, c2, mu float32, tab *byte)
 
 //go:noescape
-func dotQ6KAVX2(w *byte, x *int8, corr *int32, dx *float32, nsb int) float32
+func dotQ4KAVX2(y *float32, w *byte, x *int8, dx, fsum *float32, nsb, rows int)
+
+//go:noescape
+func dotQ6KAVX2(y *float32, w *byte, x *int8, corr *int32, dx *float32, nsb, rows int)
 
 // nf4I8 is the NF4 code book in int8, round(127·NF4Table[k]); nf4U8 is the
 // same biased by +128 (unsigned operand of VPDPBUSD).
@@ -85,9 +90,15 @@ type q8Act struct {
 	vnni bool
 	q    []int8    // K values in the kernel's order
 	corr []int32   // spread integer corrections (accumulator initial values)
-	dx   []float32 // x block scales (Q6_K: one per 16 values, repeated)
-	fsum []float32 // Q4_K: float32 sum of x per 32 values
+	dx   []float32 // x block scales (padded by 8)
+	dx6  []float32 // Q6_K: dx repeated, one per 16 values
+	fsum []float32 // float32 sum of x per block (Q4_K's mins)
+	isum []int32   // Σ q per block
+	nat  []int8    // q in natural order, before the reordering
 }
+
+//go:noescape
+func quantQ8AVX2(x *float32, q *int8, d, fsum *float32, isum *int32, nb, bs32 int)
 
 var q8Pool sync.Pool
 
@@ -148,167 +159,196 @@ func (a *q8Act) quantize(t quant.Type, x []float32, vnni bool) {
 	a.typ, a.vnni = t, vnni
 	a.q = grow(a.q, K)
 	a.corr = grow(a.corr, K/4)
+	a.fsum = grow(a.fsum, nb)
+	a.isum = grow(a.isum, nb)
+	a.dx = grow(a.dx, nb+8) // dotNF4AVX2 reads up to 7 past the end
+	nat := a.q
+	if t != quant.Q8_0 && t != quant.Q6_K {
+		a.nat = grow(a.nat, K)
+		nat = a.nat
+	}
+	if nb > 0 {
+		quantQ8AVX2(&x[0], &nat[0], &a.dx[0], &a.fsum[0], &a.isum[0], nb, bs/32)
+	}
+	q := a.q
 	switch t {
-	case quant.Q6_K:
-		a.dx = grow(a.dx, K/16)
-	case quant.NF4:
-		a.dx = grow(a.dx, nb+8) // dotNF4AVX2 reads up to 7 past the end
-	default:
-		a.dx = grow(a.dx, nb)
-	}
-	if t == quant.Q4_K {
-		a.fsum = grow(a.fsum, nb)
-	}
-	var blk [64]int8
-	for b := 0; b < nb; b++ {
-		xb := x[b*bs : (b+1)*bs]
-		var amax float32
-		var fs float64
-		for _, v := range xb {
-			amax = max(amax, float32(math.Abs(float64(v))))
-			fs += float64(v)
-		}
-		var d, id float32
-		if amax > 0 {
-			d, id = amax/127, 127/amax
-		}
-		sum := int32(0)
-		for j, v := range xb {
-			v *= id
-			var q int32
-			if v >= 0 {
-				q = int32(v + 0.5)
-			} else {
-				q = int32(v - 0.5)
+	case quant.Q8_0:
+		if vnni {
+			for b, s := range a.isum {
+				a.corr[8*b] = -128 * s
 			}
-			q = max(-127, min(127, q))
-			blk[j] = int8(q)
-			sum += q
 		}
-		q := a.q
-		switch t {
-		case quant.Q8_0:
-			copy(q[b*32:], blk[:32])
-			a.dx[b] = d
-			if vnni {
-				a.corr[8*b] = -128 * sum
-			}
-		case quant.Q4_0:
-			a.dx[b] = d
-			a.corr[4*b] = -8 * sum
-			if b < nb&^3 {
+	case quant.Q4_0:
+		n4 := nb &^ 3
+		for b, s := range a.isum {
+			a.corr[4*b] = -8 * s
+			if b < n4 {
 				g, i := b/4, b%4
-				copy(q[g*128+i*16:], blk[:16])
-				copy(q[g*128+64+i*16:], blk[16:32])
+				*(*[16]int8)(q[g*128+i*16:]) = *(*[16]int8)(nat[b*32:])
+				*(*[16]int8)(q[g*128+64+i*16:]) = *(*[16]int8)(nat[b*32+16:])
 			} else {
-				copy(q[b*32:], blk[:32])
+				*(*[32]int8)(q[b*32:]) = *(*[32]int8)(nat[b*32:])
 			}
-		case quant.NF4:
-			a.dx[b] = d / 127 // the code book is in units of 1/127
+		}
+	case quant.NF4:
+		n2 := nb &^ 1
+		for b, s := range a.isum {
+			a.dx[b] /= 127 // the code book is in units of 1/127
 			if vnni {
-				a.corr[8*b] = -128 * sum
+				a.corr[8*b] = -128 * s
 			}
-			if b < nb&^1 {
+			if b < n2 {
 				p, i := b/2, b%2
-				copy(q[p*128+i*32:], blk[:32])
-				copy(q[p*128+64+i*32:], blk[32:64])
+				*(*[32]int8)(q[p*128+i*32:]) = *(*[32]int8)(nat[b*64:])
+				*(*[32]int8)(q[p*128+64+i*32:]) = *(*[32]int8)(nat[b*64+32:])
 			} else {
-				copy(q[b*64:], blk[:64])
+				*(*[64]int8)(q[b*64:]) = *(*[64]int8)(nat[b*64:])
 			}
-		case quant.Q4_K:
-			a.dx[b] = d
-			a.fsum[b] = float32(fs)
+		}
+	case quant.Q4_K:
+		for b := range nb {
 			sb, j := b/8, b%8
 			slot := [8]int{0, 2, 1, 3, 4, 6, 5, 7}[j]
-			copy(q[sb*256+slot*32:], blk[:32])
-		case quant.Q6_K:
-			copy(q[b*32:], blk[:32])
-			a.dx[2*b], a.dx[2*b+1] = d, d
-			var s0, s1 int32
-			for j := 0; j < 16; j++ {
-				s0 += int32(blk[j])
-				s1 += int32(blk[16+j])
-			}
-			a.corr[8*b], a.corr[8*b+4] = -32*s0, -32*s1
+			*(*[32]int8)(q[sb*256+slot*32:]) = *(*[32]int8)(nat[b*32:])
 		}
-	}
-}
-
-// rowDot returns Σₖ x[k]·W[r][k] for the row x that a was quantized from.
-func (a *q8Act) rowDot(w *Matrix, r int) float32 {
-	K := w.Cols
-	off := r * K
-	switch w.Type {
-	case quant.Q8_0:
-		src := w.Data[off/32*34 : (off+K)/32*34]
-		nb := K / 32
-		n4 := nb &^ 3
-		var s float32
-		if n4 > 0 {
-			if a.vnni {
-				s = dotQ8_0VNNI(&src[0], &a.q[0], &a.corr[0], &a.dx[0], n4)
-			} else {
-				s = dotQ8_0AVX2(&src[0], &a.q[0], &a.corr[0], &a.dx[0], n4)
-			}
-		}
-		for b := n4; b < nb; b++ {
-			blk := (*[34]byte)(src[b*34:])
-			xq := a.q[b*32 : b*32+32]
-			var is int32
-			for j := 0; j < 32; j++ {
-				is += int32(int8(blk[2+j])) * int32(xq[j])
-			}
-			s += f16(uint16(blk[0])|uint16(blk[1])<<8) * a.dx[b] * float32(is)
-		}
-		return s
-	case quant.Q4_0:
-		src := w.Data[off/32*18 : (off+K)/32*18]
-		nb := K / 32
-		n4 := nb &^ 3
-		var s float32
-		if n4 > 0 {
-			if a.vnni {
-				s = dotQ4_0VNNI(&src[0], &a.q[0], &a.corr[0], &a.dx[0], n4)
-			} else {
-				s = dotQ4_0AVX2(&src[0], &a.q[0], &a.corr[0], &a.dx[0], n4)
-			}
-		}
-		for b := n4; b < nb; b++ {
-			blk := (*[18]byte)(src[b*18:])
-			xq := a.q[b*32 : b*32+32]
-			var is int32
-			for j := 0; j < 16; j++ {
-				is += (int32(blk[2+j]&15)-8)*int32(xq[j]) + (int32(blk[2+j]>>4)-8)*int32(xq[16+j])
-			}
-			s += f16(uint16(blk[0])|uint16(blk[1])<<8) * a.dx[b] * float32(is)
-		}
-		return s
-	case quant.NF4:
-		return a.rowDotNF4(w, r)
-	case quant.Q4_K:
-		src := w.Data[off/256*144 : (off+K)/256*144]
-		if a.vnni {
-			return dotQ4KVNNI(&src[0], &a.q[0], &a.dx[0], &a.fsum[0], K/256)
-		}
-		return dotQ4KAVX2(&src[0], &a.q[0], &a.dx[0], &a.fsum[0], K/256)
 	case quant.Q6_K:
-		src := w.Data[off/256*210 : (off+K)/256*210]
-		if a.vnni {
-			return dotQ6KVNNI(&src[0], &a.q[0], &a.corr[0], &a.dx[0], K/256)
+		dx := a.dx[:nb]
+		a.dx6 = grow(a.dx6, K/16)
+		for b := nb - 1; b >= 0; b-- {
+			a.dx6[2*b], a.dx6[2*b+1] = dx[b], dx[b]
+			var s0 int32
+			for _, v := range q[b*32 : b*32+16] {
+				s0 += int32(v)
+			}
+			a.corr[8*b], a.corr[8*b+4] = -32*s0, -32*(a.isum[b]-s0)
 		}
-		return dotQ6KAVX2(&src[0], &a.q[0], &a.corr[0], &a.dx[0], K/256)
 	}
-	panic("kernels: q8Act.rowDot: " + w.Type.String())
 }
 
-// rowDotNF4 splits the row at its double-quantization groups (one c2 per
-// 256 blocks); a block pair that straddles a group boundary and an odd last
-// block are summed in Go.
-func (a *q8Act) rowDotNF4(w *Matrix, r int) float32 {
+// rowsDot sets y[n-lo] = Σₖ x[k]·W[n][k] for the rows n in [lo, hi), for
+// the row x that a was quantized from.
+func (a *q8Act) rowsDot(w *Matrix, y []float32, lo, hi int) {
+	K := w.Cols
+	rows := hi - lo
+	if rows <= 0 {
+		return
+	}
+	y = y[:rows]
+	switch w.Type {
+	case quant.Q8_0, quant.Q4_0:
+		bb := 34
+		if w.Type == quant.Q4_0 {
+			bb = 18
+		}
+		nb := K / 32
+		n4 := nb &^ 3
+		src := w.Data[lo*nb*bb : hi*nb*bb]
+		if n4 > 0 {
+			f := dotQ8_0AVX2
+			switch {
+			case w.Type == quant.Q8_0 && a.vnni:
+				f = dotQ8_0VNNI
+			case w.Type == quant.Q4_0 && a.vnni:
+				f = dotQ4_0VNNI
+			case w.Type == quant.Q4_0:
+				f = dotQ4_0AVX2
+			}
+			f(&y[0], &src[0], &a.q[0], &a.corr[0], &a.dx[0], n4, rows, (nb-n4)*bb)
+		} else {
+			clear(y)
+		}
+		if n4 == nb {
+			return
+		}
+		for r := range y {
+			row := src[r*nb*bb : (r+1)*nb*bb]
+			s := y[r]
+			for b := n4; b < nb; b++ {
+				s += a.tailBlock(w.Type, row[b*bb:], b)
+			}
+			y[r] = s
+		}
+	case quant.NF4:
+		a.rowsDotNF4(w, y, lo, hi)
+	case quant.Q4_K:
+		src := w.Data[lo*K/256*144 : hi*K/256*144]
+		if a.vnni {
+			dotQ4KVNNI(&y[0], &src[0], &a.q[0], &a.dx[0], &a.fsum[0], K/256, rows)
+		} else {
+			dotQ4KAVX2(&y[0], &src[0], &a.q[0], &a.dx[0], &a.fsum[0], K/256, rows)
+		}
+	case quant.Q6_K:
+		src := w.Data[lo*K/256*210 : hi*K/256*210]
+		if a.vnni {
+			dotQ6KVNNI(&y[0], &src[0], &a.q[0], &a.corr[0], &a.dx6[0], K/256, rows)
+		} else {
+			dotQ6KAVX2(&y[0], &src[0], &a.q[0], &a.corr[0], &a.dx6[0], K/256, rows)
+		}
+	default:
+		panic("kernels: q8Act.rowsDot: " + w.Type.String())
+	}
+}
+
+// tailBlock is block b (natural x order) of a Q8_0 or Q4_0 row, in Go.
+func (a *q8Act) tailBlock(t quant.Type, blk []byte, b int) float32 {
+	xq := (*[32]int8)(a.q[b*32:])
+	var is int32
+	if t == quant.Q8_0 {
+		q := (*[34]byte)(blk)
+		for j := 0; j < 32; j++ {
+			is += int32(int8(q[2+j])) * int32(xq[j])
+		}
+	} else {
+		q := (*[18]byte)(blk)
+		for j := 0; j < 16; j++ {
+			is += (int32(q[2+j]&15)-8)*int32(xq[j]) + (int32(q[2+j]>>4)-8)*int32(xq[16+j])
+		}
+	}
+	return f16(uint16(blk[0])|uint16(blk[1])<<8) * a.dx[b] * float32(is)
+}
+
+// rowsDotNF4 runs the kernel on runs of rows that lie in one
+// double-quantization group (one c2); a row that straddles two groups, or
+// any row when it has an odd number of blocks, goes through rowDotNF4.
+func (a *q8Act) rowsDotNF4(w *Matrix, y []float32, lo, hi int) {
 	K := w.Cols
 	nb := K / 64
 	codes, c2off, muoff := nf4Layout(w.Rows * K)
 	mu := math.Float32frombits(binary.LittleEndian.Uint32(w.Data[muoff:]))
+	tab := &nf4U8
+	if !a.vnni {
+		tab = &nf4I8
+	}
+	for n := lo; n < hi; {
+		g := n * nb / 256
+		if nb%2 == 1 || ((n+1)*nb-1)/256 != g {
+			y[n-lo] = a.rowDotNF4(w, n, codes, c2off, mu)
+			n++
+			continue
+		}
+		e := n + 1 // rows [n, e) end inside group g
+		for e < hi && ((e+1)*nb-1)/256 == g {
+			e++
+		}
+		b := n * nb
+		c2 := math.Float32frombits(binary.LittleEndian.Uint32(w.Data[c2off+4*g:]))
+		_ = w.Data[codes+e*nb-1]
+		_ = w.Data[e*nb*32-1]
+		if a.vnni {
+			dotNF4VNNI(&y[n-lo], &w.Data[b*32], &w.Data[codes+b], &a.q[0], &a.corr[0], &a.dx[0], nb, e-n, c2, mu, &tab[0])
+		} else {
+			dotNF4AVX2(&y[n-lo], &w.Data[b*32], &w.Data[codes+b], &a.q[0], &a.corr[0], &a.dx[0], nb, e-n, c2, mu, &tab[0])
+		}
+		n = e
+	}
+}
+
+// rowDotNF4 is one NF4 row split at its double-quantization groups; a block
+// pair that straddles a group boundary and an odd last block are summed in
+// Go.
+func (a *q8Act) rowDotNF4(w *Matrix, r, codes, c2off int, mu float32) float32 {
+	K := w.Cols
+	nb := K / 64
 	b0 := r * nb
 	tab := &nf4U8
 	if !a.vnni {
@@ -327,11 +367,13 @@ func (a *q8Act) rowDotNF4(w *Matrix, r int) float32 {
 		c2 := math.Float32frombits(binary.LittleEndian.Uint32(w.Data[c2off+4*(b/256):]))
 		_ = w.Data[codes+b+n-1]
 		_ = w.Data[(b+n)*32-1]
+		var v float32
 		if a.vnni {
-			s += dotNF4VNNI(&w.Data[b*32], &w.Data[codes+b], &a.q[rel*64], &a.corr[8*rel], &a.dx[rel], n, c2, mu, &tab[0])
+			dotNF4VNNI(&v, &w.Data[b*32], &w.Data[codes+b], &a.q[rel*64], &a.corr[8*rel], &a.dx[rel], n, 1, c2, mu, &tab[0])
 		} else {
-			s += dotNF4AVX2(&w.Data[b*32], &w.Data[codes+b], &a.q[rel*64], &a.corr[8*rel], &a.dx[rel], n, c2, mu, &tab[0])
+			dotNF4AVX2(&v, &w.Data[b*32], &w.Data[codes+b], &a.q[rel*64], &a.corr[8*rel], &a.dx[rel], n, 1, c2, mu, &tab[0])
 		}
+		s += v
 		rel += n
 	}
 	return s
