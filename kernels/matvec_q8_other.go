@@ -13,4 +13,6 @@ func newQ8Acts(*Matrix, []float32, int) []*q8Act { return nil }
 
 func putQ8Acts([]*q8Act) {}
 
-func (*q8Act) rowsDot(*Matrix, []float32, int, int) { panic("kernels: no integer matvec in this build") }
+func (*q8Act) rowsDot(*Matrix, []float32, int, int) {
+	panic("kernels: no integer matvec in this build")
+}
