@@ -12,10 +12,13 @@ const matVecRows = 4
 //
 //	for n { for m { y[m*N+n] = Σₖ x[m*K+k]·w[n][k] } }
 //
-// Workers own disjoint ranges of W rows. A row is read straight from its
-// blocks by a fused assembly dot (fusedRowDot: F32, F16, BF16, Q8_0, Q4_0,
-// Q4_K, Q6_K, NF4 with AVX-512), or decoded once into a row buffer and dotted with each X
-// row (dotF32Fast) for the other types and levels.
+// Workers own disjoint ranges of W rows. For Q8_0, Q4_0, NF4, Q4_K and
+// Q6_K at AVX2 and above, the M rows of X are quantized once to int8
+// blocks (newQ8Acts) and the assembly kernels loop over the worker's rows
+// with integer dots (q8Act.rowsDot; error bound in doc.go). Otherwise a row
+// is read straight from its blocks by a fused assembly dot (fusedRowDot:
+// F16, BF16 with AVX-512), read in place (F32), or decoded once into a row
+// buffer and dotted with each X row (dotF32Fast).
 func matVec(p *Pool, y, x []float32, M int, w Matrix) {
 	N, K := w.Rows, w.Cols
 	if K == 0 {

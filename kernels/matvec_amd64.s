@@ -1032,3 +1032,91 @@ qdone:
 // qperm undoes the lane interleaving of VPACKSSDW+VPACKSSWB (dwords).
 DATA qperm<>+0(SB)/8, $0x0703060205010400
 GLOBL qperm<>(SB), RODATA|NOPTR, $8
+
+// Q4_0 with AVX-512 VBMI: one 64-byte load of a 4-block group (72 bytes)
+// plus 16 bytes at +56; VPERMT2B gathers the 4×16 nibble bytes and VPERMB
+// the 4 f16 scales, instead of 4 inserts and 4 scalar loads.
+DATA q4nib<>+0(SB)/8, $0x0908070605040302
+DATA q4nib<>+8(SB)/8, $0x11100f0e0d0c0b0a
+DATA q4nib<>+16(SB)/8, $0x1b1a191817161514
+DATA q4nib<>+24(SB)/8, $0x232221201f1e1d1c
+DATA q4nib<>+32(SB)/8, $0x2d2c2b2a29282726
+DATA q4nib<>+40(SB)/8, $0x3534333231302f2e
+DATA q4nib<>+48(SB)/8, $0x4746454443424140
+DATA q4nib<>+56(SB)/8, $0x4f4e4d4c4b4a4948
+GLOBL q4nib<>(SB), RODATA|NOPTR, $64
+DATA q4sc<>+0(SB)/8, $0x3736252413120100
+DATA q4sc<>+8(SB)/8, $0x0000000000000000
+DATA q4sc<>+16(SB)/8, $0x0000000000000000
+DATA q4sc<>+24(SB)/8, $0x0000000000000000
+DATA q4sc<>+32(SB)/8, $0x0000000000000000
+DATA q4sc<>+40(SB)/8, $0x0000000000000000
+DATA q4sc<>+48(SB)/8, $0x0000000000000000
+DATA q4sc<>+56(SB)/8, $0x0000000000000000
+GLOBL q4sc<>(SB), RODATA|NOPTR, $64
+
+#define Q4BGROUP(acc) \
+	VMOVDQU64 (DI), Z4 \
+	VMOVDQU 56(DI), X5 \
+	VPERMB Z4, Z28, Z2 \
+	VPERMT2B Z5, Z29, Z4 \
+	VCVTPH2PS X2, X2 \
+	VMULPS (R9), X2, X2 \
+	VPSRLW $4, Z4, Z5 \
+	VPANDD Z31, Z4, Z4 \
+	VPANDD Z31, Z5, Z5 \
+	VMOVDQU32 (R8), Z6 \
+	VPDPBUSD (SI), Z4, Z6 \
+	VPDPBUSD 64(SI), Z5, Z6 \
+	VCVTDQ2PS Z6, Z6 \
+	VPERMPS Z2, Z30, Z8 \
+	VFMADD231PS Z8, Z6, acc \
+	ADDQ $72, DI \
+	ADDQ $128, SI \
+	ADDQ $64, R8 \
+	ADDQ $16, R9
+
+// func dotQ4_0VBMI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
+// As dotQ4_0VNNI.
+TEXT ·dotQ4_0VBMI(SB), NOSPLIT, $0-64
+	MOVQ y+0(FP), R11
+	MOVQ w+8(FP), DI
+	MOVQ rows+48(FP), R10
+	MOVL $0x0f0f0f0f, AX
+	VPBROADCASTD AX, Z31
+	VPMOVZXBD mvidx<>+32(SB), Z30
+	VMOVDQU64 q4nib<>(SB), Z29
+	VMOVDQU64 q4sc<>(SB), Z28
+	TESTQ R10, R10
+	JZ q4bend
+q4brow:
+	MOVQ x+16(FP), SI
+	MOVQ corr+24(FP), R8
+	MOVQ dx+32(FP), R9
+	MOVQ nb+40(FP), CX
+	SHRQ $2, CX
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	MOVQ CX, R12
+	SHRQ $1, R12
+	JZ q4bone
+q4bloop:
+	Q4BGROUP(Z0)
+	Q4BGROUP(Z1)
+	DECQ R12
+	JNZ q4bloop
+q4bone:
+	TESTQ $1, CX
+	JZ q4bdone
+	Q4BGROUP(Z0)
+q4bdone:
+	VADDPS Z1, Z0, Z0
+	MVREDUCE
+	VMOVSS X0, (R11)
+	ADDQ $4, R11
+	ADDQ skip+56(FP), DI
+	DECQ R10
+	JNZ q4brow
+q4bend:
+	VZEROUPPER
+	RET
