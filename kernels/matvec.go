@@ -45,10 +45,6 @@ func matVec(p *Pool, y, x []float32, M int, w Matrix) {
 				scratchPool.Put(sp)
 			}
 		}()
-		var scales []float32
-		if w.Type == quant.Q4_K || w.Type == quant.Q6_K {
-			scales = make([]float32, K/16)
-		}
 		for n := lo; n < hi; n++ {
 			if wf != nil {
 				row := wf[n*K : (n+1)*K]
@@ -57,10 +53,10 @@ func matVec(p *Pool, y, x []float32, M int, w Matrix) {
 				}
 				continue
 			}
-			if s, ok := fusedRowDot(&w, n, x[:K], scales); ok {
+			if s, ok := fusedRowDot(&w, n, x[:K]); ok {
 				y[n] = s
 				for m := 1; m < M; m++ {
-					y[m*N+n], _ = fusedRowDot(&w, n, x[m*K:(m+1)*K], scales)
+					y[m*N+n], _ = fusedRowDot(&w, n, x[m*K:(m+1)*K])
 				}
 				continue
 			}
