@@ -7,6 +7,11 @@ import "github.com/qtune/qtune/quant"
 // M ≤ 4 rows of X, which are small enough to stay in L1.
 const matVecRows = 4
 
+// q8ChunkRows is how many weight rows the integer matrix-vector path runs
+// against every activation row before moving on (M > 1 reuses them from
+// cache).
+const q8ChunkRows = 32
+
 // matVec is MatMul for M ≤ matVecRows. Reference loop (the same as
 // MatMul's):
 //
@@ -27,8 +32,17 @@ func matVec(p *Pool, y, x []float32, M int, w Matrix) {
 	}
 	if acts := newQ8Acts(&w, x, M); acts != nil {
 		p.Parallel(N, 16, func(lo, hi int) {
-			for m, a := range acts {
-				a.rowsDot(&w, y[m*N+lo:m*N+hi], lo, hi)
+			// Rows in chunks that stay in L1/L2 while the M activation
+			// rows use them.
+			chunk := q8ChunkRows
+			if M == 1 {
+				chunk = hi - lo
+			}
+			for c0 := lo; c0 < hi; c0 += chunk {
+				c1 := min(hi, c0+chunk)
+				for m, a := range acts {
+					a.rowsDot(&w, y[m*N+c0:m*N+c1], c0, c1)
+				}
 			}
 		})
 		putQ8Acts(acts)
