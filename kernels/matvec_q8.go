@@ -35,9 +35,6 @@ import (
 // the AVX2 integer kernels.
 var hasVNNI = cpu.X86.HasAVX512VNNI
 
-// hasVBMI reports AVX-512 VBMI (VPERMB, VPERMT2B), used by dotQ4_0VBMI.
-var hasVBMI = cpu.X86.HasAVX512VBMI
-
 // haveQ8 reports that this build has the integer matrix-vector kernels.
 const haveQ8 = true
 
@@ -51,9 +48,6 @@ func dotQ8_0VNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, row
 
 //go:noescape
 func dotQ4_0VNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
-
-//go:noescape
-func dotQ4_0VBMI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
 
 //go:noescape
 func dotNF4VNNI(y *float32, q, codes *byte, x *int8, corr *int32, dx *float32, nb, rows int, c2, mu float32, tab *byte)
@@ -254,8 +248,6 @@ func (a *q8Act) rowsDot(w *Matrix, y []float32, lo, hi int) {
 			switch {
 			case w.Type == quant.Q8_0 && a.vnni:
 				f = dotQ8_0VNNI
-			case w.Type == quant.Q4_0 && a.vnni && hasVBMI:
-				f = dotQ4_0VBMI
 			case w.Type == quant.Q4_0 && a.vnni:
 				f = dotQ4_0VNNI
 			case w.Type == quant.Q4_0:
