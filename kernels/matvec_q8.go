@@ -115,8 +115,11 @@ func newQ8Acts(w *Matrix, x []float32, M int) []*q8Act {
 		if a == nil {
 			a = new(q8Act)
 		}
-		a.quantize(w.Type, x[m*K:(m+1)*K], curLevel == levelAVX512 && hasVNNI)
 		acts[m] = a
+		if !a.quantize(w.Type, x[m*K:(m+1)*K], curLevel == levelAVX512 && hasVNNI) {
+			putQ8Acts(acts[:m+1])
+			return nil // NaN or ±Inf in x: the float path propagates them
+		}
 	}
 	return acts
 }
@@ -152,7 +155,10 @@ func grow[T any](s []T, n int) []T {
 // corr: Q8_0 (VNNI) −128·Σq at [8b]; Q4_0 −8·Σq at [4b]; NF4 (VNNI) −128·Σq
 // at [8b]; Q6_K −32·Σq of each 16 values i at [4i]; the kernels add the
 // dword groups of one block together, so the other entries are 0.
-func (a *q8Act) quantize(t quant.Type, x []float32, vnni bool) {
+//
+// It returns false, leaving a unusable, when x holds a NaN or an infinity
+// (int8 blocks cannot carry them).
+func (a *q8Act) quantize(t quant.Type, x []float32, vnni bool) bool {
 	K := len(x)
 	bs := q8Block(t)
 	nb := K / bs
@@ -169,6 +175,11 @@ func (a *q8Act) quantize(t quant.Type, x []float32, vnni bool) {
 	}
 	if nb > 0 {
 		quantQ8AVX2(&x[0], &nat[0], &a.dx[0], &a.fsum[0], &a.isum[0], nb, bs/32)
+	}
+	for _, f := range a.fsum {
+		if f-f != 0 { // NaN or ±Inf in the block (or a sum that overflowed)
+			return false
+		}
 	}
 	q := a.q
 	switch t {
@@ -223,6 +234,7 @@ func (a *q8Act) quantize(t quant.Type, x []float32, vnni bool) {
 			a.corr[8*b], a.corr[8*b+4] = -32*s0, -32*(a.isum[b]-s0)
 		}
 	}
+	return true
 }
 
 // rowsDot sets y[n-lo] = Σₖ x[k]·W[n][k] for the rows n in [lo, hi), for

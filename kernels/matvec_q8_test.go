@@ -195,3 +195,32 @@ func FuzzMatVecQ8(f *testing.F) {
 		}
 	})
 }
+
+// TestMatVecQ8NonFinite: a NaN or an infinity in x reaches every output as
+// it does on the float path (int8 blocks cannot carry it, so MatMul falls
+// back to that path).
+func TestMatVecQ8NonFinite(t *testing.T) {
+	r := rand.New(rand.NewPCG(25, 26))
+	p := NewPool(2)
+	defer p.Close()
+	for _, typ := range q8Types {
+		N, K := 6, 512
+		w, _ := randMatrix(t, typ, N, K, r)
+		for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1))} {
+			x := randSlice(r, 2*K)
+			x[K+100] = bad
+			for _, l := range levels() {
+				withLevel(t, l, func() {
+					y := make([]float32, 2*N)
+					MatMul(p, y, x, 2, w)
+					for i, v := range y {
+						finite := !math.IsNaN(float64(v)) && !math.IsInf(float64(v), 0)
+						if finite != (i < N) {
+							t.Fatalf("%s %s x has %g in row 1: y[%d] = %g", typ, l, bad, i, v)
+						}
+					}
+				})
+			}
+		}
+	}
+}
