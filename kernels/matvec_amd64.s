@@ -68,7 +68,7 @@ GLOBL mvidx<>(SB), RODATA|NOPTR, $160
 	VCVTPH2PS X2, X2
 
 // func dotQ8_0VNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
-// y[r] = Σ over the first nb Q8_0 blocks (nb a multiple of 4) of row r of float32(d_w·dx[b]) ·
+// y[r] = Σ over the nb Q8_0 blocks of row r (groups of 4, then one at a time) of float32(d_w·dx[b]) ·
 // Σ_j (q[j]^0x80)·x[j] + corr: the weights biased to unsigned, corr holds
 // −128·Σx at [8b].
 TEXT ·dotQ8_0VNNI(SB), NOSPLIT, $0-64
@@ -89,6 +89,9 @@ q8vrow:
 	SHRQ $2, CX
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
+	VPXORD Z3, Z3, Z3
+	TESTQ CX, CX
+	JZ q8vtail
 q8vloop:
 	F16X4(34, 68, 102)
 	VMULPS (R9), X2, X2
@@ -114,7 +117,31 @@ q8vloop:
 	ADDQ $16, R9
 	DECQ CX
 	JNZ q8vloop
+q8vtail:
+	MOVQ nb+40(FP), CX
+	ANDQ $3, CX
+	JZ q8vsum
+q8vt1:
+	MOVWLZX (DI), AX
+	VMOVD AX, X2
+	VCVTPH2PS X2, X2
+	VMULSS (R9), X2, X2
+	VBROADCASTSS X2, Y2
+	VMOVDQU 2(DI), Y4
+	VPXORD Y31, Y4, Y4
+	VMOVDQU (R8), Y6
+	VPDPBUSD (SI), Y4, Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y2, Y6, Y3
+	ADDQ $34, DI
+	ADDQ $32, SI
+	ADDQ $32, R8
+	ADDQ $4, R9
+	DECQ CX
+	JNZ q8vt1
+q8vsum:
 	VADDPS Z1, Z0, Z0
+	VADDPS Z3, Z0, Z0
 	MVREDUCE
 	VMOVSS X0, (R11)
 	ADDQ $4, R11
@@ -150,7 +177,7 @@ q8vend:
 	ADDQ $16, R9
 
 // func dotQ4_0VNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
-// y[r] = Σ over the first nb Q4_0 blocks (nb a multiple of 4) of row r of float32(d_w·dx[b]) ·
+// y[r] = Σ over the nb Q4_0 blocks of row r (groups of 4, then one at a time) of float32(d_w·dx[b]) ·
 // (Σ_j q[j]·x[j] − 8·Σ_j x[j]), x in q8Act's Q4_0 group order.
 TEXT ·dotQ4_0VNNI(SB), NOSPLIT, $0-64
 	MOVQ y+0(FP), R11
@@ -169,6 +196,7 @@ q4vrow:
 	SHRQ $2, CX
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
+	VPXORD Z3, Z3, Z3
 	MOVQ CX, R12
 	SHRQ $1, R12
 	JZ q4vone
@@ -182,7 +210,33 @@ q4vone:
 	JZ q4vdone
 	Q4VGROUP(Z0)
 q4vdone:
+	MOVQ nb+40(FP), CX
+	ANDQ $3, CX
+	JZ q4vsum
+q4vt1:
+	MOVWLZX (DI), AX
+	VMOVD AX, X2
+	VCVTPH2PS X2, X2
+	VMULSS (R9), X2, X2
+	VBROADCASTSS X2, X2
+	VMOVDQU 2(DI), X4
+	VPSRLW $4, X4, X5
+	VPANDD X31, X4, X4
+	VPANDD X31, X5, X5
+	VMOVDQU (R8), X6
+	VPDPBUSD (SI), X4, X6
+	VPDPBUSD 16(SI), X5, X6
+	VCVTDQ2PS X6, X6
+	VFMADD231PS X2, X6, X3
+	ADDQ $18, DI
+	ADDQ $32, SI
+	ADDQ $16, R8
+	ADDQ $4, R9
+	DECQ CX
+	JNZ q4vt1
+q4vsum:
 	VADDPS Z1, Z0, Z0
+	VADDPS Z3, Z0, Z0
 	MVREDUCE
 	VMOVSS X0, (R11)
 	ADDQ $4, R11
@@ -501,6 +555,9 @@ q8arow:
 	SHRQ $2, CX
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
+	VXORPS Y3, Y3, Y3
+	TESTQ CX, CX
+	JZ q8atail
 q8aloop:
 	F16X4(34, 68, 102)
 	VMULPS (R9), X2, X2
@@ -545,7 +602,32 @@ q8aloop:
 	ADDQ $16, R9
 	DECQ CX
 	JNZ q8aloop
+q8atail:
+	MOVQ nb+40(FP), CX
+	ANDQ $3, CX
+	JZ q8asum
+q8at1:
+	MOVWLZX (DI), AX
+	VMOVD AX, X2
+	VCVTPH2PS X2, X2
+	VMULSS (R9), X2, X2
+	VBROADCASTSS X2, Y2
+	VMOVDQU 2(DI), Y4
+	VPABSB Y4, Y5
+	VMOVDQU (SI), Y7
+	VPSIGNB Y4, Y7, Y7
+	VPMADDUBSW Y7, Y5, Y6
+	VPMADDWD Y11, Y6, Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y2, Y6, Y3
+	ADDQ $34, DI
+	ADDQ $32, SI
+	ADDQ $4, R9
+	DECQ CX
+	JNZ q8at1
+q8asum:
 	VADDPS Y1, Y0, Y0
+	VADDPS Y3, Y0, Y0
 	MVREDUCE8
 	VMOVSS X0, (R11)
 	ADDQ $4, R11
@@ -596,6 +678,9 @@ q4arow:
 	SHRQ $2, CX
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
+	VXORPS Y3, Y3, Y3
+	TESTQ CX, CX
+	JZ q4atail
 q4aloop:
 	F16X4(18, 36, 54)
 	VMULPS (R9), X2, X2
@@ -607,7 +692,36 @@ q4aloop:
 	ADDQ $16, R9
 	DECQ CX
 	JNZ q4aloop
+q4atail:
+	MOVQ nb+40(FP), CX
+	ANDQ $3, CX
+	JZ q4asum
+q4at1:
+	MOVWLZX (DI), AX
+	VMOVD AX, X2
+	VCVTPH2PS X2, X2
+	VMULSS (R9), X2, X2
+	VBROADCASTSS X2, X2
+	VMOVDQU 2(DI), X4
+	VPSRLW $4, X4, X5
+	VPAND X15, X4, X4
+	VPAND X15, X5, X5
+	VPMADDUBSW (SI), X4, X6
+	VPMADDUBSW 16(SI), X5, X7
+	VPADDW X7, X6, X6
+	VPMADDWD X14, X6, X6
+	VPADDD (R8), X6, X6
+	VCVTDQ2PS X6, X6
+	VFMADD231PS X2, X6, X3
+	ADDQ $18, DI
+	ADDQ $32, SI
+	ADDQ $16, R8
+	ADDQ $4, R9
+	DECQ CX
+	JNZ q4at1
+q4asum:
 	VADDPS Y1, Y0, Y0
+	VADDPS Y3, Y0, Y0
 	MVREDUCE8
 	VMOVSS X0, (R11)
 	ADDQ $4, R11

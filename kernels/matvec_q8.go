@@ -40,8 +40,7 @@ const haveQ8 = true
 
 // The kernels compute y[r] for rows consecutive weight rows starting at w
 // (each of nb blocks, or nsb super-blocks), against one quantized x; skip is
-// the number of bytes of each row after the nb blocks they read (the Go
-// tail's blocks).
+// a number of bytes left out after each row (0 here).
 
 //go:noescape
 func dotQ8_0VNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
@@ -253,33 +252,17 @@ func (a *q8Act) rowsDot(w *Matrix, y []float32, lo, hi int) {
 			bb = 18
 		}
 		nb := K / 32
-		n4 := nb &^ 3
 		src := w.Data[lo*nb*bb : hi*nb*bb]
-		if n4 > 0 {
-			f := dotQ8_0AVX2
-			switch {
-			case w.Type == quant.Q8_0 && a.vnni:
-				f = dotQ8_0VNNI
-			case w.Type == quant.Q4_0 && a.vnni:
-				f = dotQ4_0VNNI
-			case w.Type == quant.Q4_0:
-				f = dotQ4_0AVX2
-			}
-			f(&y[0], &src[0], &a.q[0], &a.corr[0], &a.dx[0], n4, rows, (nb-n4)*bb)
-		} else {
-			clear(y)
+		f := dotQ8_0AVX2
+		switch {
+		case w.Type == quant.Q8_0 && a.vnni:
+			f = dotQ8_0VNNI
+		case w.Type == quant.Q4_0 && a.vnni:
+			f = dotQ4_0VNNI
+		case w.Type == quant.Q4_0:
+			f = dotQ4_0AVX2
 		}
-		if n4 == nb {
-			return
-		}
-		for r := range y {
-			row := src[r*nb*bb : (r+1)*nb*bb]
-			s := y[r]
-			for b := n4; b < nb; b++ {
-				s += a.tailBlock(w.Type, row[b*bb:], b)
-			}
-			y[r] = s
-		}
+		f(&y[0], &src[0], &a.q[0], &a.corr[0], &a.dx[0], nb, rows, 0)
 	case quant.NF4:
 		a.rowsDotNF4(w, y, lo, hi)
 	case quant.Q4_K:
@@ -299,24 +282,6 @@ func (a *q8Act) rowsDot(w *Matrix, y []float32, lo, hi int) {
 	default:
 		panic("kernels: q8Act.rowsDot: " + w.Type.String())
 	}
-}
-
-// tailBlock is block b (natural x order) of a Q8_0 or Q4_0 row, in Go.
-func (a *q8Act) tailBlock(t quant.Type, blk []byte, b int) float32 {
-	xq := (*[32]int8)(a.q[b*32:])
-	var is int32
-	if t == quant.Q8_0 {
-		q := (*[34]byte)(blk)
-		for j := 0; j < 32; j++ {
-			is += int32(int8(q[2+j])) * int32(xq[j])
-		}
-	} else {
-		q := (*[18]byte)(blk)
-		for j := 0; j < 16; j++ {
-			is += (int32(q[2+j]&15)-8)*int32(xq[j]) + (int32(q[2+j]>>4)-8)*int32(xq[16+j])
-		}
-	}
-	return f16(uint16(blk[0])|uint16(blk[1])<<8) * a.dx[b] * float32(is)
 }
 
 // rowsDotNF4 runs the kernel on runs of rows that lie in one
