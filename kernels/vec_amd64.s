@@ -65,62 +65,99 @@ f32done:
 	RET
 
 // func dotF16AVX512(x *float32, w *byte, n int) float32
-// Σ x[i]·f16(w[2i:]) for n a multiple of 16.
+// Σ x[i]·f16(w[2i:]) for n a multiple of 16: four partial sums over 64
+// elements per step (then 16 at a time into the first), added as
+// (s0+s1)+(s2+s3).
 TEXT ·dotF16AVX512(SB), NOSPLIT, $0-28
 	MOVQ x+0(FP), SI
 	MOVQ w+8(FP), DI
 	MOVQ n+16(FP), CX
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	MOVQ CX, BX
+	SHRQ $6, BX
+	JZ f16tail
+f16loop:
+	VCVTPH2PS (DI), Z4
+	VCVTPH2PS 32(DI), Z5
+	VCVTPH2PS 64(DI), Z6
+	VCVTPH2PS 96(DI), Z7
+	VFMADD231PS (SI), Z4, Z0
+	VFMADD231PS 64(SI), Z5, Z1
+	VFMADD231PS 128(SI), Z6, Z2
+	VFMADD231PS 192(SI), Z7, Z3
+	ADDQ $128, DI
+	ADDQ $256, SI
+	DECQ BX
+	JNZ f16loop
+f16tail:
+	ANDQ $63, CX
 	SHRQ $4, CX
 	JZ f16done
-f16loop:
-	VCVTPH2PS (DI), Z3
-	VFMADD231PS (SI), Z3, Z0
-	ADDQ $32, DI
-	ADDQ $64, SI
-	DECQ CX
-	JZ f16done
+f16loop16:
 	VCVTPH2PS (DI), Z4
-	VFMADD231PS (SI), Z4, Z1
+	VFMADD231PS (SI), Z4, Z0
 	ADDQ $32, DI
 	ADDQ $64, SI
 	DECQ CX
-	JNZ f16loop
+	JNZ f16loop16
 f16done:
 	VADDPS Z1, Z0, Z0
+	VADDPS Z3, Z2, Z2
+	VADDPS Z2, Z0, Z0
 	REDUCE
 	VZEROUPPER
 	MOVSS X0, ret+24(FP)
 	RET
 
 // func dotBF16AVX512(x *float32, w *byte, n int) float32
-// Σ x[i]·bf16(w[2i:]) for n a multiple of 16.
+// Σ x[i]·bf16(w[2i:]) for n a multiple of 16, summed as dotF16AVX512.
 TEXT ·dotBF16AVX512(SB), NOSPLIT, $0-28
 	MOVQ x+0(FP), SI
 	MOVQ w+8(FP), DI
 	MOVQ n+16(FP), CX
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	MOVQ CX, BX
+	SHRQ $6, BX
+	JZ bf16tail
+bf16loop:
+	VPMOVZXWD (DI), Z4
+	VPMOVZXWD 32(DI), Z5
+	VPMOVZXWD 64(DI), Z6
+	VPMOVZXWD 96(DI), Z7
+	VPSLLD $16, Z4, Z4
+	VPSLLD $16, Z5, Z5
+	VPSLLD $16, Z6, Z6
+	VPSLLD $16, Z7, Z7
+	VFMADD231PS (SI), Z4, Z0
+	VFMADD231PS 64(SI), Z5, Z1
+	VFMADD231PS 128(SI), Z6, Z2
+	VFMADD231PS 192(SI), Z7, Z3
+	ADDQ $128, DI
+	ADDQ $256, SI
+	DECQ BX
+	JNZ bf16loop
+bf16tail:
+	ANDQ $63, CX
 	SHRQ $4, CX
 	JZ bf16done
-bf16loop:
-	VPMOVZXWD (DI), Z3
-	VPSLLD $16, Z3, Z3
-	VFMADD231PS (SI), Z3, Z0
-	ADDQ $32, DI
-	ADDQ $64, SI
-	DECQ CX
-	JZ bf16done
+bf16loop16:
 	VPMOVZXWD (DI), Z4
 	VPSLLD $16, Z4, Z4
-	VFMADD231PS (SI), Z4, Z1
+	VFMADD231PS (SI), Z4, Z0
 	ADDQ $32, DI
 	ADDQ $64, SI
 	DECQ CX
-	JNZ bf16loop
+	JNZ bf16loop16
 bf16done:
 	VADDPS Z1, Z0, Z0
+	VADDPS Z3, Z2, Z2
+	VADDPS Z2, Z0, Z0
 	REDUCE
 	VZEROUPPER
 	MOVSS X0, ret+24(FP)
