@@ -48,16 +48,19 @@ func RMSNormBackward(dx, dw, dy, x, w []float32, eps float32) {
 	rmsBack(dx, dw, dy, x, w, r, c)
 }
 
-// Softmax normalises x in place:
+// Softmax normalises x in place and returns its log-sum-exp (what a
+// backward needs to rebuild the probabilities):
 //
-//	m = max x;  e[i] = exp(x[i]−m);  x[i] = e[i] · (1/Σ e)
-func Softmax(x []float32) {
+//	m = max x;  e[i] = exp(x[i]−m);  s = Σ e;  x[i] = e[i]·(1/s)
+//	return m + log s
+func Softmax(x []float32) float32 {
 	if len(x) == 0 {
-		return
+		return float32(math.Inf(-1))
 	}
 	m := maxOf(x)
 	s := expSum(x, x, m)
 	scal(x, 1/s)
+	return m + float32(math.Log(float64(s)))
 }
 
 // LogSumExp returns log Σ exp(x[i]) = m + log Σ exp(x[i]−m), m = max x.
@@ -66,12 +69,13 @@ func LogSumExp(x []float32) float32 {
 	return m + float32(math.Log(float64(expSum(nil, x, m))))
 }
 
-// Exp writes dst[i] = exp(x[i]) (exp32's bound) and returns Σ dst[i].
-func Exp(dst, x []float32) float32 {
-	if len(x) == 0 {
-		return 0
+// ExpSum writes dst[i] = exp(x[i]−m) (exp32's bound; dst may be x, or nil
+// to only sum) and returns Σ exp(x[i]−m), summed in any order.
+func ExpSum(dst, x []float32, m float32) float32 {
+	if dst != nil {
+		dst = dst[:len(x)]
 	}
-	return expSum(dst[:len(x)], x, 0)
+	return expSum(dst, x, m)
 }
 
 // SwiGLU writes out[i] = silu(gate[i])·up[i] = gate[i]/(1+exp(−gate[i]))·up[i].
