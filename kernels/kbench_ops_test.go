@@ -147,63 +147,18 @@ func opsTable(p *kernels.Pool, peak, readBW float64, quick bool, want func(op, t
 			row("attention", shape, "GFLOP/s", 4*float64(m.D)*pairs, func() {
 				p.Parallel(B, 1, func(lo, hi int) {
 					for b := lo; b < hi; b++ {
-						attnFwd(ao[b*tt*qd:(b+1)*tt*qd], lse[b*m.H*tt:(b+1)*m.H*tt], aq[b*tt*qd:(b+1)*tt*qd], ak[b*tt*kvd:(b+1)*tt*kvd], av[b*tt*kvd:(b+1)*tt*kvd], tt, m.H, m.Hkv, m.D)
+						kernels.AttentionSeq(ao[b*tt*qd:(b+1)*tt*qd], lse[b*m.H*tt:(b+1)*m.H*tt], aq[b*tt*qd:(b+1)*tt*qd], ak[b*tt*kvd:(b+1)*tt*kvd], av[b*tt*kvd:(b+1)*tt*kvd], tt, m.H, m.Hkv, m.D, make([]float32, tt))
 					}
 				})
 			})
 			row("attention bwd", shape, "GFLOP/s", 10*float64(m.D)*pairs, func() {
 				p.Parallel(B, 1, func(lo, hi int) {
 					for b := lo; b < hi; b++ {
-						attnBwd(dq[b*tt*qd:(b+1)*tt*qd], dk[b*tt*kvd:(b+1)*tt*kvd], dv[b*tt*kvd:(b+1)*tt*kvd], ado[b*tt*qd:(b+1)*tt*qd],
-							aq[b*tt*qd:(b+1)*tt*qd], ak[b*tt*kvd:(b+1)*tt*kvd], av[b*tt*kvd:(b+1)*tt*kvd], lse[b*m.H*tt:(b+1)*m.H*tt], tt, m.H, m.Hkv, m.D)
+						kernels.AttentionSeqBackward(dq[b*tt*qd:(b+1)*tt*qd], dk[b*tt*kvd:(b+1)*tt*kvd], dv[b*tt*kvd:(b+1)*tt*kvd], ado[b*tt*qd:(b+1)*tt*qd],
+							aq[b*tt*qd:(b+1)*tt*qd], ak[b*tt*kvd:(b+1)*tt*kvd], av[b*tt*kvd:(b+1)*tt*kvd], lse[b*m.H*tt:(b+1)*m.H*tt], tt, m.H, m.Hkv, m.D, make([]float32, 2*tt))
 					}
 				})
 			})
-		}
-	}
-}
-
-// attnFwd and attnBwd are nn's float32 attention loops (nn/backward.go,
-// attentionSeq32 and attentionSeqBackward32), repeated here because
-// kernels may not import nn.
-func attnFwd(out, lse, q, k, v []float32, T, H, Hkv, D int) {
-	qd, kvd := H*D, Hkv*D
-	scale := float32(1 / math.Sqrt(float64(D)))
-	sc := make([]float32, T)
-	for h := 0; h < H; h++ {
-		g := h / (H / Hkv)
-		for t := 0; t < T; t++ {
-			s := sc[:t+1]
-			kernels.Gemv(s, k[g*D:], q[t*qd+h*D:t*qd+(h+1)*D], t+1, D, kvd, scale)
-			lse[h*T+t] = kernels.Softmax(s)
-			oh := out[t*qd+h*D : t*qd+(h+1)*D]
-			clear(oh)
-			kernels.GemvT(oh, v[g*D:], s, t+1, D, kvd)
-		}
-	}
-}
-
-func attnBwd(dq, dk, dv, dout, q, k, v, lse []float32, T, H, Hkv, D int) {
-	qd, kvd := H*D, Hkv*D
-	scale := float32(1 / math.Sqrt(float64(D)))
-	scratch := make([]float32, 2*T)
-	for h := 0; h < H; h++ {
-		g := h / (H / Hkv)
-		for t := 0; t < T; t++ {
-			n := t + 1
-			p, ds := scratch[:n], scratch[T:T+n]
-			qh := q[t*qd+h*D : t*qd+(h+1)*D]
-			doh := dout[t*qd+h*D : t*qd+(h+1)*D]
-			kernels.Gemv(p, k[g*D:], qh, n, D, kvd, scale)
-			kernels.ExpSum(p, p, lse[h*T+t])
-			kernels.Gemv(ds, v[g*D:], doh, n, D, kvd, 1)
-			rowsum := kernels.Dot(p, ds)
-			for u, pu := range p {
-				ds[u] = pu * (ds[u] - rowsum) * scale
-			}
-			kernels.GemvT(dq[t*qd+h*D:t*qd+(h+1)*D], k[g*D:], ds, n, D, kvd)
-			kernels.Ger(dk[g*D:], ds, qh, n, D, kvd)
-			kernels.Ger(dv[g*D:], p, doh, n, D, kvd)
 		}
 	}
 }

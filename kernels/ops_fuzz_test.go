@@ -49,3 +49,14 @@ func FuzzAttentionRows(f *testing.F) {
 	f.Add(uint16(5), uint16(8), uint64(4))
 	f.Fuzz(func(t *testing.T, n, d uint16, seed uint64) { checkRows(t, int(n%80)+1, int(d%150)+1, seed) })
 }
+
+func FuzzAttention(f *testing.F) {
+	f.Add(uint8(1), uint8(1), uint8(1), uint8(1), uint64(1))
+	f.Add(uint8(70), uint8(4), uint8(2), uint8(16), uint64(2))
+	f.Add(uint8(130), uint8(2), uint8(1), uint8(48), uint64(3))
+	f.Fuzz(func(t *testing.T, tt, h, hkv, d uint8, seed uint64) {
+		Hkv := int(hkv%4) + 1
+		H := Hkv * (int(h%3) + 1)
+		checkAttention(t, int(tt%150)+1, H, Hkv, int(d%70)+1, seed)
+	})
+}

@@ -101,7 +101,7 @@ func AttentionSeq[F Float](out, lse, q, k, v []F, T, H, Hkv, D int, scores []F) 
 		k32, _ := f32s(k)
 		v32, _ := f32s(v)
 		s32, _ := f32s(scores)
-		attentionSeq32(o32, l32, q32, k32, v32, T, H, Hkv, D, s32)
+		kernels.AttentionSeq(o32, l32, q32, k32, v32, T, H, Hkv, D, s32)
 		return
 	}
 	group := H / Hkv
@@ -162,7 +162,7 @@ func AttentionSeqBackward[F Float](dq, dk, dv, dout, q, k, v, lse []F, T, H, Hkv
 		v32, _ := f32s(v)
 		l32, _ := f32s(lse)
 		s32, _ := f32s(scratch)
-		attentionSeqBackward32(dq32, dk32, dv32, do32, q32, k32, v32, l32, T, H, Hkv, D, s32)
+		kernels.AttentionSeqBackward(dq32, dk32, dv32, do32, q32, k32, v32, l32, T, H, Hkv, D, s32)
 		return
 	}
 	group := H / Hkv
@@ -202,56 +202,6 @@ func AttentionSeqBackward[F Float](dq, dk, dv, dout, q, k, v, lse []F, T, H, Hkv
 					dvh[i] += pu * doh[i]
 				}
 			}
-		}
-	}
-}
-
-// attentionSeq32 is AttentionSeq on the float32 kernels, row by row:
-//
-//	s = kernels.Gemv(K rows, q)·/√D;  lse = kernels.Softmax(s);  out = kernels.GemvT(V rows, s)
-func attentionSeq32(out, lse, q, k, v []float32, T, H, Hkv, D int, scores []float32) {
-	group := H / Hkv
-	qd, kvd := H*D, Hkv*D
-	scale := float32(1 / math.Sqrt(float64(D)))
-	for h := 0; h < H; h++ {
-		g := h / group
-		for t := 0; t < T; t++ {
-			sc := scores[:t+1]
-			kernels.Gemv(sc, k[g*D:], q[t*qd+h*D:t*qd+(h+1)*D], t+1, D, kvd, scale)
-			lse[h*T+t] = kernels.Softmax(sc)
-			oh := out[t*qd+h*D : t*qd+(h+1)*D]
-			clear(oh)
-			kernels.GemvT(oh, v[g*D:], sc, t+1, D, kvd)
-		}
-	}
-}
-
-// attentionSeqBackward32 is AttentionSeqBackward on the float32 kernels:
-//
-//	P  = exp(kernels.Gemv(K rows, q)/√D − lse)   dP = kernels.Gemv(V rows, dO)
-//	dS = P ⊙ (dP − Σ P⊙dP)/√D
-//	dQ += kernels.GemvT(K rows, dS)   dK += kernels.Ger(dS, q)   dV += kernels.Ger(P, dO)
-func attentionSeqBackward32(dq, dk, dv, dout, q, k, v, lse []float32, T, H, Hkv, D int, scratch []float32) {
-	group := H / Hkv
-	qd, kvd := H*D, Hkv*D
-	scale := float32(1 / math.Sqrt(float64(D)))
-	for h := 0; h < H; h++ {
-		g := h / group
-		for t := 0; t < T; t++ {
-			n := t + 1
-			p, ds := scratch[:n], scratch[T:T+n]
-			qh := q[t*qd+h*D : t*qd+(h+1)*D]
-			doh := dout[t*qd+h*D : t*qd+(h+1)*D]
-			kernels.Gemv(p, k[g*D:], qh, n, D, kvd, scale)
-			kernels.ExpSum(p, p, lse[h*T+t])
-			kernels.Gemv(ds, v[g*D:], doh, n, D, kvd, 1)
-			rowsum := kernels.Dot(p, ds)
-			for u, pu := range p {
-				ds[u] = pu * (ds[u] - rowsum) * scale
-			}
-			kernels.GemvT(dq[t*qd+h*D:t*qd+(h+1)*D], k[g*D:], ds, n, D, kvd)
-			kernels.Ger(dk[g*D:], ds, qh, n, D, kvd)
-			kernels.Ger(dv[g*D:], p, doh, n, D, kvd)
 		}
 	}
 }
