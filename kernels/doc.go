@@ -1,7 +1,9 @@
 // Package kernels holds qtune's hot loops as pure functions on slices:
 // dequantizing matrix multiplication forward and backward, float32 GEMM in
 // the three layouts training needs, matrix-vector products for generation,
-// dot products, and the worker pool that spreads them over the cores.
+// dot products, the attention-side ops (RMSNorm, softmax, RoPE, SwiGLU,
+// cross-entropy, causal attention, forward and backward), and the worker
+// pool that spreads them over the cores.
 //
 // Each kernel is documented by its reference loop, and the plain Go version
 // is always present (the *Generic functions, and everything a build with
@@ -40,6 +42,57 @@
 // summation order with or without FMA; the generic loops meet the same bound
 // and the tests hold every path to it. Weights are decoded bit-identically to
 // quant.DequantizeRange.
+//
+// # Attention-side kernels (ops.go, attention.go)
+//
+// Float32, one row (or one sequence) per call, on the calling goroutine:
+// RMSNorm/RMSNormBackward, Softmax (returns the log-sum-exp), LogSumExp,
+// ExpSum, CrossEntropy (loss and scale·(softmax − onehot)), SwiGLU/
+// SwiGLUBackward, Rope/RopeBack (adjacent-pair and NeoX layouts, from a
+// RopeTable row), the attention row primitives Gemv (y = α·A·x), GemvT
+// (y += Aᵀ·x), Ger (A += x·yᵀ), Axpy and Scal on rows with a stride, and
+// AttentionSeq/AttentionSeqBackward. The vector bodies (ops_amd64.s, AVX-512
+// and AVX2 from one description in internal/genops) take the bulk of a row
+// and the generic loop (ops_generic.go) its tail; the row primitives use
+// ymm at the AVX-512 level when the head size is a multiple of 8 but not 16.
+// AttentionSeq's fast form runs blocks of 64 queries as GEMMs on the strided
+// heads (S = Q·Kᵀ, O = P·V; dP = dO·Vᵀ, dQ += dS·K, dK += dSᵀ·Q, dV += Pᵀ·dO)
+// over the causal prefix, with a pooled score block of at most 1 MiB; the
+// generic form goes row by row.
+//
+// Exponentials use exp32: clamp to [−87, 88], n = round(x·log₂e), two-part
+// Cody–Waite reduction, degree-7 Taylor polynomial, 2ⁿ added to the
+// exponent. Bound: 2 ulp against math.Exp on [−87, 88] (1.17 measured over
+// 4.6·10⁶ points, generic and vector alike); below −87 it returns e⁻⁸⁷
+// (absolute error < 1.7·10⁻³⁸), above 88 e⁸⁸. E = 2 below.
+//
+// Bounds, with u = 2⁻²⁴, each held by the table tests (ops_test.go,
+// attention_test.go) and fuzz targets (ops_fuzz_test.go) for every level
+// against float64:
+//
+//   - Axpy, Ger: 3u·(|y| + |a·x|) per element (one rounding, or one FMA).
+//   - Gemv: |α|·(d+3)·u·Σ|aᵢxᵢ|; GemvT: (n+2)·u·(|y₀| + Σ|xᵤaᵤᵢ|).
+//   - Scal and max: exact (Scal one rounding, as the generic loop).
+//   - RMSNorm: (n/2+4)·u relative; backward dx within (n/2+4)·u·|r·w·dy| +
+//     3(n/2+4)·u·|x|·r³/n·(|Σ dy·w·x| + Σ|dy·w·x|), dw within (n/2+4)·u·|dy·x·r|.
+//   - Softmax: p·(n + E + 4 + |x−max|)·u per probability; LogSumExp and
+//     Softmax's return: (|lse| + n + E + 2 + max|x−max|)·u.
+//   - CrossEntropy: the loss within the LogSumExp bound + 2 ulp; each
+//     gradient within scale·p·(B_lse/u + E + 4 + |x−lse|)·u + 2 ulp.
+//   - SwiGLU: (E+4)·u relative; backward du (E+5)·u relative, dg within
+//     (E+8)·u·|dy·u·s|·(1+3|g|).
+//   - Rope/RopeBack: 3u·(|a·c| + |b·s| + |a·s| + |b·c|) from the float32
+//     table, whose entries are float64 cos/sin rounded once.
+//   - AttentionSeq and backward: u·(2(D+4)·σ + 2T + D + E + 16)·M, where M
+//     is the element's sum over |terms| (Σ p·|v| for the output) and σ the
+//     largest scaled Σ|q·k| of a score; the log-sum-exp within the same
+//     factor times (1 + |lse|).
+//
+// The elementwise bodies without a fused multiply-add (Scal, RMSNorm's
+// scaling and backward update, SwiGLU and its backward) repeat the generic
+// loop's operations in its order, so they differ from it only through
+// exp32's FMA rounding. Each call runs on one goroutine in a fixed order,
+// so results do not depend on the number of workers.
 //
 // Quantized weights are never expanded whole: the float32 working set is a
 // few panel buffers per worker (≈ 1 MiB).
