@@ -56,8 +56,8 @@ type Rope struct {
 	Neox  bool      // false: pairs (2j, 2j+1) as GGUF/llama2.c; true: pairs (j, j+Dims/2) as HF
 	Freq  []float64 // Dims/2 inverse frequencies, scaling already applied
 	Scale float64   // linear position scale (1 = none)
-	cos   []float32 // (ropeTablePositions, Dims/2) cos(pos·Scale·Freq[j])
-	sin   []float32 // (ropeTablePositions, Dims/2) sin(pos·Scale·Freq[j])
+	cos   []float32 // (P, Dims/2) cos(pos·Scale·Freq[j]) for pos < P ≤ 4096 (ropeTableBytes)
+	sin   []float32 // (P, Dims/2) sin(pos·Scale·Freq[j])
 }
 
 // ropeTableBytes caps the precomputed tables (cos and sin together) below
