@@ -15,12 +15,14 @@ import (
 // backward dP = dO_blk·V[:n]ᵀ, dQ_blk += dS·K[:n], dK[:n] += dSᵀ·Q_blk,
 // dV[:n] += Pᵀ·dO_blk, where n is the block's last position + 1 (the causal
 // prefix; scores past each row's own position are zeroed). It runs on the
-// calling goroutine (the model spreads sequences over the workers) with an
-// (attnBlock × T) score scratch of at most attnScratch floats, pooled.
+// calling goroutine (the model spreads sequences over the workers) with a
+// pooled (rows × T) score block of at most attnScratch floats (two in the
+// backward).
 
-// attnScratch caps the score block (and the backward's second one) so a
-// worker's scratch stays below the 1 MiB that would need a reservation.
-const attnScratch = 1 << 18
+// attnScratch caps a score block so that the backward's two stay within
+// the 1 MiB above which a buffer must be reserved (for T ≤ 16384, where the
+// block still has its minimum of 8 rows).
+const attnScratch = 1 << 17
 
 // serial runs the GEMMs of the blocked attention on the calling goroutine.
 var serial = NewPool(1)

@@ -57,8 +57,8 @@
 // ymm at the AVX-512 level when the head size is a multiple of 8 but not 16.
 // AttentionSeq's fast form runs blocks of 64 queries as GEMMs on the strided
 // heads (S = Q·Kᵀ, O = P·V; dP = dO·Vᵀ, dQ += dS·K, dK += dSᵀ·Q, dV += Pᵀ·dO)
-// over the causal prefix, with a pooled score block of at most 1 MiB; the
-// generic form goes row by row.
+// over the causal prefix, with pooled score blocks of at most 1 MiB in all
+// (for T ≤ 16384); the generic form goes row by row.
 //
 // Exponentials use exp32: clamp to [−87, 88], n = round(x·log₂e), two-part
 // Cody–Waite reduction, degree-7 Taylor polynomial, 2ⁿ added to the
