@@ -21,7 +21,9 @@ func gemmTol(K int, absSum float64) float64 {
 func levels() []level {
 	var ls []level
 	for l := maxLevel; l >= levelGeneric; l-- {
-		ls = append(ls, l)
+		if l == levelGeneric || kernelFor(l).fn != nil { // the tiers this architecture has
+			ls = append(ls, l)
+		}
 	}
 	return ls
 }
