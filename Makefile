@@ -6,7 +6,7 @@ MODEL_URL = https://huggingface.co/ggml-org/tiny-llamas/resolve/main/stories260K
 BIN     := bin/qtune
 FUZZTIME ?= 3s
 
-.PHONY: build demo demo-model test test-short fuzz bench bench-mem vet clean evidence
+.PHONY: build demo demo-model test test-short test-arm64 fuzz bench bench-mem vet clean evidence
 
 build:
 	$(GO) build -o $(BIN) ./cmd/qtune
@@ -58,6 +58,18 @@ vet:
 test: vet
 	$(GO) test -count=1 ./...
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
+	$(GO) test -count=1 -short -tags noasm ./kernels/ ./nn/ ./model/ ./train/
+	$(MAKE) -s test-arm64
+
+# arm64: the whole tree must vet for arm64, and the kernels' tests (NEON and
+# generic tiers) run under qemu-user when it is installed (apt-get install
+# qemu-user libc6-arm64-cross; .ci/run does).
+test-arm64:
+	GOARCH=arm64 $(GO) vet ./...
+	@if command -v qemu-aarch64 >/dev/null && [ -d /usr/aarch64-linux-gnu ]; then \
+	  GOARCH=arm64 $(GO) test -c -o bin/kernels-arm64.test ./kernels/ && \
+	  (cd kernels && qemu-aarch64 -L /usr/aarch64-linux-gnu ../bin/kernels-arm64.test -test.short) ; \
+	else echo "test-arm64: qemu-aarch64 or /usr/aarch64-linux-gnu missing: NEON kernels not run (vet only)"; fi
 
 test-short:
 	$(GO) test -short ./...

@@ -8,6 +8,7 @@ const (
 	levelGeneric level = iota // plain Go: the reference loops
 	levelAVX2                 // amd64 AVX2 + FMA
 	levelAVX512               // amd64 AVX-512 F/BW/VL
+	levelNEON                 // arm64 Advanced SIMD (the only tier there)
 )
 
 func (l level) String() string {
@@ -16,6 +17,8 @@ func (l level) String() string {
 		return "avx2"
 	case levelAVX512:
 		return "avx512"
+	case levelNEON:
+		return "neon"
 	}
 	return "generic"
 }
@@ -52,5 +55,5 @@ func setLevel(l level) level {
 }
 
 // ISA names the instruction set the kernels use on this machine: "avx512",
-// "avx2" or "generic".
+// "avx2", "neon" or "generic".
 func ISA() string { return curLevel.String() }

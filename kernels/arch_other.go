@@ -1,4 +1,4 @@
-//go:build !amd64 || noasm
+//go:build (!amd64 && !arm64) || noasm
 
 package kernels
 
@@ -8,4 +8,4 @@ func kernelFor(level) microKernel { return microKernel{} }
 
 func dotF32Fast(x, w []float32) float32 { return Dot(x, w) }
 
-func fusedRowDot(*Matrix, int, []float32, []float32) (float32, bool) { return 0, false }
+func fusedRowDot(*Matrix, int, []float32) (float32, bool) { return 0, false }

@@ -215,16 +215,3 @@ func q4kScales(dst []float32, src []byte) {
 		}
 	}
 }
-
-// q6kScales writes, for each 210-byte Q6_K super-block in src, its 16
-// sub-block scales d·int8(scale_i) into dst.
-func q6kScales(dst []float32, src []byte) {
-	for sb := 0; sb < len(src)/210; sb++ {
-		b := (*[210]byte)(src[sb*210:])
-		o := (*[16]float32)(dst[sb*16:])
-		d := f16(uint16(b[208]) | uint16(b[209])<<8)
-		for i := 0; i < 16; i++ {
-			o[i] = d * float32(int8(b[192+i]))
-		}
-	}
-}

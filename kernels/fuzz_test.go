@@ -68,7 +68,7 @@ func FuzzMatMul(f *testing.F) {
 			withLevel(t, l, func() {
 				y := make([]float32, M*N)
 				MatMul(p, y, x, M, w)
-				checkNear(t, fmt.Sprintf("MatMul %s %s %d,%d,%d", typ, l, M, N, K), y, wantY, absY, K)
+				checkMatMul(t, fmt.Sprintf("MatMul %s %s %d,%d,%d", typ, l, M, N, K), l, &w, x, M, y, wantY, absY)
 				dx := append([]float32(nil), dx0...)
 				MatMulT(p, dx, dy, M, w)
 				checkNear(t, fmt.Sprintf("MatMulT %s %s %d,%d,%d", typ, l, M, N, K), dx, wantX, absX, N)

@@ -203,6 +203,8 @@ func TestKBench(t *testing.T) {
 			emit(row{"matvec", typ.String(), fmt.Sprintf("%s %.0fMiB", shape, mib), gbs, "GB/s", gbs / readBW, "-"})
 		}
 	}
+	// 4. The attention-side kernels (kbench_ops_test.go), fast and generic.
+	opsTable(p, peak, readBW, *flagQuick, want)
 	if p2, _ := machine.FMAPeak(5); p2 > peak*1.05 {
 		fmt.Printf("\nnote: the FMA peak measured again at the end is %.1f GFLOP/s (%.0f%% above the start's): the machine was busy; ratios above use the start's figure\n", p2, 100*(p2/peak-1))
 	}

@@ -19,10 +19,7 @@ func Dot(a, b []float32) float32 {
 	return (s0 + s1) + (s2 + s3)
 }
 
-// Axpy computes y += a·x.
-func Axpy(y []float32, a float32, x []float32) {
-	x = x[:len(y)]
-	for i := range y {
-		y[i] += a * x[i]
-	}
-}
+// Axpy computes y += a·x:
+//
+//	for i := range y { y[i] += a·x[i] }     // fused multiply-add on the fast paths
+func Axpy(y []float32, a float32, x []float32) { axpy(y, a, x) }

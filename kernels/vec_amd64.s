@@ -65,393 +65,102 @@ f32done:
 	RET
 
 // func dotF16AVX512(x *float32, w *byte, n int) float32
-// Σ x[i]·f16(w[2i:]) for n a multiple of 16.
+// Σ x[i]·f16(w[2i:]) for n a multiple of 16: four partial sums over 64
+// elements per step (then 16 at a time into the first), added as
+// (s0+s1)+(s2+s3).
 TEXT ·dotF16AVX512(SB), NOSPLIT, $0-28
 	MOVQ x+0(FP), SI
 	MOVQ w+8(FP), DI
 	MOVQ n+16(FP), CX
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	MOVQ CX, BX
+	SHRQ $6, BX
+	JZ f16tail
+f16loop:
+	VCVTPH2PS (DI), Z4
+	VCVTPH2PS 32(DI), Z5
+	VCVTPH2PS 64(DI), Z6
+	VCVTPH2PS 96(DI), Z7
+	VFMADD231PS (SI), Z4, Z0
+	VFMADD231PS 64(SI), Z5, Z1
+	VFMADD231PS 128(SI), Z6, Z2
+	VFMADD231PS 192(SI), Z7, Z3
+	ADDQ $128, DI
+	ADDQ $256, SI
+	DECQ BX
+	JNZ f16loop
+f16tail:
+	ANDQ $63, CX
 	SHRQ $4, CX
 	JZ f16done
-f16loop:
-	VCVTPH2PS (DI), Z3
-	VFMADD231PS (SI), Z3, Z0
-	ADDQ $32, DI
-	ADDQ $64, SI
-	DECQ CX
-	JZ f16done
+f16loop16:
 	VCVTPH2PS (DI), Z4
-	VFMADD231PS (SI), Z4, Z1
+	VFMADD231PS (SI), Z4, Z0
 	ADDQ $32, DI
 	ADDQ $64, SI
 	DECQ CX
-	JNZ f16loop
+	JNZ f16loop16
 f16done:
 	VADDPS Z1, Z0, Z0
+	VADDPS Z3, Z2, Z2
+	VADDPS Z2, Z0, Z0
 	REDUCE
 	VZEROUPPER
 	MOVSS X0, ret+24(FP)
 	RET
 
 // func dotBF16AVX512(x *float32, w *byte, n int) float32
-// Σ x[i]·bf16(w[2i:]) for n a multiple of 16.
+// Σ x[i]·bf16(w[2i:]) for n a multiple of 16, summed as dotF16AVX512.
 TEXT ·dotBF16AVX512(SB), NOSPLIT, $0-28
 	MOVQ x+0(FP), SI
 	MOVQ w+8(FP), DI
 	MOVQ n+16(FP), CX
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	MOVQ CX, BX
+	SHRQ $6, BX
+	JZ bf16tail
+bf16loop:
+	VPMOVZXWD (DI), Z4
+	VPMOVZXWD 32(DI), Z5
+	VPMOVZXWD 64(DI), Z6
+	VPMOVZXWD 96(DI), Z7
+	VPSLLD $16, Z4, Z4
+	VPSLLD $16, Z5, Z5
+	VPSLLD $16, Z6, Z6
+	VPSLLD $16, Z7, Z7
+	VFMADD231PS (SI), Z4, Z0
+	VFMADD231PS 64(SI), Z5, Z1
+	VFMADD231PS 128(SI), Z6, Z2
+	VFMADD231PS 192(SI), Z7, Z3
+	ADDQ $128, DI
+	ADDQ $256, SI
+	DECQ BX
+	JNZ bf16loop
+bf16tail:
+	ANDQ $63, CX
 	SHRQ $4, CX
 	JZ bf16done
-bf16loop:
-	VPMOVZXWD (DI), Z3
-	VPSLLD $16, Z3, Z3
-	VFMADD231PS (SI), Z3, Z0
-	ADDQ $32, DI
-	ADDQ $64, SI
-	DECQ CX
-	JZ bf16done
+bf16loop16:
 	VPMOVZXWD (DI), Z4
 	VPSLLD $16, Z4, Z4
-	VFMADD231PS (SI), Z4, Z1
+	VFMADD231PS (SI), Z4, Z0
 	ADDQ $32, DI
 	ADDQ $64, SI
 	DECQ CX
-	JNZ bf16loop
+	JNZ bf16loop16
 bf16done:
 	VADDPS Z1, Z0, Z0
+	VADDPS Z3, Z2, Z2
+	VADDPS Z2, Z0, Z0
 	REDUCE
 	VZEROUPPER
 	MOVSS X0, ret+24(FP)
-	RET
-
-// func dotQ8_0AVX512(x *float32, w *byte, nb int) float32
-// Σ over nb Q8_0 blocks (34 bytes: f16 d, 32 int8 q) of d·Σ q[j]·x[j].
-TEXT ·dotQ8_0AVX512(SB), NOSPLIT, $0-28
-	MOVQ x+0(FP), SI
-	MOVQ w+8(FP), DI
-	MOVQ nb+16(FP), CX
-	VPXORD Z0, Z0, Z0
-	VPXORD Z1, Z1, Z1
-	TESTQ CX, CX
-	JZ q8done
-q8loop:
-	VPBROADCASTW (DI), Y2
-	VCVTPH2PS Y2, Z2
-	VPMOVSXBD 2(DI), Z3
-	VPMOVSXBD 18(DI), Z4
-	VCVTDQ2PS Z3, Z3
-	VCVTDQ2PS Z4, Z4
-	VMULPS (SI), Z3, Z3
-	VFMADD231PS 64(SI), Z4, Z3
-	VFMADD231PS Z3, Z2, Z0
-	ADDQ $34, DI
-	ADDQ $128, SI
-	DECQ CX
-	JZ q8done
-	VPBROADCASTW (DI), Y5
-	VCVTPH2PS Y5, Z5
-	VPMOVSXBD 2(DI), Z6
-	VPMOVSXBD 18(DI), Z7
-	VCVTDQ2PS Z6, Z6
-	VCVTDQ2PS Z7, Z7
-	VMULPS (SI), Z6, Z6
-	VFMADD231PS 64(SI), Z7, Z6
-	VFMADD231PS Z6, Z5, Z1
-	ADDQ $34, DI
-	ADDQ $128, SI
-	DECQ CX
-	JNZ q8loop
-q8done:
-	VADDPS Z1, Z0, Z0
-	REDUCE
-	VZEROUPPER
-	MOVSS X0, ret+24(FP)
-	RET
-
-// func dotQ4_0AVX512(x *float32, w *byte, nb int) float32
-// Σ over nb Q4_0 blocks (18 bytes: f16 d, 16 bytes of nibbles; byte j holds
-// element j low, j+16 high) of d·Σ (q[j]-8)·x[j].
-TEXT ·dotQ4_0AVX512(SB), NOSPLIT, $0-28
-	MOVQ x+0(FP), SI
-	MOVQ w+8(FP), DI
-	MOVQ nb+16(FP), CX
-	VPXORD Z0, Z0, Z0
-	VPXORD Z1, Z1, Z1
-	MOVL $15, AX
-	VPBROADCASTD AX, Z14
-	MOVL $8, AX
-	VPBROADCASTD AX, Z13
-	TESTQ CX, CX
-	JZ q4done
-q4loop:
-	VPBROADCASTW (DI), Y2
-	VCVTPH2PS Y2, Z2
-	VPMOVZXBD 2(DI), Z3
-	VPSRLD $4, Z3, Z4
-	VPANDD Z14, Z3, Z3
-	VPSUBD Z13, Z3, Z3
-	VPSUBD Z13, Z4, Z4
-	VCVTDQ2PS Z3, Z3
-	VCVTDQ2PS Z4, Z4
-	VMULPS (SI), Z3, Z3
-	VFMADD231PS 64(SI), Z4, Z3
-	VFMADD231PS Z3, Z2, Z0
-	ADDQ $18, DI
-	ADDQ $128, SI
-	DECQ CX
-	JZ q4done
-	VPBROADCASTW (DI), Y5
-	VCVTPH2PS Y5, Z5
-	VPMOVZXBD 2(DI), Z6
-	VPSRLD $4, Z6, Z7
-	VPANDD Z14, Z6, Z6
-	VPSUBD Z13, Z6, Z6
-	VPSUBD Z13, Z7, Z7
-	VCVTDQ2PS Z6, Z6
-	VCVTDQ2PS Z7, Z7
-	VMULPS (SI), Z6, Z6
-	VFMADD231PS 64(SI), Z7, Z6
-	VFMADD231PS Z6, Z5, Z1
-	ADDQ $18, DI
-	ADDQ $128, SI
-	DECQ CX
-	JNZ q4loop
-q4done:
-	VADDPS Z1, Z0, Z0
-	REDUCE
-	VZEROUPPER
-	MOVSS X0, ret+24(FP)
-	RET
-
-// func dotNF4AVX512(x *float32, q, codes *byte, nb int, c2, mu float32, tab *float32) float32
-// Σ over nb NF4 blocks of s·Σ tab[q[j]]·x[j], where block b's 32 nibble bytes
-// are at q[32b:] (byte j: element j low, j+32 high) and its scale is
-// s = max(float32(float32(float32(codes[b])/127)·c2) + mu, +0) (quant's
-// NF4Absmax, NaN and non-positive to +0); tab is the 16-entry code book.
-TEXT ·dotNF4AVX512(SB), NOSPLIT, $0-52
-	MOVQ x+0(FP), SI
-	MOVQ q+8(FP), DI
-	MOVQ codes+16(FP), R8
-	MOVQ nb+24(FP), CX
-	VMOVSS c2+32(FP), X12
-	VMOVSS mu+36(FP), X11
-	MOVQ tab+40(FP), AX
-	VMOVUPS (AX), Z15
-	MOVL $0x42fe0000, AX // 127.0
-	VMOVD AX, X10
-	VXORPS X9, X9, X9
-	VPXORD Z0, Z0, Z0
-	TESTQ CX, CX
-	JZ nf4done
-nf4loop:
-	MOVBQSX (R8), AX
-	VCVTSI2SSL AX, X9, X8
-	VDIVSS X10, X8, X8
-	VMULSS X12, X8, X8
-	VADDSS X11, X8, X8
-	VMAXSS X9, X8, X8
-	VBROADCASTSS X8, Z8
-	VPMOVZXBD (DI), Z3
-	VPMOVZXBD 16(DI), Z4
-	VPSRLD $4, Z3, Z5
-	VPSRLD $4, Z4, Z6
-	VPERMPS Z15, Z3, Z3
-	VPERMPS Z15, Z4, Z4
-	VPERMPS Z15, Z5, Z5
-	VPERMPS Z15, Z6, Z6
-	VMULPS (SI), Z3, Z3
-	VFMADD231PS 64(SI), Z4, Z3
-	VFMADD231PS 128(SI), Z5, Z3
-	VFMADD231PS 192(SI), Z6, Z3
-	VFMADD231PS Z3, Z8, Z0
-	ADDQ $32, DI
-	INCQ R8
-	ADDQ $256, SI
-	DECQ CX
-	JNZ nf4loop
-nf4done:
-	REDUCE
-	VZEROUPPER
-	MOVSS X0, ret+48(FP)
-	RET
-
-// func dotQ4KAVX512(x *float32, w *byte, nsb int, dsc *float32) float32
-// Σ over nsb Q4_K super-blocks (144 bytes) of Σ w·x with each weight decoded
-// exactly as quant does, w = float32(d1·q) − dm1, where dsc holds the pairs
-// (d·sc_j, dmin·m_j) of the 8 sub-blocks of each super-block (Go unpacks
-// the 6-bit scales, q4kScales).
-TEXT ·dotQ4KAVX512(SB), NOSPLIT, $0-36
-	MOVQ x+0(FP), SI
-	MOVQ w+8(FP), DI
-	MOVQ nsb+16(FP), CX
-	MOVQ dsc+24(FP), R8
-	MOVL $15, AX
-	VPBROADCASTD AX, Z14
-	VPXORD Z0, Z0, Z0
-	VPXORD Z1, Z1, Z1
-	TESTQ CX, CX
-	JZ q4kdone
-q4ksb:
-	MOVQ $4, BX
-	LEAQ 16(DI), DX
-q4kg:
-	VPMOVZXBD (DX), Z3
-	VPMOVZXBD 16(DX), Z4
-	VPSRLD $4, Z3, Z5
-	VPSRLD $4, Z4, Z6
-	VPANDD Z14, Z3, Z3
-	VPANDD Z14, Z4, Z4
-	VCVTDQ2PS Z3, Z3
-	VCVTDQ2PS Z4, Z4
-	VCVTDQ2PS Z5, Z5
-	VCVTDQ2PS Z6, Z6
-	VBROADCASTSS (R8), Z7
-	VBROADCASTSS 4(R8), Z8
-	VBROADCASTSS 8(R8), Z9
-	VBROADCASTSS 12(R8), Z10
-	VMULPS Z7, Z3, Z3
-	VSUBPS Z8, Z3, Z3
-	VMULPS Z7, Z4, Z4
-	VSUBPS Z8, Z4, Z4
-	VMULPS Z9, Z5, Z5
-	VSUBPS Z10, Z5, Z5
-	VMULPS Z9, Z6, Z6
-	VSUBPS Z10, Z6, Z6
-	VFMADD231PS (SI), Z3, Z0
-	VFMADD231PS 64(SI), Z4, Z1
-	VFMADD231PS 128(SI), Z5, Z0
-	VFMADD231PS 192(SI), Z6, Z1
-	ADDQ $32, DX
-	ADDQ $16, R8
-	ADDQ $256, SI
-	DECQ BX
-	JNZ q4kg
-	ADDQ $144, DI
-	DECQ CX
-	JNZ q4ksb
-q4kdone:
-	VADDPS Z1, Z0, Z0
-	REDUCE
-	VZEROUPPER
-	MOVSS X0, ret+32(FP)
-	RET
-
-// func dotQ6KAVX512(x *float32, w *byte, nsb int, ds *float32) float32
-// Σ over nsb Q6_K super-blocks (210 bytes) of Σ w·x with each weight decoded
-// exactly as quant does, w = ds[i]·float32(q−32), where ds holds the 16
-// products d·int8(scale_i) of each super-block (q6kScales).
-TEXT ·dotQ6KAVX512(SB), NOSPLIT, $0-36
-	MOVQ x+0(FP), SI
-	MOVQ w+8(FP), DI
-	MOVQ nsb+16(FP), CX
-	MOVQ ds+24(FP), R8
-	MOVL $15, AX
-	VPBROADCASTD AX, Z14
-	MOVL $0x30, AX
-	VPBROADCASTD AX, Z13
-	MOVL $32, AX
-	VPBROADCASTD AX, Z12
-	VPXORD Z0, Z0, Z0
-	VPXORD Z1, Z1, Z1
-	TESTQ CX, CX
-	JZ q6kdone
-q6ksb:
-	MOVQ DI, DX
-	LEAQ 128(DI), R9
-	MOVQ $2, BX
-q6kh:
-	VPMOVZXBD 0(DX), Z3
-	VPMOVZXBD 32(DX), Z4
-	VPMOVZXBD 0(R9), Z5
-	VPANDD Z14, Z3, Z6
-	VPSLLD $4, Z5, Z7
-	VPANDD Z13, Z7, Z7
-	VPORD Z7, Z6, Z6
-	VPANDD Z14, Z4, Z7
-	VPSLLD $2, Z5, Z8
-	VPANDD Z13, Z8, Z8
-	VPORD Z8, Z7, Z7
-	VPSRLD $4, Z3, Z8
-	VPANDD Z13, Z5, Z9
-	VPORD Z9, Z8, Z8
-	VPSRLD $4, Z4, Z9
-	VPSRLD $2, Z5, Z10
-	VPANDD Z13, Z10, Z10
-	VPORD Z10, Z9, Z9
-	VPSUBD Z12, Z6, Z6
-	VPSUBD Z12, Z7, Z7
-	VPSUBD Z12, Z8, Z8
-	VPSUBD Z12, Z9, Z9
-	VCVTDQ2PS Z6, Z6
-	VCVTDQ2PS Z7, Z7
-	VCVTDQ2PS Z8, Z8
-	VCVTDQ2PS Z9, Z9
-	VBROADCASTSS 0(R8), Z10
-	VMULPS Z10, Z6, Z6
-	VFMADD231PS 0(SI), Z6, Z0
-	VBROADCASTSS 8(R8), Z10
-	VMULPS Z10, Z7, Z7
-	VFMADD231PS 128(SI), Z7, Z1
-	VBROADCASTSS 16(R8), Z10
-	VMULPS Z10, Z8, Z8
-	VFMADD231PS 256(SI), Z8, Z0
-	VBROADCASTSS 24(R8), Z10
-	VMULPS Z10, Z9, Z9
-	VFMADD231PS 384(SI), Z9, Z1
-	VPMOVZXBD 16(DX), Z3
-	VPMOVZXBD 48(DX), Z4
-	VPMOVZXBD 16(R9), Z5
-	VPANDD Z14, Z3, Z6
-	VPSLLD $4, Z5, Z7
-	VPANDD Z13, Z7, Z7
-	VPORD Z7, Z6, Z6
-	VPANDD Z14, Z4, Z7
-	VPSLLD $2, Z5, Z8
-	VPANDD Z13, Z8, Z8
-	VPORD Z8, Z7, Z7
-	VPSRLD $4, Z3, Z8
-	VPANDD Z13, Z5, Z9
-	VPORD Z9, Z8, Z8
-	VPSRLD $4, Z4, Z9
-	VPSRLD $2, Z5, Z10
-	VPANDD Z13, Z10, Z10
-	VPORD Z10, Z9, Z9
-	VPSUBD Z12, Z6, Z6
-	VPSUBD Z12, Z7, Z7
-	VPSUBD Z12, Z8, Z8
-	VPSUBD Z12, Z9, Z9
-	VCVTDQ2PS Z6, Z6
-	VCVTDQ2PS Z7, Z7
-	VCVTDQ2PS Z8, Z8
-	VCVTDQ2PS Z9, Z9
-	VBROADCASTSS 4(R8), Z10
-	VMULPS Z10, Z6, Z6
-	VFMADD231PS 64(SI), Z6, Z0
-	VBROADCASTSS 12(R8), Z10
-	VMULPS Z10, Z7, Z7
-	VFMADD231PS 192(SI), Z7, Z1
-	VBROADCASTSS 20(R8), Z10
-	VMULPS Z10, Z8, Z8
-	VFMADD231PS 320(SI), Z8, Z0
-	VBROADCASTSS 28(R8), Z10
-	VMULPS Z10, Z9, Z9
-	VFMADD231PS 448(SI), Z9, Z1
-	ADDQ $64, DX
-	ADDQ $32, R9
-	ADDQ $32, R8
-	ADDQ $512, SI
-	DECQ BX
-	JNZ q6kh
-	ADDQ $210, DI
-	DECQ CX
-	JNZ q6ksb
-q6kdone:
-	VADDPS Z1, Z0, Z0
-	REDUCE
-	VZEROUPPER
-	MOVSS X0, ret+32(FP)
 	RET
 
 // func dotF32AVX2(x, w *float32, n int) float32

@@ -129,12 +129,8 @@ func (m *Model) Forward(s *State, tokens []int, logits []float32, all bool) erro
 		m.linear(vv, xb, T, li, ModV, m.Adapters)
 		for t := 0; t < T; t++ {
 			pos := s.Pos + t
-			for h := 0; h < c.Heads; h++ {
-				m.rope.Apply(q[t*qd+h*D:t*qd+(h+1)*D], pos)
-			}
-			for h := 0; h < c.KVHeads; h++ {
-				m.rope.Apply(kk[t*kvd+h*D:t*kvd+(h+1)*D], pos)
-			}
+			m.rope.ApplyHeads(q[t*qd:(t+1)*qd], c.Heads, D, pos)
+			m.rope.ApplyHeads(kk[t*kvd:(t+1)*kvd], c.KVHeads, D, pos)
 		}
 		copy(s.k[li][s.Pos*kvd:], kk)
 		copy(s.v[li][s.Pos*kvd:], vv)

@@ -173,12 +173,8 @@ func (m *Model) layerForward(l int, a *layerActs, out []float32, B, T int, ad Ad
 	m.linear(a.v, a.xn1, BT, l, ModV, ad)
 	for r := 0; r < BT; r++ {
 		pos := r % T
-		for h := 0; h < c.Heads; h++ {
-			m.rope.Apply(a.q[r*qd+h*D:r*qd+(h+1)*D], pos)
-		}
-		for h := 0; h < c.KVHeads; h++ {
-			m.rope.Apply(a.k[r*kvd+h*D:r*kvd+(h+1)*D], pos)
-		}
+		m.rope.ApplyHeads(a.q[r*qd:(r+1)*qd], c.Heads, D, pos)
+		m.rope.ApplyHeads(a.k[r*kvd:(r+1)*kvd], c.KVHeads, D, pos)
 	}
 	m.pool.Parallel(B, 1, func(lo, hi int) {
 		sc := make([]float32, T)
@@ -251,12 +247,8 @@ func (m *Model) layerBackward(l int, a *layerActs, dx []float32, B, T int, o *St
 	})
 	for r := 0; r < BT; r++ {
 		pos := r % T
-		for h := 0; h < c.Heads; h++ {
-			m.rope.RotateBack(s.dq[r*qd+h*D:r*qd+(h+1)*D], pos)
-		}
-		for h := 0; h < c.KVHeads; h++ {
-			m.rope.RotateBack(s.dk[r*kvd+h*D:r*kvd+(h+1)*D], pos)
-		}
+		m.rope.RotateBackHeads(s.dq[r*qd:(r+1)*qd], c.Heads, D, pos)
+		m.rope.RotateBackHeads(s.dk[r*kvd:(r+1)*kvd], c.KVHeads, D, pos)
 	}
 	clear(s.dxn)
 	m.linearBack(s.dxn, s.dq, a.xn1, BT, l, ModQ, o)

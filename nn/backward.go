@@ -1,6 +1,10 @@
 package nn
 
-import "math"
+import (
+	"math"
+
+	"github.com/qtune/qtune/kernels"
+)
 
 // This file holds the training-side ops: each forward op's backward (and the
 // forward pieces whose backward needs saved statistics). Backward functions
@@ -12,6 +16,14 @@ import "math"
 //	dx[i] += r·w[i]·dy[i] − x[i]·r³/n · Σ_j dy[j]·w[j]·x[j]
 //	dw[i] += dy[i]·x[i]·r                     (skipped when dw is nil)
 func RMSNormBackward[F Float](dx, dw, dy, x, w []F, eps float32) {
+	if dx32, ok := f32s(dx); ok {
+		dw32, _ := f32s(dw)
+		dy32, _ := f32s(dy)
+		x32, _ := f32s(x)
+		w32, _ := f32s(w)
+		kernels.RMSNormBackward(dx32, dw32, dy32, x32, w32, eps)
+		return
+	}
 	n := len(x)
 	r := rmsInv(x, eps)
 	var dot float64
@@ -33,6 +45,14 @@ func RMSNormBackward[F Float](dx, dw, dy, x, w []F, eps float32) {
 //
 //	dg += dy·u·σ(g)·(1 + g·(1−σ(g)))      du += dy·silu(g)
 func SwiGLUBackward[F Float](dgate, dup, dy, gate, up []F) {
+	if dg32, ok := f32s(dgate); ok {
+		du32, _ := f32s(dup)
+		dy32, _ := f32s(dy)
+		g32, _ := f32s(gate)
+		u32, _ := f32s(up)
+		kernels.SwiGLUBackward(dg32, du32, dy32, g32, u32)
+		return
+	}
 	for i, g := range gate {
 		gv := float64(g)
 		s := 1 / (1 + math.Exp(-gv))
@@ -45,6 +65,10 @@ func SwiGLUBackward[F Float](dgate, dup, dy, gate, up []F) {
 // CrossEntropy returns −log softmax(logits)[target] and, when dlogits is
 // not nil, accumulates scale·(softmax(logits) − onehot(target)) into it.
 func CrossEntropy[F Float](dlogits, logits []F, target int, scale float64) float64 {
+	if l32, ok := f32s(logits); ok {
+		d32, _ := f32s(dlogits)
+		return float64(kernels.CrossEntropy(d32, l32, target, float32(scale)))
+	}
 	m := logits[0]
 	for _, v := range logits[1:] {
 		if v > m {
@@ -71,6 +95,15 @@ func CrossEntropy[F Float](dlogits, logits []F, target int, scale float64) float
 // backward can rebuild the probabilities without keeping the (T, T) matrix.
 // scores is scratch of length ≥ T.
 func AttentionSeq[F Float](out, lse, q, k, v []F, T, H, Hkv, D int, scores []F) {
+	if o32, ok := f32s(out); ok {
+		l32, _ := f32s(lse)
+		q32, _ := f32s(q)
+		k32, _ := f32s(k)
+		v32, _ := f32s(v)
+		s32, _ := f32s(scores)
+		kernels.AttentionSeq(o32, l32, q32, k32, v32, T, H, Hkv, D, s32)
+		return
+	}
 	group := H / Hkv
 	qd, kvd := H*D, Hkv*D
 	scale := 1 / math.Sqrt(float64(D))
@@ -120,6 +153,18 @@ func AttentionSeq[F Float](out, lse, q, k, v []F, T, H, Hkv, D int, scores []F) 
 //
 // scratch needs length ≥ 2·T.
 func AttentionSeqBackward[F Float](dq, dk, dv, dout, q, k, v, lse []F, T, H, Hkv, D int, scratch []F) {
+	if dq32, ok := f32s(dq); ok {
+		dk32, _ := f32s(dk)
+		dv32, _ := f32s(dv)
+		do32, _ := f32s(dout)
+		q32, _ := f32s(q)
+		k32, _ := f32s(k)
+		v32, _ := f32s(v)
+		l32, _ := f32s(lse)
+		s32, _ := f32s(scratch)
+		kernels.AttentionSeqBackward(dq32, dk32, dv32, do32, q32, k32, v32, l32, T, H, Hkv, D, s32)
+		return
+	}
 	group := H / Hkv
 	qd, kvd := H*D, Hkv*D
 	scale := 1 / math.Sqrt(float64(D))
@@ -162,18 +207,9 @@ func AttentionSeqBackward[F Float](dq, dk, dv, dout, q, k, v, lse []F, T, H, Hkv
 }
 
 // RotateBack applies the inverse rotation of Apply at pos (the RoPE
-// backward: a rotation's adjoint is its inverse).
-func (r *Rope) RotateBack(v []float32, pos int) {
-	half := r.Dims / 2
-	p := float64(pos) * r.Scale
-	for j := 0; j < half; j++ {
-		s, c := math.Sincos(p * r.Freq[j])
-		i0, i1 := 2*j, 2*j+1
-		if r.Neox {
-			i0, i1 = j, j+half
-		}
-		a, b := float64(v[i0]), float64(v[i1])
-		v[i0] = float32(a*c + b*s)
-		v[i1] = float32(-a*s + b*c)
-	}
-}
+// backward: a rotation's adjoint is its inverse; kernels.RopeBack).
+func (r *Rope) RotateBack(v []float32, pos int) { r.RotateBackHeads(v, 1, 0, pos) }
+
+// RotateBackHeads applies RotateBack to n head vectors v[h·stride:] of one
+// position.
+func (r *Rope) RotateBackHeads(v []float32, n, stride, pos int) { r.heads(v, n, stride, pos, true) }

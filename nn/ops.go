@@ -2,17 +2,37 @@ package nn
 
 import (
 	"math"
+
+	"github.com/qtune/qtune/kernels"
 )
 
 // Float is the element type of the ops: float32 in the engine, float64 in
 // the finite-difference checks of the backward passes.
+//
+// The []float32 instantiations run the vectorised float32 kernels of
+// package kernels (see kernels/doc.go for their bounds); every other
+// instantiation, float64 in particular, runs the loops written here, which
+// are the reference the kernels are checked against. f32s picks the path.
 type Float interface{ ~float32 | ~float64 }
 
-// RMSNorm writes out[i] = x[i] / sqrt(mean(x²) + eps) · w[i] for one row,
-// accumulating the mean of squares in float64. Reference:
+// f32s reports whether F's slices are []float32 (the kernel path) and
+// converts them.
+func f32s[F Float](s []F) ([]float32, bool) {
+	v, ok := any(s).([]float32)
+	return v, ok
+}
+
+// RMSNorm writes out[i] = x[i] / sqrt(mean(x²) + eps) · w[i] for one row.
+// Reference (float64 here; kernels.RMSNorm for float32):
 //
 //	ss = Σ x[i]²/n;  r = 1/sqrt(ss+eps);  out[i] = x[i]·r·w[i]
 func RMSNorm[F Float](out, x, w []F, eps float32) {
+	if o, ok := f32s(out); ok {
+		x32, _ := f32s(x)
+		w32, _ := f32s(w)
+		kernels.RMSNorm(o, x32, w32, eps)
+		return
+	}
 	r := F(rmsInv(x, eps))
 	w = w[:len(x)]
 	for i, v := range x {
@@ -29,13 +49,21 @@ func rmsInv[F Float](x []F, eps float32) float64 {
 	return 1 / math.Sqrt(ss/float64(len(x))+float64(eps))
 }
 
-// Rope holds the rotation frequencies of rotary position embeddings.
+// Rope holds the rotation frequencies of rotary position embeddings and
+// the cos/sin tables of the first positions.
 type Rope struct {
 	Dims  int       // rotated dimensions per head (≤ head size)
 	Neox  bool      // false: pairs (2j, 2j+1) as GGUF/llama2.c; true: pairs (j, j+Dims/2) as HF
 	Freq  []float64 // Dims/2 inverse frequencies, scaling already applied
 	Scale float64   // linear position scale (1 = none)
+	cos   []float32 // (P, Dims/2) cos(pos·Scale·Freq[j]) for pos < P ≤ 4096 (ropeTableBytes)
+	sin   []float32 // (P, Dims/2) sin(pos·Scale·Freq[j])
 }
+
+// ropeTableBytes caps the precomputed tables (cos and sin together) below
+// the size that would have to be reserved with the budget; later positions
+// compute their row on the fly.
+const ropeTableBytes = 1 << 20
 
 // NewRope builds frequencies theta^(-2j/dims), divided by factors[j] when
 // factors is non-empty (Llama 3's rope_freqs), with linear scaling of
@@ -52,50 +80,63 @@ func NewRope(dims int, theta float64, neox bool, factors []float32, linear float
 	if linear > 0 {
 		r.Scale = 1 / linear
 	}
+	half := len(r.Freq)
+	if half > 0 {
+		n := min(4096, ropeTableBytes/(8*half))
+		r.cos, r.sin = make([]float32, n*half), make([]float32, n*half)
+		for p := 0; p < n; p++ {
+			kernels.RopeTable(r.cos[p*half:(p+1)*half], r.sin[p*half:(p+1)*half], r.Freq, float64(p)*r.Scale)
+		}
+	}
 	return r
 }
 
-// Apply rotates one head vector v (len ≥ Dims) at position pos in place:
-// (a, b) → (a cos θ − b sin θ, a sin θ + b cos θ), θ = pos·Freq[j].
-func (r *Rope) Apply(v []float32, pos int) {
-	half := r.Dims / 2
-	p := float64(pos) * r.Scale
-	for j := 0; j < half; j++ {
-		s, c := math.Sincos(p * r.Freq[j])
-		i0, i1 := 2*j, 2*j+1
-		if r.Neox {
-			i0, i1 = j, j+half
-		}
-		a, b := float64(v[i0]), float64(v[i1])
-		v[i0] = float32(a*c - b*s)
-		v[i1] = float32(a*s + b*c)
+// table returns the cos/sin row of position pos: the precomputed one, or
+// one computed into buf (length ≥ Dims) past the table.
+func (r *Rope) table(pos int, buf []float32) (cos, sin []float32) {
+	half := len(r.Freq)
+	if pos >= 0 && (pos+1)*half <= len(r.cos) {
+		return r.cos[pos*half : (pos+1)*half], r.sin[pos*half : (pos+1)*half]
 	}
+	cos, sin = buf[:half], buf[half:2*half]
+	kernels.RopeTable(cos, sin, r.Freq, float64(pos)*r.Scale)
+	return cos, sin
 }
 
-// Softmax normalises x in place (max subtracted first; sum in float64).
-func Softmax(x []float32) {
-	if len(x) == 0 {
+// Apply rotates one head vector v (len ≥ Dims) at position pos in place
+// (kernels.Rope): (a, b) → (a cos θ − b sin θ, a sin θ + b cos θ),
+// θ = pos·Scale·Freq[j], with cos θ and sin θ rounded to float32.
+func (r *Rope) Apply(v []float32, pos int) { r.ApplyHeads(v, 1, 0, pos) }
+
+// ApplyHeads rotates n head vectors v[h·stride:] of one position, sharing
+// one table row.
+func (r *Rope) ApplyHeads(v []float32, n, stride, pos int) { r.heads(v, n, stride, pos, false) }
+
+func (r *Rope) heads(v []float32, n, stride, pos int, back bool) {
+	if len(r.Freq) == 0 {
 		return
 	}
-	m := x[0]
-	for _, v := range x[1:] {
-		if v > m {
-			m = v
+	var buf [256]float32
+	var cos, sin []float32
+	if r.Dims <= len(buf) {
+		cos, sin = r.table(pos, buf[:])
+	} else {
+		cos, sin = r.table(pos, make([]float32, r.Dims))
+	}
+	for h := 0; h < n; h++ {
+		if back {
+			kernels.RopeBack(v[h*stride:], cos, sin, r.Neox)
+		} else {
+			kernels.Rope(v[h*stride:], cos, sin, r.Neox)
 		}
-	}
-	var s float64
-	for i, v := range x {
-		e := math.Exp(float64(v - m))
-		x[i] = float32(e)
-		s += e
-	}
-	inv := 1 / s
-	for i := range x {
-		x[i] = float32(float64(x[i]) * inv)
 	}
 }
 
-// LogSumExp returns log Σ exp(x[i]) computed stably in float64.
+// Softmax normalises x in place (kernels.Softmax: max subtracted first).
+func Softmax(x []float32) { kernels.Softmax(x) }
+
+// LogSumExp returns log Σ exp(x[i]) computed stably in float64 (the
+// evaluation's exact figure; kernels.LogSumExp is the float32 kernel).
 func LogSumExp(x []float32) float64 {
 	m := x[0]
 	for _, v := range x[1:] {
@@ -112,6 +153,12 @@ func LogSumExp(x []float32) float64 {
 
 // SwiGLU writes out[i] = silu(gate[i]) · up[i], silu(g) = g/(1+e^−g).
 func SwiGLU[F Float](out, gate, up []F) {
+	if o, ok := f32s(out); ok {
+		g32, _ := f32s(gate)
+		u32, _ := f32s(up)
+		kernels.SwiGLU(o, g32, u32)
+		return
+	}
 	up = up[:len(gate)]
 	for i, g := range gate {
 		out[i] = F(float64(g)/(1+math.Exp(-float64(g)))) * up[i]
@@ -124,32 +171,19 @@ func SwiGLU[F Float](out, gate, up []F) {
 // is scratch of length ≥ n. Query head h uses kv head h / (H/Hkv).
 //
 // Reference: out_h = Σ_t softmax_t(q_h·k_{t,g}/√D) · v_{t,g}.
+//
+// Kernels: scores = kernels.Gemv over the key rows, kernels.Softmax, and
+// out = kernels.GemvT over the value rows.
 func Attention(out, q []float32, keys, values []float32, n, kvStride, H, Hkv, D int, scores []float32) {
 	group := H / Hkv
 	scale := float32(1 / math.Sqrt(float64(D)))
 	for h := 0; h < H; h++ {
 		g := h / group
-		qh := q[h*D : (h+1)*D]
 		sc := scores[:n]
-		for t := 0; t < n; t++ {
-			k := keys[t*kvStride+g*D : t*kvStride+(g+1)*D]
-			var s float32
-			for i, v := range qh {
-				s += v * k[i]
-			}
-			sc[t] = s * scale
-		}
-		Softmax(sc)
+		kernels.Gemv(sc, keys[g*D:], q[h*D:(h+1)*D], n, D, kvStride, scale)
+		kernels.Softmax(sc)
 		oh := out[h*D : (h+1)*D]
-		for i := range oh {
-			oh[i] = 0
-		}
-		for t := 0; t < n; t++ {
-			a := sc[t]
-			v := values[t*kvStride+g*D : t*kvStride+(g+1)*D]
-			for i := range oh {
-				oh[i] += a * v[i]
-			}
-		}
+		clear(oh)
+		kernels.GemvT(oh, values[g*D:], sc, n, D, kvStride)
 	}
 }

@@ -3,7 +3,8 @@
 # NF4 and Q8_0 bases on SST-2 (MeZO's prompt "<sentence> It was" with
 # " terrible" / " great"; 1,000 training examples; accuracy on the 872 dev
 # examples in test.jsonl, summed log-likelihood of each candidate), for
-# zero-shot, LoRA (first order), MeZO, LoHO-inter and LoHO-intra, with steps,
+# zero-shot, LoRA (first order), MeZO, LoHO-inter and LoHO-intra (zeroth-order
+# part on the complementary entries, and on LoRA factors), with steps,
 # wall time and peak resident memory (/usr/bin/time %M). Hyper-parameters were
 # chosen on valid.jsonl (500 examples), never on test.jsonl.
 # Then the memory check: MeZO's peak RSS next to `qtune eval` with the same
@@ -27,8 +28,11 @@ METHODS=(
   "lora|--method lora --learning-rate 3e-3"
   "mezo|--method mezo --zo-target lora --zo-learning-rate 1e-4 --epsilon 1e-2"
   "loho-inter|--method loho-inter --fo-layers auto --learning-rate 3e-3 --zo-learning-rate 1e-4 --epsilon 1e-2"
-  "loho-intra|--method loho-intra --fo-ratio 0.5 --learning-rate 1e-3 --zo-learning-rate 1e-4 --epsilon 1e-2"
+  "loho-intra|--method loho-intra --fo-ratio 0.5 --learning-rate 1e-3 --zo-learning-rate 1e-6 --epsilon 1e-2"
+  "loho-intra-lora|--method loho-intra --zo-target lora --fo-ratio 0.5 --learning-rate 1e-3 --zo-learning-rate 1e-4 --epsilon 1e-2"
 )
+# ONLY="loho-intra lora" runs just those methods (names as in the first column).
+ONLY=${ONLY:-}
 {
 printf '| base | method | SST-2 dev accuracy (872) | steps | wall | peak RSS |\n|---|---|---|---|---|---|\n'
 for base in nf4 q8_0; do
@@ -38,6 +42,7 @@ for base in nf4 q8_0; do
   printf '| %s | zero-shot | %s | 0 | - | %.1f MB (eval) |\n' "$base" "$a0" "$(echo "$rss0/1024" | bc -l)"
   for entry in "${METHODS[@]}"; do
     name=${entry%%|*}; flags=${entry#*|}
+    if [ -n "$ONLY" ] && ! [[ " $ONLY " == *" $name "* ]]; then continue; fi
     dir="$O/$name-$base"
     start=$(date +%s.%N)
     /usr/bin/time -f '%M' $Q train --model "$B" $COMMON $flags --adapter-path "$dir" >/dev/null 2>"$dir.log"
@@ -47,6 +52,7 @@ for base in nf4 q8_0; do
     printf '| %s | %s | %s | %d | %.0f s | %.1f MB |\n' "$base" "$name" "$a1" "$ITERS" "$wall" "$(echo "$rss/1024" | bc -l)"
   done
 done
+if [ -z "$ONLY" ]; then
 echo
 echo "Memory: MeZO (LoRA, batch 1 x 256 tokens, 5 steps) next to qtune eval (256-token windows, 20 records)"
 printf '| model | eval peak RSS | mezo peak RSS | ratio |\n|---|---|---|---|\n'
@@ -58,4 +64,5 @@ for mm in "$O/stories-nf4.gguf" "$O/synth15m-q4_0.gguf"; do
         --steps-per-eval 0 --steps-per-report 5 --cache-dir "$O/cache" --adapter-path "$O/mem-mezo" >/dev/null; } 2>&1 | tail -n 1)
   printf '| %s | %.1f MB | %.1f MB | %.2f |\n' "$(basename "$mm")" "$(echo "$e/1024" | bc -l)" "$(echo "$z/1024" | bc -l)" "$(echo "$z/$e" | bc -l)"
 done
+fi
 } | tee "$O/table.md"

@@ -17,6 +17,14 @@ func WriteAdapters(dir string, m *model.Model, set *lora.Set, cfg Config) error 
 	if err := set.Save(dir, m, cfg.Model); err != nil {
 		return err
 	}
+	return writeConfig(dir, cfg)
+}
+
+// writeConfig saves qtune's record of the run (qtune_config.json).
+func writeConfig(dir string, cfg Config) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return err

@@ -35,9 +35,15 @@ type lohoMethod struct {
 	opt   optim.Optimizer
 	zo    *mezo.SPSA // nil when the zeroth-order set is empty
 	sp    []*loho.Sparse
-	est   int64 // inter: the plan's estimate for foN
-	foVal int64 // first-order values
-	nnzIx int64 // CSR index bytes of the sparse deltas
+	// intra with --zo-target complement: the zeroth-order part is a dense
+	// float32 delta per matrix, trained at the entries outside the mask.
+	complement bool
+	dense      []*loho.Dense
+	zoVal      int64 // zeroth-order entries (¬M) of the dense deltas
+	denseBytes int64
+	est        int64 // inter: the plan's estimate for foN
+	foVal      int64 // first-order values
+	nnzIx      int64 // CSR index bytes of the sparse deltas
 }
 
 // loraDx is a zeroth-order LoRA layer inside the first-order part of the
@@ -71,6 +77,9 @@ func layerOf(target string) int {
 }
 
 func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
+	if cfg.ZOTarget == "" {
+		cfg.ZOTarget = DefaultZOTarget(map[bool]string{true: "loho-intra"}[intra])
+	}
 	zc, err := zoConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -90,9 +99,17 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 	L := m.Config.Layers
 	lowest := layerOf(set.Layers[0].Target) // lowest adapted block
 	var zoLayers []*lora.Layer
+	var zoTensors []mezo.Tensor
 	if intra {
 		if !(cfg.FORatio > 0 && cfg.FORatio <= 1) {
 			return nil, fmt.Errorf("train: loho-intra: --fo-ratio %g out of (0, 1]", cfg.FORatio)
+		}
+		switch cfg.ZOTarget {
+		case "complement":
+			h.complement = true
+		case "lora":
+		default:
+			return nil, fmt.Errorf("train: loho-intra: zo target %q is not available (complement, lora)", cfg.ZOTarget)
 		}
 		h.first = lowest
 		h.ad = make(model.Adapters, L)
@@ -106,14 +123,35 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 			h.fo = append(h.fo, &optim.Param{Name: l.Target + ".sparse", W: s.Val, G: s.Grad, Decay: true})
 			h.foVal += int64(s.Nnz())
 			h.nnzIx += 4*int64(s.Nnz()) + 4*int64(s.Out+1)
+			var zo model.Adapter = loraDx{l, m.Pool()}
+			if h.complement && cfg.FORatio < 1 {
+				d, err := loho.NewDense(l.Target, l.Out, l.In, cfg.FORatio, cfg.Seed, m.Pool())
+				if err != nil {
+					return nil, err
+				}
+				h.dense = append(h.dense, d)
+				h.zoVal += d.Trainable()
+				h.denseBytes += 4 * int64(len(d.Val))
+				zoTensors = append(zoTensors, mezo.Tensor{Name: l.Target + ".zo_delta", Data: d.Val, Decay: true,
+					Shape: []int{l.Out, l.In}, Mask: d.ZeroMasked})
+				zo = d
+			}
 			li := layerOf(l.Target)
 			for mod := model.Module(0); mod < model.NumModules; mod++ {
 				if set.ByPos[li][mod] == l {
-					h.ad[li][mod] = loho.Stack{s, loraDx{l, m.Pool()}}
+					if h.complement && cfg.FORatio == 1 {
+						h.ad[li][mod] = s
+					} else {
+						h.ad[li][mod] = loho.Stack{s, zo}
+					}
 				}
 			}
 		}
-		zoLayers = set.Layers
+		if h.complement {
+			h.set = nil // the LoRA factors only named the matrices
+		} else {
+			zoLayers = set.Layers
+		}
 	} else {
 		adapted := L - lowest
 		if h.foN, h.why, err = foLayers(m, cfg, set, adapted); err != nil {
@@ -133,8 +171,14 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 			}
 		}
 	}
+	if !intra && cfg.ZOTarget != "lora" {
+		return nil, fmt.Errorf("train: loho-inter: zo target %q is not available (lora)", cfg.ZOTarget)
+	}
 	if len(zoLayers) > 0 {
-		if h.zo, err = mezo.New(loraTensors(zoLayers), zc, m.Pool()); err != nil {
+		zoTensors = loraTensors(zoLayers)
+	}
+	if len(zoTensors) > 0 {
+		if h.zo, err = mezo.New(zoTensors, zc, m.Pool()); err != nil {
 			return nil, err
 		}
 	}
@@ -190,15 +234,33 @@ func lohoPlan(m *model.Model, cfg Config, set *lora.Set, adapted int, limit int6
 }
 
 func (h *lohoMethod) zoValues() int64 {
-	if h.zo == nil {
+	switch {
+	case h.zo == nil:
 		return 0
+	case h.complement:
+		return h.zoVal
 	}
 	return h.zo.Params()
 }
 
+// zoStateBytes is what the zeroth-order values cost: LoRA factors, or the
+// dense deltas (zeros at the mask included).
+func (h *lohoMethod) zoStateBytes() int64 {
+	if h.complement {
+		return h.denseBytes
+	}
+	return 4 * h.zoValues()
+}
+
 func (h *lohoMethod) Describe() string {
 	c := h.cfg
-	zo := fmt.Sprintf("ZO: MeZO (n=%d, ε=%g, η_ZO=%g constant) on %d LoRA values, kept without gradients", c.Perturbations, c.Epsilon, c.ZOLearningRate, h.zoValues())
+	zo := fmt.Sprintf("ZO: MeZO (n=%d, ε=%g, η_ZO=%g constant) on %d LoRA values (rank %d), kept without gradients", c.Perturbations, c.Epsilon, c.ZOLearningRate, h.zoValues(), c.Rank)
+	if h.complement {
+		zo = fmt.Sprintf("ZO: MeZO (n=%d, ε=%g, η_ZO=%g constant) on the complementary %d entries (¬mask) of the same matrices, held in dense float32 deltas beside the quantized base (%.1f MiB), kept without gradients", c.Perturbations, c.Epsilon, c.ZOLearningRate, h.zoValues(), float64(h.denseBytes)/(1<<20))
+		if h.zo == nil {
+			zo = "ZO: none (--fo-ratio 1 leaves no complementary entries)"
+		}
+	}
 	clip := ""
 	if c.MaxGradNorm > 0 {
 		clip = fmt.Sprintf(", clip %g", c.MaxGradNorm)
@@ -208,8 +270,8 @@ func (h *lohoMethod) Describe() string {
 		every = fmt.Sprintf(" every %d steps", c.FOEvery)
 	}
 	if h.intra {
-		return fmt.Sprintf("loho-intra: FO (%s%s, scheduled lr%s) on sparse deltas at a seeded %.0f%% mask of %d matrices: %d values with gradients (SDDMM, no dense gradient) and optimizer state, %.1f MiB of CSR indices; backprop from block %d; %s (rank %d)",
-			h.opt.Name(), clip, every, 100*c.FORatio, len(h.sp), h.foVal, float64(h.nnzIx)/(1<<20), h.first, zo, c.Rank)
+		return fmt.Sprintf("loho-intra: FO (%s%s, scheduled lr%s) on sparse deltas at a seeded %.0f%% mask of %d matrices: %d values with gradients (SDDMM, no dense gradient) and optimizer state, %.1f MiB of CSR indices; backprop from block %d; %s",
+			h.opt.Name(), clip, every, 100*c.FORatio, len(h.sp), h.foVal, float64(h.nnzIx)/(1<<20), h.first, zo)
 	}
 	L := h.m.Config.Layers
 	s := fmt.Sprintf("loho-inter: FO (%s%s, scheduled lr%s) on the LoRA factors of blocks %d..%d (N=%d of %d, %s): %d values with gradients and optimizer state, activations of those %d blocks only (backprop stops at block %d); %s on the blocks below; LoHO memory estimate %.1f MiB",
@@ -223,7 +285,7 @@ func (h *lohoMethod) Describe() string {
 func (h *lohoMethod) Trainable() int64 { return h.foVal + h.zoValues() }
 
 func (h *lohoMethod) StateBytes() int64 {
-	return 8*h.foVal + h.opt.StateBytes(h.foVal) + h.nnzIx + 4*h.zoValues()
+	return 8*h.foVal + h.opt.StateBytes(h.foVal) + h.nnzIx + h.zoStateBytes()
 }
 
 // StepActivations and StepWorkspace are what one step needs besides the
@@ -245,7 +307,9 @@ func (h *lohoMethod) StepActivations(B, T int, ckpt bool) int64 {
 func (h *lohoMethod) StepWorkspace(B, T int) int64 { return h.m.Config.StepWorkspaceBytes(B, T, true) }
 
 func (h *lohoMethod) Step(it int, batches []data.Batch, lr float64) (float64, int, error) {
-	h.set.SetStep(it)
+	if h.set != nil {
+		h.set.SetStep(it)
+	}
 	loss, total, err := batchLoss(h.m, it, batches, h.ad)
 	if err != nil {
 		return 0, 0, err
@@ -293,13 +357,16 @@ func (h *lohoMethod) Eval() (model.StepOptions, func()) {
 
 func (h *lohoMethod) Tensors() []checkpoint.Tensor {
 	var ts []checkpoint.Tensor
-	for _, l := range h.set.Layers {
+	for _, l := range h.setLayers() {
 		ts = append(ts,
 			checkpoint.Tensor{Name: l.Target + ".lora_a", Shape: []int{l.R, l.In}, Data: l.A},
 			checkpoint.Tensor{Name: l.Target + ".lora_b", Shape: []int{l.Out, l.R}, Data: l.B})
 	}
 	for _, s := range h.sp {
 		ts = append(ts, checkpoint.Tensor{Name: s.Target + ".sparse", Shape: []int{len(s.Val)}, Data: s.Val})
+	}
+	for _, d := range h.dense {
+		ts = append(ts, checkpoint.Tensor{Name: d.Target + ".zo_delta", Shape: []int{d.Out, d.In}, Data: d.Val})
 	}
 	return append(ts, optimTensors(h.opt)...)
 }
@@ -309,7 +376,7 @@ func (h *lohoMethod) Load(ts []checkpoint.Tensor) error {
 	for _, t := range ts {
 		by[t.Name] = t.Data
 	}
-	for _, l := range h.set.Layers {
+	for _, l := range h.setLayers() {
 		a, b := by[l.Target+".lora_a"], by[l.Target+".lora_b"]
 		if len(a) != len(l.A) || len(b) != len(l.B) {
 			return fmt.Errorf("adapter %s does not match this run's shapes (rank or targets changed?)", l.Target)
@@ -324,16 +391,47 @@ func (h *lohoMethod) Load(ts []checkpoint.Tensor) error {
 		}
 		copy(s.Val, v)
 	}
+	for _, d := range h.dense {
+		v := by[d.Target+".zo_delta"]
+		if len(v) != len(d.Val) {
+			return fmt.Errorf("dense delta %s does not match this run's shapes", d.Target)
+		}
+		copy(d.Val, v)
+	}
 	return loadOptim(h.opt, ts)
 }
 
+// setLayers is the LoRA layers the run trains (none when the zeroth-order
+// part is the dense complement).
+func (h *lohoMethod) setLayers() []*lora.Layer {
+	if h.set == nil {
+		return nil
+	}
+	return h.set.Layers
+}
+
 func (h *lohoMethod) Save(dir string) error {
-	if err := WriteAdapters(dir, h.m, h.set, h.cfg); err != nil {
+	if h.set != nil {
+		if err := WriteAdapters(dir, h.m, h.set, h.cfg); err != nil {
+			return err
+		}
+	} else if err := writeConfig(dir, h.cfg); err != nil {
 		return err
 	}
 	if !h.intra {
 		return nil
 	}
-	return loho.WriteSparse(filepath.Join(dir, loho.SparseFile), h.sp, map[string]string{
-		"mask_seed": strconv.FormatUint(h.cfg.Seed, 10), "fo_ratio": strconv.FormatFloat(h.cfg.FORatio, 'g', -1, 64)})
+	meta := map[string]string{"mask_seed": strconv.FormatUint(h.cfg.Seed, 10), "fo_ratio": strconv.FormatFloat(h.cfg.FORatio, 'g', -1, 64)}
+	if err := loho.WriteSparse(filepath.Join(dir, loho.SparseFile), h.sp, meta); err != nil {
+		return err
+	}
+	if len(h.dense) == 0 {
+		return nil
+	}
+	ts := make([]mezo.Tensor, len(h.dense))
+	for i, d := range h.dense {
+		ts[i] = mezo.Tensor{Name: d.Target + ".zo_delta", Data: d.Val, Shape: []int{d.Out, d.In}}
+	}
+	meta["format"] = "qtune-zo-delta"
+	return mezo.WriteTensors(filepath.Join(dir, loho.DenseFile), ts, meta)
 }

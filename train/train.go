@@ -17,6 +17,7 @@ import (
 	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/checkpoint"
 	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/offload"
@@ -63,7 +64,7 @@ type Config struct {
 	ZOLearningRate float64 `json:"zo_learning_rate"` // MeZO/LoHO ZO step size (constant)
 	Epsilon        float64 `json:"epsilon"`          // SPSA perturbation scale
 	Perturbations  int     `json:"perturbations"`    // n-SPSA draws per step
-	ZOTarget       string  `json:"zo_target"`        // mezo: lora | float | scales
+	ZOTarget       string  `json:"zo_target"`        // mezo: lora | float | scales; loho-intra: complement | lora; "": the method's default
 	FOLayers       string  `json:"fo_layers"`        // loho inter: N deepest blocks first-order, or "auto"
 	FORatio        float64 `json:"fo_ratio"`         // loho intra: share of entries trained first-order
 	FOEvery        int     `json:"fo_every"`         // loho: first-order update every k steps
@@ -81,7 +82,7 @@ func Defaults() Config {
 		AdapterPath: "adapters", StepsPerReport: 10, StepsPerEval: 200, ValBatches: 25, SaveEvery: 100, Seed: 0,
 		Rank: 8, Alpha: 16, Dropout: 0, Targets: "all", Optimizer: "adamw", WeightDecay: 0, Momentum: 0.9,
 		LRSchedule: "constant", GradAccum: 1, MaxGradNorm: 1,
-		ZOLearningRate: 1e-4, Epsilon: 1e-3, Perturbations: 1, ZOTarget: "lora", FOLayers: "auto", FORatio: 0.5, FOEvery: 1,
+		ZOLearningRate: 1e-4, Epsilon: 1e-3, Perturbations: 1, ZOTarget: "", FOLayers: "auto", FORatio: 0.5, FOEvery: 1,
 		KeepRatio: 0.005, Stage1Iters: 0, WarmStart: 1}
 }
 
@@ -112,7 +113,20 @@ func (c *Config) Validate() error {
 	if c.StepsPerReport <= 0 {
 		c.StepsPerReport = 10
 	}
+	if c.ZOTarget == "" {
+		c.ZOTarget = DefaultZOTarget(c.Method)
+	}
 	return nil
+}
+
+// DefaultZOTarget is what a method perturbs when --zo-target is not given:
+// the complementary entries of each matrix for loho-intra (the paper's
+// split), LoRA factors otherwise.
+func DefaultZOTarget(method string) string {
+	if method == "loho-intra" {
+		return "complement"
+	}
+	return "lora"
 }
 
 // Progress is one report of a running training.
@@ -214,6 +228,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	pre := 8 * loraValues(m, cfg) // adapter values and their gradients
 	if cfg.Method == "mezo" && cfg.ZOTarget == "float" {
 		pre += floatMatrixBytes(m) // writable float32 copies of float matrices
+	}
+	if cfg.Method == "loho-intra" && cfg.ZOTarget == "complement" && cfg.FORatio < 1 {
+		pre += 4 * adaptedEntries(m, cfg) // dense float32 zeroth-order deltas
 	}
 	if err := m.Acct.Reserve(budget.Trainable, -1, pre); err != nil {
 		return nil, fmt.Errorf("train: the trainable tensors alone exceed --max-mem: %w", err)
@@ -465,22 +482,39 @@ func loadState(path string, meth Method) (runMeta, error) {
 // loraValues counts the adapter values a LoRA-family method allocates when
 // it is built (A and B on every adapted matrix), from the shapes alone.
 func loraValues(m *model.Model, cfg Config) int64 {
+	var n int64
+	for _, w := range adaptedMatrices(m, cfg) {
+		n += int64(cfg.Rank) * int64(w.Rows+w.Cols)
+	}
+	return n
+}
+
+// adaptedEntries is the number of weights in the matrices the run adapts.
+func adaptedEntries(m *model.Model, cfg Config) int64 {
+	var n int64
+	for _, w := range adaptedMatrices(m, cfg) {
+		n += int64(w.Rows) * int64(w.Cols)
+	}
+	return n
+}
+
+// adaptedMatrices are the matrices --targets and --num-layers select.
+func adaptedMatrices(m *model.Model, cfg Config) []*kernels.Matrix {
 	targets, err := lora.ParseTargets(cfg.Targets)
 	if err != nil {
-		return 0
+		return nil
 	}
 	first := 0
 	if cfg.NumLayers > 0 && cfg.NumLayers < m.Config.Layers {
 		first = m.Config.Layers - cfg.NumLayers
 	}
-	var n int64
+	var ws []*kernels.Matrix
 	for l := first; l < m.Config.Layers; l++ {
 		for _, t := range targets {
-			w := m.Layers[l].Matrix(t)
-			n += int64(cfg.Rank) * int64(w.Rows+w.Cols)
+			ws = append(ws, m.Layers[l].Matrix(t))
 		}
 	}
-	return n
+	return ws
 }
 
 // floatMatrixBytes is the size of float32 copies of the model's float

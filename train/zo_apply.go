@@ -18,7 +18,7 @@ import (
 // --zo-target float), block scales (--zo-target scales) or sparse deltas
 // (loho-intra).
 func HasZOState(dir string) bool {
-	for _, f := range []string{FloatTensorsFile, ScalesFile, loho.SparseFile} {
+	for _, f := range []string{FloatTensorsFile, ScalesFile, loho.SparseFile, loho.DenseFile} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
 			return true
 		}
@@ -116,6 +116,35 @@ func ApplyZOState(m *model.Model, dir string) (string, error) {
 		}
 		parts = append(parts, fmt.Sprintf("sparse deltas on %d matrices (%d values)", len(ds), nnz))
 	}
+	if p := filepath.Join(dir, loho.DenseFile); zoFileExists(p) {
+		ts, _, err := mezo.ReadTensors(p)
+		if err != nil {
+			return "", err
+		}
+		var n int
+		for _, t := range ts {
+			target, ok := strings.CutSuffix(t.Name, ".zo_delta")
+			if !ok || len(t.Shape) != 2 {
+				return "", fmt.Errorf("train: %s: unexpected tensor %q", p, t.Name)
+			}
+			w, err := matrixOf(m, target)
+			if err != nil {
+				return "", err
+			}
+			if w.Rows != t.Shape[0] || w.Cols != t.Shape[1] {
+				return "", fmt.Errorf("train: %s: %s is %dx%d, the model's matrix %dx%d", p, target, t.Shape[0], t.Shape[1], w.Rows, w.Cols)
+			}
+			d, err := loho.DenseFrom(target, w.Rows, w.Cols, t.Data, m.Pool())
+			if err != nil {
+				return "", err
+			}
+			if err := add(target, d); err != nil {
+				return "", err
+			}
+			n += len(t.Data)
+		}
+		parts = append(parts, fmt.Sprintf("dense zeroth-order deltas on %d matrices (%d values)", len(ts), n))
+	}
 	if len(parts) == 0 {
 		return "", fmt.Errorf("train: %s holds no adapter, float tensors, block scales or sparse delta", dir)
 	}
@@ -135,3 +164,76 @@ func matrixOf(m *model.Model, target string) (*kernels.Matrix, error) {
 }
 
 func zoFileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// MergeZOState applies what a mezo or loho run saved in dir to m (as
+// ApplyZOState) and returns the delta that folds it into the weights for
+// export --merge: trained float tensors replace the file's values, and
+// every adapter on a matrix (LoRA, block scales, sparse and dense deltas)
+// adds its ΔW, read off the adapter itself by passing identity rows
+// through its Forward (an adapter is linear: y += x·ΔWᵀ).
+func MergeZOState(m *model.Model, dir string) (model.Delta, string, error) {
+	line, err := ApplyZOState(m, dir)
+	if err != nil {
+		return nil, "", err
+	}
+	floats := map[string][]float32{}
+	if p := filepath.Join(dir, FloatTensorsFile); zoFileExists(p) {
+		ts, _, err := mezo.ReadTensors(p)
+		if err != nil {
+			return nil, "", err
+		}
+		for _, t := range ts {
+			floats[t.Name] = t.Data
+		}
+	}
+	type pos struct {
+		a       model.Adapter
+		out, in int
+	}
+	ads := map[string]pos{}
+	for l := range m.Layers {
+		for mod := model.Module(0); mod < model.NumModules; mod++ {
+			if a := m.Adapters[l][mod]; a != nil {
+				w := m.Layers[l].Matrix(mod)
+				ads[model.TensorName(l, mod)] = pos{a, w.Rows, w.Cols}
+			}
+		}
+	}
+	delta := func(name string, f []float32) bool {
+		changed := false
+		if v, ok := floats[name]; ok && len(v) == len(f) {
+			copy(f, v)
+			changed = true
+		}
+		if p, ok := ads[name]; ok && len(f) == p.out*p.in {
+			AdapterDelta(f, p.a, p.out, p.in)
+			changed = true
+		}
+		return changed
+	}
+	return delta, line, nil
+}
+
+// AdapterDelta adds an adapter's ΔW to w (out, in): y = e_k·ΔWᵀ is column k
+// of ΔW, so identity rows through Forward, 64 columns at a time, read it
+// off exactly as the forward pass would apply it.
+func AdapterDelta(w []float32, a model.Adapter, out, in int) {
+	const chunk = 64
+	x := make([]float32, chunk*in)
+	y := make([]float32, chunk*out)
+	for c0 := 0; c0 < in; c0 += chunk {
+		n := min(chunk, in-c0)
+		clear(x)
+		clear(y)
+		for k := 0; k < n; k++ {
+			x[k*in+c0+k] = 1
+		}
+		a.Forward(y[:n*out], x[:n*in], n)
+		for k := 0; k < n; k++ {
+			yk := y[k*out : (k+1)*out]
+			for o, v := range yk {
+				w[o*in+c0+k] += v
+			}
+		}
+	}
+}

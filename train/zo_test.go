@@ -12,6 +12,9 @@ import (
 
 	"github.com/qtune/qtune/data"
 	"github.com/qtune/qtune/internal/shared"
+	"github.com/qtune/qtune/methods/loho"
+	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/methods/mezo"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/quant"
 )
@@ -34,7 +37,7 @@ func zoRun(t *testing.T, dir, method, target string) Config {
 // are a function of (seed, iteration)).
 func TestZOResumeGivesSameLosses(t *testing.T) {
 	for _, tc := range []struct{ method, target string }{
-		{"mezo", "lora"}, {"mezo", "float"}, {"loho-inter", "lora"}, {"loho-intra", "lora"},
+		{"mezo", "lora"}, {"mezo", "float"}, {"loho-inter", "lora"}, {"loho-intra", "lora"}, {"loho-intra", "complement"},
 	} {
 		t.Run(tc.method+"-"+tc.target, func(t *testing.T) {
 			ctx := context.Background()
@@ -79,6 +82,7 @@ func TestZOResumeGivesSameLosses(t *testing.T) {
 func TestZOOutputsApply(t *testing.T) {
 	for _, tc := range []struct{ method, target, model string }{
 		{"mezo", "lora", ""}, {"mezo", "float", ""}, {"mezo", "scales", "q8"}, {"loho-inter", "lora", ""}, {"loho-intra", "lora", "q8"},
+		{"loho-intra", "complement", "q8"},
 	} {
 		t.Run(tc.method+"-"+tc.target, func(t *testing.T) {
 			dir := t.TempDir()
@@ -185,5 +189,68 @@ func TestLoHOAutoLayers(t *testing.T) {
 	cfg.FOLayers = "9"
 	if _, err := newMethod(m, cfg); err == nil {
 		t.Fatal("--fo-layers 9 on a 5-block model was accepted")
+	}
+}
+
+// TestLoHOIntraPartitionsEntries: with the default zeroth-order target,
+// intra-layer LoHO trains complementary entries of every adapted matrix:
+// the first-order sparse delta holds exactly the mask's entries, the
+// zeroth-order dense delta is zero on the mask and has moved (almost)
+// everywhere else, and no LoRA adapter is written.
+func TestLoHOIntraPartitionsEntries(t *testing.T) {
+	dir := t.TempDir()
+	cfg := zoRun(t, dir, "loho-intra", "")
+	cfg.Iters, cfg.SaveEvery, cfg.StepsPerEval = 3, 0, 3
+	cfg.FORatio = 0.3
+	if _, err := Run(context.Background(), cfg, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, lora.PEFTFile)); err == nil {
+		t.Fatal("a LoRA adapter was written for the complement target")
+	}
+	sp, _, err := loho.ReadSparse(filepath.Join(dir, loho.SparseFile), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dense, _, err := mezo.ReadTensors(filepath.Join(dir, loho.DenseFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sp) == 0 || len(sp) != len(dense) {
+		t.Fatalf("%d sparse and %d dense deltas", len(sp), len(dense))
+	}
+	for i, s := range sp {
+		d := dense[i]
+		if d.Name != s.Target+".zo_delta" || len(d.Data) != s.Out*s.In {
+			t.Fatalf("dense delta %q (%d values) beside sparse %s %dx%d", d.Name, len(d.Data), s.Target, s.Out, s.In)
+		}
+		key := loho.MaskKey(cfg.Seed, s.Target)
+		inFO := make([]bool, len(d.Data))
+		for _, e := range s.Entries() {
+			if !loho.InMask(key, int(e), cfg.FORatio) {
+				t.Fatalf("%s: sparse entry %d is outside the mask", s.Target, e)
+			}
+			inFO[e] = true
+		}
+		moved, zo := 0, 0
+		for e, v := range d.Data {
+			m := loho.InMask(key, e, cfg.FORatio)
+			if m != inFO[e] {
+				t.Fatalf("%s: entry %d in mask %v, in the sparse delta %v", s.Target, e, m, inFO[e])
+			}
+			if m {
+				if v != 0 {
+					t.Fatalf("%s: zeroth-order delta %v at first-order entry %d", s.Target, v, e)
+				}
+				continue
+			}
+			zo++
+			if v != 0 {
+				moved++
+			}
+		}
+		if zo == 0 || float64(moved) < 0.99*float64(zo) {
+			t.Fatalf("%s: %d of %d zeroth-order entries moved", s.Target, moved, zo)
+		}
 	}
 }

@@ -12,13 +12,14 @@ import (
 	"github.com/qtune/qtune/methods/loreml"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/quant"
+	"github.com/qtune/qtune/train"
 )
 
 func (a *app) export(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("export", flag.ContinueOnError)
 	mp := fs.String("model", "", "base model file or folder")
 	tp := fs.String("tokenizer", "", "tokenizer file (llama2.c models)")
-	adp := fs.String("adapter", "", "adapter to export (PEFT folder, GGUF adapter file/folder, or LoReML delta folder: --merge only)")
+	adp := fs.String("adapter", "", "adapter to export (PEFT folder, GGUF adapter file/folder; LoReML, MeZO float/scales and LoHO-intra outputs: --merge only)")
 	merge := fs.Bool("merge", false, "fold the adapter into the weights and write a whole model")
 	typ := fs.String("type", "f16", "with --merge: type of the merged matrices (f32, f16, bf16, q8_0, q4_0, q4_k, q6_k, nf4)")
 	out := fs.String("out", "", "output: a .gguf file with --merge, else a folder for PEFT + GGUF adapters")
@@ -44,7 +45,25 @@ func (a *app) export(ctx context.Context, args []string) error {
 	var delta model.Delta
 	var matrices int
 	var set *lora.Set
-	if loreml.Has(*adp) {
+	switch {
+	case train.HasZOState(*adp) && !loreml.Has(*adp):
+		if !*merge {
+			return usageErr("%s holds zeroth-order or hybrid state (float tensors, block scales or deltas) with no PEFT/GGUF LoRA form; export it with --merge", *adp)
+		}
+		d, line, err := train.MergeZOState(m, *adp)
+		if err != nil {
+			return err
+		}
+		delta = d
+		a.log.Info().Str("adapter", line).Msg("merging")
+		for l := range m.Adapters {
+			for _, ad := range m.Adapters[l] {
+				if ad != nil {
+					matrices++
+				}
+			}
+		}
+	case loreml.Has(*adp):
 		ls, err := loreml.Load(m, *adp)
 		if err != nil {
 			return err
@@ -53,7 +72,7 @@ func (a *app) export(ctx context.Context, args []string) error {
 			return usageErr("a LoReML delta (%s) has no PEFT/GGUF LoRA form; export it with --merge", loreml.FileName)
 		}
 		delta, matrices = ls.Merge(), len(ls.Matrices)
-	} else {
+	default:
 		if set, err = lora.Load(m, *adp); err != nil {
 			return err
 		}

@@ -50,7 +50,7 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) *string {
 	fs.Float64Var(&c.ZOLearningRate, "zo-learning-rate", c.ZOLearningRate, "mezo/loho: zeroth-order step size (constant)")
 	fs.Float64Var(&c.Epsilon, "epsilon", c.Epsilon, "mezo/loho: SPSA perturbation scale")
 	fs.IntVar(&c.Perturbations, "perturbations", c.Perturbations, "mezo: SPSA draws per step")
-	fs.StringVar(&c.ZOTarget, "zo-target", c.ZOTarget, "mezo: what is perturbed: lora, float (norms, float matrices) or scales (quantization scales)")
+	fs.StringVar(&c.ZOTarget, "zo-target", c.ZOTarget, "what the zeroth-order part perturbs (default: the method's). mezo, loho: lora (default), float (norms, float matrices) or scales (quantization scales); loho-intra: complement (default: the entries outside the first-order mask, as dense float32 deltas) or lora (the same matrices' LoRA factors: far less memory)")
 	fs.StringVar(&c.FOLayers, "fo-layers", c.FOLayers, "loho: deepest N blocks trained first-order, or auto (largest N within --max-mem)")
 	fs.Float64Var(&c.FORatio, "fo-ratio", c.FORatio, "loho-intra: share of each matrix's entries trained first-order")
 	fs.IntVar(&c.FOEvery, "fo-every", c.FOEvery, "loho: first-order update every k steps")

@@ -1,6 +1,7 @@
 package safetensors
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
@@ -315,15 +316,16 @@ func Write(w io.Writer, tensors []Tensor, metadata map[string]string) error {
 // same folder, then renamed over path, so a failure leaves any previous file
 // intact.
 func WriteFile(path string, tensors []Tensor, metadata map[string]string) error {
-	var buf bytes.Buffer
-	if err := Write(&buf, tensors, metadata); err != nil {
-		return err
-	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
 	if err != nil {
 		return fmt.Errorf("safetensors: %w", err)
 	}
-	_, err = tmp.Write(buf.Bytes())
+	// Streamed through a small buffer: the file is never held whole in memory.
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	err = Write(bw, tensors, metadata)
+	if err == nil {
+		err = bw.Flush()
+	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}

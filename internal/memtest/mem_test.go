@@ -113,7 +113,11 @@ func jobs(t *testing.T, modelPath string) []job {
 		{"train-loho", trainArgs(modelPath, data, "loho", "--iters", "1")},
 		// 1% of each matrix first-order: a sparse delta costs ~20 bytes per
 		// entry (value, gradient, moments, index) against 0.56 for a Q4_0 weight.
-		{"train-loho-intra", trainArgs(modelPath, data, "loho-intra", "--iters", "1", "--fo-ratio", "0.01")},
+		{"train-loho-intra", trainArgs(modelPath, data, "loho-intra", "--iters", "1", "--fo-ratio", "0.01", "--zo-target", "lora")},
+		// The paper's split: MeZO on the other entries, held in dense float32
+		// deltas (4 bytes per entry of each adapted matrix), so fewer matrices.
+		{"train-loho-intra-dense", trainArgs(modelPath, data, "loho-intra", "--iters", "1", "--fo-ratio", "0.01",
+			"--targets", "q,v", "--num-layers", "2")},
 	}
 }
 

@@ -14,13 +14,16 @@
 // Intra-layer: every adapted matrix gets a mask M keeping a share of its
 // entries (fo-ratio). S, stored CSR with values only at M, is the
 // first-order part: y += x·Sᵀ, dS = (dyᵀx) at M only, dx += dy·S — memory
-// per stored entry, never an (out, in) gradient. The paper's zeroth-order
-// part is the complementary entries of a writable dense W. A quantized base
-// has no writable W (codes cannot move by ±εz), and a float delta on ¬M
-// would cost 4 bytes per remaining entry — more than the 4-bit base itself.
-// So on every base the zeroth-order part here is the matrix's LoRA factors
-// (MeZO-LoRA): a low-rank term beside W, in the spirit of methods.md §4.2
-// [project]. The two parts therefore no longer partition W's entries.
+// per stored entry, never an (out, in) gradient. The zeroth-order part is
+// the complementary entries ¬M, as in the paper: a quantized base has no
+// writable W (codes cannot move by ±εz), so they live in Dense, a float32
+// delta D of the matrix's shape beside the base, zero at M, which MeZO
+// perturbs and updates through a z cleared at M (Dense.ZeroMasked). S and D
+// partition W's entries: W_eff = W + S + D. D costs 4 bytes per entry of
+// every adapted matrix (7× a Q4_0 base), which the memory plan shows; the
+// lighter variant (--zo-target lora) puts the zeroth-order part on the same
+// matrices' LoRA factors instead, a low-rank term beside W that no longer
+// partitions the entries.
 //
 // The glue that runs a step (two perturbed no-grad forwards for the
 // zeroth-order set, one forward/backward for the first-order set, on the

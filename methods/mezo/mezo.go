@@ -14,6 +14,11 @@ type Tensor struct {
 	Data  []float32 // (n) the live values the model reads
 	Decay bool      // weight decay applies (false for norms and scales)
 	Shape []int     // for files; nil means (len(Data))
+	// Mask, when set, clears z at the entries of Data that are not
+	// trainable (z[i] stands for Data[off+i]); it is called on every draw,
+	// so perturbations and updates leave those entries alone (LoHO-intra's
+	// zeroth-order part, the complement of the first-order mask).
+	Mask func(off int, z []float32)
 }
 
 // Config is the SPSA estimator and its update.
@@ -103,6 +108,9 @@ func (s *SPSA) apply(seed uint64, c, a float32) {
 			p := t.Data[ch.lo:ch.hi]
 			zz := z[:len(p)]
 			Normal(zz, seed, ch.t, ch.lo)
+			if t.Mask != nil {
+				t.Mask(ch.lo, zz)
+			}
 			if a != 1 && t.Decay {
 				for i := range p {
 					p[i] = a*p[i] + c*zz[i]

@@ -1,0 +1,204 @@
+package kernels
+
+import (
+	"math"
+	"sync"
+)
+
+// Causal grouped-query attention over one sequence, forward and backward:
+// q (T, H·D), k and v (T, Hkv·D), query head h reading kv head h/(H/Hkv).
+//
+// The generic form runs row by row on the vector primitives (Gemv, Softmax,
+// GemvT, Ger). The fast form (any level with a GEMM micro-kernel) takes a
+// block of queries at a time and turns each product into a GEMM on the
+// strided heads in place: S = Q_blk·K[:n]ᵀ, O_blk = P·V[:n], and in the
+// backward dP = dO_blk·V[:n]ᵀ, dQ_blk += dS·K[:n], dK[:n] += dSᵀ·Q_blk,
+// dV[:n] += Pᵀ·dO_blk, where n is the block's last position + 1 (the causal
+// prefix; scores past each row's own position are zeroed). It runs on the
+// calling goroutine (the model spreads sequences over the workers) with a
+// pooled (rows × T) score block of at most attnScratch floats (two in the
+// backward).
+
+// attnScratch caps a score block so that the backward's two stay within
+// the 1 MiB above which a buffer must be reserved (for T ≤ 16384, where the
+// block still has its minimum of 8 rows).
+const attnScratch = 1 << 17
+
+// serial runs the GEMMs of the blocked attention on the calling goroutine.
+var serial = NewPool(1)
+
+var attnPool sync.Pool
+
+func attnBuf(n int) *[]float32 {
+	if b, ok := attnPool.Get().(*[]float32); ok && len(*b) >= n {
+		return b
+	}
+	b := make([]float32, n)
+	return &b
+}
+
+// attnBlockRows is the query block: 64 rows, fewer for long sequences so
+// that the (rows × T) scores stay within attnScratch; a multiple of 8.
+func attnBlockRows(T int) int {
+	return max(8, min(64, attnScratch/max(T, 1)/8*8))
+}
+
+// AttentionSeq computes out (T, H·D) and the log-sum-exp of each score row
+// in lse (H, T) for causal grouped-query attention. Reference loop:
+//
+//	for h, t { s[u] = q_{t,h}·k_{u,g}/√D for u ≤ t
+//	           lse[h*T+t] = log Σ_u exp(s[u])
+//	           out_{t,h} = Σ_u exp(s[u] − lse)·v_{u,g} }
+//
+// scores is scratch of length ≥ T for the generic form.
+func AttentionSeq(out, lse, q, k, v []float32, T, H, Hkv, D int, scores []float32) {
+	if T <= 0 || H <= 0 {
+		return
+	}
+	checkAttn(out, q, k, v, T, H, Hkv, D)
+	if kern.fn == nil {
+		attentionSeqRows(out, lse, q, k, v, T, H, Hkv, D, scores)
+		return
+	}
+	attentionSeqBlocked(out, lse, q, k, v, T, H, Hkv, D)
+}
+
+// AttentionSeqBackward accumulates dq, dk, dv for AttentionSeq given dout,
+// rebuilding the probabilities from q, k and lse. Reference loop:
+//
+//	for h, t { p[u] = exp(q_{t,h}·k_{u,g}/√D − lse[h*T+t]);  dp[u] = dO_{t,h}·v_{u,g}   (u ≤ t)
+//	           ds[u] = p[u]·(dp[u] − Σ_w p[w]·dp[w])/√D
+//	           dq_{t,h} += Σ_u ds[u]·k_{u,g};  dk_{u,g} += ds[u]·q_{t,h};  dv_{u,g} += p[u]·dO_{t,h} }
+//
+// scratch needs length ≥ 2·T for the generic form.
+func AttentionSeqBackward(dq, dk, dv, dout, q, k, v, lse []float32, T, H, Hkv, D int, scratch []float32) {
+	if T <= 0 || H <= 0 {
+		return
+	}
+	checkAttn(dq, q, k, v, T, H, Hkv, D)
+	checkAttn(dout, dq, dk, dv, T, H, Hkv, D)
+	if kern.fn == nil {
+		attentionSeqBackwardRows(dq, dk, dv, dout, q, k, v, lse, T, H, Hkv, D, scratch)
+		return
+	}
+	attentionSeqBackwardBlocked(dq, dk, dv, dout, q, k, v, lse, T, H, Hkv, D)
+}
+
+func checkAttn(o, q, k, v []float32, T, H, Hkv, D int) {
+	if Hkv <= 0 || H%Hkv != 0 || len(o) < T*H*D || len(q) < T*H*D || len(k) < T*Hkv*D || len(v) < T*Hkv*D {
+		panic("kernels: attention shapes do not match the slices")
+	}
+}
+
+// attentionSeqRows is the generic form, one query row at a time.
+func attentionSeqRows(out, lse, q, k, v []float32, T, H, Hkv, D int, scores []float32) {
+	group := H / Hkv
+	qd, kvd := H*D, Hkv*D
+	scale := float32(1 / math.Sqrt(float64(D)))
+	for h := 0; h < H; h++ {
+		g := h / group
+		for t := 0; t < T; t++ {
+			sc := scores[:t+1]
+			Gemv(sc, k[g*D:], q[t*qd+h*D:t*qd+(h+1)*D], t+1, D, kvd, scale)
+			lse[h*T+t] = Softmax(sc)
+			oh := out[t*qd+h*D : t*qd+(h+1)*D]
+			clear(oh)
+			GemvT(oh, v[g*D:], sc, t+1, D, kvd)
+		}
+	}
+}
+
+func attentionSeqBackwardRows(dq, dk, dv, dout, q, k, v, lse []float32, T, H, Hkv, D int, scratch []float32) {
+	group := H / Hkv
+	qd, kvd := H*D, Hkv*D
+	scale := float32(1 / math.Sqrt(float64(D)))
+	for h := 0; h < H; h++ {
+		g := h / group
+		for t := 0; t < T; t++ {
+			n := t + 1
+			p, ds := scratch[:n], scratch[T:T+n]
+			qh := q[t*qd+h*D : t*qd+(h+1)*D]
+			doh := dout[t*qd+h*D : t*qd+(h+1)*D]
+			Gemv(p, k[g*D:], qh, n, D, kvd, scale)
+			expSum(p, p, lse[h*T+t])
+			Gemv(ds, v[g*D:], doh, n, D, kvd, 1)
+			rowsum := dotF32Fast(p, ds)
+			for u, pu := range p {
+				ds[u] = pu * (ds[u] - rowsum) * scale
+			}
+			GemvT(dq[t*qd+h*D:t*qd+(h+1)*D], k[g*D:], ds, n, D, kvd)
+			Ger(dk[g*D:], ds, qh, n, D, kvd)
+			Ger(dv[g*D:], p, doh, n, D, kvd)
+		}
+	}
+}
+
+// headOp addresses head h of a (T, heads·D) matrix from row t0 as a GEMM
+// operand: rows are positions (stride ld), columns the D dimensions.
+func headA(x []float32, t0, off, ld int) operandA {
+	return operandA{a: x[t0*ld+off:], rs: ld, cs: 1}
+}
+
+func attentionSeqBlocked(out, lse, q, k, v []float32, T, H, Hkv, D int) {
+	group := H / Hkv
+	qd, kvd := H*D, Hkv*D
+	scale := float32(1 / math.Sqrt(float64(D)))
+	bq := attnBlockRows(T)
+	buf := attnBuf(bq * T)
+	defer attnPool.Put(buf)
+	for h := 0; h < H; h++ {
+		g := h / group
+		for t0 := 0; t0 < T; t0 += bq {
+			t1 := min(T, t0+bq)
+			m, n := t1-t0, t1
+			s := (*buf)[:m*n]
+			// S = Q_blk · K[:n]ᵀ
+			gemm(serial, kern, s, n, m, n, D, headA(q, t0, h*D, qd), operandB{f: k[g*D:], rs: 1, cs: kvd}, false)
+			for i := 0; i < m; i++ {
+				t := t0 + i
+				row := s[i*n : i*n+t+1]
+				scal(row, scale)
+				lse[h*T+t] = Softmax(row)
+				clear(s[i*n+t+1 : (i+1)*n])
+			}
+			// O_blk = P · V[:n]
+			gemm(serial, kern, out[t0*qd+h*D:], qd, m, D, n, operandA{a: s, rs: n, cs: 1}, operandB{f: v[g*D:], rs: kvd, cs: 1}, false)
+		}
+	}
+}
+
+func attentionSeqBackwardBlocked(dq, dk, dv, dout, q, k, v, lse []float32, T, H, Hkv, D int) {
+	group := H / Hkv
+	qd, kvd := H*D, Hkv*D
+	scale := float32(1 / math.Sqrt(float64(D)))
+	bq := attnBlockRows(T)
+	buf := attnBuf(2 * bq * T)
+	defer attnPool.Put(buf)
+	for h := 0; h < H; h++ {
+		g := h / group
+		for t0 := 0; t0 < T; t0 += bq {
+			t1 := min(T, t0+bq)
+			m, n := t1-t0, t1
+			p, ds := (*buf)[:m*n], (*buf)[bq*T:bq*T+m*n]
+			// P = exp(Q_blk·K[:n]ᵀ/√D − lse), dP = dO_blk·V[:n]ᵀ
+			gemm(serial, kern, p, n, m, n, D, headA(q, t0, h*D, qd), operandB{f: k[g*D:], rs: 1, cs: kvd}, false)
+			gemm(serial, kern, ds, n, m, n, D, headA(dout, t0, h*D, qd), operandB{f: v[g*D:], rs: 1, cs: kvd}, false)
+			for i := 0; i < m; i++ {
+				t := t0 + i
+				pr, dr := p[i*n:i*n+t+1], ds[i*n:i*n+t+1]
+				scal(pr, scale)
+				expSum(pr, pr, lse[h*T+t])
+				rowsum := dotF32Fast(pr, dr)
+				for u, pu := range pr {
+					dr[u] = pu * (dr[u] - rowsum) * scale
+				}
+				clear(p[i*n+t+1 : (i+1)*n])
+				clear(ds[i*n+t+1 : (i+1)*n])
+			}
+			// dQ_blk += dS·K[:n];  dK[:n] += dSᵀ·Q_blk;  dV[:n] += Pᵀ·dO_blk
+			gemm(serial, kern, dq[t0*qd+h*D:], qd, m, D, n, operandA{a: ds, rs: n, cs: 1}, operandB{f: k[g*D:], rs: kvd, cs: 1}, true)
+			gemm(serial, kern, dk[g*D:], kvd, n, D, m, operandA{a: ds, rs: 1, cs: n}, operandB{f: q[t0*qd+h*D:], rs: qd, cs: 1}, true)
+			gemm(serial, kern, dv[g*D:], kvd, n, D, m, operandA{a: p, rs: 1, cs: n}, operandB{f: dout[t0*qd+h*D:], rs: qd, cs: 1}, true)
+		}
+	}
+}
