@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -53,7 +54,14 @@ type app struct {
 }
 
 func main() {
+	// QTUNE_CPUPROFILE writes a CPU profile of the whole run (go tool pprof).
+	if p := os.Getenv("QTUNE_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p); err == nil && pprof.StartCPUProfile(f) == nil {
+			defer f.Close()
+		}
+	}
 	code := run(os.Args[1:], os.Stdout, os.Stderr)
+	pprof.StopCPUProfile()
 	// QTUNE_PEAK_FILE asks for the process's peak resident set (VmHWM) on
 	// exit, for memory tests: a parent's rusage can carry the parent's own
 	// high-water mark across fork and exec.

@@ -73,31 +73,19 @@ func (l *Layer) Backward(dx, dy, x []float32, M int) {
 	h := make([]float32, M*l.R)
 	kernels.MatMul(l.pool, h, xd, M, f32Matrix(l.A, l.R, l.In))
 	s := l.Scale
-	// dB (Out, R) += s · dyᵀ (Out, M) · h (M, R)
-	for m := 0; m < M; m++ {
-		dyr := dy[m*l.Out : (m+1)*l.Out]
-		hr := h[m*l.R : (m+1)*l.R]
-		for o, g := range dyr {
-			if g != 0 {
-				kernels.Axpy(l.GB[o*l.R:(o+1)*l.R], s*g, hr)
-			}
-		}
+	// dB (Out, R) += dyᵀ (Out, M) · (s·h) (M, R), one parallel GEMM.
+	for i := range h {
+		h[i] *= s
 	}
+	kernels.GemmTN(l.pool, l.GB, dy[:M*l.Out], h, l.Out, l.R, M)
 	// dh (M, R) = s · dy · B
 	dh := make([]float32, M*l.R)
 	kernels.MatMulT(l.pool, dh, dy, M, f32Matrix(l.B, l.Out, l.R))
 	for i := range dh {
 		dh[i] *= s
 	}
-	// dA (R, In) += dhᵀ · xd
-	for m := 0; m < M; m++ {
-		xr := xd[m*l.In : (m+1)*l.In]
-		for r := 0; r < l.R; r++ {
-			if g := dh[m*l.R+r]; g != 0 {
-				kernels.Axpy(l.GA[r*l.In:(r+1)*l.In], g, xr)
-			}
-		}
-	}
+	// dA (R, In) += dhᵀ (R, M) · xd (M, In)
+	kernels.GemmTN(l.pool, l.GA, dh, xd[:M*l.In], l.R, l.In, M)
 	if dx == nil {
 		return
 	}
