@@ -6,7 +6,7 @@ MODEL_URL = https://huggingface.co/ggml-org/tiny-llamas/resolve/main/stories260K
 BIN     := bin/qtune
 FUZZTIME ?= 3s
 
-.PHONY: build demo demo-model test test-short test-arm64 fuzz bench bench-mem vet clean evidence
+.PHONY: build demo demo-model test test-short test-arm64 fuzz bench bench-mem bench-peer vet clean evidence
 
 build:
 	$(GO) build -o $(BIN) ./cmd/qtune
@@ -86,6 +86,10 @@ clean:
 # Peak memory and speed under --max-mem budgets (synthetic 110M/1B models; minutes).
 bench-mem: build
 	./scripts/bench-mem.sh
+
+# qtune against the PyTorch peer benchmark (../shared/bench) in the same run.
+bench-peer: build
+	SHARED=$(SHARED) ./scripts/bench-peer.sh
 
 # The README's fine-tuning evidence table (a few minutes).
 evidence: build
