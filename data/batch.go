@@ -181,9 +181,9 @@ func (b *Batcher) padded(i int) Batch {
 		out.Lengths[r] = L
 		row := r * T
 		for t := 0; t < L; t++ {
-			out.Tokens[row+t] = e.Tokens[t]
+			out.Tokens[row+t] = int(e.Tokens[t])
 			if e.Loss[t+1] {
-				out.Targets[row+t] = e.Tokens[t+1]
+				out.Targets[row+t] = int(e.Tokens[t+1])
 			}
 		}
 	}
@@ -206,7 +206,7 @@ func (b *Batcher) packed(i int) Batch {
 		off := p - b.start[k]
 		for t := 0; t <= L; t++ {
 			e := &b.ex[b.perm[k]]
-			tok, loss := e.Tokens[off], e.Loss[off]
+			tok, loss := int(e.Tokens[off]), e.Loss[off]
 			if t < L {
 				out.Tokens[row+t] = tok
 			}

@@ -15,7 +15,7 @@ func ex(toks []int, loss string) Example {
 	for i := range loss {
 		l[i] = loss[i] == '1'
 	}
-	return Example{Tokens: toks, Loss: l}
+	return Example{Tokens: ids32(toks), Loss: l}
 }
 
 func TestBatchPaddedLayout(t *testing.T) {
@@ -105,7 +105,9 @@ func flatRows(exs []Example, perm []int, M int) (toks, tgts [][]int) {
 	var s []int
 	var l []bool
 	for _, k := range perm {
-		s = append(s, exs[k].Tokens...)
+		for _, t := range exs[k].Tokens {
+			s = append(s, int(t))
+		}
 		l = append(l, exs[k].Loss...)
 	}
 	for p := 0; p < len(s)-1; p += M {
@@ -132,7 +134,7 @@ func manyExamples(n int) []Example {
 			toks = append(toks, 100+i*20+j)
 			loss = append(loss, j%3 != 0)
 		}
-		out = append(out, Example{toks, loss})
+		out = append(out, Example{ids32(toks), loss})
 	}
 	return out
 }
@@ -285,7 +287,7 @@ func TestNewBatcherErrors(t *testing.T) {
 	}{
 		{good, BatchOptions{BatchSize: 0, MaxSeqLen: 4}},
 		{good, BatchOptions{BatchSize: 1, MaxSeqLen: 0}},
-		{[]Example{{Tokens: []int{1, 2}, Loss: []bool{false}}}, BatchOptions{BatchSize: 1, MaxSeqLen: 4}},
+		{[]Example{{Tokens: []int32{1, 2}, Loss: []bool{false}}}, BatchOptions{BatchSize: 1, MaxSeqLen: 4}},
 		{[]Example{ex([]int{1}, "0")}, BatchOptions{BatchSize: 1, MaxSeqLen: 4}},
 		{nil, BatchOptions{BatchSize: 1, MaxSeqLen: 4}},
 		{good, BatchOptions{BatchSize: 2, MaxSeqLen: 4, DropLast: true}},

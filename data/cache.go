@@ -206,7 +206,7 @@ func readCache(b []byte, sum [32]byte) ([]Example, error) {
 
 // parseCacheBody decodes the examples. Every count is bounded by the bytes
 // left (each thing counted takes at least one), so a hostile file cannot make
-// it allocate more than about 9 bytes per byte of file for tokens and flags,
+// it allocate more than about 5 bytes per byte of file for tokens and flags,
 // plus the examples it actually holds.
 func parseCacheBody(b []byte) ([]Example, error) {
 	r := cacheReader{b: b}
@@ -216,7 +216,7 @@ func parseCacheBody(b []byte) ([]Example, error) {
 		return nil, r.err
 	}
 	ex := make([]Example, 0, min(nex, 1<<12)) // grows with what is actually read
-	toks := make([]int, total)
+	toks := make([]int32, total)
 	loss := make([]bool, total)
 	used := 0
 	for i := 0; i < nex; i++ {
@@ -239,7 +239,7 @@ func parseCacheBody(b []byte) ([]Example, error) {
 			r.fail("example %d: loss runs cover %d of %d tokens", i, at, n)
 		}
 		for j := 0; j < n && r.err == nil; j++ {
-			e.Tokens[j] = r.count(math.MaxInt32)
+			e.Tokens[j] = int32(r.count(math.MaxInt32))
 		}
 		if r.err != nil {
 			return nil, r.err

@@ -25,8 +25,8 @@ type TokenIDer interface {
 
 // Example is one tokenized training example.
 type Example struct {
-	Tokens []int  // (n) token ids
-	Loss   []bool // (n) whether token i is a prediction target (predicted from position i-1); Loss[0] is false
+	Tokens []int32 // (n) token ids (int32: the token cache holds every example of a run)
+	Loss   []bool  // (n) whether token i is a prediction target (predicted from position i-1); Loss[0] is false
 }
 
 // TokenizeOptions control how records become examples. The zero value adds
@@ -94,7 +94,7 @@ func tokenizeRecord(enc Encoder, r *Record, kind Kind, o TokenizeOptions) (Examp
 		for i := 1; i < len(loss); i++ {
 			loss[i] = true
 		}
-		return finish(enc, Example{toks, loss}, true, o), nil
+		return finish(enc, Example{ids32(toks), loss}, true, o), nil
 	case Completion:
 		return completion(enc, r.Prompt, r.Completion, o), nil
 	case Classification:
@@ -121,14 +121,24 @@ func completion(enc Encoder, prompt, compl string, o TokenizeOptions) Example {
 	for i := max(k, 1); i < len(full); i++ {
 		loss[i] = true
 	}
-	return finish(enc, Example{full, loss}, true, o)
+	return finish(enc, Example{ids32(full), loss}, true, o)
+}
+
+// ids32 narrows token ids (vocabularies are far below 2³¹) to the
+// examples' int32.
+func ids32(ids []int) []int32 {
+	out := make([]int32, len(ids))
+	for i, t := range ids {
+		out[i] = int32(t)
+	}
+	return out
 }
 
 // finish appends EOS when asked (a target when eosLoss) and keeps Loss[0]
 // false.
 func finish(enc Encoder, ex Example, eosLoss bool, o TokenizeOptions) Example {
-	if eos := enc.EOS(); o.AddEOS && eos >= 0 && (len(ex.Tokens) == 0 || ex.Tokens[len(ex.Tokens)-1] != eos) {
-		ex.Tokens = append(ex.Tokens, eos)
+	if eos := enc.EOS(); o.AddEOS && eos >= 0 && (len(ex.Tokens) == 0 || int(ex.Tokens[len(ex.Tokens)-1]) != eos) {
+		ex.Tokens = append(ex.Tokens, int32(eos))
 		ex.Loss = append(ex.Loss, eosLoss && len(ex.Tokens) > 1)
 	}
 	if len(ex.Loss) > 0 {
@@ -164,7 +174,7 @@ func encodeParts(enc Encoder, parts []part) Example {
 	var ex Example
 	for i := 0; i < len(parts); {
 		if parts[i].tok >= 0 {
-			ex.Tokens = append(ex.Tokens, parts[i].tok)
+			ex.Tokens = append(ex.Tokens, int32(parts[i].tok))
 			ex.Loss = append(ex.Loss, parts[i].loss)
 			i++
 			continue
@@ -191,7 +201,7 @@ func encodeParts(enc Encoder, parts []part) Example {
 				to = max(from, commonPrefix(enc.Encode(s[:ends[k]], false), full))
 			}
 			for j := from; j < to; j++ {
-				ex.Tokens = append(ex.Tokens, full[j])
+				ex.Tokens = append(ex.Tokens, int32(full[j]))
 				ex.Loss = append(ex.Loss, flags[k])
 			}
 			from = to
