@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"math"
 	"sync"
+	"unsafe"
 
 	"github.com/qtune/qtune/quant"
 	"golang.org/x/sys/cpu"
@@ -35,6 +36,10 @@ import (
 // the AVX2 integer kernels.
 var hasVNNI = cpu.X86.HasAVX512VNNI
 
+// hasVBMI reports AVX-512 VBMI (VPERMT2B), which the cache-line-aligned
+// Q4_0 kernel (dotQ4_0VNNIL) needs.
+var hasVBMI = cpu.X86.HasAVX512VBMI
+
 // haveQ8 reports that this build has the integer matrix-vector kernels.
 const haveQ8 = true
 
@@ -49,10 +54,16 @@ func dotQ8_0VNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, row
 func dotQ4_0VNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
 
 //go:noescape
+func dotQ4_0VNNIL(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
+
+//go:noescape
 func dotNF4VNNI(y *float32, q, codes *byte, x *int8, corr *int32, dx *float32, nb, rows int, c2, mu float32, tab *byte)
 
 //go:noescape
 func dotQ4KVNNI(y *float32, w *byte, x *int8, dx, fsum *float32, nsb, rows int)
+
+//go:noescape
+func dotQ4KVNNIL(y *float32, w *byte, x *int8, dx, fsum *float32, nsb, rows int)
 
 //go:noescape
 func dotQ6KVNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nsb, rows int)
@@ -257,6 +268,8 @@ func (a *q8Act) rowsDot(w *Matrix, y []float32, lo, hi int) {
 		switch {
 		case w.Type == quant.Q8_0 && a.vnni:
 			f = dotQ8_0VNNI
+		case w.Type == quant.Q4_0 && a.vnni && q4Aligned(src, nb):
+			f = dotQ4_0VNNIL
 		case w.Type == quant.Q4_0 && a.vnni:
 			f = dotQ4_0VNNI
 		case w.Type == quant.Q4_0:
@@ -267,9 +280,12 @@ func (a *q8Act) rowsDot(w *Matrix, y []float32, lo, hi int) {
 		a.rowsDotNF4(w, y, lo, hi)
 	case quant.Q4_K:
 		src := w.Data[lo*K/256*144 : hi*K/256*144]
-		if a.vnni {
+		switch {
+		case a.vnni && K%1024 == 0 && lineAligned(src):
+			dotQ4KVNNIL(&y[0], &src[0], &a.q[0], &a.dx[0], &a.fsum[0], K/256, rows)
+		case a.vnni:
 			dotQ4KVNNI(&y[0], &src[0], &a.q[0], &a.dx[0], &a.fsum[0], K/256, rows)
-		} else {
+		default:
 			dotQ4KAVX2(&y[0], &src[0], &a.q[0], &a.dx[0], &a.fsum[0], K/256, rows)
 		}
 	case quant.Q6_K:
@@ -282,6 +298,18 @@ func (a *q8Act) rowsDot(w *Matrix, y []float32, lo, hi int) {
 	default:
 		panic("kernels: q8Act.rowsDot: " + w.Type.String())
 	}
+}
+
+// q4Aligned reports that dotQ4_0VNNIL can run on the Q4_0 rows src of nb
+// blocks each: whole periods of 32 blocks (576 bytes, 9 cache lines) from a
+// 64-byte aligned start.
+func q4Aligned(src []byte, nb int) bool {
+	return hasVBMI && nb%32 == 0 && lineAligned(src)
+}
+
+// lineAligned reports that b starts on a 64-byte boundary (a cache line).
+func lineAligned(b []byte) bool {
+	return uintptr(unsafe.Pointer(&b[0]))%64 == 0
 }
 
 // rowsDotNF4 runs the kernel on runs of rows that lie in one
