@@ -281,7 +281,7 @@ func (a *q8Act) rowsDot(w *Matrix, y []float32, lo, hi int) {
 	case quant.Q4_K:
 		src := w.Data[lo*K/256*144 : hi*K/256*144]
 		switch {
-		case a.vnni && K%1024 == 0 && lineAligned(src):
+		case a.vnni && K%1024 == 0 && halfLineAligned(src):
 			dotQ4KVNNIL(&y[0], &src[0], &a.q[0], &a.dx[0], &a.fsum[0], K/256, rows)
 		case a.vnni:
 			dotQ4KVNNI(&y[0], &src[0], &a.q[0], &a.dx[0], &a.fsum[0], K/256, rows)
@@ -302,14 +302,15 @@ func (a *q8Act) rowsDot(w *Matrix, y []float32, lo, hi int) {
 
 // q4Aligned reports that dotQ4_0VNNIL can run on the Q4_0 rows src of nb
 // blocks each: whole periods of 32 blocks (576 bytes, 9 cache lines) from a
-// 64-byte aligned start.
+// start at 0 or 32 bytes into a cache line.
 func q4Aligned(src []byte, nb int) bool {
-	return hasVBMI && nb%32 == 0 && lineAligned(src)
+	return hasVBMI && nb%32 == 0 && halfLineAligned(src)
 }
 
-// lineAligned reports that b starts on a 64-byte boundary (a cache line).
-func lineAligned(b []byte) bool {
-	return uintptr(unsafe.Pointer(&b[0]))%64 == 0
+// halfLineAligned reports that b starts 0 or 32 bytes into a 64-byte cache
+// line (GGUF aligns tensor data to 32 bytes).
+func halfLineAligned(b []byte) bool {
+	return uintptr(unsafe.Pointer(&b[0]))%32 == 0
 }
 
 // rowsDotNF4 runs the kernel on runs of rows that lie in one

@@ -124,9 +124,10 @@ func TestMatVecQ8(t *testing.T) {
 	}
 }
 
-// TestMatVecQ8Aligned: Q4_0 and Q4_K rows of whole 576-byte periods from
-// a 64-byte aligned start take the cache-line kernels (dotQ4_0VNNIL,
-// dotQ4KVNNIL); the same matrix at offsets 8, 16 and 32 takes the others.
+// TestMatVecQ8Aligned: Q4_0 and Q4_K rows of whole 576-byte periods that
+// start 0 or 32 bytes into a cache line take the cache-line kernels
+// (dotQ4_0VNNIL, dotQ4KVNNIL); the same matrix at offsets 8 and 16 takes
+// the others.
 // All meet the bound, and give the same bits.
 func TestMatVecQ8Aligned(t *testing.T) {
 	r := rand.New(rand.NewPCG(27, 28))
@@ -135,7 +136,7 @@ func TestMatVecQ8Aligned(t *testing.T) {
 	for _, sh := range [][3]int{{0, 1, 1024}, {0, 3, 2048}, {0, 9, 3072}, {0, 2, 4096}, {1, 1, 1024}, {1, 3, 2048}, {1, 5, 3072}, {1, 2, 4096}} {
 		typ, N, K := []quant.Type{quant.Q4_0, quant.Q4_K}[sh[0]], sh[1], sh[2]
 		w, deq := randMatrix(t, typ, N, K, r)
-		buf := make([]byte, len(w.Data)+64)
+		buf := make([]byte, len(w.Data)+96)
 		if uintptr(unsafe.Pointer(&buf[0]))%64 != 0 {
 			t.Fatal("make returned a buffer not 64-byte aligned")
 		}
@@ -145,7 +146,7 @@ func TestMatVecQ8Aligned(t *testing.T) {
 			for _, l := range levels() {
 				withLevel(t, l, func() {
 					var ref []float32
-					for _, off := range []int{0, 8, 16, 32} {
+					for _, off := range []int{0, 8, 16, 32, 96} {
 						wo := w
 						wo.Data = buf[off : off+len(w.Data)]
 						copy(wo.Data, w.Data)
