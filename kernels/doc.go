@@ -30,13 +30,15 @@
 //     blocks and each weight row is dotted in integers, one float scale per
 //     block (matvec_q8.go, matvec_amd64.s: VPDPBUSD with AVX-512 VNNI,
 //     VPMADDUBSW+VPMADDWD with AVX2). Q4_0 and Q4_K rows whose length is
-//     a whole number of 576-byte periods and that start on a cache line are
-//     read as aligned 64-byte lines and the blocks cut out in registers
-//     (VPERMT2B, VALIGND), bit-identical to the unaligned kernels: loads
-//     that split cache lines slow the stream from memory by 10-20%. F32,
-//     F16 and BF16 use fused
-//     decode+dot assembly per row (vec_amd64.s, AVX-512; AVX2 has the F32
-//     dot); other types decode a row in Go and use the vector dot.
+//     a whole number of 576-byte periods and that start 0 or 32 bytes into
+//     a cache line are read as aligned 64-byte lines and the blocks cut out
+//     in registers (VPERMT2B, VALIGND), bit-identical to the unaligned
+//     kernels: loads that split cache lines slow the stream from memory by
+//     10-20% (Q6_K, whose 210-byte blocks allow no such period, loads
+//     32-byte halves, which split half as often as 64-byte loads). F32,
+//     F16 and BF16 use fused decode+dot assembly per row (vec_amd64.s,
+//     AVX-512; AVX2 has the F32 dot); other types decode a row in Go and
+//     use the vector dot.
 //
 // # Fast paths (arm64)
 //
