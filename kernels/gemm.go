@@ -24,9 +24,20 @@ import (
 //	  loop k0 over K in chunks whose shared pack fits sharedMax
 //	    all workers: pack the shared operand [s0 chunk, k0 chunk]
 //	    all workers, tasks taken dynamically, each task:
-//	      loop pc over the chunk in kcBlock steps  (fixed: the reduction order)
-//	        pack the task's share of the other operand
-//	        for each NR panel, for each MR panel: micro-kernel → C tile
+//	      column tasks (A shared):
+//	        loop pc over the chunk in kcBlock steps  (fixed: the reduction order)
+//	          pack the task's columns of B
+//	          for each NR panel, for each MR panel: micro-kernel → C tile
+//	      row tasks (B shared):
+//	        loop over the chunk in groups of pcGroup kcBlock steps
+//	          pack the task's rows of A for each step of the group
+//	          for each NR panel, for each MR panel:
+//	            for each pc of the group: micro-kernel → C tile
+//
+// The row tasks' order keeps a C tile in cache across its kc blocks: with B
+// shared, C is the largest operand (the weight gradient dW = dYᵀ·X has K =
+// B·T), and the tile after the current one is prefetched towards L2 while
+// the current one runs.
 //
 // Every element of A and B is packed (or decoded) once per call. Packing is
 // copying or, for the operands stored across k (Wᵀ, X in X·Wᵀ, dY in
@@ -39,13 +50,14 @@ import (
 // results are bit-identical for any number of workers.
 //
 // Memory: the shared pack (at most sharedMax floats, 4 MiB) per call, and
-// per worker a private A or B block of mTaskMax·kcBlock or nTaskMax·kcBlock
-// floats, pooled; a quantized W is decoded one block at a time, never whole.
+// per worker a private A or B block of mTaskMax·pcGroup·kcBlock or
+// nTaskMax·kcBlock floats, pooled; a quantized W is decoded one block at a time, never whole.
 const (
 	kcBlock  = 256 // a multiple of every block size (32, 64, 256)
 	mcBlock  = 512 // rows of shared A swept per B panel (an L2-sized block); a multiple of every MR
 	mTaskMax = 128 // rows of a row task (its A block stays in L2); a multiple of every MR
 	nTaskMax = 384 // columns of a column task; a multiple of every NR
+	pcGroup  = 2   // kc blocks of a row task's A packed together, so that each C tile takes them in turn while in cache
 	colGroup = 768 // columns of a quantized W decoded together: a multiple of every NR and block size
 )
 
@@ -88,7 +100,7 @@ func getGemmBufs() *gemmBufs {
 		return b
 	}
 	return &gemmBufs{
-		ap:  make([]float32, mTaskMax*kcBlock),
+		ap:  make([]float32, mTaskMax*kcBlock*pcGroup),
 		bp:  make([]float32, nTaskMax*kcBlock),
 		row: make([]float32, max(colGroup+2*256, 64*kcBlock)),
 		tmp: make([]float32, 16*64),
@@ -168,22 +180,31 @@ func gemm(p *Pool, mk microKernel, c []float32, ldc, M, N, K int, A operandA, B 
 			}, nTask, func(bufs *gemmBufs, t int) {
 				t0 := t * U / nTask * tUnit
 				t1 := min(T, (t+1)*U/nTask*tUnit)
+				if !shareA {
+					// Row tasks: the task's A for up to pcGroup kc blocks at
+					// once, so that each C tile takes them in turn while it is
+					// in cache.
+					mPad := (t1 - t0 + mr - 1) / mr * mr
+					for pg := k0; pg < k1; pg += pcGroup * kcBlock {
+						pe := min(k1, pg+pcGroup*kcBlock)
+						for pc := pg; pc < pe; pc += kcBlock {
+							packA(bufs.ap[(pc-pg)/kcBlock*mPad*kcBlock:], A, t0, t1-t0, pc, min(kcBlock, pe-pc), mr)
+						}
+						gemmTilesK(mk, c, ldc, t0, t1-t0, s0, sn, pg, pe, shared[(pg-k0)*sPad:], sPad, bufs.ap, mPad, accum, bufs.tmp)
+					}
+					return
+				}
 				for pc := k0; pc < k1; pc += kcBlock {
 					kc := min(kcBlock, k1-pc)
 					acc := 0
 					if accum || pc > 0 {
 						acc = 1
 					}
+					packB(bufs.bp, bufs.row, B, pc, kc, t0, t1-t0, nr)
 					sh := shared[(pc-k0)*sPad:]
-					if shareA {
-						packB(bufs.bp, bufs.row, B, pc, kc, t0, t1-t0, nr)
-						for ic := 0; ic < sn; ic += mcBlock {
-							mc := min(mcBlock, sn-ic)
-							gemmTiles(mk, c, ldc, s0+ic, mc, t0, t1-t0, kc, sh[ic*kc:], bufs.bp, acc, bufs.tmp)
-						}
-					} else {
-						packA(bufs.ap, A, t0, t1-t0, pc, kc, mr)
-						gemmTiles(mk, c, ldc, t0, t1-t0, s0, sn, kc, bufs.ap, sh, acc, bufs.tmp)
+					for ic := 0; ic < sn; ic += mcBlock {
+						mc := min(mcBlock, sn-ic)
+						gemmTiles(mk, c, ldc, s0+ic, mc, t0, t1-t0, kc, sh[ic*kc:], bufs.bp, acc, bufs.tmp)
 					}
 				}
 			})
@@ -250,6 +271,59 @@ func gemmTiles(mk microKernel, c []float32, ldc, i0, mc, j0, nc, kc int, ap, bp 
 					}
 				} else {
 					copy(cr, tr)
+				}
+			}
+		}
+	}
+}
+
+// gemmTilesK runs the micro-kernel over C[i0:i0+mc, j0:j0+nc] for the kc
+// blocks pc = pg, pg+kcBlock, … < pe, all of them on one C tile before the
+// next, so that the tile stays in cache between its blocks (the sums are
+// those of gemmTiles block after block: one FMA chain per block, added to C
+// in pc order). Block b (pc = pg + b·kcBlock) has its A panels at
+// ap[b*mPad*kcBlock:] and its B panels at bp[b*bStride*kcBlock:] (mPad, bStride
+// the packs' padded widths), laid out as gemmTiles reads them. The C tile
+// after the current one is prefetched while it runs.
+func gemmTilesK(mk microKernel, c []float32, ldc, i0, mc, j0, nc, pg, pe int, bp []float32, bStride int, ap []float32, mPad int, accum bool, tmp []float32) {
+	mr, nr := mk.mr, mk.nr
+	tmp = tmp[:mr*nr]
+	for jr := 0; jr < nc; jr += nr {
+		nn := min(nr, nc-jr)
+		for ir := 0; ir < mc; ir += mr {
+			mm := min(mr, mc-ir)
+			ci := (i0+ir)*ldc + j0 + jr
+			if ni, nj := ir+mr, jr; ni+mr <= mc && nj+nr <= nc {
+				prefetchTile(&c[(i0+ni)*ldc+j0+nj], ldc, mr, nr)
+			} else if ni, nj = 0, jr+nr; ni+mr <= mc && nj+nr <= nc {
+				prefetchTile(&c[(i0+ni)*ldc+j0+nj], ldc, mr, nr)
+			}
+			for pc := pg; pc < pe; pc += kcBlock {
+				kc := min(kcBlock, pe-pc)
+				acc := 0
+				if accum || pc > 0 {
+					acc = 1
+				}
+				bb := (pc-pg)*bStride + jr*kc
+				ab := (pc-pg)*mPad + ir*kc
+				bpan := &bp[bb : bb+nr*kc][0]
+				apan := &ap[ab : ab+mr*kc][0]
+				if mm == mr && nn == nr {
+					_ = c[ci+(mr-1)*ldc+nr-1]
+					mk.fn(kc, apan, bpan, &c[ci], ldc, acc)
+					continue
+				}
+				mk.fn(kc, apan, bpan, &tmp[0], nr, 0)
+				for r := 0; r < mm; r++ {
+					cr := c[ci+r*ldc : ci+r*ldc+nn]
+					tr := tmp[r*nr : r*nr+nn]
+					if acc != 0 {
+						for j := range cr {
+							cr[j] += tr[j]
+						}
+					} else {
+						copy(cr, tr)
+					}
 				}
 			}
 		}

@@ -731,3 +731,28 @@ copyRowsAVX_next:
 copyRowsAVX_done:
 	VZEROUPPER
 	RET
+
+// func prefetchTile(c *float32, ldc, mr, nr int)
+TEXT ·prefetchTile(SB), NOSPLIT, $0-32
+	MOVQ c+0(FP), DX
+	MOVQ ldc+8(FP), R8
+	SHLQ $2, R8
+	MOVQ mr+16(FP), CX
+	MOVQ nr+24(FP), BX
+	SHLQ $2, BX
+	SUBQ $4, BX
+	TESTQ CX, CX
+	JZ prefetchTile_done
+prefetchTile_row:
+	XORQ AX, AX
+prefetchTile_line:
+	PREFETCHT1 (DX)(AX*1)
+	ADDQ $64, AX
+	CMPQ AX, BX
+	JLT prefetchTile_line
+	PREFETCHT1 (DX)(BX*1)
+	ADDQ R8, DX
+	DECQ CX
+	JNZ prefetchTile_row
+prefetchTile_done:
+	RET

@@ -68,3 +68,9 @@ func copyFast(pan, src []float32, ld, kc, n, nr int) bool {
 	copyRowsAVX(&pan[0], &src[0], ld, nr, kc, n)
 	return true
 }
+
+// prefetchTile prefetches the mr×nr tile of C at c (row stride ldc) towards
+// the core: for i < mr { touch c[i*ldc : i*ldc+nr] }.
+//
+//go:noescape
+func prefetchTile(c *float32, ldc, mr, nr int)

@@ -116,6 +116,7 @@ func main() {
 	transpose8()
 	transpose4()
 	copyRows()
+	prefetchTile()
 	os.Stdout.WriteString(out.String())
 }
 
@@ -367,5 +368,37 @@ func copyRows() {
 	p("JNZ %s_row", name)
 	label(name + "_done")
 	p("VZEROUPPER")
+	p("RET")
+}
+
+// prefetchTile emits the prefetch of a C tile into L2 (PREFETCHT1), for the
+// tile after the current one, so that its accumulate finds it nearby:
+//
+//	for i < mr { touch c[i*ldc : i*ldc+nr] }
+func prefetchTile() {
+	const name = "prefetchTile"
+	fmt.Fprintf(&out, "\n// func prefetchTile(c *float32, ldc, mr, nr int)\n")
+	fmt.Fprintf(&out, "TEXT ·%s(SB), NOSPLIT, $0-32\n", name)
+	p("MOVQ c+0(FP), DX")
+	p("MOVQ ldc+8(FP), R8")
+	p("SHLQ $2, R8")
+	p("MOVQ mr+16(FP), CX")
+	p("MOVQ nr+24(FP), BX")
+	p("SHLQ $2, BX")
+	p("SUBQ $4, BX") // the row's last float
+	p("TESTQ CX, CX")
+	p("JZ %s_done", name)
+	label(name + "_row")
+	p("XORQ AX, AX")
+	label(name + "_line")
+	p("PREFETCHT1 (DX)(AX*1)")
+	p("ADDQ $64, AX")
+	p("CMPQ AX, BX")
+	p("JLT %s_line", name)
+	p("PREFETCHT1 (DX)(BX*1)")
+	p("ADDQ R8, DX")
+	p("DECQ CX")
+	p("JNZ %s_row", name)
+	label(name + "_done")
 	p("RET")
 }
