@@ -138,6 +138,10 @@ func gemm(p *Pool, mk microKernel, c []float32, ldc, M, N, K int, A operandA, B 
 	if !shareA {
 		S, T, sUnit, tUnit, tMax = N, M, nr, mr, mTaskMax
 	}
+	// Row tasks prefetch the next C tile where it pays: beside tiles of 256
+	// or more k steps, or where C is larger than the L3 (the call and its
+	// 32 prefetches cost a few percent beside 64 k steps on a C in cache).
+	pfC := K >= kcBlock || M*N >= 4<<20
 	// Tasks: U units of tUnit split evenly (sizes differ by at most one
 	// unit) into about three per worker, each at most tMax wide and, for row
 	// tasks, at least 32 rows so that a shared B panel serves several tiles.
@@ -190,7 +194,16 @@ func gemm(p *Pool, mk microKernel, c []float32, ldc, M, N, K int, A operandA, B 
 						for pc := pg; pc < pe; pc += kcBlock {
 							packA(bufs.ap[(pc-pg)/kcBlock*mPad*kcBlock:], A, t0, t1-t0, pc, min(kcBlock, pe-pc), mr)
 						}
-						gemmTilesK(mk, c, ldc, t0, t1-t0, s0, sn, pg, pe, shared[(pg-k0)*sPad:], sPad, bufs.ap, mPad, accum, bufs.tmp)
+						sh := shared[(pg-k0)*sPad:]
+						if pe-pg <= kcBlock && !pfC { // one shallow block: the plain loop
+							acc := 0
+							if accum || pg > 0 {
+								acc = 1
+							}
+							gemmTiles(mk, c, ldc, t0, t1-t0, s0, sn, pe-pg, bufs.ap, sh, acc, bufs.tmp)
+							continue
+						}
+						gemmTilesK(mk, c, ldc, t0, t1-t0, s0, sn, pg, pe, sh, sPad, bufs.ap, mPad, accum, pfC, bufs.tmp)
 					}
 					return
 				}
@@ -283,9 +296,9 @@ func gemmTiles(mk microKernel, c []float32, ldc, i0, mc, j0, nc, kc int, ap, bp 
 // those of gemmTiles block after block: one FMA chain per block, added to C
 // in pc order). Block b (pc = pg + b·kcBlock) has its A panels at
 // ap[b*mPad*kcBlock:] and its B panels at bp[b*bStride*kcBlock:] (mPad, bStride
-// the packs' padded widths), laid out as gemmTiles reads them. The C tile
-// after the current one is prefetched while it runs.
-func gemmTilesK(mk microKernel, c []float32, ldc, i0, mc, j0, nc, pg, pe int, bp []float32, bStride int, ap []float32, mPad int, accum bool, tmp []float32) {
+// the packs' padded widths), laid out as gemmTiles reads them. With pf, the
+// C tile after the current one is prefetched while it runs.
+func gemmTilesK(mk microKernel, c []float32, ldc, i0, mc, j0, nc, pg, pe int, bp []float32, bStride int, ap []float32, mPad int, accum, pf bool, tmp []float32) {
 	mr, nr := mk.mr, mk.nr
 	tmp = tmp[:mr*nr]
 	for jr := 0; jr < nc; jr += nr {
@@ -293,7 +306,8 @@ func gemmTilesK(mk microKernel, c []float32, ldc, i0, mc, j0, nc, pg, pe int, bp
 		for ir := 0; ir < mc; ir += mr {
 			mm := min(mr, mc-ir)
 			ci := (i0+ir)*ldc + j0 + jr
-			if ni, nj := ir+mr, jr; ni+mr <= mc && nj+nr <= nc {
+			if !pf {
+			} else if ni, nj := ir+mr, jr; ni+mr <= mc && nj+nr <= nc {
 				prefetchTile(&c[(i0+ni)*ldc+j0+nj], ldc, mr, nr)
 			} else if ni, nj = 0, jr+nr; ni+mr <= mc && nj+nr <= nc {
 				prefetchTile(&c[(i0+ni)*ldc+j0+nj], ldc, mr, nr)
