@@ -132,7 +132,7 @@
 // so results do not depend on the number of workers.
 //
 // Quantized weights are never expanded whole: the float32 working set is the
-// shared packed block (at most 4 MiB per call) and a few panel buffers per
+// shared packed block (at most 4.06 MiB per call) and a few panel buffers per
 // worker (≈ 0.7 MiB).
 //
 // Determinism: every output element is produced by exactly one worker with a

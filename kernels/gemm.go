@@ -49,9 +49,10 @@ import (
 // takes its task; the tasks and blocks are fixed by the shape alone, so
 // results are bit-identical for any number of workers.
 //
-// Memory: the shared pack (at most sharedMax floats, 4 MiB) per call, and
-// per worker a private A or B block of mTaskMax·pcGroup·kcBlock or
-// nTaskMax·kcBlock floats, pooled; a quantized W is decoded one block at a time, never whole.
+// Memory: the shared pack (at most 65/64·sharedMax floats, 4.06 MiB) per
+// call, and per worker a private A or B block of mTaskMax·pcGroup·kcBlock
+// or nTaskMax·kcBlock floats, pooled; a quantized W is decoded one block at
+// a time, never whole.
 const (
 	kcBlock  = 256 // a multiple of every block size (32, 64, 256)
 	mcBlock  = 512 // rows of shared A swept per B panel (an L2-sized block); a multiple of every MR
@@ -63,9 +64,9 @@ const (
 
 // The shared operand is packed sChunk rows or columns at a time (a multiple
 // of mcBlock and colGroup), over as many kcBlock steps of K as fit in
-// sharedMax floats (sChunk·kcBlock ≤ sharedMax). They are variables only so
-// that a test can shrink them: the results do not depend on them (the K
-// chunks are whole kcBlock steps).
+// sharedMax floats (65/64 of it: slack for padding; sChunk·kcBlock ≤
+// sharedMax). They are variables only so that a test can shrink them: the
+// results do not depend on them (the K chunks are whole kcBlock steps).
 var (
 	sChunk    = 3072
 	sharedMax = 1 << 20
@@ -160,7 +161,9 @@ func gemm(p *Pool, mk microKernel, c []float32, ldc, M, N, K int, A operandA, B 
 	for s0 := 0; s0 < S; s0 += sChunk {
 		sn := min(sChunk, S-s0)
 		sPad := (sn + sUnit - 1) / sUnit * sUnit
-		kChunk := max(kcBlock, sharedMax/sPad/kcBlock*kcBlock)
+		// A 1/64 slack for the padding: 2048 columns padded to 2064 (whole
+		// panels of 48) must still take two kc blocks per chunk.
+		kChunk := max(kcBlock, (sharedMax+sharedMax/64)/sPad/kcBlock*kcBlock)
 		sp := getShared(sPad * min(K, kChunk))
 		shared := *sp
 		for k0 := 0; k0 < K; k0 += kChunk {
