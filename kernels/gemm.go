@@ -140,8 +140,9 @@ func gemm(p *Pool, mk microKernel, c []float32, ldc, M, N, K int, A operandA, B 
 		S, T, sUnit, tUnit, tMax = N, M, nr, mr, mTaskMax
 	}
 	// Row tasks prefetch the next C tile where it pays: beside tiles of 256
-	// or more k steps, or where C is larger than the L3 (the call and its
-	// 32 prefetches cost a few percent beside 64 k steps on a C in cache).
+	// or more k steps, or where C (16 MiB or more, half this L3) comes from
+	// memory (the call and its 32 prefetches cost a few percent beside 64 k
+	// steps on a C in cache).
 	pfC := K >= kcBlock || M*N >= 4<<20
 	// Tasks: U units of tUnit split evenly (sizes differ by at most one
 	// unit) into about three per worker, each at most tMax wide and, for row
