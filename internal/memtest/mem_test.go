@@ -117,7 +117,7 @@ func jobs(t *testing.T, modelPath string) []job {
 		// The paper's split: MeZO on the other entries, held in dense float32
 		// deltas (4 bytes per entry of each adapted matrix), so fewer matrices.
 		{"train-loho-intra-dense", trainArgs(modelPath, data, "loho-intra", "--iters", "1", "--fo-ratio", "0.01",
-			"--targets", "q,v", "--num-layers", "2")},
+			"--targets", "q,v", "--num-layers", "1")},
 	}
 }
 
