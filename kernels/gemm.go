@@ -273,23 +273,31 @@ func gemmTiles(mk microKernel, c []float32, ldc, i0, mc, j0, nc, kc int, ap, bp 
 			mm := min(mr, mc-ir)
 			apan := &ap[ir*kc : ir*kc+mr*kc][0]
 			ci := (i0+ir)*ldc + j0 + jr
-			if mm == mr && nn == nr {
-				_ = c[ci+(mr-1)*ldc+nr-1]
-				mk.fn(kc, apan, bpan, &c[ci], ldc, acc)
-				continue
+			runTile(mk, kc, apan, bpan, c, ci, ldc, mm, nn, acc, tmp)
+		}
+	}
+}
+
+// runTile computes one mm×nn (≤ MR×NR) tile of C at c[ci] from an A and a
+// B panel: straight into C when the tile is whole, else through tmp and
+// then added (acc ≠ 0) or copied into the tile's part of C.
+func runTile(mk microKernel, kc int, apan, bpan *float32, c []float32, ci, ldc, mm, nn, acc int, tmp []float32) {
+	mr, nr := mk.mr, mk.nr
+	if mm == mr && nn == nr {
+		_ = c[ci+(mr-1)*ldc+nr-1]
+		mk.fn(kc, apan, bpan, &c[ci], ldc, acc)
+		return
+	}
+	mk.fn(kc, apan, bpan, &tmp[0], nr, 0)
+	for r := 0; r < mm; r++ {
+		cr := c[ci+r*ldc : ci+r*ldc+nn]
+		tr := tmp[r*nr : r*nr+nn]
+		if acc != 0 {
+			for j := range cr {
+				cr[j] += tr[j]
 			}
-			mk.fn(kc, apan, bpan, &tmp[0], nr, 0)
-			for r := 0; r < mm; r++ {
-				cr := c[ci+r*ldc : ci+r*ldc+nn]
-				tr := tmp[r*nr : r*nr+nn]
-				if acc != 0 {
-					for j := range cr {
-						cr[j] += tr[j]
-					}
-				} else {
-					copy(cr, tr)
-				}
-			}
+		} else {
+			copy(cr, tr)
 		}
 	}
 }
@@ -310,11 +318,12 @@ func gemmTilesK(mk microKernel, c []float32, ldc, i0, mc, j0, nc, pg, pe int, bp
 		for ir := 0; ir < mc; ir += mr {
 			mm := min(mr, mc-ir)
 			ci := (i0+ir)*ldc + j0 + jr
-			if !pf {
-			} else if ni, nj := ir+mr, jr; ni+mr <= mc && nj+nr <= nc {
-				prefetchTile(&c[(i0+ni)*ldc+j0+nj], ldc, mr, nr)
-			} else if ni, nj = 0, jr+nr; ni+mr <= mc && nj+nr <= nc {
-				prefetchTile(&c[(i0+ni)*ldc+j0+nj], ldc, mr, nr)
+			if pf {
+				if ni, nj := ir+mr, jr; ni+mr <= mc && nj+nr <= nc {
+					prefetchTile(&c[(i0+ni)*ldc+j0+nj], ldc, mr, nr)
+				} else if ni, nj = 0, jr+nr; ni+mr <= mc && nj+nr <= nc {
+					prefetchTile(&c[(i0+ni)*ldc+j0+nj], ldc, mr, nr)
+				}
 			}
 			for pc := pg; pc < pe; pc += kcBlock {
 				kc := min(kcBlock, pe-pc)
@@ -326,23 +335,7 @@ func gemmTilesK(mk microKernel, c []float32, ldc, i0, mc, j0, nc, pg, pe int, bp
 				ab := (pc-pg)*mPad + ir*kc
 				bpan := &bp[bb : bb+nr*kc][0]
 				apan := &ap[ab : ab+mr*kc][0]
-				if mm == mr && nn == nr {
-					_ = c[ci+(mr-1)*ldc+nr-1]
-					mk.fn(kc, apan, bpan, &c[ci], ldc, acc)
-					continue
-				}
-				mk.fn(kc, apan, bpan, &tmp[0], nr, 0)
-				for r := 0; r < mm; r++ {
-					cr := c[ci+r*ldc : ci+r*ldc+nn]
-					tr := tmp[r*nr : r*nr+nn]
-					if acc != 0 {
-						for j := range cr {
-							cr[j] += tr[j]
-						}
-					} else {
-						copy(cr, tr)
-					}
-				}
+				runTile(mk, kc, apan, bpan, c, ci, ldc, mm, nn, acc, tmp)
 			}
 		}
 	}

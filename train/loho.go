@@ -78,7 +78,10 @@ func layerOf(target string) int {
 
 func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 	if cfg.ZOTarget == "" {
-		cfg.ZOTarget = DefaultZOTarget(map[bool]string{true: "loho-intra"}[intra])
+		cfg.ZOTarget = "lora"
+		if intra {
+			cfg.ZOTarget = DefaultZOTarget("loho-intra")
+		}
 	}
 	zc, err := zoConfig(cfg)
 	if err != nil {
@@ -327,12 +330,8 @@ func (h *lohoMethod) Step(it int, batches []data.Batch, lr float64) (float64, in
 	if foStep {
 		optim.ZeroGrad(h.fo)
 		o := model.StepOptions{Adapters: h.ad, Checkpoint: h.cfg.GradCheckpoint, FirstLayer: h.first}
-		for _, b := range batches {
-			s, _, err := h.m.LossGrad(b.Tokens, b.Targets, b.B, b.T, o, true, 1/float64(total))
-			if err != nil {
-				return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
-			}
-			sum += s
+		if sum, _, err = batchGrad(h.m, it, batches, o, total); err != nil {
+			return 0, 0, err
 		}
 	}
 	// Updates: ZO with its constant rate, FO with the scheduled one.

@@ -166,12 +166,9 @@ func (l *loremlMethod) Step(it int, batches []data.Batch, lr float64) (float64, 
 			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
 		}
 	}
-	total := 0
-	for _, b := range batches {
-		total += b.NumTargets()
-	}
-	if total == 0 {
-		return 0, 0, fmt.Errorf("train: iteration %d has no tokens to predict (check --max-seq-length and the data)", it)
+	total, err := stepTargets(it, batches)
+	if err != nil {
+		return 0, 0, err
 	}
 	var o model.StepOptions
 	var params []*optim.Param
@@ -185,15 +182,9 @@ func (l *loremlMethod) Step(it int, batches []data.Batch, lr float64) (float64, 
 		params, opt = l.p2, l.opt2
 	}
 	optim.ZeroGrad(params)
-	var loss float64
-	var n int
-	for _, b := range batches {
-		s, k, err := l.m.LossGrad(b.Tokens, b.Targets, b.B, b.T, o, true, 1/float64(total))
-		if err != nil {
-			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
-		}
-		loss += s
-		n += k
+	loss, n, err := batchGrad(l.m, it, batches, o, total)
+	if err != nil {
+		return 0, 0, err
 	}
 	if l.cfg.MaxGradNorm > 0 {
 		optim.ClipGradNorm(params, l.cfg.MaxGradNorm)

@@ -115,23 +115,14 @@ func (l *loraMethod) StateBytes() int64 {
 func (l *loraMethod) Step(it int, batches []data.Batch, lr float64) (float64, int, error) {
 	l.set.SetStep(it)
 	optim.ZeroGrad(l.params)
-	total := 0
-	for _, b := range batches {
-		total += b.NumTargets()
-	}
-	if total == 0 {
-		return 0, 0, fmt.Errorf("train: iteration %d has no tokens to predict (check --max-seq-length and the data)", it)
+	total, err := stepTargets(it, batches)
+	if err != nil {
+		return 0, 0, err
 	}
 	o := model.StepOptions{Adapters: l.set.ByPos, Checkpoint: l.cfg.GradCheckpoint}
-	var loss float64
-	var n int
-	for _, b := range batches {
-		s, k, err := l.m.LossGrad(b.Tokens, b.Targets, b.B, b.T, o, true, 1/float64(total))
-		if err != nil {
-			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
-		}
-		loss += s
-		n += k
+	loss, n, err := batchGrad(l.m, it, batches, o, total)
+	if err != nil {
+		return 0, 0, err
 	}
 	if l.cfg.MaxGradNorm > 0 {
 		optim.ClipGradNorm(l.params, l.cfg.MaxGradNorm)
@@ -241,4 +232,34 @@ func (l *loraMethod) MoveOptimizerToDisk(dir string) error {
 	}
 	a.Store = s
 	return nil
+}
+
+// stepTargets is the number of predicted tokens in a step's micro-batches;
+// a step with none is an error.
+func stepTargets(it int, batches []data.Batch) (int, error) {
+	total := 0
+	for _, b := range batches {
+		total += b.NumTargets()
+	}
+	if total == 0 {
+		return 0, fmt.Errorf("train: iteration %d has no tokens to predict (check --max-seq-length and the data)", it)
+	}
+	return total, nil
+}
+
+// batchGrad runs the forward and backward pass of each micro-batch,
+// accumulating gradients scaled by 1/total (so they sum to the step's
+// mean), and returns the summed loss and predicted tokens.
+func batchGrad(m *model.Model, it int, batches []data.Batch, o model.StepOptions, total int) (float64, int, error) {
+	var loss float64
+	var n int
+	for _, b := range batches {
+		s, k, err := m.LossGrad(b.Tokens, b.Targets, b.B, b.T, o, true, 1/float64(total))
+		if err != nil {
+			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+		}
+		loss += s
+		n += k
+	}
+	return loss, n, nil
 }

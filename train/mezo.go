@@ -133,12 +133,9 @@ func (z *mezoMethod) StateBytes() int64 {
 // batchLoss returns the closure that evaluates the mean loss of the
 // step's micro-batches without gradients, and their token count.
 func batchLoss(m *model.Model, it int, batches []data.Batch, ad model.Adapters) (func() (float64, error), int, error) {
-	total := 0
-	for _, b := range batches {
-		total += b.NumTargets()
-	}
-	if total == 0 {
-		return nil, 0, fmt.Errorf("train: iteration %d has no tokens to predict (check --max-seq-length and the data)", it)
+	total, err := stepTargets(it, batches)
+	if err != nil {
+		return nil, 0, err
 	}
 	o := model.StepOptions{Adapters: ad}
 	return func() (float64, error) {

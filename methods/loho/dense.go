@@ -103,8 +103,3 @@ func (d *Dense) Backward(dx, dy, x []float32, M int) {
 	}
 	kernels.GemmNN(d.pool, dx[:M*d.In], dy[:M*d.Out], d.Val, M, d.In, d.Out)
 }
-
-// AddTo adds D to w, the layer's weight as float32 (Out, In): the merge.
-func (d *Dense) AddTo(w []float32) {
-	kernels.Axpy(w[:len(d.Val)], 1, d.Val)
-}
