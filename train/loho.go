@@ -133,7 +133,7 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 					return nil, err
 				}
 				h.dense = append(h.dense, d)
-				h.zoVal += d.Trainable()
+				h.zoVal += int64(l.Out*l.In - s.Nnz()) // the entries outside the mask, which NewSparse counted
 				h.denseBytes += 4 * int64(len(d.Val))
 				zoTensors = append(zoTensors, mezo.Tensor{Name: l.Target + ".zo_delta", Data: d.Val, Decay: true,
 					Shape: []int{l.Out, l.In}, Mask: d.ZeroMasked})
