@@ -121,3 +121,20 @@ func TestRealDataToBatches(t *testing.T) {
 		t.Errorf("%d positions from a stream of %d tokens", tokens, stream)
 	}
 }
+
+func TestFindSplitsReadsNothing(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, TrainFile), []byte("{oops\n"), 0o644) // not parsed
+	os.WriteFile(filepath.Join(dir, TestFile), []byte(`{"text":"a"}`), 0o644)
+	f, err := FindSplits(dir)
+	if err != nil || f.Train != filepath.Join(dir, TrainFile) || f.Valid != "" || f.Test != filepath.Join(dir, TestFile) {
+		t.Fatalf("%+v %v", f, err)
+	}
+	if f, err := FindSplits(filepath.Join(dir, TestFile)); err != nil || f.Train != filepath.Join(dir, TestFile) || f.Test != "" {
+		t.Errorf("single file: %+v %v", f, err)
+	}
+	os.Remove(filepath.Join(dir, TrainFile))
+	if _, err := FindSplits(dir); !errors.Is(err, ErrNoData) {
+		t.Errorf("no train.jsonl: %v", err)
+	}
+}
