@@ -230,8 +230,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		m.Acct = budget.NewAccountant(limit - runtimeBytes(m))
 	}
 	// The data: the train and valid splits through the token cache on disk,
-	// streamed record by record (the test split is not a training run's).
-	// What stays in memory is per example, counted before the plan.
+	// streamed record by record (the test split is not a training run's, the
+	// valid split only when it evaluates). What stays in memory is per
+	// example, counted before the plan.
 	tokOpt := data.TokenizeOptions{AddEOS: true, NoBOS: !m.Tokenizer.AddBOS() && m.Tokenizer.BOS() < 0, ChatTemplate: m.Tokenizer.ChatTemplate()}
 	tokDir, tokID := filepath.Join(cfg.CacheDir, "tokens"), tokenizerID(m)
 	trainTF, hit, err := data.CachedTokenFile(tokDir, data.CacheKey{Tokenizer: tokID, Name: splitName(files.Train)}, m.Tokenizer, files.Train, tokOpt)
@@ -243,7 +244,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		log("training tokens from the cache")
 	}
 	var validTF *data.TokenFile
-	if files.Valid != "" {
+	if files.Valid != "" && cfg.StepsPerEval > 0 {
 		if validTF, _, err = data.CachedTokenFile(tokDir, data.CacheKey{Tokenizer: tokID, Name: splitName(files.Valid)}, m.Tokenizer, files.Valid, tokOpt); err != nil {
 			return nil, err
 		}

@@ -225,6 +225,14 @@ func TestRunStreamsDataThroughTokenCache(t *testing.T) {
 	if len(cached) != 2 || !strings.HasPrefix(filepath.Base(cached[0]), "train-") || !strings.HasPrefix(filepath.Base(cached[1]), "valid-") {
 		t.Fatalf("token cache holds %v", cached)
 	}
+	noEval := dry
+	noEval.StepsPerEval, noEval.CacheDir = 0, filepath.Join(dir, "cache-no-eval")
+	if _, err := Run(ctx, noEval, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := filepath.Glob(filepath.Join(noEval.CacheDir, "tokens", "*.qtok")); len(c) != 1 || !strings.HasPrefix(filepath.Base(c[0]), "train-") {
+		t.Errorf("a run that does not evaluate cached %v", c)
+	}
 	fromCache := func() bool {
 		return slices.Contains(logs, "training tokens from the cache")
 	}
