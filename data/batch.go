@@ -3,6 +3,7 @@ package data
 import (
 	"errors"
 	"fmt"
+	"math"
 	"math/bits"
 	"sort"
 )
@@ -53,8 +54,47 @@ type Pos struct {
 	Epoch, Index int
 }
 
-// Batcher yields the batches of a set of examples, epoch after epoch, each
-// epoch in its own seeded shuffled order. Its position can be saved and
+// Source is what a Batcher reads: examples of packed tokens, each
+// id | loss<<31 (LossFlag). Examples (in memory) and a TokenFile (on disk)
+// are Sources.
+type Source interface {
+	NumExamples() int
+	ExampleLen(i int) int
+	// ReadTokens fills dst with tokens off, off+1, ... of example i.
+	ReadTokens(i, off int, dst []uint32) error
+}
+
+// Examples is a Source over examples held in memory.
+type Examples []Example
+
+// NumExamples is the number of examples.
+func (e Examples) NumExamples() int { return len(e) }
+
+// ExampleLen is the number of tokens of example i.
+func (e Examples) ExampleLen(i int) int { return len(e[i].Tokens) }
+
+// ReadTokens packs tokens off... of example i into dst; an id outside
+// 0..2^31-1 is an error.
+func (e Examples) ReadTokens(i, off int, dst []uint32) error {
+	x := &e[i]
+	if off < 0 || off+len(dst) > len(x.Tokens) || len(x.Loss) != len(x.Tokens) {
+		return fmt.Errorf("%w: tokens %d..%d of example %d (%d tokens, %d loss flags)", ErrBatch, off, off+len(dst), i, len(x.Tokens), len(x.Loss))
+	}
+	for k := range dst {
+		t := x.Tokens[off+k]
+		if t < 0 {
+			return fmt.Errorf("%w: example %d has token id %d", ErrBatch, i, t)
+		}
+		dst[k] = uint32(t)
+		if x.Loss[off+k] {
+			dst[k] |= LossFlag
+		}
+	}
+	return nil
+}
+
+// Batcher yields the batches of a Source's examples, epoch after epoch,
+// each epoch in its own seeded shuffled order. Its position can be saved and
 // restored: after Seek(p) the batches are exactly those a run that reached p
 // would have seen.
 //
@@ -68,49 +108,81 @@ type Pos struct {
 // a last short batch; attention and predictions run across example
 // boundaries, as in llama-style and MLX-LM packing. Examples of fewer than 2
 // tokens are left out.
+//
+// Memory is per example, not per token: the epoch's order (4 bytes an
+// example), with packing each example's place in the stream (8), and, when
+// some examples are left out, the list of those kept (4). Tokens are read
+// from the Source one row at a time into a buffer the Batcher reuses.
 type Batcher struct {
-	ex  []Example
+	src Source
 	o   BatchOptions
 	pos Pos
 	nb  int // batches per epoch
 
-	rows  int // packing: rows per epoch
-	total int // packing: stream length S
+	keep  []int32 // (N) the Source's index of each kept example; nil: all kept
+	n     int     // kept examples
+	rows  int     // packing: rows per epoch
+	total int64   // packing: stream length S
 
-	epoch int   // epoch of perm, -1 before the first
-	perm  []int // (N) example order of epoch
-	start []int // (N+1) packing: stream offset of perm[i]
+	epoch int     // epoch of perm, -1 before the first
+	perm  []int32 // (N) example order of epoch
+	start []int64 // (N+1) packing: stream offset of perm[i]
+	buf   []uint32
 }
 
 // ErrBatch marks options or examples that give no batches.
 var ErrBatch = errors.New("data: cannot batch")
 
 // NewBatcher checks the options and examples and starts at Pos{0, 0}. It
-// keeps ex (not a copy).
-func NewBatcher(ex []Example, o BatchOptions) (*Batcher, error) {
+// keeps src (Examples are not copied) and reads from it in every Next.
+func NewBatcher(src Source, o BatchOptions) (*Batcher, error) {
 	if o.BatchSize < 1 || o.MaxSeqLen < 1 {
 		return nil, fmt.Errorf("%w: batch size %d, max sequence length %d", ErrBatch, o.BatchSize, o.MaxSeqLen)
 	}
-	b := &Batcher{o: o, epoch: -1}
-	for i, e := range ex {
-		if len(e.Loss) != len(e.Tokens) {
-			return nil, fmt.Errorf("%w: example %d has %d tokens and %d loss flags", ErrBatch, i, len(e.Tokens), len(e.Loss))
-		}
-		if len(e.Tokens) >= 2 {
-			b.ex = append(b.ex, e)
-			b.total += len(e.Tokens)
+	N := src.NumExamples()
+	if N > math.MaxInt32 {
+		return nil, fmt.Errorf("%w: %d examples, at most %d", ErrBatch, N, math.MaxInt32)
+	}
+	b := &Batcher{src: src, o: o, epoch: -1}
+	if ex, ok := src.(Examples); ok {
+		for i, e := range ex {
+			if len(e.Loss) != len(e.Tokens) {
+				return nil, fmt.Errorf("%w: example %d has %d tokens and %d loss flags", ErrBatch, i, len(e.Tokens), len(e.Loss))
+			}
 		}
 	}
-	if len(b.ex) == 0 {
+	short := 0
+	for i := range N {
+		if n := src.ExampleLen(i); n >= 2 {
+			b.total += int64(n)
+		} else {
+			short++
+		}
+	}
+	b.n = N - short
+	if short > 0 && b.n > 0 {
+		b.keep = make([]int32, 0, b.n)
+		for i := range N {
+			if src.ExampleLen(i) >= 2 {
+				b.keep = append(b.keep, int32(i))
+			}
+		}
+	}
+	if b.n == 0 {
 		return nil, fmt.Errorf("%w: no example has 2 tokens or more", ErrBatch)
 	}
-	units := len(b.ex)
+	units := b.n
 	if o.Pack {
 		pairs := b.total - 1
-		b.rows = (pairs + o.MaxSeqLen - 1) / o.MaxSeqLen
+		M := int64(o.MaxSeqLen)
+		rows := (pairs + M - 1) / M
 		if o.DropLast {
-			b.rows = pairs / o.MaxSeqLen
+			rows = pairs / M
 		}
+		if rows > math.MaxInt32 {
+			return nil, fmt.Errorf("%w: %d rows of %d", ErrBatch, rows, M)
+		}
+		b.rows = int(rows)
 		units = b.rows
 	}
 	b.nb = (units + o.BatchSize - 1) / o.BatchSize
@@ -121,6 +193,23 @@ func NewBatcher(ex []Example, o BatchOptions) (*Batcher, error) {
 		return nil, fmt.Errorf("%w: %d rows do not fill a batch of %d", ErrBatch, units, o.BatchSize)
 	}
 	return b, nil
+}
+
+// BatcherBytes is what NewBatcher and Next hold for a Source of n examples
+// (all kept or not) with options o: the order, the stream offsets when
+// packing, the kept list and the read buffer; the batches Next returns are
+// BatchBytes each.
+func BatcherBytes(n int64, o BatchOptions) int64 {
+	b := 4*n + 4*n + 4*int64(o.MaxSeqLen+1)
+	if o.Pack {
+		b += 8 * (n + 1)
+	}
+	return b
+}
+
+// BatchBytes is the size of one Batch of options o at most.
+func BatchBytes(o BatchOptions) int64 {
+	return int64(o.BatchSize) * (16*int64(o.MaxSeqLen) + 8)
 }
 
 // BatchesPerEpoch is the number of batches in one pass over the examples.
@@ -143,20 +232,25 @@ func (b *Batcher) Seek(p Pos) error {
 }
 
 // Next returns the batch at Position and moves past it, into the next epoch
-// after the last batch of one.
-func (b *Batcher) Next() Batch {
+// after the last batch of one. An error (a failed read of the Source)
+// leaves the position where it was.
+func (b *Batcher) Next() (Batch, error) {
 	b.shuffle(b.pos.Epoch)
 	var out Batch
+	var err error
 	if b.o.Pack {
-		out = b.packed(b.pos.Index)
+		out, err = b.packed(b.pos.Index)
 	} else {
-		out = b.padded(b.pos.Index)
+		out, err = b.padded(b.pos.Index)
+	}
+	if err != nil {
+		return Batch{}, err
 	}
 	b.pos.Index++
 	if b.pos.Index == b.nb {
 		b.pos = Pos{b.pos.Epoch + 1, 0}
 	}
-	return out
+	return out, nil
 }
 
 func newBatch(rows, T, pad int) Batch {
@@ -168,57 +262,78 @@ func newBatch(rows, T, pad int) Batch {
 	return out
 }
 
-func (b *Batcher) padded(i int) Batch {
+// example is the Source's index of kept example k.
+func (b *Batcher) example(k int32) int {
+	if b.keep != nil {
+		return int(b.keep[k])
+	}
+	return int(k)
+}
+
+// words is the read buffer, n long.
+func (b *Batcher) words(n int) []uint32 {
+	if cap(b.buf) < n {
+		b.buf = make([]uint32, n, max(n, b.o.MaxSeqLen+1))
+	}
+	return b.buf[:n]
+}
+
+// fillRow writes the L positions of a row from its L+1 packed tokens w.
+func fillRow(tokens, targets []int, w []uint32, L int) {
+	for t := 0; t < L; t++ {
+		tokens[t] = int(w[t] &^ LossFlag)
+		if v := w[t+1]; v&LossFlag != 0 {
+			targets[t] = int(v &^ LossFlag)
+		}
+	}
+}
+
+func (b *Batcher) padded(i int) (Batch, error) {
 	idx := b.perm[i*b.o.BatchSize : min((i+1)*b.o.BatchSize, len(b.perm))]
 	T := 0
 	for _, k := range idx {
-		T = max(T, min(len(b.ex[k].Tokens)-1, b.o.MaxSeqLen))
+		T = max(T, min(b.src.ExampleLen(b.example(k))-1, b.o.MaxSeqLen))
 	}
 	out := newBatch(len(idx), T, b.o.Pad)
 	for r, k := range idx {
-		e := b.ex[k]
-		L := min(len(e.Tokens)-1, b.o.MaxSeqLen)
+		e := b.example(k)
+		L := min(b.src.ExampleLen(e)-1, b.o.MaxSeqLen)
 		out.Lengths[r] = L
-		row := r * T
-		for t := 0; t < L; t++ {
-			out.Tokens[row+t] = int(e.Tokens[t])
-			if e.Loss[t+1] {
-				out.Targets[row+t] = int(e.Tokens[t+1])
-			}
+		w := b.words(L + 1)
+		if err := b.src.ReadTokens(e, 0, w); err != nil {
+			return Batch{}, err
 		}
+		fillRow(out.Tokens[r*T:], out.Targets[r*T:], w, L)
 	}
-	return out
+	return out, nil
 }
 
-func (b *Batcher) packed(i int) Batch {
-	M := b.o.MaxSeqLen
+func (b *Batcher) packed(i int) (Batch, error) {
+	M := int64(b.o.MaxSeqLen)
 	r0, r1 := i*b.o.BatchSize, min((i+1)*b.o.BatchSize, b.rows)
 	pairs := b.total - 1
-	T := min(M, pairs-r0*M)
+	T := int(min(M, pairs-int64(r0)*M))
 	out := newBatch(r1-r0, T, b.o.Pad)
 	for r := r0; r < r1; r++ {
-		p := r * M
-		L := min(M, pairs-p)
+		p := int64(r) * M
+		L := int(min(M, pairs-p))
 		out.Lengths[r-r0] = L
-		row := (r - r0) * T
-		// k, off: the example holding stream position p, and p's offset in it.
-		k := sort.SearchInts(b.start, p+1) - 1
+		// The row's L+1 stream tokens, from the example holding position p
+		// on, piece by piece.
+		w := b.words(L + 1)
+		k := sort.Search(b.n, func(j int) bool { return b.start[j+1] > p })
 		off := p - b.start[k]
-		for t := 0; t <= L; t++ {
-			e := &b.ex[b.perm[k]]
-			tok, loss := int(e.Tokens[off]), e.Loss[off]
-			if t < L {
-				out.Tokens[row+t] = tok
+		for got := 0; got < len(w); k, off = k+1, 0 {
+			e := b.example(b.perm[k])
+			n := min(int64(b.src.ExampleLen(e))-off, int64(len(w)-got))
+			if err := b.src.ReadTokens(e, int(off), w[got:got+int(n)]); err != nil {
+				return Batch{}, err
 			}
-			if t > 0 && loss {
-				out.Targets[row+t-1] = tok
-			}
-			if off++; off == len(e.Tokens) && t < L {
-				k, off = k+1, 0
-			}
+			got += int(n)
 		}
+		fillRow(out.Tokens[(r-r0)*T:], out.Targets[(r-r0)*T:], w, L)
 	}
-	return out
+	return out, nil
 }
 
 // shuffle makes perm (and, packing, start) the order of epoch e.
@@ -227,17 +342,17 @@ func (b *Batcher) shuffle(e int) {
 		return
 	}
 	b.epoch = e
-	b.perm = permutation(len(b.ex), b.o.Seed, e, b.perm)
+	b.perm = permutation(b.n, b.o.Seed, e, b.perm)
 	if b.o.Pack {
 		if b.start == nil {
-			b.start = make([]int, len(b.ex)+1)
+			b.start = make([]int64, b.n+1)
 		}
-		s := 0
+		s := int64(0)
 		for i, k := range b.perm {
 			b.start[i] = s
-			s += len(b.ex[k].Tokens)
+			s += int64(b.src.ExampleLen(b.example(k)))
 		}
-		b.start[len(b.ex)] = s
+		b.start[b.n] = s
 	}
 }
 
@@ -245,10 +360,10 @@ func (b *Batcher) shuffle(e int) {
 // seeded from (seed, epoch). It is defined here, not borrowed from
 // math/rand, so that an order saved in a checkpoint stays the same across
 // Go releases.
-func permutation(n int, seed uint64, epoch int, buf []int) []int {
-	p := append(buf[:0], make([]int, n)...)
-	for i := range p {
-		p[i] = i
+func permutation(n int, seed uint64, epoch int, buf []int32) []int32 {
+	p := buf[:0]
+	for i := range n {
+		p = append(p, int32(i))
 	}
 	r := splitmix{mix64(seed) ^ mix64(uint64(epoch)+0x632be59bd9b4e019)}
 	for i := n - 1; i > 0; i-- {

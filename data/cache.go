@@ -1,17 +1,19 @@
 package data
 
 import (
-	"bytes"
+	"bufio"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
-	"math"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 )
 
 // CacheKey is what, besides the records and options, decides the tokens.
@@ -28,39 +30,61 @@ type CacheKey struct {
 // ErrCache marks a cache file that cannot be used (it is then rebuilt).
 var ErrCache = errors.New("data: bad token cache")
 
+// LossFlag is the bit of a packed token (Source.ReadTokens, the token
+// cache) that marks a target; the other 31 bits are the id.
+const LossFlag = 1 << 31
+
 const (
 	cacheMagic   = "QTOKCACH"
-	cacheVersion = 1
+	cacheVersion = 2
 	cacheExt     = ".qtok"
+	cacheHead    = 8 + 4 + 32 // magic, version, sum
+	cacheFoot    = 8 + 8 + 4  // examples, tokens, CRC
+	// cacheChunk is the fixed buffer of streaming reads and writes.
+	cacheChunk = 64 << 10
+	// markEvery: a TokenFile keeps the token offset of every markEvery-th
+	// example and adds the lengths in between.
+	markEvery = 64
 )
 
-// CachedTokenize is Tokenize with a cache: the examples are kept in
-// cacheDir in a file named by the SHA-256 of the records' content (the
-// parsed data, so the same records from any path share a file), kind, o and
-// key.Tokenizer. A file that is missing, truncated, corrupt (CRC-32C) or of
-// another version is ignored and rebuilt; files are written to a temporary
-// name, synced and renamed, so a crash never leaves a partial cache under
-// the real name. hit reports whether the examples came from the cache. An
-// error writing the cache is returned (with the examples).
-func CachedTokenize(cacheDir string, key CacheKey, enc Encoder, recs []Record, kind Kind, o TokenizeOptions) (ex []Example, hit bool, err error) {
+// CachedTokenFile returns the tokens of the data file at path (see Scan),
+// tokenized as Tokenize would with o, from a cache file in cacheDir named by
+// the SHA-256 of the records' content (the parsed data, so the same records
+// from any path share a file), their kind, o and key.Tokenizer.
+//
+// Nothing is held but one record at a time. A first pass parses and hashes
+// the records. A file that is missing, truncated, corrupt (CRC-32C), of
+// another version or made for other records is ignored; a second pass then
+// tokenizes the records one by one into a temporary file that is synced and
+// renamed over the cache's name, so a crash never leaves a partial cache
+// under the real name. If the records of the second pass differ from the
+// first (the file changed meanwhile), that is an error and nothing is
+// written. hit reports whether the tokens came from the cache. The caller
+// closes the TokenFile.
+func CachedTokenFile(cacheDir string, key CacheKey, enc Encoder, path string, o TokenizeOptions) (tf *TokenFile, hit bool, err error) {
 	if key.Tokenizer == "" {
 		return nil, false, errors.New("data: token cache: CacheKey.Tokenizer is empty")
 	}
-	sum := cacheSum(key.Tokenizer, recs, kind, o)
-	path := cachePath(cacheDir, key, sum)
-	if b, err := os.ReadFile(path); err == nil {
-		if ex, err := readCache(b, sum); err == nil {
-			return ex, true, nil
-		}
-	}
-	ex, err = Tokenize(enc, recs, kind, o)
+	h := newRecordHasher(key.Tokenizer, o)
+	kind, _, err := Scan(path, func(r Record) error {
+		h.add(&r)
+		return nil
+	})
 	if err != nil {
 		return nil, false, err
 	}
-	if err := writeFileAtomic(path, encodeCache(sum, ex)); err != nil {
-		return ex, false, fmt.Errorf("data: token cache: %w", err)
+	sum := h.sum(kind)
+	cpath := cachePath(cacheDir, key, sum)
+	if tf, err := openTokenFile(cpath, &sum); err == nil {
+		return tf, true, nil
 	}
-	return ex, false, nil
+	if err := writeTokenFile(cpath, sum, key.Tokenizer, enc, path, kind, o); err != nil {
+		return nil, false, err
+	}
+	if tf, err = openTokenFile(cpath, &sum); err != nil {
+		return nil, false, fmt.Errorf("data: token cache: %s as written: %w", cpath, err)
+	}
+	return tf, false, nil
 }
 
 // cachePath is the file of a cache sum.
@@ -80,47 +104,71 @@ func cachePath(cacheDir string, key CacheKey, sum [32]byte) string {
 	return filepath.Join(cacheDir, name+hex.EncodeToString(sum[:])+cacheExt)
 }
 
-// cacheSum hashes everything that decides the examples, each string
-// length-prefixed so that no two inputs share a byte stream.
-func cacheSum(tok string, recs []Record, kind Kind, o TokenizeOptions) [32]byte {
-	h := sha256.New()
-	var buf []byte
-	num := func(v uint64) { buf = binary.AppendUvarint(buf, v) }
-	str := func(s string) { num(uint64(len(s))); buf = append(buf, s...) }
-	flush := func() {
-		if len(buf) > 1<<16 {
-			h.Write(buf)
-			buf = buf[:0]
-		}
+// recordHasher hashes everything that decides the examples, streaming:
+// the tokenizer and options, then each record, then the kind and the
+// number of records. Every string is length-prefixed so that no two inputs
+// share a byte stream.
+type recordHasher struct {
+	h   hash.Hash
+	buf []byte
+	n   uint64
+}
+
+// sumLayout names the layout of the hashed stream (not the file format: a
+// new file format with the same identity rebuilds files in place).
+const sumLayout = "qtune data cache records v2"
+
+func newRecordHasher(tok string, o TokenizeOptions) *recordHasher {
+	r := &recordHasher{h: sha256.New()}
+	r.str(sumLayout)
+	r.str(tok)
+	r.num(b2u(o.AddEOS))
+	r.num(b2u(o.NoBOS))
+	r.str(o.ChatTemplate)
+	return r
+}
+
+func (r *recordHasher) num(v uint64) { r.buf = binary.AppendUvarint(r.buf, v) }
+func (r *recordHasher) str(s string) { r.num(uint64(len(s))); r.buf = append(r.buf, s...) }
+
+func (r *recordHasher) add(rec *Record) {
+	r.str(rec.Text)
+	r.str(rec.Prompt)
+	r.str(rec.Completion)
+	r.num(uint64(len(rec.Messages)))
+	for _, m := range rec.Messages {
+		r.str(m.Role)
+		r.str(m.Content)
 	}
-	str(fmt.Sprintf("qtune data cache v%d", cacheVersion))
-	str(tok)
-	num(uint64(kind))
-	num(b2u(o.AddEOS))
-	num(b2u(o.NoBOS))
-	str(o.ChatTemplate)
-	num(uint64(len(recs)))
-	for i := range recs {
-		r := &recs[i]
-		str(r.Text)
-		str(r.Prompt)
-		str(r.Completion)
-		num(uint64(len(r.Messages)))
-		for _, m := range r.Messages {
-			str(m.Role)
-			str(m.Content)
-		}
-		num(uint64(len(r.Choices)))
-		for _, c := range r.Choices {
-			str(c)
-		}
-		num(uint64(int64(r.Label)))
-		flush()
+	r.num(uint64(len(rec.Choices)))
+	for _, c := range rec.Choices {
+		r.str(c)
 	}
-	h.Write(buf)
+	r.num(uint64(int64(rec.Label)))
+	r.n++
+	if len(r.buf) > cacheChunk {
+		r.h.Write(r.buf)
+		r.buf = r.buf[:0]
+	}
+}
+
+func (r *recordHasher) sum(kind Kind) [32]byte {
+	r.num(uint64(kind))
+	r.num(r.n)
+	r.h.Write(r.buf)
+	r.buf = r.buf[:0]
 	var s [32]byte
-	h.Sum(s[:0])
+	r.h.Sum(s[:0])
 	return s
+}
+
+// cacheSum is the sum of records held in memory.
+func cacheSum(tok string, recs []Record, kind Kind, o TokenizeOptions) [32]byte {
+	h := newRecordHasher(tok, o)
+	for i := range recs {
+		h.add(&recs[i])
+	}
+	return h.sum(kind)
 }
 
 func b2u(b bool) uint64 {
@@ -132,160 +180,312 @@ func b2u(b bool) uint64 {
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// The cache file:
+// The cache file (integers little-endian):
 //
-//	"QTOKCACH" | u32 version | [32]byte sum | body | u32 CRC-32C of all before
-//	body: uvarint examples | uvarint tokens in all | per example:
-//	      uvarint n | uvarint runs | runs × uvarint | n × uvarint token
+//	"QTOKCACH" | u32 version | [32]byte sum
+//	tokens: u32 each, id | loss<<31, the examples one after another
+//	index:  u32 length of each example
+//	footer: u64 examples | u64 tokens | u32 CRC-32C of everything before
 //
-// The loss flags are run lengths, alternating false, true, false, ...
-// starting with false (a first run may be 0); they sum to n. Integers are
-// little-endian.
-func encodeCache(sum [32]byte, ex []Example) []byte {
-	dst := []byte(cacheMagic)
-	dst = binary.LittleEndian.AppendUint32(dst, cacheVersion)
-	dst = append(dst, sum[:]...)
-	dst = binary.AppendUvarint(dst, uint64(len(ex)))
-	total := 0
-	for _, e := range ex {
-		total += len(e.Tokens)
-	}
-	dst = binary.AppendUvarint(dst, uint64(total))
-	var runs []uint64
-	for _, e := range ex {
-		runs = runs[:0]
-		cur, n := false, uint64(0)
-		for _, l := range e.Loss {
-			if l != cur {
-				runs = append(runs, n)
-				cur, n = l, 0
+// The sizes decide the file's length exactly, so they are checked against it
+// before anything is allocated, and the index (read when the file is opened)
+// gives every example's place.
+
+// writeTokenFile tokenizes the records of the data file at path into the
+// cache file cpath, record by record through a buffered writer, and fails
+// if the records do not hash to sum (the data file changed since the first
+// pass).
+func writeTokenFile(cpath string, sum [32]byte, tok string, enc Encoder, path string, kind Kind, o TokenizeOptions) error {
+	var dataErr error // of the data file, returned as it is
+	err := writeFileAtomic(cpath, func(f io.Writer) error {
+		crc := crc32.New(castagnoli)
+		w := bufio.NewWriterSize(io.MultiWriter(f, crc), cacheChunk)
+		var word [8]byte
+		u32 := func(v uint32) { binary.LittleEndian.PutUint32(word[:], v); w.Write(word[:4]) }
+		u64 := func(v uint64) { binary.LittleEndian.PutUint64(word[:], v); w.Write(word[:]) }
+		w.WriteString(cacheMagic)
+		u32(cacheVersion)
+		w.Write(sum[:])
+		h := newRecordHasher(tok, o)
+		chk := &idCheck{Encoder: enc}
+		var lens []uint32 // (N)
+		var total uint64
+		k, _, err := Scan(path, func(r Record) error {
+			h.add(&r)
+			ex, err := tokenizeRecord(chk, &r, kind, o)
+			if err == nil {
+				err = chk.err()
 			}
-			n++
-		}
-		if len(e.Loss) > 0 {
-			runs = append(runs, n)
-		}
-		dst = binary.AppendUvarint(dst, uint64(len(e.Tokens)))
-		dst = binary.AppendUvarint(dst, uint64(len(runs)))
-		for _, r := range runs {
-			dst = binary.AppendUvarint(dst, r)
-		}
-		for _, t := range e.Tokens {
-			dst = binary.AppendUvarint(dst, uint64(t))
-		}
-	}
-	return appendCRC(dst)
-}
-
-// appendCRC appends the CRC-32C of b.
-func appendCRC(b []byte) []byte {
-	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
-}
-
-// readCache checks and decodes a whole cache file made for sum.
-func readCache(b []byte, sum [32]byte) ([]Example, error) {
-	const head = len(cacheMagic) + 4 + 32
-	if len(b) < head+4 {
-		return nil, fmt.Errorf("%w: %d bytes", ErrCache, len(b))
-	}
-	body, tail := b[:len(b)-4], b[len(b)-4:]
-	if crc32.Checksum(body, castagnoli) != binary.LittleEndian.Uint32(tail) {
-		return nil, fmt.Errorf("%w: checksum mismatch", ErrCache)
-	}
-	if string(body[:8]) != cacheMagic {
-		return nil, fmt.Errorf("%w: not a token cache", ErrCache)
-	}
-	if v := binary.LittleEndian.Uint32(body[8:12]); v != cacheVersion {
-		return nil, fmt.Errorf("%w: version %d, want %d", ErrCache, v, cacheVersion)
-	}
-	if !bytes.Equal(body[12:head], sum[:]) {
-		return nil, fmt.Errorf("%w: made for other data", ErrCache)
-	}
-	return parseCacheBody(body[head:])
-}
-
-// parseCacheBody decodes the examples. Every count is bounded by the bytes
-// left (each thing counted takes at least one), so a hostile file cannot make
-// it allocate more than about 5 bytes per byte of file for tokens and flags,
-// plus the examples it actually holds.
-func parseCacheBody(b []byte) ([]Example, error) {
-	r := cacheReader{b: b}
-	nex := r.count(len(b))
-	total := r.count(len(b))
-	if r.err != nil {
-		return nil, r.err
-	}
-	ex := make([]Example, 0, min(nex, 1<<12)) // grows with what is actually read
-	toks := make([]int32, total)
-	loss := make([]bool, total)
-	used := 0
-	for i := 0; i < nex; i++ {
-		n := r.count(total - used)
-		nruns := r.count(n + 1)
-		if r.err != nil {
-			return nil, r.err
-		}
-		e := Example{Tokens: toks[used : used+n : used+n], Loss: loss[used : used+n : used+n]}
-		at, cur := 0, false
-		for k := 0; k < nruns; k++ {
-			l := r.count(n - at)
-			for j := at; j < at+l; j++ {
-				e.Loss[j] = cur
+			if err == nil && uint64(len(ex.Tokens)) > 1<<32-1 {
+				err = fmt.Errorf("%d tokens in one example", len(ex.Tokens))
 			}
-			at += l
-			cur = !cur
+			if err != nil {
+				return fmt.Errorf("data: %s: record %d: %w", path, len(lens)+1, err)
+			}
+			for j, t := range ex.Tokens {
+				v := uint32(t)
+				if ex.Loss[j] {
+					v |= LossFlag
+				}
+				u32(v)
+			}
+			lens = append(lens, uint32(len(ex.Tokens)))
+			total += uint64(len(ex.Tokens))
+			return nil
+		})
+		if err == nil && (k != kind || h.sum(k) != sum) {
+			err = fmt.Errorf("data: %s changed while it was tokenized (its records differ between two readings); run again once it is stable", path)
 		}
-		if at != n {
-			r.fail("example %d: loss runs cover %d of %d tokens", i, at, n)
+		if err != nil {
+			dataErr = err
+			return err
 		}
-		for j := 0; j < n && r.err == nil; j++ {
-			e.Tokens[j] = int32(r.count(math.MaxInt32))
+		for _, l := range lens {
+			u32(l)
 		}
-		if r.err != nil {
-			return nil, r.err
+		u64(uint64(len(lens)))
+		u64(total)
+		if err := w.Flush(); err != nil {
+			return err
 		}
-		used += n
-		ex = append(ex, e)
+		binary.LittleEndian.PutUint32(word[:], crc.Sum32())
+		_, err = f.Write(word[:4])
+		return err
+	})
+	if dataErr != nil {
+		return dataErr
 	}
-	if used != total || len(r.b) != 0 {
-		return nil, fmt.Errorf("%w: %d of %d tokens, %d bytes left over", ErrCache, used, total, len(r.b))
+	if err != nil {
+		return fmt.Errorf("data: token cache: %w", err)
+	}
+	return nil
+}
+
+// idCheck passes an Encoder through and remembers the first id that does
+// not fit an example's int32 and the cache's 31 bits. It always offers
+// TokenID, failing the lookup when the encoder has none, which chat
+// rendering treats as an encoder without lookups.
+type idCheck struct {
+	Encoder
+	bad    int
+	hasBad bool
+}
+
+func (c *idCheck) check(id int) {
+	if (id < 0 || id >= LossFlag) && !c.hasBad {
+		c.bad, c.hasBad = id, true
+	}
+}
+
+func (c *idCheck) Encode(s string, addBOS bool) []int {
+	ids := c.Encoder.Encode(s, addBOS)
+	for _, id := range ids {
+		c.check(id)
+	}
+	return ids
+}
+
+// BOS and EOS may be negative (none); only a large id is wrong.
+func (c *idCheck) BOS() int { id := c.Encoder.BOS(); c.check(max(id, 0)); return id }
+func (c *idCheck) EOS() int { id := c.Encoder.EOS(); c.check(max(id, 0)); return id }
+
+func (c *idCheck) TokenID(text string) (int, bool) {
+	ti, ok := c.Encoder.(TokenIDer)
+	if !ok {
+		return 0, false
+	}
+	id, ok := ti.TokenID(text)
+	if ok {
+		c.check(max(id, 0))
+	}
+	return id, ok
+}
+
+// err reports a bad id seen since the last call, and forgets it.
+func (c *idCheck) err() error {
+	if !c.hasBad {
+		return nil
+	}
+	c.hasBad = false
+	return fmt.Errorf("%w: token id %d outside 0..2^31-1", ErrData, c.bad)
+}
+
+// TokenFile is a token cache file opened for random access. It keeps the
+// file open and in memory only the examples' lengths (4 bytes each, and the
+// token offset of every 64th example); ReadTokens reads with ReadAt into the
+// caller's buffer, so tokens cost no memory until they are read (and no
+// mapping: mapped pages would count as resident). Its methods are safe for
+// concurrent use.
+type TokenFile struct {
+	f      *os.File
+	sum    [32]byte
+	tokens int64
+	lens   []uint32 // (N) tokens of each example
+	marks  []int64  // (N/markEvery+1) token offset of example markEvery·j
+
+	mu  sync.Mutex
+	buf []byte // ReadTokens' scratch, under mu
+}
+
+// OpenTokenFile opens a token cache file and checks it whole: the sizes in
+// its footer against the file's length, then (streaming, through a fixed
+// buffer) its CRC-32C and its index. A file that fails wraps ErrCache.
+func OpenTokenFile(path string) (*TokenFile, error) {
+	return openTokenFile(path, nil)
+}
+
+// openTokenFile is OpenTokenFile that also refuses a file made for another
+// sum (before reading it whole).
+func openTokenFile(path string, want *[32]byte) (_ *TokenFile, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCache, err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCache, err)
+	}
+	size := st.Size()
+	if size < int64(cacheHead+cacheFoot) {
+		return nil, fmt.Errorf("%w: %s: %d bytes", ErrCache, path, size)
+	}
+	var head [cacheHead]byte
+	var foot [cacheFoot]byte
+	if _, err := f.ReadAt(head[:], 0); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrCache, path, err)
+	}
+	if _, err := f.ReadAt(foot[:], size-cacheFoot); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrCache, path, err)
+	}
+	if string(head[:8]) != cacheMagic {
+		return nil, fmt.Errorf("%w: %s: not a token cache", ErrCache, path)
+	}
+	if v := binary.LittleEndian.Uint32(head[8:12]); v != cacheVersion {
+		return nil, fmt.Errorf("%w: %s: version %d, want %d", ErrCache, path, v, cacheVersion)
+	}
+	t := &TokenFile{f: f}
+	copy(t.sum[:], head[12:])
+	if want != nil && t.sum != *want {
+		return nil, fmt.Errorf("%w: %s: made for other data", ErrCache, path)
+	}
+	nex, ntok := binary.LittleEndian.Uint64(foot[0:]), binary.LittleEndian.Uint64(foot[8:])
+	body := uint64(size) - cacheHead - cacheFoot
+	if nex > body/4 || ntok > body/4 || 4*(nex+ntok) != body {
+		return nil, fmt.Errorf("%w: %s: %d examples and %d tokens in %d bytes", ErrCache, path, nex, ntok, size)
+	}
+	// Every size is now bounded by the file's; read it through one buffer.
+	buf := make([]byte, min(size, cacheChunk))
+	crc := uint32(0)
+	for at := int64(0); at < size-4; {
+		n := min(int64(len(buf)), size-4-at)
+		if _, err := f.ReadAt(buf[:n], at); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrCache, path, err)
+		}
+		crc = crc32.Update(crc, castagnoli, buf[:n])
+		at += n
+	}
+	if crc != binary.LittleEndian.Uint32(foot[16:]) {
+		return nil, fmt.Errorf("%w: %s: checksum mismatch", ErrCache, path)
+	}
+	t.tokens = int64(ntok)
+	t.lens = make([]uint32, nex)
+	t.marks = make([]int64, nex/markEvery+1)
+	sum := int64(0)
+	for i, at := 0, int64(cacheHead+4*ntok); i < int(nex); {
+		n := min(len(buf)/4, int(nex)-i)
+		if _, err := f.ReadAt(buf[:4*n], at); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrCache, path, err)
+		}
+		for j := 0; j < n; j, i = j+1, i+1 {
+			if i%markEvery == 0 {
+				t.marks[i/markEvery] = sum
+			}
+			t.lens[i] = binary.LittleEndian.Uint32(buf[4*j:])
+			sum += int64(t.lens[i])
+		}
+		at += 4 * int64(n)
+	}
+	if sum != t.tokens {
+		return nil, fmt.Errorf("%w: %s: examples hold %d tokens, footer says %d", ErrCache, path, sum, t.tokens)
+	}
+	return t, nil
+}
+
+// NumExamples is the number of examples.
+func (t *TokenFile) NumExamples() int { return len(t.lens) }
+
+// NumTokens is the number of tokens of all examples.
+func (t *TokenFile) NumTokens() int64 { return t.tokens }
+
+// ExampleLen is the number of tokens of example i.
+func (t *TokenFile) ExampleLen(i int) int { return int(t.lens[i]) }
+
+// Sum is the sum of the records the file was made for.
+func (t *TokenFile) Sum() [32]byte { return t.sum }
+
+// MemBytes is what the open file holds in memory (its index and the
+// largest read scratch), for memory plans.
+func (t *TokenFile) MemBytes() int64 {
+	return 4*int64(len(t.lens)) + 8*int64(len(t.marks)) + cacheChunk
+}
+
+// ReadTokens fills dst with tokens off, off+1, ... of example i, each
+// id | loss<<31 (LossFlag). A read that fails (the file was truncated under
+// it) wraps ErrCache.
+func (t *TokenFile) ReadTokens(i, off int, dst []uint32) error {
+	if i < 0 || i >= len(t.lens) || off < 0 || off+len(dst) > int(t.lens[i]) {
+		return fmt.Errorf("data: token file: tokens %d..%d of example %d of %d: out of range", off, off+len(dst), i, len(t.lens))
+	}
+	at := t.marks[i/markEvery]
+	for j := i - i%markEvery; j < i; j++ {
+		at += int64(t.lens[j])
+	}
+	pos := int64(cacheHead) + 4*(at+int64(off))
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for len(dst) > 0 {
+		n := min(len(dst), cacheChunk/4)
+		if cap(t.buf) < 4*n {
+			t.buf = make([]byte, 4*min(len(dst), cacheChunk/4))
+		}
+		b := t.buf[:4*n]
+		if _, err := t.f.ReadAt(b, pos); err != nil {
+			return fmt.Errorf("%w: %s: %w", ErrCache, t.f.Name(), err)
+		}
+		for k := range n {
+			dst[k] = binary.LittleEndian.Uint32(b[4*k:])
+		}
+		dst, pos = dst[n:], pos+int64(4*n)
+	}
+	return nil
+}
+
+// Example reads example i whole (for tests and small sets; batches read
+// through ReadTokens).
+func (t *TokenFile) Example(i int) (Example, error) {
+	w := make([]uint32, t.ExampleLen(i))
+	if err := t.ReadTokens(i, 0, w); err != nil {
+		return Example{}, err
+	}
+	ex := Example{Tokens: make([]int32, len(w)), Loss: make([]bool, len(w))}
+	for k, v := range w {
+		ex.Tokens[k], ex.Loss[k] = int32(v&^LossFlag), v&LossFlag != 0
 	}
 	return ex, nil
 }
 
-type cacheReader struct {
-	b   []byte
-	err error
-}
+// Close closes the file.
+func (t *TokenFile) Close() error { return t.f.Close() }
 
-func (r *cacheReader) fail(format string, args ...any) {
-	if r.err == nil {
-		r.err = fmt.Errorf("%w: "+format, append([]any{ErrCache}, args...)...)
-	}
-}
-
-// count reads a uvarint that must be at most limit (and at most the bytes
-// left when limit is a count of things that take a byte each).
-func (r *cacheReader) count(limit int) int {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.fail("truncated or overlong integer")
-		return 0
-	}
-	r.b = r.b[n:]
-	if limit < 0 || v > uint64(limit) {
-		r.fail("value %d above its bound %d", v, limit)
-		return 0
-	}
-	return int(v)
-}
-
-// writeFileAtomic writes b to a temporary file beside path, syncs it and
-// renames it over path.
-func writeFileAtomic(path string, b []byte) error {
+// writeFileAtomic writes path through a temporary file beside it: write
+// fills it, then it is synced and renamed over path. On any error the
+// temporary file is removed and path is untouched.
+func writeFileAtomic(path string, write func(w io.Writer) error) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -295,7 +495,7 @@ func writeFileAtomic(path string, b []byte) error {
 		return err
 	}
 	tmp := f.Name()
-	_, err = f.Write(b)
+	err = write(f)
 	if err == nil {
 		err = f.Chmod(0o644)
 	}

@@ -7,9 +7,11 @@
 //
 // The flow:
 //
-//	LoadSplits(dir)            train.jsonl, valid.jsonl, test.jsonl (MLX-LM's layout) or one file
-//	Tokenize / CachedTokenize  records -> []Example{Tokens, Loss}
-//	NewBatcher(...).Next()     examples -> Batch{Tokens, Targets} (B, T), Seek/Position to resume
+//	FindSplits / LoadSplits(dir)  train.jsonl, valid.jsonl, test.jsonl (MLX-LM's layout) or one file
+//	Scan / Load                   records, one at a time or all
+//	Tokenize                      records -> []Example{Tokens, Loss} (in memory)
+//	CachedTokenFile               data file -> TokenFile (tokens on disk, an index in memory)
+//	NewBatcher(src).Next()        Examples or TokenFile -> Batch{Tokens, Targets} (B, T), Seek/Position to resume
 //
 // Loss masks. Loss[i] says whether token i is a target. Text trains on every
 // token after BOS; prompt/completion and classification on the completion
@@ -37,8 +39,12 @@
 // by length to cut padding, and attention masks that stop at example
 // boundaries (packing trades that isolation for no padding at all).
 //
-// The token cache trades disk for start-up time: examples are stored as
-// varints with run-length loss flags under the SHA-256 of the records, the
-// options and the caller's tokenizer identity; a damaged file is detected
-// (CRC-32C, every count bounded by the file's length) and rebuilt.
+// The token cache trades disk for memory and start-up time: a training run's
+// data costs memory per example, not per token. The records are streamed
+// twice (hashed, then, on a miss, tokenized one by one into the file), never
+// held; the file stores each token as a u32 (id | loss<<31) with an index of
+// example lengths, under the SHA-256 of the records, the options and the
+// caller's tokenizer identity. A TokenFile keeps 4 bytes an example in memory
+// and reads rows with ReadAt as batches need them. A damaged file is detected
+// (sizes checked exactly against the file's length, CRC-32C) and rebuilt.
 package data

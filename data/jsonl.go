@@ -61,33 +61,62 @@ const MaxLine = 64 << 20
 
 // Load reads a data file: JSONL when its name ends in .jsonl or its first
 // non-blank byte is '{', otherwise the whole file is one plain-text record.
+// It holds every record; Scan walks them one at a time.
 func Load(path string) ([]Record, Kind, error) {
+	var recs []Record
+	kind, _, err := Scan(path, func(r Record) error {
+		recs = append(recs, r)
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return recs, kind, nil
+}
+
+// Scan reads a data file as Load does, calling fn with each record in order
+// and keeping none of them, and returns the file's kind and number of
+// records. Parse errors are Load's (they name the file and the line); an
+// error from fn stops the walk and is returned as it is. A plain-text file is
+// one record, so it is held whole while fn runs.
+func Scan(path string, fn func(Record) error) (Kind, int, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, 0, fmt.Errorf("data: %w", err)
+		return 0, 0, fmt.Errorf("data: %w", err)
 	}
 	defer f.Close()
+	var fnErr error
+	call := func(r Record) error {
+		fnErr = fn(r)
+		return fnErr
+	}
 	br := bufio.NewReaderSize(f, 1<<16)
 	head, _ := br.Peek(512)
 	trim := bytes.TrimLeft(head, " \t\r\n\ufeff")
 	if strings.HasSuffix(path, ".jsonl") || (len(trim) > 0 && trim[0] == '{') {
-		recs, kind, err := ReadJSONL(br)
-		if err != nil {
-			return nil, 0, fmt.Errorf("data: %s: %w", path, err)
+		kind, n, err := scanJSONL(br, call)
+		if fnErr != nil {
+			return 0, 0, fnErr
 		}
-		return recs, kind, nil
+		if err != nil {
+			return 0, 0, fmt.Errorf("data: %s: %w", path, err)
+		}
+		return kind, n, nil
 	}
 	b, err := io.ReadAll(br)
 	if err != nil {
-		return nil, 0, fmt.Errorf("data: %s: %w", path, err)
+		return 0, 0, fmt.Errorf("data: %s: %w", path, err)
 	}
 	if !utf8.Valid(b) {
-		return nil, 0, fmt.Errorf("data: %s: %w: not UTF-8 text", path, ErrData)
+		return 0, 0, fmt.Errorf("data: %s: %w: not UTF-8 text", path, ErrData)
 	}
 	if len(b) == 0 {
-		return nil, 0, fmt.Errorf("data: %s: %w: empty file", path, ErrData)
+		return 0, 0, fmt.Errorf("data: %s: %w: empty file", path, ErrData)
 	}
-	return []Record{{Text: string(b)}}, Text, nil
+	if err := fn(Record{Text: string(b)}); err != nil {
+		return 0, 0, err
+	}
+	return Text, 1, nil
 }
 
 type rawRecord struct {
@@ -102,11 +131,24 @@ type rawRecord struct {
 // ReadJSONL parses records, one JSON object per line (blank lines skipped).
 // Errors name the line.
 func ReadJSONL(r io.Reader) ([]Record, Kind, error) {
+	var recs []Record
+	kind, _, err := scanJSONL(r, func(rec Record) error {
+		recs = append(recs, rec)
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return recs, kind, nil
+}
+
+// scanJSONL is ReadJSONL calling fn with each record instead of keeping it;
+// an error from fn is returned as it is.
+func scanJSONL(r io.Reader, fn func(Record) error) (Kind, int, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 1<<16), MaxLine)
-	var recs []Record
 	var kind Kind
-	line := 0
+	line, n := 0, 0
 	for sc.Scan() {
 		line++
 		b := bytes.TrimSpace(sc.Bytes())
@@ -115,29 +157,32 @@ func ReadJSONL(r io.Reader) ([]Record, Kind, error) {
 		}
 		var raw rawRecord
 		if err := json.Unmarshal(b, &raw); err != nil {
-			return nil, 0, fmt.Errorf("line %d: %w: %v", line, ErrData, err)
+			return 0, 0, fmt.Errorf("line %d: %w: %v", line, ErrData, err)
 		}
 		rec, k, err := raw.record()
 		if err != nil {
-			return nil, 0, fmt.Errorf("line %d: %w: %v", line, ErrData, err)
+			return 0, 0, fmt.Errorf("line %d: %w: %v", line, ErrData, err)
 		}
 		if kind == 0 {
 			kind = k
 		} else if k != kind {
-			return nil, 0, fmt.Errorf("line %d: %w: %s record in a %s file", line, ErrData, k, kind)
+			return 0, 0, fmt.Errorf("line %d: %w: %s record in a %s file", line, ErrData, k, kind)
 		}
-		recs = append(recs, rec)
+		if err := fn(rec); err != nil {
+			return 0, 0, err
+		}
+		n++
 	}
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
-			return nil, 0, fmt.Errorf("line %d: %w: line longer than %d bytes", line+1, ErrData, MaxLine)
+			return 0, 0, fmt.Errorf("line %d: %w: line longer than %d bytes", line+1, ErrData, MaxLine)
 		}
-		return nil, 0, err
+		return 0, 0, err
 	}
-	if len(recs) == 0 {
-		return nil, 0, fmt.Errorf("%w: no records", ErrData)
+	if n == 0 {
+		return 0, 0, fmt.Errorf("%w: no records", ErrData)
 	}
-	return recs, kind, nil
+	return kind, n, nil
 }
 
 func (r *rawRecord) record() (Record, Kind, error) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -97,4 +98,50 @@ func FuzzReadJSONL(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Scan walks the records Load returns, in order, without keeping them; its
+// errors are Load's, and an error of the callback stops the walk unchanged.
+func TestScanMatchesLoad(t *testing.T) {
+	for _, p := range [][]string{
+		{"assets", "data", "sst2", "valid.jsonl"},
+		{"assets", "data", "tinyshakespeare", "valid.jsonl"},
+		{"assets", "data", "tinystories", "sample.txt"},
+	} {
+		path := shared.Path(t, p...)
+		want, wantKind, err := Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := 0
+		kind, n, err := Scan(path, func(r Record) error {
+			if i >= len(want) || !reflect.DeepEqual(r, want[i]) {
+				t.Fatalf("%v: record %d differs from Load's", p, i)
+			}
+			i++
+			return nil
+		})
+		if err != nil || kind != wantKind || n != len(want) || i != n {
+			t.Errorf("%v: kind %s, %d records (%d seen), err %v; Load: %s, %d", p, kind, n, i, err, wantKind, len(want))
+		}
+	}
+
+	dir := t.TempDir()
+	p := filepath.Join(dir, "d.jsonl")
+	os.WriteFile(p, []byte("{\"text\":\"a\"}\n{\"text\":\"b\"}\n{\"prompt\":\"p\",\"completion\":\"c\"}\n"), 0o644)
+	seen := 0
+	_, _, err := Scan(p, func(Record) error { seen++; return nil })
+	if !errors.Is(err, ErrData) || !strings.Contains(err.Error(), "line 3") || !strings.Contains(err.Error(), p) || seen != 2 {
+		t.Errorf("mixed kinds: %v after %d records", err, seen)
+	}
+	stop := errors.New("stop")
+	seen = 0
+	if _, _, err := Scan(p, func(Record) error { seen++; return stop }); err != stop || seen != 1 {
+		t.Errorf("callback error: %v after %d records", err, seen)
+	}
+	txt := filepath.Join(dir, "t.txt")
+	os.WriteFile(txt, []byte("plain"), 0o644)
+	if _, _, err := Scan(txt, func(Record) error { return stop }); err != stop {
+		t.Errorf("callback error on plain text: %v", err)
+	}
 }

@@ -85,7 +85,7 @@ func TestRealDataToBatches(t *testing.T) {
 			t.Fatalf("record %d: targets %q, want %q", i, tgt, r.Choices[r.Label])
 		}
 	}
-	bt, err := NewBatcher(exs, BatchOptions{BatchSize: 8, MaxSeqLen: 64, Seed: 1})
+	bt, err := NewBatcher(Examples(exs), BatchOptions{BatchSize: 8, MaxSeqLen: 64, Seed: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,30 +93,25 @@ func TestRealDataToBatches(t *testing.T) {
 		t.Errorf("%d batches", bt.BatchesPerEpoch())
 	}
 
-	s, err = LoadSplits(shared.Path(t, "assets", "data", "tinyshakespeare"))
+	valid := shared.Path(t, "assets", "data", "tinyshakespeare", ValidFile)
+	tf, _, err := CachedTokenFile(t.TempDir(), CacheKey{Tokenizer: "toy"}, enc, valid, TokenizeOptions{AddEOS: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	exs, _, err = CachedTokenize(t.TempDir(), CacheKey{Tokenizer: "toy"}, enc, s.Valid.Records, s.Valid.Kind, TokenizeOptions{AddEOS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bt, err = NewBatcher(exs, BatchOptions{BatchSize: 4, MaxSeqLen: 256, Pack: true, DropLast: true, Seed: 3})
+	defer tf.Close()
+	bt, err = NewBatcher(tf, BatchOptions{BatchSize: 4, MaxSeqLen: 256, Pack: true, DropLast: true, Seed: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
 	tokens := 0
 	for i := 0; i < bt.BatchesPerEpoch(); i++ {
-		b := bt.Next()
+		b := next(t, bt)
 		if b.B != 4 || b.T != 256 || b.NumTokens() != 4*256 {
 			t.Fatalf("batch %d: %dx%d, %d tokens", i, b.B, b.T, b.NumTokens())
 		}
 		tokens += b.NumTokens()
 	}
-	stream := 0
-	for _, e := range exs {
-		stream += len(e.Tokens)
-	}
+	stream := int(tf.NumTokens())
 	if tokens > stream-1 || tokens < stream-1-4*256 {
 		t.Errorf("%d positions from a stream of %d tokens", tokens, stream)
 	}

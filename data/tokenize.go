@@ -58,11 +58,17 @@ type TokenizeOptions struct {
 //   - Classification: like Completion with the label's choice as completion.
 //
 // An example may have no targets (a chat without assistant turns); it is
-// kept so that examples and records stay one to one.
+// kept so that examples and records stay one to one. An id outside
+// 0..2^31-1 from enc is an error (examples hold int32, the token cache 31
+// bits).
 func Tokenize(enc Encoder, recs []Record, kind Kind, o TokenizeOptions) ([]Example, error) {
 	out := make([]Example, len(recs))
+	chk := &idCheck{Encoder: enc}
 	for i := range recs {
-		ex, err := tokenizeRecord(enc, &recs[i], kind, o)
+		ex, err := tokenizeRecord(chk, &recs[i], kind, o)
+		if err == nil {
+			err = chk.err()
+		}
 		if err != nil {
 			return nil, fmt.Errorf("data: record %d: %w", i+1, err)
 		}

@@ -222,7 +222,7 @@ func lohoPlan(m *model.Model, cfg Config, set *lora.Set, adapted int, limit int6
 	fo := 8*per + opt.StateBytes(per) // values, gradients, moments
 	p := loho.PlanFor(m.Config, m.WeightBytes(), cfg.BatchSize, cfg.MaxSeqLength, cfg.GradCheckpoint, fo, 4*per)
 	// The same runtime and data terms as the run's own plan (PlanTrain).
-	p.Runtime = runtimeBytes(m) + 5*FileSize(cfg.Data) + 4<<20
+	p.Runtime = runtimeBytes(m) + cfg.dataBytes + 4<<20
 	if limit > 0 && limit < m.WeightBytes() { // the run will stream the blocks
 		var biggest int64
 		for _, b := range m.LayerBytes() {

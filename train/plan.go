@@ -6,6 +6,7 @@ import (
 	"runtime/debug"
 
 	"github.com/qtune/qtune/budget"
+	"github.com/qtune/qtune/data"
 	"github.com/qtune/qtune/model"
 )
 
@@ -60,8 +61,36 @@ func PlanEval(m *model.Model, w int, dataBytes int64, limit int64) (*budget.Plan
 	return budget.Make(r)
 }
 
-// PlanTrain plans a training run of meth over m.
-func PlanTrain(m *model.Model, cfg Config, meth Method, dataBytes int64, limit int64) (*budget.Plan, error) {
+// DataMem is what a training run's data holds in memory. The tokens stay in
+// the token cache files on disk; memory is per example (the files' indexes,
+// the batchers' orders) plus the buffers of one step.
+type DataMem struct {
+	Examples int64 // of the train and valid splits
+	Tokens   int64 // of the train and valid splits, on disk
+	Bytes    int64
+}
+
+// dataMem is the DataMem of a run over the opened token files (valid may be
+// nil): each file's index, a batcher over it (the valid split's is made at
+// each evaluation), and the batches of a step and of an evaluation.
+func dataMem(cfg Config, train, valid *data.TokenFile) DataMem {
+	o := data.BatchOptions{BatchSize: cfg.BatchSize, MaxSeqLen: cfg.MaxSeqLength, Pack: cfg.Pack}
+	var d DataMem
+	for _, tf := range []*data.TokenFile{train, valid} {
+		if tf == nil {
+			continue
+		}
+		n := int64(tf.NumExamples())
+		d.Examples += n
+		d.Tokens += tf.NumTokens()
+		d.Bytes += tf.MemBytes() + data.BatcherBytes(n, o)
+	}
+	d.Bytes += int64(max(cfg.GradAccum, 1)+1) * data.BatchBytes(o)
+	return d
+}
+
+// PlanTrain plans a training run of meth over m with the data d.
+func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) (*budget.Plan, error) {
 	c := m.Config
 	T := cfg.MaxSeqLength
 	r := budget.Request{Job: "train", Budget: limit, Batch: cfg.BatchSize, CanCheckpoint: true,
@@ -70,8 +99,8 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, dataBytes int64, limit i
 		Fixed: []budget.Item{
 			{Category: budget.Trainable, Bytes: meth.StateBytes(), Note: meth.Describe()},
 			{Category: budget.Gradients}, // split off the method's state below
-			{Category: budget.TokenCache, Bytes: 5 * dataBytes, Note: "records and their tokens"}}}
-	weightRequest(m, &r, dataBytes/2)
+			{Category: budget.TokenCache, Bytes: d.Bytes, Note: fmt.Sprintf("index of %d examples and a step's batches (their %d tokens on disk)", d.Examples, d.Tokens)}}}
+	weightRequest(m, &r, d.Tokens)
 	// Training makes garbage enough to reach it (Go keeps a 4 MiB goal plus
 	// its own spans); 7 MiB centres the plan on tiny runs, whose peaks measured
 	// 13.4–16.4 MiB (stories260K, every method) against 14.0 planned with 6.

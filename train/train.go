@@ -74,6 +74,10 @@ type Config struct {
 	MaxMem         string  `json:"max_mem,omitempty"`
 	// DryRun stops after the memory plan (qtune plan train).
 	DryRun bool `json:"-"`
+
+	// dataBytes is what the run's data holds in memory (DataMem.Bytes), set
+	// by Run once the token caches are open, for plans made before its own.
+	dataBytes int64
 }
 
 // Defaults returns MLX-LM's defaults where they exist, QLoRA's otherwise.
@@ -197,7 +201,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if cfg.CacheDir == "" {
 		cfg.CacheDir = DefaultCacheDir()
 	}
-	splits, err := data.LoadSplits(cfg.Data)
+	files, err := data.FindSplits(cfg.Data)
 	if err != nil {
 		return nil, err
 	}
@@ -225,6 +229,32 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if limit > 0 {
 		m.Acct = budget.NewAccountant(limit - runtimeBytes(m))
 	}
+	// The data: the train and valid splits through the token cache on disk,
+	// streamed record by record (the test split is not a training run's, the
+	// valid split only when it evaluates). What stays in memory is per
+	// example, counted before the plan.
+	tokOpt := data.TokenizeOptions{AddEOS: true, NoBOS: !m.Tokenizer.AddBOS() && m.Tokenizer.BOS() < 0, ChatTemplate: m.Tokenizer.ChatTemplate()}
+	tokDir, tokID := filepath.Join(cfg.CacheDir, "tokens"), tokenizerID(m)
+	trainTF, hit, err := data.CachedTokenFile(tokDir, data.CacheKey{Tokenizer: tokID, Name: splitName(files.Train)}, m.Tokenizer, files.Train, tokOpt)
+	if err != nil {
+		return nil, err
+	}
+	defer trainTF.Close()
+	if hit {
+		log("training tokens from the cache")
+	}
+	var validTF *data.TokenFile
+	if files.Valid != "" && cfg.StepsPerEval > 0 {
+		if validTF, _, err = data.CachedTokenFile(tokDir, data.CacheKey{Tokenizer: tokID, Name: splitName(files.Valid)}, m.Tokenizer, files.Valid, tokOpt); err != nil {
+			return nil, err
+		}
+		defer validTF.Close()
+	}
+	dm := dataMem(cfg, trainTF, validTF)
+	cfg.dataBytes = dm.Bytes
+	if err := m.Acct.Reserve(budget.TokenCache, -1, dm.Bytes); err != nil {
+		return nil, fmt.Errorf("train: the token cache's index alone exceeds --max-mem: %w", err)
+	}
 	pre := 8 * loraValues(m, cfg) // adapter values and their gradients
 	if cfg.Method == "mezo" && cfg.ZOTarget == "float" {
 		pre += floatMatrixBytes(m) // writable float32 copies of float matrices
@@ -239,7 +269,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if err != nil {
 		return nil, err
 	}
-	plan, perr := PlanTrain(m, cfg, meth, FileSize(cfg.Data), limit)
+	plan, perr := PlanTrain(m, cfg, meth, dm, limit)
 	for _, line := range strings.Split(plan.String(), "\n") {
 		log(line)
 	}
@@ -274,8 +304,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	}
 	ApplyPlan(m, plan)
 	// The method's state as planned (optimizer moments come at the first
-	// step) and the token cache (built next) replace the early estimate.
+	// step) and the token cache replace the early estimates.
 	m.Acct.Release(budget.Trainable, -1, pre)
+	m.Acct.Release(budget.TokenCache, -1, dm.Bytes)
 	for _, it := range plan.Items {
 		switch it.Category {
 		case budget.Trainable, budget.OptimizerState, budget.TokenCache:
@@ -288,24 +319,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if err := sched.Validate(); err != nil {
 		return nil, err
 	}
-	tokOpt := data.TokenizeOptions{AddEOS: true, NoBOS: !m.Tokenizer.AddBOS() && m.Tokenizer.BOS() < 0, ChatTemplate: m.Tokenizer.ChatTemplate()}
-	key := data.CacheKey{Tokenizer: tokenizerID(m), Name: strings.TrimSuffix(filepath.Base(splits.Train.Path), ".jsonl")}
-	trainEx, hit, err := data.CachedTokenize(filepath.Join(cfg.CacheDir, "tokens"), key, m.Tokenizer, splits.Train.Records, splits.Train.Kind, tokOpt)
+	batcher, err := data.NewBatcher(trainTF, data.BatchOptions{BatchSize: cfg.BatchSize, MaxSeqLen: cfg.MaxSeqLength, Pack: cfg.Pack, Seed: cfg.Seed})
 	if err != nil {
 		return nil, err
-	}
-	if hit {
-		log("training tokens from the cache")
-	}
-	batcher, err := data.NewBatcher(trainEx, data.BatchOptions{BatchSize: cfg.BatchSize, MaxSeqLen: cfg.MaxSeqLength, Pack: cfg.Pack, Seed: cfg.Seed})
-	if err != nil {
-		return nil, err
-	}
-	var validEx []data.Example
-	if splits.Valid != nil {
-		if validEx, err = data.Tokenize(m.Tokenizer, splits.Valid.Records, splits.Valid.Kind, tokOpt); err != nil {
-			return nil, err
-		}
 	}
 	if err := os.MkdirAll(cfg.AdapterPath, 0o755); err != nil {
 		return nil, fmt.Errorf("train: adapter path: %w", err)
@@ -332,11 +348,11 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		float64(m.WeightBytes())/(1<<20), float64(act)/(1<<20), float64(other)/(1<<20), map[bool]string{true: "without", false: "with"}[cfg.GradCheckpoint],
 		float64(meth.StateBytes())/(1<<20)))
 	evalVal := func(iter int) error {
-		if len(validEx) == 0 {
+		if validTF == nil || validTF.NumExamples() == 0 {
 			return nil
 		}
 		t0 := time.Now()
-		l, err := evalLoss(m, meth, validEx, cfg)
+		l, err := evalLoss(m, meth, validTF, cfg)
 		if err != nil {
 			return err
 		}
@@ -363,7 +379,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		}
 		batches := make([]data.Batch, cfg.GradAccum)
 		for k := range batches {
-			batches[k] = batcher.Next()
+			if batches[k], err = batcher.Next(); err != nil {
+				return res, fmt.Errorf("train: training data: %w", err)
+			}
 		}
 		lr := sched.LR(it - 1)
 		stepLoss, stepTok, err := meth.Step(it, batches, lr)
@@ -418,6 +436,13 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	return res, err
 }
 
+// splitName names a split's token cache file: "train" for a folder's
+// train.jsonl, "notes" for notes.txt.
+func splitName(path string) string {
+	b := filepath.Base(path)
+	return strings.TrimSuffix(b, filepath.Ext(b))
+}
+
 // tokenizerID identifies the tokenizer for the token cache.
 func tokenizerID(m *model.Model) string {
 	b, _ := json.Marshal(m.Tokenizer.Vocab())
@@ -428,7 +453,7 @@ func tokenizerID(m *model.Model) string {
 // evalLoss is the mean loss over the validation examples (up to
 // ValBatches batches), with the method's trainable part applied and no
 // dropout.
-func evalLoss(m *model.Model, meth Method, ex []data.Example, cfg Config) (float64, error) {
+func evalLoss(m *model.Model, meth Method, ex data.Source, cfg Config) (float64, error) {
 	b, err := data.NewBatcher(ex, data.BatchOptions{BatchSize: cfg.BatchSize, MaxSeqLen: cfg.MaxSeqLength, Pack: cfg.Pack, Seed: 1})
 	if err != nil {
 		return 0, err
@@ -442,7 +467,10 @@ func evalLoss(m *model.Model, meth Method, ex []data.Example, cfg Config) (float
 	var sum float64
 	var n int
 	for i := 0; i < nb; i++ {
-		bt := b.Next()
+		bt, err := b.Next()
+		if err != nil {
+			return 0, fmt.Errorf("train: validation data: %w", err)
+		}
 		l, k, err := m.LossGrad(bt.Tokens, bt.Targets, bt.B, bt.T, o, false, 0)
 		if err != nil {
 			return 0, err

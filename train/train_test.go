@@ -1,14 +1,18 @@
 package train
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/internal/shared"
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
@@ -169,4 +173,94 @@ func TestQLoRABaseIsCached(t *testing.T) {
 		t.Fatalf("lora on a float base: %q %v", note, err)
 	}
 	m.Close()
+}
+
+// TestRunStreamsDataThroughTokenCache: a run tokenizes its train and valid
+// splits into token cache files on disk (the test split is not read), the
+// plan counts what the data holds per example, a second run reads the
+// tokens from the cache and trains identically, and a damaged cache file is
+// rebuilt.
+func TestRunStreamsDataThroughTokenCache(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	ds := filepath.Join(dir, "data")
+	os.MkdirAll(ds, 0o755)
+	src, err := os.ReadFile(shared.Path(t, "assets", "data", "tinyshakespeare", "valid.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(string(src), "\n")
+	os.WriteFile(filepath.Join(ds, "train.jsonl"), src, 0o644)
+	os.WriteFile(filepath.Join(ds, "valid.jsonl"), []byte(strings.Join(lines[:12], "")), 0o644)
+	os.WriteFile(filepath.Join(ds, "test.jsonl"), []byte("{not read\n"), 0o644)
+	cfg := smallRun(t, dir)
+	cfg.Data, cfg.Iters, cfg.SaveEvery, cfg.StepsPerEval = ds, 3, 0, 3
+
+	var logs []string
+	logf := func(s string) { logs = append(logs, s) }
+	dry := cfg
+	dry.DryRun = true
+	res, err := Run(ctx, dry, logf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var item *budget.Item
+	for i := range res.Plan.Items {
+		if res.Plan.Items[i].Category == budget.TokenCache {
+			item = &res.Plan.Items[i]
+		}
+	}
+	if item == nil || !strings.Contains(item.Note, fmt.Sprintf("index of %d examples", 162+12)) {
+		t.Fatalf("plan's token cache item %+v", item)
+	}
+	// Per example (about 12 bytes with its batch order) plus fixed buffers:
+	// 64 KiB read scratch per file, the step's batches.
+	if most := int64(2*(64<<10)+(162+12)*24) + int64(3*cfg.BatchSize*(16*cfg.MaxSeqLength+8)) + int64(8*(cfg.MaxSeqLength+1)); item.Bytes > most || item.Bytes < 2*(64<<10) {
+		t.Errorf("token cache planned at %d bytes, want at most %d", item.Bytes, most)
+	}
+	if !slices.ContainsFunc(logs, func(s string) bool { return strings.Contains(s, "memory plan") }) {
+		t.Error("no plan printed")
+	}
+	cached, _ := filepath.Glob(filepath.Join(cfg.CacheDir, "tokens", "*.qtok"))
+	if len(cached) != 2 || !strings.HasPrefix(filepath.Base(cached[0]), "train-") || !strings.HasPrefix(filepath.Base(cached[1]), "valid-") {
+		t.Fatalf("token cache holds %v", cached)
+	}
+	noEval := dry
+	noEval.StepsPerEval, noEval.CacheDir = 0, filepath.Join(dir, "cache-no-eval")
+	if _, err := Run(ctx, noEval, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := filepath.Glob(filepath.Join(noEval.CacheDir, "tokens", "*.qtok")); len(c) != 1 || !strings.HasPrefix(filepath.Base(c[0]), "train-") {
+		t.Errorf("a run that does not evaluate cached %v", c)
+	}
+	fromCache := func() bool {
+		return slices.Contains(logs, "training tokens from the cache")
+	}
+
+	logs = nil
+	first, err := Run(ctx, cfg, logf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !fromCache() || math.IsNaN(first.FinalValLoss) || len(first.Curve) != 3 {
+		t.Fatalf("cached run: from cache %v, val loss %v, %d points", fromCache(), first.FinalValLoss, len(first.Curve))
+	}
+	good, _ := os.ReadFile(cached[0])
+	bad := append([]byte(nil), good...)
+	bad[len(bad)/2] ^= 1
+	os.WriteFile(cached[0], bad, 0o644)
+	logs = nil
+	again, err := Run(ctx, cfg, logf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fromCache() {
+		t.Error("a damaged cache file was used")
+	}
+	if b, _ := os.ReadFile(cached[0]); !bytes.Equal(b, good) {
+		t.Error("the damaged cache file was not rebuilt")
+	}
+	if !slices.Equal(first.Curve, again.Curve) || first.FinalValLoss != again.FinalValLoss {
+		t.Errorf("rebuilt cache trains differently: %v vs %v", first.Curve, again.Curve)
+	}
 }

@@ -113,7 +113,7 @@ func TestZOOutputsApply(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := evalLoss(m, meth, ex, cfg)
+			got, err := evalLoss(m, meth, data.Examples(ex), cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
