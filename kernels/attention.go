@@ -2,7 +2,6 @@ package kernels
 
 import (
 	"math"
-	"sync"
 )
 
 // Causal grouped-query attention over one sequence, forward and backward:
@@ -27,15 +26,9 @@ const attnScratch = 1 << 17
 // serial runs the GEMMs of the blocked attention on the calling goroutine.
 var serial = NewPool(1)
 
-var attnPool sync.Pool
+var attnPool floats
 
-func attnBuf(n int) *[]float32 {
-	if b, ok := attnPool.Get().(*[]float32); ok && len(*b) >= n {
-		return b
-	}
-	b := make([]float32, n)
-	return &b
-}
+func attnBuf(n int) *[]float32 { return attnPool.get(n) }
 
 // attnBlockRows is the query block: 64 rows, fewer for long sequences so
 // that the (rows × T) scores stay within attnScratch; a multiple of 8.
@@ -82,6 +75,68 @@ func AttentionSeqBackward(dq, dk, dv, dout, q, k, v, lse []float32, T, H, Hkv, D
 		return
 	}
 	attentionSeqBackwardBlocked(dq, dk, dv, dout, q, k, v, lse, T, H, Hkv, D)
+}
+
+// AttentionPrefix computes causal attention for m query rows at positions
+// t0..t0+m-1 of one sequence, for query heads h0 ≤ h < h1 only: q and out
+// are (m, H·D), k and v hold the sequence's rows 0..t0+m-1, (Hkv·D) each.
+// It is AttentionSeq's forward for a chunk of rows whose keys and values
+// are already known (no log-sum-exp), for scoring long rows a chunk at a
+// time. Reference loop:
+//
+//	for h in [h0, h1), i < m { t = t0+i;  s[u] = q_{i,h}·k_{u,g}/√D for u ≤ t
+//	                           out_{i,h} = Σ_u softmax(s)[u]·v_{u,g} }
+//
+// It runs on the calling goroutine; callers spread heads over workers.
+func AttentionPrefix(out, q, k, v []float32, t0, m, H, Hkv, D, h0, h1 int) {
+	if m <= 0 || h0 >= h1 {
+		return
+	}
+	n := t0 + m
+	qd, kvd := H*D, Hkv*D
+	if t0 < 0 || Hkv <= 0 || H%Hkv != 0 || h0 < 0 || h1 > H || len(out) < m*qd || len(q) < m*qd || len(k) < n*kvd || len(v) < n*kvd {
+		panic("kernels: attention shapes do not match the slices")
+	}
+	group := H / Hkv
+	scale := float32(1 / math.Sqrt(float64(D)))
+	if kern.fn == nil {
+		buf := attnBuf(n)
+		defer attnPool.put(buf)
+		for h := h0; h < h1; h++ {
+			g := h / group
+			for i := 0; i < m; i++ {
+				sc := (*buf)[:t0+i+1]
+				Gemv(sc, k[g*D:], q[i*qd+h*D:i*qd+(h+1)*D], t0+i+1, D, kvd, scale)
+				Softmax(sc)
+				oh := out[i*qd+h*D : i*qd+(h+1)*D]
+				clear(oh)
+				GemvT(oh, v[g*D:], sc, t0+i+1, D, kvd)
+			}
+		}
+		return
+	}
+	bq := attnBlockRows(n)
+	buf := attnBuf(bq * n)
+	defer attnPool.put(buf)
+	for h := h0; h < h1; h++ {
+		g := h / group
+		for i0 := 0; i0 < m; i0 += bq {
+			i1 := min(m, i0+bq)
+			mb, nb := i1-i0, t0+i1
+			s := (*buf)[:mb*nb]
+			// S = Q_blk · K[:nb]ᵀ
+			gemm(serial, kern, s, nb, mb, nb, D, headA(q, i0, h*D, qd), operandB{f: k[g*D:], rs: 1, cs: kvd}, false)
+			for i := 0; i < mb; i++ {
+				t := t0 + i0 + i
+				row := s[i*nb : i*nb+t+1]
+				scal(row, scale)
+				Softmax(row)
+				clear(s[i*nb+t+1 : (i+1)*nb])
+			}
+			// O_blk = P · V[:nb]
+			gemm(serial, kern, out[i0*qd+h*D:], qd, mb, D, nb, operandA{a: s, rs: nb, cs: 1}, operandB{f: v[g*D:], rs: kvd, cs: 1}, false)
+		}
+	}
 }
 
 func checkAttn(o, q, k, v []float32, T, H, Hkv, D int) {
@@ -145,7 +200,7 @@ func attentionSeqBlocked(out, lse, q, k, v []float32, T, H, Hkv, D int) {
 	scale := float32(1 / math.Sqrt(float64(D)))
 	bq := attnBlockRows(T)
 	buf := attnBuf(bq * T)
-	defer attnPool.Put(buf)
+	defer attnPool.put(buf)
 	for h := 0; h < H; h++ {
 		g := h / group
 		for t0 := 0; t0 < T; t0 += bq {
@@ -173,7 +228,7 @@ func attentionSeqBackwardBlocked(dq, dk, dv, dout, q, k, v, lse []float32, T, H,
 	scale := float32(1 / math.Sqrt(float64(D)))
 	bq := attnBlockRows(T)
 	buf := attnBuf(2 * bq * T)
-	defer attnPool.Put(buf)
+	defer attnPool.put(buf)
 	for h := 0; h < H; h++ {
 		g := h / group
 		for t0 := 0; t0 < T; t0 += bq {

@@ -120,6 +120,35 @@ func checkAttention(t testing.TB, T, H, Hkv, D int, seed uint64) {
 	}
 }
 
+// TestAttentionPrefix: chunks of query rows against the keys before them
+// give the rows of whole-sequence attention (float64 reference), for every
+// split of heads, at every level.
+func TestAttentionPrefix(t *testing.T) {
+	for i, sh := range [][4]int{{1, 1, 1, 1}, {9, 4, 2, 8}, {70, 2, 1, 16}, {130, 3, 3, 48}, {200, 4, 2, 64}} {
+		T, H, Hkv, D := sh[0], sh[1], sh[2], sh[3]
+		r := rand.New(rand.NewPCG(uint64(i), 17))
+		qd, kvd := H*D, Hkv*D
+		q, k, v := randSlice(r, T*qd), randSlice(r, T*kvd), randSlice(r, T*kvd)
+		ref := refAttention(q, k, v, make([]float32, T*qd), T, H, Hkv, D)
+		for _, l := range levels() {
+			withLevel(t, l, func() {
+				for _, chunk := range []int{1, 7, 64, T} {
+					out := make([]float32, T*qd)
+					for t0 := 0; t0 < T; t0 += chunk {
+						m := min(chunk, T-t0)
+						hs := max(1, H/2)
+						AttentionPrefix(out[t0*qd:], q[t0*qd:(t0+m)*qd], k[:(t0+m)*kvd], v[:(t0+m)*kvd], t0, m, H, Hkv, D, 0, hs)
+						AttentionPrefix(out[t0*qd:], q[t0*qd:(t0+m)*qd], k[:(t0+m)*kvd], v[:(t0+m)*kvd], t0, m, H, Hkv, D, hs, H)
+					}
+					for j := range out {
+						near(t, fmt.Sprintf("AttentionPrefix %s T=%d H=%d Hkv=%d D=%d chunk %d", l, T, H, Hkv, D, chunk), j, out[j], ref.out[j], attnTol(T, D, ref.sigma, ref.outMag[j]))
+					}
+				}
+			})
+		}
+	}
+}
+
 // TestAttention: the blocked GEMM form (fast levels) and the row form
 // (generic) against float64, with sequences longer than one query block.
 func TestAttention(t *testing.T) {

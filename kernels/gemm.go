@@ -3,7 +3,6 @@ package kernels
 import (
 	"fmt"
 	"runtime"
-	"sync"
 	"sync/atomic"
 
 	"github.com/qtune/qtune/quant"
@@ -94,10 +93,13 @@ type gemmBufs struct {
 	ap, bp, row, tmp []float32
 }
 
-var gemmBufPool, sharedPool sync.Pool
+var (
+	gemmBufPool freeList[gemmBufs]
+	sharedPool  floats
+)
 
 func getGemmBufs() *gemmBufs {
-	if b, ok := gemmBufPool.Get().(*gemmBufs); ok {
+	if b := gemmBufPool.get(nil); b != nil {
 		return b
 	}
 	return &gemmBufs{
@@ -108,14 +110,7 @@ func getGemmBufs() *gemmBufs {
 	}
 }
 
-func getShared(n int) *[]float32 {
-	if s, ok := sharedPool.Get().(*[]float32); ok && cap(*s) >= n {
-		*s = (*s)[:n]
-		return s
-	}
-	s := make([]float32, n)
-	return &s
-}
+func getShared(n int) *[]float32 { return sharedPool.get(n) }
 
 // gemm runs C = A·B (accum false) or C += A·B on the micro-kernel mk, with
 // C (M×N) at c[i*ldc+j].
@@ -226,7 +221,7 @@ func gemm(p *Pool, mk microKernel, c []float32, ldc, M, N, K int, A operandA, B 
 				}
 			})
 		}
-		sharedPool.Put(sp)
+		sharedPool.put(sp)
 	}
 }
 
@@ -238,7 +233,7 @@ func runTasks(p *Pool, n1 int, f1 func(bufs *gemmBufs, u int), n2 int, f2 func(b
 	var next1, done1, next2 atomic.Int64
 	p.Parallel(min(max(n1, n2), p.Workers()), 1, func(_, _ int) {
 		bufs := getGemmBufs()
-		defer gemmBufPool.Put(bufs)
+		defer gemmBufPool.put(bufs)
 		for {
 			u := int(next1.Add(1)) - 1
 			if u >= n1 {

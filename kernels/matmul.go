@@ -2,7 +2,6 @@ package kernels
 
 import (
 	"fmt"
-	"sync"
 	"unsafe"
 
 	"github.com/qtune/qtune/quant"
@@ -57,16 +56,9 @@ func (w Matrix) Row(dst []float32, r int) {
 // against every activation row.
 const tileRows = 4
 
-var scratchPool sync.Pool
+var scratchPool floats
 
-func getScratch(n int) *[]float32 {
-	if s, ok := scratchPool.Get().(*[]float32); ok && cap(*s) >= n {
-		*s = (*s)[:n]
-		return s
-	}
-	s := make([]float32, n)
-	return &s
-}
+func getScratch(n int) *[]float32 { return scratchPool.get(n) }
 
 // MatMul computes Y = X·Wᵀ for X (M, K) and W (N, K) stored quantized,
 // writing Y (M, N). Reference loop:
@@ -155,7 +147,7 @@ func matMulGeneric(p *Pool, y, x []float32, M int, w Matrix) {
 		var sp *[]float32
 		if wf == nil {
 			sp = getScratch(tileRows * K)
-			defer scratchPool.Put(sp)
+			defer scratchPool.put(sp)
 		}
 		for n0 := lo; n0 < hi; n0 += tileRows {
 			nt := min(tileRows, hi-n0)
@@ -197,7 +189,7 @@ func matMulTGeneric(p *Pool, dx, dy []float32, M int, w Matrix) {
 		var sp *[]float32
 		if wf == nil {
 			sp = getScratch(K)
-			defer scratchPool.Put(sp)
+			defer scratchPool.put(sp)
 		}
 		for n := 0; n < N; n++ {
 			if wf != nil {

@@ -56,7 +56,7 @@ func matVec(p *Pool, y, x []float32, M int, w Matrix) {
 		var sp *[]float32
 		defer func() {
 			if sp != nil {
-				scratchPool.Put(sp)
+				scratchPool.put(sp)
 			}
 		}()
 		for n := lo; n < hi; n++ {

@@ -5,7 +5,6 @@ package kernels
 import (
 	"encoding/binary"
 	"math"
-	"sync"
 	"unsafe"
 
 	"github.com/qtune/qtune/quant"
@@ -110,7 +109,7 @@ type q8Act struct {
 //go:noescape
 func quantQ8AVX2(x *float32, q *int8, d, fsum *float32, isum *int32, nb, bs32 int)
 
-var q8Pool sync.Pool
+var q8Pool freeList[q8Act]
 
 // newQ8Acts quantizes the M rows of x (K values each) for w's integer
 // kernel, or returns nil when this level or type has none.
@@ -121,7 +120,7 @@ func newQ8Acts(w *Matrix, x []float32, M int) []*q8Act {
 	K := w.Cols
 	acts := make([]*q8Act, M)
 	for m := range acts {
-		a, _ := q8Pool.Get().(*q8Act)
+		a := q8Pool.get(nil)
 		if a == nil {
 			a = new(q8Act)
 		}
@@ -136,7 +135,7 @@ func newQ8Acts(w *Matrix, x []float32, M int) []*q8Act {
 
 func putQ8Acts(acts []*q8Act) {
 	for _, a := range acts {
-		q8Pool.Put(a)
+		q8Pool.put(a)
 	}
 }
 

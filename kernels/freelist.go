@@ -1,0 +1,60 @@
+package kernels
+
+import "sync"
+
+// freeList keeps scratch between calls. Unlike sync.Pool it is not emptied
+// by a garbage collection: a run held to its memory plan by a soft limit
+// collects often, and with sync.Pool every GEMM then allocated its ~700 KiB
+// of scratch again, which made more collections (1.3 GB allocated to score
+// 8,000 tokens of stories260K). What it holds is bounded by how many
+// callers use it at once.
+type freeList[T any] struct {
+	mu   sync.Mutex
+	free []*T
+}
+
+// freeListMax bounds a list's length; more concurrent users than this only
+// means some scratch is dropped to the collector.
+const freeListMax = 64
+
+// get returns a kept item for which fits is true, or nil. When none fits,
+// one that does not is dropped, so the list does not fill with scratch too
+// small for the shapes now in use.
+func (l *freeList[T]) get(fits func(*T) bool) *T {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := len(l.free) - 1; i >= 0; i-- {
+		if t := l.free[i]; fits == nil || fits(t) {
+			l.free = append(l.free[:i], l.free[i+1:]...)
+			return t
+		}
+	}
+	if n := len(l.free); n > 0 {
+		l.free[n-1] = nil
+		l.free = l.free[:n-1]
+	}
+	return nil
+}
+
+func (l *freeList[T]) put(t *T) {
+	l.mu.Lock()
+	if len(l.free) < freeListMax {
+		l.free = append(l.free, t)
+	}
+	l.mu.Unlock()
+}
+
+// floats is a free list of float32 scratch.
+type floats struct{ l freeList[[]float32] }
+
+// get returns scratch of length n (its contents are stale).
+func (f *floats) get(n int) *[]float32 {
+	if s := f.l.get(func(s *[]float32) bool { return cap(*s) >= n }); s != nil {
+		*s = (*s)[:n]
+		return s
+	}
+	s := make([]float32, n)
+	return &s
+}
+
+func (f *floats) put(s *[]float32) { f.l.put(s) }
