@@ -20,6 +20,19 @@ type State struct {
 	err    error // the KV cache could not be reserved
 	kvb    int64
 	acct   *budget.Accountant
+	// Forward's buffers, kept between calls so that scoring or generating
+	// makes no garbage: sized for the longest call so far (rows positions),
+	// their reservation (work bytes) held until Free.
+	buf  fwdBuf
+	work int64
+}
+
+// fwdBuf is Forward's working set for up to rows positions.
+type fwdBuf struct {
+	rows                       int
+	x, xb, q, att, kk, vv, tmp []float32
+	g, u                       []float32
+	scores                     [][]float32 // one per worker slot, maxLen each
 }
 
 // NewState allocates a KV cache for sequences of up to maxLen tokens.
@@ -54,13 +67,42 @@ func (c *Config) KVBytes(maxLen int) int64 {
 	return int64(c.Layers) * int64(maxLen) * int64(c.KVHeads*c.HeadDim) * 2 * 4
 }
 
-// Free returns the KV cache's reservation; the state must not be used after.
+// Free returns the KV cache's and the buffers' reservations; the state must
+// not be used after.
 func (s *State) Free() {
 	if s.err == nil {
 		s.acct.Release(budget.KVCache, -1, s.kvb)
+		s.acct.Release(budget.Workspace, -1, s.work)
 		s.err = fmt.Errorf("model: state used after Free")
-		s.k, s.v = nil, nil
+		s.k, s.v, s.buf, s.work = nil, nil, fwdBuf{}, 0
 	}
+}
+
+// buffers returns Forward's working set for T positions, growing it (and
+// its reservation) when T is more than any call so far.
+func (s *State) buffers(c Config, T, workers int) (*fwdBuf, error) {
+	if T <= s.buf.rows {
+		return &s.buf, nil
+	}
+	need := c.ForwardBytes(T) + 4*int64(workers*s.maxLen)
+	if err := s.acct.Reserve(budget.Workspace, -1, need); err != nil {
+		return nil, err
+	}
+	s.acct.Release(budget.Workspace, -1, s.work)
+	s.buf, s.work = fwdBuf{}, need // drop the old set before making the new
+	C, F := c.Dim, c.Hidden
+	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	b := fwdBuf{rows: T,
+		x: make([]float32, T*C), xb: make([]float32, T*C), tmp: make([]float32, T*C),
+		q: make([]float32, T*qd), att: make([]float32, T*qd),
+		kk: make([]float32, T*kvd), vv: make([]float32, T*kvd),
+		g: make([]float32, T*F), u: make([]float32, T*F),
+		scores: make([][]float32, workers)}
+	for i := range b.scores {
+		b.scores[i] = make([]float32, s.maxLen)
+	}
+	s.buf = b
+	return &s.buf, nil
 }
 
 // MaxLen is the capacity of the state.
@@ -72,8 +114,14 @@ func (s *State) Reset() { s.Pos = 0 }
 // Forward runs tokens (T) at positions s.Pos.. through the model, appending
 // their keys and values to the cache. When all is true logits gets (T, V)
 // rows, otherwise only the last position's (V). It returns an error for a
-// token outside the vocabulary or a sequence longer than the state.
+// token outside the vocabulary or a sequence longer than the state. The
+// model's Adapters apply.
 func (m *Model) Forward(s *State, tokens []int, logits []float32, all bool) error {
+	return m.ForwardWith(s, tokens, logits, all, m.Adapters)
+}
+
+// ForwardWith is Forward with the adapters ad in place of the model's.
+func (m *Model) ForwardWith(s *State, tokens []int, logits []float32, all bool, ad Adapters) error {
 	c := m.Config
 	T := len(tokens)
 	if s.err != nil {
@@ -97,36 +145,31 @@ func (m *Model) Forward(s *State, tokens []int, logits []float32, all bool) erro
 	if len(logits) < nl*c.Vocab {
 		return fmt.Errorf("model: logits buffer of %d for %d rows of %d", len(logits), nl, c.Vocab)
 	}
-	C, F := c.Dim, c.Hidden
+	C := c.Dim
 	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
 	p := m.pool
-	work := c.ForwardBytes(T)
-	if err := m.Acct.Reserve(budget.Workspace, -1, work); err != nil {
+	bf, err := s.buffers(c, T, p.Workers())
+	if err != nil {
 		return err
 	}
-	defer m.Acct.Release(budget.Workspace, -1, work)
-	x := make([]float32, T*C)    // (T, C) residual stream
-	xb := make([]float32, T*C)   // (T, C) normalised
-	q := make([]float32, T*qd)   // (T, H*D)
-	att := make([]float32, T*qd) // (T, H*D)
-	kk := make([]float32, T*kvd) // (T, Hkv*D)
-	vv := make([]float32, T*kvd) // (T, Hkv*D)
-	tmp := make([]float32, T*C)  // (T, C)
-	g := make([]float32, T*F)    // (T, F)
-	u := make([]float32, T*F)    // (T, F)
+	x, xb, tmp := bf.x[:T*C], bf.xb[:T*C], bf.tmp[:T*C] // (T, C) residual stream, normalised, block output
+	q, att := bf.q[:T*qd], bf.att[:T*qd]                // (T, H*D)
+	kk, vv := bf.kk[:T*kvd], bf.vv[:T*kvd]              // (T, Hkv*D)
+	g, u := bf.g[:T*c.Hidden], bf.u[:T*c.Hidden]        // (T, F)
 	for t, id := range tokens {
 		m.Embed.Row(x[t*C:(t+1)*C], id)
 	}
 	m.embedDone()
 	D := c.HeadDim
+	slots := min(T, len(bf.scores))
 	for li := range m.Layers {
 		l := &m.Layers[li]
 		for t := 0; t < T; t++ {
 			nn.RMSNorm(xb[t*C:(t+1)*C], x[t*C:(t+1)*C], l.AttnNorm, c.Eps)
 		}
-		m.linear(q, xb, T, li, ModQ, m.Adapters)
-		m.linear(kk, xb, T, li, ModK, m.Adapters)
-		m.linear(vv, xb, T, li, ModV, m.Adapters)
+		m.linear(q, xb, T, li, ModQ, ad)
+		m.linear(kk, xb, T, li, ModK, ad)
+		m.linear(vv, xb, T, li, ModV, ad)
 		for t := 0; t < T; t++ {
 			pos := s.Pos + t
 			m.rope.ApplyHeads(q[t*qd:(t+1)*qd], c.Heads, D, pos)
@@ -135,22 +178,25 @@ func (m *Model) Forward(s *State, tokens []int, logits []float32, all bool) erro
 		copy(s.k[li][s.Pos*kvd:], kk)
 		copy(s.v[li][s.Pos*kvd:], vv)
 		keys, vals := s.k[li], s.v[li]
-		p.Parallel(T, 1, func(lo, hi int) {
-			scores := make([]float32, s.Pos+hi)
-			for t := lo; t < hi; t++ {
-				n := s.Pos + t + 1
-				nn.Attention(att[t*qd:(t+1)*qd], q[t*qd:(t+1)*qd], keys, vals, n, kvd, c.Heads, c.KVHeads, D, scores)
+		// Each worker slot takes a contiguous share of the rows and its own
+		// scores buffer.
+		p.Parallel(slots, 1, func(lo, hi int) {
+			for w := lo; w < hi; w++ {
+				for t := w * T / slots; t < (w+1)*T/slots; t++ {
+					n := s.Pos + t + 1
+					nn.Attention(att[t*qd:(t+1)*qd], q[t*qd:(t+1)*qd], keys, vals, n, kvd, c.Heads, c.KVHeads, D, bf.scores[w])
+				}
 			}
 		})
-		m.linear(tmp, att, T, li, ModO, m.Adapters)
+		m.linear(tmp, att, T, li, ModO, ad)
 		addInto(x, tmp)
 		for t := 0; t < T; t++ {
 			nn.RMSNorm(xb[t*C:(t+1)*C], x[t*C:(t+1)*C], l.FFNNorm, c.Eps)
 		}
-		m.linear(g, xb, T, li, ModGate, m.Adapters)
-		m.linear(u, xb, T, li, ModUp, m.Adapters)
+		m.linear(g, xb, T, li, ModGate, ad)
+		m.linear(u, xb, T, li, ModUp, ad)
 		nn.SwiGLU(g, g, u)
-		m.linear(tmp, g, T, li, ModDown, m.Adapters)
+		m.linear(tmp, g, T, li, ModDown, ad)
 		addInto(x, tmp)
 		m.layerDone(li, li+1)
 	}
