@@ -35,6 +35,8 @@ type Request struct {
 	// Activations returns the bytes kept for a micro-batch of b sequences:
 	// saved activations (train) or live buffers (eval, generate).
 	Activations func(b int, checkpoint bool) int64
+	// ActivationsNote, when set, says what Activations are in the plan.
+	ActivationsNote string
 	// Workspace returns transient buffers for a micro-batch of b sequences.
 	Workspace func(b int) int64
 	// Fixed are reservations independent of the strategy (trainable
@@ -47,6 +49,10 @@ type Request struct {
 	// HeapFloor is the smallest heap the runtime keeps whatever the live
 	// data (Go's collector does not run below a 4 MiB heap goal).
 	HeapFloor int64
+	// FloorOutsideLimit marks HeapFloor as a forecast of garbage the run
+	// makes that the heap's soft limit should not grant it (a run that makes
+	// little garbage per step would otherwise grow into the room).
+	FloorOutsideLimit bool
 	// OptimizerBytes is optimizer state that may move to a file-backed
 	// scratch ("disk"); OptimizerDiskBytes is what stays resident then (one
 	// parameter's moments during its update). Zero: not offered.
@@ -77,6 +83,9 @@ type Plan struct {
 	// HeapLimit is what the Go heap may use: the budget less the mapped
 	// weights the plan keeps resident and the runtime's own pages.
 	HeapLimit int64
+	// FloorBytes is the part of the Runtime item that a FloorOutsideLimit
+	// heap floor added: planned, but not part of the heap's soft limit.
+	FloorBytes int64
 }
 
 // ErrNoFit is returned when no strategy fits the budget.
@@ -176,6 +185,8 @@ func (r *Request) evaluate(c candidate) *Plan {
 		act = r.Activations(c.micro, c.checkpoint)
 	}
 	switch {
+	case r.ActivationsNote != "":
+		add(Activations, act, r.ActivationsNote)
 	case r.Job != "train":
 		add(Activations, act, "live buffers of one forward pass")
 	case c.spill:
@@ -203,7 +214,11 @@ func (r *Request) evaluate(c candidate) *Plan {
 			heap += it.Bytes
 		}
 	}
-	add(Runtime, r.Runtime+max(0, r.HeapFloor-heap), "binary, Go runtime, tokenizer, GC headroom")
+	floor := max(0, r.HeapFloor-heap)
+	if r.FloorOutsideLimit {
+		p.FloorBytes = floor
+	}
+	add(Runtime, r.Runtime+floor, "binary, Go runtime, tokenizer, GC headroom")
 	var heapFree int64
 	for _, it := range p.Items {
 		p.Peak += it.Bytes

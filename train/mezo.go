@@ -34,7 +34,10 @@ type mezoMethod struct {
 	ad     model.Adapters // what the forward passes use
 	what   string         // for Describe
 	copies int64          // bytes of writable copies of float matrices
+	sc     *model.Scorer  // the no-gradient forward passes
 }
+
+func (z *mezoMethod) scorer() *model.Scorer { return z.sc }
 
 func zoConfig(cfg Config) (mezo.Config, error) {
 	c := mezo.Config{Epsilon: cfg.Epsilon, LR: cfg.ZOLearningRate, WeightDecay: cfg.WeightDecay, N: cfg.Perturbations, Seed: cfg.Seed}
@@ -73,7 +76,7 @@ func newMeZOMethod(m *model.Model, cfg Config) (Method, error) {
 	if err != nil {
 		return nil, err
 	}
-	mm := &mezoMethod{m: m, cfg: cfg}
+	mm := &mezoMethod{m: m, cfg: cfg, sc: m.NewScorer()}
 	var ts []mezo.Tensor
 	switch cfg.ZOTarget {
 	case "lora", "":
@@ -162,9 +165,20 @@ func drawsLoss(ds []mezo.Draw, n int) float64 {
 }
 
 func (z *mezoMethod) Step(it int, batches []data.Batch, _ float64) (float64, int, error) {
-	loss, total, err := batchLoss(z.m, it, batches, z.ad)
+	total, err := stepTargets(it, batches)
 	if err != nil {
 		return 0, 0, err
+	}
+	loss := func() (float64, error) {
+		var sum float64
+		for _, b := range batches {
+			s, _, err := z.sc.Loss(b.Tokens, b.Targets, b.B, b.T, z.ad)
+			if err != nil {
+				return 0, err
+			}
+			sum += s
+		}
+		return sum / float64(total), nil
 	}
 	ds, err := z.spsa.Step(it, loss)
 	if err != nil {
@@ -178,15 +192,18 @@ func (z *mezoMethod) Eval() (model.StepOptions, func()) {
 }
 
 // StepActivations and StepWorkspace are what one step needs besides the
-// model and the method's state, for the planner: MeZO runs no-grad forward
-// passes only, so one block's working set and the no-backward workspace.
-func (z *mezoMethod) StepActivations(B, T int, _ bool) int64 {
-	one := z.m.Config
-	one.Layers = 1
-	return one.ActivationBytes(B, T, false)
-}
+// model and the method's state, for the planner: MeZO's forward passes run
+// on a model.Scorer, whose buffers (the residual stream and one block's
+// keys and values for every position, one chunk's working set) are all it
+// holds; no workspace besides.
+func (z *mezoMethod) StepActivations(B, T int, _ bool) int64 { return z.m.Config.ScoreBytes(B * T) }
 
-func (z *mezoMethod) StepWorkspace(B, T int) int64 { return z.m.Config.StepWorkspaceBytes(B, T, false) }
+func (z *mezoMethod) StepWorkspace(_, _ int) int64 { return 0 }
+
+// ActivationsNote says what StepActivations are, for the plan.
+func (z *mezoMethod) ActivationsNote() string {
+	return fmt.Sprintf("no-gradient forward: residual stream and one block's keys and values per position, %d positions at a time through the block", model.ScoreRows)
+}
 
 func spsaTensors(prefix string, s *mezo.SPSA) []checkpoint.Tensor {
 	ts := make([]checkpoint.Tensor, len(s.Tensors))

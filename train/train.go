@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -415,6 +416,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		}
 	}
 	res.Iters = cfg.Iters
+	// The steps' buffers are dead: hand their pages back before the outputs
+	// are written, so that writing them is not what sets the run's peak.
+	debug.FreeOSMemory()
 	res.Took = time.Since(t0)
 	if n := len(res.Curve); n > 0 {
 		res.FinalTrain = res.Curve[n-1].Loss
@@ -460,6 +464,10 @@ func evalLoss(m *model.Model, meth Method, ex data.Source, cfg Config) (float64,
 	}
 	o, done := meth.Eval()
 	defer done()
+	var sc *model.Scorer
+	if s, ok := meth.(scoring); ok {
+		sc = s.scorer()
+	}
 	nb := b.BatchesPerEpoch()
 	if cfg.ValBatches > 0 && cfg.ValBatches < nb {
 		nb = cfg.ValBatches
@@ -471,7 +479,13 @@ func evalLoss(m *model.Model, meth Method, ex data.Source, cfg Config) (float64,
 		if err != nil {
 			return 0, fmt.Errorf("train: validation data: %w", err)
 		}
-		l, k, err := m.LossGrad(bt.Tokens, bt.Targets, bt.B, bt.T, o, false, 0)
+		var l float64
+		var k int
+		if sc != nil {
+			l, k, err = sc.Loss(bt.Tokens, bt.Targets, bt.B, bt.T, o.Adapters)
+		} else {
+			l, k, err = m.LossGrad(bt.Tokens, bt.Targets, bt.B, bt.T, o, false, 0)
+		}
 		if err != nil {
 			return 0, err
 		}

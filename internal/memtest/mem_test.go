@@ -278,3 +278,43 @@ func TestSpillActivations(t *testing.T) {
 		t.Errorf("plan %s is %.0f%% off the measured %s", budget.FormatSize(want), 100*off, budget.FormatSize(peak))
 	}
 }
+
+// TestMeZOAtEvalMemory: MeZO's peak RSS is within 10% of qtune eval's on
+// the same model, data and sequence length (issue 6: "MeZO trains with
+// inference memory"), on the synthetic 110M Q4_0 model with 256-token rows
+// of Shakespeare, and, with batches of 4, no higher than at batch 1 plus a
+// tenth (its forward passes hold the residual stream and one block's keys
+// and values per position, not a block's activations).
+func TestMeZOAtEvalMemory(t *testing.T) {
+	m := model(t, "110M", quant.Q4_0)
+	data := filepath.Join(tmpDir, "mezo-eval")
+	os.MkdirAll(data, 0o755)
+	src, err := os.ReadFile(shared.Path(t, "assets", "data", "tinyshakespeare", "train.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitN(string(src), "\n", 9)
+	os.WriteFile(filepath.Join(data, "train.jsonl"), []byte(strings.Join(lines[:8], "\n")+"\n"), 0o644)
+	_, errs, eval, err := run(t, "eval", "--model", m, "--data", filepath.Join(data, "train.jsonl"), "--max-seq-length", "256")
+	if err != nil {
+		t.Fatalf("eval: %v\n%s", err, errs)
+	}
+	mezo := func(batch string) int64 {
+		_, errs, peak, err := run(t, "train", "--model", m, "--data", data, "--method", "mezo", "--iters", "2",
+			"--batch-size", batch, "--max-seq-length", "256", "--steps-per-eval", "0",
+			"--adapter-path", filepath.Join(tmpDir, "adapter-mezo-eval"))
+		if err != nil {
+			t.Fatalf("mezo: %v\n%s", err, errs)
+		}
+		return peak
+	}
+	one, four := mezo("1"), mezo("4")
+	t.Logf("eval %s, mezo batch 1 %s (%+.1f%%), batch 4 %s", budget.FormatSize(eval), budget.FormatSize(one),
+		100*float64(one-eval)/float64(eval), budget.FormatSize(four))
+	if float64(one) > 1.10*float64(eval) {
+		t.Errorf("mezo at batch 1 peaks at %s, more than 10%% over eval's %s", budget.FormatSize(one), budget.FormatSize(eval))
+	}
+	if float64(four) > 1.10*float64(one) {
+		t.Errorf("mezo at batch 4 peaks at %s against %s at batch 1", budget.FormatSize(four), budget.FormatSize(one))
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"github.com/qtune/qtune/kernels"
@@ -26,6 +27,10 @@ type Layer struct {
 	seed uint64 // dropout seed of the current step
 	id   uint64 // distinguishes layers' masks
 }
+
+// hPool holds Forward's (M, R) products between calls, so that forward
+// passes (a zeroth-order step is nothing else) make no garbage.
+var hPool sync.Pool
 
 var _ model.Adapter = (*Layer)(nil)
 
@@ -58,7 +63,13 @@ func (l *Layer) dropped(x []float32, M int) []float32 {
 // Forward adds s·(x·Aᵀ)·Bᵀ to y.
 func (l *Layer) Forward(y, x []float32, M int) {
 	xd := l.dropped(x, M)
-	h := make([]float32, M*l.R)
+	hp, _ := hPool.Get().(*[]float32)
+	if hp == nil || cap(*hp) < M*l.R {
+		b := make([]float32, M*l.R)
+		hp = &b
+	}
+	defer hPool.Put(hp)
+	h := (*hp)[:M*l.R]
 	kernels.MatMul(l.pool, h, xd, M, f32Matrix(l.A, l.R, l.In))
 	for i := range h {
 		h[i] *= l.Scale
