@@ -82,7 +82,7 @@ func writeSynced(name string, s *State) (err error) {
 			err = cerr
 		}
 	}()
-	bw := bufio.NewWriterSize(f, 1<<20)
+	bw := bufio.NewWriterSize(f, 64<<10) // the zstd stream comes in blocks; a run's last save must not set its peak
 	if err := encode(bw, s); err != nil {
 		return err
 	}

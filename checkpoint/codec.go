@@ -157,8 +157,15 @@ func encode(w io.Writer, s *State) error {
 	if _, err := w.Write(hdr[:]); err != nil {
 		return err
 	}
-	zw, err := zstd.NewWriter(w, zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(zstdWindow),
-		zstd.WithEncoderLevel(zstd.SpeedDefault))
+	// A small state (a zeroth-order run's adapters) gets a window its own
+	// size: the encoder's history is twice its window, and saving should
+	// not be the step that sets a run's peak.
+	win := zstdWindow
+	for win/2 >= zstd.MinWindowSize && uint64(win/2) >= size {
+		win /= 2
+	}
+	zw, err := zstd.NewWriter(w, zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(win),
+		zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		return err
 	}

@@ -7,8 +7,8 @@
 # part on the complementary entries, and on LoRA factors), with steps,
 # wall time and peak resident memory (/usr/bin/time %M). Hyper-parameters were
 # chosen on valid.jsonl (500 examples), never on test.jsonl.
-# Then the memory check: MeZO's peak RSS next to `qtune eval` with the same
-# model and sequence length, on stories260K and on the synthetic 15M Q4_0.
+# Then the memory check (scripts/mezo-mem.sh): MeZO's peak RSS next to
+# `qtune eval` with the same model, records and sequence length.
 #
 #   scripts/evidence-zo.sh            # QTUNE=bin/qtune SHARED=../shared OUT=out/evidence-zo ITERS=500
 set -euo pipefail
@@ -54,15 +54,7 @@ for base in nf4 q8_0; do
 done
 if [ -z "$ONLY" ]; then
 echo
-echo "Memory: MeZO (LoRA, batch 1 x 256 tokens, 5 steps) next to qtune eval (256-token windows, 20 records)"
-printf '| model | eval peak RSS | mezo peak RSS | ratio |\n|---|---|---|---|\n'
-go run ./internal/cmd/synthgen -preset 15M -type q4_0 -out "$O/synth15m-q4_0.gguf" >/dev/null
-T=$S/assets/data/tinyshakespeare
-for mm in "$O/stories-nf4.gguf" "$O/synth15m-q4_0.gguf"; do
-  e=$( { /usr/bin/time -f '%M' $Q --quiet eval --model "$mm" --data "$T/valid.jsonl" --max-seq-length 256 --limit 20 >/dev/null; } 2>&1 | tail -n 1)
-  z=$( { /usr/bin/time -f '%M' $Q --quiet train --model "$mm" --data "$T" --method mezo --iters 5 --batch-size 1 --max-seq-length 256 \
-        --steps-per-eval 0 --steps-per-report 5 --cache-dir "$O/cache" --adapter-path "$O/mem-mezo" >/dev/null; } 2>&1 | tail -n 1)
-  printf '| %s | %.1f MB | %.1f MB | %.2f |\n' "$(basename "$mm")" "$(echo "$e/1024" | bc -l)" "$(echo "$z/1024" | bc -l)" "$(echo "$z/$e" | bc -l)"
-done
+echo "Memory: MeZO next to qtune eval on the same model, records and sequence length"
+QTUNE=$Q SHARED=$S OUT="$O/mem" scripts/mezo-mem.sh
 fi
 } | tee "$O/table.md"

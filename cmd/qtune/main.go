@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -60,8 +61,20 @@ func main() {
 			defer f.Close()
 		}
 	}
+	// QTUNE_MEMPROFILE records every allocation (MemProfileRate 1) and writes
+	// the heap profile at exit: go tool pprof -sample_index=alloc_space.
+	mp := os.Getenv("QTUNE_MEMPROFILE")
+	if mp != "" {
+		runtime.MemProfileRate = 1
+	}
 	code := run(os.Args[1:], os.Stdout, os.Stderr)
 	pprof.StopCPUProfile()
+	if mp != "" {
+		if f, err := os.Create(mp); err == nil {
+			pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}
+	}
 	// QTUNE_PEAK_FILE asks for the process's peak resident set (VmHWM) on
 	// exit, for memory tests: a parent's rusage can carry the parent's own
 	// high-water mark across fork and exec.

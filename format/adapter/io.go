@@ -116,7 +116,7 @@ func writeFileAtomic(path string, write func(w io.Writer) error) (err error) {
 			os.Remove(tmp)
 		}
 	}()
-	bw := bufio.NewWriterSize(f, 1<<20)
+	bw := bufio.NewWriterSize(f, 64<<10)
 	if err := write(bw); err != nil {
 		if strings.HasPrefix(err.Error(), "adapter: ") {
 			return err // already ours, with its context

@@ -321,7 +321,7 @@ func WriteFile(path string, tensors []Tensor, metadata map[string]string) error 
 		return fmt.Errorf("safetensors: %w", err)
 	}
 	// Streamed through a small buffer: the file is never held whole in memory.
-	bw := bufio.NewWriterSize(tmp, 1<<20)
+	bw := bufio.NewWriterSize(tmp, 64<<10)
 	err = Write(bw, tensors, metadata)
 	if err == nil {
 		err = bw.Flush()
