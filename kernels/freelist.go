@@ -1,21 +1,24 @@
 package kernels
 
-import "sync"
+import (
+	"runtime"
+	"sync"
+)
 
 // freeList keeps scratch between calls. Unlike sync.Pool it is not emptied
 // by a garbage collection: a run held to its memory plan by a soft limit
 // collects often, and with sync.Pool every GEMM then allocated its ~700 KiB
 // of scratch again, which made more collections (1.3 GB allocated to score
-// 8,000 tokens of stories260K). What it holds is bounded by how many
-// callers use it at once.
+// 8,000 tokens of stories260K). It keeps at most freeListMax items.
 type freeList[T any] struct {
 	mu   sync.Mutex
 	free []*T
 }
 
-// freeListMax bounds a list's length; more concurrent users than this only
-// means some scratch is dropped to the collector.
-const freeListMax = 64
+// freeListMax bounds a list's length: one item per processor and one for
+// the caller, as many as can be in use at once. More is dropped to the
+// collector, so a list never holds scratch of shapes no longer in use.
+var freeListMax = runtime.GOMAXPROCS(0) + 1
 
 // get returns a kept item for which fits is true, or nil. When none fits,
 // one that does not is dropped, so the list does not fill with scratch too

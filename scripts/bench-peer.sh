@@ -12,6 +12,7 @@ S=${SHARED:-../shared}
 Q=${QTUNE:-bin/qtune}
 O=${OUT:-/tmp/qtune-bench-peer}
 STEPS=${STEPS:-4}
+METHODS=${METHODS:-"lora mezo"} # METHODS=mezo runs only the MeZO rows
 PY=${PY:-/usr/bin/python3}
 mkdir -p "$O"
 if ! $PY -c 'import torch' 2>/dev/null; then
@@ -23,7 +24,7 @@ echo "| shape | method | engine | weights | tokens/s | s/step | peak RSS |"
 echo "|---|---|---|---|---|---|---|"
 for cfg in 15M 110M; do
   case $cfg in 15M) B=4 ;; 110M) B=2 ;; esac
-  for method in lora mezo; do
+  for method in $METHODS; do
     flag=""; [ $method = mezo ] && flag=--mezo
     j=$($PY "$S/bench/peer_lora_bench.py" --config $cfg --threads 2 --steps "$STEPS" $flag)
     tps=$(echo "$j" | sed -n 's/.*"tokens_per_s": \([0-9.]*\).*/\1/p')
