@@ -251,14 +251,7 @@ func TestOptimizerOnDisk(t *testing.T) {
 // 100 MiB budget on the 110M model, whose weights alone are 73 MiB.
 func TestSpillActivations(t *testing.T) {
 	m := model(t, "110M", quant.Q4_0)
-	data := filepath.Join(tmpDir, "long")
-	os.MkdirAll(data, 0o755)
-	src, err := os.ReadFile(shared.Path(t, "assets", "data", "tinyshakespeare", "train.jsonl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.SplitN(string(src), "\n", 41)
-	os.WriteFile(filepath.Join(data, "train.jsonl"), []byte(strings.Join(lines[:40], "\n")+"\n"), 0o644)
+	data := shakespeare(t, "long", 40)
 	args := []string{"train", "--model", m, "--data", data, "--iters", "1", "--batch-size", "8", "--max-seq-length", "256",
 		"--rank", "4", "--steps-per-eval", "0", "--adapter-path", filepath.Join(tmpDir, "adapter-spill"), "--max-mem", "100MiB"}
 	plan, errs, _, err := run(t, append([]string{"plan"}, args...)...)
@@ -287,14 +280,7 @@ func TestSpillActivations(t *testing.T) {
 // and values per position, not a block's activations).
 func TestMeZOAtEvalMemory(t *testing.T) {
 	m := model(t, "110M", quant.Q4_0)
-	data := filepath.Join(tmpDir, "mezo-eval")
-	os.MkdirAll(data, 0o755)
-	src, err := os.ReadFile(shared.Path(t, "assets", "data", "tinyshakespeare", "train.jsonl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.SplitN(string(src), "\n", 9)
-	os.WriteFile(filepath.Join(data, "train.jsonl"), []byte(strings.Join(lines[:8], "\n")+"\n"), 0o644)
+	data := shakespeare(t, "mezo-eval", 8)
 	_, errs, eval, err := run(t, "eval", "--model", m, "--data", filepath.Join(data, "train.jsonl"), "--max-seq-length", "256")
 	if err != nil {
 		t.Fatalf("eval: %v\n%s", err, errs)
@@ -317,4 +303,19 @@ func TestMeZOAtEvalMemory(t *testing.T) {
 	if float64(four) > 1.10*float64(one) {
 		t.Errorf("mezo at batch 4 peaks at %s against %s at batch 1", budget.FormatSize(four), budget.FormatSize(one))
 	}
+}
+
+// shakespeare writes a data folder named name holding the first n records
+// of tinyshakespeare's train.jsonl (long records: full 256-token rows).
+func shakespeare(t *testing.T, name string, n int) string {
+	t.Helper()
+	data := filepath.Join(tmpDir, name)
+	os.MkdirAll(data, 0o755)
+	src, err := os.ReadFile(shared.Path(t, "assets", "data", "tinyshakespeare", "train.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitN(string(src), "\n", n+1)
+	os.WriteFile(filepath.Join(data, "train.jsonl"), []byte(strings.Join(lines[:n], "\n")+"\n"), 0o644)
+	return data
 }
