@@ -47,12 +47,16 @@ func (l *freeList[T]) put(t *T) {
 	l.mu.Unlock()
 }
 
-// floats is a free list of float32 scratch.
-type floats struct{ l freeList[[]float32] }
+// floats is float32 scratch of varying sizes, pooled until the next
+// collection (sync.Pool): the packed operands and dequantized panels it
+// holds can be megabytes, and a run held to a budget must not keep blocks of
+// every shape it has used. Only the fixed-size GEMM worker scratch lives in
+// a freeList.
+type floats struct{ p sync.Pool }
 
 // get returns scratch of length n (its contents are stale).
 func (f *floats) get(n int) *[]float32 {
-	if s := f.l.get(func(s *[]float32) bool { return cap(*s) >= n }); s != nil {
+	if s, ok := f.p.Get().(*[]float32); ok && cap(*s) >= n {
 		*s = (*s)[:n]
 		return s
 	}
@@ -60,4 +64,4 @@ func (f *floats) get(n int) *[]float32 {
 	return &s
 }
 
-func (f *floats) put(s *[]float32) { f.l.put(s) }
+func (f *floats) put(s *[]float32) { f.p.Put(s) }

@@ -5,6 +5,7 @@ package kernels
 import (
 	"encoding/binary"
 	"math"
+	"sync"
 	"unsafe"
 
 	"github.com/qtune/qtune/quant"
@@ -109,7 +110,7 @@ type q8Act struct {
 //go:noescape
 func quantQ8AVX2(x *float32, q *int8, d, fsum *float32, isum *int32, nb, bs32 int)
 
-var q8Pool freeList[q8Act]
+var q8Pool sync.Pool
 
 // newQ8Acts quantizes the M rows of x (K values each) for w's integer
 // kernel, or returns nil when this level or type has none.
@@ -120,7 +121,7 @@ func newQ8Acts(w *Matrix, x []float32, M int) []*q8Act {
 	K := w.Cols
 	acts := make([]*q8Act, M)
 	for m := range acts {
-		a := q8Pool.get(nil)
+		a, _ := q8Pool.Get().(*q8Act)
 		if a == nil {
 			a = new(q8Act)
 		}
@@ -135,7 +136,7 @@ func newQ8Acts(w *Matrix, x []float32, M int) []*q8Act {
 
 func putQ8Acts(acts []*q8Act) {
 	for _, a := range acts {
-		q8Pool.put(a)
+		q8Pool.Put(a)
 	}
 }
 
