@@ -343,11 +343,16 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		log(fmt.Sprintf("resumed from %s at iteration %d", statePath, start))
 	}
 	log(meth.Describe())
-	act := m.Config.ActivationBytes(cfg.BatchSize, cfg.MaxSeqLength, cfg.GradCheckpoint)
-	other := m.Config.ActivationBytes(cfg.BatchSize, cfg.MaxSeqLength, !cfg.GradCheckpoint)
-	log(fmt.Sprintf("memory: weights %.1f MiB mapped, activations ≤ %.1f MiB per micro-batch (%.1f MiB %s checkpointing), adapters+grads+optimizer %.1f MiB",
-		float64(m.WeightBytes())/(1<<20), float64(act)/(1<<20), float64(other)/(1<<20), map[bool]string{true: "without", false: "with"}[cfg.GradCheckpoint],
-		float64(meth.StateBytes())/(1<<20)))
+	if _, ok := meth.(scoring); ok {
+		log(fmt.Sprintf("memory: weights %.1f MiB mapped, forward passes ≤ %.1f MiB per micro-batch (no gradients), trainable state %.1f MiB",
+			float64(m.WeightBytes())/(1<<20), float64(m.Config.ScoreBytes(cfg.BatchSize*cfg.MaxSeqLength))/(1<<20), float64(meth.StateBytes())/(1<<20)))
+	} else {
+		act := m.Config.ActivationBytes(cfg.BatchSize, cfg.MaxSeqLength, cfg.GradCheckpoint)
+		other := m.Config.ActivationBytes(cfg.BatchSize, cfg.MaxSeqLength, !cfg.GradCheckpoint)
+		log(fmt.Sprintf("memory: weights %.1f MiB mapped, activations ≤ %.1f MiB per micro-batch (%.1f MiB %s checkpointing), adapters+grads+optimizer %.1f MiB",
+			float64(m.WeightBytes())/(1<<20), float64(act)/(1<<20), float64(other)/(1<<20), map[bool]string{true: "without", false: "with"}[cfg.GradCheckpoint],
+			float64(meth.StateBytes())/(1<<20)))
+	}
 	evalVal := func(iter int) error {
 		if validTF == nil || validTF.NumExamples() == 0 {
 			return nil
