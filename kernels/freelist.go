@@ -20,23 +20,18 @@ type freeList[T any] struct {
 // collector, so a list never holds scratch of shapes no longer in use.
 var freeListMax = runtime.GOMAXPROCS(0) + 1
 
-// get returns a kept item for which fits is true, or nil. When none fits,
-// one that does not is dropped, so the list does not fill with scratch too
-// small for the shapes now in use.
-func (l *freeList[T]) get(fits func(*T) bool) *T {
+// get returns a kept item, or nil.
+func (l *freeList[T]) get() *T {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for i := len(l.free) - 1; i >= 0; i-- {
-		if t := l.free[i]; fits == nil || fits(t) {
-			l.free = append(l.free[:i], l.free[i+1:]...)
-			return t
-		}
+	n := len(l.free)
+	if n == 0 {
+		return nil
 	}
-	if n := len(l.free); n > 0 {
-		l.free[n-1] = nil
-		l.free = l.free[:n-1]
-	}
-	return nil
+	t := l.free[n-1]
+	l.free[n-1] = nil
+	l.free = l.free[:n-1]
+	return t
 }
 
 func (l *freeList[T]) put(t *T) {

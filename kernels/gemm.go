@@ -99,7 +99,7 @@ var (
 )
 
 func getGemmBufs() *gemmBufs {
-	if b := gemmBufPool.get(nil); b != nil {
+	if b := gemmBufPool.get(); b != nil {
 		return b
 	}
 	return &gemmBufs{
