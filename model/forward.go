@@ -190,14 +190,7 @@ func (m *Model) ForwardWith(s *State, tokens []int, logits []float32, all bool, 
 		})
 		m.linear(tmp, att, T, li, ModO, ad)
 		addInto(x, tmp)
-		for t := 0; t < T; t++ {
-			nn.RMSNorm(xb[t*C:(t+1)*C], x[t*C:(t+1)*C], l.FFNNorm, c.Eps)
-		}
-		m.linear(g, xb, T, li, ModGate, ad)
-		m.linear(u, xb, T, li, ModUp, ad)
-		nn.SwiGLU(g, g, u)
-		m.linear(tmp, g, T, li, ModDown, ad)
-		addInto(x, tmp)
+		m.ffnInto(x, xb, g, u, tmp, T, li, ad)
 		m.layerDone(li, li+1)
 	}
 	first := 0
@@ -212,6 +205,20 @@ func (m *Model) ForwardWith(s *State, tokens []int, logits []float32, all bool, 
 	m.prefetch(0) // for the next call
 	s.Pos += T
 	return nil
+}
+
+// ffnInto adds block l's feed-forward output to the M rows of the residual
+// stream x (M, C), with scratch xn and tmp (M, C) and g, u (M, F).
+func (m *Model) ffnInto(x, xn, g, u, tmp []float32, M, l int, ad Adapters) {
+	C := m.Config.Dim
+	for r := 0; r < M; r++ {
+		nn.RMSNorm(xn[r*C:(r+1)*C], x[r*C:(r+1)*C], m.Layers[l].FFNNorm, m.Config.Eps)
+	}
+	m.linear(g, xn, M, l, ModGate, ad)
+	m.linear(u, xn, M, l, ModUp, ad)
+	nn.SwiGLU(g, g, u)
+	m.linear(tmp, g, M, l, ModDown, ad)
+	addInto(x, tmp)
 }
 
 func addInto(dst, src []float32) {

@@ -180,15 +180,7 @@ func (s *Scorer) Loss(tokens, targets []int, B, T int, ad Adapters) (float64, in
 			m.linear(tmp, att, M, l, ModO, ad)
 			xr := s.x[r0*C : r1*C]
 			addInto(xr, tmp)
-			for r := 0; r < M; r++ {
-				nn.RMSNorm(xn[r*C:(r+1)*C], xr[r*C:(r+1)*C], L.FFNNorm, c.Eps)
-			}
-			g, u := s.g[:M*F], s.u[:M*F]
-			m.linear(g, xn, M, l, ModGate, ad)
-			m.linear(u, xn, M, l, ModUp, ad)
-			nn.SwiGLU(g, g, u)
-			m.linear(tmp, g, M, l, ModDown, ad)
-			addInto(xr, tmp)
+			m.ffnInto(xr, xn, s.g[:M*F], s.u[:M*F], tmp, M, l, ad)
 		}
 		m.layerDone(l, l+1)
 	}
