@@ -26,7 +26,14 @@ func kernel(name, reg string, vlen, mr, nv int) {
 	nr := vlen * nv
 	acc := func(i, v int) string { return fmt.Sprintf("%s%d", reg, i*nv+v) }
 	bReg := func(v int) string { return fmt.Sprintf("%s%d", reg, mr*nv+v) }
-	bc := func(i int) string { return fmt.Sprintf("%s%d", reg, mr*nv+nv+i%2) }
+	// Broadcasts alternate between two registers where the file has room;
+	// AVX2 has 16 vector registers and its 12 accumulators and 3 B vectors
+	// leave one (Y16 and up need AVX-512VL, which AVX2-only CPUs lack).
+	alt := 2
+	if reg == "Y" && mr*nv+nv+1 >= 16 {
+		alt = 1
+	}
+	bc := func(i int) string { return fmt.Sprintf("%s%d", reg, mr*nv+nv+i%alt) }
 	fmt.Fprintf(&out, "\n// func %s(k int, a, b, c *float32, ldc int, accum int)\n", name)
 	fmt.Fprintf(&out, "TEXT ·%s(SB), NOSPLIT, $0-48\n", name)
 	p("MOVQ k+0(FP), CX")
