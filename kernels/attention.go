@@ -45,15 +45,30 @@ func attnBlockRows(T int) int {
 //
 // scores is scratch of length ≥ T for the generic form.
 func AttentionSeq(out, lse, q, k, v []float32, T, H, Hkv, D int, scores []float32) {
+	AttentionSeqWindow(out, lse, q, k, v, T, H, Hkv, D, 0, scores)
+}
+
+// AttentionSeqWindow is AttentionSeq with a sliding window: query t sees
+// the keys u with t−W < u ≤ t (llama.cpp's and Hugging Face's rule: a key
+// W or more positions back is masked). W ≤ 0 means no window.
+func AttentionSeqWindow(out, lse, q, k, v []float32, T, H, Hkv, D, W int, scores []float32) {
 	if T <= 0 || H <= 0 {
 		return
 	}
 	checkAttn(out, q, k, v, T, H, Hkv, D)
 	if kern.fn == nil {
-		attentionSeqRows(out, lse, q, k, v, T, H, Hkv, D, scores)
+		attentionSeqRows(out, lse, q, k, v, T, H, Hkv, D, W, scores)
 		return
 	}
-	attentionSeqBlocked(out, lse, q, k, v, T, H, Hkv, D)
+	attentionSeqBlocked(out, lse, q, k, v, T, H, Hkv, D, W)
+}
+
+// windowStart is the first key position query t sees under window W.
+func windowStart(t, W int) int {
+	if W <= 0 {
+		return 0
+	}
+	return max(0, t-W+1)
 }
 
 // AttentionSeqBackward accumulates dq, dk, dv for AttentionSeq given dout,
@@ -65,16 +80,21 @@ func AttentionSeq(out, lse, q, k, v []float32, T, H, Hkv, D int, scores []float3
 //
 // scratch needs length ≥ 2·T for the generic form.
 func AttentionSeqBackward(dq, dk, dv, dout, q, k, v, lse []float32, T, H, Hkv, D int, scratch []float32) {
+	AttentionSeqBackwardWindow(dq, dk, dv, dout, q, k, v, lse, T, H, Hkv, D, 0, scratch)
+}
+
+// AttentionSeqBackwardWindow is AttentionSeqBackward for AttentionSeqWindow.
+func AttentionSeqBackwardWindow(dq, dk, dv, dout, q, k, v, lse []float32, T, H, Hkv, D, W int, scratch []float32) {
 	if T <= 0 || H <= 0 {
 		return
 	}
 	checkAttn(dq, q, k, v, T, H, Hkv, D)
 	checkAttn(dout, dq, dk, dv, T, H, Hkv, D)
 	if kern.fn == nil {
-		attentionSeqBackwardRows(dq, dk, dv, dout, q, k, v, lse, T, H, Hkv, D, scratch)
+		attentionSeqBackwardRows(dq, dk, dv, dout, q, k, v, lse, T, H, Hkv, D, W, scratch)
 		return
 	}
-	attentionSeqBackwardBlocked(dq, dk, dv, dout, q, k, v, lse, T, H, Hkv, D)
+	attentionSeqBackwardBlocked(dq, dk, dv, dout, q, k, v, lse, T, H, Hkv, D, W)
 }
 
 // AttentionPrefix computes causal attention for m query rows at positions
@@ -89,6 +109,12 @@ func AttentionSeqBackward(dq, dk, dv, dout, q, k, v, lse []float32, T, H, Hkv, D
 //
 // It runs on the calling goroutine; callers spread heads over workers.
 func AttentionPrefix(out, q, k, v []float32, t0, m, H, Hkv, D, h0, h1 int) {
+	AttentionPrefixWindow(out, q, k, v, t0, m, H, Hkv, D, 0, h0, h1)
+}
+
+// AttentionPrefixWindow is AttentionPrefix under a sliding window W
+// (AttentionSeqWindow's rule; W ≤ 0: none).
+func AttentionPrefixWindow(out, q, k, v []float32, t0, m, H, Hkv, D, W, h0, h1 int) {
 	if m <= 0 || h0 >= h1 {
 		return
 	}
@@ -105,12 +131,13 @@ func AttentionPrefix(out, q, k, v []float32, t0, m, H, Hkv, D, h0, h1 int) {
 		for h := h0; h < h1; h++ {
 			g := h / group
 			for i := 0; i < m; i++ {
-				sc := (*buf)[:t0+i+1]
-				Gemv(sc, k[g*D:], q[i*qd+h*D:i*qd+(h+1)*D], t0+i+1, D, kvd, scale)
+				lo := windowStart(t0+i, W)
+				sc := (*buf)[:t0+i+1-lo]
+				Gemv(sc, k[lo*kvd+g*D:], q[i*qd+h*D:i*qd+(h+1)*D], len(sc), D, kvd, scale)
 				Softmax(sc)
 				oh := out[i*qd+h*D : i*qd+(h+1)*D]
 				clear(oh)
-				GemvT(oh, v[g*D:], sc, t0+i+1, D, kvd)
+				GemvT(oh, v[lo*kvd+g*D:], sc, len(sc), D, kvd)
 			}
 		}
 		return
@@ -128,9 +155,11 @@ func AttentionPrefix(out, q, k, v []float32, t0, m, H, Hkv, D, h0, h1 int) {
 			gemm(serial, kern, s, nb, mb, nb, D, headA(q, i0, h*D, qd), operandB{f: k[g*D:], rs: 1, cs: kvd}, false)
 			for i := 0; i < mb; i++ {
 				t := t0 + i0 + i
-				row := s[i*nb : i*nb+t+1]
+				lo := windowStart(t, W)
+				row := s[i*nb+lo : i*nb+t+1]
 				scal(row, scale)
 				Softmax(row)
+				clear(s[i*nb : i*nb+lo])
 				clear(s[i*nb+t+1 : (i+1)*nb])
 			}
 			// O_blk = P · V[:nb]
@@ -146,44 +175,47 @@ func checkAttn(o, q, k, v []float32, T, H, Hkv, D int) {
 }
 
 // attentionSeqRows is the generic form, one query row at a time.
-func attentionSeqRows(out, lse, q, k, v []float32, T, H, Hkv, D int, scores []float32) {
+func attentionSeqRows(out, lse, q, k, v []float32, T, H, Hkv, D, W int, scores []float32) {
 	group := H / Hkv
 	qd, kvd := H*D, Hkv*D
 	scale := float32(1 / math.Sqrt(float64(D)))
 	for h := 0; h < H; h++ {
 		g := h / group
 		for t := 0; t < T; t++ {
-			sc := scores[:t+1]
-			Gemv(sc, k[g*D:], q[t*qd+h*D:t*qd+(h+1)*D], t+1, D, kvd, scale)
+			lo := windowStart(t, W)
+			sc := scores[:t+1-lo]
+			Gemv(sc, k[lo*kvd+g*D:], q[t*qd+h*D:t*qd+(h+1)*D], len(sc), D, kvd, scale)
 			lse[h*T+t] = Softmax(sc)
 			oh := out[t*qd+h*D : t*qd+(h+1)*D]
 			clear(oh)
-			GemvT(oh, v[g*D:], sc, t+1, D, kvd)
+			GemvT(oh, v[lo*kvd+g*D:], sc, len(sc), D, kvd)
 		}
 	}
 }
 
-func attentionSeqBackwardRows(dq, dk, dv, dout, q, k, v, lse []float32, T, H, Hkv, D int, scratch []float32) {
+func attentionSeqBackwardRows(dq, dk, dv, dout, q, k, v, lse []float32, T, H, Hkv, D, W int, scratch []float32) {
 	group := H / Hkv
 	qd, kvd := H*D, Hkv*D
 	scale := float32(1 / math.Sqrt(float64(D)))
 	for h := 0; h < H; h++ {
 		g := h / group
 		for t := 0; t < T; t++ {
-			n := t + 1
+			lo := windowStart(t, W)
+			n := t + 1 - lo
 			p, ds := scratch[:n], scratch[T:T+n]
 			qh := q[t*qd+h*D : t*qd+(h+1)*D]
 			doh := dout[t*qd+h*D : t*qd+(h+1)*D]
-			Gemv(p, k[g*D:], qh, n, D, kvd, scale)
+			ko, vo := lo*kvd+g*D, lo*kvd+g*D
+			Gemv(p, k[ko:], qh, n, D, kvd, scale)
 			expSum(p, p, lse[h*T+t])
-			Gemv(ds, v[g*D:], doh, n, D, kvd, 1)
+			Gemv(ds, v[vo:], doh, n, D, kvd, 1)
 			rowsum := dotF32Fast(p, ds)
 			for u, pu := range p {
 				ds[u] = pu * (ds[u] - rowsum) * scale
 			}
-			GemvT(dq[t*qd+h*D:t*qd+(h+1)*D], k[g*D:], ds, n, D, kvd)
-			Ger(dk[g*D:], ds, qh, n, D, kvd)
-			Ger(dv[g*D:], p, doh, n, D, kvd)
+			GemvT(dq[t*qd+h*D:t*qd+(h+1)*D], k[ko:], ds, n, D, kvd)
+			Ger(dk[ko:], ds, qh, n, D, kvd)
+			Ger(dv[vo:], p, doh, n, D, kvd)
 		}
 	}
 }
@@ -194,7 +226,7 @@ func headA(x []float32, t0, off, ld int) operandA {
 	return operandA{a: x[t0*ld+off:], rs: ld, cs: 1}
 }
 
-func attentionSeqBlocked(out, lse, q, k, v []float32, T, H, Hkv, D int) {
+func attentionSeqBlocked(out, lse, q, k, v []float32, T, H, Hkv, D, W int) {
 	group := H / Hkv
 	qd, kvd := H*D, Hkv*D
 	scale := float32(1 / math.Sqrt(float64(D)))
@@ -211,9 +243,11 @@ func attentionSeqBlocked(out, lse, q, k, v []float32, T, H, Hkv, D int) {
 			gemm(serial, kern, s, n, m, n, D, headA(q, t0, h*D, qd), operandB{f: k[g*D:], rs: 1, cs: kvd}, false)
 			for i := 0; i < m; i++ {
 				t := t0 + i
-				row := s[i*n : i*n+t+1]
+				lo := windowStart(t, W)
+				row := s[i*n+lo : i*n+t+1]
 				scal(row, scale)
 				lse[h*T+t] = Softmax(row)
+				clear(s[i*n : i*n+lo])
 				clear(s[i*n+t+1 : (i+1)*n])
 			}
 			// O_blk = P · V[:n]
@@ -222,7 +256,7 @@ func attentionSeqBlocked(out, lse, q, k, v []float32, T, H, Hkv, D int) {
 	}
 }
 
-func attentionSeqBackwardBlocked(dq, dk, dv, dout, q, k, v, lse []float32, T, H, Hkv, D int) {
+func attentionSeqBackwardBlocked(dq, dk, dv, dout, q, k, v, lse []float32, T, H, Hkv, D, W int) {
 	group := H / Hkv
 	qd, kvd := H*D, Hkv*D
 	scale := float32(1 / math.Sqrt(float64(D)))
@@ -240,13 +274,16 @@ func attentionSeqBackwardBlocked(dq, dk, dv, dout, q, k, v, lse []float32, T, H,
 			gemm(serial, kern, ds, n, m, n, D, headA(dout, t0, h*D, qd), operandB{f: v[g*D:], rs: 1, cs: kvd}, false)
 			for i := 0; i < m; i++ {
 				t := t0 + i
-				pr, dr := p[i*n:i*n+t+1], ds[i*n:i*n+t+1]
+				lo := windowStart(t, W)
+				pr, dr := p[i*n+lo:i*n+t+1], ds[i*n+lo:i*n+t+1]
 				scal(pr, scale)
 				expSum(pr, pr, lse[h*T+t])
 				rowsum := dotF32Fast(pr, dr)
 				for u, pu := range pr {
 					dr[u] = pu * (dr[u] - rowsum) * scale
 				}
+				clear(p[i*n : i*n+lo])
+				clear(ds[i*n : i*n+lo])
 				clear(p[i*n+t+1 : (i+1)*n])
 				clear(ds[i*n+t+1 : (i+1)*n])
 			}

@@ -56,9 +56,9 @@ func BenchmarkAttention(b *testing.B) {
 			b.Run(name+"/fwd", func(b *testing.B) {
 				for i := 0; i < b.N; i++ {
 					if form == "blocked" {
-						attentionSeqBlocked(out, lse, q, k, v, T, H, Hkv, D)
+						attentionSeqBlocked(out, lse, q, k, v, T, H, Hkv, D, 0)
 					} else {
-						attentionSeqRows(out, lse, q, k, v, T, H, Hkv, D, sc)
+						attentionSeqRows(out, lse, q, k, v, T, H, Hkv, D, 0, sc)
 					}
 				}
 				b.ReportMetric(4*float64(D)*pairs*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
@@ -66,9 +66,9 @@ func BenchmarkAttention(b *testing.B) {
 			b.Run(name+"/bwd", func(b *testing.B) {
 				for i := 0; i < b.N; i++ {
 					if form == "blocked" {
-						attentionSeqBackwardBlocked(dq, dk, dv, do, q, k, v, lse, T, H, Hkv, D)
+						attentionSeqBackwardBlocked(dq, dk, dv, do, q, k, v, lse, T, H, Hkv, D, 0)
 					} else {
-						attentionSeqBackwardRows(dq, dk, dv, do, q, k, v, lse, T, H, Hkv, D, sc)
+						attentionSeqBackwardRows(dq, dk, dv, do, q, k, v, lse, T, H, Hkv, D, 0, sc)
 					}
 				}
 				b.ReportMetric(10*float64(D)*pairs*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")

@@ -89,6 +89,43 @@ func SwiGLU(out, gate, up []float32) { swiglu(out, gate, up) }
 //	dg[i] += dy[i]·u[i]·s·(1 + g[i]·(1−s))
 func SwiGLUBackward(dgate, dup, dy, gate, up []float32) { swigluBack(dgate, dup, dy, gate, up) }
 
+// GeGLU writes out[i] = gelu(gate[i])·up[i] with GELU's tanh form (Gemma's
+// gelu_pytorch_tanh), computed exactly in float64:
+//
+//	gelu(g) = ½·g·(1 + tanh(√(2/π)·(g + 0.044715·g³)))
+//
+// out may be gate or up. (llama.cpp's CPU backend reads gelu from a table
+// indexed by g rounded to float16; this is the exact function.)
+func GeGLU(out, gate, up []float32) {
+	up = up[:len(gate)]
+	out = out[:len(gate)]
+	for i, g := range gate {
+		out[i] = float32(geluTanh(float64(g))) * up[i]
+	}
+}
+
+const geluC = 0.7978845608028654 // √(2/π)
+
+func geluTanh(g float64) float64 {
+	return 0.5 * g * (1 + math.Tanh(geluC*(g+0.044715*g*g*g)))
+}
+
+// GeGLUBackward accumulates the gradients of out = gelu(g)·u:
+//
+//	a = √(2/π)·(g + 0.044715·g³);  th = tanh(a)
+//	gelu'(g) = ½·(1+th) + ½·g·(1−th²)·√(2/π)·(1 + 3·0.044715·g²)
+//	du[i] += dy[i]·gelu(g[i]);  dg[i] += dy[i]·u[i]·gelu'(g[i])
+func GeGLUBackward(dgate, dup, dy, gate, up []float32) {
+	up, dy, dgate, dup = up[:len(gate)], dy[:len(gate)], dgate[:len(gate)], dup[:len(gate)]
+	for i, gv := range gate {
+		g := float64(gv)
+		th := math.Tanh(geluC * (g + 0.044715*g*g*g))
+		d := float64(dy[i])
+		dup[i] += float32(d * 0.5 * g * (1 + th))
+		dgate[i] += float32(d * float64(up[i]) * (0.5*(1+th) + 0.5*g*(1-th*th)*geluC*(1+3*0.044715*g*g)))
+	}
+}
+
 // CrossEntropy returns −log softmax(logits)[target] and, when dlogits is not
 // nil, accumulates scale·(softmax(logits) − onehot(target)) into it:
 //

@@ -62,6 +62,36 @@ func SwiGLUBackward[F Float](dgate, dup, dy, gate, up []F) {
 	}
 }
 
+// GeGLUBackward accumulates the gradients of out = gelu_tanh(g)·u
+// (kernels.GeGLUBackward's formula).
+func GeGLUBackward[F Float](dgate, dup, dy, gate, up []F) {
+	if dg32, ok := f32s(dgate); ok {
+		du32, _ := f32s(dup)
+		dy32, _ := f32s(dy)
+		g32, _ := f32s(gate)
+		u32, _ := f32s(up)
+		kernels.GeGLUBackward(dg32, du32, dy32, g32, u32)
+		return
+	}
+	const c = 0.7978845608028654
+	for i, gv := range gate {
+		g := float64(gv)
+		th := math.Tanh(c * (g + 0.044715*g*g*g))
+		d := float64(dy[i])
+		dup[i] += F(d * 0.5 * g * (1 + th))
+		dgate[i] += F(d * float64(up[i]) * (0.5*(1+th) + 0.5*g*(1-th*th)*c*(1+3*0.044715*g*g)))
+	}
+}
+
+// GatedBackward is the backward of Gated.
+func GatedBackward[F Float](a Activation, dgate, dup, dy, gate, up []F) {
+	if a == GELUTanh {
+		GeGLUBackward(dgate, dup, dy, gate, up)
+	} else {
+		SwiGLUBackward(dgate, dup, dy, gate, up)
+	}
+}
+
 // CrossEntropy returns −log softmax(logits)[target] and, when dlogits is
 // not nil, accumulates scale·(softmax(logits) − onehot(target)) into it.
 func CrossEntropy[F Float](dlogits, logits []F, target int, scale float64) float64 {
@@ -95,13 +125,19 @@ func CrossEntropy[F Float](dlogits, logits []F, target int, scale float64) float
 // backward can rebuild the probabilities without keeping the (T, T) matrix.
 // scores is scratch of length ≥ T.
 func AttentionSeq[F Float](out, lse, q, k, v []F, T, H, Hkv, D int, scores []F) {
+	AttentionSeqWindow(out, lse, q, k, v, T, H, Hkv, D, 0, scores)
+}
+
+// AttentionSeqWindow is AttentionSeq where query t sees only the keys u
+// with t−W < u ≤ t (W ≤ 0: all u ≤ t); kernels.AttentionSeqWindow.
+func AttentionSeqWindow[F Float](out, lse, q, k, v []F, T, H, Hkv, D, W int, scores []F) {
 	if o32, ok := f32s(out); ok {
 		l32, _ := f32s(lse)
 		q32, _ := f32s(q)
 		k32, _ := f32s(k)
 		v32, _ := f32s(v)
 		s32, _ := f32s(scores)
-		kernels.AttentionSeq(o32, l32, q32, k32, v32, T, H, Hkv, D, s32)
+		kernels.AttentionSeqWindow(o32, l32, q32, k32, v32, T, H, Hkv, D, W, s32)
 		return
 	}
 	group := H / Hkv
@@ -111,9 +147,13 @@ func AttentionSeq[F Float](out, lse, q, k, v []F, T, H, Hkv, D int, scores []F) 
 		g := h / group
 		for t := 0; t < T; t++ {
 			qh := q[t*qd+h*D : t*qd+(h+1)*D]
+			lo := winStart(t, W)
 			sc := scores[:t+1]
 			m := math.Inf(-1)
-			for u := 0; u <= t; u++ {
+			for u := 0; u < lo; u++ {
+				sc[u] = 0
+			}
+			for u := lo; u <= t; u++ {
 				kh := k[u*kvd+g*D : u*kvd+(g+1)*D]
 				var s F
 				for i, x := range qh {
@@ -123,7 +163,7 @@ func AttentionSeq[F Float](out, lse, q, k, v []F, T, H, Hkv, D int, scores []F) 
 				m = math.Max(m, float64(sc[u]))
 			}
 			var z float64
-			for u := range sc {
+			for u := lo; u <= t; u++ {
 				e := math.Exp(float64(sc[u]) - m)
 				sc[u] = F(e)
 				z += e
@@ -134,7 +174,7 @@ func AttentionSeq[F Float](out, lse, q, k, v []F, T, H, Hkv, D int, scores []F) 
 				oh[i] = 0
 			}
 			inv := 1 / z
-			for u := 0; u <= t; u++ {
+			for u := lo; u <= t; u++ {
 				a := F(float64(sc[u]) * inv)
 				vh := v[u*kvd+g*D : u*kvd+(g+1)*D]
 				for i := range oh {
@@ -153,6 +193,19 @@ func AttentionSeq[F Float](out, lse, q, k, v []F, T, H, Hkv, D int, scores []F) 
 //
 // scratch needs length ≥ 2·T.
 func AttentionSeqBackward[F Float](dq, dk, dv, dout, q, k, v, lse []F, T, H, Hkv, D int, scratch []F) {
+	AttentionSeqBackwardWindow(dq, dk, dv, dout, q, k, v, lse, T, H, Hkv, D, 0, scratch)
+}
+
+// winStart is the first key position query t sees under window W.
+func winStart(t, W int) int {
+	if W <= 0 {
+		return 0
+	}
+	return max(0, t-W+1)
+}
+
+// AttentionSeqBackwardWindow is AttentionSeqBackward for AttentionSeqWindow.
+func AttentionSeqBackwardWindow[F Float](dq, dk, dv, dout, q, k, v, lse []F, T, H, Hkv, D, W int, scratch []F) {
 	if dq32, ok := f32s(dq); ok {
 		dk32, _ := f32s(dk)
 		dv32, _ := f32s(dv)
@@ -162,7 +215,7 @@ func AttentionSeqBackward[F Float](dq, dk, dv, dout, q, k, v, lse []F, T, H, Hkv
 		v32, _ := f32s(v)
 		l32, _ := f32s(lse)
 		s32, _ := f32s(scratch)
-		kernels.AttentionSeqBackward(dq32, dk32, dv32, do32, q32, k32, v32, l32, T, H, Hkv, D, s32)
+		kernels.AttentionSeqBackwardWindow(dq32, dk32, dv32, do32, q32, k32, v32, l32, T, H, Hkv, D, W, s32)
 		return
 	}
 	group := H / Hkv
@@ -176,8 +229,9 @@ func AttentionSeqBackward[F Float](dq, dk, dv, dout, q, k, v, lse []F, T, H, Hkv
 			qh := q[t*qd+h*D : t*qd+(h+1)*D]
 			doh := dout[t*qd+h*D : t*qd+(h+1)*D]
 			l := float64(lse[h*T+t])
+			lo := winStart(t, W)
 			var rowsum float64
-			for u := 0; u <= t; u++ {
+			for u := lo; u <= t; u++ {
 				kh := k[u*kvd+g*D : u*kvd+(g+1)*D]
 				vh := v[u*kvd+g*D : u*kvd+(g+1)*D]
 				var s, d F
@@ -190,7 +244,7 @@ func AttentionSeqBackward[F Float](dq, dk, dv, dout, q, k, v, lse []F, T, H, Hkv
 				rowsum += float64(p[u]) * float64(d)
 			}
 			dqh := dq[t*qd+h*D : t*qd+(h+1)*D]
-			for u := 0; u <= t; u++ {
+			for u := lo; u <= t; u++ {
 				ds := F(float64(p[u]) * (float64(dp[u]) - rowsum) * scale)
 				kh := k[u*kvd+g*D : u*kvd+(g+1)*D]
 				dkh := dk[u*kvd+g*D : u*kvd+(g+1)*D]

@@ -56,6 +56,10 @@ type Rope struct {
 	Neox  bool      // false: pairs (2j, 2j+1) as GGUF/llama2.c; true: pairs (j, j+Dims/2) as HF
 	Freq  []float64 // Dims/2 inverse frequencies, scaling already applied
 	Scale float64   // linear position scale (1 = none)
+	// Mscale multiplies cos and sin (Phi-3's LongRoPE attention factor; 1 =
+	// none): the rotation then also scales the vector, as llama.cpp's and
+	// Hugging Face's do.
+	Mscale float64
 	cos   []float32 // (P, Dims/2) cos(pos·Scale·Freq[j]) for pos < P ≤ 4096 (ropeTableBytes)
 	sin   []float32 // (P, Dims/2) sin(pos·Scale·Freq[j])
 }
@@ -69,7 +73,15 @@ const ropeTableBytes = 1 << 20
 // factors is non-empty (Llama 3's rope_freqs), with linear scaling of
 // positions by 1/linear when linear > 0.
 func NewRope(dims int, theta float64, neox bool, factors []float32, linear float64) Rope {
-	r := Rope{Dims: dims, Neox: neox, Freq: make([]float64, dims/2), Scale: 1}
+	return NewRopeScaled(dims, theta, neox, factors, linear, 1)
+}
+
+// NewRopeScaled is NewRope with cos and sin multiplied by mscale.
+func NewRopeScaled(dims int, theta float64, neox bool, factors []float32, linear, mscale float64) Rope {
+	if mscale == 0 {
+		mscale = 1
+	}
+	r := Rope{Dims: dims, Neox: neox, Freq: make([]float64, dims/2), Scale: 1, Mscale: mscale}
 	for j := range r.Freq {
 		f := math.Pow(theta, -float64(2*j)/float64(dims))
 		if j < len(factors) && factors[j] != 0 {
@@ -85,7 +97,7 @@ func NewRope(dims int, theta float64, neox bool, factors []float32, linear float
 		n := min(4096, ropeTableBytes/(8*half))
 		r.cos, r.sin = make([]float32, n*half), make([]float32, n*half)
 		for p := 0; p < n; p++ {
-			kernels.RopeTable(r.cos[p*half:(p+1)*half], r.sin[p*half:(p+1)*half], r.Freq, float64(p)*r.Scale)
+			r.row(r.cos[p*half:(p+1)*half], r.sin[p*half:(p+1)*half], p)
 		}
 	}
 	return r
@@ -99,8 +111,20 @@ func (r *Rope) table(pos int, buf []float32) (cos, sin []float32) {
 		return r.cos[pos*half : (pos+1)*half], r.sin[pos*half : (pos+1)*half]
 	}
 	cos, sin = buf[:half], buf[half:2*half]
-	kernels.RopeTable(cos, sin, r.Freq, float64(pos)*r.Scale)
+	r.row(cos, sin, pos)
 	return cos, sin
+}
+
+// row computes position pos's cos/sin row, times Mscale.
+func (r *Rope) row(cos, sin []float32, pos int) {
+	kernels.RopeTable(cos, sin, r.Freq, float64(pos)*r.Scale)
+	if r.Mscale != 1 && r.Mscale != 0 {
+		m := float32(r.Mscale)
+		for j := range cos {
+			cos[j] *= m
+			sin[j] *= m
+		}
+	}
 }
 
 // Apply rotates one head vector v (len ≥ Dims) at position pos in place
@@ -162,6 +186,46 @@ func SwiGLU[F Float](out, gate, up []F) {
 	up = up[:len(gate)]
 	for i, g := range gate {
 		out[i] = F(float64(g)/(1+math.Exp(-float64(g)))) * up[i]
+	}
+}
+
+// GeGLU writes out[i] = gelu(gate[i])·up[i], gelu in its tanh form
+// (kernels.GeGLU for float32).
+func GeGLU[F Float](out, gate, up []F) {
+	if o, ok := f32s(out); ok {
+		g32, _ := f32s(gate)
+		u32, _ := f32s(up)
+		kernels.GeGLU(o, g32, u32)
+		return
+	}
+	up = up[:len(gate)]
+	for i, g := range gate {
+		gv := float64(g)
+		out[i] = F(0.5*gv*(1+math.Tanh(0.7978845608028654*(gv+0.044715*gv*gv*gv)))) * up[i]
+	}
+}
+
+// Activation is the gated feed-forward's nonlinearity.
+type Activation uint8
+
+const (
+	SiLU     Activation = iota // SwiGLU: silu(gate)·up (Llama, Qwen, Phi, Mistral, SmolLM)
+	GELUTanh                   // GeGLU: gelu_tanh(gate)·up (Gemma)
+)
+
+func (a Activation) String() string {
+	if a == GELUTanh {
+		return "gelu-tanh"
+	}
+	return "silu"
+}
+
+// Gated writes out = act(gate)·up.
+func Gated[F Float](a Activation, out, gate, up []F) {
+	if a == GELUTanh {
+		GeGLU(out, gate, up)
+	} else {
+		SwiGLU(out, gate, up)
 	}
 }
 
