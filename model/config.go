@@ -3,6 +3,8 @@ package model
 import (
 	"errors"
 	"fmt"
+
+	"github.com/qtune/qtune/nn"
 )
 
 // Config is the architecture of a Llama-family model.
@@ -22,8 +24,23 @@ type Config struct {
 	RopeNeox   bool    // half-split pairs (HF) instead of adjacent pairs (GGUF)
 	RopeLinear float64 // linear RoPE scaling factor, 0 = none
 	Tied       bool    // output matrix is the token embedding
-	// RopeFactors divide the RoPE frequencies (Llama 3.1 scaling), when set.
+	// RopeFactors divide the RoPE frequencies (Llama 3.1 scaling, Phi-3's
+	// LongRoPE short factors), when set.
 	RopeFactors []float32
+	RopeMscale  float64 // cos/sin multiplier (Phi-3 LongRoPE's attention factor), 0 = 1
+
+	// Family switches (design.md rule 11); zero values are Llama's.
+	Act          nn.Activation // gated FFN nonlinearity: SiLU or Gemma's tanh GELU
+	EmbedScale   float32       // input embeddings multiplied by this (Gemma: √C), 0 = 1
+	AttnScale    float64       // attention logit scale, 0 = 1/√D (Gemma 3: query_pre_attn_scalar^-½)
+	Window       int           // sliding-window size on the layers marked Window (Gemma 3)
+	RopeThetaSWA float64       // RoPE base on sliding-window layers (Gemma 3's local base), 0 = RopeTheta
+
+	// Set by the loader from the tensors found, for the memory estimates.
+	swa       []bool // per block: sliding-window attention (Gemma 3's local blocks)
+	noRope    []bool // per block: no rotary embedding (SmolLM3)
+	qkNorm    bool   // per-head q/k norms (training keeps their inputs)
+	postNorms bool // post-attention and post-FFN norms (training keeps their inputs)
 }
 
 // ErrConfig marks an invalid or unsupported model configuration.

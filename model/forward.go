@@ -156,40 +156,33 @@ func (m *Model) ForwardWith(s *State, tokens []int, logits []float32, all bool, 
 	q, att := bf.q[:T*qd], bf.att[:T*qd]                // (T, H*D)
 	kk, vv := bf.kk[:T*kvd], bf.vv[:T*kvd]              // (T, Hkv*D)
 	g, u := bf.g[:T*c.Hidden], bf.u[:T*c.Hidden]        // (T, F)
-	for t, id := range tokens {
-		m.Embed.Row(x[t*C:(t+1)*C], id)
-	}
-	m.embedDone()
+	m.embedRows(x, tokens)
 	D := c.HeadDim
 	slots := min(T, len(bf.scores))
+	pos := func(r int) int { return s.Pos + r }
 	for li := range m.Layers {
 		l := &m.Layers[li]
-		for t := 0; t < T; t++ {
-			nn.RMSNorm(xb[t*C:(t+1)*C], x[t*C:(t+1)*C], l.AttnNorm, c.Eps)
-		}
-		m.linear(q, xb, T, li, ModQ, ad)
-		m.linear(kk, xb, T, li, ModK, ad)
-		m.linear(vv, xb, T, li, ModV, ad)
-		for t := 0; t < T; t++ {
-			pos := s.Pos + t
-			m.rope.ApplyHeads(q[t*qd:(t+1)*qd], c.Heads, D, pos)
-			m.rope.ApplyHeads(kk[t*kvd:(t+1)*kvd], c.KVHeads, D, pos)
-		}
+		m.normRows(xb, x, l.AttnNorm, T)
+		m.queries(li, q, xb, T, pos, ad, nil)
+		m.keysValues(li, kk, vv, xb, T, pos, ad, nil)
 		copy(s.k[li][s.Pos*kvd:], kk)
 		copy(s.v[li][s.Pos*kvd:], vv)
 		keys, vals := s.k[li], s.v[li]
 		// Each worker slot takes a contiguous share of the rows and its own
-		// scores buffer.
+		// scores buffer. A sliding window starts the keys later.
 		p.Parallel(slots, 1, func(lo, hi int) {
 			for w := lo; w < hi; w++ {
 				for t := w * T / slots; t < (w+1)*T/slots; t++ {
 					n := s.Pos + t + 1
-					nn.Attention(att[t*qd:(t+1)*qd], q[t*qd:(t+1)*qd], keys, vals, n, kvd, c.Heads, c.KVHeads, D, bf.scores[w])
+					k0 := 0
+					if l.Window > 0 {
+						k0 = max(0, n-l.Window)
+					}
+					nn.Attention(att[t*qd:(t+1)*qd], q[t*qd:(t+1)*qd], keys[k0*kvd:], vals[k0*kvd:], n-k0, kvd, c.Heads, c.KVHeads, D, bf.scores[w])
 				}
 			}
 		})
-		m.linear(tmp, att, T, li, ModO, ad)
-		addInto(x, tmp)
+		m.attnOutInto(x, att, tmp, T, li, ad, nil)
 		m.ffnInto(x, xb, g, u, tmp, T, li, ad)
 		m.layerDone(li, li+1)
 	}
@@ -205,20 +198,6 @@ func (m *Model) ForwardWith(s *State, tokens []int, logits []float32, all bool, 
 	m.prefetch(0) // for the next call
 	s.Pos += T
 	return nil
-}
-
-// ffnInto adds block l's feed-forward output to the M rows of the residual
-// stream x (M, C), with scratch xn and tmp (M, C) and g, u (M, F).
-func (m *Model) ffnInto(x, xn, g, u, tmp []float32, M, l int, ad Adapters) {
-	C := m.Config.Dim
-	for r := 0; r < M; r++ {
-		nn.RMSNorm(xn[r*C:(r+1)*C], x[r*C:(r+1)*C], m.Layers[l].FFNNorm, m.Config.Eps)
-	}
-	m.linear(g, xn, M, l, ModGate, ad)
-	m.linear(u, xn, M, l, ModUp, ad)
-	nn.SwiGLU(g, g, u)
-	m.linear(tmp, g, M, l, ModDown, ad)
-	addInto(x, tmp)
 }
 
 func addInto(dst, src []float32) {

@@ -32,6 +32,14 @@ type Layer struct {
 	Gate     kernels.Matrix // (F, C)
 	Up       kernels.Matrix // (F, C)
 	Down     kernels.Matrix // (C, F)
+
+	// Family features, nil or zero when absent.
+	BQ, BK, BV   []float32 // (H*D), (Hkv*D), (Hkv*D) projection biases (Qwen2)
+	QNorm, KNorm []float32 // (D) per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3)
+	PostAttnNorm []float32 // (C) RMSNorm of the attention output before the residual (Gemma 3)
+	PostFFNNorm  []float32 // (C) RMSNorm of the FFN output before the residual (Gemma 3)
+	Window       int       // sliding-window attention size, 0 = full causal (Gemma 3's local layers)
+	NoRope       bool      // no rotary embedding in this block (SmolLM3's every fourth)
 }
 
 // Model is a loaded Llama-family model.
@@ -60,8 +68,14 @@ type Model struct {
 	// scratch that leaves memory between the forward and backward passes.
 	Spill *offload.Scratch
 
-	rope  nn.Rope
-	store offload.Store
+	// What the tensors showed (Features reports them).
+	ropeFromTensor, fusedQKV, fusedGateUp bool
+	// fam is the model's family row.
+	fam family
+
+	rope    nn.Rope // global layers' rotary table
+	ropeSWA nn.Rope // sliding-window layers' table when their base differs (Gemma 3)
+	store   offload.Store
 	pool  *kernels.Pool
 }
 
@@ -144,9 +158,11 @@ func (m *Model) openGGUF(path string, data []byte, opt Options) error {
 	if arch == "" {
 		return fmt.Errorf("model: %s: missing general.architecture", path)
 	}
-	if !supportedArch(arch) {
-		return fmt.Errorf("model: %s: architecture %q is not a Llama-family model", path, arch)
+	fam, ok := familyOf(arch)
+	if !ok {
+		return fmt.Errorf("model: %s: architecture %q is not supported (supported: %s)", path, arch, SupportedArchs())
 	}
+	m.fam = fam
 	tensors := make(map[string]tensor.Tensor, len(f.Tensors))
 	for _, ti := range f.Tensors {
 		t := tensor.Tensor{Name: ti.Name, Type: ti.Type, Shape: ti.Shape, Data: f.Data(data, ti)}
@@ -187,13 +203,16 @@ func (m *Model) openGGUF(path string, data []byte, opt Options) error {
 		c.RopeTheta = th
 	}
 	switch st, _ := f.String(arch + ".rope.scaling.type"); st {
-	case "", "none":
-	case "linear":
-		if fac, ok := f.Float(arch + ".rope.scaling.factor"); ok && fac > 0 {
+	case "", "none", "linear":
+		// llama.cpp reads an absent type as linear, with factor 1 unless given.
+		if fac, ok := f.Float(arch + ".rope.scaling.factor"); ok && fac > 0 && fac != 1 && st != "none" {
 			c.RopeLinear = fac
 		}
 	default:
 		return fmt.Errorf("model: %s: RoPE scaling %q is not supported (linear is)", path, st)
+	}
+	if err := ggufFamilyConfig(f, &c, fam); err != nil {
+		return fmt.Errorf("model: %s: %w", path, err)
 	}
 	if emb, ok := tensors["token_embd.weight"]; ok && len(emb.Shape) == 2 {
 		c.Vocab = int(emb.Shape[1])
@@ -215,20 +234,13 @@ func (m *Model) openGGUF(path string, data []byte, opt Options) error {
 	return m.setTokenizer(tok)
 }
 
-func supportedArch(a string) bool {
-	switch a {
-	case "llama", "mistral", "qwen2", "granite", "smollm":
-		return true
-	}
-	return false
-}
-
 func (m *Model) openLlama2C(path string, data []byte, opt Options) error {
 	lm, err := llama2c.Parse(data)
 	if err != nil {
 		return fmt.Errorf("model: %s: %w", path, err)
 	}
 	m.Format = "llama2c"
+	m.fam = families[0]
 	cfg := lm.Config
 	c := Config{Arch: "llama", Dim: cfg.Dim, Hidden: cfg.HiddenDim, Layers: cfg.NLayers, Heads: cfg.NHeads,
 		KVHeads: cfg.NKVHeads, Vocab: cfg.VocabSize, Context: cfg.SeqLen, Eps: 1e-5, RopeTheta: 10000}
@@ -332,12 +344,21 @@ func (m *Model) openHF(dir string, opt Options) error {
 	if err != nil {
 		return fmt.Errorf("model: %s: not a model folder: %w", dir, err)
 	}
+	mt, archs := hfModelType(cb)
+	fam, ok := hfFamily(mt, archs)
+	if !ok {
+		if mt == "" {
+			mt = strings.Join(archs, ",")
+		}
+		return fmt.Errorf("model: %s/config.json: model_type %q is not supported (supported: %s)", dir, mt, hfTypes())
+	}
+	m.fam = fam
 	hc, err := safetensors.ParseConfig(cb)
 	if err != nil {
 		return fmt.Errorf("model: %s/config.json: %w", dir, err)
 	}
 	m.Format = "safetensors"
-	c := Config{Arch: "llama", Dim: hc.HiddenSize, Hidden: hc.IntermediateSize, Layers: hc.NumHiddenLayers,
+	c := Config{Arch: fam.arch, Dim: hc.HiddenSize, Hidden: hc.IntermediateSize, Layers: hc.NumHiddenLayers,
 		Heads: hc.NumAttentionHeads, KVHeads: hc.NumKeyValueHeads, HeadDim: hc.HeadDim, Vocab: hc.VocabSize,
 		Context: hc.MaxPositionEmbeddings, Eps: float32(hc.RMSNormEps), RopeTheta: hc.RopeTheta,
 		RopeNeox: true, Tied: hc.TieWordEmbeddings}
@@ -348,8 +369,14 @@ func (m *Model) openHF(dir string, opt Options) error {
 		c.HeadDim = c.Dim / c.Heads
 	}
 	c.RopeDims = c.HeadDim
+	if p := hc.PartialRotaryFactor; p > 0 && p < 1 {
+		c.RopeDims = int(float64(c.HeadDim)*p) &^ 1
+	}
 	if c.RopeTheta == 0 {
 		c.RopeTheta = 10000
+	}
+	if err := hfFamilyConfig(hc, &c, fam); err != nil {
+		return fmt.Errorf("model: %s/config.json: %w", dir, err)
 	}
 	if c.Eps == 0 {
 		c.Eps = 1e-6
@@ -406,7 +433,7 @@ func (m *Model) openHF(dir string, opt Options) error {
 			return fmt.Errorf("model: %s: %w", p, err)
 		}
 		for _, st := range sf.Tensors {
-			name, ok := safetensors.GGUFName(st.Name)
+			name, ok := safetensors.GGUFNameFor(fam.arch, st.Name)
 			if !ok {
 				continue // rotary caches and other extras
 			}
@@ -511,35 +538,164 @@ func (m *Model) build(ts map[string]tensor.Tensor) error {
 		c.Tied = true
 		m.Output = m.Embed
 	}
+	// opt is vec for a tensor that may be absent (nil then).
+	opt := func(name string, n int) ([]float32, error) {
+		if _, ok := ts[name]; !ok {
+			return nil, nil
+		}
+		return vec(name, n)
+	}
+	// rowsOf splits a fused matrix's rows: the views share its bytes.
+	rowsOf := func(w kernels.Matrix, r0, r1 int) kernels.Matrix {
+		rb := len(w.Data) / w.Rows
+		return kernels.Matrix{Type: w.Type, Rows: r1 - r0, Cols: w.Cols, Data: w.Data[r0*rb : r1*rb]}
+	}
+	// Gemma's Hugging Face norms hold w for x·(1+w): fold the 1 in here,
+	// as llama.cpp's converter does in the file.
+	offset := m.fam.hfNormOffset && m.Format == "safetensors"
+	normv := func(name string, n int, optional bool) ([]float32, error) {
+		var v []float32
+		var err error
+		if optional {
+			v, err = opt(name, n)
+		} else {
+			v, err = vec(name, n)
+		}
+		if offset {
+			for i := range v {
+				v[i]++
+			}
+		}
+		return v, err
+	}
+	if offset {
+		for i := range m.OutNorm {
+			m.OutNorm[i]++
+		}
+	}
+	D := c.HeadDim
 	m.Layers = make([]Layer, c.Layers)
 	for i := range m.Layers {
 		l := &m.Layers[i]
 		p := fmt.Sprintf("blk.%d.", i)
-		if l.AttnNorm, err = vec(p+"attn_norm.weight", C); err != nil {
+		if l.AttnNorm, err = normv(p+"attn_norm.weight", C, false); err != nil {
 			return err
 		}
-		if l.FFNNorm, err = vec(p+"ffn_norm.weight", C); err != nil {
+		if l.FFNNorm, err = normv(p+"ffn_norm.weight", C, false); err != nil {
 			return err
 		}
-		for _, w := range []struct {
-			dst        *kernels.Matrix
-			name       string
-			rows, cols int
-		}{{&l.Wq, "attn_q", qd, C}, {&l.Wk, "attn_k", kvd, C}, {&l.Wv, "attn_v", kvd, C}, {&l.Wo, "attn_output", C, qd},
-			{&l.Gate, "ffn_gate", F, C}, {&l.Up, "ffn_up", F, C}, {&l.Down, "ffn_down", C, F}} {
-			if *w.dst, err = mat(p+w.name+".weight", w.rows, w.cols); err != nil {
+		if l.QNorm, err = normv(p+"attn_q_norm.weight", D, true); err != nil {
+			return err
+		}
+		if l.KNorm, err = normv(p+"attn_k_norm.weight", D, true); err != nil {
+			return err
+		}
+		if (l.QNorm == nil) != (l.KNorm == nil) {
+			return fmt.Errorf("block %d has only one of attn_q_norm and attn_k_norm", i)
+		}
+		if l.PostAttnNorm, err = normv(p+"post_attention_norm.weight", C, true); err != nil {
+			return err
+		}
+		if l.PostFFNNorm, err = normv(p+"post_ffw_norm.weight", C, true); err != nil {
+			return err
+		}
+		if (l.PostAttnNorm == nil) != (l.PostFFNNorm == nil) {
+			return fmt.Errorf("block %d has only one of post_attention_norm and post_ffw_norm", i)
+		}
+		for _, b := range []struct {
+			dst  *[]float32
+			name string
+			n    int
+		}{{&l.BQ, "attn_q.bias", qd}, {&l.BK, "attn_k.bias", kvd}, {&l.BV, "attn_v.bias", kvd}} {
+			if *b.dst, err = opt(p+b.name, b.n); err != nil {
 				return err
 			}
 		}
+		if _, ok := ts[p+"attn_output.bias"]; ok {
+			return fmt.Errorf("tensor %q: an output projection bias is not supported", p+"attn_output.bias")
+		}
+		if _, ok := ts[p+"attn_qkv.weight"]; ok {
+			// Fused q|k|v rows (Phi-3; llama.cpp accepts it for any family).
+			w, err := mat(p+"attn_qkv.weight", qd+2*kvd, C)
+			if err != nil {
+				return err
+			}
+			l.Wq, l.Wk, l.Wv = rowsOf(w, 0, qd), rowsOf(w, qd, qd+kvd), rowsOf(w, qd+kvd, qd+2*kvd)
+			m.fusedQKV = true
+			if _, ok := ts[p+"attn_qkv.bias"]; ok {
+				return fmt.Errorf("tensor %q: a fused qkv bias is not supported", p+"attn_qkv.bias")
+			}
+		} else {
+			for _, w := range []struct {
+				dst        *kernels.Matrix
+				name       string
+				rows, cols int
+			}{{&l.Wq, "attn_q", qd, C}, {&l.Wk, "attn_k", kvd, C}, {&l.Wv, "attn_v", kvd, C}} {
+				if *w.dst, err = mat(p+w.name+".weight", w.rows, w.cols); err != nil {
+					return err
+				}
+			}
+		}
+		if l.Wo, err = mat(p+"attn_output.weight", C, qd); err != nil {
+			return err
+		}
+		if _, ok := ts[p+"ffn_gate.weight"]; !ok {
+			// Fused gate|up rows in ffn_up (Phi-3): the first F rows are the
+			// gate (llama.cpp's ggml_swiglu, Hugging Face's chunk(2)).
+			w, err := mat(p+"ffn_up.weight", 2*F, C)
+			if err != nil {
+				return err
+			}
+			l.Gate, l.Up = rowsOf(w, 0, F), rowsOf(w, F, 2*F)
+			m.fusedGateUp = true
+		} else {
+			if l.Gate, err = mat(p+"ffn_gate.weight", F, C); err != nil {
+				return err
+			}
+			if l.Up, err = mat(p+"ffn_up.weight", F, C); err != nil {
+				return err
+			}
+		}
+		if l.Down, err = mat(p+"ffn_down.weight", C, F); err != nil {
+			return err
+		}
+		for _, bn := range []string{"attn_output.bias", "ffn_up.bias", "ffn_down.bias", "ffn_gate.bias"} {
+			if _, ok := ts[p+bn]; ok {
+				return fmt.Errorf("tensor %q: feed-forward and output biases are not supported", p+bn)
+			}
+		}
+		if c.swa != nil && c.swa[i] {
+			l.Window = c.Window
+		}
+		if c.noRope != nil && c.noRope[i] {
+			l.NoRope = true
+		}
+		c.qkNorm = c.qkNorm || l.QNorm != nil
+		c.postNorms = c.postNorms || l.PostAttnNorm != nil
+	}
+	if _, ok := ts["output.bias"]; ok {
+		return fmt.Errorf("tensor %q: an output bias is not supported", "output.bias")
 	}
 	factors := c.RopeFactors
-	if rf, ok := ts["rope_freqs.weight"]; ok && rf.Type == quant.F32 && rf.Elems() == int64(c.RopeDims/2) {
+	if rf, ok := ts["rope_freqs.weight"]; ok {
+		if rf.Type != quant.F32 || rf.Elems() != int64(c.RopeDims/2) {
+			return fmt.Errorf("tensor %q: want %d F32 values (rope dimensions / 2), have %d of %s", "rope_freqs.weight", c.RopeDims/2, rf.Elems(), rf.Type)
+		}
 		factors = make([]float32, rf.Elems())
 		if err := quant.Dequantize(quant.F32, factors, rf.Data); err != nil {
 			return err
 		}
+		for _, v := range factors {
+			if !(v > 0) || math.IsInf(float64(v), 0) {
+				return fmt.Errorf("tensor %q holds %g; frequency factors must be positive", "rope_freqs.weight", v)
+			}
+		}
+		m.ropeFromTensor = true
 	}
-	m.rope = nn.NewRope(c.RopeDims, c.RopeTheta, c.RopeNeox, factors, c.RopeLinear)
+	m.rope = nn.NewRopeScaled(c.RopeDims, c.RopeTheta, c.RopeNeox, factors, c.RopeLinear, c.RopeMscale)
+	if c.Window > 0 && c.RopeThetaSWA != 0 {
+		m.ropeSWA = nn.NewRopeScaled(c.RopeDims, c.RopeThetaSWA, c.RopeNeox, nil, 0, 1)
+	}
 	return nil
 }
 

@@ -131,9 +131,17 @@ func (s *Scorer) Loss(tokens, targets []int, B, T int, ad Adapters) (float64, in
 		}
 		return seq, r - s.off[seq]
 	}
+	posOf := func(r0 int) func(int) int {
+		return func(i int) int { _, t := where(r0 + i); return t }
+	}
 	for r := 0; r < N; r++ {
 		b, t := where(r)
 		m.Embed.Row(s.x[r*C:(r+1)*C], tokens[b*T+t])
+	}
+	if es := c.EmbedScale; es != 0 && es != 1 {
+		for i := range s.x[:N*C] {
+			s.x[i] *= es
+		}
 	}
 	m.embedDone()
 	for l := range m.Layers {
@@ -143,28 +151,15 @@ func (s *Scorer) Loss(tokens, targets []int, B, T int, ad Adapters) (float64, in
 		for r0 := 0; r0 < N; r0 += ScoreRows {
 			r1 := min(N, r0+ScoreRows)
 			xn := s.xn[:(r1-r0)*C]
-			for r := r0; r < r1; r++ {
-				nn.RMSNorm(xn[(r-r0)*C:(r-r0+1)*C], s.x[r*C:(r+1)*C], L.AttnNorm, c.Eps)
-			}
-			m.linear(s.k[r0*kvd:r1*kvd], xn, r1-r0, l, ModK, ad)
-			m.linear(s.v[r0*kvd:r1*kvd], xn, r1-r0, l, ModV, ad)
-			for r := r0; r < r1; r++ {
-				_, t := where(r)
-				m.rope.ApplyHeads(s.k[r*kvd:(r+1)*kvd], c.KVHeads, D, t)
-			}
+			m.normRows(xn, s.x[r0*C:r1*C], L.AttnNorm, r1-r0)
+			m.keysValues(l, s.k[r0*kvd:r1*kvd], s.v[r0*kvd:r1*kvd], xn, r1-r0, posOf(r0), ad, nil)
 		}
 		for r0 := 0; r0 < N; r0 += ScoreRows {
 			r1 := min(N, r0+ScoreRows)
 			M := r1 - r0
 			xn, q, att, tmp := s.xn[:M*C], s.q[:M*qd], s.att[:M*qd], s.tmp[:M*C]
-			for r := r0; r < r1; r++ {
-				nn.RMSNorm(xn[(r-r0)*C:(r-r0+1)*C], s.x[r*C:(r+1)*C], L.AttnNorm, c.Eps)
-			}
-			m.linear(q, xn, M, l, ModQ, ad)
-			for r := r0; r < r1; r++ {
-				_, t := where(r)
-				m.rope.ApplyHeads(q[(r-r0)*qd:(r-r0+1)*qd], c.Heads, D, t)
-			}
+			m.normRows(xn, s.x[r0*C:r1*C], L.AttnNorm, M)
+			m.queries(l, q, xn, M, posOf(r0), ad, nil)
 			// Attention, one sequence's part of the chunk at a time, heads
 			// spread over the workers.
 			for a := r0; a < r1; {
@@ -172,14 +167,13 @@ func (s *Scorer) Loss(tokens, targets []int, B, T int, ad Adapters) (float64, in
 				e := min(r1, s.off[b+1])
 				base := s.off[b]
 				m.pool.Parallel(c.Heads, 1, func(h0, h1 int) {
-					kernels.AttentionPrefix(att[(a-r0)*qd:(e-r0)*qd], q[(a-r0)*qd:(e-r0)*qd], s.k[base*kvd:e*kvd], s.v[base*kvd:e*kvd],
-						t0, e-a, c.Heads, c.KVHeads, D, h0, h1)
+					kernels.AttentionPrefixWindow(att[(a-r0)*qd:(e-r0)*qd], q[(a-r0)*qd:(e-r0)*qd], s.k[base*kvd:e*kvd], s.v[base*kvd:e*kvd],
+						t0, e-a, c.Heads, c.KVHeads, D, L.Window, h0, h1)
 				})
 				a = e
 			}
-			m.linear(tmp, att, M, l, ModO, ad)
 			xr := s.x[r0*C : r1*C]
-			addInto(xr, tmp)
+			m.attnOutInto(xr, att, tmp, M, l, ad, nil)
 			m.ffnInto(xr, xn, s.g[:M*F], s.u[:M*F], tmp, M, l, ad)
 		}
 		m.layerDone(l, l+1)

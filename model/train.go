@@ -83,7 +83,24 @@ type layerActs struct {
 	xn2  []float32 // (BT, C) FFN RMSNorm output
 	g    []float32 // (BT, F) gate pre-activation
 	u    []float32 // (BT, F) up projection
-	h    []float32 // (BT, F) silu(g)·u
+	h    []float32 // (BT, F) act(g)·u
+	// Family extras, allocated only when the family has the feature.
+	qraw []float32 // (BT, H·D) queries before the per-head norm (q/k norms)
+	kraw []float32 // (BT, Hkv·D) keys before the per-head norm
+	ao   []float32 // (BT, C) Wo·att before the post-attention norm
+	fo   []float32 // (BT, C) FFN output before the post-FFN norm
+}
+
+// extraActs is the float count of the family extras of layerActs per row.
+func (c *Config) extraActs() int64 {
+	var n int64
+	if c.qkNorm {
+		n += int64((c.Heads + c.KVHeads) * c.HeadDim)
+	}
+	if c.postNorms {
+		n += 2 * int64(c.Dim)
+	}
+	return n
 }
 
 func (m *Model) newActs(BT, B int, full bool) *layerActs {
@@ -95,6 +112,12 @@ func (m *Model) newActs(BT, B int, full bool) *layerActs {
 		a.xn1, a.q, a.k, a.v = make([]float32, BT*C), make([]float32, BT*qd), make([]float32, BT*kvd), make([]float32, BT*kvd)
 		a.lse, a.att, a.xmid, a.xn2 = make([]float32, BT*c.Heads), make([]float32, BT*qd), make([]float32, BT*C), make([]float32, BT*C)
 		a.g, a.u, a.h = make([]float32, BT*F), make([]float32, BT*F), make([]float32, BT*F)
+		if c.qkNorm {
+			a.qraw, a.kraw = make([]float32, BT*qd), make([]float32, BT*kvd)
+		}
+		if c.postNorms {
+			a.ao, a.fo = make([]float32, BT*C), make([]float32, BT*C)
+		}
 	}
 	return a
 }
@@ -105,7 +128,7 @@ func (c *Config) ActivationBytes(B, T int, checkpoint bool) int64 {
 	BT := int64(B * T)
 	qd, kvd := int64(c.Heads*c.HeadDim), int64(c.KVHeads*c.HeadDim)
 	C, F := int64(c.Dim), int64(c.Hidden)
-	perLayer := BT * (4*C + 2*qd + 2*kvd + int64(c.Heads) + 3*F)
+	perLayer := BT * (4*C + 2*qd + 2*kvd + int64(c.Heads) + 3*F + c.extraActs())
 	saved := int64(c.Layers) * perLayer
 	if checkpoint {
 		saved = int64(c.Layers)*BT*C + perLayer
@@ -161,39 +184,32 @@ func (m *Model) weightGrad(dw, dy, x []float32, M, N, K int) {
 // writing the block output to out (BT, C).
 func (m *Model) layerForward(l int, a *layerActs, out []float32, B, T int, ad Adapters) {
 	c := m.Config
-	C, D := c.Dim, c.HeadDim
+	D := c.HeadDim
 	qd, kvd := c.Heads*D, c.KVHeads*D
 	BT := B * T
 	L := &m.Layers[l]
-	for r := 0; r < BT; r++ {
-		nn.RMSNorm(a.xn1[r*C:(r+1)*C], a.xin[r*C:(r+1)*C], L.AttnNorm, c.Eps)
-	}
-	m.linear(a.q, a.xn1, BT, l, ModQ, ad)
-	m.linear(a.k, a.xn1, BT, l, ModK, ad)
-	m.linear(a.v, a.xn1, BT, l, ModV, ad)
-	for r := 0; r < BT; r++ {
-		pos := r % T
-		m.rope.ApplyHeads(a.q[r*qd:(r+1)*qd], c.Heads, D, pos)
-		m.rope.ApplyHeads(a.k[r*kvd:(r+1)*kvd], c.KVHeads, D, pos)
-	}
+	pos := func(r int) int { return r % T }
+	m.normRows(a.xn1, a.xin, L.AttnNorm, BT)
+	m.queries(l, a.q, a.xn1, BT, pos, ad, a.qraw)
+	m.keysValues(l, a.k, a.v, a.xn1, BT, pos, ad, a.kraw)
 	m.pool.Parallel(B, 1, func(lo, hi int) {
 		sc := make([]float32, T)
 		for b := lo; b < hi; b++ {
-			nn.AttentionSeq(a.att[b*T*qd:(b+1)*T*qd], a.lse[b*c.Heads*T:(b+1)*c.Heads*T],
-				a.q[b*T*qd:(b+1)*T*qd], a.k[b*T*kvd:(b+1)*T*kvd], a.v[b*T*kvd:(b+1)*T*kvd], T, c.Heads, c.KVHeads, D, sc)
+			nn.AttentionSeqWindow(a.att[b*T*qd:(b+1)*T*qd], a.lse[b*c.Heads*T:(b+1)*c.Heads*T],
+				a.q[b*T*qd:(b+1)*T*qd], a.k[b*T*kvd:(b+1)*T*kvd], a.v[b*T*kvd:(b+1)*T*kvd], T, c.Heads, c.KVHeads, D, L.Window, sc)
 		}
 	})
-	m.linear(a.xmid, a.att, BT, l, ModO, ad)
-	for i, v := range a.xin {
-		a.xmid[i] += v
-	}
-	for r := 0; r < BT; r++ {
-		nn.RMSNorm(a.xn2[r*C:(r+1)*C], a.xmid[r*C:(r+1)*C], L.FFNNorm, c.Eps)
-	}
+	copy(a.xmid, a.xin)
+	m.attnOutInto(a.xmid, a.att, out, BT, l, ad, a.ao)
+	m.normRows(a.xn2, a.xmid, L.FFNNorm, BT)
 	m.linear(a.g, a.xn2, BT, l, ModGate, ad)
 	m.linear(a.u, a.xn2, BT, l, ModUp, ad)
-	nn.SwiGLU(a.h, a.g, a.u)
+	nn.Gated(c.Act, a.h, a.g, a.u)
 	m.linear(out, a.h, BT, l, ModDown, ad)
+	if L.PostFFNNorm != nil {
+		copy(a.fo, out[:BT*c.Dim])
+		m.normRows(out, out, L.PostFFNNorm, BT)
+	}
 	for i, v := range a.xmid {
 		out[i] += v
 	}
@@ -206,6 +222,8 @@ type backScratch struct {
 	datt        []float32 // (BT, H·D)
 	dq          []float32 // (BT, H·D)
 	dk, dv      []float32 // (BT, Hkv·D)
+	dpost       []float32 // (BT, C) post-norm input gradient (Gemma 3), else nil
+	dnorm       []float32 // (D) per-head norm gradient scratch
 	attnScratch []float32
 }
 
@@ -218,12 +236,26 @@ func (m *Model) layerBackward(l int, a *layerActs, dx []float32, B, T int, o *St
 	BT := B * T
 	L := &m.Layers[l]
 	norm := func(name string) []float32 { return o.WeightGrads[fmt.Sprintf("blk.%d.%s.weight", l, name)] }
-	// FFN: out = xmid + down(silu(g)·u), g = gate(xn2), u = up(xn2).
+	// postBack turns dy (BT, C), the gradient of a post-norm's output, into
+	// the gradient of its input pre (kept in s.dpost).
+	postBack := func(dy, pre, w []float32, name string) []float32 {
+		clear(s.dpost)
+		dw := norm(name)
+		for r := 0; r < BT; r++ {
+			nn.RMSNormBackward(s.dpost[r*C:(r+1)*C], dw, dy[r*C:(r+1)*C], pre[r*C:(r+1)*C], w, c.Eps)
+		}
+		return s.dpost
+	}
+	// FFN: out = xmid + post(down(act(g)·u)), g = gate(xn2), u = up(xn2).
+	dffn := dx
+	if L.PostFFNNorm != nil {
+		dffn = postBack(dx, a.fo, L.PostFFNNorm, "post_ffw_norm")
+	}
 	clear(s.dh)
-	m.linearBack(s.dh, dx, a.h, BT, l, ModDown, o)
+	m.linearBack(s.dh, dffn, a.h, BT, l, ModDown, o)
 	clear(s.dg)
 	clear(s.du)
-	nn.SwiGLUBackward(s.dg, s.du, s.dh, a.g, a.u)
+	nn.GatedBackward(c.Act, s.dg, s.du, s.dh, a.g, a.u)
 	clear(s.dxn)
 	m.linearBack(s.dxn, s.dg, a.xn2, BT, l, ModGate, o)
 	m.linearBack(s.dxn, s.du, a.xn2, BT, l, ModUp, o)
@@ -231,25 +263,26 @@ func (m *Model) layerBackward(l int, a *layerActs, dx []float32, B, T int, o *St
 	for r := 0; r < BT; r++ {
 		nn.RMSNormBackward(dx[r*C:(r+1)*C], dwn, s.dxn[r*C:(r+1)*C], a.xmid[r*C:(r+1)*C], L.FFNNorm, c.Eps)
 	}
-	// Attention: xmid = xin + o(att), att = attention(rope(q(xn1)), rope(k(xn1)), v(xn1)).
+	// Attention: xmid = xin + post(o(att)), att = attention(qk(q(xn1)), qk(k(xn1)), v(xn1)).
+	dattn := dx
+	if L.PostAttnNorm != nil {
+		dattn = postBack(dx, a.ao, L.PostAttnNorm, "post_attention_norm")
+	}
 	clear(s.datt)
-	m.linearBack(s.datt, dx, a.att, BT, l, ModO, o)
+	m.linearBack(s.datt, dattn, a.att, BT, l, ModO, o)
 	clear(s.dq)
 	clear(s.dk)
 	clear(s.dv)
 	m.pool.Parallel(B, 1, func(lo, hi int) {
 		sc := make([]float32, 2*T)
 		for b := lo; b < hi; b++ {
-			nn.AttentionSeqBackward(s.dq[b*T*qd:(b+1)*T*qd], s.dk[b*T*kvd:(b+1)*T*kvd], s.dv[b*T*kvd:(b+1)*T*kvd],
+			nn.AttentionSeqBackwardWindow(s.dq[b*T*qd:(b+1)*T*qd], s.dk[b*T*kvd:(b+1)*T*kvd], s.dv[b*T*kvd:(b+1)*T*kvd],
 				s.datt[b*T*qd:(b+1)*T*qd], a.q[b*T*qd:(b+1)*T*qd], a.k[b*T*kvd:(b+1)*T*kvd], a.v[b*T*kvd:(b+1)*T*kvd],
-				a.lse[b*c.Heads*T:(b+1)*c.Heads*T], T, c.Heads, c.KVHeads, D, sc)
+				a.lse[b*c.Heads*T:(b+1)*c.Heads*T], T, c.Heads, c.KVHeads, D, L.Window, sc)
 		}
 	})
-	for r := 0; r < BT; r++ {
-		pos := r % T
-		m.rope.RotateBackHeads(s.dq[r*qd:(r+1)*qd], c.Heads, D, pos)
-		m.rope.RotateBackHeads(s.dk[r*kvd:(r+1)*kvd], c.KVHeads, D, pos)
-	}
+	m.unfinishQK(l, s.dq, BT, T, c.Heads, L.QNorm, a.qraw, true, norm("attn_q_norm"), s.dnorm)
+	m.unfinishQK(l, s.dk, BT, T, c.KVHeads, L.KNorm, a.kraw, false, norm("attn_k_norm"), s.dnorm)
 	clear(s.dxn)
 	m.linearBack(s.dxn, s.dq, a.xn1, BT, l, ModQ, o)
 	m.linearBack(s.dxn, s.dk, a.xn1, BT, l, ModK, o)
@@ -257,6 +290,33 @@ func (m *Model) layerBackward(l int, a *layerActs, dx []float32, B, T int, o *St
 	dwa := norm("attn_norm")
 	for r := 0; r < BT; r++ {
 		nn.RMSNormBackward(dx[r*C:(r+1)*C], dwa, s.dxn[r*C:(r+1)*C], a.xin[r*C:(r+1)*C], L.AttnNorm, c.Eps)
+	}
+}
+
+// unfinishQK is finishQK's backward, in place on dy (BT, n·D): the query
+// scale, the inverse rotation, then the per-head norm (raw holds its
+// inputs; dw its weight gradient or nil; scratch at least D floats).
+func (m *Model) unfinishQK(l int, dy []float32, BT, T, n int, norm, raw []float32, query bool, dw, scratch []float32) {
+	c := &m.Config
+	D := c.HeadDim
+	w := n * D
+	if s := m.qScale(); query && s != 1 {
+		for i := range dy[:BT*w] {
+			dy[i] *= s
+		}
+	}
+	if rp := m.ropeOf(l); rp != nil {
+		for r := 0; r < BT; r++ {
+			rp.RotateBackHeads(dy[r*w:(r+1)*w], n, D, r%T)
+		}
+	}
+	if norm != nil {
+		d := scratch[:D]
+		for h := 0; h < BT*n; h++ {
+			clear(d)
+			nn.RMSNormBackward(d, dw, dy[h*D:(h+1)*D], raw[h*D:(h+1)*D], norm, c.Eps)
+			copy(dy[h*D:(h+1)*D], d)
+		}
 	}
 }
 
@@ -329,10 +389,7 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 	// them, or only their input with checkpointing); the others keep nothing.
 	x := make([]float32, BT*C)
 	next := make([]float32, BT*C)
-	for r, id := range tokens {
-		m.Embed.Row(x[r*C:(r+1)*C], id)
-	}
-	m.embedDone()
+	m.embedRows(x, tokens)
 	for l := 0; l < nL; l++ {
 		a := work
 		switch {
@@ -431,7 +488,10 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 	}
 	s := &backScratch{dh: make([]float32, BT*F), dg: make([]float32, BT*F), du: make([]float32, BT*F),
 		dxn: make([]float32, BT*C), datt: make([]float32, BT*qd), dq: make([]float32, BT*qd),
-		dk: make([]float32, BT*kvd), dv: make([]float32, BT*kvd)}
+		dk: make([]float32, BT*kvd), dv: make([]float32, BT*kvd), dnorm: make([]float32, c.HeadDim)}
+	if c.postNorms {
+		s.dpost = make([]float32, BT*C)
+	}
 	tmpOut := next
 	for l := nL - 1; l >= first; l-- {
 		m.prefetch(l)
@@ -451,8 +511,12 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 	m.prefetch(0)
 	if first == 0 {
 		if dwe := o.WeightGrads["token_embd.weight"]; dwe != nil {
+			es := c.EmbedScale
+			if es == 0 {
+				es = 1
+			}
 			for r, id := range tokens {
-				kernels.Axpy(dwe[id*C:(id+1)*C], 1, dx[r*C:(r+1)*C])
+				kernels.Axpy(dwe[id*C:(id+1)*C], es, dx[r*C:(r+1)*C])
 			}
 		}
 	}
@@ -474,6 +538,9 @@ func (c *Config) StepWorkspaceBytes(B, T int, backward bool) int64 {
 		// them, so the peak is the larger phase, not the sum.
 		loss := rows*V + BT*C                  // dlogits, dxnf
 		back := 2*BT*C + BT*(3*F+C+2*qd+2*kvd) // dxnf, dx, gradient scratch
+		if c.postNorms {
+			back += BT * C // dpost
+		}
 		n += max(loss, back-rows*V)
 	}
 	return 4 * n

@@ -84,6 +84,24 @@ type HFConfig struct {
 	BOSTokenID            any            `json:"bos_token_id"` // a number, a list of numbers, or nil
 	EOSTokenID            any            `json:"eos_token_id"`
 	TorchDType            string         `json:"torch_dtype"`
+
+	// Family keys (Gemma 3, Phi-3, SmolLM3, Qwen).
+	QueryPreAttnScalar    float64   `json:"query_pre_attn_scalar"`
+	SlidingWindow         *int      `json:"sliding_window"`
+	SlidingWindowPattern  int       `json:"sliding_window_pattern"`
+	LayerTypes            []string  `json:"layer_types"`
+	RopeLocalBaseFreq     float64   `json:"rope_local_base_freq"`
+	NoRopeLayers          []int     `json:"no_rope_layers"`
+	NoRopeLayerInterval   int       `json:"no_rope_layer_interval"`
+	PartialRotaryFactor   float64   `json:"partial_rotary_factor"`
+	FinalLogitSoftcapping *float64  `json:"final_logit_softcapping"`
+	AttnLogitSoftcapping  *float64  `json:"attn_logit_softcapping"`
+	UseSlidingWindow      bool      `json:"use_sliding_window"`
+	HiddenActivation      string    `json:"hidden_activation"`
+	HiddenAct             string    `json:"hidden_act"`
+	OriginalMaxPosition   int       `json:"original_max_position_embeddings"`
+	TextConfig            *struct{} `json:"text_config"`
+	VisionConfig          *struct{} `json:"vision_config"`
 }
 
 // Upper bounds ParseConfig accepts; far above any real Llama.
@@ -190,6 +208,27 @@ var layerNames = []struct{ hf, gguf string }{
 	{"mlp.down_proj", "ffn_down"},
 }
 
+// Per-family names, checked before layerNames: Gemma 3's sandwich norms
+// (its post_attention_layernorm is a post norm, not the FFN's pre norm),
+// q/k norms (Qwen3, Gemma 3), Phi-3's fused projections.
+var familyLayerNames = map[string][]struct{ hf, gguf string }{
+	"gemma3": {
+		{"post_attention_layernorm", "post_attention_norm"},
+		{"pre_feedforward_layernorm", "ffn_norm"},
+		{"post_feedforward_layernorm", "post_ffw_norm"},
+		{"self_attn.q_norm", "attn_q_norm"},
+		{"self_attn.k_norm", "attn_k_norm"},
+	},
+	"qwen3": {
+		{"self_attn.q_norm", "attn_q_norm"},
+		{"self_attn.k_norm", "attn_k_norm"},
+	},
+	"phi3": {
+		{"self_attn.qkv_proj", "attn_qkv"},
+		{"mlp.gate_up_proj", "ffn_up"},
+	},
+}
+
 // Whole-model names.
 var modelNames = []struct{ hf, gguf string }{
 	{"model.embed_tokens", "token_embd"},
@@ -219,6 +258,41 @@ func layerIndex(s string) (string, string, bool) {
 		}
 	}
 	return s[:i], s[i+1:], true
+}
+
+// GGUFNameFor is GGUFName with the names of family arch (a llama.cpp
+// architecture string) first.
+func GGUFNameFor(arch, hf string) (string, bool) {
+	if fam := familyLayerNames[arch]; fam != nil {
+		base, suf, ok := splitSuffix(hf)
+		if rest, ok2 := strings.CutPrefix(base, "model.layers."); ok && ok2 {
+			if n, part, ok := layerIndex(rest); ok {
+				for _, m := range fam {
+					if part == m.hf {
+						return "blk." + n + "." + m.gguf + suf, true
+					}
+				}
+			}
+		}
+	}
+	return GGUFName(hf)
+}
+
+// HFNameFor is the inverse of GGUFNameFor.
+func HFNameFor(arch, gguf string) (string, bool) {
+	if fam := familyLayerNames[arch]; fam != nil {
+		base, suf, ok := splitSuffix(gguf)
+		if rest, ok2 := strings.CutPrefix(base, "blk."); ok && ok2 {
+			if n, part, ok := layerIndex(rest); ok {
+				for _, m := range fam {
+					if part == m.gguf {
+						return "model.layers." + n + "." + m.hf + suf, true
+					}
+				}
+			}
+		}
+	}
+	return HFName(gguf)
 }
 
 // GGUFName maps an HF llama tensor name to its GGUF name (formats.md §3.1):

@@ -1,0 +1,349 @@
+package model
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+
+	"github.com/qtune/qtune/format/gguf"
+	"github.com/qtune/qtune/format/safetensors"
+	"github.com/qtune/qtune/nn"
+)
+
+// A model family is a row of data (design.md rule 11): what its files call
+// it and which switches of the one block it turns on. Features that a file
+// shows by its tensors (q/k/v biases, q/k norms, post norms, fused
+// projections) are found when the tensors are wired; the rest comes from
+// the metadata, read by the family's GGUF and HF rules below.
+type family struct {
+	arch    string   // llama.cpp's general.architecture
+	hfTypes []string // Hugging Face model_type values
+	// ggufNeox: llama.cpp rotates half-split pairs for this architecture
+	// (LLAMA_ROPE_TYPE_NEOX) and its converter keeps Hugging Face's q/k
+	// row order; otherwise (llama, smollm3) the converter permutes q/k rows
+	// and llama.cpp rotates adjacent pairs.
+	ggufNeox bool
+	// hfNormOffset: Hugging Face stores RMSNorm weights as w with the norm
+	// computing x·(1+w) (Gemma); llama.cpp's converter writes w+1.
+	hfNormOffset bool
+}
+
+var families = []family{
+	{arch: "llama", hfTypes: []string{"llama", "mistral"}},
+	{arch: "qwen2", hfTypes: []string{"qwen2"}, ggufNeox: true},
+	{arch: "qwen3", hfTypes: []string{"qwen3"}, ggufNeox: true},
+	{arch: "gemma3", hfTypes: []string{"gemma3_text"}, ggufNeox: true, hfNormOffset: true},
+	{arch: "phi3", hfTypes: []string{"phi3"}, ggufNeox: true},
+	{arch: "smollm3", hfTypes: []string{"smollm3"}},
+}
+
+// SupportedArchs lists the architectures qtune loads, for messages.
+func SupportedArchs() string {
+	var a []string
+	for _, f := range families {
+		a = append(a, f.arch)
+	}
+	return strings.Join(a, ", ")
+}
+
+func familyOf(arch string) (family, bool) {
+	for _, f := range families {
+		if f.arch == arch {
+			return f, true
+		}
+	}
+	return family{}, false
+}
+
+// hfFamily maps a config.json's model_type (or, without one, its
+// architectures) to a family.
+func hfFamily(modelType string, archs []string) (family, bool) {
+	if modelType == "" && len(archs) == 1 {
+		switch archs[0] {
+		case "LlamaForCausalLM", "MistralForCausalLM":
+			modelType = "llama"
+		}
+	}
+	for _, f := range families {
+		for _, t := range f.hfTypes {
+			if t == modelType {
+				return f, true
+			}
+		}
+	}
+	return family{}, false
+}
+
+// hfTypes lists the accepted model_type values, for messages.
+func hfTypes() string {
+	var a []string
+	for _, f := range families {
+		a = append(a, f.hfTypes...)
+	}
+	return strings.Join(a, ", ")
+}
+
+// ggufFamilyConfig reads the family's own metadata into c (after the keys
+// every family shares). arch's prefix is c.Arch.
+func ggufFamilyConfig(f *gguf.File, c *Config, fam family) error {
+	a := c.Arch
+	u := func(k string) (int, bool) {
+		v, ok := f.Uint(a + "." + k)
+		if !ok || v > math.MaxInt32 {
+			return 0, false
+		}
+		return int(v), true
+	}
+	c.RopeNeox = fam.ggufNeox
+	if v, ok := f.Float(a + ".final_logit_softcapping"); ok && v > 0 {
+		return fmt.Errorf("%w: final logit soft-capping (%s.final_logit_softcapping) is not supported", ErrConfig, a)
+	}
+	if v, ok := f.Float(a + ".attn_logit_softcapping"); ok && v > 0 {
+		return fmt.Errorf("%w: attention logit soft-capping is not supported", ErrConfig)
+	}
+	switch a {
+	case "gemma3":
+		c.Act = nn.GELUTanh
+		c.EmbedScale = float32(math.Sqrt(float64(c.Dim)))
+		// llama.cpp's rule (src/models/gemma3.cpp): 1/√head_dim, except the
+		// 62-layer 27B, which uses 1/√(n_embd/n_head).
+		if c.Layers == 62 && c.Heads > 0 {
+			c.AttnScale = 1 / math.Sqrt(float64(c.Dim/c.Heads))
+		}
+		if w, ok := u("attention.sliding_window"); ok && w > 0 {
+			c.Window = w
+			c.RopeThetaSWA = 10000
+			if th, ok := f.Float(a + ".rope.freq_base_swa"); ok {
+				c.RopeThetaSWA = th
+			}
+			swa, err := ggufSWAPattern(f, a, c.Layers)
+			if err != nil {
+				return err
+			}
+			c.swa = swa
+		}
+	case "smollm3":
+		// llama.cpp: hparams.n_no_rope_layer_step = 4; block il has no RoPE
+		// when (il+1) % 4 == 0.
+		c.noRope = make([]bool, c.Layers)
+		for i := range c.noRope {
+			c.noRope[i] = (i+1)%4 == 0
+		}
+	}
+	return nil
+}
+
+// ggufSWAPattern reads which blocks use the sliding window: an array of
+// bools, or a period n (llama.cpp's default 6) where block il is local
+// when il % n < n−1 (every n-th block global).
+func ggufSWAPattern(f *gguf.File, a string, layers int) ([]bool, error) {
+	out := make([]bool, layers)
+	key := a + ".attention.sliding_window_pattern"
+	if kv, ok := f.Get(key); ok {
+		if a, ok := kv.Value.(gguf.Array); ok {
+			arr, ok := a.Data.([]bool)
+			if !ok || a.Len() < 0 {
+				return nil, fmt.Errorf("%w: %s is an array but not of bools", ErrConfig, key)
+			}
+			if len(arr) != layers {
+				return nil, fmt.Errorf("%w: %s has %d entries for %d blocks", ErrConfig, key, len(arr), layers)
+			}
+			copy(out, arr)
+			return out, nil
+		}
+	}
+	n := 6
+	if v, ok := f.Uint(key); ok {
+		if v > 1<<20 {
+			return nil, fmt.Errorf("%w: %s = %d out of range", ErrConfig, key, v)
+		}
+		n = int(v)
+	}
+	for i := range out {
+		out[i] = n == 0 || i%n < n-1
+	}
+	return out, nil
+}
+
+// hfFamilyConfig reads the family's config.json keys into c.
+func hfFamilyConfig(hc *safetensors.HFConfig, c *Config, fam family) error {
+	if hc.FinalLogitSoftcapping != nil && *hc.FinalLogitSoftcapping > 0 {
+		return fmt.Errorf("%w: final_logit_softcapping is not supported", ErrConfig)
+	}
+	if hc.AttnLogitSoftcapping != nil && *hc.AttnLogitSoftcapping > 0 {
+		return fmt.Errorf("%w: attn_logit_softcapping is not supported", ErrConfig)
+	}
+	switch fam.arch {
+	case "qwen2", "qwen3":
+		if hc.UseSlidingWindow {
+			return fmt.Errorf("%w: use_sliding_window is true; Qwen's sliding window is not supported (llama.cpp ignores it too)", ErrConfig)
+		}
+	case "gemma3":
+		c.Act = nn.GELUTanh
+		if act := hc.HiddenActivation; act != "" && act != "gelu_pytorch_tanh" {
+			return fmt.Errorf("%w: hidden_activation %q is not supported (gelu_pytorch_tanh is)", ErrConfig, act)
+		}
+		// Hugging Face multiplies by √hidden_size in the activations' dtype;
+		// for float32 weights that is float32(√C), llama.cpp's value.
+		c.EmbedScale = float32(math.Sqrt(float64(c.Dim)))
+		if q := hc.QueryPreAttnScalar; q > 0 {
+			c.AttnScale = 1 / math.Sqrt(q)
+		}
+		c.RopeThetaSWA = 10000
+		if hc.RopeLocalBaseFreq > 0 {
+			c.RopeThetaSWA = hc.RopeLocalBaseFreq
+		}
+		if hc.SlidingWindow != nil && *hc.SlidingWindow > 0 {
+			c.Window = *hc.SlidingWindow
+			c.swa = make([]bool, c.Layers)
+			switch {
+			case len(hc.LayerTypes) > 0:
+				if len(hc.LayerTypes) != c.Layers {
+					return fmt.Errorf("%w: layer_types has %d entries for %d layers", ErrConfig, len(hc.LayerTypes), c.Layers)
+				}
+				for i, t := range hc.LayerTypes {
+					switch t {
+					case "sliding_attention":
+						c.swa[i] = true
+					case "full_attention":
+					default:
+						return fmt.Errorf("%w: layer_types[%d] = %q", ErrConfig, i, t)
+					}
+				}
+			default:
+				n := hc.SlidingWindowPattern
+				if n == 0 {
+					n = 6
+				}
+				for i := range c.swa {
+					c.swa[i] = (i+1)%n != 0
+				}
+			}
+		}
+	case "smollm3":
+		c.noRope = make([]bool, c.Layers)
+		switch {
+		case len(hc.NoRopeLayers) > 0:
+			if len(hc.NoRopeLayers) != c.Layers {
+				return fmt.Errorf("%w: no_rope_layers has %d entries for %d layers", ErrConfig, len(hc.NoRopeLayers), c.Layers)
+			}
+			for i, v := range hc.NoRopeLayers {
+				c.noRope[i] = v == 0 // 1 = use RoPE
+			}
+		default:
+			n := hc.NoRopeLayerInterval
+			if n == 0 {
+				n = 4
+			}
+			for i := range c.noRope {
+				c.noRope[i] = (i+1)%n == 0
+			}
+		}
+	}
+	return nil
+}
+
+// hfModelType reads model_type and architectures alone, so that a family
+// is refused by name before its other keys are checked.
+func hfModelType(cb []byte) (string, []string) {
+	var v struct {
+		ModelType     string   `json:"model_type"`
+		Architectures []string `json:"architectures"`
+	}
+	_ = json.Unmarshal(cb, &v)
+	return v.ModelType, v.Architectures
+}
+
+// Features lists what the loaded model turns on beyond a Llama 2 block, in
+// words, for `qtune inspect` ("q/k/v bias", "NEOX rope θ=1e+06", …).
+func (m *Model) Features() []string {
+	c := &m.Config
+	var out []string
+	l0 := func(f func(*Layer) bool) bool {
+		for i := range m.Layers {
+			if f(&m.Layers[i]) {
+				return true
+			}
+		}
+		return false
+	}
+	if l0(func(l *Layer) bool { return l.BQ != nil || l.BK != nil || l.BV != nil }) {
+		out = append(out, "q/k/v bias")
+	}
+	if l0(func(l *Layer) bool { return l.QNorm != nil }) {
+		out = append(out, "q/k norm")
+	}
+	rope := "rope"
+	if c.RopeNeox {
+		rope = "NEOX rope"
+	}
+	rope += fmt.Sprintf(" θ=%g", c.RopeTheta)
+	if c.RopeDims < c.HeadDim {
+		rope += fmt.Sprintf(" on %d of %d dims", c.RopeDims, c.HeadDim)
+	}
+	out = append(out, rope)
+	if c.RopeFactors != nil || m.ropeFromTensor {
+		out = append(out, "rope frequency factors")
+	}
+	if c.RopeLinear > 0 {
+		out = append(out, fmt.Sprintf("linear rope scaling ×%g", c.RopeLinear))
+	}
+	if c.RopeMscale != 0 && c.RopeMscale != 1 {
+		out = append(out, fmt.Sprintf("rope attention factor %.4g", c.RopeMscale))
+	}
+	if c.HeadDim*c.Heads != c.Dim {
+		out = append(out, fmt.Sprintf("head size %d", c.HeadDim))
+	}
+	if c.Act == nn.GELUTanh {
+		out = append(out, "GeGLU (tanh GELU)")
+	}
+	if c.EmbedScale != 0 && c.EmbedScale != 1 {
+		out = append(out, fmt.Sprintf("embeddings ×%.4g", c.EmbedScale))
+	}
+	if l0(func(l *Layer) bool { return l.PostAttnNorm != nil }) {
+		out = append(out, "pre+post norms")
+	}
+	if c.AttnScale != 0 {
+		out = append(out, fmt.Sprintf("attention scale %.4g", c.AttnScale))
+	}
+	var swa, norope []int
+	for i := range m.Layers {
+		if m.Layers[i].Window > 0 {
+			swa = append(swa, i)
+		}
+		if m.Layers[i].NoRope {
+			norope = append(norope, i)
+		}
+	}
+	if len(swa) > 0 {
+		s := fmt.Sprintf("sliding window %d on %d of %d blocks", c.Window, len(swa), len(m.Layers))
+		if c.RopeThetaSWA != 0 && c.RopeThetaSWA != c.RopeTheta {
+			s += fmt.Sprintf(" (local θ=%g)", c.RopeThetaSWA)
+		}
+		out = append(out, s)
+	}
+	if len(norope) > 0 {
+		out = append(out, fmt.Sprintf("no RoPE on blocks %s", intList(norope)))
+	}
+	if m.fusedQKV {
+		out = append(out, "fused qkv")
+	}
+	if m.fusedGateUp {
+		out = append(out, "fused gate/up")
+	}
+	if c.Tied {
+		out = append(out, "tied output")
+	}
+	return out
+}
+
+func intList(v []int) string {
+	sort.Ints(v)
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = fmt.Sprint(x)
+	}
+	return strings.Join(s, ",")
+}
