@@ -40,7 +40,7 @@ type Config struct {
 	swa       []bool // per block: sliding-window attention (Gemma 3's local blocks)
 	noRope    []bool // per block: no rotary embedding (SmolLM3)
 	qkNorm    bool   // per-head q/k norms (training keeps their inputs)
-	postNorms bool // post-attention and post-FFN norms (training keeps their inputs)
+	postNorms bool   // post-attention and post-FFN norms (training keeps their inputs)
 }
 
 // ErrConfig marks an invalid or unsupported model configuration.

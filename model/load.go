@@ -76,7 +76,7 @@ type Model struct {
 	rope    nn.Rope // global layers' rotary table
 	ropeSWA nn.Rope // sliding-window layers' table when their base differs (Gemma 3)
 	store   offload.Store
-	pool  *kernels.Pool
+	pool    *kernels.Pool
 }
 
 // Options adjust loading.

@@ -60,8 +60,8 @@ type Rope struct {
 	// none): the rotation then also scales the vector, as llama.cpp's and
 	// Hugging Face's do.
 	Mscale float64
-	cos   []float32 // (P, Dims/2) cos(pos·Scale·Freq[j]) for pos < P ≤ 4096 (ropeTableBytes)
-	sin   []float32 // (P, Dims/2) sin(pos·Scale·Freq[j])
+	cos    []float32 // (P, Dims/2) cos(pos·Scale·Freq[j]) for pos < P ≤ 4096 (ropeTableBytes)
+	sin    []float32 // (P, Dims/2) sin(pos·Scale·Freq[j])
 }
 
 // ropeTableBytes caps the precomputed tables (cos and sin together) below
