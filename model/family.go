@@ -347,3 +347,24 @@ func intList(v []int) string {
 	}
 	return strings.Join(s, ",")
 }
+
+// GGUFPermutesQK reports whether llama.cpp's converter permutes this
+// family's q/k rows (llama, smollm3), so that GGUF and Hugging Face files
+// order them differently; adapters written for HF tools then get their
+// q/k rows permuted back.
+func (m *Model) GGUFPermutesQK() bool { return !m.fam.ggufNeox }
+
+// HoldsHFOrder reports whether m keeps q/k rows in Hugging Face order where
+// its family's GGUF order differs (a llama or smollm3 HF folder): adapters
+// and deltas, exchanged in GGUF order, are permuted on save and load.
+func (m *Model) HoldsHFOrder() bool { return m.Format == "safetensors" && !m.fam.ggufNeox }
+
+// AdapterHeads returns the head counts that the PEFT and MLX writers and
+// readers use to permute q/k rows between GGUF and HF order, or 0, 0 for a
+// family whose orders agree.
+func (m *Model) AdapterHeads() (heads, kvHeads int) {
+	if !m.GGUFPermutesQK() {
+		return 0, 0
+	}
+	return m.Config.Heads, m.Config.KVHeads
+}

@@ -84,7 +84,10 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 			return rep, fmt.Errorf("model: quantize %q: %w", src.Name, err)
 		}
 		heads := 0
-		if m.Config.RopeNeox && m.Format == "safetensors" {
+		hf := m.Format == "safetensors"
+		// llama.cpp's converter permutes q/k rows only for the families it
+		// rotates by adjacent pairs, and adds Gemma's norm offset.
+		if hf && !m.fam.ggufNeox {
 			switch {
 			case strings.HasSuffix(src.Name, ".attn_q.weight"):
 				heads = c.Heads
@@ -92,7 +95,8 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 				heads = c.KVHeads
 			}
 		}
-		converted := tt != src.Type
+		offset := hf && m.fam.hfNormOffset && strings.HasSuffix(src.Name, "norm.weight")
+		converted := tt != src.Type || offset
 		wts = append(wts, gguf.WriteTensor{Name: src.Name, Type: tt, Shape: src.Shape, Size: size,
 			Write: func(w io.Writer) error {
 				if !converted && heads == 0 && delta == nil {
@@ -107,6 +111,11 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 				if !converted && heads == 0 && !changed {
 					_, err := w.Write(src.Data)
 					return err
+				}
+				if offset {
+					for i := range f {
+						f[i]++
+					}
 				}
 				if heads > 0 {
 					f = safetensors.PermuteRowsF32(f, len(f)/int(src.Shape[0]), int(src.Shape[0]), heads, false)
@@ -128,6 +137,10 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 				return err
 			}})
 		rep.Bytes += size
+	}
+	if rf := m.ropeFreqsTensor(); rf != nil {
+		wts = append(wts, *rf)
+		rep.Bytes += rf.Size
 	}
 	rep.Tensors = len(wts)
 	// The RMSE is only known after the data is written, so it cannot go in
@@ -177,11 +190,54 @@ func (m *Model) metadata() ([]gguf.KV, error) {
 		if c.RopeLinear > 0 {
 			kv = append(kv, gguf.KVOf(a+".rope.scaling.type", "linear"), gguf.KVOf(a+".rope.scaling.factor", float32(c.RopeLinear)))
 		}
+		kv = append(kv, m.familyKV()...)
 		if m.Tokenizer != nil {
 			kv = append(kv, tokenizerKV(m.Tokenizer.Vocab())...)
 		}
 	}
 	return kv, nil
+}
+
+// familyKV is the family's own metadata for a GGUF written from a
+// Hugging Face source, as llama.cpp's converter writes it.
+func (m *Model) familyKV() []gguf.KV {
+	c := m.Config
+	a := c.Arch
+	var kv []gguf.KV
+	if c.Window > 0 {
+		swa := make([]bool, len(m.Layers))
+		for i := range m.Layers {
+			swa[i] = m.Layers[i].Window > 0
+		}
+		kv = append(kv, gguf.KVOf(a+".attention.sliding_window", uint32(c.Window)),
+			gguf.KVOf(a+".attention.sliding_window_pattern", swa))
+		if c.RopeThetaSWA != 0 {
+			kv = append(kv, gguf.KVOf(a+".rope.freq_base_swa", float32(c.RopeThetaSWA)))
+		}
+	}
+	return kv
+}
+
+// ropeFreqsTensor returns a rope_freqs.weight tensor for a source whose
+// RoPE frequency factors came from its config (a Llama 3.1+ HF folder), so
+// that the written GGUF keeps them; nil when there are none or the source
+// already has the tensor.
+func (m *Model) ropeFreqsTensor() *gguf.WriteTensor {
+	f := m.Config.RopeFactors
+	if len(f) == 0 {
+		return nil
+	}
+	for _, t := range m.Tensors {
+		if t.Name == "rope_freqs.weight" {
+			return nil
+		}
+	}
+	b := make([]byte, 4*len(f))
+	if err := quant.Quantize(quant.F32, b, f); err != nil {
+		return nil
+	}
+	wt := gguf.BytesTensor("rope_freqs.weight", quant.F32, []int64{int64(len(f))}, b)
+	return &wt
 }
 
 func tokenizerKV(v tokenizer.Vocab) []gguf.KV {

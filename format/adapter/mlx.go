@@ -73,9 +73,9 @@ func WriteMLX(dir string, a *Adapter, modelLayers, heads, kvHeads int, dtype qua
 		b := l.B
 		switch modules[p.kind].kind {
 		case "q":
-			b = safetensors.PermuteRowsF32(b, l.Out, l.Rank, heads, true)
+			b = permuteQK(b, l.Out, l.Rank, heads, true)
 		case "k":
-			b = safetensors.PermuteRowsF32(b, l.Out, l.Rank, kvHeads, true)
+			b = permuteQK(b, l.Out, l.Rank, kvHeads, true)
 		}
 		name := "model.layers." + strconv.Itoa(p.layer) + "." + modules[p.kind].hf
 		ab, err := encode(dtype, transpose(l.A, l.Rank, l.In), l.Target+" A")
@@ -313,9 +313,9 @@ func ReadMLX(dir string, heads, kvHeads int) (*Adapter, error) {
 	for _, p := range ps {
 		switch modules[p.kind].kind {
 		case "q":
-			p.l.B = safetensors.PermuteRowsF32(p.l.B, p.l.Out, p.l.Rank, heads, false)
+			p.l.B = permuteQK(p.l.B, p.l.Out, p.l.Rank, heads, false)
 		case "k":
-			p.l.B = safetensors.PermuteRowsF32(p.l.B, p.l.Out, p.l.Rank, kvHeads, false)
+			p.l.B = permuteQK(p.l.B, p.l.Out, p.l.Rank, kvHeads, false)
 		}
 	}
 	if cfg.targets != nil {

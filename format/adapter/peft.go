@@ -26,6 +26,17 @@ const (
 // peftPrefix starts every tensor name PEFT saves for a causal LM.
 const peftPrefix = "base_model.model."
 
+// permuteQK permutes a q or k B matrix's rows between GGUF and HF order
+// (safetensors.PermuteRowsF32), or returns b as it is when heads is 0: the
+// families whose llama.cpp files keep HF's order (qwen2, qwen3, gemma3,
+// phi3) pass 0 heads.
+func permuteQK(b []float32, rows, cols, heads int, toHF bool) []float32 {
+	if heads == 0 {
+		return b
+	}
+	return safetensors.PermuteRowsF32(b, rows, cols, heads, toHF)
+}
+
 // WritePEFT writes a Hugging Face PEFT LoRA adapter into dir (created when
 // missing): adapter_model.safetensors and adapter_config.json, each written
 // to a temporary file and renamed. Names, shapes and row order are those PEFT
@@ -59,9 +70,9 @@ func WritePEFT(dir string, a *Adapter, heads, kvHeads int, dtype quant.Type) err
 		b := l.B
 		switch modules[p.kind].kind {
 		case "q":
-			b = safetensors.PermuteRowsF32(b, l.Out, l.Rank, heads, true)
+			b = permuteQK(b, l.Out, l.Rank, heads, true)
 		case "k":
-			b = safetensors.PermuteRowsF32(b, l.Out, l.Rank, kvHeads, true)
+			b = permuteQK(b, l.Out, l.Rank, kvHeads, true)
 		}
 		name := peftPrefix + "model.layers." + strconv.Itoa(p.layer) + "." + modules[p.kind].hf
 		ab, err := encode(dtype, l.A, l.Target+" A")
@@ -98,6 +109,9 @@ func WritePEFT(dir string, a *Adapter, heads, kvHeads int, dtype quant.Type) err
 // checkHeadDims checks that q and k rows split into heads (n_head for q,
 // n_head_kv for k) of one even head size D per layer.
 func checkHeadDims(ps []parsed, heads, kvHeads int) error {
+	if heads == 0 && kvHeads == 0 {
+		return nil // a family whose GGUF and HF row orders agree
+	}
 	headDim := map[int]int{} // layer -> D of the first of q, k seen
 	for _, p := range ps {
 		var h int
@@ -502,9 +516,9 @@ func readPEFT(cfg *peftConfig, wb []byte, heads, kvHeads int) (*Adapter, error) 
 	for _, p := range ps {
 		switch modules[p.kind].kind {
 		case "q":
-			p.l.B = safetensors.PermuteRowsF32(p.l.B, p.l.Out, p.l.Rank, heads, false)
+			p.l.B = permuteQK(p.l.B, p.l.Out, p.l.Rank, heads, false)
 		case "k":
-			p.l.B = safetensors.PermuteRowsF32(p.l.B, p.l.Out, p.l.Rank, kvHeads, false)
+			p.l.B = permuteQK(p.l.B, p.l.Out, p.l.Rank, kvHeads, false)
 		}
 	}
 	targets := cfg.targets

@@ -42,7 +42,7 @@ func (s *Set) ToAdapter(m *model.Model, baseName string) *adapter.Adapter {
 	}
 	for _, l := range s.Layers {
 		b := l.B // shared, read-only: exporting makes no copy of the adapters
-		if h := qkHeads(m.Config, l.Target); h > 0 && m.Config.RopeNeox {
+		if h := qkHeads(m.Config, l.Target); h > 0 && m.HoldsHFOrder() {
 			b = safetensors.PermuteRowsF32(b, l.Out, l.R, h, false)
 		}
 		a.Layers = append(a.Layers, adapter.LoRA{Target: l.Target, In: l.In, Out: l.Out, Rank: l.R, A: l.A, B: b})
@@ -78,7 +78,7 @@ func FromAdapter(m *model.Model, a *adapter.Adapter) (*Set, error) {
 			return nil, fmt.Errorf("lora: adapter %s is (%d, %d) rank %d; the model's weight is (%d, %d)", al.Target, al.Out, al.In, al.Rank, w.Rows, w.Cols)
 		}
 		b := append([]float32(nil), al.B...)
-		if h := qkHeads(m.Config, al.Target); h > 0 && m.Config.RopeNeox {
+		if h := qkHeads(m.Config, al.Target); h > 0 && m.HoldsHFOrder() {
 			b = safetensors.PermuteRowsF32(b, al.Out, al.Rank, h, true)
 		}
 		l := &Layer{Target: al.Target, In: al.In, Out: al.Out, R: al.Rank, Scale: scale, A: append([]float32(nil), al.A...), B: b,
@@ -99,7 +99,8 @@ func FromAdapter(m *model.Model, a *adapter.Adapter) (*Set, error) {
 // adapter (adapter.gguf).
 func (s *Set) Save(dir string, m *model.Model, baseName string) error {
 	a := s.ToAdapter(m, baseName)
-	if err := adapter.WritePEFT(dir, a, m.Config.Heads, m.Config.KVHeads, quant.F32); err != nil {
+	heads, kvHeads := m.AdapterHeads()
+	if err := adapter.WritePEFT(dir, a, heads, kvHeads, quant.F32); err != nil {
 		return err
 	}
 	tmp := filepath.Join(dir, GGUFFile+".tmp")
@@ -130,7 +131,8 @@ func Load(m *model.Model, path string) (*Set, error) {
 	var a *adapter.Adapter
 	switch {
 	case st.IsDir() && exists(filepath.Join(path, PEFTFile)):
-		a, err = adapter.ReadPEFT(path, m.Config.Heads, m.Config.KVHeads)
+		heads, kvHeads := m.AdapterHeads()
+		a, err = adapter.ReadPEFT(path, heads, kvHeads)
 	case st.IsDir() && exists(filepath.Join(path, GGUFFile)):
 		path = filepath.Join(path, GGUFFile)
 		fallthrough

@@ -50,7 +50,7 @@ func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 // the orders agree. Within each head of D rows, GGUF row 2j+a holds HF row
 // a·D/2+j.
 func rowMap(m *model.Model, target string, toFile bool) func(int) int {
-	if !(m.Config.RopeNeox && m.Format == "safetensors") {
+	if !m.HoldsHFOrder() {
 		return nil
 	}
 	if !strings.HasSuffix(target, ".attn_q.weight") && !strings.HasSuffix(target, ".attn_k.weight") {
