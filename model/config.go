@@ -28,6 +28,11 @@ type Config struct {
 	// LongRoPE short factors), when set.
 	RopeFactors []float32
 	RopeMscale  float64 // cos/sin multiplier (Phi-3 LongRoPE's attention factor), 0 = 1
+	// RopeFactorsLong are LongRoPE's factors past RopeOrigContext (kept for
+	// export; qtune runs the short ones, as llama.cpp does for a context up
+	// to the original one and Hugging Face for sequences up to it).
+	RopeFactorsLong []float32
+	RopeOrigContext int
 
 	// Family switches (design.md rule 11); zero values are Llama's.
 	Act          nn.Activation // gated FFN nonlinearity: SiLU or Gemma's tanh GELU

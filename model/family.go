@@ -124,6 +124,17 @@ func ggufFamilyConfig(f *gguf.File, c *Config, fam family) error {
 			}
 			c.swa = swa
 		}
+	case "phi3":
+		// LongRoPE: llama.cpp picks rope_factors_long when the context
+		// exceeds rope.scaling.original_context_length, else the short
+		// ones (build reads the tensors); attn_factor scales cos and sin
+		// either way. Its sliding_window key is read and ignored.
+		if v, ok := f.Float(a + ".rope.scaling.attn_factor"); ok && v > 0 {
+			c.RopeMscale = v
+		}
+		if v, ok := u("rope.scaling.original_context_length"); ok {
+			c.RopeOrigContext = v
+		}
 	case "smollm3":
 		// llama.cpp: hparams.n_no_rope_layer_step = 4; block il has no RoPE
 		// when (il+1) % 4 == 0.
@@ -220,6 +231,33 @@ func hfFamilyConfig(hc *safetensors.HFConfig, c *Config, fam family) error {
 				for i := range c.swa {
 					c.swa[i] = (i+1)%n != 0
 				}
+			}
+		}
+	case "phi3":
+		if rs := hc.RopeScaling; rs != nil {
+			t, _ := rs["type"].(string)
+			if t == "" {
+				t, _ = rs["rope_type"].(string)
+			}
+			if t != "longrope" && t != "su" {
+				return fmt.Errorf("%w: Phi-3 rope_scaling type %q is not supported (longrope is)", ErrConfig, t)
+			}
+			orig := hc.OriginalMaxPosition
+			if v, ok := rs["original_max_position_embeddings"].(float64); ok && v > 0 {
+				orig = int(v)
+			}
+			if orig <= 0 {
+				return fmt.Errorf("%w: longrope needs original_max_position_embeddings", ErrConfig)
+			}
+			short, err1 := floatList(rs["short_factor"], c.RopeDims/2)
+			long, err2 := floatList(rs["long_factor"], c.RopeDims/2)
+			if err1 != nil || err2 != nil {
+				return fmt.Errorf("%w: longrope short_factor/long_factor must list %d positive numbers (rotary dims / 2)", ErrConfig, c.RopeDims/2)
+			}
+			c.RopeFactors, c.RopeFactorsLong, c.RopeOrigContext = short, long, orig
+			// The converter's and transformers' attention factor.
+			if scale := float64(c.Context) / float64(orig); scale > 1 {
+				c.RopeMscale = math.Sqrt(1 + math.Log(scale)/math.Log(float64(orig)))
 			}
 		}
 	case "smollm3":
@@ -367,4 +405,21 @@ func (m *Model) AdapterHeads() (heads, kvHeads int) {
 		return 0, 0
 	}
 	return m.Config.Heads, m.Config.KVHeads
+}
+
+// floatList reads a JSON list of n positive numbers.
+func floatList(v any, n int) ([]float32, error) {
+	l, ok := v.([]any)
+	if !ok || len(l) != n {
+		return nil, fmt.Errorf("want %d numbers", n)
+	}
+	out := make([]float32, n)
+	for i, x := range l {
+		f, ok := x.(float64)
+		if !ok || !(f > 0) || math.IsInf(f, 0) {
+			return nil, fmt.Errorf("entry %d is not a positive number", i)
+		}
+		out[i] = float32(f)
+	}
+	return out, nil
 }

@@ -397,6 +397,10 @@ func (m *Model) openHF(dir string, opt Options) error {
 			}
 		case "llama3":
 			c.RopeFactors = llama3Factors(c, rs)
+		case "longrope", "su":
+			if fam.arch != "phi3" {
+				return fmt.Errorf("model: %s/config.json: RoPE scaling %q is only supported for phi3", dir, t)
+			}
 		default:
 			return fmt.Errorf("model: %s/config.json: RoPE scaling %q is not supported (linear and llama3 are)", dir, t)
 		}
@@ -677,20 +681,30 @@ func (m *Model) build(ts map[string]tensor.Tensor) error {
 		return fmt.Errorf("tensor %q: an output bias is not supported", "output.bias")
 	}
 	factors := c.RopeFactors
-	if rf, ok := ts["rope_freqs.weight"]; ok {
-		if rf.Type != quant.F32 || rf.Elems() != int64(c.RopeDims/2) {
-			return fmt.Errorf("tensor %q: want %d F32 values (rope dimensions / 2), have %d of %s", "rope_freqs.weight", c.RopeDims/2, rf.Elems(), rf.Type)
+	for _, name := range []string{"rope_freqs.weight", "rope_factors_short.weight", "rope_factors_long.weight"} {
+		rf, ok := ts[name]
+		if !ok {
+			continue
 		}
-		factors = make([]float32, rf.Elems())
-		if err := quant.Dequantize(quant.F32, factors, rf.Data); err != nil {
+		if rf.Type != quant.F32 || rf.Elems() != int64(c.RopeDims/2) {
+			return fmt.Errorf("tensor %q: want %d F32 values (rope dimensions / 2), have %d of %s", name, c.RopeDims/2, rf.Elems(), rf.Type)
+		}
+		v := make([]float32, rf.Elems())
+		if err := quant.Dequantize(quant.F32, v, rf.Data); err != nil {
 			return err
 		}
-		for _, v := range factors {
-			if !(v > 0) || math.IsInf(float64(v), 0) {
-				return fmt.Errorf("tensor %q holds %g; frequency factors must be positive", "rope_freqs.weight", v)
+		for _, x := range v {
+			if !(x > 0) || math.IsInf(float64(x), 0) {
+				return fmt.Errorf("tensor %q holds %g; frequency factors must be positive", name, x)
 			}
 		}
-		m.ropeFromTensor = true
+		switch name {
+		case "rope_factors_long.weight":
+			c.RopeFactorsLong = v
+		default:
+			factors = v
+			m.ropeFromTensor = true
+		}
 	}
 	m.rope = nn.NewRopeScaled(c.RopeDims, c.RopeTheta, c.RopeNeox, factors, c.RopeLinear, c.RopeMscale)
 	if c.Window > 0 && c.RopeThetaSWA != 0 {

@@ -138,8 +138,8 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 			}})
 		rep.Bytes += size
 	}
-	if rf := m.ropeFreqsTensor(); rf != nil {
-		wts = append(wts, *rf)
+	for _, rf := range m.ropeFactorTensors() {
+		wts = append(wts, rf)
 		rep.Bytes += rf.Size
 	}
 	rep.Tensors = len(wts)
@@ -204,6 +204,12 @@ func (m *Model) familyKV() []gguf.KV {
 	c := m.Config
 	a := c.Arch
 	var kv []gguf.KV
+	if c.RopeMscale != 0 && c.RopeMscale != 1 {
+		kv = append(kv, gguf.KVOf(a+".rope.scaling.attn_factor", float32(c.RopeMscale)))
+	}
+	if c.RopeOrigContext > 0 {
+		kv = append(kv, gguf.KVOf(a+".rope.scaling.original_context_length", uint32(c.RopeOrigContext)))
+	}
 	if c.Window > 0 {
 		swa := make([]bool, len(m.Layers))
 		for i := range m.Layers {
@@ -218,26 +224,33 @@ func (m *Model) familyKV() []gguf.KV {
 	return kv
 }
 
-// ropeFreqsTensor returns a rope_freqs.weight tensor for a source whose
-// RoPE frequency factors came from its config (a Llama 3.1+ HF folder), so
-// that the written GGUF keeps them; nil when there are none or the source
-// already has the tensor.
-func (m *Model) ropeFreqsTensor() *gguf.WriteTensor {
-	f := m.Config.RopeFactors
-	if len(f) == 0 {
+// ropeFactorTensors returns the RoPE frequency factor tensors for a
+// source whose factors came from its config (a Llama 3.1+ HF folder:
+// rope_freqs; a Phi-3 one: rope_factors_short and _long), so that the
+// written GGUF keeps them; none when the source has the tensors already.
+func (m *Model) ropeFactorTensors() []gguf.WriteTensor {
+	c := m.Config
+	if len(c.RopeFactors) == 0 {
 		return nil
 	}
 	for _, t := range m.Tensors {
-		if t.Name == "rope_freqs.weight" {
+		if strings.HasPrefix(t.Name, "rope_f") {
 			return nil
 		}
 	}
-	b := make([]byte, 4*len(f))
-	if err := quant.Quantize(quant.F32, b, f); err != nil {
-		return nil
+	one := func(name string, f []float32) gguf.WriteTensor {
+		b := make([]byte, 4*len(f))
+		_ = quant.Quantize(quant.F32, b, f) // F32 cannot fail
+		return gguf.BytesTensor(name, quant.F32, []int64{int64(len(f))}, b)
 	}
-	wt := gguf.BytesTensor("rope_freqs.weight", quant.F32, []int64{int64(len(f))}, b)
-	return &wt
+	if c.Arch == "phi3" {
+		out := []gguf.WriteTensor{one("rope_factors_short.weight", c.RopeFactors)}
+		if len(c.RopeFactorsLong) > 0 {
+			out = append(out, one("rope_factors_long.weight", c.RopeFactorsLong))
+		}
+		return out
+	}
+	return []gguf.WriteTensor{one("rope_freqs.weight", c.RopeFactors)}
 }
 
 func tokenizerKV(v tokenizer.Vocab) []gguf.KV {
