@@ -42,6 +42,9 @@ type inspectResult struct {
 	Version    uint32            `json:"version,omitempty"`
 	FileBytes  int64             `json:"file_bytes"`
 	Arch       string            `json:"architecture,omitempty"`
+	Family     string            `json:"family,omitempty"`      // the family qtune runs it as, with its features
+	Features   []string          `json:"features,omitempty"`    // what the block turns on beyond Llama 2's
+	Supported  *string           `json:"unsupported,omitempty"` // why qtune will not run it`
 	Params     int64             `json:"parameters"`
 	Metadata   map[string]string `json:"metadata"`
 	metaOrder  []string
@@ -100,6 +103,7 @@ func (a *app) inspect(ctx context.Context, args []string) error {
 		}
 		defer m.Close()
 		res.Format, res.Arch = m.Format, m.Config.Arch
+		res.Family, res.Features = m.Config.Arch, m.Features()
 		c := m.Config
 		for _, kv := range [][2]string{{"dim", fmt.Sprint(c.Dim)}, {"hidden", fmt.Sprint(c.Hidden)}, {"layers", fmt.Sprint(c.Layers)},
 			{"heads", fmt.Sprint(c.Heads)}, {"kv_heads", fmt.Sprint(c.KVHeads)}, {"vocab", fmt.Sprint(c.Vocab)},
@@ -110,6 +114,16 @@ func (a *app) inspect(ctx context.Context, args []string) error {
 		ts = m.Tensors
 		if res.FileBytes == 0 {
 			res.FileBytes = m.WeightBytes()
+		}
+	}
+	if res.Format == "gguf" {
+		// The family and its features, or why qtune refuses the file.
+		if m, err := model.Open(path, model.Options{Tokenizer: *tp}); err != nil {
+			why := err.Error()
+			res.Supported = &why
+		} else {
+			res.Family, res.Features = m.Config.Arch, m.Features()
+			m.Close()
 		}
 	}
 	totals := map[quant.Type]*typeTotal{}
@@ -155,6 +169,12 @@ func (a *app) inspect(ctx context.Context, args []string) error {
 	fmt.Fprintf(w, "\nsize        %s\n", humanBytes(res.FileBytes))
 	if res.Arch != "" {
 		fmt.Fprintf(w, "arch        %s\n", res.Arch)
+	}
+	if res.Family != "" {
+		fmt.Fprintf(w, "family      %s: %s\n", res.Family, strings.Join(res.Features, ", "))
+	}
+	if res.Supported != nil {
+		fmt.Fprintf(w, "family      not supported: %s\n", *res.Supported)
 	}
 	fmt.Fprintf(w, "parameters  %s (%d)\n\nmetadata (%d)\n", humanCount(res.Params), res.Params, len(res.metaOrder))
 	for _, k := range res.metaOrder {
