@@ -75,7 +75,48 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 	var nerr int64
 	var wts []gguf.WriteTensor
 	c := m.Config
+	// Fused tensors (Phi-3's attn_qkv and gate|up ffn_up) are written whole
+	// for ggml's row-contiguous types, with any delta applied to each part
+	// under the part's name; NF4 cannot be viewed by rows, so an NF4 file
+	// (qtune's own) gets the parts as separate tensors, which the loader
+	// reads as the same model.
+	var srcs []tensor.Tensor
+	parts := map[string][]fusedPart{}
 	for _, src := range m.Tensors {
+		ps := m.fusedParts(src)
+		if ps == nil {
+			srcs = append(srcs, src)
+			continue
+		}
+		if t != quant.NF4 || TargetType(src, t) != quant.NF4 {
+			srcs = append(srcs, src)
+			parts[src.Name] = ps
+			continue
+		}
+		rb := int64(len(src.Data)) / src.Shape[1]
+		for _, p := range ps {
+			srcs = append(srcs, tensor.Tensor{Name: p.name, Type: src.Type, Shape: []int64{src.Shape[0], int64(p.r1 - p.r0)},
+				Data: src.Data[int64(p.r0)*rb : int64(p.r1)*rb]})
+		}
+	}
+	if delta != nil && len(parts) > 0 {
+		inner := delta
+		delta = func(name string, f []float32) bool {
+			ps, ok := parts[name]
+			if !ok {
+				return inner(name, f)
+			}
+			changed := false
+			cols := len(f) / ps[len(ps)-1].r1
+			for _, p := range ps {
+				if inner(p.name, f[p.r0*cols:p.r1*cols]) {
+					changed = true
+				}
+			}
+			return changed
+		}
+	}
+	for _, src := range srcs {
 		src := src
 		tt := TargetType(src, t)
 		n := src.Elems()
@@ -196,6 +237,36 @@ func (m *Model) metadata() ([]gguf.KV, error) {
 		}
 	}
 	return kv, nil
+}
+
+// fusedPart is one module's rows [r0, r1) of a fused tensor, named as the
+// module's own tensor would be.
+type fusedPart struct {
+	name   string
+	r0, r1 int
+}
+
+// fusedParts returns the parts of a fused tensor of m (attn_qkv: q|k|v;
+// Phi-3's ffn_up: gate|up), nil for any other tensor.
+func (m *Model) fusedParts(t tensor.Tensor) []fusedPart {
+	if len(t.Shape) != 2 {
+		return nil
+	}
+	var l int
+	var rest string
+	if _, err := fmt.Sscanf(t.Name, "blk.%d.%s", &l, &rest); err != nil || l < 0 || l >= len(m.Layers) {
+		return nil
+	}
+	c := m.Config
+	p := fmt.Sprintf("blk.%d.", l)
+	qd, kvd, F := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim, c.Hidden
+	switch {
+	case rest == "attn_qkv.weight" && t.Shape[1] == int64(qd+2*kvd):
+		return []fusedPart{{p + "attn_q.weight", 0, qd}, {p + "attn_k.weight", qd, qd + kvd}, {p + "attn_v.weight", qd + kvd, qd + 2*kvd}}
+	case rest == "ffn_up.weight" && t.Shape[1] == int64(2*F):
+		return []fusedPart{{p + "ffn_gate.weight", 0, F}, {p + "ffn_up.weight", F, 2 * F}}
+	}
+	return nil
 }
 
 // familyKV is the family's own metadata for a GGUF written from a
