@@ -88,11 +88,11 @@ var available = sync.OnceValue(func() error {
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "node_modules", "node-llama-cpp", "package.json"))
 	if err != nil {
-		return fmt.Errorf("llamacpp: %w: node-llama-cpp not installed: run `npm ci --prefix tools/llamacpp --ignore-scripts` (%v)", ErrUnavailable, err)
+		return fmt.Errorf("llamacpp: %w: node-llama-cpp not installed: run `npm install --prefix tools/llamacpp --ignore-scripts` (or .ci/run) (%v)", ErrUnavailable, err)
 	}
 	var pkg struct{ Version string }
 	if err := json.Unmarshal(b, &pkg); err != nil || pkg.Version != Version {
-		return fmt.Errorf("llamacpp: %w: node-llama-cpp %q installed, want %s: run `npm ci --prefix tools/llamacpp --ignore-scripts`", ErrUnavailable, pkg.Version, Version)
+		return fmt.Errorf("llamacpp: %w: node-llama-cpp %q installed, want %s: run `npm install --prefix tools/llamacpp --ignore-scripts` (or .ci/run)", ErrUnavailable, pkg.Version, Version)
 	}
 	return nil
 })
