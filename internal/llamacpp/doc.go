@@ -21,8 +21,8 @@
 // The trade-off: a Node.js process per call (about a second, most of it
 // loading the runtime and the library) and the whole (T, V) logits as JSON
 // text, which is plenty for the small models tests use, and buys a judge
-// that is llama.cpp's own code, installed by an ordinary `npm ci`, without
-// a C toolchain.
+// that is llama.cpp's own code, installed by an ordinary `npm install` of a
+// pinned lock, without a C toolchain.
 //
 // Errors start with "llamacpp: "; Available's wrap ErrUnavailable.
 package llamacpp
