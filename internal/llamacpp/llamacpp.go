@@ -1,0 +1,155 @@
+package llamacpp
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// ErrUnavailable marks a machine where the judge cannot run (no node, or
+// tools/llamacpp not installed).
+var ErrUnavailable = errors.New("llama.cpp judge unavailable")
+
+// Version is the node-llama-cpp release package-lock.json pins.
+const Version = "3.22.1"
+
+// Request is one call of the judge. V is the model's vocabulary size, T a
+// prompt's length.
+type Request struct {
+	Model     string  `json:"model"`               // GGUF model path
+	LoRA      string  `json:"lora,omitempty"`      // llama.cpp GGUF LoRA adapter path; empty: none
+	LoRAScale float64 `json:"loraScale,omitempty"` // llama.cpp's user scale on top of alpha/R; 0 means 1
+	Ctx       int     `json:"ctx,omitempty"`       // n_ctx; 0 means 256. Longest prompt + Generate must fit
+	Prompts   [][]int `json:"prompts"`             // token ids, evaluated exactly as given (no BOS added)
+	Logits    bool    `json:"logits"`              // return every position's raw logits
+	Generate  int     `json:"generate"`            // greedy tokens to generate after each prompt
+}
+
+// Result is the judge's answer for one prompt.
+type Result struct {
+	Logits [][]float32 `json:"logits"` // (T, V): row i is the next-token logits after prompt[:i+1]; nil unless asked
+	Greedy []int       `json:"greedy"` // (Generate) argmax continuation of the prompt
+}
+
+// Response is the judge's answer, one Result per prompt in order.
+type Response struct {
+	Results []Result `json:"results"`
+	Vocab   int      `json:"vocab"` // V
+}
+
+// Dir returns tools/llamacpp under the module root (the folder holding
+// go.mod, found upwards from the working directory).
+func Dir() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("llamacpp: %w", err)
+	}
+	for d := wd; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return filepath.Join(d, "tools", "llamacpp"), nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("llamacpp: no go.mod above %s", wd)
+		}
+	}
+}
+
+// Available returns nil when the judge can run: node 20 or newer on PATH and
+// node-llama-cpp Version installed under Dir(). Otherwise the error (wrapping
+// ErrUnavailable) says what is missing and how to install it.
+func Available() error { return available() }
+
+var available = sync.OnceValue(func() error {
+	dir, err := Dir()
+	if err != nil {
+		return fmt.Errorf("llamacpp: %w: no go.mod above the working directory", ErrUnavailable)
+	}
+	node, err := exec.LookPath("node")
+	if err != nil {
+		return fmt.Errorf("llamacpp: %w: node not on PATH (install Node.js 20 or newer)", ErrUnavailable)
+	}
+	out, err := exec.Command(node, "--version").Output()
+	if err != nil {
+		return fmt.Errorf("llamacpp: %w: node --version: %v", ErrUnavailable, err)
+	}
+	v := strings.TrimSpace(string(out))
+	major, _, _ := strings.Cut(strings.TrimPrefix(v, "v"), ".")
+	if n, err := strconv.Atoi(major); err != nil || n < 20 {
+		return fmt.Errorf("llamacpp: %w: node %s is too old: node-llama-cpp needs 20 or newer", ErrUnavailable, v)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "node_modules", "node-llama-cpp", "package.json"))
+	if err != nil {
+		return fmt.Errorf("llamacpp: %w: node-llama-cpp not installed: run `npm install --prefix tools/llamacpp --ignore-scripts` (or .ci/run) (%v)", ErrUnavailable, err)
+	}
+	var pkg struct{ Version string }
+	if err := json.Unmarshal(b, &pkg); err != nil || pkg.Version != Version {
+		return fmt.Errorf("llamacpp: %w: node-llama-cpp %q installed, want %s: run `npm install --prefix tools/llamacpp --ignore-scripts` (or .ci/run)", ErrUnavailable, pkg.Version, Version)
+	}
+	return nil
+})
+
+// Run asks llama.cpp for req. Relative paths in req are taken from the
+// working directory.
+func Run(ctx context.Context, req Request) (*Response, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	dir, err := Dir()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range []*string{&req.Model, &req.LoRA} {
+		if *p != "" {
+			if *p, err = filepath.Abs(*p); err != nil {
+				return nil, fmt.Errorf("llamacpp: %w", err)
+			}
+		}
+	}
+	in, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("llamacpp: %w", err)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "node", "judge.mjs")
+	cmd.Dir = dir
+	cmd.Stdin = bytes.NewReader(in)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			return nil, fmt.Errorf("llamacpp: %s (%w)", msg, err)
+		}
+		return nil, fmt.Errorf("llamacpp: judge.mjs: %w", err)
+	}
+	var resp Response
+	if err := json.Unmarshal(stdout.Bytes(), &resp); err != nil {
+		return nil, fmt.Errorf("llamacpp: judge.mjs answer: %w", err)
+	}
+	if len(resp.Results) != len(req.Prompts) {
+		return nil, fmt.Errorf("llamacpp: %d results for %d prompts", len(resp.Results), len(req.Prompts))
+	}
+	return &resp, nil
+}
+
+// Require skips t when the judge is unavailable, giving the reason, except
+// when the environment variable CI is "true": there it fails t, so that CI
+// never passes by silently skipping the judge.
+func Require(t testing.TB) {
+	t.Helper()
+	err := Available()
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%v (CI=true: the llama.cpp judge is required)", err)
+	}
+	t.Skip(err)
+}
