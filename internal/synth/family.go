@@ -64,8 +64,9 @@ type RopeScaling struct {
 
 	// OrigContext is original_max_position_embeddings (llama3 and longrope).
 	// longrope uses the short factors while the context is at most
-	// OrigContext, the long ones beyond, and scales cos and sin by
-	// sqrt(1 + ln(Context/OrigContext)/ln(OrigContext)).
+	// OrigContext, the long ones beyond (llama.cpp looks at the context
+	// size n_ctx, transformers at the sequence length), and scales cos and
+	// sin by sqrt(1 + ln(Context/OrigContext)/ln(OrigContext)) either way.
 	OrigContext int
 }
 
@@ -99,13 +100,14 @@ var families = []Family{
 		Eps: 1e-5, RopeTheta: 10000, PermuteQK: true, Tok: llamaTok,
 	},
 	{
-		// Llama 3.2: tied, llama3 rope scaling. With D 16 and base 5e5 the
-		// factors are 1 for two frequencies, interpolated (3.6) for one and 8
-		// for the other five at OrigContext 256.
+		// Llama 3.2: tied, llama3 rope scaling. With D 16, base 5e5 and
+		// OrigContext 64 the factors are 1 for the fastest frequency (wave
+		// 6.3 positions), 2.45 for the next (wave 32.5, so it shows within a
+		// 12-token prompt) and 8 for the other six.
 		Name: "llama3", Arch: "llama", ModelType: "llama", HFClass: "LlamaForCausalLM",
-		Dim: 64, Hidden: 256, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 16, Vocab: 512, Context: 2048,
+		Dim: 64, Hidden: 256, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 16, Vocab: 512, Context: 512,
 		Tied: true, Eps: 1e-5, RopeTheta: 500000, HeadDimKey: true, PermuteQK: true,
-		Rope: RopeScaling{Type: "llama3", Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OrigContext: 256},
+		Rope: RopeScaling{Type: "llama3", Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OrigContext: 64},
 		Tok:  Tokenizer{Specials: []string{"<unk>", "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"}, UNK: 0, BOS: 1, EOS: 2, PAD: -1, AddBOS: true, AddSpacePrefix: true, Class: "LlamaTokenizer"},
 	},
 	{
@@ -140,6 +142,9 @@ var families = []Family{
 	},
 	{
 		// Phi-3 (128k style): fused qkv and gate_up, longrope factors.
+		// llama.cpp takes the short factors while its context size (n_ctx)
+		// is at most OrigContext, transformers while the sequence is: compare
+		// the two at a context of at most 512.
 		Name: "phi3", Arch: "phi3", ModelType: "phi3", HFClass: "Phi3ForCausalLM",
 		Dim: 64, Hidden: 256, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 16, Vocab: 512, Context: 2048,
 		Eps: 1e-5, RopeTheta: 10000, Fused: true,
@@ -156,10 +161,11 @@ var families = []Family{
 	},
 	{
 		// SmolLM3: no RoPE in every fourth layer (llama.cpp fixes the step at
-		// 4 and reads no key for it), tied, no BOS.
+		// 4 and reads no key for it), tied, no BOS. Rope base 1e4, not the
+		// real 5e6, so that RoPE (and its absence) shows in a short prompt.
 		Name: "smollm3", Arch: "smollm3", ModelType: "smollm3", HFClass: "SmolLM3ForCausalLM",
 		Dim: 64, Hidden: 256, Layers: 4, Heads: 4, KVHeads: 2, HeadDim: 16, Vocab: 512, Context: 1024,
-		Tied: true, Eps: 1e-6, RopeTheta: 5e6, PermuteQK: true, NoRopeInterval: 4, Tok: smolTok,
+		Tied: true, Eps: 1e-6, RopeTheta: 10000, PermuteQK: true, NoRopeInterval: 4, Tok: smolTok,
 	},
 }
 
@@ -329,14 +335,15 @@ func (f Family) llama3Factors() []float32 {
 }
 
 // longropeFactors are Phi-3's long and short per-frequency divisors, one per
-// rotated pair (RopeDims/2), chosen to differ visibly from 1 and from each
-// other: short 1, 1.25, 1.5, …; long 1, 2, 4, ….
+// rotated pair (RopeDims/2), chosen to change a short prompt's output
+// visibly (the fastest frequencies matter most there) and to differ from each
+// other: short 1.5, 2, 2.5, …; long 2, 4, 8, ….
 func (f Family) longropeFactors() (long, short []float64) {
 	n := f.RopeDims() / 2
 	long, short = make([]float64, n), make([]float64, n)
 	for i := range n {
-		short[i] = 1 + 0.25*float64(i)
-		long[i] = math.Pow(2, float64(i))
+		short[i] = 1.5 + 0.5*float64(i)
+		long[i] = math.Pow(2, float64(i+1))
 	}
 	return long, short
 }

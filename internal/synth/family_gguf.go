@@ -61,16 +61,23 @@ var fileType = map[quant.Type]uint32{quant.F32: 0, quant.F16: 1, quant.Q4_0: 2, 
 // ggufKV is the metadata the converter writes for this family, in its order:
 // ModelBase's general keys, the family's set_gguf_parameters, the
 // quantization version, then the SentencePiece vocabulary and SpecialVocab's
-// ids and flags (from config.json and tokenizer_config.json). The
-// unknown-token id is written too, as llama.cpp's own GGUFs carry it.
+// ids and flags (from config.json and tokenizer_config.json). Two keys
+// differ from the converter's output for WriteHF's folder: the unknown-token
+// id is written too (the converter finds it only in a tokenizer.json, and
+// llama.cpp would otherwise take id 0, Gemma's <pad>), and general.size_label
+// is not.
 func (f Family) ggufKV(typ quant.Type) []gguf.KV {
 	a := f.Arch + "."
 	u := func(v int) uint32 { return uint32(v) }
-	kv := []gguf.KV{
-		gguf.KVOf("general.architecture", f.Arch),
-		gguf.KVOf("general.type", "model"),
-		gguf.KVOf("general.name", "synthetic-"+f.Name),
+	kv := []gguf.KV{gguf.KVOf("general.architecture", f.Arch)}
+	if f.Rope.Type == "longrope" {
+		// Phi3MiniModel writes it while generating the factor tensors,
+		// before the general metadata.
+		kv = append(kv, gguf.KVOf(a+"rope.scaling.attn_factor", float32(f.longropeAttnFactor())))
 	}
+	kv = append(kv,
+		gguf.KVOf("general.type", "model"),
+		gguf.KVOf("general.name", "synthetic-"+f.Name))
 	ft, hasFT := fileType[typ]
 	if f.Fused {
 		// Phi3MiniModel.set_gguf_parameters, then generate_extra_tensors.
@@ -89,9 +96,6 @@ func (f Family) ggufKV(typ quant.Type) []gguf.KV {
 			kv = append(kv, gguf.KVOf("general.file_type", ft))
 		}
 		kv = append(kv, gguf.KVOf(a+"attention.sliding_window", uint32(0))) // config.json sliding_window null
-		if f.Rope.Type == "longrope" {
-			kv = append(kv, gguf.KVOf(a+"rope.scaling.attn_factor", float32(f.longropeAttnFactor())))
-		}
 	} else {
 		// TextModel.set_gguf_parameters.
 		kv = append(kv,

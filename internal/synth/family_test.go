@@ -404,15 +404,22 @@ func TestWeightsDeterministicAndScaled(t *testing.T) {
 		}
 		n := float64(len(ht.data))
 		mean, std := s/n, math.Sqrt(s2/n-(s/n)*(s/n))
+		qk := strings.HasSuffix(ht.name, "q_proj.weight") || strings.HasSuffix(ht.name, "k_proj.weight") ||
+			strings.HasSuffix(ht.name, "q_norm.weight") || strings.HasSuffix(ht.name, "k_norm.weight")
+		gain := 1.0
+		if qk {
+			gain = qkGain
+		}
 		switch {
-		case strings.HasSuffix(ht.name, "_proj.weight"): // N(0, 1/cols)
-			want := 1 / math.Sqrt(float64(ht.shape[1]))
+		case strings.HasSuffix(ht.name, "_proj.weight"): // N(0, gain²/cols)
+			want := gain / math.Sqrt(float64(ht.shape[1]))
 			if math.Abs(std-want) > 0.1*want || math.Abs(mean) > 0.1*want {
 				t.Errorf("%s: mean %.3g std %.3g, want N(0, %.3g²)", ht.name, mean, std, want)
 			}
-		case strings.HasSuffix(ht.name, "layernorm.weight"), strings.HasSuffix(ht.name, "_norm.weight"): // Gemma: HF w, effective 1+w
-			if math.Abs(mean) > 0.1 || std < 0.1 || std > 0.3 {
-				t.Errorf("%s: mean %.3g std %.3g, want 0.2·N(0,1)", ht.name, mean, std)
+		case strings.HasSuffix(ht.name, "layernorm.weight"), strings.HasSuffix(ht.name, "_norm.weight"):
+			// Gemma: HF stores w, the multiplier 1+w is gain·(1 + 0.2·N(0,1)).
+			if math.Abs(mean-(gain-1)) > 0.15*gain || math.Abs(std-0.2*gain) > 0.1*gain {
+				t.Errorf("%s: mean %.3g std %.3g, want %g·(1+0.2·N(0,1)) - 1", ht.name, mean, std, gain)
 			}
 		}
 	}
