@@ -153,7 +153,7 @@ func f32sOf(b []byte) []float32 {
 // llama.cpp loads with their shapes and types, and the metadata it needs.
 func TestWriteGGUF(t *testing.T) {
 	for _, f := range Families() {
-		for _, typ := range []quant.Type{quant.F32, quant.Q8_0, quant.Q4_K} {
+		for _, typ := range []quant.Type{quant.F32, quant.F16, quant.Q8_0, quant.Q4_0, quant.Q4_K, quant.Q6_K} {
 			gf, _ := ggufFile(t, f, typ, 7)
 			want := wantGGUF(f)
 			var got []string
