@@ -1,6 +1,10 @@
 package kernels
 
-import "math"
+import (
+	"math"
+
+	"github.com/qtune/qtune/quant"
+)
 
 // The attention-side kernels: RMSNorm, softmax and log-sum-exp, RoPE,
 // SwiGLU, cross-entropy, and the row primitives of the attention loops
@@ -105,6 +109,32 @@ func GeGLU(out, gate, up []float32) {
 }
 
 const geluC = 0.7978845608028654 // √(2/π)
+
+// GeGLUTable writes out[i] = gelu(gate[i])·up[i] the way llama.cpp's CPU
+// backend computes it (ggml-cpu/vec.h with GGML_GELU_FP16, its default):
+// gate ≤ −10 gives 0, gate ≥ 10 gives gate, otherwise gelu is read from a
+// table indexed by gate rounded to float16, whose entries are float16. It
+// exists to measure and reproduce llama.cpp's own approximation; training
+// and inference use GeGLU.
+func GeGLUTable(out, gate, up []float32) {
+	up = up[:len(gate)]
+	out = out[:len(gate)]
+	for i, g := range gate {
+		switch {
+		case g <= -10:
+			out[i] = 0
+		case g >= 10:
+			out[i] = g * up[i]
+		default:
+			// The table entry: ggml_gelu_f32 of the float16 value, in
+			// float32 arithmetic as ggml's C, rounded to float16.
+			x := quant.F16ToF32(quant.F32ToF16(g))
+			inner := float32(0.79788456) * x * (1 + float32(0.044715)*x*x)
+			y := float32(0.5) * x * (1 + float32(math.Tanh(float64(inner))))
+			out[i] = quant.F16ToF32(quant.F32ToF16(y)) * up[i]
+		}
+	}
+}
 
 func geluTanh(g float64) float64 {
 	return 0.5 * g * (1 + math.Tanh(geluC*(g+0.044715*g*g*g)))

@@ -85,7 +85,7 @@ func GeGLUBackward[F Float](dgate, dup, dy, gate, up []F) {
 
 // GatedBackward is the backward of Gated.
 func GatedBackward[F Float](a Activation, dgate, dup, dy, gate, up []F) {
-	if a == GELUTanh {
+	if a == GELUTanh || a == GELUTable {
 		GeGLUBackward(dgate, dup, dy, gate, up)
 	} else {
 		SwiGLUBackward(dgate, dup, dy, gate, up)

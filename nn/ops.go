@@ -211,20 +211,36 @@ type Activation uint8
 const (
 	SiLU     Activation = iota // SwiGLU: silu(gate)·up (Llama, Qwen, Phi, Mistral, SmolLM)
 	GELUTanh                   // GeGLU: gelu_tanh(gate)·up (Gemma)
+	// GELUTable is GeGLU as llama.cpp's CPU backend computes it, gelu read
+	// from a float16 table (kernels.GeGLUTable): for matching that backend
+	// bit for bit in tests, inference only (its backward is GeGLU's).
+	GELUTable
 )
 
 func (a Activation) String() string {
-	if a == GELUTanh {
+	switch a {
+	case GELUTanh:
 		return "gelu-tanh"
+	case GELUTable:
+		return "gelu-tanh-fp16-table"
 	}
 	return "silu"
 }
 
 // Gated writes out = act(gate)·up.
 func Gated[F Float](a Activation, out, gate, up []F) {
-	if a == GELUTanh {
+	switch {
+	case a == GELUTable:
+		if o, ok := f32s(out); ok {
+			g32, _ := f32s(gate)
+			u32, _ := f32s(up)
+			kernels.GeGLUTable(o, g32, u32)
+			return
+		}
 		GeGLU(out, gate, up)
-	} else {
+	case a == GELUTanh:
+		GeGLU(out, gate, up)
+	default:
 		SwiGLU(out, gate, up)
 	}
 }
