@@ -3,8 +3,8 @@ package llamacpp_test
 import (
 	"bufio"
 	"fmt"
-	"os"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 
