@@ -97,6 +97,12 @@ func ggufFamilyConfig(f *gguf.File, c *Config, fam family) error {
 		return int(v), true
 	}
 	c.RopeNeox = fam.ggufNeox
+	if n, ok := u("expert_count"); ok && n > 0 {
+		return fmt.Errorf("%w: %s.expert_count = %d: mixture-of-experts models are not supported", ErrConfig, a, n)
+	}
+	if _, ok := f.Get(a + ".classifier.output_labels"); ok {
+		return fmt.Errorf("%w: a %s classifier/reranker head is not supported (causal language models are)", ErrConfig, a)
+	}
 	if v, ok := f.Float(a + ".final_logit_softcapping"); ok && v > 0 {
 		return fmt.Errorf("%w: final logit soft-capping (%s.final_logit_softcapping) is not supported", ErrConfig, a)
 	}
@@ -180,6 +186,12 @@ func ggufSWAPattern(f *gguf.File, a string, layers int) ([]bool, error) {
 
 // hfFamilyConfig reads the family's config.json keys into c.
 func hfFamilyConfig(hc *safetensors.HFConfig, c *Config, fam family) error {
+	if hc.NumExperts > 0 || hc.NumLocalExperts > 0 {
+		return fmt.Errorf("%w: mixture-of-experts models are not supported", ErrConfig)
+	}
+	if len(hc.Architectures) == 1 && !strings.HasSuffix(hc.Architectures[0], "ForCausalLM") {
+		return fmt.Errorf("%w: %s is not a causal language model (…ForCausalLM is)", ErrConfig, hc.Architectures[0])
+	}
 	if hc.FinalLogitSoftcapping != nil && *hc.FinalLogitSoftcapping > 0 {
 		return fmt.Errorf("%w: final_logit_softcapping is not supported", ErrConfig)
 	}

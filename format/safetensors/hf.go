@@ -100,6 +100,8 @@ type HFConfig struct {
 	HiddenActivation      string    `json:"hidden_activation"`
 	HiddenAct             string    `json:"hidden_act"`
 	OriginalMaxPosition   int       `json:"original_max_position_embeddings"`
+	NumExperts            int       `json:"num_experts"`
+	NumLocalExperts       int       `json:"num_local_experts"`
 	TextConfig            *struct{} `json:"text_config"`
 	VisionConfig          *struct{} `json:"vision_config"`
 }
