@@ -435,3 +435,11 @@ func floatList(v any, n int) ([]float32, error) {
 	}
 	return out, nil
 }
+
+// FusedQKV reports whether the model's file stores q|k|v as one matrix
+// (Phi-3's attn_qkv): adapters for other tools then target it as one.
+func (m *Model) FusedQKV() bool { return m.fusedQKV }
+
+// FusedGateUp reports whether the file stores gate|up as one matrix
+// (Phi-3's ffn_up of 2F rows).
+func (m *Model) FusedGateUp() bool { return m.fusedGateUp }

@@ -96,11 +96,35 @@ var modules = []module{
 	{"gate", "ffn_gate", "mlp.gate_proj"},
 	{"up", "ffn_up", "mlp.up_proj"},
 	{"down", "ffn_down", "mlp.down_proj"},
+	// Phi-3's fused projections. qkv's rows are q|k|v (llama.cpp's
+	// attn_qkv); gate_up's are gate|up, which llama.cpp stores as ffn_up
+	// (fileTarget), so in a GGUF adapter a gate_up layer reads back as
+	// kind "up" with twice the rows, and the model resolves it.
+	{"qkv", "attn_qkv", "self_attn.qkv_proj"},
+	{"gate_up", "ffn_gate_up", "mlp.gate_up_proj"},
 }
 
-// Kinds returns the module kinds an adapter may target, in canonical order:
-// q, k, v, o, gate, up, down.
+// fileTarget is the base tensor name a GGUF adapter uses for target: the
+// fused gate|up matrix is llama.cpp's ffn_up.
+func fileTarget(target string) string {
+	if s, ok := strings.CutSuffix(target, ".ffn_gate_up.weight"); ok {
+		return s + ".ffn_up.weight"
+	}
+	return target
+}
+
+// Kinds returns the module kinds of an unfused block, in canonical order:
+// q, k, v, o, gate, up, down (AllKinds adds Phi-3's fused qkv and gate_up).
 func Kinds() []string {
+	out := make([]string, 7)
+	for i, m := range modules[:7] {
+		out[i] = m.kind
+	}
+	return out
+}
+
+// AllKinds is every kind an adapter may target, fused ones included.
+func AllKinds() []string {
 	out := make([]string, len(modules))
 	for i, m := range modules {
 		out[i] = m.kind
@@ -236,11 +260,11 @@ func check(a *Adapter) ([]parsed, error) {
 	if len(a.Layers) == 0 {
 		return nil, invalidErr("no layers")
 	}
-	var targets [8]bool
+	var targets [16]bool
 	for _, t := range a.Targets {
 		k := kindIndex(t)
 		if k < 0 {
-			return nil, invalidErr("target kind %q, want one of %s", t, strings.Join(Kinds(), ", "))
+			return nil, invalidErr("target kind %q, want one of %s", t, strings.Join(AllKinds(), ", "))
 		}
 		if targets[k] {
 			return nil, invalidErr("target kind %q listed twice", t)
@@ -253,7 +277,7 @@ func check(a *Adapter) ([]parsed, error) {
 		l := &a.Layers[i]
 		layer, kind, ok := ParseTarget(l.Target)
 		if !ok {
-			return nil, invalidErr("layer %d: target %q is not blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}.weight", i, l.Target)
+			return nil, invalidErr("layer %d: target %q is not blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down,attn_qkv,ffn_gate_up}.weight", i, l.Target)
 		}
 		if seen[l.Target] {
 			return nil, invalidErr("layer %q appears twice", l.Target)
@@ -283,7 +307,7 @@ func check(a *Adapter) ([]parsed, error) {
 // targetKinds returns a.Targets, or when empty the kinds the layers use, in
 // canonical order.
 func targetKinds(a *Adapter, ps []parsed) []int {
-	var use [8]bool
+	var use [16]bool
 	if len(a.Targets) > 0 {
 		for _, t := range a.Targets {
 			use[kindIndex(t)] = true

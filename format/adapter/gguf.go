@@ -84,9 +84,10 @@ func WriteGGUF(w io.Writer, a *Adapter, dtype quant.Type, arch string) error {
 		if err != nil {
 			return err
 		}
+		base := fileTarget(l.Target)
 		ts = append(ts,
-			gguf.BytesTensor(l.Target+".lora_a", dtype, []int64{int64(l.In), int64(l.Rank)}, ab),
-			gguf.BytesTensor(l.Target+".lora_b", dtype, []int64{int64(l.Rank), int64(l.Out)}, bb))
+			gguf.BytesTensor(base+".lora_a", dtype, []int64{int64(l.In), int64(l.Rank)}, ab),
+			gguf.BytesTensor(base+".lora_b", dtype, []int64{int64(l.Rank), int64(l.Out)}, bb))
 	}
 	if err := gguf.Write(w, 3, kv, ts, 0); err != nil {
 		return fmt.Errorf("adapter: %w", err)
@@ -140,10 +141,8 @@ func ReadGGUF(data []byte) (*Adapter, error) {
 	if s, ok := f.String(keyArch); !ok || s == "" {
 		return nil, formatErr("no general.architecture")
 	}
-	alpha, ok := f.Float(keyAlpha)
-	if !ok {
-		return nil, formatErr("no %s", keyAlpha)
-	}
+	// Without adapter.lora.alpha llama.cpp scales by 1 (alpha 0 below).
+	alpha, _ := f.Float(keyAlpha)
 	if !(alpha >= 0) || math.IsInf(alpha, 0) {
 		return nil, formatErr("%s = %v, want a finite number ≥ 0", keyAlpha, alpha)
 	}
@@ -250,7 +249,7 @@ func ReadGGUF(data []byte) (*Adapter, error) {
 	a.BaseModel, _ = f.String(keyBaseName)
 	var targets []int
 	if names, ok := f.Strings(keyQTargets); ok {
-		var use [8]bool
+		var use [16]bool
 		for _, n := range names {
 			k := kindIndex(n)
 			if k < 0 {
@@ -258,7 +257,14 @@ func ReadGGUF(data []byte) (*Adapter, error) {
 			}
 			use[k] = true
 		}
-		for _, p := range ps {
+		gu, up := kindIndex("gate_up"), kindIndex("up")
+		for i := range ps {
+			p := &ps[i]
+			if p.kind == up && use[gu] && !use[up] {
+				// llama.cpp names the fused gate|up matrix ffn_up.
+				p.kind = gu
+				p.l.Target = strings.TrimSuffix(p.l.Target, ".ffn_up.weight") + ".ffn_gate_up.weight"
+			}
 			if !use[p.kind] {
 				return nil, formatErr("%s lacks %q, which has tensors", keyQTargets, modules[p.kind].kind)
 			}

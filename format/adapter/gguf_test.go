@@ -218,12 +218,8 @@ func TestReadGGUFDamaged(t *testing.T) {
 			gguf.BytesTensor("blk.0.attn_v.weight.lora_b", quant.F32, []int64{2, 16}, f32Bytes(32, 0))}, ErrUnsupported, []string{"rank 2", "other layers 4"}},
 		{"q8_0", kv(same), []gguf.WriteTensor{qa,
 			gguf.BytesTensor("blk.0.attn_q.weight.lora_b", quant.Q8_0, []int64{32, 16}, make([]byte, 16*34))}, ErrFormat, []string{"do not share the rank"}},
-		{"q8_0 type", kv(same), []gguf.WriteTensor{
-			gguf.BytesTensor("blk.0.attn_q.weight.lora_a", quant.Q8_0, []int64{32, 4}, make([]byte, 4*34)),
-			gguf.BytesTensor("blk.0.attn_q.weight.lora_b", quant.F32, []int64{4, 16}, f32Bytes(64, 0))}, ErrUnsupported, []string{"Q8_0"}},
 		{"model", kv(func(k []gguf.KV) []gguf.KV { k[1] = gguf.KVOf("general.type", "model"); return k }), []gguf.WriteTensor{qa, qb}, ErrFormat, []string{"general.type"}},
 		{"other adapter", kv(func(k []gguf.KV) []gguf.KV { k[2] = gguf.KVOf("adapter.type", "control_vector"); return k }), []gguf.WriteTensor{qa, qb}, ErrUnsupported, []string{"control_vector"}},
-		{"no alpha", kv(func(k []gguf.KV) []gguf.KV { return k[:3] }), []gguf.WriteTensor{qa, qb}, ErrFormat, []string{"adapter.lora.alpha"}},
 		{"negative alpha", kv(func(k []gguf.KV) []gguf.KV { k[3] = gguf.KVOf("adapter.lora.alpha", float32(-1)); return k }), []gguf.WriteTensor{qa, qb}, ErrFormat, []string{"adapter.lora.alpha"}},
 		{"no arch", kv(func(k []gguf.KV) []gguf.KV { return k[1:] }), []gguf.WriteTensor{qa, qb}, ErrFormat, []string{"general.architecture"}},
 		{"no tensors", kv(same), nil, ErrFormat, []string{"no LoRA tensors"}},
@@ -300,4 +296,47 @@ func TestGGUFFile(t *testing.T) {
 	}
 	_, err = ReadGGUFFile(dir + "/missing.gguf")
 	wantErr(t, err, fs.ErrNotExist)
+}
+
+// TestReadGGUFForeignTypesAndNoAlpha: llama.cpp's converter can write the
+// LoRA tensors as Q8_0 (--outtype q8_0) and other tools may leave out
+// adapter.lora.alpha, which llama.cpp then reads as scale 1; both load,
+// the values decoded exactly as ggml decodes them.
+func TestReadGGUFForeignTypesAndNoAlpha(t *testing.T) {
+	A := make([]float32, 4*32)
+	for i := range A {
+		A[i] = float32(math.Sin(float64(i))) * 0.1
+	}
+	qA := make([]byte, 4*34)
+	if err := quant.Quantize(quant.Q8_0, qA, A); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]float32, len(A))
+	if err := quant.Dequantize(quant.Q8_0, want, qA); err != nil {
+		t.Fatal(err)
+	}
+	ts := []gguf.WriteTensor{
+		gguf.BytesTensor("blk.0.attn_q.weight.lora_a", quant.Q8_0, []int64{32, 4}, qA),
+		gguf.BytesTensor("blk.0.attn_q.weight.lora_b", quant.F32, []int64{4, 16}, f32Bytes(64, 0)),
+	}
+	a, err := ReadGGUF(foreign(t, baseKV(8), ts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range a.Layers[0].A {
+		if v != want[i] {
+			t.Fatalf("A[%d] = %g, Q8_0 decodes to %g", i, v, want[i])
+		}
+	}
+	if a.Scale() != 2 { // alpha 8 / R 4
+		t.Fatalf("scale %g, want 8/4", a.Scale())
+	}
+	noAlpha := baseKV(8)[:3]
+	a, err = ReadGGUF(foreign(t, noAlpha, ts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Scale() != 1 {
+		t.Fatalf("without adapter.lora.alpha: scale %g, want llama.cpp's 1", a.Scale())
+	}
 }

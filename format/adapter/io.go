@@ -64,7 +64,25 @@ func decode(t quant.Type, b []byte, n int, what string) ([]float32, error) {
 	case quant.F16, quant.BF16:
 		size = 2
 	default:
-		return nil, unsupportedErr("%s: element type %v, want F32, F16 or BF16", what, t)
+		// Any ggml block type (llama.cpp's converter writes Q8_0 with
+		// --outtype q8_0): checked against the bytes, then decoded.
+		need, err := quant.Bytes(t, int64(n))
+		if err != nil {
+			return nil, unsupportedErr("%s: element type %v: %v", what, t, err)
+		}
+		if n < 0 || int64(len(b)) != need {
+			return nil, formatErr("%s: %d bytes for %d values of %v", what, len(b), n, t)
+		}
+		v := make([]float32, n)
+		if err := quant.Dequantize(t, v, b); err != nil {
+			return nil, formatErr("%s: %v", what, err)
+		}
+		for _, x := range v {
+			if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+				return nil, formatErr("%s: holds NaN or Inf", what)
+			}
+		}
+		return v, nil
 	}
 	if n < 0 || len(b) != n*size {
 		return nil, formatErr("%s: %d bytes for %d values of %v", what, len(b), n, t)

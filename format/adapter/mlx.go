@@ -173,7 +173,7 @@ func parseMLXConfig(data []byte) (*mlxConfig, error) {
 			c.dropout = *p.Dropout
 		}
 		if p.Keys != nil {
-			var use [8]bool
+			var use [16]bool
 			for _, k := range p.Keys {
 				i := -1
 				for j, m := range modules {
@@ -319,7 +319,7 @@ func ReadMLX(dir string, heads, kvHeads int) (*Adapter, error) {
 		}
 	}
 	if cfg.targets != nil {
-		var use [8]bool
+		var use [16]bool
 		for _, k := range cfg.targets {
 			use[k] = true
 		}

@@ -26,6 +26,25 @@ const (
 // peftPrefix starts every tensor name PEFT saves for a causal LM.
 const peftPrefix = "base_model.model."
 
+// fusedTarget maps "model.layers.N.<hf path>" of a fused module (Phi-3's
+// self_attn.qkv_proj, mlp.gate_up_proj) to its target name.
+func fusedTarget(base string) (string, bool) {
+	rest, ok := strings.CutPrefix(base, "model.layers.")
+	if !ok {
+		return "", false
+	}
+	n, path, ok := strings.Cut(rest, ".")
+	if !ok || !canonicalIndex(n) {
+		return "", false
+	}
+	for _, m := range modules[7:] {
+		if m.hf == path {
+			return "blk." + n + "." + m.gguf + ".weight", true
+		}
+	}
+	return "", false
+}
+
 // permuteQK permutes a q or k B matrix's rows between GGUF and HF order
 // (safetensors.PermuteRowsF32), or returns b as it is when heads is 0: the
 // families whose llama.cpp files keep HF's order (qwen2, qwen3, gemma3,
@@ -339,7 +358,7 @@ func parsePEFTConfig(data []byte) (*peftConfig, error) {
 	if err := json.Unmarshal(r, &list); err != nil {
 		return nil, formatErr("%s: target_modules: want a list of names or a string", PEFTConfig)
 	}
-	var use [8]bool
+	var use [16]bool
 	for _, t := range list {
 		k, err := peftModuleKind(t)
 		if err != nil {
@@ -397,7 +416,10 @@ func parsePEFTName(name string) (layer, kind int, isB bool, err error) {
 	}
 	g, ok := safetensors.GGUFName(base + ".weight")
 	if !ok {
-		return 0, 0, false, formatErr("tensor %q: %q is not a Llama module", name, base)
+		g, ok = fusedTarget(base)
+	}
+	if !ok {
+		return 0, 0, false, formatErr("tensor %q: %q is not a module qtune adapts", name, base)
 	}
 	l, k, ok := ParseTarget(g)
 	if !ok {
@@ -523,7 +545,7 @@ func readPEFT(cfg *peftConfig, wb []byte, heads, kvHeads int) (*Adapter, error) 
 	}
 	targets := cfg.targets
 	if targets != nil {
-		var use [8]bool
+		var use [16]bool
 		for _, k := range targets {
 			use[k] = true
 		}
@@ -541,7 +563,7 @@ func readPEFT(cfg *peftConfig, wb []byte, heads, kvHeads int) (*Adapter, error) 
 func assemble(ps []parsed, targets []int, rank int, alpha, dropout float64, base string, rs bool) *Adapter {
 	sortLayers(ps)
 	if targets == nil {
-		var use [8]bool
+		var use [16]bool
 		for _, p := range ps {
 			use[p.kind] = true
 		}

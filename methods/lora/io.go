@@ -3,6 +3,7 @@ package lora
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,7 +48,177 @@ func (s *Set) ToAdapter(m *model.Model, baseName string) *adapter.Adapter {
 		}
 		a.Layers = append(a.Layers, adapter.LoRA{Target: l.Target, In: l.In, Out: l.Out, Rank: l.R, A: l.A, B: b})
 	}
+	if m.FusedQKV() || m.FusedGateUp() {
+		return fuse(a, m)
+	}
 	return a
+}
+
+// fusedGroups are the module parts of Phi-3's fused matrices, in row order.
+var fusedGroups = []struct {
+	kind, stem string
+	parts      []string // part target stems
+}{
+	{"qkv", "attn_qkv", []string{"attn_q", "attn_k", "attn_v"}},
+	{"gate_up", "ffn_gate_up", []string{"ffn_gate", "ffn_up"}},
+}
+
+// fuse rewrites an adapter whose layers target the parts of Phi-3's fused
+// matrices (qtune trains q, k, v, gate and up as parts, each with its own
+// A) into one layer per fused matrix, as PEFT and llama.cpp name them
+// (qkv_proj / attn_qkv, gate_up_proj / ffn_up), exactly: the fused A
+// stacks the parts' A, the fused B places each part's B in its rows and
+// its own R columns. Every layer then has rank P·R, P the most parts a
+// fused layer holds (others are padded with zero rows and columns), and
+// alpha becomes P·α (√P·α with rsLoRA), so alpha/rank, the scale every
+// tool applies, is unchanged.
+func fuse(a *adapter.Adapter, m *model.Model) *adapter.Adapter {
+	type key struct {
+		layer int
+		stem  string
+	}
+	byKey := map[key]*adapter.LoRA{}
+	for i := range a.Layers {
+		l := &a.Layers[i]
+		var n int
+		var stem string
+		if _, err := fmt.Sscanf(l.Target, "blk.%d.%s", &n, &stem); err == nil {
+			byKey[key{n, strings.TrimSuffix(stem, ".weight")}] = l
+		}
+	}
+	R := a.Rank
+	P := 1
+	groupOf := map[string]int{}
+	for gi, g := range fusedGroups {
+		if (g.kind == "qkv" && !m.FusedQKV()) || (g.kind == "gate_up" && !m.FusedGateUp()) {
+			continue
+		}
+		for _, p := range g.parts {
+			groupOf[p] = gi
+		}
+		for l := 0; l < m.Config.Layers; l++ {
+			n := 0
+			for _, p := range g.parts {
+				if byKey[key{l, p}] != nil {
+					n++
+				}
+			}
+			P = max(P, n)
+		}
+	}
+	out := &adapter.Adapter{Rank: P * R, Alpha: a.Alpha * float64(P), Dropout: a.Dropout, BaseModel: a.BaseModel, UseRSLoRA: a.UseRSLoRA}
+	if a.UseRSLoRA {
+		out.Alpha = a.Alpha * math.Sqrt(float64(P))
+	}
+	kinds := map[string]bool{}
+	done := map[key]bool{}
+	for i := range a.Layers {
+		l := &a.Layers[i]
+		var n int
+		var stem string
+		fmt.Sscanf(l.Target, "blk.%d.%s", &n, &stem)
+		stem = strings.TrimSuffix(stem, ".weight")
+		gi, fused := groupOf[stem]
+		if !fused {
+			// Zero-padded to rank P·R.
+			A := make([]float32, P*R*l.In)
+			copy(A, l.A)
+			B := make([]float32, l.Out*P*R)
+			for o := 0; o < l.Out; o++ {
+				copy(B[o*P*R:o*P*R+R], l.B[o*R:(o+1)*R])
+			}
+			out.Layers = append(out.Layers, adapter.LoRA{Target: l.Target, In: l.In, Out: l.Out, Rank: P * R, A: A, B: B})
+			_, kind, _ := adapter.ParseTarget(l.Target)
+			kinds[kind] = true
+			continue
+		}
+		g := fusedGroups[gi]
+		if done[key{n, g.stem}] {
+			continue
+		}
+		done[key{n, g.stem}] = true
+		// Row offsets of the parts in the fused matrix.
+		var rows []int
+		outRows := 0
+		for _, p := range g.parts {
+			w := m.Layers[n].Matrix(partModule(p))
+			rows = append(rows, outRows)
+			outRows += w.Rows
+		}
+		A := make([]float32, P*R*l.In)
+		B := make([]float32, outRows*P*R)
+		slot := 0
+		for pi, p := range g.parts {
+			pl := byKey[key{n, p}]
+			if pl == nil {
+				continue
+			}
+			copy(A[slot*R*l.In:], pl.A)
+			for o := 0; o < pl.Out; o++ {
+				copy(B[(rows[pi]+o)*P*R+slot*R:(rows[pi]+o)*P*R+(slot+1)*R], pl.B[o*R:(o+1)*R])
+			}
+			slot++
+		}
+		out.Layers = append(out.Layers, adapter.LoRA{Target: fmt.Sprintf("blk.%d.%s.weight", n, g.stem), In: l.In, Out: outRows, Rank: P * R, A: A, B: B})
+		kinds[g.kind] = true
+	}
+	for _, k := range adapter.AllKinds() {
+		if kinds[k] {
+			out.Targets = append(out.Targets, k)
+		}
+	}
+	return out
+}
+
+// partModule maps a part's tensor stem to its module.
+func partModule(stem string) model.Module {
+	for k := model.Module(0); k < model.NumModules; k++ {
+		if strings.HasSuffix(model.TensorName(0, k), "."+stem+".weight") {
+			return k
+		}
+	}
+	panic("lora: unknown part " + stem)
+}
+
+// split is fuse's inverse for reading: a layer on a fused matrix (attn_qkv;
+// ffn_gate_up, or ffn_up with 2F rows as a GGUF adapter names it) becomes
+// one layer per part, each with the whole A and its rows of B — exact,
+// whether the file came from qtune (block-diagonal B) or from PEFT (one
+// shared A).
+func split(a *adapter.Adapter, m *model.Model) *adapter.Adapter {
+	out := *a
+	out.Layers = nil
+	c := m.Config
+	for _, l := range a.Layers {
+		var n int
+		var stem string
+		if _, err := fmt.Sscanf(l.Target, "blk.%d.%s", &n, &stem); err != nil || n < 0 || n >= c.Layers {
+			out.Layers = append(out.Layers, l)
+			continue
+		}
+		stem = strings.TrimSuffix(stem, ".weight")
+		var parts []string
+		switch {
+		case stem == "attn_qkv" && m.FusedQKV():
+			parts = fusedGroups[0].parts
+		case (stem == "ffn_gate_up" || (stem == "ffn_up" && l.Out == 2*c.Hidden)) && m.FusedGateUp():
+			parts = fusedGroups[1].parts
+		default:
+			out.Layers = append(out.Layers, l)
+			continue
+		}
+		r0 := 0
+		for _, p := range parts {
+			rows := m.Layers[n].Matrix(partModule(p)).Rows
+			if r0+rows > l.Out {
+				break // a shape the model will refuse below
+			}
+			out.Layers = append(out.Layers, adapter.LoRA{Target: fmt.Sprintf("blk.%d.%s.weight", n, p), In: l.In, Out: rows, Rank: l.Rank,
+				A: l.A, B: l.B[r0*l.Rank : (r0+rows)*l.Rank]})
+			r0 += rows
+		}
+	}
+	return &out
 }
 
 // FromAdapter attaches a loaded adapter to m, checking every target against
@@ -55,6 +226,9 @@ func (s *Set) ToAdapter(m *model.Model, baseName string) *adapter.Adapter {
 func FromAdapter(m *model.Model, a *adapter.Adapter) (*Set, error) {
 	if len(a.Layers) == 0 {
 		return nil, errors.New("lora: adapter has no layers")
+	}
+	if m.FusedQKV() || m.FusedGateUp() {
+		a = split(a, m)
 	}
 	s := &Set{Config: Config{Rank: a.Rank, Alpha: a.Alpha, Dropout: 0, RSLoRA: a.UseRSLoRA},
 		ByPos: make(model.Adapters, m.Config.Layers), ByName: map[string]*Layer{}}

@@ -134,7 +134,8 @@ type Config struct {
 }
 
 // ParseTargets reads a comma-separated list of module names (q,k,v,o,gate,
-// up,down; "all" for every one; HF names like q_proj are accepted too).
+// up,down; "all" for every one; HF names like q_proj are accepted too, and
+// Phi-3's fused qkv_proj and gate_up_proj stand for their parts).
 func ParseTargets(s string) ([]model.Module, error) {
 	if s == "" || s == "all" {
 		return []model.Module{model.ModQ, model.ModK, model.ModV, model.ModO, model.ModGate, model.ModUp, model.ModDown}, nil
@@ -143,6 +144,26 @@ func ParseTargets(s string) ([]model.Module, error) {
 	seen := map[model.Module]bool{}
 	for _, f := range strings.Split(s, ",") {
 		f = strings.TrimSuffix(strings.TrimSpace(f), "_proj")
+		// Phi-3's fused modules name their parts.
+		switch f {
+		case "qkv":
+			f = "q,k,v"
+		case "gate_up":
+			f = "gate,up"
+		}
+		if strings.Contains(f, ",") {
+			sub, err := ParseTargets(f)
+			if err != nil {
+				return nil, err
+			}
+			for _, m := range sub {
+				if !seen[m] {
+					out = append(out, m)
+					seen[m] = true
+				}
+			}
+			continue
+		}
 		found := false
 		for i, n := range model.ModuleNames {
 			if n == f {
@@ -154,7 +175,7 @@ func ParseTargets(s string) ([]model.Module, error) {
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("lora: unknown target module %q (q, k, v, o, gate, up, down)", f)
+			return nil, fmt.Errorf("lora: unknown target module %q (q, k, v, o, gate, up, down; qkv, gate_up; or their _proj names)", f)
 		}
 	}
 	return out, nil
