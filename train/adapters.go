@@ -14,10 +14,24 @@ import (
 // WriteAdapters saves the trained adapters in the formats other tools load
 // (PEFT and llama.cpp GGUF) plus qtune's own record of the run.
 func WriteAdapters(dir string, m *model.Model, set *lora.Set, cfg Config) error {
-	if err := set.Save(dir, m, cfg.Model); err != nil {
+	if err := set.Save(dir, m, BaseModelName(cfg.Model)); err != nil {
 		return err
 	}
 	return writeConfig(dir, cfg)
+}
+
+// BaseModelName is what an adapter records as its base model (PEFT's
+// base_model_name_or_path): the model's absolute path, which PEFT and
+// llama.cpp's converter resolve from any working folder; a name that is not
+// a local path (a hub id) stays as given.
+func BaseModelName(model string) string {
+	if _, err := os.Stat(model); err != nil {
+		return model
+	}
+	if abs, err := filepath.Abs(model); err == nil {
+		return abs
+	}
+	return model
 }
 
 // writeConfig saves qtune's record of the run (qtune_config.json).

@@ -73,10 +73,10 @@ func EvalLM(ctx context.Context, m *model.Model, recs []data.Record, kind data.K
 		var ids []int
 		first := 1 // index of the first scored token
 		if kind == data.Text {
-			ids = m.Tokenizer.Encode(r.Text, true)
+			ids = m.Tokenizer.Encode(r.Text, m.Tokenizer.AddBOS())
 		} else {
-			ids = m.Tokenizer.Encode(r.Prompt+r.Completion, true)
-			first = max(1, commonPrefix(ids, m.Tokenizer.Encode(r.Prompt, true)))
+			ids = m.Tokenizer.Encode(r.Prompt+r.Completion, m.Tokenizer.AddBOS())
+			first = max(1, commonPrefix(ids, m.Tokenizer.Encode(r.Prompt, m.Tokenizer.AddBOS())))
 		}
 		s, k, err := TokenNLL(m, st, logits, ids, first)
 		if err != nil {
@@ -148,11 +148,11 @@ func commonPrefix(a, b []int) int {
 // with the prompt's own encoding are scored).
 func ChoiceScores(m *model.Model, st *model.State, r data.Record) ([]float64, error) {
 	V := m.Config.Vocab
-	prompt := m.Tokenizer.Encode(r.Prompt, true)
+	prompt := m.Tokenizer.Encode(r.Prompt, m.Tokenizer.AddBOS())
 	full := make([][]int, len(r.Choices))
 	lcp := len(prompt)
 	for i, c := range r.Choices {
-		full[i] = m.Tokenizer.Encode(r.Prompt+c, true)
+		full[i] = m.Tokenizer.Encode(r.Prompt+c, m.Tokenizer.AddBOS())
 		lcp = min(lcp, commonPrefix(full[i], prompt))
 	}
 	lcp = max(lcp, 1)

@@ -234,7 +234,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	// streamed record by record (the test split is not a training run's, the
 	// valid split only when it evaluates). What stays in memory is per
 	// example, counted before the plan.
-	tokOpt := data.TokenizeOptions{AddEOS: true, NoBOS: !m.Tokenizer.AddBOS() && m.Tokenizer.BOS() < 0, ChatTemplate: m.Tokenizer.ChatTemplate()}
+	tokOpt := data.TokenizeOptions{AddEOS: true, NoBOS: !m.Tokenizer.AddBOS(), ChatTemplate: m.Tokenizer.ChatTemplate()}
 	tokDir, tokID := filepath.Join(cfg.CacheDir, "tokens"), tokenizerID(m)
 	trainTF, hit, err := data.CachedTokenFile(tokDir, data.CacheKey{Tokenizer: tokID, Name: splitName(files.Train)}, m.Tokenizer, files.Train, tokOpt)
 	if err != nil {

@@ -63,7 +63,7 @@ func (a *app) tokenize(ctx context.Context, args []string) error {
 		return err
 	}
 	defer m.Close()
-	ids := m.Tokenizer.Encode(*text, !*noBOS)
+	ids := m.Tokenizer.Encode(*text, m.Tokenizer.AddBOS() && !*noBOS)
 	if *asJSON {
 		if ids == nil {
 			ids = []int{}
@@ -109,7 +109,7 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	if *seed == 0 {
 		*seed = uint64(time.Now().UnixNano())
 	}
-	ptoks := m.Tokenizer.Encode(*prompt, true)
+	ptoks := m.Tokenizer.Encode(*prompt, m.Tokenizer.AddBOS())
 	if len(ptoks) == 0 {
 		return fmt.Errorf("prompt encodes to no tokens and the model has no BOS")
 	}

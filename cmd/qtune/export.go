@@ -82,7 +82,7 @@ func (a *app) export(ctx context.Context, args []string) error {
 		if err := os.MkdirAll(*out, 0o755); err != nil {
 			return err
 		}
-		if err := set.Save(*out, m, *mp); err != nil {
+		if err := set.Save(*out, m, train.BaseModelName(*mp)); err != nil {
 			return err
 		}
 		fmt.Fprintf(a.stdout, "%s: %d adapted matrices as PEFT (%s) and GGUF (%s)\n", *out, len(set.Layers), lora.PEFTFile, lora.GGUFFile)
@@ -114,5 +114,13 @@ func (a *app) export(ctx context.Context, args []string) error {
 	}
 	a.log.Info().Dur("took", time.Since(t0).Round(time.Millisecond)).Msg("merged")
 	fmt.Fprintf(a.stdout, "%s: merged %d adapted matrices, %d tensors (%d as %s), %s\n", *out, matrices, rep.Tensors, rep.Quantized, t, humanBytes(rep.Bytes))
+	nf4Note(a, t)
 	return nil
+}
+
+// nf4Note says plainly that an NF4 file is qtune's alone.
+func nf4Note(a *app, t quant.Type) {
+	if t == quant.NF4 {
+		fmt.Fprintf(a.stdout, "note: NF4 is qtune's own type (id %d): this file loads in qtune only; for llama.cpp and other tools use --type q8_0, q4_k or f16\n", uint32(quant.NF4))
+	}
 }

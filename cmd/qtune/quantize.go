@@ -66,5 +66,6 @@ func (a *app) quantize(ctx context.Context, args []string) error {
 	a.log.Info().Str("out", out).Str("type", t.String()).Int("tensors", rep.Tensors).Int("quantized", rep.Quantized).
 		Dur("took", time.Since(t0).Round(time.Millisecond)).Msg("quantized")
 	fmt.Fprintf(a.stdout, "%s: %d tensors (%d as %s), %s, RMSE %.6g vs source\n", out, rep.Tensors, rep.Quantized, t, humanBytes(rep.Bytes), rep.RMSE)
+	nf4Note(a, t)
 	return nil
 }

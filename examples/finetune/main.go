@@ -69,7 +69,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	ids, err := m.Generate(ctx, m.Tokenizer.Encode("ROMEO:", true), model.GenerateOptions{MaxTokens: 40, StopAtEOS: true})
+	ids, err := m.Generate(ctx, m.Tokenizer.Encode("ROMEO:", m.Tokenizer.AddBOS()), model.GenerateOptions{MaxTokens: 40, StopAtEOS: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

@@ -295,8 +295,9 @@ func (s *Set) Save(dir string, m *model.Model, baseName string) error {
 	return err
 }
 
-// Load reads an adapter for m from a PEFT folder, a folder holding
-// adapter.gguf, or a GGUF adapter file.
+// Load reads an adapter for m from a PEFT folder, an MLX-LM folder
+// (adapters.safetensors), a folder holding adapter.gguf, or a GGUF adapter
+// file.
 func Load(m *model.Model, path string) (*Set, error) {
 	st, err := os.Stat(path)
 	if err != nil {
@@ -307,6 +308,10 @@ func Load(m *model.Model, path string) (*Set, error) {
 	case st.IsDir() && exists(filepath.Join(path, PEFTFile)):
 		heads, kvHeads := m.AdapterHeads()
 		a, err = adapter.ReadPEFT(path, heads, kvHeads)
+	case st.IsDir() && exists(filepath.Join(path, adapter.MLXWeights)):
+		// MLX-LM's folder: adapters.safetensors + adapter_config.json.
+		heads, kvHeads := m.AdapterHeads()
+		a, err = adapter.ReadMLX(path, heads, kvHeads)
 	case st.IsDir() && exists(filepath.Join(path, GGUFFile)):
 		path = filepath.Join(path, GGUFFile)
 		fallthrough
@@ -316,7 +321,7 @@ func Load(m *model.Model, path string) (*Set, error) {
 			a, err = adapter.ReadGGUF(b)
 		}
 	default:
-		return nil, fmt.Errorf("lora: %s holds neither %s nor %s", path, PEFTFile, GGUFFile)
+		return nil, fmt.Errorf("lora: %s holds none of %s (PEFT), %s (MLX-LM) and %s (llama.cpp)", path, PEFTFile, adapter.MLXWeights, GGUFFile)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lora: %s: %w", path, err)
