@@ -55,6 +55,9 @@ var ErrConfig = errors.New("invalid model configuration")
 // an absurd number.
 const maxDim = 1 << 20
 
+// maxLayers bounds the block count.
+const maxLayers = 4096
+
 // Validate checks sizes for sanity and consistency.
 func (c *Config) Validate() error {
 	bad := func(f string, a ...any) error {
@@ -69,7 +72,7 @@ func (c *Config) Validate() error {
 			return bad("%s %d out of range", v.name, v.v)
 		}
 	}
-	if c.Layers > 4096 {
+	if c.Layers > maxLayers {
 		return bad("block count %d out of range", c.Layers)
 	}
 	if c.Heads%c.KVHeads != 0 {

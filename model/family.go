@@ -97,6 +97,10 @@ func ggufFamilyConfig(f *gguf.File, c *Config, fam family) error {
 		return int(v), true
 	}
 	c.RopeNeox = fam.ggufNeox
+	// Per-block tables below are sized by the block count: bound it first.
+	if c.Layers <= 0 || c.Layers > maxLayers {
+		return fmt.Errorf("%w: block count %d out of range", ErrConfig, c.Layers)
+	}
 	if n, ok := u("expert_count"); ok && n > 0 {
 		return fmt.Errorf("%w: %s.expert_count = %d: mixture-of-experts models are not supported", ErrConfig, a, n)
 	}
@@ -186,6 +190,9 @@ func ggufSWAPattern(f *gguf.File, a string, layers int) ([]bool, error) {
 
 // hfFamilyConfig reads the family's config.json keys into c.
 func hfFamilyConfig(hc *safetensors.HFConfig, c *Config, fam family) error {
+	if c.Layers <= 0 || c.Layers > maxLayers {
+		return fmt.Errorf("%w: num_hidden_layers %d out of range", ErrConfig, c.Layers)
+	}
 	if hc.NumExperts > 0 || hc.NumLocalExperts > 0 {
 		return fmt.Errorf("%w: mixture-of-experts models are not supported", ErrConfig)
 	}
