@@ -332,8 +332,10 @@ func (m *Model) Features() []string {
 	if l0(func(l *Layer) bool { return l.QNorm != nil }) {
 		out = append(out, "q/k norm")
 	}
+	// The family's rotary convention as llama.cpp names it (an HF folder of
+	// a llama model runs half-split on unpermuted rows: the same model).
 	rope := "rope"
-	if c.RopeNeox {
+	if m.fam.ggufNeox {
 		rope = "NEOX rope"
 	}
 	rope += fmt.Sprintf(" θ=%g", c.RopeTheta)
@@ -362,7 +364,7 @@ func (m *Model) Features() []string {
 	if l0(func(l *Layer) bool { return l.PostAttnNorm != nil }) {
 		out = append(out, "pre+post norms")
 	}
-	if c.AttnScale != 0 {
+	if c.AttnScale != 0 && math.Abs(c.AttnScale*math.Sqrt(float64(c.HeadDim))-1) > 1e-6 {
 		out = append(out, fmt.Sprintf("attention scale %.4g", c.AttnScale))
 	}
 	var swa, norope []int
@@ -450,3 +452,31 @@ func (m *Model) FusedQKV() bool { return m.fusedQKV }
 // FusedGateUp reports whether the file stores gate|up as one matrix
 // (Phi-3's ffn_up of 2F rows).
 func (m *Model) FusedGateUp() bool { return m.fusedGateUp }
+
+// ggufAttnScale is the attention scale llama.cpp derives for a GGUF of
+// this config (gemma3: 1/√head_dim, or 1/√(C/H) for 62 blocks; others
+// 1/√head_dim); 0 means 1/√head_dim.
+func (c *Config) ggufAttnScale() float64 {
+	if c.Arch == "gemma3" && c.Layers == 62 && c.Heads > 0 {
+		return 1 / math.Sqrt(float64(c.Dim/c.Heads))
+	}
+	return 0
+}
+
+// checkGGUFExpressible reports a feature of m that a GGUF file cannot
+// carry, so that writing one would change the model: llama.cpp reads no
+// attention scale key and derives Gemma's from the shape.
+func (m *Model) checkGGUFExpressible() error {
+	c := &m.Config
+	want, have := c.ggufAttnScale(), c.AttnScale
+	norm := func(s float64) float64 {
+		if s == 0 {
+			return 1 / math.Sqrt(float64(c.HeadDim))
+		}
+		return s
+	}
+	if math.Abs(norm(want)-norm(have)) > 1e-6*norm(want) {
+		return fmt.Errorf("model: attention scale %.6g (query_pre_attn_scalar) cannot be written to a GGUF: llama.cpp derives %.6g from the shape", norm(have), norm(want))
+	}
+	return nil
+}

@@ -680,6 +680,12 @@ func (m *Model) build(ts map[string]tensor.Tensor) error {
 	if _, ok := ts["output.bias"]; ok {
 		return fmt.Errorf("tensor %q: an output bias is not supported", "output.bias")
 	}
+	if m.fam.arch == "phi3" {
+		// Phi-3's projections are fused in its HF and llama.cpp files alike,
+		// so adapters name them fused even over qtune's NF4 copy, which
+		// stores the parts apart.
+		m.fusedQKV, m.fusedGateUp = true, true
+	}
 	factors := c.RopeFactors
 	for _, name := range []string{"rope_freqs.weight", "rope_factors_short.weight", "rope_factors_long.weight"} {
 		rf, ok := ts[name]

@@ -58,6 +58,9 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 	if !quant.CanQuantize(t) {
 		return QuantizeReport{}, fmt.Errorf("model: quantize: %w: cannot quantize to %s", quant.ErrUnknownType, t)
 	}
+	if err := m.checkGGUFExpressible(); err != nil {
+		return QuantizeReport{}, err
+	}
 	kv, err := m.metadata()
 	if err != nil {
 		return QuantizeReport{}, err

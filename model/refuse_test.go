@@ -3,6 +3,7 @@ package model
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,5 +127,35 @@ func TestRefusesOtherArchitectures(t *testing.T) {
 		if _, err := Open(hf, Options{}); err == nil {
 			t.Fatalf("config with %v loaded", extra)
 		}
+	}
+}
+
+// TestGemmaQueryScaleNotExpressibleInGGUF: an HF Gemma 3 whose
+// query_pre_attn_scalar differs from what llama.cpp derives runs in qtune
+// (the HF scale) but is not written to a GGUF, which would change it.
+func TestGemmaQueryScaleNotExpressibleInGGUF(t *testing.T) {
+	f, _ := synth.FamilyByName("gemma3")
+	hf := t.TempDir()
+	if err := f.WriteHF(hf, 1); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(hf, "config.json")
+	b, _ := os.ReadFile(p)
+	var cfg map[string]any
+	json.Unmarshal(b, &cfg)
+	cfg["query_pre_attn_scalar"] = 48
+	b, _ = json.Marshal(cfg)
+	os.WriteFile(p, b, 0o644)
+	m, err := Open(hf, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if got := m.Config.AttnScale; got != 1/math.Sqrt(48) {
+		t.Fatalf("attention scale %g, want 1/√48", got)
+	}
+	var out bytes.Buffer
+	if _, err := Quantize(m, &out, quant.F32); err == nil || !strings.Contains(err.Error(), "query_pre_attn_scalar") {
+		t.Fatalf("quantize: %v", err)
 	}
 }

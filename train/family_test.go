@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/qtune/qtune/internal/shared"
 	"github.com/qtune/qtune/internal/synth"
+	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/quant"
 )
 
@@ -92,4 +94,67 @@ func TestFamiliesTrainEveryMethod(t *testing.T) {
 		}
 	}
 	_ = fmt.Sprint
+}
+
+// TestFamiliesQLoRABaseKeepsFeatures: the NF4 base QLoRA writes once (from
+// a GGUF or a Hugging Face folder) is the same family with every feature
+// (Llama 3's RoPE factors, Gemma's norms and windows, Phi-3's LongRoPE, …),
+// and the bases written from the two folders of one model compute the same
+// model: within 2% of the largest logit (llama and smollm3 permute q/k rows
+// for the GGUF, which moves NF4's double-quantization groups), else equal.
+func TestFamiliesQLoRABaseKeepsFeatures(t *testing.T) {
+	root := t.TempDir()
+	toks := []int{5, 9, 13, 17, 21, 25, 29, 33, 37, 41}
+	for _, f := range synth.Families() {
+		t.Run(f.Name, func(t *testing.T) {
+			gp := filepath.Join(root, f.Name+".gguf")
+			if err := f.WriteGGUF(gp, quant.F32, 4); err != nil {
+				t.Fatal(err)
+			}
+			hf := filepath.Join(root, f.Name+"-hf")
+			if err := f.WriteHF(hf, 4); err != nil {
+				t.Fatal(err)
+			}
+			var logits [][]float32
+			for _, src := range []string{gp, hf} {
+				fm, err := model.Open(src, model.Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				q, note, err := OpenBase(src, "qlora", filepath.Join(root, "cache"), model.Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(note, "NF4") || q.Tensors[1].Type != quant.NF4 && q.Tensors[2].Type != quant.NF4 {
+					t.Fatalf("%s: no NF4 base (%q)", src, note)
+				}
+				a, b := strings.Join(fm.Features(), ", "), strings.Join(q.Features(), ", ")
+				if a != b || q.Config.Arch != fm.Config.Arch {
+					t.Fatalf("%s: features\n%s: %s\nNF4 base %s: %s", filepath.Base(src), fm.Config.Arch, a, q.Config.Arch, b)
+				}
+				l := make([]float32, len(toks)*q.Config.Vocab)
+				s := q.NewState(len(toks))
+				if err := q.Forward(s, toks, l, true); err != nil {
+					t.Fatal(err)
+				}
+				s.Free()
+				logits = append(logits, l)
+				fm.Close()
+				q.Close()
+			}
+			var worst, top float64
+			for i := range logits[0] {
+				worst = max(worst, math.Abs(float64(logits[0][i]-logits[1][i])))
+				top = max(top, math.Abs(float64(logits[0][i])))
+			}
+			tol := 0.0
+			if f.PermuteQK {
+				tol = 0.02 * top
+			}
+			t.Logf("%s: NF4 bases from GGUF and HF differ by %.3g (largest logit %.3g)", f.Name, worst, top)
+			if worst > tol {
+				t.Fatalf("NF4 bases from the GGUF and the HF folder differ by %.3g (largest logit %.3g)", worst, top)
+			}
+		})
+	}
 }
