@@ -132,19 +132,24 @@ func TestRopeAdjoint(t *testing.T) {
 	for _, neox := range []bool{false, true} {
 		rp := NewRope(8, 10000, neox, nil, 0)
 		for pos := 0; pos < 50; pos += 13 {
-			x, y := f32(randVec(r, 8)), f32(randVec(r, 8))
-			ax := append([]float32(nil), x...)
-			rp.Apply(ax, pos)
-			by := append([]float32(nil), y...)
-			rp.RotateBack(by, pos)
-			var l, rr float64
-			for i := range x {
-				l += float64(ax[i]) * float64(y[i])
-				rr += float64(x[i]) * float64(by[i])
-			}
-			if math.Abs(l-rr) > 1e-5 {
-				t.Fatalf("neox=%v pos=%d: <Rx,y>=%g <x,Rᵀy>=%g", neox, pos, l, rr)
-			}
+			checkAdjoint(t, &rp, f32(randVec(r, 8)), f32(randVec(r, 8)), pos, 1e-5)
 		}
+	}
+}
+
+// checkAdjoint: ⟨Apply(x), y⟩ = ⟨x, RotateBack(y)⟩ within tol.
+func checkAdjoint(t *testing.T, rp *Rope, x, y []float32, pos int, tol float64) {
+	t.Helper()
+	ax := append([]float32(nil), x...)
+	rp.Apply(ax, pos)
+	by := append([]float32(nil), y...)
+	rp.RotateBack(by, pos)
+	var l, rr float64
+	for i := range x {
+		l += float64(ax[i]) * float64(y[i])
+		rr += float64(x[i]) * float64(by[i])
+	}
+	if math.Abs(l-rr) > tol {
+		t.Fatalf("neox=%v pos=%d: <Rx,y>=%g <x,Rᵀy>=%g", rp.Neox, pos, l, rr)
 	}
 }

@@ -137,16 +137,7 @@ func TestRopePartialAndMscale(t *testing.T) {
 			if math.Abs(math.Sqrt(n1/n0)-1.19) > 1e-5 {
 				t.Fatalf("neox=%v pos=%d: norm ratio %g, want the mscale 1.19", neox, pos, math.Sqrt(n1/n0))
 			}
-			by := append([]float32(nil), y...)
-			rp.RotateBack(by, pos)
-			var l, rr float64
-			for i := range x {
-				l += float64(ax[i]) * float64(y[i])
-				rr += float64(x[i]) * float64(by[i])
-			}
-			if math.Abs(l-rr) > 1e-4 {
-				t.Fatalf("neox=%v pos=%d: <Rx,y>=%g <x,Rᵀy>=%g", neox, pos, l, rr)
-			}
+			checkAdjoint(t, &rp, x, y, pos, 1e-4)
 		}
 	}
 }

@@ -262,39 +262,20 @@ func layerIndex(s string) (string, string, bool) {
 	return s[:i], s[i+1:], true
 }
 
-// GGUFNameFor is GGUFName with the names of family arch (a llama.cpp
-// architecture string) first.
+// GGUFNameFor is GGUFName with the per-layer names of family arch (a
+// llama.cpp architecture string, familyLayerNames) first.
 func GGUFNameFor(arch, hf string) (string, bool) {
-	if fam := familyLayerNames[arch]; fam != nil {
-		base, suf, ok := splitSuffix(hf)
-		if rest, ok2 := strings.CutPrefix(base, "model.layers."); ok && ok2 {
-			if n, part, ok := layerIndex(rest); ok {
-				for _, m := range fam {
-					if part == m.hf {
-						return "blk." + n + "." + m.gguf + suf, true
-					}
+	base, suf, ok := splitSuffix(hf)
+	if rest, ok2 := strings.CutPrefix(base, "model.layers."); ok && ok2 {
+		if n, part, ok := layerIndex(rest); ok {
+			for _, m := range familyLayerNames[arch] {
+				if part == m.hf {
+					return "blk." + n + "." + m.gguf + suf, true
 				}
 			}
 		}
 	}
 	return GGUFName(hf)
-}
-
-// HFNameFor is the inverse of GGUFNameFor.
-func HFNameFor(arch, gguf string) (string, bool) {
-	if fam := familyLayerNames[arch]; fam != nil {
-		base, suf, ok := splitSuffix(gguf)
-		if rest, ok2 := strings.CutPrefix(base, "blk."); ok && ok2 {
-			if n, part, ok := layerIndex(rest); ok {
-				for _, m := range fam {
-					if part == m.gguf {
-						return "model.layers." + n + "." + m.hf + suf, true
-					}
-				}
-			}
-		}
-	}
-	return HFName(gguf)
 }
 
 // GGUFName maps an HF llama tensor name to its GGUF name (formats.md §3.1):

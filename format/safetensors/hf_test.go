@@ -403,3 +403,24 @@ func FuzzParseIndex(f *testing.F) {
 		}
 	})
 }
+
+func TestGGUFNameFor(t *testing.T) {
+	for _, c := range []struct{ arch, hf, want string }{
+		{"llama", "model.layers.3.post_attention_layernorm.weight", "blk.3.ffn_norm.weight"},
+		{"gemma3", "model.layers.3.post_attention_layernorm.weight", "blk.3.post_attention_norm.weight"},
+		{"gemma3", "model.layers.0.pre_feedforward_layernorm.weight", "blk.0.ffn_norm.weight"},
+		{"gemma3", "model.layers.1.post_feedforward_layernorm.weight", "blk.1.post_ffw_norm.weight"},
+		{"qwen3", "model.layers.2.self_attn.k_norm.weight", "blk.2.attn_k_norm.weight"},
+		{"qwen2", "model.layers.2.self_attn.q_proj.bias", "blk.2.attn_q.bias"},
+		{"phi3", "model.layers.5.self_attn.qkv_proj.weight", "blk.5.attn_qkv.weight"},
+		{"phi3", "model.layers.5.mlp.gate_up_proj.weight", "blk.5.ffn_up.weight"},
+		{"phi3", "model.embed_tokens.weight", "token_embd.weight"},
+	} {
+		if got, ok := GGUFNameFor(c.arch, c.hf); !ok || got != c.want {
+			t.Errorf("%s %s: %q, want %q", c.arch, c.hf, got, c.want)
+		}
+	}
+	if _, ok := GGUFNameFor("llama", "model.layers.0.self_attn.qkv_proj.weight"); ok {
+		t.Error("llama took Phi-3's fused name")
+	}
+}

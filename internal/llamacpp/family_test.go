@@ -31,6 +31,16 @@ func familyPrompts(m *model.Model, seed uint64) [][]int {
 	return ps
 }
 
+// writeFamily writes f's model (seed 21) as a GGUF of typ and opens it.
+func writeFamily(t *testing.T, f synth.Family, typ quant.Type) (string, *model.Model) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), f.Name+".gguf")
+	if err := f.WriteGGUF(p, typ, 21); err != nil {
+		t.Fatal(err)
+	}
+	return p, openModel(t, p)
+}
+
 // familyTol is the probability bound for a family's F32 model: 1e-4, the
 // issue's bound, except where llama.cpp's CPU backend does not compute the
 // function exactly. Gemma's GeGLU there reads gelu from a table indexed by
@@ -52,15 +62,7 @@ func TestFamiliesMatchLlamaCpp(t *testing.T) {
 	llamacpp.Require(t)
 	for _, f := range synth.Families() {
 		t.Run(f.Name, func(t *testing.T) {
-			p := filepath.Join(t.TempDir(), f.Name+".gguf")
-			if err := f.WriteGGUF(p, quant.F32, 21); err != nil {
-				t.Fatal(err)
-			}
-			m, err := model.Open(p, model.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer m.Close()
+			p, m := writeFamily(t, f, quant.F32)
 			worst := judge(t, m, llamacpp.Request{Model: p, Prompts: familyPrompts(m, 1), Logits: true, Generate: nGen, Ctx: 128}, familyTol(f))
 			t.Logf("%s (%v): max |Δp| %.3g", f.Name, m.Features(), worst)
 		})
@@ -82,15 +84,7 @@ func TestGemmaGELUTableGap(t *testing.T) {
 	if !ok {
 		t.Fatal("no gemma3 preset")
 	}
-	p := filepath.Join(t.TempDir(), "gemma3.gguf")
-	if err := f.WriteGGUF(p, quant.F32, 21); err != nil {
-		t.Fatal(err)
-	}
-	m, err := model.Open(p, model.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	p, m := writeFamily(t, f, quant.F32)
 	req := llamacpp.Request{Model: p, Prompts: familyPrompts(m, 1), Logits: true, Generate: nGen, Ctx: 128}
 	exact := judge(t, m, req, familyTol(f))
 	m.Config.Act = nn.GELUTable
@@ -137,15 +131,7 @@ func TestFamiliesQuantizedMatchLlamaCpp(t *testing.T) {
 	for _, f := range synth.Families() {
 		for _, typ := range []quant.Type{quant.Q8_0, quant.Q4_K} {
 			t.Run(fmt.Sprintf("%s/%s", f.Name, typ), func(t *testing.T) {
-				p := filepath.Join(t.TempDir(), f.Name+".gguf")
-				if err := f.WriteGGUF(p, typ, 21); err != nil {
-					t.Fatal(err)
-				}
-				m, err := model.Open(p, model.Options{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer m.Close()
+				p, m := writeFamily(t, f, typ)
 				tol := familyTol(f)
 				twin := dequantizedTwin(t, m)
 				exact := judge(t, m, llamacpp.Request{Model: twin, Prompts: familyPrompts(m, 2), Logits: true, Ctx: 128}, tol)

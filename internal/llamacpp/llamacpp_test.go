@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -132,24 +133,12 @@ func judge(t *testing.T, m *model.Model, req llamacpp.Request, tol float64) floa
 			t.Errorf("prompt %d: max |Δp| = %.3g > %g at %s", i, worstP, tol, at)
 		}
 		t.Logf("prompt %d (T=%d): max |Δp| %.3g, max |Δlogit| %.3g", i, len(p), worstP, worstL)
-		if req.Generate > 0 && !equal(got.Greedy, qg) {
+		if req.Generate > 0 && !slices.Equal(got.Greedy, qg) {
 			t.Errorf("prompt %d: greedy differs\nllama.cpp %v\nqtune     %v", i, got.Greedy, qg)
 		}
 		worstAll = math.Max(worstAll, worstP)
 	}
 	return worstAll
-}
-
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestStories260KMatchesLlamaCpp: qtune's forward pass and greedy decoding of

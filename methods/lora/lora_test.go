@@ -169,3 +169,20 @@ func TestParseTargets(t *testing.T) {
 		t.Fatal("lm_head accepted")
 	}
 }
+
+func TestParseTargetsFamilies(t *testing.T) {
+	got, err := ParseTargets("qkv_proj,o_proj,gate_up_proj,down_proj")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []model.Module{model.ModQ, model.ModK, model.ModV, model.ModO, model.ModGate, model.ModUp, model.ModDown}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("Phi-3's module names give %v, want %v", got, want)
+	}
+	if got, _ := ParseTargets("q_proj,qkv"); fmt.Sprint(got) != fmt.Sprint(want[:3]) {
+		t.Fatalf("q_proj,qkv gives %v", got)
+	}
+	if _, err := ParseTargets("wqkv"); err == nil {
+		t.Fatal("an unknown module name was accepted")
+	}
+}
