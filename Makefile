@@ -55,8 +55,13 @@ demo: build demo-model
 vet:
 	$(GO) vet ./...
 
+# internal/memtest asserts peak RSS under --max-mem; it runs after the other
+# packages, not beside the llama.cpp judge and the family training tests,
+# whose load made the collector lag past a budget (issue 13 is the budget
+# that holds on a busy machine).
 test: vet
-	$(GO) test -count=1 ./...
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /internal/memtest)
+	$(GO) test -count=1 ./internal/memtest/
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 	$(GO) test -count=1 -short -tags noasm ./kernels/ ./nn/ ./model/ ./train/
 	$(MAKE) -s test-arm64
