@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
 )
 
@@ -82,59 +83,120 @@ func (s *Sampler) Sample(logits []float32) int {
 type GenerateOptions struct {
 	MaxTokens int
 	Sampler   *Sampler
-	// StopAtEOS ends generation when the tokenizer's end-of-sequence id is
-	// drawn (the EOS id is not returned).
+	// StopAtEOS ends generation when an end-of-generation id is drawn: one
+	// of Stop, or when Stop is empty the tokenizer's EOG ids (EOS, EOT,
+	// EOM and the turn-end tokens the vocabulary declares). The stop id is
+	// not returned.
 	StopAtEOS bool
+	Stop      []int
 	// OnToken, when set, is called with each new token as it is chosen.
 	OnToken func(id int)
 }
 
 // Generate continues prompt (token ids, BOS included if wanted) and returns
-// only the new ids. It stops at MaxTokens, at EOS (when asked), at the
-// model's context length, or when ctx is cancelled (returning ctx.Err()).
+// only the new ids. It stops at MaxTokens, at an end-of-generation id (when
+// asked), at the model's context length, or when ctx is cancelled
+// (returning ctx.Err()).
 func (m *Model) Generate(ctx context.Context, prompt []int, o GenerateOptions) ([]int, error) {
 	if len(prompt) == 0 {
 		return nil, fmt.Errorf("model: empty prompt")
 	}
-	if o.Sampler == nil {
-		o.Sampler = NewSampler(0, 1, 0)
-	}
-	maxLen := len(prompt) + o.MaxTokens
-	if maxLen > m.Config.Context {
-		maxLen = m.Config.Context
-	}
+	maxLen := min(len(prompt)+o.MaxTokens, m.Config.Context)
 	if len(prompt) > maxLen {
 		return nil, fmt.Errorf("model: prompt of %d tokens exceeds the context of %d", len(prompt), m.Config.Context)
 	}
-	s := m.NewState(maxLen)
-	defer s.Free()
-	logits := make([]float32, m.Config.Vocab)
-	if err := m.Forward(s, prompt, logits, false); err != nil {
+	se := m.NewSession(maxLen)
+	defer se.Free()
+	return se.Generate(ctx, prompt, o)
+}
+
+// Session is a conversation's inference state: a KV cache and the tokens it
+// holds. Each Generate call is given the whole conversation so far; the
+// longest prefix the cache already holds is kept and only the rest is run
+// through the model, so a chat does not prefill its history again each turn.
+// A prompt that departs from the cached tokens (a template that rewrites
+// earlier turns, a reply that tokenizes differently when rendered) rewinds
+// the cache to where they part.
+type Session struct {
+	m      *Model
+	s      *State
+	toks   []int     // the tokens whose keys and values the cache holds
+	logits []float32 // (V)
+	// Reused and Ran count the last Generate call's prompt tokens taken from
+	// the cache and run through the model.
+	Reused, Ran int
+}
+
+// NewSession makes a session for conversations of up to maxLen tokens
+// (capped at the model's context). Its KV cache is reserved with the model's
+// accountant; Free returns it.
+func (m *Model) NewSession(maxLen int) *Session {
+	return &Session{m: m, s: m.NewState(maxLen), logits: make([]float32, m.Config.Vocab)}
+}
+
+// Free returns the session's memory; it must not be used after.
+func (se *Session) Free() { se.s.Free() }
+
+// MaxLen is the longest conversation the session holds, in tokens.
+func (se *Session) MaxLen() int { return se.s.MaxLen() }
+
+// Cached is the number of tokens the cache holds.
+func (se *Session) Cached() int { return len(se.toks) }
+
+// Generate continues prompt, the whole conversation so far, reusing the
+// cached prefix, and returns only the new ids (see Model.Generate). The
+// generated ids stay in the cache except the last one drawn, which was never
+// run through the model.
+func (se *Session) Generate(ctx context.Context, prompt []int, o GenerateOptions) ([]int, error) {
+	m, s := se.m, se.s
+	if len(prompt) == 0 {
+		return nil, fmt.Errorf("model: empty prompt")
+	}
+	if len(prompt) > s.MaxLen() {
+		return nil, fmt.Errorf("model: prompt of %d tokens exceeds the session's %d", len(prompt), s.MaxLen())
+	}
+	if o.Sampler == nil {
+		o.Sampler = NewSampler(0, 1, 0)
+	}
+	// Keep the common prefix, less one token when the prompt is all cached:
+	// the logits of its last position are needed.
+	keep := 0
+	for keep < len(se.toks) && keep < len(prompt) && se.toks[keep] == prompt[keep] {
+		keep++
+	}
+	keep = min(keep, len(prompt)-1)
+	se.toks = se.toks[:keep]
+	s.Pos = keep
+	se.Reused, se.Ran = keep, len(prompt)-keep
+	if err := m.Forward(s, prompt[keep:], se.logits, false); err != nil {
+		se.toks, s.Pos = se.toks[:0], 0
 		return nil, err
 	}
-	eos := -1
-	if m.Tokenizer != nil {
-		eos = m.Tokenizer.EOS()
+	se.toks = append(se.toks, prompt[keep:]...)
+	stop := o.Stop
+	if o.StopAtEOS && len(stop) == 0 && m.Tokenizer != nil {
+		stop = m.Tokenizer.EOG()
 	}
 	var out []int
 	for len(out) < o.MaxTokens {
 		if err := ctx.Err(); err != nil {
 			return out, err
 		}
-		id := o.Sampler.Sample(logits)
-		if o.StopAtEOS && id == eos {
+		id := o.Sampler.Sample(se.logits)
+		if o.StopAtEOS && slices.Contains(stop, id) {
 			break
 		}
 		out = append(out, id)
 		if o.OnToken != nil {
 			o.OnToken(id)
 		}
-		if s.Pos >= s.maxLen || len(out) == o.MaxTokens {
+		if s.Pos >= s.MaxLen() || len(out) == o.MaxTokens {
 			break
 		}
-		if err := m.Forward(s, []int{id}, logits, false); err != nil {
+		if err := m.Forward(s, []int{id}, se.logits, false); err != nil {
 			return out, err
 		}
+		se.toks = append(se.toks, id)
 	}
 	return out, nil
 }

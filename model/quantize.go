@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 
 	"github.com/qtune/qtune/format/gguf"
@@ -353,6 +354,19 @@ func tokenizerKV(v tokenizer.Vocab) []gguf.KV {
 	}{{"bos", v.BOS}, {"eos", v.EOS}, {"unknown", v.UNK}, {"padding", v.PAD}} {
 		if p.id >= 0 {
 			kv = append(kv, gguf.KVOf("tokenizer.ggml."+p.k+"_token_id", uint32(p.id)))
+		}
+	}
+	// Declared end-of-generation ids that the token texts do not already
+	// make EOG (tokenizer.EOG's rules) travel as eot and eom ids.
+	var extra []int
+	for _, id := range v.EOG {
+		if id != v.EOS && !tokenizer.EOGText(v.Tokens[id]) && !slices.Contains(extra, id) {
+			extra = append(extra, id)
+		}
+	}
+	for i, k := range []string{"eot", "eom"} {
+		if i < len(extra) {
+			kv = append(kv, gguf.KVOf("tokenizer.ggml."+k+"_token_id", uint32(extra[i])))
 		}
 	}
 	kv = append(kv, gguf.KVOf("tokenizer.ggml.add_bos_token", v.AddBOS), gguf.KVOf("tokenizer.ggml.add_space_prefix", v.AddSpacePrefix))

@@ -60,6 +60,11 @@ func FromGGUF(f *gguf.File) (*Tokenizer, error) {
 		return int(i)
 	}
 	v.BOS, v.EOS, v.UNK, v.PAD = id("bos_token_id"), id("eos_token_id"), id("unknown_token_id"), id("padding_token_id")
+	for _, key := range []string{"eot_token_id", "eom_token_id", "fim_pad_token_id", "fim_rep_token_id", "fim_sep_token_id"} {
+		if i := id(key); i >= 0 {
+			v.EOG = append(v.EOG, i)
+		}
+	}
 	flag := func(key string, def bool) bool {
 		u, ok := f.Uint("tokenizer.ggml." + key)
 		if !ok {

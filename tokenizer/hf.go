@@ -93,6 +93,9 @@ func FromHFDir(dir string) (*Tokenizer, error) {
 	if cfg != nil {
 		cfg.apply(&v)
 	}
+	if v.EOG, err = generationEOS(dir); err != nil {
+		return nil, err
+	}
 	return build(v, o)
 }
 

@@ -72,6 +72,10 @@ type Vocab struct {
 	Merges []string  // BPE merges "a b", highest priority first
 	// Special ids, -1 when absent.
 	BOS, EOS, UNK, PAD int
+	// EOG lists further ids the file declares as ending generation (GGUF
+	// eot/eom/fim ids, generation_config.json's eos_token_id); Tokenizer.EOG
+	// adds EOS and the tokens llama.cpp recognises by their text.
+	EOG []int `json:",omitempty"`
 	// AddBOS and AddEOS record whether the model expects BOS/EOS around a
 	// sequence (GGUF add_bos_token / add_eos_token); Encode only looks at its
 	// addBOS argument.
@@ -108,6 +112,7 @@ type Tokenizer struct {
 	spaceSplit   bool              // SPM: no piece has "▁" after another characters
 	text         []string          // (V) decoded text of each token
 	special      map[string]int32  // control and user-defined tokens by text
+	eog          []int             // end-of-generation ids, ascending
 }
 
 // New checks v and builds a Tokenizer. The slices of v are copied.
@@ -301,6 +306,7 @@ func build(v Vocab, o options) (*Tokenizer, error) {
 			}
 		}
 	}
+	t.eog = eogIDs(&v)
 	t.v = v
 	return t, nil
 }
@@ -396,6 +402,7 @@ func (t *Tokenizer) Vocab() Vocab {
 	v.Scores = append([]float32(nil), v.Scores...)
 	v.Types = append([]int32(nil), v.Types...)
 	v.Merges = append([]string(nil), v.Merges...)
+	v.EOG = append([]int(nil), v.EOG...)
 	return v
 }
 

@@ -118,23 +118,78 @@ func Run(ctx context.Context, req Request) (*Response, error) {
 	if err != nil {
 		return nil, fmt.Errorf("llamacpp: %w", err)
 	}
+	var resp Response
+	if err := runScript(ctx, dir, "judge.mjs", in, &resp); err != nil {
+		return nil, err
+	}
+	if len(resp.Results) != len(req.Prompts) {
+		return nil, fmt.Errorf("llamacpp: %d results for %d prompts", len(resp.Results), len(req.Prompts))
+	}
+	return &resp, nil
+}
+
+// runScript runs one of tools/llamacpp's scripts with the request in and
+// decodes its JSON answer into out.
+func runScript(ctx context.Context, dir, script string, in []byte, out any) error {
 	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "node", "judge.mjs")
+	cmd := exec.CommandContext(ctx, "node", script)
 	cmd.Dir = dir
 	cmd.Stdin = bytes.NewReader(in)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		if msg := strings.TrimSpace(stderr.String()); msg != "" {
-			return nil, fmt.Errorf("llamacpp: %s (%w)", msg, err)
+			return fmt.Errorf("llamacpp: %s (%w)", msg, err)
 		}
-		return nil, fmt.Errorf("llamacpp: judge.mjs: %w", err)
+		return fmt.Errorf("llamacpp: %s: %w", script, err)
 	}
-	var resp Response
-	if err := json.Unmarshal(stdout.Bytes(), &resp); err != nil {
-		return nil, fmt.Errorf("llamacpp: judge.mjs answer: %w", err)
+	if err := json.Unmarshal(stdout.Bytes(), out); err != nil {
+		return fmt.Errorf("llamacpp: %s answer: %w", script, err)
 	}
-	if len(resp.Results) != len(req.Prompts) {
-		return nil, fmt.Errorf("llamacpp: %d results for %d prompts", len(resp.Results), len(req.Prompts))
+	return nil
+}
+
+// VocabRequest asks llama.cpp's tokenizer (tools/llamacpp/vocab.mjs; the
+// model is loaded vocabulary-only).
+type VocabRequest struct {
+	Model   string   `json:"model"`   // GGUF path; a vocab-only GGUF is enough
+	Texts   []string `json:"texts"`   // tokenized without BOS
+	Special bool     `json:"special"` // parse special-token text (llama.cpp's parse_special)
+	EOG     bool     `json:"eog"`     // list the end-of-generation ids
+}
+
+// VocabResponse is the tokenizer judge's answer.
+type VocabResponse struct {
+	Tokens [][]int `json:"tokens"` // one per text
+	EOG    []int   `json:"eog"`    // ascending; nil unless asked
+	Vocab  int     `json:"vocab"`
+}
+
+// Vocab asks llama.cpp to tokenize req.Texts and, when asked, for its
+// end-of-generation set.
+func Vocab(ctx context.Context, req VocabRequest) (*VocabResponse, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	dir, err := Dir()
+	if err != nil {
+		return nil, err
+	}
+	if req.Model, err = filepath.Abs(req.Model); err != nil {
+		return nil, fmt.Errorf("llamacpp: %w", err)
+	}
+	if req.Texts == nil {
+		req.Texts = []string{}
+	}
+	in, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("llamacpp: %w", err)
+	}
+	var resp VocabResponse
+	if err := runScript(ctx, dir, "vocab.mjs", in, &resp); err != nil {
+		return nil, err
+	}
+	if len(resp.Tokens) != len(req.Texts) {
+		return nil, fmt.Errorf("llamacpp: %d tokenizations for %d texts", len(resp.Tokens), len(req.Texts))
 	}
 	return &resp, nil
 }
