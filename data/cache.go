@@ -513,3 +513,30 @@ func writeFileAtomic(path string, write func(w io.Writer) error) error {
 	}
 	return err
 }
+
+// EncodeSpecial, EOG and Token pass through to a SpecialEncoder (see
+// specialOf); ids are checked as Encode's are.
+func (c *idCheck) EncodeSpecial(s string, addBOS bool) []int {
+	ids := c.Encoder.(SpecialEncoder).EncodeSpecial(s, addBOS)
+	for _, id := range ids {
+		c.check(id)
+	}
+	return ids
+}
+
+func (c *idCheck) EOG() []int { return c.Encoder.(SpecialEncoder).EOG() }
+
+func (c *idCheck) Token(id int) string { return c.Encoder.(SpecialEncoder).Token(id) }
+
+// specialOf returns enc as a SpecialEncoder when it (or the encoder an
+// idCheck wraps) is one.
+func specialOf(enc Encoder) (SpecialEncoder, bool) {
+	if c, ok := enc.(*idCheck); ok {
+		if _, ok := c.Encoder.(SpecialEncoder); ok {
+			return c, true
+		}
+		return nil, false
+	}
+	se, ok := enc.(SpecialEncoder)
+	return se, ok
+}

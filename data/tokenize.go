@@ -40,9 +40,12 @@ type TokenizeOptions struct {
 	// NoBOS leaves out the leading BOS (for models trained without one);
 	// chat formats that place BOS inside a conversation (Llama-2) keep those.
 	NoBOS bool
-	// ChatTemplate is the model's chat template (tokenizer.ChatTemplate());
-	// its family is recognised by DetectChatFormat. Empty: ChatDefault.
+	// ChatTemplate is the source of the chat template in use, for the token
+	// cache's identity. Template renders with it; when Template is set the
+	// encoder must be a SpecialEncoder. Without Template a chat is rendered
+	// in the family its markers name (DetectChatFormat).
 	ChatTemplate string
+	Template     Renderer
 }
 
 // Tokenize turns records of one kind into examples, one per record, in order:
@@ -111,6 +114,13 @@ func tokenizeRecord(enc Encoder, r *Record, kind Kind, o TokenizeOptions) (Examp
 	case Chat:
 		if len(r.Messages) == 0 {
 			return Example{}, fmt.Errorf("%w: chat record without messages", ErrData)
+		}
+		if o.Template != nil {
+			se, ok := specialOf(enc)
+			if !ok {
+				return Example{}, fmt.Errorf("%w: chat template: the encoder cannot parse special tokens", ErrData)
+			}
+			return templateChat(se, r.Messages, o)
 		}
 		parts := renderChat(enc, o.ChatTemplate, r.Messages, !o.NoBOS)
 		ex := encodeParts(enc, parts)
