@@ -8,7 +8,7 @@ import (
 )
 
 // dequantTypes is every type Dequantize supports.
-var dequantTypes = []Type{F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, MXFP4, NF4}
+var dequantTypes = []Type{F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, MXFP4, NF4, IQ4_XS}
 
 func wantErr(t *testing.T, what string, err error) {
 	t.Helper()
@@ -74,12 +74,57 @@ func TestUnsupportedTypes(t *testing.T) {
 			t.Errorf("Quantize(%s): %v", typ, err)
 		}
 	}
-	for _, typ := range []Type{5, 999, NF4 + 1} {
+	for _, typ := range []Type{43, 999, NF4 + 1} {
 		if err := Dequantize(typ, dst, nil); !errors.Is(err, ErrUnknownType) {
 			t.Errorf("Dequantize(%d): %v", typ, err)
 		}
 		if err := Quantize(typ, nil, dst); !errors.Is(err, ErrUnknownType) {
 			t.Errorf("Quantize(%d): %v", typ, err)
+		}
+	}
+}
+
+// TestRefusedTypesByName: the ggml types qtune does not read (the IQ1, IQ2
+// and IQ3 codebook formats among them) are refused by name, listing what is
+// supported, in every entry point that takes a type.
+func TestRefusedTypesByName(t *testing.T) {
+	cases := map[Type]string{
+		16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 21: "IQ3_S", 22: "IQ2_S", 29: "IQ1_M",
+		34: "TQ1_0", 35: "TQ2_0", 40: "NVFP4", 5: "Q4_3",
+	}
+	for typ, name := range cases {
+		want := "quant: tensor type " + name + " is not supported (supported: F32, F16, Q4_0, "
+		_, err := Lookup(typ)
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("Lookup(%d) = %v, want %q…", typ, err, want)
+			continue
+		}
+		if !errors.Is(err, ErrUnsupported) || errors.Is(err, ErrUnknownType) {
+			t.Errorf("Lookup(%s): %v should wrap ErrUnsupported only", name, err)
+		}
+		for _, s := range []string{"IQ4_XS", "IQ4_NL", "Q2_K", "BF16", "NF4"} {
+			if !strings.Contains(err.Error(), s) {
+				t.Errorf("Lookup(%s): supported list lacks %s: %v", name, s, err)
+			}
+		}
+		if strings.Contains(err.Error(), "Q8_K") || strings.Contains(err.Error(), "I32") {
+			t.Errorf("Lookup(%s): lists a type no weight can have: %v", name, err)
+		}
+		if typ.String() != name || typ.Known() {
+			t.Errorf("%d: String %q, Known %v", typ, typ, typ.Known())
+		}
+		if _, err := ParseType(strings.ToLower(name)); err == nil || !strings.Contains(err.Error(), name+" is not supported") {
+			t.Errorf("ParseType(%s): %v", name, err)
+		}
+		dst := make([]float32, 256)
+		if err := Dequantize(typ, dst, make([]byte, 256)); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), name) {
+			t.Errorf("Dequantize(%s): %v", name, err)
+		}
+		if err := Quantize(typ, make([]byte, 256), dst); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), name) {
+			t.Errorf("Quantize(%s): %v", name, err)
+		}
+		if _, err := Bytes(typ, 256); !errors.Is(err, ErrUnsupported) {
+			t.Errorf("Bytes(%s): %v", name, err)
 		}
 	}
 }

@@ -47,6 +47,9 @@ func FuzzDequantize(f *testing.F) {
 		}
 		f.Add(typeIndex(r.id), raw, uint32(3), uint32(5))
 	}
+	for _, set := range []string{"A", "B"} {
+		f.Add(typeIndex(IQ4_XS), readFile(f, "testdata/iq4_xs/"+set+".iq4_xs.bin"), uint32(3), uint32(5))
+	}
 	// Tiny handmade blocks: zero, all-ones (NaN scales), subnormal scales,
 	// an NF4 tensor with NaN side table.
 	for i, typ := range dequantTypes {
