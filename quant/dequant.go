@@ -19,6 +19,10 @@ var (
 	kvaluesMXFP4 = [16]int8{0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12}
 )
 
+// IQ4NLTable is ggml's kvalues_iq4nl, the code book of IQ4_NL and IQ4_XS
+// (a copy: kernels builds its decoding tables from it).
+var IQ4NLTable = kvaluesIQ4NL
+
 // blockInfo is the allocation-free twin of Lookup for the types the codecs
 // handle: elements per block, bytes per block, ok.
 func blockInfo(t Type) (bs, ts int64, ok bool) {
