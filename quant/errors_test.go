@@ -68,7 +68,7 @@ func TestUnsupportedTypes(t *testing.T) {
 	if err := Dequantize(Q8_K, dst, make([]byte, 292)); err == nil || !strings.Contains(err.Error(), "dequantize Q8_K not supported") {
 		t.Errorf("Q8_K: %v", err)
 	}
-	for _, typ := range []Type{Q2_K, Q3_K, Q8_K} {
+	for _, typ := range []Type{Q8_K, IQ4_XS} {
 		err := Quantize(typ, make([]byte, 292), dst)
 		if !errors.Is(err, ErrUnsupported) {
 			t.Errorf("Quantize(%s): %v", typ, err)
@@ -192,6 +192,53 @@ func TestQuantizeNonFinite(t *testing.T) {
 	}
 }
 
+// TestQuantizeDegenerate: whole super-blocks of zeros, NaN, ±Inf, one
+// huge value, or subnormals quantize without panicking, and an all-zero
+// input gives blocks that decode to zeros.
+func TestQuantizeDegenerate(t *testing.T) {
+	nan, inf := float32(math.NaN()), float32(math.Inf(1))
+	fill := func(v float32) []float32 {
+		x := make([]float32, 512)
+		for i := range x {
+			x[i] = v
+		}
+		return x
+	}
+	spike := make([]float32, 512)
+	spike[17] = 3e38
+	inputs := map[string][]float32{"zero": fill(0), "NaN": fill(nan), "+Inf": fill(inf), "-Inf": fill(-inf),
+		"subnormal": fill(1e-42), "spike": spike}
+	for _, typ := range dequantTypes {
+		if !CanQuantize(typ) {
+			continue
+		}
+		for name, x := range inputs {
+			size, _ := Bytes(typ, int64(len(x)))
+			b := make([]byte, size)
+			err := Quantize(typ, b, x)
+			if typ == NF4 && name != "zero" && name != "subnormal" && name != "spike" {
+				continue // NF4 rejects non-finite input (TestQuantizeNonFinite)
+			}
+			if err != nil {
+				t.Errorf("%s %s: %v", typ, name, err)
+				continue
+			}
+			y := make([]float32, len(x))
+			if err := Dequantize(typ, y, b); err != nil {
+				t.Errorf("%s %s: dequantize: %v", typ, name, err)
+			}
+			if name == "zero" {
+				for i, v := range y {
+					if v != 0 {
+						t.Errorf("%s: zero input decodes to %g at %d", typ, v, i)
+						break
+					}
+				}
+			}
+		}
+	}
+}
+
 func TestRMSE(t *testing.T) {
 	if got := RMSE([]float32{1, 2, 3}, []float32{1, 2, 7}); math.Abs(got-4/math.Sqrt(3)) > 1e-15 {
 		t.Errorf("RMSE = %v", got)
@@ -213,6 +260,7 @@ func TestRoundTripBounds(t *testing.T) {
 		Q6_K: 0.022 /* 0.0180 */, Q5_K: 0.045 /* 0.0372 */, Q5_1: 0.046 /* 0.0386 */, Q5_0: 0.052, /* 0.0434 */
 		Q4_K: 0.087 /* 0.0723 */, Q4_1: 0.096 /* 0.0799 */, Q4_0: 0.105 /* 0.0876 */, IQ4_NL: 0.093, /* 0.0777 */
 		MXFP4: 0.137 /* 0.1139 */, NF4: 0.1, /* 0.0924 */
+		Q3_K: 0.19 /* 0.1564 */, Q2_K: 0.36, /* 0.2973 */
 	}
 	x := gaussian(4096, 21)
 	for _, typ := range dequantTypes {

@@ -205,7 +205,7 @@ func TestGoldenCoversIssueTypes(t *testing.T) {
 // left out of this table gets the RMSE acceptance.
 var exactQuant = map[Type]bool{
 	F16: true, BF16: true, Q4_0: true, Q4_1: true, Q5_0: true, Q5_1: true, Q8_0: true, Q8_1: true,
-	IQ4_NL: true, MXFP4: true, Q4_K: true, Q5_K: true, Q6_K: true,
+	IQ4_NL: true, MXFP4: true, Q2_K: true, Q3_K: true, Q4_K: true, Q5_K: true, Q6_K: true,
 }
 
 // checkQuantize quantizes x as t and compares with ggml's bytes want (whose

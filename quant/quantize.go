@@ -10,7 +10,7 @@ import (
 func CanQuantize(t Type) bool {
 	switch t {
 	case F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1,
-		Q4_K, Q5_K, Q6_K, IQ4_NL, MXFP4, NF4:
+		Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, MXFP4, NF4:
 		return true
 	}
 	return false
@@ -58,6 +58,10 @@ func Quantize(t Type, dst []byte, src []float32) error {
 		quantizeQ8(dst, src, false)
 	case Q8_1:
 		quantizeQ8(dst, src, true)
+	case Q2_K:
+		quantizeQ2K(dst, src)
+	case Q3_K:
+		quantizeQ3K(dst, src)
 	case Q4_K:
 		quantizeQ4K(dst, src)
 	case Q5_K:
