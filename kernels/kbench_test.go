@@ -302,9 +302,7 @@ func randMatrix(typ quant.Type, rows, cols int, r *rand.Rand) kernels.Matrix {
 		panic(err)
 	}
 	b := make([]byte, size)
-	if !quant.CanQuantize(typ) {
-		kernels.RandBlocks(b, typ, r)
-	} else if err := quant.Quantize(typ, b, f); err != nil {
+	if err := quant.Quantize(typ, b, f); err != nil {
 		panic(err)
 	}
 	return kernels.Matrix{Type: typ, Rows: rows, Cols: cols, Data: b}

@@ -20,12 +20,8 @@ func randMatrix(t testing.TB, typ quant.Type, rows, cols int, r *rand.Rand) (Mat
 		t.Fatal(err)
 	}
 	b := make([]byte, size)
-	if quant.CanQuantize(typ) {
-		if err := quant.Quantize(typ, b, f); err != nil {
-			t.Fatal(err)
-		}
-	} else {
-		RandBlocks(b, typ, r)
+	if err := quant.Quantize(typ, b, f); err != nil {
+		t.Fatal(err)
 	}
 	deq := make([]float32, len(f))
 	if err := quant.Dequantize(typ, deq, b); err != nil {

@@ -10,7 +10,7 @@
 // Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS and MXFP4; Quantize reproduces
 // the bytes of ggml's reference quantizers (the path ggml_quantize_chunk takes
 // without an importance matrix) for F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-// Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and MXFP4. The golden files in
+// Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS and MXFP4. The golden files in
 // ../shared/golden are the authority and the tests check every type there;
 // IQ4_XS, which they lack, has ggml-made blocks in testdata/iq4_xs. The ggml
 // types qtune does not read (the IQ1/IQ2/IQ3 codebook formats, TQ1_0/TQ2_0,
@@ -40,7 +40,7 @@
 // ggml's scale search verbatim (deterministic but slow: about 0.1 µs per
 // weight for Q4_K, 0.4 µs for IQ4_NL, some 30 times the legacy formats)
 // because quantized bytes are compared against ggml's.
-// IQ4_XS is decode-only; Q8_K (activations only) is not handled.
+// Q8_K (activations only) is not handled.
 //
 // # NF4 (qtune's own type, id 4096)
 //

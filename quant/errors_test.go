@@ -68,7 +68,7 @@ func TestUnsupportedTypes(t *testing.T) {
 	if err := Dequantize(Q8_K, dst, make([]byte, 292)); err == nil || !strings.Contains(err.Error(), "dequantize Q8_K not supported") {
 		t.Errorf("Q8_K: %v", err)
 	}
-	for _, typ := range []Type{Q8_K, IQ4_XS} {
+	for _, typ := range []Type{Q8_K} {
 		err := Quantize(typ, make([]byte, 292), dst)
 		if !errors.Is(err, ErrUnsupported) {
 			t.Errorf("Quantize(%s): %v", typ, err)
@@ -260,7 +260,7 @@ func TestRoundTripBounds(t *testing.T) {
 		Q6_K: 0.022 /* 0.0180 */, Q5_K: 0.045 /* 0.0372 */, Q5_1: 0.046 /* 0.0386 */, Q5_0: 0.052, /* 0.0434 */
 		Q4_K: 0.087 /* 0.0723 */, Q4_1: 0.096 /* 0.0799 */, Q4_0: 0.105 /* 0.0876 */, IQ4_NL: 0.093, /* 0.0777 */
 		MXFP4: 0.137 /* 0.1139 */, NF4: 0.1, /* 0.0924 */
-		Q3_K: 0.19 /* 0.1564 */, Q2_K: 0.36, /* 0.2973 */
+		Q3_K: 0.19 /* 0.1564 */, Q2_K: 0.36 /* 0.2973 */, IQ4_XS: 0.094, /* 0.0783 */
 	}
 	x := gaussian(4096, 21)
 	for _, typ := range dequantTypes {

@@ -205,7 +205,7 @@ func TestGoldenCoversIssueTypes(t *testing.T) {
 // left out of this table gets the RMSE acceptance.
 var exactQuant = map[Type]bool{
 	F16: true, BF16: true, Q4_0: true, Q4_1: true, Q5_0: true, Q5_1: true, Q8_0: true, Q8_1: true,
-	IQ4_NL: true, MXFP4: true, Q2_K: true, Q3_K: true, Q4_K: true, Q5_K: true, Q6_K: true,
+	IQ4_NL: true, IQ4_XS: true, MXFP4: true, Q2_K: true, Q3_K: true, Q4_K: true, Q5_K: true, Q6_K: true,
 }
 
 // checkQuantize quantizes x as t and compares with ggml's bytes want (whose
@@ -252,6 +252,18 @@ func TestGoldenQuantize(t *testing.T) {
 			want := readGolden(t, r.file)
 			wantDeq := bytesToF32(readGolden(t, strings.TrimSuffix(r.file, ".bin")+".deq.f32"))
 			checkQuantize(t, r.id, x, want, wantDeq)
+		})
+	}
+}
+
+// TestGoldenQuantizeIQ4XS is TestGoldenQuantize for IQ4_XS (testdata/iq4_xs).
+func TestGoldenQuantizeIQ4XS(t *testing.T) {
+	for _, set := range []string{"A", "B"} {
+		t.Run(set, func(t *testing.T) {
+			x := bytesToF32(readGolden(t, set+".input.f32"))
+			want := readFile(t, "testdata/iq4_xs/"+set+".iq4_xs.bin")
+			wantDeq := bytesToF32(readFile(t, "testdata/iq4_xs/"+set+".iq4_xs.deq.f32"))
+			checkQuantize(t, IQ4_XS, x, want, wantDeq)
 		})
 	}
 }
