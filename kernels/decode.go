@@ -155,9 +155,10 @@ func f16at(b []byte) float32 { return f16(uint16(b[0]) | uint16(b[1])<<8) }
 // The decoders below give quant's dequantize_row_* bits, but where a
 // (sub-)block's values come from a small set they build that set first, with
 // the reference's own f32 operations, and look the codes up: IQ4_NL/IQ4_XS
-// (16 values per scale), Q4_1 (16), Q3_K (8 per 16 weights), Q2_K (4 per 16
-// weights). Q5_0, Q5_1 and Q5_K decode directly, their high bits spread by
-// shifts of a 32-bit word.
+// (16 values per scale), Q4_1 (16), Q2_K (4 per 16 weights). The 2-bit
+// levels of Q2_K and Q3_K are unpacked 8 at a time first (k2Codes); Q3_K
+// then multiplies its scale by the level read from a table. Q5_0, Q5_1 and
+// Q5_K decode directly, their high bits spread by shifts of a 32-bit word.
 
 // decodeQ4_1: y = float32(q·d) + m, q a nibble: 16 possible values.
 func decodeQ4_1(o *[32]float32, b *[20]byte) {
@@ -221,52 +222,62 @@ func decodeIQ4XS(o *[256]float32, b *[136]byte) {
 
 func decodeQ2K(o *[256]float32, b *[84]byte) {
 	d, dmin := f16at(b[80:]), f16at(b[82:])
+	var codes [256]byte
+	k2Codes(&codes, (*[64]byte)(b[16:]), nil)
 	var tab [4]float32
+	for j := 0; j < 16; j++ {
+		sc := b[j]
+		dl, ml := d*float32(sc&15), float32(dmin*float32(sc>>4))
+		for v := range tab {
+			tab[v] = float32(dl*float32(v)) - ml
+		}
+		out := (*[16]float32)(o[16*j:])
+		c := (*[16]byte)(codes[16*j:])
+		for l := 0; l < 16; l++ {
+			out[l] = tab[c[l]&3]
+		}
+	}
+}
+
+// k2Codes unpacks the 2-bit levels of Q2_K/Q3_K in element order (element
+// 128h+32k+i is bits 2k..2k+1 of qs[32h+i]), eight at a time in a uint64;
+// with hmask (Q3_K) bit 4h+k of hmask[i] is added as bit 2.
+func k2Codes(codes *[256]byte, qs *[64]byte, hmask *[32]byte) {
+	const lo2 = 0x0303030303030303
 	for h := 0; h < 2; h++ {
-		qs := (*[32]byte)(b[16+32*h:])
-		for k := 0; k < 4; k++ {
-			shift := uint(2 * k)
-			for p := 0; p < 2; p++ {
-				sc := b[8*h+2*k+p]
-				dl, ml := d*float32(sc&15), float32(dmin*float32(sc>>4))
-				for v := range tab {
-					tab[v] = float32(dl*float32(v)) - ml
+		for i := 0; i < 32; i += 8 {
+			q := binary.LittleEndian.Uint64(qs[32*h+i:])
+			var hm uint64
+			if hmask != nil {
+				hm = binary.LittleEndian.Uint64(hmask[i:])
+			}
+			for k := 0; k < 4; k++ {
+				c := q >> (2 * k) & lo2
+				if hmask != nil {
+					c |= hm >> (4*h + k) & 0x0101010101010101 << 2
 				}
-				out := (*[16]float32)(o[128*h+32*k+16*p:])
-				q := (*[16]byte)(qs[16*p:])
-				for l := 0; l < 16; l++ {
-					out[l] = tab[q[l]>>shift&3]
-				}
+				binary.LittleEndian.PutUint64(codes[128*h+32*k+i:], c)
 			}
 		}
 	}
 }
 
+// q3Level is the Q3_K level of a code q2 | h<<2: q2 − 4 + 4h = code − 4.
+var q3Level = [8]float32{-4, -3, -2, -1, 0, 1, 2, 3}
+
 func decodeQ3K(o *[256]float32, b *[110]byte) {
-	hmask := (*[32]byte)(b[0:])
 	sb := (*[12]byte)(b[96:])
 	d := f16at(b[108:])
-	var tab [8]float32
-	for h := 0; h < 2; h++ {
-		qs := (*[32]byte)(b[32+32*h:])
-		for k := 0; k < 4; k++ {
-			shift, hbit := uint(2*k), uint(4*h+k)
-			for p := 0; p < 2; p++ {
-				j := 8*h + 2*k + p
-				lo := sb[j%8] >> (4 * (j / 8)) & 15
-				hi := sb[8+j%4] >> (2 * (j / 4)) & 3
-				dl := d * float32(int32(lo|hi<<4)-32)
-				// index q2 | h<<2 holds q2 − 4 + 4h = index − 4
-				for v := range tab {
-					tab[v] = dl * float32(v-4)
-				}
-				out := (*[16]float32)(o[128*h+32*k+16*p:])
-				q := (*[16]byte)(qs[16*p:])
-				hm := (*[16]byte)(hmask[16*p:])
-				for l := 0; l < 16; l++ {
-					out[l] = tab[q[l]>>shift&3|hm[l]>>hbit<<2&4]
-				}
-			}
+	var codes [256]byte
+	k2Codes(&codes, (*[64]byte)(b[32:]), (*[32]byte)(b[0:]))
+	for j := 0; j < 16; j++ {
+		lo := sb[j%8] >> (4 * (j / 8)) & 15
+		hi := sb[8+j%4] >> (2 * (j / 4)) & 3
+		dl := d * float32(int32(lo|hi<<4)-32)
+		out := (*[16]float32)(o[16*j:])
+		c := (*[16]byte)(codes[16*j:])
+		for l := 0; l < 16; l++ {
+			out[l] = dl * q3Level[c[l]&7]
 		}
 	}
 }
