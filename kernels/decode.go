@@ -282,23 +282,39 @@ func decodeQ3K(o *[256]float32, b *[110]byte) {
 	}
 }
 
+// u5f is float32(v) for the 32 five-bit levels (no int-to-float per weight).
+var u5f = func() (t [32]float32) {
+	for v := range t {
+		t[v] = float32(v)
+	}
+	return
+}()
+
+// decodeQ5K builds each sub-block's 5-bit levels eight at a time (nibbles
+// and the qh bit of the sub-block, in a uint64), then scales them as
+// quant's Q5_K: float32(d·sc·q) − dmin·m.
 func decodeQ5K(o *[256]float32, b *[176]byte) {
+	const lo4, one = 0x0f0f0f0f0f0f0f0f, 0x0101010101010101
 	d, dmin := f16at(b[0:]), f16at(b[2:])
 	s := (*[12]byte)(b[4:])
 	qh := (*[32]byte)(b[16:])
+	var c1, c2 [32]byte
 	for g := 0; g < 4; g++ {
 		sc1, m1 := scaleMinK4(2*g, s)
 		sc2, m2 := scaleMinK4(2*g+1, s)
 		d1, dm1 := d*float32(sc1), float32(dmin*float32(m1))
 		d2, dm2 := d*float32(sc2), float32(dmin*float32(m2))
-		q := (*[32]byte)(b[48+32*g:])
+		for i := 0; i < 32; i += 8 {
+			q := binary.LittleEndian.Uint64(b[48+32*g+i:])
+			h := binary.LittleEndian.Uint64(qh[i:])
+			binary.LittleEndian.PutUint64(c1[i:], q&lo4|h>>(2*g)&one<<4)
+			binary.LittleEndian.PutUint64(c2[i:], q>>4&lo4|h>>(2*g+1)&one<<4)
+		}
 		lo := (*[32]float32)(o[64*g:])
 		hi := (*[32]float32)(o[64*g+32:])
-		u1, u2 := uint(2*g), uint(2*g+1)
 		for l := 0; l < 32; l++ {
-			h := qh[l]
-			lo[l] = float32(d1*float32(q[l]&15|h>>u1<<4&16)) - dm1
-			hi[l] = float32(d2*float32(q[l]>>4|h>>u2<<4&16)) - dm2
+			lo[l] = float32(d1*u5f[c1[l]&31]) - dm1
+			hi[l] = float32(d2*u5f[c2[l]&31]) - dm2
 		}
 	}
 }

@@ -109,18 +109,10 @@ func makeQKX2(nmax int32, x, weights []float32, L, Laux []uint8, rmin, rdelta fl
 // Q6_K reference path): signed levels L-nmax in [-nmax, nmax-1], stored as
 // L in [0, 2·nmax-1].
 func makeQX(nmax int32, x []float32, L []int8) float32 {
-	n := len(x)
-	L = L[:n]
-	var mx, amax float32
-	for _, v := range x {
-		if ax := abs32(v); ax > amax {
-			amax, mx = ax, v
-		}
-	}
+	L = L[:len(x)]
+	amax, mx := absMax(x)
 	if amax < groupMaxEps {
-		for i := range L {
-			L[i] = 0
-		}
+		clear(L)
 		return 0
 	}
 	fnmax := float32(nmax)
@@ -330,18 +322,10 @@ func quantizeQ6K(y []byte, x []float32) {
 // passes that move single levels while the weighted (x²) fit improves.
 // L gets the levels + nmax (or all 0 for an all-zero group, as in ggml).
 func makeQ3(nmax int32, x []float32, L []int8) float32 {
-	n := len(x)
-	L = L[:n]
-	var mx, amax float32
-	for _, v := range x {
-		if ax := abs32(v); ax > amax {
-			amax, mx = ax, v
-		}
-	}
+	L = L[:len(x)]
+	amax, mx := absMax(x)
 	if amax < groupMaxEps {
-		for i := range L {
-			L[i] = 0
-		}
+		clear(L)
 		return 0
 	}
 	iscale := float32(-nmax) / mx

@@ -113,17 +113,19 @@ func abs32(f float32) float32 { return math.Float32frombits(math.Float32bits(f) 
 
 func putF16(b []byte, f float32) { binary.LittleEndian.PutUint16(b, F32ToF16(f)) }
 
-// signedAbsmax returns the value of largest magnitude (first one on ties), as
-// ggml's Q4_0/Q5_0 quantizers pick it.
-func signedAbsmax(x []float32) float32 {
-	var amax, m float32
+// absMax returns the largest magnitude in x and the value that has it (the
+// first one on ties; NaN never wins), as ggml's quantizers pick them.
+func absMax(x []float32) (amax, m float32) {
 	for _, v := range x {
-		if a := abs32(v); amax < a {
+		if a := abs32(v); a > amax {
 			amax, m = a, v
 		}
 	}
-	return m
+	return amax, m
 }
+
+// signedAbsmax is the value of largest magnitude (Q4_0/Q5_0's max).
+func signedAbsmax(x []float32) float32 { _, m := absMax(x); return m }
 
 func minMax(x []float32) (lo, hi float32) {
 	lo, hi = math.MaxFloat32, -math.MaxFloat32
@@ -287,12 +289,7 @@ func iq4Scale(xb *[32]float32) float32 {
 	for j, v := range xb {
 		weight[j] = v * v
 	}
-	var amax, mx float32
-	for _, v := range xb {
-		if a := abs32(v); a > amax {
-			amax, mx = a, v
-		}
-	}
+	amax, mx := absMax(xb[:])
 	if amax < groupMaxEps {
 		return 0
 	}
