@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 
@@ -52,11 +53,11 @@ func FuzzMatMul(f *testing.F) {
 	f.Add(uint8(7), uint16(2), uint16(7), uint16(5), uint64(4))
 	p := NewPool(2)
 	f.Fuzz(func(t *testing.T, ti uint8, m, n, kb uint16, seed uint64) {
-		typ := testTypes[int(ti)%len(testTypes)]
+		typ := matTypes[int(ti)%len(matTypes)]
 		M, N := int(m%40)+1, int(n%60)+1
 		bs := max(blockOf(typ), 32)
 		K := (int(kb%6) + 1) * bs
-		if typ == quant.Q4_K || typ == quant.Q6_K {
+		if bs == 256 {
 			K = (int(kb%3) + 1) * 256
 		}
 		r := rand.New(rand.NewPCG(seed, 2))
@@ -73,6 +74,50 @@ func FuzzMatMul(f *testing.F) {
 				MatMulT(p, dx, dy, M, w)
 				checkNear(t, fmt.Sprintf("MatMulT %s %s %d,%d,%d", typ, l, M, N, K), dx, wantX, absX, N)
 			})
+		}
+	})
+}
+
+// FuzzDecodeRow decodes arbitrary bytes (NaN, Inf and subnormal scales
+// included) as every type decodeRow has a loop for, and compares each row
+// segment with quant.DequantizeRange bit for bit.
+func FuzzDecodeRow(f *testing.F) {
+	f.Add(uint8(0), []byte{1, 2, 3}, uint8(1), uint8(0))
+	for i := range decodeTypes {
+		seed := make([]byte, 2*256*2)
+		for j := range seed {
+			seed[j] = byte(j*37 + i)
+		}
+		f.Add(uint8(len(testTypes)+i), seed, uint8(2), uint8(1))
+	}
+	f.Fuzz(func(t *testing.T, ti uint8, data []byte, rows, seg uint8) {
+		typ := matTypes[int(ti)%len(matTypes)]
+		if typ == quant.NF4 || typ == quant.F32 {
+			return // NF4's side table spans the tensor (TestDecodeRowMatchesQuant); F32 is a copy
+		}
+		in, _ := quant.Lookup(typ)
+		bs := in.BlockSize
+		R := int(rows%4) + 1
+		perRow := len(data) / in.TypeSize / R
+		if perRow == 0 {
+			return
+		}
+		cols := perRow * bs
+		w := Matrix{Type: typ, Rows: R, Cols: cols, Data: data[:R*perRow*in.TypeSize]}
+		n := int64(R * cols)
+		want := make([]float32, n)
+		if err := quant.Dequantize(typ, want, w.Data); err != nil {
+			t.Fatal(err)
+		}
+		c0 := int(seg) % perRow * bs
+		got := make([]float32, cols-c0)
+		for r := 0; r < R; r++ {
+			decodeRow(&w, got, r, c0)
+			for i, v := range got {
+				if math.Float32bits(v) != math.Float32bits(want[r*cols+c0+i]) {
+					t.Fatalf("%s row %d col %d: %#08x, quant gives %#08x", typ, r, c0+i, math.Float32bits(v), math.Float32bits(want[r*cols+c0+i]))
+				}
+			}
 		}
 	})
 }

@@ -187,7 +187,7 @@ func TestFastDeterministicAcrossWorkers(t *testing.T) {
 // TestDecodeRowMatchesQuant: decodeRow is bit-identical to quant's decoder.
 func TestDecodeRowMatchesQuant(t *testing.T) {
 	r := rand.New(rand.NewPCG(13, 14))
-	for _, typ := range append(testTypes, quant.Q5_K, quant.Q4_1) {
+	for _, typ := range append(testTypes, decodeTypes...) {
 		rows, cols := 5, 1024
 		if typ == quant.NF4 {
 			rows = 70 // more than one 256-block group of scales

@@ -129,7 +129,21 @@ func TestKBench(t *testing.T) {
 
 	// 2. Quantized forward Y = X·Wᵀ and backward dX += dY·W at B·T = 64 and
 	// 512 (FFN up projection, W is F×C).
-	qtypes := []quant.Type{quant.Q8_0, quant.Q4_0, quant.Q4_K, quant.Q6_K, quant.NF4, quant.F16, quant.BF16}
+	// Q4_K first: every other type's time is also given relative to it
+	// (same shape, so per weight), printed after the table.
+	qtypes := []quant.Type{quant.Q4_K, quant.Q8_0, quant.Q4_0, quant.Q6_K, quant.NF4, quant.F16, quant.BF16,
+		quant.Q5_K, quant.Q3_K, quant.Q2_K, quant.IQ4_NL, quant.IQ4_XS, quant.Q4_1, quant.Q5_0, quant.Q5_1}
+	type relKey struct{ op, shape string }
+	q4k := map[relKey]float64{}
+	var rels []string
+	rel := func(op, shape string, typ quant.Type, gf float64) {
+		k := relKey{op, shape}
+		if typ == quant.Q4_K {
+			q4k[k] = gf
+		} else if g, ok := q4k[k]; ok {
+			rels = append(rels, fmt.Sprintf("| %-9s | %-6s | %-22s | %6.2f× |", op, typ, shape, g/gf))
+		}
+	}
 	mats := map[string]kernels.Matrix{}
 	matrix := func(typ quant.Type, rows, cols int) kernels.Matrix {
 		key := fmt.Sprint(typ, rows, cols)
@@ -156,13 +170,24 @@ func TestKBench(t *testing.T) {
 				if doF {
 					gf := benchMatMul(p, w, bt, r)
 					emit(row{"fwd X·Wᵀ", typ.String(), fshape, gf, "GFLOP/s", gf / peak, blasRatio("NT", bt, m.ffn, m.dim, gf)})
+					rel("fwd X·Wᵀ", fshape, typ, gf)
 				}
 				if doB {
 					gf := benchMatMulT(p, w, bt, r)
 					emit(row{"bwd dY·W", typ.String(), bshape, gf, "GFLOP/s", gf / peak, blasRatio("NN", bt, m.dim, m.ffn, gf)})
+					rel("bwd dY·W", bshape, typ, gf)
 				}
 			}
 		}
+	}
+	if len(rels) > 0 {
+		fmt.Printf("\nquantized forward/backward time relative to Q4_K on the same shape (time per weight; target ≤ 2×):\n\n")
+		fmt.Printf("| %-9s | %-6s | %-22s | %7s |\n|%s|%s|%s|%s|\n", "op", "type", "shape (M,N,K)", "× Q4_K",
+			strings.Repeat("-", 11), strings.Repeat("-", 8), strings.Repeat("-", 24), strings.Repeat("-", 9))
+		for _, l := range rels {
+			fmt.Println(l)
+		}
+		fmt.Println()
 	}
 
 	// 3. Matrix-vector (B·T = 1) on each model's FFN weight, and on a 1B-class

@@ -32,6 +32,13 @@ func randMatrix(t testing.TB, typ quant.Type, rows, cols int, r *rand.Rand) (Mat
 
 var testTypes = []quant.Type{quant.F32, quant.F16, quant.BF16, quant.Q8_0, quant.Q4_0, quant.Q4_K, quant.Q6_K, quant.NF4}
 
+// decodeTypes are the types decodeRow has a loop of its own for, beyond
+// testTypes (the types of llama.cpp's common downloads).
+var decodeTypes = []quant.Type{quant.Q5_K, quant.Q3_K, quant.Q2_K, quant.IQ4_NL, quant.IQ4_XS, quant.Q4_1, quant.Q5_0, quant.Q5_1}
+
+// matTypes is every weight type the matmul tests and fuzz targets cover.
+var matTypes = append(append([]quant.Type(nil), testTypes...), decodeTypes...)
+
 func blockOf(typ quant.Type) int {
 	in, _ := quant.Lookup(typ)
 	return in.BlockSize
@@ -43,7 +50,7 @@ func TestMatMulMatchesReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	p := NewPool(3)
 	defer p.Close()
-	for _, typ := range testTypes {
+	for _, typ := range matTypes {
 		for _, sh := range [][3]int{{1, 1, 256}, {3, 7, 256}, {5, 13, 512}, {17, 9, 768}} {
 			M, N, K := sh[0], sh[1], sh[2]
 			if K%blockOf(typ) != 0 {
@@ -79,7 +86,7 @@ func TestMatMulTMatchesReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	p := NewPool(2)
 	defer p.Close()
-	for _, typ := range testTypes {
+	for _, typ := range matTypes {
 		M, N, K := 6, 11, 256
 		w, deq := randMatrix(t, typ, N, K, r)
 		dy := make([]float32, M*N)

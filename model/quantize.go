@@ -15,10 +15,13 @@ import (
 )
 
 // QuantizeTypes are the targets `qtune quantize` offers.
-var QuantizeTypes = []quant.Type{quant.Q8_0, quant.Q4_0, quant.Q4_K, quant.Q6_K, quant.NF4, quant.F16, quant.BF16, quant.F32}
+var QuantizeTypes = []quant.Type{quant.Q8_0, quant.Q4_0, quant.Q4_K, quant.Q6_K, quant.Q5_K, quant.Q3_K, quant.Q2_K, quant.IQ4_NL,
+	quant.IQ4_XS, quant.NF4, quant.F16, quant.BF16, quant.F32}
 
-// fileType is llama.cpp's general.file_type for a uniformly quantized file.
-var fileType = map[quant.Type]uint32{quant.F32: 0, quant.F16: 1, quant.Q4_0: 2, quant.Q8_0: 7, quant.Q4_K: 14, quant.Q6_K: 18, quant.BF16: 32}
+// fileType is llama.cpp's general.file_type (llama_ftype) for a uniformly
+// quantized file; a K-quant gets its _S variant, the uniform one.
+var fileType = map[quant.Type]uint32{quant.F32: 0, quant.F16: 1, quant.Q4_0: 2, quant.Q4_1: 3, quant.Q8_0: 7, quant.Q5_0: 8, quant.Q5_1: 9,
+	quant.Q2_K: 10, quant.Q3_K: 11, quant.Q4_K: 14, quant.Q5_K: 16, quant.Q6_K: 18, quant.IQ4_NL: 25, quant.IQ4_XS: 30, quant.BF16: 32}
 
 // QuantizeReport summarises a quantization.
 type QuantizeReport struct {

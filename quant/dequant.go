@@ -19,6 +19,10 @@ var (
 	kvaluesMXFP4 = [16]int8{0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12}
 )
 
+// IQ4NLTable is ggml's kvalues_iq4nl, the code book of IQ4_NL and IQ4_XS
+// (a copy: kernels builds its decoding tables from it).
+var IQ4NLTable = kvaluesIQ4NL
+
 // blockInfo is the allocation-free twin of Lookup for the types the codecs
 // handle: elements per block, bytes per block, ok.
 func blockInfo(t Type) (bs, ts int64, ok bool) {
@@ -51,6 +55,8 @@ func blockInfo(t Type) (bs, ts int64, ok bool) {
 		return 256, 176, true
 	case Q6_K:
 		return 256, 210, true
+	case IQ4_XS:
+		return 256, 136, true
 	case NF4:
 		return 64, 32, true
 	}
@@ -165,6 +171,8 @@ func DequantizeRange(t Type, dst []float32, data []byte, n, off int64) error {
 		dequantQ6K(dst, src)
 	case IQ4_NL:
 		dequantIQ4NL(dst, src)
+	case IQ4_XS:
+		dequantIQ4XS(dst, src)
 	case MXFP4:
 		dequantMXFP4(dst, src)
 	}
@@ -422,6 +430,30 @@ func dequantIQ4NL(y []float32, x []byte) {
 			q := b[2+j]
 			o[j] = d * float32(kvaluesIQ4NL[q&15])
 			o[j+16] = d * float32(kvaluesIQ4NL[q>>4])
+		}
+	}
+}
+
+// iq4xsScale is the signed 6-bit scale ls-32 of sub-block ib of an IQ4_XS
+// block b: low 4 bits from scales_l, high 2 from scales_h.
+func iq4xsScale(b *[136]byte, ib int) int32 {
+	h := uint16(b[2]) | uint16(b[3])<<8
+	ls := b[4+ib/2]>>(4*(ib%2))&15 | uint8(h>>(2*ib)&3)<<4
+	return int32(ls) - 32
+}
+
+func dequantIQ4XS(y []float32, x []byte) {
+	for i := 0; i < len(y)/256; i++ {
+		b := (*[136]byte)(x[i*136:])
+		d := f16At(b[0:])
+		for ib := 0; ib < 8; ib++ {
+			dl := d * float32(iq4xsScale(b, ib))
+			q := (*[16]byte)(b[8+16*ib:])
+			o := (*[32]float32)(y[i*256+32*ib:])
+			for j := 0; j < 16; j++ {
+				o[j] = dl * float32(kvaluesIQ4NL[q[j]&15])
+				o[j+16] = dl * float32(kvaluesIQ4NL[q[j]>>4])
+			}
 		}
 	}
 }

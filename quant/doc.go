@@ -7,11 +7,14 @@
 // Pure Go, allocation-free per call, bit-exact with ggml. Dequantize and
 // DequantizeRange reproduce ggml's to_float bit for bit (f32 bit patterns,
 // sign of zero included) for F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-// Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and MXFP4; Quantize reproduces
+// Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS and MXFP4; Quantize reproduces
 // the bytes of ggml's reference quantizers (the path ggml_quantize_chunk takes
 // without an importance matrix) for F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-// Q8_1, Q4_K, Q5_K, Q6_K, IQ4_NL and MXFP4. The golden files in
-// ../shared/golden are the authority and the tests check every type there.
+// Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS and MXFP4. The golden files in
+// ../shared/golden are the authority and the tests check every type there;
+// IQ4_XS, which they lack, has ggml-made blocks in testdata/iq4_xs. The ggml
+// types qtune does not read (the IQ1/IQ2/IQ3 codebook formats, TQ1_0/TQ2_0,
+// NVFP4 …) are refused by name with ErrUnsupported, never as a bare number.
 //
 // Numerics follow ggml's C: every operation in float32, each rounded
 // separately, left to right, and never fused: where ggml computes x*y then
@@ -37,7 +40,7 @@
 // ggml's scale search verbatim (deterministic but slow: about 0.1 µs per
 // weight for Q4_K, 0.4 µs for IQ4_NL, some 30 times the legacy formats)
 // because quantized bytes are compared against ggml's.
-// Q2_K and Q3_K are decode-only; Q8_K (activations only) is not handled.
+// Q8_K (activations only) is not handled.
 //
 // # NF4 (qtune's own type, id 4096)
 //

@@ -8,7 +8,7 @@ import (
 )
 
 // dequantTypes is every type Dequantize supports.
-var dequantTypes = []Type{F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, MXFP4, NF4}
+var dequantTypes = []Type{F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, MXFP4, NF4, IQ4_XS}
 
 func wantErr(t *testing.T, what string, err error) {
 	t.Helper()
@@ -68,18 +68,63 @@ func TestUnsupportedTypes(t *testing.T) {
 	if err := Dequantize(Q8_K, dst, make([]byte, 292)); err == nil || !strings.Contains(err.Error(), "dequantize Q8_K not supported") {
 		t.Errorf("Q8_K: %v", err)
 	}
-	for _, typ := range []Type{Q2_K, Q3_K, Q8_K} {
+	for _, typ := range []Type{Q8_K} {
 		err := Quantize(typ, make([]byte, 292), dst)
 		if !errors.Is(err, ErrUnsupported) {
 			t.Errorf("Quantize(%s): %v", typ, err)
 		}
 	}
-	for _, typ := range []Type{5, 999, NF4 + 1} {
+	for _, typ := range []Type{43, 999, NF4 + 1} {
 		if err := Dequantize(typ, dst, nil); !errors.Is(err, ErrUnknownType) {
 			t.Errorf("Dequantize(%d): %v", typ, err)
 		}
 		if err := Quantize(typ, nil, dst); !errors.Is(err, ErrUnknownType) {
 			t.Errorf("Quantize(%d): %v", typ, err)
+		}
+	}
+}
+
+// TestRefusedTypesByName: the ggml types qtune does not read (the IQ1, IQ2
+// and IQ3 codebook formats among them) are refused by name, listing what is
+// supported, in every entry point that takes a type.
+func TestRefusedTypesByName(t *testing.T) {
+	cases := map[Type]string{
+		16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 21: "IQ3_S", 22: "IQ2_S", 29: "IQ1_M",
+		34: "TQ1_0", 35: "TQ2_0", 40: "NVFP4", 5: "Q4_3",
+	}
+	for typ, name := range cases {
+		want := "quant: tensor type " + name + " is not supported (supported: F32, F16, Q4_0, "
+		_, err := Lookup(typ)
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("Lookup(%d) = %v, want %q…", typ, err, want)
+			continue
+		}
+		if !errors.Is(err, ErrUnsupported) || errors.Is(err, ErrUnknownType) {
+			t.Errorf("Lookup(%s): %v should wrap ErrUnsupported only", name, err)
+		}
+		for _, s := range []string{"IQ4_XS", "IQ4_NL", "Q2_K", "BF16", "NF4"} {
+			if !strings.Contains(err.Error(), s) {
+				t.Errorf("Lookup(%s): supported list lacks %s: %v", name, s, err)
+			}
+		}
+		if strings.Contains(err.Error(), "Q8_K") || strings.Contains(err.Error(), "I32") {
+			t.Errorf("Lookup(%s): lists a type no weight can have: %v", name, err)
+		}
+		if typ.String() != name || typ.Known() {
+			t.Errorf("%d: String %q, Known %v", typ, typ, typ.Known())
+		}
+		if _, err := ParseType(strings.ToLower(name)); err == nil || !strings.Contains(err.Error(), name+" is not supported") {
+			t.Errorf("ParseType(%s): %v", name, err)
+		}
+		dst := make([]float32, 256)
+		if err := Dequantize(typ, dst, make([]byte, 256)); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), name) {
+			t.Errorf("Dequantize(%s): %v", name, err)
+		}
+		if err := Quantize(typ, make([]byte, 256), dst); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), name) {
+			t.Errorf("Quantize(%s): %v", name, err)
+		}
+		if _, err := Bytes(typ, 256); !errors.Is(err, ErrUnsupported) {
+			t.Errorf("Bytes(%s): %v", name, err)
 		}
 	}
 }
@@ -147,6 +192,53 @@ func TestQuantizeNonFinite(t *testing.T) {
 	}
 }
 
+// TestQuantizeDegenerate: whole super-blocks of zeros, NaN, ±Inf, one
+// huge value, or subnormals quantize without panicking, and an all-zero
+// input gives blocks that decode to zeros.
+func TestQuantizeDegenerate(t *testing.T) {
+	nan, inf := float32(math.NaN()), float32(math.Inf(1))
+	fill := func(v float32) []float32 {
+		x := make([]float32, 512)
+		for i := range x {
+			x[i] = v
+		}
+		return x
+	}
+	spike := make([]float32, 512)
+	spike[17] = 3e38
+	inputs := map[string][]float32{"zero": fill(0), "NaN": fill(nan), "+Inf": fill(inf), "-Inf": fill(-inf),
+		"subnormal": fill(1e-42), "spike": spike}
+	for _, typ := range dequantTypes {
+		if !CanQuantize(typ) {
+			continue
+		}
+		for name, x := range inputs {
+			size, _ := Bytes(typ, int64(len(x)))
+			b := make([]byte, size)
+			err := Quantize(typ, b, x)
+			if typ == NF4 && name != "zero" && name != "subnormal" && name != "spike" {
+				continue // NF4 rejects non-finite input (TestQuantizeNonFinite)
+			}
+			if err != nil {
+				t.Errorf("%s %s: %v", typ, name, err)
+				continue
+			}
+			y := make([]float32, len(x))
+			if err := Dequantize(typ, y, b); err != nil {
+				t.Errorf("%s %s: dequantize: %v", typ, name, err)
+			}
+			if name == "zero" {
+				for i, v := range y {
+					if v != 0 {
+						t.Errorf("%s: zero input decodes to %g at %d", typ, v, i)
+						break
+					}
+				}
+			}
+		}
+	}
+}
+
 func TestRMSE(t *testing.T) {
 	if got := RMSE([]float32{1, 2, 3}, []float32{1, 2, 7}); math.Abs(got-4/math.Sqrt(3)) > 1e-15 {
 		t.Errorf("RMSE = %v", got)
@@ -168,6 +260,7 @@ func TestRoundTripBounds(t *testing.T) {
 		Q6_K: 0.022 /* 0.0180 */, Q5_K: 0.045 /* 0.0372 */, Q5_1: 0.046 /* 0.0386 */, Q5_0: 0.052, /* 0.0434 */
 		Q4_K: 0.087 /* 0.0723 */, Q4_1: 0.096 /* 0.0799 */, Q4_0: 0.105 /* 0.0876 */, IQ4_NL: 0.093, /* 0.0777 */
 		MXFP4: 0.137 /* 0.1139 */, NF4: 0.1, /* 0.0924 */
+		Q3_K: 0.19 /* 0.1564 */, Q2_K: 0.36 /* 0.2973 */, IQ4_XS: 0.094, /* 0.0783 */
 	}
 	x := gaussian(4096, 21)
 	for _, typ := range dequantTypes {

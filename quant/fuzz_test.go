@@ -47,6 +47,9 @@ func FuzzDequantize(f *testing.F) {
 		}
 		f.Add(typeIndex(r.id), raw, uint32(3), uint32(5))
 	}
+	for _, set := range []string{"A", "B"} {
+		f.Add(typeIndex(IQ4_XS), readFile(f, "testdata/iq4_xs/"+set+".iq4_xs.bin"), uint32(3), uint32(5))
+	}
 	// Tiny handmade blocks: zero, all-ones (NaN scales), subnormal scales,
 	// an NF4 tensor with NaN side table.
 	for i, typ := range dequantTypes {
@@ -101,6 +104,42 @@ func FuzzDequantize(f *testing.F) {
 				t.Fatalf("%s: range [%d, +%d) element %d: %#08x, whole decode %#08x", typ, b0*bs, nb*bs, i,
 					math.Float32bits(part[i]), math.Float32bits(all[b0*bs+int64(i)]))
 			}
+		}
+	})
+}
+
+// FuzzQuantize quantizes arbitrary float32 bit patterns (NaN, ±Inf,
+// subnormals, huge values) as every type Quantize supports: no panic, and
+// the blocks decode. For NF4 an error for non-finite input is allowed.
+func FuzzQuantize(f *testing.F) {
+	f.Add(uint8(0), []byte{})
+	f.Add(typeIndex(Q2_K), make([]byte, 1024))
+	f.Add(typeIndex(Q3_K), []byte{0, 0, 0xc0, 0x7f, 0, 0, 0x80, 0x7f, 1, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, ti uint8, raw []byte) {
+		typ := dequantTypes[int(ti)%len(dequantTypes)]
+		if !CanQuantize(typ) {
+			return
+		}
+		in, _ := Lookup(typ)
+		// Repeat the fuzzed values to fill one or two blocks.
+		n := in.BlockSize * (1 + len(raw)%2)
+		x := make([]float32, n)
+		for i := range x {
+			if len(raw) >= 4 {
+				j := 4 * (i % (len(raw) / 4))
+				x[i] = math.Float32frombits(uint32(raw[j]) | uint32(raw[j+1])<<8 | uint32(raw[j+2])<<16 | uint32(raw[j+3])<<24)
+			}
+		}
+		size, _ := Bytes(typ, int64(n))
+		b := make([]byte, size)
+		if err := Quantize(typ, b, x); err != nil {
+			if typ == NF4 {
+				return
+			}
+			t.Fatalf("%s: %v", typ, err)
+		}
+		if err := Dequantize(typ, x, b); err != nil {
+			t.Fatalf("%s: %v", typ, err)
 		}
 	})
 }

@@ -127,25 +127,74 @@ func TestGoldenDequantize(t *testing.T) {
 		t.Run(r.set+"."+r.typ, func(t *testing.T) {
 			bin := readGolden(t, r.file)
 			want := bytesToF32(readGolden(t, strings.TrimSuffix(r.file, ".bin")+".deq.f32"))
-			got := make([]float32, r.n)
-			if err := Dequantize(r.id, got, bin); err != nil {
-				t.Fatal(err)
-			}
-			if i := firstBitDiff(got, want); i >= 0 {
-				t.Fatalf("element %d: got %g (%#08x), ggml %g (%#08x)", i, got[i], math.Float32bits(got[i]), want[i], math.Float32bits(want[i]))
-			}
-			// Every aligned range of a few blocks decodes the same.
-			for off := int64(0); off < r.n; off += 3 * r.blck {
-				m := min(5*r.blck, r.n-off)
-				part := make([]float32, m)
-				if err := DequantizeRange(r.id, part, bin, r.n, off); err != nil {
-					t.Fatal(err)
-				}
-				if i := firstBitDiff(part, want[off:off+m]); i >= 0 {
-					t.Fatalf("range at %d, element %d differs", off, i)
-				}
-			}
+			checkDequant(t, r.id, bin, want)
 		})
+	}
+}
+
+// TestGoldenDequantizeIQ4XS is TestGoldenDequantize for IQ4_XS, whose ggml
+// blocks are in testdata/iq4_xs (README there: made by ggml, not by qtune).
+func TestGoldenDequantizeIQ4XS(t *testing.T) {
+	for _, set := range []string{"A", "B"} {
+		t.Run(set, func(t *testing.T) {
+			bin := readFile(t, "testdata/iq4_xs/"+set+".iq4_xs.bin")
+			want := bytesToF32(readFile(t, "testdata/iq4_xs/"+set+".iq4_xs.deq.f32"))
+			if len(bin) != 16*136 || len(want) != 4096 {
+				t.Fatalf("testdata sizes %d, %d", len(bin), len(want))
+			}
+			checkDequant(t, IQ4_XS, bin, want)
+		})
+	}
+}
+
+func readFile(tb testing.TB, name string) []byte {
+	tb.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+// checkDequant decodes bin as typ and compares f32 bit patterns with want,
+// whole and in aligned ranges of a few blocks.
+func checkDequant(t *testing.T, typ Type, bin []byte, want []float32) {
+	t.Helper()
+	in, err := Lookup(typ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, blck := int64(len(want)), int64(in.BlockSize)
+	got := make([]float32, n)
+	if err := Dequantize(typ, got, bin); err != nil {
+		t.Fatal(err)
+	}
+	if i := firstBitDiff(got, want); i >= 0 {
+		t.Fatalf("element %d: got %g (%#08x), ggml %g (%#08x)", i, got[i], math.Float32bits(got[i]), want[i], math.Float32bits(want[i]))
+	}
+	for off := int64(0); off < n; off += 3 * blck {
+		m := min(5*blck, n-off)
+		part := make([]float32, m)
+		if err := DequantizeRange(typ, part, bin, n, off); err != nil {
+			t.Fatal(err)
+		}
+		if i := firstBitDiff(part, want[off:off+m]); i >= 0 {
+			t.Fatalf("range at %d, element %d differs", off, i)
+		}
+	}
+}
+
+// TestGoldenCoversIssueTypes: every type of llama.cpp's common downloads
+// has ggml-made golden blocks, in ../shared/golden/quant or testdata.
+func TestGoldenCoversIssueTypes(t *testing.T) {
+	have := map[Type]int{IQ4_XS: 2} // testdata/iq4_xs: sets A and B
+	for _, r := range quantRows(t) {
+		have[r.id]++
+	}
+	for _, typ := range []Type{Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, BF16, F16} {
+		if have[typ] != 2 {
+			t.Errorf("%s: %d golden sets, want 2", typ, have[typ])
+		}
 	}
 }
 
@@ -156,7 +205,7 @@ func TestGoldenDequantize(t *testing.T) {
 // left out of this table gets the RMSE acceptance.
 var exactQuant = map[Type]bool{
 	F16: true, BF16: true, Q4_0: true, Q4_1: true, Q5_0: true, Q5_1: true, Q8_0: true, Q8_1: true,
-	IQ4_NL: true, MXFP4: true, Q4_K: true, Q5_K: true, Q6_K: true,
+	IQ4_NL: true, IQ4_XS: true, MXFP4: true, Q2_K: true, Q3_K: true, Q4_K: true, Q5_K: true, Q6_K: true,
 }
 
 // checkQuantize quantizes x as t and compares with ggml's bytes want (whose
@@ -203,6 +252,18 @@ func TestGoldenQuantize(t *testing.T) {
 			want := readGolden(t, r.file)
 			wantDeq := bytesToF32(readGolden(t, strings.TrimSuffix(r.file, ".bin")+".deq.f32"))
 			checkQuantize(t, r.id, x, want, wantDeq)
+		})
+	}
+}
+
+// TestGoldenQuantizeIQ4XS is TestGoldenQuantize for IQ4_XS (testdata/iq4_xs).
+func TestGoldenQuantizeIQ4XS(t *testing.T) {
+	for _, set := range []string{"A", "B"} {
+		t.Run(set, func(t *testing.T) {
+			x := bytesToF32(readGolden(t, set+".input.f32"))
+			want := readFile(t, "testdata/iq4_xs/"+set+".iq4_xs.bin")
+			wantDeq := bytesToF32(readFile(t, "testdata/iq4_xs/"+set+".iq4_xs.deq.f32"))
+			checkQuantize(t, IQ4_XS, x, want, wantDeq)
 		})
 	}
 }

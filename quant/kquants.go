@@ -109,18 +109,10 @@ func makeQKX2(nmax int32, x, weights []float32, L, Laux []uint8, rmin, rdelta fl
 // Q6_K reference path): signed levels L-nmax in [-nmax, nmax-1], stored as
 // L in [0, 2·nmax-1].
 func makeQX(nmax int32, x []float32, L []int8) float32 {
-	n := len(x)
-	L = L[:n]
-	var mx, amax float32
-	for _, v := range x {
-		if ax := abs32(v); ax > amax {
-			amax, mx = ax, v
-		}
-	}
+	L = L[:len(x)]
+	amax, mx := absMax(x)
 	if amax < groupMaxEps {
-		for i := range L {
-			L[i] = 0
-		}
+		clear(L)
 		return 0
 	}
 	fnmax := float32(nmax)
@@ -322,5 +314,193 @@ func quantizeQ6K(y []byte, x []float32) {
 				qh[l] = uint8(Ln[l])>>4 | (uint8(Ln[l+32])>>4)<<2 | (uint8(Ln[l+64])>>4)<<4 | (uint8(Ln[l+96])>>4)<<6
 			}
 		}
+	}
+}
+
+// makeQ3 is make_q3_quants with do_rmse: signed levels in [-nmax, nmax-1]
+// by nearest rounding against the largest-magnitude value, then up to five
+// passes that move single levels while the weighted (x²) fit improves.
+// L gets the levels + nmax (or all 0 for an all-zero group, as in ggml).
+func makeQ3(nmax int32, x []float32, L []int8) float32 {
+	L = L[:len(x)]
+	amax, mx := absMax(x)
+	if amax < groupMaxEps {
+		clear(L)
+		return 0
+	}
+	iscale := float32(-nmax) / mx
+	var sumlx, suml2 float32
+	for i, v := range x {
+		l := max(-nmax, min(nmax-1, nearestInt(iscale*v)))
+		L[i] = int8(l)
+		w := v * v
+		fl := float32(l)
+		sumlx += float32(float32(w*v) * fl)
+		suml2 += float32(float32(w*fl) * fl)
+	}
+	for itry := 0; itry < 5; itry++ {
+		changed := 0
+		for i, v := range x {
+			w := v * v
+			li := float32(L[i])
+			slx := sumlx - float32(float32(w*v)*li)
+			if slx > 0 {
+				sl2 := suml2 - float32(float32(w*li)*li)
+				nl := max(-nmax, min(nmax-1, nearestInt(float32(v*sl2)/slx)))
+				if nl != int32(L[i]) {
+					fl := float32(nl)
+					slx += float32(float32(w*v) * fl)
+					sl2 += float32(float32(w*fl) * fl)
+					if sl2 > 0 && float32(float32(slx*slx)*suml2) > float32(float32(sumlx*sumlx)*sl2) {
+						L[i] = int8(nl)
+						sumlx, suml2 = slx, sl2
+						changed++
+					}
+				}
+			}
+		}
+		if changed == 0 {
+			break
+		}
+	}
+	for i := range L {
+		L[i] += int8(nmax)
+	}
+	if suml2 > 0 {
+		return sumlx / suml2
+	}
+	return 0
+}
+
+// packK2Bits stores 256 2-bit levels as Q2_K/Q3_K do: in each half of 128,
+// byte l of the 32 holds levels l, l+32, l+64, l+96 in bits 0-1, 2-3, 4-5, 6-7.
+func packK2Bits(qs *[64]byte, L *[256]uint8) {
+	for h := 0; h < 2; h++ {
+		for l := 0; l < 32; l++ {
+			j := 128*h + l
+			qs[32*h+l] = L[j] | L[j+32]<<2 | L[j+64]<<4 | L[j+96]<<6
+		}
+	}
+}
+
+// quantizeQ2K is quantize_row_q2_K_ref: per 16 weights an unsigned 2-bit
+// fit with a min (make_qkx2_quants, weights |x|, mean absolute error), the
+// 16 scales and mins quantized to 4 bits against the block's largest.
+func quantizeQ2K(y []byte, x []float32) {
+	var L [256]uint8
+	var Laux [16]uint8
+	var weights, mins, scales [16]float32
+	for i := 0; i < len(x)/256; i++ {
+		xb := (*[256]float32)(x[i*256:])
+		b := (*[84]byte)(y[i*84:])
+		var maxScale, maxMin float32
+		for j := 0; j < 16; j++ {
+			xs := xb[16*j : 16*j+16]
+			for l, v := range xs {
+				weights[l] = abs32(v)
+			}
+			scales[j], mins[j] = makeQKX2(3, xs, weights[:], L[16*j:], Laux[:], -0.5, 0.1, 15, true)
+			if scales[j] > maxScale {
+				maxScale = scales[j]
+			}
+			if mins[j] > maxMin {
+				maxMin = mins[j]
+			}
+		}
+		sc := (*[16]byte)(b[0:])
+		if maxScale > 0 {
+			iscale := 15 / maxScale
+			for j := range sc {
+				sc[j] = uint8(nearestInt(iscale * scales[j]))
+			}
+			putF16(b[80:], maxScale/15)
+		} else {
+			*sc = [16]byte{}
+			putF16(b[80:], 0)
+		}
+		if maxMin > 0 {
+			iscale := 15 / maxMin
+			for j := range sc {
+				sc[j] |= uint8(nearestInt(iscale*mins[j]) << 4)
+			}
+			putF16(b[82:], maxMin/15)
+		} else {
+			putF16(b[82:], 0)
+		}
+		d0, dmin0 := f16At(b[80:]), f16At(b[82:])
+		for j := 0; j < 16; j++ {
+			d := d0 * float32(sc[j]&15)
+			if d == 0 {
+				continue
+			}
+			dm := float32(dmin0 * float32(sc[j]>>4))
+			for ii := 0; ii < 16; ii++ {
+				l := nearestInt((xb[16*j+ii] + dm) / d)
+				L[16*j+ii] = uint8(max(0, min(3, l)))
+			}
+		}
+		packK2Bits((*[64]byte)(b[16:]), &L)
+	}
+}
+
+// quantizeQ3K is quantize_row_q3_K_ref: per 16 weights a signed 3-bit fit
+// (make_q3_quants), the 16 signed scales quantized to 6 bits against the
+// one of largest magnitude; the third bit of each level goes to hmask.
+func quantizeQ3K(y []byte, x []float32) {
+	var L [256]int8
+	var scales [16]float32
+	for i := 0; i < len(x)/256; i++ {
+		xb := (*[256]float32)(x[i*256:])
+		b := (*[110]byte)(y[i*110:])
+		var maxScale, amax float32
+		for j := 0; j < 16; j++ {
+			scales[j] = makeQ3(4, xb[16*j:16*j+16], L[16*j:])
+			if s := abs32(scales[j]); s > amax {
+				amax, maxScale = s, scales[j]
+			}
+		}
+		sb := (*[12]byte)(b[96:])
+		*sb = [12]byte{}
+		if maxScale != 0 {
+			iscale := -32 / maxScale
+			for j := 0; j < 16; j++ {
+				l := int8(nearestInt(iscale * scales[j]))
+				l = int8(max(-32, min(31, int32(l))) + 32)
+				if j < 8 {
+					sb[j] = byte(l) & 15
+				} else {
+					sb[j-8] |= (byte(l) & 15) << 4
+				}
+				l >>= 4
+				sb[j%4+8] |= byte(l) << (2 * (j / 4))
+			}
+			putF16(b[108:], 1/iscale)
+		} else {
+			putF16(b[108:], 0)
+		}
+		d0 := f16At(b[108:])
+		for j := 0; j < 16; j++ {
+			lo := sb[j%8] >> (4 * (j / 8)) & 15
+			hi := sb[8+j%4] >> (2 * (j / 4)) & 3
+			d := d0 * float32(int8(lo|hi<<4)-32)
+			if d == 0 {
+				continue
+			}
+			for ii := 0; ii < 16; ii++ {
+				l := max(-4, min(3, nearestInt(xb[16*j+ii]/d)))
+				L[16*j+ii] = int8(l + 4)
+			}
+		}
+		hmask := (*[32]byte)(b[0:])
+		*hmask = [32]byte{}
+		var U [256]uint8
+		for j, l := range L {
+			if l > 3 {
+				hmask[j%32] |= 1 << (j / 32)
+				l -= 4
+			}
+			U[j] = uint8(l)
+		}
+		packK2Bits((*[64]byte)(b[32:]), &U)
 	}
 }

@@ -10,7 +10,7 @@ import (
 func CanQuantize(t Type) bool {
 	switch t {
 	case F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1,
-		Q4_K, Q5_K, Q6_K, IQ4_NL, MXFP4, NF4:
+		Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4, NF4:
 		return true
 	}
 	return false
@@ -18,7 +18,7 @@ func CanQuantize(t Type) bool {
 
 // Quantize encodes src (a whole tensor, or whole rows) into dst, with
 // len(dst) == Bytes(t, len(src)). The ggml types reproduce ggml's reference
-// quantizers (quantize_row_*_ref, and quantize_iq4_nl for IQ4_NL, as
+// quantizers (quantize_row_*_ref, and quantize_iq4_nl/quantize_iq4_xs for IQ4_NL/IQ4_XS, as
 // ggml_quantize_chunk calls them without an importance matrix) byte for byte.
 // NF4 rejects NaN and Inf input; the ggml types encode them as ggml would.
 func Quantize(t Type, dst []byte, src []float32) error {
@@ -58,6 +58,10 @@ func Quantize(t Type, dst []byte, src []float32) error {
 		quantizeQ8(dst, src, false)
 	case Q8_1:
 		quantizeQ8(dst, src, true)
+	case Q2_K:
+		quantizeQ2K(dst, src)
+	case Q3_K:
+		quantizeQ3K(dst, src)
 	case Q4_K:
 		quantizeQ4K(dst, src)
 	case Q5_K:
@@ -66,6 +70,8 @@ func Quantize(t Type, dst []byte, src []float32) error {
 		quantizeQ6K(dst, src)
 	case IQ4_NL:
 		quantizeIQ4NL(dst, src)
+	case IQ4_XS:
+		quantizeIQ4XS(dst, src)
 	case MXFP4:
 		quantizeMXFP4(dst, src)
 	case NF4:
@@ -107,17 +113,19 @@ func abs32(f float32) float32 { return math.Float32frombits(math.Float32bits(f) 
 
 func putF16(b []byte, f float32) { binary.LittleEndian.PutUint16(b, F32ToF16(f)) }
 
-// signedAbsmax returns the value of largest magnitude (first one on ties), as
-// ggml's Q4_0/Q5_0 quantizers pick it.
-func signedAbsmax(x []float32) float32 {
-	var amax, m float32
+// absMax returns the largest magnitude in x and the value that has it (the
+// first one on ties; NaN never wins), as ggml's quantizers pick them.
+func absMax(x []float32) (amax, m float32) {
 	for _, v := range x {
-		if a := abs32(v); amax < a {
+		if a := abs32(v); a > amax {
 			amax, m = a, v
 		}
 	}
-	return m
+	return amax, m
 }
+
+// signedAbsmax is the value of largest magnitude (Q4_0/Q5_0's max).
+func signedAbsmax(x []float32) float32 { _, m := absMax(x); return m }
 
 func minMax(x []float32) (lo, hi float32) {
 	lo, hi = math.MaxFloat32, -math.MaxFloat32
@@ -270,62 +278,101 @@ func bestIndexIQ4NL(x float32) uint8 {
 	return uint8(mu)
 }
 
-// quantizeIQ4NL is ggml's quantize_iq4_nl without an importance matrix
-// (quantize_row_iq4_nl_impl with super block = block = 32, ntry = 7,
-// weights x²), the path ggml_quantize_chunk takes.
-func quantizeIQ4NL(y []byte, x []float32) {
+// iq4Scale is the scale search of quantize_row_iq4_nl_impl for one block of
+// 32 without an importance matrix (weights x², ntry = 7): the least-squares
+// scale of the best of 15 candidate inverse scales around −max/T[0]; 0 for
+// an all-zero block.
+func iq4Scale(xb *[32]float32) float32 {
 	const ntry = 7
 	v0 := float32(kvaluesIQ4NL[0])
+	var weight [32]float32
+	for j, v := range xb {
+		weight[j] = v * v
+	}
+	amax, mx := absMax(xb[:])
+	if amax < groupMaxEps {
+		return 0
+	}
+	fit := func(id float32) (sumqx, sumq2 float32) {
+		for j, v := range xb {
+			q := float32(kvaluesIQ4NL[bestIndexIQ4NL(id*v)])
+			w := weight[j]
+			sumqx += float32(float32(w*q) * v)
+			sumq2 += float32(float32(w*q) * q)
+		}
+		return sumqx, sumq2
+	}
+	d := -mx / v0
+	sumqx, sumq2 := fit(1 / d)
+	d = 0
+	if sumq2 > 0 {
+		d = sumqx / sumq2
+	}
+	best := d * sumqx
+	for itry := -ntry; itry <= ntry; itry++ {
+		sumqx, sumq2 = fit(float32(itry+int(kvaluesIQ4NL[0])) / mx)
+		if sumq2 > 0 && float32(sumqx*sumqx) > float32(best*sumq2) {
+			d = sumqx / sumq2
+			best = d * sumqx
+		}
+	}
+	return d
+}
+
+// iq4Codes writes the 16 bytes of nibbles of one 32-value block: value j in
+// the low nibble of byte j, value j+16 in the high one, each the nearest
+// code book entry to id·x.
+func iq4Codes(q []byte, xb *[32]float32, id float32) {
+	for j := 0; j < 16; j++ {
+		q[j] = bestIndexIQ4NL(id*xb[j]) | bestIndexIQ4NL(id*xb[j+16])<<4
+	}
+}
+
+// quantizeIQ4NL is ggml's quantize_iq4_nl without an importance matrix
+// (quantize_row_iq4_nl_impl with super block = block = 32), the path
+// ggml_quantize_chunk takes.
+func quantizeIQ4NL(y []byte, x []float32) {
 	for i := 0; i < len(x)/32; i++ {
 		xb := (*[32]float32)(x[i*32:])
 		b := (*[18]byte)(y[i*18:])
-		var weight [32]float32
-		for j, v := range xb {
-			weight[j] = v * v
-		}
-		var amax, mx float32
-		for _, v := range xb {
-			if a := abs32(v); a > amax {
-				amax, mx = a, v
-			}
-		}
-		var scale float32
-		if !(amax < groupMaxEps) {
-			d := -mx / v0
-			id := 1 / d
-			var sumqx, sumq2 float32
-			for j, v := range xb {
-				q := float32(kvaluesIQ4NL[bestIndexIQ4NL(id*v)])
-				w := weight[j]
-				sumqx += float32(float32(w*q) * v)
-				sumq2 += float32(float32(w*q) * q)
-			}
-			d = 0
-			if sumq2 > 0 {
-				d = sumqx / sumq2
-			}
-			best := d * sumqx
-			for itry := -ntry; itry <= ntry; itry++ {
-				id = float32(itry+int(kvaluesIQ4NL[0])) / mx
-				sumqx, sumq2 = 0, 0
-				for j, v := range xb {
-					q := float32(kvaluesIQ4NL[bestIndexIQ4NL(id*v)])
-					w := weight[j]
-					sumqx += float32(float32(w*q) * v)
-					sumq2 += float32(float32(w*q) * q)
-				}
-				if sumq2 > 0 && float32(sumqx*sumqx) > float32(best*sumq2) {
-					d = sumqx / sumq2
-					best = d * sumqx
-				}
-			}
-			scale = d
-		}
+		scale := iq4Scale(xb)
 		putF16(b[0:], scale)
-		id := inv(scale)
-		for j := 0; j < 16; j++ {
-			b[2+j] = bestIndexIQ4NL(id*xb[j]) | bestIndexIQ4NL(id*xb[j+16])<<4
+		iq4Codes(b[2:], xb, inv(scale))
+	}
+}
+
+// quantizeIQ4XS is ggml's quantize_iq4_xs without an importance matrix
+// (quantize_row_iq4_nl_impl with super block 256, block 32): each block's
+// scale from iq4Scale, then quantized to 6 signed bits against the one of
+// largest magnitude, and the codes chosen again against the stored scale.
+func quantizeIQ4XS(y []byte, x []float32) {
+	var scales [8]float32
+	for i := 0; i < len(x)/256; i++ {
+		b := (*[136]byte)(y[i*136:])
+		var maxScale, amaxScale float32
+		for ib := range scales {
+			scales[ib] = iq4Scale((*[32]float32)(x[i*256+32*ib:]))
+			if a := abs32(scales[ib]); a > amaxScale {
+				amaxScale, maxScale = a, scales[ib]
+			}
 		}
+		d := -maxScale / 32
+		putF16(b[0:], d)
+		id := inv(d)
+		var sh uint16
+		for ib := range scales {
+			l := max(-32, min(31, nearestInt(id*scales[ib])))
+			dl := d * float32(l)
+			iq4Codes(b[8+16*ib:], (*[32]float32)(x[i*256+32*ib:]), inv(dl))
+			l += 32
+			if ib%2 == 0 {
+				b[4+ib/2] = uint8(l) & 15
+			} else {
+				b[4+ib/2] |= (uint8(l) & 15) << 4
+			}
+			sh |= uint16(uint8(l)>>4) << (2 * ib)
+		}
+		b[2], b[3] = byte(sh), byte(sh>>8)
 	}
 }
 

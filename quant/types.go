@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 )
 
@@ -28,6 +29,7 @@ const (
 	Q6_K   Type = 14
 	Q8_K   Type = 15
 	IQ4_NL Type = 20
+	IQ4_XS Type = 23
 	I8     Type = 24
 	I16    Type = 25
 	I32    Type = 26
@@ -73,26 +75,75 @@ var table = map[Type]Info{
 	Q6_K:   {"Q6_K", 256, 210, true},
 	Q8_K:   {"Q8_K", 256, 292, true},
 	IQ4_NL: {"IQ4_NL", 32, 18, true},
+	IQ4_XS: {"IQ4_XS", 256, 136, true},
 	MXFP4:  {"MXFP4", 32, 17, true},
 	NF4:    {"NF4", 64, 32, true},
+}
+
+// refused names the ggml types qtune knows of but does not read: the
+// codebook formats of the IQ1/IQ2/IQ3 families, the ternary formats, the
+// formats ggml added after qtune's table, and the ids ggml retired. Lookup
+// refuses them by name (ErrUnsupported) rather than as an unknown number.
+var refused = map[Type]string{
+	4: "Q4_2", 5: "Q4_3",
+	16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 21: "IQ3_S", 22: "IQ2_S", 29: "IQ1_M",
+	31: "Q4_0_4_4", 32: "Q4_0_4_8", 33: "Q4_0_8_8",
+	34: "TQ1_0", 35: "TQ2_0",
+	36: "IQ4_NL_4_4", 37: "IQ4_NL_4_8", 38: "IQ4_NL_8_8",
+	40: "NVFP4", 41: "Q1_0", 42: "Q2_0",
 }
 
 // ErrUnknownType is returned for a type id qtune does not know.
 var ErrUnknownType = errors.New("unknown tensor type")
 
-// Lookup returns the block description of t.
+// refusedError is Lookup's error for a type in refused; it wraps ErrUnsupported.
+type refusedError struct{ name string }
+
+func (e refusedError) Error() string {
+	return fmt.Sprintf("quant: tensor type %s is not supported (supported: %s)", e.name, supportedNames())
+}
+
+func (e refusedError) Unwrap() error { return ErrUnsupported }
+
+// supportedNames lists the names of the types a weight can have (those
+// Dequantize decodes), in type id order.
+func supportedNames() string {
+	ids := make([]Type, 0, len(table))
+	for t := range table {
+		if _, _, ok := blockInfo(t); ok && t != Q8_1 {
+			ids = append(ids, t)
+		}
+	}
+	slices.Sort(ids)
+	names := make([]string, len(ids))
+	for i, t := range ids {
+		names[i] = table[t].Name
+	}
+	return strings.Join(names, ", ")
+}
+
+// Lookup returns the block description of t. A ggml type qtune does not
+// read (IQ2_XS, TQ1_0 …) is refused by name with an error wrapping
+// ErrUnsupported; any other id not in the table wraps ErrUnknownType.
 func Lookup(t Type) (Info, error) {
 	in, ok := table[t]
 	if !ok {
+		if name, ok := refused[t]; ok {
+			return Info{}, refusedError{name}
+		}
 		return Info{}, fmt.Errorf("quant: %w %d", ErrUnknownType, uint32(t))
 	}
 	return in, nil
 }
 
-// String names the type ("Q4_0"), or "type(N)" when unknown.
+// String names the type ("Q4_0", also for the refused ggml types such as
+// "IQ2_XS"), or "type(N)" when unknown.
 func (t Type) String() string {
 	if in, ok := table[t]; ok {
 		return in.Name
+	}
+	if name, ok := refused[t]; ok {
+		return name
 	}
 	return fmt.Sprintf("type(%d)", uint32(t))
 }
@@ -106,6 +157,11 @@ func ParseType(s string) (Type, error) {
 	for t, in := range table {
 		if in.Name == u {
 			return t, nil
+		}
+	}
+	for _, name := range refused {
+		if name == u {
+			return 0, refusedError{name}
 		}
 	}
 	return 0, fmt.Errorf("quant: %w %q", ErrUnknownType, s)

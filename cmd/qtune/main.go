@@ -28,7 +28,7 @@ Usage:
   qtune tokenize --model M --text T [--json]      token ids
   qtune generate --model M --prompt P [-n N] [--temp T] [--top-p P] [--seed S] [--adapter DIR] [--json]
   qtune eval --model M --data FILE [--adapter DIR] [--json]   loss/perplexity, or accuracy on classification JSONL
-  qtune quantize IN OUT --type q8_0|q4_0|q4_k|q6_k|nf4|f16|bf16
+  qtune quantize IN OUT --type q8_0|q4_0|q4_k|q5_k|q6_k|q3_k|q2_k|iq4_nl|iq4_xs|nf4|f16|bf16|f32
   qtune export --model M --adapter DIR [--merge --type T] --out OUT   adapters for other tools, or a merged model
   qtune plan train|eval|generate [the same flags]   print the memory plan (--max-mem) and stop
   qtune train --model M --data D --method lora|qlora [--iters N --batch-size B --learning-rate LR ...]

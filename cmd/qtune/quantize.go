@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/qtune/qtune/model"
@@ -15,7 +16,7 @@ import (
 
 func (a *app) quantize(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("quantize", flag.ContinueOnError)
-	typ := fs.String("type", "q8_0", "target type: q8_0, q4_0, q4_k, q6_k, nf4, f16, bf16")
+	typ := fs.String("type", "q8_0", "target type: "+quantizeTypeNames())
 	tp := fs.String("tokenizer", "", "tokenizer file (llama2.c models)")
 	pos, err := a.parse(fs, args)
 	if err != nil {
@@ -27,7 +28,7 @@ func (a *app) quantize(ctx context.Context, args []string) error {
 	in, out := pos[0], pos[1]
 	t, err := quant.ParseType(*typ)
 	if err != nil || !quant.CanQuantize(t) {
-		return usageErr("unsupported --type %q (q8_0, q4_0, q4_k, q6_k, nf4, f16, bf16)", *typ)
+		return usageErr("unsupported --type %q (%s)", *typ, quantizeTypeNames())
 	}
 	if abs1, _ := filepath.Abs(in); abs1 != "" {
 		if abs2, _ := filepath.Abs(out); abs1 == abs2 {
@@ -68,4 +69,13 @@ func (a *app) quantize(ctx context.Context, args []string) error {
 	fmt.Fprintf(a.stdout, "%s: %d tensors (%d as %s), %s, RMSE %.6g vs source\n", out, rep.Tensors, rep.Quantized, t, humanBytes(rep.Bytes), rep.RMSE)
 	nf4Note(a, t)
 	return nil
+}
+
+// quantizeTypeNames lists model.QuantizeTypes in lower case, as --type takes them.
+func quantizeTypeNames() string {
+	names := make([]string, len(model.QuantizeTypes))
+	for i, t := range model.QuantizeTypes {
+		names[i] = strings.ToLower(t.String())
+	}
+	return strings.Join(names, ", ")
 }

@@ -346,6 +346,9 @@ func TestDamaged(t *testing.T) {
 	add("misaligned", (&raw{}).header(3, 1, 0).tensor("w", []uint64{1}, 0, 4).padData(32, 16), "not a multiple of the alignment 32")
 	add("overlap", (&raw{}).header(3, 2, 0).tensor("a", []uint64{16}, 0, 0).tensor("b", []uint64{4}, 0, 32).padData(32, 128), `tensor "b": data overlaps tensor "a"`)
 	add("unknown type", (&raw{}).header(3, 1, 0).tensor("w", []uint64{4}, 77, 0).padData(32, 16), `tensor "w": unknown tensor type 77`)
+	add("IQ2_XS", (&raw{}).header(3, 1, 0).tensor("w", []uint64{256}, 17, 0).padData(32, 74), `tensor "w": quant: tensor type IQ2_XS is not supported (supported: F32, `)
+	add("IQ1_M", (&raw{}).header(3, 1, 0).tensor("w", []uint64{256}, 29, 0).padData(32, 56), `tensor "w": quant: tensor type IQ1_M is not supported`)
+	add("IQ3_S", (&raw{}).header(3, 1, 0).tensor("w", []uint64{256}, 21, 0).padData(32, 110), `tensor "w": quant: tensor type IQ3_S is not supported`)
 	add("n_dims 5", (&raw{}).header(3, 1, 0).tensor("w", []uint64{1, 1, 1, 1, 1}, 0, 0).padData(32, 16), "n_dims 5")
 	add("zero dim", (&raw{}).header(3, 1, 0).tensor("w", []uint64{4, 0}, 0, 0).padData(32, 16), "dimension 1 is 0")
 	add("negative dim", (&raw{}).header(3, 1, 0).tensor("w", []uint64{math.MaxUint64}, 0, 0).padData(32, 16), "dimension 0 is -1")
@@ -389,6 +392,13 @@ func TestDamaged(t *testing.T) {
 	}
 	if _, err := Parse(cases["unknown type"].data); !errors.Is(err, quant.ErrUnknownType) {
 		t.Errorf("unknown type error does not match quant.ErrUnknownType: %v", err)
+	}
+	if _, err := Parse(cases["IQ2_XS"].data); !errors.Is(err, quant.ErrUnsupported) {
+		t.Errorf("IQ2_XS error does not match quant.ErrUnsupported: %v", err)
+	}
+	// IQ4_XS (id 23), once refused as an unknown type, loads.
+	if _, err := Parse((&raw{}).header(3, 1, 0).tensor("w", []uint64{256}, 23, 0).padData(32, 136)); err != nil {
+		t.Errorf("IQ4_XS tensor: %v", err)
 	}
 	if _, err := Parse(cases["empty"].data); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("truncation does not match io.ErrUnexpectedEOF: %v", err)

@@ -312,6 +312,9 @@ func (r *reader) tensorInfo(i int) (TensorInfo, uint64, error) {
 	}
 	typ := quant.Type(r.u32())
 	info, err := quant.Lookup(typ)
+	if errors.Is(err, quant.ErrUnsupported) {
+		return TensorInfo{}, 0, errf("tensor %q: %w", name, err) // a ggml type refused by name (IQ2_XS …)
+	}
 	if err != nil {
 		return TensorInfo{}, 0, errf("tensor %q: %w %d", name, quant.ErrUnknownType, uint32(typ))
 	}

@@ -181,6 +181,9 @@ func checkTensor(t WriteTensor) error {
 		return invalidf("tensor %q: %d dimensions exceed %d", t.Name, len(t.Shape), MaxDims)
 	}
 	info, err := quant.Lookup(t.Type)
+	if errors.Is(err, quant.ErrUnsupported) {
+		return invalidf("tensor %q: %w", t.Name, err)
+	}
 	if err != nil {
 		return invalidf("tensor %q: %w %d", t.Name, quant.ErrUnknownType, uint32(t.Type))
 	}
