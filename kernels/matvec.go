@@ -90,7 +90,8 @@ func matVec(p *Pool, y, x []float32, M int, w Matrix) {
 // for weights of type t (matvec_q8.go), 0 when t has none.
 func q8Block(t quant.Type) int {
 	switch t {
-	case quant.Q8_0, quant.Q4_0, quant.Q4_K, quant.Q6_K:
+	case quant.Q8_0, quant.Q4_0, quant.Q4_K, quant.Q6_K, quant.Q5_K, quant.Q3_K, quant.Q2_K,
+		quant.IQ4_XS, quant.IQ4_NL, quant.Q4_1, quant.Q5_0, quant.Q5_1:
 		return 32
 	case quant.NF4:
 		return 64

@@ -67,6 +67,229 @@ GLOBL mvidx<>(SB), RODATA|NOPTR, $160
 	VMOVQ AX, X2 \
 	VCVTPH2PS X2, X2
 
+// The row loops of kernels that share them are macros here, ahead of the
+// first TEXT, where go vet's frame check does not read them.
+
+// K4AROWS is the body of dotQ4KAVX2 and dotQ5KAVX2 (super-blocks of sbsize
+// bytes that open with d, dmin and the 12 bytes of 6-bit scales and mins;
+// GROUPS dots the codes): y[r] = Σ_j float32(float32(d·sc_j)·dx_j)·Σ q·x −
+// Σ_j float32(dmin·m_j)·fsum_j.
+#define K4AROWS(sbsize, GROUPS) \
+	MOVQ y+0(FP), R8 \
+	MOVQ w+8(FP), DI \
+	MOVL $0x0f0f0f0f, AX \
+	VMOVD AX, X15 \
+	VPBROADCASTD X15, Y15 \
+	MOVL $0x00010001, AX \
+	VMOVD AX, X14 \
+	VPBROADCASTD X14, Y14 \
+	MOVL $1, AX \
+	VMOVD AX, X11 \
+	VPBROADCASTD X11, Y11 \
+	CMPQ rows+48(FP), $0 \
+	JEQ k4aend \
+k4arow: \
+	MOVQ x+16(FP), SI \
+	MOVQ dx+24(FP), R9 \
+	MOVQ fsum+32(FP), R10 \
+	MOVQ nsb+40(FP), CX \
+	VXORPS Y0, Y0, Y0 \
+	VXORPS Y1, Y1, Y1 \
+	VXORPS Y2, Y2, Y2 \
+k4aloop: \
+	MOVL 0(DI), AX \
+	VMOVD AX, X6 \
+	VCVTPH2PS X6, X6 \
+	VBROADCASTSS X6, Y3 \
+	VMOVSHDUP X6, X4 \
+	VBROADCASTSS X4, Y4 \
+	MOVL 4(DI), AX \
+	MOVL 8(DI), BX \
+	MOVL 12(DI), DX \
+	MOVL AX, R11 \
+	ANDL $0x3f3f3f3f, R11 \
+	MOVL BX, R12 \
+	ANDL $0x3f3f3f3f, R12 \
+	MOVL DX, R13 \
+	ANDL $0x0f0f0f0f, R13 \
+	SHRL $6, AX \
+	ANDL $0x03030303, AX \
+	SHLL $4, AX \
+	ORL AX, R13 \
+	SHRL $4, DX \
+	ANDL $0x0f0f0f0f, DX \
+	SHRL $6, BX \
+	ANDL $0x03030303, BX \
+	SHLL $4, BX \
+	ORL BX, DX \
+	SHLQ $32, R13 \
+	ORQ R13, R11 \
+	SHLQ $32, DX \
+	ORQ DX, R12 \
+	VMOVQ R11, X5 \
+	VPMOVZXBD X5, Y5 \
+	VCVTDQ2PS Y5, Y5 \
+	VMULPS Y3, Y5, Y5 \
+	VMULPS (R9), Y5, Y5 \
+	VMOVQ R12, X6 \
+	VPMOVZXBD X6, Y6 \
+	VCVTDQ2PS Y6, Y6 \
+	VMULPS Y4, Y6, Y6 \
+	VFMADD231PS (R10), Y6, Y1 \
+	VPXOR Y12, Y12, Y12 \
+	GROUPS \
+	ADDQ $sbsize, DI \
+	ADDQ $256, SI \
+	ADDQ $32, R9 \
+	ADDQ $32, R10 \
+	DECQ CX \
+	JNZ k4aloop \
+	VADDPS Y2, Y0, Y0 \
+	VMOVAPS Y1, Y9 \
+	MVREDUCE8 \
+	VMOVAPS X0, X10 \
+	VMOVAPS Y9, Y0 \
+	MVREDUCE8 \
+	VSUBSS X0, X10, X0 \
+	VMOVSS X0, (R8) \
+	ADDQ $4, R8 \
+	DECQ rows+48(FP) \
+	JNZ k4arow \
+k4aend: \
+	VZEROUPPER \
+	RET
+
+// B32ROWS is the body of the AVX2 kernels for weights in 32-value blocks
+// of bsize bytes (IQ4_NL, Q4_1, Q5_0, Q5_1), x natural; BLOCK leaves the
+// block's int32 partial sums in Y6 and its scale d·dx[b] broadcast in Y2,
+// and adds a min term m·fsum[b] to X3:
+// y[r] = Σ_b float32(d·dx[b])·Σ q·x (+ Σ_b m_b·fsum[b]).
+// Constants: Y15 0x0f bytes, Y14 int16 ones, Y13 the qh byte spread
+// (mvidx+0), Y12 the bit of each byte, Y11 0x10 bytes, Y10 the code book.
+#define B32ROWS(bsize, BLOCK) \
+	MOVQ y+0(FP), R11 \
+	MOVQ w+8(FP), DI \
+	MOVQ rows+56(FP), R10 \
+	MOVL $0x0f0f0f0f, AX \
+	VMOVD AX, X15 \
+	VPBROADCASTD X15, Y15 \
+	MOVL $0x00010001, AX \
+	VMOVD AX, X14 \
+	VPBROADCASTD X14, Y14 \
+	VMOVDQU mvidx<>+0(SB), Y13 \
+	MOVQ $0x8040201008040201, AX \
+	VMOVQ AX, X12 \
+	VPBROADCASTQ X12, Y12 \
+	MOVL $0x10101010, AX \
+	VMOVD AX, X11 \
+	VPBROADCASTD X11, Y11 \
+	MOVQ tab+64(FP), AX \
+	VBROADCASTI128 (AX), Y10 \
+	TESTQ R10, R10 \
+	JZ b32end \
+b32row: \
+	MOVQ x+16(FP), SI \
+	MOVQ corr+24(FP), R8 \
+	MOVQ dx+32(FP), R9 \
+	MOVQ fsum+40(FP), R12 \
+	MOVQ nb+48(FP), CX \
+	VXORPS Y0, Y0, Y0 \
+	VXORPS X3, X3, X3 \
+b32loop: \
+	BLOCK \
+	VCVTDQ2PS Y6, Y6 \
+	VFMADD231PS Y2, Y6, Y0 \
+	ADDQ $bsize, DI \
+	ADDQ $32, SI \
+	ADDQ $4, R8 \
+	ADDQ $4, R9 \
+	ADDQ $4, R12 \
+	DECQ CX \
+	JNZ b32loop \
+	MVREDUCE8 \
+	VADDSS X3, X0, X0 \
+	VMOVSS X0, (R11) \
+	ADDQ $4, R11 \
+	DECQ R10 \
+	JNZ b32row \
+b32end: \
+	VZEROUPPER \
+	RET
+
+// B32SCALE: float32(d·dx[b]) broadcast into Y2 (d the f16 at 0).
+#define B32SCALE \
+	MOVWLZX 0(DI), AX \
+	VMOVD AX, X2 \
+	VCVTPH2PS X2, X2 \
+	VMULSS (R9), X2, X2 \
+	VBROADCASTSS X2, Y2
+
+// B32SCALEMIN: B32SCALE, and X3 += m·fsum[b] (m the f16 at 2).
+#define B32SCALEMIN \
+	VMOVD 0(DI), X2 \
+	VCVTPH2PS X2, X2 \
+	VMOVSHDUP X2, X6 \
+	VFMADD231SS (R12), X6, X3 \
+	VMULSS (R9), X2, X2 \
+	VBROADCASTSS X2, Y2
+
+// B32NIB: the 16 bytes at off as 32 codes in Y4, low nibbles (values
+// 0..15) in the low lane, high nibbles (16..31) in the high lane.
+#define B32NIB(off) \
+	VMOVDQU off(DI), X4 \
+	VPSRLW $4, X4, X5 \
+	VINSERTI128 $1, X5, Y4, Y4 \
+	VPAND Y15, Y4, Y4
+
+// B32HIGH: bit j of the 32-bit qh at off becomes bit 4 of code j.
+#define B32HIGH(off) \
+	VPBROADCASTD off(DI), Y6 \
+	VPSHUFB Y13, Y6, Y6 \
+	VPAND Y12, Y6, Y6 \
+	VPCMPEQB Y12, Y6, Y6 \
+	VPAND Y11, Y6, Y6 \
+	VPOR Y6, Y4, Y4
+
+// B32DOTU: unsigned codes in Y4 against x into Y6 (int32).
+#define B32DOTU \
+	VPMADDUBSW (SI), Y4, Y6 \
+	VPMADDWD Y14, Y6, Y6
+
+// IQ4_NL: 18-byte blocks (d, 16 bytes of nibbles); codes through the int8
+// code book in Y10, multiplied with the sign trick (|w| unsigned, x with
+// w's sign; |w|, |x| ≤ 127 keep the int16 pair sums exact).
+#define IQ4NLBLOCK \
+	B32SCALE \
+	B32NIB(2) \
+	VPSHUFB Y4, Y10, Y4 \
+	VPABSB Y4, Y5 \
+	VMOVDQU (SI), Y7 \
+	VPSIGNB Y4, Y7, Y7 \
+	VPMADDUBSW Y7, Y5, Y6 \
+	VPMADDWD Y14, Y6, Y6
+
+// Q4_1: 20-byte blocks (d, m, nibbles), w = d·q + m.
+#define Q41BLOCK \
+	B32SCALEMIN \
+	B32NIB(4) \
+	B32DOTU
+
+// Q5_0: 22-byte blocks (d, qh, nibbles), w = d·(q − 16); corr[b] = −16·Σx.
+#define Q50BLOCK \
+	B32SCALE \
+	B32NIB(6) \
+	B32HIGH(2) \
+	B32DOTU \
+	VMOVD (R8), X7 \
+	VPADDD Y7, Y6, Y6
+
+// Q5_1: 24-byte blocks (d, m, qh, nibbles), w = d·q + m.
+#define Q51BLOCK \
+	B32SCALEMIN \
+	B32NIB(8) \
+	B32HIGH(4) \
+	B32DOTU
+
 // func dotQ8_0VNNI(y *float32, w *byte, x *int8, corr *int32, dx *float32, nb, rows, skip int)
 // y[r] = Σ over the nb Q8_0 blocks of row r (groups of 4, then one at a time) of float32(d_w·dx[b]) ·
 // Σ_j (q[j]^0x80)·x[j] + corr: the weights biased to unsigned, corr holds
@@ -1675,6 +1898,11 @@ nf4aend:
 	VPSRLW $4, Y7, Y8 \
 	VPAND Y15, Y7, Y7 \
 	VPAND Y15, Y8, Y8 \
+	K4ADOT(xl, xh)
+
+// K4ADOT: the unsigned codes of two sub-blocks in Y7 (x at xl) and Y8 (x at
+// xh) into the accumulators Y0 and Y2.
+#define K4ADOT(xl, xh) \
 	VPMADDUBSW xl(SI), Y7, Y7 \
 	VPMADDUBSW xh(SI), Y8, Y8 \
 	VPMADDWD Y14, Y7, Y7 \
@@ -1688,94 +1916,50 @@ nf4aend:
 	VPADDD Y11, Y12, Y12 \
 	VFMADD231PS Y9, Y8, Y2
 
+// Q4KAGROUPS: the 128 nibble bytes of a Q4_K super-block (x in q8Act's
+// sub-block order 0,2,1,3,4,6,5,7).
+#define Q4KAGROUPS \
+	Q4KAGROUP(16, 0, 64) \
+	Q4KAGROUP(48, 32, 96) \
+	Q4KAGROUP(80, 128, 192) \
+	Q4KAGROUP(112, 160, 224)
+
+// Q5_K AVX2: as Q4KAGROUP with the fifth bits of sub-blocks 2g, 2g+1 in
+// bits 0, 1 of the qh bytes in Y13 (shifted down by 2 per group), 0x10
+// bytes in Y10.
+#define Q5KAGROUP(off, xl, xh) \
+	VMOVDQU off(DI), Y7 \
+	VPSRLW $4, Y7, Y8 \
+	VPAND Y15, Y7, Y7 \
+	VPAND Y15, Y8, Y8 \
+	VPSLLW $4, Y13, Y9 \
+	VPAND Y10, Y9, Y9 \
+	VPOR Y9, Y7, Y7 \
+	VPSLLW $3, Y13, Y9 \
+	VPAND Y10, Y9, Y9 \
+	VPOR Y9, Y8, Y8 \
+	VPSRLW $2, Y13, Y13 \
+	K4ADOT(xl, xh)
+
+// Q5KAGROUPS: a Q5_K super-block (qh at 16, nibbles at 48; x natural).
+#define Q5KAGROUPS \
+	MOVL $0x10101010, AX \
+	VMOVD AX, X10 \
+	VPBROADCASTD X10, Y10 \
+	VMOVDQU 16(DI), Y13 \
+	Q5KAGROUP(48, 0, 32) \
+	Q5KAGROUP(80, 64, 96) \
+	Q5KAGROUP(112, 128, 160) \
+	Q5KAGROUP(144, 192, 224)
+
 // func dotQ4KAVX2(y *float32, w *byte, x *int8, dx, fsum *float32, nsb, rows int)
 TEXT ·dotQ4KAVX2(SB), NOSPLIT, $0-56
-	MOVQ y+0(FP), R8
-	MOVQ w+8(FP), DI
-	MOVL $0x0f0f0f0f, AX
-	VMOVD AX, X15
-	VPBROADCASTD X15, Y15
-	MOVL $0x00010001, AX
-	VMOVD AX, X14
-	VPBROADCASTD X14, Y14
-	MOVL $1, AX
-	VMOVD AX, X11
-	VPBROADCASTD X11, Y11
-	CMPQ rows+48(FP), $0
-	JEQ q4kaend
-q4karow:
-	MOVQ x+16(FP), SI
-	MOVQ dx+24(FP), R9
-	MOVQ fsum+32(FP), R10
-	MOVQ nsb+40(FP), CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-q4kaloop:
-	MOVL 0(DI), AX
-	VMOVD AX, X6
-	VCVTPH2PS X6, X6
-	VBROADCASTSS X6, Y3
-	VMOVSHDUP X6, X4
-	VBROADCASTSS X4, Y4
-	MOVL 4(DI), AX
-	MOVL 8(DI), BX
-	MOVL 12(DI), DX
-	MOVL AX, R11
-	ANDL $0x3f3f3f3f, R11
-	MOVL BX, R12
-	ANDL $0x3f3f3f3f, R12
-	MOVL DX, R13
-	ANDL $0x0f0f0f0f, R13
-	SHRL $6, AX
-	ANDL $0x03030303, AX
-	SHLL $4, AX
-	ORL AX, R13
-	SHRL $4, DX
-	ANDL $0x0f0f0f0f, DX
-	SHRL $6, BX
-	ANDL $0x03030303, BX
-	SHLL $4, BX
-	ORL BX, DX
-	SHLQ $32, R13
-	ORQ R13, R11
-	SHLQ $32, DX
-	ORQ DX, R12
-	VMOVQ R11, X5
-	VPMOVZXBD X5, Y5
-	VCVTDQ2PS Y5, Y5
-	VMULPS Y3, Y5, Y5
-	VMULPS (R9), Y5, Y5
-	VMOVQ R12, X6
-	VPMOVZXBD X6, Y6
-	VCVTDQ2PS Y6, Y6
-	VMULPS Y4, Y6, Y6
-	VFMADD231PS (R10), Y6, Y1
-	VPXOR Y12, Y12, Y12
-	Q4KAGROUP(16, 0, 64)
-	Q4KAGROUP(48, 32, 96)
-	Q4KAGROUP(80, 128, 192)
-	Q4KAGROUP(112, 160, 224)
-	ADDQ $144, DI
-	ADDQ $256, SI
-	ADDQ $32, R9
-	ADDQ $32, R10
-	DECQ CX
-	JNZ q4kaloop
-	VADDPS Y2, Y0, Y0
-	VMOVAPS Y1, Y9
-	MVREDUCE8
-	VMOVAPS X0, X10
-	VMOVAPS Y9, Y0
-	MVREDUCE8
-	VSUBSS X0, X10, X0
-	VMOVSS X0, (R8)
-	ADDQ $4, R8
-	DECQ rows+48(FP)
-	JNZ q4karow
-q4kaend:
-	VZEROUPPER
-	RET
+	K4AROWS(144, Q4KAGROUPS)
+
+// func dotQ5KAVX2(y *float32, w *byte, x *int8, dx, fsum *float32, nsb, rows int)
+// As dotQ4KAVX2 for Q5_K (176-byte super-blocks, codes q | h<<4), x natural.
+TEXT ·dotQ5KAVX2(SB), NOSPLIT, $0-56
+	K4AROWS(176, Q5KAGROUPS)
 
 // Q6_K AVX2: 32 values from ql (low or high nibbles in Y4) and qh bits (in
 // Y5, already shifted to bits 4-5), x at xo(SI), corr at xo(R8) (4 bytes
@@ -1876,6 +2060,341 @@ q6kaloop:
 	DECQ R10
 	JNZ q6karow
 q6kaend:
+	VZEROUPPER
+	RET
+
+// func dotIQ4NLAVX2(y *float32, w *byte, x *int8, corr *int32, dx, fsum *float32, nb, rows int, tab *byte)
+TEXT ·dotIQ4NLAVX2(SB), NOSPLIT, $0-72
+	B32ROWS(18, IQ4NLBLOCK)
+
+// func dotQ4_1AVX2(y *float32, w *byte, x *int8, corr *int32, dx, fsum *float32, nb, rows int, tab *byte)
+TEXT ·dotQ4_1AVX2(SB), NOSPLIT, $0-72
+	B32ROWS(20, Q41BLOCK)
+
+// func dotQ5_0AVX2(y *float32, w *byte, x *int8, corr *int32, dx, fsum *float32, nb, rows int, tab *byte)
+TEXT ·dotQ5_0AVX2(SB), NOSPLIT, $0-72
+	B32ROWS(22, Q50BLOCK)
+
+// func dotQ5_1AVX2(y *float32, w *byte, x *int8, corr *int32, dx, fsum *float32, nb, rows int, tab *byte)
+TEXT ·dotQ5_1AVX2(SB), NOSPLIT, $0-72
+	B32ROWS(24, Q51BLOCK)
+
+// IQ4_XS AVX2: sub-block j (16 nibble bytes at off(DI), x at xo(SI))
+// through the code book in Y13 with the sign trick; factors in Y5 spread by
+// Y12 (incremented per sub-block).
+#define IQ4XSSUB(off, xo, acc) \
+	VMOVDQU off(DI), X4 \
+	VPSRLW $4, X4, X6 \
+	VINSERTI128 $1, X6, Y4, Y4 \
+	VPAND Y15, Y4, Y4 \
+	VPSHUFB Y4, Y13, Y4 \
+	VPABSB Y4, Y7 \
+	VMOVDQU xo(SI), Y8 \
+	VPSIGNB Y4, Y8, Y8 \
+	VPMADDUBSW Y8, Y7, Y7 \
+	VPMADDWD Y14, Y7, Y7 \
+	VCVTDQ2PS Y7, Y7 \
+	VPERMPS Y5, Y12, Y8 \
+	VPADDD Y11, Y12, Y12 \
+	VFMADD231PS Y8, Y7, acc
+
+// func dotIQ4XSAVX2(y *float32, w *byte, x *int8, dx *float32, nsb, rows int, tab *byte)
+// y[r] = Σ over the nsb IQ4_XS super-blocks (136 bytes: d, scales_h,
+// scales_l[4], 128 nibble bytes) of row r of
+// Σ_j float32(float32(d·(ls_j − 32))·dx_j)·Σ tab[q]·x, x natural.
+TEXT ·dotIQ4XSAVX2(SB), NOSPLIT, $0-56
+	MOVQ y+0(FP), R8
+	MOVQ w+8(FP), DI
+	MOVQ tab+48(FP), AX
+	VBROADCASTI128 (AX), Y13
+	MOVL $0x0f0f0f0f, AX
+	VMOVD AX, X15
+	VPBROADCASTD X15, Y15
+	MOVL $0x00010001, AX
+	VMOVD AX, X14
+	VPBROADCASTD X14, Y14
+	MOVL $1, AX
+	VMOVD AX, X11
+	VPBROADCASTD X11, Y11
+	VPMOVZXBD kshift<>(SB), Y10
+	MOVL $32, AX
+	VMOVD AX, X9
+	VPBROADCASTD X9, Y9
+	CMPQ rows+40(FP), $0
+	JEQ xsend
+xsrow:
+	MOVQ x+16(FP), SI
+	MOVQ dx+24(FP), R9
+	MOVQ nsb+32(FP), CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+xsloop:
+	MOVWLZX 0(DI), AX
+	VMOVD AX, X3
+	VCVTPH2PS X3, X3
+	VBROADCASTSS X3, Y3
+	VMOVD 4(DI), X4
+	VPMOVZXBW X4, X4
+	VPSLLW $4, X4, X6
+	VPOR X6, X4, X4
+	VPAND X15, X4, X4
+	VPMOVZXBD X4, Y4
+	VPBROADCASTW 2(DI), Y6
+	VPSRLVD Y10, Y6, Y6
+	VPSLLD $30, Y6, Y6
+	VPSRLD $26, Y6, Y6
+	VPOR Y6, Y4, Y4
+	VPSUBD Y9, Y4, Y4
+	VCVTDQ2PS Y4, Y4
+	VMULPS Y3, Y4, Y4
+	VMULPS (R9), Y4, Y5
+	VPXOR Y12, Y12, Y12
+	IQ4XSSUB(8, 0, Y0)
+	IQ4XSSUB(24, 32, Y1)
+	IQ4XSSUB(40, 64, Y0)
+	IQ4XSSUB(56, 96, Y1)
+	IQ4XSSUB(72, 128, Y0)
+	IQ4XSSUB(88, 160, Y1)
+	IQ4XSSUB(104, 192, Y0)
+	IQ4XSSUB(120, 224, Y1)
+	ADDQ $136, DI
+	ADDQ $256, SI
+	ADDQ $32, R9
+	DECQ CX
+	JNZ xsloop
+	VADDPS Y1, Y0, Y0
+	MVREDUCE8
+	VMOVSS X0, (R8)
+	ADDQ $4, R8
+	DECQ rows+40(FP)
+	JNZ xsrow
+xsend:
+	VZEROUPPER
+	RET
+
+// kshift: the dword shifts 0, 2, …, 14 that bring each sub-block's 2 bits
+// of IQ4_XS's scales_h down.
+DATA kshift<>+0(SB)/8, $0x0e0c0a0806040200
+GLOBL kshift<>(SB), RODATA|NOPTR, $8
+
+// Q3_K/Q2_K AVX2: 32 codes in Y4 (values 32k..32k+31 of a half) against x
+// at xo(SI), factors F of the half spread by idx (two sub-blocks of 16).
+#define K16DOT(xo, idx, acc, F) \
+	VPMADDUBSW xo(SI), Y4, Y4 \
+	VPMADDWD Y13, Y4, Y4 \
+	VCVTDQ2PS Y4, Y4 \
+	VPERMPS F, idx, Y6 \
+	VFMADD231PS Y6, Y4, acc
+
+// Q3_K group: 2-bit codes (qs in Y7 >> qshift) | the hmask bit (Y8 moved
+// to bit 2 by hop $hs), corr (−4·Σx per 16) at xo(R8).
+#define Q3AGROUP(qshift, hop, hs, xo, idx, acc, F) \
+	VPSRLW $qshift, Y7, Y4 \
+	VPAND Y15, Y4, Y4 \
+	hop $hs, Y8, Y5 \
+	VPAND Y14, Y5, Y5 \
+	VPOR Y5, Y4, Y4 \
+	VPMADDUBSW xo(SI), Y4, Y4 \
+	VPMADDWD Y13, Y4, Y4 \
+	VPADDD xo(R8), Y4, Y4 \
+	VCVTDQ2PS Y4, Y4 \
+	VPERMPS F, idx, Y6 \
+	VFMADD231PS Y6, Y4, acc
+
+// func dotQ3KAVX2(y *float32, w *byte, x *int8, corr *int32, dx *float32, nsb, rows int)
+// y[r] = Σ over the nsb Q3_K super-blocks (110 bytes: hmask[32], qs[64],
+// scales[12], d) of row r of Σ_i float32(float32(d·(s_i − 32))·dx_i) ·
+// (Σ u·x − 4·Σ x) per 16 values i, u = q + 4 in [0, 7], x natural, dx one
+// per 16 values.
+TEXT ·dotQ3KAVX2(SB), NOSPLIT, $0-56
+	MOVQ y+0(FP), R10
+	MOVQ w+8(FP), DI
+	MOVL $0x03030303, AX
+	VMOVD AX, X15
+	VPBROADCASTD X15, Y15
+	MOVL $0x04040404, AX
+	VMOVD AX, X14
+	VPBROADCASTD X14, Y14
+	MOVL $0x00010001, AX
+	VMOVD AX, X13
+	VPBROADCASTD X13, Y13
+	VPMOVZXBD mvidx<>+32(SB), Y9
+	VPMOVZXBD mvidx<>+40(SB), Y10
+	VPMOVZXBD mvidx<>+112(SB), Y11
+	VPMOVZXBD mvidx<>+120(SB), Y12
+	MOVQ $0x0f0f0f0f0f0f0f0f, R13
+	CMPQ rows+48(FP), $0
+	JEQ q3kaend
+q3karow:
+	MOVQ x+16(FP), SI
+	MOVQ corr+24(FP), R8
+	MOVQ dx+32(FP), R9
+	MOVQ nsb+40(FP), CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+q3kaloop:
+	// 6-bit scales + 32: low 4 bits from bytes 96..103 (j < 8 low
+	// nibbles, j ≥ 8 high), high 2 bits from bytes 104..107 (byte j%4,
+	// bits 2(j/4)).
+	MOVQ 96(DI), AX
+	MOVL 104(DI), BX
+	MOVQ AX, R11
+	ANDQ R13, R11
+	SHRQ $4, AX
+	ANDQ R13, AX
+	MOVL BX, DX
+	ANDL $0x03030303, DX
+	MOVL BX, R12
+	SHRL $2, R12
+	ANDL $0x03030303, R12
+	SHLQ $32, R12
+	ORQ R12, DX
+	SHLQ $4, DX
+	ORQ DX, R11
+	MOVL BX, DX
+	SHRL $4, DX
+	ANDL $0x03030303, DX
+	SHRL $6, BX
+	ANDL $0x03030303, BX
+	SHLQ $32, BX
+	ORQ BX, DX
+	SHLQ $4, DX
+	ORQ DX, AX
+	MOVWLZX 108(DI), DX
+	VMOVD DX, X6
+	VCVTPH2PS X6, X6
+	VBROADCASTSS X6, Y6
+	VMOVQ R11, X2
+	VPMOVZXBD X2, Y2
+	VPSUBD k32<>(SB), Y2, Y2
+	VCVTDQ2PS Y2, Y2
+	VMULPS Y6, Y2, Y2
+	VMULPS (R9), Y2, Y2
+	VMOVQ AX, X3
+	VPMOVZXBD X3, Y3
+	VPSUBD k32<>(SB), Y3, Y3
+	VCVTDQ2PS Y3, Y3
+	VMULPS Y6, Y3, Y3
+	VMULPS 32(R9), Y3, Y3
+	VMOVDQU 0(DI), Y8
+	VMOVDQU 32(DI), Y7
+	Q3AGROUP(0, VPSLLW, 2, 0, Y9, Y0, Y2)
+	Q3AGROUP(2, VPSLLW, 1, 32, Y10, Y1, Y2)
+	Q3AGROUP(4, VPSRLW, 0, 64, Y11, Y0, Y2)
+	Q3AGROUP(6, VPSRLW, 1, 96, Y12, Y1, Y2)
+	VMOVDQU 64(DI), Y7
+	Q3AGROUP(0, VPSRLW, 2, 128, Y9, Y0, Y3)
+	Q3AGROUP(2, VPSRLW, 3, 160, Y10, Y1, Y3)
+	Q3AGROUP(4, VPSRLW, 4, 192, Y11, Y0, Y3)
+	Q3AGROUP(6, VPSRLW, 5, 224, Y12, Y1, Y3)
+	ADDQ $110, DI
+	ADDQ $256, SI
+	ADDQ $256, R8
+	ADDQ $64, R9
+	DECQ CX
+	JNZ q3kaloop
+	VADDPS Y1, Y0, Y0
+	MVREDUCE8
+	VMOVSS X0, (R10)
+	ADDQ $4, R10
+	DECQ rows+48(FP)
+	JNZ q3karow
+q3kaend:
+	VZEROUPPER
+	RET
+
+DATA k32<>+0(SB)/8, $0x0000002000000020
+DATA k32<>+8(SB)/8, $0x0000002000000020
+DATA k32<>+16(SB)/8, $0x0000002000000020
+DATA k32<>+24(SB)/8, $0x0000002000000020
+GLOBL k32<>(SB), RODATA|NOPTR, $32
+
+// Q2_K group: 2-bit codes (qs in Y8 >> shift) against x at xo.
+#define Q2AGROUP(shift, xo, idx, acc, F) \
+	VPSRLW $shift, Y8, Y4 \
+	VPAND Y15, Y4, Y4 \
+	K16DOT(xo, idx, acc, F)
+
+// Q2AHALF: the scales (low nibbles) and mins (high) of 8 sub-blocks of 16
+// at so(DI) into factors F = float32(float32(d·sc)·dx) (d in Y5, dx at
+// do(R9)) and Y3 += float32(dmin·m)·fsum16 (dmin in Y6, sums at do(R10)).
+#define Q2AHALF(so, do, F) \
+	VPMOVZXBD so(DI), F \
+	VPSRLD $4, F, Y4 \
+	VPAND Y14, F, F \
+	VCVTDQ2PS F, F \
+	VMULPS Y5, F, F \
+	VMULPS do(R9), F, F \
+	VCVTDQ2PS Y4, Y4 \
+	VMULPS Y6, Y4, Y4 \
+	VFMADD231PS do(R10), Y4, Y3
+
+// func dotQ2KAVX2(y *float32, w *byte, x *int8, dx, fsum *float32, nsb, rows int)
+// y[r] = Σ over the nsb Q2_K super-blocks (84 bytes: scales[16], qs[64],
+// d, dmin) of row r of Σ_i float32(float32(d·sc_i)·dx_i)·Σ q·x −
+// Σ_i float32(dmin·m_i)·fsum_i per 16 values i, x natural, dx one per 16.
+TEXT ·dotQ2KAVX2(SB), NOSPLIT, $0-56
+	MOVQ y+0(FP), R11
+	MOVQ w+8(FP), DI
+	MOVL $0x03030303, AX
+	VMOVD AX, X15
+	VPBROADCASTD X15, Y15
+	MOVL $15, AX
+	VMOVD AX, X14
+	VPBROADCASTD X14, Y14
+	MOVL $0x00010001, AX
+	VMOVD AX, X13
+	VPBROADCASTD X13, Y13
+	VPMOVZXBD mvidx<>+32(SB), Y9
+	VPMOVZXBD mvidx<>+40(SB), Y10
+	VPMOVZXBD mvidx<>+112(SB), Y11
+	VPMOVZXBD mvidx<>+120(SB), Y12
+	CMPQ rows+48(FP), $0
+	JEQ q2kaend
+q2karow:
+	MOVQ x+16(FP), SI
+	MOVQ dx+24(FP), R9
+	MOVQ fsum+32(FP), R10
+	MOVQ nsb+40(FP), CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y3, Y3, Y3
+q2kaloop:
+	VMOVD 80(DI), X6
+	VCVTPH2PS X6, X6
+	VBROADCASTSS X6, Y5
+	VMOVSHDUP X6, X6
+	VBROADCASTSS X6, Y6
+	Q2AHALF(0, 0, Y2)
+	Q2AHALF(8, 32, Y7)
+	VMOVDQU 16(DI), Y8
+	Q2AGROUP(0, 0, Y9, Y0, Y2)
+	Q2AGROUP(2, 32, Y10, Y1, Y2)
+	Q2AGROUP(4, 64, Y11, Y0, Y2)
+	Q2AGROUP(6, 96, Y12, Y1, Y2)
+	VMOVDQU 48(DI), Y8
+	Q2AGROUP(0, 128, Y9, Y0, Y7)
+	Q2AGROUP(2, 160, Y10, Y1, Y7)
+	Q2AGROUP(4, 192, Y11, Y0, Y7)
+	Q2AGROUP(6, 224, Y12, Y1, Y7)
+	ADDQ $84, DI
+	ADDQ $256, SI
+	ADDQ $64, R9
+	ADDQ $64, R10
+	DECQ CX
+	JNZ q2kaloop
+	VADDPS Y1, Y0, Y4
+	VMOVAPS Y3, Y0
+	MVREDUCE8
+	VMOVAPS X0, X5
+	VMOVAPS Y4, Y0
+	MVREDUCE8
+	VSUBSS X5, X0, X0
+	VMOVSS X0, (R11)
+	ADDQ $4, R11
+	DECQ rows+48(FP)
+	JNZ q2karow
+q2kaend:
 	VZEROUPPER
 	RET
 

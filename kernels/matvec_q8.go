@@ -83,6 +83,43 @@ func dotQ4KAVX2(y *float32, w *byte, x *int8, dx, fsum *float32, nsb, rows int)
 //go:noescape
 func dotQ6KAVX2(y *float32, w *byte, x *int8, corr *int32, dx *float32, nsb, rows int)
 
+//go:noescape
+func dotQ5KAVX2(y *float32, w *byte, x *int8, dx, fsum *float32, nsb, rows int)
+
+//go:noescape
+func dotIQ4XSAVX2(y *float32, w *byte, x *int8, dx *float32, nsb, rows int, tab *byte)
+
+//go:noescape
+func dotQ3KAVX2(y *float32, w *byte, x *int8, corr *int32, dx *float32, nsb, rows int)
+
+//go:noescape
+func dotQ2KAVX2(y *float32, w *byte, x *int8, dx, fsum *float32, nsb, rows int)
+
+// The 32-value block kernels (IQ4_NL, Q4_1, Q5_0, Q5_1) share one
+// signature: corr is Q5_0's −16·Σq per block, fsum the mins' x sums, tab
+// the IQ4_NL code book.
+
+//go:noescape
+func dotIQ4NLAVX2(y *float32, w *byte, x *int8, corr *int32, dx, fsum *float32, nb, rows int, tab *byte)
+
+//go:noescape
+func dotQ4_1AVX2(y *float32, w *byte, x *int8, corr *int32, dx, fsum *float32, nb, rows int, tab *byte)
+
+//go:noescape
+func dotQ5_0AVX2(y *float32, w *byte, x *int8, corr *int32, dx, fsum *float32, nb, rows int, tab *byte)
+
+//go:noescape
+func dotQ5_1AVX2(y *float32, w *byte, x *int8, corr *int32, dx, fsum *float32, nb, rows int, tab *byte)
+
+// iq4I8 is the IQ4_NL / IQ4_XS code book (integers in [-127, 113]) as
+// bytes for VPSHUFB.
+var iq4I8 = func() (t [16]byte) {
+	for k, v := range quant.IQ4NLTable {
+		t[k] = byte(v)
+	}
+	return
+}()
+
 // nf4I8 is the NF4 code book in int8, round(127·NF4Table[k]); nf4U8 is the
 // same biased by +128 (unsigned operand of VPDPBUSD).
 var nf4I8, nf4U8 = func() (s, u [16]byte) {
@@ -96,15 +133,16 @@ var nf4I8, nf4U8 = func() (s, u [16]byte) {
 // q8Act is one activation row quantized for the integer kernels of one
 // weight type (layout in quantize).
 type q8Act struct {
-	typ  quant.Type
-	vnni bool
-	q    []int8    // K values in the kernel's order
-	corr []int32   // spread integer corrections (accumulator initial values)
-	dx   []float32 // x block scales (padded by 8)
-	dx6  []float32 // Q6_K: dx repeated, one per 16 values
-	fsum []float32 // float32 sum of x per block (Q4_K's mins)
-	isum []int32   // Σ q per block
-	nat  []int8    // q in natural order, before the reordering
+	typ    quant.Type
+	vnni   bool
+	q      []int8    // K values in the kernel's order
+	corr   []int32   // spread integer corrections (accumulator initial values)
+	dx     []float32 // x block scales (padded by 8)
+	dx6    []float32 // Q6_K, Q3_K, Q2_K: dx repeated, one per 16 values
+	fsum   []float32 // float32 sum of x per block (the mins of Q4_K, Q5_K, Q4_1, Q5_1)
+	fsum16 []float32 // Q2_K: float32 sum of x per 16 values (its mins)
+	isum   []int32   // Σ q per block
+	nat    []int8    // q in natural order, before the reordering
 }
 
 //go:noescape
@@ -179,7 +217,7 @@ func (a *q8Act) quantize(t quant.Type, x []float32, vnni bool) bool {
 	a.isum = grow(a.isum, nb)
 	a.dx = grow(a.dx, nb+8) // dotNF4AVX2 reads up to 7 past the end
 	nat := a.q
-	if t != quant.Q8_0 && t != quant.Q6_K {
+	if t == quant.Q4_0 || t == quant.NF4 || t == quant.Q4_K {
 		a.nat = grow(a.nat, K)
 		nat = a.nat
 	}
@@ -232,19 +270,45 @@ func (a *q8Act) quantize(t quant.Type, x []float32, vnni bool) bool {
 			slot := [8]int{0, 2, 1, 3, 4, 6, 5, 7}[j]
 			*(*[32]int8)(q[sb*256+slot*32:]) = *(*[32]int8)(nat[b*32:])
 		}
-	case quant.Q6_K:
-		dx := a.dx[:nb]
-		a.dx6 = grow(a.dx6, K/16)
-		for b := nb - 1; b >= 0; b-- {
-			a.dx6[2*b], a.dx6[2*b+1] = dx[b], dx[b]
+	case quant.Q5_0:
+		for b, s := range a.isum {
+			a.corr[b] = -16 * s
+		}
+	case quant.Q6_K, quant.Q3_K:
+		off := int32(32)
+		if t == quant.Q3_K {
+			off = 4
+		}
+		a.spreadDx16()
+		for b := range nb {
 			var s0 int32
 			for _, v := range q[b*32 : b*32+16] {
 				s0 += int32(v)
 			}
-			a.corr[8*b], a.corr[8*b+4] = -32*s0, -32*(a.isum[b]-s0)
+			a.corr[8*b], a.corr[8*b+4] = -off*s0, -off*(a.isum[b]-s0)
+		}
+	case quant.Q2_K:
+		a.spreadDx16()
+		a.fsum16 = grow(a.fsum16, K/16)
+		for i := range a.fsum16 {
+			var s float32
+			for _, v := range x[16*i : 16*i+16] {
+				s += v
+			}
+			a.fsum16[i] = s
 		}
 	}
 	return true
+}
+
+// spreadDx16 sets dx6 to dx repeated, one per 16 values (Q6_K, Q3_K, Q2_K:
+// one weight scale per 16 values).
+func (a *q8Act) spreadDx16() {
+	nb := len(a.q) / 32
+	a.dx6 = grow(a.dx6, 2*nb)
+	for b, d := range a.dx[:nb] {
+		a.dx6[2*b], a.dx6[2*b+1] = d, d
+	}
 }
 
 // rowsDot sets y[n-lo] = Σₖ x[k]·W[n][k] for the rows n in [lo, hi), for
@@ -295,6 +359,31 @@ func (a *q8Act) rowsDot(w *Matrix, y []float32, lo, hi int) {
 		} else {
 			dotQ6KAVX2(&y[0], &src[0], &a.q[0], &a.corr[0], &a.dx6[0], K/256, rows)
 		}
+	case quant.Q5_K:
+		src := w.Data[lo*K/256*176 : hi*K/256*176]
+		dotQ5KAVX2(&y[0], &src[0], &a.q[0], &a.dx[0], &a.fsum[0], K/256, rows)
+	case quant.IQ4_XS:
+		src := w.Data[lo*K/256*136 : hi*K/256*136]
+		dotIQ4XSAVX2(&y[0], &src[0], &a.q[0], &a.dx[0], K/256, rows, &iq4I8[0])
+	case quant.Q3_K:
+		src := w.Data[lo*K/256*110 : hi*K/256*110]
+		dotQ3KAVX2(&y[0], &src[0], &a.q[0], &a.corr[0], &a.dx6[0], K/256, rows)
+	case quant.Q2_K:
+		src := w.Data[lo*K/256*84 : hi*K/256*84]
+		dotQ2KAVX2(&y[0], &src[0], &a.q[0], &a.dx6[0], &a.fsum16[0], K/256, rows)
+	case quant.IQ4_NL, quant.Q4_1, quant.Q5_0, quant.Q5_1:
+		f, bb := dotIQ4NLAVX2, 18
+		switch w.Type {
+		case quant.Q4_1:
+			f, bb = dotQ4_1AVX2, 20
+		case quant.Q5_0:
+			f, bb = dotQ5_0AVX2, 22
+		case quant.Q5_1:
+			f, bb = dotQ5_1AVX2, 24
+		}
+		nb := K / 32
+		src := w.Data[lo*nb*bb : hi*nb*bb]
+		f(&y[0], &src[0], &a.q[0], &a.corr[0], &a.dx[0], &a.fsum[0], nb, rows, &iq4I8[0])
 	default:
 		panic("kernels: q8Act.rowsDot: " + w.Type.String())
 	}

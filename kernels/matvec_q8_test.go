@@ -33,11 +33,10 @@ func q8Tol(w *Matrix, n int, x []float32) float64 {
 		u[k] = math.Abs(float64(row[k]))
 	}
 	switch w.Type {
-	case quant.Q4_K:
-		sc := make([]float32, K/16)
-		q4kScales(sc, w.Data[n*K/256*144:(n+1)*K/256*144])
+	case quant.Q4_K, quant.Q5_K, quant.Q2_K, quant.Q4_1, quant.Q5_1:
+		mins := q8Mins(w, n)
 		for k := range u {
-			u[k] += float64(sc[2*(k/32)+1])
+			u[k] += mins[k]
 		}
 	case quant.NF4:
 		codes, c2off, muoff := nf4Layout(w.Rows * K)
@@ -64,6 +63,45 @@ func q8Tol(w *Matrix, n int, x []float32) float64 {
 	return tol + gemmTol(K, abs)
 }
 
+// q8Mins is |min| for each weight of row n of a type whose integer kernel
+// multiplies q_k by w_k + min (the min term goes with the float sums of x):
+// dmin·m_j of Q4_K and Q5_K, dmin·m_i of Q2_K (per 16), −m_b of Q4_1 and
+// Q5_1.
+func q8Mins(w *Matrix, n int) []float64 {
+	K := w.Cols
+	mins := make([]float64, K)
+	f16at := func(b []byte) float64 { return float64(f16(binary.LittleEndian.Uint16(b))) }
+	switch w.Type {
+	case quant.Q4_K, quant.Q5_K:
+		bb := 144
+		if w.Type == quant.Q5_K {
+			bb = 176
+		}
+		row := w.Data[n*K/256*bb:]
+		for k := range mins {
+			b := row[k/256*bb:]
+			_, m := scaleMinK4(k%256/32, (*[12]byte)(b[4:]))
+			mins[k] = float64(float32(f16(binary.LittleEndian.Uint16(b[2:])) * float32(m)))
+		}
+	case quant.Q2_K:
+		row := w.Data[n*K/256*84:]
+		for k := range mins {
+			b := row[k/256*84:]
+			mins[k] = f16at(b[82:]) * float64(b[k%256/16]>>4)
+		}
+	case quant.Q4_1, quant.Q5_1:
+		bb := 20
+		if w.Type == quant.Q5_1 {
+			bb = 24
+		}
+		row := w.Data[n*K/32*bb:]
+		for k := range mins {
+			mins[k] = math.Abs(f16at(row[k/32*bb+2:]))
+		}
+	}
+	return mins
+}
+
 // checkMatMul compares MatMul's y (M rows) with the float64 reference: the
 // float bound (gemmTol), plus q8Tol where the integer path ran.
 func checkMatMul(t testing.TB, what string, l level, w *Matrix, x []float32, M int, y []float32, want, abs []float64) {
@@ -81,7 +119,8 @@ func checkMatMul(t testing.TB, what string, l level, w *Matrix, x []float32, M i
 	}
 }
 
-var q8Types = []quant.Type{quant.Q8_0, quant.Q4_0, quant.NF4, quant.Q4_K, quant.Q6_K}
+var q8Types = []quant.Type{quant.Q8_0, quant.Q4_0, quant.NF4, quant.Q4_K, quant.Q6_K,
+	quant.Q5_K, quant.IQ4_XS, quant.IQ4_NL, quant.Q5_0, quant.Q4_1, quant.Q5_1, quant.Q3_K, quant.Q2_K}
 
 // TestMatVecQ8 runs the integer matrix-vector path (M ≤ 4) at every level
 // against the float64 reference over the dequantized weights: odd numbers
