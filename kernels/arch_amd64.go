@@ -52,6 +52,12 @@ func dotBF16AVX512(x *float32, w *byte, n int) float32
 //go:noescape
 func dotF32AVX2(x, w *float32, n int) float32
 
+//go:noescape
+func dotF16AVX2(x *float32, w *byte, n int) float32
+
+//go:noescape
+func dotBF16AVX2(x *float32, w *byte, n int) float32
+
 // dotF32Fast returns Σ x[i]·w[i] over len(x) elements with the level's
 // vector kernel (tail in Go).
 func dotF32Fast(x, w []float32) float32 {
@@ -78,11 +84,11 @@ func dotF32Fast(x, w []float32) float32 {
 }
 
 // fusedRowDot returns Σₖ x[k]·W[r][k] for F16 and BF16 weights, reading
-// row r of w straight from its bytes (AVX-512), and false for other types
+// row r of w straight from its bytes (AVX-512, AVX2), and false for other types
 // and levels (the caller then reads F32 in place or decodes the row; the
 // quantized types with an integer kernel never get here, see matVec).
 func fusedRowDot(w *Matrix, r int, x []float32) (float32, bool) {
-	if curLevel != levelAVX512 || (w.Type != quant.F16 && w.Type != quant.BF16) {
+	if curLevel < levelAVX2 || (w.Type != quant.F16 && w.Type != quant.BF16) {
 		return 0, false
 	}
 	K := w.Cols
@@ -92,14 +98,19 @@ func fusedRowDot(w *Matrix, r int, x []float32) (float32, bool) {
 	x = x[:K]
 	off := r * K
 	src := w.Data[2*off : 2*(off+K)]
-	m := K &^ 15
 	var s float32
+	m := K &^ 15
+	f := dotF16AVX512
+	switch {
+	case curLevel == levelAVX2 && w.Type == quant.F16:
+		m, f = K&^7, dotF16AVX2
+	case curLevel == levelAVX2:
+		m, f = K&^7, dotBF16AVX2
+	case w.Type == quant.BF16:
+		f = dotBF16AVX512
+	}
 	if m > 0 {
-		if w.Type == quant.F16 {
-			s = dotF16AVX512(&x[0], &src[0], m)
-		} else {
-			s = dotBF16AVX512(&x[0], &src[0], m)
-		}
+		s = f(&x[0], &src[0], m)
 	}
 	for i := m; i < K; i++ {
 		h := uint16(src[2*i]) | uint16(src[2*i+1])<<8

@@ -213,3 +213,79 @@ a2done:
 	VZEROUPPER
 	MOVSS X0, ret+24(FP)
 	RET
+
+// F16CVT and BF16CVT widen the 8 halves at off(DI) to float32 in r.
+#define F16CVT(off, r) \
+	VCVTPH2PS off(DI), r
+
+#define BF16CVT(off, r) \
+	VPMOVZXWD off(DI), r \
+	VPSLLD $16, r, r
+
+// HALFDOTAVX2 is the body of dotF16AVX2 and dotBF16AVX2: Σ x[i]·w_i over
+// CX elements (a multiple of 8) of x at SI and halves at DI, CVT widening
+// them; four partial sums over 32 elements per step (then 8 at a time into
+// the first), added as (s0+s1)+(s2+s3), into X0.
+#define HALFDOTAVX2(CVT) \
+	VXORPS Y0, Y0, Y0 \
+	VXORPS Y1, Y1, Y1 \
+	VXORPS Y2, Y2, Y2 \
+	VXORPS Y3, Y3, Y3 \
+	MOVQ CX, BX \
+	SHRQ $5, BX \
+	JZ h2tail \
+h2loop: \
+	CVT(0, Y4) \
+	CVT(16, Y5) \
+	CVT(32, Y6) \
+	CVT(48, Y7) \
+	VFMADD231PS (SI), Y4, Y0 \
+	VFMADD231PS 32(SI), Y5, Y1 \
+	VFMADD231PS 64(SI), Y6, Y2 \
+	VFMADD231PS 96(SI), Y7, Y3 \
+	ADDQ $64, DI \
+	ADDQ $128, SI \
+	DECQ BX \
+	JNZ h2loop \
+h2tail: \
+	ANDQ $31, CX \
+	SHRQ $3, CX \
+	JZ h2done \
+h2loop8: \
+	CVT(0, Y4) \
+	VFMADD231PS (SI), Y4, Y0 \
+	ADDQ $16, DI \
+	ADDQ $32, SI \
+	DECQ CX \
+	JNZ h2loop8 \
+h2done: \
+	VADDPS Y1, Y0, Y0 \
+	VADDPS Y3, Y2, Y2 \
+	VADDPS Y2, Y0, Y0 \
+	VEXTRACTF128 $1, Y0, X1 \
+	VADDPS X1, X0, X0 \
+	VPERMILPS $0x4e, X0, X1 \
+	VADDPS X1, X0, X0 \
+	VPERMILPS $0xb1, X0, X1 \
+	VADDPS X1, X0, X0 \
+	VZEROUPPER
+
+// func dotF16AVX2(x *float32, w *byte, n int) float32
+// Σ x[i]·f16(w[2i:]) for n a multiple of 8.
+TEXT ·dotF16AVX2(SB), NOSPLIT, $0-28
+	MOVQ x+0(FP), SI
+	MOVQ w+8(FP), DI
+	MOVQ n+16(FP), CX
+	HALFDOTAVX2(F16CVT)
+	MOVSS X0, ret+24(FP)
+	RET
+
+// func dotBF16AVX2(x *float32, w *byte, n int) float32
+// Σ x[i]·bf16(w[2i:]) for n a multiple of 8, summed as dotF16AVX2.
+TEXT ·dotBF16AVX2(SB), NOSPLIT, $0-28
+	MOVQ x+0(FP), SI
+	MOVQ w+8(FP), DI
+	MOVQ n+16(FP), CX
+	HALFDOTAVX2(BF16CVT)
+	MOVSS X0, ret+24(FP)
+	RET
