@@ -1,0 +1,171 @@
+package chat_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/qtune/qtune/chat"
+	"github.com/qtune/qtune/internal/hfjinja"
+	"github.com/qtune/qtune/internal/shared"
+)
+
+// unsupported are the templates of ../shared/assets/chat-templates our
+// engine does not render as @huggingface/jinja does, each with why. The
+// test fails when one of them starts to match (remove it here) and when
+// any other template differs.
+var unsupported = map[string]string{}
+
+// conversation is one test input: messages and whether it ends expecting
+// the assistant.
+type conversation struct {
+	name string
+	msgs []chat.Message
+}
+
+var conversations = []conversation{
+	{"system+turns", []chat.Message{
+		{Role: "system", Content: "You are a helpful assistant. Réponds en français si besoin."},
+		{Role: "user", Content: "Hello! 👋 What is 2+2?"},
+		{Role: "assistant", Content: "2 + 2 = 4. 😊"},
+		{Role: "user", Content: "Translate \"cat\" to Chinese and Japanese: 猫? ねこ?"},
+	}},
+	{"no-system", []chat.Message{
+		{Role: "user", Content: "  Leading and trailing spaces  \n"},
+		{Role: "assistant", Content: "Noted: ça va, naïve café, Ünïcödé."},
+		{Role: "user", Content: "Line one\nLine two\n\ttabbed <tag> & \"quotes\" 'single' \\ backslash"},
+		{Role: "assistant", Content: "日本語の文章です。한국어도 있어요。"},
+		{Role: "user", Content: "Last question 🤔🚀"},
+	}},
+	{"single-user", []chat.Message{
+		{Role: "user", Content: "Hi"},
+	}},
+	{"system+user", []chat.Message{
+		{Role: "system", Content: "Be brief."},
+		{Role: "user", Content: "Summarise: «Les élèves ont étudié.» — done"},
+	}},
+	{"ends-assistant", []chat.Message{
+		{Role: "system", Content: "You are Qwen. 你好"},
+		{Role: "user", Content: "Tell me a joke."},
+		{Role: "assistant", Content: "Why did the chicken cross the road? 🐔 To get to the other side."},
+	}},
+}
+
+// jsonMessage keeps role before content in the JSON the judge reads (a
+// map would sort them), as chat.Message shows them to a template.
+type jsonMessage struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+func hfContext(c conversation, agp bool) map[string]any {
+	msgs := make([]jsonMessage, len(c.msgs))
+	for i, m := range c.msgs {
+		msgs[i] = jsonMessage{m.Role, m.Content}
+	}
+	return map[string]any{
+		"messages":              msgs,
+		"add_generation_prompt": agp,
+		"bos_token":             "<s>",
+		"eos_token":             "</s>",
+	}
+}
+
+// TestTemplatesMatchHuggingFace renders every template of the shared
+// collection on every conversation, with and without the generation
+// prompt, through chat and through @huggingface/jinja (one batch), and
+// asserts byte equality, or that both raise.
+func TestTemplatesMatchHuggingFace(t *testing.T) {
+	hfjinja.Require(t)
+	files, err := filepath.Glob(shared.Path(t, "assets", "chat-templates", "*.jinja"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no chat templates in the shared folder (%v)", err)
+	}
+	req := hfjinja.Request{Templates: map[string]string{}}
+	srcs := map[string]string{}
+	var names []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := strings.TrimSuffix(filepath.Base(f), ".jinja")
+		names = append(names, name)
+		srcs[name] = string(b)
+		req.Templates[name] = string(b)
+		for _, c := range conversations {
+			for _, agp := range []bool{false, true} {
+				req.Renders = append(req.Renders, hfjinja.Rendering{Template: name, Context: hfContext(c, agp)})
+			}
+		}
+	}
+	for name := range unsupported {
+		if _, ok := srcs[name]; !ok {
+			t.Errorf("unsupported lists %s, which is not in the collection", name)
+		}
+	}
+	res, err := hfjinja.Render(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(names)
+	same := 0
+	i := 0
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".jinja")
+		var problems []string
+		tmpl, perr := chat.Parse(name+".jinja", srcs[name])
+		for _, c := range conversations {
+			for _, agp := range []bool{false, true} {
+				want := res[i]
+				i++
+				var got string
+				err := perr
+				if err == nil {
+					got, err = tmpl.Render(c.msgs, chat.Options{AddGenerationPrompt: agp, BOS: "<s>", EOS: "</s>"})
+				}
+				at := fmt.Sprintf("%s add_generation_prompt=%v", c.name, agp)
+				switch {
+				case err != nil && !errors.Is(err, chat.ErrTemplate):
+					problems = append(problems, fmt.Sprintf("%s: error does not wrap ErrTemplate: %v", at, err))
+				case err != nil && !strings.Contains(err.Error(), name):
+					problems = append(problems, fmt.Sprintf("%s: error does not name the template: %v", at, err))
+				case want.Error != "" && err != nil:
+					// both raise
+				case want.Error != "":
+					problems = append(problems, fmt.Sprintf("%s: Hugging Face raises %q, we render %q", at, want.Error, got))
+				case err != nil:
+					problems = append(problems, fmt.Sprintf("%s: we fail: %v\nHugging Face renders %q", at, err, want.Output))
+				case got != want.Output:
+					problems = append(problems, fmt.Sprintf("%s: differs at byte %d\n got  %q\n want %q", at, diffAt(got, want.Output), got, want.Output))
+				}
+			}
+		}
+		why, listed := unsupported[name]
+		switch {
+		case len(problems) == 0 && listed:
+			t.Errorf("%s now matches Hugging Face: remove it from unsupported (%s)", name, why)
+		case len(problems) == 0:
+			same++
+		case !listed:
+			t.Errorf("%s: %d of %d renders differ:\n%s", name, len(problems), 2*len(conversations), strings.Join(problems, "\n"))
+		default:
+			t.Logf("%s: expected unsupported (%s): %s", name, why, problems[0])
+		}
+	}
+	t.Logf("%d of %d templates byte-identical to @huggingface/jinja %s", same, len(files), hfjinja.Version)
+}
+
+func diffAt(a, b string) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
