@@ -15,6 +15,8 @@ import (
 // @huggingface/jinja's directives, and the guard's tick (see rewrite).
 func addGlobals(vars map[string]jinja.Value, g *guard, now func() time.Time) {
 	vars[guardPrefix+"tick"] = jinja.NewCallable(guardPrefix+"tick", g.tick)
+	vars[guardPrefix+"nn"] = jinja.NewCallable(guardPrefix+"nn", notNone)
+	vars[guardPrefix+"iter"] = jinja.NewCallable(guardPrefix+"iter", iterable)
 	vars["raise_exception"] = jinja.NewCallable("raise_exception", raiseException)
 	vars["range"] = jinja.NewCallable("range", func(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) {
 		return rangeOf(g, args)
@@ -25,6 +27,32 @@ func addGlobals(vars map[string]jinja.Value, g *guard, now func() time.Time) {
 		}
 		return jinja.NewString(strftime(now(), args[0].AsString())), nil
 	})
+}
+
+// notNone is the check rewrite puts before the filters of strictFilters:
+// x|nn('length')|length fails when x is none.
+func notNone(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) {
+	if len(args) != 2 {
+		return jinja.Undefined(), fmt.Errorf("internal filter check: %d arguments", len(args))
+	}
+	if args[0].IsNone() {
+		return jinja.Undefined(), fmt.Errorf("cannot apply filter %q to none", args[1].String())
+	}
+	return args[0], nil
+}
+
+// iterable is the iterable of every for loop as rewrite writes it: none,
+// a number or a boolean is an error, as in Python's Jinja (the engine
+// would iterate nothing); undefined iterates nothing, as in Python.
+func iterable(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) {
+	if len(args) != 1 {
+		return jinja.Undefined(), fmt.Errorf("internal loop check: %d arguments", len(args))
+	}
+	v := args[0]
+	if v.IsNone() || v.IsNumber() || v.IsBool() || v.IsCallable() {
+		return jinja.Undefined(), fmt.Errorf("cannot iterate over %s in a for loop", v.String())
+	}
+	return v, nil
 }
 
 // errRaised is the error of raise_exception.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf16"
@@ -349,13 +350,124 @@ func rewrite(src string) (string, error) {
 		case segText:
 			b.WriteString("{{ " + quote(s.text) + " }}")
 		case segExpr:
-			b.WriteString("{{" + s.text + "}}")
+			b.WriteString("{{" + strictTag(s.text, false) + "}}")
 		case segStmt:
-			b.WriteString("{%" + s.text + "%}")
+			b.WriteString("{%" + strictTag(s.text, true) + "%}")
 			if k := keyword(s.text); k == "for" || k == "macro" {
 				b.WriteString("{% set " + guardPrefix + "g = " + guardPrefix + "tick() %}")
 			}
 		}
 	}
 	return b.String(), nil
+}
+
+// strictFilters fail on none as Python's Jinja and @huggingface/jinja do,
+// where the engine returns an empty value: rewrite puts a check before
+// each use.
+var strictFilters = map[string]bool{
+	"length": true, "count": true, "list": true, "join": true, "selectattr": true, "rejectattr": true,
+	"select": true, "reject": true, "map": true, "items": true, "first": true, "last": true,
+	"sort": true, "unique": true, "reverse": true, "sum": true, "max": true, "min": true,
+	"batch": true, "dictsort": true,
+}
+
+// token is a word (identifier or keyword) at bracket depth zero of a
+// tag, outside string literals, or a "|" anywhere.
+type token struct {
+	start, end int
+	depth      int
+}
+
+// words lists the identifiers of a tag's text (string literals, which the
+// lexer wrote with quote, skipped) with their bracket depth.
+func words(s string) []token {
+	var out []token
+	depth := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		switch {
+		case c == '\'':
+			i++
+			for i < len(s) && s[i] != '\'' {
+				if s[i] == '\\' {
+					i++
+				}
+				i++
+			}
+			i++
+		case c == '(' || c == '[' || c == '{':
+			depth++
+			i++
+		case c == ')' || c == ']' || c == '}':
+			depth--
+			i++
+		case c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
+			j := i
+			for j < len(s) && (s[j] == '_' || s[j] >= 'a' && s[j] <= 'z' || s[j] >= 'A' && s[j] <= 'Z' || s[j] >= '0' && s[j] <= '9') {
+				j++
+			}
+			out = append(out, token{i, j, depth})
+			i = j
+		case c >= '0' && c <= '9': // a number, with its exponent or suffix letters
+			for i < len(s) && (s[i] == '.' || s[i] == '_' || s[i] >= '0' && s[i] <= '9' || s[i] >= 'a' && s[i] <= 'z' || s[i] >= 'A' && s[i] <= 'Z') {
+				i++
+			}
+		case c == '|':
+			out = append(out, token{i, i + 1, depth})
+			i++
+		default:
+			i++
+		}
+	}
+	return out
+}
+
+// strictTag adds the checks of strictFilters and, for a for statement,
+// wraps the iterable in the guard's iter (which refuses none).
+func strictTag(s string, stmt bool) string {
+	ws := words(s)
+	type ins struct {
+		at   int
+		text string
+	}
+	var edits []ins
+	for i, w := range ws {
+		if s[w.start:w.end] == "|" && i+1 < len(ws) && strings.TrimFunc(s[w.end:ws[i+1].start], isSpace) == "" {
+			if name := s[ws[i+1].start:ws[i+1].end]; strictFilters[name] {
+				edits = append(edits, ins{w.start, "|" + guardPrefix + "nn(" + quote(name) + ")"})
+			}
+		}
+	}
+	if stmt && keyword(s) == "for" {
+		in := -1
+		for i, w := range ws {
+			if w.depth == 0 && s[w.start:w.end] == "in" && i > 0 {
+				in = i
+				break
+			}
+		}
+		if in >= 0 {
+			end := len(s)
+			for _, w := range ws[in+1:] {
+				if w.depth == 0 && (s[w.start:w.end] == "if" || s[w.start:w.end] == "recursive") {
+					end = w.start
+					break
+				}
+			}
+			edits = append(edits, ins{ws[in].end, " " + guardPrefix + "iter("}, ins{end, ")"})
+		}
+	}
+	if len(edits) == 0 {
+		return s
+	}
+	slices.SortStableFunc(edits, func(a, b ins) int { return a.at - b.at })
+	var b strings.Builder
+	last := 0
+	for _, e := range edits {
+		b.WriteString(s[last:e.at])
+		b.WriteString(e.text)
+		last = e.at
+	}
+	b.WriteString(s[last:])
+	return b.String()
 }

@@ -3,6 +3,7 @@ package chat_test
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -20,6 +21,28 @@ import (
 // test fails when one of them starts to match (remove it here) and when
 // any other template differs.
 var unsupported = map[string]string{}
+
+// hfCannot are templates @huggingface/jinja itself refuses for every
+// conversation while Python's Jinja (what transformers uses) renders them,
+// and so does chat: there is no reference output to compare with. The
+// test checks that Hugging Face still raises (else move the template back
+// to the compared set) and that chat renders.
+var hfCannot = map[string]string{
+	"ByteDance-Seed-OSS": "a dict literal with integer keys ({0: 0, 512: 128, ...}): HF raises \"Object keys must be strings\"",
+	"tencent-Hy3":        "str.format ('<｜hy_eos{}｜>'.format(HYTK)): HF has no format method",
+}
+
+// templateVars are variables a template requires beyond the common ones
+// (its model card passes them), given to both renderers.
+var templateVars = map[string]map[string]any{
+	// firefunction-v2 concatenates functions (a JSON string) and datetime
+	// with "+": undefined, Python and Hugging Face raise, while the engine
+	// concatenates undefined as "" (a known leniency, see doc.go).
+	"fireworks-ai-llama-3-firefunction-v2": {
+		"functions": `[{"name": "get_weather", "description": "Weather in a city. Météo 🌦", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]`,
+		"datetime":  "2024-07-23 09:00",
+	},
+}
 
 // conversation is one test input: messages and whether it ends expecting
 // the assistant.
@@ -63,17 +86,23 @@ type jsonMessage struct {
 	Content string `json:"content"`
 }
 
-func hfContext(c conversation, agp bool) map[string]any {
+func hfContext(name string, c conversation, agp bool) map[string]any {
 	msgs := make([]jsonMessage, len(c.msgs))
 	for i, m := range c.msgs {
 		msgs[i] = jsonMessage{m.Role, m.Content}
 	}
-	return map[string]any{
+	ctx := map[string]any{
+		"tools":                 nil, // transformers always passes tools and documents, None when absent
+		"documents":             nil,
 		"messages":              msgs,
 		"add_generation_prompt": agp,
 		"bos_token":             "<s>",
 		"eos_token":             "</s>",
 	}
+	for k, v := range templateVars[name] {
+		ctx[k] = v
+	}
+	return ctx
 }
 
 // TestTemplatesMatchHuggingFace renders every template of the shared
@@ -100,7 +129,7 @@ func TestTemplatesMatchHuggingFace(t *testing.T) {
 		req.Templates[name] = string(b)
 		for _, c := range conversations {
 			for _, agp := range []bool{false, true} {
-				req.Renders = append(req.Renders, hfjinja.Rendering{Template: name, Context: hfContext(c, agp)})
+				req.Renders = append(req.Renders, hfjinja.Rendering{Template: name, Context: hfContext(name, c, agp)})
 			}
 		}
 	}
@@ -114,7 +143,7 @@ func TestTemplatesMatchHuggingFace(t *testing.T) {
 		t.Fatal(err)
 	}
 	sort.Strings(names)
-	same := 0
+	same, bothRaise := 0, 0
 	i := 0
 	for _, f := range files {
 		name := strings.TrimSuffix(filepath.Base(f), ".jinja")
@@ -127,16 +156,28 @@ func TestTemplatesMatchHuggingFace(t *testing.T) {
 				var got string
 				err := perr
 				if err == nil {
-					got, err = tmpl.Render(c.msgs, chat.Options{AddGenerationPrompt: agp, BOS: "<s>", EOS: "</s>"})
+					got, err = tmpl.Render(c.msgs, opts(name, agp))
 				}
 				at := fmt.Sprintf("%s add_generation_prompt=%v", c.name, agp)
+				if _, ok := hfCannot[name]; ok {
+					if want.Error == "" {
+						problems = append(problems, fmt.Sprintf("%s: Hugging Face now renders: compare it (remove it from hfCannot)", at))
+					}
+					if err != nil {
+						problems = append(problems, fmt.Sprintf("%s: we fail: %v", at, err))
+					}
+					continue
+				}
 				switch {
 				case err != nil && !errors.Is(err, chat.ErrTemplate):
 					problems = append(problems, fmt.Sprintf("%s: error does not wrap ErrTemplate: %v", at, err))
 				case err != nil && !strings.Contains(err.Error(), name):
 					problems = append(problems, fmt.Sprintf("%s: error does not name the template: %v", at, err))
 				case want.Error != "" && err != nil:
-					// both raise
+					bothRaise++
+					if *verbose {
+						t.Logf("%s %s: both raise\n hf: %s\n us: %v", name, at, want.Error, err)
+					}
 				case want.Error != "":
 					problems = append(problems, fmt.Sprintf("%s: Hugging Face raises %q, we render %q", at, want.Error, got))
 				case err != nil:
@@ -145,6 +186,12 @@ func TestTemplatesMatchHuggingFace(t *testing.T) {
 					problems = append(problems, fmt.Sprintf("%s: differs at byte %d\n got  %q\n want %q", at, diffAt(got, want.Output), got, want.Output))
 				}
 			}
+		}
+		if why, ok := hfCannot[name]; ok {
+			if len(problems) > 0 {
+				t.Errorf("%s (%s):\n%s", name, why, strings.Join(problems, "\n"))
+			}
+			continue
 		}
 		why, listed := unsupported[name]
 		switch {
@@ -158,7 +205,19 @@ func TestTemplatesMatchHuggingFace(t *testing.T) {
 			t.Logf("%s: expected unsupported (%s): %s", name, why, problems[0])
 		}
 	}
-	t.Logf("%d of %d templates byte-identical to @huggingface/jinja %s", same, len(files), hfjinja.Version)
+	t.Logf("%d of %d templates byte-identical to @huggingface/jinja %s (%d it cannot render, %d unsupported by chat); %d of %d renders raise in both",
+		same, len(files), hfjinja.Version, len(hfCannot), len(unsupported), bothRaise, len(req.Renders))
+}
+
+var verbose = flag.Bool("chat.v", false, "log the renders where both engines raise")
+
+func opts(name string, agp bool) chat.Options {
+	o := chat.Options{AddGenerationPrompt: agp, BOS: "<s>", EOS: "</s>",
+		Extra: map[string]any{"tools": nil, "documents": nil}}
+	for k, v := range templateVars[name] {
+		o.Extra[k] = v
+	}
+	return o
 }
 
 func diffAt(a, b string) int {
