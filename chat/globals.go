@@ -2,6 +2,7 @@ package chat
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -15,6 +16,8 @@ import (
 // @huggingface/jinja's directives, and the guard's tick (see rewrite).
 func addGlobals(vars map[string]jinja.Value, g *guard, now func() time.Time) {
 	vars[guardPrefix+"tick"] = jinja.NewCallable(guardPrefix+"tick", g.tick)
+	vars[guardPrefix+"enter"] = jinja.NewCallable(guardPrefix+"enter", g.enter)
+	vars[guardPrefix+"leave"] = jinja.NewCallable(guardPrefix+"leave", g.leave)
 	vars[guardPrefix+"nn"] = jinja.NewCallable(guardPrefix+"nn", notNone)
 	vars[guardPrefix+"iter"] = jinja.NewCallable(guardPrefix+"iter", iterable)
 	vars["raise_exception"] = jinja.NewCallable("raise_exception", raiseException)
@@ -36,7 +39,7 @@ func notNone(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error)
 		return jinja.Undefined(), fmt.Errorf("internal filter check: %d arguments", len(args))
 	}
 	if args[0].IsNone() {
-		return jinja.Undefined(), fmt.Errorf("cannot apply filter %q to none", args[1].String())
+		return jinja.Undefined(), fmt.Errorf("cannot apply filter %q to none", str(args[1]))
 	}
 	return args[0], nil
 }
@@ -63,7 +66,7 @@ func (e *errRaised) Error() string { return "raise_exception: " + e.msg }
 func raiseException(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) {
 	parts := make([]string, len(args))
 	for i, a := range args {
-		parts[i] = a.String()
+		parts[i] = str(a)
 	}
 	return jinja.Undefined(), &errRaised{strings.Join(parts, ",")}
 }
@@ -73,10 +76,16 @@ func raiseException(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value,
 func rangeOf(g *guard, args []jinja.Value) (jinja.Value, error) {
 	var a [3]int64
 	for i, v := range args {
-		if i >= 3 || !v.IsInt() {
+		switch {
+		case i >= 3:
+			return jinja.Undefined(), fmt.Errorf("range: want 1 to 3 integer arguments")
+		case v.IsInt():
+			a[i] = v.AsInt()
+		case v.IsFloat() && v.AsFloat() == math.Trunc(v.AsFloat()) && math.Abs(v.AsFloat()) < 1<<62:
+			a[i] = int64(v.AsFloat()) // 10**9: the engine's ** gives floats
+		default:
 			return jinja.Undefined(), fmt.Errorf("range: want 1 to 3 integer arguments")
 		}
-		a[i] = v.AsInt()
 	}
 	start, stop, step := int64(0), int64(0), int64(1)
 	switch len(args) {
@@ -144,4 +153,12 @@ func strftime(t time.Time, format string) string {
 		}
 	}
 	return b.String()
+}
+
+// str is v as the template would print it.
+func str(v jinja.Value) string {
+	if v.IsString() {
+		return v.AsString()
+	}
+	return v.String()
 }

@@ -38,8 +38,11 @@ import (
 // (which keeps unknown escapes verbatim) reads back exactly.
 //
 // Finally each {% for %} and {% macro %} body starts with a guard
-// statement that counts iterations and calls and checks the deadline
-// (limits.go); being a tag among tags it changes no whitespace.
+// statement that counts iterations and calls and checks the deadline, and
+// each macro body ends with one that counts the call depth back down
+// (limits.go); being tags among tags they change no whitespace. Each for
+// loop's iterable and the input of list filters (strictFilters) pass a
+// check that refuses none, as Python's Jinja and @huggingface/jinja do.
 
 // errSyntax marks a template the lexer refuses (unclosed tag, bad escape).
 var errSyntax = errors.New("syntax error")
@@ -118,10 +121,10 @@ func lstripBlocks(src string) string {
 type segKind int
 
 const (
-	segText segKind = iota
-	segExpr         // {{ ... }}
-	segStmt         // {% ... %}
-	segComment      // {# ... #}
+	segText    segKind = iota
+	segExpr            // {{ ... }}
+	segStmt            // {% ... %}
+	segComment         // {# ... #}
 )
 
 // segment is a piece of the template: literal text, or a tag's content
@@ -352,9 +355,16 @@ func rewrite(src string) (string, error) {
 		case segExpr:
 			b.WriteString("{{" + strictTag(s.text, false) + "}}")
 		case segStmt:
+			k := keyword(s.text)
+			if k == "endmacro" {
+				b.WriteString("{% set " + guardPrefix + "g = " + guardPrefix + "leave() %}")
+			}
 			b.WriteString("{%" + strictTag(s.text, true) + "%}")
-			if k := keyword(s.text); k == "for" || k == "macro" {
+			switch k {
+			case "for":
 				b.WriteString("{% set " + guardPrefix + "g = " + guardPrefix + "tick() %}")
+			case "macro":
+				b.WriteString("{% set " + guardPrefix + "g = " + guardPrefix + "enter() %}")
 			}
 		}
 	}

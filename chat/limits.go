@@ -22,6 +22,8 @@ type Limits struct {
 	// MaxIterations bounds loop iterations plus macro calls of one render,
 	// and the length of one range().
 	MaxIterations int
+	// MaxDepth bounds macro calls in progress (recursion).
+	MaxDepth int
 }
 
 // DefaultLimits are generous for chat templates (a thousand-turn
@@ -31,6 +33,7 @@ var DefaultLimits = Limits{
 	Timeout:       2 * time.Second,
 	MaxOutput:     64 << 20,
 	MaxIterations: 1_000_000,
+	MaxDepth:      100,
 }
 
 func (l Limits) orDefault() Limits {
@@ -42,6 +45,9 @@ func (l Limits) orDefault() Limits {
 	}
 	if l.MaxIterations <= 0 {
 		l.MaxIterations = DefaultLimits.MaxIterations
+	}
+	if l.MaxDepth <= 0 {
+		l.MaxDepth = DefaultLimits.MaxDepth
 	}
 	return l
 }
@@ -58,6 +64,7 @@ type guard struct {
 	lim      Limits
 	deadline time.Time
 	n        int
+	depth    int // macro calls in progress
 	checked  int   // n at the last deadline check
 	err      error // the first limit hit; sticky
 }
@@ -91,5 +98,20 @@ func (g *guard) tick(args []jinja.Value, kwargs map[string]jinja.Value) (jinja.V
 	if err := g.step(1); err != nil {
 		return jinja.Undefined(), err
 	}
+	return jinja.None(), nil
+}
+
+// enter is tick at the start of a macro body, and counts its depth.
+func (g *guard) enter(args []jinja.Value, kwargs map[string]jinja.Value) (jinja.Value, error) {
+	g.depth++
+	if g.depth > g.lim.MaxDepth && g.err == nil {
+		g.err = fmt.Errorf("macro calls nested more than %d deep: %w", g.lim.MaxDepth, ErrLimit)
+	}
+	return g.tick(args, kwargs)
+}
+
+// leave ends a macro body.
+func (g *guard) leave(args []jinja.Value, kwargs map[string]jinja.Value) (jinja.Value, error) {
+	g.depth--
 	return jinja.None(), nil
 }

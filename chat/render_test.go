@@ -175,6 +175,9 @@ func TestTemplatesMatchHuggingFace(t *testing.T) {
 					problems = append(problems, fmt.Sprintf("%s: error does not name the template: %v", at, err))
 				case want.Error != "" && err != nil:
 					bothRaise++
+					if _, msg, ok := strings.Cut(err.Error(), "raise_exception: "); ok && msg != want.Error {
+						problems = append(problems, fmt.Sprintf("%s: raise_exception(%q), Hugging Face raises %q", at, msg, want.Error))
+					}
 					if *verbose {
 						t.Logf("%s %s: both raise\n hf: %s\n us: %v", name, at, want.Error, err)
 					}
