@@ -64,7 +64,7 @@ type guard struct {
 	lim      Limits
 	deadline time.Time
 	n        int
-	depth    int // macro calls in progress
+	depth    int   // macro calls in progress
 	checked  int   // n at the last deadline check
 	err      error // the first limit hit; sticky
 }
