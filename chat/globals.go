@@ -20,6 +20,7 @@ func addGlobals(vars map[string]jinja.Value, g *guard, now func() time.Time) {
 	vars[guardPrefix+"leave"] = jinja.NewCallable(guardPrefix+"leave", g.leave)
 	vars[guardPrefix+"nn"] = jinja.NewCallable(guardPrefix+"nn", notNone)
 	vars[guardPrefix+"iter"] = jinja.NewCallable(guardPrefix+"iter", iterable)
+	vars[guardPrefix+"tojson"] = jinja.NewCallable("tojson", tojson)
 	vars["raise_exception"] = jinja.NewCallable("raise_exception", raiseException)
 	vars["range"] = jinja.NewCallable("range", func(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) {
 		return rangeOf(g, args)

@@ -381,6 +381,11 @@ var strictFilters = map[string]bool{
 	"batch": true, "dictsort": true,
 }
 
+// replacedFilters are the engine's filters the rewrite renames to
+// guardPrefix+name, our own (globals.go), which the engine finds in the
+// template's variables.
+var replacedFilters = map[string]bool{"tojson": true}
+
 // token is a word (identifier or keyword) at bracket depth zero of a
 // tag, outside string literals, or a "|" anywhere.
 type token struct {
@@ -439,12 +444,16 @@ func strictTag(s string, stmt bool) string {
 	type ins struct {
 		at   int
 		text string
+		del  int // bytes replaced at at
 	}
 	var edits []ins
 	for i, w := range ws {
 		if s[w.start:w.end] == "|" && i+1 < len(ws) && strings.TrimFunc(s[w.end:ws[i+1].start], isSpace) == "" {
-			if name := s[ws[i+1].start:ws[i+1].end]; strictFilters[name] {
-				edits = append(edits, ins{w.start, "|" + guardPrefix + "nn(" + quote(name) + ")"})
+			switch name := s[ws[i+1].start:ws[i+1].end]; {
+			case strictFilters[name]:
+				edits = append(edits, ins{at: w.start, text: "|" + guardPrefix + "nn(" + quote(name) + ")"})
+			case replacedFilters[name]:
+				edits = append(edits, ins{at: ws[i+1].start, text: guardPrefix + name, del: len(name)})
 			}
 		}
 	}
@@ -464,7 +473,7 @@ func strictTag(s string, stmt bool) string {
 					break
 				}
 			}
-			edits = append(edits, ins{ws[in].end, " " + guardPrefix + "iter("}, ins{end, ")"})
+			edits = append(edits, ins{at: ws[in].end, text: " " + guardPrefix + "iter("}, ins{at: end, text: ")"})
 		}
 	}
 	if len(edits) == 0 {
@@ -476,7 +485,7 @@ func strictTag(s string, stmt bool) string {
 	for _, e := range edits {
 		b.WriteString(s[last:e.at])
 		b.WriteString(e.text)
-		last = e.at
+		last = e.at + e.del
 	}
 	b.WriteString(s[last:])
 	return b.String()

@@ -1,7 +1,9 @@
 package chat_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,9 +29,23 @@ var unsupported = map[string]string{}
 // and so does chat: there is no reference output to compare with. The
 // test checks that Hugging Face still raises (else move the template back
 // to the compared set) and that chat renders.
+// A key is a template's name, or name@conversation for one conversation.
+// Our renders of all of these (-chat.dump) were identical to Python's
+// jinja2 3.1.6 set up as transformers does, checked by hand.
 var hfCannot = map[string]string{
-	"ByteDance-Seed-OSS": "a dict literal with integer keys ({0: 0, 512: 128, ...}): HF raises \"Object keys must be strings\"",
-	"tencent-Hy3":        "str.format ('<｜hy_eos{}｜>'.format(HYTK)): HF has no format method",
+	"ByteDance-Seed-OSS":                    "a dict literal with integer keys ({0: 0, 512: 128, ...}): HF raises \"Object keys must be strings\"",
+	"tencent-Hy3":                           "str.format ('<｜hy_eos{}｜>'.format(HYTK)): HF has no format method",
+	"unsloth-Apriel-1.5@tools":              "tool|string on a dict: HF raises \"Unknown ObjectValue filter: string\"",
+	"Apriel-1.6-15b-Thinker-fixed@tools":    "tool|string on a dict: HF raises \"Unknown ObjectValue filter: string\"",
+	"meetkai-functionary-medium-v3.2@tools": "for a, b in [(x, y), ...] over a list of tuples: HF raises \"Cannot unpack non-iterable type: TupleValue\"",
+}
+
+func hfCannotRender(name, conv string) (string, bool) {
+	if why, ok := hfCannot[name]; ok {
+		return why, true
+	}
+	why, ok := hfCannot[name+"@"+conv]
+	return why, ok
 }
 
 // templateVars are variables a template requires beyond the common ones
@@ -47,9 +63,28 @@ var templateVars = map[string]map[string]any{
 // conversation is one test input: messages and whether it ends expecting
 // the assistant.
 type conversation struct {
-	name string
-	msgs []chat.Message
+	name  string
+	msgs  []chat.Message
+	tools []any // the tools variable; nil is None
 }
+
+// weatherTool is an OpenAI-style function definition as transformers
+// passes it in tools (keys in the order json.dumps keeps them).
+var weatherTool = []any{orderedJSON{
+	{"type", "function"},
+	{"function", orderedJSON{
+		{"name", "get_weather"},
+		{"description", "Current weather in a city. Météo 🌦 天气"},
+		{"parameters", orderedJSON{
+			{"type", "object"},
+			{"properties", orderedJSON{
+				{"city", orderedJSON{{"type", "string"}, {"description", "City name, e.g. Zürich"}}},
+				{"unit", orderedJSON{{"type", "string"}, {"description", "Unit <°C|°F>"}, {"enum", []any{"celsius", "fahrenheit"}}}},
+			}},
+			{"required", []any{"city"}},
+		}},
+	}},
+}}
 
 var conversations = []conversation{
 	{"system+turns", []chat.Message{
@@ -57,26 +92,30 @@ var conversations = []conversation{
 		{Role: "user", Content: "Hello! 👋 What is 2+2?"},
 		{Role: "assistant", Content: "2 + 2 = 4. 😊"},
 		{Role: "user", Content: "Translate \"cat\" to Chinese and Japanese: 猫? ねこ?"},
-	}},
+	}, nil},
 	{"no-system", []chat.Message{
 		{Role: "user", Content: "  Leading and trailing spaces  \n"},
 		{Role: "assistant", Content: "Noted: ça va, naïve café, Ünïcödé."},
 		{Role: "user", Content: "Line one\nLine two\n\ttabbed <tag> & \"quotes\" 'single' \\ backslash"},
 		{Role: "assistant", Content: "日本語の文章です。한국어도 있어요。"},
 		{Role: "user", Content: "Last question 🤔🚀"},
-	}},
+	}, nil},
 	{"single-user", []chat.Message{
 		{Role: "user", Content: "Hi"},
-	}},
+	}, nil},
 	{"system+user", []chat.Message{
 		{Role: "system", Content: "Be brief."},
 		{Role: "user", Content: "Summarise: «Les élèves ont étudié.» — done"},
-	}},
+	}, nil},
 	{"ends-assistant", []chat.Message{
 		{Role: "system", Content: "You are Qwen. 你好"},
 		{Role: "user", Content: "Tell me a joke."},
 		{Role: "assistant", Content: "Why did the chicken cross the road? 🐔 To get to the other side."},
-	}},
+	}, nil},
+	{"tools", []chat.Message{
+		{Role: "system", Content: "You can call tools."},
+		{Role: "user", Content: "What's the weather in Zürich? ☀️"},
+	}, weatherTool},
 }
 
 // jsonMessage keeps role before content in the JSON the judge reads (a
@@ -91,8 +130,12 @@ func hfContext(name string, c conversation, agp bool) map[string]any {
 	for i, m := range c.msgs {
 		msgs[i] = jsonMessage{m.Role, m.Content}
 	}
+	var tools any
+	if c.tools != nil {
+		tools = c.tools
+	}
 	ctx := map[string]any{
-		"tools":                 nil, // transformers always passes tools and documents, None when absent
+		"tools":                 tools, // transformers always passes tools and documents, None when absent
 		"documents":             nil,
 		"messages":              msgs,
 		"add_generation_prompt": agp,
@@ -143,7 +186,8 @@ func TestTemplatesMatchHuggingFace(t *testing.T) {
 		t.Fatal(err)
 	}
 	sort.Strings(names)
-	same, bothRaise := 0, 0
+	same, bothRaise, cannot := 0, 0, 0
+	var dumped []dumpEntry
 	i := 0
 	for _, f := range files {
 		name := strings.TrimSuffix(filepath.Base(f), ".jinja")
@@ -156,15 +200,19 @@ func TestTemplatesMatchHuggingFace(t *testing.T) {
 				var got string
 				err := perr
 				if err == nil {
-					got, err = tmpl.Render(c.msgs, opts(name, agp))
+					got, err = tmpl.Render(c.msgs, opts(name, c, agp))
 				}
 				at := fmt.Sprintf("%s add_generation_prompt=%v", c.name, agp)
-				if _, ok := hfCannot[name]; ok {
+				if why, ok := hfCannotRender(name, c.name); ok {
+					cannot++
 					if want.Error == "" {
 						problems = append(problems, fmt.Sprintf("%s: Hugging Face now renders: compare it (remove it from hfCannot)", at))
 					}
 					if err != nil {
 						problems = append(problems, fmt.Sprintf("%s: we fail: %v", at, err))
+					}
+					if *dump != "" {
+						dumped = append(dumped, dumpEntry{name, c.name, agp, got, why, hfContext(name, c, agp)})
 					}
 					continue
 				}
@@ -203,20 +251,39 @@ func TestTemplatesMatchHuggingFace(t *testing.T) {
 		case len(problems) == 0:
 			same++
 		case !listed:
-			t.Errorf("%s: %d of %d renders differ:\n%s", name, len(problems), 2*len(conversations), strings.Join(problems, "\n"))
+			t.Errorf("%s: %d of %d renders differ:\n%s", name, len(problems), len(problems)+0*len(conversations), strings.Join(problems, "\n"))
 		default:
 			t.Logf("%s: expected unsupported (%s): %s", name, why, problems[0])
 		}
 	}
-	t.Logf("%d of %d templates byte-identical to @huggingface/jinja %s (%d it cannot render, %d unsupported by chat); %d of %d renders raise in both",
-		same, len(files), hfjinja.Version, len(hfCannot), len(unsupported), bothRaise, len(req.Renders))
+	t.Logf("%d of %d templates byte-identical to @huggingface/jinja %s ; %d of %d renders raise in both, %d Hugging Face cannot render (hfCannot), %d templates unsupported by chat",
+		same, len(files), hfjinja.Version, bothRaise, len(req.Renders), cannot, len(unsupported))
+	if *dump != "" {
+		b, _ := json.MarshalIndent(dumped, "", " ")
+		if err := os.WriteFile(*dump, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
-var verbose = flag.Bool("chat.v", false, "log the renders where both engines raise")
+var (
+	verbose = flag.Bool("chat.v", false, "log the renders where both engines raise")
+	dump    = flag.String("chat.dump", "", "write our renders of the hfCannot cases to this JSON file (to check by hand)")
+)
 
-func opts(name string, agp bool) chat.Options {
+type dumpEntry struct {
+	Template, Conversation string
+	AddGenerationPrompt    bool
+	Output, Why            string
+	Context                map[string]any
+}
+
+func opts(name string, c conversation, agp bool) chat.Options {
 	o := chat.Options{AddGenerationPrompt: agp, BOS: "<s>", EOS: "</s>",
 		Extra: map[string]any{"tools": nil, "documents": nil}}
+	if c.tools != nil {
+		o.Extra["tools"] = toGo(c.tools)
+	}
 	for k, v := range templateVars[name] {
 		o.Extra[k] = v
 	}
@@ -230,4 +297,48 @@ func diffAt(a, b string) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// orderedJSON is a JSON object that keeps its keys' order, for the judge
+// (encoding/json sorts map keys) and, through toGo, for chat.
+type orderedJSON [][2]any
+
+func (o orderedJSON) MarshalJSON() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, kv := range o {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		k, _ := json.Marshal(kv[0])
+		v, err := json.Marshal(kv[1])
+		if err != nil {
+			return nil, err
+		}
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(v)
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
+}
+
+// toGo is v as chat.Options.Extra takes it: objects as chat.Object, which
+// keeps key order.
+func toGo(v any) any {
+	switch x := v.(type) {
+	case orderedJSON:
+		o := make(chat.Object, len(x))
+		for i, kv := range x {
+			o[i] = chat.Field{Key: kv[0].(string), Value: toGo(kv[1])}
+		}
+		return o
+	case []any:
+		l := make([]any, len(x))
+		for i, e := range x {
+			l[i] = toGo(e)
+		}
+		return l
+	}
+	return v
 }

@@ -1,7 +1,9 @@
 package chat
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -160,8 +162,21 @@ func sortedKeys(m map[string]any) []string {
 	return keys
 }
 
-// toValue converts a JSON-like Go value (nil, bool, ints, floats, string,
-// []any, map[string]any with sorted keys); other types become undefined.
+// Object is a JSON-like object whose keys keep their order (tool
+// definitions, tool-call arguments): a template's tojson and items() show
+// them in this order. A map[string]any shows its keys sorted.
+type Object []Field
+
+// Field is one key of an Object.
+type Field struct {
+	Key   string
+	Value any
+}
+
+// toValue converts a JSON-like Go value: nil, bool, ints, floats, string,
+// json.Number, json.RawMessage (decoded keeping key order), []any,
+// []string, map[string]any (keys sorted), Object; other types become
+// undefined.
 func toValue(v any) jinja.Value {
 	switch x := v.(type) {
 	case int:
@@ -176,6 +191,73 @@ func toValue(v any) jinja.Value {
 			l[i] = jinja.NewString(s)
 		}
 		return jinja.NewList(l)
+	case []any:
+		l := make([]jinja.Value, len(x))
+		for i, e := range x {
+			l[i] = toValue(e)
+		}
+		return jinja.NewList(l)
+	case map[string]any:
+		d := jinja.NewDict()
+		for _, k := range sortedKeys(x) {
+			d.AsDict().Set(k, toValue(x[k]))
+		}
+		return d
+	case Object:
+		d := jinja.NewDict()
+		for _, f := range x {
+			d.AsDict().Set(f.Key, toValue(f.Value))
+		}
+		return d
+	case json.RawMessage:
+		dec := json.NewDecoder(bytes.NewReader(x))
+		dec.UseNumber()
+		v, err := decodeJSON(dec, 0)
+		if err != nil {
+			return jinja.Undefined()
+		}
+		return v
 	}
 	return jinja.FromGoValue(v)
+}
+
+// decodeJSON reads one JSON value from dec keeping object key order.
+func decodeJSON(dec *json.Decoder, depth int) (jinja.Value, error) {
+	if depth > 1000 {
+		return jinja.Undefined(), errors.New("JSON nested too deep")
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return jinja.Undefined(), err
+	}
+	switch t := tok.(type) {
+	case json.Delim:
+		if t == '[' {
+			var l []jinja.Value
+			for dec.More() {
+				v, err := decodeJSON(dec, depth+1)
+				if err != nil {
+					return v, err
+				}
+				l = append(l, v)
+			}
+			_, err := dec.Token()
+			return jinja.NewList(l), err
+		}
+		d := jinja.NewDict()
+		for dec.More() {
+			k, err := dec.Token()
+			if err != nil {
+				return jinja.Undefined(), err
+			}
+			v, err := decodeJSON(dec, depth+1)
+			if err != nil {
+				return v, err
+			}
+			d.AsDict().Set(k.(string), v)
+		}
+		_, err := dec.Token()
+		return d, err
+	}
+	return jinja.FromGoValue(tok), nil
 }
