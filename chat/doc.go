@@ -27,6 +27,9 @@
 //   - none: it iterates none and lets list filters take it as empty, where
 //     Python's Jinja and @huggingface/jinja raise; a check before every
 //     for iterable and list filter raises instead.
+//   - tojson: replaced by Hugging Face's (indent keeps key order,
+//     ensure_ascii, sort_keys, separators; JavaScript number formatting,
+//     so 2.0 prints as 2 as in @huggingface/jinja, not 2.0 as in Python).
 //   - globals: raise_exception, range and strftime_now are replaced by
 //     versions with Hugging Face's behaviour (message, bounded length,
 //     English month names on a clock the caller may fix, Options.Now).
@@ -55,6 +58,10 @@
 // same points. A panic inside the engine becomes an error. A single
 // expression can still allocate much ('x' * 100000000) before a limit is
 // checked: limits bound loops and recursion, not one expression.
+//
+// Values in Message.Extra and Options.Extra are JSON-like Go values;
+// Object and json.RawMessage keep their key order (tool schemas), a
+// map[string]any shows its keys sorted.
 //
 // Every error wraps ErrTemplate and names the template; errors from a
 // limit or the context wrap ErrLimit too.
