@@ -33,6 +33,15 @@ var eogFIMTexts = []string{
 	"<|file_sep|>", // file separator
 }
 
+// fimControlTexts are the FIM prefix, suffix and middle tokens llama.cpp
+// finds by text; with the EOG texts they are control tokens whatever the
+// file's types say.
+var fimControlTexts = []string{
+	"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>",
+	"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>",
+	"<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>",
+}
+
 // EOGText reports whether a token with text s ends generation by its text
 // alone (llama.cpp's lists of end-of-turn and FIM tokens).
 func EOGText(s string) bool { return slices.Contains(eogTexts, s) || slices.Contains(eogFIMTexts, s) }

@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/qtune/qtune/format/gguf"
 )
@@ -77,5 +78,10 @@ func FromGGUF(f *gguf.File) (*Tokenizer, error) {
 	v.AddSpacePrefix = flag("add_space_prefix", v.Kind == SPM)
 	v.Pre, _ = f.String("tokenizer.ggml.pre")
 	v.ChatTemplate, _ = f.String("tokenizer.chat_template")
+	// llama.cpp strips the whitespace after Phi-3's special tokens, by the
+	// model's name.
+	name, _ := f.String("general.name")
+	name = strings.ToLower(name)
+	v.RStripSpecial = strings.Contains(name, "phi-3") || strings.Contains(name, "phi3")
 	return New(v)
 }

@@ -38,7 +38,8 @@ func readFile(dir, name string) ([]byte, bool, error) {
 // present, else tokenizer.model (SentencePiece), else vocab.json +
 // merges.txt (GPT-2 style). tokenizer_config.json, when present, supplies
 // bos_token, eos_token, unk_token, pad_token, add_bos_token, add_eos_token
-// and chat_template. A folder with none of the three gives ErrNoTokenizer.
+// and chat_template (chat_template.jinja, when present, replaces it). A
+// folder with none of the three gives ErrNoTokenizer.
 //
 // In tokenizer.json only model type BPE is supported, in two flavours: byte
 // level (ByteLevel pre-tokenizer or decoder; the pre-tokenizer regex must be
@@ -92,6 +93,13 @@ func FromHFDir(dir string) (*Tokenizer, error) {
 	}
 	if cfg != nil {
 		cfg.apply(&v)
+	}
+	// transformers saves the chat template beside the tokenizer as
+	// chat_template.jinja and prefers it to tokenizer_config.json's.
+	if tmpl, ok, err := readFile(dir, "chat_template.jinja"); err != nil {
+		return nil, err
+	} else if ok {
+		v.ChatTemplate = string(tmpl)
 	}
 	if v.EOG, err = generationEOS(dir); err != nil {
 		return nil, err

@@ -196,6 +196,14 @@ func TestHFDirVariants(t *testing.T) {
 	}
 	texts, want := vectors(t, "llama2")
 	checkVectors(t, map[string]*Tokenizer{"tokenizer.model": tk}, texts, want)
+	// chat_template.jinja beside the config replaces its chat_template.
+	writeFile(t, dir, "chat_template.jinja", "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}\n")
+	if tk, err = FromHFDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	if got := tk.ChatTemplate(); got != "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}\n" {
+		t.Errorf("chat_template.jinja not used: %q", got)
+	}
 
 	if _, err := FromHFDir(t.TempDir()); !errors.Is(err, ErrNoTokenizer) {
 		t.Errorf("empty dir: %v", err)

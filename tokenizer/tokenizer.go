@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Kind is the tokenization algorithm of a vocabulary.
@@ -65,11 +67,15 @@ var (
 // BOS, EOS and PAD are control tokens, UNK is unknown, and for SPM "<0xNN>"
 // pieces are bytes. When two tokens share a text, the lower id wins.
 type Vocab struct {
-	Kind   Kind
-	Tokens []string  // (V) token text; for BPE in byte-mapped form (Ġ for space)
-	Scores []float32 // (V) SPM merge scores, higher merges first; may be nil
-	Types  []int32   // (V) 1 normal 2 unknown 3 control 4 user-defined 5 unused 6 byte; may be nil
-	Merges []string  // BPE merges "a b", highest priority first
+	// RStripSpecial: whitespace after a special token is dropped when
+	// special text is parsed (EncodeSpecial), except after <unk>, <s> and
+	// <|endoftext|> (llama.cpp's rule for Phi-3, by model name).
+	RStripSpecial bool
+	Kind          Kind
+	Tokens        []string  // (V) token text; for BPE in byte-mapped form (Ġ for space)
+	Scores        []float32 // (V) SPM merge scores, higher merges first; may be nil
+	Types         []int32   // (V) 1 normal 2 unknown 3 control 4 user-defined 5 unused 6 byte; may be nil
+	Merges        []string  // BPE merges "a b", highest priority first
 	// Special ids, -1 when absent.
 	BOS, EOS, UNK, PAD int
 	// EOG lists further ids the file declares as ending generation (GGUF
@@ -113,6 +119,8 @@ type Tokenizer struct {
 	text         []string          // (V) decoded text of each token
 	special      map[string]int32  // control and user-defined tokens by text
 	eog          []int             // end-of-generation ids, ascending
+	specialOnce  sync.Once
+	specialList  []specialText // special by length, longest first (EncodeSpecial)
 }
 
 // New checks v and builds a Tokenizer. The slices of v are copied.
@@ -183,6 +191,15 @@ func build(v Vocab, o options) (*Tokenizer, error) {
 		}
 		if v.UNK >= 0 {
 			t.types[v.UNK] = TypeUnknown
+		}
+	}
+	// llama.cpp makes the end-of-generation and FIM tokens it finds by
+	// text control tokens, whatever the file says ("control-looking token
+	// ... its type will be overridden"): they are then parsed only as
+	// special text, never matched as user-defined pieces in plain text.
+	for i, s := range v.Tokens {
+		if EOGText(s) || slices.Contains(fimControlTexts, s) {
+			t.types[i] = TypeControl
 		}
 	}
 	v.Types = t.types
