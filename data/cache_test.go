@@ -106,8 +106,8 @@ func TestTokenFileEqualsTokenize(t *testing.T) {
 		{shared.Path(t, "assets", "data", "tinyshakespeare", "valid.jsonl"), &toyEnc{pieces: []string{"th", "the", "\n"}}, TokenizeOptions{NoBOS: true}},
 		{shared.Path(t, "assets", "data", "tinystories", "sample.txt"), &toyEnc{}, TokenizeOptions{AddEOS: true}},
 		{writeData(t, dir, "c.jsonl", cacheJSONL), &toyEnc{pieces: []string{"an", "and"}}, TokenizeOptions{AddEOS: true}},
-		{chat, &toyEnc{}, TokenizeOptions{AddEOS: true}},
-		{chat, &toyEnc{}, TokenizeOptions{ChatTemplate: "{% <|im_start|> %}"}},
+		{chat, &toyEnc{}, TokenizeOptions{AddEOS: true, Template: renderFunc(plainChat), ChatTemplate: "plain"}},
+		{chat, &toyEnc{}, TokenizeOptions{Template: renderFunc(chatml), ChatTemplate: "chatml"}},
 	} {
 		name := filepath.Base(c.path)
 		want := loadTokenize(t, c.enc, c.path, c.o)

@@ -17,10 +17,11 @@
 // token after BOS; prompt/completion and classification on the completion
 // (the label's choice), with the boundary found by encoding prompt+completion
 // whole and the prompt alone, so tokens at the join are the natural ones;
-// chat on the assistant turns, rendered in the model's template family
-// (ChatML, Llama-3, Llama-2, Zephyr, recognised by markers; see ChatFormat)
-// or, for models without one such as stories260K, the plain default
-// "User: …\nAssistant: …\n".
+// chat on the assistant turns and the end-of-turn token closing each, in
+// the conversation as the model's own Jinja chat template renders it (a
+// Renderer: package chat runs the template, train picks it), with special
+// token text parsed into ids; headers and a trailing EOS the template did
+// not write are never targets (see templateChat).
 //
 // Batches. Targets are already shifted: position t of a row holds a token and
 // targets the token after it, or -1. Without packing each example is a row,

@@ -41,9 +41,8 @@ type TokenizeOptions struct {
 	// chat formats that place BOS inside a conversation (Llama-2) keep those.
 	NoBOS bool
 	// ChatTemplate is the source of the chat template in use, for the token
-	// cache's identity. Template renders with it; when Template is set the
-	// encoder must be a SpecialEncoder. Without Template a chat is rendered
-	// in the family its markers name (DetectChatFormat).
+	// cache's identity. Template renders with it; chat records need one,
+	// and an encoder that is a SpecialEncoder.
 	ChatTemplate string
 	Template     Renderer
 }
@@ -55,9 +54,9 @@ type TokenizeOptions struct {
 //     completion's tokens. prompt+completion is encoded whole and the prompt
 //     alone; targets start where the two first differ, so the tokens at the
 //     join are the natural ones (a token spanning the join is a target).
-//   - Chat: the conversation rendered in the format of o.ChatTemplate (see
-//     ChatFormat); targets are the assistant turns, including the marker
-//     that ends each (so the model learns to stop).
+//   - Chat: the conversation rendered by o.Template (see templateChat);
+//     targets are the assistant turns, including the end-of-turn token that
+//     closes each (so the model learns to stop).
 //   - Classification: like Completion with the label's choice as completion.
 //
 // An example may have no targets (a chat without assistant turns); it is
@@ -115,17 +114,14 @@ func tokenizeRecord(enc Encoder, r *Record, kind Kind, o TokenizeOptions) (Examp
 		if len(r.Messages) == 0 {
 			return Example{}, fmt.Errorf("%w: chat record without messages", ErrData)
 		}
-		if o.Template != nil {
-			se, ok := specialOf(enc)
-			if !ok {
-				return Example{}, fmt.Errorf("%w: chat template: the encoder cannot parse special tokens", ErrData)
-			}
-			return templateChat(se, r.Messages, o)
+		if o.Template == nil {
+			return Example{}, fmt.Errorf("%w: chat records need a chat template (TokenizeOptions.Template)", ErrData)
 		}
-		parts := renderChat(enc, o.ChatTemplate, r.Messages, !o.NoBOS)
-		ex := encodeParts(enc, parts)
-		last := r.Messages[len(r.Messages)-1].Role == "assistant"
-		return finish(enc, ex, last, o), nil
+		se, ok := specialOf(enc)
+		if !ok {
+			return Example{}, fmt.Errorf("%w: chat template: the encoder cannot parse special tokens", ErrData)
+		}
+		return templateChat(se, r.Messages, o)
 	}
 	return Example{}, fmt.Errorf("%w: unknown kind %d", ErrData, int(kind))
 }

@@ -50,6 +50,29 @@ outer:
 	return out
 }
 
+// EncodeSpecial parses "</s>" as EOS and encodes the text between.
+func (e *toyEnc) EncodeSpecial(s string, bos bool) []int {
+	out := e.Encode("", bos)
+	for i, f := range strings.Split(s, "</s>") {
+		if i > 0 {
+			out = append(out, toyEOS)
+		}
+		if f != "" {
+			out = append(out, e.Encode(f, false)...)
+		}
+	}
+	return out
+}
+
+func (e *toyEnc) EOG() []int { return []int{toyEOS} }
+
+func (e *toyEnc) Token(id int) string {
+	if id == toyEOS {
+		return "</s>"
+	}
+	return ""
+}
+
 func (e *toyEnc) pieceID(p string) int {
 	for i, q := range e.pieces {
 		if q == p {
@@ -206,107 +229,44 @@ func TestTokenizeErrors(t *testing.T) {
 		if c.kind == Kind(9) {
 			want = "record 1"
 		}
-		_, err := Tokenize(enc, []Record{c.ok, c.r}, c.kind, TokenizeOptions{})
+		_, err := Tokenize(enc, []Record{c.ok, c.r}, c.kind, TokenizeOptions{Template: renderFunc(plainChat)})
 		if !errors.Is(err, ErrData) || !strings.Contains(err.Error(), want) {
 			t.Errorf("%+v as %s: %v", c.r, c.kind, err)
 		}
 	}
 }
 
-func TestDetectChatFormat(t *testing.T) {
-	for _, c := range []struct {
-		tmpl string
-		want ChatFormat
-	}{
-		{"", ChatDefault},
-		{"{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}", ChatML},
-		{"{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}", ChatLlama3},
-		{"{% if messages[0]['role'] == 'system' %}<<SYS>>{% endif %}{{ bos_token + '[INST] ' + content + ' [/INST]' }}", ChatLlama2},
-		{"{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + eos_token }}{% endif %}{% endfor %}", ChatZephyr},
-		{"{{ messages }}", ChatDefault},
-	} {
-		if got := DetectChatFormat(c.tmpl); got != c.want {
-			t.Errorf("%.40q: %s, want %s", c.tmpl, got, c.want)
-		}
-	}
-}
-
-var conversation = Record{Messages: []Message{
-	{Role: "system", Content: "Be brief."},
-	{Role: "user", Content: "Hi"},
-	{Role: "assistant", Content: " Hello "},
-	{Role: "user", Content: "Bye"},
-	{Role: "assistant", Content: "Ciao"},
-}}
-
-func TestTokenizeChatFormats(t *testing.T) {
-	plain := &toyEnc{}
-	special := &toySpecial{specials: []string{"<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"}}
-	for _, c := range []struct {
-		name string
-		enc  Encoder
-		tmpl string
-		want string
-	}{
-		{"default", plain, "", "⟨BOS⟩System: Be brief.\nUser: Hi\nAssistant: « Hello \n»User: Bye\nAssistant: «Ciao\n»"},
-		{"chatml", special, "<|im_start|>",
-			"⟨BOS⟩⟨<|im_start|>⟩system\nBe brief.⟨<|im_end|>⟩\n⟨<|im_start|>⟩user\nHi⟨<|im_end|>⟩\n⟨<|im_start|>⟩assistant\n« Hello ⟨<|im_end|>⟩»\n" +
-				"⟨<|im_start|>⟩user\nBye⟨<|im_end|>⟩\n⟨<|im_start|>⟩assistant\n«Ciao⟨<|im_end|>⟩»\n"},
-		{"chatml markers as text", plain, "<|im_start|>",
-			"⟨BOS⟩<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n« Hello <|im_end|>»\n" +
-				"<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n«Ciao<|im_end|>»\n"},
-		{"llama3", special, "<|start_header_id|>",
-			"⟨BOS⟩⟨<|start_header_id|>⟩system⟨<|end_header_id|>⟩\n\nBe brief.⟨<|eot_id|>⟩⟨<|start_header_id|>⟩user⟨<|end_header_id|>⟩\n\nHi⟨<|eot_id|>⟩" +
-				"⟨<|start_header_id|>⟩assistant⟨<|end_header_id|>⟩\n\n«Hello⟨<|eot_id|>⟩»⟨<|start_header_id|>⟩user⟨<|end_header_id|>⟩\n\nBye⟨<|eot_id|>⟩" +
-				"⟨<|start_header_id|>⟩assistant⟨<|end_header_id|>⟩\n\n«Ciao⟨<|eot_id|>⟩»"},
-		{"llama2", plain, "[INST]",
-			"⟨BOS⟩[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]« Hello ⟨EOS⟩»⟨BOS⟩[INST] Bye [/INST]« Ciao ⟨EOS⟩»"},
-		{"zephyr", plain, "<|user|>",
-			"⟨BOS⟩<|system|>\nBe brief.⟨EOS⟩\n<|user|>\nHi⟨EOS⟩\n<|assistant|>\n« Hello ⟨EOS⟩»\n<|user|>\nBye⟨EOS⟩\n<|assistant|>\n«Ciao⟨EOS⟩»\n"},
-		{"phi3", special, "<|user|> <|end|>",
-			"⟨BOS⟩⟨<|system|>⟩\nBe brief.⟨<|end|>⟩\n⟨<|user|>⟩\nHi⟨<|end|>⟩\n⟨<|assistant|>⟩\n« Hello ⟨<|end|>⟩»\n⟨<|user|>⟩\nBye⟨<|end|>⟩\n⟨<|assistant|>⟩\n«Ciao⟨<|end|>⟩»\n"},
-	} {
-		got := show(c.enc, tokenizeOne(t, c.enc, conversation, Chat, TokenizeOptions{ChatTemplate: c.tmpl}))
-		if got != c.want {
-			t.Errorf("%s:\n got %q\nwant %q", c.name, got, c.want)
-		}
-	}
-}
-
-func TestTokenizeChatEdges(t *testing.T) {
-	enc := &toyEnc{}
-	for _, c := range []struct {
-		name string
-		tmpl string
-		msgs []Message
-		o    TokenizeOptions
-		want string
-	}{
-		{"no assistant: no targets, EOS not a target", "", []Message{{Role: "user", Content: "x"}}, TokenizeOptions{AddEOS: true}, "⟨BOS⟩User: x\n⟨EOS⟩"},
-		{"EOS after an assistant turn is a target", "", []Message{{Role: "user", Content: "x"}, {Role: "assistant", Content: "y"}}, TokenizeOptions{AddEOS: true}, "⟨BOS⟩User: x\nAssistant: «y\n⟨EOS⟩»"},
-		{"llama2 ends with EOS already", "[INST]", []Message{{Role: "user", Content: "x"}, {Role: "assistant", Content: "y"}}, TokenizeOptions{AddEOS: true}, "⟨BOS⟩[INST] x [/INST]« y ⟨EOS⟩»"},
-		{"llama2 lone system", "[INST]", []Message{{Role: "system", Content: "s"}}, TokenizeOptions{}, "⟨BOS⟩[INST] <<SYS>>\ns\n<</SYS>>\n\n [/INST]"},
-		{"llama2 system before assistant", "[INST]", []Message{{Role: "system", Content: "s"}, {Role: "assistant", Content: "y"}}, TokenizeOptions{}, "⟨BOS⟩[INST] <<SYS>>\ns\n<</SYS>>\n\n [/INST]« y ⟨EOS⟩»"},
-		{"NoBOS", "", []Message{{Role: "assistant", Content: "y"}}, TokenizeOptions{NoBOS: true}, "Assistant: «y\n»"},
-	} {
-		got := show(enc, tokenizeOne(t, enc, Record{Messages: c.msgs}, Chat, TokenizeOptions{ChatTemplate: c.tmpl, AddEOS: c.o.AddEOS, NoBOS: c.o.NoBOS}))
-		if got != c.want {
-			t.Errorf("%s:\n got %q\nwant %q", c.name, got, c.want)
-		}
-	}
-}
-
-// With a dummy-prefix encoder every text run between fixed tokens gets its
-// own leading space (as SentencePiece/Hugging Face "legacy" tokenization of a
-// rendered template does), and pieces that straddle a turn boundary go to the
-// later part.
+// With a dummy-prefix encoder every text run between special tokens gets
+// its own leading space (as SentencePiece/Hugging Face "legacy" tokenization
+// of a rendered template does), and pieces that straddle a turn boundary go
+// to the later part.
 func TestTokenizeChatRunsAndJoins(t *testing.T) {
 	enc := &toyEnc{prefix: true, pieces: []string{"\nA", ": y"}}
-	got := show(enc, tokenizeOne(t, enc, Record{Messages: []Message{{Role: "user", Content: "x"}, {Role: "assistant", Content: "y"}}}, Chat, TokenizeOptions{}))
+	got := show(enc, tokenizeOne(t, enc, Record{Messages: []Message{{Role: "user", Content: "x"}, {Role: "assistant", Content: "y"}}}, Chat, TokenizeOptions{Template: renderFunc(plainChat)}))
 	// " User: x" then "\nA" is one piece across the end of the user turn
-	// (not a target: it belongs to "Assistant: "), and ": y" straddles the
-	// start of the assistant turn (a target).
-	if want := "⟨BOS⟩ User: x{\nA}ssistant«{: y}\n»"; got != want {
+	// (not a target: it belongs to "Assistant:"), ": y" straddles the start
+	// of the reply (a target, with the EOS closing the turn), the "\n" after
+	// it (its own run, so with its own space) is not.
+	if want := "⟨BOS⟩ User: x{\nA}ssistant«{: y}⟨EOS⟩» \n"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
+}
+
+// plainChat renders as train.DefaultChatTemplate does, with "</s>" as EOS.
+func plainChat(msgs []Message, gen bool) (string, error) {
+	var sb strings.Builder
+	for _, m := range msgs {
+		switch m.Role {
+		case "system":
+			sb.WriteString("System: " + m.Content + "\n")
+		case "user":
+			sb.WriteString("User: " + m.Content + "\n")
+		case "assistant":
+			sb.WriteString("Assistant: " + m.Content + "</s>\n")
+		}
+	}
+	if gen {
+		sb.WriteString("Assistant:")
+	}
+	return sb.String(), nil
 }

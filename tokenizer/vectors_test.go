@@ -25,12 +25,22 @@ func vectors(t testing.TB, name string) ([]string, [][]int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	texts, ids := parseVectors(t, inp, outb)
+	if len(texts) != 46 {
+		t.Fatalf("%s: %d strings, want 46", name, len(texts))
+	}
+	return texts, ids
+}
+
+// parseVectors splits a .inp/.out pair into strings and their ids.
+func parseVectors(t testing.TB, inp, outb []byte) ([]string, [][]int) {
+	t.Helper()
 	const sep = "\n__ggml_vocab_test__\n"
 	s := strings.TrimSuffix(string(inp), sep)
 	texts := strings.Split(s, sep)
 	lines := strings.Split(strings.TrimSuffix(string(outb), "\n"), "\n")
-	if len(texts) != len(lines) || len(texts) != 46 {
-		t.Fatalf("%s: %d strings, %d id lines, want 46", name, len(texts), len(lines))
+	if len(texts) != len(lines) {
+		t.Fatalf("%d strings, %d id lines", len(texts), len(lines))
 	}
 	ids := make([][]int, len(lines))
 	for i, l := range lines {
@@ -215,5 +225,62 @@ func TestTokenIDSpecials(t *testing.T) {
 	}
 	if _, ok := tok.TokenID("a"); ok {
 		t.Fatal("an ordinary piece reported as special")
+	}
+}
+
+// llamacppVocabUnsupported are the llamacpp-vocab vocabularies qtune refuses
+// (their pre-tokenizer or tokenizer model is not implemented yet).
+var llamacppVocabUnsupported = map[string]string{
+	"deepseek-llm": "deepseek-llm",
+	"qwen35":       "qwen35",
+	"gemma-4":      "gemma4",
+}
+
+// TestLlamaCppVocabVectors: every test vector llama.cpp ships beside its
+// vocabulary-only GGUFs, for every vocabulary qtune reads; the others are
+// refused by name.
+func TestLlamaCppVocabVectors(t *testing.T) {
+	files, _ := filepath.Glob(shared.Path(t, "assets", "tokenizers", "llamacpp-vocab", "ggml-vocab-*.gguf"))
+	if len(files) != 8 {
+		t.Fatalf("%d vocabularies", len(files))
+	}
+	for _, path := range files {
+		name := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(path), "ggml-vocab-"), ".gguf")
+		t.Run(name, func(t *testing.T) {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := gguf.Parse(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tk, err := FromGGUF(f)
+			if want, ok := llamacppVocabUnsupported[name]; ok {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Fatalf("want a refusal naming %q, got %v", want, err)
+				}
+				t.Skipf("refused: %v", err)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			inp, _ := os.ReadFile(path + ".inp")
+			out, _ := os.ReadFile(path + ".out")
+			texts, ids := parseVectors(t, inp, out)
+			if len(texts) < 30 {
+				t.Fatalf("%d strings", len(texts))
+			}
+			bad := 0
+			for i, text := range texts {
+				want := ids[i]
+				got := tk.Encode(text, false)
+				if !equalIDs(got, want) {
+					bad++
+					t.Errorf("%q:\n got %v\nwant %v", text, got, want)
+				}
+			}
+			t.Logf("%d/%d vectors", len(texts)-bad, len(texts))
+		})
 	}
 }

@@ -166,7 +166,10 @@ func validExamples(t *testing.T, m *model.Model, cfg Config) []data.Example {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tokOpt := data.TokenizeOptions{AddEOS: true, NoBOS: !m.Tokenizer.AddBOS() && m.Tokenizer.BOS() < 0, ChatTemplate: m.Tokenizer.ChatTemplate()}
+	tokOpt, err := ChatTokenizeOptions(m, "test model", "")
+	if err != nil {
+		t.Fatal(err)
+	}
 	ex, err := data.Tokenize(m.Tokenizer, splits.Valid.Records, splits.Valid.Kind, tokOpt)
 	if err != nil {
 		t.Fatal(err)

@@ -32,6 +32,9 @@ type Config struct {
 	Model          string  `json:"model"`
 	Tokenizer      string  `json:"tokenizer,omitempty"`
 	Data           string  `json:"data"`
+	// ChatTemplate is a Jinja chat template file for {"messages"} data,
+	// overriding the model's own (see LoadChatTemplate).
+	ChatTemplate string `json:"chat_template,omitempty"`
 	Method         string  `json:"method"` // lora | qlora
 	Iters          int     `json:"iters"`
 	BatchSize      int     `json:"batch_size"`
@@ -234,7 +237,10 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	// streamed record by record (the test split is not a training run's, the
 	// valid split only when it evaluates). What stays in memory is per
 	// example, counted before the plan.
-	tokOpt := data.TokenizeOptions{AddEOS: true, NoBOS: !m.Tokenizer.AddBOS(), ChatTemplate: m.Tokenizer.ChatTemplate()}
+	tokOpt, err := ChatTokenizeOptions(m, cfg.Model, cfg.ChatTemplate)
+	if err != nil {
+		return nil, err
+	}
 	tokDir, tokID := filepath.Join(cfg.CacheDir, "tokens"), tokenizerID(m)
 	trainTF, hit, err := data.CachedTokenFile(tokDir, data.CacheKey{Tokenizer: tokID, Name: splitName(files.Train)}, m.Tokenizer, files.Train, tokOpt)
 	if err != nil {

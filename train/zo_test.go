@@ -108,7 +108,10 @@ func TestZOOutputsApply(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tokOpt := data.TokenizeOptions{AddEOS: true, NoBOS: !m.Tokenizer.AddBOS() && m.Tokenizer.BOS() < 0, ChatTemplate: m.Tokenizer.ChatTemplate()}
+			tokOpt, err := ChatTokenizeOptions(m, "test model", "")
+	if err != nil {
+		t.Fatal(err)
+	}
 			ex, err := data.Tokenize(m.Tokenizer, splits.Valid.Records, splits.Valid.Kind, tokOpt)
 			if err != nil {
 				t.Fatal(err)

@@ -1,16 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/format/gguf"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/offload"
+	"github.com/qtune/qtune/tokenizer"
 	"github.com/qtune/qtune/train"
 )
 
@@ -44,12 +49,44 @@ func (a *app) printJSON(v any) error {
 	return enc.Encode(v)
 }
 
+// openTokenizer reads the tokenizer of a model: from a GGUF file's
+// metadata alone (a vocabulary-only GGUF such as llama.cpp's ggml-vocab-*
+// works, and a model's tensors are not touched), else with the model.
+func (a *app) openTokenizer(path, tok string) (*tokenizer.Tokenizer, func(), error) {
+	if path != "" && tok == "" {
+		if st, err := os.Stat(path); err == nil && !st.IsDir() {
+			if mp, err := offload.Map(path); err == nil {
+				if b := mp.Bytes(); len(b) >= 4 && string(b[:4]) == "GGUF" {
+					f, err := gguf.Parse(b)
+					if err != nil {
+						mp.Close()
+						return nil, nil, fmt.Errorf("%s: %w", path, err)
+					}
+					t, err := tokenizer.FromGGUF(f)
+					if err != nil {
+						mp.Close()
+						return nil, nil, fmt.Errorf("%s: %w", path, err)
+					}
+					return t, func() { mp.Close() }, nil
+				}
+				mp.Close()
+			}
+		}
+	}
+	m, err := a.openModel(path, tok)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m.Tokenizer, func() { m.Close() }, nil
+}
+
 func (a *app) tokenize(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("tokenize", flag.ContinueOnError)
 	mp := fs.String("model", "", "model file or folder")
 	tp := fs.String("tokenizer", "", "tokenizer file (llama2.c models)")
 	text := fs.String("text", "", "text to tokenize")
 	noBOS := fs.Bool("no-bos", false, "do not prepend the BOS token")
+	special := fs.Bool("special", false, "parse special-token text (<|im_start|>, <|eot_id|>, </s>) into its ids, as llama.cpp's parse_special; without it such text stays text")
 	asJSON := fs.Bool("json", false, "print a JSON array")
 	pos, err := a.parse(fs, args)
 	if err != nil {
@@ -58,12 +95,16 @@ func (a *app) tokenize(ctx context.Context, args []string) error {
 	if len(pos) > 0 {
 		return usageErr("unexpected argument %q", pos[0])
 	}
-	m, err := a.openModel(*mp, *tp)
+	tok, closeTok, err := a.openTokenizer(*mp, *tp)
 	if err != nil {
 		return err
 	}
-	defer m.Close()
-	ids := m.Tokenizer.Encode(*text, m.Tokenizer.AddBOS() && !*noBOS)
+	defer closeTok()
+	addBOS := tok.AddBOS() && !*noBOS
+	ids := tok.Encode(*text, addBOS)
+	if *special {
+		ids = tok.EncodeSpecial(*text, addBOS)
+	}
 	if *asJSON {
 		if ids == nil {
 			ids = []int{}
@@ -82,15 +123,19 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
 	mp := fs.String("model", "", "model file or folder")
 	tp := fs.String("tokenizer", "", "tokenizer file (llama2.c models)")
-	prompt := fs.String("prompt", "", "prompt text")
+	prompt := fs.String("prompt", "", "prompt text (with --chat: the user's message)")
 	adp := fs.String("adapter", "", "apply a LoRA adapter (PEFT folder, or GGUF adapter file/folder)")
 	n := fs.Int("n", 128, "tokens to generate")
 	temp := fs.Float64("temp", 0.8, "sampling temperature; 0 is greedy")
 	topP := fs.Float64("top-p", 0.9, "nucleus sampling mass")
 	seed := fs.Uint64("seed", 0, "random seed (0: from the clock)")
 	asJSON := fs.Bool("json", false, `print {"prompt_tokens","tokens","text"}`)
-	ignoreEOS := fs.Bool("ignore-eos", false, "keep going past the end-of-sequence token")
+	ignoreEOS := fs.Bool("ignore-eos", false, "keep going past the end-of-generation tokens")
 	maxMem := fs.String("max-mem", "", "memory budget (512MiB, 2GB, 1.5GiB or bytes)")
+	chatMode := fs.Bool("chat", false, "render the prompt with the chat template (a user turn and the generation prompt); print only the reply")
+	system := fs.String("system", "", "with --chat: a system message first")
+	msgFile := fs.String("messages", "", `with --chat: a JSON file of the conversation so far ([{"role","content"}, ...] or {"messages": [...]})`)
+	tmplFile := fs.String("chat-template", "", "with --chat: a Jinja chat template file instead of the model's")
 	pos, err := a.parse(fs, args)
 	if err != nil {
 		return err
@@ -101,6 +146,15 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	if *n < 0 || *temp < 0 || *topP < 0 || *topP > 1 {
 		return usageErr("-n must be ≥ 0, --temp ≥ 0, --top-p in [0, 1]")
 	}
+	if *msgFile != "" || *system != "" || *tmplFile != "" {
+		*chatMode = true
+	}
+	var msgs []data.Message
+	if *chatMode {
+		if msgs, err = chatMessages(*msgFile, *system, *prompt); err != nil {
+			return err
+		}
+	}
 	m, err := a.openModel(*mp, *tp, *adp)
 	if err != nil {
 		return err
@@ -109,9 +163,24 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	if *seed == 0 {
 		*seed = uint64(time.Now().UnixNano())
 	}
-	ptoks := m.Tokenizer.Encode(*prompt, m.Tokenizer.AddBOS())
+	var ptoks []int
+	if *chatMode {
+		tmpl, err := train.LoadChatTemplate(m, *mp, *tmplFile)
+		if err != nil {
+			return err
+		}
+		a.log.Info().Str("template", tmpl.Name).Msg("chat template")
+		if ptoks, err = tmpl.Prompt(m.Tokenizer, msgs); err != nil {
+			return err
+		}
+	} else {
+		ptoks = m.Tokenizer.Encode(*prompt, m.Tokenizer.AddBOS())
+	}
 	if len(ptoks) == 0 {
 		return fmt.Errorf("prompt encodes to no tokens and the model has no BOS")
+	}
+	if len(ptoks) >= m.Config.Context {
+		return fmt.Errorf("the prompt is %d tokens, the model's context %d", len(ptoks), m.Config.Context)
 	}
 	limit, err := a.budget(*maxMem)
 	if err != nil {
@@ -123,14 +192,12 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	}
 	train.ApplyPlan(m, plan)
 	t0 := time.Now()
-	var streamed int
 	opt := model.GenerateOptions{MaxTokens: *n, Sampler: model.NewSampler(*temp, *topP, *seed), StopAtEOS: !*ignoreEOS}
 	if !*asJSON {
-		fmt.Fprint(a.stdout, *prompt)
-		opt.OnToken = func(id int) {
-			fmt.Fprint(a.stdout, m.Tokenizer.Piece(id))
-			streamed++
+		if !*chatMode {
+			fmt.Fprint(a.stdout, *prompt)
 		}
+		opt.OnToken = func(id int) { fmt.Fprint(a.stdout, m.Tokenizer.Piece(id)) }
 	}
 	out, err := m.Generate(ctx, ptoks, opt)
 	if err != nil {
@@ -151,6 +218,50 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintln(a.stdout)
 	return nil
+}
+
+// chatMessages builds generate --chat's conversation: the messages file's
+// turns (a JSON list of {"role","content"}, or {"messages": [...]}), else a
+// system turn when given; then the prompt as a user turn when not empty.
+func chatMessages(file, system, prompt string) ([]data.Message, error) {
+	var msgs []data.Message
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, err
+		}
+		b = bytes.TrimPrefix(b, []byte("\xef\xbb\xbf"))
+		if err := json.Unmarshal(b, &msgs); err != nil {
+			var obj struct {
+				Messages []data.Message `json:"messages"`
+			}
+			if err2 := json.Unmarshal(b, &obj); err2 != nil || obj.Messages == nil {
+				return nil, fmt.Errorf("%s: not a JSON list of messages nor {\"messages\": [...]}: %v", file, err)
+			}
+			msgs = obj.Messages
+		}
+		for i, m := range msgs {
+			switch m.Role {
+			case "system", "user", "assistant", "tool":
+			default:
+				return nil, fmt.Errorf("%s: message %d: role %q (want system, user, assistant or tool)", file, i+1, m.Role)
+			}
+		}
+	}
+	if system != "" {
+		if len(msgs) > 0 && msgs[0].Role == "system" {
+			msgs[0].Content = system
+		} else {
+			msgs = append([]data.Message{{Role: "system", Content: system}}, msgs...)
+		}
+	}
+	if prompt != "" {
+		msgs = append(msgs, data.Message{Role: "user", Content: prompt})
+	}
+	if len(msgs) == 0 {
+		return nil, usageErr("--chat needs --prompt or --messages")
+	}
+	return msgs, nil
 }
 
 func (a *app) eval(ctx context.Context, args []string) error {

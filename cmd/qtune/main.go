@@ -25,8 +25,10 @@ const usage = `qtune: fine-tune Llama-family models on quantized, memory-mapped 
 
 Usage:
   qtune inspect FILE [--json] [--errors]          metadata, tensors, bytes per type, parameters
-  qtune tokenize --model M --text T [--json]      token ids
+  qtune tokenize --model M --text T [--special] [--json]   token ids (M may be a vocabulary-only GGUF)
   qtune generate --model M --prompt P [-n N] [--temp T] [--top-p P] [--seed S] [--adapter DIR] [--json]
+                 [--chat [--system S] [--messages FILE.json] [--chat-template FILE]]   reply in the model's chat format
+  qtune chat --model M [--adapter DIR] [--system S] [--chat-template FILE]   talk to the model (KV cache kept across turns)
   qtune eval --model M --data FILE [--adapter DIR] [--json]   loss/perplexity, or accuracy on classification JSONL
   qtune quantize IN OUT --type q8_0|q4_0|q4_k|q5_k|q6_k|q3_k|q2_k|iq4_nl|iq4_xs|nf4|f16|bf16|f32
   qtune export --model M --adapter DIR [--merge --type T] --out OUT   adapters for other tools, or a merged model
@@ -45,6 +47,7 @@ var errUsage = errors.New("usage")
 
 type app struct {
 	log    zerolog.Logger
+	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
 	tty    bool // stderr is a terminal
@@ -90,7 +93,12 @@ func isTerminal(f *os.File) bool {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	a := &app{stdout: stdout, stderr: stderr}
+	return runIn(args, os.Stdin, stdout, stderr)
+}
+
+// runIn is run with stdin given (qtune chat reads its turns there).
+func runIn(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr}
 	if f, ok := stderr.(*os.File); ok {
 		a.tty = isTerminal(f)
 	}
@@ -125,6 +133,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"inspect":  a.inspect,
 		"tokenize": a.tokenize,
 		"generate": a.generate,
+		"chat":     a.chat,
 		"eval":     a.eval,
 		"quantize": a.quantize,
 		"train":    a.train,

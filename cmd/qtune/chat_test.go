@@ -1,0 +1,169 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/qtune/qtune/internal/shared"
+	"github.com/qtune/qtune/model"
+)
+
+func lastLine(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}
+
+func parseIDs(t *testing.T, s string) []int {
+	t.Helper()
+	var ids []int
+	for _, f := range strings.Fields(s) {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatalf("not ids: %q", s)
+		}
+		ids = append(ids, n)
+	}
+	return ids
+}
+
+// tokenize reads a vocabulary-only GGUF (no tensors); --special turns
+// special-token text into its ids, without it the text stays text.
+func TestTokenizeVocabOnlySpecial(t *testing.T) {
+	v := shared.Path(t, "assets", "tokenizers", "llamacpp-vocab", "ggml-vocab-qwen2.gguf")
+	text := "<|im_start|>user\nhi<|im_end|>"
+	code, plain, errs := runCLI(t, "tokenize", "--model", v, "--text", text)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	code, special, errs := runCLI(t, "tokenize", "--model", v, "--text", text, "--special")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	_, inner, _ := runCLI(t, "tokenize", "--model", v, "--text", "user\nhi")
+	// Qwen2's <|im_start|> and <|im_end|> are 151644 and 151645 (its
+	// tokenizer_config.json); llama.cpp's judgement is in internal/llamacpp.
+	want := append(append([]int{151644}, parseIDs(t, inner)...), 151645)
+	if got := parseIDs(t, special); !slices.Equal(got, want) {
+		t.Errorf("--special: %v, want %v", got, want)
+	}
+	p := parseIDs(t, plain)
+	if slices.Contains(p, 151644) || slices.Contains(p, 151645) || len(p) < 10 {
+		t.Errorf("without --special the markers must stay text: %v", p)
+	}
+	if code, _, errs := runCLI(t, "tokenize", "--model", shared.Path(t, "assets", "tokenizers", "llamacpp-vocab", "ggml-vocab-qwen35.gguf"), "--text", "x"); code != 1 || !strings.Contains(errs, "qwen35") || strings.Count(strings.TrimSpace(errs), "\n") > 0 {
+		t.Errorf("unsupported pre-tokenizer: exit %d, %q", code, errs)
+	}
+}
+
+type genResult struct {
+	PromptTokens []int  `json:"prompt_tokens"`
+	Tokens       []int  `json:"tokens"`
+	Text         string `json:"text"`
+}
+
+func generateJSON(t *testing.T, args ...string) genResult {
+	t.Helper()
+	code, out, errs := runCLI(t, append([]string{"generate", "--model", stories(t), "--temp", "0", "--json"}, args...)...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var r genResult
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	return r
+}
+
+// generate --chat renders the conversation with the default template
+// (stories260K declares none): BOS, the turns, and "Assistant:" to prompt
+// the reply; generation stops on EOS.
+func TestGenerateChat(t *testing.T) {
+	m, err := model.Open(stories(t), model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	tok := m.Tokenizer
+	r := generateJSON(t, "--chat", "--system", "Be kind.", "--prompt", "Tell me a story", "-n", "300")
+	want := tok.Encode("System: Be kind.\nUser: Tell me a story\nAssistant:", true)
+	if !slices.Equal(r.PromptTokens, want) {
+		t.Fatalf("prompt %v, want %v", r.PromptTokens, want)
+	}
+	if slices.Contains(r.Tokens, tok.EOS()) {
+		t.Errorf("the reply runs past EOS: %v", r.Tokens)
+	}
+
+	// --messages: the conversation so far, then the new user turn.
+	dir := t.TempDir()
+	msgs := `{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello."}]}`
+	mf := filepath.Join(dir, "m.json")
+	os.WriteFile(mf, []byte(msgs), 0o644)
+	r = generateJSON(t, "--chat", "--messages", mf, "--prompt", "Bye", "-n", "5")
+	want = tok.EncodeSpecial("User: Hi\nAssistant: Hello.</s>\nUser: Bye\nAssistant:", true)
+	if !slices.Equal(r.PromptTokens, want) || !slices.Contains(want, tok.EOS()) {
+		t.Fatalf("prompt %v, want %v", r.PromptTokens, want)
+	}
+
+	// A template file overrides; a broken one is one clear line.
+	tf := filepath.Join(dir, "t.jinja")
+	os.WriteFile(tf, []byte("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"), 0o644)
+	r = generateJSON(t, "--chat", "--chat-template", tf, "--prompt", "Hi", "-n", "3")
+	if want := tok.Encode("<user>Hi<assistant>", true); !slices.Equal(r.PromptTokens, want) {
+		t.Errorf("--chat-template: prompt %v, want %v", r.PromptTokens, want)
+	}
+	os.WriteFile(tf, []byte("{% for m in messages %}{{ m.content "), 0o644)
+	code, _, errs := runCLI(t, "generate", "--model", stories(t), "--chat", "--chat-template", tf, "--prompt", "Hi")
+	if last := lastLine(errs); code != 1 || !strings.Contains(last, "t.jinja") || !strings.Contains(last, "unclosed") {
+		t.Errorf("broken template: exit %d, %q", code, errs)
+	}
+	os.WriteFile(mf, []byte(`[{"role":"wizard","content":"x"}]`), 0o644)
+	if code, _, errs := runCLI(t, "generate", "--model", stories(t), "--chat", "--messages", mf); code == 0 || !strings.Contains(errs, "wizard") {
+		t.Errorf("bad role: exit %d, %q", code, errs)
+	}
+}
+
+// qtune chat keeps the conversation: the second turn reuses the KV cache
+// of the first (prefilling only what is new), and its reply is the one a
+// fresh generate --chat gives for the same conversation.
+func TestChatREPL(t *testing.T) {
+	var out, errs bytes.Buffer
+	in := strings.NewReader("Hi there\n\nWhat next?\n/exit\n")
+	code := runIn([]string{"chat", "--model", stories(t), "--temp", "0", "-n", "24"}, in, &out, &errs)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs.String())
+	}
+	replies := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
+	if len(replies) != 2 {
+		t.Fatalf("want 2 replies, got %q", out.String())
+	}
+	turns := regexp.MustCompile(`prefilled=(\d+) reused=(\d+)`).FindAllStringSubmatch(errs.String(), -1)
+	if len(turns) != 2 {
+		t.Fatalf("turn logs: %q", errs.String())
+	}
+	if turns[0][2] != "0" || turns[1][2] == "0" {
+		t.Errorf("KV cache not reused across turns: %v", turns)
+	}
+	reused, _ := strconv.Atoi(turns[1][2])
+	prefilled, _ := strconv.Atoi(turns[1][1])
+	if prefilled >= reused {
+		t.Errorf("second turn prefilled %d and reused only %d", prefilled, reused)
+	}
+	dir := t.TempDir()
+	conv, _ := json.Marshal([]map[string]string{{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": strings.TrimSpace(replies[0])}})
+	mf := filepath.Join(dir, "m.json")
+	os.WriteFile(mf, conv, 0o644)
+	code2, fresh, e2 := runCLI(t, "generate", "--model", stories(t), "--temp", "0", "-n", "24", "--chat", "--messages", mf, "--prompt", "What next?")
+	if code2 != 0 {
+		t.Fatalf("exit %d: %s", code2, e2)
+	}
+	if strings.TrimRight(fresh, "\n") != replies[1] {
+		t.Errorf("second turn %q, fresh generate --chat %q", replies[1], fresh)
+	}
+}
