@@ -173,3 +173,40 @@ func FuzzTokenizerJSON(f *testing.F) {
 		}
 	})
 }
+
+// FuzzPreSplit: every pre-tokenizer covers its input exactly with
+// non-empty pieces, on any bytes.
+func FuzzPreSplit(f *testing.F) {
+	f.Add("<|im_start|>user\n日本語 it's  12345 ΩK\u3000。\r\n")
+	f.Add("\xff\x00 \u0301a\u0915\u093f 😀")
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, k := range []preKind{preGPT2, preLlama3, preQwen2, preQwen35, preDeepSeekLLM, preSmolLM} {
+			var b strings.Builder
+			preSplit(k, s, func(p string) {
+				if p == "" {
+					t.Fatalf("pre %d: empty piece of %q", k, s)
+				}
+				b.WriteString(p)
+			})
+			if b.String() != s {
+				t.Fatalf("pre %d: %q reassembles to %q", k, s, b.String())
+			}
+		}
+	})
+}
+
+// FuzzEncodeSpecial: special-token parsing never panics and gives ids in
+// range on any input.
+func FuzzEncodeSpecial(f *testing.F) {
+	f.Add("<s>hi</s> <|endoftext|><unk>x")
+	toks := fuzzTokenizers(f)
+	f.Fuzz(func(t *testing.T, s string) {
+		for name, tk := range toks {
+			for _, id := range tk.EncodeSpecial(s, true) {
+				if id < 0 || id >= tk.VocabSize() {
+					t.Fatalf("%s: id %d out of range", name, id)
+				}
+			}
+		}
+	})
+}

@@ -16,6 +16,11 @@ const (
 	preLlama3
 	// preQwen2: preLlama3 with \p{N} (single digits) instead of \p{N}{1,3}.
 	preQwen2
+	// preQwen35: preQwen2 with marks in words: (?i:'s|...)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}|
+	// ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+	preQwen35
+	// preDeepSeekLLM: six regexes in turn (pretok_deepseek.go).
+	preDeepSeekLLM
 	// preSmolLM: every \p{N} on its own, then preGPT2 on the rest (HF
 	// Digits(individual_digits) followed by ByteLevel).
 	preSmolLM
@@ -35,6 +40,10 @@ func preFromName(name string) (preKind, bool, bool) {
 		return preLlama3, false, true
 	case "qwen2", "stablelm2":
 		return preQwen2, false, true
+	case "qwen35":
+		return preQwen35, false, true
+	case "deepseek-llm":
+		return preDeepSeekLLM, false, true
 	case "smollm", "starcoder", "refact", "command-r", "codeshell":
 		return preSmolLM, false, true
 	}
@@ -46,9 +55,13 @@ func preFromName(name string) (preKind, bool, bool) {
 func preSplit(k preKind, s string, emit func(string)) {
 	switch k {
 	case preLlama3:
-		splitLlama3(s, 3, emit)
+		splitLlama3(s, 3, false, emit)
 	case preQwen2:
-		splitLlama3(s, 1, emit)
+		splitLlama3(s, 1, false, emit)
+	case preQwen35:
+		splitLlama3(s, 1, true, emit)
+	case preDeepSeekLLM:
+		splitDeepSeekLLM(s, emit)
 	case preSmolLM:
 		start := 0
 		for i := 0; i < len(s); {
@@ -188,10 +201,16 @@ func splitGPT2(s string, emit func(string)) {
 }
 
 // splitLlama3 scans (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,maxDigits}|
-// ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
-func splitLlama3(s string, maxDigits int, emit func(string)) {
+// ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+; with marks, words are [\p{L}\p{M}]+
+// and the punctuation class excludes \p{M} too (Qwen3.5).
+func splitLlama3(s string, maxDigits int, marks bool, emit func(string)) {
 	if s == "" {
 		return
+	}
+	isW, isQ := isL, isP
+	if marks {
+		isW = func(r rune) bool { return isL(r) || unicode.Is(unicode.M, r) }
+		isQ = func(r rune) bool { return !isS(r) && !isW(r) && !isN(r) }
 	}
 	cp, off := runes(s)
 	n := len(cp)
@@ -201,9 +220,9 @@ func splitLlama3(s string, maxDigits int, emit func(string)) {
 		switch {
 		case contraction(cp, i, true) > 0:
 			end = i + contraction(cp, i, true)
-		case isL(c) || (c != '\r' && c != '\n' && !isN(c) && i+1 < n && isL(cp[i+1])):
+		case isW(c) || (c != '\r' && c != '\n' && !isL(c) && !isN(c) && i+1 < n && isW(cp[i+1])):
 			end = i + 1
-			for end < n && isL(cp[end]) {
+			for end < n && isW(cp[end]) {
 				end++
 			}
 		case isN(c):
@@ -211,9 +230,9 @@ func splitLlama3(s string, maxDigits int, emit func(string)) {
 			for end < n && end-i < maxDigits && isN(cp[end]) {
 				end++
 			}
-		case isP(c) || (c == ' ' && i+1 < n && isP(cp[i+1])):
+		case isQ(c) || (c == ' ' && i+1 < n && isQ(cp[i+1])):
 			end = i + 1
-			for end < n && isP(cp[end]) {
+			for end < n && isQ(cp[end]) {
 				end++
 			}
 			for end < n && (cp[end] == '\r' || cp[end] == '\n') {

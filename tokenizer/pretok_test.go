@@ -68,7 +68,7 @@ func TestPreSplit(t *testing.T) {
 // Every splitter covers its input exactly, on any input.
 func TestPreSplitCovers(t *testing.T) {
 	texts, _ := vectors(t, "gpt2")
-	for _, k := range []preKind{preGPT2, preLlama3, preQwen2, preSmolLM} {
+	for _, k := range []preKind{preGPT2, preLlama3, preQwen2, preQwen35, preDeepSeekLLM, preSmolLM} {
 		for _, s := range append(texts, "\xff\x00 \r\n\t\u2028x1") {
 			parts := split(k, s)
 			if strings.Join(parts, "") != s {
@@ -84,7 +84,7 @@ func TestPreSplitCovers(t *testing.T) {
 }
 
 func TestPreFromName(t *testing.T) {
-	for name, want := range map[string]preKind{"": preGPT2, "gpt-2": preGPT2, "llama-bpe": preLlama3, "llama3": preLlama3, "qwen2": preQwen2, "smollm": preSmolLM} {
+	for name, want := range map[string]preKind{"": preGPT2, "gpt-2": preGPT2, "llama-bpe": preLlama3, "llama3": preLlama3, "qwen2": preQwen2, "qwen35": preQwen35, "deepseek-llm": preDeepSeekLLM, "smollm": preSmolLM} {
 		k, _, ok := preFromName(name)
 		if !ok || k != want {
 			t.Errorf("%q: %d %v", name, k, ok)

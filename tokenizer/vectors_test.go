@@ -231,9 +231,7 @@ func TestTokenIDSpecials(t *testing.T) {
 // llamacppVocabUnsupported are the llamacpp-vocab vocabularies qtune refuses
 // (their pre-tokenizer or tokenizer model is not implemented yet).
 var llamacppVocabUnsupported = map[string]string{
-	"deepseek-llm": "deepseek-llm",
-	"qwen35":       "qwen35",
-	"gemma-4":      "gemma4",
+	"gemma-4": "gemma4",
 }
 
 // TestLlamaCppVocabVectors: every test vector llama.cpp ships beside its

@@ -2,9 +2,11 @@ package llamacpp_test
 
 import (
 	"context"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/qtune/qtune/format/gguf"
@@ -26,9 +28,7 @@ func vocabFiles(t *testing.T) []string {
 // unsupportedVocab are the vocabularies whose pre-tokenizer or tokenizer
 // model qtune does not implement yet (FromGGUF refuses them by name).
 var unsupportedVocab = map[string]bool{
-	"ggml-vocab-deepseek-llm.gguf": true,
-	"ggml-vocab-qwen35.gguf":       true,
-	"ggml-vocab-gemma-4.gguf":      true,
+	"ggml-vocab-gemma-4.gguf": true,
 }
 
 func ggufTokenizer(t *testing.T, path string) *tokenizer.Tokenizer {
@@ -115,6 +115,52 @@ func TestEncodeSpecialMatchesLlamaCpp(t *testing.T) {
 					}
 				}
 			}
+		})
+	}
+}
+
+// randomTexts are strings over an alphabet that exercises the
+// pre-tokenizers' classes: contractions, case, digits and other numbers,
+// ASCII and Unicode spaces, newlines, Latin, Greek, Cyrillic, CJK, Hangul,
+// combining marks, emoji, punctuation of both widths.
+func randomTexts(n int, seed uint64) []string {
+	alphabet := []string{"a", "Z", "é", "ß", "'s", "'LL", "'ve", " ", "  ", "\t", "\n", "\r\n", "\u3000", "\u00a0", "\u2028",
+		"1", "23", "4567", "٣", "Ⅻ", "½", "λ", "Ω", "ж", "日本", "語", "한국", "\u0301", "\u0915\u093f", "😀", "👍🏽",
+		",", ".", "!?", "(", "）", "。", "、", "“", "—", "-", "_", "$", "<", "Hello", " world", "don't", "\x7f"}
+	r := rand.New(rand.NewPCG(seed, 5))
+	out := make([]string, n)
+	for i := range out {
+		var sb strings.Builder
+		for k := r.IntN(24) + 1; k > 0; k-- {
+			sb.WriteString(alphabet[r.IntN(len(alphabet))])
+		}
+		out[i] = sb.String()
+	}
+	return out
+}
+
+// TestEncodeRandomMatchesLlamaCpp: plain tokenization equals llama.cpp's on
+// random strings, beyond the fixed vectors, for every vocabulary qtune
+// reads.
+func TestEncodeRandomMatchesLlamaCpp(t *testing.T) {
+	llamacpp.Require(t)
+	texts := randomTexts(150, 11)
+	for _, path := range vocabFiles(t) {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			tk := ggufTokenizer(t, path)
+			resp, err := llamacpp.Vocab(context.Background(), llamacpp.VocabRequest{Model: path, Texts: texts})
+			if err != nil {
+				t.Fatal(err)
+			}
+			bad := 0
+			for i, text := range texts {
+				if got := tk.Encode(text, false); !slices.Equal(got, resp.Tokens[i]) {
+					if bad++; bad <= 5 {
+						t.Errorf("%q:\n got %v\nwant %v", text, got, resp.Tokens[i])
+					}
+				}
+			}
+			t.Logf("%d/%d equal", len(texts)-bad, len(texts))
 		})
 	}
 }
