@@ -56,6 +56,9 @@ func (t *Tokenizer) encodeBPE(m *merger, text string, out []int) []int {
 	if t.v.AddSpacePrefix && !strings.HasPrefix(text, " ") {
 		text = " " + text
 	}
+	if t.raw {
+		text = strings.ReplaceAll(text, " ", "▁")
+	}
 	var buf []byte
 	word := func(w string) {
 		out, buf = t.bpeWord(m, w, out, buf)
@@ -94,6 +97,9 @@ func (t *Tokenizer) encodeBPE(m *merger, text string, out []int) []int {
 }
 
 func (t *Tokenizer) bpeWord(m *merger, w string, out []int, buf []byte) ([]int, []byte) {
+	if t.raw {
+		return t.rawWord(m, w, out), buf
+	}
 	if t.ignoreMerges {
 		buf = mapBytes(buf[:0], w)
 		if id, ok := t.pieces[string(buf)]; ok {
@@ -128,4 +134,49 @@ func (t *Tokenizer) bpeWord(m *merger, w string, out []int, buf []byte) ([]int, 
 		}
 	}
 	return out, buf
+}
+
+// rawWord is bpeWord over raw UTF-8 (gemma4): one symbol per code point,
+// a run of newlines that is a token taken whole (as llama.cpp does), and
+// symbols that are not tokens written as their <0xXX> byte tokens where
+// the vocabulary has them.
+func (t *Tokenizer) rawWord(m *merger, w string, out []int) []int {
+	if strings.Trim(w, "\n") == "" {
+		if id, ok := t.pieces[w]; ok {
+			return append(out, int(id))
+		}
+	}
+	m.reset()
+	for i := 0; i < len(w); {
+		_, n := utf8.DecodeRuneInString(w[i:])
+		id, ok := t.pieces[w[i:i+n]]
+		if !ok {
+			id = -1
+		}
+		m.add(i, i+n, id)
+		i += n
+	}
+	m.run(func(l, r *symbol) (float64, int32, bool) {
+		if l.id < 0 || r.id < 0 {
+			return 0, 0, false
+		}
+		mg, ok := t.merges[uint64(uint32(l.id))<<32|uint64(uint32(r.id))]
+		if !ok {
+			return 0, 0, false
+		}
+		return -float64(mg.rank), mg.id, true
+	})
+	for i := int32(0); i >= 0 && int(i) < len(m.syms); i = m.syms[i].next {
+		sy := &m.syms[i]
+		if sy.id >= 0 {
+			out = append(out, int(sy.id))
+			continue
+		}
+		for k := sy.start; k < sy.end; k++ {
+			if id := t.byteTok[w[k]]; id >= 0 {
+				out = append(out, int(id))
+			}
+		}
+	}
+	return out
 }

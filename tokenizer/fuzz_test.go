@@ -180,7 +180,7 @@ func FuzzPreSplit(f *testing.F) {
 	f.Add("<|im_start|>user\n日本語 it's  12345 ΩK\u3000。\r\n")
 	f.Add("\xff\x00 \u0301a\u0915\u093f 😀")
 	f.Fuzz(func(t *testing.T, s string) {
-		for _, k := range []preKind{preGPT2, preLlama3, preQwen2, preQwen35, preDeepSeekLLM, preSmolLM} {
+		for _, k := range []preKind{preGPT2, preLlama3, preQwen2, preQwen35, preDeepSeekLLM, preGemma4, preSmolLM} {
 			var b strings.Builder
 			preSplit(k, s, func(p string) {
 				if p == "" {

@@ -26,7 +26,7 @@ func FromGGUF(f *gguf.File) (*Tokenizer, error) {
 	switch model {
 	case "llama":
 		v.Kind = SPM
-	case "gpt2":
+	case "gpt2", "gemma4":
 		v.Kind = BPE
 	case "none", "no":
 		return nil, fmt.Errorf("%w: GGUF tokenizer.ggml.model is %q", ErrNoTokenizer, model)
@@ -77,6 +77,11 @@ func FromGGUF(f *gguf.File) (*Tokenizer, error) {
 	v.AddEOS = flag("add_eos_token", false)
 	v.AddSpacePrefix = flag("add_space_prefix", v.Kind == SPM)
 	v.Pre, _ = f.String("tokenizer.ggml.pre")
+	if model == "gemma4" {
+		// Gemma 4: BPE over raw UTF-8 with spaces as "▁"; llama.cpp always
+		// adds BOS for it.
+		v.Pre, v.AddBOS = "gemma4", true
+	}
 	v.ChatTemplate, _ = f.String("tokenizer.chat_template")
 	// llama.cpp strips the whitespace after Phi-3's special tokens, by the
 	// model's name.

@@ -21,6 +21,9 @@ const (
 	preQwen35
 	// preDeepSeekLLM: six regexes in turn (pretok_deepseek.go).
 	preDeepSeekLLM
+	// preGemma4: [^\n]+|[\n]+ over raw UTF-8 with spaces escaped as "▁"
+	// (tokenizer model gemma4: no byte-level mapping).
+	preGemma4
 	// preSmolLM: every \p{N} on its own, then preGPT2 on the rest (HF
 	// Digits(individual_digits) followed by ByteLevel).
 	preSmolLM
@@ -44,6 +47,8 @@ func preFromName(name string) (preKind, bool, bool) {
 		return preQwen35, false, true
 	case "deepseek-llm":
 		return preDeepSeekLLM, false, true
+	case "gemma4":
+		return preGemma4, false, true
 	case "smollm", "starcoder", "refact", "command-r", "codeshell":
 		return preSmolLM, false, true
 	}
@@ -62,6 +67,16 @@ func preSplit(k preKind, s string, emit func(string)) {
 		splitLlama3(s, 1, true, emit)
 	case preDeepSeekLLM:
 		splitDeepSeekLLM(s, emit)
+	case preGemma4:
+		for s != "" {
+			nl := s[0] == '\n'
+			i := 1
+			for i < len(s) && (s[i] == '\n') == nl {
+				i++
+			}
+			emit(s[:i])
+			s = s[i:]
+		}
 	case preSmolLM:
 		start := 0
 		for i := 0; i < len(s); {

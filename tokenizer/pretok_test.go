@@ -68,7 +68,7 @@ func TestPreSplit(t *testing.T) {
 // Every splitter covers its input exactly, on any input.
 func TestPreSplitCovers(t *testing.T) {
 	texts, _ := vectors(t, "gpt2")
-	for _, k := range []preKind{preGPT2, preLlama3, preQwen2, preQwen35, preDeepSeekLLM, preSmolLM} {
+	for _, k := range []preKind{preGPT2, preLlama3, preQwen2, preQwen35, preDeepSeekLLM, preGemma4, preSmolLM} {
 		for _, s := range append(texts, "\xff\x00 \r\n\t\u2028x1") {
 			parts := split(k, s)
 			if strings.Join(parts, "") != s {

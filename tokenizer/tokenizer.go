@@ -119,6 +119,7 @@ type Tokenizer struct {
 	text         []string          // (V) decoded text of each token
 	special      map[string]int32  // control and user-defined tokens by text
 	eog          []int             // end-of-generation ids, ascending
+	raw          bool              // BPE over raw UTF-8, spaces as "▁" (gemma4), not byte-mapped
 	specialOnce  sync.Once
 	specialList  []specialText // special by length, longest first (EncodeSpecial)
 }
@@ -197,9 +198,28 @@ func build(v Vocab, o options) (*Tokenizer, error) {
 	// text control tokens, whatever the file says ("control-looking token
 	// ... its type will be overridden"): they are then parsed only as
 	// special text, never matched as user-defined pieces in plain text.
+	has := map[string]int{}
 	for i, s := range v.Tokens {
 		if EOGText(s) || slices.Contains(fimControlTexts, s) {
 			t.types[i] = TypeControl
+			if _, dup := has[s]; !dup {
+				has[s] = i
+			}
+		}
+	}
+	// ... and then takes two back (see eogIDs): "<|end|>" becomes
+	// user-defined for harmony/solar-open vocabularies, "</s>" normal text
+	// where "<|tool_response>" exists (Gemma 4).
+	_, ret := has["<|return|>"]
+	_, call := has["<|call|>"]
+	_, calls := has["<|calls|>"]
+	_, flush := has["<|flush|>"]
+	if end, ok := has["<|end|>"]; ok && ((ret && (call || calls)) || ((call || calls) && flush)) {
+		t.types[end] = TypeUserDefined
+	}
+	if s, ok := has["</s>"]; ok {
+		if _, tr := has["<|tool_response>"]; tr {
+			t.types[s] = TypeNormal
 		}
 	}
 	v.Types = t.types
@@ -253,8 +273,13 @@ func build(v Vocab, o options) (*Tokenizer, error) {
 				t.pieces[s] = int32(i)
 			}
 		}
+		t.raw = pre == preGemma4
 		for b := 0; b < 256; b++ {
-			if id, ok := t.pieces[string(byteToRune[b])]; ok {
+			key := string(byteToRune[b])
+			if t.raw { // byte tokens are written <0xXX> (llama.cpp's gemma4 fallback)
+				key = fmt.Sprintf("<0x%02X>", b)
+			}
+			if id, ok := t.pieces[key]; ok {
 				t.byteTok[b] = id
 			}
 		}
@@ -316,7 +341,7 @@ func build(v Vocab, o options) (*Tokenizer, error) {
 				t.text[i] = strings.ReplaceAll(s, "▁", " ")
 			}
 		default:
-			if v.Kind == SPM {
+			if v.Kind == SPM || t.raw {
 				t.text[i] = strings.ReplaceAll(s, "▁", " ")
 			} else {
 				t.text[i] = unmapBytes(s)

@@ -230,9 +230,7 @@ func TestTokenIDSpecials(t *testing.T) {
 
 // llamacppVocabUnsupported are the llamacpp-vocab vocabularies qtune refuses
 // (their pre-tokenizer or tokenizer model is not implemented yet).
-var llamacppVocabUnsupported = map[string]string{
-	"gemma-4": "gemma4",
-}
+var llamacppVocabUnsupported = map[string]string{}
 
 // TestLlamaCppVocabVectors: every test vector llama.cpp ships beside its
 // vocabulary-only GGUFs, for every vocabulary qtune reads; the others are

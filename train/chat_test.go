@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/qtune/qtune/data"
-		"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/model"
 )
 
 var talk = []data.Message{

@@ -15,7 +15,7 @@ import (
 // tokenizer (grow with the vocabulary), and headroom for garbage not yet
 // collected.
 func runtimeBytes(m *model.Model) int64 {
-	n := int64(15 << 19) // 7.5 MiB
+	n := int64(16 << 19) // 8 MiB: the binary grew by the Jinja engine (generate on stories260K now peaks at 8.5-9.2 MiB)
 	if m.Tokenizer != nil {
 		n += int64(m.Tokenizer.VocabSize()) * 300
 	}

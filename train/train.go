@@ -29,12 +29,12 @@ import (
 // Config is a training run. Field names follow MLX-LM's flags where one
 // exists (json tags are the --config keys).
 type Config struct {
-	Model          string  `json:"model"`
-	Tokenizer      string  `json:"tokenizer,omitempty"`
-	Data           string  `json:"data"`
+	Model     string `json:"model"`
+	Tokenizer string `json:"tokenizer,omitempty"`
+	Data      string `json:"data"`
 	// ChatTemplate is a Jinja chat template file for {"messages"} data,
 	// overriding the model's own (see LoadChatTemplate).
-	ChatTemplate string `json:"chat_template,omitempty"`
+	ChatTemplate   string  `json:"chat_template,omitempty"`
 	Method         string  `json:"method"` // lora | qlora
 	Iters          int     `json:"iters"`
 	BatchSize      int     `json:"batch_size"`

@@ -109,9 +109,9 @@ func TestZOOutputsApply(t *testing.T) {
 				t.Fatal(err)
 			}
 			tokOpt, err := ChatTokenizeOptions(m, "test model", "")
-	if err != nil {
-		t.Fatal(err)
-	}
+			if err != nil {
+				t.Fatal(err)
+			}
 			ex, err := data.Tokenize(m.Tokenizer, splits.Valid.Records, splits.Valid.Kind, tokOpt)
 			if err != nil {
 				t.Fatal(err)

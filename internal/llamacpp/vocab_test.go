@@ -27,9 +27,7 @@ func vocabFiles(t *testing.T) []string {
 
 // unsupportedVocab are the vocabularies whose pre-tokenizer or tokenizer
 // model qtune does not implement yet (FromGGUF refuses them by name).
-var unsupportedVocab = map[string]bool{
-	"ggml-vocab-gemma-4.gguf": true,
-}
+var unsupportedVocab = map[string]bool{}
 
 func ggufTokenizer(t *testing.T, path string) *tokenizer.Tokenizer {
 	t.Helper()
