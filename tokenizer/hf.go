@@ -371,6 +371,7 @@ type hfTokenizerJSON struct {
 const (
 	reLlama3 = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
 	reQwen2  = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+	reQwen35 = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
 	reGPT2   = `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
 )
 
@@ -428,17 +429,20 @@ func parseTokenizerJSON(data []byte) (Vocab, error) {
 		}
 	}
 
+	encoding := len(j.Normalizer.flat()) + len(j.PreTokenizer.flat()) // comps before this index encode
 	comps := append(append(j.Normalizer.flat(), j.PreTokenizer.flat()...), j.Decoder.flat()...)
 	byteLevel, metaspace, split, digits := false, false, "", false
 	useRegex := false
-	for _, c := range comps {
+	for ci, c := range comps {
 		switch c.Type {
 		case "ByteLevel":
 			byteLevel = true
 			if c.UseRegex == nil || *c.UseRegex {
 				useRegex = true
 			}
-			if c.AddPrefixSpace != nil && *c.AddPrefixSpace {
+			// The decoder's add_prefix_space only strips on decoding (Llama 3
+			// and Qwen ship it true); the pre-tokenizer's adds a space.
+			if c.AddPrefixSpace != nil && *c.AddPrefixSpace && ci < encoding {
 				v.AddSpacePrefix = true
 			}
 		case "Metaspace":
@@ -480,6 +484,8 @@ func parseTokenizerJSON(data []byte) (Vocab, error) {
 			v.Pre = "dbrx" // Llama 3's regex without ignore_merges
 		case split == reQwen2:
 			v.Pre = "qwen2"
+		case split == reQwen35:
+			v.Pre = "qwen35"
 		case split == reGPT2, split == "" && useRegex && digits:
 			v.Pre = "gpt-2"
 			if digits {

@@ -280,3 +280,76 @@ func TestLlamaCppVocabVectors(t *testing.T) {
 		})
 	}
 }
+
+// ggufAsTokenizerJSON writes the byte-level BPE vocabulary of a llama.cpp
+// GGUF as the tokenizer.json its family ships (model BPE with the vocab and
+// merges, the family's Split regex before ByteLevel, special tokens as
+// added tokens), so the HF reader can be held to the same vectors.
+func ggufAsTokenizerJSON(t *testing.T, f *gguf.File, re string, ignoreMerges bool) string {
+	t.Helper()
+	tokens, _ := f.Strings("tokenizer.ggml.tokens")
+	merges, _ := f.Strings("tokenizer.ggml.merges")
+	types, _ := f.Int32s("tokenizer.ggml.token_type")
+	vocab := make(map[string]int, len(tokens))
+	var added []map[string]any
+	for i, s := range tokens {
+		if i < len(types) && (types[i] == TypeControl || types[i] == TypeUserDefined) {
+			added = append(added, map[string]any{"id": i, "content": s, "special": types[i] == TypeControl})
+			continue
+		}
+		if _, dup := vocab[s]; !dup {
+			vocab[s] = i
+		}
+	}
+	j := map[string]any{
+		"added_tokens": added,
+		"normalizer":   nil,
+		"pre_tokenizer": map[string]any{"type": "Sequence", "pretokenizers": []any{
+			map[string]any{"type": "Split", "pattern": map[string]any{"Regex": re}, "behavior": "Isolated", "invert": false},
+			map[string]any{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+		}},
+		"decoder": map[string]any{"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+		"model":   map[string]any{"type": "BPE", "vocab": vocab, "merges": merges, "ignore_merges": ignoreMerges},
+	}
+	b, err := json.Marshal(j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestTokenizerJSONVectors: Llama 3, Qwen2 and Qwen3.5 read from the
+// tokenizer.json form of their vocabulary reproduce llama.cpp's vectors too.
+func TestTokenizerJSONVectors(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		re     string
+		ignore bool
+	}{{"llama-bpe", reLlama3, true}, {"qwen2", reQwen2, false}, {"qwen35", reQwen35, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			path := shared.Path(t, "assets", "tokenizers", "llamacpp-vocab", "ggml-vocab-"+c.name+".gguf")
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := gguf.Parse(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			writeFile(t, dir, "tokenizer.json", ggufAsTokenizerJSON(t, f, c.re, c.ignore))
+			tk, err := FromHFDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			inp, _ := os.ReadFile(path + ".inp")
+			out, _ := os.ReadFile(path + ".out")
+			texts, ids := parseVectors(t, inp, out)
+			for i, text := range texts {
+				if got := tk.Encode(text, false); !equalIDs(got, ids[i]) {
+					t.Errorf("%q:\n got %v\nwant %v", text, got, ids[i])
+				}
+			}
+		})
+	}
+}

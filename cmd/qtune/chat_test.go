@@ -57,8 +57,10 @@ func TestTokenizeVocabOnlySpecial(t *testing.T) {
 	if slices.Contains(p, 151644) || slices.Contains(p, 151645) || len(p) < 10 {
 		t.Errorf("without --special the markers must stay text: %v", p)
 	}
-	if code, _, errs := runCLI(t, "tokenize", "--model", shared.Path(t, "assets", "tokenizers", "llamacpp-vocab", "ggml-vocab-qwen35.gguf"), "--text", "x"); code != 1 || !strings.Contains(errs, "qwen35") || strings.Count(strings.TrimSpace(errs), "\n") > 0 {
-		t.Errorf("unsupported pre-tokenizer: exit %d, %q", code, errs)
+	bad := filepath.Join(t.TempDir(), "bad.gguf")
+	os.WriteFile(bad, []byte("GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\x7f"), 0o644)
+	if code, _, errs := runCLI(t, "tokenize", "--model", bad, "--text", "x"); code != 1 || !strings.Contains(errs, "bad.gguf") || strings.Count(strings.TrimSpace(errs), "\n") > 0 {
+		t.Errorf("damaged GGUF: exit %d, %q", code, errs)
 	}
 }
 
