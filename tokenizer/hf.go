@@ -431,8 +431,9 @@ func parseTokenizerJSON(data []byte) (Vocab, error) {
 
 	encoding := len(j.Normalizer.flat()) + len(j.PreTokenizer.flat()) // comps before this index encode
 	comps := append(append(j.Normalizer.flat(), j.PreTokenizer.flat()...), j.Decoder.flat()...)
-	byteLevel, metaspace, split, digits := false, false, "", false
-	useRegex := false
+	byteLevel, metaspace, digits := false, false, false
+	var splits []string // the Split patterns, in order
+	useRegex, prepended := false, false
 	for ci, c := range comps {
 		switch c.Type {
 		case "ByteLevel":
@@ -446,14 +447,14 @@ func parseTokenizerJSON(data []byte) (Vocab, error) {
 				v.AddSpacePrefix = true
 			}
 		case "Metaspace":
-			metaspace = true
+			metaspace, prepended = true, true
 			if c.PrependScheme == "first" || c.PrependScheme == "always" ||
 				(c.PrependScheme == "" && (c.AddPrefixSpace == nil || *c.AddPrefixSpace)) {
 				v.AddSpacePrefix = true
 			}
 		case "Prepend":
 			if c.Prepend == "▁" {
-				v.AddSpacePrefix = true
+				v.AddSpacePrefix, prepended = true, true
 			}
 		case "Replace":
 			if c.Content == "▁" && strings.Contains(string(c.Pattern), `" "`) {
@@ -467,11 +468,14 @@ func parseTokenizerJSON(data []byte) (Vocab, error) {
 				String string `json:"String"`
 			}
 			_ = json.Unmarshal(c.Pattern, &p)
-			split = p.Regex + p.String
+			if ci < encoding {
+				splits = append(splits, p.Regex+p.String)
+			}
 		case "Digits":
 			digits = c.IndividualDigits
 		}
 	}
+	split := strings.Join(splits, "\x00")
 	switch {
 	case byteLevel:
 		v.Kind = BPE
@@ -486,6 +490,8 @@ func parseTokenizerJSON(data []byte) (Vocab, error) {
 			v.Pre = "qwen2"
 		case split == reQwen35:
 			v.Pre = "qwen35"
+		case isDeepSeekLLM(splits):
+			v.Pre = "deepseek-llm"
 		case split == reGPT2, split == "" && useRegex && digits:
 			v.Pre = "gpt-2"
 			if digits {
@@ -495,6 +501,18 @@ func parseTokenizerJSON(data []byte) (Vocab, error) {
 			v.Pre = "gpt-2"
 		default:
 			return Vocab{}, fmt.Errorf("%w: tokenizer.json pre-tokenizer (split %q, digits %v)", ErrUnsupported, split, digits)
+		}
+	case metaspace && !prepended && j.Model.ByteFallback && len(merges) > 0:
+		// Gemma's form (transformers' GemmaTokenizer): spaces become "▁",
+		// nothing is prepended, and the merges run over the whole text in
+		// raw UTF-8 with <0xXX> byte fallback: llama.cpp's gemma4 model.
+		v.Kind, v.Pre, v.Merges = BPE, "gemma4", merges
+		for i, s := range tokens {
+			if v.Types[i] == TypeNormal {
+				if _, ok := parseByteToken(s); ok {
+					v.Types[i] = TypeByte
+				}
+			}
 		}
 	case metaspace:
 		v.Kind = SPM

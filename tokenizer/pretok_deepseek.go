@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"strings"
 	"unicode"
 )
 
@@ -137,4 +138,47 @@ func splitDeepSeekLLM(s string, emit func(string)) {
 	for _, p := range pieces {
 		emit(s[off[p[0]]:off[p[1]]])
 	}
+}
+
+// deepseekRegexes are the six regexes as DeepSeek-LLM's tokenizer.json
+// writes them (Split pre-tokenizers before ByteLevel), rebuilt from the
+// classes above.
+func deepseekRegexes() []string {
+	class := func(rs [][2]rune) string {
+		var b strings.Builder
+		b.WriteByte('[')
+		for _, r := range rs {
+			b.WriteRune(r[0])
+			if r[1] != r[0] {
+				b.WriteByte('-')
+				b.WriteRune(r[1])
+			}
+		}
+		b.WriteByte(']')
+		return b.String()
+	}
+	return []string{
+		"[\r\n]",
+		`\s?` + class(deepseekLetters) + "+",
+		`\s?` + class(deepseekPunct) + "+",
+		`\s+$`,
+		class(deepseekCJK) + "+",
+		`\p{N}+`,
+	}
+}
+
+// isDeepSeekLLM tells whether a tokenizer.json's Split patterns are
+// DeepSeek-LLM's (CR and LF written raw or escaped).
+func isDeepSeekLLM(splits []string) bool {
+	want := deepseekRegexes()
+	if len(splits) != len(want) {
+		return false
+	}
+	for i, s := range splits {
+		s = strings.NewReplacer(`\r`, "\r", `\n`, "\n").Replace(s)
+		if s != want[i] {
+			return false
+		}
+	}
+	return true
 }

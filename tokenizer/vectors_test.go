@@ -281,11 +281,12 @@ func TestLlamaCppVocabVectors(t *testing.T) {
 	}
 }
 
-// ggufAsTokenizerJSON writes the byte-level BPE vocabulary of a llama.cpp
-// GGUF as the tokenizer.json its family ships (model BPE with the vocab and
-// merges, the family's Split regex before ByteLevel, special tokens as
-// added tokens), so the HF reader can be held to the same vectors.
-func ggufAsTokenizerJSON(t *testing.T, f *gguf.File, re string, ignoreMerges bool) string {
+// ggufAsTokenizerJSON writes the vocabulary of a llama.cpp GGUF as the
+// tokenizer.json its family ships: model BPE with the vocab and merges,
+// special tokens as added tokens, and the family's normalizer and
+// pre-tokenizer (pre is a JSON value), so the HF reader can be held to the
+// same vectors.
+func ggufAsTokenizerJSON(t *testing.T, f *gguf.File, normalizer, pre, decoder any, model map[string]any) string {
 	t.Helper()
 	tokens, _ := f.Strings("tokenizer.ggml.tokens")
 	merges, _ := f.Strings("tokenizer.ggml.merges")
@@ -301,16 +302,11 @@ func ggufAsTokenizerJSON(t *testing.T, f *gguf.File, re string, ignoreMerges boo
 			vocab[s] = i
 		}
 	}
-	j := map[string]any{
-		"added_tokens": added,
-		"normalizer":   nil,
-		"pre_tokenizer": map[string]any{"type": "Sequence", "pretokenizers": []any{
-			map[string]any{"type": "Split", "pattern": map[string]any{"Regex": re}, "behavior": "Isolated", "invert": false},
-			map[string]any{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
-		}},
-		"decoder": map[string]any{"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-		"model":   map[string]any{"type": "BPE", "vocab": vocab, "merges": merges, "ignore_merges": ignoreMerges},
+	model["type"], model["vocab"] = "BPE", vocab
+	if _, ok := model["merges"]; !ok {
+		model["merges"] = merges
 	}
+	j := map[string]any{"added_tokens": added, "normalizer": normalizer, "pre_tokenizer": pre, "decoder": decoder, "model": model}
 	b, err := json.Marshal(j)
 	if err != nil {
 		t.Fatal(err)
@@ -318,16 +314,85 @@ func ggufAsTokenizerJSON(t *testing.T, f *gguf.File, re string, ignoreMerges boo
 	return string(b)
 }
 
-// TestTokenizerJSONVectors: Llama 3, Qwen2 and Qwen3.5 read from the
-// tokenizer.json form of their vocabulary reproduce llama.cpp's vectors too.
+// deepseekLLMSplits are the Split regexes of DeepSeek-LLM's tokenizer.json,
+// as llama.cpp's llama-vocab.cpp copies them (escaped: several of the
+// code points have canonical equivalents an editor may normalise to).
+var deepseekLLMSplits = []string{
+	"[\r\n]",
+	"\\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+",
+	"\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+	"\\s+$",
+	"[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
+	"\\p{N}+",
+}
+
+// TestTokenizerJSONVectors: each llamacpp-vocab vocabulary, written in the
+// tokenizer.json form its family ships on Hugging Face, reproduces
+// llama.cpp's vectors through the HF reader too.
 func TestTokenizerJSONVectors(t *testing.T) {
-	for _, c := range []struct {
-		name   string
-		re     string
-		ignore bool
-	}{{"llama-bpe", reLlama3, true}, {"qwen2", reQwen2, false}, {"qwen35", reQwen35, false}} {
-		t.Run(c.name, func(t *testing.T) {
-			path := shared.Path(t, "assets", "tokenizers", "llamacpp-vocab", "ggml-vocab-"+c.name+".gguf")
+	split := func(re string) map[string]any {
+		return map[string]any{"type": "Split", "pattern": map[string]any{"Regex": re}, "behavior": "Isolated", "invert": false}
+	}
+	byteLevel := func(useRegex bool) map[string]any {
+		return map[string]any{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": useRegex}
+	}
+	byteLevelDecoder := map[string]any{"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}
+	regexBPE := func(re string, ignore bool) func(*gguf.File) string {
+		return func(f *gguf.File) string {
+			pre := map[string]any{"type": "Sequence", "pretokenizers": []any{split(re), byteLevel(false)}}
+			return ggufAsTokenizerJSON(t, f, nil, pre, byteLevelDecoder, map[string]any{"ignore_merges": ignore})
+		}
+	}
+	spm := func(f *gguf.File) string {
+		tk, err := FromGGUF(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return spmJSON(tk.Vocab())
+	}
+	forms := map[string]func(*gguf.File) string{
+		"llama-bpe": regexBPE(reLlama3, true),
+		"qwen2":     regexBPE(reQwen2, false),
+		"qwen35":    regexBPE(reQwen35, false),
+		// GPT-2: one ByteLevel pre-tokenizer that applies its own regex.
+		"gpt-2": func(f *gguf.File) string {
+			return ggufAsTokenizerJSON(t, f, nil, byteLevel(true), byteLevelDecoder, map[string]any{})
+		},
+		// DeepSeek-LLM: six Splits in turn, then ByteLevel without a regex.
+		"deepseek-llm": func(f *gguf.File) string {
+			var seq []any
+			for _, re := range deepseekLLMSplits {
+				seq = append(seq, split(re))
+			}
+			pre := map[string]any{"type": "Sequence", "pretokenizers": append(seq, byteLevel(false))}
+			return ggufAsTokenizerJSON(t, f, nil, pre, byteLevelDecoder, map[string]any{})
+		},
+		// Llama 2 and Phi-3: SentencePiece BPE as transformers converts it
+		// (merges derived from the scores, Prepend + Replace normalizer).
+		"llama-spm": spm,
+		"phi-3":     spm,
+		// Gemma 4: transformers' GemmaTokenizer (Replace " "→"▁", no
+		// prefix, byte fallback, merges over the whole text).
+		"gemma-4": func(f *gguf.File) string {
+			norm := map[string]any{"type": "Replace", "pattern": map[string]any{"String": " "}, "content": "▁"}
+			pre := map[string]any{"type": "Split", "pattern": map[string]any{"String": " "}, "behavior": "MergedWithPrevious", "invert": false}
+			dec := map[string]any{"type": "Sequence", "decoders": []any{
+				map[string]any{"type": "Replace", "pattern": map[string]any{"String": "▁"}, "content": " "},
+				map[string]any{"type": "ByteFallback"}, map[string]any{"type": "Fuse"}}}
+			return ggufAsTokenizerJSON(t, f, norm, pre, dec, map[string]any{"byte_fallback": true, "fuse_unk": true, "unk_token": "<unk>"})
+		},
+	}
+	files, _ := filepath.Glob(shared.Path(t, "assets", "tokenizers", "llamacpp-vocab", "ggml-vocab-*.gguf"))
+	if len(files) != 8 {
+		t.Fatalf("%d vocabularies", len(files))
+	}
+	for _, path := range files {
+		name := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(path), "ggml-vocab-"), ".gguf")
+		t.Run(name, func(t *testing.T) {
+			form, ok := forms[name]
+			if !ok {
+				t.Fatalf("no tokenizer.json form for %s", name)
+			}
 			data, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
@@ -337,7 +402,7 @@ func TestTokenizerJSONVectors(t *testing.T) {
 				t.Fatal(err)
 			}
 			dir := t.TempDir()
-			writeFile(t, dir, "tokenizer.json", ggufAsTokenizerJSON(t, f, c.re, c.ignore))
+			writeFile(t, dir, "tokenizer.json", form(f))
 			tk, err := FromHFDir(dir)
 			if err != nil {
 				t.Fatal(err)
@@ -345,11 +410,14 @@ func TestTokenizerJSONVectors(t *testing.T) {
 			inp, _ := os.ReadFile(path + ".inp")
 			out, _ := os.ReadFile(path + ".out")
 			texts, ids := parseVectors(t, inp, out)
+			bad := 0
 			for i, text := range texts {
 				if got := tk.Encode(text, false); !equalIDs(got, ids[i]) {
+					bad++
 					t.Errorf("%q:\n got %v\nwant %v", text, got, ids[i])
 				}
 			}
+			t.Logf("%s (%v, pre %q): %d/%d vectors", name, tk.Kind(), tk.v.Pre, len(texts)-bad, len(texts))
 		})
 	}
 }
