@@ -1,6 +1,7 @@
 package train
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -48,9 +49,37 @@ type ChatTemplate struct {
 	Source string
 	// Default is set for DefaultChatTemplate.
 	Default bool
+	// Vars are further template variables (--chat-template-kwargs, as
+	// llama.cpp names them): enable_thinking, reasoning_effort, ...
+	Vars map[string]any
+	// NoSystemRole is set when the template drops a system turn (Phi-3's):
+	// Render then merges a leading system message into the next one, as
+	// llama.cpp's server does (chat.cpp, system_message_not_supported).
+	NoSystemRole bool
 
 	t        *chat.Template
 	bos, eos string
+}
+
+// systemProbe is the system text a template is probed with.
+const systemProbe = "qtune-system-probe-7c1f"
+
+// ParseTemplateKwargs reads --chat-template-kwargs: a JSON object of extra
+// template variables ('{"enable_thinking": false}').
+func ParseTemplateKwargs(s string) (map[string]any, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var v map[string]any
+	if err := json.Unmarshal([]byte(s), &v); err != nil || v == nil {
+		return nil, fmt.Errorf("--chat-template-kwargs must be a JSON object, e.g. '{\"enable_thinking\": false}' (%q)", s)
+	}
+	for _, k := range []string{"messages", "add_generation_prompt", "bos_token", "eos_token"} {
+		if _, ok := v[k]; ok {
+			return nil, fmt.Errorf("--chat-template-kwargs may not set %s", k)
+		}
+	}
+	return v, nil
 }
 
 // LoadChatTemplate returns the chat template for m: the file override when
@@ -59,6 +88,13 @@ type ChatTemplate struct {
 // with its tokenizer), else DefaultChatTemplate. modelPath names the model
 // in messages.
 func LoadChatTemplate(m *model.Model, modelPath, override string) (*ChatTemplate, error) {
+	return TokenizerChatTemplate(m.Tokenizer, modelPath, override)
+}
+
+// TokenizerChatTemplate is LoadChatTemplate for a tokenizer alone (a
+// vocabulary-only GGUF, say): the template it carries, unless override names
+// a file.
+func TokenizerChatTemplate(tok *tokenizer.Tokenizer, modelPath, override string) (*ChatTemplate, error) {
 	var name, src string
 	def := false
 	switch {
@@ -79,8 +115,8 @@ func LoadChatTemplate(m *model.Model, modelPath, override string) (*ChatTemplate
 		if strings.TrimSpace(src) == "" {
 			return nil, fmt.Errorf("chat template: %s is empty", override)
 		}
-	case m.Tokenizer.ChatTemplate() != "":
-		name, src = "the chat template of "+modelPath, m.Tokenizer.ChatTemplate()
+	case tok.ChatTemplate() != "":
+		name, src = "the chat template of "+modelPath, tok.ChatTemplate()
 	default:
 		name, src, def = "the default chat template (no template in "+modelPath+")", DefaultChatTemplate, true
 	}
@@ -89,11 +125,22 @@ func LoadChatTemplate(m *model.Model, modelPath, override string) (*ChatTemplate
 		return nil, err
 	}
 	ct := &ChatTemplate{Name: name, Source: src, Default: def, t: t}
-	if id := m.Tokenizer.BOS(); id >= 0 {
-		ct.bos = m.Tokenizer.Token(id)
+	if id := tok.BOS(); id >= 0 {
+		ct.bos = tok.Token(id)
 	}
-	if id := m.Tokenizer.EOS(); id >= 0 {
-		ct.eos = m.Tokenizer.Token(id)
+	if id := tok.EOS(); id >= 0 {
+		ct.eos = tok.Token(id)
+	}
+	// As llama.cpp detects it: a system turn whose text does not come out, or
+	// that the template refuses (Gemma 2's raise_exception) when a user turn
+	// alone renders.
+	opt := chat.Options{BOS: ct.bos, EOS: ct.eos}
+	probe, err := t.Render([]chat.Message{{Role: "system", Content: systemProbe}, {Role: "user", Content: "Hi"}}, opt)
+	if err != nil {
+		_, err2 := t.Render([]chat.Message{{Role: "user", Content: "Hi"}}, opt)
+		ct.NoSystemRole = err2 == nil
+	} else {
+		ct.NoSystemRole = !strings.Contains(probe, systemProbe)
 	}
 	return ct, nil
 }
@@ -105,7 +152,13 @@ func (c *ChatTemplate) Render(msgs []data.Message, addGenerationPrompt bool) (st
 	for i, m := range msgs {
 		cm[i] = chat.Message{Role: m.Role, Content: m.Content}
 	}
-	s, err := c.t.Render(cm, chat.Options{AddGenerationPrompt: addGenerationPrompt, BOS: c.bos, EOS: c.eos})
+	if c.NoSystemRole && len(cm) > 0 && cm[0].Role == "system" {
+		if len(cm) > 1 {
+			cm[1].Content = cm[0].Content + "\n" + cm[1].Content
+		}
+		cm = cm[1:]
+	}
+	s, err := c.t.Render(cm, chat.Options{AddGenerationPrompt: addGenerationPrompt, BOS: c.bos, EOS: c.eos, Extra: c.Vars})
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", data.ErrData, err)
 	}
@@ -140,12 +193,17 @@ func (c *ChatTemplate) Prompt(tok *tokenizer.Tokenizer, msgs []data.Message) ([]
 // engine cannot parse fails the run when it was given with override, and
 // otherwise only when the data holds chat records (text and completion data
 // do not need it).
-func ChatTokenizeOptions(m *model.Model, modelPath, override string) (data.TokenizeOptions, error) {
+func ChatTokenizeOptions(m *model.Model, modelPath, override string, kwargs map[string]any) (data.TokenizeOptions, error) {
 	o := data.TokenizeOptions{AddEOS: true, NoBOS: !m.Tokenizer.AddBOS()}
 	ct, err := LoadChatTemplate(m, modelPath, override)
 	switch {
 	case err == nil:
+		ct.Vars = kwargs
 		o.Template, o.ChatTemplate = ct, ct.Source
+		if len(kwargs) > 0 { // the variables change the rendering: part of the cache key
+			b, _ := json.Marshal(kwargs)
+			o.ChatTemplate += "\x00" + string(b)
+		}
 	case override != "":
 		return o, err
 	default:

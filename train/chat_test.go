@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/internal/shared"
 	"github.com/qtune/qtune/model"
 )
 
@@ -57,7 +58,7 @@ func runText(m *model.Model, ids []int) string {
 // the run appends after the conversation is not a target.
 func TestChatDefaultTemplateTargets(t *testing.T) {
 	m := openStories(t)
-	o, err := ChatTokenizeOptions(m, "stories260K.gguf", "")
+	o, err := ChatTokenizeOptions(m, "stories260K.gguf", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +92,7 @@ func TestChatTemplateOverride(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "t.jinja")
 	src := "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{% if m.role == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
 	os.WriteFile(f, []byte(src), 0o644)
-	o, err := ChatTokenizeOptions(m, "stories260K.gguf", f)
+	o, err := ChatTokenizeOptions(m, "stories260K.gguf", f, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,10 +114,10 @@ func TestChatTemplateOverride(t *testing.T) {
 	}
 	// A broken override fails the run; a broken model template only chat data.
 	os.WriteFile(f, []byte("{% if %}"), 0o644)
-	if _, err := ChatTokenizeOptions(m, "stories260K.gguf", f); err == nil || !strings.Contains(err.Error(), "t.jinja") {
+	if _, err := ChatTokenizeOptions(m, "stories260K.gguf", f, nil); err == nil || !strings.Contains(err.Error(), "t.jinja") {
 		t.Errorf("broken override: %v", err)
 	}
-	if _, err := ChatTokenizeOptions(m, "stories260K.gguf", filepath.Join(t.TempDir(), "none.jinja")); err == nil {
+	if _, err := ChatTokenizeOptions(m, "stories260K.gguf", filepath.Join(t.TempDir(), "none.jinja"), nil); err == nil {
 		t.Error("missing override accepted")
 	}
 }
@@ -140,5 +141,63 @@ func TestTrainOnMessages(t *testing.T) {
 	first, last := res.Curve[0].Loss, res.Curve[len(res.Curve)-1].Loss
 	if !(last < 0.7*first) {
 		t.Errorf("loss %.3f → %.3f", first, last)
+	}
+}
+
+// A template without a system turn: Gemma 2's refuses one (raise_exception),
+// so the system message goes in front of the first user message, as
+// llama.cpp's server does, in training data and prompts alike; the loss
+// stays on the replies. A template with one keeps it, and kwargs reach it.
+func TestChatSystemMergeAndKwargs(t *testing.T) {
+	m := openStories(t)
+	gemma2 := shared.Path(t, "assets", "chat-templates", "google-gemma-2-2b-it.jinja")
+	o, err := ChatTokenizeOptions(m, "stories260K.gguf", gemma2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct := o.Template.(*ChatTemplate)
+	if !ct.NoSystemRole {
+		t.Fatal("Gemma 2's template taken to have a system turn")
+	}
+	got, err := ct.Render(talk[:3], false)
+	if err != nil {
+		t.Fatalf("system message not merged: %v", err)
+	}
+	if !strings.Contains(got, "<start_of_turn>user\nBe brief.\nWho is Lily?<end_of_turn>") {
+		t.Errorf("merged render %q", got)
+	}
+	ex, err := data.Tokenize(m.Tokenizer, []data.Record{{Messages: talk}}, data.Chat, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := targetRuns(m, ex[0])
+	if len(runs) != 2 || !strings.Contains(runs[0], "A little girl.") || !strings.Contains(runs[1], "She likes the park.") {
+		t.Errorf("targets %q", runs)
+	}
+
+	f := filepath.Join(t.TempDir(), "t.jinja")
+	os.WriteFile(f, []byte("{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if enable_thinking is defined %}<think={{ enable_thinking }}>{% endif %}"), 0o644)
+	plain, err := ChatTokenizeOptions(m, "stories260K.gguf", f, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kw, err := ParseTemplateKwargs(`{"enable_thinking": false}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	think, err := ChatTokenizeOptions(m, "stories260K.gguf", f, kw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain.Template.(*ChatTemplate).NoSystemRole {
+		t.Error("a template that writes the system turn taken to drop it")
+	}
+	a, _ := plain.Template.(*ChatTemplate).Render(talk[:2], false)
+	b, _ := think.Template.(*ChatTemplate).Render(talk[:2], false)
+	if a != "[system]Be brief.[user]Who is Lily?" || b != a+"<think=False>" {
+		t.Errorf("renders %q, %q", a, b)
+	}
+	if plain.ChatTemplate == think.ChatTemplate {
+		t.Error("kwargs are not part of the token cache key")
 	}
 }

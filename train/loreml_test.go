@@ -166,7 +166,7 @@ func validExamples(t *testing.T, m *model.Model, cfg Config) []data.Example {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tokOpt, err := ChatTokenizeOptions(m, "test model", "")
+	tokOpt, err := ChatTokenizeOptions(m, "test model", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

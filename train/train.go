@@ -34,35 +34,38 @@ type Config struct {
 	Data      string `json:"data"`
 	// ChatTemplate is a Jinja chat template file for {"messages"} data,
 	// overriding the model's own (see LoadChatTemplate).
-	ChatTemplate   string  `json:"chat_template,omitempty"`
-	Method         string  `json:"method"` // lora | qlora
-	Iters          int     `json:"iters"`
-	BatchSize      int     `json:"batch_size"`
-	MaxSeqLength   int     `json:"max_seq_length"`
-	LearningRate   float64 `json:"learning_rate"`
-	NumLayers      int     `json:"num_layers"` // adapt the last N blocks; ≤0 all
-	AdapterPath    string  `json:"adapter_path"`
-	StepsPerReport int     `json:"steps_per_report"`
-	StepsPerEval   int     `json:"steps_per_eval"`
-	ValBatches     int     `json:"val_batches"` // ≤0: the whole validation split
-	SaveEvery      int     `json:"save_every"`
-	GradCheckpoint bool    `json:"grad_checkpoint"`
-	Seed           uint64  `json:"seed"`
-	Rank           int     `json:"rank"`
-	Alpha          float64 `json:"alpha"`
-	Dropout        float64 `json:"dropout"`
-	Targets        string  `json:"targets"`
-	Optimizer      string  `json:"optimizer"` // adamw | sgd
-	WeightDecay    float64 `json:"weight_decay"`
-	Momentum       float64 `json:"momentum"`
-	LRSchedule     string  `json:"lr_schedule"` // constant | linear | cosine
-	Warmup         int     `json:"warmup"`
-	MinLR          float64 `json:"min_lr"`
-	GradAccum      int     `json:"grad_accumulation_steps"`
-	MaxGradNorm    float64 `json:"max_grad_norm"` // ≤0: no clipping
-	Pack           bool    `json:"pack"`
-	Resume         bool    `json:"resume"`
-	CacheDir       string  `json:"cache_dir,omitempty"`
+	ChatTemplate string `json:"chat_template,omitempty"`
+	// ChatTemplateKwargs are further chat-template variables
+	// (enable_thinking, ...), as llama.cpp's --chat-template-kwargs.
+	ChatTemplateKwargs map[string]any `json:"chat_template_kwargs,omitempty"`
+	Method             string         `json:"method"` // lora | qlora
+	Iters              int            `json:"iters"`
+	BatchSize          int            `json:"batch_size"`
+	MaxSeqLength       int            `json:"max_seq_length"`
+	LearningRate       float64        `json:"learning_rate"`
+	NumLayers          int            `json:"num_layers"` // adapt the last N blocks; ≤0 all
+	AdapterPath        string         `json:"adapter_path"`
+	StepsPerReport     int            `json:"steps_per_report"`
+	StepsPerEval       int            `json:"steps_per_eval"`
+	ValBatches         int            `json:"val_batches"` // ≤0: the whole validation split
+	SaveEvery          int            `json:"save_every"`
+	GradCheckpoint     bool           `json:"grad_checkpoint"`
+	Seed               uint64         `json:"seed"`
+	Rank               int            `json:"rank"`
+	Alpha              float64        `json:"alpha"`
+	Dropout            float64        `json:"dropout"`
+	Targets            string         `json:"targets"`
+	Optimizer          string         `json:"optimizer"` // adamw | sgd
+	WeightDecay        float64        `json:"weight_decay"`
+	Momentum           float64        `json:"momentum"`
+	LRSchedule         string         `json:"lr_schedule"` // constant | linear | cosine
+	Warmup             int            `json:"warmup"`
+	MinLR              float64        `json:"min_lr"`
+	GradAccum          int            `json:"grad_accumulation_steps"`
+	MaxGradNorm        float64        `json:"max_grad_norm"` // ≤0: no clipping
+	Pack               bool           `json:"pack"`
+	Resume             bool           `json:"resume"`
+	CacheDir           string         `json:"cache_dir,omitempty"`
 
 	// Zeroth-order and hybrid methods (methods.md §2–4).
 	ZOLearningRate float64 `json:"zo_learning_rate"` // MeZO/LoHO ZO step size (constant)
@@ -237,7 +240,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	// streamed record by record (the test split is not a training run's, the
 	// valid split only when it evaluates). What stays in memory is per
 	// example, counted before the plan.
-	tokOpt, err := ChatTokenizeOptions(m, cfg.Model, cfg.ChatTemplate)
+	tokOpt, err := ChatTokenizeOptions(m, cfg.Model, cfg.ChatTemplate, cfg.ChatTemplateKwargs)
 	if err != nil {
 		return nil, err
 	}

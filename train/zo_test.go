@@ -108,7 +108,7 @@ func TestZOOutputsApply(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tokOpt, err := ChatTokenizeOptions(m, "test model", "")
+			tokOpt, err := ChatTokenizeOptions(m, "test model", "", nil)
 			if err != nil {
 				t.Fatal(err)
 			}

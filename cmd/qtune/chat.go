@@ -18,6 +18,7 @@ import (
 type chatFlags struct {
 	template *string
 	system   *string
+	kwargs   *string
 	n        *int
 	temp     *float64
 	topP     *float64
@@ -28,11 +29,31 @@ func addChatFlags(fs *flag.FlagSet, defTemp float64) chatFlags {
 	return chatFlags{
 		template: fs.String("chat-template", "", "Jinja chat template file, instead of the model's"),
 		system:   fs.String("system", "", "system message that opens the conversation"),
+		kwargs:   fs.String("chat-template-kwargs", "", `further template variables as a JSON object, e.g. '{"enable_thinking": false}'`),
 		n:        fs.Int("n", 512, "most tokens per reply"),
 		temp:     fs.Float64("temp", defTemp, "sampling temperature; 0 is greedy"),
 		topP:     fs.Float64("top-p", 0.9, "nucleus sampling mass"),
 		seed:     fs.Uint64("seed", 0, "random seed (0: from the clock)"),
 	}
+}
+
+// chatTemplate loads the template generate --chat and chat prompt with, and
+// says which it is (and when it drops system turns).
+func (a *app) chatTemplate(m *model.Model, modelPath, override, kwargs string) (*train.ChatTemplate, error) {
+	vars, err := train.ParseTemplateKwargs(kwargs)
+	if err != nil {
+		return nil, usageErr("%v", err)
+	}
+	tmpl, err := train.LoadChatTemplate(m, modelPath, override)
+	if err != nil {
+		return nil, err
+	}
+	tmpl.Vars = vars
+	a.log.Info().Str("template", tmpl.Name).Msg("chat template")
+	if tmpl.NoSystemRole {
+		a.log.Warn().Msg("the chat template has no system turn: a system message is put before the first user message, as llama.cpp does")
+	}
+	return tmpl, nil
 }
 
 func (c chatFlags) check() error {
@@ -74,11 +95,10 @@ func (a *app) chat(ctx context.Context, args []string) error {
 		return err
 	}
 	defer m.Close()
-	tmpl, err := train.LoadChatTemplate(m, *mp, *cf.template)
+	tmpl, err := a.chatTemplate(m, *mp, *cf.template, *cf.kwargs)
 	if err != nil {
 		return err
 	}
-	a.log.Info().Str("template", tmpl.Name).Msg("chat template")
 	limit, err := a.budget(*maxMem)
 	if err != nil {
 		return err

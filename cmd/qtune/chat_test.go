@@ -120,6 +120,18 @@ func TestGenerateChat(t *testing.T) {
 	if want := tok.Encode("<user>Hi<assistant>", true); !slices.Equal(r.PromptTokens, want) {
 		t.Errorf("--chat-template: prompt %v, want %v", r.PromptTokens, want)
 	}
+	// --chat-template-kwargs sets further variables, as llama.cpp's flag does.
+	os.WriteFile(tf, []byte("{% if enable_thinking %}<think>{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}"), 0o644)
+	r = generateJSON(t, "--chat-template", tf, "--chat-template-kwargs", `{"enable_thinking": true}`, "--prompt", "Hi", "-n", "1")
+	if want := tok.Encode("<think>Hi", true); !slices.Equal(r.PromptTokens, want) {
+		t.Errorf("--chat-template-kwargs: prompt %v, want %v", r.PromptTokens, want)
+	}
+	for _, bad := range []string{`[1]`, `{"enable_thinking": }`, `{"messages": []}`} {
+		code, _, errs := runCLI(t, "generate", "--model", stories(t), "--chat", "--chat-template-kwargs", bad, "--prompt", "Hi")
+		if code != 2 || !strings.Contains(lastLine(errs), "--chat-template-kwargs") {
+			t.Errorf("kwargs %s: exit %d, %q", bad, code, errs)
+		}
+	}
 	os.WriteFile(tf, []byte("{% for m in messages %}{{ m.content "), 0o644)
 	code, _, errs := runCLI(t, "generate", "--model", stories(t), "--chat", "--chat-template", tf, "--prompt", "Hi")
 	if last := lastLine(errs); code != 1 || !strings.Contains(last, "t.jinja") || !strings.Contains(last, "unclosed") {

@@ -136,6 +136,7 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	system := fs.String("system", "", "with --chat: a system message first")
 	msgFile := fs.String("messages", "", `with --chat: a JSON file of the conversation so far ([{"role","content"}, ...] or {"messages": [...]})`)
 	tmplFile := fs.String("chat-template", "", "with --chat: a Jinja chat template file instead of the model's")
+	kwargs := fs.String("chat-template-kwargs", "", `with --chat: further template variables as a JSON object, e.g. '{"enable_thinking": false}'`)
 	pos, err := a.parse(fs, args)
 	if err != nil {
 		return err
@@ -146,7 +147,7 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	if *n < 0 || *temp < 0 || *topP < 0 || *topP > 1 {
 		return usageErr("-n must be ≥ 0, --temp ≥ 0, --top-p in [0, 1]")
 	}
-	if *msgFile != "" || *system != "" || *tmplFile != "" {
+	if *msgFile != "" || *system != "" || *tmplFile != "" || *kwargs != "" {
 		*chatMode = true
 	}
 	var msgs []data.Message
@@ -165,11 +166,10 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	}
 	var ptoks []int
 	if *chatMode {
-		tmpl, err := train.LoadChatTemplate(m, *mp, *tmplFile)
+		tmpl, err := a.chatTemplate(m, *mp, *tmplFile, *kwargs)
 		if err != nil {
 			return err
 		}
-		a.log.Info().Str("template", tmpl.Name).Msg("chat template")
 		if ptoks, err = tmpl.Prompt(m.Tokenizer, msgs); err != nil {
 			return err
 		}

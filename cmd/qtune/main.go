@@ -27,8 +27,10 @@ Usage:
   qtune inspect FILE [--json] [--errors]          metadata, tensors, bytes per type, parameters
   qtune tokenize --model M --text T [--special] [--json]   token ids (M may be a vocabulary-only GGUF)
   qtune generate --model M --prompt P [-n N] [--temp T] [--top-p P] [--seed S] [--adapter DIR] [--json]
-                 [--chat [--system S] [--messages FILE.json] [--chat-template FILE]]   reply in the model's chat format
-  qtune chat --model M [--adapter DIR] [--system S] [--chat-template FILE]   talk to the model (KV cache kept across turns)
+                 [--chat [--system S] [--messages FILE.json] [--chat-template FILE] [--chat-template-kwargs JSON]]
+                                                  reply in the model's chat format
+  qtune chat --model M [--adapter DIR] [--system S] [--chat-template FILE] [--chat-template-kwargs JSON]
+                                                  talk to the model (KV cache kept across turns)
   qtune eval --model M --data FILE [--adapter DIR] [--json]   loss/perplexity, or accuracy on classification JSONL
   qtune quantize IN OUT --type q8_0|q4_0|q4_k|q5_k|q6_k|q3_k|q2_k|iq4_nl|iq4_xs|nf4|f16|bf16|f32
   qtune export --model M --adapter DIR [--merge --type T] --out OUT   adapters for other tools, or a merged model

@@ -20,6 +20,11 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) *string {
 	fs.StringVar(&c.Tokenizer, "tokenizer", c.Tokenizer, "tokenizer file (llama2.c models)")
 	fs.StringVar(&c.Data, "data", c.Data, "folder with train.jsonl/valid.jsonl/test.jsonl, or one file")
 	fs.StringVar(&c.ChatTemplate, "chat-template", c.ChatTemplate, "Jinja chat template file for {\"messages\"} data (default: the model's own, else qtune's default)")
+	fs.Func("chat-template-kwargs", `further chat-template variables as a JSON object, e.g. '{"enable_thinking": false}'`, func(v string) error {
+		kw, err := train.ParseTemplateKwargs(v)
+		c.ChatTemplateKwargs = kw
+		return err
+	})
 	fs.StringVar(&c.Method, "method", c.Method, "lora, qlora (float bases quantized to NF4 once, cached), mezo, loho (loho-inter), loho-intra, loreml")
 	fs.IntVar(&c.Iters, "iters", c.Iters, "training iterations")
 	fs.IntVar(&c.BatchSize, "batch-size", c.BatchSize, "sequences per micro-batch")

@@ -100,32 +100,38 @@ var available = sync.OnceValue(func() error {
 // Run asks llama.cpp for req. Relative paths in req are taken from the
 // working directory.
 func Run(ctx context.Context, req Request) (*Response, error) {
-	if err := Available(); err != nil {
-		return nil, err
-	}
-	dir, err := Dir()
-	if err != nil {
-		return nil, err
-	}
-	for _, p := range []*string{&req.Model, &req.LoRA} {
-		if *p != "" {
-			if *p, err = filepath.Abs(*p); err != nil {
-				return nil, fmt.Errorf("llamacpp: %w", err)
-			}
-		}
-	}
-	in, err := json.Marshal(req)
-	if err != nil {
-		return nil, fmt.Errorf("llamacpp: %w", err)
-	}
 	var resp Response
-	if err := runScript(ctx, dir, "judge.mjs", in, &resp); err != nil {
+	if err := call(ctx, "judge.mjs", req, &resp, &req.Model, &req.LoRA); err != nil {
 		return nil, err
 	}
 	if len(resp.Results) != len(req.Prompts) {
 		return nil, fmt.Errorf("llamacpp: %d results for %d prompts", len(resp.Results), len(req.Prompts))
 	}
 	return &resp, nil
+}
+
+// call makes paths absolute (they are taken from the working directory),
+// then runs script with req and decodes its answer into resp.
+func call(ctx context.Context, script string, req, resp any, paths ...*string) error {
+	if err := Available(); err != nil {
+		return err
+	}
+	dir, err := Dir()
+	if err != nil {
+		return err
+	}
+	for _, p := range paths {
+		if *p != "" {
+			if *p, err = filepath.Abs(*p); err != nil {
+				return fmt.Errorf("llamacpp: %w", err)
+			}
+		}
+	}
+	in, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("llamacpp: %w", err)
+	}
+	return runScript(ctx, dir, script, in, resp)
 }
 
 // runScript runs one of tools/llamacpp's scripts with the request in and
@@ -167,25 +173,11 @@ type VocabResponse struct {
 // Vocab asks llama.cpp to tokenize req.Texts and, when asked, for its
 // end-of-generation set.
 func Vocab(ctx context.Context, req VocabRequest) (*VocabResponse, error) {
-	if err := Available(); err != nil {
-		return nil, err
-	}
-	dir, err := Dir()
-	if err != nil {
-		return nil, err
-	}
-	if req.Model, err = filepath.Abs(req.Model); err != nil {
-		return nil, fmt.Errorf("llamacpp: %w", err)
-	}
 	if req.Texts == nil {
 		req.Texts = []string{}
 	}
-	in, err := json.Marshal(req)
-	if err != nil {
-		return nil, fmt.Errorf("llamacpp: %w", err)
-	}
 	var resp VocabResponse
-	if err := runScript(ctx, dir, "vocab.mjs", in, &resp); err != nil {
+	if err := call(ctx, "vocab.mjs", req, &resp, &req.Model); err != nil {
 		return nil, err
 	}
 	if len(resp.Tokens) != len(req.Texts) {
@@ -207,4 +199,37 @@ func Require(t testing.TB) {
 		t.Fatalf("%v (CI=true: the llama.cpp judge is required)", err)
 	}
 	t.Skip(err)
+}
+
+// ChatMessage is one turn of a conversation for the chat-prompt judge.
+type ChatMessage struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// ChatPromptRequest asks for llama.cpp's chat prompt for each conversation,
+// built as llama.cpp's server builds it (tools/llamacpp/chatprompt.mjs).
+type ChatPromptRequest struct {
+	Model         string          `json:"model"`
+	Conversations [][]ChatMessage `json:"conversations"`
+	Thinking      *bool           `json:"thinking,omitempty"` // enable_thinking; nil leaves it undefined (llama.cpp's server passes true by default)
+}
+
+// ChatPromptResponse is the chat-prompt judge's answer.
+type ChatPromptResponse struct {
+	Tokens [][]int  `json:"tokens"` // the prompt before the next reply as llama.cpp's server tokenizes it
+	Texts  []string `json:"texts"`  // the rendered prompt (a leading BOS text dropped when BOS is added)
+}
+
+// ChatPrompt asks for the prompt llama.cpp's server evaluates before the
+// model's next reply in each conversation.
+func ChatPrompt(ctx context.Context, req ChatPromptRequest) (*ChatPromptResponse, error) {
+	var resp ChatPromptResponse
+	if err := call(ctx, "chatprompt.mjs", req, &resp, &req.Model); err != nil {
+		return nil, err
+	}
+	if len(resp.Tokens) != len(req.Conversations) {
+		return nil, fmt.Errorf("llamacpp: %d prompts for %d conversations", len(resp.Tokens), len(req.Conversations))
+	}
+	return &resp, nil
 }

@@ -11,41 +11,13 @@
 // eog lists every id llama_vocab_is_eog holds true for, ascending: the
 // end-of-generation set llama.cpp stops on. On error: one line on stderr,
 // exit status 1.
-import { getLlama, LlamaLogLevel } from "node-llama-cpp";
+import { openLlama, run } from "./common.mjs";
 
-function fail(msg) {
-    process.stderr.write("vocab: " + String(msg).replace(/\s+/g, " ").trim() + "\n");
-    process.exit(1);
-}
-
-async function readStdin() {
-    const chunks = [];
-    for await (const c of process.stdin) chunks.push(c);
-    return Buffer.concat(chunks).toString("utf8");
-}
-
-async function main() {
-    let req;
-    try {
-        req = JSON.parse(await readStdin());
-    } catch (e) {
-        throw new Error("request: " + e.message);
-    }
-    if (req == null || typeof req !== "object") throw new Error("request is not a JSON object");
-    if (typeof req.model !== "string" || req.model === "") throw new Error("request: model path missing");
+async function main(req) {
     const texts = req.texts ?? [];
     if (!Array.isArray(texts) || !texts.every((t) => typeof t === "string")) throw new Error("request: texts must be an array of strings");
 
-    const llama = await getLlama({
-        gpu: false,
-        build: "never",
-        usePrebuiltBinaries: true,
-        skipDownload: true,
-        progressLogs: false,
-        maxThreads: 1,
-        logLevel: LlamaLogLevel.error,
-        logger: () => {},
-    });
+    const llama = await openLlama();
     const model = await llama.loadModel({ modelPath: req.model, gpuLayers: 0, vocabOnly: true });
     const vocab = model.fileInfo.metadata?.tokenizer?.ggml?.tokens?.length;
     if (!Number.isInteger(vocab)) throw new Error("model has no tokenizer.ggml.tokens");
@@ -54,9 +26,9 @@ async function main() {
         res.eog = [];
         for (let id = 0; id < vocab; id++) if (model.isEogToken(id)) res.eog.push(id);
     }
-    process.stdout.write(JSON.stringify(res) + "\n");
     await model.dispose();
     await llama.dispose();
+    return res;
 }
 
-main().catch((e) => fail(e?.message ?? e));
+run("vocab", main);
