@@ -46,6 +46,9 @@ type Request struct {
 	Runtime int64
 	// CanCheckpoint allows activation checkpointing (training only).
 	CanCheckpoint bool
+	// Checkpoint requires it (the user asked for it): every candidate
+	// checkpoints.
+	Checkpoint bool
 	// HeapFloor is the smallest heap the runtime keeps whatever the live
 	// data (Go's collector does not run below a 4 MiB heap goal).
 	HeapFloor int64
@@ -128,12 +131,14 @@ func Make(r Request) (*Plan, error) {
 	for _, stream := range []bool{false, true} {
 		for micro := r.Batch; micro >= 1; micro = (micro + 1) / 2 {
 			for _, optDisk := range disk {
-				cands = append(cands, candidate{micro, false, stream, optDisk, false})
-				if r.CanCheckpoint {
+				if !r.Checkpoint {
+					cands = append(cands, candidate{micro, false, stream, optDisk, false})
+				}
+				if r.CanCheckpoint || r.Checkpoint {
 					cands = append(cands, candidate{micro, true, stream, optDisk, false})
 				}
 			}
-			if r.CanCheckpoint && r.Spillable != nil {
+			if (r.CanCheckpoint || r.Checkpoint) && r.Spillable != nil {
 				cands = append(cands, candidate{micro, true, stream, disk[len(disk)-1], true})
 			}
 			if micro == 1 {

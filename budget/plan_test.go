@@ -107,3 +107,24 @@ func TestPlanOptimizerOnDisk(t *testing.T) {
 }
 
 func setBudget(r Request, b int64) Request { r.Budget = b; return r }
+
+// A checkpointing the user asked for is never dropped: at every budget the
+// plan checkpoints, shrinking the micro-batch or streaming instead, and its
+// peak counts checkpointed activations.
+func TestPlanKeepsRequestedCheckpoint(t *testing.T) {
+	for _, b := range []int64{1 << 40, 900 << 20, 700 << 20, 500 << 20, 400 << 20} {
+		r := req(b)
+		r.Checkpoint = true
+		p, err := Make(r)
+		if err != nil {
+			t.Fatalf("%d MiB: %v", b>>20, err)
+		}
+		if !p.Checkpoint {
+			t.Errorf("%d MiB: checkpointing dropped: %+v", b>>20, p)
+		}
+		free, _ := Make(req(b))
+		if b == 1<<40 && (free.Checkpoint || p.Peak >= free.Peak) {
+			t.Errorf("roomy budget: without the flag %+v, with it %+v", free, p)
+		}
+	}
+}

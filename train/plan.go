@@ -143,21 +143,21 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 	if an, ok := meth.(interface{ ActivationsNote() string }); ok {
 		r.ActivationsNote = an.ActivationsNote()
 	}
-	if cfg.GradCheckpoint { // asked for: start from checkpointing
-		act := r.Activations
-		r.Activations = func(b int, _ bool) int64 { return act(b, true) }
-	}
+	// Asked for, it is kept: the planner may shrink the micro-batch or
+	// stream, never drop the checkpointing the user chose.
+	r.Checkpoint = cfg.GradCheckpoint
 	return budget.Make(r)
 }
 
 // ApplyPlan makes m follow p: streaming as planned, every large buffer
 // reserved against the budget, and the Go heap limited to what the plan
-// leaves for it.
+// leaves for it. The heap limit is process-wide: restore puts back the one
+// in force before (an app that embeds qtune calls it when the run is done).
 //
 // The heap is held near the plan (a soft limit of the planned heap plus a
 // tenth, never above what the budget leaves), so garbage does not double
 // the footprint and the printed plan stays what the run uses.
-func ApplyPlan(m *model.Model, p *budget.Plan) {
+func ApplyPlan(m *model.Model, p *budget.Plan) (restore func()) {
 	m.Stream = p.Stream
 	var nonHeap int64
 	for _, it := range p.Items {
@@ -178,7 +178,8 @@ func ApplyPlan(m *model.Model, p *budget.Plan) {
 		// twentieth of the budget between the soft limit and the budget.
 		soft = min(soft, max(p.HeapLimit-p.Budget/20, p.HeapLimit/2))
 	}
-	debug.SetMemoryLimit(soft)
+	prev := debug.SetMemoryLimit(soft)
+	return func() { debug.SetMemoryLimit(prev) }
 }
 
 // FileSize returns a file's size, or 0.

@@ -312,7 +312,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		}
 		log("optimizer state on disk: moments in a scratch file under " + cfg.CacheDir)
 	}
-	ApplyPlan(m, plan)
+	defer ApplyPlan(m, plan)()
 	// The method's state as planned (optimizer moments come at the first
 	// step) and the token cache replace the early estimates.
 	m.Acct.Release(budget.Trainable, -1, pre)
@@ -336,7 +336,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if err := os.MkdirAll(cfg.AdapterPath, 0o755); err != nil {
 		return nil, fmt.Errorf("train: adapter path: %w", err)
 	}
-	res := &Result{TrainableSize: meth.Trainable(), FirstValLoss: math.NaN(), FinalValLoss: math.NaN()}
+	res := &Result{Plan: plan, TrainableSize: meth.Trainable(), FirstValLoss: math.NaN(), FinalValLoss: math.NaN()}
 	start := 0
 	statePath := filepath.Join(cfg.AdapterPath, stateFile)
 	if cfg.Resume {
