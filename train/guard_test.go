@@ -1,8 +1,12 @@
 package train
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"testing"
 )
 
@@ -39,5 +43,61 @@ func TestRunRestoresMemoryLimit(t *testing.T) {
 		if got := debug.SetMemoryLimit(-1); got != mine {
 			t.Errorf("--max-mem %q: memory limit %d after the run, was %d", maxMem, got, int64(mine))
 		}
+	}
+}
+
+// Resuming refuses any change that would lose or misapply the saved state
+// (fewer targets used to drop trained adapters and overwrite the state,
+// exit 0), naming the difference, and leaves the state as it was; --restart
+// starts over.
+func TestResumeRefusesChanges(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	base := smallRun(t, dir)
+	base.Iters, base.StepsPerEval, base.SaveEvery = 2, 0, 0
+	if _, err := Run(ctx, base, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	state, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherData := t.TempDir()
+	os.WriteFile(filepath.Join(otherData, "train.jsonl"), []byte(`{"text": "Once upon a time there was a cat."}`+"\n"+`{"text": "The cat sat on the mat all day."}`+"\n"), 0o644)
+	for _, c := range []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"fewer targets", func(c *Config) { c.Targets = "q_proj,v_proj" }, "--targets"},
+		{"fewer layers", func(c *Config) { c.NumLayers = 2 }, "--num-layers"},
+		{"alpha", func(c *Config) { c.Alpha = 32 }, "--alpha"},
+		{"rank", func(c *Config) { c.Rank = 8 }, "--rank"},
+		{"seed", func(c *Config) { c.Seed = 8 }, "--seed"},
+		{"batch", func(c *Config) { c.BatchSize = 4 }, "--batch-size"},
+		{"data", func(c *Config) { c.Data = otherData }, "the training data"},
+	} {
+		cfg := base
+		cfg.Iters, cfg.Resume = 4, true
+		c.edit(&cfg)
+		_, err := Run(ctx, cfg, nil, nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error naming %q", c.name, err, c.want)
+		}
+		if now, _ := os.ReadFile(filepath.Join(dir, stateFile)); !bytes.Equal(now, state) {
+			t.Fatalf("%s: the saved state changed", c.name)
+		}
+	}
+	// The same settings resume; --restart starts over.
+	cfg := base
+	cfg.Iters, cfg.Resume = 3, true
+	if _, err := Run(ctx, cfg, nil, nil); err != nil {
+		t.Fatalf("resume with the same settings: %v", err)
+	}
+	cfg = base
+	cfg.Targets, cfg.Restart = "q_proj", true
+	res, err := Run(ctx, cfg, nil, nil)
+	if err != nil || res.Iters != 2 {
+		t.Fatalf("--restart: %v", err)
 	}
 }

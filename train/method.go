@@ -156,6 +156,15 @@ func (l *loraMethod) Load(ts []checkpoint.Tensor) error {
 	for _, t := range ts {
 		by[t.Name] = t.Data
 	}
+	mine := map[string]bool{}
+	for _, ly := range l.set.Layers {
+		mine[ly.Target+".lora_a"], mine[ly.Target+".lora_b"] = true, true
+	}
+	for _, t := range ts { // a saved adapter this run would drop
+		if !strings.HasPrefix(t.Name, "optim/") && !mine[t.Name] {
+			return fmt.Errorf("saved adapter tensor %s is not trained by this run (targets or layers changed?)", t.Name)
+		}
+	}
 	for _, ly := range l.set.Layers {
 		a, b := by[ly.Target+".lora_a"], by[ly.Target+".lora_b"]
 		if len(a) != len(ly.A) || len(b) != len(ly.B) {

@@ -65,7 +65,10 @@ type Config struct {
 	MaxGradNorm        float64        `json:"max_grad_norm"` // ≤0: no clipping
 	Pack               bool           `json:"pack"`
 	Resume             bool           `json:"resume"`
-	CacheDir           string         `json:"cache_dir,omitempty"`
+	// Restart starts over in an AdapterPath that holds a saved state (what
+	// a run without Resume does, saying so unless Restart is set).
+	Restart  bool   `json:"restart,omitempty"`
+	CacheDir string `json:"cache_dir,omitempty"`
 
 	// Zeroth-order and hybrid methods (methods.md §2–4).
 	ZOLearningRate float64 `json:"zo_learning_rate"` // MeZO/LoHO ZO step size (constant)
@@ -184,6 +187,9 @@ type runMeta struct {
 	Curve    []Point  `json:"curve"`
 	ValCurve []Point  `json:"val_curve"`
 	Config   Config   `json:"config"`
+	// Identity is what the state was trained on (nil in states saved
+	// before it was recorded).
+	Identity *runIdentity `json:"identity,omitempty"`
 }
 
 const stateFile = "training_state.qtck"
@@ -207,6 +213,10 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	}
 	if cfg.CacheDir == "" {
 		cfg.CacheDir = DefaultCacheDir()
+	}
+	statePath := filepath.Join(cfg.AdapterPath, stateFile)
+	if cfg.Resume && cfg.Restart {
+		return nil, errors.New("train: --resume and --restart: choose one")
 	}
 	files, err := data.FindSplits(cfg.Data)
 	if err != nil {
@@ -338,9 +348,17 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	}
 	res := &Result{Plan: plan, TrainableSize: meth.Trainable(), FirstValLoss: math.NaN(), FinalValLoss: math.NaN()}
 	start := 0
-	statePath := filepath.Join(cfg.AdapterPath, stateFile)
+	sum := trainTF.Sum()
+	ident := &runIdentity{Base: baseID(m), Tokenizer: tokID, Data: hex.EncodeToString(sum[:])}
+	if !cfg.Resume && !cfg.Restart {
+		if _, err := os.Stat(statePath); err == nil {
+			log(fmt.Sprintf("note: %s holds an earlier run's state; this run starts over and replaces it at its first save (--resume continues it instead)", statePath))
+		}
+	}
 	if cfg.Resume {
-		meta, err := loadState(statePath, meth)
+		meta, err := loadState(statePath, meth, func(meta runMeta) error {
+			return checkResume(statePath, meta, cfg, *ident, m)
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -423,7 +441,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 			}
 		}
 		if cfg.SaveEvery > 0 && it%cfg.SaveEvery == 0 && it < cfg.Iters {
-			meta := runMeta{Step: it, Pos: batcher.Position(), Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg}
+			meta := runMeta{Step: it, Pos: batcher.Position(), Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg, Identity: ident}
 			if err := saveState(statePath, meta, meth); err != nil {
 				return res, err
 			}
@@ -437,7 +455,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if n := len(res.Curve); n > 0 {
 		res.FinalTrain = res.Curve[n-1].Loss
 	}
-	meta := runMeta{Step: cfg.Iters, Pos: batcher.Position(), Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg}
+	meta := runMeta{Step: cfg.Iters, Pos: batcher.Position(), Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg, Identity: ident}
 	if err := saveState(statePath, meta, meth); err != nil {
 		return res, err
 	}
@@ -520,7 +538,7 @@ func saveState(path string, meta runMeta, meth Method) error {
 	return checkpoint.Save(path, &checkpoint.State{Version: 1, Meta: mb, Tensors: meth.Tensors()})
 }
 
-func loadState(path string, meth Method) (runMeta, error) {
+func loadState(path string, meth Method, check func(runMeta) error) (runMeta, error) {
 	var meta runMeta
 	st, err := checkpoint.Load(path)
 	if err != nil {
@@ -528,6 +546,11 @@ func loadState(path string, meth Method) (runMeta, error) {
 	}
 	if err := json.Unmarshal(st.Meta, &meta); err != nil {
 		return meta, fmt.Errorf("train: %s: bad metadata: %w", path, err)
+	}
+	if check != nil {
+		if err := check(meta); err != nil {
+			return meta, err
+		}
 	}
 	if err := meth.Load(st.Tensors); err != nil {
 		return meta, fmt.Errorf("train: %s: %w", path, err)

@@ -52,6 +52,7 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) *string {
 	fs.Float64Var(&c.MaxGradNorm, "max-grad-norm", c.MaxGradNorm, "clip gradients to this global norm (0: off)")
 	fs.BoolVar(&c.Pack, "pack", c.Pack, "pack examples into full sequences instead of padding")
 	fs.BoolVar(&c.Resume, "resume", c.Resume, "continue from the state saved in --adapter-path")
+	fs.BoolVar(&c.Restart, "restart", c.Restart, "start over in an --adapter-path that holds a saved state, replacing it (without --resume a run does so anyway, with a note)")
 	fs.StringVar(&c.CacheDir, "cache-dir", c.CacheDir, "folder for the NF4 base and token caches (default: user cache)")
 	fs.Float64Var(&c.ZOLearningRate, "zo-learning-rate", c.ZOLearningRate, "mezo/loho: zeroth-order step size (constant)")
 	fs.Float64Var(&c.Epsilon, "epsilon", c.Epsilon, "mezo/loho: SPSA perturbation scale")
