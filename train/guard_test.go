@@ -101,3 +101,27 @@ func TestResumeRefusesChanges(t *testing.T) {
 		t.Fatalf("--restart: %v", err)
 	}
 }
+
+// A zeroth-order run whose step blows the adapters up (--zo-learning-rate
+// 1e6: the loss sits at ln(V) from iteration 2) stops with a message naming
+// the iteration instead of running on to exit 0; a sane rate trains on.
+func TestDivergenceStops(t *testing.T) {
+	for _, method := range []string{"mezo", "loho-inter"} {
+		cfg := zoRun(t, t.TempDir(), method, "lora")
+		cfg.Iters, cfg.StepsPerEval, cfg.SaveEvery = 30, 0, 0
+		cfg.ZOLearningRate = 1e6
+		res, err := Run(context.Background(), cfg, nil, nil)
+		if err == nil || !strings.Contains(err.Error(), "diverged at iteration") || !strings.Contains(err.Error(), "--zo-learning-rate") {
+			t.Fatalf("%s: %v (curve %v)", method, err, res.Curve)
+		}
+		if n := len(res.Curve); n >= 30 || n < divergedAfter {
+			t.Errorf("%s: stopped after %d iterations", method, n)
+		}
+		t.Logf("%s: %v", method, err)
+	}
+	cfg := zoRun(t, t.TempDir(), "mezo", "lora")
+	cfg.Iters, cfg.StepsPerEval, cfg.SaveEvery = 8, 0, 0
+	if _, err := Run(context.Background(), cfg, nil, nil); err != nil {
+		t.Fatalf("a sane rate: %v", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 
@@ -114,4 +115,42 @@ func checkResume(path string, saved runMeta, cfg Config, id runIdentity, m *mode
 	}
 	return fmt.Errorf("train: cannot resume %s: this run differs from the saved one in %s; resuming would lose or misapply its state: run with the saved settings, or --restart to start over (the saved state is then overwritten)",
 		path, strings.Join(diffs, ", "))
+}
+
+// divergence stops a run whose loss has left the numbers: non-finite; or
+// pinned at the uniform guess ln(V) for several iterations (different
+// batches scoring the same ln(V) means the model predicts nothing whatever
+// its input: a zeroth-order step too large blew the adapters up); or more
+// than twice what the run started at (and above ln(V)) for as long.
+type divergence struct {
+	uniform float64 // ln(vocabulary size)
+	first   float64 // the run's first loss (NaN until then)
+	stuck   int     // consecutive iterations at the uniform guess or far above the start
+	hint    string
+}
+
+const divergedAfter = 3
+
+func (d *divergence) check(it int, loss float64) error {
+	if math.IsNaN(loss) || math.IsInf(loss, 0) {
+		return fmt.Errorf("train: training diverged at iteration %d: the loss is %v; %s", it, loss, d.hint)
+	}
+	if math.IsNaN(d.first) {
+		d.first = loss
+	}
+	uniform := math.Abs(loss-d.uniform) < 1e-4
+	if uniform || loss > 2*max(d.first, d.uniform) {
+		d.stuck++
+	} else {
+		d.stuck = 0
+	}
+	if d.stuck < divergedAfter {
+		return nil
+	}
+	if uniform {
+		return fmt.Errorf("train: training diverged at iteration %d: the loss has been ln(%d) = %.4f, the uniform guess, for %d iterations: the model predicts nothing; %s",
+			it, int(math.Round(math.Exp(d.uniform))), d.uniform, d.stuck, d.hint)
+	}
+	return fmt.Errorf("train: training diverged at iteration %d: the loss has been above twice its start (%.4f) for %d iterations, now %.4f; %s",
+		it, d.first, d.stuck, loss, d.hint)
 }

@@ -406,6 +406,10 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	lastReport, lastTokens := time.Now(), res.Trained
 	var repLoss float64
 	var repTok, repSteps int
+	div := &divergence{uniform: math.Log(float64(m.Config.Vocab)), first: math.NaN(), hint: "lower --learning-rate"}
+	if cfg.Method == "mezo" || strings.HasPrefix(cfg.Method, "loho") {
+		div.hint = "lower --zo-learning-rate"
+	}
 	for it := start + 1; it <= cfg.Iters; it++ {
 		if err := ctx.Err(); err != nil {
 			return res, err
@@ -428,6 +432,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		repTok += stepTok
 		repSteps++
 		res.Curve = append(res.Curve, Point{it, stepLoss / float64(stepTok)})
+		if err := div.check(it, stepLoss/float64(stepTok)); err != nil {
+			return res, err
+		}
 		if it%cfg.StepsPerReport == 0 || it == cfg.Iters {
 			el := time.Since(lastReport).Seconds()
 			onProgress(Progress{Iter: it, Kind: "train", Loss: repLoss / float64(repTok), LearningRate: lr,
