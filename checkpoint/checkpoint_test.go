@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -448,4 +449,41 @@ func FuzzDecodeBody(f *testing.F) {
 			}
 		}
 	})
+}
+
+// fullDisk accepts limit bytes, then fails as a full disk does.
+type fullDisk struct{ limit int }
+
+func (d *fullDisk) Write(p []byte) (int, error) {
+	if len(p) > d.limit {
+		n := d.limit
+		d.limit = 0
+		return n, syscall.ENOSPC
+	}
+	d.limit -= len(p)
+	return len(p), nil
+}
+
+// A save that runs out of disk says so ("no space left on device"), at
+// whatever point the disk fills, not "internal error: wrote N body bytes".
+func TestEncodeFullDisk(t *testing.T) {
+	data := make([]float32, 1<<18)
+	x := uint32(1)
+	for i := range data { // incompressible: the encoder writes as it goes
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		data[i] = math.Float32frombits(x&0x807fffff | 0x3f000000)
+	}
+	s := &State{Version: 1, Meta: []byte(`{"step":3}`), Tensors: []Tensor{{Name: "a", Shape: []int{len(data)}, Data: data}}}
+	var whole bytes.Buffer
+	if err := Encode(&whole, s); err != nil {
+		t.Fatal(err)
+	}
+	for _, limit := range []int{0, 10, 100, whole.Len() / 4, whole.Len() / 2, whole.Len() - 1} {
+		err := Encode(&fullDisk{limit}, s)
+		if !errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), "internal error") {
+			t.Errorf("disk full after %d bytes: %v", limit, err)
+		}
+	}
 }

@@ -186,7 +186,7 @@ func encode(w io.Writer, s *State) error {
 			t.Written()
 		}
 	}
-	if bw.n+4 != size {
+	if bw.err == nil && bw.n+4 != size { // a failed write stops counting: keep its error (a full disk)
 		bw.err = fmt.Errorf("internal error: wrote %d body bytes, planned %d", bw.n+4, size)
 	}
 	var sum [4]byte
