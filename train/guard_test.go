@@ -3,9 +3,12 @@ package train
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -123,5 +126,45 @@ func TestDivergenceStops(t *testing.T) {
 	cfg.Iters, cfg.StepsPerEval, cfg.SaveEvery = 8, 0, 0
 	if _, err := Run(context.Background(), cfg, nil, nil); err != nil {
 		t.Fatalf("a sane rate: %v", err)
+	}
+}
+
+// A cancelled run (SIGINT in the CLI) saves a resumable state of what it
+// trained, whatever the iteration and without --save-every, and resuming
+// from it gives the losses of a run never interrupted.
+func TestCancelSavesResumableState(t *testing.T) {
+	ctx := context.Background()
+	base := smallRun(t, t.TempDir())
+	base.SaveEvery, base.StepsPerEval = 0, 0
+	full, err := Run(ctx, base, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range []int{1, 2, 5} {
+		dir := t.TempDir()
+		cfg := base
+		cfg.AdapterPath, cfg.CacheDir = dir, filepath.Join(dir, "cache")
+		cctx, cancel := context.WithCancel(ctx)
+		var logs []string
+		_, err := Run(cctx, cfg, func(s string) { logs = append(logs, s) }, func(p Progress) {
+			if p.Kind == "train" && p.Iter == at {
+				cancel()
+			}
+		})
+		cancel()
+		if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), fmt.Sprintf("after iteration %d", at)) {
+			t.Fatalf("cancelled at %d: %v", at, err)
+		}
+		if !slices.ContainsFunc(logs, func(s string) bool { return strings.Contains(s, "--resume") }) {
+			t.Errorf("cancelled at %d: no word on how to resume: %q", at, logs)
+		}
+		cfg.Resume = true
+		resumed, err := Run(ctx, cfg, nil, nil)
+		if err != nil {
+			t.Fatalf("resume after %d: %v", at, err)
+		}
+		if !slices.Equal(full.Curve, resumed.Curve) {
+			t.Errorf("cancelled at %d: losses %v, uninterrupted %v", at, resumed.Curve, full.Curve)
+		}
 	}
 }

@@ -200,7 +200,8 @@ type Logger func(line string)
 // Run trains adapters as configured. It reports every StepsPerReport
 // iterations, evaluates every StepsPerEval, saves resumable state every
 // SaveEvery into AdapterPath, and writes the adapters and a loss curve at
-// the end. Cancelling ctx stops at the next iteration with ctx.Err().
+// the end. Cancelling ctx stops at the next iteration with an error
+// wrapping ctx.Err(), after saving a resumable state of what was trained.
 func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress)) (*Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -412,7 +413,15 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	}
 	for it := start + 1; it <= cfg.Iters; it++ {
 		if err := ctx.Err(); err != nil {
-			return res, err
+			// Interrupted: what was trained is saved, to resume from.
+			if it-1 > start {
+				meta := runMeta{Step: it - 1, Pos: batcher.Position(), Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg, Identity: ident}
+				if serr := saveState(statePath, meta, meth); serr != nil {
+					return res, fmt.Errorf("train: interrupted after iteration %d, and saving its state failed: %w (%w)", it-1, serr, err)
+				}
+				log(fmt.Sprintf("interrupted after iteration %d: state saved in %s; run the same command with --resume to continue", it-1, statePath))
+			}
+			return res, fmt.Errorf("train: interrupted after iteration %d: %w", it-1, err)
 		}
 		batches := make([]data.Batch, cfg.GradAccum)
 		for k := range batches {

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/qtune/qtune/internal/shared"
+)
+
+// TestSignalChild is the qtune process TestSignalSavesState signals (the
+// test binary run again with the arguments in QTUNE_CHILD_ARGS).
+func TestSignalChild(t *testing.T) {
+	js := os.Getenv("QTUNE_CHILD_ARGS")
+	if js == "" {
+		t.Skip("run by TestSignalSavesState")
+	}
+	var args []string
+	if err := json.Unmarshal([]byte(js), &args); err != nil {
+		t.Fatal(err)
+	}
+	os.Exit(run(args, os.Stdout, os.Stderr))
+}
+
+// SIGTERM and SIGINT stop a training run with its state saved and a word on
+// how to resume; resuming continues from the iteration it stopped at.
+func TestSignalSavesState(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		dir := t.TempDir()
+		args := []string{"train", "--model", stories(t), "--data", shared.Path(t, "assets", "data", "tinyshakespeare"),
+			"--iters", "100000", "--batch-size", "1", "--max-seq-length", "16", "--steps-per-eval", "0",
+			"--steps-per-report", "1", "--save-every", "0", "--adapter-path", dir, "--cache-dir", filepath.Join(dir, "cache")}
+		js, _ := json.Marshal(args)
+		cmd := exec.Command(os.Args[0], "-test.run=^TestSignalChild$")
+		cmd.Env = append(os.Environ(), "QTUNE_CHILD_ARGS="+string(js))
+		pr, pw := io.Pipe()
+		cmd.Stdout, cmd.Stderr = pw, pw
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder
+		sent := false
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait(); pw.Close() }()
+		timer := time.AfterFunc(2*time.Minute, func() { cmd.Process.Kill() })
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			out.WriteString(sc.Text() + "\n")
+			if !sent && strings.HasPrefix(sc.Text(), "Iter 3:") {
+				cmd.Process.Signal(sig)
+				sent = true
+			}
+		}
+		err := <-done
+		timer.Stop()
+		if !sent || err == nil || !strings.Contains(out.String(), "--resume") {
+			t.Fatalf("%v: sent %v, exit %v, output:\n%s", sig, sent, err, out.String())
+		}
+		if _, err := os.Stat(filepath.Join(dir, "training_state.qtck")); err != nil {
+			t.Fatalf("%v: no state saved: %v", sig, err)
+		}
+		// Resume for a few more iterations than were saved.
+		var saved int
+		for _, l := range strings.Split(out.String(), "\n") {
+			if i := strings.Index(l, "interrupted after iteration "); i >= 0 {
+				saved = atoiPrefix(l[i+len("interrupted after iteration "):])
+			}
+		}
+		if saved < 3 {
+			t.Fatalf("%v: saved at iteration %d:\n%s", sig, saved, out.String())
+		}
+		args[6] = itoa(saved + 2)
+		code, _, errs := runCLI(t, append(args, "--resume")...)
+		if code != 0 || !strings.Contains(errs, "resumed from") {
+			t.Fatalf("%v: resume: exit %d\n%s", sig, code, errs)
+		}
+	}
+}
+
+func atoiPrefix(s string) int {
+	n := 0
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = 10*n + int(c-'0')
+	}
+	return n
+}
+
+func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
