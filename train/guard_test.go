@@ -168,3 +168,39 @@ func TestCancelSavesResumableState(t *testing.T) {
 		}
 	}
 }
+
+// Two runs cannot write one adapter folder at once: the second is refused
+// with a message naming the folder and the holder; they may share a cache
+// folder (its files are written under temporary names and renamed).
+func TestAdapterPathLocked(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a := smallRun(t, dir)
+	a.StepsPerEval, a.SaveEvery = 0, 0
+	started, tried := make(chan struct{}), make(chan struct{})
+	errA := make(chan error, 1)
+	go func() {
+		_, err := Run(ctx, a, nil, func(p Progress) {
+			if p.Iter == 1 {
+				close(started)
+				<-tried
+			}
+		})
+		errA <- err
+	}()
+	<-started
+	b := a
+	_, err := Run(ctx, b, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "in use by another qtune run") || !strings.Contains(err.Error(), dir) {
+		t.Errorf("second run on the same adapter path: %v", err)
+	}
+	c := a
+	c.AdapterPath = t.TempDir() // same cache folder, another adapter path
+	if _, err := Run(ctx, c, nil, nil); err != nil {
+		t.Errorf("a run sharing the cache folder: %v", err)
+	}
+	close(tried)
+	if err := <-errA; err != nil {
+		t.Fatal(err)
+	}
+}

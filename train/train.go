@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/checkpoint"
 	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/internal/fsx"
 	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
@@ -218,6 +220,13 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	statePath := filepath.Join(cfg.AdapterPath, stateFile)
 	if cfg.Resume && cfg.Restart {
 		return nil, errors.New("train: --resume and --restart: choose one")
+	}
+	if !cfg.DryRun { // one run writes an adapter folder at a time
+		unlock, err := fsx.Lock(cfg.AdapterPath)
+		if err != nil {
+			return nil, fmt.Errorf("train: adapter path: %w", err)
+		}
+		defer unlock()
 	}
 	files, err := data.FindSplits(cfg.Data)
 	if err != nil {
@@ -472,20 +481,23 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		res.FinalTrain = res.Curve[n-1].Loss
 	}
 	meta := runMeta{Step: cfg.Iters, Pos: batcher.Position(), Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg, Identity: ident}
-	if err := saveState(statePath, meta, meth); err != nil {
-		return res, err
-	}
-	if err := meth.Save(cfg.AdapterPath); err != nil {
-		return res, err
-	}
-	f, err := os.Create(filepath.Join(cfg.AdapterPath, "loss.svg"))
-	if err == nil {
-		err = WriteLossSVG(f, fmt.Sprintf("qtune %s on %s", cfg.Method, filepath.Base(cfg.Data)), res.Curve, res.ValCurve)
-		if cerr := f.Close(); err == nil {
-			err = cerr
+	// The outputs of the final save (state, adapters, loss curve) are one
+	// unit: a crash leaves the previous save's files or these, never a mix.
+	err = fsx.SaveDir(cfg.AdapterPath, func(stage string) error {
+		if err := saveState(filepath.Join(stage, stateFile), meta, meth); err != nil {
+			return err
 		}
+		if err := meth.Save(stage); err != nil {
+			return err
+		}
+		return fsx.WriteFile(filepath.Join(stage, "loss.svg"), func(w io.Writer) error {
+			return WriteLossSVG(w, fmt.Sprintf("qtune %s on %s", cfg.Method, filepath.Base(cfg.Data)), res.Curve, res.ValCurve)
+		})
+	})
+	if err != nil {
+		return res, fmt.Errorf("train: saving to %s: %w", cfg.AdapterPath, err)
 	}
-	return res, err
+	return res, nil
 }
 
 // splitName names a split's token cache file: "train" for a folder's

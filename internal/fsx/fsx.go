@@ -1,0 +1,214 @@
+// Package fsx writes files and folders so that a crash (kill -9, power
+// loss, a full disk) leaves either the old content or the new, never a mix,
+// and keeps two runs from writing one folder at once.
+//
+//   - WriteFile writes a temporary file beside the target, fsyncs it and
+//     renames it over the target, then fsyncs the folder.
+//   - SaveDir makes the files of one save a unit: they are written into a
+//     fresh sibling folder, the folder's other entries are hard-linked in
+//     beside them, everything is fsynced, and the two folders are exchanged
+//     in one step (Linux renameat2 RENAME_EXCHANGE). Where the exchange is
+//     not available the files are renamed in one by one (each file whole,
+//     the set not a unit).
+//   - Lock takes an exclusive lock on a folder for the life of a run.
+package fsx
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// WriteFile writes path through write, atomically and durably.
+func WriteFile(path string, write func(w io.Writer) error) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+	bw := bufio.NewWriterSize(f, 256<<10)
+	err = write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, 0o644)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = SyncDir(dir)
+	}
+	return err
+}
+
+// stageSuffix names the sibling folder a save is staged in.
+const stageSuffix = ".qtune-saving"
+
+// SaveDir writes the files of one save into dir as a unit: write gets a
+// fresh, empty folder to write them into; dir's other entries are kept.
+func SaveDir(dir string, write func(stage string) error) error {
+	dir = filepath.Clean(dir)
+	stage := dir + stageSuffix
+	if err := os.RemoveAll(stage); err != nil { // what a crash left
+		return err
+	}
+	if err := os.MkdirAll(stage, 0o755); err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		os.RemoveAll(stage)
+		return err
+	}
+	if err := write(stage); err != nil {
+		return fail(err)
+	}
+	if err := syncTree(stage); err != nil {
+		return fail(err)
+	}
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.Rename(stage, dir); err != nil {
+			return fail(err)
+		}
+		return SyncDir(filepath.Dir(dir))
+	}
+	// Everything of dir that this save does not replace comes along.
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fail(err)
+	}
+	for _, e := range ents {
+		dst := filepath.Join(stage, e.Name())
+		if _, err := os.Lstat(dst); err == nil {
+			continue // replaced by this save
+		}
+		if err := linkTree(filepath.Join(dir, e.Name()), dst); err != nil {
+			return fail(fmt.Errorf("keeping %s: %w", e.Name(), err))
+		}
+	}
+	if err := SyncDir(stage); err != nil {
+		return fail(err)
+	}
+	if err := exchange(stage, dir); err == nil {
+		os.RemoveAll(stage) // the old folder, under the stage's name now
+		return SyncDir(filepath.Dir(dir))
+	} else if !errors.Is(err, errNoExchange) {
+		return fail(err)
+	}
+	// No atomic exchange here: move the new files in one by one.
+	for _, e := range mustReadDir(stage) {
+		src, dst := filepath.Join(stage, e.Name()), filepath.Join(dir, e.Name())
+		if same(src, dst) {
+			continue
+		}
+		if err := os.RemoveAll(dst); err != nil {
+			return fail(err)
+		}
+		if err := os.Rename(src, dst); err != nil {
+			return fail(err)
+		}
+	}
+	os.RemoveAll(stage)
+	return SyncDir(dir)
+}
+
+var errNoExchange = errors.New("fsx: no atomic folder exchange on this system")
+
+func mustReadDir(dir string) []os.DirEntry {
+	ents, _ := os.ReadDir(dir)
+	return ents
+}
+
+// same tells whether two paths name one file (a hard link kept).
+func same(a, b string) bool {
+	sa, err1 := os.Lstat(a)
+	sb, err2 := os.Lstat(b)
+	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
+}
+
+// linkTree hard-links src (a file, or a folder recursively) at dst;
+// symbolic links are copied as links.
+func linkTree(src, dst string) error {
+	st, err := os.Lstat(src)
+	if err != nil {
+		return err
+	}
+	switch {
+	case st.Mode()&fs.ModeSymlink != 0:
+		target, err := os.Readlink(src)
+		if err != nil {
+			return err
+		}
+		return os.Symlink(target, dst)
+	case st.IsDir():
+		if err := os.Mkdir(dst, st.Mode().Perm()); err != nil {
+			return err
+		}
+		ents, err := os.ReadDir(src)
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			if err := linkTree(filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())); err != nil {
+				return err
+			}
+		}
+		return nil
+	default:
+		return os.Link(src, dst)
+	}
+}
+
+// syncTree fsyncs every regular file and folder under dir.
+func syncTree(dir string) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		err = f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	})
+}
+
+// SyncDir makes renames in dir durable.
+func SyncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil && !dirSyncWorks { // Windows cannot fsync a folder
+		return nil
+	}
+	return err
+}
