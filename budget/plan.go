@@ -68,6 +68,7 @@ type Request struct {
 
 // Plan is how a run fits its budget.
 type Plan struct {
+	Job        string // the Request's
 	Budget     int64
 	Items      []Item
 	Peak       int64 // the planned peak resident memory
@@ -160,7 +161,7 @@ func Make(r Request) (*Plan, error) {
 }
 
 func (r *Request) evaluate(c candidate) *Plan {
-	p := &Plan{Budget: r.Budget, MicroBatch: c.micro, Accum: (r.Batch + c.micro - 1) / c.micro,
+	p := &Plan{Job: r.Job, Budget: r.Budget, MicroBatch: c.micro, Accum: (r.Batch + c.micro - 1) / c.micro,
 		Checkpoint: c.checkpoint, Stream: c.stream, OptimizerOnDisk: c.optDisk, SpillActivations: c.spill}
 	var all, biggest int64
 	for _, b := range r.LayerBytes {

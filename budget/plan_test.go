@@ -128,3 +128,33 @@ func TestPlanKeepsRequestedCheckpoint(t *testing.T) {
 		}
 	}
 }
+
+// A plan without a budget that needs more than the machine has available
+// is refused before the run (a 2^24-token context's KV cache grew until
+// the kernel killed the process); with a budget, the budget decides.
+func TestCheckAvailable(t *testing.T) {
+	defer func(f func() int64) { available = f }(available)
+	available = func() int64 { return 300 << 20 }
+	free, err := Make(req(0)) // 500 MiB of weights, 388 MiB besides
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckAvailable(free); err == nil || !strings.Contains(err.Error(), "available") || !strings.Contains(err.Error(), "--max-mem") {
+		t.Errorf("no budget, too big: %v", err)
+	}
+	bounded, _ := Make(req(700 << 20))
+	if err := CheckAvailable(bounded); err != nil {
+		t.Errorf("with a budget: %v", err)
+	}
+	available = func() int64 { return 400 << 20 } // less than the weights: they are mapped
+	if err := CheckAvailable(free); err != nil {
+		t.Errorf("room enough besides the weights: %v", err)
+	}
+	available = func() int64 { return 0 } // unknown
+	if err := CheckAvailable(free); err != nil {
+		t.Errorf("unknown: %v", err)
+	}
+	if Available() < 0 {
+		t.Error("negative")
+	}
+}

@@ -300,6 +300,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		return nil, err
 	}
 	plan, perr := PlanTrain(m, cfg, meth, dm, limit)
+	if perr == nil && !cfg.DryRun {
+		perr = budget.CheckAvailable(plan)
+	}
 	for _, line := range strings.Split(plan.String(), "\n") {
 		log(line)
 	}

@@ -418,6 +418,9 @@ func (a *app) budget(s string) (int64, error) {
 // showPlan prints the memory plan: to stdout for qtune plan, else as the
 // first log lines of the run. A plan that does not fit is an error.
 func (a *app) showPlan(p *budget.Plan, err error) error {
+	if err == nil && !a.planOnly {
+		err = budget.CheckAvailable(p) // no --max-mem: still no more than the machine has
+	}
 	if p != nil {
 		if a.planOnly {
 			fmt.Fprintln(a.stdout, p.String())

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/qtune/qtune/internal/shared"
+	"github.com/qtune/qtune/internal/synth"
+	"github.com/qtune/qtune/quant"
 )
 
 // TestSignalChild is the qtune process TestSignalSavesState signals (the
@@ -96,3 +98,20 @@ func atoiPrefix(s string) int {
 }
 
 func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// Without --max-mem, a run that would need more than the machine has (a
+// 2^24-token context's KV cache: generate -n 1e9 grew until killed) is
+// refused before it starts, with a message saying what to do.
+func TestHugeContextRefusedWithoutBudget(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "long.gguf")
+	c := synth.Config{Name: "long", Dim: 256, Hidden: 512, Layers: 8, Heads: 4, KVHeads: 4, Vocab: 512, Context: 1 << 24}
+	if err := synth.Write(p, c, quant.Q8_0, 1); err != nil {
+		t.Fatal(err)
+	}
+	// 8 layers · 2^24 positions · 256 · 2 (K, V) · 4 bytes = 256 GiB.
+	code, _, errs := runCLI(t, "generate", "--model", p, "--prompt", "a", "-n", "1000000000", "--temp", "0")
+	if code == 0 || !strings.Contains(errs, "available") || !strings.Contains(errs, "--max-mem") {
+		t.Errorf("exit %d:\n%s", code, errs)
+	}
+	t.Log(lastLine(errs))
+}
