@@ -16,9 +16,6 @@ import (
 // Exponentials use exp32 (ops_generic.go), a clamped range reduction and
 // degree-7 polynomial, in both the generic and the vector code.
 
-// Scal computes x[i] *= a.
-func Scal(x []float32, a float32) { scal(x, a) }
-
 // RMSNorm writes out = x·r·w for one row, r = 1/sqrt(mean(x²)+eps):
 //
 //	ss = Σ x[i]²                         // float32, any order
@@ -71,15 +68,6 @@ func Softmax(x []float32) float32 {
 func LogSumExp(x []float32) float32 {
 	m := maxOf(x)
 	return m + float32(math.Log(float64(expSum(nil, x, m))))
-}
-
-// ExpSum writes dst[i] = exp(x[i]−m) (exp32's bound; dst may be x, or nil
-// to only sum) and returns Σ exp(x[i]−m), summed in any order.
-func ExpSum(dst, x []float32, m float32) float32 {
-	if dst != nil {
-		dst = dst[:len(x)]
-	}
-	return expSum(dst, x, m)
 }
 
 // SwiGLU writes out[i] = silu(gate[i])·up[i] = gate[i]/(1+exp(−gate[i]))·up[i].

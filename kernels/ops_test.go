@@ -57,7 +57,7 @@ func TestExp32(t *testing.T) {
 	for _, l := range levels() {
 		withLevel(t, l, func() {
 			got := make([]float32, len(xs))
-			ExpSum(got, xs, 0)
+			expSum(got, xs, 0)
 			worst := 0.0
 			for i, x := range xs {
 				want := math.Exp(float64(x))
@@ -377,7 +377,7 @@ func checkRows(t testing.TB, n, d int, seed uint64) {
 				near(t, fmt.Sprintf("Axpy %s d=%d", l, d), i, ya[i], float64(yd0[i])+p, gemmTol(1, math.Abs(float64(yd0[i]))+math.Abs(p)))
 			}
 			ys := copyOf(yd0)
-			Scal(ys, alpha)
+			scal(ys, alpha)
 			for i := range ys {
 				if ys[i] != yd0[i]*alpha {
 					t.Fatalf("Scal %s d=%d: element %d = %g, want %g", l, d, i, ys[i], yd0[i]*alpha)

@@ -65,15 +65,6 @@ func (s *Store) Map(path string) (*Mapped, error) {
 	return m, nil
 }
 
-// MappedBytes is the total size of the mapped files.
-func (s *Store) MappedBytes() int64 {
-	var n int64
-	for _, f := range s.files {
-		n += int64(len(f.data))
-	}
-	return n
-}
-
 // Close unmaps every file.
 func (s *Store) Close() error {
 	var first error

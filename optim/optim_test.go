@@ -582,50 +582,6 @@ func TestZeroGrad(t *testing.T) {
 	}
 }
 
-func TestAccumulator(t *testing.T) {
-	if _, err := NewAccumulator(0); !errors.Is(err, ErrConfig) {
-		t.Fatalf("0 steps: %v", err)
-	}
-	a, err := NewAccumulator(3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &Param{Name: "w", W: make([]float32, 2), G: make([]float32, 2)}
-	ps := []*Param{p}
-	// Three micro-batches with mean-loss gradients: the step gets the mean.
-	for i, g := range [][]float32{{1, 2}, {3, 4}, {5, 9}} {
-		p.G[0] += g[0]
-		p.G[1] += g[1]
-		if ready := a.Add(1); ready != (i == 2) {
-			t.Fatalf("micro-batch %d: ready = %v", i, ready)
-		}
-	}
-	if n, err := a.Finish(ps); n != 3 || err != nil || p.G[0] != 3 || p.G[1] != 5 {
-		t.Fatalf("Finish: %d %v, grads %v, want 3, [3 5]", n, err, p.G)
-	}
-	if a.Pending() != 0 {
-		t.Fatal("Finish did not reset the count")
-	}
-	if n, err := a.Finish(ps); n != 0 || err != nil || p.G[0] != 3 {
-		t.Fatal("Finish with nothing pending changed something")
-	}
-	// Token-weighted: summed losses over 10 and 30 tokens give the mean over 40.
-	ZeroGrad(ps)
-	p.G[0] = 20 // sum over 10 tokens of 2
-	a.Add(10)
-	p.G[0] += 120 // sum over 30 tokens of 4
-	if a.Add(30) {
-		t.Fatal("ready after 2 of 3")
-	}
-	if n, _ := a.Finish(ps); n != 2 || p.G[0] != 3.5 {
-		t.Fatalf("weighted Finish: %d, grad %v, want 2, 3.5", n, p.G[0])
-	}
-	a.Add(0)
-	if _, err := a.Finish(ps); !errors.Is(err, ErrConfig) || a.Pending() != 1 {
-		t.Fatalf("zero weight: %v, pending %d", err, a.Pending())
-	}
-}
-
 func BenchmarkAdamWStep(b *testing.B) {
 	const n = 1 << 20
 	p := &Param{Name: "w", W: make([]float32, n), G: make([]float32, n), Decay: true}

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -221,49 +222,44 @@ func TestPermutation(t *testing.T) {
 	// Worked by hand: 2 heads of D = 4. Within a head, GGUF row 2b+a holds HF
 	// row a·2+b: GGUF rows 0,1,2,3 hold HF rows 0,2,1,3.
 	wantHFForGGUF := []int{0, 2, 1, 3, 4, 6, 5, 7}
-	src := []byte("h0h1h2h3h4h5h6h7") // HF order, rows of 2 bytes
-	dst := make([]byte, len(src))
-	if err := PermuteRowsHFToGGUF(dst, src, 8, 2, 2); err != nil {
-		t.Fatal(err)
-	}
-	if string(dst) != "h0h2h1h3h4h6h5h7" {
-		t.Errorf("HF→GGUF: %s", dst)
+	src := []float32{0, 1, 2, 3, 4, 5, 6, 7} // HF order, rows of one value
+	dst := PermuteRowsF32(src, 8, 1, 2, false)
+	if !slices.Equal(dst, []float32{0, 2, 1, 3, 4, 6, 5, 7}) {
+		t.Errorf("HF→GGUF: %v", dst)
 	}
 	for g, hf := range wantHFForGGUF {
 		if GGUFRowForHF(hf, 2, 8) != g || HFRowForGGUF(g, 2, 8) != hf {
 			t.Errorf("row %d: GGUFRowForHF(%d) = %d, HFRowForGGUF(%d) = %d", g, hf, GGUFRowForHF(hf, 2, 8), g, HFRowForGGUF(g, 2, 8))
 		}
 	}
-	back := make([]byte, len(src))
-	if err := PermuteRowsGGUFToHF(back, dst, 8, 2, 2); err != nil || !bytes.Equal(back, src) {
-		t.Errorf("GGUF→HF: %s %v", back, err)
+	if back := PermuteRowsF32(dst, 8, 1, 2, true); !slices.Equal(back, src) {
+		t.Errorf("GGUF→HF: %v", back)
 	}
 
 	// Against llama.cpp's numpy recipe: reshape (H, 2, D/2, C), swap axes 1
 	// and 2, reshape back; for several shapes, both directions round-trip.
-	for _, c := range []struct{ heads, d, rowBytes int }{{1, 2, 1}, {3, 8, 4}, {4, 16, 6}, {8, 64, 2}} {
+	for _, c := range []struct{ heads, d, cols int }{{1, 2, 1}, {3, 8, 4}, {4, 16, 6}, {8, 64, 2}} {
 		rows := c.heads * c.d
-		src := make([]byte, rows*c.rowBytes)
+		src := make([]float32, rows*c.cols)
 		for i := range src {
-			src[i] = byte(i*31 + i/7)
+			src[i] = float32(i*31 + i/7)
 		}
-		want := make([]byte, len(src))
+		want := make([]float32, len(src))
 		for h := 0; h < c.heads; h++ {
 			for a := 0; a < 2; a++ {
 				for b := 0; b < c.d/2; b++ {
 					from := h*c.d + a*(c.d/2) + b // index [h, a, b] of the reshaped array
 					to := h*c.d + b*2 + a         // index [h, b, a] after the swap
-					copy(want[to*c.rowBytes:(to+1)*c.rowBytes], src[from*c.rowBytes:(from+1)*c.rowBytes])
+					copy(want[to*c.cols:(to+1)*c.cols], src[from*c.cols:(from+1)*c.cols])
 				}
 			}
 		}
-		got := make([]byte, len(src))
-		if err := PermuteRowsHFToGGUF(got, src, rows, c.rowBytes, c.heads); err != nil || !bytes.Equal(got, want) {
-			t.Errorf("%+v: HF→GGUF differs from the numpy recipe (%v)", c, err)
+		got := PermuteRowsF32(src, rows, c.cols, c.heads, false)
+		if !slices.Equal(got, want) {
+			t.Errorf("%+v: HF→GGUF differs from the numpy recipe", c)
 		}
-		back := make([]byte, len(src))
-		if err := PermuteRowsGGUFToHF(back, got, rows, c.rowBytes, c.heads); err != nil || !bytes.Equal(back, src) {
-			t.Errorf("%+v: round trip differs (%v)", c, err)
+		if back := PermuteRowsF32(got, rows, c.cols, c.heads, true); !slices.Equal(back, src) {
+			t.Errorf("%+v: round trip differs", c)
 		}
 		for r := 0; r < rows; r++ {
 			if HFRowForGGUF(GGUFRowForHF(r, c.heads, rows), c.heads, rows) != r {
@@ -271,26 +267,7 @@ func TestPermutation(t *testing.T) {
 			}
 		}
 	}
-
-	// Bad arguments: errors (prefixed), never panics; -1 from the row maps.
-	b8 := make([]byte, 8)
-	for name, args := range map[string][5]int{
-		"odd head size": {8, 1, 8, 0, 0}, "heads do not divide": {8, 1, 3, 0, 0}, "zero heads": {8, 1, 0, 0, 0},
-		"short buffer": {16, 1, 2, 0, 0}, "zero rows": {0, 1, 1, 0, 0}, "negative row bytes": {8, -1, 2, 0, 0},
-	} {
-		if err := PermuteRowsHFToGGUF(make([]byte, 8), b8, args[0], args[1], args[2]); err == nil || !strings.HasPrefix(err.Error(), "safetensors: ") {
-			t.Errorf("%s: %v", name, err)
-		}
-		if err := PermuteRowsGGUFToHF(make([]byte, 8), b8, args[0], args[1], args[2]); err == nil {
-			t.Errorf("%s: no error", name)
-		}
-	}
-	if err := PermuteRowsHFToGGUF(b8, b8, 8, 1, 2); err == nil {
-		t.Error("dst == src accepted")
-	}
-	if err := PermuteRowsHFToGGUF(make([]byte, 4), b8, 8, 1, 2); err == nil {
-		t.Error("short dst accepted")
-	}
+	// Bad arguments: -1 from the row maps.
 	for _, a := range [][3]int{{8, 2, 8}, {-1, 2, 8}, {0, 3, 8}, {0, 0, 8}, {0, 8, 8}} {
 		if GGUFRowForHF(a[0], a[1], a[2]) != -1 || HFRowForGGUF(a[0], a[1], a[2]) != -1 {
 			t.Errorf("row map %v accepted", a)

@@ -1,7 +1,5 @@
 package safetensors
 
-import "fmt"
-
 // The Q/K row permutation (formats.md §3.2). HF checkpoints keep W_q and W_k
 // rows in the rotate-half RoPE layout, GGUF in the interleaved one. Within
 // each head of D = rows/heads rows:
@@ -9,23 +7,6 @@ import "fmt"
 //	GGUF row 2b + a  =  HF row a·(D/2) + b      a ∈ {0, 1}, b ∈ [0, D/2)
 //
 // heads is n_head for W_q and n_head_kv for W_k. Only rows move.
-
-// checkPermute validates the arguments shared by the permutations.
-func checkPermute(dst, src []byte, rows, rowBytes, heads int) error {
-	if rows <= 0 || rowBytes <= 0 || heads <= 0 {
-		return fmt.Errorf("safetensors: permute: rows %d, row bytes %d, heads %d must be positive", rows, rowBytes, heads)
-	}
-	if rows%heads != 0 || (rows/heads)%2 != 0 {
-		return fmt.Errorf("safetensors: permute: %d rows do not split into %d heads of even size", rows, heads)
-	}
-	if rows > len(src)/rowBytes || len(src) != rows*rowBytes || len(dst) != len(src) {
-		return fmt.Errorf("safetensors: permute: buffers of %d and %d bytes, want %d×%d", len(dst), len(src), rows, rowBytes)
-	}
-	if &dst[0] == &src[0] {
-		return fmt.Errorf("safetensors: permute: dst and src must not be the same buffer")
-	}
-	return nil
-}
 
 // GGUFRowForHF returns the GGUF row that holds HF row r of a Q or K matrix
 // with the given number of heads and rows, or -1 when the arguments are
@@ -50,32 +31,6 @@ func HFRowForGGUF(g, heads, rows int) int {
 	h, i := g/d, g%d
 	a, b := i%2, i/2
 	return h*d + a*(d/2) + b
-}
-
-// PermuteRowsHFToGGUF writes into dst the rows of src (HF order) in GGUF
-// order. Each row is rowBytes bytes (any element type); rows = heads·D.
-// dst and src must not overlap.
-func PermuteRowsHFToGGUF(dst, src []byte, rows, rowBytes, heads int) error {
-	if err := checkPermute(dst, src, rows, rowBytes, heads); err != nil {
-		return err
-	}
-	for r := 0; r < rows; r++ {
-		g := GGUFRowForHF(r, heads, rows)
-		copy(dst[g*rowBytes:(g+1)*rowBytes], src[r*rowBytes:(r+1)*rowBytes])
-	}
-	return nil
-}
-
-// PermuteRowsGGUFToHF is the inverse of PermuteRowsHFToGGUF.
-func PermuteRowsGGUFToHF(dst, src []byte, rows, rowBytes, heads int) error {
-	if err := checkPermute(dst, src, rows, rowBytes, heads); err != nil {
-		return err
-	}
-	for r := 0; r < rows; r++ {
-		g := GGUFRowForHF(r, heads, rows)
-		copy(dst[r*rowBytes:(r+1)*rowBytes], src[g*rowBytes:(g+1)*rowBytes])
-	}
-	return nil
 }
 
 // PermuteRowsF32 returns the rows of b (rows × cols float32, row-major)
