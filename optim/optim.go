@@ -144,4 +144,3 @@ func ScaleGrads(params []*Param, s float64) {
 		}
 	}
 }
-
