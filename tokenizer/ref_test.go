@@ -136,10 +136,12 @@ func randomUTF8(r *rand.Rand, n int) string {
 // spmText is what an SPM tokenizer gives back: "▁" reads as a space.
 func expectDecode(t *Tokenizer, s string) string {
 	if t.v.Kind == SPM {
-		s = strings.ReplaceAll(s, "▁", " ")
+		// SentencePiece removes extra spaces first; a "▁" in the text is
+		// not a space until it decodes as one.
 		if t.removeExtra {
 			s = strings.Join(strings.FieldsFunc(s, func(r rune) bool { return r == ' ' }), " ")
 		}
+		s = strings.ReplaceAll(s, "▁", " ")
 	}
 	return s
 }
