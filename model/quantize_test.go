@@ -111,6 +111,15 @@ func TestQuantizeRoundTripLoads(t *testing.T) {
 			if wantQuantized > 0 && !(rep.RMSE > 0 && rep.RMSE < 0.05) {
 				t.Errorf("%s %s: RMSE %g", filepath.Base(src), typ, rep.RMSE)
 			}
+			// Q8_0 and Q4_0 round each value to a grid of step absmax/127
+			// and absmax/8 per block of 32: their RMSE is within a little
+			// of sqrt(mean(step²)/12) over the source's own blocks.
+			if steps, ok := map[quant.Type]float64{quant.Q8_0: 127, quant.Q4_0: 8}[typ]; ok && wantQuantized > 0 {
+				want := uniformGridRMSE(t, m, 32, steps)
+				if rep.RMSE > 1.1*want || rep.RMSE < 0.7*want {
+					t.Errorf("%s %s: RMSE %.4g, a grid of its steps gives %.4g", filepath.Base(src), typ, rep.RMSE, want)
+				}
+			}
 			q.Close()
 		}
 		m.Close()
@@ -238,4 +247,32 @@ func TestHFFolderMatchesGGUF(t *testing.T) {
 			t.Errorf("tensor %s differs after HF → GGUF conversion", ti.Name)
 		}
 	}
+}
+
+// uniformGridRMSE is the RMSE of rounding every value of m's 2-D tensors
+// (those whose rows split into blocks) to a grid of step absmax/levels per
+// block: sqrt(Σ_blocks n·step²/12 / Σ n).
+func uniformGridRMSE(t *testing.T, m *Model, block int, levels float64) float64 {
+	t.Helper()
+	var sum float64
+	var n int64
+	for _, tt := range m.Tensors {
+		if len(tt.Shape) != 2 || tt.Shape[0]%int64(block) != 0 {
+			continue
+		}
+		f := make([]float32, tt.Elems())
+		if err := quant.Dequantize(tt.Type, f, tt.Data); err != nil {
+			t.Fatal(err)
+		}
+		for b := 0; b < len(f); b += block {
+			var amax float64
+			for _, x := range f[b : b+block] {
+				amax = math.Max(amax, math.Abs(float64(x)))
+			}
+			step := amax / levels
+			sum += float64(block) * step * step / 12
+		}
+		n += int64(len(f))
+	}
+	return math.Sqrt(sum / float64(n))
 }

@@ -3,6 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/train"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -105,9 +109,76 @@ func TestEvalJSON(t *testing.T) {
 		Accuracy float64
 		N        int
 	}
-	if err := json.Unmarshal([]byte(out), &c); err != nil || c.N != 40 || c.Accuracy < 0 || c.Accuracy > 1 {
+	if err := json.Unmarshal([]byte(out), &c); err != nil || c.N != 40 {
 		t.Fatalf("classification eval %q (%v)", out, err)
 	}
+	// The accuracy is the one a plain scorer finds: each prompt+choice run
+	// from position 0 in one forward pass (no shared prefix, no cache), the
+	// choice's tokens' log-probabilities summed, the best choice picked.
+	if want := plainAccuracy(t, shared.Path(t, "assets", "data", "sst2", "valid.jsonl"), 40); c.Accuracy != want {
+		t.Errorf("accuracy %v, a plain scorer finds %v", c.Accuracy, want)
+	}
+}
+
+func plainAccuracy(t *testing.T, path string, limit int) float64 {
+	t.Helper()
+	m, err := model.Open(stories(t), model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	recs, _, err := data.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	V := m.Config.Vocab
+	correct := 0
+	cached := m.NewState(m.Config.Context)
+	defer cached.Free()
+	for _, r := range recs[:limit] {
+		lib, err := train.ChoiceScores(m, cached, r) // what eval runs: shared prefix, KV cache
+		if err != nil {
+			t.Fatal(err)
+		}
+		prompt := m.Tokenizer.Encode(r.Prompt, true)
+		best, bestScore := -1, math.Inf(-1)
+		for i, ch := range r.Choices {
+			full := m.Tokenizer.Encode(r.Prompt+ch, true)
+			k := 0 // the first token that differs from the prompt's
+			for k < len(prompt) && k < len(full) && prompt[k] == full[k] {
+				k++
+			}
+			st := m.NewState(len(full))
+			logits := make([]float32, len(full)*V)
+			if err := m.Forward(st, full, logits, true); err != nil {
+				t.Fatal(err)
+			}
+			st.Free()
+			var score float64
+			for j := k; j < len(full); j++ {
+				row := logits[(j-1)*V : j*V]
+				mx := float64(row[0])
+				for _, x := range row {
+					mx = math.Max(mx, float64(x))
+				}
+				var sum float64
+				for _, x := range row {
+					sum += math.Exp(float64(x) - mx)
+				}
+				score += float64(row[full[j]]) - mx - math.Log(sum)
+			}
+			if math.Abs(score-lib[i]) > 1e-3*math.Max(1, math.Abs(score)) {
+				t.Errorf("%q + %q: score %v, eval's %v", r.Prompt, ch, score, lib[i])
+			}
+			if score > bestScore {
+				best, bestScore = i, score
+			}
+		}
+		if best == r.Label {
+			correct++
+		}
+	}
+	return float64(correct) / float64(limit)
 }
 
 func TestInspectAndQuantize(t *testing.T) {
