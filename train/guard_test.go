@@ -5,12 +5,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/qtune/qtune/internal/synth"
+	"github.com/qtune/qtune/quant"
 )
 
 // --grad-checkpoint is honoured under a budget: the plan checkpoints (it
@@ -202,5 +208,68 @@ func TestAdapterPathLocked(t *testing.T) {
 	close(tried)
 	if err := <-errA; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A refused budget names the smallest one that fits, and that one is
+// accepted: loho used to name 85.9 MiB, then refuse 86–136 MiB naming
+// 140 MiB (its own estimate kept the weights resident where the run would
+// stream them). Swept on a synthetic 15M Q4_0 model for LoHO and LoRA.
+func TestRefusalNamesAcceptedBudget(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "15M.gguf")
+	if err := synth.Write(p, synth.Presets["15M"], quant.Q4_0, 1); err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`below the ([0-9.]+) MiB|\(--max-mem ([0-9]+)MiB\)`)
+	for _, method := range []string{"loho", "lora", "mezo", "loho-intra", "loreml"} {
+		named := map[float64]bool{}
+		for mib := 8; mib <= 128; mib += 8 {
+			cfg := smallRun(t, t.TempDir())
+			cfg.Model, cfg.Method, cfg.DryRun = p, method, true
+			cfg.Iters, cfg.BatchSize, cfg.MaxSeqLength = 2, 2, 64
+			cfg.MaxMem = fmt.Sprintf("%dMiB", mib)
+			_, err := Run(context.Background(), cfg, nil, nil)
+			if err == nil {
+				continue
+			}
+			mm := re.FindStringSubmatch(err.Error())
+			if mm == nil {
+				t.Fatalf("%s at %d MiB: a refusal that names no budget: %v", method, mib, err)
+			}
+			need, _ := strconv.ParseFloat(mm[1]+mm[2], 64)
+			if need <= float64(mib) {
+				t.Errorf("%s at %d MiB: refused naming %.1f MiB, which it is above", method, mib, need)
+			}
+			named[math.Ceil(need)] = strings.Contains(err.Error(), "alone exceed") // refused before a plan
+		}
+		if len(named) == 0 {
+			t.Fatalf("%s: nothing refused from 8 MiB", method)
+		}
+		// Following the named budgets ends accepted: directly when the plan
+		// refused; within one more hop when a part was refused before there
+		// was a plan (it names a budget that part fits in).
+		for need, early := range named {
+			for hop := 0; ; hop++ {
+				cfg := smallRun(t, t.TempDir())
+				cfg.Model, cfg.Method, cfg.DryRun = p, method, true
+				cfg.Iters, cfg.BatchSize, cfg.MaxSeqLength = 2, 2, 64
+				cfg.MaxMem = fmt.Sprintf("%gMiB", need)
+				_, err := Run(context.Background(), cfg, nil, nil)
+				if err == nil {
+					break
+				}
+				mm := re.FindStringSubmatch(err.Error())
+				next := 0.0
+				if mm != nil {
+					next, _ = strconv.ParseFloat(mm[1]+mm[2], 64)
+				}
+				if hop > 0 || !early || math.Ceil(next) <= need {
+					t.Errorf("%s: the named %g MiB is refused: %v", method, need, err)
+					break
+				}
+				need = math.Ceil(next)
+			}
+		}
 	}
 }

@@ -223,7 +223,10 @@ func lohoPlan(m *model.Model, cfg Config, set *lora.Set, adapted int, limit int6
 	p := loho.PlanFor(m.Config, m.WeightBytes(), cfg.BatchSize, cfg.MaxSeqLength, cfg.GradCheckpoint, fo, 4*per)
 	// The same runtime and data terms as the run's own plan (PlanTrain).
 	p.Runtime = runtimeBytes(m) + cfg.dataBytes + 4<<20
-	if limit > 0 && limit < m.WeightBytes() { // the run will stream the blocks
+	// The run streams the blocks when they do not fit resident beside the
+	// rest (the budget planner decides the same way), not only when the
+	// weights alone exceed the budget.
+	if limit > 0 && p.Bytes(0) > limit {
 		var biggest int64
 		for _, b := range m.LayerBytes() {
 			biggest = max(biggest, b)

@@ -282,8 +282,14 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	}
 	dm := dataMem(cfg, trainTF, validTF)
 	cfg.dataBytes = dm.Bytes
+	// Refused before there is a plan: name a budget these parts fit in (the
+	// plan at that budget names the smallest that fits the whole run).
+	atLeast := func(n int64) string {
+		need := (runtimeBytes(m) + m.Acct.Used() + n + (1 << 20) - 1) >> 20
+		return fmt.Sprintf("try at least %d MiB (--max-mem %dMiB)", need, need)
+	}
 	if err := m.Acct.Reserve(budget.TokenCache, -1, dm.Bytes); err != nil {
-		return nil, fmt.Errorf("train: the token cache's index alone exceeds --max-mem: %w", err)
+		return nil, fmt.Errorf("train: the token cache's index alone exceeds --max-mem %s: %w; %s", cfg.MaxMem, err, atLeast(dm.Bytes))
 	}
 	pre := 8 * loraValues(m, cfg) // adapter values and their gradients
 	if cfg.Method == "mezo" && cfg.ZOTarget == "float" {
@@ -293,7 +299,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		pre += 4 * adaptedEntries(m, cfg) // dense float32 zeroth-order deltas
 	}
 	if err := m.Acct.Reserve(budget.Trainable, -1, pre); err != nil {
-		return nil, fmt.Errorf("train: the trainable tensors alone exceed --max-mem: %w", err)
+		return nil, fmt.Errorf("train: the trainable tensors alone exceed --max-mem %s: %w; %s", cfg.MaxMem, err, atLeast(pre))
 	}
 	meth, err := newMethod(m, cfg)
 	if err != nil {
