@@ -9,6 +9,7 @@ import (
 
 	"github.com/qtune/qtune/format/gguf"
 	"github.com/qtune/qtune/format/safetensors"
+	"github.com/qtune/qtune/offload"
 	"github.com/qtune/qtune/quant"
 	"github.com/qtune/qtune/tensor"
 	"github.com/qtune/qtune/tokenizer"
@@ -88,6 +89,7 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 	// (qtune's own) gets the parts as separate tensors, which the loader
 	// reads as the same model.
 	var srcs []tensor.Tensor
+	var scratch rowScratch // one set of buffers for every tensor: no garbage per tensor
 	parts := map[string][]fusedPart{}
 	for _, src := range m.Tensors {
 		ps := m.fusedParts(src)
@@ -147,9 +149,24 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 		converted := tt != src.Type || offset
 		wts = append(wts, gguf.WriteTensor{Name: src.Name, Type: tt, Shape: src.Shape, Size: size,
 			Write: func(w io.Writer) error {
+				// The source's pages leave the resident set once written:
+				// converting a model holds one piece, not the model.
+				defer offload.Release(src.Data)
 				if !converted && heads == 0 && delta == nil {
 					_, err := w.Write(src.Data)
 					return err
+				}
+				if delta == nil && len(src.Shape) == 2 && (tt != quant.NF4 || src.Shape[0]%64 == 0) {
+					sq, err := quantizeRows(w, src, tt, heads, offset, &scratch)
+					if err != nil {
+						return fmt.Errorf("model: quantize %q: %w", src.Name, err)
+					}
+					if tt == t {
+						sqerr += sq
+						nerr += n
+						rep.Quantized++
+					}
+					return nil
 				}
 				f := make([]float32, n)
 				if err := quant.Dequantize(src.Type, f, src.Data); err != nil {
@@ -200,6 +217,134 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 		rep.RMSE = math.Sqrt(sqerr / float64(nerr))
 	}
 	return rep, nil
+}
+
+// quantizeRows writes src (a 2-D tensor) converted to tt a piece of rows at
+// a time, so that no more than about a MiB of it is ever float32: rows
+// permuted per head from HF's RoPE layout when heads > 0, 1 added to every
+// value when offset (Gemma's norms). Row-wise types are written as they are
+// made; NF4, whose scales span the tensor, is built in two passes over the
+// pieces (quant.NF4Stream) and written whole (its size is the output's).
+// It returns the summed squared error against the float values.
+func quantizeRows(w io.Writer, src tensor.Tensor, tt quant.Type, heads int, offset bool, sc *rowScratch) (float64, error) {
+	cols, rows := int(src.Shape[0]), int(src.Shape[1])
+	n := int64(rows) * int64(cols)
+	var rowBytes int64 // a source row's bytes (NF4's side tables span the tensor: 0)
+	if src.Type != quant.NF4 {
+		if b, err := quant.Bytes(src.Type, int64(cols)); err == nil && b*int64(rows) == int64(len(src.Data)) {
+			rowBytes = b
+		}
+	}
+	dstRow, err := quant.Bytes(tt, int64(cols))
+	if err != nil {
+		return 0, err
+	}
+	chunk := max(1, (1<<18)/cols) // rows per piece: about 1 MiB of float32
+	f, back := sc.floats(chunk * cols)
+	read := func(r0, r1 int) ([]float32, error) {
+		buf := f[:(r1-r0)*cols]
+		lo, hi := int64(len(src.Data)), int64(0) // the source bytes read
+		for r := r0; r < r1; r++ {
+			sr := r
+			if heads > 0 {
+				if sr = safetensors.HFRowForGGUF(r, heads, rows); sr < 0 {
+					return nil, fmt.Errorf("%d rows do not split into %d heads", rows, heads)
+				}
+			}
+			if err := quant.DequantizeRange(src.Type, buf[(r-r0)*cols:(r-r0+1)*cols], src.Data, n, int64(sr)*int64(cols)); err != nil {
+				return nil, err
+			}
+			lo, hi = min(lo, int64(sr)*rowBytes), max(hi, int64(sr+1)*rowBytes)
+		}
+		// What was read leaves the resident set again, with a margin: the
+		// kernel maps pages around each fault (behind it too), which a
+		// release of the rows alone would leave mapped.
+		if rowBytes > 0 {
+			const margin = 1 << 20
+			offload.Release(src.Data[max(0, lo-margin):min(int64(len(src.Data)), hi+margin)])
+		}
+		if offset {
+			for i := range buf {
+				buf[i]++
+			}
+		}
+		return buf, nil
+	}
+	var sq float64
+	if tt != quant.NF4 {
+		out := sc.bytes(int64(chunk) * dstRow)
+		for r0 := 0; r0 < rows; r0 += chunk {
+			r1 := min(rows, r0+chunk)
+			x, err := read(r0, r1)
+			if err != nil {
+				return 0, err
+			}
+			o := out[:int64(r1-r0)*dstRow]
+			if err := quant.Quantize(tt, o, x); err != nil {
+				return 0, err
+			}
+			if err := quant.Dequantize(tt, back[:len(x)], o); err != nil {
+				return 0, err
+			}
+			r := quant.RMSE(back[:len(x)], x)
+			sq += r * r * float64(len(x))
+			if _, err := w.Write(o); err != nil {
+				return 0, err
+			}
+		}
+		return sq, nil
+	}
+	size, err := quant.Bytes(quant.NF4, n)
+	if err != nil {
+		return 0, err
+	}
+	out := sc.bytes(size)
+	s, err := quant.NewNF4Stream(out, n)
+	if err != nil {
+		return 0, err
+	}
+	for pass := 0; pass < 2; pass++ {
+		for r0 := 0; r0 < rows; r0 += chunk {
+			r1 := min(rows, r0+chunk)
+			x, err := read(r0, r1)
+			if err != nil {
+				return 0, err
+			}
+			if pass == 0 {
+				err = s.Scan(x)
+			} else if err = s.Encode(x); err == nil {
+				err = quant.DequantizeRange(quant.NF4, back[:len(x)], out, n, int64(r0)*int64(cols))
+				r := quant.RMSE(back[:len(x)], x)
+				sq += r * r * float64(len(x))
+			}
+			if err != nil {
+				return 0, err
+			}
+		}
+	}
+	_, err = w.Write(out)
+	return sq, err
+}
+
+// rowScratch holds quantizeRows' buffers across tensors.
+type rowScratch struct {
+	f, back []float32
+	out     []byte
+}
+
+func (s *rowScratch) floats(n int) (f, back []float32) {
+	if len(s.f) < n {
+		s.f, s.back = make([]float32, n), make([]float32, n)
+	}
+	return s.f[:n], s.back[:n]
+}
+
+func (s *rowScratch) bytes(n int64) []byte {
+	if int64(len(s.out)) < n {
+		s.out = nil // the old buffer is garbage before the new one is made
+		s.out = make([]byte, n)
+	}
+	return s.out[:n]
 }
 
 // metadata returns the GGUF key-value pairs describing the model: the source

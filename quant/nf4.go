@@ -98,63 +98,131 @@ func blockAbsmax(x []float32) float32 {
 }
 
 // quantizeNF4 writes the whole NF4 tensor for src into dst (len checked by
-// the caller). It allocates nothing: block absmaxes are recomputed per group.
+// Quantize): the two passes of NF4Stream over the one piece.
 func quantizeNF4(dst []byte, src []float32) error {
-	for i, v := range src {
+	s, err := NewNF4Stream(dst, int64(len(src)))
+	if err != nil {
+		return err
+	}
+	if err := s.Scan(src); err != nil {
+		return err
+	}
+	return s.Encode(src)
+}
+
+// NF4Stream quantizes an n-element tensor to NF4 from pieces, so that the
+// whole tensor never has to be held as float32: Scan every piece in order
+// (it keeps one float per 64-weight block), then Encode every piece again in
+// order. The result is byte for byte what Quantize writes for the whole.
+// Pieces hold whole blocks (a multiple of 64 elements).
+type NF4Stream struct {
+	dst     []byte
+	n       int64
+	lay     nf4Layout
+	absmax  []float32 // per block, from Scan
+	scanned int64     // elements scanned
+	encoded int64     // elements encoded
+	mu      float32
+}
+
+// NewNF4Stream starts the quantization of n elements into dst, which must
+// be the NF4 size of n.
+func NewNF4Stream(dst []byte, n int64) (*NF4Stream, error) {
+	if n%nf4Block != 0 {
+		return nil, fmt.Errorf("quant: NF4: %d elements is not a whole number of %d-element blocks", n, nf4Block)
+	}
+	size, err := Bytes(NF4, n)
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(dst)) != size {
+		return nil, fmt.Errorf("quant: NF4: destination is %d bytes, %d elements need %d", len(dst), n, size)
+	}
+	lay := nf4LayoutOf(n)
+	return &NF4Stream{dst: dst, n: n, lay: lay, absmax: make([]float32, 0, lay.blocks)}, nil
+}
+
+// Scan reads the next piece in the first pass.
+func (s *NF4Stream) Scan(x []float32) error {
+	if len(x)%nf4Block != 0 || s.scanned+int64(len(x)) > s.n {
+		return fmt.Errorf("quant: NF4: scan of %d elements at %d of %d: pieces are whole blocks within the tensor", len(x), s.scanned, s.n)
+	}
+	for i, v := range x {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return fmt.Errorf("quant: NF4: non-finite input %v at element %d", v, i)
+			return fmt.Errorf("quant: NF4: non-finite input %v at element %d", v, s.scanned+int64(i))
 		}
 	}
-	n := int64(len(src))
-	lay := nf4LayoutOf(n)
+	for b := 0; b < len(x); b += nf4Block {
+		s.absmax = append(s.absmax, blockAbsmax(x[b:b+nf4Block]))
+	}
+	s.scanned += int64(len(x))
+	if s.scanned == s.n {
+		s.scales()
+	}
+	return nil
+}
 
-	// μ: mean of all block absmaxes, summed in float64, rounded to f32 once.
+// scales writes μ (the mean of all block absmaxes, summed in float64 and
+// rounded to f32 once), each group's c2 and each block's absmax code.
+func (s *NF4Stream) scales() {
+	lay, dst := s.lay, s.dst
 	var sum float64
-	for b := int64(0); b < lay.blocks; b++ {
-		sum += float64(blockAbsmax(src[b*nf4Block : (b+1)*nf4Block]))
+	for _, a := range s.absmax {
+		sum += float64(a)
 	}
-	var mu float32
 	if lay.blocks > 0 {
-		mu = float32(sum / float64(lay.blocks))
+		s.mu = float32(sum / float64(lay.blocks))
 	}
-	binary.LittleEndian.PutUint32(dst[lay.mu:], math.Float32bits(mu))
-
-	var c1 [nf4GroupBlocks]float32
+	binary.LittleEndian.PutUint32(dst[lay.mu:], math.Float32bits(s.mu))
 	for g := int64(0); g < lay.groups; g++ {
 		b0 := g * nf4GroupBlocks
 		nb := min(int64(nf4GroupBlocks), lay.blocks-b0)
 		var c2 float32
 		for k := int64(0); k < nb; k++ {
-			b := b0 + k
-			c1[k] = blockAbsmax(src[b*nf4Block : (b+1)*nf4Block])
-			if a := float32(math.Abs(float64(c1[k] - mu))); a > c2 {
+			if a := float32(math.Abs(float64(s.absmax[b0+k] - s.mu))); a > c2 {
 				c2 = a
 			}
 		}
 		binary.LittleEndian.PutUint32(dst[lay.c2+4*g:], math.Float32bits(c2))
 		for k := int64(0); k < nb; k++ {
-			b := b0 + k
 			var code int8
 			if c2 > 0 {
-				t := float32(float32(c1[k]-mu)/c2) * nf4CodeScale
+				t := float32(float32(s.absmax[b0+k]-s.mu)/c2) * nf4CodeScale
 				r := math.Round(float64(t)) // half away from zero
 				code = int8(max(-nf4CodeScale, min(nf4CodeScale, r)))
 			}
-			dst[lay.codes+b] = byte(code)
-			s := NF4Absmax(code, c2, mu)
-			out := (*[32]byte)(dst[b*32:])
-			w := (*[64]float32)(src[b*nf4Block:])
-			if !(s > 0) {
-				for j := range out {
-					out[j] = nf4ZeroCode | nf4ZeroCode<<4
-				}
-				continue
-			}
-			for j := 0; j < 32; j++ {
-				out[j] = nf4Nearest(w[j]/s) | nf4Nearest(w[j+32]/s)<<4
-			}
+			dst[lay.codes+b0+k] = byte(code)
 		}
 	}
+}
+
+// Encode writes the next piece's codes in the second pass.
+func (s *NF4Stream) Encode(x []float32) error {
+	if s.scanned != s.n {
+		return fmt.Errorf("quant: NF4: encode before the whole tensor was scanned (%d of %d)", s.scanned, s.n)
+	}
+	if len(x)%nf4Block != 0 || s.encoded+int64(len(x)) > s.n {
+		return fmt.Errorf("quant: NF4: encode of %d elements at %d of %d: pieces are whole blocks within the tensor", len(x), s.encoded, s.n)
+	}
+	lay, dst := s.lay, s.dst
+	for i := 0; i < len(x); i += nf4Block {
+		b := (s.encoded + int64(i)) / nf4Block
+		g := b / nf4GroupBlocks
+		c2 := math.Float32frombits(binary.LittleEndian.Uint32(dst[lay.c2+4*g:]))
+		sc := NF4Absmax(int8(dst[lay.codes+b]), c2, s.mu)
+		out := (*[32]byte)(dst[b*32:])
+		w := (*[64]float32)(x[i:])
+		if !(sc > 0) {
+			for j := range out {
+				out[j] = nf4ZeroCode | nf4ZeroCode<<4
+			}
+			continue
+		}
+		for j := 0; j < 32; j++ {
+			out[j] = nf4Nearest(w[j]/sc) | nf4Nearest(w[j+32]/sc)<<4
+		}
+	}
+	s.encoded += int64(len(x))
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package quant
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"math"
@@ -241,5 +242,57 @@ func TestNF4BadInput(t *testing.T) {
 	}
 	if err := Dequantize(NF4, y, q[:40]); err == nil || errors.Is(err, ErrUnsupported) {
 		t.Errorf("short NF4 tensor: %v", err)
+	}
+}
+
+// NF4Stream over pieces of any whole-block size writes what Quantize
+// writes for the whole tensor, byte for byte; misuse is an error.
+func TestNF4StreamPieces(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, n := range []int{64, 64 * 300, 64 * 256 * 3, 64*256*2 + 64*7} {
+		x := make([]float32, n)
+		for i := range x {
+			x[i] = float32(r.NormFloat64()) * 0.02
+		}
+		x[n/3] = 0.4 // an outlier block
+		size, _ := Bytes(NF4, int64(n))
+		want := make([]byte, size)
+		if err := Quantize(NF4, want, x); err != nil {
+			t.Fatal(err)
+		}
+		for _, piece := range []int{64, 128, 64 * 5, 64 * 256, n} {
+			got := make([]byte, size)
+			s, err := NewNF4Stream(got, int64(n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Encode(x[:64]); err == nil {
+				t.Fatal("encode before the scan accepted")
+			}
+			for pass, f := range []func([]float32) error{s.Scan, s.Encode} {
+				for i := 0; i < n; i += piece {
+					if err := f(x[i:min(n, i+piece)]); err != nil {
+						t.Fatalf("n %d piece %d pass %d: %v", n, piece, pass, err)
+					}
+				}
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("n %d, pieces of %d: differs from Quantize", n, piece)
+			}
+		}
+	}
+	size, _ := Bytes(NF4, 64)
+	s, err := NewNF4Stream(make([]byte, size), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Scan(make([]float32, 32)); err == nil {
+		t.Error("a piece of half a block accepted")
+	}
+	if _, err := NewNF4Stream(make([]byte, 10), 64); err == nil {
+		t.Error("a destination of the wrong size accepted")
+	}
+	if _, err := NewNF4Stream(nil, 100); err == nil {
+		t.Error("a partial block accepted")
 	}
 }

@@ -232,7 +232,13 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if err != nil {
 		return nil, err
 	}
-	m, note, err := OpenBase(cfg.Model, cfg.Method, cfg.CacheDir, model.Options{Tokenizer: cfg.Tokenizer})
+	var limit int64
+	if cfg.MaxMem != "" {
+		if limit, err = budget.ParseSize(cfg.MaxMem); err != nil {
+			return nil, err
+		}
+	}
+	m, note, err := OpenBaseLimit(cfg.Model, cfg.Method, cfg.CacheDir, model.Options{Tokenizer: cfg.Tokenizer}, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -243,12 +249,6 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if cfg.MaxSeqLength > m.Config.Context {
 		log(fmt.Sprintf("max sequence length %d capped at the model's context %d", cfg.MaxSeqLength, m.Config.Context))
 		cfg.MaxSeqLength = m.Config.Context
-	}
-	var limit int64
-	if cfg.MaxMem != "" {
-		if limit, err = budget.ParseSize(cfg.MaxMem); err != nil {
-			return nil, err
-		}
 	}
 	// The accountant exists before anything large is allocated: the
 	// method's tensors are booked (from their shapes) before it is built,

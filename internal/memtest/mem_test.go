@@ -322,3 +322,47 @@ func shakespeare(t *testing.T, name string, n int) string {
 	os.WriteFile(filepath.Join(data, "train.jsonl"), []byte(strings.Join(lines[:n], "\n")+"\n"), 0o644)
 	return data
 }
+
+// QLoRA on a float base converts it to NF4 first. The conversion holds one
+// tensor's NF4 bytes and a MiB of float32 at a time (it held the mapped
+// float model and a float32 copy of its largest tensor: 534 MB under
+// --max-mem 68MiB), so it stays within a budget the training then refuses,
+// and a budget it cannot fit is refused before it starts. The same for
+// `qtune quantize`, which has no budget: its peak is a small part of the
+// 512 MiB float file.
+func TestQLoRAConversionWithinBudget(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	src := model(t, "110M", quant.F32)
+	data := shakespeare(t, "qlora-data", 20)
+	for _, b := range []string{"4MiB", "60MiB"} {
+		limit, _ := budget.ParseSize(b)
+		// qtune plan converts the base (the plan needs its NF4 sizes) and
+		// stops: its peak is the conversion's.
+		_, errs, peak, err := run(t, "plan", "train", "--model", src, "--data", data, "--method", "qlora", "--iters", "1",
+			"--batch-size", "2", "--max-seq-length", "32", "--steps-per-eval", "0", "--max-mem", b,
+			"--cache-dir", t.TempDir(), "--adapter-path", t.TempDir())
+		t.Logf("--max-mem %s: peak %s, %v: %s", b, budget.FormatSize(peak), err, lastLine(errs))
+		if b == "4MiB" { // below the runtime itself: refused before converting
+			if err == nil || !strings.Contains(errs, "converting") || peak > 32<<20 {
+				t.Errorf("--max-mem %s: peak %s, exit %v", b, budget.FormatSize(peak), err)
+			}
+		} else if peak > limit || err != nil {
+			t.Errorf("--max-mem %s: peak %s, exit %v", b, budget.FormatSize(peak), err)
+		}
+	}
+	_, errs, peak, err := run(t, "quantize", src, filepath.Join(t.TempDir(), "o.gguf"), "--type", "nf4")
+	if err != nil || peak > 64<<20 {
+		t.Errorf("quantize to NF4: peak %s, %v %s", budget.FormatSize(peak), err, errs)
+	}
+	t.Logf("quantize 110M F32 → NF4: peak %s", budget.FormatSize(peak))
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
