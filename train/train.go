@@ -126,11 +126,67 @@ func (c *Config) Validate() error {
 	case c.AdapterPath == "":
 		return errors.New("train: an adapter path is required")
 	}
-	if c.StepsPerReport <= 0 {
+	if err := c.checkRanges(); err != nil {
+		return err
+	}
+	if c.StepsPerReport == 0 {
 		c.StepsPerReport = 10
 	}
 	if c.ZOTarget == "" {
 		c.ZOTarget = DefaultZOTarget(c.Method)
+	}
+	return nil
+}
+
+// checkRanges refuses every numeric setting outside what it means: NaN and
+// infinities anywhere, negative counts, shares outside [0, 1], a budget that
+// does not parse. (Each used to be found late or not at all: --max-grad-norm
+// nan trained every step and failed writing JSON.)
+func (c *Config) checkRanges() error {
+	finite := func(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
+	type check struct {
+		flag string
+		ok   bool
+		val  any
+		want string
+	}
+	for _, k := range []check{
+		{"--num-layers", c.NumLayers >= -1 && c.NumLayers <= 1<<20, c.NumLayers, "-1 (all) or a count of blocks"},
+		{"--steps-per-report", c.StepsPerReport >= 0 && c.StepsPerReport <= 1e9, c.StepsPerReport, "≥ 0"},
+		{"--steps-per-eval", c.StepsPerEval >= 0 && c.StepsPerEval <= 1e9, c.StepsPerEval, "≥ 0 (0: no validation)"},
+		{"--val-batches", c.ValBatches >= -1 && c.ValBatches <= 1e9, c.ValBatches, "-1 (all) or a count"},
+		{"--save-every", c.SaveEvery >= 0 && c.SaveEvery <= 1e9, c.SaveEvery, "≥ 0 (0: only at the end)"},
+		{"--rank", c.Rank >= 1 && c.Rank <= 1<<16, c.Rank, "1..65536"},
+		{"--alpha", finite(c.Alpha) && c.Alpha > 0 && c.Alpha <= 1e6, c.Alpha, "a positive number up to 1e6"},
+		{"--dropout", finite(c.Dropout) && c.Dropout >= 0 && c.Dropout < 1, c.Dropout, "in [0, 1)"},
+		{"--weight-decay", finite(c.WeightDecay) && c.WeightDecay >= 0 && c.WeightDecay <= 1e3, c.WeightDecay, "in [0, 1000]"},
+		{"--momentum", finite(c.Momentum) && c.Momentum >= 0 && c.Momentum < 1, c.Momentum, "in [0, 1)"},
+		{"--warmup", c.Warmup >= 0 && c.Warmup <= 1e9, c.Warmup, "≥ 0"},
+		{"--min-lr", finite(c.MinLR) && c.MinLR >= 0 && c.MinLR <= c.LearningRate, c.MinLR, "in [0, --learning-rate]"},
+		{"--max-grad-norm", finite(c.MaxGradNorm) && c.MaxGradNorm <= 1e9, c.MaxGradNorm, "a finite number (≤ 0: no clipping)"},
+		{"--grad-accumulation-steps", c.GradAccum <= 1<<16, c.GradAccum, "1..65536"},
+		{"--zo-learning-rate", finite(c.ZOLearningRate) && c.ZOLearningRate > 0, c.ZOLearningRate, "a positive number"},
+		{"--epsilon", finite(c.Epsilon) && c.Epsilon > 0 && c.Epsilon <= 1, c.Epsilon, "in (0, 1]"},
+		{"--perturbations", c.Perturbations >= 1 && c.Perturbations <= 1<<10, c.Perturbations, "1..1024"},
+		{"--fo-ratio", finite(c.FORatio) && c.FORatio >= 0 && c.FORatio <= 1, c.FORatio, "in [0, 1]"},
+		{"--fo-every", c.FOEvery >= 1 && c.FOEvery <= 1e9, c.FOEvery, "≥ 1"},
+		{"--keep-ratio", finite(c.KeepRatio) && c.KeepRatio > 0 && c.KeepRatio <= 1, c.KeepRatio, "in (0, 1]"},
+		{"--stage1-iters", c.Stage1Iters >= 0 && c.Stage1Iters <= c.Iters, c.Stage1Iters, "in [0, --iters]"},
+		{"--warm-start", finite(c.WarmStart) && math.Abs(c.WarmStart) <= 1e3, c.WarmStart, "a finite number"},
+	} {
+		if !k.ok {
+			return fmt.Errorf("train: %s %v: want %s", k.flag, k.val, k.want)
+		}
+	}
+	switch c.LRSchedule {
+	case "constant", "linear", "cosine":
+	default:
+		return fmt.Errorf("train: --lr-schedule %q: want constant, linear or cosine", c.LRSchedule)
+	}
+	if c.MaxMem != "" {
+		if _, err := budget.ParseSize(c.MaxMem); err != nil {
+			return fmt.Errorf("train: --max-mem: %w", err)
+		}
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -56,9 +57,23 @@ func (a *app) chatTemplate(m *model.Model, modelPath, override, kwargs string) (
 	return tmpl, nil
 }
 
+// checkSampling range-checks the sampling flags (NaN and infinities
+// included; -n bounded so that prompt + n cannot overflow).
+func checkSampling(n int, temp, topP float64) error {
+	switch {
+	case n < 0 || n > 1<<30:
+		return usageErr("-n %d: want 0..%d", n, 1<<30)
+	case math.IsNaN(temp) || math.IsInf(temp, 0) || temp < 0 || temp > 100:
+		return usageErr("--temp %v: want a number in [0, 100] (0 is greedy)", temp)
+	case math.IsNaN(topP) || topP < 0 || topP > 1:
+		return usageErr("--top-p %v: want a number in [0, 1]", topP)
+	}
+	return nil
+}
+
 func (c chatFlags) check() error {
-	if *c.n < 0 || *c.temp < 0 || *c.topP < 0 || *c.topP > 1 {
-		return usageErr("-n must be ≥ 0, --temp ≥ 0, --top-p in [0, 1]")
+	if err := checkSampling(*c.n, *c.temp, *c.topP); err != nil {
+		return err
 	}
 	if *c.seed == 0 {
 		*c.seed = uint64(time.Now().UnixNano())
@@ -90,16 +105,16 @@ func (a *app) chat(ctx context.Context, args []string) error {
 	if *ctxLen < 0 {
 		return usageErr("--ctx must be ≥ 0")
 	}
+	limit, err := a.budget(*maxMem) // a usage error before any work
+	if err != nil {
+		return err
+	}
 	m, err := a.openModel(*mp, *tp, *adp)
 	if err != nil {
 		return err
 	}
 	defer m.Close()
 	tmpl, err := a.chatTemplate(m, *mp, *cf.template, *cf.kwargs)
-	if err != nil {
-		return err
-	}
-	limit, err := a.budget(*maxMem)
 	if err != nil {
 		return err
 	}

@@ -144,8 +144,8 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	if len(pos) > 0 {
 		return usageErr("unexpected argument %q", pos[0])
 	}
-	if *n < 0 || *temp < 0 || *topP < 0 || *topP > 1 {
-		return usageErr("-n must be ≥ 0, --temp ≥ 0, --top-p in [0, 1]")
+	if err := checkSampling(*n, *temp, *topP); err != nil {
+		return err
 	}
 	if *msgFile != "" || *system != "" || *tmplFile != "" || *kwargs != "" {
 		*chatMode = true
@@ -155,6 +155,10 @@ func (a *app) generate(ctx context.Context, args []string) error {
 		if msgs, err = chatMessages(*msgFile, *system, *prompt); err != nil {
 			return err
 		}
+	}
+	limit, err := a.budget(*maxMem) // a usage error before any work
+	if err != nil {
+		return err
 	}
 	m, err := a.openModel(*mp, *tp, *adp)
 	if err != nil {
@@ -181,10 +185,6 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	}
 	if len(ptoks) >= m.Config.Context {
 		return fmt.Errorf("the prompt is %d tokens, the model's context %d", len(ptoks), m.Config.Context)
-	}
-	limit, err := a.budget(*maxMem)
-	if err != nil {
-		return err
 	}
 	plan, err := train.PlanGenerate(m, min(len(ptoks)+*n, m.Config.Context), len(ptoks), limit)
 	if err := a.showPlan(plan, err); err != nil || a.planOnly {
@@ -284,8 +284,8 @@ func (a *app) eval(ctx context.Context, args []string) error {
 	if *dp == "" {
 		return usageErr("--data is required")
 	}
-	if *maxSeq < 0 || *limit < 0 {
-		return usageErr("--max-seq-length and --limit must be ≥ 0")
+	if *maxSeq < 0 || *maxSeq > 1<<20 || *limit < 0 {
+		return usageErr("--max-seq-length must be in 0..%d and --limit ≥ 0", 1<<20)
 	}
 	memLimit, err := a.budget(*maxMem)
 	if err != nil {

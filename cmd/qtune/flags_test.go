@@ -1,0 +1,64 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/qtune/qtune/internal/shared"
+)
+
+// Every numeric flag is range-checked as a usage error (exit 2, one line
+// naming the flag) before any work: NaN and infinities, negative counts,
+// sizes that overflow. Several used to be accepted (--temp nan, negative
+// --save-every), fail late (--dropout nan at iteration 1, --max-grad-norm
+// nan after training), or exit 1.
+func TestBadNumericFlags(t *testing.T) {
+	data := shared.Path(t, "assets", "data", "tinyshakespeare")
+	train := func(extra ...string) []string {
+		return append([]string{"train", "--model", stories(t), "--data", data, "--iters", "1", "--adapter-path", t.TempDir()}, extra...)
+	}
+	gen := func(extra ...string) []string {
+		return append([]string{"generate", "--model", stories(t), "--prompt", "Hi"}, extra...)
+	}
+	for _, c := range []struct {
+		args []string
+		flag string
+	}{
+		{train("--max-grad-norm", "nan"), "--max-grad-norm"},
+		{train("--dropout", "nan"), "--dropout"},
+		{train("--dropout", "1"), "--dropout"},
+		{train("--learning-rate", "inf"), "learning rate"},
+		{train("--num-layers", "-2"), "--num-layers"},
+		{train("--save-every", "-1"), "--save-every"},
+		{train("--steps-per-report", "-5"), "--steps-per-report"},
+		{train("--val-batches", "-3"), "--val-batches"},
+		{train("--method", "loho", "--fo-every", "-1"), "--fo-every"},
+		{train("--method", "loreml", "--stage1-iters", "-1"), "--stage1-iters"},
+		{train("--rank", "0"), "--rank"},
+		{train("--alpha", "nan"), "--alpha"},
+		{train("--keep-ratio", "2"), "--keep-ratio"},
+		{train("--fo-ratio", "-0.5"), "--fo-ratio"},
+		{train("--zo-learning-rate", "nan"), "--zo-learning-rate"},
+		{train("--epsilon", "0"), "--epsilon"},
+		{train("--perturbations", "0"), "--perturbations"},
+		{train("--momentum", "inf"), "--momentum"},
+		{train("--weight-decay", "-1"), "--weight-decay"},
+		{train("--min-lr", "nan"), "--min-lr"},
+		{train("--warmup", "-1"), "--warmup"},
+		{train("--lr-schedule", "wavy"), "--lr-schedule"},
+		{train("--max-mem", "lots"), "--max-mem"},
+		{gen("--temp", "nan"), "--temp"},
+		{gen("--temp", "inf"), "--temp"},
+		{gen("--top-p", "nan"), "--top-p"},
+		{gen("-n", "9223372036854775807"), "-n"},
+		{gen("-n", "-1"), "-n"},
+		{gen("--max-mem", "-5MiB"), "--max-mem"},
+		{[]string{"chat", "--model", stories(t), "--temp", "nan"}, "--temp"},
+		{[]string{"eval", "--model", stories(t), "--data", data, "--max-seq-length", "-1"}, "--max-seq-length"},
+	} {
+		code, _, errs := runCLI(t, c.args...)
+		if code != 2 || !strings.Contains(errs, c.flag) || strings.Count(strings.TrimSpace(errs), "\n") > 0 {
+			t.Errorf("%v: exit %d, %q", c.args[len(c.args)-2:], code, errs)
+		}
+	}
+}
