@@ -368,7 +368,7 @@ func (a *app) newProgress(label string) *progress {
 }
 
 func (p *progress) update(done, total int) {
-	if !p.a.tty || p.a.json {
+	if !p.a.tty || p.a.json || p.a.quiet {
 		return
 	}
 	now := time.Now()

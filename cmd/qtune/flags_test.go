@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -60,5 +61,62 @@ func TestBadNumericFlags(t *testing.T) {
 		if code != 2 || !strings.Contains(errs, c.flag) || strings.Count(strings.TrimSpace(errs), "\n") > 0 {
 			t.Errorf("%v: exit %d, %q", c.args[len(c.args)-2:], code, errs)
 		}
+	}
+}
+
+// Global flags are read before the command or as its flags, never out of a
+// flag's value: tokenize --text "-q" --json tokenized "--json".
+func TestGlobalFlagsPosition(t *testing.T) {
+	code, out, errs := runCLI(t, "tokenize", "--model", stories(t), "--text", "-q", "--json")
+	if code != 0 || !strings.HasPrefix(strings.TrimSpace(out), "[") {
+		t.Fatalf("exit %d, %q %q", code, out, errs)
+	}
+	_, plain, _ := runCLI(t, "tokenize", "--model", stories(t), "--text", "-q")
+	if strings.Count(out, ",")+1 != len(strings.Fields(plain)) {
+		t.Errorf("--text -q: JSON %s, plain %s", out, plain)
+	}
+	for _, args := range [][]string{
+		{"--quiet", "generate", "--model", stories(t), "--prompt", "Hi", "-n", "2", "--temp", "0"},
+		{"generate", "--model", stories(t), "--prompt", "Hi", "-n", "2", "--temp", "0", "--quiet"},
+		{"-q", "generate", "--model", stories(t), "--prompt", "Hi", "-n", "2", "--temp", "0"},
+	} {
+		code, _, errs := runCLI(t, args...)
+		if code != 0 || strings.Contains(errs, "INF") {
+			t.Errorf("%v: exit %d, info lines on stderr: %q", args, code, errs)
+		}
+	}
+	code, _, errs = runCLI(t, "generate", "--model", stories(t), "--prompt", "Hi", "-n", "2", "--temp", "0", "--log-json")
+	for _, l := range strings.Split(strings.TrimSpace(errs), "\n") {
+		if code != 0 || !strings.HasPrefix(l, "{") {
+			t.Errorf("--log-json after the command: exit %d, line %q", code, l)
+		}
+	}
+}
+
+// --log-json covers the progress lines too (every stderr line a JSON
+// object, progress with its fields); --quiet leaves them out.
+func TestTrainProgressFollowsLogFlags(t *testing.T) {
+	args := []string{"train", "--model", stories(t), "--data", shared.Path(t, "assets", "data", "tinyshakespeare"),
+		"--iters", "2", "--batch-size", "1", "--max-seq-length", "16", "--steps-per-report", "1", "--steps-per-eval", "2", "--val-batches", "1"}
+	code, _, errs := runCLI(t, append([]string{"--log-json"}, append(args, "--adapter-path", t.TempDir())...)...)
+	progress := 0
+	for _, l := range strings.Split(strings.TrimSpace(errs), "\n") {
+		var ev map[string]any
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("exit %d: a stderr line is not JSON: %q", code, l)
+		}
+		if ev["event"] == "progress" {
+			if _, ok := ev["loss"].(float64); !ok {
+				t.Errorf("progress without a loss: %q", l)
+			}
+			progress++
+		}
+	}
+	if code != 0 || progress < 3 { // 2 train reports, at least one validation
+		t.Errorf("exit %d, %d progress events", code, progress)
+	}
+	code, _, errs = runCLI(t, append([]string{"--quiet"}, append(args, "--adapter-path", t.TempDir())...)...)
+	if code != 0 || strings.Contains(errs, "Iter ") {
+		t.Errorf("--quiet: exit %d, %q", code, errs)
 	}
 }

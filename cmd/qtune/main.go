@@ -55,6 +55,7 @@ type app struct {
 	stderr io.Writer
 	tty    bool // stderr is a terminal
 	json   bool // --log-json
+	quiet  bool // --quiet
 	// planOnly makes train, eval and generate print their memory plan to
 	// stdout and stop (qtune plan).
 	planOnly bool
@@ -105,24 +106,23 @@ func runIn(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if f, ok := stderr.(*os.File); ok {
 		a.tty = isTerminal(f)
 	}
-	level := zerolog.InfoLevel
-	var rest []string
-	for _, s := range args {
-		switch s {
+	// Global flags come before the command (or among its own flags, where
+	// the flag package reads them: a flag's value that looks like one,
+	// tokenize --text "-q", stays a value).
+	rest := args
+	for len(rest) > 0 {
+		switch rest[0] {
 		case "--log-json", "-log-json":
 			a.json = true
 		case "--quiet", "-quiet", "-q":
-			level = zerolog.WarnLevel
+			a.quiet = true
 		default:
-			rest = append(rest, s)
+			goto done
 		}
+		rest = rest[1:]
 	}
-	if a.json {
-		a.log = zerolog.New(stderr).With().Timestamp().Logger().Level(level)
-	} else {
-		a.log = zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.TimeOnly, NoColor: !a.tty}).
-			With().Timestamp().Logger().Level(level)
-	}
+done:
+	a.setLogger()
 	if len(rest) == 0 || rest[0] == "-h" || rest[0] == "--help" || rest[0] == "help" {
 		fmt.Fprint(stdout, usage)
 		if len(rest) == 0 {
@@ -172,6 +172,17 @@ func runIn(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 // arguments, returning the positionals.
 func (a *app) parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	fs.SetOutput(io.Discard)
+	if fs.Lookup("quiet") == nil { // the global flags, among the command's
+		q, j := a.quiet, a.json
+		defer func() {
+			if a.quiet != q || a.json != j {
+				a.setLogger()
+			}
+		}()
+		fs.BoolVar(&a.quiet, "quiet", a.quiet, "only warnings and errors on stderr (also before the command)")
+		fs.BoolVar(&a.quiet, "q", a.quiet, "short for --quiet")
+		fs.BoolVar(&a.json, "log-json", a.json, "logs as JSON lines (also before the command)")
+	}
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -189,6 +200,21 @@ func (a *app) parse(fs *flag.FlagSet, args []string) ([]string, error) {
 		}
 		pos = append(pos, args[0])
 		args = args[1:]
+	}
+}
+
+// setLogger makes the logger for the global flags: JSON lines or console,
+// warnings only when quiet.
+func (a *app) setLogger() {
+	level := zerolog.InfoLevel
+	if a.quiet {
+		level = zerolog.WarnLevel
+	}
+	if a.json {
+		a.log = zerolog.New(a.stderr).With().Timestamp().Logger().Level(level)
+	} else {
+		a.log = zerolog.New(zerolog.ConsoleWriter{Out: a.stderr, TimeFormat: time.TimeOnly, NoColor: !a.tty}).
+			With().Timestamp().Logger().Level(level)
 	}
 }
 

@@ -128,7 +128,20 @@ func (a *app) train(ctx context.Context, args []string) error {
 	a.log.Info().Str("model", cfg.Model).Str("data", cfg.Data).Str("method", cfg.Method).Int("iters", cfg.Iters).
 		Int("batch_size", cfg.BatchSize).Int("rank", cfg.Rank).Msg("training")
 	res, err := train.Run(ctx, cfg, func(s string) { a.log.Info().Msg(s) }, func(p train.Progress) {
-		fmt.Fprintln(a.stderr, p.String())
+		switch {
+		case a.json: // one JSON object per line, like every other line
+			ev := a.log.Info().Str("event", "progress").Str("kind", p.Kind).Int("iter", p.Iter).Float64("loss", p.Loss)
+			if p.Kind == "val" {
+				ev = ev.Dur("took", p.Took)
+			} else {
+				ev = ev.Float64("learning_rate", p.LearningRate).Float64("it_per_s", p.ItPerSec).Float64("tokens_per_s", p.TokPerSec).
+					Int64("trained_tokens", p.Trained).Int64("peak_mem", p.PeakMem)
+			}
+			ev.Msg(p.String())
+		case a.quiet:
+		default:
+			fmt.Fprintln(a.stderr, p.String())
+		}
 	})
 	if err != nil {
 		return err
