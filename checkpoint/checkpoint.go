@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -117,7 +118,7 @@ func Load(path string) (*State, error) { return LoadLimit(path, DefaultLimit) }
 // line naming the file and the problem, and wraps ErrCorrupt; a failure to
 // open or read the file is returned as the os error.
 func LoadLimit(path string, limit int64) (*State, error) {
-	f, err := os.Open(path)
+	f, err := fsx.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"hash"
 	"hash/crc32"
 	"io"
@@ -337,7 +338,7 @@ func OpenTokenFile(path string) (*TokenFile, error) {
 // openTokenFile is OpenTokenFile that also refuses a file made for another
 // sum (before reading it whole).
 func openTokenFile(path string, want *[32]byte) (_ *TokenFile, err error) {
-	f, err := os.Open(path)
+	f, err := fsx.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCache, err)
 	}

@@ -6,8 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"io"
-	"os"
 	"strings"
 	"unicode/utf8"
 )
@@ -80,7 +80,7 @@ func Load(path string) ([]Record, Kind, error) {
 // error from fn stops the walk and is returned as it is. A plain-text file is
 // one record, so it is held whole while fn runs.
 func Scan(path string, fn func(Record) error) (Kind, int, error) {
-	f, err := os.Open(path)
+	f, err := fsx.Open(path)
 	if err != nil {
 		return 0, 0, fmt.Errorf("data: %w", err)
 	}

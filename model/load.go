@@ -3,6 +3,7 @@ package model
 import (
 	"errors"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"math"
 	"os"
 	"path/filepath"
@@ -285,7 +286,7 @@ func (m *Model) loadTokenizer(path string) error {
 		tok, err = tokenizer.FromHFDir(filepath.Dir(path))
 	default:
 		var b []byte
-		b, err = os.ReadFile(path)
+		b, err = fsx.ReadFile(path)
 		if err != nil {
 			break
 		}
@@ -340,7 +341,7 @@ func (m *Model) openSafetensorsFile(path string, opt Options) error {
 }
 
 func (m *Model) openHF(dir string, opt Options) error {
-	cb, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	cb, err := fsx.ReadFile(filepath.Join(dir, "config.json"))
 	if err != nil {
 		return fmt.Errorf("model: %s: not a model folder: %w", dir, err)
 	}
@@ -407,7 +408,7 @@ func (m *Model) openHF(dir string, opt Options) error {
 	}
 	m.Config = c
 	files := []string{"model.safetensors"}
-	if ib, err := os.ReadFile(filepath.Join(dir, "model.safetensors.index.json")); err == nil {
+	if ib, err := fsx.ReadFile(filepath.Join(dir, "model.safetensors.index.json")); err == nil {
 		idx, err := safetensors.ParseIndex(ib)
 		if err != nil {
 			return fmt.Errorf("model: %s/model.safetensors.index.json: %w", dir, err)

@@ -2,6 +2,7 @@ package offload
 
 import (
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"os"
 	"unsafe"
 
@@ -35,8 +36,8 @@ func Map(path string) (*Mapped, error) {
 	if err != nil {
 		return nil, fmt.Errorf("offload: %w", err)
 	}
-	if st.IsDir() {
-		return nil, fmt.Errorf("offload: %s: is a directory", path)
+	if !st.Mode().IsRegular() { // a named pipe would block the open
+		return nil, fmt.Errorf("offload: %w", fsx.CheckRegular(path))
 	}
 	r, err := mmap.Open(path)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -27,7 +28,7 @@ func readFile(dir, name string) ([]byte, bool, error) {
 	if st.Size() > maxFileSize {
 		return nil, false, fmt.Errorf("%w: %s: %d bytes", ErrFormat, p, st.Size())
 	}
-	b, err := os.ReadFile(p)
+	b, err := fsx.ReadFile(p)
 	if err != nil {
 		return nil, false, fmt.Errorf("tokenizer: %w", err)
 	}

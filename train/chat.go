@@ -4,8 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/qtune/qtune/chat"
@@ -99,7 +99,7 @@ func TokenizerChatTemplate(tok *tokenizer.Tokenizer, modelPath, override string)
 	def := false
 	switch {
 	case override != "":
-		f, err := os.Open(override)
+		f, err := fsx.Open(override)
 		if err != nil {
 			return nil, fmt.Errorf("chat template: %w", err)
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"os"
 	"strings"
 	"time"
@@ -226,7 +227,7 @@ func (a *app) generate(ctx context.Context, args []string) error {
 func chatMessages(file, system, prompt string) ([]data.Message, error) {
 	var msgs []data.Message
 	if file != "" {
-		b, err := os.ReadFile(file)
+		b, err := fsx.ReadFile(file)
 		if err != nil {
 			return nil, err
 		}

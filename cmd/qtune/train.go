@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"math"
-	"os"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -71,7 +71,7 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) *string {
 // loadConfig reads a YAML or JSON config file into c (keys as train.Config's
 // json tags; unknown keys are an error).
 func loadConfig(path string, c *train.Config) error {
-	b, err := os.ReadFile(path)
+	b, err := fsx.ReadFile(path)
 	if err != nil {
 		return err
 	}

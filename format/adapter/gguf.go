@@ -2,9 +2,9 @@ package adapter
 
 import (
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"io"
 	"math"
-	"os"
 	"strings"
 
 	"github.com/qtune/qtune/format/gguf"
@@ -103,7 +103,7 @@ func WriteGGUFFile(path string, a *Adapter, dtype quant.Type, arch string) error
 
 // ReadGGUFFile is ReadGGUF of the file at path.
 func ReadGGUFFile(path string) (*Adapter, error) {
-	data, err := os.ReadFile(path)
+	data, err := fsx.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("adapter: %w", err)
 	}

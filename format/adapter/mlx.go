@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"io"
 	"math"
 	"os"
@@ -209,7 +210,7 @@ func parseMLXConfig(data []byte) (*mlxConfig, error) {
 // Scale() is MLX's scale) and UseRSLoRA false. Layers and Targets come back
 // in canonical order.
 func ReadMLX(dir string, heads, kvHeads int) (*Adapter, error) {
-	cb, err := os.ReadFile(filepath.Join(dir, MLXConfig))
+	cb, err := fsx.ReadFile(filepath.Join(dir, MLXConfig))
 	if err != nil {
 		return nil, fmt.Errorf("adapter: %w", err)
 	}
@@ -217,7 +218,7 @@ func ReadMLX(dir string, heads, kvHeads int) (*Adapter, error) {
 	if err != nil {
 		return nil, err
 	}
-	wb, err := os.ReadFile(filepath.Join(dir, MLXWeights))
+	wb, err := fsx.ReadFile(filepath.Join(dir, MLXWeights))
 	if err != nil {
 		return nil, fmt.Errorf("adapter: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"io"
 	"io/fs"
 	"math"
@@ -439,7 +440,7 @@ func parsePEFTName(name string) (layer, kind int, isB bool, err error) {
 // canonical order. Every tensor must be a lora_A/lora_B pair of rank r with
 // shapes (R, in) and (out, R).
 func ReadPEFT(dir string, heads, kvHeads int) (*Adapter, error) {
-	cb, err := os.ReadFile(filepath.Join(dir, PEFTConfig))
+	cb, err := fsx.ReadFile(filepath.Join(dir, PEFTConfig))
 	if err != nil {
 		return nil, fmt.Errorf("adapter: %w", err)
 	}
@@ -447,7 +448,7 @@ func ReadPEFT(dir string, heads, kvHeads int) (*Adapter, error) {
 	if err != nil {
 		return nil, err
 	}
-	wb, err := os.ReadFile(filepath.Join(dir, PEFTWeights))
+	wb, err := fsx.ReadFile(filepath.Join(dir, PEFTWeights))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			if _, e := os.Stat(filepath.Join(dir, "adapter_model.bin")); e == nil {

@@ -528,10 +528,8 @@ func TestPEFTMatchesModelLoader(t *testing.T) {
 		{"base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight", tiny.KV},
 	} {
 		st, _ := f.Tensor(c.name)
-		dst := make([]byte, len(st.Data))
-		if err := safetensors.PermuteRowsHFToGGUF(dst, st.Data, int(st.Shape[0]), 4*int(st.Shape[1]), c.heads); err != nil {
-			t.Fatal(err)
-		}
-		closeSlices(t, c.name, f32s(t, safetensors.Tensor{DType: "F32", Data: dst}), a.Layers[i].B, 0, 0)
+		hf := f32s(t, st)
+		gguf := safetensors.PermuteRowsF32(hf, int(st.Shape[0]), int(st.Shape[1]), c.heads, false)
+		closeSlices(t, c.name, gguf, a.Layers[i].B, 0, 0)
 	}
 }

@@ -212,3 +212,48 @@ func SyncDir(dir string) error {
 	}
 	return err
 }
+
+// ErrNotRegular marks an input that is not a regular file: reading a named
+// pipe would wait for a writer forever, a device could be endless.
+var ErrNotRegular = errors.New("not a regular file")
+
+// CheckRegular refuses path unless it is a regular file (symbolic links
+// followed), naming what it is instead.
+func CheckRegular(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if st.Mode().IsRegular() {
+		return nil
+	}
+	kind := "a special file"
+	switch m := st.Mode(); {
+	case m.IsDir():
+		kind = "a folder"
+	case m&fs.ModeNamedPipe != 0:
+		kind = "a named pipe"
+	case m&fs.ModeSocket != 0:
+		kind = "a socket"
+	case m&fs.ModeDevice != 0:
+		kind = "a device"
+	}
+	return &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("%w: it is %s", ErrNotRegular, kind)}
+}
+
+// Open opens a regular file for reading (CheckRegular first: a named pipe
+// would block the open itself).
+func Open(path string) (*os.File, error) {
+	if err := CheckRegular(path); err != nil {
+		return nil, err
+	}
+	return os.Open(path)
+}
+
+// ReadFile reads a regular file whole.
+func ReadFile(path string) ([]byte, error) {
+	if err := CheckRegular(path); err != nil {
+		return nil, err
+	}
+	return os.ReadFile(path)
+}

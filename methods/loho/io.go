@@ -3,8 +3,8 @@ package loho
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"math"
-	"os"
 	"strings"
 
 	"github.com/qtune/qtune/format/safetensors"
@@ -47,7 +47,7 @@ func WriteSparse(path string, ds []*Sparse, meta map[string]string) error {
 
 // ReadSparse reads a file written by WriteSparse.
 func ReadSparse(path string, pool *kernels.Pool) ([]*Sparse, map[string]string, error) {
-	b, err := os.ReadFile(path)
+	b, err := fsx.ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("loho: %w", err)
 	}

@@ -3,6 +3,7 @@ package lora
 import (
 	"errors"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"math"
 	"os"
 	"path/filepath"
@@ -317,7 +318,7 @@ func Load(m *model.Model, path string) (*Set, error) {
 		fallthrough
 	case !st.IsDir():
 		var b []byte
-		if b, err = os.ReadFile(path); err == nil {
+		if b, err = fsx.ReadFile(path); err == nil {
 			a, err = adapter.ReadGGUF(b)
 		}
 	default:

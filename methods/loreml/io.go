@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"math"
 	"os"
 	"path/filepath"
@@ -163,7 +164,7 @@ func Load(m *model.Model, path string) (*Set, error) {
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		path = filepath.Join(path, FileName)
 	}
-	b, err := os.ReadFile(path)
+	b, err := fsx.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("loreml: %w", err)
 	}

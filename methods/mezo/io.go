@@ -3,8 +3,8 @@ package mezo
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
 	"math"
-	"os"
 
 	"github.com/qtune/qtune/format/safetensors"
 )
@@ -35,7 +35,7 @@ func WriteTensors(path string, ts []Tensor, meta map[string]string) error {
 
 // ReadTensors reads a file written by WriteTensors (F32 tensors only).
 func ReadTensors(path string) ([]Tensor, map[string]string, error) {
-	b, err := os.ReadFile(path)
+	b, err := fsx.ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("mezo: %w", err)
 	}
