@@ -152,6 +152,9 @@ func scanJSONL(r io.Reader, fn func(Record) error) (Kind, int, error) {
 	for sc.Scan() {
 		line++
 		b := bytes.TrimSpace(sc.Bytes())
+		if line == 1 {
+			b = fsx.TrimBOM(b)
+		}
 		if len(b) == 0 {
 			continue
 		}

@@ -342,6 +342,7 @@ func (m *Model) openSafetensorsFile(path string, opt Options) error {
 
 func (m *Model) openHF(dir string, opt Options) error {
 	cb, err := fsx.ReadFile(filepath.Join(dir, "config.json"))
+	cb = fsx.TrimBOM(cb)
 	if err != nil {
 		return fmt.Errorf("model: %s: not a model folder: %w", dir, err)
 	}
@@ -409,6 +410,7 @@ func (m *Model) openHF(dir string, opt Options) error {
 	m.Config = c
 	files := []string{"model.safetensors"}
 	if ib, err := fsx.ReadFile(filepath.Join(dir, "model.safetensors.index.json")); err == nil {
+		ib = fsx.TrimBOM(ib)
 		idx, err := safetensors.ParseIndex(ib)
 		if err != nil {
 			return fmt.Errorf("model: %s/model.safetensors.index.json: %w", dir, err)

@@ -32,7 +32,7 @@ func readFile(dir, name string) ([]byte, bool, error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("tokenizer: %w", err)
 	}
-	return b, true, nil
+	return fsx.TrimBOM(b), true, nil
 }
 
 // FromHFDir loads a Hugging Face tokenizer folder: tokenizer.json when

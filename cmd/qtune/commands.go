@@ -231,6 +231,7 @@ func chatMessages(file, system, prompt string) ([]data.Message, error) {
 		if err != nil {
 			return nil, err
 		}
+		b = fsx.TrimBOM(b)
 		b = bytes.TrimPrefix(b, []byte("\xef\xbb\xbf"))
 		if err := json.Unmarshal(b, &msgs); err != nil {
 			var obj struct {

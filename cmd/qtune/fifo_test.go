@@ -113,3 +113,49 @@ func TestNamedPipeInputsRefused(t *testing.T) {
 		})
 	}
 }
+
+// JSON and text inputs may start with a UTF-8 byte order mark (Windows
+// editors write one): each used to be rejected as invalid JSON.
+func TestByteOrderMarkAccepted(t *testing.T) {
+	bom := func(t *testing.T, path string) {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, append([]byte("\ufeff"), b...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fam, _ := synth.FamilyByName("llama3")
+	dir := t.TempDir()
+	if err := fam.WriteHF(dir, 1); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(dir)
+	n := 0
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".json") {
+			bom(t, filepath.Join(dir, e.Name()))
+			n++
+		}
+	}
+	if n < 2 {
+		t.Fatalf("%d JSON files in the HF folder", n)
+	}
+	if code, _, errs := runCLI(t, "generate", "--model", dir, "--prompt", "Hi", "-n", "2", "--temp", "0"); code != 0 {
+		t.Errorf("HF folder with BOMs: exit %d %s", code, errs)
+	}
+	data := t.TempDir()
+	os.WriteFile(filepath.Join(data, "train.jsonl"), []byte("\ufeff"+`{"text": "Once upon a time there was a cat who liked the sun."}`+"\n"), 0o644)
+	cfg := filepath.Join(t.TempDir(), "c.json")
+	os.WriteFile(cfg, []byte("\ufeff"+`{"iters": 1, "batch_size": 1, "max_seq_length": 16, "steps_per_eval": 0}`), 0o644)
+	if code, _, errs := runCLI(t, "train", "--config", cfg, "--model", stories(t), "--data", data, "--adapter-path", t.TempDir()); code != 0 {
+		t.Errorf("JSONL and --config with BOMs: exit %d %s", code, errs)
+	}
+	msgs := filepath.Join(t.TempDir(), "m.json")
+	os.WriteFile(msgs, []byte("\ufeff"+`[{"role": "user", "content": "Hi"}]`), 0o644)
+	if code, _, errs := runCLI(t, "generate", "--model", stories(t), "--chat", "--messages", msgs, "-n", "2", "--temp", "0"); code != 0 {
+		t.Errorf("--messages with a BOM: exit %d %s", code, errs)
+	}
+}

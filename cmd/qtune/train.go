@@ -75,6 +75,7 @@ func loadConfig(path string, c *train.Config) error {
 	if err != nil {
 		return err
 	}
+	b = fsx.TrimBOM(b)
 	var raw map[string]any
 	if err := yaml.Unmarshal(b, &raw); err != nil { // YAML is a superset of JSON
 		return fmt.Errorf("%s: %w", path, err)

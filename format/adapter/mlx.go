@@ -211,6 +211,7 @@ func parseMLXConfig(data []byte) (*mlxConfig, error) {
 // in canonical order.
 func ReadMLX(dir string, heads, kvHeads int) (*Adapter, error) {
 	cb, err := fsx.ReadFile(filepath.Join(dir, MLXConfig))
+	cb = fsx.TrimBOM(cb)
 	if err != nil {
 		return nil, fmt.Errorf("adapter: %w", err)
 	}

@@ -441,6 +441,7 @@ func parsePEFTName(name string) (layer, kind int, isB bool, err error) {
 // shapes (R, in) and (out, R).
 func ReadPEFT(dir string, heads, kvHeads int) (*Adapter, error) {
 	cb, err := fsx.ReadFile(filepath.Join(dir, PEFTConfig))
+	cb = fsx.TrimBOM(cb)
 	if err != nil {
 		return nil, fmt.Errorf("adapter: %w", err)
 	}

@@ -15,6 +15,7 @@ package fsx
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -256,4 +257,10 @@ func ReadFile(path string) ([]byte, error) {
 		return nil, err
 	}
 	return os.ReadFile(path)
+}
+
+// TrimBOM drops a leading UTF-8 byte order mark (editors on Windows write
+// one at the start of JSON and text files; JSON parsers refuse it).
+func TrimBOM(b []byte) []byte {
+	return bytes.TrimPrefix(b, []byte("\ufeff"))
 }
