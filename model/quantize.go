@@ -263,6 +263,11 @@ func quantizeRows(w io.Writer, src tensor.Tensor, tt quant.Type, heads int, offs
 			const margin = 1 << 20
 			offload.Release(src.Data[max(0, lo-margin):min(int64(len(src.Data)), hi+margin)])
 		}
+		for i, x := range buf { // a NaN would vanish into the new type's blocks
+			if f := float64(x); math.IsNaN(f) || math.IsInf(f, 0) {
+				return nil, fmt.Errorf("element %d of row %d is %v", (r0*cols+i)%cols, r0+i/cols, x)
+			}
+		}
 		if offset {
 			for i := range buf {
 				buf[i]++

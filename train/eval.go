@@ -92,6 +92,9 @@ func EvalLM(ctx context.Context, m *model.Model, recs []data.Record, kind data.K
 		return LMResult{}, errors.New("train: no tokens to score")
 	}
 	loss := nll / float64(n)
+	if math.IsNaN(loss) || math.IsInf(loss, 0) {
+		return LMResult{}, fmt.Errorf("train: the loss is %v: the model (or its adapter) holds non-finite weights", loss)
+	}
 	return LMResult{Loss: loss, PPL: math.Exp(loss), Tokens: n}, nil
 }
 

@@ -96,7 +96,13 @@ func ApplyZOState(m *model.Model, dir string) (string, error) {
 		parts = append(parts, fmt.Sprintf("block scales of %d matrices", len(ts)))
 	}
 	if p := filepath.Join(dir, loho.SparseFile); zoFileExists(p) {
-		ds, _, err := loho.ReadSparse(p, m.Pool())
+		ds, _, err := loho.ReadSparse(p, m.Pool(), func(target string) (int, int, error) {
+			w, err := matrixOf(m, target)
+			if err != nil {
+				return 0, 0, err
+			}
+			return w.Rows, w.Cols, nil
+		})
 		if err != nil {
 			return "", err
 		}

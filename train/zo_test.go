@@ -211,7 +211,7 @@ func TestLoHOIntraPartitionsEntries(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, lora.PEFTFile)); err == nil {
 		t.Fatal("a LoRA adapter was written for the complement target")
 	}
-	sp, _, err := loho.ReadSparse(filepath.Join(dir, loho.SparseFile), nil)
+	sp, _, err := loho.ReadSparse(filepath.Join(dir, loho.SparseFile), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

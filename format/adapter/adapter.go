@@ -344,3 +344,34 @@ func kindNames(ks []int) []string {
 	}
 	return out
 }
+
+// CheckFinite refuses an adapter with a NaN or infinite value, or whose
+// scale would carry its values past float32 (alpha 1e308): applied, such an
+// adapter turns every output into NaN. The error names the tensor.
+func CheckFinite(a *Adapter) error {
+	s := a.Scale()
+	if math.IsNaN(s) || math.IsInf(s, 0) {
+		return invalidErr("alpha %v and rank %d give the scale %v", a.Alpha, a.Rank, s)
+	}
+	for i := range a.Layers {
+		l := &a.Layers[i]
+		var maxA, maxB float64
+		for _, t := range []struct {
+			name string
+			v    []float32
+			max  *float64
+		}{{"lora_a", l.A, &maxA}, {"lora_b", l.B, &maxB}} {
+			for j, x := range t.v {
+				f := float64(x)
+				if math.IsNaN(f) || math.IsInf(f, 0) {
+					return invalidErr("%s.%s: value %d is %v", l.Target, t.name, j, x)
+				}
+				*t.max = max(*t.max, math.Abs(f))
+			}
+		}
+		if bound := math.Abs(s) * maxA * maxB * float64(l.Rank); bound > math.MaxFloat32 {
+			return invalidErr("%s: scale %g times its values (|A| ≤ %g, |B| ≤ %g) overflows float32", l.Target, s, maxA, maxB)
+		}
+	}
+	return nil
+}

@@ -46,7 +46,7 @@ func WriteSparse(path string, ds []*Sparse, meta map[string]string) error {
 }
 
 // ReadSparse reads a file written by WriteSparse.
-func ReadSparse(path string, pool *kernels.Pool) ([]*Sparse, map[string]string, error) {
+func ReadSparse(path string, pool *kernels.Pool, shape func(target string) (out, in int, err error)) ([]*Sparse, map[string]string, error) {
 	b, err := fsx.ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("loho: %w", err)
@@ -69,11 +69,28 @@ func ReadSparse(path string, pool *kernels.Pool) ([]*Sparse, map[string]string, 
 		if !ok1 || !ok2 || t.DType != "I32" || len(t.Data) != 8 || it.DType != "I32" || vt.DType != "F32" {
 			return nil, nil, fmt.Errorf("loho: %s: entry %q is incomplete or mistyped", path, target)
 		}
-		shape := i32s(t.Data)
-		if shape[0] <= 0 || shape[1] <= 0 {
-			return nil, nil, fmt.Errorf("loho: %s: %s has shape %v", path, target, shape)
+		dims := i32s(t.Data)
+		if dims[0] <= 0 || dims[1] <= 0 {
+			return nil, nil, fmt.Errorf("loho: %s: %s has shape %v", path, target, dims)
 		}
-		s, err := FromEntries(target, int(shape[0]), int(shape[1]), i32s(it.Data), f32s(vt.Data), pool)
+		// The model says what the shape must be, before anything is sized
+		// by the file's numbers ([2^30, 2^30] allocated 4 GB first).
+		if shape != nil {
+			out, in, err := shape(target)
+			if err != nil {
+				return nil, nil, fmt.Errorf("loho: %s: %w", path, err)
+			}
+			if int(dims[0]) != out || int(dims[1]) != in {
+				return nil, nil, fmt.Errorf("loho: %s: %s is %dx%d, the model's matrix %dx%d", path, target, dims[0], dims[1], out, in)
+			}
+		}
+		vals := f32s(vt.Data)
+		for j, x := range vals {
+			if f := float64(x); math.IsNaN(f) || math.IsInf(f, 0) {
+				return nil, nil, fmt.Errorf("loho: %s: %s.values: value %d is %v", path, target, j, x)
+			}
+		}
+		s, err := FromEntries(target, int(dims[0]), int(dims[1]), i32s(it.Data), vals, pool)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w (in %s)", err, path)
 		}

@@ -138,7 +138,7 @@ func TestSparseFileRoundTrip(t *testing.T) {
 	if err := WriteSparse(p, ds, map[string]string{"mask_seed": "3"}); err != nil {
 		t.Fatal(err)
 	}
-	got, meta, err := ReadSparse(p, nil)
+	got, meta, err := ReadSparse(p, nil, nil)
 	if err != nil || len(got) != 2 || meta["mask_seed"] != "3" {
 		t.Fatalf("%d deltas, %v, %v", len(got), meta, err)
 	}

@@ -324,6 +324,9 @@ func Load(m *model.Model, path string) (*Set, error) {
 	default:
 		return nil, fmt.Errorf("lora: %s holds none of %s (PEFT), %s (MLX-LM) and %s (llama.cpp)", path, PEFTFile, adapter.MLXWeights, GGUFFile)
 	}
+	if err == nil {
+		err = adapter.CheckFinite(a)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("lora: %s: %w", path, err)
 	}

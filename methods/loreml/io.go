@@ -194,6 +194,10 @@ func Parse(m *model.Model, b []byte) (*Set, error) {
 	c.Rank, _ = strconv.Atoi(md["rank"])
 	c.Alpha, _ = strconv.ParseFloat(md["alpha"], 64)
 	c.KeepRatio, _ = strconv.ParseFloat(md["keep_ratio"], 64)
+	if len(f.Tensors) == 0 {
+		return nil, fmt.Errorf("%w: no tensors", ErrFile)
+	}
+	var bad error // the first non-finite value
 	parts := map[string]*Part{}
 	norms := map[string][]float32{}
 	part := func(t string) *Part {
@@ -215,6 +219,9 @@ func Parse(m *model.Model, b []byte) (*Set, error) {
 			v := make([]float32, n)
 			for i := range v {
 				v[i] = math.Float32frombits(binary.LittleEndian.Uint32(t.Data[4*i:]))
+				if f := float64(v[i]); (math.IsNaN(f) || math.IsInf(f, 0)) && bad == nil {
+					bad = fmt.Errorf("%w: tensor %s: value %d is %v", ErrFile, t.Name, i, v[i])
+				}
 			}
 			return v
 		}
@@ -240,6 +247,9 @@ func Parse(m *model.Model, b []byte) (*Set, error) {
 		default:
 			return nil, fmt.Errorf("%w: unexpected tensor %s", ErrFile, t.Name)
 		}
+	}
+	if bad != nil {
+		return nil, bad
 	}
 	names := make([]string, 0, len(parts))
 	for n := range parts {

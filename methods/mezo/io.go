@@ -43,6 +43,9 @@ func ReadTensors(path string) ([]Tensor, map[string]string, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("mezo: %s: %w", path, err)
 	}
+	if len(f.Tensors) == 0 {
+		return nil, nil, fmt.Errorf("mezo: %s holds no tensors", path)
+	}
 	ts := make([]Tensor, 0, len(f.Tensors))
 	for _, t := range f.Tensors {
 		if t.DType != "F32" {
@@ -51,6 +54,9 @@ func ReadTensors(path string) ([]Tensor, map[string]string, error) {
 		v := make([]float32, len(t.Data)/4)
 		for j := range v {
 			v[j] = math.Float32frombits(binary.LittleEndian.Uint32(t.Data[4*j:]))
+			if f := float64(v[j]); math.IsNaN(f) || math.IsInf(f, 0) {
+				return nil, nil, fmt.Errorf("mezo: %s: tensor %q: value %d is %v", path, t.Name, j, v[j])
+			}
 		}
 		shape := make([]int, len(t.Shape))
 		for j, d := range t.Shape {
