@@ -3,8 +3,10 @@ package train
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"os"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qtune/qtune/checkpoint"
 	"github.com/qtune/qtune/internal/synth"
 	"github.com/qtune/qtune/quant"
 )
@@ -272,4 +275,25 @@ func TestRefusalNamesAcceptedBudget(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A training state whose header declares a body far larger than this run's
+// tensors (a 109 KB zstd bomb declaring 3 GiB peaked at 5.1 GB before its
+// checksum failed) is refused before anything is inflated.
+func TestResumeRefusesOversizedState(t *testing.T) {
+	dir := t.TempDir()
+	var hdr [24]byte
+	copy(hdr[:], "QTCK")
+	binary.LittleEndian.PutUint32(hdr[4:], 1)      // format version
+	binary.LittleEndian.PutUint32(hdr[8:], 1)      // zstd
+	binary.LittleEndian.PutUint64(hdr[12:], 3<<30) // body bytes declared
+	binary.LittleEndian.PutUint32(hdr[20:], crc32.Checksum(hdr[:20], crc32.MakeTable(crc32.Castagnoli)))
+	os.WriteFile(filepath.Join(dir, stateFile), append(hdr[:], make([]byte, 100<<10)...), 0o644)
+	cfg := smallRun(t, dir)
+	cfg.Resume = true
+	_, err := Run(context.Background(), cfg, nil, nil)
+	if !errors.Is(err, checkpoint.ErrLimit) {
+		t.Fatalf("a state declaring 3 GiB: %v", err)
+	}
+	t.Log(err)
 }
