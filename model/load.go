@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/qtune/qtune/budget"
@@ -454,6 +455,15 @@ func (m *Model) openHF(dir string, opt Options) error {
 			}
 			if _, dup := tensors[name]; dup {
 				return fmt.Errorf("model: %s: tensor %q appears in two shards", dir, st.Name)
+			}
+			// Weights the config does not explain mean the config is wrong
+			// (num_hidden_layers 3 beside tensors for 5 layers loaded 3).
+			if rest, ok := strings.CutPrefix(name, "blk."); ok {
+				if i := strings.IndexByte(rest, '.'); i > 0 {
+					if l, err := strconv.Atoi(rest[:i]); err == nil && (l < 0 || l >= c.Layers) {
+						return fmt.Errorf("model: %s: tensor %q is for layer %d, but config.json's num_hidden_layers is %d", p, st.Name, l, c.Layers)
+					}
+				}
 			}
 			t := tensor.Tensor{Name: name, Type: typ, Shape: shape, Data: st.Data}
 			tensors[name] = t

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -157,5 +159,30 @@ func TestByteOrderMarkAccepted(t *testing.T) {
 	os.WriteFile(msgs, []byte("\ufeff"+`[{"role": "user", "content": "Hi"}]`), 0o644)
 	if code, _, errs := runCLI(t, "generate", "--model", stories(t), "--chat", "--messages", msgs, "-n", "2", "--temp", "0"); code != 0 {
 		t.Errorf("--messages with a BOM: exit %d %s", code, errs)
+	}
+}
+
+// An HF folder whose config.json has fewer layers than its weights is an
+// error naming a tensor it does not explain (it loaded the first layers and
+// ignored the rest).
+func TestHFConfigLayerMismatch(t *testing.T) {
+	fam, _ := synth.FamilyByName("llama")
+	dir := t.TempDir()
+	if err := fam.WriteHF(dir, 1); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "config.json")
+	b, _ := os.ReadFile(p)
+	var cfg map[string]any
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	layers := int(cfg["num_hidden_layers"].(float64))
+	cfg["num_hidden_layers"] = layers - 1
+	b, _ = json.Marshal(cfg)
+	os.WriteFile(p, b, 0o644)
+	code, _, errs := runCLI(t, "generate", "--model", dir, "--prompt", "Hi", "-n", "1")
+	if code == 0 || !strings.Contains(errs, fmt.Sprintf("layers.%d.", layers-1)) || !strings.Contains(errs, "num_hidden_layers") {
+		t.Errorf("exit %d: %s", code, errs)
 	}
 }
