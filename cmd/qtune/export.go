@@ -1,11 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
-	"os"
+	"github.com/qtune/qtune/internal/fsx"
+	"io"
 	"time"
 
 	"github.com/qtune/qtune/methods/lora"
@@ -79,37 +79,19 @@ func (a *app) export(ctx context.Context, args []string) error {
 		delta, matrices = set.Merge(), len(set.Layers)
 	}
 	if !*merge {
-		if err := os.MkdirAll(*out, 0o755); err != nil {
-			return err
-		}
-		if err := set.Save(*out, m, train.BaseModelName(*mp)); err != nil {
+		// The folder's files are one unit: a crash leaves the old set or the new.
+		if err := fsx.SaveDir(*out, func(stage string) error { return set.Save(stage, m, train.BaseModelName(*mp)) }); err != nil {
 			return err
 		}
 		fmt.Fprintf(a.stdout, "%s: %d adapted matrices as PEFT (%s) and GGUF (%s)\n", *out, len(set.Layers), lora.PEFTFile, lora.GGUFFile)
 		return nil
 	}
 	t0 := time.Now()
-	tmp := *out + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
+	var rep model.QuantizeReport
+	if err := fsx.WriteFile(*out, func(w io.Writer) (err error) {
+		rep, err = model.QuantizeWith(m, w, t, delta)
 		return err
-	}
-	bw := bufio.NewWriterSize(f, 1<<20)
-	rep, err := model.QuantizeWith(m, bw, t, delta)
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, *out)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	}); err != nil {
 		return err
 	}
 	a.log.Info().Dur("took", time.Since(t0).Round(time.Millisecond)).Msg("merged")

@@ -1,11 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
-	"os"
+	"github.com/qtune/qtune/internal/fsx"
+	"io"
 	"path/filepath"
 	"strings"
 	"time"
@@ -41,27 +41,11 @@ func (a *app) quantize(ctx context.Context, args []string) error {
 	}
 	defer m.Close()
 	t0 := time.Now()
-	tmp := out + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
+	var rep model.QuantizeReport
+	if err := fsx.WriteFile(out, func(w io.Writer) (err error) { // temporary name, fsync, rename
+		rep, err = model.Quantize(m, w, t)
 		return err
-	}
-	bw := bufio.NewWriterSize(f, 1<<20)
-	rep, err := model.Quantize(m, bw, t)
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, out)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	}); err != nil {
 		return err
 	}
 	a.log.Info().Str("out", out).Str("type", t.String()).Int("tensors", rep.Tensors).Int("quantized", rep.Quantized).
