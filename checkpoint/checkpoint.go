@@ -8,7 +8,6 @@ import (
 	"github.com/qtune/qtune/internal/fsx"
 	"os"
 	"path/filepath"
-	"runtime"
 )
 
 // Tensor is one named float32 array.
@@ -66,7 +65,7 @@ func Save(path string, s *State) error {
 		os.Remove(tmp)
 		return fmt.Errorf("checkpoint: save %s: %w", path, err)
 	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := fsx.SyncDir(filepath.Dir(path)); err != nil {
 		return fmt.Errorf("checkpoint: save %s: sync folder: %w", path, err)
 	}
 	return nil
@@ -91,23 +90,6 @@ func writeSynced(name string, s *State) (err error) {
 		return err
 	}
 	return f.Sync()
-}
-
-// syncDir makes a rename in dir durable. Windows cannot fsync a folder and
-// makes renames durable by itself.
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // Load reads the checkpoint at path with DefaultLimit.

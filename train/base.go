@@ -1,10 +1,11 @@
 package train
 
 import (
-	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/qtune/qtune/internal/fsx"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -99,31 +100,15 @@ func OpenBaseLimit(path, method, cacheDir string, opt model.Options, limit int64
 		m.Close()
 		return nil, "", fmt.Errorf("train: cache folder: %w", err)
 	}
-	tmp, err := os.CreateTemp(cacheDir, name+".tmp*")
-	if err != nil {
-		m.Close()
-		return nil, "", fmt.Errorf("train: %w", err)
-	}
 	if limit > 0 { // the collector keeps the conversion's garbage within the budget
 		defer debug.SetMemoryLimit(debug.SetMemoryLimit(max(limit-runtimeBytes(m)-8<<20, 8<<20)))
 	}
-	bw := bufio.NewWriterSize(tmp, 1<<20)
-	_, err = model.Quantize(m, bw, quant.NF4)
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), cached)
-	}
+	err = fsx.WriteFile(cached, func(w io.Writer) error { // temporary name, fsync, rename
+		_, err := model.Quantize(m, w, quant.NF4)
+		return err
+	})
 	m.Close()
 	if err != nil {
-		os.Remove(tmp.Name())
 		return nil, "", fmt.Errorf("train: caching the NF4 base: %w", err)
 	}
 	q, err := model.Open(cached, opt)

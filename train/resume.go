@@ -11,6 +11,7 @@ import (
 
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/offload"
 )
 
 // runIdentity is what a saved state was trained on, beyond its Config: a
@@ -41,6 +42,11 @@ func baseID(m *model.Model) string {
 		for _, off := range []int{0, n/2 - sample/2, n - sample} {
 			off = max(0, min(off, n))
 			h.Write(t.Data[off:min(n, off+sample)])
+			// The kernel maps what a fault brings in (fault-around, a
+			// large folio: up to 2 MiB): hand it back, or sampling 150
+			// tensors of a streamed 1B model costs ~94 MiB of its budget.
+			const margin = 2 << 20
+			offload.Release(t.Data[max(0, off-margin):min(n, off+sample+margin)])
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil))

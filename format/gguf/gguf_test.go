@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -450,6 +451,31 @@ func FuzzParse(f *testing.F) {
 		}
 		if err := checkOverlap(g.Tensors); err != nil {
 			t.Fatal(err)
+		}
+		// Round trip: what Parse accepts, Write writes back to a file that
+		// parses to the same keys, tensors and bytes.
+		wts := make([]WriteTensor, len(g.Tensors))
+		for i, ti := range g.Tensors {
+			v := g.Data(data, ti)
+			wts[i] = WriteTensor{Name: ti.Name, Type: ti.Type, Shape: ti.Shape, Size: ti.Size,
+				Write: func(w io.Writer) error { _, err := w.Write(v); return err }}
+		}
+		var buf bytes.Buffer
+		if err := Write(&buf, g.Version, g.KV, wts, 0); err != nil {
+			return // Write is stricter than Parse (ggml's own rules); that is allowed
+		}
+		h, err := Parse(buf.Bytes())
+		if err != nil {
+			t.Fatalf("a written file does not parse: %v", err)
+		}
+		if !reflect.DeepEqual(g.KV, h.KV) || len(g.Tensors) != len(h.Tensors) {
+			t.Fatalf("keys or tensor count differ after a round trip")
+		}
+		for i := range g.Tensors {
+			a, b := g.Tensors[i], h.Tensors[i]
+			if a.Name != b.Name || a.Type != b.Type || !slices.Equal(a.Shape, b.Shape) || !bytes.Equal(g.Data(data, a), h.Data(buf.Bytes(), b)) {
+				t.Fatalf("tensor %d differs after a round trip", i)
+			}
 		}
 	})
 }
