@@ -67,7 +67,7 @@ func CachedTokenFile(cacheDir string, key CacheKey, enc Encoder, path string, o 
 		return nil, false, errors.New("data: token cache: CacheKey.Tokenizer is empty")
 	}
 	h := newRecordHasher(key.Tokenizer, o)
-	kind, _, err := Scan(path, func(r Record) error {
+	kind, _, err := ScanMax(path, o.MaxRecord, func(r Record) error {
 		h.add(&r)
 		return nil
 	})
@@ -211,7 +211,7 @@ func writeTokenFile(cpath string, sum [32]byte, tok string, enc Encoder, path st
 		chk := &idCheck{Encoder: enc}
 		var lens []uint32 // (N)
 		var total uint64
-		k, _, err := Scan(path, func(r Record) error {
+		k, _, err := ScanMax(path, o.MaxRecord, func(r Record) error {
 			h.add(&r)
 			ex, err := tokenizeRecord(chk, &r, kind, o)
 			if err == nil {

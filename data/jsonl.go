@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/internal/fsx"
 	"io"
 	"strings"
@@ -80,6 +81,16 @@ func Load(path string) ([]Record, Kind, error) {
 // error from fn stops the walk and is returned as it is. A plain-text file is
 // one record, so it is held whole while fn runs.
 func Scan(path string, fn func(Record) error) (Kind, int, error) {
+	return ScanMax(path, MaxLine, fn)
+}
+
+// ScanMax is Scan with records of at most maxRecord bytes (MaxLine when
+// not positive): a longer JSONL line, or a longer plain-text file, is an
+// error naming it before it is read whole.
+func ScanMax(path string, maxRecord int64, fn func(Record) error) (Kind, int, error) {
+	if maxRecord <= 0 || maxRecord > MaxLine {
+		maxRecord = MaxLine
+	}
 	f, err := fsx.Open(path)
 	if err != nil {
 		return 0, 0, fmt.Errorf("data: %w", err)
@@ -94,7 +105,7 @@ func Scan(path string, fn func(Record) error) (Kind, int, error) {
 	head, _ := br.Peek(512)
 	trim := bytes.TrimLeft(head, " \t\r\n\ufeff")
 	if strings.HasSuffix(path, ".jsonl") || (len(trim) > 0 && trim[0] == '{') {
-		kind, n, err := scanJSONL(br, call)
+		kind, n, err := scanJSONL(br, int(maxRecord), call)
 		if fnErr != nil {
 			return 0, 0, fnErr
 		}
@@ -102,6 +113,10 @@ func Scan(path string, fn func(Record) error) (Kind, int, error) {
 			return 0, 0, fmt.Errorf("data: %s: %w", path, err)
 		}
 		return kind, n, nil
+	}
+	if st, err := f.Stat(); err == nil && st.Size() > maxRecord {
+		return 0, 0, fmt.Errorf("data: %s: %w: a plain-text record of %s, more than the %s one record may be under this memory budget: split it (JSONL, one record per line) or raise --max-mem",
+			path, ErrData, budget.FormatSize(st.Size()), budget.FormatSize(maxRecord))
 	}
 	b, err := io.ReadAll(br)
 	if err != nil {
@@ -132,7 +147,7 @@ type rawRecord struct {
 // Errors name the line.
 func ReadJSONL(r io.Reader) ([]Record, Kind, error) {
 	var recs []Record
-	kind, _, err := scanJSONL(r, func(rec Record) error {
+	kind, _, err := scanJSONL(r, MaxLine, func(rec Record) error {
 		recs = append(recs, rec)
 		return nil
 	})
@@ -144,9 +159,9 @@ func ReadJSONL(r io.Reader) ([]Record, Kind, error) {
 
 // scanJSONL is ReadJSONL calling fn with each record instead of keeping it;
 // an error from fn is returned as it is.
-func scanJSONL(r io.Reader, fn func(Record) error) (Kind, int, error) {
+func scanJSONL(r io.Reader, maxLine int, fn func(Record) error) (Kind, int, error) {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 1<<16), MaxLine)
+	sc.Buffer(make([]byte, 0, min(1<<16, maxLine+1)), maxLine+1) // the line and its newline
 	var kind Kind
 	line, n := 0, 0
 	for sc.Scan() {
@@ -178,6 +193,9 @@ func scanJSONL(r io.Reader, fn func(Record) error) (Kind, int, error) {
 	}
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
+			if maxLine < MaxLine {
+				return 0, 0, fmt.Errorf("line %d: %w: a record longer than the %s one record may be under this memory budget: split it or raise --max-mem", line+1, ErrData, budget.FormatSize(int64(maxLine)))
+			}
 			return 0, 0, fmt.Errorf("line %d: %w: line longer than %d bytes", line+1, ErrData, MaxLine)
 		}
 		return 0, 0, err

@@ -145,3 +145,23 @@ func TestScanMatchesLoad(t *testing.T) {
 		t.Errorf("callback error on plain text: %v", err)
 	}
 }
+
+// ScanMax refuses a record longer than its bound, naming the line or the
+// file, and accepts one at the bound.
+func TestScanMax(t *testing.T) {
+	dir := t.TempDir()
+	rec := `{"text": "` + strings.Repeat("a", 1000) + `"}`
+	p := filepath.Join(dir, "d.jsonl")
+	os.WriteFile(p, []byte(`{"text": "short"}`+"\n"+rec+"\n"), 0o644)
+	if _, n, err := ScanMax(p, int64(len(rec)), func(Record) error { return nil }); err != nil || n != 2 {
+		t.Fatalf("at the bound: %d records, %v", n, err)
+	}
+	if _, _, err := ScanMax(p, int64(len(rec)-1), func(Record) error { return nil }); err == nil || !strings.Contains(err.Error(), "line 2") || !strings.Contains(err.Error(), "memory budget") {
+		t.Errorf("over the bound: %v", err)
+	}
+	txt := filepath.Join(dir, "notes.txt")
+	os.WriteFile(txt, []byte(strings.Repeat("word ", 400)), 0o644)
+	if _, _, err := ScanMax(txt, 1000, func(Record) error { return nil }); err == nil || !strings.Contains(err.Error(), "notes.txt") {
+		t.Errorf("a plain-text file over the bound: %v", err)
+	}
+}

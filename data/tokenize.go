@@ -45,6 +45,11 @@ type TokenizeOptions struct {
 	// and an encoder that is a SpecialEncoder.
 	ChatTemplate string
 	Template     Renderer
+	// MaxRecord, when positive, bounds one record's bytes (a JSONL line, a
+	// plain-text file): tokenizing a record holds about a dozen bytes per
+	// byte of it, so a run under a memory budget refuses, by name, a record
+	// longer than the budget allows. Not part of the cache's identity.
+	MaxRecord int64
 }
 
 // Tokenize turns records of one kind into examples, one per record, in order:

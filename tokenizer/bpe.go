@@ -52,8 +52,8 @@ func mapBytes(dst []byte, s string) []byte {
 
 // encodeBPE: user-defined tokens split out first, then the pre-tokenizer,
 // then rank-ordered merges inside each word.
-func (t *Tokenizer) encodeBPE(m *merger, text string, out []int) []int {
-	if t.v.AddSpacePrefix && !strings.HasPrefix(text, " ") {
+func (t *Tokenizer) encodeBPE(m *merger, text string, out []int, prefix bool) []int {
+	if t.v.AddSpacePrefix && prefix && !strings.HasPrefix(text, " ") {
 		text = " " + text
 	}
 	if t.raw {

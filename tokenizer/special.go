@@ -55,10 +55,8 @@ func (t *Tokenizer) EncodeSpecial(text string, addBOS bool) []int {
 		switch {
 		case f.id >= 0:
 			out = append(out, f.id)
-		case t.v.Kind == SPM:
-			out = t.encodeSPM(&m, f.text, out)
 		default:
-			out = t.encodeBPE(&m, f.text, out)
+			out = t.encodeText(&m, f.text, out)
 		}
 	}
 	return out

@@ -13,16 +13,20 @@ const maxChunk = 1 << 28
 // encodeSPM: escape spaces as "▁" after the dummy prefix, one symbol per code
 // point (user-defined pieces as whole symbols), merge by piece score, then
 // byte fallback for symbols that are not pieces.
-func (t *Tokenizer) encodeSPM(m *merger, text string, out []int) []int {
+func (t *Tokenizer) encodeSPM(m *merger, text string, out []int, prefix bool) []int {
 	if t.removeExtra {
+		lead := !prefix && strings.HasPrefix(text, " ") // a later piece keeps its one separating space
 		text = strings.Join(strings.FieldsFunc(text, func(r rune) bool { return r == ' ' }), " ")
+		if lead && text != "" {
+			text = " " + text
+		}
 		if text == "" {
 			return out
 		}
 	}
 	var b strings.Builder
 	b.Grow(len(text) + len(text)/4 + 3)
-	if t.v.AddSpacePrefix {
+	if t.v.AddSpacePrefix && prefix {
 		b.WriteString("▁")
 	}
 	for i := 0; i < len(text); i++ {

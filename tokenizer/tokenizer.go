@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 )
 
 // Kind is the tokenization algorithm of a vocabulary.
@@ -493,11 +494,60 @@ func (t *Tokenizer) Encode(text string, addBOS bool) []int {
 		return out
 	}
 	var m merger
-	if t.v.Kind == SPM {
-		return t.encodeSPM(&m, text, out)
-	}
-	return t.encodeBPE(&m, text, out)
+	return t.encodeText(&m, text, out)
 }
+
+// longPiece bounds the text one encoding pass sees: the merge loop holds a
+// few dozen bytes per character, so a 50 MB record encoded whole took
+// gigabytes. Longer texts are encoded in pieces cut where pre-tokenizers
+// cut anyway (after a run of newlines, else before a space), each after the
+// first without the dummy space prefix; only a piece with neither in its
+// last half is cut between characters, where the tokens may differ from a
+// whole encoding.
+const longPiece = 1 << 20
+
+func (t *Tokenizer) encodeText(m *merger, text string, out []int) []int {
+	prefix := true
+	for len(text) > longPiece {
+		cut := pieceCut(text, longPiece)
+		out = t.encodeOne(m, text[:cut], out, prefix)
+		text, prefix = text[cut:], false
+	}
+	return t.encodeOne(m, text, out, prefix)
+}
+
+func (t *Tokenizer) encodeOne(m *merger, text string, out []int, prefix bool) []int {
+	if t.v.Kind == SPM {
+		return t.encodeSPM(m, text, out, prefix)
+	}
+	return t.encodeBPE(m, text, out, prefix)
+}
+
+// pieceCut returns where to end the first piece of text (len(text) > n):
+// after a run of newlines followed by a non-space, else before a space that
+// follows a non-space, else at a character boundary, at most n bytes in.
+func pieceCut(text string, n int) int {
+	for i := n; i > n/2; i-- {
+		if text[i-1] == '\n' && !isSpaceByte(text[i]) {
+			return i
+		}
+	}
+	for i := n; i > n/2; i-- {
+		if text[i] == ' ' && !isSpaceByte(text[i-1]) {
+			return i
+		}
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(text[i]) {
+		i--
+	}
+	if i == 0 {
+		return n
+	}
+	return i
+}
+
+func isSpaceByte(c byte) bool { return c == ' ' || c == '\n' || c == '\r' || c == '\t' }
 
 // userMatch returns the length of the longest user-defined token at the
 // start of s, 0 when none.

@@ -320,6 +320,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if err != nil {
 		return nil, err
 	}
+	if limit > 0 { // tokenizing a record holds about a dozen bytes per byte of it
+		tokOpt.MaxRecord = max(limit/32, 256<<10)
+	}
 	tokDir, tokID := filepath.Join(cfg.CacheDir, "tokens"), tokenizerID(m)
 	trainTF, hit, err := data.CachedTokenFile(tokDir, data.CacheKey{Tokenizer: tokID, Name: splitName(files.Train)}, m.Tokenizer, files.Train, tokOpt)
 	if err != nil {

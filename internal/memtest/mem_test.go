@@ -366,3 +366,26 @@ func lastLine(s string) string {
 	}
 	return s
 }
+
+// A record longer than the budget allows is refused by name before it is
+// read whole (a 50 MB JSONL line peaked at 4.8 GB under --max-mem 64MiB and
+// trained, exit 0; a 200 MB plain-text file at 2.2 GB under 256 MiB); the
+// tokenizer itself encodes long texts in bounded pieces.
+func TestOversizedRecordRefused(t *testing.T) {
+	dir := t.TempDir()
+	line := strings.Repeat("the cat sat on the mat and then ran away. ", 500_000) // 21 MB
+	os.WriteFile(filepath.Join(dir, "train.jsonl"), []byte(`{"text": "`+line+`"}`+"\n"), 0o644)
+	text := filepath.Join(t.TempDir(), "notes.txt")
+	os.WriteFile(text, []byte(strings.Repeat(line, 2)), 0o644)
+	stories := shared.Path(t, "assets", "models", "stories260K.gguf")
+	for _, c := range []struct{ data, budget string }{{dir, "64MiB"}, {text, "256MiB"}} {
+		limit, _ := budget.ParseSize(c.budget)
+		_, errs, peak, err := run(t, "train", "--model", stories, "--data", c.data, "--iters", "1", "--batch-size", "1",
+			"--max-seq-length", "32", "--steps-per-eval", "0", "--max-mem", c.budget,
+			"--cache-dir", t.TempDir(), "--adapter-path", t.TempDir())
+		t.Logf("%s under %s: peak %s, %s", filepath.Base(c.data), c.budget, budget.FormatSize(peak), lastLine(errs))
+		if err == nil || !strings.Contains(errs, "memory budget") || peak > limit {
+			t.Errorf("%s under %s: exit %v, peak %s: %s", c.data, c.budget, err, budget.FormatSize(peak), errs)
+		}
+	}
+}
