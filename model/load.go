@@ -430,6 +430,7 @@ func (m *Model) openHF(dir string, opt Options) error {
 		sort.Strings(files)
 	}
 	tensors := map[string]tensor.Tensor{}
+	hfNames := map[string]string{} // GGUF name -> the file's name, for errors
 	for _, fn := range files {
 		p := filepath.Join(dir, fn)
 		mf, err := m.store.Map(p)
@@ -443,7 +444,13 @@ func (m *Model) openHF(dir string, opt Options) error {
 		for _, st := range sf.Tensors {
 			name, ok := safetensors.GGUFNameFor(fam.arch, st.Name)
 			if !ok {
-				continue // rotary caches and other extras
+				if strings.HasSuffix(st.Name, ".weight") || strings.HasSuffix(st.Name, ".bias") {
+					// A weight qtune cannot place (an expert, a layer
+					// number it cannot read) would be ignored: the model
+					// would compute something other than the file.
+					return fmt.Errorf("model: %s: tensor %q is not a weight qtune knows for %s models", p, st.Name, fam.arch)
+				}
+				continue // rotary caches (inv_freq) and other buffers
 			}
 			typ, ok := safetensors.TypeOf(st.DType)
 			if !ok || !(typ == quant.F32 || typ == quant.F16 || typ == quant.BF16) {
@@ -467,6 +474,7 @@ func (m *Model) openHF(dir string, opt Options) error {
 			}
 			t := tensor.Tensor{Name: name, Type: typ, Shape: shape, Data: st.Data}
 			tensors[name] = t
+			hfNames[name] = st.Name
 			m.Tensors = append(m.Tensors, t)
 		}
 	}
@@ -474,6 +482,11 @@ func (m *Model) openHF(dir string, opt Options) error {
 		m.Config.Tied = true
 	}
 	if err := m.build(tensors); err != nil {
+		var ue *unexplainedError
+		if errors.As(err, &ue) && hfNames[ue.name] != "" {
+			ue.name = hfNames[ue.name]
+			ue.count = "config.json's num_hidden_layers"
+		}
 		return fmt.Errorf("model: %s: %w", dir, err)
 	}
 	if opt.Tokenizer != "" {
@@ -495,7 +508,9 @@ func (m *Model) build(ts map[string]tensor.Tensor) error {
 	}
 	C, F, V := c.Dim, c.Hidden, c.Vocab
 	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	used := make(map[string]bool, len(ts)) // what the config explains
 	mat := func(name string, rows, cols int) (kernels.Matrix, error) {
+		used[name] = true
 		t, ok := ts[name]
 		if !ok {
 			return kernels.Matrix{}, fmt.Errorf("missing tensor %q", name)
@@ -519,6 +534,7 @@ func (m *Model) build(ts map[string]tensor.Tensor) error {
 		return kernels.Matrix{Type: t.Type, Rows: rows, Cols: cols, Data: t.Data}, nil
 	}
 	vec := func(name string, n int) ([]float32, error) {
+		used[name] = true
 		t, ok := ts[name]
 		if !ok {
 			return nil, fmt.Errorf("missing tensor %q", name)
@@ -554,6 +570,7 @@ func (m *Model) build(ts map[string]tensor.Tensor) error {
 	} else {
 		c.Tied = true
 		m.Output = m.Embed
+		used["output.weight"] = true // tied by the config: a copy is ignored, as transformers does
 	}
 	// opt is vec for a tensor that may be absent (nil then).
 	opt := func(name string, n int) ([]float32, error) {
@@ -705,6 +722,7 @@ func (m *Model) build(ts map[string]tensor.Tensor) error {
 		if !ok {
 			continue
 		}
+		used[name] = true
 		if rf.Type != quant.F32 || rf.Elems() != int64(c.RopeDims/2) {
 			return fmt.Errorf("tensor %q: want %d F32 values (rope dimensions / 2), have %d of %s", name, c.RopeDims/2, rf.Elems(), rf.Type)
 		}
@@ -724,6 +742,9 @@ func (m *Model) build(ts map[string]tensor.Tensor) error {
 			factors = v
 			m.ropeFromTensor = true
 		}
+	}
+	if err := checkExplained(ts, used, c.Layers); err != nil {
+		return err
 	}
 	m.rope = nn.NewRopeScaled(c.RopeDims, c.RopeTheta, c.RopeNeox, factors, c.RopeLinear, c.RopeMscale)
 	if c.Window > 0 && c.RopeThetaSWA != 0 {
@@ -824,4 +845,48 @@ func (m *Model) embedDone() {
 	if m.Stream && !m.Config.Tied {
 		offload.Release(m.Embed.Data)
 	}
+}
+
+// unexplainedError is a tensor in the file that the model built from its
+// config does not use: a layer past the count, an expert, a name of another
+// architecture. Ignoring it would run a model other than the file's.
+type unexplainedError struct {
+	name   string // as the file spells it
+	layer  int    // -1 when not a block tensor
+	layers int
+	count  string // where the layer count comes from
+}
+
+func (e *unexplainedError) Error() string {
+	if e.layer >= e.layers {
+		return fmt.Sprintf("tensor %q is for layer %d, but %s is %d", e.name, e.layer, e.count, e.layers)
+	}
+	return fmt.Sprintf("tensor %q is not used by this model as its config describes it (%d layers)", e.name, e.layers)
+}
+
+// checkExplained returns an error naming the first tensor (by name) of ts
+// that build did not use.
+func checkExplained(ts map[string]tensor.Tensor, used map[string]bool, layers int) error {
+	var names []string
+	for n := range ts {
+		if !used[n] {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	sort.Strings(names)
+	e := &unexplainedError{name: names[0], layer: -1, layers: layers, count: "the file's block_count"}
+	for _, n := range names { // a layer past the count is the likelier story: say so
+		if rest, ok := strings.CutPrefix(n, "blk."); ok {
+			if i := strings.IndexByte(rest, '.'); i > 0 {
+				if l, err := strconv.Atoi(rest[:i]); err == nil && l >= layers {
+					e.name, e.layer = n, l
+					break
+				}
+			}
+		}
+	}
+	return e
 }
