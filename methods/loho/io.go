@@ -58,6 +58,23 @@ func ReadSparse(path string, pool *kernels.Pool, shape func(target string) (out,
 	if f.Metadata["format"] != sparseFormat {
 		return nil, nil, fmt.Errorf("loho: %s: not a sparse-delta file (format %q)", path, f.Metadata["format"])
 	}
+	// Every tensor belongs to a complete entry: one that does not would be
+	// skipped unread (its values never checked), and a file of none applies
+	// nothing.
+	for _, t := range f.Tensors {
+		target, ok := "", false
+		for _, suf := range []string{".shape", ".indices", ".values"} {
+			if target, ok = strings.CutSuffix(t.Name, suf); ok {
+				break
+			}
+		}
+		if _, has := f.Tensor(target + ".shape"); !ok || !has {
+			return nil, nil, fmt.Errorf("loho: %s: tensor %q is not part of a sparse delta (T.shape, T.indices, T.values)", path, t.Name)
+		}
+	}
+	if len(f.Tensors) == 0 {
+		return nil, nil, fmt.Errorf("loho: %s holds no sparse deltas", path)
+	}
 	var ds []*Sparse
 	for _, t := range f.Tensors {
 		target, ok := strings.CutSuffix(t.Name, ".shape")
