@@ -188,8 +188,10 @@ func Parse(m *model.Model, b []byte) (*Set, error) {
 		return nil, fmt.Errorf("%w: metadata format %q version %q", ErrFile, md["format"], md["version"])
 	}
 	var c Config
-	if c.WarmStart, err = strconv.ParseFloat(md["warm_start"], 64); err != nil {
-		return nil, fmt.Errorf("%w: warm_start %q", ErrFile, md["warm_start"])
+	// γ scales every warm start term as float32: NaN, an infinity, a
+	// negative γ or one past float32's range (1e308) would be applied.
+	if c.WarmStart, err = strconv.ParseFloat(md["warm_start"], 64); err != nil || !(c.WarmStart >= 0) || c.WarmStart > math.MaxFloat32 {
+		return nil, fmt.Errorf("%w: warm_start %q must be a finite float32 ≥ 0", ErrFile, md["warm_start"])
 	}
 	c.Rank, _ = strconv.Atoi(md["rank"])
 	c.Alpha, _ = strconv.ParseFloat(md["alpha"], 64)
@@ -264,6 +266,18 @@ func Parse(m *model.Model, b []byte) (*Set, error) {
 		}
 		if p.Rank > 0 && c.WarmStart == 0 {
 			return nil, fmt.Errorf("%w: %s has a warm start but γ = 0", ErrFile, n)
+		}
+		if p.Rank > 0 { // γ·U·V must stay finite in float32
+			var mu, mv float64
+			for _, x := range p.U {
+				mu = max(mu, math.Abs(float64(x)))
+			}
+			for _, x := range p.V {
+				mv = max(mv, math.Abs(float64(x)))
+			}
+			if c.WarmStart*mu*mv*float64(p.Rank) > math.MaxFloat32 {
+				return nil, fmt.Errorf("%w: %s: warm_start γ = %g times its factors (|U| ≤ %g, |V| ≤ %g) overflows float32", ErrFile, n, c.WarmStart, mu, mv)
+			}
 		}
 		if li, mod, ok := locate(m, n); ok {
 			w := m.Layers[li].Matrix(mod)
