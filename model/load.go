@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/qtune/qtune/internal/fsx"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -410,7 +411,13 @@ func (m *Model) openHF(dir string, opt Options) error {
 	}
 	m.Config = c
 	files := []string{"model.safetensors"}
-	if ib, err := fsx.ReadFile(filepath.Join(dir, "model.safetensors.index.json")); err == nil {
+	ib, err := fsx.ReadFile(filepath.Join(dir, "model.safetensors.index.json"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		// Unreadable is not absent: loading model.safetensors instead
+		// would hide it (or blame a file that is not there).
+		return fmt.Errorf("model: %w", err)
+	}
+	if err == nil {
 		ib = fsx.TrimBOM(ib)
 		idx, err := safetensors.ParseIndex(ib)
 		if err != nil {

@@ -61,6 +61,17 @@ func TestNamedPipeInputsRefused(t *testing.T) {
 		"tokenizer.json": func(t *testing.T) []string {
 			return []string{"generate", "--model", hf(t, "tokenizer.json"), "--prompt", "Hi"}
 		},
+		// An index that cannot be read must not be taken for an absent one
+		// (the folder loaded as if unsharded).
+		"model.safetensors.index.json": func(t *testing.T) []string {
+			return []string{"generate", "--model", hf(t, "model.safetensors.index.json"), "--prompt", "Hi"}
+		},
+		"tokenizer.bin": func(t *testing.T) []string {
+			dir := t.TempDir()
+			copyFile(t, shared.Path(t, "assets", "models", "llama2c", "stories260K.bin"), filepath.Join(dir, "stories260K.bin"))
+			fifo(t, filepath.Join(dir, "tokenizer.bin"))
+			return []string{"generate", "--model", filepath.Join(dir, "stories260K.bin"), "--prompt", "Hi"}
+		},
 		"train.jsonl": func(t *testing.T) []string {
 			dir := t.TempDir()
 			fifo(t, filepath.Join(dir, "train.jsonl"))
