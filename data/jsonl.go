@@ -122,6 +122,7 @@ func ScanMax(path string, maxRecord int64, fn func(Record) error) (Kind, int, er
 	if err != nil {
 		return 0, 0, fmt.Errorf("data: %s: %w", path, err)
 	}
+	b = fsx.TrimBOM(b) // an editor's mark, not text to train on
 	if !utf8.Valid(b) {
 		return 0, 0, fmt.Errorf("data: %s: %w: not UTF-8 text", path, ErrData)
 	}

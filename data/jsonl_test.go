@@ -165,3 +165,23 @@ func TestScanMax(t *testing.T) {
 		t.Errorf("a plain-text file over the bound: %v", err)
 	}
 }
+
+// TestPlainTextByteOrderMark: a plain-text data file saved with a UTF-8 BOM
+// is read without it (the BOM became the first character of the record and
+// was trained on); a JSONL file's BOM is dropped too.
+func TestPlainTextByteOrderMark(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"a.txt":   "\ufeffOnce upon a time.",
+		"b.jsonl": "\ufeff{\"text\": \"Once upon a time.\"}\n",
+	} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		recs, _, err := Load(p)
+		if err != nil || len(recs) != 1 || recs[0].Text != "Once upon a time." {
+			t.Errorf("%s: %+v %v", name, recs, err)
+		}
+	}
+}
