@@ -649,6 +649,16 @@ func loadState(path string, meth Method, check func(runMeta) error) (runMeta, er
 	if err != nil {
 		return meta, err
 	}
+	// A non-finite adapter value or moment is refused here, by name: resumed,
+	// NaN surfaced iterations later as a loss naming no tensor, and +Inf in
+	// AdamW's v silently froze its parameter.
+	for _, t := range st.Tensors {
+		for j, x := range t.Data {
+			if f := float64(x); math.IsNaN(f) || math.IsInf(f, 0) {
+				return meta, fmt.Errorf("train: %s: tensor %q: value %d is %v", path, t.Name, j, x)
+			}
+		}
+	}
 	if err := json.Unmarshal(st.Meta, &meta); err != nil {
 		return meta, fmt.Errorf("train: %s: bad metadata: %w", path, err)
 	}
