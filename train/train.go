@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -112,15 +113,15 @@ func (c *Config) Validate() error {
 	case !slices.Contains(Methods, c.Method):
 		return fmt.Errorf("train: method %q is not available (%s)", c.Method, strings.Join(Methods, ", "))
 	case c.Iters <= 0 || c.Iters > 1e9:
-		return fmt.Errorf("train: iters %d out of range", c.Iters)
+		return fmt.Errorf("train: --iters %d: want 1..%d", c.Iters, int(1e9))
 	case c.BatchSize <= 0 || c.BatchSize > 1<<16:
-		return fmt.Errorf("train: batch size %d out of range", c.BatchSize)
+		return fmt.Errorf("train: --batch-size %d: want 1..%d", c.BatchSize, 1<<16)
 	case c.MaxSeqLength < 2 || c.MaxSeqLength > 1<<20:
-		return fmt.Errorf("train: max sequence length %d out of range", c.MaxSeqLength)
+		return fmt.Errorf("train: --max-seq-length %d: want 2..%d", c.MaxSeqLength, 1<<20)
 	case !(c.LearningRate > 0) || c.LearningRate > 10:
-		return fmt.Errorf("train: learning rate %g out of range", c.LearningRate)
+		return fmt.Errorf("train: --learning-rate %g: want a number in (0, 10]", c.LearningRate)
 	case c.GradAccum <= 0:
-		return fmt.Errorf("train: gradient accumulation steps %d must be ≥ 1", c.GradAccum)
+		return fmt.Errorf("train: --grad-accumulation-steps %d: want 1..%d", c.GradAccum, 1<<16)
 	case c.Optimizer != "adamw" && c.Optimizer != "sgd":
 		return fmt.Errorf("train: optimizer %q is not available (adamw, sgd)", c.Optimizer)
 	case c.AdapterPath == "":
@@ -176,6 +177,11 @@ func (c *Config) checkRanges() error {
 	} {
 		if !k.ok {
 			return fmt.Errorf("train: %s %v: want %s", k.flag, k.val, k.want)
+		}
+	}
+	if c.FOLayers != "" && c.FOLayers != "auto" { // the upper bound is the model's, checked when it is open
+		if n, err := strconv.Atoi(c.FOLayers); err != nil || n < 0 || n > 1<<20 {
+			return fmt.Errorf("train: --fo-layers %q: want auto or a count of blocks", c.FOLayers)
 		}
 	}
 	switch c.LRSchedule {
