@@ -85,17 +85,29 @@ func TestGlobalFlagsPosition(t *testing.T) {
 		{"--quiet", "generate", "--model", stories(t), "--prompt", "Hi", "-n", "2", "--temp", "0"},
 		{"generate", "--model", stories(t), "--prompt", "Hi", "-n", "2", "--temp", "0", "--quiet"},
 		{"-q", "generate", "--model", stories(t), "--prompt", "Hi", "-n", "2", "--temp", "0"},
+		// as the flag package reads them after the command: with =value too
+		{"--quiet=true", "generate", "--model", stories(t), "--prompt", "Hi", "-n", "2", "--temp", "0"},
+		{"-q=1", "--log-json=false", "generate", "--model", stories(t), "--prompt", "Hi", "-n", "2", "--temp", "0"},
 	} {
 		code, _, errs := runCLI(t, args...)
 		if code != 0 || strings.Contains(errs, "INF") {
 			t.Errorf("%v: exit %d, info lines on stderr: %q", args, code, errs)
 		}
 	}
-	code, _, errs = runCLI(t, "generate", "--model", stories(t), "--prompt", "Hi", "-n", "2", "--temp", "0", "--log-json")
-	for _, l := range strings.Split(strings.TrimSpace(errs), "\n") {
-		if code != 0 || !strings.HasPrefix(l, "{") {
-			t.Errorf("--log-json after the command: exit %d, line %q", code, l)
+	for _, args := range [][]string{
+		{"generate", "--model", stories(t), "--prompt", "Hi", "-n", "2", "--temp", "0", "--log-json"},
+		{"--log-json=true", "generate", "--model", stories(t), "--prompt", "Hi", "-n", "2", "--temp", "0"},
+	} {
+		code, _, errs = runCLI(t, args...)
+		for _, l := range strings.Split(strings.TrimSpace(errs), "\n") {
+			if code != 0 || !strings.HasPrefix(l, "{") {
+				t.Errorf("%v: exit %d, line %q", args, code, l)
+			}
 		}
+	}
+	// A global flag misspelt before the command is a usage error naming it.
+	if code, _, errs := runCLI(t, "--quite", "inspect", stories(t)); code != 2 || !strings.Contains(errs, "quite") {
+		t.Errorf("--quite: exit %d, %q", code, errs)
 	}
 }
 

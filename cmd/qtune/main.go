@@ -106,24 +106,27 @@ func runIn(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if f, ok := stderr.(*os.File); ok {
 		a.tty = isTerminal(f)
 	}
-	// Global flags come before the command (or among its own flags, where
+	// Global flags come before the command, read as the flag package reads
+	// any flags (--quiet=true too), or among the command's own flags, where
 	// the flag package reads them: a flag's value that looks like one,
-	// tokenize --text "-q", stays a value).
-	rest := args
-	for len(rest) > 0 {
-		switch rest[0] {
-		case "--log-json", "-log-json":
-			a.json = true
-		case "--quiet", "-quiet", "-q":
-			a.quiet = true
-		default:
-			goto done
-		}
-		rest = rest[1:]
-	}
-done:
+	// tokenize --text "-q", stays a value.
+	gfs := flag.NewFlagSet("qtune", flag.ContinueOnError)
+	gfs.SetOutput(io.Discard)
+	gfs.BoolVar(&a.json, "log-json", false, "")
+	gfs.BoolVar(&a.quiet, "quiet", false, "")
+	gfs.BoolVar(&a.quiet, "q", false, "")
+	err := gfs.Parse(args)
 	a.setLogger()
-	if len(rest) == 0 || rest[0] == "-h" || rest[0] == "--help" || rest[0] == "help" {
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, usage)
+		return 0
+	case err != nil:
+		fmt.Fprintf(stderr, "qtune: %v (try qtune --help)\n", err)
+		return 2
+	}
+	rest := gfs.Args()
+	if len(rest) == 0 || rest[0] == "help" {
 		fmt.Fprint(stdout, usage)
 		if len(rest) == 0 {
 			return 2
@@ -148,7 +151,7 @@ done:
 		fmt.Fprintf(stderr, "qtune: unknown command %q (try qtune --help)\n", rest[0])
 		return 2
 	}
-	err := cmd(ctx, rest[1:])
+	err = cmd(ctx, rest[1:])
 	switch {
 	case err == nil:
 		return 0
