@@ -102,8 +102,8 @@ func (a *app) chat(ctx context.Context, args []string) error {
 	if err := cf.check(); err != nil {
 		return err
 	}
-	if *ctxLen < 0 {
-		return usageErr("--ctx must be ≥ 0")
+	if *ctxLen < 0 || *ctxLen > 1<<30 {
+		return usageErr("--ctx %d: want 0..%d (0: the model's context, or what --max-mem allows)", *ctxLen, 1<<30)
 	}
 	limit, err := a.budget(*maxMem) // a usage error before any work
 	if err != nil {

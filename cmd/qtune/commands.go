@@ -286,8 +286,11 @@ func (a *app) eval(ctx context.Context, args []string) error {
 	if *dp == "" {
 		return usageErr("--data is required")
 	}
-	if *maxSeq < 0 || *maxSeq > 1<<20 || *limit < 0 {
-		return usageErr("--max-seq-length must be in 0..%d and --limit ≥ 0", 1<<20)
+	if *maxSeq < 0 || *maxSeq > 1<<20 {
+		return usageErr("--max-seq-length %d: want 0..%d (0: the model's context, at most 1024)", *maxSeq, 1<<20)
+	}
+	if *limit < 0 {
+		return usageErr("--limit %d: want ≥ 0 (0: all records)", *limit)
 	}
 	memLimit, err := a.budget(*maxMem)
 	if err != nil {

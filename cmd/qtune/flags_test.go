@@ -61,7 +61,9 @@ func TestBadNumericFlags(t *testing.T) {
 		{gen("-n", "-1"), "-n"},
 		{gen("--max-mem", "-5MiB"), "--max-mem"},
 		{[]string{"chat", "--model", stories(t), "--temp", "nan"}, "--temp"},
-		{[]string{"eval", "--model", stories(t), "--data", data, "--max-seq-length", "-1"}, "--max-seq-length"},
+		{[]string{"eval", "--model", stories(t), "--data", data, "--max-seq-length", "-1"}, "--max-seq-length -1"},
+		{[]string{"eval", "--model", stories(t), "--data", data, "--limit", "-1"}, "--limit -1"},
+		{[]string{"chat", "--model", stories(t), "--ctx", "-1"}, "--ctx -1"},
 	} {
 		code, _, errs := runCLI(t, c.args...)
 		if code != 2 || !strings.Contains(errs, c.flag) || strings.Count(strings.TrimSpace(errs), "\n") > 0 {
