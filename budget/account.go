@@ -42,6 +42,9 @@ type Accountant struct {
 	peak  int64
 	byCat map[Category]int64
 	peakC map[Category]int64
+	slabs slabState
+	// peakLive is the most booked at once outside the slab cache.
+	peakLive int64
 }
 
 // NewAccountant returns an accountant for limit bytes (0: unlimited).
@@ -57,6 +60,13 @@ func (a *Accountant) Reserve(cat Category, layer int, n int64) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	return a.reserveLocked(cat, layer, n)
+}
+
+// reserveLocked books n bytes, unmapping cached slabs first when they stand
+// in the way.
+func (a *Accountant) reserveLocked(cat Category, layer int, n int64) error {
+	a.trimLocked(n)
 	if a.limit > 0 && a.used+n > a.limit {
 		where := ""
 		if layer >= 0 {
@@ -68,6 +78,7 @@ func (a *Accountant) Reserve(cat Category, layer int, n int64) error {
 	a.used += n
 	a.byCat[cat] += n
 	a.peak = max(a.peak, a.used)
+	a.peakLive = max(a.peakLive, a.used-a.byCat[cached])
 	a.peakC[cat] = max(a.peakC[cat], a.byCat[cat])
 	return nil
 }

@@ -1,4 +1,47 @@
 // Package budget is the memory accountant and planner. It knows nothing of
-// tensors: callers reserve bytes by category and layer before they allocate,
-// and the planner chooses a strategy that fits a --max-mem budget.
+// tensors: callers ask for bytes by category and layer, and the planner
+// chooses a strategy that fits a --max-mem budget.
+//
+// # Where each byte lives
+//
+// A run's resident set is four parts, and each has one owner that keeps it
+// inside its share of the budget:
+//
+//   - Mapped weights (file pages). The plan keeps the output matrix, the
+//     norms and the looked-up embedding rows resident, and either every
+//     block or, when streaming, the block in use: offload reads the next
+//     block ahead and drops the last one's pages (madvise) after use.
+//     Counted as "weights resident" and "weights streamed".
+//   - Slabs: every buffer that grows with the batch, the sequence or the
+//     input (saved activations and block inputs, the step's workspace with
+//     its logits chunk and backward scratch, the KV cache, a scorer's or an
+//     evaluation's buffers). Accountant.Floats books one before mapping it
+//     (an anonymous private mapping, outside the Go heap) and Free returns
+//     it; freed slabs are cached for the next step while booked, and are
+//     unmapped first whenever a new booking needs the room or the cache
+//     would lift the bookings above the highest the live buffers reached.
+//     The collector never sees these bytes, so how busy the machine is
+//     cannot move them: a booking that does not fit fails with
+//     ErrOverBudget and maps nothing.
+//   - Bookings of long-lived heap data: trainable parameters, their
+//     gradients, optimizer moments held in memory, the token cache's index.
+//     They are made once, live for the run and make no garbage; they are
+//     booked against the same limit as the slabs.
+//   - The runtime: the binary's code (file pages), the Go runtime as
+//     measured after the model was opened (GoRuntimeBytes: parsed header,
+//     tokenizer, rotary tables, stacks), the kernels' pooled scratch on this
+//     machine, and headroom for a step's small garbage. It is the plan's
+//     "runtime" item.
+//
+// The accountant's limit is the budget less the weights and the runtime
+// (Plan.HeapLimit); slabs and bookings share it. The Go heap's soft limit
+// (debug.SetMemoryLimit) is the runtime's heap part plus the booked heap
+// data. Since nothing proportional to the model or the batch is garbage on
+// the heap, the collector only has a step's small objects to keep up with,
+// and the margin that remains for it is the headroom in the runtime item.
+//
+// What is not yet a slab: the trainable tensors and optimizer moments of the
+// methods (booked, on the heap, live for the run), the kernels' pooled
+// scratch (bounded by the worker count, in the runtime item), and the
+// buffers a save or an export writes through (an adapter's encoded bytes).
 package budget
