@@ -18,13 +18,13 @@ type State struct {
 	// last Forward call (C), as fed to the output matrix.
 	Hidden []float32
 	err    error // the KV cache could not be reserved
-	kvb    int64
 	acct   *budget.Accountant
+	kv     slabs // the KV cache's slab
 	// Forward's buffers, kept between calls so that scoring or generating
 	// makes no garbage: sized for the longest call so far (rows positions),
-	// their reservation (work bytes) held until Free.
-	buf  fwdBuf
-	work int64
+	// one slab of the accountant's held until Free.
+	buf fwdBuf
+	bs  slabs
 }
 
 // fwdBuf is Forward's working set for up to rows positions.
@@ -43,14 +43,14 @@ func (m *Model) NewState(maxLen int) *State {
 	}
 	kvd := c.KVHeads * c.HeadDim
 	s := &State{maxLen: maxLen, k: make([][]float32, c.Layers), v: make([][]float32, c.Layers), acct: m.Acct}
-	s.kvb = c.KVBytes(maxLen)
-	if s.err = m.Acct.Reserve(budget.KVCache, -1, s.kvb); s.err != nil {
+	s.kv.acct, s.bs.acct = m.Acct, m.Acct
+	parts := make([]part, 0, 2*c.Layers)
+	for i := range s.k {
+		parts = append(parts, part{&s.k[i], maxLen * kvd}, part{&s.v[i], maxLen * kvd})
+	}
+	if s.err = s.kv.carve(budget.KVCache, -1, parts...); s.err != nil {
 		s.maxLen = 0
 		return s
-	}
-	for i := range s.k {
-		s.k[i] = make([]float32, maxLen*kvd)
-		s.v[i] = make([]float32, maxLen*kvd)
 	}
 	s.Hidden = make([]float32, c.Dim)
 	return s
@@ -67,39 +67,35 @@ func (c *Config) KVBytes(maxLen int) int64 {
 	return int64(c.Layers) * int64(maxLen) * int64(c.KVHeads*c.HeadDim) * 2 * 4
 }
 
-// Free returns the KV cache's and the buffers' reservations; the state must
-// not be used after.
+// Free returns the KV cache and the buffers to the accountant; the state
+// must not be used after.
 func (s *State) Free() {
 	if s.err == nil {
-		s.acct.Release(budget.KVCache, -1, s.kvb)
-		s.acct.Release(budget.Workspace, -1, s.work)
+		s.kv.free()
+		s.bs.free()
 		s.err = fmt.Errorf("model: state used after Free")
-		s.k, s.v, s.buf, s.work = nil, nil, fwdBuf{}, 0
+		s.k, s.v, s.buf = nil, nil, fwdBuf{}
 	}
 }
 
-// buffers returns Forward's working set for T positions, growing it (and
-// its reservation) when T is more than any call so far.
+// buffers returns Forward's working set for T positions, growing it (a new
+// slab, the old one returned first) when T is more than any call so far.
 func (s *State) buffers(c Config, T, workers int) (*fwdBuf, error) {
 	if T <= s.buf.rows {
 		return &s.buf, nil
 	}
-	need := c.ForwardBytes(T) + 4*int64(workers*s.maxLen)
-	if err := s.acct.Reserve(budget.Workspace, -1, need); err != nil {
-		return nil, err
-	}
-	s.acct.Release(budget.Workspace, -1, s.work)
-	s.buf, s.work = fwdBuf{}, need // drop the old set before making the new
+	s.bs.free()
+	s.buf = fwdBuf{}
 	C, F := c.Dim, c.Hidden
 	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
-	b := fwdBuf{rows: T,
-		x: make([]float32, T*C), xb: make([]float32, T*C), tmp: make([]float32, T*C),
-		q: make([]float32, T*qd), att: make([]float32, T*qd),
-		kk: make([]float32, T*kvd), vv: make([]float32, T*kvd),
-		g: make([]float32, T*F), u: make([]float32, T*F),
-		scores: make([][]float32, workers)}
+	b := fwdBuf{rows: T, scores: make([][]float32, workers)}
+	parts := []part{{&b.x, T * C}, {&b.xb, T * C}, {&b.tmp, T * C}, {&b.q, T * qd}, {&b.att, T * qd},
+		{&b.kk, T * kvd}, {&b.vv, T * kvd}, {&b.g, T * F}, {&b.u, T * F}}
 	for i := range b.scores {
-		b.scores[i] = make([]float32, s.maxLen)
+		parts = append(parts, part{&b.scores[i], s.maxLen})
+	}
+	if err := s.bs.carve(budget.Workspace, -1, parts...); err != nil {
+		return nil, err
 	}
 	s.buf = b
 	return &s.buf, nil

@@ -236,18 +236,18 @@ func TestStateReservations(t *testing.T) {
 	m.Acct = budget.NewAccountant(0)
 	defer func() { m.Acct = nil }()
 	s := m.NewState(64)
-	if got, want := m.Acct.Used(), m.Config.KVBytes(64); got != want {
+	if got, want := m.Acct.Live(), m.Config.KVBytes(64); got != want {
 		t.Fatalf("reserved %d, want the KV cache's %d", got, want)
 	}
 	s.Free()
-	if m.Acct.Used() != 0 {
-		t.Fatalf("%d bytes still reserved after Free", m.Acct.Used())
+	if m.Acct.Live() != 0 {
+		t.Fatalf("%d bytes still reserved after Free", m.Acct.Live())
 	}
 	if _, err := m.Generate(context.Background(), []int{1, 403}, GenerateOptions{MaxTokens: 3}); err != nil {
 		t.Fatal(err)
 	}
-	if m.Acct.Used() != 0 || m.Acct.Peak() == 0 {
-		t.Fatalf("after Generate: used %d, peak %d", m.Acct.Used(), m.Acct.Peak())
+	if m.Acct.Live() != 0 || m.Acct.Peak() == 0 {
+		t.Fatalf("after Generate: used %d, peak %d", m.Acct.Live(), m.Acct.Peak())
 	}
 	m.Acct = budget.NewAccountant(1 << 10) // far too small for any cache
 	if err := m.Forward(m.NewState(64), []int{1}, make([]float32, m.Config.Vocab), false); err == nil {

@@ -28,12 +28,12 @@ const scoreLogitRows = 64
 // for every position; the rest of a block runs ScoreRows positions at a
 // time. Positions after a row's last target are not computed (causal
 // attention: they cannot change the loss). Its buffers are kept between
-// calls and grown (reserved first) when a batch needs more, so scoring
+// calls and grown (a new slab) when a batch needs more, so scoring
 // makes no garbage. Not safe for concurrent use.
 type Scorer struct {
 	m    *Model
-	rows int // positions the buffers hold
-	res  int64
+	rows int   // positions the buffers hold
+	bs   slabs // one slab of the accountant's for all of them
 	// (rows, ·): residual stream, this block's keys and values
 	x, k, v []float32
 	// (ScoreRows, ·): the chunk in flight
@@ -53,9 +53,9 @@ func (c *Config) ScoreBytes(n int) int64 {
 	return 4 * (int64(n)*(C+2*kvd) + r*(2*C+2*qd+2*F) + lr*V)
 }
 
-// Free returns the Scorer's reservation and drops its buffers.
+// Free returns the Scorer's slab and drops its buffers.
 func (s *Scorer) Free() {
-	s.m.Acct.Release(budget.Workspace, -1, s.res)
+	s.bs.free()
 	*s = Scorer{m: s.m}
 }
 
@@ -64,20 +64,17 @@ func (s *Scorer) grow(n int) error {
 		return nil
 	}
 	c := s.m.Config
-	need := c.ScoreBytes(n)
-	if err := s.m.Acct.Reserve(budget.Workspace, -1, need); err != nil {
-		return err
-	}
-	s.m.Acct.Release(budget.Workspace, -1, s.res)
-	s.x, s.k, s.v, s.xn, s.q, s.att, s.tmp, s.g, s.u, s.logits = nil, nil, nil, nil, nil, nil, nil, nil, nil, nil
-	s.res, s.rows = need, n
+	s.bs.free() // the old slab goes back before the new one is made
+	s.rows = 0
+	s.bs.acct = s.m.Acct
 	kvd, qd := c.KVHeads*c.HeadDim, c.Heads*c.HeadDim
 	r := min(n, ScoreRows)
-	s.x, s.k, s.v = make([]float32, n*c.Dim), make([]float32, n*kvd), make([]float32, n*kvd)
-	s.xn, s.tmp = make([]float32, r*c.Dim), make([]float32, r*c.Dim)
-	s.q, s.att = make([]float32, r*qd), make([]float32, r*qd)
-	s.g, s.u = make([]float32, r*c.Hidden), make([]float32, r*c.Hidden)
-	s.logits = make([]float32, min(n, scoreLogitRows)*c.Vocab)
+	if err := s.bs.carve(budget.Workspace, -1, part{&s.x, n * c.Dim}, part{&s.k, n * kvd}, part{&s.v, n * kvd},
+		part{&s.xn, r * c.Dim}, part{&s.tmp, r * c.Dim}, part{&s.q, r * qd}, part{&s.att, r * qd},
+		part{&s.g, r * c.Hidden}, part{&s.u, r * c.Hidden}, part{&s.logits, min(n, scoreLogitRows) * c.Vocab}); err != nil {
+		return err
+	}
+	s.rows = n
 	return nil
 }
 

@@ -93,15 +93,24 @@ func TestScorerReservesAndRejects(t *testing.T) {
 	if _, _, err := s.Loss(toks, tgs, 1, 4, nil); err != nil {
 		t.Fatal(err)
 	}
+	m.Acct = budget.NewAccountant(0)
+	s = m.NewScorer()
+	if _, _, err := s.Loss(toks, tgs, 1, 4, nil); err != nil {
+		t.Fatal(err)
+	}
+	if m.Acct.Live() < m.Config.ScoreBytes(3) {
+		t.Fatalf("scorer holds %d bytes booked, its buffers are %d", m.Acct.Live(), m.Config.ScoreBytes(3))
+	}
 	s.Free()
-	if s.res != 0 {
-		t.Fatalf("reservation %d after Free", s.res)
+	if m.Acct.Live() != 0 {
+		t.Fatalf("%d bytes booked after Free", m.Acct.Live())
 	}
 	m.Acct = budget.NewAccountant(m.Config.ScoreBytes(3) - 1) // 3 positions reach the last target
 	if _, _, err := m.NewScorer().Loss(toks, tgs, 1, 4, nil); !errors.Is(err, budget.ErrOverBudget) {
 		t.Fatalf("scorer over its budget: %v", err)
 	}
-	m.Acct = budget.NewAccountant(m.Config.ScoreBytes(3))
+	// One slab for all the buffers: each padded to 64 bytes, the whole to a page.
+	m.Acct = budget.NewAccountant(m.Config.ScoreBytes(3) + 10*64 + 4096)
 	if _, _, err := m.NewScorer().Loss(toks, tgs, 1, 4, nil); err != nil {
 		t.Fatalf("scorer within its budget: %v", err)
 	}

@@ -103,23 +103,26 @@ func (c *Config) extraActs() int64 {
 	return n
 }
 
-func (m *Model) newActs(BT, B int, full bool) *layerActs {
+// newActs makes one block's activations for BT rows in a single slab of
+// the accountant's, booked to cat and layer.
+func (m *Model) newActs(sl *slabs, cat budget.Category, layer, BT int) (*layerActs, error) {
 	c := m.Config
 	C, F := c.Dim, c.Hidden
 	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
-	a := &layerActs{xin: make([]float32, BT*C)}
-	if full {
-		a.xn1, a.q, a.k, a.v = make([]float32, BT*C), make([]float32, BT*qd), make([]float32, BT*kvd), make([]float32, BT*kvd)
-		a.lse, a.att, a.xmid, a.xn2 = make([]float32, BT*c.Heads), make([]float32, BT*qd), make([]float32, BT*C), make([]float32, BT*C)
-		a.g, a.u, a.h = make([]float32, BT*F), make([]float32, BT*F), make([]float32, BT*F)
-		if c.qkNorm {
-			a.qraw, a.kraw = make([]float32, BT*qd), make([]float32, BT*kvd)
-		}
-		if c.postNorms {
-			a.ao, a.fo = make([]float32, BT*C), make([]float32, BT*C)
-		}
+	a := &layerActs{}
+	parts := []part{{&a.xin, BT * C}, {&a.xn1, BT * C}, {&a.q, BT * qd}, {&a.k, BT * kvd}, {&a.v, BT * kvd},
+		{&a.lse, BT * c.Heads}, {&a.att, BT * qd}, {&a.xmid, BT * C}, {&a.xn2, BT * C},
+		{&a.g, BT * F}, {&a.u, BT * F}, {&a.h, BT * F}}
+	if c.qkNorm {
+		parts = append(parts, part{&a.qraw, BT * qd}, part{&a.kraw, BT * kvd})
 	}
-	return a
+	if c.postNorms {
+		parts = append(parts, part{&a.ao, BT * C}, part{&a.fo, BT * C})
+	}
+	if err := sl.carve(cat, layer, parts...); err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 // ActivationBytes estimates the float32 activations LossGrad keeps for a
@@ -350,54 +353,34 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
 	nL := c.Layers
 	first := min(max(o.FirstLayer, 0), nL)
-	// Reserve before allocating: the step's workspace, then each block's
-	// kept activations as they are made; all is returned at the end.
-	var reserved []struct {
-		cat   budget.Category
-		layer int
-		n     int64
-	}
-	reserve := func(cat budget.Category, layer int, n int64) error {
-		if err := m.Acct.Reserve(cat, layer, n); err != nil {
-			return err
-		}
-		reserved = append(reserved, struct {
-			cat   budget.Category
-			layer int
-			n     int64
-		}{cat, layer, n})
-		return nil
-	}
-	defer func() {
-		for _, r := range reserved {
-			m.Acct.Release(r.cat, r.layer, r.n)
-		}
-	}()
-	if err := reserve(budget.Workspace, -1, c.StepWorkspaceBytes(B, T, backward)); err != nil {
-		return 0, 0, err
-	}
-	perLayer := c.ActivationBytes(B, T, false) / int64(nL)
+	// Every buffer that grows with the batch is a slab of the accountant's,
+	// booked when made and returned when dead (all of them at the end): the
+	// workspace, then each block's kept activations as they are made.
+	sl := &slabs{acct: m.Acct}
+	defer sl.free()
 	acts := make([]*layerActs, nL)
 	var work *layerActs // one block's full activations, reused
 	if o.Checkpoint || !backward || first > 0 {
-		if err := reserve(budget.Activations, -1, perLayer); err != nil {
+		var err error
+		if work, err = m.newActs(sl, budget.Activations, -1, BT); err != nil {
 			return 0, 0, err
 		}
-		work = m.newActs(BT, B, true)
 	}
 	// Forward. Blocks the backward reaches keep their activations (all of
 	// them, or only their input with checkpointing); the others keep nothing.
-	x := make([]float32, BT*C)
-	next := make([]float32, BT*C)
+	var x, next []float32
+	if err := sl.carve(budget.Workspace, -1, part{&x, BT * C}, part{&next, BT * C}); err != nil {
+		return 0, 0, err
+	}
 	m.embedRows(x, tokens)
 	for l := 0; l < nL; l++ {
 		a := work
 		switch {
 		case backward && l >= first && !o.Checkpoint:
-			if err := reserve(budget.Activations, l, perLayer); err != nil {
+			var err error
+			if a, err = m.newActs(sl, budget.Activations, l, BT); err != nil {
 				return 0, 0, err
 			}
-			a = m.newActs(BT, B, true)
 			acts[l] = a
 		case backward && l >= first:
 			var xin []float32
@@ -409,11 +392,8 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 				if xin, err = m.Spill.Alloc(BT * C); err != nil {
 					return 0, 0, err
 				}
-			} else {
-				if err := reserve(budget.SavedInputs, l, 4*int64(BT*C)); err != nil {
-					return 0, 0, err
-				}
-				xin = make([]float32, BT*C)
+			} else if err := sl.carve(budget.SavedInputs, l, part{&xin, BT * C}); err != nil {
+				return 0, 0, err
 			}
 			acts[l] = &layerActs{xin: xin}
 			w := *work
@@ -433,15 +413,17 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 	for r := 0; r < BT; r++ {
 		nn.RMSNorm(xnf[r*C:(r+1)*C], x[r*C:(r+1)*C], m.OutNorm, c.Eps)
 	}
-	var dxnf []float32
-	if backward {
-		dxnf = make([]float32, BT*C)
-	}
+	var dxnf, logits, dlog []float32
 	chunk := min(lossRows, BT)
-	logits := make([]float32, chunk*V)
-	var dlog []float32
 	if backward {
-		dlog = make([]float32, chunk*V)
+		if err := sl.carve(budget.Workspace, -1, part{&dxnf, BT * C}); err != nil {
+			return 0, 0, err
+		}
+		if err := sl.carve(budget.Workspace, -1, part{&logits, chunk * V}, part{&dlog, chunk * V}); err != nil {
+			return 0, 0, err
+		}
+	} else if err := sl.carve(budget.Workspace, -1, part{&logits, chunk * V}); err != nil {
+		return 0, 0, err
 	}
 	dwOut := o.WeightGrads["output.weight"]
 	var loss float64
@@ -480,17 +462,22 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 		m.prefetch(0)
 		return loss, n, nil
 	}
-	// Backward.
-	dx := make([]float32, BT*C)
+	// Backward. The logits and their gradient are dead: their slab goes back
+	// before the backward's scratch is made.
+	sl.put(logits)
+	var dx []float32
+	s := &backScratch{dnorm: make([]float32, c.HeadDim)}
+	parts := []part{{&dx, BT * C}, {&s.dh, BT * F}, {&s.dg, BT * F}, {&s.du, BT * F},
+		{&s.dxn, BT * C}, {&s.datt, BT * qd}, {&s.dq, BT * qd}, {&s.dk, BT * kvd}, {&s.dv, BT * kvd}}
+	if c.postNorms {
+		parts = append(parts, part{&s.dpost, BT * C})
+	}
+	if err := sl.carve(budget.Workspace, -1, parts...); err != nil {
+		return 0, 0, err
+	}
 	dwf := o.WeightGrads["output_norm.weight"]
 	for r := 0; r < BT; r++ {
 		nn.RMSNormBackward(dx[r*C:(r+1)*C], dwf, dxnf[r*C:(r+1)*C], x[r*C:(r+1)*C], m.OutNorm, c.Eps)
-	}
-	s := &backScratch{dh: make([]float32, BT*F), dg: make([]float32, BT*F), du: make([]float32, BT*F),
-		dxn: make([]float32, BT*C), datt: make([]float32, BT*qd), dq: make([]float32, BT*qd),
-		dk: make([]float32, BT*kvd), dv: make([]float32, BT*kvd), dnorm: make([]float32, c.HeadDim)}
-	if c.postNorms {
-		s.dpost = make([]float32, BT*C)
 	}
 	tmpOut := next
 	for l := nL - 1; l >= first; l-- {
@@ -534,8 +521,8 @@ func (c *Config) StepWorkspaceBytes(B, T int, backward bool) int64 {
 	n := 2*BT*C + rows*V // residual streams, logits
 	if backward {
 		// The logits and their gradient are dead once the backward starts,
-		// and the collector (held near the plan by a soft limit) reclaims
-		// them, so the peak is the larger phase, not the sum.
+		// and their slab is returned before the backward's is made, so the
+		// peak is the larger phase, not the sum.
 		loss := rows*V + BT*C                  // dlogits, dxnf
 		back := 2*BT*C + BT*(3*F+C+2*qd+2*kvd) // dxnf, dx, gradient scratch
 		if c.postNorms {

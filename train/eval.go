@@ -59,11 +59,11 @@ func EvalLM(ctx context.Context, m *model.Model, recs []data.Record, kind data.K
 	st := m.NewState(W)
 	defer st.Free()
 	rows := min(W, EvalRows)
-	if err := m.Acct.Reserve(budget.Workspace, -1, 4*int64(rows*m.Config.Vocab)); err != nil {
+	logits, err := m.Acct.Floats(budget.Workspace, -1, rows*m.Config.Vocab)
+	if err != nil {
 		return LMResult{}, err
 	}
-	defer m.Acct.Release(budget.Workspace, -1, 4*int64(rows*m.Config.Vocab))
-	logits := make([]float32, rows*m.Config.Vocab)
+	defer m.Acct.Free(logits)
 	var nll float64
 	var n int
 	for ri, r := range recs {
@@ -175,11 +175,11 @@ func ChoiceScores(m *model.Model, st *model.State, r data.Record) ([]float64, er
 		return nil, err
 	}
 	scores := make([]float64, len(r.Choices))
-	if err := m.Acct.Reserve(budget.Workspace, -1, 4*int64(maxLen*V)); err != nil {
+	logits, err := m.Acct.Floats(budget.Workspace, -1, maxLen*V)
+	if err != nil {
 		return nil, err
 	}
-	defer m.Acct.Release(budget.Workspace, -1, 4*int64(maxLen*V))
-	logits := make([]float32, maxLen*V)
+	defer m.Acct.Free(logits)
 	for i, f := range full {
 		st.Pos = lcp
 		rest := f[lcp:]
