@@ -60,3 +60,19 @@ func (f *floats) get(n int) *[]float32 {
 }
 
 func (f *floats) put(s *[]float32) { f.p.Put(s) }
+
+// ScratchBytes is the most the kernels' pooled scratch holds at once on
+// this machine for matrices whose shared dimension is at most maxS (rows of
+// a batch, or a matrix's output rows) and inner dimension at most maxK,
+// with attention over sequences of up to T positions: every worker's GEMM
+// block and attention score blocks, and one shared pack. It is Go heap, and
+// a plan counts it in the runtime's part.
+func ScratchBytes(maxS, maxK, T int) int64 {
+	// A worker's GEMM blocks are allocated whole and touched as far as the
+	// shapes reach: that part is resident.
+	gemm := int64(min(mTaskMax, maxS)*min(kcBlock*pcGroup, maxK) + min(nTaskMax, maxS)*min(kcBlock, maxK) + 64*kcBlock + 16*64)
+	bq := attnBlockRows(T)
+	attn := int64(2 * min(attnScratch, bq*T))
+	shared := min(int64(sharedMax+sharedMax/64), int64(min(sChunk, maxS))*int64(maxK))
+	return 4 * (int64(freeListMax)*(gemm+attn) + shared)
+}

@@ -7,24 +7,44 @@ import (
 
 	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/model"
 )
 
-// runtimeBytes estimates the process's own footprint: the binary and Go
-// runtime (measured at about 9 MiB for stories260K), the parsed header and
-// tokenizer (grow with the vocabulary), and headroom for garbage not yet
-// collected.
-func runtimeBytes(m *model.Model) int64 {
-	n := int64(16 << 19) // 8 MiB: the binary grew by the Jinja engine (generate on stories260K now peaks at 8.5-9.2 MiB)
-	if m.Tokenizer != nil {
-		n += int64(m.Tokenizer.VocabSize()) * 300
-	}
-	return n
+// runtimeBytes is the process's own footprint besides what the accountant
+// books: the binary's code and read-only data (file pages), the Go runtime
+// with the model open (its floor, the parsed header, the tokenizer, the
+// tables), the kernels' pooled scratch on this machine, and headroom for a
+// step's small garbage between collections.
+func runtimeBytes(m *model.Model) int64 { return runtimeBytesT(m, 0, 0) }
+
+// runtimeBytesT is runtimeBytes for a run whose batches have up to rows
+// positions of sequences of up to T.
+//
+// The Go runtime with a model open was measured (RssAnon after
+// debug.FreeOSMemory, in fresh processes on linux/amd64): 0.9 MiB before
+// any model, and opening one added 0.6 MiB at a 512-token vocabulary and
+// 6.4 MiB at 32,000; the eight llama.cpp test vocabularies parsed alone took
+// 115–304 bytes a token (BPE merges the most). An estimate from the model
+// rather than a measurement at run time keeps the plan the same from one
+// run to the next, which a named smallest budget needs.
+func runtimeBytesT(m *model.Model, rows, T int) int64 {
+	c := m.Config
+	base := int64(3<<19) + 256*int64(c.Vocab)
+	maxS := max(rows, c.Vocab, c.Hidden, c.Dim, c.Heads*c.HeadDim)
+	maxK := max(c.Hidden, c.Dim, c.Heads*c.HeadDim)
+	return binaryText + base + kernels.ScratchBytes(maxS, maxK, max(T, 1)) + gcHeadroom(base)
 }
 
-// weightRequest fills the weight fields of a planner request; tokens is how
-// many token lookups the run makes (each touches a page of the embedding).
-func weightRequest(m *model.Model, r *budget.Request, tokens int64) {
+// gcHeadroom is the garbage a run may hold between collections: the Go
+// heap's soft limit leaves it, so that the collector is not driven to run
+// back to back.
+func gcHeadroom(base int64) int64 { return 1<<20 + base/8 }
+
+// weightRequest fills the weight fields of a planner request and its
+// runtime; tokens is how many token lookups the run makes (each touches a
+// page of the embedding), T its longest sequence.
+func weightRequest(m *model.Model, r *budget.Request, tokens int64, T int) {
 	r.LayerBytes = m.LayerBytes()
 	r.OtherBytes = m.OutputBytes()
 	emb := m.EmbedBytes()
@@ -34,7 +54,7 @@ func weightRequest(m *model.Model, r *budget.Request, tokens int64) {
 		row := emb / int64(m.Config.Vocab)
 		r.EmbedBytes = min(emb, tokens*max(row, 4096))
 	}
-	r.Runtime = runtimeBytes(m)
+	r.Runtime = runtimeBytesT(m, r.Batch*T, T)
 }
 
 // PlanGenerate plans generation of up to maxLen tokens (prompt included).
@@ -44,7 +64,7 @@ func PlanGenerate(m *model.Model, maxLen, promptLen int, limit int64) (*budget.P
 		Activations: func(int, bool) int64 { return c.ForwardBytes(max(promptLen, 1)) },
 		Workspace:   func(int) int64 { return int64(4 * c.Vocab) },
 		Fixed:       []budget.Item{{Category: budget.KVCache, Bytes: c.KVBytes(maxLen), Note: fmt.Sprintf("%d positions", maxLen)}}}
-	weightRequest(m, &r, int64(maxLen))
+	weightRequest(m, &r, int64(maxLen), maxLen)
 	return budget.Make(r)
 }
 
@@ -57,7 +77,7 @@ func PlanEval(m *model.Model, w int, dataBytes int64, limit int64) (*budget.Plan
 		Workspace:   func(int) int64 { return int64(4 * min(w, EvalRows) * c.Vocab) },
 		Fixed: []budget.Item{{Category: budget.KVCache, Bytes: c.KVBytes(w), Note: fmt.Sprintf("window of %d tokens", w)},
 			{Category: budget.TokenCache, Bytes: 3 * dataBytes, Note: "records and their tokens"}}}
-	weightRequest(m, &r, dataBytes/2)
+	weightRequest(m, &r, dataBytes/2, w)
 	return budget.Make(r)
 }
 
@@ -100,19 +120,19 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 			{Category: budget.Trainable, Bytes: meth.StateBytes(), Note: meth.Describe()},
 			{Category: budget.Gradients}, // split off the method's state below
 			{Category: budget.TokenCache, Bytes: d.Bytes, Note: fmt.Sprintf("index of %d examples and a step's batches (their %d tokens on disk)", d.Examples, d.Tokens)}}}
-	weightRequest(m, &r, d.Tokens)
+	weightRequest(m, &r, d.Tokens, T)
 	// Training makes garbage enough to reach it (Go keeps a 4 MiB goal plus
-	// its own spans); 6 MiB centres the plan on tiny first-order runs, whose
-	// peaks measured 12.3–15.0 MiB (stories260K Q4_0, every method, memtest)
-	// against 15.0 planned with 7 once the token cache moved to disk.
-	r.HeapFloor = 5 << 20
+	// its own spans); with the runtime item's headroom, 3 MiB more centres
+	// the plan on tiny first-order runs, whose peaks measured 11.8–13.8 MiB
+	// (stories260K Q4_0, every method, memtest) against 15.8 planned with 5.
+	r.HeapFloor = 3 << 20
 	if _, ok := meth.(scoring); ok {
 		// A method that only scores (MeZO) makes little garbage per step;
 		// a training run's outputs (checkpoint compression, adapter files)
 		// still pass through the heap, ~3 MiB measured on tiny runs. That is
 		// forecast in the plan but not granted to the heap's soft limit, so
 		// that the run stays at evaluation's footprint.
-		r.HeapFloor, r.FloorOutsideLimit = 3<<20, true
+		r.HeapFloor, r.FloorOutsideLimit = 1<<20, true
 	}
 	if od, ok := meth.(optimizerOnDisk); ok {
 		total, largest := od.OptimizerBytes()
@@ -149,38 +169,50 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 	return budget.Make(r)
 }
 
-// ApplyPlan makes m follow p: streaming as planned, every large buffer
-// reserved against the budget, and the Go heap limited to what the plan
-// leaves for it. The heap limit is process-wide: restore puts back the one
-// in force before (an app that embeds qtune calls it when the run is done).
+// ApplyPlan makes m follow p: streaming as planned, every buffer that grows
+// with the batch a slab of the accountant's, and the Go heap limited to
+// what the plan leaves for it. The heap limit is process-wide: restore puts
+// back the one in force before (an app that embeds qtune calls it when the
+// run is done).
 //
-// The heap is held near the plan (a soft limit of the planned heap plus a
-// tenth, never above what the budget leaves), so garbage does not double
-// the footprint and the printed plan stays what the run uses.
+// The accountant's limit is the budget less the mapped weights and the
+// runtime: slabs (activations, workspace, KV cache) and the bookings of what
+// still lives on the heap (trainable parameters, their gradients and
+// moments, the token cache) share it. The Go heap's soft limit is what the
+// plan puts on the heap: those bookings and the runtime's own part, less the
+// binary's text (file pages, not heap). Slabs are outside the heap, so the
+// collector's pace cannot move them; what it can move is the small garbage
+// of a step, inside the runtime's headroom.
 func ApplyPlan(m *model.Model, p *budget.Plan) (restore func()) {
 	m.Stream = p.Stream
-	var nonHeap int64
+	var heap int64
 	for _, it := range p.Items {
 		switch it.Category {
-		case budget.WeightsResident, budget.WeightsStreamed:
-			nonHeap += it.Bytes
+		case budget.Trainable, budget.Gradients, budget.TokenCache, budget.Runtime:
+			heap += it.Bytes
+		case budget.OptimizerState:
+			if !p.OptimizerOnDisk {
+				heap += it.Bytes
+			}
 		}
 	}
-	soft := (p.Peak - nonHeap - p.FloorBytes) * 11 / 10
+	soft := heap - p.FloorBytes - binaryText
 	if p.Budget > 0 && p.HeapLimit > 0 {
 		if m.Acct == nil {
 			m.Acct = budget.NewAccountant(p.HeapLimit)
 		} else {
 			m.Acct.SetLimit(p.HeapLimit)
 		}
-		// Under CPU contention the collector overshoots its limit by a few
-		// percent (memtest saw +8% over plan on a loaded machine): leave a
-		// twentieth of the budget between the soft limit and the budget.
-		soft = min(soft, max(p.HeapLimit-p.Budget/20, p.HeapLimit/2))
 	}
+	soft = max(soft, 4<<20)
 	prev := debug.SetMemoryLimit(soft)
 	return func() { debug.SetMemoryLimit(prev) }
 }
+
+// binaryText is the part of the runtime item that is the binary's code and
+// read-only data: file pages the kernel maps, not heap (text 6.4 MB with
+// size(1) on linux/amd64, of which a run touches most).
+const binaryText = 6 << 20
 
 // FileSize returns a file's size, or 0.
 func FileSize(path string) int64 {

@@ -383,13 +383,31 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if cfg.DryRun {
 		return &Result{Plan: plan}, nil
 	}
-	if plan.Checkpoint != cfg.GradCheckpoint || plan.MicroBatch != cfg.BatchSize {
+	// A method that sizes itself to the budget (LoHO's automatic N) may
+	// choose differently with checkpointing or a smaller micro-batch: the
+	// run is planned again as it will be made, until the plan and the
+	// method agree, so that the accountant's limit is this method's.
+	for again := 0; plan.Checkpoint != cfg.GradCheckpoint || plan.MicroBatch != cfg.BatchSize; again++ {
+		if again == 4 {
+			return &Result{Plan: plan}, fmt.Errorf("train: the plan and %s do not settle under --max-mem %s: give --grad-checkpoint and a smaller --batch-size, or a larger budget", cfg.Method, cfg.MaxMem)
+		}
 		cfg.GradCheckpoint = plan.Checkpoint
 		cfg.GradAccum *= plan.Accum
 		cfg.BatchSize = plan.MicroBatch
 		if meth, err = newMethod(m, cfg); err != nil { // same seed: same initial state
 			return nil, err
 		}
+		next, err := PlanTrain(m, cfg, meth, dm, limit)
+		if err != nil || next.Peak != plan.Peak {
+			log("planned again for " + meth.Describe() + ":")
+			for _, line := range strings.Split(next.String(), "\n") {
+				log(line)
+			}
+		}
+		if err != nil {
+			return &Result{Plan: next}, err
+		}
+		plan = next
 	}
 	if plan.SpillActivations {
 		sp, err := offload.NewScratch(cfg.CacheDir, 4*int64(m.Config.Layers*cfg.BatchSize*cfg.MaxSeqLength*m.Config.Dim)+int64(64*m.Config.Layers)+4096)
@@ -413,7 +431,10 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	m.Acct.Release(budget.TokenCache, -1, dm.Bytes)
 	for _, it := range plan.Items {
 		switch it.Category {
-		case budget.Trainable, budget.OptimizerState, budget.TokenCache:
+		case budget.Trainable, budget.Gradients, budget.OptimizerState, budget.TokenCache:
+			if it.Category == budget.OptimizerState && plan.OptimizerOnDisk {
+				continue // file-backed scratch: outside the accountant's limit, as planned
+			}
 			if err := m.Acct.Reserve(it.Category, -1, it.Bytes); err != nil {
 				return nil, err
 			}
@@ -549,7 +570,16 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	res.Iters = cfg.Iters
 	// The steps' buffers are dead: hand their pages back before the outputs
 	// are written, so that writing them is not what sets the run's peak.
+	// The adapters are encoded on the heap (a tensor's bytes at a time, a
+	// few MiB in all): the accountant's room the steps no longer use is
+	// booked for that and handed to the heap's soft limit while saving.
+	m.Acct.Trim()
 	debug.FreeOSMemory()
+	if room := m.Acct.Room(); room > 0 && m.Acct.Reserve(budget.Workspace, -1, room) == nil {
+		prev := debug.SetMemoryLimit(-1)
+		debug.SetMemoryLimit(prev + room)
+		defer func() { debug.SetMemoryLimit(prev); m.Acct.Release(budget.Workspace, -1, room) }()
+	}
 	res.Took = time.Since(t0)
 	if n := len(res.Curve); n > 0 {
 		res.FinalTrain = res.Curve[n-1].Loss

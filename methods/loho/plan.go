@@ -57,8 +57,8 @@ func (p Plan) Bytes(n int) int64 {
 // an error when even n = 0 (pure MeZO) does not.
 func (p Plan) MaxFO(budget int64) (int, error) {
 	if p.Bytes(0) > budget {
-		return 0, fmt.Errorf("loho: a budget of %.1f MiB is below the %.1f MiB even zeroth-order training needs (weights %.1f MiB, working set %.1f MiB, runtime %.1f MiB)",
-			mib(budget), mib(p.Bytes(0)), mib(p.Weights), mib(p.Work), mib(p.Runtime))
+		return 0, fmt.Errorf("loho: a budget of %.1f MiB is below the %.1f MiB even zeroth-order training needs (weights %.1f MiB, working set %.1f MiB, runtime %.1f MiB): try --max-mem %dMiB",
+			mib(budget), mib(p.Bytes(0)), mib(p.Weights), mib(p.Work), mib(p.Runtime), (p.Bytes(0)+(1<<20)-1)>>20)
 	}
 	n := 0
 	for n < p.Blocks && p.Bytes(n+1) <= budget {
