@@ -74,7 +74,15 @@ func main() {
 	if mp != "" {
 		runtime.MemProfileRate = 1
 	}
+	// QTUNE_MEMTRACE=1 reports what the highest resident set was made of.
+	var mt *memTrace
+	if os.Getenv("QTUNE_MEMTRACE") != "" {
+		mt = startMemTrace()
+	}
 	code := run(os.Args[1:], os.Stdout, os.Stderr)
+	if mt != nil {
+		mt.report(os.Stderr)
+	}
 	pprof.StopCPUProfile()
 	if mp != "" {
 		if f, err := os.Create(mp); err == nil {
