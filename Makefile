@@ -6,7 +6,7 @@ MODEL_URL = https://huggingface.co/ggml-org/tiny-llamas/resolve/main/stories260K
 BIN     := bin/qtune
 FUZZTIME ?= 3s
 
-.PHONY: build demo demo-model test test-short test-arm64 fuzz bench bench-mem bench-peer vet clean evidence
+.PHONY: build demo demo-model test test-short test-arm64 test-mem-sweep fuzz bench bench-mem bench-peer vet clean evidence
 
 build:
 	$(GO) build -o $(BIN) ./cmd/qtune
@@ -61,10 +61,20 @@ vet:
 # that holds on a busy machine).
 test: vet
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /internal/memtest)
-	$(GO) test -count=1 ./internal/memtest/
+	$(GO) test -count=1 -timeout 30m ./internal/memtest/
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 	$(GO) test -count=1 -short -tags noasm ./kernels/ ./nn/ ./model/ ./train/
 	$(MAKE) -s test-arm64
+
+# The long --max-mem sweep (make test runs a short one): for generate, eval
+# and every method on the synthetic 110M Q4_0 and NF4 models, six budgets
+# from the smallest accepted to 2.5x, each quiet and beside busy loops on
+# every core, and the 1B models under two budgets; peak RSS must stay under
+# every budget. Seeded afresh each run (QTUNE_SWEEP_SEED repeats one); the
+# table goes to out/mem-sweep.md. About 40 minutes on 2 cores.
+test-mem-sweep:
+	@mkdir -p out
+	QTUNE_MEM_SWEEP=long QTUNE_SWEEP_TABLE=$(CURDIR)/out/mem-sweep.md $(GO) test -count=1 -timeout 120m -run TestBudgetSweep -v ./internal/memtest/
 
 # arm64: the whole tree must vet for arm64, and the kernels' tests (NEON and
 # generic tiers) run under qemu-user when it is installed (apt-get install

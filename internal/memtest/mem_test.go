@@ -147,7 +147,9 @@ func check(t *testing.T, modelPath string, limit int64, only ...string) {
 		// A plan may overestimate more than it underestimates: a run below
 		// its plan is safe. LoHO-inter on 110M NF4 under 63.8 MiB measured
 		// 9-16% below its plan across runs.
-		close := off <= 0.15 && off >= -0.20
+		// Or within 3 MiB: in a 10 MiB process (stories260K) how many of the
+		// binary's pages a run touches is a fifth of it.
+		close := off <= 0.15 && off >= -0.20 || max(peak-want, want-peak) <= 3<<20
 		t.Logf("%-22s %-10s budget %-9s planned %-9s measured %-9s (%+.0f%%)", filepath.Base(modelPath), j.name,
 			budget.FormatSize(limit), budget.FormatSize(want), budget.FormatSize(peak), 100*off)
 		if peak > limit {
@@ -173,13 +175,14 @@ func TestBudgetStories260K(t *testing.T) {
 }
 
 // The 110M models' quantized weights are about 70 MiB: one budget above,
-// one below (weights then stream layer by layer).
+// one 8 MiB above them, where every job streams them layer by layer (the
+// runtime alone is about 23 MiB).
 func TestBudget110M(t *testing.T) {
 	for _, typ := range []quant.Type{quant.Q4_0, quant.NF4} {
 		m := model(t, "110M", typ)
 		w := fileSize(t, m)
 		check(t, m, w+96<<20)
-		check(t, m, w-3<<20)
+		check(t, m, w+8<<20)
 	}
 }
 
@@ -326,8 +329,8 @@ func shakespeare(t *testing.T, name string, n int) string {
 // QLoRA on a float base converts it to NF4 first. The conversion holds one
 // tensor's NF4 bytes and a MiB of float32 at a time (it held the mapped
 // float model and a float32 copy of its largest tensor: 534 MB under
-// --max-mem 68MiB), so it stays within a budget the training then refuses,
-// and a budget it cannot fit is refused before it starts. The same for
+// --max-mem 68MiB), so it stays within the budget the training then runs
+// in, and a budget it cannot fit is refused before it starts. The same for
 // `qtune quantize`, which has no budget: its peak is a small part of the
 // 512 MiB float file.
 func TestQLoRAConversionWithinBudget(t *testing.T) {
@@ -336,7 +339,7 @@ func TestQLoRAConversionWithinBudget(t *testing.T) {
 	}
 	src := model(t, "110M", quant.F32)
 	data := shakespeare(t, "qlora-data", 20)
-	for _, b := range []string{"4MiB", "60MiB"} {
+	for _, b := range []string{"4MiB", "64MiB"} {
 		limit, _ := budget.ParseSize(b)
 		// qtune plan converts the base (the plan needs its NF4 sizes) and
 		// stops: its peak is the conversion's.
