@@ -2,6 +2,7 @@ package data
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -63,11 +64,22 @@ const (
 // written. hit reports whether the tokens came from the cache. The caller
 // closes the TokenFile.
 func CachedTokenFile(cacheDir string, key CacheKey, enc Encoder, path string, o TokenizeOptions) (tf *TokenFile, hit bool, err error) {
+	return CachedTokenFileContext(context.Background(), cacheDir, key, enc, path, o)
+}
+
+// CachedTokenFileContext is CachedTokenFile stopping when ctx is done: both
+// passes check it before each record, and a build cut short returns an
+// error wrapping ctx.Err() and removes its temporary file, so the cache
+// holds nothing a later run would trust (and that run builds it anew).
+func CachedTokenFileContext(ctx context.Context, cacheDir string, key CacheKey, enc Encoder, path string, o TokenizeOptions) (tf *TokenFile, hit bool, err error) {
 	if key.Tokenizer == "" {
 		return nil, false, errors.New("data: token cache: CacheKey.Tokenizer is empty")
 	}
 	h := newRecordHasher(key.Tokenizer, o)
 	kind, _, err := ScanMax(path, o.MaxRecord, func(r Record) error {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("data: %s: reading stopped at record %d: %w", path, h.n+1, err)
+		}
 		h.add(&r)
 		return nil
 	})
@@ -79,7 +91,7 @@ func CachedTokenFile(cacheDir string, key CacheKey, enc Encoder, path string, o 
 	if tf, err := openTokenFile(cpath, &sum); err == nil {
 		return tf, true, nil
 	}
-	if err := writeTokenFile(cpath, sum, key.Tokenizer, enc, path, kind, o); err != nil {
+	if err := writeTokenFile(ctx, cpath, sum, key.Tokenizer, enc, path, kind, o); err != nil {
 		return nil, false, err
 	}
 	if tf, err = openTokenFile(cpath, &sum); err != nil {
@@ -195,8 +207,8 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // writeTokenFile tokenizes the records of the data file at path into the
 // cache file cpath, record by record through a buffered writer, and fails
 // if the records do not hash to sum (the data file changed since the first
-// pass).
-func writeTokenFile(cpath string, sum [32]byte, tok string, enc Encoder, path string, kind Kind, o TokenizeOptions) error {
+// pass). It checks ctx before each record.
+func writeTokenFile(ctx context.Context, cpath string, sum [32]byte, tok string, enc Encoder, path string, kind Kind, o TokenizeOptions) error {
 	var dataErr error // of the data file, returned as it is
 	err := writeFileAtomic(cpath, func(f io.Writer) error {
 		crc := crc32.New(castagnoli)
@@ -212,6 +224,9 @@ func writeTokenFile(cpath string, sum [32]byte, tok string, enc Encoder, path st
 		var lens []uint32 // (N)
 		var total uint64
 		k, _, err := ScanMax(path, o.MaxRecord, func(r Record) error {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("data: %s: tokenizing stopped before record %d: %w", path, len(lens)+1, err)
+			}
 			h.add(&r)
 			ex, err := tokenizeRecord(chk, &r, kind, o)
 			if err == nil {

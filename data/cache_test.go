@@ -1,6 +1,7 @@
 package data
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -444,4 +445,63 @@ func FuzzOpenTokenFile(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A token cache build cancelled partway stops at the next record with an
+// error wrapping the context's, leaves no file in the cache folder (neither
+// the cache nor its temporary file), and the next build makes the whole
+// cache, which the one after trusts. A cancelled context stops the first
+// pass (hashing the records) before anything is tokenized.
+func TestCachedTokenFileCancelled(t *testing.T) {
+	dir := t.TempDir()
+	var sb strings.Builder
+	const n = 500
+	for i := range n {
+		fmt.Fprintf(&sb, "{\"text\":\"record %05d\"}\n", i)
+	}
+	data := writeData(t, dir, "d.jsonl", sb.String())
+	cdir := filepath.Join(dir, "cache")
+	key := CacheKey{Tokenizer: "t", Name: "d"}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	enc := &cancelEnc{at: 10, cancel: cancel}
+	_, _, err := CachedTokenFileContext(ctx, cdir, key, enc, data, TokenizeOptions{})
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "before record 11") {
+		t.Fatalf("cancelled at record 10: %v", err)
+	}
+	if enc.calls != 10 {
+		t.Errorf("%d of %d records tokenized, want 10 (none after the cancellation)", enc.calls, n)
+	}
+	if left, _ := filepath.Glob(filepath.Join(cdir, "*")); len(left) != 0 {
+		t.Errorf("files left: %v", left)
+	}
+	enc = &cancelEnc{}
+	if _, _, err := CachedTokenFileContext(ctx, cdir, key, enc, data, TokenizeOptions{}); !errors.Is(err, context.Canceled) || enc.calls != 0 {
+		t.Fatalf("cancelled before the first pass: %v, %d records tokenized", err, enc.calls)
+	}
+	for _, want := range []bool{false, true} {
+		tf, hit, err := CachedTokenFileContext(context.Background(), cdir, key, &toyEnc{}, data, TokenizeOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hit != want || tf.NumExamples() != n {
+			t.Errorf("after a cancelled build: hit %v with %d examples, want hit %v with %d", hit, tf.NumExamples(), want, n)
+		}
+		tf.Close()
+	}
+}
+
+// cancelEnc is a toy encoder that calls cancel at its at-th Encode.
+type cancelEnc struct {
+	toyEnc
+	at     int
+	cancel func()
+}
+
+func (e *cancelEnc) Encode(s string, bos bool) []int {
+	ids := e.toyEnc.Encode(s, bos)
+	if e.calls == e.at {
+		e.cancel()
+	}
+	return ids
 }
