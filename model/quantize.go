@@ -1,6 +1,7 @@
 package model
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"math"
@@ -53,6 +54,13 @@ func Quantize(m *Model, w io.Writer, t quant.Type) (QuantizeReport, error) {
 	return QuantizeWith(m, w, t, nil)
 }
 
+// QuantizeContext is Quantize stopping when ctx is done: it checks ctx
+// before each tensor and then returns an error wrapping ctx.Err(), with
+// what it wrote to w a partial file.
+func QuantizeContext(ctx context.Context, m *Model, w io.Writer, t quant.Type) (QuantizeReport, error) {
+	return quantize(ctx, m, w, t, nil)
+}
+
 // Delta changes a tensor's float values before they are quantized (export
 // --merge adds s·B·A). f is the tensor in the model's row order, (out, in).
 // It reports whether it changed anything.
@@ -60,6 +68,10 @@ type Delta func(name string, f []float32) bool
 
 // QuantizeWith is Quantize with an optional delta applied to each tensor.
 func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeReport, error) {
+	return quantize(context.Background(), m, w, t, delta)
+}
+
+func quantize(ctx context.Context, m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeReport, error) {
 	if !quant.CanQuantize(t) {
 		return QuantizeReport{}, fmt.Errorf("model: quantize: %w: cannot quantize to %s", quant.ErrUnknownType, t)
 	}
@@ -149,6 +161,9 @@ func QuantizeWith(m *Model, w io.Writer, t quant.Type, delta Delta) (QuantizeRep
 		converted := tt != src.Type || offset
 		wts = append(wts, gguf.WriteTensor{Name: src.Name, Type: tt, Shape: src.Shape, Size: size,
 			Write: func(w io.Writer) error {
+				if err := ctx.Err(); err != nil {
+					return fmt.Errorf("model: quantize: stopped before %q: %w", src.Name, err)
+				}
 				// The source's pages leave the resident set once written:
 				// converting a model holds one piece, not the model.
 				defer offload.Release(src.Data)

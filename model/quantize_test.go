@@ -2,7 +2,9 @@ package model
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -275,4 +277,40 @@ func uniformGridRMSE(t *testing.T, m *Model, block int, levels float64) float64 
 		n += int64(len(f))
 	}
 	return math.Sqrt(sum / float64(n))
+}
+
+// QuantizeContext checks its context before each tensor: cancelled once a
+// quarter of the file is out, it stops with an error wrapping the
+// context's and writes well under the whole file.
+func TestQuantizeContextStops(t *testing.T) {
+	m := openStories(t)
+	var full countingWriter
+	if _, err := QuantizeContext(context.Background(), m, &full, quant.F32); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := countingWriter{at: full.n / 4, cancel: cancel}
+	_, err := QuantizeContext(ctx, m, &w, quant.F32)
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "stopped before") {
+		t.Fatalf("cancelled conversion: %v", err)
+	}
+	if w.n >= full.n/2 {
+		t.Errorf("wrote %d of %d bytes after a cancellation at %d", w.n, full.n, full.n/4)
+	}
+}
+
+// countingWriter counts what it is given and calls cancel once it holds
+// at least at bytes.
+type countingWriter struct {
+	n, at  int
+	cancel func()
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.n += len(p)
+	if w.cancel != nil && w.n >= w.at {
+		w.cancel()
+	}
+	return len(p), nil
 }

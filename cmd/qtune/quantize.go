@@ -43,7 +43,7 @@ func (a *app) quantize(ctx context.Context, args []string) error {
 	t0 := time.Now()
 	var rep model.QuantizeReport
 	if err := fsx.WriteFile(out, func(w io.Writer) (err error) { // temporary name, fsync, rename
-		rep, err = model.Quantize(m, w, t)
+		rep, err = model.QuantizeContext(ctx, m, w, t) // Ctrl-C leaves no partial OUT
 		return err
 	}); err != nil {
 		return err
