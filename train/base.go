@@ -1,6 +1,7 @@
 package train
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -61,14 +62,15 @@ func hasFloatMatrices(m *model.Model) bool {
 // reused next time; an already quantized model trains over its own types.
 // note describes what was done, for the log.
 func OpenBase(path, method, cacheDir string, opt model.Options) (m *model.Model, note string, err error) {
-	return OpenBaseLimit(path, method, cacheDir, opt, 0)
+	return OpenBaseLimit(context.Background(), path, method, cacheDir, opt, 0)
 }
 
 // OpenBaseLimit is OpenBase under a memory budget (0: none): a conversion
 // to NF4 holds one tensor's NF4 bytes and a MiB-sized piece of float32 at a
 // time (model.Quantize), and one that cannot fit limit is refused before it
-// starts.
-func OpenBaseLimit(path, method, cacheDir string, opt model.Options, limit int64) (m *model.Model, note string, err error) {
+// starts. Cancelling ctx stops a conversion before its next tensor with an
+// error wrapping ctx.Err(); the partial file is removed, never cached.
+func OpenBaseLimit(ctx context.Context, path, method, cacheDir string, opt model.Options, limit int64) (m *model.Model, note string, err error) {
 	m, err = model.Open(path, opt)
 	if err != nil {
 		return nil, "", err
@@ -105,7 +107,7 @@ func OpenBaseLimit(path, method, cacheDir string, opt model.Options, limit int64
 		defer debug.SetMemoryLimit(debug.SetMemoryLimit(max(limit-runtimeBytes(m)-8<<20, 8<<20)))
 	}
 	err = fsx.WriteFile(cached, func(w io.Writer) error { // temporary name, fsync, rename
-		_, err := model.Quantize(m, w, quant.NF4)
+		_, err := model.QuantizeContext(ctx, m, w, quant.NF4)
 		return err
 	})
 	m.Close()

@@ -68,7 +68,7 @@ func EvalLM(ctx context.Context, m *model.Model, recs []data.Record, kind data.K
 	var n int
 	for ri, r := range recs {
 		if err := ctx.Err(); err != nil {
-			return LMResult{}, err
+			return LMResult{}, fmt.Errorf("train: evaluation stopped after %d of %d records: %w", ri, len(recs), err)
 		}
 		var ids []int
 		first := 1 // index of the first scored token
@@ -78,8 +78,11 @@ func EvalLM(ctx context.Context, m *model.Model, recs []data.Record, kind data.K
 			ids = m.Tokenizer.Encode(r.Prompt+r.Completion, m.Tokenizer.AddBOS())
 			first = max(1, commonPrefix(ids, m.Tokenizer.Encode(r.Prompt, m.Tokenizer.AddBOS())))
 		}
-		s, k, err := TokenNLL(m, st, logits, ids, first)
+		s, k, err := tokenNLL(ctx, m, st, logits, ids, first)
 		if err != nil {
+			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+				return LMResult{}, fmt.Errorf("train: evaluation stopped in record %d of %d: %w", ri+1, len(recs), err)
+			}
 			return LMResult{}, err
 		}
 		nll += s
@@ -105,6 +108,12 @@ func EvalLM(ctx context.Context, m *model.Model, recs []data.Record, kind data.K
 // is scratch of at least V floats; each window goes through the model in
 // chunks of len(logits)/V positions.
 func TokenNLL(m *model.Model, st *model.State, logits []float32, ids []int, first int) (float64, int, error) {
+	return tokenNLL(context.Background(), m, st, logits, ids, first)
+}
+
+// tokenNLL is TokenNLL checking ctx before each chunk it feeds the model
+// (one text record can be a whole book).
+func tokenNLL(ctx context.Context, m *model.Model, st *model.State, logits []float32, ids []int, first int) (float64, int, error) {
 	W, V := st.MaxLen(), m.Config.Vocab
 	if W < 2 {
 		return 0, 0, errors.New("train: window shorter than 2 tokens")
@@ -120,9 +129,13 @@ func TokenNLL(m *model.Model, st *model.State, logits []float32, ids []int, firs
 			st.Reset()
 			for c0 := start; c0 < end; c0 += rows {
 				c1 := min(c0+rows, end)
+				if err := ctx.Err(); err != nil {
+					return 0, 0, err
+				}
 				if err := m.Forward(st, ids[c0:c1], logits, true); err != nil {
 					return 0, 0, err
 				}
+				passDone("eval")
 				for t := max(c0, first-1); t < c1 && t+1 < end; t++ {
 					row := logits[(t-c0)*V : (t-c0+1)*V]
 					nll += nn.LogSumExp(row) - float64(row[ids[t+1]])
@@ -204,12 +217,13 @@ func EvalClassify(ctx context.Context, m *model.Model, recs []data.Record, o Eva
 	correct := 0
 	for i, r := range recs {
 		if err := ctx.Err(); err != nil {
-			return ClassResult{}, err
+			return ClassResult{}, fmt.Errorf("train: evaluation stopped after %d of %d records: %w", i, len(recs), err)
 		}
 		sc, err := ChoiceScores(m, st, r)
 		if err != nil {
 			return ClassResult{}, fmt.Errorf("record %d: %w", i+1, err)
 		}
+		passDone("eval")
 		best := 0
 		for j, s := range sc {
 			if s > sc[best] {

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -319,11 +320,13 @@ func (h *lohoMethod) StepWorkspace(B, T int) int64 {
 	return h.m.Config.StepWorkspaceBytes(B, T, true) + h.denseMax
 }
 
-func (h *lohoMethod) Step(it int, batches []data.Batch, lr float64) (float64, int, error) {
+func (h *lohoMethod) Step(ctx context.Context, it int, batches []data.Batch, lr float64) (float64, int, error) {
 	if h.set != nil {
 		h.set.SetStep(it)
 	}
-	loss, total, err := batchLoss(h.m, it, batches, h.ad)
+	// Every forward pass checks ctx; both updates come after the last, so a
+	// cancelled step applies neither.
+	loss, total, err := batchLoss(ctx, h.m, it, batches, h.ad)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -340,7 +343,7 @@ func (h *lohoMethod) Step(it int, batches []data.Batch, lr float64) (float64, in
 	if foStep {
 		optim.ZeroGrad(h.fo)
 		o := model.StepOptions{Adapters: h.ad, Checkpoint: h.cfg.GradCheckpoint, FirstLayer: h.first}
-		if sum, _, err = batchGrad(h.m, it, batches, o, total); err != nil {
+		if sum, _, err = batchGrad(ctx, h.m, it, batches, o, total); err != nil {
 			return 0, 0, err
 		}
 	}

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -160,8 +161,12 @@ func (l *loremlMethod) enterStage2(set *loreml.Set) {
 	l.opt2 = l.stage2Optimizer()
 }
 
-func (l *loremlMethod) Step(it int, batches []data.Batch, lr float64) (float64, int, error) {
+func (l *loremlMethod) Step(ctx context.Context, it int, batches []data.Batch, lr float64) (float64, int, error) {
 	if it > l.stage1 && l.set == nil {
+		// Not begun once cancelled: the state saved stays stage 1's.
+		if err := stepCancelled(ctx, it, 0, len(batches)); err != nil {
+			return 0, 0, err
+		}
 		if err := l.transition(); err != nil {
 			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
 		}
@@ -182,7 +187,7 @@ func (l *loremlMethod) Step(it int, batches []data.Batch, lr float64) (float64, 
 		params, opt = l.p2, l.opt2
 	}
 	optim.ZeroGrad(params)
-	loss, n, err := batchGrad(l.m, it, batches, o, total)
+	loss, n, err := batchGrad(ctx, l.m, it, batches, o, total)
 	if err != nil {
 		return 0, 0, err
 	}

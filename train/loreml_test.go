@@ -110,7 +110,7 @@ func TestLoReMLLowersLossAndMerges(t *testing.T) {
 	}
 	meth := &fixedMethod{o: model.StepOptions{Adapters: m.Adapters}}
 	validEx := validExamples(t, m, cfg)
-	l, err := evalLoss(m, meth, data.Examples(validEx), cfg)
+	l, err := evalLoss(t.Context(), m, meth, data.Examples(validEx), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

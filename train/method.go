@@ -1,6 +1,7 @@
 package train
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
@@ -25,8 +26,13 @@ type Method interface {
 	StateBytes() int64
 	// Step runs iteration it (1-based) over the micro-batches of one
 	// optimizer step with learning rate lr, updates the parameters, and
-	// returns the summed loss and the number of predicted tokens.
-	Step(it int, batches []data.Batch, lr float64) (loss float64, n int, err error)
+	// returns the summed loss and the number of predicted tokens. It checks
+	// ctx before every forward pass; cancelled, it returns an error wrapping
+	// ctx.Err() and leaves the parameters and optimizer state as they were
+	// before the step (zeroth-order perturbations are undone, which is exact
+	// up to float rounding), so that the state of iteration it-1 can be
+	// saved and resumed.
+	Step(ctx context.Context, it int, batches []data.Batch, lr float64) (loss float64, n int, err error)
 	// Eval prepares the model for evaluation (adapters applied, no
 	// dropout) and returns the options LossGrad needs; done undoes it.
 	Eval() (o model.StepOptions, done func())
@@ -112,7 +118,7 @@ func (l *loraMethod) StateBytes() int64 {
 	return 8*l.set.Params() + l.opt.StateBytes(l.set.Params())
 }
 
-func (l *loraMethod) Step(it int, batches []data.Batch, lr float64) (float64, int, error) {
+func (l *loraMethod) Step(ctx context.Context, it int, batches []data.Batch, lr float64) (float64, int, error) {
 	l.set.SetStep(it)
 	optim.ZeroGrad(l.params)
 	total, err := stepTargets(it, batches)
@@ -120,7 +126,7 @@ func (l *loraMethod) Step(it int, batches []data.Batch, lr float64) (float64, in
 		return 0, 0, err
 	}
 	o := model.StepOptions{Adapters: l.set.ByPos, Checkpoint: l.cfg.GradCheckpoint}
-	loss, n, err := batchGrad(l.m, it, batches, o, total)
+	loss, n, err := batchGrad(ctx, l.m, it, batches, o, total)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -258,17 +264,44 @@ func stepTargets(it int, batches []data.Batch) (int, error) {
 
 // batchGrad runs the forward and backward pass of each micro-batch,
 // accumulating gradients scaled by 1/total (so they sum to the step's
-// mean), and returns the summed loss and predicted tokens.
-func batchGrad(m *model.Model, it int, batches []data.Batch, o model.StepOptions, total int) (float64, int, error) {
+// mean), and returns the summed loss and predicted tokens. It checks ctx
+// before each micro-batch; cancelled, the gradients are partial and the
+// caller applies no update.
+func batchGrad(ctx context.Context, m *model.Model, it int, batches []data.Batch, o model.StepOptions, total int) (float64, int, error) {
 	var loss float64
 	var n int
-	for _, b := range batches {
-		s, k, err := m.LossGrad(b.Tokens, b.Targets, b.B, b.T, o, true, 1/float64(total))
+	for k, b := range batches {
+		if err := stepCancelled(ctx, it, k, len(batches)); err != nil {
+			return 0, 0, err
+		}
+		s, c, err := m.LossGrad(b.Tokens, b.Targets, b.B, b.T, o, true, 1/float64(total))
 		if err != nil {
 			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
 		}
+		passDone("step")
 		loss += s
-		n += k
+		n += c
 	}
 	return loss, n, nil
+}
+
+// stepCancelled is the check before micro-batch k of n of iteration it.
+func stepCancelled(ctx context.Context, it, k, n int) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("train: iteration %d stopped before micro-batch %d of %d: %w", it, k+1, n, err)
+	}
+	return nil
+}
+
+// testHookPass, when set (by tests), is called after each forward pass of
+// the long loops, with where it ran: "step" (a micro-batch of a training
+// step; for zeroth-order methods, one of its perturbed evaluations), "val"
+// (a validation batch) and "eval" (a window of EvalLM, a record of
+// EvalClassify). Tests count the passes that run after a cancellation.
+var testHookPass func(phase string)
+
+func passDone(phase string) {
+	if testHookPass != nil {
+		testHookPass(phase)
+	}
 }

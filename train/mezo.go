@@ -1,6 +1,7 @@
 package train
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -134,8 +135,10 @@ func (z *mezoMethod) StateBytes() int64 {
 }
 
 // batchLoss returns the closure that evaluates the mean loss of the
-// step's micro-batches without gradients, and their token count.
-func batchLoss(m *model.Model, it int, batches []data.Batch, ad model.Adapters) (func() (float64, error), int, error) {
+// step's micro-batches without gradients, and their token count. The
+// closure checks ctx before each micro-batch (SPSA undoes its perturbation
+// when it fails).
+func batchLoss(ctx context.Context, m *model.Model, it int, batches []data.Batch, ad model.Adapters) (func() (float64, error), int, error) {
 	total, err := stepTargets(it, batches)
 	if err != nil {
 		return nil, 0, err
@@ -143,11 +146,15 @@ func batchLoss(m *model.Model, it int, batches []data.Batch, ad model.Adapters) 
 	o := model.StepOptions{Adapters: ad}
 	return func() (float64, error) {
 		var sum float64
-		for _, b := range batches {
+		for k, b := range batches {
+			if err := stepCancelled(ctx, it, k, len(batches)); err != nil {
+				return 0, err
+			}
 			s, _, err := m.LossGrad(b.Tokens, b.Targets, b.B, b.T, o, false, 0)
 			if err != nil {
 				return 0, err
 			}
+			passDone("step")
 			sum += s
 		}
 		return sum / float64(total), nil
@@ -164,18 +171,25 @@ func drawsLoss(ds []mezo.Draw, n int) float64 {
 	return s / float64(len(ds)) * float64(n)
 }
 
-func (z *mezoMethod) Step(it int, batches []data.Batch, _ float64) (float64, int, error) {
+func (z *mezoMethod) Step(ctx context.Context, it int, batches []data.Batch, _ float64) (float64, int, error) {
 	total, err := stepTargets(it, batches)
 	if err != nil {
 		return 0, 0, err
 	}
+	// Checked before every micro-batch of every perturbed evaluation: a
+	// cancelled evaluation fails, Estimate undoes its perturbation, and no
+	// update is applied.
 	loss := func() (float64, error) {
 		var sum float64
-		for _, b := range batches {
+		for k, b := range batches {
+			if err := stepCancelled(ctx, it, k, len(batches)); err != nil {
+				return 0, err
+			}
 			s, _, err := z.sc.Loss(b.Tokens, b.Targets, b.B, b.T, z.ad)
 			if err != nil {
 				return 0, err
 			}
+			passDone("step")
 			sum += s
 		}
 		return sum / float64(total), nil

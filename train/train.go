@@ -264,8 +264,11 @@ type Logger func(line string)
 // Run trains adapters as configured. It reports every StepsPerReport
 // iterations, evaluates every StepsPerEval, saves resumable state every
 // SaveEvery into AdapterPath, and writes the adapters and a loss curve at
-// the end. Cancelling ctx stops at the next iteration with an error
-// wrapping ctx.Err(), after saving a resumable state of what was trained.
+// the end. Cancelling ctx stops promptly with an error wrapping ctx.Err():
+// tokenizing the data stops at the next record, a conversion of the base
+// at the next tensor, a step or a validation before its next forward pass.
+// A resumable state of the iterations completed is saved first (a step cut
+// short is not applied; a validation cut short is run again at --resume).
 func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress)) (*Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -300,7 +303,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 			return nil, err
 		}
 	}
-	m, note, err := OpenBaseLimit(cfg.Model, cfg.Method, cfg.CacheDir, model.Options{Tokenizer: cfg.Tokenizer}, limit)
+	m, note, err := OpenBaseLimit(ctx, cfg.Model, cfg.Method, cfg.CacheDir, model.Options{Tokenizer: cfg.Tokenizer}, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -330,7 +333,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		tokOpt.MaxRecord = max(limit/32, 256<<10)
 	}
 	tokDir, tokID := filepath.Join(cfg.CacheDir, "tokens"), tokenizerID(m)
-	trainTF, hit, err := data.CachedTokenFile(tokDir, data.CacheKey{Tokenizer: tokID, Name: splitName(files.Train)}, m.Tokenizer, files.Train, tokOpt)
+	trainTF, hit, err := data.CachedTokenFileContext(ctx, tokDir, data.CacheKey{Tokenizer: tokID, Name: splitName(files.Train)}, m.Tokenizer, files.Train, tokOpt)
 	if err != nil {
 		return nil, err
 	}
@@ -340,7 +343,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	}
 	var validTF *data.TokenFile
 	if files.Valid != "" && cfg.StepsPerEval > 0 {
-		if validTF, _, err = data.CachedTokenFile(tokDir, data.CacheKey{Tokenizer: tokID, Name: splitName(files.Valid)}, m.Tokenizer, files.Valid, tokOpt); err != nil {
+		if validTF, _, err = data.CachedTokenFileContext(ctx, tokDir, data.CacheKey{Tokenizer: tokID, Name: splitName(files.Valid)}, m.Tokenizer, files.Valid, tokOpt); err != nil {
 			return nil, err
 		}
 		defer validTF.Close()
@@ -490,7 +493,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 			return nil
 		}
 		t0 := time.Now()
-		l, err := evalLoss(m, meth, validTF, cfg)
+		l, err := evalLoss(ctx, m, meth, validTF, cfg)
 		if err != nil {
 			return err
 		}
@@ -502,9 +505,32 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		onProgress(Progress{Iter: iter, Kind: "val", Loss: l, Took: time.Since(t0)})
 		return nil
 	}
-	if start == 0 && cfg.StepsPerEval > 0 {
-		if err := evalVal(0); err != nil {
-			return nil, err
+	// interrupted saves the state after iteration done (the batcher at pos)
+	// when it is more than the run started from, and returns the error that
+	// says so; where says what was cut short.
+	interrupted := func(done int, pos data.Pos, where string, cause error) error {
+		if done > start {
+			meta := runMeta{Step: done, Pos: pos, Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg, Identity: ident}
+			if serr := saveState(statePath, meta, meth); serr != nil {
+				return fmt.Errorf("train: interrupted after iteration %d%s, and saving its state failed: %w (%w)", done, where, serr, cause)
+			}
+			log(fmt.Sprintf("interrupted after iteration %d%s: state saved in %s; run the same command with --resume to continue", done, where, statePath))
+		}
+		return fmt.Errorf("train: interrupted after iteration %d%s: %w", done, where, cause)
+	}
+	cancelled := func(err error) bool { return ctx.Err() != nil && errors.Is(err, ctx.Err()) }
+	// The validation due at the iteration the run starts from: at 0, and
+	// on resuming from a run interrupted during its validation.
+	due := start == 0
+	if start > 0 && (start%max(cfg.StepsPerEval, 1) == 0 || start == cfg.Iters) {
+		due = len(res.ValCurve) == 0 || res.ValCurve[len(res.ValCurve)-1].Iter != start
+	}
+	if cfg.StepsPerEval > 0 && due {
+		if err := evalVal(start); err != nil {
+			if cancelled(err) {
+				return res, interrupted(start, batcher.Position(), ", during its validation", err)
+			}
+			return res, err
 		}
 	}
 	t0 := time.Now()
@@ -516,16 +542,10 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		div.hint = "lower --zo-learning-rate"
 	}
 	for it := start + 1; it <= cfg.Iters; it++ {
+		// Interrupted: what was trained is saved, to resume from.
+		pos := batcher.Position() // of this iteration's batches
 		if err := ctx.Err(); err != nil {
-			// Interrupted: what was trained is saved, to resume from.
-			if it-1 > start {
-				meta := runMeta{Step: it - 1, Pos: batcher.Position(), Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg, Identity: ident}
-				if serr := saveState(statePath, meta, meth); serr != nil {
-					return res, fmt.Errorf("train: interrupted after iteration %d, and saving its state failed: %w (%w)", it-1, serr, err)
-				}
-				log(fmt.Sprintf("interrupted after iteration %d: state saved in %s; run the same command with --resume to continue", it-1, statePath))
-			}
-			return res, fmt.Errorf("train: interrupted after iteration %d: %w", it-1, err)
+			return res, interrupted(it-1, pos, "", err)
 		}
 		batches := make([]data.Batch, cfg.GradAccum)
 		for k := range batches {
@@ -534,8 +554,11 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 			}
 		}
 		lr := sched.LR(it - 1)
-		stepLoss, stepTok, err := meth.Step(it, batches, lr)
+		stepLoss, stepTok, err := meth.Step(ctx, it, batches, lr)
 		if err != nil {
+			if cancelled(err) { // the step applied nothing: its batches come again
+				return res, interrupted(it-1, pos, fmt.Sprintf(" (iteration %d was cut short and not applied)", it), err)
+			}
 			return res, err
 		}
 		for _, b := range batches {
@@ -557,6 +580,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		}
 		if cfg.StepsPerEval > 0 && (it%cfg.StepsPerEval == 0 || it == cfg.Iters) {
 			if err := evalVal(it); err != nil {
+				if cancelled(err) { // the step is complete: saved, its validation runs again at --resume
+					return res, interrupted(it, batcher.Position(), ", during its validation", err)
+				}
 				return res, err
 			}
 		}
@@ -620,8 +646,8 @@ func tokenizerID(m *model.Model) string {
 
 // evalLoss is the mean loss over the validation examples (up to
 // ValBatches batches), with the method's trainable part applied and no
-// dropout.
-func evalLoss(m *model.Model, meth Method, ex data.Source, cfg Config) (float64, error) {
+// dropout. It checks ctx before each batch.
+func evalLoss(ctx context.Context, m *model.Model, meth Method, ex data.Source, cfg Config) (float64, error) {
 	b, err := data.NewBatcher(ex, data.BatchOptions{BatchSize: cfg.BatchSize, MaxSeqLen: cfg.MaxSeqLength, Pack: cfg.Pack, Seed: 1})
 	if err != nil {
 		return 0, err
@@ -639,6 +665,9 @@ func evalLoss(m *model.Model, meth Method, ex data.Source, cfg Config) (float64,
 	var sum float64
 	var n int
 	for i := 0; i < nb; i++ {
+		if err := ctx.Err(); err != nil {
+			return 0, fmt.Errorf("train: validation stopped after %d of %d batches: %w", i, nb, err)
+		}
 		bt, err := b.Next()
 		if err != nil {
 			return 0, fmt.Errorf("train: validation data: %w", err)
@@ -653,6 +682,7 @@ func evalLoss(m *model.Model, meth Method, ex data.Source, cfg Config) (float64,
 		if err != nil {
 			return 0, err
 		}
+		passDone("val")
 		sum += l
 		n += k
 	}

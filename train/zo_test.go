@@ -116,7 +116,7 @@ func TestZOOutputsApply(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := evalLoss(m, meth, data.Examples(ex), cfg)
+			got, err := evalLoss(t.Context(), m, meth, data.Examples(ex), cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
