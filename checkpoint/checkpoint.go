@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/qtune/qtune/internal/fsx"
+	"math"
 	"os"
 	"path/filepath"
 )
@@ -44,9 +45,29 @@ var (
 	ErrInvalid = errors.New("invalid state")
 )
 
-// DefaultLimit is the largest body, in decompressed bytes, that Load
-// accepts. Use LoadLimit to choose another.
-const DefaultLimit int64 = 16 << 30
+// The default limit (Load, LoadLimit and Decode with limit <= 0) bounds the
+// body by what the compressed bytes can honestly hold: MaxRatio times them,
+// plus MinLimit. Training state is float32 values that zstd barely shrinks
+// (adapters and moments: about 1:1, measured); only long runs of zeros go
+// further (about 9000:1), so a file of a few KB that declares or inflates
+// to gigabytes is refused before it is inflated (a fixed 16 GiB default let
+// a 7 KB file fill 16 GiB). A caller expecting such a state passes its own
+// limit.
+const (
+	MaxRatio = 64
+	MinLimit = 1 << 20
+)
+
+// FileLimit is the default limit for a checkpoint file of size bytes.
+func FileLimit(size int64) int64 {
+	if size <= 0 {
+		return MinLimit
+	}
+	if size > (math.MaxInt64-MinLimit)/MaxRatio {
+		return math.MaxInt64
+	}
+	return MaxRatio*size + MinLimit
+}
 
 // Save writes s to path atomically: it encodes into path+".tmp" in the same
 // folder, fsyncs it, renames it over path and fsyncs the folder, so a crash
@@ -92,20 +113,30 @@ func writeSynced(name string, s *State) (err error) {
 	return f.Sync()
 }
 
-// Load reads the checkpoint at path with DefaultLimit.
-func Load(path string) (*State, error) { return LoadLimit(path, DefaultLimit) }
+// Load reads the checkpoint at path with the default limit, FileLimit of
+// its size.
+func Load(path string) (*State, error) { return LoadLimit(path, 0) }
 
 // LoadLimit reads the checkpoint at path, refusing a body larger than limit
-// decompressed bytes (limit <= 0 means DefaultLimit). Every refusal is one
-// line naming the file and the problem, and wraps ErrCorrupt; a failure to
-// open or read the file is returned as the os error.
+// decompressed bytes (limit <= 0: FileLimit of the file's size). Every
+// refusal is one line naming the file and the problem, and wraps
+// ErrCorrupt; a failure to open or read the file is returned as the os
+// error.
 func LoadLimit(path string, limit int64) (*State, error) {
 	f, err := fsx.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
 	defer f.Close()
-	s, err := decode(bufio.NewReaderSize(f, 1<<20), limit)
+	var lim bodyLimit = fixedLimit(limit)
+	if limit <= 0 {
+		st, err := f.Stat()
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint: %w", err)
+		}
+		lim = fileLimit(st.Size())
+	}
+	s, err := decode(bufio.NewReaderSize(f, 1<<20), lim)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %s: %w", path, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"io"
 	"math"
@@ -433,7 +434,7 @@ func FuzzDecodeBody(f *testing.F) {
 			if len(body) < minBody+delta {
 				continue
 			}
-			s, err := readBody(bytes.NewReader(body), uint64(len(body)-delta))
+			s, err := readBody(bytes.NewReader(body), uint64(len(body)-delta), fixedLimit(1<<30))
 			if err != nil {
 				if !errors.Is(err, ErrCorrupt) {
 					t.Fatalf("error %v does not wrap ErrCorrupt", err)
@@ -485,5 +486,54 @@ func TestEncodeFullDisk(t *testing.T) {
 		if !errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), "internal error") {
 			t.Errorf("disk full after %d bytes: %v", limit, err)
 		}
+	}
+}
+
+// A small file cannot make the default limit inflate gigabytes: one that
+// declares a body far beyond what its bytes can hold is refused from its
+// header (it used to pass a fixed 16 GiB default and be inflated until its
+// data ran out), one that truly inflates that far (a zstd run of zeros, about
+// 9000:1) is refused too, by Load before inflating it and by Decode of a
+// stream as it inflates; a caller who expects such a state passes a limit.
+func TestDefaultLimitFollowsFileSize(t *testing.T) {
+	dir := t.TempDir()
+	// 300 bytes declaring a tensor of 1 GiB in an 8 GiB body.
+	body := tensorBody(1, func(w *bodyBuf) { w.u16(1).str("a").u8(1).u8(1).u64(1 << 28).str(strings.Repeat("x", 256)) })
+	lie := rawFile(1, 1, body, 8<<30)
+	p := filepath.Join(dir, "lie.qtck")
+	if err := os.WriteFile(p, lie, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(p)
+	if !errors.Is(err, ErrLimit) || !strings.Contains(err.Error(), fmt.Sprintf("declared by a file of %d bytes", len(lie))) {
+		t.Fatalf("a %d-byte file declaring 8 GiB: %v", len(lie), err)
+	}
+
+	// 8 MiB of zeros compress to about a KB: past 64× that plus 1 MiB.
+	zeros := &State{Version: 1, Tensors: []Tensor{{Name: "z", Shape: []int{2 << 20}, Data: make([]float32, 2<<20)}}}
+	zp := filepath.Join(dir, "zeros.qtck")
+	if err := Save(zp, zeros); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(zp)
+	if FileLimit(st.Size()) >= 8<<20 {
+		t.Fatalf("%d bytes of compressed zeros: default limit %d, the test needs it below 8 MiB", st.Size(), FileLimit(st.Size()))
+	}
+	if _, err := Load(zp); !errors.Is(err, ErrLimit) {
+		t.Fatalf("Load of 8 MiB inflated from %d bytes: %v", st.Size(), err)
+	}
+	b, _ := os.ReadFile(zp)
+	if _, err := Decode(bytes.NewReader(b), 0); !errors.Is(err, ErrLimit) || !strings.Contains(err.Error(), "inflates") {
+		t.Fatalf("Decode of 8 MiB inflated from %d bytes: %v", len(b), err)
+	}
+	for _, load := range []func() (*State, error){
+		func() (*State, error) { return LoadLimit(zp, 16<<20) },
+		func() (*State, error) { return Decode(bytes.NewReader(b), 16<<20) },
+	} {
+		got, err := load()
+		if err != nil {
+			t.Fatalf("with a limit of 16 MiB: %v", err)
+		}
+		sameState(t, got, zeros)
 	}
 }

@@ -64,11 +64,18 @@ func Encode(w io.Writer, s *State) error {
 }
 
 // Decode reads one checkpoint from r, which must end where the checkpoint
-// ends. It refuses a body larger than limit decompressed bytes (limit <= 0
-// means DefaultLimit); the memory it allocates is bounded by the bytes it
-// actually decompresses plus 16 MiB. Every refusal wraps ErrCorrupt.
+// ends. It refuses a body larger than limit decompressed bytes; with limit
+// <= 0, one that inflates past MaxRatio times the compressed bytes read so
+// far plus MinLimit (the default limit, as the stream's length is not
+// known). The memory it allocates is bounded by the bytes it actually
+// decompresses plus 16 MiB. Every refusal wraps ErrCorrupt.
 func Decode(r io.Reader, limit int64) (*State, error) {
-	s, err := decode(r, limit)
+	var lim bodyLimit = fixedLimit(limit)
+	if limit <= 0 {
+		cr := &countReader{r: r}
+		r, lim = cr, ratioLimit{cr}
+	}
+	s, err := decode(r, lim)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
@@ -235,11 +242,66 @@ func (b *bodyWriter) floats(d []float32) {
 	}
 }
 
-// decode is Decode without the package prefix on errors.
-func decode(r io.Reader, limit int64) (*State, error) {
-	if limit <= 0 {
-		limit = DefaultLimit
+// bodyLimit decides how large a body may be: check refuses a declared
+// size, inflated one that has grown to n bytes (nil: fine).
+type bodyLimit interface {
+	check(size uint64) error
+	inflated(n int64) error
+}
+
+// fixedLimit is a limit the caller chose.
+type fixedLimit int64
+
+func (l fixedLimit) check(size uint64) error {
+	if size > uint64(l) {
+		return &formatError{kind: ErrLimit, msg: fmt.Sprintf("body of %d bytes exceeds the limit of %d bytes", size, int64(l))}
 	}
+	return nil
+}
+
+func (fixedLimit) inflated(int64) error { return nil }
+
+// fileLimit is the default limit of a file of known size.
+type fileLimit int64
+
+func (l fileLimit) check(size uint64) error {
+	if most := FileLimit(int64(l)); size > uint64(most) {
+		return &formatError{kind: ErrLimit, msg: fmt.Sprintf("body of %d bytes declared by a file of %d bytes exceeds the limit of %d bytes (the default: %d× the file plus %d); pass a limit to accept it",
+			size, int64(l), most, MaxRatio, MinLimit)}
+	}
+	return nil
+}
+
+func (fileLimit) inflated(int64) error { return nil }
+
+// ratioLimit is the default limit of a stream: the body may inflate to
+// FileLimit of the compressed bytes read so far.
+type ratioLimit struct{ in *countReader }
+
+func (ratioLimit) check(uint64) error { return nil }
+
+func (l ratioLimit) inflated(n int64) error {
+	if most := FileLimit(l.in.n); n > most {
+		return &formatError{kind: ErrLimit, msg: fmt.Sprintf("body inflates past %d bytes from %d compressed bytes: it exceeds the limit (the default: %d× the compressed bytes plus %d); pass a limit to accept it",
+			most, l.in.n, MaxRatio, MinLimit)}
+	}
+	return nil
+}
+
+// countReader counts the bytes read through it.
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// decode is Decode without the package prefix on errors.
+func decode(r io.Reader, limit bodyLimit) (*State, error) {
 	var hdr [headerSize]byte
 	if n, err := io.ReadFull(r, hdr[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -272,9 +334,8 @@ func decode(r io.Reader, limit int64) (*State, error) {
 	if size < minBody {
 		return nil, corrupt("body length %d is below the minimum %d", size, minBody)
 	}
-	if size > uint64(limit) {
-		return nil, &formatError{kind: ErrLimit,
-			msg: fmt.Sprintf("body of %d bytes exceeds the limit of %d bytes", size, limit)}
+	if err := limit.check(size); err != nil {
+		return nil, err
 	}
 	zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
 		zstd.WithDecoderMaxMemory(zstdMaxWind), zstd.WithDecoderMaxWindow(zstdMaxWind))
@@ -282,13 +343,13 @@ func decode(r io.Reader, limit int64) (*State, error) {
 		return nil, err
 	}
 	defer zr.Close()
-	return readBody(zr, size)
+	return readBody(zr, size, limit)
 }
 
 // readBody reads a body of size bytes (its CRC included) from r, which must
 // end where the body ends.
-func readBody(r io.Reader, size uint64) (*State, error) {
-	br := &bodyReader{r: r, left: int64(size) - 4, buf: make([]byte, chunkBytes)}
+func readBody(r io.Reader, size uint64, limit bodyLimit) (*State, error) {
+	br := &bodyReader{r: r, left: int64(size) - 4, size: int64(size) - 4, limit: limit, buf: make([]byte, chunkBytes)}
 	s, err := br.state()
 	if err != nil {
 		return nil, err
@@ -313,10 +374,12 @@ func readBody(r io.Reader, size uint64) (*State, error) {
 // bodyReader reads body bytes, keeping their CRC and checking every claim
 // against the bytes left.
 type bodyReader struct {
-	r    io.Reader
-	left int64 // body bytes not yet read, excluding the trailing CRC
-	crc  uint32
-	buf  []byte
+	r     io.Reader
+	left  int64 // body bytes not yet read, excluding the trailing CRC
+	size  int64 // body bytes, excluding the trailing CRC
+	limit bodyLimit
+	crc   uint32
+	buf   []byte
 }
 
 func (b *bodyReader) readErr(what string, err error) error {
@@ -344,7 +407,7 @@ func (b *bodyReader) read(what string, p []byte) error {
 	}
 	b.crc = crc32.Update(b.crc, castagnoli, p)
 	b.left -= int64(len(p))
-	return nil
+	return b.limit.inflated(b.size - b.left)
 }
 
 func (b *bodyReader) u8(what string) (uint8, error) {

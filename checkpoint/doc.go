@@ -60,6 +60,8 @@
 // The body length in the header bounds every count inside the body: a
 // tensor, name or meta that claims more bytes than are left is refused
 // before any buffer is allocated for it, and Decode refuses a body length
-// above its limit. The zstd frame carries its own content checksum as well,
-// so corruption is caught twice.
+// above its limit. The default limit follows the file's size (MaxRatio times
+// it plus MinLimit; for a stream, times the compressed bytes read so far), so
+// a small file cannot make a reader inflate gigabytes. The zstd frame
+// carries its own content checksum as well, so corruption is caught twice.
 package checkpoint
