@@ -14,7 +14,8 @@
 //
 // What it is not: a general file library. Readers that trust a file's
 // numbers still check them; fsx only makes sure an input is a regular file
-// (CheckRegular, Open, ReadFile: a named pipe would block the open itself)
+// (Open and ReadFile open without blocking and check the file they opened:
+// a named pipe would block a plain open itself; CheckRegular checks a path)
 // and strips a UTF-8 byte-order mark from text (TrimBOM).
 //
 // The trade-off: SaveDir hard-links the folder's other entries into the

@@ -206,17 +206,24 @@ func SyncDir(dir string) error {
 var ErrNotRegular = errors.New("not a regular file")
 
 // CheckRegular refuses path unless it is a regular file (symbolic links
-// followed), naming what it is instead.
+// followed), naming what it is instead. It checks the path, not a file that
+// is then opened: to read a file, use Open or ReadFile, which check the
+// file they opened.
 func CheckRegular(path string) error {
 	st, err := os.Stat(path)
 	if err != nil {
 		return err
 	}
-	if st.Mode().IsRegular() {
+	return checkMode(path, st.Mode())
+}
+
+// checkMode refuses a mode that is not a regular file's.
+func checkMode(path string, m fs.FileMode) error {
+	if m.IsRegular() {
 		return nil
 	}
 	kind := "a special file"
-	switch m := st.Mode(); {
+	switch {
 	case m.IsDir():
 		kind = "a folder"
 	case m&fs.ModeNamedPipe != 0:
@@ -229,21 +236,41 @@ func CheckRegular(path string) error {
 	return &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("%w: it is %s", ErrNotRegular, kind)}
 }
 
-// Open opens a regular file for reading (CheckRegular first: a named pipe
-// would block the open itself).
+// Open opens a regular file for reading, refusing anything else (see
+// ErrNotRegular) without blocking: the file is opened non-blocking (a named
+// pipe opens at once, where a plain open waits for a writer), the opened
+// file is checked (fstat: a path swapped after a check cannot slip through),
+// and only a regular file is kept, made blocking again.
 func Open(path string) (*os.File, error) {
-	if err := CheckRegular(path); err != nil {
-		return nil, err
-	}
-	return os.Open(path)
+	return openRegular(path)
 }
 
-// ReadFile reads a regular file whole.
+// ReadFile reads a regular file whole (Open, then its size from the opened
+// file).
 func ReadFile(path string) ([]byte, error) {
-	if err := CheckRegular(path); err != nil {
+	f, err := Open(path)
+	if err != nil {
 		return nil, err
 	}
-	return os.ReadFile(path)
+	defer f.Close()
+	size := 0
+	if st, err := f.Stat(); err == nil && st.Size() < 1<<62 {
+		size = int(st.Size())
+	}
+	b := make([]byte, 0, size+512) // room to see EOF without growing
+	for {
+		n, err := f.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(b) == cap(b) { // the file grew
+			b = append(b, 0)[:len(b)]
+		}
+	}
 }
 
 // TrimBOM drops a leading UTF-8 byte order mark (editors on Windows write
