@@ -410,6 +410,21 @@ func (h *lohoMethod) Load(ts []checkpoint.Tensor) error {
 		}
 		copy(d.Val, v)
 	}
+	// Finite values can still overflow the forward (1e38 passes the NaN
+	// check): every delta is held to the bound of the saved outputs.
+	if err := checkLoRARange(h.setLayers()); err != nil {
+		return err
+	}
+	for _, s := range h.sp {
+		if err := checkSparse(s); err != nil {
+			return err
+		}
+	}
+	for _, d := range h.dense {
+		if err := mezo.CheckRows(d.Target+".zo_delta", d.Val, d.Out, d.In); err != nil {
+			return err
+		}
+	}
 	return loadOptim(h.opt, ts)
 }
 

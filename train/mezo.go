@@ -244,7 +244,30 @@ func loadSPSA(prefix string, s *mezo.SPSA, ts []checkpoint.Tensor) error {
 
 func (z *mezoMethod) Tensors() []checkpoint.Tensor { return spsaTensors("zo/", z.spsa) }
 
-func (z *mezoMethod) Load(ts []checkpoint.Tensor) error { return loadSPSA("zo/", z.spsa, ts) }
+// Load restores the state and refuses values that, finite, would still
+// overflow the forward (a state's 1e38 passes its NaN check).
+func (z *mezoMethod) Load(ts []checkpoint.Tensor) error {
+	if err := loadSPSA("zo/", z.spsa, ts); err != nil {
+		return err
+	}
+	switch z.cfg.ZOTarget {
+	case "scales":
+		for _, s := range z.scales {
+			if err := s.CheckRange(); err != nil {
+				return err
+			}
+		}
+	case "float":
+		for _, t := range z.spsa.Tensors {
+			if err := mezo.CheckTensor(t); err != nil {
+				return err
+			}
+		}
+	default:
+		return checkLoRARange(z.set.Layers)
+	}
+	return nil
+}
 
 func (z *mezoMethod) Save(dir string) error {
 	switch z.cfg.ZOTarget {

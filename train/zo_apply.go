@@ -2,6 +2,7 @@ package train
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,7 +64,7 @@ func ApplyZOState(m *model.Model, dir string) (string, error) {
 			return "", err
 		}
 		if err := mezo.SetFloat(m, ts); err != nil {
-			return "", err
+			return "", fmt.Errorf("train: %s: %w", p, err)
 		}
 		parts = append(parts, fmt.Sprintf("%d float tensors", len(ts)))
 	}
@@ -89,6 +90,9 @@ func ApplyZOState(m *model.Model, dir string) (string, error) {
 				return "", fmt.Errorf("train: %s: %s has %d block scales, the model's matrix %d blocks", p, target, len(t.Data), len(s.R))
 			}
 			copy(s.R, t.Data)
+			if err := s.CheckRange(); err != nil {
+				return "", fmt.Errorf("train: %s: %w", p, err)
+			}
 			if err := add(target, s); err != nil {
 				return "", err
 			}
@@ -115,6 +119,9 @@ func ApplyZOState(m *model.Model, dir string) (string, error) {
 			if w.Rows != d.Out || w.Cols != d.In {
 				return "", fmt.Errorf("train: %s: %s is %dx%d, the model's matrix %dx%d", p, d.Target, d.Out, d.In, w.Rows, w.Cols)
 			}
+			if err := checkSparse(d); err != nil {
+				return "", fmt.Errorf("train: %s: %w", p, err)
+			}
 			if err := add(d.Target, d); err != nil {
 				return "", err
 			}
@@ -140,6 +147,9 @@ func ApplyZOState(m *model.Model, dir string) (string, error) {
 			if w.Rows != t.Shape[0] || w.Cols != t.Shape[1] {
 				return "", fmt.Errorf("train: %s: %s is %dx%d, the model's matrix %dx%d", p, target, t.Shape[0], t.Shape[1], w.Rows, w.Cols)
 			}
+			if err := mezo.CheckTensor(t); err != nil {
+				return "", fmt.Errorf("train: %s: %w", p, err)
+			}
 			d, err := loho.DenseFrom(target, w.Rows, w.Cols, t.Data, m.Pool())
 			if err != nil {
 				return "", err
@@ -156,6 +166,43 @@ func ApplyZOState(m *model.Model, dir string) (string, error) {
 	}
 	m.Adapters = ad
 	return strings.Join(parts, ", "), nil
+}
+
+// checkSparse refuses a sparse delta with a row past mezo.MaxRowSum (the
+// bound every delta a zeroth-order or hybrid run saves is held to).
+func checkSparse(s *loho.Sparse) error {
+	for o := 0; o < s.Out; o++ {
+		v := s.Val[s.RowPtr[o]:s.RowPtr[o+1]]
+		if err := mezo.CheckRows(s.Target+".values", v, 1, len(v)); err != nil {
+			return fmt.Errorf("row %d: %w", o, err)
+		}
+	}
+	return nil
+}
+
+// checkLoRARange refuses LoRA factors whose ΔW = s·B·A could have a row
+// past mezo.MaxRowSum: row o's magnitudes sum to at most
+// s·Σ_r |B[o, r]|·Σ_j |A[r, j]|.
+func checkLoRARange(ls []*lora.Layer) error {
+	for _, l := range ls {
+		a := make([]float64, l.R) // Σ_j |A[r, j]|
+		for r := range a {
+			for _, x := range l.A[r*l.In : (r+1)*l.In] {
+				a[r] += math.Abs(float64(x))
+			}
+		}
+		for o := 0; o < l.Out; o++ {
+			var sum float64
+			for r, x := range l.B[o*l.R : (o+1)*l.R] {
+				sum += math.Abs(float64(x)) * a[r]
+			}
+			if sum *= math.Abs(float64(l.Scale)); sum > mezo.MaxRowSum || math.IsNaN(sum) {
+				return fmt.Errorf("%s: row %d of scale·B·A may sum to %.3g in magnitude, past %.3g: applied, the forward would overflow float32: %w",
+					l.Target, o, sum, mezo.MaxRowSum, mezo.ErrRange)
+			}
+		}
+	}
+	return nil
 }
 
 func matrixOf(m *model.Model, target string) (*kernels.Matrix, error) {

@@ -90,9 +90,15 @@ func FloatTensors(m *model.Model, o FloatOptions) []Tensor {
 }
 
 // SetFloat writes trained float tensors (as FloatTensors names them) into
-// m: norms by copy, matrices as writable F32 copies.
+// m: norms by copy, matrices as writable F32 copies. Tensors that would
+// overflow the forward (CheckTensor) are refused before any is set.
 func SetFloat(m *model.Model, ts []Tensor) error {
 	c := m.Config
+	for _, t := range ts { // all checked before any is set
+		if err := CheckTensor(t); err != nil {
+			return err
+		}
+	}
 	for _, t := range ts {
 		dst, err := floatTarget(m, t.Name)
 		if err != nil {
