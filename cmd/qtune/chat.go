@@ -109,7 +109,7 @@ func (a *app) chat(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	m, err := a.openModel(*mp, *tp, *adp)
+	m, err := a.openModelAdapter(*mp, *tp, *adp, limit)
 	if err != nil {
 		return err
 	}

@@ -20,7 +20,13 @@ import (
 	"github.com/qtune/qtune/train"
 )
 
-func (a *app) openModel(path, tok string, adapter ...string) (*model.Model, error) {
+func (a *app) openModel(path, tok string) (*model.Model, error) {
+	return a.openModelAdapter(path, tok, "", 0)
+}
+
+// openModelAdapter opens a model and applies an adapter ("": none) under
+// the budget limit (0: none).
+func (a *app) openModelAdapter(path, tok, adapter string, limit int64) (*model.Model, error) {
 	if path == "" {
 		return nil, usageErr("--model is required")
 	}
@@ -29,13 +35,13 @@ func (a *app) openModel(path, tok string, adapter ...string) (*model.Model, erro
 	if err != nil {
 		return nil, err
 	}
-	if len(adapter) > 0 && adapter[0] != "" {
-		what, err := train.ApplyAdapter(m, adapter[0])
+	if adapter != "" {
+		what, err := train.ApplyAdapterLimit(m, adapter, limit)
 		if err != nil {
 			m.Close()
 			return nil, err
 		}
-		a.log.Info().Str("adapter", adapter[0]).Msg("applied " + what)
+		a.log.Info().Str("adapter", adapter).Msg("applied " + what)
 	}
 	c := m.Config
 	a.log.Info().Str("model", path).Str("format", m.Format).Int("layers", c.Layers).Int("dim", c.Dim).
@@ -161,7 +167,7 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	m, err := a.openModel(*mp, *tp, *adp)
+	m, err := a.openModelAdapter(*mp, *tp, *adp, limit)
 	if err != nil {
 		return err
 	}
@@ -309,7 +315,7 @@ func (a *app) eval(ctx context.Context, args []string) error {
 	if *limit > 0 && *limit < len(recs) {
 		recs = recs[:*limit]
 	}
-	m, err := a.openModel(*mp, *tp, *adp)
+	m, err := a.openModelAdapter(*mp, *tp, *adp, memLimit)
 	if err != nil {
 		return err
 	}
