@@ -528,7 +528,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if cfg.StepsPerEval > 0 && due {
 		if err := evalVal(start); err != nil {
 			if cancelled(err) {
-				return res, interrupted(start, batcher.Position(), ", during its validation", err)
+				return res, interrupted(start, batcher.Position(), ", during its validation", ctx.Err())
 			}
 			return res, err
 		}
@@ -557,7 +557,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		stepLoss, stepTok, err := meth.Step(ctx, it, batches, lr)
 		if err != nil {
 			if cancelled(err) { // the step applied nothing: its batches come again
-				return res, interrupted(it-1, pos, fmt.Sprintf(" (iteration %d was cut short and not applied)", it), err)
+				return res, interrupted(it-1, pos, fmt.Sprintf(" (iteration %d was cut short and not applied)", it), ctx.Err())
 			}
 			return res, err
 		}
@@ -581,7 +581,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		if cfg.StepsPerEval > 0 && (it%cfg.StepsPerEval == 0 || it == cfg.Iters) {
 			if err := evalVal(it); err != nil {
 				if cancelled(err) { // the step is complete: saved, its validation runs again at --resume
-					return res, interrupted(it, batcher.Position(), ", during its validation", err)
+					return res, interrupted(it, batcher.Position(), ", during its validation", ctx.Err())
 				}
 				return res, err
 			}
