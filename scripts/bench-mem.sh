@@ -30,7 +30,7 @@ echo "|---|---|---|---|---|---|---|"
 S=$SHARED/golden/gguf/stories260K-q4_0.gguf
 row stories260K Q4_0 generate none generate --model "$S" --prompt "Once upon a time" -n 64 --temp 0
 row stories260K Q4_0 train-lora 32MiB train --model "$S" --data "$DIR/data" --iters 4 --batch-size 2 --max-seq-length 32 --steps-per-eval 0 --steps-per-report 4 --adapter-path "$DIR/ad"
-for spec in 110M:q4_0:160MiB:56MiB 110M:nf4:160MiB:56MiB 1B:q4_0:1GiB:320MiB 1B:nf4:1GiB:320MiB; do
+for spec in 110M:q4_0:160MiB:68MiB 110M:nf4:160MiB:68MiB 1B:q4_0:1GiB:320MiB 1B:nf4:1GiB:320MiB; do
   IFS=: read -r p t above below <<<"$spec"
   M=$DIR/$p-$t.gguf
   for b in "$above" "$below"; do
