@@ -13,8 +13,7 @@ import (
 // never so low that the runtime's own mapped overhead leaves the heap no
 // goal. stories260K's plan gives the heap a share of a few MiB, below that
 // overhead; the limit was once set to it, and the collector then ran every
-// 0.3 ms (a 1 MB heap goal) and generation slowed tenfold. With a budget,
-// the accountant takes the plan's limit and the slab buffers are not heap.
+// 0.3 ms (a 1 MB heap goal) and generation slowed tenfold.
 func TestSoftLimitLeavesTheHeapRoom(t *testing.T) {
 	m, err := model.Open(shared.Path(t, "assets", "models", "stories260K.gguf"), model.Options{})
 	if err != nil {
@@ -39,9 +38,12 @@ func TestSoftLimitLeavesTheHeapRoom(t *testing.T) {
 		if m.Acct == nil {
 			t.Errorf("budget %d: no accountant: the step's buffers would be heap the soft limit does not count", limit)
 		}
+		// With a budget the accountant may book what the plan books (and a
+		// MiB of page rounding), never more than the plan's heap limit.
 		if limit > 0 {
-			if a := m.Acct; a.Room() != p.HeapLimit {
-				t.Errorf("accountant room %d, plan's heap limit %d", a.Room(), p.HeapLimit)
+			planned := p.HeapLimit - (p.Budget - p.Peak)
+			if r := m.Acct.Room(); r < planned || r > p.HeapLimit {
+				t.Errorf("accountant room %d outside [%d planned, %d heap limit]", r, planned, p.HeapLimit)
 			}
 		}
 	}
