@@ -33,12 +33,15 @@
 //     machine, and headroom for a step's small garbage. It is the plan's
 //     "runtime" item.
 //
-// The accountant's limit is the budget less the weights and the runtime
-// (Plan.HeapLimit); slabs and bookings share it. The Go heap's soft limit
-// (debug.SetMemoryLimit) is the runtime's heap part plus the booked heap
-// data. Since nothing proportional to the model or the batch is garbage on
-// the heap, the collector only has a step's small objects to keep up with,
-// and the margin that remains for it is the headroom in the runtime item.
+// The accountant's limit is what the plan books (slabs and bookings, and a
+// MiB for the slabs' page rounding), at most the budget less the weights
+// and the runtime (Plan.HeapLimit). The Go heap's soft limit
+// (debug.SetMemoryLimit, set by train.ApplyPlan) is the runtime's heap part,
+// the booked heap data and the budget's slack past the plan, never below
+// the runtime's own mapped overhead plus 4 MiB. Since nothing proportional
+// to the model or the batch is garbage on the heap, the collector only has
+// a step's small objects to keep up with, and the margin that remains for
+// it is the headroom in the runtime item.
 //
 // What is not yet a slab: the trainable tensors and optimizer moments of the
 // methods (booked, on the heap, live for the run), the kernels' pooled
