@@ -71,7 +71,7 @@ test: vet
 # from the smallest accepted to 2.5x, each quiet and beside busy loops on
 # every core, and the 1B models under two budgets; peak RSS must stay under
 # every budget. Seeded afresh each run (QTUNE_SWEEP_SEED repeats one); the
-# table goes to out/mem-sweep.md. About 40 minutes on 2 cores.
+# table goes to out/mem-sweep.md. About 32 minutes on 2 cores.
 test-mem-sweep:
 	@mkdir -p out
 	QTUNE_MEM_SWEEP=long QTUNE_SWEEP_TABLE=$(CURDIR)/out/mem-sweep.md $(GO) test -count=1 -timeout 120m -run TestBudgetSweep -v ./internal/memtest/
