@@ -89,15 +89,13 @@ func (a *Accountant) Free(v []float32) {
 		panic(fmt.Sprintf("budget: Free of %d values at %#x the accountant did not give", len(v), p))
 	}
 	delete(a.slabs.live, p)
+	// Keep it for the next step, still booked (as cached): a reservation
+	// that needs the room unmaps it.
 	n := int64(len(s.mem))
-	a.used -= n
 	a.byCat[s.cat] -= n
-	// Keep it for the next step, booked as cached: a reservation that needs
-	// the room unmaps it.
+	a.byCat[cached] += n
 	s.dirty = true
 	a.slabs.cached = append(a.slabs.cached, s)
-	a.used += n
-	a.byCat[cached] += n
 	a.trimLocked(0)
 }
 

@@ -42,7 +42,7 @@ func conversionBytes(m *model.Model) int64 {
 		}
 	}
 	// The kernels do not run: the runtime without their scratch.
-	return binaryText + int64(3<<19) + 256*int64(m.Config.Vocab) + 2*biggest + 16<<20
+	return binaryText + goRuntime(m) + 2*biggest + 16<<20
 }
 
 // hasFloatMatrices reports whether any 2-D weight is stored as a float type.

@@ -31,11 +31,15 @@ func runtimeBytes(m *model.Model) int64 { return runtimeBytesT(m, 0, 0) }
 // run to the next, which a named smallest budget needs.
 func runtimeBytesT(m *model.Model, rows, T int) int64 {
 	c := m.Config
-	base := int64(3<<19) + 256*int64(c.Vocab)
+	base := goRuntime(m)
 	maxS := max(rows, c.Vocab, c.Hidden, c.Dim, c.Heads*c.HeadDim)
 	maxK := max(c.Hidden, c.Dim, c.Heads*c.HeadDim)
 	return binaryText + base + kernels.ScratchBytes(maxS, maxK, max(T, 1)) + gcHeadroom(base)
 }
+
+// goRuntime is the Go runtime's resident memory with m open: 1.5 MiB and
+// 256 bytes a vocabulary entry (the measurements above).
+func goRuntime(m *model.Model) int64 { return int64(3<<19) + 256*int64(m.Config.Vocab) }
 
 // gcHeadroom is the garbage a run may hold between collections: the Go
 // heap's soft limit leaves it, so that the collector is not driven to run

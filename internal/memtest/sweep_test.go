@@ -128,8 +128,38 @@ func sweepSeed(t *testing.T) uint64 {
 	return uint64(time.Now().UnixNano())
 }
 
-// sweep runs every job of the model under k budgets quiet and, for the
-// budgets busyIdx picks, busy.
+// check runs the job under budget b, beside busy loops when load, and
+// records the peak against the budget: the run must succeed at or under it.
+func (row *sweepRow) check(t *testing.T, args []string, b int64, load bool) {
+	t.Helper()
+	var stop func()
+	if load {
+		stop = busy()
+	}
+	_, errs, peak, err := run(t, append(append([]string{}, args...), "--max-mem", fmt.Sprintf("%dMiB", b>>20))...)
+	state := "quiet"
+	if stop != nil {
+		stop()
+		state = "busy"
+	}
+	row.runs++
+	ratio := float64(peak) / float64(b)
+	if load {
+		row.worstBusy = max(row.worstBusy, ratio)
+	} else {
+		row.worst = max(row.worst, ratio)
+	}
+	t.Logf("%-18s %-10s %-5s budget %-9s peak %-9s (%.1f%%)", row.model, row.job, state,
+		budget.FormatSize(b), budget.FormatSize(peak), 100*ratio)
+	if err != nil {
+		t.Errorf("%s %s under %s (%s): %v\n%s", row.model, row.job, budget.FormatSize(b), state, err, lastLine(errs))
+	} else if peak > b {
+		t.Errorf("%s %s under %s (%s): peak RSS %s exceeds the budget", row.model, row.job, budget.FormatSize(b), state, budget.FormatSize(peak))
+	}
+}
+
+// sweep runs every job of the model under k budgets, each quiet and busy
+// (busyAll), or the last one busy only (the short sweep).
 func sweep(t *testing.T, r *rand.Rand, m string, k int, busyAll bool) []sweepRow {
 	var rows []sweepRow
 	for _, j := range sweepJobs(t, m) {
@@ -144,32 +174,7 @@ func sweep(t *testing.T, r *rand.Rand, m string, k int, busyAll bool) []sweepRow
 				loads = []bool{true} // the short sweep: its last budget beside busy loops
 			}
 			for _, load := range loads {
-				var stop func()
-				if load {
-					stop = busy()
-				}
-				_, errs, peak, err := run(t, append(append([]string{}, j.args...), "--max-mem", fmt.Sprintf("%dMiB", b>>20))...)
-				if stop != nil {
-					stop()
-				}
-				row.runs++
-				ratio := float64(peak) / float64(b)
-				if load {
-					row.worstBusy = max(row.worstBusy, ratio)
-				} else {
-					row.worst = max(row.worst, ratio)
-				}
-				state := "quiet"
-				if load {
-					state = "busy"
-				}
-				t.Logf("%-18s %-10s %-5s budget %-9s peak %-9s (%.1f%%)", row.model, j.name, state,
-					budget.FormatSize(b), budget.FormatSize(peak), 100*ratio)
-				if err != nil {
-					t.Errorf("%s %s under %s (%s): %v\n%s", row.model, j.name, budget.FormatSize(b), state, err, lastLine(errs))
-				} else if peak > b {
-					t.Errorf("%s %s under %s (%s): peak RSS %s exceeds the budget", row.model, j.name, budget.FormatSize(b), state, budget.FormatSize(peak))
-				}
+				row.check(t, j.args, b, load)
 			}
 		}
 		rows = append(rows, row)
@@ -198,17 +203,7 @@ func TestBudgetSweep(t *testing.T) {
 				smallest := smallestBudget(t, j.args)
 				row := sweepRow{model: filepath.Base(m), job: j.name, smallest: smallest}
 				for _, b := range []int64{smallest, (smallest*3/2 + (1 << 20) - 1) >> 20 << 20} {
-					stop := busy()
-					_, errs, peak, err := run(t, append(append([]string{}, j.args...), "--max-mem", fmt.Sprintf("%dMiB", b>>20))...)
-					stop()
-					row.runs++
-					row.worstBusy = max(row.worstBusy, float64(peak)/float64(b))
-					t.Logf("%-18s %-10s busy  budget %-9s peak %-9s (%.1f%%)", row.model, j.name, budget.FormatSize(b), budget.FormatSize(peak), 100*float64(peak)/float64(b))
-					if err != nil {
-						t.Errorf("%s %s under %s: %v\n%s", row.model, j.name, budget.FormatSize(b), err, lastLine(errs))
-					} else if peak > b {
-						t.Errorf("%s %s under %s: peak RSS %s exceeds the budget", row.model, j.name, budget.FormatSize(b), budget.FormatSize(peak))
-					}
+					row.check(t, j.args, b, true)
 				}
 				rows = append(rows, row)
 			}
