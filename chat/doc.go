@@ -55,9 +55,18 @@
 // rewrite puts at the start of every loop and macro body) and range
 // lengths, macro recursion depth, wall-clock time, checked at the same
 // points, and output size; the context of RenderContext cancels at the
-// same points. A panic inside the engine becomes an error. A single
-// expression can still allocate much ('x' * 100000000) before a limit is
-// checked: limits bound loops and recursion, not one expression.
+// same points. A panic inside the engine becomes an error.
+//
+// Single expressions are bounded too (bound.go): the rewrite routes every
+// operation that can make a value much larger than its inputs (*, +, ~,
+// join, replace, indent, str.format, split, list, from_json, tojson) and
+// every one that can link a value into itself (append, insert, update,
+// {% set ns.x %}) through the guard, which checks the size before the
+// engine allocates: a string is at most MaxOutput bytes, a list or dict at
+// most MaxIterations items, nothing contains itself, and all that output
+// tags write (macro results included) is at most 4×MaxOutput bytes. The
+// guard computes what the engine would, which a test checks on a grid of
+// operand kinds; 'x' * 10**10 is an error naming the limit, not 10 GB.
 //
 // Values in Message.Extra and Options.Extra are JSON-like Go values;
 // Object and json.RawMessage keep their key order (tool schemas), a

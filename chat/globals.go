@@ -18,9 +18,20 @@ func addGlobals(vars map[string]jinja.Value, g *guard, now func() time.Time) {
 	vars[guardPrefix+"tick"] = jinja.NewCallable(guardPrefix+"tick", g.tick)
 	vars[guardPrefix+"enter"] = jinja.NewCallable(guardPrefix+"enter", g.enter)
 	vars[guardPrefix+"leave"] = jinja.NewCallable(guardPrefix+"leave", g.leave)
-	vars[guardPrefix+"nn"] = jinja.NewCallable(guardPrefix+"nn", notNone)
+	vars[guardPrefix+"f"] = jinja.NewCallable(guardPrefix+"f", g.filterCheck)
 	vars[guardPrefix+"iter"] = jinja.NewCallable(guardPrefix+"iter", iterable)
-	vars[guardPrefix+"tojson"] = jinja.NewCallable("tojson", tojson)
+	vars[guardPrefix+"tojson"] = jinja.NewCallable("tojson", func(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) {
+		return tojson(g.lim.MaxOutput, args, kw)
+	})
+	vars[guardPrefix+"join"] = jinja.NewCallable("join", g.join)
+	vars[guardPrefix+"replace"] = jinja.NewCallable("replace", g.replaceFilter)
+	vars[guardPrefix+"indent"] = jinja.NewCallable("indent", g.indent)
+	vars[guardPrefix+"mul"] = jinja.NewCallable("*", g.mul)
+	vars[guardPrefix+"add"] = jinja.NewCallable("+", g.add)
+	vars[guardPrefix+"cat"] = jinja.NewCallable("~", g.cat)
+	vars[guardPrefix+"out"] = jinja.NewCallable("output", g.out)
+	vars[guardPrefix+"into"] = jinja.NewCallable("set", g.into)
+	vars[guardPrefix+"m"] = jinja.NewCallable("method", g.method)
 	vars["raise_exception"] = jinja.NewCallable("raise_exception", raiseException)
 	vars["range"] = jinja.NewCallable("range", func(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) {
 		return rangeOf(g, args)
@@ -31,18 +42,6 @@ func addGlobals(vars map[string]jinja.Value, g *guard, now func() time.Time) {
 		}
 		return jinja.NewString(strftime(now(), args[0].AsString())), nil
 	})
-}
-
-// notNone is the check rewrite puts before the filters of strictFilters:
-// x|nn('length')|length fails when x is none.
-func notNone(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) {
-	if len(args) != 2 {
-		return jinja.Undefined(), fmt.Errorf("internal filter check: %d arguments", len(args))
-	}
-	if args[0].IsNone() {
-		return jinja.Undefined(), fmt.Errorf("cannot apply filter %q to none", str(args[1]))
-	}
-	return args[0], nil
 }
 
 // iterable is the iterable of every for loop as rewrite writes it: none,

@@ -16,11 +16,12 @@ import (
 // and whose strings escape U+2028 and have no ensure_ascii):
 // json.dumps(x, ensure_ascii=False, indent=None, separators=None,
 // sort_keys=False) with JavaScript's number formatting, as Hugging Face.
-func tojson(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) {
+// Its output is refused past max bytes (the render's MaxOutput).
+func tojson(max int, args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) {
 	if len(args) == 0 {
 		return jinja.Undefined(), fmt.Errorf("tojson: no input")
 	}
-	opt := jsonOptions{item: ", ", key: ": "}
+	opt := jsonOptions{item: ", ", key: ": ", max: max}
 	get := func(i int, name string) (jinja.Value, bool) {
 		if v, ok := kw[name]; ok {
 			return v, true
@@ -58,17 +59,28 @@ func tojson(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) 
 	if err := opt.encode(&b, args[0], 0); err != nil {
 		return jinja.Undefined(), err
 	}
+	if b.Len() > max {
+		return jinja.Undefined(), errJSONSize(max)
+	}
 	return jinja.NewString(b.String()), nil
 }
 
 type jsonOptions struct {
 	item, key, indent string
 	ascii, sort       bool
+	max               int // the longest output; encode stops soon after
+}
+
+func errJSONSize(max int) error {
+	return fmt.Errorf("tojson would make a string of more than %d bytes: %w", max, ErrLimit)
 }
 
 func (o *jsonOptions) encode(b *strings.Builder, v jinja.Value, depth int) error {
 	if depth > 512 {
 		return fmt.Errorf("tojson: nested too deep")
+	}
+	if b.Len() > o.max {
+		return errJSONSize(o.max)
 	}
 	switch {
 	case v.IsUndefined(), v.IsNone():
@@ -145,7 +157,10 @@ func (o *jsonOptions) close(b *strings.Builder, c byte, n, depth int) {
 func (o *jsonOptions) str(b *strings.Builder, s string) {
 	const hex = "0123456789abcdef"
 	b.WriteByte('"')
-	for _, r := range s {
+	for i, r := range s {
+		if i&1023 == 0 && b.Len() > o.max {
+			return // encode refuses it at the next value or at the end
+		}
 		switch {
 		case r == '"':
 			b.WriteString(`\"`)

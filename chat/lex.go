@@ -41,8 +41,12 @@ import (
 // statement that counts iterations and calls and checks the deadline, and
 // each macro body ends with one that counts the call depth back down
 // (limits.go); being tags among tags they change no whitespace. Each for
-// loop's iterable and the input of list filters (strictFilters) pass a
-// check that refuses none, as Python's Jinja and @huggingface/jinja do.
+// loop's iterable passes a check that refuses none, and every filter's
+// input a check (the guard's f) that refuses none for list filters
+// (strictFilters), as Python's Jinja and @huggingface/jinja do, and bounds
+// what the filter can make. Each output tag and text becomes a call of the
+// guard's out, which counts what is written; the operators and methods
+// that can grow values become calls of the guard (expr.go, bound.go).
 
 // errSyntax marks a template the lexer refuses (unclosed tag, bad escape).
 var errSyntax = errors.New("syntax error")
@@ -351,15 +355,15 @@ func rewrite(src string) (string, error) {
 	for _, s := range segs {
 		switch s.kind {
 		case segText:
-			b.WriteString("{{ " + quote(s.text) + " }}")
+			b.WriteString("{{ " + guardPrefix + "out(" + quote(s.text) + ") }}")
 		case segExpr:
-			b.WriteString("{{" + strictTag(s.text, false) + "}}")
+			b.WriteString("{{ " + guardPrefix + "out(" + guardOperators(strictTag(s.text, false)) + ") }}")
 		case segStmt:
 			k := keyword(s.text)
 			if k == "endmacro" {
 				b.WriteString("{% set " + guardPrefix + "g = " + guardPrefix + "leave() %}")
 			}
-			b.WriteString("{%" + strictTag(s.text, true) + "%}")
+			b.WriteString("{%" + guardSet(guardOperators(strictTag(s.text, true))) + "%}")
 			switch k {
 			case "for":
 				b.WriteString("{% set " + guardPrefix + "g = " + guardPrefix + "tick() %}")
@@ -371,9 +375,26 @@ func rewrite(src string) (string, error) {
 	return b.String(), nil
 }
 
+// guardSet wraps the value of {% set ns.attr = value %} in the guard's
+// into, which refuses a value that contains ns; other statements are
+// returned as they are.
+func guardSet(stmt string) string {
+	if keyword(stmt) != "set" {
+		return stmt
+	}
+	r := &exprRewriter{s: stmt, toks: exprTokens(stmt)}
+	// set NAME . ATTR = value
+	if len(r.toks) < 6 || r.word(1) == "" || !r.is(2, ".") || r.word(3) == "" || !r.is(4, "=") {
+		return stmt
+	}
+	ns := r.word(1)
+	at := r.toks[4].end
+	return stmt[:at] + " " + guardPrefix + "into(" + ns + "," + stmt[at:] + ")"
+}
+
 // strictFilters fail on none as Python's Jinja and @huggingface/jinja do,
-// where the engine returns an empty value: rewrite puts a check before
-// each use.
+// where the engine returns an empty value: the check rewrite puts before
+// each filter refuses it.
 var strictFilters = map[string]bool{
 	"length": true, "count": true, "list": true, "join": true, "selectattr": true, "rejectattr": true,
 	"select": true, "reject": true, "map": true, "items": true, "first": true, "last": true,
@@ -384,7 +405,7 @@ var strictFilters = map[string]bool{
 // replacedFilters are the engine's filters the rewrite renames to
 // guardPrefix+name, our own (globals.go), which the engine finds in the
 // template's variables.
-var replacedFilters = map[string]bool{"tojson": true}
+var replacedFilters = map[string]bool{"tojson": true, "join": true, "replace": true, "indent": true}
 
 // token is a word (identifier or keyword) at bracket depth zero of a
 // tag, outside string literals, or a "|" anywhere.
@@ -449,10 +470,9 @@ func strictTag(s string, stmt bool) string {
 	var edits []ins
 	for i, w := range ws {
 		if s[w.start:w.end] == "|" && i+1 < len(ws) && strings.TrimFunc(s[w.end:ws[i+1].start], isSpace) == "" {
-			switch name := s[ws[i+1].start:ws[i+1].end]; {
-			case strictFilters[name]:
-				edits = append(edits, ins{at: w.start, text: "|" + guardPrefix + "nn(" + quote(name) + ")"})
-			case replacedFilters[name]:
+			name := s[ws[i+1].start:ws[i+1].end]
+			edits = append(edits, ins{at: w.start, text: "|" + guardPrefix + "f(" + quote(name) + ")"})
+			if replacedFilters[name] {
 				edits = append(edits, ins{at: ws[i+1].start, text: guardPrefix + name, del: len(name)})
 			}
 		}

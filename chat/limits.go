@@ -66,6 +66,7 @@ type guard struct {
 	n        int
 	depth    int   // macro calls in progress
 	checked  int   // n at the last deadline check
+	emitted  int64 // bytes written by output tags and text (bound.go)
 	err      error // the first limit hit; sticky
 }
 
