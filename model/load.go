@@ -119,7 +119,13 @@ func Open(path string, opt Options) (*Model, error) {
 }
 
 // Close unmaps the model files. The model must not be used afterwards.
-func (m *Model) Close() error { return m.store.Close() }
+//
+// The accountant's cached slabs are unmapped too: an app that opens and
+// closes models keeps no memory of earlier runs.
+func (m *Model) Close() error {
+	m.Acct.Trim()
+	return m.store.Close()
+}
 
 func (m *Model) openFile(path string, opt Options) error {
 	f, err := m.store.Map(path)

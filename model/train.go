@@ -54,6 +54,45 @@ type Adapter interface {
 // Adapters holds an optional adapter per layer and module.
 type Adapters [][NumModules]Adapter
 
+// ScratchAdapter is an Adapter whose temporary buffers (products with the
+// batch's rows, dropout masks) can come from LossGrad's workspace, a slab
+// of the accountant's, instead of the Go heap.
+type ScratchAdapter interface {
+	Adapter
+	// ScratchFloats is the most scratch one Forward or Backward of M rows
+	// takes.
+	ScratchFloats(M int) int
+	// UseScratch gives the calls that follow buf for their temporary
+	// buffers (shared by every adapter: calls do not overlap); nil takes
+	// it back.
+	UseScratch(buf []float32)
+}
+
+// AdapterScratchFloats is the largest ScratchFloats(M) of ad's adapters:
+// the scratch LossGrad makes for them (and the plan books).
+func AdapterScratchFloats(ad Adapters, M int) int {
+	n := 0
+	for _, row := range ad {
+		for _, a := range row {
+			if sa, ok := a.(ScratchAdapter); ok {
+				n = max(n, sa.ScratchFloats(M))
+			}
+		}
+	}
+	return n
+}
+
+// useScratch gives every ScratchAdapter of ad buf (nil takes it back).
+func useScratch(ad Adapters, buf []float32) {
+	for _, row := range ad {
+		for _, a := range row {
+			if sa, ok := a.(ScratchAdapter); ok {
+				sa.UseScratch(buf)
+			}
+		}
+	}
+}
+
 // StepOptions control LossGrad.
 type StepOptions struct {
 	Adapters Adapters
@@ -368,9 +407,14 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 	}
 	// Forward. Blocks the backward reaches keep their activations (all of
 	// them, or only their input with checkpointing); the others keep nothing.
-	var x, next []float32
-	if err := sl.carve(budget.Workspace, -1, part{&x, BT * C}, part{&next, BT * C}); err != nil {
+	var x, next, scratch []float32
+	if err := sl.carve(budget.Workspace, -1, part{&x, BT * C}, part{&next, BT * C},
+		part{&scratch, AdapterScratchFloats(o.Adapters, BT)}); err != nil {
 		return 0, 0, err
+	}
+	if len(scratch) > 0 {
+		useScratch(o.Adapters, scratch)
+		defer useScratch(o.Adapters, nil)
 	}
 	m.embedRows(x, tokens)
 	for l := 0; l < nL; l++ {

@@ -46,6 +46,19 @@ func (o *AdamW) alloc(n int) ([]float32, error) {
 	return v, nil
 }
 
+// copyOf is a copy of v in the moment store's memory.
+func (o *AdamW) copyOf(v []float32) ([]float32, error) {
+	if len(v) == 0 {
+		return []float32{}, nil
+	}
+	c, err := o.alloc(len(v))
+	if err != nil {
+		return nil, err
+	}
+	copy(c, v)
+	return c, nil
+}
+
 type adamState struct {
 	m, v []float32 // (n) first and second moments
 	t    int64     // steps taken by this parameter
@@ -164,7 +177,7 @@ func (o *AdamW) State() []StateTensor {
 // LoadState replaces the state with copies of ts, as returned by State. Every
 // parameter needs all three tensors, with moments of equal length. On error
 // the previous state is kept.
-func (o *AdamW) LoadState(ts []StateTensor) error {
+func (o *AdamW) LoadState(ts []StateTensor) (err error) {
 	st := make(map[string]*adamState)
 	get := func(name string) *adamState {
 		s := st[name]
@@ -181,17 +194,15 @@ func (o *AdamW) LoadState(ts []StateTensor) error {
 			if s = get(x.Name[len(adamM):]); s.m != nil {
 				return fmt.Errorf("optim: adamw: state %q: duplicate: %w", x.Name, ErrState)
 			}
-			s.m = slices.Clone(x.Data)
-			if s.m == nil {
-				s.m = []float32{}
+			if s.m, err = o.copyOf(x.Data); err != nil {
+				return err
 			}
 		case strings.HasPrefix(x.Name, adamV) && len(x.Name) > len(adamV):
 			if s = get(x.Name[len(adamV):]); s.v != nil {
 				return fmt.Errorf("optim: adamw: state %q: duplicate: %w", x.Name, ErrState)
 			}
-			s.v = slices.Clone(x.Data)
-			if s.v == nil {
-				s.v = []float32{}
+			if s.v, err = o.copyOf(x.Data); err != nil {
+				return err
 			}
 		case strings.HasPrefix(x.Name, adamStep) && len(x.Name) > len(adamStep):
 			if s = get(x.Name[len(adamStep):]); s.t >= 0 {
@@ -214,21 +225,10 @@ func (o *AdamW) LoadState(ts []StateTensor) error {
 			return fmt.Errorf("optim: adamw: state of %q: m has %d values, v %d: %w", name, len(s.m), len(s.v), ErrState)
 		}
 	}
-	if o.Store != nil {
+	if o.Store != nil { // the moments are the store's (copyOf): out of memory until used
 		for _, s := range st {
-			m, err := o.alloc(len(s.m))
-			if err != nil {
-				return err
-			}
-			v, err := o.alloc(len(s.v))
-			if err != nil {
-				return err
-			}
-			copy(m, s.m)
-			copy(v, s.v)
-			s.m, s.v = m, v
-			o.Store.Evict(m)
-			o.Store.Evict(v)
+			o.Store.Evict(s.m)
+			o.Store.Evict(s.v)
 		}
 	}
 	o.st = st

@@ -316,6 +316,9 @@ func (h *lohoMethod) StepActivations(B, T int, ckpt bool) int64 {
 // With dense zeroth-order deltas a step also holds about one delta's worth
 // of transient float32 (the GEMM's packed operand and the perturbation's
 // draws): measured on 110M NF4 as 5-7 MiB over the plan without it.
+// stepAdapters are the adapters LossGrad runs (for the plan's scratch).
+func (h *lohoMethod) stepAdapters() []model.Adapters { return []model.Adapters{h.ad} }
+
 func (h *lohoMethod) StepWorkspace(B, T int) int64 {
 	return h.m.Config.StepWorkspaceBytes(B, T, true) + h.denseMax
 }

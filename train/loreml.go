@@ -197,6 +197,19 @@ func (l *loremlMethod) Step(ctx context.Context, it int, batches []data.Batch, l
 	return loss, n, opt.Step(params, lr)
 }
 
+// stepAdapters are the adapters LossGrad runs (for the plan's scratch):
+// the mask scores until the mask is formed, then the stage-2 set.
+func (l *loremlMethod) stepAdapters() []model.Adapters {
+	var out []model.Adapters
+	if l.scores != nil {
+		out = append(out, l.scores.ByPos)
+	}
+	if l.set != nil {
+		out = append(out, l.set.ByPos)
+	}
+	return out
+}
+
 func (l *loremlMethod) Eval() (model.StepOptions, func()) {
 	if l.set != nil {
 		return model.StepOptions{Adapters: l.set.ByPos}, func() {}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/checkpoint"
 	"github.com/qtune/qtune/data"
 	"github.com/qtune/qtune/methods/lora"
@@ -68,7 +69,49 @@ func newOptimizer(cfg Config) optim.Optimizer {
 	if cfg.Optimizer == "sgd" {
 		return optim.NewSGD(cfg.Momentum, cfg.WeightDecay, false)
 	}
-	return optim.NewAdamW(0.9, 0.999, 1e-8, cfg.WeightDecay)
+	a := optim.NewAdamW(0.9, 0.999, 1e-8, cfg.WeightDecay)
+	if cfg.moments != nil {
+		a.Store = cfg.moments
+	}
+	return a
+}
+
+// slabMoments keeps AdamW's moments in slabs of the model's accountant
+// instead of on the Go heap: the plan's "optimizer state" booking (left
+// bytes of it) turns into slabs as the first step makes the moments. A
+// method whose plan books its moments elsewhere (with its own state) has
+// none left and keeps them on the heap, booked there. free returns the
+// slabs when the run ends.
+type slabMoments struct {
+	m    *model.Model
+	left int64 // bytes of the optimizer-state booking not yet slabs
+	held [][]float32
+}
+
+func (s *slabMoments) Alloc(n int) ([]float32, error) {
+	if 4*int64(n) > s.left {
+		return make([]float32, n), nil
+	}
+	b := min(s.left, (4*int64(n)+4095)&^4095) // a slab is whole pages
+	s.m.Acct.Release(budget.OptimizerState, -1, b)
+	v, err := s.m.Acct.Floats(budget.OptimizerState, -1, n)
+	if err != nil {
+		s.m.Acct.Reserve(budget.OptimizerState, -1, b) // as it was (the step fails)
+		return nil, err
+	}
+	s.left -= b
+	s.held = append(s.held, v)
+	return v, nil
+}
+
+// Evict does nothing: the moments stay in memory.
+func (s *slabMoments) Evict([]float32) {}
+
+func (s *slabMoments) free() {
+	for _, v := range s.held {
+		s.m.Acct.Free(v)
+	}
+	s.held = nil
 }
 
 // loraMethod is first-order LoRA (QLoRA on an NF4 base): backward through
@@ -135,6 +178,9 @@ func (l *loraMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 	}
 	return loss, n, l.opt.Step(l.params, lr)
 }
+
+// stepAdapters are the adapters LossGrad runs (for the plan's scratch).
+func (l *loraMethod) stepAdapters() []model.Adapters { return []model.Adapters{l.set.ByPos} }
 
 func (l *loraMethod) Eval() (model.StepOptions, func()) {
 	for _, ly := range l.set.Layers {

@@ -165,6 +165,18 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 		r.Activations = func(b int, ckpt bool) int64 { return sa.StepActivations(b, T, ckpt) }
 		r.Workspace = func(b int) int64 { return sa.StepWorkspace(b, T) }
 	}
+	// The adapters' own scratch (products with the rows, dropout masks) is
+	// a part of the step's workspace slab (model.ScratchAdapter).
+	if sa, ok := meth.(interface{ stepAdapters() []model.Adapters }); ok {
+		work := r.Workspace
+		r.Workspace = func(b int) int64 {
+			n := 0
+			for _, ad := range sa.stepAdapters() {
+				n = max(n, model.AdapterScratchFloats(ad, b*T))
+			}
+			return work(b) + 4*int64((n+15)&^15)
+		}
+	}
 	if an, ok := meth.(interface{ ActivationsNote() string }); ok {
 		r.ActivationsNote = an.ActivationsNote()
 	}

@@ -91,6 +91,9 @@ type Config struct {
 	// dataBytes is what the run's data holds in memory (DataMem.Bytes), set
 	// by Run once the token caches are open, for plans made before its own.
 	dataBytes int64
+	// moments, when set, keeps AdamW's moments in slabs of the model's
+	// accountant (newOptimizer); Run sets it.
+	moments *slabMoments
 }
 
 // Defaults returns MLX-LM's defaults where they exist, QLoRA's otherwise.
@@ -369,6 +372,8 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if err := m.Acct.Reserve(budget.Trainable, -1, pre); err != nil {
 		return nil, fmt.Errorf("train: the trainable tensors alone exceed --max-mem %s: %w; %s", cfg.MaxMem, err, atLeast(pre))
 	}
+	cfg.moments = &slabMoments{m: m}
+	defer cfg.moments.free()
 	meth, err := newMethod(m, cfg)
 	if err != nil {
 		return nil, err
@@ -440,6 +445,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 			}
 			if err := m.Acct.Reserve(it.Category, -1, it.Bytes); err != nil {
 				return nil, err
+			}
+			if it.Category == budget.OptimizerState {
+				cfg.moments.left = it.Bytes // AdamW's moments: slabs in place of this booking
 			}
 		}
 	}

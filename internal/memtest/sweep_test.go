@@ -50,6 +50,7 @@ func sweepJobs(t *testing.T, m string) []sweepJob {
 		{"generate", []string{"generate", "--model", m, "--prompt", "Once upon a time", "-n", "8", "--temp", "0"}},
 		{"eval", []string{"eval", "--model", m, "--data", text, "--max-seq-length", "64", "--limit", "4"}},
 		{"lora", tr("lora")},
+		{"lora-dropout", tr("lora", "--dropout", "0.1")}, // masks in the step's workspace (ScratchAdapter)
 		{"qlora", tr("qlora")},
 		{"mezo", tr("mezo")},
 		{"loho", tr("loho")},

@@ -210,6 +210,27 @@ func (s *Sparse) AddTo(w []float32) {
 // Stack applies several adapters to one layer: outputs and gradients add.
 type Stack []model.Adapter
 
+// ScratchFloats is the most scratch any of the adapters takes.
+func (st Stack) ScratchFloats(M int) int {
+	n := 0
+	for _, a := range st {
+		if sa, ok := a.(model.ScratchAdapter); ok {
+			n = max(n, sa.ScratchFloats(M))
+		}
+	}
+	return n
+}
+
+// UseScratch gives buf to every adapter that takes scratch (their calls
+// do not overlap).
+func (st Stack) UseScratch(buf []float32) {
+	for _, a := range st {
+		if sa, ok := a.(model.ScratchAdapter); ok {
+			sa.UseScratch(buf)
+		}
+	}
+}
+
 // Forward runs every adapter's Forward.
 func (st Stack) Forward(y, x []float32, M int) {
 	for _, a := range st {

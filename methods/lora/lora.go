@@ -23,9 +23,10 @@ type Layer struct {
 	GA, GB  []float32 // gradients, same shapes
 	Dropout float32   // probability of zeroing an input element of the A path
 
-	pool *kernels.Pool
-	seed uint64 // dropout seed of the current step
-	id   uint64 // distinguishes layers' masks
+	pool    *kernels.Pool
+	seed    uint64    // dropout seed of the current step
+	id      uint64    // distinguishes layers' masks
+	scratch []float32 // UseScratch's buffer; nil: allocate
 }
 
 // hPool holds Forward's (M, R) products between calls, so that forward
@@ -43,33 +44,76 @@ func f32Matrix(v []float32, rows, cols int) kernels.Matrix {
 	return kernels.Matrix{Type: quant.F32, Rows: rows, Cols: cols, Data: b}
 }
 
-// dropped returns x with the step's dropout applied (x itself when off).
-func (l *Layer) dropped(x []float32, M int) []float32 {
+// ScratchFloats is the most scratch one Forward or Backward of M rows
+// takes: the (M, R) products, and with dropout the masked input and the
+// input gradient through the mask.
+func (l *Layer) ScratchFloats(M int) int {
+	n := 2 * M * l.R
+	if l.Dropout > 0 {
+		n += 2 * M * l.In
+	}
+	return n
+}
+
+// UseScratch makes the calls that follow take their temporary buffers
+// from buf (the model's step workspace, shared by all adapters: calls do
+// not overlap); nil makes them allocate their own.
+func (l *Layer) UseScratch(buf []float32) { l.scratch = buf }
+
+// take returns n zeroed floats of the scratch after *off, or new ones when
+// there is no scratch or it is too small.
+func (l *Layer) take(off *int, n int) []float32 {
+	if *off+n > len(l.scratch) {
+		return make([]float32, n)
+	}
+	b := l.scratch[*off : *off+n]
+	*off += n
+	clear(b)
+	return b
+}
+
+// dropped returns x with the step's dropout applied (x itself when off),
+// in n floats taken at *off.
+func (l *Layer) dropped(x []float32, M int, off *int) []float32 {
 	if l.Dropout <= 0 {
 		return x[:M*l.In]
 	}
-	out := make([]float32, M*l.In)
+	out := l.take(off, M*l.In)
+	l.drop(out, x)
+	return out
+}
+
+// drop sets out to x·keep where the step's mask keeps an element and to 0
+// where it drops it (out may be x).
+func (l *Layer) drop(out, x []float32) {
 	keep := 1 / (1 - l.Dropout)
 	r := rand.New(rand.NewPCG(l.seed, l.id))
 	th := uint32(float64(l.Dropout) * math.MaxUint32)
 	for i := range out {
 		if r.Uint32() >= th {
 			out[i] = x[i] * keep
+		} else {
+			out[i] = 0
 		}
 	}
-	return out
 }
 
 // Forward adds s·(x·Aᵀ)·Bᵀ to y.
 func (l *Layer) Forward(y, x []float32, M int) {
-	xd := l.dropped(x, M)
-	hp, _ := hPool.Get().(*[]float32)
-	if hp == nil || cap(*hp) < M*l.R {
-		b := make([]float32, M*l.R)
-		hp = &b
+	off := 0
+	xd := l.dropped(x, M, &off)
+	var h []float32
+	if off+M*l.R <= len(l.scratch) {
+		h = l.take(&off, M*l.R)
+	} else {
+		hp, _ := hPool.Get().(*[]float32)
+		if hp == nil || cap(*hp) < M*l.R {
+			b := make([]float32, M*l.R)
+			hp = &b
+		}
+		defer hPool.Put(hp)
+		h = (*hp)[:M*l.R]
 	}
-	defer hPool.Put(hp)
-	h := (*hp)[:M*l.R]
 	kernels.MatMul(l.pool, h, xd, M, f32Matrix(l.A, l.R, l.In))
 	for i := range h {
 		h[i] *= l.Scale
@@ -80,8 +124,9 @@ func (l *Layer) Forward(y, x []float32, M int) {
 // Backward accumulates dB += s·dyᵀh, dA += dhᵀx with dh = s·dy·B, and
 // dx += dh·A (through the dropout mask).
 func (l *Layer) Backward(dx, dy, x []float32, M int) {
-	xd := l.dropped(x, M)
-	h := make([]float32, M*l.R)
+	off := 0
+	xd := l.dropped(x, M, &off)
+	h := l.take(&off, M*l.R)
 	kernels.MatMul(l.pool, h, xd, M, f32Matrix(l.A, l.R, l.In))
 	s := l.Scale
 	// dB (Out, R) += dyᵀ (Out, M) · (s·h) (M, R), one parallel GEMM.
@@ -90,7 +135,7 @@ func (l *Layer) Backward(dx, dy, x []float32, M int) {
 	}
 	kernels.GemmTN(l.pool, l.GB, dy[:M*l.Out], h, l.Out, l.R, M)
 	// dh (M, R) = s · dy · B
-	dh := make([]float32, M*l.R)
+	dh := l.take(&off, M*l.R)
 	kernels.MatMulT(l.pool, dh, dy, M, f32Matrix(l.B, l.Out, l.R))
 	for i := range dh {
 		dh[i] *= s
@@ -104,20 +149,10 @@ func (l *Layer) Backward(dx, dy, x []float32, M int) {
 		kernels.MatMulT(l.pool, dx, dh, M, f32Matrix(l.A, l.R, l.In))
 		return
 	}
-	t := make([]float32, M*l.In)
+	t := l.take(&off, M*l.In)
 	kernels.MatMulT(l.pool, t, dh, M, f32Matrix(l.A, l.R, l.In))
-	mask := l.dropped(onesLike(M*l.In), M)
-	for i := range t {
-		dx[i] += t[i] * mask[i]
-	}
-}
-
-func onesLike(n int) []float32 {
-	o := make([]float32, n)
-	for i := range o {
-		o[i] = 1
-	}
-	return o
+	l.drop(t, t) // through the mask: the same draws as xd's
+	kernels.Axpy(dx[:M*l.In], 1, t)
 }
 
 // Config chooses where adapters go and how they start.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"runtime"
 	"testing"
 
 	"github.com/qtune/qtune/internal/shared"
@@ -185,4 +186,62 @@ func TestParseTargetsFamilies(t *testing.T) {
 	if _, err := ParseTargets("wqkv"); err == nil {
 		t.Fatal("an unknown module name was accepted")
 	}
+}
+
+// With the model's scratch (model.ScratchAdapter), Forward and Backward
+// give the same bits as with their own buffers, dropout on, and make no
+// garbage proportional to the rows: their buffers are the scratch.
+func TestScratchSameResultsNoGarbage(t *testing.T) {
+	m := openStories(t)
+	s, err := New(m, Config{Rank: 4, Alpha: 8, Dropout: 0.25, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := s.Layers[0]
+	for i := range l.B {
+		l.B[i] = 0.01 * float32(i%7-3)
+	}
+	s.SetStep(2)
+	const M = 64
+	x, dy := make([]float32, M*l.In), make([]float32, M*l.Out)
+	for i := range x {
+		x[i] = float32(i%13)/7 - 1
+	}
+	for i := range dy {
+		dy[i] = float32(i%5)/3 - 0.5
+	}
+	run := func() (y, dx, ga, gb []float32) {
+		y, dx = make([]float32, M*l.Out), make([]float32, M*l.In)
+		clear(l.GA)
+		clear(l.GB)
+		l.Forward(y, x, M)
+		l.Backward(dx, dy, x, M)
+		return y, dx, append([]float32(nil), l.GA...), append([]float32(nil), l.GB...)
+	}
+	y0, dx0, ga0, gb0 := run()
+	scratch := make([]float32, l.ScratchFloats(M))
+	for i := range scratch {
+		scratch[i] = float32(math.NaN()) // what an earlier call left must not matter
+	}
+	l.UseScratch(scratch)
+	y1, dx1, ga1, gb1 := run()
+	for name, p := range map[string][2][]float32{"y": {y0, y1}, "dx": {dx0, dx1}, "dA": {ga0, ga1}, "dB": {gb0, gb1}} {
+		for i := range p[0] {
+			if p[0][i] != p[1][i] {
+				t.Fatalf("%s[%d]: %v with own buffers, %v with the scratch", name, i, p[0][i], p[1][i])
+			}
+		}
+	}
+	y, dx := make([]float32, M*l.Out), make([]float32, M*l.In)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range 10 {
+		l.Forward(y, x, M)
+		l.Backward(dx, dy, x, M)
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / 10; per >= uint64(4*M*l.In) {
+		t.Errorf("a Forward and Backward with the scratch allocated %d bytes; one masked input alone is %d", per, 4*M*l.In)
+	}
+	l.UseScratch(nil)
 }

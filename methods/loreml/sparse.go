@@ -138,18 +138,37 @@ type LowRank struct {
 	U          []float32 // (Out, R)
 	V          []float32 // (R, In)
 
-	pool *kernels.Pool
+	pool    *kernels.Pool
+	scratch []float32 // UseScratch's buffer; nil: allocate
 }
 
-var _ model.Adapter = (*LowRank)(nil)
+var _ model.ScratchAdapter = (*LowRank)(nil)
+
+// ScratchFloats is the most scratch one Forward or Backward of M rows
+// takes: one (M, R) product.
+func (l *LowRank) ScratchFloats(M int) int { return M * l.R }
+
+// UseScratch makes the calls that follow take their (M, R) product from
+// buf (shared by all adapters); nil makes them allocate it.
+func (l *LowRank) UseScratch(buf []float32) { l.scratch = buf }
+
+// product returns n zeroed floats: the scratch's first, or new ones.
+func (l *LowRank) product(n int) []float32 {
+	if n > len(l.scratch) {
+		return make([]float32, n)
+	}
+	clear(l.scratch[:n])
+	return l.scratch[:n]
+}
 
 // Forward adds Scale·(x·Vᵀ)·Uᵀ to y.
 func (l *LowRank) Forward(y, x []float32, M int) {
-	h := make([]float32, M*l.R)
+	h := l.product(M * l.R)
 	kernels.MatMul(l.pool, h, x, M, f32Matrix(l.V, l.R, l.In))
-	t := make([]float32, M*l.Out)
-	kernels.MatMul(l.pool, t, h, M, f32Matrix(l.U, l.Out, l.R))
-	kernels.Axpy(y[:M*l.Out], l.Scale, t)
+	for i := range h {
+		h[i] *= l.Scale
+	}
+	kernels.GemmNT(l.pool, y[:M*l.Out], h, l.U, M, l.Out, l.R, true) // y += (s·h)·Uᵀ
 }
 
 // Backward adds dx += Scale·(dy·U)·V; the term is frozen, so there are no
@@ -158,7 +177,7 @@ func (l *LowRank) Backward(dx, dy, x []float32, M int) {
 	if dx == nil {
 		return
 	}
-	dh := make([]float32, M*l.R)
+	dh := l.product(M * l.R)
 	kernels.MatMulT(l.pool, dh, dy, M, f32Matrix(l.U, l.Out, l.R))
 	for i := range dh {
 		dh[i] *= l.Scale
@@ -187,7 +206,22 @@ type Matrix struct {
 	Delta   *Sparse
 }
 
-var _ model.Adapter = (*Matrix)(nil)
+var _ model.ScratchAdapter = (*Matrix)(nil)
+
+// ScratchFloats is the warm start's (the sparse delta takes none).
+func (a *Matrix) ScratchFloats(M int) int {
+	if a.Warm == nil {
+		return 0
+	}
+	return a.Warm.ScratchFloats(M)
+}
+
+// UseScratch gives buf to the warm start.
+func (a *Matrix) UseScratch(buf []float32) {
+	if a.Warm != nil {
+		a.Warm.UseScratch(buf)
+	}
+}
 
 // Forward adds the warm start and the sparse delta.
 func (a *Matrix) Forward(y, x []float32, M int) {

@@ -1,0 +1,65 @@
+package train
+
+import (
+	"context"
+	"testing"
+
+	"github.com/qtune/qtune/budget"
+	"github.com/qtune/qtune/data"
+)
+
+// AdamW's moments live in slabs of the model's accountant (booked as
+// optimizer state), not on the Go heap, and go back when the run ends.
+func TestMomentsInSlabs(t *testing.T) {
+	m := openStories(t)
+	m.Acct = budget.NewAccountant(0)
+	cfg := smallRun(t, t.TempDir())
+	cfg.moments = &slabMoments{m: m}
+	meth, err := newMethod(m, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// as Run does: the plan's optimizer state is booked, then becomes slabs
+	want := 8 * meth.Trainable()
+	if err := m.Acct.Reserve(budget.OptimizerState, -1, want); err != nil {
+		t.Fatal(err)
+	}
+	cfg.moments.left = want
+	const B, T = 2, 16
+	b := data.Batch{B: B, T: T, Tokens: make([]int, B*T), Targets: make([]int, B*T), Lengths: []int{T, T}}
+	for i := range b.Tokens {
+		b.Tokens[i], b.Targets[i] = 1+i%50, 1+(i+1)%50
+	}
+	if _, _, err := meth.Step(context.Background(), 1, []data.Batch{b}, 1e-3); err != nil {
+		t.Fatal(err)
+	}
+	// The step's own slabs went back to the cache; what stays mapped once
+	// the cache is trimmed is the moments, in place of their booking.
+	m.Acct.Trim()
+	if mapped := m.Acct.Mapped(); mapped < want || mapped > want+int64(len(cfg.moments.held))*4096 {
+		t.Errorf("slabs mapped after a step: %d bytes; the moments of %d values are %d", mapped, meth.Trainable(), want)
+	}
+	if live := m.Acct.Live(); live != m.Acct.Mapped() {
+		t.Errorf("booked %d bytes, mapped %d: the booking did not become the slabs", live, m.Acct.Mapped())
+	}
+	cfg.moments.free()
+	m.Acct.Trim()
+	if live, mapped := m.Acct.Live(), m.Acct.Mapped(); live != 0 || mapped != 0 {
+		t.Errorf("after the moments were freed: %d bytes booked, %d mapped", live, mapped)
+	}
+}
+
+// A run leaves no slab mapped behind it (an app that embeds qtune and
+// trains several times keeps no memory of earlier runs).
+func TestRunLeavesNoSlabs(t *testing.T) {
+	before := budget.SlabBytes()
+	cfg := smallRun(t, t.TempDir())
+	cfg.Iters, cfg.StepsPerEval, cfg.SaveEvery = 2, 2, 2
+	cfg.MaxMem = "64MiB"
+	if _, err := Run(context.Background(), cfg, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if after := budget.SlabBytes(); after != before {
+		t.Errorf("slabs mapped: %d bytes before the run, %d after", before, after)
+	}
+}
