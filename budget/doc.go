@@ -14,8 +14,13 @@
 //     Counted as "weights resident" and "weights streamed".
 //   - Slabs: every buffer that grows with the batch, the sequence or the
 //     input (saved activations and block inputs, the step's workspace with
-//     its logits chunk and backward scratch, the KV cache, a scorer's or an
-//     evaluation's buffers). Accountant.Floats books one before mapping it
+//     its logits chunk, backward scratch and the adapters' scratch
+//     (model.ScratchAdapter: products with the rows, dropout masks), the
+//     KV cache, a scorer's or an evaluation's buffers); and for LoRA and
+//     QLoRA, the adapters' values and gradients (one slab each, booked as
+//     the method is made) and AdamW's moments (one slab, made at the first
+//     step in place of the plan's optimizer-state booking), returned when
+//     the run ends. Accountant.Floats books one before mapping it
 //     (an anonymous private mapping, outside the Go heap) and Free returns
 //     it; freed slabs are cached for the next step while booked, and are
 //     unmapped first whenever a new booking needs the room or the cache
@@ -23,8 +28,9 @@
 //     The collector never sees these bytes, so how busy the machine is
 //     cannot move them: a booking that does not fit fails with
 //     ErrOverBudget and maps nothing.
-//   - Bookings of long-lived heap data: trainable parameters, their
-//     gradients, optimizer moments held in memory, the token cache's index.
+//   - Bookings of long-lived heap data: the other methods' trainable
+//     parameters, gradients and moments (MeZO, LoHO, LoReML; SGD's
+//     momentum), the token cache's index.
 //     They are made once, live for the run and make no garbage; they are
 //     booked against the same limit as the slabs.
 //   - The runtime: the binary's code (file pages), the Go runtime as
@@ -43,8 +49,9 @@
 // a step's small objects to keep up with, and the margin that remains for
 // it is the headroom in the runtime item.
 //
-// What is not yet a slab: the trainable tensors and optimizer moments of the
-// methods (booked, on the heap, live for the run), the kernels' pooled
-// scratch (bounded by the worker count, in the runtime item), and the
-// buffers a save or an export writes through (an adapter's encoded bytes).
+// What is not yet a slab: the other methods' tensors named above (booked,
+// on the heap, made once and live for the run), the kernels' pooled scratch (bounded by the worker
+// count, in the runtime item), and the buffers a save or an export writes
+// through (an adapter's encoded bytes). Closing a model unmaps its
+// accountant's cached slabs.
 package budget

@@ -54,13 +54,18 @@ func TestPlanNoFitNamesSmallestBudget(t *testing.T) {
 	if !errors.As(err, &nf) || !errors.Is(err, ErrNoFit) {
 		t.Fatalf("error %v", err)
 	}
-	// Smallest: stream (50 other + 1 embed + 100 window) + 1·10 ckpt + 1 ws + 30 + 30 = 222 MiB.
-	if nf.Need != 222<<20 || !strings.Contains(err.Error(), "222MiB") {
-		t.Fatalf("need %d: %v", nf.Need>>20, err)
+	// Smallest: stream (50 other + 1 embed + 100 window) + 1·10 ckpt + 1 ws
+	// + 30 + 30 = 222 MiB, and the margin kept free: 1 MiB + 222/128 MiB.
+	peak := int64(222 << 20)
+	if want := peak + 1<<20 + peak/128; nf.Need != want || !strings.Contains(err.Error(), "225MiB") {
+		t.Fatalf("need %d, want %d: %v", nf.Need, want, err)
 	}
 	p, err := Make(req(nf.Need))
-	if err != nil || p.Peak != nf.Need {
+	if err != nil || p.Peak != peak || p.Margin != nf.Need-peak {
 		t.Fatalf("the named budget does not fit: %v", err)
+	}
+	if _, err := Make(req(nf.Need - 1)); err == nil {
+		t.Fatal("a byte less than the named budget fits: the margin is not kept")
 	}
 }
 

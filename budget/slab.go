@@ -224,3 +224,20 @@ func (a *Accountant) Mapped() int64 {
 	defer a.mu.Unlock()
 	return a.slabs.mapped
 }
+
+// SlabsOf is the bytes of live slabs booked to cat (the part of cat's
+// bookings that is not on the Go heap).
+func (a *Accountant) SlabsOf(cat Category) int64 {
+	if a == nil {
+		return 0
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var n int64
+	for _, s := range a.slabs.live {
+		if s.cat == cat {
+			n += int64(len(s.mem))
+		}
+	}
+	return n
+}

@@ -226,6 +226,7 @@ func lohoPlan(m *model.Model, cfg Config, set *lora.Set, adapted int, limit int6
 	p := loho.PlanFor(m.Config, m.WeightBytes(), cfg.BatchSize, cfg.MaxSeqLength, cfg.GradCheckpoint, fo, 4*per)
 	// The same runtime and data terms as the run's own plan (PlanTrain).
 	p.Runtime = runtimeBytes(m) + cfg.dataBytes + 4<<20
+	p.Margin = budget.Margin // kept free as the budget planner keeps it
 	// The run streams the blocks when they do not fit resident beside the
 	// rest (the budget planner decides the same way), not only when the
 	// weights alone exceed the budget.

@@ -76,42 +76,84 @@ func newOptimizer(cfg Config) optim.Optimizer {
 	return a
 }
 
-// slabMoments keeps AdamW's moments in slabs of the model's accountant
+// slabMoments keeps AdamW's moments in one slab of the model's accountant
 // instead of on the Go heap: the plan's "optimizer state" booking (left
-// bytes of it) turns into slabs as the first step makes the moments. A
-// method whose plan books its moments elsewhere (with its own state) has
-// none left and keeps them on the heap, booked there. free returns the
-// slabs when the run ends.
+// bytes of it) becomes that slab when the first step makes the moments,
+// which are then carved out of it. A method whose plan books its moments
+// elsewhere (with its own state) has none left and keeps them on the heap,
+// booked there. free returns the slab when the run ends.
 type slabMoments struct {
 	m    *model.Model
-	left int64 // bytes of the optimizer-state booking not yet slabs
-	held [][]float32
+	left int64     // bytes of the optimizer-state booking not yet a slab
+	buf  []float32 // the slab's values not handed out yet
+	held slabSet
 }
 
 func (s *slabMoments) Alloc(n int) ([]float32, error) {
-	if 4*int64(n) > s.left {
+	if s.buf == nil && s.left >= 4*int64(n) && s.m.Acct != nil {
+		s.m.Acct.Release(budget.OptimizerState, -1, s.left)
+		v, err := s.m.Acct.Floats(budget.OptimizerState, -1, int(s.left/4))
+		if err != nil {
+			s.m.Acct.Reserve(budget.OptimizerState, -1, s.left) // as it was (the step fails)
+			return nil, err
+		}
+		s.held.add(s.m.Acct, v)
+		s.buf, s.left = v, 0
+	}
+	if n > len(s.buf) {
 		return make([]float32, n), nil
 	}
-	b := min(s.left, (4*int64(n)+4095)&^4095) // a slab is whole pages
-	s.m.Acct.Release(budget.OptimizerState, -1, b)
-	v, err := s.m.Acct.Floats(budget.OptimizerState, -1, n)
-	if err != nil {
-		s.m.Acct.Reserve(budget.OptimizerState, -1, b) // as it was (the step fails)
-		return nil, err
-	}
-	s.left -= b
-	s.held = append(s.held, v)
+	v := s.buf[:n:n]
+	s.buf = s.buf[min((n+15)&^15, len(s.buf)):]
 	return v, nil
 }
 
 // Evict does nothing: the moments stay in memory.
 func (s *slabMoments) Evict([]float32) {}
 
-func (s *slabMoments) free() {
-	for _, v := range s.held {
-		s.m.Acct.Free(v)
+func (s *slabMoments) free() { s.held.free(); s.buf = nil }
+
+// slabSet is the slabs a run holds until it ends, each with the accountant
+// it came from (a buffer made without one is heap memory, left to the
+// collector).
+type slabSet []struct {
+	a *budget.Accountant
+	v []float32
+}
+
+func (s *slabSet) add(a *budget.Accountant, v []float32) {
+	*s = append(*s, struct {
+		a *budget.Accountant
+		v []float32
+	}{a, v})
+}
+
+func (s *slabSet) free() {
+	if s == nil {
+		return
 	}
-	s.held = nil
+	for _, h := range *s {
+		h.a.Free(h.v)
+	}
+	*s = nil
+}
+
+// slabTensors gives LoRA's values and gradients slabs of the model's
+// accountant (booked as trainable parameters and gradients while made), in
+// place of the Go heap; lora.Config.Alloc.
+func (s *slabSet) slabTensors(m *model.Model) func(n int, grads bool) ([]float32, error) {
+	return func(n int, grads bool) ([]float32, error) {
+		cat := budget.Trainable
+		if grads {
+			cat = budget.Gradients
+		}
+		v, err := m.Acct.Floats(cat, -1, n)
+		if err != nil {
+			return nil, err
+		}
+		s.add(m.Acct, v)
+		return v, nil
+	}
 }
 
 // loraMethod is first-order LoRA (QLoRA on an NF4 base): backward through
@@ -129,7 +171,11 @@ func newLoRAMethod(m *model.Model, cfg Config) (*loraMethod, error) {
 	if err != nil {
 		return nil, err
 	}
-	set, err := lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Dropout: cfg.Dropout, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed})
+	lc := lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Dropout: cfg.Dropout, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed}
+	if cfg.tensors != nil {
+		lc.Alloc = cfg.tensors.slabTensors(m)
+	}
+	set, err := lora.New(m, lc)
 	if err != nil {
 		return nil, err
 	}

@@ -52,7 +52,7 @@ func zoLoRA(m *model.Model, cfg Config) (*lora.Set, error) {
 	if err != nil {
 		return nil, err
 	}
-	set, err := lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed})
+	set, err := lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed, NoGrads: true})
 	if err != nil {
 		return nil, err
 	}

@@ -193,9 +193,9 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 // run is done).
 //
 // The accountant's limit is the budget less the mapped weights and the
-// runtime: slabs (activations, workspace, KV cache) and the bookings of what
-// still lives on the heap (trainable parameters, their gradients and
-// moments, the token cache) share it. The Go heap's soft limit is what the
+// runtime: slabs (activations, workspace, KV cache, LoRA's tensors and
+// moments) and the bookings of what still lives on the heap (other methods'
+// trainable parameters, gradients and moments, the token cache) share it. The Go heap's soft limit is what the
 // plan puts on the heap: those bookings and the runtime's own part, less the
 // binary's text (file pages, not heap). Slabs are outside the heap, so the
 // collector's pace cannot move them; what it can move is the small garbage
@@ -205,13 +205,14 @@ func ApplyPlan(m *model.Model, p *budget.Plan) (restore func()) {
 	var heap int64
 	for _, it := range p.Items {
 		switch it.Category {
-		case budget.Trainable, budget.Gradients, budget.TokenCache, budget.Runtime:
+		case budget.Trainable, budget.Gradients:
+			// less what is already slabs (LoRA's tensors in Run)
+			heap += max(it.Bytes-m.Acct.SlabsOf(it.Category), 0)
+		case budget.TokenCache, budget.Runtime:
 			heap += it.Bytes
-		case budget.OptimizerState:
-			if !p.OptimizerOnDisk {
-				heap += it.Bytes
-			}
 		}
+		// optimizer state is AdamW's moments, a slab in Run (slabMoments),
+		// or on disk
 	}
 	soft := heap - p.FloorBytes - binaryText
 	// Without a budget the accountant has no limit, but its slabs still
@@ -228,7 +229,7 @@ func ApplyPlan(m *model.Model, p *budget.Plan) (restore func()) {
 		// has its share.
 		acct := min(p.HeapLimit, p.HeapLimit-(p.Budget-p.Peak)+1<<20)
 		m.Acct.SetLimit(acct)
-		soft += p.HeapLimit - acct
+		soft += max(p.HeapLimit-acct-p.Margin, 0) // the margin stays free
 	}
 	// The soft limit counts everything the Go runtime has mapped and not
 	// returned, including its metadata, which is mostly not resident. In a

@@ -94,6 +94,9 @@ type Config struct {
 	// moments, when set, keeps AdamW's moments in slabs of the model's
 	// accountant (newOptimizer); Run sets it.
 	moments *slabMoments
+	// tensors, when set, holds LoRA's values and gradients as slabs of the
+	// model's accountant (newLoRAMethod); Run sets it for lora and qlora.
+	tensors *slabSet
 }
 
 // Defaults returns MLX-LM's defaults where they exist, QLoRA's otherwise.
@@ -363,6 +366,12 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		return nil, fmt.Errorf("train: the token cache's index alone exceeds --max-mem %s: %w; %s", cfg.MaxMem, err, atLeast(dm.Bytes))
 	}
 	pre := 8 * loraValues(m, cfg) // adapter values and their gradients
+	if cfg.Method == "lora" || cfg.Method == "qlora" {
+		// made as slabs, booked by the accountant as the method is built
+		cfg.tensors = &slabSet{}
+		defer cfg.tensors.free()
+		pre = 0
+	}
 	if cfg.Method == "mezo" && cfg.ZOTarget == "float" {
 		pre += floatMatrixBytes(m) // writable float32 copies of float matrices
 	}
@@ -376,6 +385,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	defer cfg.moments.free()
 	meth, err := newMethod(m, cfg)
 	if err != nil {
+		if errors.Is(err, budget.ErrOverBudget) {
+			return nil, fmt.Errorf("train: the trainable tensors alone exceed --max-mem %s: %w; %s", cfg.MaxMem, err, atLeast(8*loraValues(m, cfg)))
+		}
 		return nil, err
 	}
 	plan, perr := PlanTrain(m, cfg, meth, dm, limit)
@@ -402,6 +414,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		cfg.GradCheckpoint = plan.Checkpoint
 		cfg.GradAccum *= plan.Accum
 		cfg.BatchSize = plan.MicroBatch
+		cfg.tensors.free() // the last method's; the new one makes its own
 		if meth, err = newMethod(m, cfg); err != nil { // same seed: same initial state
 			return nil, err
 		}
@@ -442,6 +455,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		case budget.Trainable, budget.Gradients, budget.OptimizerState, budget.TokenCache:
 			if it.Category == budget.OptimizerState && plan.OptimizerOnDisk {
 				continue // file-backed scratch: outside the accountant's limit, as planned
+			}
+			if cfg.tensors != nil && (it.Category == budget.Trainable || it.Category == budget.Gradients) {
+				continue // LoRA's tensors: slabs, booked when the method was made
 			}
 			if err := m.Acct.Reserve(it.Category, -1, it.Bytes); err != nil {
 				return nil, err

@@ -3,6 +3,7 @@ package train
 import (
 	"context"
 	"errors"
+	"github.com/qtune/qtune/budget"
 	"math"
 	"os"
 	"path/filepath"
@@ -177,7 +178,7 @@ func TestLoHOAutoLayers(t *testing.T) {
 		t.Fatalf("auto without budget: N=%d first=%d", h.foN, h.first)
 	}
 	p := lohoPlan(m, cfg, meth.(*lohoMethod).set, L, 0)
-	cfg.MaxMem = strconv.FormatInt(p.Bytes(2)+1, 10)
+	cfg.MaxMem = strconv.FormatInt(p.Bytes(2)+budget.Margin(p.Bytes(2))+1, 10)
 	meth, err = newMethod(m, cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -76,18 +76,19 @@ func WriteGGUF(w io.Writer, a *Adapter, dtype quant.Type, arch string) error {
 	ts := make([]gguf.WriteTensor, 0, 2*len(ps))
 	for _, p := range ps {
 		l := p.l
-		ab, err := encode(dtype, l.A, l.Target+" A")
+		// Encoded as the file is written, a chunk at a time.
+		an, aw, err := encoder(dtype, l.A, l.Target+" A")
 		if err != nil {
 			return err
 		}
-		bb, err := encode(dtype, l.B, l.Target+" B")
+		bn, bw, err := encoder(dtype, l.B, l.Target+" B")
 		if err != nil {
 			return err
 		}
 		base := fileTarget(l.Target)
 		ts = append(ts,
-			gguf.BytesTensor(base+".lora_a", dtype, []int64{int64(l.In), int64(l.Rank)}, ab),
-			gguf.BytesTensor(base+".lora_b", dtype, []int64{int64(l.Rank), int64(l.Out)}, bb))
+			gguf.WriteTensor{Name: base + ".lora_a", Type: dtype, Shape: []int64{int64(l.In), int64(l.Rank)}, Size: an, Write: aw},
+			gguf.WriteTensor{Name: base + ".lora_b", Type: dtype, Shape: []int64{int64(l.Rank), int64(l.Out)}, Size: bn, Write: bw})
 	}
 	if err := gguf.Write(w, 3, kv, ts, 0); err != nil {
 		return fmt.Errorf("adapter: %w", err)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/qtune/qtune/format/safetensors"
 	"github.com/qtune/qtune/quant"
@@ -26,15 +27,27 @@ func checkDType(t quant.Type) error {
 // encode converts v to little-endian bytes of type t (F32, F16 or BF16). A
 // finite value that overflows to ±Inf in the narrower type is an error.
 func encode(t quant.Type, v []float32, what string) ([]byte, error) {
+	return encodeInto(nil, t, v, what, 0)
+}
+
+// encodeInto is encode into b's memory when it holds enough (a new slice
+// otherwise); base is v's index in the whole tensor, for errors.
+func encodeInto(b []byte, t quant.Type, v []float32, what string, base int) ([]byte, error) {
+	grow := func(n int) []byte {
+		if cap(b) >= n {
+			return b[:n]
+		}
+		return make([]byte, n)
+	}
 	switch t {
 	case quant.F32:
-		b := make([]byte, 4*len(v))
+		b := grow(4 * len(v))
 		for i, x := range v {
 			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
 		}
 		return b, nil
 	case quant.F16, quant.BF16:
-		b := make([]byte, 2*len(v))
+		b := grow(2 * len(v))
 		for i, x := range v {
 			var h uint16
 			var y float32
@@ -46,13 +59,54 @@ func encode(t quant.Type, v []float32, what string) ([]byte, error) {
 				y = quant.BF16ToF32(h)
 			}
 			if math.IsInf(float64(y), 0) && !math.IsInf(float64(x), 0) {
-				return nil, invalidErr("%s: value %g at %d overflows %v", what, x, i, t)
+				return nil, invalidErr("%s: value %g at %d overflows %v", what, x, base+i, t)
 			}
 			binary.LittleEndian.PutUint16(b[2*i:], h)
 		}
 		return b, nil
 	}
 	return nil, checkDType(t)
+}
+
+// chunks holds encoder's 64 KiB buffers.
+var chunks = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// encoder is encode without the whole encoding in memory: the size in
+// bytes, and a function that writes it in chunks of at most 64 KiB (values
+// that overflow t are refused now, before anything is written). v must not
+// change until the function has run.
+func encoder(t quant.Type, v []float32, what string) (int64, func(w io.Writer) error, error) {
+	const chunk = 16 << 10 // values per chunk
+	var width int64
+	switch t {
+	case quant.F32:
+		width = 4
+	case quant.F16, quant.BF16:
+		width = 2
+		bp := chunks.Get().(*[]byte)
+		defer chunks.Put(bp)
+		for lo := 0; lo < len(v); lo += chunk {
+			if _, err := encodeInto(*bp, t, v[lo:min(lo+chunk, len(v))], what, lo); err != nil {
+				return 0, nil, err
+			}
+		}
+	default:
+		return 0, nil, checkDType(t)
+	}
+	return width * int64(len(v)), func(w io.Writer) error {
+		bp := chunks.Get().(*[]byte)
+		defer chunks.Put(bp)
+		for lo := 0; lo < len(v); lo += chunk {
+			b, err := encodeInto(*bp, t, v[lo:min(lo+chunk, len(v))], what, lo)
+			if err != nil {
+				return err
+			}
+			if _, err := w.Write(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, nil
 }
 
 // decode converts n values of type t (F32, F16 or BF16) from b.

@@ -87,25 +87,34 @@ func WritePEFT(dir string, a *Adapter, heads, kvHeads int, dtype quant.Type) err
 	tensors := make([]safetensors.Tensor, 0, 2*len(ps))
 	for _, p := range ps {
 		l := p.l
-		b := l.B
-		switch modules[p.kind].kind {
-		case "q":
-			b = permuteQK(b, l.Out, l.Rank, heads, true)
-		case "k":
-			b = permuteQK(b, l.Out, l.Rank, kvHeads, true)
-		}
 		name := peftPrefix + "model.layers." + strconv.Itoa(p.layer) + "." + modules[p.kind].hf
-		ab, err := encode(dtype, l.A, l.Target+" A")
+		// Encoded as the file is written, a chunk at a time (q and k rows
+		// permuted then, one tensor's copy at a time): the adapter is
+		// never in memory twice.
+		_, aw, err := encoder(dtype, l.A, l.Target+" A")
 		if err != nil {
 			return err
 		}
-		bb, err := encode(dtype, b, l.Target+" B")
-		if err != nil {
+		if _, _, err := encoder(dtype, l.B, l.Target+" B"); err != nil { // permuting moves values, it changes none
 			return err
+		}
+		kind, b := modules[p.kind].kind, l.B
+		bw := func(w io.Writer) error {
+			switch kind {
+			case "q":
+				b = permuteQK(b, l.Out, l.Rank, heads, true)
+			case "k":
+				b = permuteQK(b, l.Out, l.Rank, kvHeads, true)
+			}
+			_, write, err := encoder(dtype, b, l.Target+" B")
+			if err != nil {
+				return err
+			}
+			return write(w)
 		}
 		tensors = append(tensors,
-			safetensors.Tensor{Name: name + ".lora_A.weight", DType: st, Shape: []int64{int64(l.Rank), int64(l.In)}, Data: ab},
-			safetensors.Tensor{Name: name + ".lora_B.weight", DType: st, Shape: []int64{int64(l.Out), int64(l.Rank)}, Data: bb})
+			safetensors.Tensor{Name: name + ".lora_A.weight", DType: st, Shape: []int64{int64(l.Rank), int64(l.In)}, Source: aw},
+			safetensors.Tensor{Name: name + ".lora_B.weight", DType: st, Shape: []int64{int64(l.Out), int64(l.Rank)}, Source: bw})
 	}
 	cfg, err := peftConfigJSON(a, ps)
 	if err != nil {

@@ -110,7 +110,7 @@ func TestHFFolder(t *testing.T) {
 		if i > 10 {
 			k = 1
 		}
-		shards[k] = append(shards[k], Tensor{s.name, "F32", s.shape, data})
+		shards[k] = append(shards[k], Tensor{Name: s.name, DType: "F32", Shape: s.shape, Data: data})
 		weightMap[s.name] = fmt.Sprintf("model-%05d-of-00002.safetensors", k+1)
 		total += int64(len(data))
 	}

@@ -43,6 +43,10 @@ type Tensor struct {
 	DType string // "F32", "F16", "BF16", ...
 	Shape []int64
 	Data  []byte
+	// Source, for Write, takes the place of Data: it writes the tensor's
+	// bytes (exactly its size) when Write reaches them, so that a file of
+	// many tensors is never held in memory whole.
+	Source func(w io.Writer) error
 }
 
 // File is a parsed safetensors file.
@@ -273,7 +277,7 @@ func Write(w io.Writer, tensors []Tensor, metadata map[string]string) error {
 		if err != nil {
 			return fmt.Errorf("safetensors: write: tensor %q: %w", t.Name, err)
 		}
-		if int64(len(t.Data)) != size {
+		if t.Source == nil && int64(len(t.Data)) != size {
 			return fmt.Errorf("safetensors: write: tensor %q: %d bytes for %s %v, want %d", t.Name, len(t.Data), t.DType, t.Shape, size)
 		}
 		shape := t.Shape
@@ -305,11 +309,34 @@ func Write(w io.Writer, tensors []Tensor, metadata map[string]string) error {
 		return fmt.Errorf("safetensors: write: %w", err)
 	}
 	for _, t := range ts {
-		if _, err := w.Write(t.Data); err != nil {
+		if t.Source == nil {
+			if _, err := w.Write(t.Data); err != nil {
+				return fmt.Errorf("safetensors: write: tensor %q: %w", t.Name, err)
+			}
+			continue
+		}
+		size, _ := byteSize(t.DType, t.Shape)
+		cw := &countingWriter{w: w}
+		if err := t.Source(cw); err != nil {
 			return fmt.Errorf("safetensors: write: tensor %q: %w", t.Name, err)
+		}
+		if cw.n != size {
+			return fmt.Errorf("safetensors: write: tensor %q: its source wrote %d bytes, want %d", t.Name, cw.n, size)
 		}
 	}
 	return nil
+}
+
+// countingWriter counts what passes through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // WriteFile writes a safetensors file atomically: to a temporary file in the

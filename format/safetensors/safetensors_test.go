@@ -23,13 +23,13 @@ func seq(n int) []byte {
 
 func sampleTensors() []Tensor {
 	return []Tensor{
-		{"z.last", "F32", []int64{2, 3}, seq(24)},
-		{"a.first", "BF16", []int64{4}, seq(8)},
-		{"m.scalar", "F64", []int64{}, seq(8)},
-		{"m.empty", "F16", []int64{0, 5}, nil},
-		{"i.bool", "BOOL", []int64{3}, []byte{1, 0, 1}},
-		{"i.u64", "U64", []int64{1, 1}, seq(8)},
-		{"f8", "F8_E4M3", []int64{5}, seq(5)},
+		{Name: "z.last", DType: "F32", Shape: []int64{2, 3}, Data: seq(24)},
+		{Name: "a.first", DType: "BF16", Shape: []int64{4}, Data: seq(8)},
+		{Name: "m.scalar", DType: "F64", Shape: []int64{}, Data: seq(8)},
+		{Name: "m.empty", DType: "F16", Shape: []int64{0, 5}, Data: nil},
+		{Name: "i.bool", DType: "BOOL", Shape: []int64{3}, Data: []byte{1, 0, 1}},
+		{Name: "i.u64", DType: "U64", Shape: []int64{1, 1}, Data: seq(8)},
+		{Name: "f8", DType: "F8_E4M3", Shape: []int64{5}, Data: seq(5)},
 	}
 }
 
@@ -106,13 +106,13 @@ func sameMemory(view, file []byte) bool {
 
 func TestWriteErrors(t *testing.T) {
 	for name, ts := range map[string][]Tensor{
-		"size":      {{"a", "F32", []int64{3}, seq(8)}},
-		"dtype":     {{"a", "F12", []int64{3}, seq(8)}},
-		"negative":  {{"a", "U8", []int64{-1}, nil}},
-		"duplicate": {{"a", "U8", []int64{1}, seq(1)}, {"a", "U8", []int64{1}, seq(1)}},
-		"empty":     {{"", "U8", []int64{1}, seq(1)}},
-		"metadata":  {{"__metadata__", "U8", []int64{1}, seq(1)}},
-		"utf8":      {{"a\xff", "U8", []int64{1}, seq(1)}},
+		"size":      {{Name: "a", DType: "F32", Shape: []int64{3}, Data: seq(8)}},
+		"dtype":     {{Name: "a", DType: "F12", Shape: []int64{3}, Data: seq(8)}},
+		"negative":  {{Name: "a", DType: "U8", Shape: []int64{-1}, Data: nil}},
+		"duplicate": {{Name: "a", DType: "U8", Shape: []int64{1}, Data: seq(1)}, {Name: "a", DType: "U8", Shape: []int64{1}, Data: seq(1)}},
+		"empty":     {{Name: "", DType: "U8", Shape: []int64{1}, Data: seq(1)}},
+		"metadata":  {{Name: "__metadata__", DType: "U8", Shape: []int64{1}, Data: seq(1)}},
+		"utf8":      {{Name: "a\xff", DType: "U8", Shape: []int64{1}, Data: seq(1)}},
 	} {
 		if err := Write(&bytes.Buffer{}, ts, nil); err == nil || !strings.HasPrefix(err.Error(), "safetensors: ") {
 			t.Errorf("%s: %v", name, err)

@@ -254,12 +254,14 @@ func TestOptimizerOnDisk(t *testing.T) {
 
 // TestSpillActivations: with long sequences the checkpointed block inputs
 // (about 18 MiB per micro-batch) spill to a file-backed scratch under a
-// 100 MiB budget on the 110M model, whose weights alone are 73 MiB.
+// 104 MiB budget on the 110M model, whose weights alone are 73 MiB (at
+// 100 MiB the plan, keeping its margin free, takes micro-batches of one
+// instead).
 func TestSpillActivations(t *testing.T) {
 	m := model(t, "110M", quant.Q4_0)
 	data := shakespeare(t, "long", 40)
 	args := []string{"train", "--model", m, "--data", data, "--iters", "1", "--batch-size", "8", "--max-seq-length", "256",
-		"--rank", "4", "--steps-per-eval", "0", "--adapter-path", filepath.Join(tmpDir, "adapter-spill"), "--max-mem", "100MiB"}
+		"--rank", "4", "--steps-per-eval", "0", "--adapter-path", filepath.Join(tmpDir, "adapter-spill"), "--max-mem", "104MiB"}
 	plan, errs, _, err := run(t, append([]string{"plan"}, args...)...)
 	if err != nil || !strings.Contains(plan, "spilled to disk") {
 		t.Fatalf("plan: %v %s\n%s", err, errs, plan)
@@ -270,8 +272,8 @@ func TestSpillActivations(t *testing.T) {
 		t.Fatalf("%v\n%s", err, errs)
 	}
 	t.Logf("planned %s, measured %s", budget.FormatSize(want), budget.FormatSize(peak))
-	if peak > 100<<20 {
-		t.Fatalf("peak %s over the 100 MiB budget", budget.FormatSize(peak))
+	if peak > 104<<20 {
+		t.Fatalf("peak %s over the 104 MiB budget", budget.FormatSize(peak))
 	}
 	if off := float64(peak-want) / float64(want); off > 0.15 || off < -0.15 {
 		t.Errorf("plan %s is %.0f%% off the measured %s", budget.FormatSize(want), 100*off, budget.FormatSize(peak))

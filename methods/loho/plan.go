@@ -24,6 +24,19 @@ type Plan struct {
 	FOPerBlock  int64 // first-order state per block: parameters, gradients, optimizer moments
 	ZOPerBlock  int64 // zeroth-order parameters per block (no gradients, no state)
 	Runtime     int64 // RuntimeMargin
+	// Margin, when set, is what a budget keeps free beyond an estimate of
+	// peak bytes (budget.Margin): n fits when Bytes(n)+Margin(Bytes(n)) is
+	// at most the budget.
+	Margin func(peak int64) int64
+}
+
+// need is Bytes(n) and the margin kept free beside it.
+func (p Plan) need(n int) int64 {
+	b := p.Bytes(n)
+	if p.Margin != nil {
+		b += p.Margin(b)
+	}
+	return b
 }
 
 // PlanFor fills the activation terms from the model's shapes for B
@@ -56,12 +69,12 @@ func (p Plan) Bytes(n int) int64 {
 // MaxFO returns the largest n in [0, Blocks] whose estimate fits budget, or
 // an error when even n = 0 (pure MeZO) does not.
 func (p Plan) MaxFO(budget int64) (int, error) {
-	if p.Bytes(0) > budget {
-		return 0, fmt.Errorf("loho: a budget of %.1f MiB is below the %.1f MiB even zeroth-order training needs (weights %.1f MiB, working set %.1f MiB, runtime %.1f MiB): try --max-mem %dMiB",
-			mib(budget), mib(p.Bytes(0)), mib(p.Weights), mib(p.Work), mib(p.Runtime), (p.Bytes(0)+(1<<20)-1)>>20)
+	if p.need(0) > budget {
+		return 0, fmt.Errorf("loho: a budget of %.1f MiB is below the %.1f MiB even zeroth-order training needs (weights %.1f MiB, working set %.1f MiB, runtime %.1f MiB, %.1f MiB kept free): try --max-mem %dMiB",
+			mib(budget), mib(p.need(0)), mib(p.Weights), mib(p.Work), mib(p.Runtime), mib(p.need(0)-p.Bytes(0)), (p.need(0)+(1<<20)-1)>>20)
 	}
 	n := 0
-	for n < p.Blocks && p.Bytes(n+1) <= budget {
+	for n < p.Blocks && p.need(n+1) <= budget {
 		n++
 	}
 	return n, nil

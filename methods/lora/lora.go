@@ -166,6 +166,13 @@ type Config struct {
 	// 0 or less means every block.
 	Layers int
 	Seed   uint64
+	// Alloc, when set, gives the memory of the adapters' values (one call)
+	// and of their gradients (a second call), n zeroed floats each, for
+	// instance slabs of the model's accountant; nil takes the Go heap.
+	Alloc func(n int, grads bool) ([]float32, error)
+	// NoGrads leaves GA and GB nil: a zeroth-order method never computes
+	// gradients (Backward must not be called).
+	NoGrads bool
 }
 
 // ParseTargets reads a comma-separated list of module names (q,k,v,o,gate,
@@ -249,16 +256,49 @@ func New(m *model.Model, c Config) (*Set, error) {
 		first = nl - c.Layers
 	}
 	s := &Set{Config: c, ByPos: make(model.Adapters, nl), ByName: map[string]*Layer{}}
+	// Every A and B, then every gradient, in one buffer each, 64-byte
+	// aligned pieces.
+	n := 0
+	for li := first; li < nl; li++ {
+		for _, mod := range c.Targets {
+			w := m.Layers[li].Matrix(mod)
+			n += (c.Rank*w.Cols+15)&^15 + (w.Rows*c.Rank+15)&^15
+		}
+	}
+	alloc := c.Alloc
+	if alloc == nil {
+		alloc = func(n int, _ bool) ([]float32, error) { return make([]float32, n), nil }
+	}
+	vals, err := alloc(n, false)
+	if err != nil {
+		return nil, fmt.Errorf("lora: adapters of %d values: %w", n, err)
+	}
+	var grads []float32
+	if !c.NoGrads {
+		if grads, err = alloc(n, true); err != nil {
+			return nil, fmt.Errorf("lora: gradients of %d values: %w", n, err)
+		}
+	}
+	piece := func(k int) (v, g []float32) {
+		v = vals[:k:k]
+		if grads != nil {
+			g = grads[:k:k]
+		}
+		k = min((k+15)&^15, len(vals))
+		vals = vals[k:]
+		if grads != nil {
+			grads = grads[k:]
+		}
+		return v, g
+	}
 	r := rand.New(rand.NewPCG(c.Seed, 0x10a))
 	for li := first; li < nl; li++ {
 		for _, mod := range c.Targets {
 			w := m.Layers[li].Matrix(mod)
 			l := &Layer{Target: model.TensorName(li, mod), In: w.Cols, Out: w.Rows, R: c.Rank, Scale: float32(scale),
 				Dropout: float32(c.Dropout), pool: m.Pool(), id: uint64(li)*16 + uint64(mod)}
-			l.A = make([]float32, l.R*l.In)
-			l.B = make([]float32, l.Out*l.R)
-			l.GA = make([]float32, len(l.A))
-			l.GB = make([]float32, len(l.B))
+			l.A, l.GA = piece(l.R * l.In)
+			l.B, l.GB = piece(l.Out * l.R)
 			bound := 1 / math.Sqrt(float64(l.In))
 			for i := range l.A {
 				l.A[i] = float32((2*r.Float64() - 1) * bound)
