@@ -414,7 +414,8 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		cfg.GradCheckpoint = plan.Checkpoint
 		cfg.GradAccum *= plan.Accum
 		cfg.BatchSize = plan.MicroBatch
-		cfg.tensors.free() // the last method's; the new one makes its own
+		// the last method's tensors; the new one makes its own
+		cfg.tensors.free()
 		if meth, err = newMethod(m, cfg); err != nil { // same seed: same initial state
 			return nil, err
 		}
