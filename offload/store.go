@@ -30,18 +30,39 @@ func (m *Mapped) Close() error {
 	return err
 }
 
-// Map memory-maps path read-only.
+// Map memory-maps path read-only. The file is opened first (fsx.Open: a
+// regular file, checked on the opened file, never blocking on a named
+// pipe), and the mapping is made of that open file: golang.org/x/exp/mmap
+// opens by name, so it is given /proc/self/fd/N, which names the file
+// already opened, not whatever the path names by then. Where /proc is not
+// there the path is checked to still be the same file just before it is
+// opened again (a window remains there).
 func Map(path string) (*Mapped, error) {
-	st, err := os.Stat(path)
+	f, err := fsx.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("offload: %w", err)
 	}
-	if !st.Mode().IsRegular() { // a named pipe would block the open
-		return nil, fmt.Errorf("offload: %w", fsx.CheckRegular(path))
-	}
-	r, err := mmap.Open(path)
+	defer f.Close()
+	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("offload: %w", err)
+	}
+	if afterOpen != nil {
+		afterOpen()
+	}
+	name := path
+	if p := fmt.Sprintf("/proc/self/fd/%d", f.Fd()); sameFile(p, st) {
+		name = p
+	} else if !sameFile(path, st) { // before the open below can block on what replaced it
+		return nil, fmt.Errorf("offload: %s: replaced while it was being opened", path)
+	}
+	r, err := mmap.Open(name)
+	if err != nil {
+		return nil, fmt.Errorf("offload: %w", err)
+	}
+	if int64(r.Len()) != st.Size() {
+		r.Close()
+		return nil, fmt.Errorf("offload: %s: changed size while it was being mapped (%d bytes, then %d)", path, st.Size(), r.Len())
 	}
 	data := *(*[]byte)(unsafe.Pointer(r))
 	if len(data) != r.Len() || (len(data) > 0 && (data[0] != r.At(0) || data[len(data)-1] != r.At(len(data)-1))) {
@@ -49,6 +70,15 @@ func Map(path string) (*Mapped, error) {
 		return nil, fmt.Errorf("offload: %s: unexpected golang.org/x/exp/mmap layout; cannot view mapped bytes", path)
 	}
 	return &Mapped{Path: path, r: r, data: data}, nil
+}
+
+// afterOpen, in tests, runs between Map's open and its mapping.
+var afterOpen func()
+
+// sameFile reports whether name is now the file st describes.
+func sameFile(name string, st os.FileInfo) bool {
+	s, err := os.Stat(name)
+	return err == nil && os.SameFile(s, st)
 }
 
 // Store owns every file mapped for one model and unmaps them together.
