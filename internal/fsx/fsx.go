@@ -246,32 +246,36 @@ func Open(path string) (*os.File, error) {
 }
 
 // ReadFile reads a regular file whole (Open, then its size from the opened
-// file).
+// file). It reads no more than that size: a file that grows while it is
+// read is refused (ErrChanged), so a size checked before (against a memory
+// budget) bounds what is read.
 func ReadFile(path string) ([]byte, error) {
 	f, err := Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	size := 0
-	if st, err := f.Stat(); err == nil && st.Size() < 1<<62 {
-		size = int(st.Size())
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
 	}
-	b := make([]byte, 0, size+512) // room to see EOF without growing
-	for {
-		n, err := f.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		if len(b) == cap(b) { // the file grew
-			b = append(b, 0)[:len(b)]
-		}
+	size := st.Size()
+	if size < 0 || size >= 1<<62 {
+		return nil, &fs.PathError{Op: "read", Path: path, Err: fmt.Errorf("%w: size %d", ErrChanged, size)}
 	}
+	b := make([]byte, size+1) // one byte more: room to see EOF, or growth
+	n, err := io.ReadFull(f, b)
+	switch {
+	case err == io.ErrUnexpectedEOF || err == io.EOF:
+		return b[:n], nil // the size, or less if it shrank
+	case err != nil:
+		return nil, err
+	}
+	return nil, &fs.PathError{Op: "read", Path: path, Err: fmt.Errorf("%w: it grew past its %d bytes while it was read", ErrChanged, size)}
 }
+
+// ErrChanged marks a file that changed size while it was being read.
+var ErrChanged = errors.New("file changed while it was read")
 
 // TrimBOM drops a leading UTF-8 byte order mark (editors on Windows write
 // one at the start of JSON and text files; JSON parsers refuse it).

@@ -113,3 +113,29 @@ func TestOpenCannotBeSwappedToFIFO(t *testing.T) {
 	}
 	t.Logf("%d opens of the regular file, %d refusals of the pipe", ok, refused)
 }
+
+// ReadFile reads a file whole, and no more than the size it had when
+// opened: a file that grows while it is read is refused, not read whole.
+func TestReadFileBoundedBySize(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "adapter.gguf")
+	if err := os.WriteFile(p, []byte("0123456789"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := ReadFile(p)
+	if err != nil || string(b) != "0123456789" {
+		t.Fatalf("got %q, %v", b, err)
+	}
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := ReadFile(p); err != nil || len(b) != 0 {
+		t.Fatalf("empty file: %q, %v", b, err)
+	}
+	// A file that grows between the size read and the data: a /proc file
+	// reports size 0 and holds more.
+	if _, err := os.Stat("/proc/self/status"); err == nil {
+		if _, err := ReadFile("/proc/self/status"); !errors.Is(err, ErrChanged) {
+			t.Fatalf("a file bigger than its size at open: %v, want ErrChanged", err)
+		}
+	}
+}
