@@ -93,7 +93,9 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 	if err != nil {
 		return nil, err
 	}
-	set, err := lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed})
+	// Gradients only for the first-order blocks' factors, made below (the
+	// zeroth-order ones never have any).
+	set, err := lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed, NoGrads: true})
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +121,6 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 		h.first = lowest
 		h.ad = make(model.Adapters, L)
 		for _, l := range set.Layers {
-			l.GA, l.GB = nil, nil
 			s, err := loho.NewSparse(l.Target, l.Out, l.In, cfg.FORatio, cfg.Seed, true, m.Pool())
 			if err != nil {
 				return nil, err
@@ -168,11 +169,11 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 		h.ad = set.ByPos
 		for _, l := range set.Layers {
 			if layerOf(l.Target) >= h.first {
+				l.GA, l.GB = make([]float32, len(l.A)), make([]float32, len(l.B))
 				h.fo = append(h.fo, &optim.Param{Name: l.Target + ".lora_a", W: l.A, G: l.GA, Decay: true},
 					&optim.Param{Name: l.Target + ".lora_b", W: l.B, G: l.GB, Decay: true})
 				h.foVal += int64(len(l.A) + len(l.B))
 			} else {
-				l.GA, l.GB = nil, nil
 				zoLayers = append(zoLayers, l)
 			}
 		}

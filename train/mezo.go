@@ -52,14 +52,7 @@ func zoLoRA(m *model.Model, cfg Config) (*lora.Set, error) {
 	if err != nil {
 		return nil, err
 	}
-	set, err := lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed, NoGrads: true})
-	if err != nil {
-		return nil, err
-	}
-	for _, l := range set.Layers {
-		l.GA, l.GB = nil, nil
-	}
-	return set, nil
+	return lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed, NoGrads: true})
 }
 
 // loraTensors lists LoRA factors as MeZO tensors (decay applies).

@@ -256,8 +256,9 @@ func FromAdapter(m *model.Model, a *adapter.Adapter) (*Set, error) {
 		if h := qkHeads(m.Config, al.Target); h > 0 && m.HoldsHFOrder() {
 			b = safetensors.PermuteRowsF32(b, al.Out, al.Rank, h, true)
 		}
-		l := &Layer{Target: al.Target, In: al.In, Out: al.Out, R: al.Rank, Scale: scale, A: append([]float32(nil), al.A...), B: b,
-			GA: make([]float32, len(al.A)), GB: make([]float32, len(b)), pool: m.Pool()}
+		// No gradient buffers: a loaded adapter is applied (generate, eval,
+		// export), not trained (Backward must not be called).
+		l := &Layer{Target: al.Target, In: al.In, Out: al.Out, R: al.Rank, Scale: scale, A: append([]float32(nil), al.A...), B: b, pool: m.Pool()}
 		s.Layers = append(s.Layers, l)
 		s.ByPos[li][mod] = l
 		s.ByName[l.Target] = l
