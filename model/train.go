@@ -54,6 +54,27 @@ type Adapter interface {
 // Adapters holds an optional adapter per layer and module.
 type Adapters [][NumModules]Adapter
 
+// SizedAdapter is an Adapter that says how much memory it holds (its
+// values, indices and gradient buffers), for the plans of generate and
+// eval with an adapter applied.
+type SizedAdapter interface {
+	Adapter
+	Bytes() int64
+}
+
+// AdapterBytes is what the adapters of ad hold, by SizedAdapter.
+func AdapterBytes(ad Adapters) int64 {
+	var n int64
+	for _, row := range ad {
+		for _, a := range row {
+			if sa, ok := a.(SizedAdapter); ok {
+				n += sa.Bytes()
+			}
+		}
+	}
+	return n
+}
+
 // ScratchAdapter is an Adapter whose temporary buffers (products with the
 // batch's rows, dropout masks) can come from LossGrad's workspace, a slab
 // of the accountant's, instead of the Go heap.

@@ -69,6 +69,7 @@ func PlanGenerate(m *model.Model, maxLen, promptLen int, limit int64) (*budget.P
 		Activations: func(int, bool) int64 { return c.ForwardBytes(max(promptLen, 1)) },
 		Workspace:   func(int) int64 { return int64(4 * c.Vocab) },
 		Fixed:       []budget.Item{{Category: budget.KVCache, Bytes: c.KVBytes(maxLen), Note: fmt.Sprintf("%d positions", maxLen)}}}
+	r.Fixed = append(r.Fixed, adapterItems(m)...)
 	weightRequest(m, &r, int64(maxLen), maxLen)
 	return budget.Make(r)
 }
@@ -82,8 +83,19 @@ func PlanEval(m *model.Model, w int, dataBytes int64, limit int64) (*budget.Plan
 		Workspace:   func(int) int64 { return int64(4 * min(w, EvalRows) * c.Vocab) },
 		Fixed: []budget.Item{{Category: budget.KVCache, Bytes: c.KVBytes(w), Note: fmt.Sprintf("window of %d tokens", w)},
 			{Category: budget.TokenCache, Bytes: 3 * dataBytes, Note: "records and their tokens"}}}
+	r.Fixed = append(r.Fixed, adapterItems(m)...)
 	weightRequest(m, &r, dataBytes/2, w)
 	return budget.Make(r)
+}
+
+// adapterItems is the plan's item for the adapter applied to m (none when
+// there is none): its values, on the Go heap.
+func adapterItems(m *model.Model) []budget.Item {
+	n := model.AdapterBytes(m.Adapters)
+	if n == 0 {
+		return nil
+	}
+	return []budget.Item{{Category: budget.Trainable, Bytes: n, Note: "the applied adapter's values"}}
 }
 
 // DataMem is what a training run's data holds in memory. The tokens stay in

@@ -2,10 +2,13 @@ package train
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/model"
 )
 
 // LoRA's values, gradients and AdamW moments live in slabs of the model's
@@ -67,5 +70,44 @@ func TestRunLeavesNoSlabs(t *testing.T) {
 	}
 	if after := budget.SlabBytes(); after != before {
 		t.Errorf("slabs mapped: %d bytes before the run, %d after", before, after)
+	}
+}
+
+// An adapter applied for generation or evaluation is in the plan: its
+// values are an item, and the planned peak rises by them.
+func TestPlanCountsAppliedAdapter(t *testing.T) {
+	m := openStories(t)
+	without, err := PlanGenerate(m, 64, 8, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := lora.New(m, lora.Config{Rank: 8, Alpha: 16, NoGrads: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Adapters = set.ByPos
+	want := model.AdapterBytes(m.Adapters)
+	if want != 4*set.Params() {
+		t.Fatalf("adapter bytes %d, want 4 per value (%d)", want, 4*set.Params())
+	}
+	for name, plan := range map[string]func() (*budget.Plan, error){
+		"generate": func() (*budget.Plan, error) { return PlanGenerate(m, 64, 8, 0) },
+		"eval":     func() (*budget.Plan, error) { return PlanEval(m, 64, 1000, 0) },
+	} {
+		p, err := plan()
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, it := range p.Items {
+			found = found || it.Category == budget.Trainable && it.Bytes == want && strings.Contains(it.Note, "adapter")
+		}
+		if !found {
+			t.Errorf("%s: no item of the applied adapter's %d bytes:\n%s", name, want, p)
+		}
+	}
+	with, _ := PlanGenerate(m, 64, 8, 0)
+	if with.Peak-without.Peak < want {
+		t.Errorf("generate's peak rose by %d with the adapter, its values are %d", with.Peak-without.Peak, want)
 	}
 }

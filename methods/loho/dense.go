@@ -91,6 +91,9 @@ func (d *Dense) Trainable() int64 {
 	return n
 }
 
+// Bytes is the dense delta's values.
+func (d *Dense) Bytes() int64 { return 4 * int64(len(d.Val)) }
+
 // Forward adds x·Dᵀ to y for M rows.
 func (d *Dense) Forward(y, x []float32, M int) {
 	kernels.GemmNT(d.pool, y[:M*d.Out], x[:M*d.In], d.Val, M, d.Out, d.In, true)

@@ -31,7 +31,12 @@ type Sparse struct {
 	pool *kernels.Pool
 }
 
-var _ model.Adapter = (*Sparse)(nil)
+var _ model.SizedAdapter = (*Sparse)(nil)
+
+// Bytes is the memory the delta holds: indices, values, gradient.
+func (s *Sparse) Bytes() int64 {
+	return 4 * int64(len(s.RowPtr)+len(s.Cols)+len(s.Val)+len(s.Grad))
+}
 
 // MaskKey is the mask generator's key for one matrix: the run's mask seed
 // mixed with the matrix's name, so masks do not depend on which matrices
@@ -209,6 +214,17 @@ func (s *Sparse) AddTo(w []float32) {
 
 // Stack applies several adapters to one layer: outputs and gradients add.
 type Stack []model.Adapter
+
+// Bytes is what the adapters that say so hold.
+func (st Stack) Bytes() int64 {
+	var n int64
+	for _, a := range st {
+		if sa, ok := a.(model.SizedAdapter); ok {
+			n += sa.Bytes()
+		}
+	}
+	return n
+}
 
 // ScratchFloats is the most scratch any of the adapters takes.
 func (st Stack) ScratchFloats(M int) int {

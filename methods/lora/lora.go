@@ -44,6 +44,9 @@ func f32Matrix(v []float32, rows, cols int) kernels.Matrix {
 	return kernels.Matrix{Type: quant.F32, Rows: rows, Cols: cols, Data: b}
 }
 
+// Bytes is the memory the layer holds: its factors and their gradients.
+func (l *Layer) Bytes() int64 { return 4 * int64(len(l.A)+len(l.B)+len(l.GA)+len(l.GB)) }
+
 // ScratchFloats is the most scratch one Forward or Backward of M rows
 // takes: the (M, R) products, and with dropout the masked input and the
 // input gradient through the mask.

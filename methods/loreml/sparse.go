@@ -21,7 +21,12 @@ type Sparse struct {
 	pool *kernels.Pool
 }
 
-var _ model.Adapter = (*Sparse)(nil)
+var _ model.SizedAdapter = (*Sparse)(nil)
+
+// Bytes is the memory the delta holds: indices, values, gradient.
+func (s *Sparse) Bytes() int64 {
+	return 4 * int64(len(s.RowPtr)+len(s.Col)+len(s.Val)+len(s.Grad))
+}
 
 // K is the number of kept entries.
 func (s *Sparse) K() int { return len(s.Col) }
@@ -207,6 +212,15 @@ type Matrix struct {
 }
 
 var _ model.ScratchAdapter = (*Matrix)(nil)
+
+// Bytes is the warm start's factors and the delta.
+func (a *Matrix) Bytes() int64 {
+	n := a.Delta.Bytes()
+	if a.Warm != nil {
+		n += 4 * int64(len(a.Warm.U)+len(a.Warm.V))
+	}
+	return n
+}
 
 // ScratchFloats is the warm start's (the sparse delta takes none).
 func (a *Matrix) ScratchFloats(M int) int {

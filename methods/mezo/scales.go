@@ -79,6 +79,9 @@ func (s *Scales) deltaRow(d []float32, o int) bool {
 	return false
 }
 
+// Bytes is the scale changes and their gradient.
+func (s *Scales) Bytes() int64 { return 4 * int64(len(s.R)+len(s.GR)) }
+
 // Forward adds x·ΔWᵀ to y for M rows, one output row of ΔW at a time.
 func (s *Scales) Forward(y, x []float32, M int) {
 	In, Out := s.W.Cols, s.W.Rows
