@@ -52,7 +52,11 @@ func zoLoRA(m *model.Model, cfg Config) (*lora.Set, error) {
 	if err != nil {
 		return nil, err
 	}
-	return lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed, NoGrads: true})
+	lc := lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed, NoGrads: true}
+	if cfg.tensors != nil {
+		lc.Alloc = cfg.tensors.slabTensors(m)
+	}
+	return lora.New(m, lc)
 }
 
 // loraTensors lists LoRA factors as MeZO tensors (decay applies).

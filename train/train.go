@@ -95,7 +95,8 @@ type Config struct {
 	// accountant (newOptimizer); Run sets it.
 	moments *slabMoments
 	// tensors, when set, holds LoRA's values and gradients as slabs of the
-	// model's accountant (newLoRAMethod); Run sets it for lora and qlora.
+	// model's accountant (newLoRAMethod, zoLoRA); Run sets it for lora,
+	// qlora and MeZO on LoRA factors, whose whole state they are.
 	tensors *slabSet
 }
 
@@ -366,8 +367,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		return nil, fmt.Errorf("train: the token cache's index alone exceeds --max-mem %s: %w; %s", cfg.MaxMem, err, atLeast(dm.Bytes))
 	}
 	pre := 8 * loraValues(m, cfg) // adapter values and their gradients
-	if cfg.Method == "lora" || cfg.Method == "qlora" {
+	if cfg.Method == "lora" || cfg.Method == "qlora" || cfg.Method == "mezo" && (cfg.ZOTarget == "" || cfg.ZOTarget == "lora") {
 		// made as slabs, booked by the accountant as the method is built
+		// (all of the method's state: MeZO on LoRA keeps the values only)
 		cfg.tensors = &slabSet{}
 		defer cfg.tensors.free()
 		pre = 0
