@@ -16,9 +16,9 @@
 //     input (saved activations and block inputs, the step's workspace with
 //     its logits chunk, backward scratch and the adapters' scratch
 //     (model.ScratchAdapter: products with the rows, dropout masks), the
-//     KV cache, a scorer's or an evaluation's buffers); and for LoRA and
-//     QLoRA, the adapters' values and gradients (one slab each, booked as
-//     the method is made) and AdamW's moments (one slab, made at the first
+//     KV cache, a scorer's or an evaluation's buffers); and for LoRA, QLoRA
+//     and MeZO on LoRA, the adapters' values and gradients (one slab each,
+//     booked as the method is made) and AdamW's moments (one slab, made at the first
 //     step in place of the plan's optimizer-state booking), returned when
 //     the run ends. Accountant.Floats books one before mapping it
 //     (an anonymous private mapping, outside the Go heap) and Free returns
@@ -29,8 +29,9 @@
 //     cannot move them: a booking that does not fit fails with
 //     ErrOverBudget and maps nothing.
 //   - Bookings of long-lived heap data: the other methods' trainable
-//     parameters, gradients and moments (MeZO, LoHO, LoReML; SGD's
-//     momentum), the token cache's index.
+//     parameters, gradients and moments (LoHO, LoReML, MeZO's scales and
+//     float copies; SGD's momentum), an adapter applied to generate or
+//     eval, the token cache's index.
 //     They are made once, live for the run and make no garbage; they are
 //     booked against the same limit as the slabs.
 //   - The runtime: the binary's code (file pages), the Go runtime as
@@ -43,15 +44,22 @@
 // MiB for the slabs' page rounding), at most the budget less the weights
 // and the runtime (Plan.HeapLimit). The Go heap's soft limit
 // (debug.SetMemoryLimit, set by train.ApplyPlan) is the runtime's heap part,
-// the booked heap data and the budget's slack past the plan, never below
+// the booked heap data and the budget's slack past the plan and its margin, never below
 // the runtime's own mapped overhead plus 4 MiB. Since nothing proportional
 // to the model or the batch is garbage on the heap, the collector only has
 // a step's small objects to keep up with, and the margin that remains for
 // it is the headroom in the runtime item.
 //
+// Every plan keeps Margin(peak) free under its budget (a MiB and 1/128 of
+// the peak): what no estimate can know varies from one run to the next
+// (which file pages the kernel reads ahead or keeps, when the collector
+// runs), by half a MiB on a 55 MiB run. A plan fits when its peak and its
+// margin fit, the smallest budget a refusal names includes it, and the
+// heap's soft limit does not take it.
+//
 // What is not yet a slab: the other methods' tensors named above (booked,
-// on the heap, made once and live for the run), the kernels' pooled scratch (bounded by the worker
-// count, in the runtime item), and the buffers a save or an export writes
-// through (an adapter's encoded bytes). Closing a model unmaps its
-// accountant's cached slabs.
+// on the heap, made once and live for the run) and the kernels' pooled
+// scratch (bounded by the worker count, in the runtime item). Adapters are
+// encoded as they are written (64 KiB at a time), not whole. Closing a
+// model unmaps its accountant's cached slabs.
 package budget
