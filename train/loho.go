@@ -231,7 +231,7 @@ func lohoPlan(m *model.Model, cfg Config, set *lora.Set, adapted int, limit int6
 	// The run streams the blocks when they do not fit resident beside the
 	// rest (the budget planner decides the same way), not only when the
 	// weights alone exceed the budget.
-	if limit > 0 && p.Bytes(0) > limit {
+	if b := p.Bytes(0); limit > 0 && b+budget.Margin(b) > limit {
 		var biggest int64
 		for _, b := range m.LayerBytes() {
 			biggest = max(biggest, b)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"github.com/qtune/qtune/budget"
+	"github.com/qtune/qtune/internal/synth"
 	"math"
 	"os"
 	"path/filepath"
@@ -256,5 +257,40 @@ func TestLoHOIntraPartitionsEntries(t *testing.T) {
 		if zo == 0 || float64(moved) < 0.99*float64(zo) {
 			t.Fatalf("%s: %d of %d zeroth-order entries moved", s.Target, moved, zo)
 		}
+	}
+}
+
+// TestLoHOAutoMonotone: with --fo-layers auto, a budget LoHO accepts is
+// accepted with any more memory too. Keeping the plan's margin in the
+// refusal but not in the choice to stream the weights refused a window
+// of budgets above the smallest (the long sweep found 133 MiB on 110M,
+// between 79 and 154 accepted). On a synthetic 15M Q4_0 model, whose
+// weights streamed save more than the margin.
+func TestLoHOAutoMonotone(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "15M.gguf")
+	if err := synth.Write(p, synth.Presets["15M"], quant.Q4_0, 1); err != nil {
+		t.Fatal(err)
+	}
+	cfg := zoRun(t, t.TempDir(), "loho", "lora")
+	cfg.Model, cfg.FOLayers = p, "auto"
+	cfg.BatchSize, cfg.MaxSeqLength = 2, 64
+	m, err := model.Open(p, model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	first := int64(0)
+	for limit := int64(16 << 20); limit <= 96<<20; limit += 64 << 10 {
+		cfg.MaxMem = strconv.FormatInt(limit, 10)
+		_, err := newMethod(m, cfg)
+		switch {
+		case err == nil && first == 0:
+			first = limit
+		case err != nil && first != 0:
+			t.Fatalf("--max-mem %d accepted, %d refused: %v", first, limit, err)
+		}
+	}
+	if first == 0 {
+		t.Fatal("no budget up to 96 MiB accepted")
 	}
 }
