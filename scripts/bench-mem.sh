@@ -21,7 +21,12 @@ row() { # model type job budget args...
   local m=$1 t=$2 job=$3 b=$4; shift 4
   local mm=() ; [ "$b" != none ] && mm=(--max-mem "$b")
   local plan; plan=$($Q --quiet plan "$@" "${mm[@]}" 2>&1 | sed -n 's/memory plan: peak \([0-9.]* [KMG]iB\).*/\1/p')
-  local log; log=$(QTUNE_PEAK_FILE="$DIR/peak" $Q "$@" "${mm[@]}" 2>&1 >/dev/null || true)
+  rm -f "$DIR/peak"
+  local log rc=0; log=$(QTUNE_PEAK_FILE="$DIR/peak" $Q "$@" "${mm[@]}" 2>&1 >/dev/null) || rc=$?
+  if [ "$rc" != 0 ] || [ ! -s "$DIR/peak" ]; then # a refusal or a failure, never a stale peak
+    printf '| %s | %s | %s | %s | %s | failed (exit %s): %s | – |\n' "$m" "$t" "$job" "$b" "${plan:-–}" "$rc" "$(echo "$log" | grep -v '^[0-9:]* INF' | tail -1 | cut -c1-120)"
+    return
+  fi
   local tps; tps=$(echo "$log" | sed -n 's/.*tokens_per_s=\([0-9.]*\).*/\1/p; s/.*Tokens\/sec \([0-9.]*\).*/\1/p' | tail -1)
   printf '| %s | %s | %s | %s | %s | %s MiB | %.1f |\n' "$m" "$t" "$job" "$b" "$plan" "$(mib "$(cat "$DIR/peak")")" "${tps:-0}"
 }
