@@ -259,7 +259,7 @@ func (g *guard) out(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value,
 	}
 	total := int64(emitFactor) * int64(g.lim.MaxOutput)
 	left := total - g.emitted
-	n, err := printedLen(args[0], true, int(min(left, int64(g.lim.MaxOutput)*emitFactor)), 0)
+	n, err := printedLen(args[0], true, int(left), 0)
 	if err != nil {
 		return jinja.Undefined(), g.errSize("output: %v", err)
 	}

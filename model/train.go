@@ -65,14 +65,23 @@ type SizedAdapter interface {
 // AdapterBytes is what the adapters of ad hold, by SizedAdapter.
 func AdapterBytes(ad Adapters) int64 {
 	var n int64
+	eachAdapter(ad, func(a Adapter) {
+		if sa, ok := a.(SizedAdapter); ok {
+			n += sa.Bytes()
+		}
+	})
+	return n
+}
+
+// eachAdapter calls f with every adapter of ad.
+func eachAdapter(ad Adapters, f func(Adapter)) {
 	for _, row := range ad {
 		for _, a := range row {
-			if sa, ok := a.(SizedAdapter); ok {
-				n += sa.Bytes()
+			if a != nil {
+				f(a)
 			}
 		}
 	}
-	return n
 }
 
 // ScratchAdapter is an Adapter whose temporary buffers (products with the
@@ -93,25 +102,21 @@ type ScratchAdapter interface {
 // the scratch LossGrad makes for them (and the plan books).
 func AdapterScratchFloats(ad Adapters, M int) int {
 	n := 0
-	for _, row := range ad {
-		for _, a := range row {
-			if sa, ok := a.(ScratchAdapter); ok {
-				n = max(n, sa.ScratchFloats(M))
-			}
+	eachAdapter(ad, func(a Adapter) {
+		if sa, ok := a.(ScratchAdapter); ok {
+			n = max(n, sa.ScratchFloats(M))
 		}
-	}
+	})
 	return n
 }
 
 // useScratch gives every ScratchAdapter of ad buf (nil takes it back).
 func useScratch(ad Adapters, buf []float32) {
-	for _, row := range ad {
-		for _, a := range row {
-			if sa, ok := a.(ScratchAdapter); ok {
-				sa.UseScratch(buf)
-			}
+	eachAdapter(ad, func(a Adapter) {
+		if sa, ok := a.(ScratchAdapter); ok {
+			sa.UseScratch(buf)
 		}
-	}
+	})
 }
 
 // StepOptions control LossGrad.

@@ -77,23 +77,7 @@ var chunks = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 // change until the function has run.
 func encoder(t quant.Type, v []float32, what string) (int64, func(w io.Writer) error, error) {
 	const chunk = 16 << 10 // values per chunk
-	var width int64
-	switch t {
-	case quant.F32:
-		width = 4
-	case quant.F16, quant.BF16:
-		width = 2
-		bp := chunks.Get().(*[]byte)
-		defer chunks.Put(bp)
-		for lo := 0; lo < len(v); lo += chunk {
-			if _, err := encodeInto(*bp, t, v[lo:min(lo+chunk, len(v))], what, lo); err != nil {
-				return 0, nil, err
-			}
-		}
-	default:
-		return 0, nil, checkDType(t)
-	}
-	return width * int64(len(v)), func(w io.Writer) error {
+	write := func(w io.Writer) error {
 		bp := chunks.Get().(*[]byte)
 		defer chunks.Put(bp)
 		for lo := 0; lo < len(v); lo += chunk {
@@ -106,7 +90,17 @@ func encoder(t quant.Type, v []float32, what string) (int64, func(w io.Writer) e
 			}
 		}
 		return nil
-	}, nil
+	}
+	switch t {
+	case quant.F32:
+		return 4 * int64(len(v)), write, nil
+	case quant.F16, quant.BF16:
+		if err := write(io.Discard); err != nil { // an overflow, before anything is written
+			return 0, nil, err
+		}
+		return 2 * int64(len(v)), write, nil
+	}
+	return 0, nil, checkDType(t)
 }
 
 // decode converts n values of type t (F32, F16 or BF16) from b.
