@@ -16,29 +16,35 @@
 //     input (saved activations and block inputs, the step's workspace with
 //     its logits chunk, backward scratch and the adapters' scratch
 //     (model.ScratchAdapter: products with the rows, dropout masks), the
-//     KV cache, a scorer's or an evaluation's buffers); and for LoRA, QLoRA
-//     and MeZO on LoRA, the adapters' values and gradients (one slab each,
-//     booked as the method is made) and AdamW's moments (one slab, made at the first
-//     step in place of the plan's optimizer-state booking), returned when
-//     the run ends. Accountant.Floats books one before mapping it
-//     (an anonymous private mapping, outside the Go heap) and Free returns
-//     it; freed slabs are cached for the next step while booked, and are
-//     unmapped first whenever a new booking needs the room or the cache
-//     would lift the bookings above the highest the live buffers reached.
-//     The collector never sees these bytes, so how busy the machine is
-//     cannot move them: a booking that does not fit fails with
-//     ErrOverBudget and maps nothing.
-//   - Bookings of long-lived heap data: the other methods' trainable
-//     parameters, gradients and moments (LoHO, LoReML, MeZO's scales and
-//     float copies; SGD's momentum), an adapter applied to generate or
-//     eval, the token cache's index.
-//     They are made once, live for the run and make no garbage; they are
-//     booked against the same limit as the slabs.
+//     KV cache, a scorer's or an evaluation's buffers), and every method's
+//     state: LoRA's and QLoRA's factors and gradients, MeZO's LoRA factors,
+//     block scales or writable copies of float matrices, LoHO's factors,
+//     first-order gradients, sparse deltas and dense zeroth-order deltas,
+//     LoReML's scores and its stage-2 deltas, warm start and gradients
+//     (model.Alloc, made as the method is built or changes stage, one
+//     allocation per tensor group), and the optimizer's moments (one slab
+//     made at the first step, in place of the plan's optimizer-state
+//     booking or of the method's own count of it), returned when the run
+//     ends. Accountant.Floats books one before mapping it (an anonymous
+//     private mapping, outside the Go heap) and Free returns it; freed slabs
+//     are cached for the next step while booked, and are unmapped first
+//     whenever a new booking needs the room or the cache would lift the
+//     bookings above the highest the live buffers reached. The collector
+//     never sees these bytes, so how busy the machine is cannot move them:
+//     a booking that does not fit fails with ErrOverBudget and maps nothing.
+//   - Bookings of heap data: an adapter applied to generate or eval (read
+//     from its file), the token cache's index. They are made once, live for
+//     the run and make no garbage; they are booked against the same limit
+//     as the slabs.
 //   - The runtime: the binary's code (file pages), the Go runtime as
 //     measured after the model was opened (GoRuntimeBytes: parsed header,
-//     tokenizer, rotary tables, stacks), the kernels' pooled scratch on this
-//     machine, and headroom for a step's small garbage. It is the plan's
-//     "runtime" item.
+//     tokenizer, rotary tables, stacks), every worker's fixed GEMM blocks
+//     (made once, heap), the kernels' pooled scratch (packed operands,
+//     decoded panels of quantized weights, attention score blocks: mapped
+//     outside the Go heap with MapFloats, the largest few blocks kept idle
+//     for reuse, unmapped by kernels.Release when a run ends; its own plan
+//     item, off the heap), and headroom for a step's small garbage. These
+//     are the plan's two "runtime" items.
 //
 // The accountant's limit is what the plan books (slabs and bookings, and a
 // MiB for the slabs' page rounding), at most the budget less the weights
@@ -57,9 +63,10 @@
 // margin fit, the smallest budget a refusal names includes it, and the
 // heap's soft limit does not take it.
 //
-// What is not yet a slab: the other methods' tensors named above (booked,
-// on the heap, made once and live for the run) and the kernels' pooled
-// scratch (bounded by the worker count, in the runtime item). Adapters are
-// encoded as they are written (64 KiB at a time), not whole. Closing a
-// model unmaps its accountant's cached slabs.
+// What stays on the Go heap is small and bounded: parsed metadata and the
+// tokenizer, per-call garbage of kernels and adapters (a row or a tile per
+// worker), a LoReML transition's top-k heaps (one matrix's kept entries at
+// a time) and a stage-1 save's passing copy of the mask, and the I/O
+// buffers of saving (adapters are encoded as they are written, 64 KiB at a
+// time, not whole). Closing a model unmaps its accountant's cached slabs.
 package budget

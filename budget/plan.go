@@ -22,6 +22,10 @@ type Item struct {
 	Category Category
 	Bytes    int64
 	Note     string
+	// OffHeap: the item lives in mapped memory (the accountant's slabs,
+	// the kernels' scratch), not on the Go heap, whose soft limit leaves
+	// it out.
+	OffHeap bool
 }
 
 // Request describes a run to the planner in bytes only.
@@ -44,6 +48,9 @@ type Request struct {
 	Fixed []Item
 	// Runtime is the process's own footprint (binary, Go runtime, tokenizer).
 	Runtime int64
+	// Scratch is the kernels' pooled scratch, mapped outside the Go heap
+	// (kernels.ScratchBytes): a second runtime item.
+	Scratch int64
 	// CanCheckpoint allows activation checkpointing (training only).
 	CanCheckpoint bool
 	// Checkpoint requires it (the user asked for it): every candidate
@@ -187,7 +194,7 @@ func (r *Request) evaluate(c candidate) *Plan {
 		}
 	}
 	add := func(cat Category, n int64, note string) {
-		p.Items = append(p.Items, Item{cat, n, note})
+		p.Items = append(p.Items, Item{Category: cat, Bytes: n, Note: note})
 	}
 	if c.stream {
 		// The block in use is resident; the next one is read ahead into the
@@ -236,6 +243,9 @@ func (r *Request) evaluate(c candidate) *Plan {
 		p.FloorBytes = floor
 	}
 	add(Runtime, r.Runtime+floor, "binary, Go runtime, tokenizer, GC headroom")
+	if r.Scratch > 0 {
+		p.Items = append(p.Items, Item{Category: Runtime, Bytes: r.Scratch, Note: "the kernels' scratch (packed and decoded panels, attention blocks), mapped outside the Go heap", OffHeap: true})
+	}
 	var heapFree int64
 	for _, it := range p.Items {
 		p.Peak += it.Bytes

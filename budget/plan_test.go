@@ -17,7 +17,7 @@ func req(budget int64) Request {
 			return int64(b) * 40 << 20
 		},
 		Workspace: func(b int) int64 { return int64(b) << 20 },
-		Fixed:     []Item{{Trainable, 10 << 20, ""}, {OptimizerState, 20 << 20, ""}},
+		Fixed:     []Item{{Category: Trainable, Bytes: 10 << 20}, {Category: OptimizerState, Bytes: 20 << 20}},
 		Runtime:   30 << 20, CanCheckpoint: true,
 	}
 }
@@ -94,7 +94,7 @@ func TestAccountant(t *testing.T) {
 // it moves to disk before the micro-batch shrinks.
 func TestPlanOptimizerOnDisk(t *testing.T) {
 	r := req(0)
-	r.Fixed = []Item{{Trainable, 10 << 20, ""}}
+	r.Fixed = []Item{{Category: Trainable, Bytes: 10 << 20}}
 	r.OptimizerBytes, r.OptimizerDiskBytes = 200<<20, 2<<20
 	// resident: 500 weights + 8·10 ckpt + 8 ws + 10 + 200 opt + 30 = 828; with
 	// the optimizer on disk 630.

@@ -26,7 +26,8 @@ const attnScratch = 1 << 17
 // serial runs the GEMMs of the blocked attention on the calling goroutine.
 var serial = NewPool(1)
 
-var attnPool floats
+// two blocks per worker in the backward
+var attnPool = floats{keep: 2 * freeListMax}
 
 func attnBuf(n int) *[]float32 { return attnPool.get(n) }
 

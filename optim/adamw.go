@@ -35,13 +35,16 @@ type MomentStore interface {
 	Evict(v []float32)
 }
 
-func (o *AdamW) alloc(n int) ([]float32, error) {
-	if o.Store == nil {
+func (o *AdamW) alloc(n int) ([]float32, error) { return storeAlloc(o.Store, "adamw", n) }
+
+// storeAlloc is n zeroed values from s, or from the heap when s is nil.
+func storeAlloc(s MomentStore, opt string, n int) ([]float32, error) {
+	if s == nil {
 		return make([]float32, n), nil
 	}
-	v, err := o.Store.Alloc(n)
+	v, err := s.Alloc(n)
 	if err != nil {
-		return nil, fmt.Errorf("optim: adamw: moment store: %w", err)
+		return nil, fmt.Errorf("optim: %s: moment store: %w", opt, err)
 	}
 	return v, nil
 }

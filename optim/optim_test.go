@@ -633,3 +633,55 @@ func TestAdamWMomentStore(t *testing.T) {
 		t.Fatalf("allocs %d evicts %d, want 4 and 12", st.allocs, st.evicts)
 	}
 }
+
+type failingStore struct{ left int }
+
+func (f *failingStore) Alloc(n int) ([]float32, error) {
+	if f.left == 0 {
+		return nil, errors.New("store full")
+	}
+	f.left--
+	return make([]float32, n), nil
+}
+func (f *failingStore) Evict([]float32) {}
+
+// SGD's momentum buffers come from its store when it has one (the same
+// weights as on the heap, one buffer per parameter, made once); a store
+// that fails leaves every parameter as it was.
+func TestSGDMomentumStore(t *testing.T) {
+	mk := func() []*Param {
+		return []*Param{{Name: "a", W: []float32{1, -2, 3}, G: []float32{0.1, 0.2, -0.3}, Decay: true},
+			{Name: "b", W: []float32{0.5}, G: []float32{-1}}}
+	}
+	plain, stored := mk(), mk()
+	st := &countingStore{}
+	o1, o2 := NewSGD(0.9, 0.01, false), NewSGD(0.9, 0.01, false)
+	o2.Store = st
+	for i := 0; i < 3; i++ {
+		if err := o1.Step(plain, 1e-2); err != nil {
+			t.Fatal(err)
+		}
+		if err := o2.Step(stored, 1e-2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range plain {
+		for j := range plain[i].W {
+			if plain[i].W[j] != stored[i].W[j] {
+				t.Fatalf("param %d[%d]: %v vs %v", i, j, plain[i].W[j], stored[i].W[j])
+			}
+		}
+	}
+	if st.allocs != 2 {
+		t.Fatalf("%d buffers from the store, want 2", st.allocs)
+	}
+	ps := mk()
+	o3 := NewSGD(0.9, 0, false)
+	o3.Store = &failingStore{left: 1}
+	if err := o3.Step(ps, 1e-2); err == nil {
+		t.Fatal("a full store was not an error")
+	}
+	if ps[0].W[0] != 1 || ps[1].W[0] != 0.5 {
+		t.Errorf("a failed step moved the parameters: %v %v", ps[0].W, ps[1].W)
+	}
+}

@@ -18,9 +18,14 @@ import (
 type SGD struct {
 	Momentum, WeightDecay float64
 	Nesterov              bool
+	// Store, when set, holds the momentum buffers (as AdamW's moments);
+	// nil keeps them on the heap.
+	Store MomentStore
 
 	buf map[string][]float32
 }
+
+func (o *SGD) alloc(n int) ([]float32, error) { return storeAlloc(o.Store, "sgd", n) }
 
 // NewSGD returns an SGD optimizer.
 func NewSGD(momentum, wd float64, nesterov bool) *SGD {
@@ -71,6 +76,24 @@ func (o *SGD) Step(params []*Param, lr float64) error {
 	if mom != 0 && o.buf == nil {
 		o.buf = make(map[string][]float32)
 	}
+	// Buffers made before any update, so that a store that fails leaves
+	// the parameters as they were.
+	var fresh map[string]bool
+	if mom != 0 {
+		for _, p := range params {
+			if p.G == nil || o.buf[p.Name] != nil {
+				continue
+			}
+			b, err := o.alloc(len(p.W))
+			if err != nil {
+				return err
+			}
+			if fresh == nil {
+				fresh = map[string]bool{}
+			}
+			o.buf[p.Name], fresh[p.Name] = b, true
+		}
+	}
 	for _, p := range params {
 		if p.G == nil {
 			continue
@@ -78,13 +101,7 @@ func (o *SGD) Step(params []*Param, lr float64) error {
 		var buf []float32
 		first := false
 		if mom != 0 {
-			buf = o.buf[p.Name]
-			if buf == nil {
-				buf = make([]float32, len(p.W))
-				o.buf[p.Name] = buf
-				first = true
-			}
-			buf = buf[:len(p.W)]
+			buf, first = o.buf[p.Name][:len(p.W)], fresh[p.Name]
 		}
 		w, g := p.W, p.G[:len(p.W)]
 		for i := range w {
@@ -135,10 +152,11 @@ func (o *SGD) LoadState(ts []StateTensor) error {
 		if _, dup := buf[name]; dup {
 			return fmt.Errorf("optim: sgd: state %q: duplicate: %w", x.Name, ErrState)
 		}
-		b := slices.Clone(x.Data)
-		if b == nil {
-			b = []float32{}
+		b, err := o.alloc(len(x.Data))
+		if err != nil {
+			return err
 		}
+		copy(b, x.Data)
 		buf[name] = b
 	}
 	o.buf = buf

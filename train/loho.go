@@ -95,7 +95,9 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 	}
 	// Gradients only for the first-order blocks' factors, made below (the
 	// zeroth-order ones never have any).
-	set, err := lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed, NoGrads: true})
+	alloc := cfg.tensors.alloc(m)
+	set, err := lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed, NoGrads: true,
+		Alloc: cfg.tensors.slabTensors(m)})
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +123,7 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 		h.first = lowest
 		h.ad = make(model.Adapters, L)
 		for _, l := range set.Layers {
-			s, err := loho.NewSparse(l.Target, l.Out, l.In, cfg.FORatio, cfg.Seed, true, m.Pool())
+			s, err := loho.NewSparse(l.Target, l.Out, l.In, cfg.FORatio, cfg.Seed, true, m.Pool(), alloc)
 			if err != nil {
 				return nil, err
 			}
@@ -131,7 +133,7 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 			h.nnzIx += 4*int64(s.Nnz()) + 4*int64(s.Out+1)
 			var zo model.Adapter = loraDx{l, m.Pool()}
 			if h.complement && cfg.FORatio < 1 {
-				d, err := loho.NewDense(l.Target, l.Out, l.In, cfg.FORatio, cfg.Seed, m.Pool())
+				d, err := loho.NewDense(l.Target, l.Out, l.In, cfg.FORatio, cfg.Seed, m.Pool(), alloc)
 				if err != nil {
 					return nil, err
 				}
@@ -155,7 +157,9 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 			}
 		}
 		if h.complement {
-			h.set = nil // the LoRA factors only named the matrices
+			// the LoRA factors only named the matrices
+			cfg.tensors.drop(set.Layers[0].A)
+			h.set = nil
 		} else {
 			zoLayers = set.Layers
 		}
@@ -167,9 +171,20 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 		h.first = L - h.foN
 		h.est = lohoPlan(m, cfg, set, adapted, 0).Bytes(h.foN)
 		h.ad = set.ByPos
+		// The first-order blocks' gradients: one allocation.
+		var lens []int
 		for _, l := range set.Layers {
 			if layerOf(l.Target) >= h.first {
-				l.GA, l.GB = make([]float32, len(l.A)), make([]float32, len(l.B))
+				lens = append(lens, len(l.A), len(l.B))
+			}
+		}
+		grads, err := alloc.Parts(budget.Gradients, lens...)
+		if err != nil {
+			return nil, fmt.Errorf("train: loho: gradients of the first-order blocks: %w", err)
+		}
+		for _, l := range set.Layers {
+			if layerOf(l.Target) >= h.first {
+				l.GA, l.GB, grads = grads[0], grads[1], grads[2:]
 				h.fo = append(h.fo, &optim.Param{Name: l.Target + ".lora_a", W: l.A, G: l.GA, Decay: true},
 					&optim.Param{Name: l.Target + ".lora_b", W: l.B, G: l.GB, Decay: true})
 				h.foVal += int64(len(l.A) + len(l.B))
@@ -189,6 +204,11 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 			return nil, err
 		}
 	}
+	lens := make([]int, len(h.fo))
+	for i, p := range h.fo {
+		lens[i] = len(p.W)
+	}
+	cfg.moments.want(stateBytes(h.opt, lens...))
 	return h, nil
 }
 

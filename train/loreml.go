@@ -44,7 +44,7 @@ func newLoReMLMethod(m *model.Model, cfg Config) (Method, error) {
 		return nil, err
 	}
 	lc := loreml.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Dropout: cfg.Dropout, Targets: targets, Layers: cfg.NumLayers,
-		Seed: cfg.Seed, KeepRatio: cfg.KeepRatio, WarmStart: cfg.WarmStart}
+		Seed: cfg.Seed, KeepRatio: cfg.KeepRatio, WarmStart: cfg.WarmStart, Alloc: cfg.tensors.alloc(m)}
 	s1 := cfg.Stage1Iters
 	if s1 <= 0 {
 		s1 = max(1, cfg.Iters/10)
@@ -56,12 +56,49 @@ func newLoReMLMethod(m *model.Model, cfg Config) (Method, error) {
 	if err != nil {
 		return nil, err
 	}
-	scores, err := lora.New(m, lora.Config{Rank: lc.Rank, Alpha: lc.Alpha, Dropout: lc.Dropout, Targets: lc.Targets, Layers: lc.Layers, Seed: lc.Seed})
+	scores, err := lora.New(m, lora.Config{Rank: lc.Rank, Alpha: lc.Alpha, Dropout: lc.Dropout, Targets: lc.Targets, Layers: lc.Layers, Seed: lc.Seed,
+		Alloc: cfg.tensors.slabTensors(m)})
 	if err != nil {
 		return nil, err
 	}
 	loreml.InitScores(lc.Seed, scoreViews(scores))
-	return &loremlMethod{m: m, cfg: cfg, lc: lc, stage1: s1, plan: plan, scores: scores, p1: loraParams(scores), opt1: newOptimizer(cfg)}, nil
+	l := &loremlMethod{m: m, cfg: cfg, lc: lc, stage1: s1, plan: plan, scores: scores, p1: loraParams(scores), opt1: newOptimizer(cfg)}
+	cfg.moments.want(stateBytes(l.opt1, paramLens(l.p1)...))
+	return l, nil
+}
+
+// paramLens lists the parameters' lengths.
+func paramLens(ps []*optim.Param) []int {
+	lens := make([]int, len(ps))
+	for i, p := range ps {
+		lens[i] = len(p.W)
+	}
+	return lens
+}
+
+// laterSlabs: stage 1's optimizer state, then stage 2's delta and warm
+// start per matrix, its gradients and its optimizer state.
+func (l *loremlMethod) laterSlabs() int { return 3 + 2*l.plan.Matrices }
+
+// dropStage1 returns stage 1's memory: the scores' gradients and optimizer
+// state, and unless keepValues their values (a warm start has its copies).
+func (l *loremlMethod) dropStage1(keepValues bool) {
+	if l.scores == nil {
+		return
+	}
+	if len(l.scores.Layers) > 0 {
+		l.cfg.tensors.drop(l.scores.Layers[0].GA)
+		if !keepValues {
+			l.cfg.tensors.drop(l.scores.Layers[0].A)
+		}
+	}
+	for _, ly := range l.scores.Layers {
+		ly.GA, ly.GB = nil, nil
+	}
+	l.opt1, l.p1 = nil, nil
+	if l.cfg.moments != nil {
+		l.cfg.moments.free()
+	}
 }
 
 // scoreViews shows LoRA layers as LoReML scores: B (Out, R) is U, A (R, In)
@@ -84,7 +121,11 @@ func (l *loremlMethod) stage2Optimizer() optim.Optimizer {
 	if l.cfg.WeightDecay > 0 {
 		wd = l.cfg.WeightDecay
 	}
-	return optim.NewAdamW(0.9, 0.999, 1e-8, wd)
+	a := optim.NewAdamW(0.9, 0.999, 1e-8, wd)
+	if l.cfg.moments != nil {
+		a.Store = l.cfg.moments
+	}
+	return a
 }
 
 func (l *loremlMethod) stage1Bytes() int64 {
@@ -133,21 +174,20 @@ func (l *loremlMethod) StateBytes() int64 {
 
 // transition forms stage 2 from the scores and frees stage 1.
 func (l *loremlMethod) transition() error {
-	l.opt1, l.p1 = nil, nil
-	for _, ly := range l.scores.Layers {
-		ly.GA, ly.GB = nil, nil
-	}
+	l.dropStage1(true)
 	set, err := loreml.Build(l.m, l.lc, scoreViews(l.scores))
 	if err != nil {
 		return err
 	}
+	l.dropStage1(false)
 	l.scores = nil
-	l.enterStage2(set)
-	return nil
+	return l.enterStage2(set)
 }
 
-func (l *loremlMethod) enterStage2(set *loreml.Set) {
-	set.AllocGrads()
+func (l *loremlMethod) enterStage2(set *loreml.Set) error {
+	if err := set.AllocGrads(); err != nil {
+		return err
+	}
 	l.set = set
 	l.p2 = nil
 	for _, a := range set.Matrices {
@@ -159,6 +199,8 @@ func (l *loremlMethod) enterStage2(set *loreml.Set) {
 		l.p2 = append(l.p2, &optim.Param{Name: n.Name, W: n.W, G: n.G})
 	}
 	l.opt2 = l.stage2Optimizer()
+	l.cfg.moments.want(stateBytes(l.opt2, paramLens(l.p2)...))
+	return nil
 }
 
 func (l *loremlMethod) Step(ctx context.Context, it int, batches []data.Batch, lr float64) (float64, int, error) {
@@ -324,8 +366,11 @@ func (l *loremlMethod) Load(ts []checkpoint.Tensor) error {
 	if err != nil {
 		return err
 	}
-	l.scores, l.p1, l.opt1 = nil, nil, nil
-	l.enterStage2(set)
+	l.dropStage1(false)
+	l.scores = nil
+	if err := l.enterStage2(set); err != nil {
+		return err
+	}
 	return loadOptim(l.opt2, ts)
 }
 
@@ -350,8 +395,11 @@ func (l *loremlMethod) targets() []string {
 func (l *loremlMethod) Save(dir string) error {
 	set := l.set
 	if set == nil {
+		// on the heap: a save's passing copy, beside stage 1's slabs
+		lc := l.lc
+		lc.Alloc = nil
 		var err error
-		if set, err = loreml.Build(l.m, l.lc, scoreViews(l.scores)); err != nil {
+		if set, err = loreml.Build(l.m, lc, scoreViews(l.scores)); err != nil {
 			return err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"unsafe"
 
 	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/checkpoint"
@@ -67,7 +68,11 @@ var Methods = []string{"lora", "qlora", "mezo", "loho", "loho-inter", "loho-intr
 
 func newOptimizer(cfg Config) optim.Optimizer {
 	if cfg.Optimizer == "sgd" {
-		return optim.NewSGD(cfg.Momentum, cfg.WeightDecay, false)
+		o := optim.NewSGD(cfg.Momentum, cfg.WeightDecay, false)
+		if cfg.moments != nil {
+			o.Store = cfg.moments
+		}
+		return o
 	}
 	a := optim.NewAdamW(0.9, 0.999, 1e-8, cfg.WeightDecay)
 	if cfg.moments != nil {
@@ -76,29 +81,43 @@ func newOptimizer(cfg Config) optim.Optimizer {
 	return a
 }
 
-// slabMoments keeps AdamW's moments in one slab of the model's accountant
-// instead of on the Go heap: the plan's "optimizer state" booking (left
-// bytes of it) becomes that slab when the first step makes the moments,
-// which are then carved out of it. A method whose plan books its moments
-// elsewhere (with its own state) has none left and keeps them on the heap,
-// booked there. free returns the slab when the run ends.
+// slabMoments keeps the optimizer's state (AdamW's moments, SGD's momentum)
+// in one slab of the model's accountant instead of on the Go heap, carved
+// into each parameter's buffers. left bytes of it are made at the first
+// Alloc: the plan's "optimizer state" booking, which becomes the slab
+// (booked), or, for a method whose plan counts its moments with the rest
+// of its state (LoHO, LoReML), the size the method gives with want. free
+// returns the slab when the run ends or a method changes stage.
 type slabMoments struct {
-	m    *model.Model
-	left int64     // bytes of the optimizer-state booking not yet a slab
-	buf  []float32 // the slab's values not handed out yet
-	held slabSet
+	m      *model.Model
+	left   int64     // bytes not yet a slab
+	booked bool      // left is booked as optimizer state until the slab is made
+	buf    []float32 // the slab's values not handed out yet
+	held   slabSet
+}
+
+// want sets the state's size for a method that books it with its tensors:
+// n bytes, made at the first Alloc.
+func (s *slabMoments) want(n int64) {
+	if s != nil && !s.booked {
+		s.left = n
+	}
 }
 
 func (s *slabMoments) Alloc(n int) ([]float32, error) {
 	if s.buf == nil && s.left >= 4*int64(n) && s.m.Acct != nil {
-		s.m.Acct.Release(budget.OptimizerState, -1, s.left)
+		if s.booked {
+			s.m.Acct.Release(budget.OptimizerState, -1, s.left)
+		}
 		v, err := s.m.Acct.Floats(budget.OptimizerState, -1, int(s.left/4))
 		if err != nil {
-			s.m.Acct.Reserve(budget.OptimizerState, -1, s.left) // as it was (the step fails)
+			if s.booked {
+				s.m.Acct.Reserve(budget.OptimizerState, -1, s.left) // as it was (the step fails)
+			}
 			return nil, err
 		}
 		s.held.add(s.m.Acct, v)
-		s.buf, s.left = v, 0
+		s.buf, s.left, s.booked = v, 0, false
 	}
 	if n > len(s.buf) {
 		return make([]float32, n), nil
@@ -111,48 +130,119 @@ func (s *slabMoments) Alloc(n int) ([]float32, error) {
 // Evict does nothing: the moments stay in memory.
 func (s *slabMoments) Evict([]float32) {}
 
-func (s *slabMoments) free() { s.held.free(); s.buf = nil }
+func (s *slabMoments) free() {
+	s.held.free()
+	s.buf = nil
+	if s.booked {
+		s.m.Acct.Release(budget.OptimizerState, -1, s.left)
+	}
+	s.left, s.booked = 0, false
+}
+
+// stateBytes is what opt's state takes in a slabMoments for params of
+// these lengths (each buffer 64-byte aligned, as Alloc carves them).
+func stateBytes(opt optim.Optimizer, lens ...int) int64 {
+	var n int64
+	for _, l := range lens {
+		n += int64((l + 15) &^ 15)
+	}
+	return opt.StateBytes(n)
+}
 
 // slabSet is the slabs a run holds until it ends, each with the accountant
 // it came from (a buffer made without one is heap memory, left to the
-// collector).
-type slabSet []struct {
-	a *budget.Accountant
-	v []float32
+// collector), and what must happen before they go (a model put back as it
+// was, since its matrices were copies in them).
+type slabSet struct {
+	held []struct {
+		a *budget.Accountant
+		v []float32
+	}
+	before []func()
 }
 
 func (s *slabSet) add(a *budget.Accountant, v []float32) {
-	*s = append(*s, struct {
+	s.held = append(s.held, struct {
 		a *budget.Accountant
 		v []float32
 	}{a, v})
 }
 
+// onFree runs f before the slabs go (last added first).
+func (s *slabSet) onFree(f func()) { s.before = append(s.before, f) }
+
 func (s *slabSet) free() {
 	if s == nil {
 		return
 	}
-	for _, h := range *s {
-		h.a.Free(h.v)
+	for i := len(s.before) - 1; i >= 0; i-- {
+		s.before[i]()
 	}
-	*s = nil
+	s.before = nil
+	for _, h := range s.held {
+		if h.a != nil {
+			h.a.Free(h.v)
+		}
+	}
+	s.held = nil
 }
 
-// slabTensors gives LoRA's values and gradients slabs of the model's
-// accountant (booked as trainable parameters and gradients while made), in
-// place of the Go heap; lora.Config.Alloc.
-func (s *slabSet) slabTensors(m *model.Model) func(n int, grads bool) ([]float32, error) {
-	return func(n int, grads bool) ([]float32, error) {
-		cat := budget.Trainable
-		if grads {
-			cat = budget.Gradients
+// drop frees the slab that holds v's first value (a stage's tensors that
+// the method no longer uses); a v the set does not hold is left alone.
+func (s *slabSet) drop(v []float32) {
+	if s == nil || len(v) == 0 {
+		return
+	}
+	p := uintptr(unsafe.Pointer(unsafe.SliceData(v)))
+	for i, h := range s.held {
+		lo := uintptr(unsafe.Pointer(unsafe.SliceData(h.v)))
+		if len(h.v) > 0 && p >= lo && p < lo+4*uintptr(len(h.v)) {
+			if h.a != nil {
+				h.a.Free(h.v)
+			}
+			s.held = append(s.held[:i], s.held[i+1:]...)
+			return
 		}
+	}
+}
+
+// count is the number of slabs held: each books up to a page more than
+// its values (the plan adds it).
+func (s *slabSet) count() int {
+	if s == nil {
+		return 0
+	}
+	return len(s.held)
+}
+
+// alloc gives a method's tensors slabs of the model's accountant (booked
+// to cat while held) in place of the Go heap; nil (no set) takes the heap.
+func (s *slabSet) alloc(m *model.Model) model.Alloc {
+	if s == nil {
+		return nil
+	}
+	return func(cat budget.Category, n int) ([]float32, error) {
 		v, err := m.Acct.Floats(cat, -1, n)
 		if err != nil {
 			return nil, err
 		}
 		s.add(m.Acct, v)
 		return v, nil
+	}
+}
+
+// slabTensors is alloc in the form lora.Config.Alloc takes: values booked
+// as trainable parameters, gradients as gradients.
+func (s *slabSet) slabTensors(m *model.Model) func(n int, grads bool) ([]float32, error) {
+	if s == nil {
+		return nil
+	}
+	a := s.alloc(m)
+	return func(n int, grads bool) ([]float32, error) {
+		if grads {
+			return a(budget.Gradients, n)
+		}
+		return a(budget.Trainable, n)
 	}
 }
 
@@ -171,16 +261,17 @@ func newLoRAMethod(m *model.Model, cfg Config) (*loraMethod, error) {
 	if err != nil {
 		return nil, err
 	}
-	lc := lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Dropout: cfg.Dropout, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed}
-	if cfg.tensors != nil {
-		lc.Alloc = cfg.tensors.slabTensors(m)
-	}
+	lc := lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Dropout: cfg.Dropout, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed,
+		Alloc: cfg.tensors.slabTensors(m)}
 	set, err := lora.New(m, lc)
 	if err != nil {
 		return nil, err
 	}
 	lm := &loraMethod{m: m, cfg: cfg, set: set, opt: newOptimizer(cfg)}
 	lm.params = loraParams(set)
+	// Run books the plan's optimizer-state item in place of this (the same
+	// size, or none when the moments go to disk).
+	cfg.moments.want(stateBytes(lm.opt, paramLens(lm.params)...))
 	return lm, nil
 }
 

@@ -52,11 +52,8 @@ func zoLoRA(m *model.Model, cfg Config) (*lora.Set, error) {
 	if err != nil {
 		return nil, err
 	}
-	lc := lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed, NoGrads: true}
-	if cfg.tensors != nil {
-		lc.Alloc = cfg.tensors.slabTensors(m)
-	}
-	return lora.New(m, lc)
+	return lora.New(m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, Layers: cfg.NumLayers, Seed: cfg.Seed, NoGrads: true,
+		Alloc: cfg.tensors.slabTensors(m)})
 }
 
 // loraTensors lists LoRA factors as MeZO tensors (decay applies).
@@ -86,7 +83,16 @@ func newMeZOMethod(m *model.Model, cfg Config) (Method, error) {
 		mm.what = fmt.Sprintf("LoRA factors of %d matrices (rank %d, scale %.3g, B = 0 at start: the first steps move A and B both)",
 			len(mm.set.Layers), cfg.Rank, cfg.Alpha/float64(cfg.Rank))
 	case "float":
-		ts = mezo.FloatTensors(m, mezo.FloatOptions{Matrices: true, Layers: cfg.NumLayers})
+		var restore func()
+		if ts, restore, err = mezo.FloatTensors(m, mezo.FloatOptions{Matrices: true, Layers: cfg.NumLayers, Alloc: cfg.tensors.alloc(m)}); err != nil {
+			return nil, err
+		}
+		// The copies are slabs: the model gets its own matrices back (and
+		// its norms their values) before they go; the trained tensors are
+		// in the saved files.
+		if cfg.tensors != nil {
+			cfg.tensors.onFree(restore)
+		}
 		norms, mats := 0, 0
 		for _, t := range ts {
 			if len(t.Shape) == 2 {
@@ -99,7 +105,7 @@ func newMeZOMethod(m *model.Model, cfg Config) (Method, error) {
 		mm.what = fmt.Sprintf("%d RMSNorm weights and %d float matrices (writable F32 copies, %.1f MiB; quantized matrices stay frozen)",
 			norms, mats, float64(mm.copies)/(1<<20))
 	case "scales":
-		if mm.scales, mm.ad, err = mezo.NewScaleSet(m, cfg.NumLayers); err != nil {
+		if mm.scales, mm.ad, err = mezo.NewScaleSet(m, cfg.NumLayers, cfg.tensors.alloc(m)); err != nil {
 			return nil, err
 		}
 		for _, s := range mm.scales {

@@ -30,11 +30,19 @@ func runtimeBytes(m *model.Model) int64 { return runtimeBytesT(m, 0, 0) }
 // rather than a measurement at run time keeps the plan the same from one
 // run to the next, which a named smallest budget needs.
 func runtimeBytesT(m *model.Model, rows, T int) int64 {
+	heap, mapped := runtimeParts(m, rows, T)
+	return heap + mapped
+}
+
+// runtimeParts is runtimeBytesT in two: what is on the Go heap (or file
+// pages: the binary's text) and the kernels' scratch mapped outside it.
+func runtimeParts(m *model.Model, rows, T int) (heap, mapped int64) {
 	c := m.Config
 	base := goRuntime(m)
 	maxS := max(rows, c.Vocab, c.Hidden, c.Dim, c.Heads*c.HeadDim)
 	maxK := max(c.Hidden, c.Dim, c.Heads*c.HeadDim)
-	return binaryText + base + kernels.ScratchBytes(maxS, maxK, max(T, 1)) + gcHeadroom(base)
+	all, onHeap := kernels.ScratchBytes(maxS, maxK, max(T, 1)), kernels.ScratchHeapBytes(maxS, maxK)
+	return binaryText + base + onHeap + gcHeadroom(base), all - onHeap
 }
 
 // goRuntime is the Go runtime's resident memory with m open: 1.5 MiB and
@@ -59,7 +67,7 @@ func weightRequest(m *model.Model, r *budget.Request, tokens int64, T int) {
 		row := emb / int64(m.Config.Vocab)
 		r.EmbedBytes = min(emb, tokens*max(row, 4096))
 	}
-	r.Runtime = runtimeBytesT(m, r.Batch*T, T)
+	r.Runtime, r.Scratch = runtimeParts(m, r.Batch*T, T)
 }
 
 // PlanGenerate plans generation of up to maxLen tokens (prompt included).
@@ -164,6 +172,11 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 	r.Fixed[1].Bytes = r.Fixed[0].Bytes - params
 	r.Fixed[1].Note = "of the trainable parameters (none for zeroth-order updates)"
 	r.Fixed[0].Bytes = params
+	// Both are slabs (Run's slabSet and slabMoments), each booked to the
+	// next page: the method's, and the optimizer state's and a stage's
+	// to come.
+	r.Fixed[0].OffHeap, r.Fixed[1].OffHeap = true, true
+	r.Fixed[0].Bytes += 4096 * int64(cfg.tensors.count()+laterSlabs(meth))
 	r.Spillable = func(b int) (int64, int64) {
 		one := 4 * int64(b*T*c.Dim)
 		return int64(c.Layers) * one, one
@@ -198,6 +211,15 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 	return budget.Make(r)
 }
 
+// laterSlabs is how many slabs meth makes after it is built: the
+// optimizer state's, unless it says otherwise.
+func laterSlabs(meth Method) int {
+	if l, ok := meth.(interface{ laterSlabs() int }); ok {
+		return l.laterSlabs()
+	}
+	return 1
+}
+
 // ApplyPlan makes m follow p: streaming as planned, every buffer that grows
 // with the batch a slab of the accountant's, and the Go heap limited to
 // what the plan leaves for it. The heap limit is process-wide: restore puts
@@ -205,26 +227,27 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 // run is done).
 //
 // The accountant's limit is the budget less the mapped weights and the
-// runtime: slabs (activations, workspace, KV cache, LoRA's tensors and
-// moments) and the bookings of what still lives on the heap (other methods'
-// trainable parameters, gradients and moments, the token cache) share it. The Go heap's soft limit is what the
-// plan puts on the heap: those bookings and the runtime's own part, less the
-// binary's text (file pages, not heap). Slabs are outside the heap, so the
-// collector's pace cannot move them; what it can move is the small garbage
-// of a step, inside the runtime's headroom.
+// runtime: slabs (activations, workspace, KV cache, the method's tensors
+// and its optimizer's moments) and the bookings of what lives on the heap
+// (an applied adapter, the token cache) share it. The Go heap's soft limit
+// is what the plan puts on the heap: those bookings and the runtime's heap
+// part, less the binary's text (file pages, not heap); items marked
+// OffHeap (the method's state, the kernels' mapped scratch) are not in it.
+// Slabs and scratch are outside the heap, so the collector's pace cannot
+// move them; what it can move is the small garbage of a step, inside the
+// runtime's headroom.
 func ApplyPlan(m *model.Model, p *budget.Plan) (restore func()) {
 	m.Stream = p.Stream
 	var heap int64
 	for _, it := range p.Items {
 		switch it.Category {
-		case budget.Trainable, budget.Gradients:
-			// less what is already slabs (LoRA's tensors in Run)
-			heap += max(it.Bytes-m.Acct.SlabsOf(it.Category), 0)
-		case budget.TokenCache, budget.Runtime:
-			heap += it.Bytes
+		case budget.Trainable, budget.Gradients, budget.TokenCache, budget.Runtime:
+			if !it.OffHeap { // an adapter applied to generate or eval
+				heap += it.Bytes
+			}
 		}
-		// optimizer state is AdamW's moments, a slab in Run (slabMoments),
-		// or on disk
+		// optimizer state is the optimizer's moments, a slab in Run
+		// (slabMoments), or on disk
 	}
 	soft := heap - p.FloorBytes - binaryText
 	// Without a budget the accountant has no limit, but its slabs still

@@ -2,13 +2,18 @@ package train
 
 import (
 	"context"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/internal/synth"
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/quant"
 )
 
 // LoRA's values, gradients and AdamW moments live in slabs of the model's
@@ -29,7 +34,7 @@ func TestLoRATensorsAndMomentsInSlabs(t *testing.T) {
 	if err := m.Acct.Reserve(budget.OptimizerState, -1, want); err != nil {
 		t.Fatal(err)
 	}
-	cfg.moments.left = want
+	cfg.moments.left, cfg.moments.booked = want, true
 	const B, T = 2, 16
 	b := data.Batch{B: B, T: T, Tokens: make([]int, B*T), Targets: make([]int, B*T), Lengths: []int{T, T}}
 	for i := range b.Tokens {
@@ -55,6 +60,92 @@ func TestLoRATensorsAndMomentsInSlabs(t *testing.T) {
 	m.Acct.Trim()
 	if live, mapped := m.Acct.Live(), m.Acct.Mapped(); live != 0 || mapped != 0 {
 		t.Errorf("after the moments were freed: %d bytes booked, %d mapped", live, mapped)
+	}
+}
+
+// Every method keeps its state (values, gradients, index arrays, dense
+// deltas, copies of float matrices, optimizer moments) in slabs of the
+// model's accountant, not on the Go heap: after it is built and has
+// stepped (LoReML past its transition), the live heap has grown by little,
+// what is booked is within what the plan counts, and freeing the run's
+// slabs leaves nothing booked or mapped, and the model as it was.
+func TestEveryMethodStateInSlabs(t *testing.T) {
+	q4 := filepath.Join(t.TempDir(), "15M.gguf")
+	if err := synth.Write(q4, synth.Presets["15M"], quant.Q4_0, 1); err != nil {
+		t.Fatal(err)
+	}
+	stories := smallRun(t, t.TempDir()).Model
+	cases := []struct{ method, target, model string }{
+		{"lora", "", q4}, {"mezo", "lora", q4}, {"mezo", "scales", q4}, {"mezo", "float", stories},
+		{"loho", "", q4}, {"loho-intra", "complement", q4}, {"loho-intra", "lora", q4}, {"loreml", "", q4},
+	}
+	for _, c := range cases {
+		t.Run(c.method+"-"+c.target, func(t *testing.T) {
+			m, err := model.Open(c.model, model.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			m.Acct = budget.NewAccountant(0)
+			cfg := smallRun(t, t.TempDir())
+			cfg.Model, cfg.Method, cfg.ZOTarget = c.model, c.method, c.target
+			cfg.Stage1Iters, cfg.FOLayers = 1, "3"
+			cfg.moments = &slabMoments{m: m}
+			cfg.tensors = &slabSet{}
+			emb := m.Embed
+			// Live heap, once the kernels' pooled scratch (sync.Pool, bounded
+			// and counted as the runtime's) has gone with two collections.
+			heap := func() uint64 {
+				runtime.GC()
+				runtime.GC()
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				return ms.HeapAlloc
+			}
+			const B, T = 2, 16
+			b := data.Batch{B: B, T: T, Tokens: make([]int, B*T), Targets: make([]int, B*T), Lengths: []int{T, T}}
+			for i := range b.Tokens {
+				b.Tokens[i], b.Targets[i] = 1+i%50, 1+(i+1)%50
+			}
+			steps := func() Method {
+				meth, err := newMethod(m, cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for it := 1; it <= 2; it++ {
+					if _, _, err := meth.Step(context.Background(), it, []data.Batch{b}, 1e-3); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return meth
+			}
+			// A first method warms what a step keeps for the next (the
+			// kernels' free lists, the scorer's buffers), then goes.
+			steps()
+			cfg.moments.free()
+			cfg.tensors.free()
+			before := heap()
+			meth := steps()
+			state := meth.StateBytes()
+			grown := int64(heap()) - int64(before)
+			m.Acct.Trim()
+			booked := m.Acct.SlabsOf(budget.Trainable) + m.Acct.SlabsOf(budget.Gradients) + m.Acct.SlabsOf(budget.OptimizerState)
+			t.Logf("state %.2f MiB: %.2f MiB booked in slabs, live heap grew %.1f KiB", float64(state)/(1<<20), float64(booked)/(1<<20), float64(grown)/1024)
+			if grown > 256<<10+state/20 {
+				t.Errorf("the live heap grew %d bytes for a state of %d", grown, state)
+			}
+			if planned := state + 4096*int64(cfg.tensors.count()+laterSlabs(meth)); booked < state/3 || booked > planned {
+				t.Errorf("%d bytes booked in slabs; the state is %d, the plan counts %d", booked, state, planned)
+			}
+			cfg.moments.free()
+			cfg.tensors.free()
+			if left := m.Acct.SlabsOf(budget.Trainable) + m.Acct.SlabsOf(budget.Gradients) + m.Acct.SlabsOf(budget.OptimizerState); left != 0 {
+				t.Errorf("after the run's slabs were freed: %d bytes of the method's still booked", left)
+			}
+			if unsafe.SliceData(m.Embed.Data) != unsafe.SliceData(emb.Data) || m.Embed.Type != emb.Type {
+				t.Error("the model's embedding is not its own after the slabs went")
+			}
+		})
 	}
 }
 

@@ -360,35 +360,26 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	// Refused before there is a plan: name a budget these parts fit in (the
 	// plan at that budget names the smallest that fits the whole run).
 	atLeast := func(n int64) string {
-		need := (runtimeBytes(m) + m.Acct.Used() + n + (1 << 20) - 1) >> 20
+		need := (runtimeBytes(m) + n + (1 << 20) - 1) >> 20
 		return fmt.Sprintf("try at least %d MiB (--max-mem %dMiB)", need, need)
 	}
+	state := stateEstimate(m, cfg)
 	if err := m.Acct.Reserve(budget.TokenCache, -1, dm.Bytes); err != nil {
-		return nil, fmt.Errorf("train: the token cache's index alone exceeds --max-mem %s: %w; %s", cfg.MaxMem, err, atLeast(dm.Bytes))
+		return nil, fmt.Errorf("train: the token cache's index alone exceeds --max-mem %s: %w; %s", cfg.MaxMem, err, atLeast(dm.Bytes+state))
 	}
-	pre := 8 * loraValues(m, cfg) // adapter values and their gradients
-	if cfg.Method == "lora" || cfg.Method == "qlora" || cfg.Method == "mezo" && (cfg.ZOTarget == "" || cfg.ZOTarget == "lora") {
-		// made as slabs, booked by the accountant as the method is built
-		// (all of the method's state: MeZO on LoRA keeps the values only)
-		cfg.tensors = &slabSet{}
-		defer cfg.tensors.free()
-		pre = 0
-	}
-	if cfg.Method == "mezo" && cfg.ZOTarget == "float" {
-		pre += floatMatrixBytes(m) // writable float32 copies of float matrices
-	}
-	if cfg.Method == "loho-intra" && cfg.ZOTarget == "complement" && cfg.FORatio < 1 {
-		pre += 4 * adaptedEntries(m, cfg) // dense float32 zeroth-order deltas
-	}
-	if err := m.Acct.Reserve(budget.Trainable, -1, pre); err != nil {
-		return nil, fmt.Errorf("train: the trainable tensors alone exceed --max-mem %s: %w; %s", cfg.MaxMem, err, atLeast(pre))
-	}
+	used := m.Acct.Used() // before the method's tensors
+	// Every method's tensors (values, gradients, index arrays, copies) are
+	// slabs, booked by the accountant as the method is built; its optimizer
+	// state is one slab made at the first step.
+	cfg.tensors = &slabSet{}
+	defer cfg.tensors.free()
+	defer kernels.Release() // the kernels' idle scratch goes with the run
 	cfg.moments = &slabMoments{m: m}
 	defer cfg.moments.free()
 	meth, err := newMethod(m, cfg)
 	if err != nil {
 		if errors.Is(err, budget.ErrOverBudget) {
-			return nil, fmt.Errorf("train: the trainable tensors alone exceed --max-mem %s: %w; %s", cfg.MaxMem, err, atLeast(8*loraValues(m, cfg)))
+			return nil, fmt.Errorf("train: the trainable tensors alone exceed --max-mem %s: %w; %s", cfg.MaxMem, err, atLeast(used+state))
 		}
 		return nil, err
 	}
@@ -451,7 +442,6 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	defer ApplyPlan(m, plan)()
 	// The method's state as planned (optimizer moments come at the first
 	// step) and the token cache replace the early estimates.
-	m.Acct.Release(budget.Trainable, -1, pre)
 	m.Acct.Release(budget.TokenCache, -1, dm.Bytes)
 	for _, it := range plan.Items {
 		switch it.Category {
@@ -459,14 +449,14 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 			if it.Category == budget.OptimizerState && plan.OptimizerOnDisk {
 				continue // file-backed scratch: outside the accountant's limit, as planned
 			}
-			if cfg.tensors != nil && (it.Category == budget.Trainable || it.Category == budget.Gradients) {
-				continue // LoRA's tensors: slabs, booked when the method was made
+			if it.Category == budget.Trainable || it.Category == budget.Gradients {
+				continue // the method's tensors: slabs, booked when it was made or as it makes them
 			}
 			if err := m.Acct.Reserve(it.Category, -1, it.Bytes); err != nil {
 				return nil, err
 			}
 			if it.Category == budget.OptimizerState {
-				cfg.moments.left = it.Bytes // AdamW's moments: slabs in place of this booking
+				cfg.moments.left, cfg.moments.booked = it.Bytes, true // the moments: a slab in place of this booking
 			}
 		}
 	}
@@ -764,6 +754,50 @@ func loadState(path string, meth Method, check func(runMeta) error) (runMeta, er
 		return meta, fmt.Errorf("train: %s: %w", path, err)
 	}
 	return meta, nil
+}
+
+// stateEstimate bounds from above what a method's tensors take as it is
+// built (values, gradients, index arrays, copies, and a page of rounding
+// for each slab), from the shapes alone: a refusal before there is a plan
+// names a budget at which the method can be built and planned.
+func stateEstimate(m *model.Model, cfg Config) int64 {
+	ws := adaptedMatrices(m, cfg)
+	pages := 4096 * int64(2*len(ws)+4)
+	lv := 4 * loraValues(m, cfg)
+	switch cfg.Method {
+	case "mezo":
+		switch cfg.ZOTarget {
+		case "float":
+			return floatMatrixBytes(m) + 4096*int64(len(m.Tensors)) + pages
+		case "scales":
+			var n int64
+			for l := range m.Layers {
+				for mod := model.Module(0); mod < model.NumModules; mod++ {
+					w := m.Layers[l].Matrix(mod)
+					if in, err := quant.Lookup(w.Type); err == nil && in.Quantized {
+						n += 4 * ((int64(w.Rows)*int64(w.Cols))/int64(in.BlockSize) + 1)
+					}
+				}
+			}
+			return n + 4096*int64(len(m.Layers))*int64(model.NumModules) + pages
+		}
+		return lv + pages
+	case "loho-intra":
+		n := lv // the LoRA factors name the matrices (freed for complement)
+		for _, w := range ws {
+			e := int64(w.Rows) * int64(w.Cols)
+			// the mask's entries: about ratio·e, bounded 6σ above
+			nnz := int64(cfg.FORatio*float64(e)+6*math.Sqrt(float64(e))) + 64
+			n += 4 * (int64(w.Rows) + 1 + 3*min(nnz, e))
+			if cfg.ZOTarget == "complement" && cfg.FORatio < 1 {
+				n += 4 * e // the dense zeroth-order delta
+			}
+		}
+		return n + pages
+	}
+	// lora, qlora, loreml's stage 1: values and gradients; loho: values
+	// and the first-order blocks' gradients
+	return 2*lv + pages
 }
 
 // loraValues counts the adapter values a LoRA-family method allocates when

@@ -82,7 +82,7 @@ func ApplyZOState(m *model.Model, dir string) (string, error) {
 			if err != nil {
 				return "", err
 			}
-			s, err := mezo.NewScales(target, *w, m.Pool())
+			s, err := mezo.NewScales(target, *w, m.Pool(), nil)
 			if err != nil {
 				return "", err
 			}

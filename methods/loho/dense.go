@@ -3,6 +3,7 @@ package loho
 import (
 	"fmt"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/model"
 )
@@ -37,8 +38,9 @@ type Dense struct {
 var _ model.Adapter = (*Dense)(nil)
 
 // NewDense returns the zero delta of an (out, in) matrix whose first-order
-// mask is InMask(MaskKey(seed, target), ·, ratio).
-func NewDense(target string, out, in int, ratio float64, seed uint64, pool *kernels.Pool) (*Dense, error) {
+// mask is InMask(MaskKey(seed, target), ·, ratio). The values come from
+// alloc (nil: the Go heap).
+func NewDense(target string, out, in int, ratio float64, seed uint64, pool *kernels.Pool, alloc model.Alloc) (*Dense, error) {
 	if !(ratio >= 0 && ratio < 1) {
 		return nil, fmt.Errorf("loho: %s: first-order share %g leaves no zeroth-order entries", target, ratio)
 	}
@@ -48,8 +50,11 @@ func NewDense(target string, out, in int, ratio float64, seed uint64, pool *kern
 	if pool == nil {
 		pool = kernels.Default()
 	}
-	return &Dense{Target: target, In: in, Out: out, Val: make([]float32, out*in),
-		key: MaskKey(seed, target), ratio: ratio, pool: pool}, nil
+	v, err := alloc.Floats(budget.Trainable, out*in)
+	if err != nil {
+		return nil, fmt.Errorf("loho: %s: dense delta of %dx%d: %w", target, out, in, err)
+	}
+	return &Dense{Target: target, In: in, Out: out, Val: v, key: MaskKey(seed, target), ratio: ratio, pool: pool}, nil
 }
 
 // DenseFrom wraps values read from a file (Out·In of them).

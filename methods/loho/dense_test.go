@@ -12,14 +12,14 @@ import (
 func TestDenseMatchesReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	const out, in, M, ratio, seed = 37, 53, 5, 0.3, 9
-	d, err := NewDense("blk.0.attn_q.weight", out, in, ratio, seed, nil)
+	d, err := NewDense("blk.0.attn_q.weight", out, in, ratio, seed, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	z := randn(r, out*in)
 	d.ZeroMasked(0, z[:100])
 	d.ZeroMasked(100, z[100:])
-	s, err := NewSparse("blk.0.attn_q.weight", out, in, ratio, seed, false, nil)
+	s, err := NewSparse("blk.0.attn_q.weight", out, in, ratio, seed, false, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestDenseMatchesReference(t *testing.T) {
 			}
 		}
 	}
-	if _, err := NewDense("x", out, in, 1, seed, nil); err == nil {
+	if _, err := NewDense("x", out, in, 1, seed, nil, nil); err == nil {
 		t.Fatal("a first-order share of 1 (no zeroth-order entries) was accepted")
 	}
 	if _, err := DenseFrom("x", out, in, make([]float32, 3), nil); err == nil {

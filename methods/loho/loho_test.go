@@ -24,7 +24,7 @@ func randn(r *rand.Rand, n int) []float32 {
 func TestSparseMatchesDense(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	const out, in, M = 37, 53, 5
-	s, err := NewSparse("blk.0.attn_q.weight", out, in, 0.3, 9, true, nil)
+	s, err := NewSparse("blk.0.attn_q.weight", out, in, 0.3, 9, true, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestSparseMatchesDense(t *testing.T) {
 // (4 MiB): the gradient exists only at the mask.
 func TestSparseBackwardAllocatesNoDenseGradient(t *testing.T) {
 	const out, in, M = 1024, 1024, 4
-	s, err := NewSparse("w", out, in, 0.5, 1, true, nil)
+	s, err := NewSparse("w", out, in, 0.5, 1, true, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestSparseFileRoundTrip(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	var ds []*Sparse
 	for _, name := range []string{"blk.0.attn_q.weight", "blk.1.ffn_down.weight"} {
-		s, err := NewSparse(name, 12, 20, 0.25, 3, false, nil)
+		s, err := NewSparse(name, 12, 20, 0.25, 3, false, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -155,7 +155,7 @@ func TestSparseFileRoundTrip(t *testing.T) {
 	if _, err := FromEntries("w", 2, 2, []int32{1, 1}, []float32{1, 2}, nil); err == nil {
 		t.Fatal("repeated index accepted")
 	}
-	if _, err := NewSparse("w", 2, 2, 0, 1, false, nil); err == nil {
+	if _, err := NewSparse("w", 2, 2, 0, 1, false, nil, nil); err == nil {
 		t.Fatal("ratio 0 accepted")
 	}
 }

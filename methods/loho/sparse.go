@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/fnv"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/model"
 )
@@ -64,8 +65,9 @@ func mix(z uint64) uint64 {
 
 // NewSparse builds the zero delta of an (out, in) matrix on the entries
 // InMask(MaskKey(seed, target), ·, ratio) selects (about ratio·out·in).
-// grad allocates the gradient.
-func NewSparse(target string, out, in int, ratio float64, seed uint64, grad bool, pool *kernels.Pool) (*Sparse, error) {
+// grad allocates the gradient. The indices, values and gradient are one
+// allocation from alloc (nil: the Go heap).
+func NewSparse(target string, out, in int, ratio float64, seed uint64, grad bool, pool *kernels.Pool, alloc model.Alloc) (*Sparse, error) {
 	if !(ratio > 0 && ratio <= 1) {
 		return nil, fmt.Errorf("loho: mask ratio %g out of (0, 1]", ratio)
 	}
@@ -76,15 +78,27 @@ func NewSparse(target string, out, in int, ratio float64, seed uint64, grad bool
 		pool = kernels.Default()
 	}
 	key := MaskKey(seed, target)
-	s := &Sparse{Target: target, In: in, Out: out, RowPtr: make([]int32, out+1), pool: pool}
-	// Two passes, count then fill, so Cols is allocated once at its size.
+	s := &Sparse{Target: target, In: in, Out: out, pool: pool}
+	// Two passes, count then fill, so every array is allocated once at its
+	// size.
 	n := 0
 	for i := 0; i < out*in; i++ {
 		if InMask(key, i, ratio) {
 			n++
 		}
 	}
-	s.Cols = make([]int32, 0, n)
+	g := 0
+	if grad {
+		g = n
+	}
+	p, err := alloc.Parts(budget.Trainable, out+1, n, n, g)
+	if err != nil {
+		return nil, fmt.Errorf("loho: %s: %d entries: %w", target, n, err)
+	}
+	s.RowPtr, s.Cols, s.Val = model.Int32s(p[0]), model.Int32s(p[1])[:0], p[2]
+	if grad {
+		s.Grad = p[3]
+	}
 	for o := 0; o < out; o++ {
 		for c := 0; c < in; c++ {
 			if InMask(key, o*in+c, ratio) {
@@ -92,10 +106,6 @@ func NewSparse(target string, out, in int, ratio float64, seed uint64, grad bool
 			}
 		}
 		s.RowPtr[o+1] = int32(len(s.Cols))
-	}
-	s.Val = make([]float32, n)
-	if grad {
-		s.Grad = make([]float32, n)
 	}
 	return s, nil
 }

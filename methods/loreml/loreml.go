@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/model"
 )
 
@@ -25,6 +26,10 @@ type Config struct {
 	Seed      uint64
 	KeepRatio float64 // share of each matrix kept trainable in stage 2, (0, 1]
 	WarmStart float64 // γ of the warm start γ·U·V, ≥ 0
+	// Alloc gives stage 2's memory: each delta's indices and values (with
+	// its gradient once AllocGrads is called), the warm start's copies, the
+	// norms' gradients. Nil takes the Go heap.
+	Alloc model.Alloc `json:"-"`
 }
 
 // check validates c and fills the default targets.
@@ -180,7 +185,7 @@ func NewSet(m *model.Model, c Config, parts []Part, norms map[string][]float32) 
 		}
 		w := m.Layers[li].Matrix(mod)
 		out, in := w.Rows, w.Cols
-		if len(p.Values) != len(p.Indices) {
+		if p.Values != nil && len(p.Values) != len(p.Indices) {
 			return nil, fmt.Errorf("loreml: %s: %d indices but %d values", p.Target, len(p.Indices), len(p.Values))
 		}
 		for i, f := range p.Indices {
@@ -188,12 +193,22 @@ func NewSet(m *model.Model, c Config, parts []Part, norms map[string][]float32) 
 				return nil, fmt.Errorf("loreml: %s: index %d at %d is out of range or not ascending (matrix (%d, %d))", p.Target, f, i, out, in)
 			}
 		}
-		a := &Matrix{Target: p.Target, Out: out, In: in, Delta: newSparse(out, in, p.Indices, p.Values, m.Pool())}
+		if p.Rank > 0 && (len(p.U) != out*p.Rank || len(p.V) != p.Rank*in) {
+			return nil, fmt.Errorf("loreml: %s: warm start of rank %d has %d and %d values for a (%d, %d) matrix", p.Target, p.Rank, len(p.U), len(p.V), out, in)
+		}
+		d, err := newSparse(out, in, p.Indices, p.Values, m.Pool(), c.Alloc)
+		if err != nil {
+			return nil, fmt.Errorf("loreml: %s: %w", p.Target, err)
+		}
+		a := &Matrix{Target: p.Target, Out: out, In: in, Delta: d}
 		if p.Rank > 0 {
-			if len(p.U) != out*p.Rank || len(p.V) != p.Rank*in {
-				return nil, fmt.Errorf("loreml: %s: warm start of rank %d has %d and %d values for a (%d, %d) matrix", p.Target, p.Rank, len(p.U), len(p.V), out, in)
+			uv, err := c.Alloc.Parts(budget.Trainable, len(p.U), len(p.V))
+			if err != nil {
+				return nil, fmt.Errorf("loreml: %s: warm start: %w", p.Target, err)
 			}
-			a.Warm = &LowRank{Out: out, In: in, R: p.Rank, Scale: float32(c.WarmStart), U: append([]float32(nil), p.U...), V: append([]float32(nil), p.V...), pool: m.Pool()}
+			copy(uv[0], p.U)
+			copy(uv[1], p.V)
+			a.Warm = &LowRank{Out: out, In: in, R: p.Rank, Scale: float32(c.WarmStart), U: uv[0], V: uv[1], pool: m.Pool()}
 		}
 		s.Matrices = append(s.Matrices, a)
 		s.ByPos[li][mod] = a
@@ -243,7 +258,7 @@ func Build(m *model.Model, c Config, scores []Score) (*Set, error) {
 			return nil, fmt.Errorf("loreml: scores of %s have %d and %d values for (%d, %d) rank %d", l.Target, len(l.U), len(l.V), l.Out, l.In, l.R)
 		}
 		idx := TopK(m.Pool(), l.U, l.V, l.Out, l.In, l.R, KeptEntries(l.Out, l.In, c.KeepRatio))
-		p := Part{Target: l.Target, Indices: idx, Values: make([]float32, len(idx))}
+		p := Part{Target: l.Target, Indices: idx} // values: zero
 		if c.WarmStart > 0 {
 			p.Rank, p.U, p.V = l.R, l.U, l.V
 		}
@@ -253,18 +268,38 @@ func Build(m *model.Model, c Config, scores []Score) (*Set, error) {
 }
 
 // AllocGrads gives every kept entry and norm a zero gradient buffer (for
-// training; a set applied for inference has none).
-func (s *Set) AllocGrads() {
+// training; a set applied for inference has none), all from one allocation
+// of Config.Alloc.
+func (s *Set) AllocGrads() error {
+	var lens []int
 	for _, a := range s.Matrices {
 		if a.Delta.Grad == nil {
-			a.Delta.Grad = make([]float32, a.Delta.K())
+			lens = append(lens, a.Delta.K())
+		}
+	}
+	for _, n := range s.Norms {
+		if n.G == nil {
+			lens = append(lens, len(n.W))
+		}
+	}
+	if len(lens) == 0 {
+		return nil
+	}
+	g, err := s.Config.Alloc.Parts(budget.Gradients, lens...)
+	if err != nil {
+		return fmt.Errorf("loreml: gradients: %w", err)
+	}
+	for _, a := range s.Matrices {
+		if a.Delta.Grad == nil {
+			a.Delta.Grad, g = g[0], g[1:]
 		}
 	}
 	for i := range s.Norms {
 		if s.Norms[i].G == nil {
-			s.Norms[i].G = make([]float32, len(s.Norms[i].W))
+			s.Norms[i].G, g = g[0], g[1:]
 		}
 	}
+	return nil
 }
 
 // NormGrads maps each norm name to its gradient, the form

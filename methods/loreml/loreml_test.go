@@ -52,7 +52,10 @@ func TestSparseMatchesDense(t *testing.T) {
 	var ref []float32
 	for _, workers := range []int{1, 3} {
 		pool := kernels.NewPool(workers)
-		s := newSparse(out, in, idx, vals, pool)
+		s, err := newSparse(out, in, idx, vals, pool, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
 		s.Grad = make([]float32, k)
 		if got := s.Indices(); !slices.Equal(got, idx) {
 			t.Fatalf("Indices %v, want %v", got, idx)
@@ -114,7 +117,7 @@ func TestMatrixFiniteDifference(t *testing.T) {
 	defer pool.Close()
 	a := &Matrix{Out: out, In: in,
 		Warm:  &LowRank{Out: out, In: in, R: R, Scale: 0.7, U: randVec(r, out*R), V: randVec(r, R*in), pool: pool},
-		Delta: newSparse(out, in, randomMask(r, out, in, k), randVec(r, k), pool)}
+		Delta: mustSparse(t, out, in, randomMask(r, out, in, k), randVec(r, k), pool)}
 	a.Delta.Grad = make([]float32, k)
 	x, c := randVec(r, M*in), randVec(r, M*out)
 	loss := func() float64 {
@@ -369,4 +372,13 @@ func TestScoresBuildSaveLoadMerge(t *testing.T) {
 	if _, err := Parse(openStories(t), bad); !errors.Is(err, ErrFile) {
 		t.Fatalf("wrong format accepted: %v", err)
 	}
+}
+
+func mustSparse(t *testing.T, out, in int, idx []int32, vals []float32, pool *kernels.Pool) *Sparse {
+	t.Helper()
+	s, err := newSparse(out, in, idx, vals, pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

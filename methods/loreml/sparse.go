@@ -1,8 +1,10 @@
 package loreml
 
 import (
+	"fmt"
 	"unsafe"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/quant"
@@ -121,9 +123,14 @@ func (s *Sparse) Indices() []int32 {
 }
 
 // newSparse builds the CSR form of the ascending flat indices idx of an
-// (out, in) matrix, with vals as the values (copied; zeros when nil).
-func newSparse(out, in int, idx []int32, vals []float32, pool *kernels.Pool) *Sparse {
-	s := &Sparse{Out: out, In: in, RowPtr: make([]int32, out+1), Col: make([]int32, len(idx)), Val: make([]float32, len(idx)), pool: pool}
+// (out, in) matrix, with vals as the values (copied; zeros when nil), in
+// one allocation from alloc (nil: the Go heap).
+func newSparse(out, in int, idx []int32, vals []float32, pool *kernels.Pool, alloc model.Alloc) (*Sparse, error) {
+	p, err := alloc.Parts(budget.Trainable, out+1, len(idx), len(idx))
+	if err != nil {
+		return nil, fmt.Errorf("sparse delta of %d entries: %w", len(idx), err)
+	}
+	s := &Sparse{Out: out, In: in, RowPtr: model.Int32s(p[0]), Col: model.Int32s(p[1]), Val: p[2], pool: pool}
 	for p, f := range idx {
 		i := int(f) / in
 		s.Col[p] = f - int32(i*in)
@@ -133,7 +140,7 @@ func newSparse(out, in int, idx []int32, vals []float32, pool *kernels.Pool) *Sp
 		s.RowPtr[i+1] += s.RowPtr[i]
 	}
 	copy(s.Val, vals)
-	return s
+	return s, nil
 }
 
 // LowRank is a frozen term y += Scale·x·(U·V)ᵀ: the warm start γ·U·V.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"unsafe"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/quant"
@@ -25,14 +26,17 @@ func isFloat(w kernels.Matrix) bool {
 }
 
 // writable replaces *w, a float matrix (a read-only view of the file), by
-// an F32 copy on the heap and returns the copy's values.
-func writable(w *kernels.Matrix) []float32 {
-	v := make([]float32, w.Rows*w.Cols)
+// an F32 copy from alloc and returns the copy's values.
+func writable(w *kernels.Matrix, alloc model.Alloc, name string) ([]float32, error) {
+	v, err := alloc.Floats(budget.Trainable, w.Rows*w.Cols)
+	if err != nil {
+		return nil, fmt.Errorf("mezo: writable copy of %s: %w", name, err)
+	}
 	for r := 0; r < w.Rows; r++ {
 		w.Row(v[r*w.Cols:(r+1)*w.Cols], r)
 	}
 	*w = F32Matrix(v, w.Rows, w.Cols)
-	return v
+	return v, nil
 }
 
 // FloatOptions choose MeZO's "float" trainable set.
@@ -44,6 +48,8 @@ type FloatOptions struct {
 	Matrices bool
 	// Layers limits block tensors to the last Layers blocks (≤ 0: all).
 	Layers int
+	// Alloc gives the copies' memory (nil: the Go heap).
+	Alloc model.Alloc
 }
 
 // FloatTensors returns the float trainables of m in a fixed order: per
@@ -52,15 +58,46 @@ type FloatOptions struct {
 // updated in place (they are heap slices already); float matrices are
 // replaced by writable copies when o.Matrices is set. A tied output shares
 // the embedding's copy.
-func FloatTensors(m *model.Model, o FloatOptions) []Tensor {
+//
+// restore puts the model back as it was: its own matrices (the file's
+// views) and its norms' values. Call it before the copies' memory goes
+// back to alloc's owner. On an error the model is already restored.
+func FloatTensors(m *model.Model, o FloatOptions) (ts []Tensor, restore func(), err error) {
 	c := m.Config
+	type savedMat struct {
+		p *kernels.Matrix
+		w kernels.Matrix
+	}
+	var mats []savedMat
+	var norms [][2][]float32 // the model's slice and its values before
+	keep := func(v []float32) { norms = append(norms, [2][]float32{v, append([]float32(nil), v...)}) }
+	restore = func() {
+		for i := len(mats) - 1; i >= 0; i-- {
+			*mats[i].p = mats[i].w
+		}
+		for _, n := range norms {
+			copy(n[0], n[1])
+		}
+		mats, norms = nil, nil
+	}
+	mat := func(p *kernels.Matrix, name string) ([]float32, error) {
+		mats = append(mats, savedMat{p, *p})
+		return writable(p, o.Alloc, name)
+	}
+	defer func() {
+		if err != nil {
+			restore()
+			ts, restore = nil, nil
+		}
+	}()
 	first := 0
 	if o.Layers > 0 && o.Layers < c.Layers {
 		first = c.Layers - o.Layers
 	}
-	var ts []Tensor
 	for l := first; l < c.Layers; l++ {
 		L := &m.Layers[l]
+		keep(L.AttnNorm)
+		keep(L.FFNNorm)
 		ts = append(ts,
 			Tensor{Name: fmt.Sprintf("blk.%d.attn_norm.weight", l), Data: L.AttnNorm, Shape: []int{c.Dim}},
 			Tensor{Name: fmt.Sprintf("blk.%d.ffn_norm.weight", l), Data: L.FFNNorm, Shape: []int{c.Dim}})
@@ -71,22 +108,37 @@ func FloatTensors(m *model.Model, o FloatOptions) []Tensor {
 			w := L.Matrix(mod)
 			if isFloat(*w) {
 				rows, cols := w.Rows, w.Cols
-				ts = append(ts, Tensor{Name: model.TensorName(l, mod), Data: writable(w), Decay: true, Shape: []int{rows, cols}})
+				v, err := mat(w, model.TensorName(l, mod))
+				if err != nil {
+					return nil, nil, err
+				}
+				ts = append(ts, Tensor{Name: model.TensorName(l, mod), Data: v, Decay: true, Shape: []int{rows, cols}})
 			}
 		}
 	}
+	keep(m.OutNorm)
 	ts = append(ts, Tensor{Name: "output_norm.weight", Data: m.OutNorm, Shape: []int{c.Dim}})
 	if o.Matrices && isFloat(m.Embed) {
-		tied := c.Tied
-		ts = append(ts, Tensor{Name: "token_embd.weight", Data: writable(&m.Embed), Decay: true, Shape: []int{c.Vocab, c.Dim}})
-		if tied {
+		if c.Tied {
+			mats = append(mats, savedMat{&m.Output, m.Output})
+		}
+		v, err := mat(&m.Embed, "token_embd.weight")
+		if err != nil {
+			return nil, nil, err
+		}
+		ts = append(ts, Tensor{Name: "token_embd.weight", Data: v, Decay: true, Shape: []int{c.Vocab, c.Dim}})
+		if c.Tied {
 			m.Output = m.Embed
 		}
 	}
 	if o.Matrices && !c.Tied && isFloat(m.Output) {
-		ts = append(ts, Tensor{Name: "output.weight", Data: writable(&m.Output), Decay: true, Shape: []int{c.Vocab, c.Dim}})
+		v, err := mat(&m.Output, "output.weight")
+		if err != nil {
+			return nil, nil, err
+		}
+		ts = append(ts, Tensor{Name: "output.weight", Data: v, Decay: true, Shape: []int{c.Vocab, c.Dim}})
 	}
-	return ts
+	return ts, restore, nil
 }
 
 // SetFloat writes trained float tensors (as FloatTensors names them) into

@@ -100,7 +100,10 @@ func TestNormalStream(t *testing.T) {
 // within float32 rounding, and the step's loss evaluations see θ±εz.
 func TestPerturbationRestores(t *testing.T) {
 	m := openStories(t)
-	ts := FloatTensors(m, FloatOptions{Matrices: true})
+	ts, _, err := FloatTensors(m, FloatOptions{Matrices: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	orig := make([][]float32, len(ts))
 	for i, tt := range ts {
 		orig[i] = append([]float32(nil), tt.Data...)
@@ -214,7 +217,10 @@ func repeatLoss(m *model.Model, o model.StepOptions) func() (float64, error) {
 // loss of a small task.
 func TestMeZOLowersLoss(t *testing.T) {
 	m := openStories(t)
-	ts := FloatTensors(m, FloatOptions{Matrices: true})
+	ts, _, err := FloatTensors(m, FloatOptions{Matrices: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	s, err := New(ts, Config{Epsilon: 1e-3, LR: 1e-4, N: 1, Seed: 1}, m.Pool())
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +244,10 @@ func TestMeZOLowersLoss(t *testing.T) {
 func TestSameSeedSameRun(t *testing.T) {
 	run := func(seed uint64) [][]float32 {
 		m := openStories(t)
-		ts := FloatTensors(m, FloatOptions{Matrices: true})
+		ts, _, err := FloatTensors(m, FloatOptions{Matrices: true})
+		if err != nil {
+			t.Fatal(err)
+		}
 		s, err := New(ts, Config{Epsilon: 1e-3, LR: 1e-4, WeightDecay: 0.1, N: 2, Seed: seed}, m.Pool())
 		if err != nil {
 			t.Fatal(err)
@@ -281,7 +290,10 @@ func TestConfigAndFiles(t *testing.T) {
 		}
 	}
 	m := openStories(t)
-	ts := FloatTensors(m, FloatOptions{Matrices: true})
+	ts, _, err := FloatTensors(m, FloatOptions{Matrices: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range ts {
 		tt.Data[0] += 0.5
 	}

@@ -3,6 +3,7 @@ package mezo
 import (
 	"fmt"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/quant"
@@ -34,8 +35,8 @@ type Scales struct {
 var _ model.Adapter = (*Scales)(nil)
 
 // NewScales returns the zero-initialised scale adapter of w, which must be
-// a quantized matrix.
-func NewScales(target string, w kernels.Matrix, pool *kernels.Pool) (*Scales, error) {
+// a quantized matrix. The multipliers come from alloc (nil: the Go heap).
+func NewScales(target string, w kernels.Matrix, pool *kernels.Pool, alloc model.Alloc) (*Scales, error) {
 	in, err := quant.Lookup(w.Type)
 	if err != nil {
 		return nil, fmt.Errorf("mezo: %s: %w", target, err)
@@ -47,7 +48,11 @@ func NewScales(target string, w kernels.Matrix, pool *kernels.Pool) (*Scales, er
 		pool = kernels.Default()
 	}
 	n := w.Rows * w.Cols
-	return &Scales{Target: target, W: w, Block: in.BlockSize, R: make([]float32, (n+in.BlockSize-1)/in.BlockSize), pool: pool}, nil
+	r, err := alloc.Floats(budget.Trainable, (n+in.BlockSize-1)/in.BlockSize)
+	if err != nil {
+		return nil, fmt.Errorf("mezo: %s: block scales: %w", target, err)
+	}
+	return &Scales{Target: target, W: w, Block: in.BlockSize, R: r, pool: pool}, nil
 }
 
 // deltaRow writes row o of ΔW into d (len In), or reports true without
@@ -137,7 +142,8 @@ func (s *Scales) Backward(dx, dy, x []float32, M int) {
 // NewScaleSet attaches a Scales adapter to every quantized module of the
 // last layers blocks (≤ 0: all) and returns them in (block, module) order
 // with the model.Adapters to pass to LossGrad. Float matrices are skipped.
-func NewScaleSet(m *model.Model, layers int) ([]*Scales, model.Adapters, error) {
+// The multipliers come from alloc (nil: the Go heap).
+func NewScaleSet(m *model.Model, layers int, alloc model.Alloc) ([]*Scales, model.Adapters, error) {
 	c := m.Config
 	first := 0
 	if layers > 0 && layers < c.Layers {
@@ -151,7 +157,7 @@ func NewScaleSet(m *model.Model, layers int) ([]*Scales, model.Adapters, error) 
 			if in, err := quant.Lookup(w.Type); err != nil || !in.Quantized {
 				continue
 			}
-			s, err := NewScales(model.TensorName(l, mod), *w, m.Pool())
+			s, err := NewScales(model.TensorName(l, mod), *w, m.Pool(), alloc)
 			if err != nil {
 				return nil, nil, err
 			}

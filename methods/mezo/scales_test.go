@@ -35,7 +35,7 @@ func TestScalesAdapter(t *testing.T) {
 	for _, typ := range []quant.Type{quant.Q8_0, quant.Q4_0, quant.NF4} {
 		const rows, cols, M = 4, 128, 3
 		w := qmatrix(t, typ, rows, cols, r)
-		s, err := NewScales("w", w, nil)
+		s, err := NewScales("w", w, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -95,7 +95,7 @@ func TestScalesAdapter(t *testing.T) {
 		check("R", s.R, s.GR)
 		check("x", x, dx)
 	}
-	if _, err := NewScales("f", kernels.Matrix{Type: quant.F32, Rows: 1, Cols: 4, Data: make([]byte, 16)}, nil); err == nil {
+	if _, err := NewScales("f", kernels.Matrix{Type: quant.F32, Rows: 1, Cols: 4, Data: make([]byte, 16)}, nil, nil); err == nil {
 		t.Fatal("an F32 matrix got block scales")
 	}
 }
@@ -104,7 +104,7 @@ func TestScalesAdapter(t *testing.T) {
 // NF4 stories260K lowers the loss of a fixed batch.
 func TestScalesMeZOLowersLoss(t *testing.T) {
 	m := quantized(t, quant.NF4)
-	ss, ad, err := NewScaleSet(m, 0)
+	ss, ad, err := NewScaleSet(m, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestScalesMeZOLowersLoss(t *testing.T) {
 	if !(l1 < 0.9*l0) {
 		t.Fatalf("loss %.4f -> %.4f", l0, l1)
 	}
-	if _, _, err := NewScaleSet(openStories(t), 0); err == nil {
+	if _, _, err := NewScaleSet(openStories(t), 0, nil); err == nil {
 		t.Fatal("scales on an F32 base did not fail")
 	}
 }
