@@ -38,13 +38,10 @@
 //     as the slabs.
 //   - The runtime: the binary's code (file pages), the Go runtime as
 //     measured after the model was opened (GoRuntimeBytes: parsed header,
-//     tokenizer, rotary tables, stacks), every worker's fixed GEMM blocks
-//     (made once, heap), the kernels' pooled scratch (packed operands,
-//     decoded panels of quantized weights, attention score blocks: mapped
-//     outside the Go heap with MapFloats, the largest few blocks kept idle
-//     for reuse, unmapped by kernels.Release when a run ends; its own plan
-//     item, off the heap), and headroom for a step's small garbage. These
-//     are the plan's two "runtime" items.
+//     tokenizer, rotary tables, stacks), the kernels' pooled scratch on this
+//     machine (packed operands, decoded panels of quantized weights,
+//     attention blocks: Go heap in pools, bounded by the worker count), and
+//     headroom for a step's small garbage. It is the plan's "runtime" item.
 //
 // The accountant's limit is what the plan books (slabs and bookings, and a
 // MiB for the slabs' page rounding), at most the budget less the weights
@@ -64,9 +61,12 @@
 // heap's soft limit does not take it.
 //
 // What stays on the Go heap is small and bounded: parsed metadata and the
-// tokenizer, per-call garbage of kernels and adapters (a row or a tile per
-// worker), a LoReML transition's top-k heaps (one matrix's kept entries at
-// a time) and a stage-1 save's passing copy of the mask, and the I/O
-// buffers of saving (adapters are encoded as they are written, 64 KiB at a
-// time, not whole). Closing a model unmaps its accountant's cached slabs.
+// tokenizer, the kernels' pooled scratch (its pools are emptied by a
+// collection and refilled: the one part of the heap that churns with the
+// model's shapes, megabytes on a 110M model, in the runtime item), per-call
+// garbage of kernels and adapters (a row or a tile per worker), a LoReML
+// transition's top-k heaps (one matrix's kept entries at a time) and a
+// stage-1 save's passing copy of the mask, and the I/O buffers of saving
+// (adapters are encoded as they are written, 64 KiB at a time, not whole).
+// Closing a model unmaps its accountant's cached slabs.
 package budget

@@ -22,9 +22,8 @@ type Item struct {
 	Category Category
 	Bytes    int64
 	Note     string
-	// OffHeap: the item lives in mapped memory (the accountant's slabs,
-	// the kernels' scratch), not on the Go heap, whose soft limit leaves
-	// it out.
+	// OffHeap: the item lives in the accountant's slabs, not on the Go
+	// heap, whose soft limit leaves it out.
 	OffHeap bool
 }
 
@@ -48,9 +47,6 @@ type Request struct {
 	Fixed []Item
 	// Runtime is the process's own footprint (binary, Go runtime, tokenizer).
 	Runtime int64
-	// Scratch is the kernels' pooled scratch, mapped outside the Go heap
-	// (kernels.ScratchBytes): a second runtime item.
-	Scratch int64
 	// CanCheckpoint allows activation checkpointing (training only).
 	CanCheckpoint bool
 	// Checkpoint requires it (the user asked for it): every candidate
@@ -243,9 +239,6 @@ func (r *Request) evaluate(c candidate) *Plan {
 		p.FloorBytes = floor
 	}
 	add(Runtime, r.Runtime+floor, "binary, Go runtime, tokenizer, GC headroom")
-	if r.Scratch > 0 {
-		p.Items = append(p.Items, Item{Category: Runtime, Bytes: r.Scratch, Note: "the kernels' scratch (packed and decoded panels, attention blocks), mapped outside the Go heap", OffHeap: true})
-	}
 	var heapFree int64
 	for _, it := range p.Items {
 		p.Peak += it.Bytes

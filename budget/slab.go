@@ -14,40 +14,6 @@ var slabBytes atomic.Int64
 // mapped now (a diagnostic: QTUNE_MEMTRACE reports it).
 func SlabBytes() int64 { return slabBytes.Load() }
 
-// scratchBytes is the bytes MapFloats has mapped now.
-var scratchBytes atomic.Int64
-
-// ScratchBytes is the bytes of scratch mapped with MapFloats now (the
-// kernels' pooled scratch; QTUNE_MEMTRACE reports it).
-func ScratchBytes() int64 { return scratchBytes.Load() }
-
-// MapFloats maps n float32 values outside the Go heap, for scratch that a
-// caller keeps and reuses itself (the kernels' packed panels): anonymous
-// private memory, zero pages that become resident when written and go with
-// UnmapFloats. It books nothing: the plan counts it in the runtime item.
-// Without mmap (Windows, wasm) it is heap memory.
-func MapFloats(n int) ([]float32, error) {
-	if n <= 0 {
-		return nil, fmt.Errorf("budget: scratch of %d values", n)
-	}
-	b, err := mapAnon(4 * n)
-	if err != nil {
-		return nil, err
-	}
-	scratchBytes.Add(int64(len(b)))
-	return unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), n), nil
-}
-
-// UnmapFloats returns what MapFloats gave (the whole of it).
-func UnmapFloats(v []float32) {
-	if cap(v) == 0 {
-		return
-	}
-	v = v[:cap(v)]
-	scratchBytes.Add(-4 * int64(len(v)))
-	unmap(unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v)))
-}
-
 // Slabs: memory the accountant owns. A buffer that grows with the model, the
 // batch or the input is asked of the accountant, which books it and maps it
 // outside the Go heap (an anonymous private mapping, see slab_unix.go). Its

@@ -26,8 +26,7 @@ const attnScratch = 1 << 17
 // serial runs the GEMMs of the blocked attention on the calling goroutine.
 var serial = NewPool(1)
 
-// two blocks per worker in the backward
-var attnPool = floats{keep: 2 * freeListMax}
+var attnPool floats
 
 func attnBuf(n int) *[]float32 { return attnPool.get(n) }
 

@@ -95,7 +95,7 @@ type gemmBufs struct {
 
 var (
 	gemmBufPool freeList[gemmBufs]
-	sharedPool  = floats{keep: 1} // one GEMM packs at a time
+	sharedPool  floats
 )
 
 func getGemmBufs() *gemmBufs {

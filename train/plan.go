@@ -30,19 +30,11 @@ func runtimeBytes(m *model.Model) int64 { return runtimeBytesT(m, 0, 0) }
 // rather than a measurement at run time keeps the plan the same from one
 // run to the next, which a named smallest budget needs.
 func runtimeBytesT(m *model.Model, rows, T int) int64 {
-	heap, mapped := runtimeParts(m, rows, T)
-	return heap + mapped
-}
-
-// runtimeParts is runtimeBytesT in two: what is on the Go heap (or file
-// pages: the binary's text) and the kernels' scratch mapped outside it.
-func runtimeParts(m *model.Model, rows, T int) (heap, mapped int64) {
 	c := m.Config
 	base := goRuntime(m)
 	maxS := max(rows, c.Vocab, c.Hidden, c.Dim, c.Heads*c.HeadDim)
 	maxK := max(c.Hidden, c.Dim, c.Heads*c.HeadDim)
-	all, onHeap := kernels.ScratchBytes(maxS, maxK, max(T, 1)), kernels.ScratchHeapBytes(maxS, maxK)
-	return binaryText + base + onHeap + gcHeadroom(base), all - onHeap
+	return binaryText + base + kernels.ScratchBytes(maxS, maxK, max(T, 1)) + gcHeadroom(base)
 }
 
 // goRuntime is the Go runtime's resident memory with m open: 1.5 MiB and
@@ -67,7 +59,7 @@ func weightRequest(m *model.Model, r *budget.Request, tokens int64, T int) {
 		row := emb / int64(m.Config.Vocab)
 		r.EmbedBytes = min(emb, tokens*max(row, 4096))
 	}
-	r.Runtime, r.Scratch = runtimeParts(m, r.Batch*T, T)
+	r.Runtime = runtimeBytesT(m, r.Batch*T, T)
 }
 
 // PlanGenerate plans generation of up to maxLen tokens (prompt included).
@@ -232,10 +224,9 @@ func laterSlabs(meth Method) int {
 // (an applied adapter, the token cache) share it. The Go heap's soft limit
 // is what the plan puts on the heap: those bookings and the runtime's heap
 // part, less the binary's text (file pages, not heap); items marked
-// OffHeap (the method's state, the kernels' mapped scratch) are not in it.
-// Slabs and scratch are outside the heap, so the collector's pace cannot
-// move them; what it can move is the small garbage of a step, inside the
-// runtime's headroom.
+// OffHeap (the method's state) are not in it. Slabs are outside the heap,
+// so the collector's pace cannot move them; what it can move is the small
+// garbage of a step and the kernels' pooled scratch, inside the runtime.
 func ApplyPlan(m *model.Model, p *budget.Plan) (restore func()) {
 	m.Stream = p.Stream
 	var heap int64

@@ -373,7 +373,6 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	// state is one slab made at the first step.
 	cfg.tensors = &slabSet{}
 	defer cfg.tensors.free()
-	defer kernels.Release() // the kernels' idle scratch goes with the run
 	cfg.moments = &slabMoments{m: m}
 	defer cfg.moments.free()
 	meth, err := newMethod(m, cfg)

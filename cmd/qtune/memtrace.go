@@ -24,8 +24,8 @@ type memTrace struct {
 }
 
 type memSample struct {
-	anon, file, goTotal, goHeap, slabs, scratch int64
-	at                                          time.Duration
+	anon, file, goTotal, goHeap, slabs int64
+	at                                 time.Duration
 }
 
 func startMemTrace() *memTrace {
@@ -50,8 +50,8 @@ func startMemTrace() *memTrace {
 			n++
 			if timeline && n%50 == 0 {
 				metrics.Read(ms)
-				fmt.Fprintf(os.Stderr, "memtrace %6dms anon %.1f file %.1f slabs %.1f scratch %.1f go %.1f heap %.1f MiB\n", time.Since(start).Milliseconds(),
-					float64(anon)/(1<<20), float64(file)/(1<<20), float64(budget.SlabBytes())/(1<<20), float64(budget.ScratchBytes())/(1<<20),
+				fmt.Fprintf(os.Stderr, "memtrace %6dms anon %.1f file %.1f slabs %.1f go %.1f heap %.1f MiB\n", time.Since(start).Milliseconds(),
+					float64(anon)/(1<<20), float64(file)/(1<<20), float64(budget.SlabBytes())/(1<<20),
 					float64(int64(ms[0].Value.Uint64())-int64(ms[2].Value.Uint64()))/(1<<20), float64(ms[1].Value.Uint64())/(1<<20))
 			}
 			if anon+file <= t.best.anon+t.best.file {
@@ -59,7 +59,7 @@ func startMemTrace() *memTrace {
 			}
 			metrics.Read(ms)
 			t.best = memSample{anon: anon, file: file, goTotal: int64(ms[0].Value.Uint64()) - int64(ms[2].Value.Uint64()),
-				goHeap: int64(ms[1].Value.Uint64()), slabs: budget.SlabBytes(), scratch: budget.ScratchBytes(), at: time.Since(start)}
+				goHeap: int64(ms[1].Value.Uint64()), slabs: budget.SlabBytes(), at: time.Since(start)}
 		}
 	}()
 	return t
@@ -70,8 +70,8 @@ func (t *memTrace) report(w io.Writer) {
 	<-t.done
 	b := t.best
 	mib := func(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
-	fmt.Fprintf(w, "memtrace: highest resident set %s at %v: anonymous %s (slabs mapped %s, kernels' scratch mapped %s, Go runtime %s mapped, heap objects %s), file %s (weights, binary, scratch files)\n",
-		mib(b.anon+b.file), b.at.Round(time.Millisecond), mib(b.anon), mib(b.slabs), mib(b.scratch), mib(b.goTotal), mib(b.goHeap), mib(b.file))
+	fmt.Fprintf(w, "memtrace: highest resident set %s at %v: anonymous %s (slabs mapped %s, Go runtime %s mapped, heap objects %s), file %s (weights, binary, scratch files)\n",
+		mib(b.anon+b.file), b.at.Round(time.Millisecond), mib(b.anon), mib(b.slabs), mib(b.goTotal), mib(b.goHeap), mib(b.file))
 }
 
 // readRss reads RssAnon and RssFile+RssShmem from /proc/self/status.
