@@ -6,10 +6,18 @@ MODEL_URL = https://huggingface.co/ggml-org/tiny-llamas/resolve/main/stories260K
 BIN     := bin/qtune
 FUZZTIME ?= 3s
 
-.PHONY: build demo demo-model test test-short test-arm64 test-mem-sweep fuzz bench bench-mem bench-peer vet clean evidence
+.PHONY: build lib demo demo-model test test-short test-arm64 test-mem-sweep fuzz bench bench-mem bench-peer vet clean evidence
 
 build:
 	$(GO) build -o $(BIN) ./cmd/qtune
+
+# libqtune for apps (capi/qtune.h): shared and static; the shared library
+# exports exactly the header's functions (capi/exports.map).
+lib:
+	@mkdir -p out
+	$(GO) build -buildmode=c-shared -ldflags="-extldflags=-Wl,--version-script=$(CURDIR)/capi/exports.map" -o out/libqtune.so ./capi
+	$(GO) build -buildmode=c-archive -o out/libqtune.a ./capi
+	@rm -f out/libqtune.h # cgo's generated header: capi/qtune.h is the interface
 
 # The demo model: ../shared's copy here; elsewhere it is fetched once into models/.
 models/stories260K.gguf:

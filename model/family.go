@@ -102,16 +102,16 @@ func ggufFamilyConfig(f *gguf.File, c *Config, fam family) error {
 		return fmt.Errorf("%w: block count %d out of range", ErrConfig, c.Layers)
 	}
 	if n, ok := u("expert_count"); ok && n > 0 {
-		return fmt.Errorf("%w: %s.expert_count = %d: mixture-of-experts models are not supported", ErrConfig, a, n)
+		return unsupported(fmt.Errorf("%w: %s.expert_count = %d: mixture-of-experts models are not supported", ErrConfig, a, n))
 	}
 	if _, ok := f.Get(a + ".classifier.output_labels"); ok {
-		return fmt.Errorf("%w: a %s classifier/reranker head is not supported (causal language models are)", ErrConfig, a)
+		return unsupported(fmt.Errorf("%w: a %s classifier/reranker head is not supported (causal language models are)", ErrConfig, a))
 	}
 	if v, ok := f.Float(a + ".final_logit_softcapping"); ok && v > 0 {
-		return fmt.Errorf("%w: final logit soft-capping (%s.final_logit_softcapping) is not supported", ErrConfig, a)
+		return unsupported(fmt.Errorf("%w: final logit soft-capping (%s.final_logit_softcapping) is not supported", ErrConfig, a))
 	}
 	if v, ok := f.Float(a + ".attn_logit_softcapping"); ok && v > 0 {
-		return fmt.Errorf("%w: attention logit soft-capping is not supported", ErrConfig)
+		return unsupported(fmt.Errorf("%w: attention logit soft-capping is not supported", ErrConfig))
 	}
 	switch a {
 	case "gemma3":
@@ -194,26 +194,26 @@ func hfFamilyConfig(hc *safetensors.HFConfig, c *Config, fam family) error {
 		return fmt.Errorf("%w: num_hidden_layers %d out of range", ErrConfig, c.Layers)
 	}
 	if hc.NumExperts > 0 || hc.NumLocalExperts > 0 {
-		return fmt.Errorf("%w: mixture-of-experts models are not supported", ErrConfig)
+		return unsupported(fmt.Errorf("%w: mixture-of-experts models are not supported", ErrConfig))
 	}
 	if len(hc.Architectures) == 1 && !strings.HasSuffix(hc.Architectures[0], "ForCausalLM") {
 		return fmt.Errorf("%w: %s is not a causal language model (…ForCausalLM is)", ErrConfig, hc.Architectures[0])
 	}
 	if hc.FinalLogitSoftcapping != nil && *hc.FinalLogitSoftcapping > 0 {
-		return fmt.Errorf("%w: final_logit_softcapping is not supported", ErrConfig)
+		return unsupported(fmt.Errorf("%w: final_logit_softcapping is not supported", ErrConfig))
 	}
 	if hc.AttnLogitSoftcapping != nil && *hc.AttnLogitSoftcapping > 0 {
-		return fmt.Errorf("%w: attn_logit_softcapping is not supported", ErrConfig)
+		return unsupported(fmt.Errorf("%w: attn_logit_softcapping is not supported", ErrConfig))
 	}
 	switch fam.arch {
 	case "qwen2", "qwen3":
 		if hc.UseSlidingWindow {
-			return fmt.Errorf("%w: use_sliding_window is true; Qwen's sliding window is not supported (llama.cpp ignores it too)", ErrConfig)
+			return unsupported(fmt.Errorf("%w: use_sliding_window is true; Qwen's sliding window is not supported (llama.cpp ignores it too)", ErrConfig))
 		}
 	case "gemma3":
 		c.Act = nn.GELUTanh
 		if act := hc.HiddenActivation; act != "" && act != "gelu_pytorch_tanh" {
-			return fmt.Errorf("%w: hidden_activation %q is not supported (gelu_pytorch_tanh is)", ErrConfig, act)
+			return unsupported(fmt.Errorf("%w: hidden_activation %q is not supported (gelu_pytorch_tanh is)", ErrConfig, act))
 		}
 		// Hugging Face multiplies by √hidden_size in the activations' dtype;
 		// for float32 weights that is float32(√C), llama.cpp's value.
@@ -259,7 +259,7 @@ func hfFamilyConfig(hc *safetensors.HFConfig, c *Config, fam family) error {
 				t, _ = rs["rope_type"].(string)
 			}
 			if t != "longrope" && t != "su" {
-				return fmt.Errorf("%w: Phi-3 rope_scaling type %q is not supported (longrope is)", ErrConfig, t)
+				return unsupported(fmt.Errorf("%w: Phi-3 rope_scaling type %q is not supported (longrope is)", ErrConfig, t))
 			}
 			orig := hc.OriginalMaxPosition
 			if v, ok := rs["original_max_position_embeddings"].(float64); ok && v > 0 {

@@ -94,6 +94,18 @@ type Options struct {
 // ErrFormat marks a file that is not a model qtune can read.
 var ErrFormat = errors.New("unrecognised model file")
 
+// ErrUnsupported marks a model qtune cannot run: an architecture, family,
+// RoPE scaling or feature it does not implement (the message names it and
+// what is supported).
+var ErrUnsupported = errors.New("not supported")
+
+// unsupported marks err as ErrUnsupported, its message unchanged.
+func unsupported(err error) error { return unsupportedErr{err} }
+
+type unsupportedErr struct{ error }
+
+func (e unsupportedErr) Unwrap() []error { return []error{e.error, ErrUnsupported} }
+
 // Open loads a model from a GGUF file, a Hugging Face folder (config.json +
 // safetensors) or a llama2.c checkpoint, keeping weights memory-mapped.
 func Open(path string, opt Options) (*Model, error) {
@@ -137,7 +149,7 @@ func (m *Model) openFile(path string, opt Options) error {
 		return m.openGGUF(path, data, opt)
 	}
 	if len(data) >= 4 && (string(data[:4]) == "FUGG") {
-		return fmt.Errorf("model: %s: big-endian GGUF is not supported", path)
+		return unsupported(fmt.Errorf("model: %s: big-endian GGUF is not supported", path))
 	}
 	if strings.EqualFold(filepath.Ext(path), ".gguf") {
 		return fmt.Errorf("model: %s: %w: bad GGUF magic %q", path, ErrFormat, data[:min(4, len(data))])
@@ -169,7 +181,7 @@ func (m *Model) openGGUF(path string, data []byte, opt Options) error {
 	}
 	fam, ok := familyOf(arch)
 	if !ok {
-		return fmt.Errorf("model: %s: architecture %q is not supported (supported: %s)", path, arch, SupportedArchs())
+		return unsupported(fmt.Errorf("model: %s: architecture %q is not supported (supported: %s)", path, arch, SupportedArchs()))
 	}
 	m.fam = fam
 	tensors := make(map[string]tensor.Tensor, len(f.Tensors))
@@ -218,7 +230,7 @@ func (m *Model) openGGUF(path string, data []byte, opt Options) error {
 			c.RopeLinear = fac
 		}
 	default:
-		return fmt.Errorf("model: %s: RoPE scaling %q is not supported (linear is)", path, st)
+		return unsupported(fmt.Errorf("model: %s: RoPE scaling %q is not supported (linear is)", path, st))
 	}
 	if err := ggufFamilyConfig(f, &c, fam); err != nil {
 		return fmt.Errorf("model: %s: %w", path, err)
@@ -360,7 +372,7 @@ func (m *Model) openHF(dir string, opt Options) error {
 		if mt == "" {
 			mt = strings.Join(archs, ",")
 		}
-		return fmt.Errorf("model: %s/config.json: model_type %q is not supported (supported: %s)", dir, mt, hfTypes())
+		return unsupported(fmt.Errorf("model: %s/config.json: model_type %q is not supported (supported: %s)", dir, mt, hfTypes()))
 	}
 	m.fam = fam
 	hc, err := safetensors.ParseConfig(cb)
@@ -412,7 +424,7 @@ func (m *Model) openHF(dir string, opt Options) error {
 				return fmt.Errorf("model: %s/config.json: RoPE scaling %q is only supported for phi3", dir, t)
 			}
 		default:
-			return fmt.Errorf("model: %s/config.json: RoPE scaling %q is not supported (linear and llama3 are)", dir, t)
+			return unsupported(fmt.Errorf("model: %s/config.json: RoPE scaling %q is not supported (linear and llama3 are)", dir, t))
 		}
 	}
 	m.Config = c

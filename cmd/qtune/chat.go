@@ -50,11 +50,17 @@ func (a *app) chatTemplate(m *model.Model, modelPath, override, kwargs string) (
 		return nil, err
 	}
 	tmpl.Vars = vars
+	a.logTemplate(tmpl)
+	return tmpl, nil
+}
+
+// logTemplate says which template renders the conversation (and when it
+// drops system turns).
+func (a *app) logTemplate(tmpl *train.ChatTemplate) {
 	a.log.Info().Str("template", tmpl.Name).Msg("chat template")
 	if tmpl.NoSystemRole {
 		a.log.Warn().Msg("the chat template has no system turn: a system message is put before the first user message, as llama.cpp does")
 	}
-	return tmpl, nil
 }
 
 // checkSampling range-checks the sampling flags (NaN and infinities

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"github.com/qtune/qtune/internal/fsx"
@@ -175,53 +176,47 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	if *seed == 0 {
 		*seed = uint64(time.Now().UnixNano())
 	}
-	var ptoks []int
-	if *chatMode {
-		tmpl, err := a.chatTemplate(m, *mp, *tmplFile, *kwargs)
-		if err != nil {
-			return err
+	// with --chat the prompt is the conversation's last user turn already
+	opt := train.GenerateOptions{Chat: *chatMode, Messages: msgs, ChatTemplate: *tmplFile, TemplateKwargs: *kwargs, ModelPath: *mp,
+		MaxTokens: *n, Temp: *temp, TopP: *topP, Seed: *seed, IgnoreEOS: *ignoreEOS, MaxMem: limit}
+	if !*chatMode {
+		opt.Prompt = *prompt
+	}
+	planned := false
+	opt.OnPlan = func(p *budget.Plan) bool {
+		planned = true
+		a.printPlan(p)
+		if !a.planOnly && !*asJSON && !*chatMode {
+			fmt.Fprint(a.stdout, *prompt) // the continuation streams after it
 		}
-		if ptoks, err = tmpl.Prompt(m.Tokenizer, msgs); err != nil {
-			return err
-		}
-	} else {
-		ptoks = m.Tokenizer.Encode(*prompt, m.Tokenizer.AddBOS())
+		return !a.planOnly
 	}
-	if len(ptoks) == 0 {
-		return fmt.Errorf("prompt encodes to no tokens and the model has no BOS")
-	}
-	if len(ptoks) >= m.Config.Context {
-		return fmt.Errorf("the prompt is %d tokens, the model's context %d", len(ptoks), m.Config.Context)
-	}
-	plan, err := train.PlanGenerate(m, min(len(ptoks)+*n, m.Config.Context), len(ptoks), limit)
-	if err := a.showPlan(plan, err); err != nil || a.planOnly {
-		return err
-	}
-	train.ApplyPlan(m, plan)
-	t0 := time.Now()
-	opt := model.GenerateOptions{MaxTokens: *n, Sampler: model.NewSampler(*temp, *topP, *seed), StopAtEOS: !*ignoreEOS}
 	if !*asJSON {
-		if !*chatMode {
-			fmt.Fprint(a.stdout, *prompt)
-		}
-		opt.OnToken = func(id int) { fmt.Fprint(a.stdout, m.Tokenizer.Piece(id)) }
+		opt.OnToken = func(_ int, piece string) { fmt.Fprint(a.stdout, piece) }
 	}
-	out, err := m.Generate(ctx, ptoks, opt)
-	if err != nil {
+	t0 := time.Now()
+	g, err := train.Generate(ctx, m, opt)
+	if errors.Is(err, train.ErrBadOptions) {
+		return usageErr("%v", err)
+	}
+	if err != nil && !planned && g != nil && g.Plan != nil {
+		a.printPlan(g.Plan)
+	}
+	if err != nil || a.planOnly {
 		return err
+	}
+	if g.Template != nil {
+		a.logTemplate(g.Template)
 	}
 	el := time.Since(t0)
-	a.log.Info().Int("prompt_tokens", len(ptoks)).Int("tokens", len(out)).
-		Float64("tokens_per_s", float64(len(out))/el.Seconds()).Msg("generated")
+	a.log.Info().Int("prompt_tokens", len(g.PromptTokens)).Int("tokens", len(g.Tokens)).
+		Float64("tokens_per_s", float64(len(g.Tokens))/el.Seconds()).Msg("generated")
 	if *asJSON {
-		if out == nil {
-			out = []int{}
-		}
 		return a.printJSON(struct {
 			PromptTokens []int  `json:"prompt_tokens"`
 			Tokens       []int  `json:"tokens"`
 			Text         string `json:"text"`
-		}{ptoks, out, continuation(m, out)})
+		}{g.PromptTokens, g.Tokens, g.Text})
 	}
 	fmt.Fprintln(a.stdout)
 	return nil
@@ -404,16 +399,6 @@ func (p *progress) done() {
 	}
 }
 
-// continuation renders generated ids as the text that follows the prompt:
-// the pieces joined (a leading space kept), byte tokens reassembled.
-func continuation(m *model.Model, ids []int) string {
-	var b strings.Builder
-	for _, id := range ids {
-		b.WriteString(m.Tokenizer.Piece(id))
-	}
-	return b.String()
-}
-
 // budget parses --max-mem ("" means no budget).
 func (a *app) budget(s string) (int64, error) {
 	if s == "" {
@@ -432,14 +417,21 @@ func (a *app) showPlan(p *budget.Plan, err error) error {
 	if err == nil && !a.planOnly {
 		err = budget.CheckAvailable(p) // no --max-mem: still no more than the machine has
 	}
-	if p != nil {
-		if a.planOnly {
-			fmt.Fprintln(a.stdout, p.String())
-		} else {
-			for _, line := range strings.Split(p.String(), "\n") {
-				a.log.Info().Msg(line)
-			}
-		}
-	}
+	a.printPlan(p)
 	return err
+}
+
+// printPlan prints a plan (nil: nothing): to stdout for qtune plan, else as
+// the first log lines of the run.
+func (a *app) printPlan(p *budget.Plan) {
+	if p == nil {
+		return
+	}
+	if a.planOnly {
+		fmt.Fprintln(a.stdout, p.String())
+		return
+	}
+	for _, line := range strings.Split(p.String(), "\n") {
+		a.log.Info().Msg(line)
+	}
 }

@@ -2,15 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
-	"github.com/qtune/qtune/internal/fsx"
 	"math"
-	"strings"
 
-	"gopkg.in/yaml.v3"
-
+	"github.com/qtune/qtune/internal/fsx"
 	"github.com/qtune/qtune/train"
 )
 
@@ -75,18 +71,7 @@ func loadConfig(path string, c *train.Config) error {
 	if err != nil {
 		return err
 	}
-	b = fsx.TrimBOM(b)
-	var raw map[string]any
-	if err := yaml.Unmarshal(b, &raw); err != nil { // YAML is a superset of JSON
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	j, err := json.Marshal(raw)
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	dec := json.NewDecoder(strings.NewReader(string(j)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(c); err != nil {
+	if err := train.ParseConfig(b, c); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil

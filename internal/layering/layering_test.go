@@ -24,6 +24,7 @@ var rank = map[string]int{
 	"methods":          5,
 	"train":            6,
 	"cmd/qtune":        7,
+	"capi":             7,
 	"examples":         7,
 	"internal/cmd":     7,
 	"internal/memtest": 7,
@@ -71,5 +72,29 @@ func TestImportsPointDown(t *testing.T) {
 				t.Errorf("%s imports %s: imports must point down", strings.TrimPrefix(from, mod), strings.TrimPrefix(to, mod))
 			}
 		}
+	}
+}
+
+// cgo is the C ABI's alone (capi builds libqtune with it): the binary and
+// the library beneath stay cgo-free, so they cross-compile with
+// CGO_ENABLED=0 and load native code only through purego.
+func TestCgoOnlyInCAPI(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{len .CgoFiles}}`, mod+"...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	found := false
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 2 || f[1] == "0" {
+			continue
+		}
+		if f[0] != mod+"capi" {
+			t.Errorf("%s uses cgo: only capi may", strings.TrimPrefix(f[0], mod))
+		}
+		found = true
+	}
+	if !found {
+		t.Error("capi has no cgo files: the check sees nothing")
 	}
 }
