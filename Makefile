@@ -6,7 +6,7 @@ MODEL_URL = https://huggingface.co/ggml-org/tiny-llamas/resolve/main/stories260K
 BIN     := bin/qtune
 FUZZTIME ?= 3s
 
-.PHONY: build lib demo demo-model test test-short test-arm64 test-mem-sweep fuzz bench bench-mem bench-peer vet clean evidence
+.PHONY: build lib cross demo demo-model test test-short test-arm64 test-mem-sweep fuzz bench bench-mem bench-peer vet clean evidence
 
 build:
 	$(GO) build -o $(BIN) ./cmd/qtune
@@ -18,6 +18,15 @@ lib:
 	$(GO) build -buildmode=c-shared -ldflags="-extldflags=-Wl,--version-script=$(CURDIR)/capi/exports.map" -o out/libqtune.so ./capi
 	$(GO) build -buildmode=c-archive -o out/libqtune.a ./capi
 	@rm -f out/libqtune.h # cgo's generated header: capi/qtune.h is the interface
+
+# The cgo-free binary for the other platforms (compile only; make test runs
+# it). libqtune's cross builds need a cross C compiler: not yet (issue 15).
+CROSS := linux/arm64 darwin/arm64 windows/amd64 android/arm64
+cross:
+	@mkdir -p bin
+	@for t in $(CROSS); do o=$${t%/*}; a=$${t#*/}; \
+	  CGO_ENABLED=0 GOOS=$$o GOARCH=$$a $(GO) build -o bin/qtune-$$o-$$a ./cmd/qtune || exit 1; \
+	  echo "cross: bin/qtune-$$o-$$a"; done
 
 # The demo model: ../shared's copy here; elsewhere it is fetched once into models/.
 models/stories260K.gguf:
@@ -72,6 +81,7 @@ test: vet
 	$(GO) test -count=1 -timeout 30m ./internal/memtest/
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 	$(GO) test -count=1 -short -tags noasm ./kernels/ ./nn/ ./model/ ./train/
+	$(MAKE) -s cross
 	$(MAKE) -s test-arm64
 
 # The long --max-mem sweep (make test runs a short one): for generate, eval
