@@ -325,8 +325,13 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	// The accountant exists before anything large is allocated: the
 	// method's tensors are booked (from their shapes) before it is built,
 	// and the limit tightens to the plan's heap share once there is a plan.
+	// Without a budget it has no limit, but the method's tensors and the
+	// step's buffers are still its slabs: the heap's soft limit leaves
+	// them out either way.
 	if limit > 0 {
 		m.Acct = budget.NewAccountant(limit - runtimeBytes(m))
+	} else if m.Acct == nil {
+		m.Acct = budget.NewAccountant(0)
 	}
 	// The data: the train and valid splits through the token cache on disk,
 	// streamed record by record (the test split is not a training run's, the
@@ -442,14 +447,13 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	// The method's state as planned (optimizer moments come at the first
 	// step) and the token cache replace the early estimates.
 	m.Acct.Release(budget.TokenCache, -1, dm.Bytes)
+	// (Trainable parameters and gradients are the method's slabs, booked
+	// when it was made or as it makes them.)
 	for _, it := range plan.Items {
 		switch it.Category {
-		case budget.Trainable, budget.Gradients, budget.OptimizerState, budget.TokenCache:
+		case budget.OptimizerState, budget.TokenCache:
 			if it.Category == budget.OptimizerState && plan.OptimizerOnDisk {
 				continue // file-backed scratch: outside the accountant's limit, as planned
-			}
-			if it.Category == budget.Trainable || it.Category == budget.Gradients {
-				continue // the method's tensors: slabs, booked when it was made or as it makes them
 			}
 			if err := m.Acct.Reserve(it.Category, -1, it.Bytes); err != nil {
 				return nil, err
