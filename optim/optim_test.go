@@ -603,32 +603,40 @@ type countingStore struct{ allocs, evicts int }
 func (c *countingStore) Alloc(n int) ([]float32, error) { c.allocs++; return make([]float32, n), nil }
 func (c *countingStore) Evict(v []float32)              { c.evicts++ }
 
-// TestAdamWMomentStore: moments in a store give the same weights as on the
-// heap, and every parameter's moments are evicted after each step.
-func TestAdamWMomentStore(t *testing.T) {
-	mk := func() []*Param {
-		return []*Param{{Name: "a", W: []float32{1, -2, 3}, G: []float32{0.1, 0.2, -0.3}, Decay: true},
-			{Name: "b", W: []float32{0.5}, G: []float32{-1}}}
-	}
-	plain, stored := mk(), mk()
-	st := &countingStore{}
-	o1, o2 := NewAdamW(0.9, 0.999, 1e-8, 0.01), NewAdamW(0.9, 0.999, 1e-8, 0.01)
-	o2.Store = st
+// storeParams are two parameters for the moment-store tests.
+func storeParams() []*Param {
+	return []*Param{{Name: "a", W: []float32{1, -2, 3}, G: []float32{0.1, 0.2, -0.3}, Decay: true},
+		{Name: "b", W: []float32{0.5}, G: []float32{-1}}}
+}
+
+// sameAsHeap steps plain (state on the heap) and stored (state in a
+// store) three times and requires the same weights.
+func sameAsHeap(t *testing.T, plain, stored Optimizer) {
+	t.Helper()
+	a, b := storeParams(), storeParams()
 	for i := 0; i < 3; i++ {
-		if err := o1.Step(plain, 1e-2); err != nil {
+		if err := plain.Step(a, 1e-2); err != nil {
 			t.Fatal(err)
 		}
-		if err := o2.Step(stored, 1e-2); err != nil {
+		if err := stored.Step(b, 1e-2); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for i := range plain {
-		for j := range plain[i].W {
-			if plain[i].W[j] != stored[i].W[j] {
-				t.Fatalf("param %d[%d]: %v vs %v", i, j, plain[i].W[j], stored[i].W[j])
+	for i := range a {
+		for j := range a[i].W {
+			if a[i].W[j] != b[i].W[j] {
+				t.Fatalf("param %d[%d]: %v vs %v", i, j, a[i].W[j], b[i].W[j])
 			}
 		}
 	}
+}
+
+// TestAdamWMomentStore: moments in a store give the same weights as on the
+// heap, and every parameter's moments are evicted after each step.
+func TestAdamWMomentStore(t *testing.T) {
+	st, o := &countingStore{}, NewAdamW(0.9, 0.999, 1e-8, 0.01)
+	o.Store = st
+	sameAsHeap(t, NewAdamW(0.9, 0.999, 1e-8, 0.01), o)
 	if st.allocs != 4 || st.evicts != 12 {
 		t.Fatalf("allocs %d evicts %d, want 4 and 12", st.allocs, st.evicts)
 	}
@@ -649,33 +657,13 @@ func (f *failingStore) Evict([]float32) {}
 // weights as on the heap, one buffer per parameter, made once); a store
 // that fails leaves every parameter as it was.
 func TestSGDMomentumStore(t *testing.T) {
-	mk := func() []*Param {
-		return []*Param{{Name: "a", W: []float32{1, -2, 3}, G: []float32{0.1, 0.2, -0.3}, Decay: true},
-			{Name: "b", W: []float32{0.5}, G: []float32{-1}}}
-	}
-	plain, stored := mk(), mk()
-	st := &countingStore{}
-	o1, o2 := NewSGD(0.9, 0.01, false), NewSGD(0.9, 0.01, false)
-	o2.Store = st
-	for i := 0; i < 3; i++ {
-		if err := o1.Step(plain, 1e-2); err != nil {
-			t.Fatal(err)
-		}
-		if err := o2.Step(stored, 1e-2); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for i := range plain {
-		for j := range plain[i].W {
-			if plain[i].W[j] != stored[i].W[j] {
-				t.Fatalf("param %d[%d]: %v vs %v", i, j, plain[i].W[j], stored[i].W[j])
-			}
-		}
-	}
+	st, o := &countingStore{}, NewSGD(0.9, 0.01, false)
+	o.Store = st
+	sameAsHeap(t, NewSGD(0.9, 0.01, false), o)
 	if st.allocs != 2 {
 		t.Fatalf("%d buffers from the store, want 2", st.allocs)
 	}
-	ps := mk()
+	ps := storeParams()
 	o3 := NewSGD(0.9, 0, false)
 	o3.Store = &failingStore{left: 1}
 	if err := o3.Step(ps, 1e-2); err == nil {

@@ -80,25 +80,28 @@ func paramLens(ps []*optim.Param) []int {
 // start per matrix, its gradients and its optimizer state.
 func (l *loremlMethod) laterSlabs() int { return 3 + 2*l.plan.Matrices }
 
-// dropStage1 returns stage 1's memory: the scores' gradients and optimizer
-// state, and unless keepValues their values (a warm start has its copies).
-func (l *loremlMethod) dropStage1(keepValues bool) {
-	if l.scores == nil {
-		return
-	}
-	if len(l.scores.Layers) > 0 {
-		l.cfg.tensors.drop(l.scores.Layers[0].GA)
-		if !keepValues {
-			l.cfg.tensors.drop(l.scores.Layers[0].A)
+// dropTraining returns what stage 1 trains with: the scores' gradients
+// (one slab) and the optimizer's state.
+func (l *loremlMethod) dropTraining() {
+	for i, ly := range l.scores.Layers {
+		if i == 0 {
+			l.cfg.tensors.drop(ly.GA)
 		}
-	}
-	for _, ly := range l.scores.Layers {
 		ly.GA, ly.GB = nil, nil
 	}
 	l.opt1, l.p1 = nil, nil
 	if l.cfg.moments != nil {
 		l.cfg.moments.free()
 	}
+}
+
+// dropScores returns the scores' values (one slab; a warm start has its
+// copies): stage 1 is gone.
+func (l *loremlMethod) dropScores() {
+	if len(l.scores.Layers) > 0 {
+		l.cfg.tensors.drop(l.scores.Layers[0].A)
+	}
+	l.scores = nil
 }
 
 // scoreViews shows LoRA layers as LoReML scores: B (Out, R) is U, A (R, In)
@@ -174,13 +177,12 @@ func (l *loremlMethod) StateBytes() int64 {
 
 // transition forms stage 2 from the scores and frees stage 1.
 func (l *loremlMethod) transition() error {
-	l.dropStage1(true)
+	l.dropTraining()
 	set, err := loreml.Build(l.m, l.lc, scoreViews(l.scores))
 	if err != nil {
 		return err
 	}
-	l.dropStage1(false)
-	l.scores = nil
+	l.dropScores()
 	return l.enterStage2(set)
 }
 
@@ -366,8 +368,10 @@ func (l *loremlMethod) Load(ts []checkpoint.Tensor) error {
 	if err != nil {
 		return err
 	}
-	l.dropStage1(false)
-	l.scores = nil
+	if l.scores != nil {
+		l.dropTraining()
+		l.dropScores()
+	}
 	if err := l.enterStage2(set); err != nil {
 		return err
 	}

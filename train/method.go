@@ -180,9 +180,7 @@ func (s *slabSet) free() {
 	}
 	s.before = nil
 	for _, h := range s.held {
-		if h.a != nil {
-			h.a.Free(h.v)
-		}
+		h.a.Free(h.v) // a nil accountant's heap buffer is left to the collector
 	}
 	s.held = nil
 }
@@ -197,9 +195,7 @@ func (s *slabSet) drop(v []float32) {
 	for i, h := range s.held {
 		lo := uintptr(unsafe.Pointer(unsafe.SliceData(h.v)))
 		if len(h.v) > 0 && p >= lo && p < lo+4*uintptr(len(h.v)) {
-			if h.a != nil {
-				h.a.Free(h.v)
-			}
+			h.a.Free(h.v)
 			s.held = append(s.held[:i], s.held[i+1:]...)
 			return
 		}
