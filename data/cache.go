@@ -236,7 +236,7 @@ func writeTokenFile(ctx context.Context, cpath string, sum [32]byte, tok string,
 				err = fmt.Errorf("%d tokens in one example", len(ex.Tokens))
 			}
 			if err != nil {
-				return fmt.Errorf("data: %s: record %d: %w", path, len(lens)+1, err)
+				return &Error{File: path, Line: r.Line, Record: len(lens) + 1, Err: err}
 			}
 			for j, t := range ex.Tokens {
 				v := uint32(t)

@@ -348,7 +348,7 @@ func TestTokenIDsBeyond31BitsAreErrors(t *testing.T) {
 	dir := t.TempDir()
 	data := writeData(t, dir, "d.jsonl", cacheJSONL)
 	_, _, err := CachedTokenFile(dir, CacheKey{Tokenizer: "t"}, &bigEnc{}, data, TokenizeOptions{})
-	if !errors.Is(err, ErrData) || !strings.Contains(err.Error(), "record 1") || !strings.Contains(err.Error(), "2147483648") {
+	if !errors.Is(err, ErrData) || !strings.Contains(err.Error(), "line 1: ") || !strings.Contains(err.Error(), "2147483648") {
 		t.Errorf("cache: %v", err)
 	}
 	if _, err := Tokenize(&bigEnc{}, []Record{{Text: "a"}}, Text, TokenizeOptions{}); !errors.Is(err, ErrData) {

@@ -52,10 +52,59 @@ type Record struct {
 	Messages   []Message // Chat
 	Choices    []string  // Classification
 	Label      int       // Classification: index into Choices
+	// Line is the record's line in a JSONL file (1 for a plain-text
+	// file's one record; 0 when it did not come from a file).
+	Line int
 }
 
 // ErrData marks malformed data.
 var ErrData = errors.New("malformed data")
+
+// Error is a data error that names where it is: the file and the line of
+// a JSONL record (or, when lines are not known, the record's number). It
+// wraps ErrData or the cause (errors.Is / errors.As).
+type Error struct {
+	File   string // "" when the records did not come from a file
+	Line   int    // 1-based; 0: not known
+	Record int    // 1-based, when Line is not known; 0: the whole file
+	Err    error
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("data: ")
+	if e.File != "" {
+		b.WriteString(e.File)
+		b.WriteString(": ")
+	}
+	switch {
+	case e.Line > 0:
+		fmt.Fprintf(&b, "line %d: ", e.Line)
+	case e.Record > 0:
+		fmt.Fprintf(&b, "record %d: ", e.Record)
+	}
+	b.WriteString(e.Err.Error())
+	return b.String()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// lineErr is a malformed line: ErrData and what is wrong with it.
+func lineErr(line int, format string, args ...any) error {
+	return &Error{Line: line, Err: fmt.Errorf("%w: "+format, append([]any{ErrData}, args...)...)}
+}
+
+// inFile names the file of a data error that did not know it (any other
+// error is returned as it is).
+func inFile(path string, err error) error {
+	var de *Error
+	if errors.As(err, &de) && de.File == "" {
+		c := *de
+		c.File = path
+		return &c
+	}
+	return err
+}
 
 // MaxLine bounds one JSONL line (64 MiB).
 const MaxLine = 64 << 20
@@ -110,13 +159,17 @@ func ScanMax(path string, maxRecord int64, fn func(Record) error) (Kind, int, er
 			return 0, 0, fnErr
 		}
 		if err != nil {
+			var de *Error
+			if errors.As(err, &de) {
+				return 0, 0, inFile(path, err)
+			}
 			return 0, 0, fmt.Errorf("data: %s: %w", path, err)
 		}
 		return kind, n, nil
 	}
 	if st, err := f.Stat(); err == nil && st.Size() > maxRecord {
-		return 0, 0, fmt.Errorf("data: %s: %w: a plain-text record of %s, more than the %s one record may be under this memory budget: split it (JSONL, one record per line) or raise --max-mem",
-			path, ErrData, budget.FormatSize(st.Size()), budget.FormatSize(maxRecord))
+		return 0, 0, &Error{File: path, Err: fmt.Errorf("%w: a plain-text record of %s, more than the %s one record may be under this memory budget: split it (JSONL, one record per line) or raise --max-mem",
+			ErrData, budget.FormatSize(st.Size()), budget.FormatSize(maxRecord))}
 	}
 	b, err := io.ReadAll(br)
 	if err != nil {
@@ -124,12 +177,12 @@ func ScanMax(path string, maxRecord int64, fn func(Record) error) (Kind, int, er
 	}
 	b = fsx.TrimBOM(b) // an editor's mark, not text to train on
 	if !utf8.Valid(b) {
-		return 0, 0, fmt.Errorf("data: %s: %w: not UTF-8 text", path, ErrData)
+		return 0, 0, &Error{File: path, Err: fmt.Errorf("%w: not UTF-8 text", ErrData)}
 	}
 	if len(b) == 0 {
-		return 0, 0, fmt.Errorf("data: %s: %w: empty file", path, ErrData)
+		return 0, 0, &Error{File: path, Err: fmt.Errorf("%w: empty file", ErrData)}
 	}
-	if err := fn(Record{Text: string(b)}); err != nil {
+	if err := fn(Record{Text: string(b), Line: 1}); err != nil {
 		return 0, 0, err
 	}
 	return Text, 1, nil
@@ -176,16 +229,17 @@ func scanJSONL(r io.Reader, maxLine int, fn func(Record) error) (Kind, int, erro
 		}
 		var raw rawRecord
 		if err := json.Unmarshal(b, &raw); err != nil {
-			return 0, 0, fmt.Errorf("line %d: %w: %v", line, ErrData, err)
+			return 0, 0, lineErr(line, "%v", err)
 		}
 		rec, k, err := raw.record()
 		if err != nil {
-			return 0, 0, fmt.Errorf("line %d: %w: %v", line, ErrData, err)
+			return 0, 0, lineErr(line, "%v", err)
 		}
+		rec.Line = line
 		if kind == 0 {
 			kind = k
 		} else if k != kind {
-			return 0, 0, fmt.Errorf("line %d: %w: %s record in a %s file", line, ErrData, k, kind)
+			return 0, 0, lineErr(line, "%s record in a %s file", k, kind)
 		}
 		if err := fn(rec); err != nil {
 			return 0, 0, err
@@ -195,14 +249,14 @@ func scanJSONL(r io.Reader, maxLine int, fn func(Record) error) (Kind, int, erro
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
 			if maxLine < MaxLine {
-				return 0, 0, fmt.Errorf("line %d: %w: a record longer than the %s one record may be under this memory budget: split it or raise --max-mem", line+1, ErrData, budget.FormatSize(int64(maxLine)))
+				return 0, 0, lineErr(line+1, "a record longer than the %s one record may be under this memory budget: split it or raise --max-mem", budget.FormatSize(int64(maxLine)))
 			}
-			return 0, 0, fmt.Errorf("line %d: %w: line longer than %d bytes", line+1, ErrData, MaxLine)
+			return 0, 0, lineErr(line+1, "line longer than %d bytes", MaxLine)
 		}
 		return 0, 0, err
 	}
 	if n == 0 {
-		return 0, 0, fmt.Errorf("%w: no records", ErrData)
+		return 0, 0, &Error{Err: fmt.Errorf("%w: no records", ErrData)}
 	}
 	return kind, n, nil
 }

@@ -77,7 +77,7 @@ func Tokenize(enc Encoder, recs []Record, kind Kind, o TokenizeOptions) ([]Examp
 			err = chk.err()
 		}
 		if err != nil {
-			return nil, fmt.Errorf("data: record %d: %w", i+1, err)
+			return nil, &Error{Line: recs[i].Line, Record: i + 1, Err: err}
 		}
 		out[i] = ex
 	}
