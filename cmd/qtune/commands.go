@@ -293,65 +293,47 @@ func (a *app) eval(ctx context.Context, args []string) error {
 	if *limit < 0 {
 		return usageErr("--limit %d: want ≥ 0 (0: all records)", *limit)
 	}
-	memLimit, err := a.budget(*maxMem)
-	if err != nil {
+	opt := train.EvaluateOptions{Limit: *limit, MaxSeqLen: *maxSeq}
+	if opt.MaxMem, err = a.budget(*maxMem); err != nil {
 		return err
 	}
-	// The records are booked before they are read (the plan, made once the
-	// model is open, then narrows the accountant to the heap's share).
-	acct := budget.NewAccountant(memLimit)
-	if err := acct.Reserve(budget.TokenCache, -1, 3*train.FileSize(*dp)); err != nil {
+	// The records are booked and read before the model is opened: bad data
+	// is named first, whatever the model.
+	if opt.Records, err = train.LoadEvalData(*dp, opt.MaxMem); err != nil {
 		return err
 	}
-	recs, kind, err := data.Load(*dp)
-	if err != nil {
-		return err
-	}
-	if *limit > 0 && *limit < len(recs) {
-		recs = recs[:*limit]
-	}
-	m, err := a.openModelAdapter(*mp, *tp, *adp, memLimit)
+	m, err := a.openModelAdapter(*mp, *tp, *adp, opt.MaxMem)
 	if err != nil {
 		return err
 	}
 	defer m.Close()
-	m.Acct = acct
-	opt := train.EvalOptions{MaxSeqLen: *maxSeq}
-	plan, err := train.PlanEval(m, opt.Window(m), train.FileSize(*dp), memLimit)
-	if err != nil && *maxSeq == 0 { // a shorter scoring window is the eval's own knob
-		for w := opt.Window(m) / 2; w >= 64 && err != nil; w /= 2 {
-			if p2, err2 := train.PlanEval(m, w, train.FileSize(*dp), memLimit); err2 == nil {
-				plan, err, opt.MaxSeqLen = p2, nil, w
-				plan.Strategy = append(plan.Strategy, fmt.Sprintf("scoring window shortened to %d tokens", w))
-			}
-		}
+	planned := false
+	opt.OnPlan = func(p *budget.Plan) bool {
+		planned = true
+		a.printPlan(p)
+		return !a.planOnly
 	}
-	if err := a.showPlan(plan, err); err != nil || a.planOnly {
-		return err
-	}
-	train.ApplyPlan(m, plan)
 	bar := a.newProgress("eval")
 	opt.Progress = bar.update
 	t0 := time.Now()
-	if kind == data.Classification {
-		res, err := train.EvalClassify(ctx, m, recs, opt)
-		bar.done()
-		if err != nil {
-			return fmt.Errorf("%s: %w", *dp, err)
-		}
-		a.log.Info().Dur("took", time.Since(t0).Round(time.Millisecond)).Msg("evaluated")
-		if *asJSON {
-			return a.printJSON(res)
-		}
-		fmt.Fprintf(a.stdout, "accuracy %.4f (%d examples)\n", res.Accuracy, res.N)
-		return nil
-	}
-	res, err := train.EvalLM(ctx, m, recs, kind, opt)
+	ev, err := train.Evaluate(ctx, m, opt)
 	bar.done()
-	if err != nil {
-		return fmt.Errorf("%s: %w", *dp, err)
+	if err != nil && !planned && ev != nil && ev.Plan != nil {
+		a.printPlan(ev.Plan)
+	}
+	if err != nil || a.planOnly {
+		return err
 	}
 	el := time.Since(t0)
+	if ev.Class != nil {
+		a.log.Info().Dur("took", el.Round(time.Millisecond)).Msg("evaluated")
+		if *asJSON {
+			return a.printJSON(ev.Class)
+		}
+		fmt.Fprintf(a.stdout, "accuracy %.4f (%d examples)\n", ev.Class.Accuracy, ev.Class.N)
+		return nil
+	}
+	res := ev.LM
 	a.log.Info().Dur("took", el.Round(time.Millisecond)).Float64("tokens_per_s", float64(res.Tokens)/el.Seconds()).Msg("evaluated")
 	if *asJSON {
 		return a.printJSON(res)
