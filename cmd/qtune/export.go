@@ -2,15 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
-	"github.com/qtune/qtune/internal/fsx"
-	"io"
+	"strings"
 	"time"
 
 	"github.com/qtune/qtune/methods/lora"
-	"github.com/qtune/qtune/methods/loreml"
-	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/quant"
 	"github.com/qtune/qtune/train"
 )
@@ -42,60 +40,21 @@ func (a *app) export(ctx context.Context, args []string) error {
 		return err
 	}
 	defer m.Close()
-	var delta model.Delta
-	var matrices int
-	var set *lora.Set
-	switch {
-	case train.HasZOState(*adp) && !loreml.Has(*adp):
-		if !*merge {
-			return usageErr("%s holds zeroth-order or hybrid state (float tensors, block scales or deltas) with no PEFT/GGUF LoRA form; export it with --merge", *adp)
-		}
-		d, line, err := train.MergeZOState(m, *adp)
-		if err != nil {
-			return err
-		}
-		delta = d
-		a.log.Info().Str("adapter", line).Msg("merging")
-		for l := range m.Adapters {
-			for _, ad := range m.Adapters[l] {
-				if ad != nil {
-					matrices++
-				}
-			}
-		}
-	case loreml.Has(*adp):
-		ls, err := loreml.Load(m, *adp)
-		if err != nil {
-			return err
-		}
-		if !*merge {
-			return usageErr("a LoReML delta (%s) has no PEFT/GGUF LoRA form; export it with --merge", loreml.FileName)
-		}
-		delta, matrices = ls.Merge(), len(ls.Matrices)
-	default:
-		if set, err = lora.Load(m, *adp); err != nil {
-			return err
-		}
-		delta, matrices = set.Merge(), len(set.Layers)
+	t0 := time.Now()
+	ex, err := train.Export(m, train.ExportOptions{Adapter: *adp, Out: *out, Merge: *merge, Type: t, ModelPath: *mp})
+	if errors.Is(err, train.ErrBadOptions) {
+		return usageErr("%s", strings.TrimSuffix(err.Error(), ": "+train.ErrBadOptions.Error()))
+	}
+	if err != nil {
+		return err
 	}
 	if !*merge {
-		// The folder's files are one unit: a crash leaves the old set or the new.
-		if err := fsx.SaveDir(*out, func(stage string) error { return set.Save(stage, m, train.BaseModelName(*mp)) }); err != nil {
-			return err
-		}
-		fmt.Fprintf(a.stdout, "%s: %d adapted matrices as PEFT (%s) and GGUF (%s)\n", *out, len(set.Layers), lora.PEFTFile, lora.GGUFFile)
+		fmt.Fprintf(a.stdout, "%s: %d adapted matrices as PEFT (%s) and GGUF (%s)\n", *out, ex.Matrices, lora.PEFTFile, lora.GGUFFile)
 		return nil
 	}
-	t0 := time.Now()
-	var rep model.QuantizeReport
-	if err := fsx.WriteFile(*out, func(w io.Writer) (err error) {
-		rep, err = model.QuantizeWith(m, w, t, delta)
-		return err
-	}); err != nil {
-		return err
-	}
-	a.log.Info().Dur("took", time.Since(t0).Round(time.Millisecond)).Msg("merged")
-	fmt.Fprintf(a.stdout, "%s: merged %d adapted matrices, %d tensors (%d as %s), %s\n", *out, matrices, rep.Tensors, rep.Quantized, t, humanBytes(rep.Bytes))
+	a.log.Info().Str("adapter", ex.Loaded).Dur("took", time.Since(t0).Round(time.Millisecond)).Msg("merged")
+	rep := ex.Report
+	fmt.Fprintf(a.stdout, "%s: merged %d adapted matrices, %d tensors (%d as %s), %s\n", *out, ex.Matrices, rep.Tensors, rep.Quantized, t, humanBytes(rep.Bytes))
 	nf4Note(a, t)
 	return nil
 }
