@@ -19,12 +19,12 @@ const (
 
 // Item is one line of a plan's breakdown.
 type Item struct {
-	Category Category
-	Bytes    int64
-	Note     string
+	Category Category `json:"category"`
+	Bytes    int64    `json:"bytes"`
+	Note     string   `json:"note,omitempty"`
 	// OffHeap: the item lives in the accountant's slabs, not on the Go
 	// heap, whose soft limit leaves it out.
-	OffHeap bool
+	OffHeap bool `json:"off_heap,omitempty"`
 }
 
 // Request describes a run to the planner in bytes only.
@@ -71,31 +71,31 @@ type Request struct {
 
 // Plan is how a run fits its budget.
 type Plan struct {
-	Job        string // the Request's
-	Budget     int64
-	Items      []Item
-	Peak       int64 // the planned peak resident memory
-	MicroBatch int
-	Accum      int  // micro-batches per optimizer step
-	Checkpoint bool // activation checkpointing
-	Stream     bool // weights streamed layer by layer
+	Job        string `json:"job"` // the Request's
+	Budget     int64  `json:"budget"`
+	Items      []Item `json:"items"`
+	Peak       int64  `json:"peak"` // the planned peak resident memory
+	MicroBatch int    `json:"micro_batch"`
+	Accum      int    `json:"accum"`      // micro-batches per optimizer step
+	Checkpoint bool   `json:"checkpoint"` // activation checkpointing
+	Stream     bool   `json:"stream"`     // weights streamed layer by layer
 	// OptimizerOnDisk keeps optimizer state in a file-backed scratch that
 	// leaves memory between steps.
-	OptimizerOnDisk bool
+	OptimizerOnDisk bool `json:"optimizer_on_disk"`
 	// SpillActivations keeps checkpointed block inputs in a file-backed
 	// scratch, paged back in during the backward pass.
-	SpillActivations bool
-	Placement        []Where
-	Strategy         []string
+	SpillActivations bool     `json:"spill_activations"`
+	Placement        []Where  `json:"placement"`
+	Strategy         []string `json:"strategy"`
 	// HeapLimit is what the Go heap may use: the budget less the mapped
 	// weights the plan keeps resident and the runtime's own pages.
-	HeapLimit int64
+	HeapLimit int64 `json:"heap_limit"`
 	// FloorBytes is the part of the Runtime item that a FloorOutsideLimit
 	// heap floor added: planned, but not part of the heap's soft limit.
-	FloorBytes int64
+	FloorBytes int64 `json:"floor_bytes"`
 	// Margin is what the plan keeps free under the budget (Margin(Peak)):
 	// a plan fits when Peak+Margin is at most the budget.
-	Margin int64
+	Margin int64 `json:"margin"`
 }
 
 // Margin is what a plan of peak bytes keeps free under its budget for what

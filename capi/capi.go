@@ -38,6 +38,7 @@ import (
 	"github.com/qtune/qtune/format/safetensors"
 	"github.com/qtune/qtune/internal/fsx"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/quant"
 	"github.com/qtune/qtune/train"
 )
 
@@ -151,20 +152,105 @@ func qtune_model_open(path *C.char, optionsJSON *C.char, out **C.qtune_model) (s
 	if err != nil {
 		return status(err)
 	}
-	m, err := model.Open(goString(path), model.Options{Tokenizer: o.Tokenizer})
-	if err != nil {
+	cm := &cmodel{path: goString(path), opt: model.Options{Tokenizer: o.Tokenizer}}
+	if cm.m, err = model.Open(cm.path, cm.opt); err != nil {
 		return status(err)
 	}
 	if o.Adapter != "" {
-		if _, err := train.ApplyAdapterLimit(m, o.Adapter, limit); err != nil {
-			m.Close()
+		if err := cm.apply(o.Adapter, limit); err != nil {
+			cm.m.Close()
 			return status(err)
 		}
 	}
 	h := (*C.qtune_model)(C.malloc(C.size_t(unsafe.Sizeof(C.qtune_model{}))))
-	h.h = C.uintptr_t(cgo.NewHandle(m))
+	h.h = C.uintptr_t(cgo.NewHandle(cm))
 	*out = h
 	return C.QTUNE_OK
+}
+
+// cmodel is what a qtune_model holds: the model and how it was opened (an
+// adapter is removed by opening the base again: some adapters rewrite
+// the model's own tensors, and the mapping makes opening cheap).
+type cmodel struct {
+	m       *model.Model
+	path    string
+	opt     model.Options
+	adapter string
+}
+
+// apply applies an adapter to the base (none applied).
+func (c *cmodel) apply(path string, limit int64) error {
+	if _, err := train.ApplyAdapterLimit(c.m, path, limit); err != nil {
+		return err
+	}
+	c.adapter = path
+	return nil
+}
+
+// base puts the base model back when an adapter is applied.
+func (c *cmodel) base() error {
+	if c.adapter == "" {
+		return nil
+	}
+	m, err := model.Open(c.path, c.opt)
+	if err != nil {
+		return err
+	}
+	c.m.Close()
+	c.m, c.adapter = m, ""
+	return nil
+}
+
+func modelOf(h *C.qtune_model, call string) (*cmodel, error) {
+	if h == nil {
+		return nil, fmt.Errorf("%s: NULL model: %w", call, errArgs)
+	}
+	c, ok := cgo.Handle(h.h).Value().(*cmodel)
+	if !ok {
+		return nil, fmt.Errorf("%s: not a model handle: %w", call, errArgs)
+	}
+	return c, nil
+}
+
+//export qtune_model_apply_adapter
+func qtune_model_apply_adapter(h *C.qtune_model, path *C.char, optionsJSON *C.char) (st C.qtune_status) {
+	defer guard(&st)
+	c, err := modelOf(h, "qtune_model_apply_adapter")
+	if err != nil {
+		return status(err)
+	}
+	if path == nil {
+		return status(fmt.Errorf("qtune_model_apply_adapter: NULL path: %w", errArgs))
+	}
+	var o struct {
+		MaxMem string `json:"max_mem"`
+	}
+	limit, err := decodeBudget(optionsJSON, &o, &o.MaxMem)
+	if err != nil {
+		return status(err)
+	}
+	if err := c.base(); err != nil {
+		return status(err)
+	}
+	if err := c.apply(goString(path), limit); err != nil {
+		// the model may hold part of it: open the base again
+		c.adapter = "?"
+		if berr := c.base(); berr != nil {
+			return status(fmt.Errorf("%w (and opening the base again: %v)", err, berr))
+		}
+		return status(err)
+	}
+	return C.QTUNE_OK
+}
+
+//export qtune_model_remove_adapter
+func qtune_model_remove_adapter(h *C.qtune_model) (st C.qtune_status) {
+	defer guard(&st)
+	c, err := modelOf(h, "qtune_model_remove_adapter")
+	if err != nil {
+		return status(err)
+	}
+	return status(c.base())
 }
 
 //export qtune_model_free
@@ -173,8 +259,8 @@ func qtune_model_free(h *C.qtune_model) {
 		return
 	}
 	ch := cgo.Handle(h.h)
-	if m, ok := ch.Value().(*model.Model); ok {
-		m.Close()
+	if c, ok := ch.Value().(*cmodel); ok {
+		c.m.Close()
 	}
 	ch.Delete()
 	C.free(unsafe.Pointer(h))
@@ -220,17 +306,18 @@ type generateOptions struct {
 //export qtune_generate
 func qtune_generate(h *C.qtune_model, optionsJSON *C.char, onToken C.qtune_token_cb, user unsafe.Pointer, out **C.char) (st C.qtune_status) {
 	defer guard(&st)
-	if h == nil {
-		return status(fmt.Errorf("qtune_generate: NULL model: %w", errArgs))
+	c, err := modelOf(h, "qtune_generate")
+	if err != nil {
+		return status(err)
 	}
-	m, ok := cgo.Handle(h.h).Value().(*model.Model)
-	if !ok {
-		return status(fmt.Errorf("qtune_generate: not a model handle: %w", errArgs))
-	}
+	m := c.m
 	var o generateOptions
 	limit, err := decodeBudget(optionsJSON, &o, &o.MaxMem)
 	if err != nil {
 		return status(err)
+	}
+	if o.ModelPath == "" {
+		o.ModelPath = c.path
 	}
 	g := train.GenerateOptions{Prompt: o.Prompt, Chat: o.Chat || len(o.Messages) > 0, Messages: o.Messages, ChatTemplate: o.ChatTemplate,
 		ModelPath: o.ModelPath, MaxTokens: 128, Temp: 0.8, TopP: 0.9, Seed: o.Seed, IgnoreEOS: o.IgnoreEOS, MaxMem: limit}
@@ -329,6 +416,7 @@ func qtune_train(h *C.qtune_session, configJSON *C.char, onProgress C.qtune_prog
 	if err := train.ParseConfig([]byte(goString(configJSON)), &cfg); err != nil {
 		return status(fmt.Errorf("qtune_train: config: %w", err))
 	}
+	cfg.PhaseReports = true
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s.mu.Lock()
@@ -356,19 +444,24 @@ func qtune_train(h *C.qtune_session, configJSON *C.char, onProgress C.qtune_prog
 	}
 	var progress func(train.Progress)
 	if onProgress != nil {
-		kinds := map[string]*C.char{"train": C.CString("train"), "val": C.CString("val")}
+		// the few texts a report names, made once in C memory
+		texts := map[string]*C.char{}
 		defer func() {
-			for _, k := range kinds {
-				C.free(unsafe.Pointer(k))
+			for _, t := range texts {
+				C.free(unsafe.Pointer(t))
 			}
 		}()
-		progress = func(p train.Progress) {
-			kind := kinds[p.Kind]
-			if kind == nil {
-				kind = kinds["train"]
+		text := func(s string) *C.char {
+			t, ok := texts[s]
+			if !ok {
+				t = C.CString(s)
+				texts[s] = t
 			}
-			C.qtune_call_progress(onProgress, user, C.int32_t(p.Iter), kind, C.double(p.Loss), C.double(p.LearningRate),
-				C.double(p.TokPerSec), C.int64_t(p.Trained), C.int64_t(p.PeakMem))
+			return t
+		}
+		progress = func(p train.Progress) {
+			C.qtune_call_progress(onProgress, user, C.int32_t(p.Iter), text(p.Kind), C.double(p.Loss), C.double(p.LearningRate),
+				C.double(p.TokPerSec), C.int64_t(p.Trained), C.int64_t(p.PeakMem), text(p.Phase), C.int32_t(p.MicroBatch), C.int32_t(p.MicroBatches))
 		}
 	}
 	res, err := train.Run(ctx, cfg, log, progress)
@@ -388,6 +481,135 @@ func qtune_train(h *C.qtune_session, configJSON *C.char, onProgress C.qtune_prog
 		r.Plan = res.Plan.String()
 	}
 	return status(give(out, r))
+}
+
+//export qtune_plan
+func qtune_plan(configJSON *C.char, out **C.char) (st C.qtune_status) {
+	defer guard(&st)
+	if out == nil {
+		return status(fmt.Errorf("qtune_plan: NULL out: %w", errArgs))
+	}
+	cfg := train.Defaults()
+	if err := train.ParseConfig([]byte(goString(configJSON)), &cfg); err != nil {
+		return status(fmt.Errorf("qtune_plan: config: %w", err))
+	}
+	cfg.DryRun = true
+	res, err := train.Run(context.Background(), cfg, nil, nil)
+	if res == nil || res.Plan == nil {
+		if err == nil {
+			err = errors.New("qtune_plan: no plan was made")
+		}
+		return status(err)
+	}
+	return status(give(out, planResult(res.Plan, err)))
+}
+
+// planJSON is a plan as qtune_plan gives it.
+type planJSON struct {
+	Fits  bool         `json:"fits"`
+	Error string       `json:"error,omitempty"`
+	Plan  *budget.Plan `json:"plan"`
+	Text  string       `json:"text"`
+}
+
+func planResult(p *budget.Plan, err error) planJSON {
+	r := planJSON{Fits: err == nil, Plan: p, Text: p.String()}
+	if err != nil {
+		r.Error = err.Error()
+	}
+	return r
+}
+
+// evaluateOptions are qtune_evaluate's options.
+type evaluateOptions struct {
+	Data         string `json:"data"`
+	Limit        int    `json:"limit"`
+	MaxSeqLength int    `json:"max_seq_length"`
+	MaxMem       string `json:"max_mem"`
+	PlanOnly     bool   `json:"plan_only"`
+}
+
+//export qtune_evaluate
+func qtune_evaluate(h *C.qtune_model, optionsJSON *C.char, out **C.char) (st C.qtune_status) {
+	defer guard(&st)
+	c, err := modelOf(h, "qtune_evaluate")
+	if err != nil {
+		return status(err)
+	}
+	var o evaluateOptions
+	limit, err := decodeBudget(optionsJSON, &o, &o.MaxMem)
+	if err != nil {
+		return status(err)
+	}
+	opt := train.EvaluateOptions{Data: o.Data, Limit: o.Limit, MaxSeqLen: o.MaxSeqLength, MaxMem: limit,
+		OnPlan: func(*budget.Plan) bool { return !o.PlanOnly }}
+	ev, err := train.Evaluate(context.Background(), c.m, opt)
+	if err != nil {
+		return status(err)
+	}
+	if o.PlanOnly {
+		return status(give(out, struct {
+			Plan *budget.Plan `json:"plan"`
+		}{ev.Plan}))
+	}
+	if ev.Class != nil {
+		return status(give(out, struct {
+			Kind string `json:"kind"`
+			*train.ClassResult
+		}{ev.Kind.String(), ev.Class}))
+	}
+	return status(give(out, struct {
+		Kind string `json:"kind"`
+		*train.LMResult
+	}{ev.Kind.String(), ev.LM}))
+}
+
+// exportOptions are qtune_export's options.
+type exportOptions struct {
+	Adapter   string `json:"adapter"`
+	Out       string `json:"out"`
+	Merge     bool   `json:"merge"`
+	Type      string `json:"type"`
+	ModelPath string `json:"model_path"`
+}
+
+//export qtune_export
+func qtune_export(h *C.qtune_model, optionsJSON *C.char, out **C.char) (st C.qtune_status) {
+	defer guard(&st)
+	c, err := modelOf(h, "qtune_export")
+	if err != nil {
+		return status(err)
+	}
+	o := exportOptions{Type: "f16"}
+	if err := decode(optionsJSON, &o); err != nil {
+		return status(err)
+	}
+	if c.adapter != "" {
+		return status(fmt.Errorf("qtune_export: the model has an adapter applied (%s): export works on the base; remove it first: %w", c.adapter, errArgs))
+	}
+	t, err := quant.ParseType(o.Type)
+	if err != nil {
+		return status(fmt.Errorf("qtune_export: type %q: %w", o.Type, errArgs))
+	}
+	if o.ModelPath == "" {
+		o.ModelPath = c.path
+	}
+	ex, err := train.Export(c.m, train.ExportOptions{Adapter: o.Adapter, Out: o.Out, Merge: o.Merge, Type: t, ModelPath: o.ModelPath})
+	// export loads the adapter into the model: the base again for later calls
+	c.adapter = "export"
+	if berr := c.base(); err == nil && berr != nil {
+		err = berr
+	}
+	if err != nil {
+		return status(err)
+	}
+	return status(give(out, struct {
+		Out      string `json:"out"`
+		Matrices int    `json:"matrices"`
+		Merged   bool   `json:"merged"`
+		Tensors  int    `json:"tensors,omitempty"`
+		Bytes    int64  `json:"bytes,omitempty"`
+	}{ex.Out, ex.Matrices, ex.Merged, ex.Report.Tensors, ex.Report.Bytes}))
 }
 
 // finite is v, or nil (JSON null) when it is not a number.

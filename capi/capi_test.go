@@ -144,6 +144,13 @@ func TestCHostMatchesCLI(t *testing.T) {
 	if !cancelled {
 		t.Error("the run was not cancelled from the progress callback")
 	}
+	// phases as they begin, and a report before every micro-batch (one per
+	// iteration here: 3 before the cancel, 3 after)
+	for _, ph := range []string{"phase tokenizing", "phase validating", "phase training", "phase saving", "micro-batches 6"} {
+		if !slices.Contains(strings.Split(string(out), "\n"), ph) {
+			t.Errorf("C host: no %q line:\n%s", ph, out)
+		}
+	}
 	if len(losses) != 6 || len(gen.Tokens) == 0 {
 		t.Fatalf("C host: %d losses, %d tokens:\n%s", len(losses), len(gen.Tokens), out)
 	}
@@ -212,6 +219,126 @@ func TestCHostMatchesCLI(t *testing.T) {
 	slices.Sort(exported)
 	if h := headerFunctions(t); !slices.Equal(exported, h) {
 		t.Errorf("libqtune exports %v; qtune.h declares %v", exported, h)
+	}
+}
+
+// A C host plans a training (fitting and not), applies an adapter and
+// evaluates with and without it, and exports it: the same plan, losses and
+// files as the CLI's, and bad data is a status naming the file and line.
+func TestCHostAdaptersMatchCLI(t *testing.T) {
+	cc := needTool(t, "cc")
+	dir := libqtune(t)
+	host := filepath.Join(t.TempDir(), "adapters")
+	build(t, nil, cc, "-std=c11", "-Wall", "-Werror", "-I.", "../examples/c/adapters.c", "-L"+dir, "-lqtune", "-o", host)
+	modelPath := shared.Path(t, "assets", "models", "stories260K.gguf")
+	dataPath := shared.Path(t, "assets", "data", "tinyshakespeare")
+	work := t.TempDir()
+	qtune := filepath.Join(dir, "qtune")
+	cli := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(qtune, args...).Output()
+		if err != nil {
+			t.Fatalf("qtune %v: %v", args, err)
+		}
+		return string(out)
+	}
+	adapters := filepath.Join(work, "adapters")
+	cli("--quiet", "train", "--model", modelPath, "--data", dataPath, "--iters", "4", "--batch-size", "2", "--max-seq-length", "48",
+		"--rank", "4", "--learning-rate", "5e-3", "--steps-per-eval", "0", "--adapter-path", adapters, "--cache-dir", filepath.Join(work, "cache"))
+	bad := filepath.Join(work, "bad.jsonl")
+	if err := os.WriteFile(bad, []byte("{\"text\": \"fine\"}\n{\"text\": 3}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	exported := filepath.Join(work, "exported")
+	cmd := exec.Command(host, modelPath, dataPath, adapters, exported, bad)
+	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("C host: %v\n%s\n%s", err, out, stderr.String())
+	}
+	lines := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		k, v, _ := strings.Cut(line, " ")
+		lines[k] = v
+	}
+	type planOut struct {
+		Fits  bool   `json:"fits"`
+		Error string `json:"error"`
+		Text  string `json:"text"`
+		Plan  struct {
+			Job    string `json:"job"`
+			Budget int64  `json:"budget"`
+			Peak   int64  `json:"peak"`
+			Items  []struct {
+				Category string `json:"category"`
+				Bytes    int64  `json:"bytes"`
+			} `json:"items"`
+		} `json:"plan"`
+	}
+	var plan, tight planOut
+	if err := json.Unmarshal([]byte(lines["plan"]), &plan); err != nil {
+		t.Fatalf("plan: %v: %s", err, out)
+	}
+	if err := json.Unmarshal([]byte(lines["tight-plan"]), &tight); err != nil {
+		t.Fatalf("tight plan: %v: %s", err, out)
+	}
+	var sum int64
+	for _, it := range plan.Plan.Items {
+		sum += it.Bytes
+	}
+	if !plan.Fits || plan.Plan.Job != "train" || plan.Plan.Budget != 64<<20 || plan.Plan.Peak <= 0 || plan.Plan.Peak > plan.Plan.Budget || len(plan.Plan.Items) == 0 || sum < plan.Plan.Peak {
+		t.Errorf("plan at 64 MiB: %+v (items sum to %d)", plan, sum)
+	}
+	cliPlan := cli("plan", "train", "--model", modelPath, "--data", dataPath, "--batch-size", "2", "--max-seq-length", "48", "--rank", "4", "--max-mem", "64MiB")
+	if strings.TrimSpace(cliPlan) != strings.TrimSpace(plan.Text) {
+		t.Errorf("the C host's plan\n%s\nthe CLI's\n%s", plan.Text, cliPlan)
+	}
+	if tight.Fits || !strings.Contains(tight.Error, "MiB") || tight.Plan.Budget != 3<<20 {
+		t.Errorf("plan at 3 MiB: fits %v, error %q", tight.Fits, tight.Error)
+	}
+
+	type lm struct {
+		Kind   string  `json:"kind"`
+		Loss   float64 `json:"loss"`
+		Tokens int     `json:"tokens"`
+	}
+	for _, c := range []struct {
+		line string
+		args []string
+	}{{"eval-adapter", []string{"--adapter", adapters}}, {"eval-base", nil}} {
+		var got, want lm
+		if err := json.Unmarshal([]byte(lines[c.line]), &got); err != nil {
+			t.Fatalf("%s: %v: %s", c.line, err, out)
+		}
+		args := append([]string{"--quiet", "eval", "--model", modelPath, "--data", filepath.Join(dataPath, "valid.jsonl"), "--limit", "5",
+			"--max-mem", "64MiB", "--json"}, c.args...)
+		if err := json.Unmarshal([]byte(cli(args...)), &want); err != nil {
+			t.Fatal(err)
+		}
+		if got.Kind != "text" || got.Loss != want.Loss || got.Tokens != want.Tokens || got.Tokens == 0 {
+			t.Errorf("%s: C host %+v, CLI %+v", c.line, got, want)
+		}
+	}
+	var a, b lm
+	json.Unmarshal([]byte(lines["eval-adapter"]), &a)
+	json.Unmarshal([]byte(lines["eval-base"]), &b)
+	if a.Loss == b.Loss {
+		t.Error("removing the adapter did not change the loss")
+	}
+
+	cliExported := filepath.Join(work, "cli-exported")
+	cli("--quiet", "export", "--model", modelPath, "--adapter", adapters, "--out", cliExported)
+	for _, f := range []string{"adapter_model.safetensors", "adapter_config.json", "adapter.gguf"} {
+		got, err1 := os.ReadFile(filepath.Join(exported, f))
+		want, err2 := os.ReadFile(filepath.Join(cliExported, f))
+		if err1 != nil || err2 != nil || len(got) == 0 || string(got) != string(want) {
+			t.Errorf("exported %s: %d bytes (%v), the CLI's %d (%v), or they differ", f, len(got), err1, len(want), err2)
+		}
+	}
+	if !strings.HasPrefix(lines["bad-data"], "3 ") || !strings.Contains(lines["bad-data"], bad+": line 2: ") {
+		t.Errorf("bad data: %q, want status 3 naming %s line 2", lines["bad-data"], bad)
 	}
 }
 

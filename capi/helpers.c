@@ -17,7 +17,7 @@ __attribute__((visibility("hidden"))) void qtune_call_token(qtune_token_cb cb, v
 __attribute__((visibility("hidden"))) void qtune_call_log(qtune_log_cb cb, void *user, const char *line) { cb(user, line); }
 
 __attribute__((visibility("hidden"))) void qtune_call_progress(qtune_progress_cb cb, void *user, int32_t iter, const char *kind, double loss, double lr,
-                         double tps, int64_t trained, int64_t peak) {
-	qtune_progress p = {iter, kind, loss, lr, tps, trained, peak};
+                         double tps, int64_t trained, int64_t peak, const char *phase, int32_t micro, int32_t micros) {
+	qtune_progress p = {iter, kind, loss, lr, tps, trained, peak, phase, micro, micros};
 	cb(user, &p);
 }

@@ -8,6 +8,9 @@
  *   if (qtune_model_open("model.gguf", NULL, &m) != QTUNE_OK)
  *       fprintf(stderr, "%s\n", qtune_last_error());
  *   qtune_generate(m, "{\"prompt\":\"Once\",\"max_tokens\":32}", on_token, ud, NULL);
+ *   qtune_model_apply_adapter(m, "adapters", NULL);   // then generate, evaluate
+ *   qtune_evaluate(m, "{\"data\":\"valid.jsonl\"}", &result_json);
+ *   qtune_model_remove_adapter(m);
  *   qtune_model_free(m);
  *
  *   qtune_session *s = qtune_session_new();
@@ -31,11 +34,14 @@
  *   the call that received it, except the `user` pointer, handed back to
  *   the callbacks of that call.
  * - Handles are opaque; each *_free takes NULL and does nothing.
+ * - Structs passed to callbacks may grow fields at their end within an ABI
+ *   version; read only the fields your header declares.
  *
  * Threads
  *
  * - qtune_version, qtune_abi_version, qtune_last_error, qtune_free_string,
- *   qtune_session_new/free and qtune_cancel may be called from any thread.
+ *   qtune_session_new/free, qtune_cancel and qtune_plan may be called from
+ *   any thread.
  * - A qtune_model may be used by one thread at a time (calls on it are not
  *   synchronised); open one per thread to generate concurrently.
  * - A qtune_session runs one qtune_train at a time; qtune_cancel on it from
@@ -80,16 +86,29 @@ typedef enum qtune_status {
 typedef struct qtune_model qtune_model;
 typedef struct qtune_session qtune_session;
 
-/* One report of a running training: every optimizer step ("train") and
- * every evaluation ("val"). */
+/* One report of a running training. kind is
+ *   "phase"       a phase begins: phase is "converting base" (a float base
+ *                 quantized to NF4 once, for qlora), "tokenizing",
+ *                 "training", "validating" or "saving";
+ *   "micro-batch" a micro-batch (one forward pass) of iteration iter
+ *                 begins: micro_batch of micro_batches; a qtune_cancel is
+ *                 seen at the next one;
+ *   "train"       an optimizer step's report (every steps_per_report):
+ *                 loss, learning_rate, tokens_per_s, trained_tokens,
+ *                 peak_mem;
+ *   "val"         a validation loss.
+ * Fields that do not belong to the kind are 0. */
 typedef struct qtune_progress {
     int32_t iter;
-    const char *kind;     /* "train" or "val" */
+    const char *kind;
     double loss;
     double learning_rate;
     double tokens_per_s;
     int64_t trained_tokens;
     int64_t peak_mem;     /* bytes: the process's peak resident set */
+    const char *phase;    /* the phase the report belongs to */
+    int32_t micro_batch;  /* "micro-batch": 1-based */
+    int32_t micro_batches;
 } qtune_progress;
 
 typedef void (*qtune_progress_cb)(void *user, const qtune_progress *p);
@@ -109,7 +128,8 @@ const char *qtune_last_error(void);
 /* Releases a string the library returned. */
 void qtune_free_string(char *s);
 
-/* Opens a model (GGUF file, Hugging Face folder, llama2.c file).
+/* Opens a model (GGUF file, Hugging Face folder, llama2.c file). The
+ * model's weights stay in the file (mapped), not read whole.
  * options_json may be NULL, or {"tokenizer": "tok.bin" (llama2.c),
  * "adapter": "folder or file" (applied), "max_mem": "512MiB" (the budget
  * the adapter is read under)}. */
@@ -139,10 +159,48 @@ qtune_status qtune_cancel(qtune_session *s);
 /* Trains as `qtune train --config` would with config_json. on_progress and
  * on_log may be NULL. When out_json is not NULL it receives the result:
  * {"iters", "first_val_loss", "final_val_loss", "trainable", "adapter_path",
- * "plan"}. With "dry_run": true only the memory plan is made (out_json's
- * "plan"). */
+ * "plan"} (plan: the memory plan as text). */
 qtune_status qtune_train(qtune_session *s, const char *config_json, qtune_progress_cb on_progress, qtune_log_cb on_log,
                          void *user, char **out_json);
+
+/* The memory plan of a training (config_json as for qtune_train), made
+ * without training: *out_json receives {"fits": true|false, "error": "..."
+ * (when it does not fit: the message names a budget that does), "plan":
+ * {"job", "budget", "peak", "margin", "micro_batch", "accum", "checkpoint",
+ * "stream", "optimizer_on_disk", "spill_activations", "heap_limit",
+ * "placement": ["host"|"disk", ...], "strategy": [...], "items":
+ * [{"category", "bytes", "note", "off_heap"}, ...]}, "text": "the plan as
+ * `qtune plan` prints it"}. A plan that does not fit is QTUNE_OK with
+ * "fits": false; a configuration that cannot be planned is an error.
+ * Thread-safe (opens its own model). */
+qtune_status qtune_plan(const char *config_json, char **out_json);
+
+/* Evaluates m on a data file: options_json {"data": "file", "limit": 0
+ * (first N records; 0: all), "max_seq_length": 0 (0: the model's context,
+ * at most 1024), "max_mem": "256MiB", "plan_only": false}. *out_json:
+ * {"kind": "text"|"prompt/completion", "loss", "ppl", "tokens"}
+ * or, for classification data, {"kind", "accuracy", "n"}; with plan_only
+ * {"plan": {...}} (as qtune_plan's). A malformed data file is
+ * QTUNE_ERR_FILE with the file and line in the message. */
+qtune_status qtune_evaluate(qtune_model *m, const char *options_json, char **out_json);
+
+/* Applies an adapter to m (a PEFT folder, a GGUF adapter file or folder, or
+ * a qtune output folder of any method), replacing one applied before.
+ * options_json may be NULL or {"max_mem": "256MiB"} (the budget it is read
+ * under). On failure m is left without an adapter. */
+qtune_status qtune_model_apply_adapter(qtune_model *m, const char *path, const char *options_json);
+
+/* Removes the adapter applied to m (the base model again; none: no-op). */
+qtune_status qtune_model_remove_adapter(qtune_model *m);
+
+/* Exports an adapter for m's base: options_json {"adapter": "folder",
+ * "out": "folder or file.gguf", "merge": false, "type": "f16" (merged
+ * matrices: f32, f16, bf16, q8_0, q4_0, q4_k, q6_k, nf4), "model_path":
+ * "where the base was opened from" (recorded in PEFT's config)}. Without
+ * merge: PEFT and llama.cpp GGUF adapters in the folder out; with merge:
+ * a whole GGUF model. *out_json: {"out", "matrices", "merged",
+ * "tensors", "bytes"}. m must have no adapter applied. */
+qtune_status qtune_export(qtune_model *m, const char *options_json, char **out_json);
 
 #endif /* QTUNE_NO_PROTOTYPES */
 

@@ -106,6 +106,7 @@ func OpenBaseLimit(ctx context.Context, path, method, cacheDir string, opt model
 	if limit > 0 { // the collector keeps the conversion's garbage within the budget
 		defer debug.SetMemoryLimit(debug.SetMemoryLimit(max(limit-runtimeBytes(m)-8<<20, 8<<20)))
 	}
+	reportPhase(ctx, PhaseConverting, 0)
 	err = fsx.WriteFile(cached, func(w io.Writer) error { // temporary name, fsync, rename
 		_, err := model.QuantizeContext(ctx, m, w, quant.NF4)
 		return err

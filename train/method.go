@@ -465,10 +465,12 @@ func batchGrad(ctx context.Context, m *model.Model, it int, batches []data.Batch
 }
 
 // stepCancelled is the check before micro-batch k of n of iteration it.
+// It is also where a micro-batch's progress is reported.
 func stepCancelled(ctx context.Context, it, k, n int) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("train: iteration %d stopped before micro-batch %d of %d: %w", it, k+1, n, err)
 	}
+	reportMicroBatch(ctx, it, k, n)
 	return nil
 }
 

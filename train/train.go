@@ -87,6 +87,9 @@ type Config struct {
 	MaxMem         string  `json:"max_mem,omitempty"`
 	// DryRun stops after the memory plan (qtune plan train).
 	DryRun bool `json:"-"`
+	// PhaseReports adds KindPhase and KindMicroBatch reports to Run's
+	// progress (for a UI; the CLI prints only steps and validations).
+	PhaseReports bool `json:"-"`
 
 	// dataBytes is what the run's data holds in memory (DataMem.Bytes), set
 	// by Run once the token caches are open, for plans made before its own.
@@ -215,9 +218,20 @@ func DefaultZOTarget(method string) string {
 }
 
 // Progress is one report of a running training.
+//
+// Kind says what it is: KindTrain (an optimizer step's loss, rate and
+// memory) and KindVal (a validation loss) as the CLI prints them;
+// with Config.PhaseReports, also KindPhase when a phase of the run begins
+// (Phase: converting base, tokenizing, training, validating, saving) and
+// KindMicroBatch before every micro-batch (every forward pass: MicroBatch
+// of MicroBatches of iteration Iter), the points where a cancellation is
+// seen.
 type Progress struct {
 	Iter         int
-	Kind         string // "train" or "val"
+	Kind         string // KindTrain, KindVal, KindPhase or KindMicroBatch
+	Phase        string // the phase the report belongs to
+	MicroBatch   int    // KindMicroBatch: 1-based
+	MicroBatches int    // KindMicroBatch: in this pass over the step's batches
 	Loss         float64
 	LearningRate float64
 	ItPerSec     float64
@@ -285,6 +299,8 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	}
 	if onProgress == nil {
 		onProgress = func(Progress) {}
+	} else if cfg.PhaseReports {
+		ctx, _ = withReporter(ctx, onProgress)
 	}
 	if cfg.CacheDir == "" {
 		cfg.CacheDir = DefaultCacheDir()
@@ -345,6 +361,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		tokOpt.MaxRecord = max(limit/32, 256<<10)
 	}
 	tokDir, tokID := filepath.Join(cfg.CacheDir, "tokens"), tokenizerID(m)
+	reportPhase(ctx, PhaseTokenizing, 0)
 	trainTF, hit, err := data.CachedTokenFileContext(ctx, tokDir, data.CacheKey{Tokenizer: tokID, Name: splitName(files.Train)}, m.Tokenizer, files.Train, tokOpt)
 	if err != nil {
 		return nil, err
@@ -513,6 +530,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 			return nil
 		}
 		t0 := time.Now()
+		reportPhase(ctx, PhaseValidating, iter)
 		l, err := evalLoss(ctx, m, meth, validTF, cfg)
 		if err != nil {
 			return err
@@ -522,7 +540,8 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		}
 		res.FinalValLoss = l
 		res.ValCurve = append(res.ValCurve, Point{iter, l})
-		onProgress(Progress{Iter: iter, Kind: "val", Loss: l, Took: time.Since(t0)})
+		onProgress(Progress{Iter: iter, Kind: KindVal, Phase: PhaseValidating, Loss: l, Took: time.Since(t0)})
+		reportPhase(ctx, PhaseTraining, iter)
 		return nil
 	}
 	// interrupted saves the state after iteration done (the batcher at pos)
@@ -530,6 +549,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	// says so; where says what was cut short.
 	interrupted := func(done int, pos data.Pos, where string, cause error) error {
 		if done > start {
+			reportPhase(ctx, PhaseSaving, done)
 			meta := runMeta{Step: done, Pos: pos, Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg, Identity: ident}
 			if serr := saveState(statePath, meta, meth); serr != nil {
 				return fmt.Errorf("train: interrupted after iteration %d%s, and saving its state failed: %w (%w)", done, where, serr, cause)
@@ -561,6 +581,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if cfg.Method == "mezo" || strings.HasPrefix(cfg.Method, "loho") {
 		div.hint = "lower --zo-learning-rate"
 	}
+	reportPhase(ctx, PhaseTraining, start)
 	for it := start + 1; it <= cfg.Iters; it++ {
 		// Interrupted: what was trained is saved, to resume from.
 		pos := batcher.Position() // of this iteration's batches
@@ -593,7 +614,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		}
 		if it%cfg.StepsPerReport == 0 || it == cfg.Iters {
 			el := time.Since(lastReport).Seconds()
-			onProgress(Progress{Iter: it, Kind: "train", Loss: repLoss / float64(repTok), LearningRate: lr,
+			onProgress(Progress{Iter: it, Kind: KindTrain, Phase: PhaseTraining, Loss: repLoss / float64(repTok), LearningRate: lr,
 				ItPerSec: float64(repSteps) / el, TokPerSec: float64(res.Trained-lastTokens) / el, Trained: res.Trained, PeakMem: PeakRSS()})
 			lastReport, lastTokens = time.Now(), res.Trained
 			repLoss, repTok, repSteps = 0, 0, 0
@@ -607,10 +628,12 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 			}
 		}
 		if cfg.SaveEvery > 0 && it%cfg.SaveEvery == 0 && it < cfg.Iters {
+			reportPhase(ctx, PhaseSaving, it)
 			meta := runMeta{Step: it, Pos: batcher.Position(), Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg, Identity: ident}
 			if err := saveState(statePath, meta, meth); err != nil {
 				return res, err
 			}
+			reportPhase(ctx, PhaseTraining, it)
 		}
 	}
 	res.Iters = cfg.Iters
@@ -631,6 +654,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		res.FinalTrain = res.Curve[n-1].Loss
 	}
 	meta := runMeta{Step: cfg.Iters, Pos: batcher.Position(), Trained: res.Trained, Curve: res.Curve, ValCurve: res.ValCurve, Config: cfg, Identity: ident}
+	reportPhase(ctx, PhaseSaving, cfg.Iters)
 	// The outputs of the final save (state, adapters, loss curve) are one
 	// unit: a crash leaves the previous save's files or these, never a mix.
 	err = fsx.SaveDir(cfg.AdapterPath, func(stage string) error {

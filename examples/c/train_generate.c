@@ -6,8 +6,8 @@
  *   cc -I capi examples/c/train_generate.c -L out -lqtune -o train_generate
  *   LD_LIBRARY_PATH=out ./train_generate MODEL DATA WORKDIR [CANCEL_AT]
  *
- * Output lines (for tests): "progress ITER KIND LOSS", "cancelled",
- * "result JSON", "generated JSON".
+ * Output lines (for tests): "phase NAME", "progress ITER KIND LOSS",
+ * "cancelled", "micro-batches N", "result JSON", "generated JSON".
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,10 +18,19 @@
 struct run {
     qtune_session *session;
     int cancel_at;
+    int micro_batches;
 };
 
 static void on_progress(void *user, const qtune_progress *p) {
     struct run *r = user;
+    if (strcmp(p->kind, "phase") == 0) { /* converting base, tokenizing, training, validating, saving */
+        printf("phase %s\n", p->phase);
+        return;
+    }
+    if (strcmp(p->kind, "micro-batch") == 0) { /* every forward pass: a progress bar would move */
+        r->micro_batches++;
+        return;
+    }
     printf("progress %d %s %.6f\n", p->iter, p->kind, p->loss);
     fflush(stdout);
     if (r->cancel_at > 0 && p->iter == r->cancel_at && strcmp(p->kind, "train") == 0)
@@ -53,7 +62,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     const char *model = argv[1], *data = argv[2], *work = argv[3];
-    struct run r = {qtune_session_new(), argc > 4 ? atoi(argv[4]) : 0};
+    struct run r = {qtune_session_new(), argc > 4 ? atoi(argv[4]) : 0, 0};
 
     char cfg[4096];
     snprintf(cfg, sizeof cfg,
@@ -75,6 +84,7 @@ int main(int argc, char **argv) {
     }
     if (st != QTUNE_OK)
         return fail("qtune_train", st);
+    printf("micro-batches %d\n", r.micro_batches);
     printf("result %s\n", result);
     qtune_free_string(result);
     qtune_session_free(r.session);

@@ -38,11 +38,18 @@ func main() {
 	cfg.Iters, cfg.BatchSize, cfg.MaxSeqLength = *iters, 4, 128
 	cfg.LearningRate, cfg.Rank, cfg.Alpha = 3e-3, 8, 16
 	cfg.StepsPerReport, cfg.StepsPerEval, cfg.ValBatches = 10, *iters, 10
+	cfg.PhaseReports = true // phases and micro-batches too, for a progress bar
 
 	res, err := train.Run(ctx, cfg,
 		func(note string) { fmt.Println("note:", note) },
 		func(p train.Progress) { // a UI would update a bar here
-			if p.Kind == "val" {
+			switch p.Kind {
+			case train.KindPhase: // converting base, tokenizing, training, validating, saving
+				fmt.Println("--", p.Phase)
+				return
+			case train.KindMicroBatch: // every forward pass: a bar could move here
+				return
+			case train.KindVal:
 				fmt.Printf("step %4d  validation loss %.3f\n", p.Iter, p.Loss)
 				return
 			}
