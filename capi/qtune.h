@@ -157,7 +157,10 @@ void qtune_session_free(qtune_session *s);
 qtune_status qtune_cancel(qtune_session *s);
 
 /* Trains as `qtune train --config` would with config_json. on_progress and
- * on_log may be NULL. When out_json is not NULL it receives the result:
+ * on_log may be NULL. "cache_dir" is where token caches, a base converted
+ * to NF4 and scratch files go; without it, a folder under the system's
+ * temporary folder (the library writes nothing under the user's home
+ * unless asked; the qtune command uses the user's cache folder). When out_json is not NULL it receives the result:
  * {"iters", "first_val_loss", "final_val_loss", "trainable", "adapter_path",
  * "plan"} (plan: the memory plan as text). */
 qtune_status qtune_train(qtune_session *s, const char *config_json, qtune_progress_cb on_progress, qtune_log_cb on_log,

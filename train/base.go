@@ -16,14 +16,26 @@ import (
 	"github.com/qtune/qtune/quant"
 )
 
-// DefaultCacheDir is where converted bases and token caches go:
-// $QTUNE_CACHE, else the user cache folder's qtune/.
+// DefaultCacheDir is where the qtune command keeps converted bases and
+// token caches when --cache-dir is not given: $QTUNE_CACHE, else the user
+// cache folder's qtune/. The library does not use it unless asked
+// (Config.CacheDir): see LibraryCacheDir.
 func DefaultCacheDir() string {
 	if d := os.Getenv("QTUNE_CACHE"); d != "" {
 		return d
 	}
 	if d, err := os.UserCacheDir(); err == nil {
 		return filepath.Join(d, "qtune")
+	}
+	return filepath.Join(os.TempDir(), "qtune-cache")
+}
+
+// LibraryCacheDir is Run's cache folder when Config.CacheDir is empty: a
+// folder under the system's temporary folder, so that an app embedding
+// qtune writes nothing under its user's home it did not ask for.
+func LibraryCacheDir() string {
+	if uid := os.Getuid(); uid >= 0 { // one per user where the folder is shared
+		return filepath.Join(os.TempDir(), fmt.Sprintf("qtune-cache-%d", uid))
 	}
 	return filepath.Join(os.TempDir(), "qtune-cache")
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -87,5 +89,32 @@ func TestProgressPhasesAndMicroBatches(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The library writes nothing under the user's home unless asked: without
+// a cache folder a run's caches go under the temporary folder.
+func TestLibraryCacheNotUnderHome(t *testing.T) {
+	home, tmp := t.TempDir(), t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("XDG_CACHE_HOME", "")
+	t.Setenv("QTUNE_CACHE", "")
+	t.Setenv("TMPDIR", tmp)
+	cfg := smallRun(t, filepath.Join(t.TempDir(), "ad"))
+	cfg.CacheDir, cfg.Iters, cfg.StepsPerEval = "", 1, 0
+	if _, err := Run(context.Background(), cfg, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := os.ReadDir(home); len(left) != 0 {
+		t.Errorf("the run wrote under $HOME: %v", left)
+	}
+	if !strings.HasPrefix(LibraryCacheDir(), tmp) {
+		t.Fatalf("library cache folder %s, not under %s", LibraryCacheDir(), tmp)
+	}
+	if toks, _ := filepath.Glob(filepath.Join(LibraryCacheDir(), "tokens", "*")); len(toks) == 0 {
+		t.Errorf("no token cache under %s", LibraryCacheDir())
+	}
+	if !strings.HasPrefix(DefaultCacheDir(), home) {
+		t.Errorf("the command's default %s is not the user's cache folder", DefaultCacheDir())
 	}
 }

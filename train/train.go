@@ -70,7 +70,10 @@ type Config struct {
 	Resume             bool           `json:"resume"`
 	// Restart starts over in an AdapterPath that holds a saved state (what
 	// a run without Resume does, saying so unless Restart is set).
-	Restart  bool   `json:"restart,omitempty"`
+	Restart bool `json:"restart,omitempty"`
+	// CacheDir holds the NF4 base, the token caches and scratch files ("":
+	// LibraryCacheDir, a temporary folder; the qtune command gives
+	// DefaultCacheDir, the user's cache folder).
 	CacheDir string `json:"cache_dir,omitempty"`
 
 	// Zeroth-order and hybrid methods (methods.md §2–4).
@@ -303,7 +306,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		ctx, _ = withReporter(ctx, onProgress)
 	}
 	if cfg.CacheDir == "" {
-		cfg.CacheDir = DefaultCacheDir()
+		cfg.CacheDir = LibraryCacheDir()
 	}
 	statePath := filepath.Join(cfg.AdapterPath, stateFile)
 	if cfg.Resume && cfg.Restart {

@@ -103,6 +103,9 @@ func (a *app) train(ctx context.Context, args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return usageErr("%v", err)
 	}
+	if cfg.CacheDir == "" { // the command's own default; the library's is a temporary folder
+		cfg.CacheDir = train.DefaultCacheDir()
+	}
 	cfg.DryRun = a.planOnly
 	if a.planOnly {
 		res, err := train.Run(ctx, cfg, nil, nil)
