@@ -402,3 +402,120 @@ func TestPythonHostMatchesCLI(t *testing.T) {
 		t.Errorf("python host generated %v, the CLI %v", res.Gen.Tokens, want.Tokens)
 	}
 }
+
+// runHost runs a C host with libqtune.so from libDir; it must exit 0.
+func runHost(t *testing.T, exe, libDir string, args ...string) (stdout, stderr string) {
+	t.Helper()
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+libDir)
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s\n%s", filepath.Base(exe), err, out, errb.String())
+	}
+	return string(out), errb.String()
+}
+
+// results keeps a host's lines that carry results (losses, tokens, plans),
+// not the ones that vary from run to run (the result's peak memory).
+func results(out string) []string {
+	var keep []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "progress ") || strings.HasPrefix(l, "generated ") || strings.HasPrefix(l, "phase ") || l == "cancelled" {
+			keep = append(keep, l)
+		}
+	}
+	return keep
+}
+
+// The static library (libqtune.a, -buildmode=c-archive) links into a C
+// host that runs as the shared library's does: the same losses, phases and
+// tokens.
+func TestStaticLibrary(t *testing.T) {
+	cc := needTool(t, "cc")
+	dir := libqtune(t)
+	tmp := t.TempDir()
+	archive := filepath.Join(tmp, "libqtune.a")
+	build(t, nil, "go", "build", "-buildmode=c-archive", "-o", archive, ".")
+	static, shared_ := filepath.Join(tmp, "static"), filepath.Join(tmp, "shared")
+	build(t, nil, cc, "-std=c11", "-Wall", "-Werror", "-I.", "../examples/c/train_generate.c", archive, "-lpthread", "-lm", "-o", static)
+	build(t, nil, cc, "-std=c11", "-Wall", "-Werror", "-I.", "../examples/c/train_generate.c", "-L"+dir, "-lqtune", "-o", shared_)
+	if out, err := exec.Command("ldd", static).Output(); err == nil && strings.Contains(string(out), "libqtune") {
+		t.Fatalf("the static host loads libqtune.so:\n%s", out)
+	}
+	modelPath := shared.Path(t, "assets", "models", "stories260K.gguf")
+	dataPath := shared.Path(t, "assets", "data", "tinyshakespeare")
+	a, _ := runHost(t, static, "", modelPath, dataPath, t.TempDir(), "3")
+	b, _ := runHost(t, shared_, dir, modelPath, dataPath, t.TempDir(), "3")
+	if ra, rb := results(a), results(b); len(ra) < 10 || !slices.Equal(ra, rb) {
+		t.Errorf("static host\n%s\nshared host\n%s", strings.Join(ra, "\n"), strings.Join(rb, "\n"))
+	}
+}
+
+// Under AddressSanitizer (the library built with go build -asan, the hosts
+// with -fsanitize=address) both C examples run clean: no invalid access,
+// and LeakSanitizer finds nothing left allocated at exit. A host that
+// forgets one qtune_free_string is caught, so the check is live.
+func TestCHostsUnderAddressSanitizer(t *testing.T) {
+	cc := needTool(t, "cc")
+	tmp := t.TempDir()
+	root, _ := filepath.Abs("..")
+	build(t, nil, "go", "build", "-asan", "-buildmode=c-shared", "-ldflags=-extldflags=-Wl,--version-script="+filepath.Join(root, "capi", "exports.map"),
+		"-o", filepath.Join(tmp, "libqtune.so"), ".")
+	asan := []string{"-std=c11", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-I.", "-L" + tmp, "-lqtune"}
+	hosts := map[string]string{}
+	for _, name := range []string{"train_generate", "adapters"} {
+		hosts[name] = filepath.Join(tmp, name)
+		build(t, nil, cc, append([]string{"../examples/c/" + name + ".c", "-o", hosts[name]}, asan...)...)
+	}
+	leaky := filepath.Join(tmp, "leaky.c")
+	if err := os.WriteFile(leaky, []byte(`#include <stddef.h>
+#include "qtune.h"
+int main(int argc, char **argv) {
+    qtune_model *m;
+    char *out;
+    if (qtune_model_open(argv[1], NULL, &m) != QTUNE_OK) return 1;
+    for (int i = 0; i < 3; i++) /* the first two results are never released */
+        if (qtune_generate(m, "{\"prompt\": \"Once\", \"max_tokens\": 4, \"temp\": 0}", NULL, NULL, &out) != QTUNE_OK) return 1;
+    qtune_free_string(out);
+    qtune_model_free(m);
+    return 0;
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	build(t, nil, cc, append([]string{leaky, "-o", filepath.Join(tmp, "leaky")}, asan...)...)
+
+	modelPath := shared.Path(t, "assets", "models", "stories260K.gguf")
+	dataPath := shared.Path(t, "assets", "data", "tinyshakespeare")
+	work := t.TempDir()
+	clean := func(name, stderr string) {
+		for _, bad := range []string{"ERROR: AddressSanitizer", "ERROR: LeakSanitizer"} { // (the test folder's name holds the words)
+			if strings.Contains(stderr, bad) {
+				t.Errorf("%s under ASan:\n%s", name, stderr)
+			}
+		}
+	}
+	out, errs := runHost(t, hosts["train_generate"], tmp, modelPath, dataPath, work, "3")
+	if !strings.Contains(out, "cancelled") || !strings.Contains(out, "generated ") {
+		t.Errorf("train_generate under ASan:\n%s", out)
+	}
+	clean("train_generate", errs)
+	bad := filepath.Join(work, "bad.jsonl")
+	if err := os.WriteFile(bad, []byte("{\"text\": 1}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errs = runHost(t, hosts["adapters"], tmp, modelPath, dataPath, filepath.Join(work, "adapters"), filepath.Join(work, "exported"), bad)
+	if !strings.Contains(out, "export ") || !strings.Contains(out, "bad-data 3 ") {
+		t.Errorf("adapters under ASan:\n%s", out)
+	}
+	clean("adapters", errs)
+
+	cmd := exec.Command(filepath.Join(tmp, "leaky"), modelPath)
+	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+tmp)
+	lout, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(lout), "LeakSanitizer: detected memory leaks") {
+		t.Errorf("a leaked result string went unnoticed (%v):\n%s", err, lout)
+	}
+}
