@@ -20,13 +20,20 @@ lib:
 	@rm -f out/libqtune.h # cgo's generated header: capi/qtune.h is the interface
 
 # The cgo-free binary for the other platforms (compile only; make test runs
-# it). libqtune's cross builds need a cross C compiler: not yet (issue 15).
+# it), and libqtune for linux/arm64 with Debian's cross C compiler
+# (gcc-aarch64-linux-gnu; capi's tests also run it under qemu-user).
 CROSS := linux/arm64 darwin/arm64 windows/amd64 android/arm64
 cross:
-	@mkdir -p bin
+	@mkdir -p bin out
 	@for t in $(CROSS); do o=$${t%/*}; a=$${t#*/}; \
 	  CGO_ENABLED=0 GOOS=$$o GOARCH=$$a $(GO) build -o bin/qtune-$$o-$$a ./cmd/qtune || exit 1; \
 	  echo "cross: bin/qtune-$$o-$$a"; done
+	@if command -v aarch64-linux-gnu-gcc >/dev/null; then \
+	  CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=aarch64-linux-gnu-gcc $(GO) build -buildmode=c-shared \
+	    -ldflags="-extldflags=-Wl,--version-script=$(CURDIR)/capi/exports.map" -o out/linux-arm64/libqtune.so ./capi && \
+	  rm -f out/linux-arm64/libqtune.h && echo "cross: out/linux-arm64/libqtune.so"; \
+	elif [ "$$CI" = true ]; then echo "cross: aarch64-linux-gnu-gcc is missing" >&2; exit 1; \
+	else echo "cross: no aarch64-linux-gnu-gcc (apt-get install gcc-aarch64-linux-gnu): libqtune for linux/arm64 not built"; fi
 
 # The demo model: ../shared's copy here; elsewhere it is fetched once into models/.
 models/stories260K.gguf:

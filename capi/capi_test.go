@@ -519,3 +519,54 @@ int main(int argc, char **argv) {
 		t.Errorf("a leaked result string went unnoticed (%v):\n%s", err, lout)
 	}
 }
+
+// libqtune cross-built for linux/arm64 with Debian's cross compiler: the C
+// host, cross-compiled too, runs under qemu-user (the NEON kernels) and
+// gets the same losses, phases and tokens as on this machine.
+func TestLinuxArm64Library(t *testing.T) {
+	xcc := needTool(t, "aarch64-linux-gnu-gcc")
+	qemu := needTool(t, "qemu-aarch64")
+	cc := needTool(t, "cc")
+	const sysroot = "/usr/aarch64-linux-gnu"
+	if _, err := os.Stat(sysroot); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("no arm64 C library: %v", err)
+		}
+		t.Skipf("no arm64 C library: %v", err)
+	}
+	dir := libqtune(t)
+	tmp := t.TempDir()
+	root, _ := filepath.Abs("..")
+	build(t, []string{"CGO_ENABLED=1", "GOOS=linux", "GOARCH=arm64", "CC=" + xcc}, "go", "build", "-buildmode=c-shared",
+		"-ldflags=-extldflags=-Wl,--version-script="+filepath.Join(root, "capi", "exports.map"), "-o", filepath.Join(tmp, "libqtune.so"), ".")
+	arm := filepath.Join(tmp, "train_generate")
+	build(t, nil, xcc, "-std=c11", "-Wall", "-Werror", "-I.", "../examples/c/train_generate.c", "-L"+tmp, "-lqtune", "-o", arm)
+	native := filepath.Join(t.TempDir(), "train_generate")
+	build(t, nil, cc, "-std=c11", "-Wall", "-Werror", "-I.", "../examples/c/train_generate.c", "-L"+dir, "-lqtune", "-o", native)
+	if out, err := exec.Command("file", filepath.Join(tmp, "libqtune.so")).Output(); err == nil && !strings.Contains(string(out), "aarch64") {
+		t.Fatalf("not an arm64 library: %s", out)
+	}
+	modelPath := shared.Path(t, "assets", "models", "stories260K.gguf")
+	dataPath := shared.Path(t, "assets", "data", "tinyshakespeare")
+	a, _ := runHost(t, qemu, tmp, "-L", sysroot, arm, modelPath, dataPath, t.TempDir(), "3")
+	b, _ := runHost(t, native, dir, modelPath, dataPath, t.TempDir(), "3")
+	ra, rb := results(a), results(b)
+	if len(ra) < 10 || len(ra) != len(rb) {
+		t.Fatalf("arm64 host\n%s\nthis machine's\n%s", strings.Join(ra, "\n"), strings.Join(rb, "\n"))
+	}
+	for i := range ra {
+		if ra[i] == rb[i] {
+			continue
+		}
+		// losses: the NEON and AVX2 kernels sum in other orders
+		fa, fb := strings.Fields(ra[i]), strings.Fields(rb[i])
+		if len(fa) == 4 && len(fb) == 4 && fa[0] == "progress" && fa[1] == fb[1] && fa[2] == fb[2] {
+			x, _ := strconv.ParseFloat(fa[3], 64)
+			y, _ := strconv.ParseFloat(fb[3], 64)
+			if math.Abs(x-y) <= 1e-4*math.Abs(y) {
+				continue
+			}
+		}
+		t.Errorf("arm64: %q, this machine: %q", ra[i], rb[i])
+	}
+}
