@@ -570,3 +570,50 @@ func TestLinuxArm64Library(t *testing.T) {
 		t.Errorf("arm64: %q, this machine: %q", ra[i], rb[i])
 	}
 }
+
+// The Kotlin binding (examples/kotlin: JNI glue in C, Qtune.kt) compiles
+// with Debian's kotlinc and its host, run by the JVM with JNI checks on,
+// gets the C host's losses, phases and tokens. libjsig chains the JVM's
+// signal handlers with the Go runtime's (Android's runtime does that
+// itself); with it the JVM reports nothing.
+func TestKotlinHost(t *testing.T) {
+	kotlinc := needTool(t, "kotlinc")
+	java := needTool(t, "java")
+	cc := needTool(t, "cc")
+	dir := libqtune(t)
+	javaBin, err := filepath.EvalSymlinks(java)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jhome := filepath.Dir(filepath.Dir(javaBin))
+	tmp := t.TempDir()
+	build(t, nil, cc, "-std=c11", "-Wall", "-Werror", "-shared", "-fPIC", "-I.", "-I"+filepath.Join(jhome, "include"), "-I"+filepath.Join(jhome, "include", "linux"),
+		"../examples/kotlin/qtune_jni.c", "-L"+dir, "-lqtune", "-o", filepath.Join(tmp, "libqtune_jni.so"))
+	jar := filepath.Join(tmp, "qtune-kotlin.jar")
+	build(t, nil, kotlinc, "../examples/kotlin/Qtune.kt", "-include-runtime", "-d", jar)
+	host := filepath.Join(t.TempDir(), "train_generate")
+	build(t, nil, cc, "-std=c11", "-I.", "../examples/c/train_generate.c", "-L"+dir, "-lqtune", "-o", host)
+
+	modelPath := shared.Path(t, "assets", "models", "stories260K.gguf")
+	dataPath := shared.Path(t, "assets", "data", "tinyshakespeare")
+	cmd := exec.Command(java, "-Xcheck:jni", "-Djava.library.path="+tmp, "-cp", jar, "dev.qtune.QtuneKt", modelPath, dataPath, t.TempDir(), "3")
+	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir, "LD_PRELOAD="+filepath.Join(jhome, "lib", "libjsig.so"))
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	kout, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("kotlin host: %v\n%s\n%s", err, kout, errb.String())
+	}
+	for _, bad := range []string{"WARNING", "FATAL", "Exception"} {
+		if strings.Contains(errb.String(), bad) {
+			t.Errorf("the JVM reports:\n%s", errb.String())
+		}
+	}
+	cout, _ := runHost(t, host, dir, modelPath, dataPath, t.TempDir(), "3")
+	if rk, rc := results(string(kout)), results(cout); len(rk) < 10 || !slices.Equal(rk, rc) {
+		t.Errorf("kotlin host\n%s\nC host\n%s", strings.Join(rk, "\n"), strings.Join(rc, "\n"))
+	}
+	if !strings.Contains(string(kout), "missing model: status 3: ") {
+		t.Errorf("a missing model was not a QtuneException of status 3:\n%s", kout)
+	}
+}
