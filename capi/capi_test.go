@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,6 +66,8 @@ func libqtune(t *testing.T) string {
 			cmd := exec.Command(st[0], st[1:]...)
 			if i == 0 {
 				cmd.Env = append(os.Environ(), "GOEXPERIMENT=cgocheck2")
+			} else {
+				cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // the qtune binary as make build makes it
 			}
 			if out, err := cmd.CombinedOutput(); err != nil {
 				built.err = fmt.Errorf("%s: %v\n%s", strings.Join(st, " "), err, out)
@@ -617,3 +620,119 @@ func TestKotlinHost(t *testing.T) {
 		t.Errorf("a missing model was not a QtuneException of status 3:\n%s", kout)
 	}
 }
+
+// --max-mem holds inside a host process: a C app that holds 256 MiB of its
+// own trains under budgets from the smallest that fits, on a quiet and on
+// a busy machine, and what the process's peak adds to a plain C program's
+// holding the same (qtune's mapped library, runtime, heap, slabs and model
+// pages) stays under each budget. The library is built as apps get it
+// (not with cgocheck2).
+func TestBudgetHoldsInHostProcess(t *testing.T) {
+	cc := needTool(t, "cc")
+	cli := libqtune(t)
+	dir := t.TempDir()
+	build(t, nil, "go", "build", "-buildmode=c-shared", "-o", filepath.Join(dir, "libqtune.so"), ".")
+	tmp := t.TempDir()
+	src := map[string]string{"bare": hostMemBare, "host": hostMemTrain}
+	for name, code := range src {
+		p := filepath.Join(tmp, name+".c")
+		if err := os.WriteFile(p, []byte(code), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		build(t, nil, cc, "-std=c11", "-I.", p, "-L"+dir, "-lqtune", "-o", filepath.Join(tmp, name))
+	}
+	modelPath := shared.Path(t, "assets", "models", "stories260K.gguf")
+	dataPath := shared.Path(t, "assets", "data", "tinyshakespeare")
+	const ballast = "256"
+	hwm := func(out string) int64 {
+		f := strings.Fields(out)
+		if len(f) < 2 || f[0] != "hwm_kib" {
+			t.Fatalf("host printed %q", out)
+		}
+		v, _ := strconv.ParseInt(f[1], 10, 64)
+		return v << 10
+	}
+	bareOut, _ := runHost(t, filepath.Join(tmp, "bare"), dir, ballast)
+	bare := hwm(bareOut)
+	// the smallest budget, as the plan names it
+	plan, _ := exec.Command(filepath.Join(cli, "qtune"), "plan", "train", "--model", modelPath, "--data", dataPath, "--batch-size", "4",
+		"--max-seq-length", "128", "--rank", "8", "--max-mem", "4MiB").CombinedOutput()
+	m := regexp.MustCompile(`--max-mem (\d+)MiB\)`).FindSubmatch(plan)
+	if m == nil {
+		t.Fatalf("no smallest budget in:\n%s", plan)
+	}
+	smallest, _ := strconv.Atoi(string(m[1]))
+	for _, busy := range []bool{false, true} {
+		stop := make(chan struct{})
+		if busy { // a busy loop on every core
+			for range runtime.NumCPU() {
+				go func() {
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+					}
+				}()
+			}
+		}
+		for _, mib := range []int{smallest, smallest + 4, smallest + 16} {
+			budget := fmt.Sprintf("%dMiB", mib)
+			out, _ := runHost(t, filepath.Join(tmp, "host"), dir, modelPath, dataPath, t.TempDir(), budget, ballast)
+			used := hwm(out) - bare
+			t.Logf("busy %v, budget %s: qtune's part of the host's peak %.2f MiB (%.1f%%)", busy, budget, float64(used)/(1<<20), 100*float64(used)/float64(int64(mib)<<20))
+			if used > int64(mib)<<20 {
+				t.Errorf("busy %v, budget %s: the host's peak is %.2f MiB over a plain C program's: over budget", busy, budget, float64(used)/(1<<20))
+			}
+		}
+		close(stop)
+	}
+}
+
+const hostMemBare = `#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+/* a plain C program: BALLAST_MIB of its own, resident; prints its peak */
+int main(int argc, char **argv) {
+    long n = atol(argv[1]) << 20;
+    char *b = malloc(n);
+    memset(b, 1, n);
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) printf("hwm_kib %ld\n", atol(line + 6));
+    return b[n - 1] != 1;
+}
+`
+
+const hostMemTrain = `#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "qtune.h"
+/* MODEL DATA WORK BUDGET BALLAST_MIB: the app holds BALLAST_MIB of its own,
+   then trains under BUDGET; prints the process's peak */
+int main(int argc, char **argv) {
+    long n = atol(argv[5]) << 20;
+    char *b = malloc(n);
+    memset(b, 1, n);
+    char cfg[4096];
+    snprintf(cfg, sizeof cfg, "{\"model\": \"%s\", \"data\": \"%s\", \"method\": \"lora\", \"iters\": 4, \"batch_size\": 4,"
+             " \"max_seq_length\": 128, \"rank\": 8, \"steps_per_eval\": 2, \"val_batches\": 4, \"max_mem\": \"%s\","
+             " \"adapter_path\": \"%s/adapters\", \"cache_dir\": \"%s/cache\"}", argv[1], argv[2], argv[4], argv[3], argv[3]);
+    qtune_session *s = qtune_session_new();
+    char *out = NULL;
+    qtune_status st = qtune_train(s, cfg, NULL, NULL, NULL, &out);
+    if (st != QTUNE_OK) {
+        fprintf(stderr, "qtune_train: status %d: %s\n", st, qtune_last_error());
+        return 1;
+    }
+    qtune_free_string(out);
+    qtune_session_free(s);
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) printf("hwm_kib %ld\n", atol(line + 6));
+    return b[n - 1] != 1;
+}
+`

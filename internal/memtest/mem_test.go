@@ -31,7 +31,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = filepath.Join(tmpDir, "qtune")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/qtune/qtune/cmd/qtune").CombinedOutput()
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/qtune/qtune/cmd/qtune")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build: the binary users run
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 		os.Exit(1)
