@@ -374,17 +374,39 @@ func TestPythonHostMatchesCLI(t *testing.T) {
 		t.Fatalf("python host: %v\n%s", err, out)
 	}
 	var res struct {
-		Progress []int     `json:"progress"`
-		Gen      generated `json:"generated"`
-		Streamed []int     `json:"streamed"`
-		Missing  int       `json:"missing_status"`
+		Losses    map[string]float64 `json:"losses"`
+		Cancelled bool               `json:"cancelled"`
+		Phases    []string           `json:"phases"`
+		Gen       generated          `json:"generated"`
+		Streamed  []int              `json:"streamed"`
+		Missing   int                `json:"missing_status"`
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
 		t.Fatalf("%v:\n%s", err, out)
 	}
-	if !slices.Equal(res.Progress, []int{1, 2}) {
-		t.Errorf("progress callbacks for iterations %v, want [1 2]", res.Progress)
+	if !res.Cancelled || len(res.Losses) != 4 || !slices.Contains(res.Phases, "saving") {
+		t.Errorf("cancelled %v, losses %v, phases %v: want a cancel, 4 iterations, a save", res.Cancelled, res.Losses, res.Phases)
+	}
+	// the CLI, uninterrupted, on the same configuration
+	cliWork := t.TempDir()
+	trainOut, err := exec.Command(filepath.Join(dir, "qtune"), "train", "--model", modelPath, "--data", dataPath, "--method", "lora", "--iters", "4",
+		"--batch-size", "2", "--max-seq-length", "32", "--rank", "4", "--alpha", "8", "--seed", "3", "--steps-per-report", "1",
+		"--steps-per-eval", "100", "--save-every", "100", "--max-mem", "64MiB", "--adapter-path", filepath.Join(cliWork, "adapters"),
+		"--cache-dir", filepath.Join(cliWork, "cache")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("qtune train: %v\n%s", err, trainOut)
+	}
+	n := 0
+	for _, m := range cliIterRe.FindAllStringSubmatch(string(trainOut), -1) {
+		cli, _ := strconv.ParseFloat(m[2], 64)
+		n++
+		if py, ok := res.Losses[m[1]]; !ok || math.Abs(py-cli) > 1e-3 { // the CLI prints 3 decimals
+			t.Errorf("iteration %s: python host loss %v, CLI %v", m[1], py, cli)
+		}
+	}
+	if n != 4 {
+		t.Errorf("the CLI reported %d iterations:\n%s", n, trainOut)
 	}
 	if !slices.Equal(res.Streamed, res.Gen.Tokens) {
 		t.Errorf("streamed %v, returned %v", res.Streamed, res.Gen.Tokens)
