@@ -15,7 +15,7 @@ const mod = "github.com/qtune/qtune/"
 // rank: a package may import only packages of strictly lower rank.
 var rank = map[string]int{
 	"quant": 0, "budget": 0, "internal/shared": 0, "internal/llamacpp": 0, "internal/hfjinja": 0, "chat": 0, "internal/fsx": 0,
-	"tensor":      1,
+	"tensor": 1, "offload/comm": 1, // the interface offload/mpi implements
 	"format/gguf": 2, "format/safetensors": 2, "format/llama2c": 2, "format/adapter": 3, "offload": 2, "data": 2, "optim": 2, "checkpoint": 2,
 	"kernels":   2,
 	"tokenizer": 3, "nn": 3,
@@ -96,5 +96,26 @@ func TestCgoOnlyInCAPI(t *testing.T) {
 	}
 	if !found {
 		t.Error("capi has no cgo files: the check sees nothing")
+	}
+}
+
+// purego, which loads native libraries at run time, belongs to the native
+// backends' own subfolders (design.md: "native GPU code through purego in
+// its own subfolder"): kernels/<backend>, offload/<transport>. The
+// library's core (the rest) never imports it, so it stays pure Go.
+func TestPuregoOnlyInBackends(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, mod+"...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		p := strings.TrimPrefix(f[0], mod)
+		backend := strings.Count(p, "/") >= 1 && (strings.HasPrefix(p, "kernels/") || strings.HasPrefix(p, "offload/"))
+		for _, imp := range f[1:] {
+			if strings.HasPrefix(imp, "github.com/ebitengine/purego") && !backend {
+				t.Errorf("%s imports %s: only a backend's subfolder (kernels/<name>, offload/<name>) may", p, imp)
+			}
+		}
 	}
 }

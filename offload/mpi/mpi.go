@@ -1,0 +1,312 @@
+// Package mpi is comm.Comm over the system's MPI library, opened at run
+// time with purego (no cgo): Open MPI's libmpi.so.40, whose handles are the
+// addresses of exported objects (ompi_mpi_comm_world, ompi_mpi_float,
+// ompi_mpi_op_sum), or MPICH's libmpi.so.12, whose handles are integers
+// fixed by its mpi.h; which one is read from the library's symbols.
+//
+// MPI wants its calls from one thread (MPI_THREAD_FUNNELED): one goroutine,
+// locked to its OS thread, makes every call; the others hand it theirs.
+// MPI has no timeouts, so a collective that does not complete within the
+// group's timeout (a rank killed, a network gone) returns an error wrapping
+// comm.ErrComm while the call stays blocked: the group is then unusable,
+// and the process should report and exit.
+package mpi
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/ebitengine/purego"
+	"github.com/qtune/qtune/offload/comm"
+)
+
+// Libraries are tried in this order after $QTUNE_MPI_LIB.
+var Libraries = []string{"libmpi.so.40", "libmpi.so.12", "libmpi.so"}
+
+// ErrNoMPI says that no MPI library could be loaded.
+var ErrNoMPI = errors.New("no MPI library")
+
+// Launched reports whether a launcher (mpirun, mpiexec, srun with PMI)
+// started this process as one of several ranks: Open MPI's
+// OMPI_COMM_WORLD_SIZE, PMI's PMI_SIZE (MPICH's Hydra, Slurm), PMIx's.
+func Launched() bool {
+	for _, v := range []string{"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"} {
+		if n, err := strconv.Atoi(os.Getenv(v)); err == nil && n > 1 {
+			return true
+		}
+	}
+	return false
+}
+
+// handles are the MPI objects the calls name.
+type handles struct {
+	world, float, double, byte_, sum uintptr
+}
+
+// MPICH's mpi.h: handles are ints.
+var mpich = handles{world: 0x44000000, float: 0x4c00040a, double: 0x4c00080b, byte_: 0x4c00010d, sum: 0x58000003}
+
+type library struct {
+	path, flavour string
+	h             handles
+	initThread    func(argc, argv unsafe.Pointer, required int32, provided *int32) int32
+	finalize      func() int32
+	commRank      func(c uintptr, r *int32) int32
+	commSize      func(c uintptr, n *int32) int32
+	allreduce     func(send uintptr, recv unsafe.Pointer, count int32, dtype, op, c uintptr) int32 // send: MPI_IN_PLACE here
+	bcast         func(buf unsafe.Pointer, count int32, dtype uintptr, root int32, c uintptr) int32
+	allgather     func(send unsafe.Pointer, scount int32, stype uintptr, recv unsafe.Pointer, rcount int32, rtype uintptr, c uintptr) int32
+	barrier       func(c uintptr) int32
+	version       func(buf *byte, n *int32) int32
+}
+
+// load opens the first MPI library found. RTLD_GLOBAL: Open MPI opens its
+// components as plugins that resolve libmpi's symbols.
+func load() (*library, error) {
+	names := Libraries
+	if p := os.Getenv("QTUNE_MPI_LIB"); p != "" {
+		names = []string{p}
+	}
+	var errs []error
+	for _, name := range names {
+		h, err := purego.Dlopen(name, purego.RTLD_NOW|purego.RTLD_GLOBAL)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		l := &library{path: name}
+		if err := l.bind(h); err != nil {
+			return nil, fmt.Errorf("mpi: %s: %w", name, err)
+		}
+		return l, nil
+	}
+	return nil, fmt.Errorf("mpi: %w (tried %v; set QTUNE_MPI_LIB): %w", ErrNoMPI, names, errors.Join(errs...))
+}
+
+func (l *library) bind(h uintptr) (err error) {
+	defer func() { // RegisterLibFunc panics on a missing symbol
+		if r := recover(); r != nil {
+			err = fmt.Errorf("not an MPI library: %v", r)
+		}
+	}()
+	purego.RegisterLibFunc(&l.initThread, h, "MPI_Init_thread")
+	purego.RegisterLibFunc(&l.finalize, h, "MPI_Finalize")
+	purego.RegisterLibFunc(&l.commRank, h, "MPI_Comm_rank")
+	purego.RegisterLibFunc(&l.commSize, h, "MPI_Comm_size")
+	purego.RegisterLibFunc(&l.allreduce, h, "MPI_Allreduce")
+	purego.RegisterLibFunc(&l.bcast, h, "MPI_Bcast")
+	purego.RegisterLibFunc(&l.allgather, h, "MPI_Allgather")
+	purego.RegisterLibFunc(&l.barrier, h, "MPI_Barrier")
+	purego.RegisterLibFunc(&l.version, h, "MPI_Get_library_version")
+	sym := func(name string) uintptr {
+		p, err := purego.Dlsym(h, name)
+		if err != nil {
+			return 0
+		}
+		return p
+	}
+	if w := sym("ompi_mpi_comm_world"); w != 0 { // Open MPI: handles are objects' addresses
+		l.flavour = "Open MPI"
+		l.h = handles{world: w, float: sym("ompi_mpi_float"), double: sym("ompi_mpi_double"), byte_: sym("ompi_mpi_byte"), sum: sym("ompi_mpi_op_sum")}
+		if l.h.float == 0 || l.h.double == 0 || l.h.byte_ == 0 || l.h.sum == 0 {
+			return errors.New("Open MPI without its predefined datatypes")
+		}
+		return nil
+	}
+	l.flavour, l.h = "MPICH", mpich
+	return nil
+}
+
+// world is MPI_COMM_WORLD as a comm.Comm.
+type world struct {
+	l          *library
+	calls      chan func()
+	rank, size int
+	timeout    time.Duration
+	name       string
+	mu         sync.Mutex
+	broken     error
+	closed     bool
+}
+
+// Open loads MPI, initializes it and returns MPI_COMM_WORLD. Collectives
+// that take longer than timeout (0: no limit) fail with comm.ErrComm.
+func Open(timeout time.Duration) (comm.Comm, error) {
+	l, err := load()
+	if err != nil {
+		return nil, err
+	}
+	w := &world{l: l, calls: make(chan func()), timeout: timeout}
+	ready := make(chan error, 1)
+	go w.loop(ready)
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// loop is the one goroutine that calls MPI, on its own OS thread.
+func (w *world) loop(ready chan<- error) {
+	runtime.LockOSThread()
+	const funneled = 1 // MPI_THREAD_FUNNELED in Open MPI's and MPICH's mpi.h
+	var provided, rank, size int32
+	if rc := w.l.initThread(nil, nil, funneled, &provided); rc != 0 {
+		ready <- fmt.Errorf("mpi: MPI_Init_thread: error %d: %w", rc, comm.ErrComm)
+		return
+	}
+	if provided < funneled {
+		ready <- fmt.Errorf("mpi: the library gives thread level %d, qtune needs %d (funneled): %w", provided, funneled, comm.ErrComm)
+		return
+	}
+	w.l.commRank(w.l.h.world, &rank)
+	w.l.commSize(w.l.h.world, &size)
+	w.rank, w.size = int(rank), int(size)
+	buf := make([]byte, 8192) // MPI_MAX_LIBRARY_VERSION_STRING: 256 in Open MPI, 8192 in MPICH
+	var n int32
+	w.name = w.l.flavour
+	if w.l.version(&buf[0], &n) == 0 && n > 0 && int(n) <= len(buf) {
+		v := buf[:n]
+		if i := bytes.IndexAny(v, ",\n\x00"); i >= 0 {
+			v = v[:i]
+		}
+		w.name = string(bytes.TrimSpace(v))
+	}
+	ready <- nil
+	for f := range w.calls {
+		f()
+	}
+}
+
+func (w *world) Rank() int    { return w.rank }
+func (w *world) Size() int    { return w.size }
+func (w *world) Name() string { return fmt.Sprintf("%s (%s), %d ranks", w.name, w.l.path, w.size) }
+
+// do runs one MPI call on the MPI thread and waits for it, at most the
+// timeout.
+func (w *world) do(what string, f func() int32) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.broken != nil {
+		return w.broken
+	}
+	if w.closed {
+		return fmt.Errorf("mpi: %s after Close: %w", what, comm.ErrComm)
+	}
+	done := make(chan int32, 1)
+	w.calls <- func() { done <- f() }
+	var expired <-chan time.Time
+	if w.timeout > 0 {
+		t := time.NewTimer(w.timeout)
+		defer t.Stop()
+		expired = t.C
+	}
+	select {
+	case rc := <-done:
+		if rc != 0 {
+			return fmt.Errorf("mpi: %s: error %d: %w", what, rc, comm.ErrComm)
+		}
+		return nil
+	case <-expired:
+		w.broken = fmt.Errorf("mpi: rank %d of %d: %s did not complete in %s (another rank stopped or cannot be reached): %w",
+			w.rank, w.size, what, w.timeout, comm.ErrComm)
+		return w.broken
+	}
+}
+
+// count checks that n elements fit MPI's int count.
+func count(what string, n int) (int32, error) {
+	if n > 1<<31-1 {
+		return 0, fmt.Errorf("mpi: %s of %d elements: more than an MPI count holds: %w", what, n, comm.ErrComm)
+	}
+	return int32(n), nil
+}
+
+func (w *world) AllReduceSum(buf []float32) error {
+	if len(buf) == 0 || w.size == 1 {
+		return nil
+	}
+	n, err := count("all-reduce", len(buf))
+	if err != nil {
+		return err
+	}
+	p := unsafe.Pointer(&buf[0])
+	return w.do("MPI_Allreduce", func() int32 { return w.l.allreduce(inPlace(w.l), p, n, w.l.h.float, w.l.h.sum, w.l.h.world) })
+}
+
+func (w *world) AllReduceSum64(buf []float64) error {
+	if len(buf) == 0 || w.size == 1 {
+		return nil
+	}
+	n, err := count("all-reduce", len(buf))
+	if err != nil {
+		return err
+	}
+	p := unsafe.Pointer(&buf[0])
+	return w.do("MPI_Allreduce", func() int32 { return w.l.allreduce(inPlace(w.l), p, n, w.l.h.double, w.l.h.sum, w.l.h.world) })
+}
+
+// inPlace is MPI_IN_PLACE, a sentinel address: (void *)1 in Open MPI,
+// (void *)-1 in MPICH.
+func inPlace(l *library) uintptr {
+	if l.flavour == "Open MPI" {
+		return 1
+	}
+	return ^uintptr(0)
+}
+
+func (w *world) Broadcast(buf []byte, root int) error {
+	if root < 0 || root >= w.size {
+		return fmt.Errorf("mpi: broadcast from rank %d of %d: %w", root, w.size, comm.ErrComm)
+	}
+	if len(buf) == 0 || w.size == 1 {
+		return nil
+	}
+	n, err := count("broadcast", len(buf))
+	if err != nil {
+		return err
+	}
+	p := unsafe.Pointer(&buf[0])
+	return w.do("MPI_Bcast", func() int32 { return w.l.bcast(p, n, w.l.h.byte_, int32(root), w.l.h.world) })
+}
+
+func (w *world) AllGather(send, recv []byte) error {
+	if len(recv) != w.size*len(send) {
+		return fmt.Errorf("mpi: all-gather of %d bytes from %d ranks into %d: %w", len(send), w.size, len(recv), comm.ErrComm)
+	}
+	if len(send) == 0 {
+		return nil
+	}
+	if w.size == 1 {
+		copy(recv, send)
+		return nil
+	}
+	n, err := count("all-gather", len(send))
+	if err != nil {
+		return err
+	}
+	s, r := unsafe.Pointer(&send[0]), unsafe.Pointer(&recv[0])
+	return w.do("MPI_Allgather", func() int32 { return w.l.allgather(s, n, w.l.h.byte_, r, n, w.l.h.byte_, w.l.h.world) })
+}
+
+func (w *world) Barrier() error {
+	return w.do("MPI_Barrier", func() int32 { return w.l.barrier(w.l.h.world) })
+}
+
+// Close finalizes MPI (a broken group is left as it is: the process should
+// exit).
+func (w *world) Close() error {
+	if err := w.do("MPI_Finalize", func() int32 { return w.l.finalize() }); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	return nil
+}
