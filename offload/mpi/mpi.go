@@ -19,6 +19,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -27,8 +28,22 @@ import (
 	"github.com/qtune/qtune/offload/comm"
 )
 
-// Libraries are tried in this order after $QTUNE_MPI_LIB.
-var Libraries = []string{"libmpi.so.40", "libmpi.so.12", "libmpi.so"}
+// Libraries are tried in this order after $QTUNE_MPI_LIB: Open MPI's, then
+// MPICH's (Debian names it libmpich.so.12), then whatever libmpi.so is; a
+// process that MPICH's launcher started (PMI_SIZE without Open MPI's
+// variables) tries MPICH's first, so that with both installed each
+// launcher gets its own library.
+var Libraries = []string{"libmpi.so.40", "libmpi.so.12", "libmpich.so.12", "libmpi.so"}
+
+func libraries() []string {
+	if p := os.Getenv("QTUNE_MPI_LIB"); p != "" {
+		return []string{p}
+	}
+	if os.Getenv("OMPI_COMM_WORLD_SIZE") == "" && os.Getenv("PMI_SIZE") != "" {
+		return []string{"libmpi.so.12", "libmpich.so.12", "libmpi.so.40", "libmpi.so"}
+	}
+	return Libraries
+}
 
 // ErrNoMPI says that no MPI library could be loaded.
 var ErrNoMPI = errors.New("no MPI library")
@@ -70,10 +85,7 @@ type library struct {
 // load opens the first MPI library found. RTLD_GLOBAL: Open MPI opens its
 // components as plugins that resolve libmpi's symbols.
 func load() (*library, error) {
-	names := Libraries
-	if p := os.Getenv("QTUNE_MPI_LIB"); p != "" {
-		names = []string{p}
-	}
+	names := libraries()
 	var errs []error
 	for _, name := range names {
 		h, err := purego.Dlopen(name, purego.RTLD_NOW|purego.RTLD_GLOBAL)
@@ -176,7 +188,7 @@ func (w *world) loop(ready chan<- error) {
 		if i := bytes.IndexAny(v, ",\n\x00"); i >= 0 {
 			v = v[:i]
 		}
-		w.name = string(bytes.TrimSpace(v))
+		w.name = strings.Join(strings.Fields(string(v)), " ") // "Open MPI v4.1.4", "MPICH Version: 4.0.2"
 	}
 	ready <- nil
 	for f := range w.calls {

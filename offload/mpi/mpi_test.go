@@ -94,6 +94,31 @@ func TestTwoRanks(t *testing.T) {
 	}
 }
 
+// MPICH (Debian's mpich beside Open MPI): its launcher, its library, the
+// same collectives.
+func TestTwoRanksMPICH(t *testing.T) {
+	exe, err := exec.LookPath("mpiexec.mpich")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("mpiexec.mpich is not installed: %v", err)
+		}
+		t.Skip("MPICH is not installed (apt-get install mpich)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, "-n", "2", os.Args[0], "-test.run=^TestRankHelper$", "-test.v")
+	cmd.Env = append(os.Environ(), "QTUNE_MPI_HELPER=collectives")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("mpiexec.mpich: %v\n%s", err, out)
+	}
+	for r := range 2 {
+		if !strings.Contains(string(out), fmt.Sprintf("rank %d of 2: collectives ok (MPICH", r)) {
+			t.Errorf("rank %d did not report over MPICH:\n%s", r, out)
+		}
+	}
+}
+
 // A rank that dies makes the others stop with an error, not wait forever.
 func TestKilledRankStopsOthers(t *testing.T) {
 	out, err, took := launch(t, 2, "die", 2*time.Minute)
