@@ -121,14 +121,7 @@ func TestCHostMatchesCLI(t *testing.T) {
 	modelPath := shared.Path(t, "assets", "models", "stories260K.gguf")
 	dataPath := shared.Path(t, "assets", "data", "tinyshakespeare")
 	work := t.TempDir()
-	cmd := exec.Command(host, modelPath, dataPath, work, "3")
-	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("C host: %v\n%s\n%s", err, out, stderr.String())
-	}
+	out, _ := runHost(t, host, dir, modelPath, dataPath, work, "3")
 	losses := map[int]float64{}
 	var gen generated
 	cancelled := false
@@ -253,14 +246,7 @@ func TestCHostAdaptersMatchCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	exported := filepath.Join(work, "exported")
-	cmd := exec.Command(host, modelPath, dataPath, adapters, exported, bad)
-	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("C host: %v\n%s\n%s", err, out, stderr.String())
-	}
+	out, _ := runHost(t, host, dir, modelPath, dataPath, adapters, exported, bad)
 	lines := map[string]string{}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		k, v, _ := strings.Cut(line, " ")

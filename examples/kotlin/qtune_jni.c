@@ -63,11 +63,29 @@ static jbyteArray result(JNIEnv *env, qtune_status st, char *json) {
     return b;
 }
 
+/* a call's outcome: a listener's exception, else the result or the status */
+static jbyteArray finish(JNIEnv *env, qtune_status st, char *json) {
+    if ((*env)->ExceptionCheck(env)) { /* a listener threw: that is the call's outcome */
+        qtune_free_string(json);
+        return NULL;
+    }
+    return result(env, st, json);
+}
+
 struct call {
     JNIEnv *env;
     jobject listener;
     jmethodID method;
 };
+
+/* finds the listener's method (none: fine); 0 with a Java exception pending */
+static int bind(struct call *c, const char *name, const char *sig) {
+    if (c->listener == NULL)
+        return 1;
+    jclass lc = (*c->env)->GetObjectClass(c->env, c->listener);
+    c->method = (*c->env)->GetMethodID(c->env, lc, name, sig);
+    return c->method != NULL;
+}
 
 static void on_token(void *user, int32_t token, const char *piece) {
     struct call *c = user;
@@ -116,20 +134,12 @@ JNIEXPORT jbyteArray JNICALL Java_dev_qtune_Qtune_generateBytes(JNIEnv *env, jcl
                                                                jobject listener) {
     (void)cls;
     struct call c = {env, listener, NULL};
-    if (listener != NULL) {
-        jclass lc = (*env)->GetObjectClass(env, listener);
-        c.method = (*env)->GetMethodID(env, lc, "onToken", "(I[B)V");
-        if (c.method == NULL)
-            return NULL;
-    }
+    if (!bind(&c, "onToken", "(I[B)V"))
+        return NULL;
     char *o = cstr(env, options), *out = NULL;
     qtune_status st = qtune_generate((qtune_model *)(intptr_t)model, o, listener ? on_token : NULL, &c, &out);
     free(o);
-    if ((*env)->ExceptionCheck(env)) { /* a listener threw: that is the call's outcome */
-        qtune_free_string(out);
-        return NULL;
-    }
-    return result(env, st, out);
+    return finish(env, st, out);
 }
 
 JNIEXPORT jlong JNICALL Java_dev_qtune_Qtune_newSession(JNIEnv *env, jclass cls) {
@@ -154,18 +164,10 @@ JNIEXPORT jbyteArray JNICALL Java_dev_qtune_Qtune_trainBytes(JNIEnv *env, jclass
                                                             jobject listener) {
     (void)cls;
     struct call c = {env, listener, NULL};
-    if (listener != NULL) {
-        jclass lc = (*env)->GetObjectClass(env, listener);
-        c.method = (*env)->GetMethodID(env, lc, "onProgress", "(I[B[BDII)V");
-        if (c.method == NULL)
-            return NULL;
-    }
+    if (!bind(&c, "onProgress", "(I[B[BDII)V"))
+        return NULL;
     char *cfg = cstr(env, config), *out = NULL;
     qtune_status st = qtune_train((qtune_session *)(intptr_t)session, cfg, listener ? on_progress : NULL, NULL, &c, &out);
     free(cfg);
-    if ((*env)->ExceptionCheck(env)) {
-        qtune_free_string(out);
-        return NULL;
-    }
-    return result(env, st, out);
+    return finish(env, st, out);
 }

@@ -241,27 +241,29 @@ func count(what string, n int) (int32, error) {
 }
 
 func (w *world) AllReduceSum(buf []float32) error {
-	if len(buf) == 0 || w.size == 1 {
+	if len(buf) == 0 {
 		return nil
 	}
-	n, err := count("all-reduce", len(buf))
-	if err != nil {
-		return err
-	}
-	p := unsafe.Pointer(&buf[0])
-	return w.do("MPI_Allreduce", func() int32 { return w.l.allreduce(inPlace(w.l), p, n, w.l.h.float, w.l.h.sum, w.l.h.world) })
+	return w.allReduceSum(unsafe.Pointer(&buf[0]), len(buf), w.l.h.float)
 }
 
 func (w *world) AllReduceSum64(buf []float64) error {
-	if len(buf) == 0 || w.size == 1 {
+	if len(buf) == 0 {
 		return nil
 	}
-	n, err := count("all-reduce", len(buf))
+	return w.allReduceSum(unsafe.Pointer(&buf[0]), len(buf), w.l.h.double)
+}
+
+// allReduceSum sums n elements of dtype at p over the ranks, in place.
+func (w *world) allReduceSum(p unsafe.Pointer, n int, dtype uintptr) error {
+	if w.size == 1 {
+		return nil
+	}
+	c, err := count("all-reduce", n)
 	if err != nil {
 		return err
 	}
-	p := unsafe.Pointer(&buf[0])
-	return w.do("MPI_Allreduce", func() int32 { return w.l.allreduce(inPlace(w.l), p, n, w.l.h.double, w.l.h.sum, w.l.h.world) })
+	return w.do("MPI_Allreduce", func() int32 { return w.l.allreduce(inPlace(w.l), p, c, dtype, w.l.h.sum, w.l.h.world) })
 }
 
 // inPlace is MPI_IN_PLACE, a sentinel address: (void *)1 in Open MPI,
