@@ -192,6 +192,11 @@ func (c *cmodel) base() error {
 	if c.adapter == "" {
 		return nil
 	}
+	return c.reopen()
+}
+
+// reopen opens the base model again in place of c.m.
+func (c *cmodel) reopen() error {
 	m, err := model.Open(c.path, c.opt)
 	if err != nil {
 		return err
@@ -234,8 +239,7 @@ func qtune_model_apply_adapter(h *C.qtune_model, path *C.char, optionsJSON *C.ch
 	}
 	if err := c.apply(goString(path), limit); err != nil {
 		// the model may hold part of it: open the base again
-		c.adapter = "?"
-		if berr := c.base(); berr != nil {
+		if berr := c.reopen(); berr != nil {
 			return status(fmt.Errorf("%w (and opening the base again: %v)", err, berr))
 		}
 		return status(err)
@@ -596,8 +600,7 @@ func qtune_export(h *C.qtune_model, optionsJSON *C.char, out **C.char) (st C.qtu
 	}
 	ex, err := train.Export(c.m, train.ExportOptions{Adapter: o.Adapter, Out: o.Out, Merge: o.Merge, Type: t, ModelPath: o.ModelPath})
 	// export loads the adapter into the model: the base again for later calls
-	c.adapter = "export"
-	if berr := c.base(); err == nil && berr != nil {
+	if berr := c.reopen(); err == nil && berr != nil {
 		err = berr
 	}
 	if err != nil {

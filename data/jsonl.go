@@ -94,11 +94,14 @@ func lineErr(line int, format string, args ...any) error {
 	return &Error{Line: line, Err: fmt.Errorf("%w: "+format, append([]any{ErrData}, args...)...)}
 }
 
-// inFile names the file of a data error that did not know it (any other
-// error is returned as it is).
+// inFile names the file of a data error that did not know it; any other
+// error (reading the file) is wrapped with the file's name.
 func inFile(path string, err error) error {
 	var de *Error
-	if errors.As(err, &de) && de.File == "" {
+	if !errors.As(err, &de) {
+		return fmt.Errorf("data: %s: %w", path, err)
+	}
+	if de.File == "" {
 		c := *de
 		c.File = path
 		return &c
@@ -159,11 +162,7 @@ func ScanMax(path string, maxRecord int64, fn func(Record) error) (Kind, int, er
 			return 0, 0, fnErr
 		}
 		if err != nil {
-			var de *Error
-			if errors.As(err, &de) {
-				return 0, 0, inFile(path, err)
-			}
-			return 0, 0, fmt.Errorf("data: %s: %w", path, err)
+			return 0, 0, inFile(path, err)
 		}
 		return kind, n, nil
 	}

@@ -28,9 +28,8 @@ type reporter struct {
 
 type reporterKey struct{}
 
-func withReporter(ctx context.Context, on func(Progress)) (context.Context, *reporter) {
-	r := &reporter{on: on}
-	return context.WithValue(ctx, reporterKey{}, r), r
+func withReporter(ctx context.Context, on func(Progress)) context.Context {
+	return context.WithValue(ctx, reporterKey{}, &reporter{on: on})
 }
 
 // reportPhase says that a phase begins (nothing without a reporter, or

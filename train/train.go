@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/qtune/qtune/budget"
@@ -303,7 +304,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if onProgress == nil {
 		onProgress = func(Progress) {}
 	} else if cfg.PhaseReports {
-		ctx, _ = withReporter(ctx, onProgress)
+		ctx = withReporter(ctx, onProgress)
 	}
 	if cfg.CacheDir == "" {
 		cfg.CacheDir = LibraryCacheDir()
@@ -372,9 +373,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	restoreHeap := func() {}
 	if limit > 0 {
 		prev := debug.SetMemoryLimit(tokenizingHeap(m, limit))
-		restoreHeap = func() { debug.SetMemoryLimit(prev); restoreHeap = func() {} }
+		restoreHeap = sync.OnceFunc(func() { debug.SetMemoryLimit(prev) })
 	}
-	defer func() { restoreHeap() }()
+	defer restoreHeap()
 	trainTF, hit, err := data.CachedTokenFileContext(ctx, tokDir, data.CacheKey{Tokenizer: tokID, Name: splitName(files.Train)}, m.Tokenizer, files.Train, tokOpt)
 	if err != nil {
 		return nil, err

@@ -63,10 +63,11 @@ func Launched() bool {
 // handles are the MPI objects the calls name.
 type handles struct {
 	world, float, double, byte_, sum uintptr
+	inPlace                          uintptr // MPI_IN_PLACE, a sentinel address
 }
 
-// MPICH's mpi.h: handles are ints.
-var mpich = handles{world: 0x44000000, float: 0x4c00040a, double: 0x4c00080b, byte_: 0x4c00010d, sum: 0x58000003}
+// MPICH's mpi.h: handles are ints; MPI_IN_PLACE is (void *)-1.
+var mpich = handles{world: 0x44000000, float: 0x4c00040a, double: 0x4c00080b, byte_: 0x4c00010d, sum: 0x58000003, inPlace: ^uintptr(0)}
 
 type library struct {
 	path, flavour string
@@ -126,7 +127,8 @@ func (l *library) bind(h uintptr) (err error) {
 	}
 	if w := sym("ompi_mpi_comm_world"); w != 0 { // Open MPI: handles are objects' addresses
 		l.flavour = "Open MPI"
-		l.h = handles{world: w, float: sym("ompi_mpi_float"), double: sym("ompi_mpi_double"), byte_: sym("ompi_mpi_byte"), sum: sym("ompi_mpi_op_sum")}
+		l.h = handles{world: w, float: sym("ompi_mpi_float"), double: sym("ompi_mpi_double"), byte_: sym("ompi_mpi_byte"), sum: sym("ompi_mpi_op_sum"),
+			inPlace: 1} // MPI_IN_PLACE is (void *)1
 		if l.h.float == 0 || l.h.double == 0 || l.h.byte_ == 0 || l.h.sum == 0 {
 			return errors.New("Open MPI without its predefined datatypes")
 		}
@@ -263,16 +265,7 @@ func (w *world) allReduceSum(p unsafe.Pointer, n int, dtype uintptr) error {
 	if err != nil {
 		return err
 	}
-	return w.do("MPI_Allreduce", func() int32 { return w.l.allreduce(inPlace(w.l), p, c, dtype, w.l.h.sum, w.l.h.world) })
-}
-
-// inPlace is MPI_IN_PLACE, a sentinel address: (void *)1 in Open MPI,
-// (void *)-1 in MPICH.
-func inPlace(l *library) uintptr {
-	if l.flavour == "Open MPI" {
-		return 1
-	}
-	return ^uintptr(0)
+	return w.do("MPI_Allreduce", func() int32 { return w.l.allreduce(w.l.h.inPlace, p, c, dtype, w.l.h.sum, w.l.h.world) })
 }
 
 func (w *world) Broadcast(buf []byte, root int) error {
