@@ -6,7 +6,7 @@ MODEL_URL = https://huggingface.co/ggml-org/tiny-llamas/resolve/main/stories260K
 BIN     := bin/qtune
 FUZZTIME ?= 3s
 
-.PHONY: build lib cross demo demo-model test test-short test-arm64 test-mem-sweep fuzz bench bench-mem bench-peer vet clean evidence
+.PHONY: build lib cross demo demo-model test test-short test-arm64 test-mem-sweep fuzz bench bench-mem bench-peer vet clean evidence gpu-binaries test-gpu
 
 # The qtune binary is built without cgo: purego then loads libraries with
 # its own dlopen (no libc linked), and the process holds no C runtime the
@@ -133,6 +133,18 @@ clean:
 # Peak memory and speed under --max-mem budgets (synthetic 110M/1B models; minutes).
 bench-mem: build
 	./scripts/bench-mem.sh
+
+# The GPU check: kernels/cuda's tests against the CPU and its device-timed
+# benchmarks beside PyTorch, on a machine with an NVIDIA GPU and its
+# driver (the CUDA libraries from a toolkit or NVIDIA's pip wheels). The
+# test binaries are static (no cgo), so they can be built elsewhere with
+# `make gpu-binaries` and carried over.
+gpu-binaries:
+	@mkdir -p out/gpu
+	CGO_ENABLED=0 $(GO) test -c -o out/gpu/cuda.test ./kernels/cuda
+
+test-gpu: gpu-binaries
+	./scripts/gpu-check.sh
 
 # qtune against the PyTorch peer benchmark (../shared/bench) in the same run.
 bench-peer: build

@@ -30,6 +30,10 @@ func mix(z uint64) uint64 {
 // tensorKey is the per-tensor key of seed s.
 func tensorKey(s uint64, t int) uint64 { return mix(s ^ mix(uint64(t)+1)) }
 
+// TensorKey is the key of tensor t under seed s: what a device that
+// regenerates z (kernels/cuda's MezoNormal) is given.
+func TensorKey(s uint64, t int) uint64 { return tensorKey(s, t) }
+
 // pair returns the two normals of pair j under key k.
 func pair(k uint64, j int) (float64, float64) {
 	a := mix(k + uint64(j)*gamma)

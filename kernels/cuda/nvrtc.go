@@ -1,0 +1,268 @@
+package cuda
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"unsafe"
+)
+
+// nvrtcAPI is the part of libnvrtc qtune calls (nvrtcResult 0 = success).
+type nvrtcAPI struct {
+	path         string
+	version      func(major, minor *int32) int32
+	create       func(prog *uintptr, src, name string, nh int32, headers, names uintptr) int32
+	compile      func(prog uintptr, n int32, opts unsafe.Pointer) int32
+	logSize      func(prog uintptr, n *uint64) int32
+	log          func(prog uintptr, b *byte) int32
+	cubinSize    func(prog uintptr, n *uint64) int32
+	cubin        func(prog uintptr, b *byte) int32
+	ptxSize      func(prog uintptr, n *uint64) int32
+	ptx          func(prog uintptr, b *byte) int32
+	destroy      func(prog *uintptr) int32
+	errorString  func(rc int32) *byte
+	major, minor int32
+}
+
+var (
+	nvrtcOnce sync.Once
+	nvrtcLib  *nvrtcAPI
+	nvrtcErr  error
+)
+
+func loadNVRTC() (*nvrtcAPI, error) {
+	nvrtcOnce.Do(func() {
+		h, path, err := open(NVRTC, OSEnv())
+		if err != nil {
+			nvrtcErr = err
+			return
+		}
+		n := &nvrtcAPI{path: path}
+		if err := bind(h, NVRTC.Name, map[string]any{
+			"nvrtcVersion": &n.version, "nvrtcCreateProgram": &n.create, "nvrtcCompileProgram": &n.compile,
+			"nvrtcGetProgramLogSize": &n.logSize, "nvrtcGetProgramLog": &n.log,
+			"nvrtcGetCUBINSize": &n.cubinSize, "nvrtcGetCUBIN": &n.cubin,
+			"nvrtcGetPTXSize": &n.ptxSize, "nvrtcGetPTX": &n.ptx,
+			"nvrtcDestroyProgram": &n.destroy, "nvrtcGetErrorString": &n.errorString,
+		}); err != nil {
+			nvrtcErr = err
+			return
+		}
+		n.version(&n.major, &n.minor)
+		nvrtcLib = n
+	})
+	return nvrtcLib, nvrtcErr
+}
+
+func (n *nvrtcAPI) err(call string, rc int32) error {
+	if rc == 0 {
+		return nil
+	}
+	s := cstring(n.errorString(rc))
+	return &Error{Call: call, Code: rc, Name: s}
+}
+
+// compileOptions are NVRTC's flags for compute capability major.minor: a
+// cubin for that exact architecture (sm_XY), or PTX for compute_XY when
+// ptx is set (the driver then finishes it).
+func compileOptions(major, minor int, ptx bool) []string {
+	arch := fmt.Sprintf("sm_%d%d", major, minor)
+	if ptx {
+		arch = fmt.Sprintf("compute_%d%d", major, minor)
+	}
+	return []string{"--gpu-architecture=" + arch, "--std=c++17", "-default-device", "-lineinfo"}
+}
+
+// compileWith runs NVRTC on src with opts on the calling thread, putting
+// the option strings in arena (mapped memory, not the Go heap). It returns
+// the cubin, or the PTX when ptx is set.
+func (n *nvrtcAPI) compileWith(arena []byte, src, name string, opts []string, ptx bool) ([]byte, error) {
+	var prog uintptr
+	if err := n.err("nvrtcCreateProgram", n.create(&prog, src, name, 0, 0, 0)); err != nil {
+		return nil, err
+	}
+	defer n.destroy(&prog)
+	// char *opts[]: the pointers first, then the strings.
+	need := 8 * len(opts)
+	for _, o := range opts {
+		need += len(o) + 1
+	}
+	if need > len(arena) {
+		return nil, fmt.Errorf("cuda: NVRTC options take %d bytes", need)
+	}
+	at := 8 * len(opts)
+	base := uintptr(unsafe.Pointer(&arena[0]))
+	for i, o := range opts {
+		*(*uintptr)(unsafe.Pointer(&arena[8*i])) = base + uintptr(at)
+		copy(arena[at:], o)
+		arena[at+len(o)] = 0
+		at += len(o) + 1
+	}
+	rc := n.compile(prog, int32(len(opts)), unsafe.Pointer(&arena[0]))
+	var ls uint64
+	var logText string
+	if n.logSize(prog, &ls) == 0 && ls > 1 && ls < 1<<24 {
+		b := make([]byte, ls)
+		if n.log(prog, &b[0]) == 0 {
+			logText = strings.TrimRight(string(b), "\x00\n ")
+		}
+	}
+	if rc != 0 {
+		e := n.err("nvrtcCompileProgram", rc).(*Error)
+		e.Text = logText
+		return nil, e
+	}
+	size, get, what := n.cubinSize, n.cubin, "nvrtcGetCUBIN"
+	if ptx {
+		size, get, what = n.ptxSize, n.ptx, "nvrtcGetPTX"
+	}
+	var sz uint64
+	if err := n.err(what+"Size", size(prog, &sz)); err != nil {
+		return nil, err
+	}
+	if sz == 0 || sz > 1<<30 {
+		return nil, fmt.Errorf("cuda: %s: %d bytes", what, sz)
+	}
+	out := make([]byte, sz)
+	if err := n.err(what, get(prog, &out[0])); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// cacheKey names a compiled module: the source, the options and the
+// compiler's version hashed, and the architecture in clear.
+func cacheKey(src string, opts []string, compiler, arch string) string {
+	h := sha256.New()
+	h.Write([]byte(src))
+	h.Write([]byte{0})
+	h.Write([]byte(strings.Join(opts, "\x00")))
+	h.Write([]byte{0})
+	h.Write([]byte(compiler))
+	return hex.EncodeToString(h.Sum(nil))[:32] + "-" + arch
+}
+
+// DefaultCacheDir is where compiled kernels are kept: $QTUNE_CACHE/cuda,
+// else the user cache folder's qtune/cuda, else the temporary folder's.
+func DefaultCacheDir() string {
+	if c := os.Getenv("QTUNE_CACHE"); c != "" {
+		return filepath.Join(c, "cuda")
+	}
+	if c, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(c, "qtune", "cuda")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("qtune-%d", os.Getuid()), "cuda")
+}
+
+// cached returns the module image under key in dir if there is one that
+// load accepts; else it compiles one, loads it and stores it (by rename,
+// so a reader never sees half a file). A cache that cannot be written
+// costs a compile per process, not an error. fromCache says which.
+func cached(dir, key string, compile func() ([]byte, error), load func([]byte) error) (fromCache bool, err error) {
+	path := filepath.Join(dir, key)
+	if b, err := os.ReadFile(path); err == nil {
+		if load(b) == nil {
+			return true, nil
+		}
+		os.Remove(path) // a damaged or foreign file: compile afresh
+	}
+	img, err := compile()
+	if err != nil {
+		return false, err
+	}
+	if err := load(img); err != nil {
+		return false, err
+	}
+	if os.MkdirAll(dir, 0o755) == nil {
+		if f, err := os.CreateTemp(dir, key+".*.tmp"); err == nil {
+			_, werr := f.Write(img)
+			cerr := f.Close()
+			if werr == nil && cerr == nil {
+				os.Rename(f.Name(), path)
+			} else {
+				os.Remove(f.Name())
+			}
+		}
+	}
+	return false, nil
+}
+
+// module is a loaded CUmodule with its functions looked up so far.
+type module struct {
+	h       uintptr
+	fns     map[string]uintptr
+	fromCch bool
+}
+
+// Module compiles (or takes from the cache) src for this device's
+// architecture and loads it; name keys it within the device.
+func (d *Device) module(name, src string) (*module, error) {
+	d.mu.Lock()
+	m := d.mods[name]
+	d.mu.Unlock()
+	if m != nil {
+		return m, nil
+	}
+	nv, err := loadNVRTC()
+	if err != nil {
+		return nil, err
+	}
+	dir := d.opt.CacheDir
+	if dir == "" {
+		dir = DefaultCacheDir()
+	}
+	m = &module{fns: map[string]uintptr{}}
+	err = d.do(func() error {
+		load := func(img []byte) error {
+			return d.drv.err("cuModuleLoadData", d.drv.cuModuleLoadData(&m.h, unsafe.Pointer(&img[0])))
+		}
+		compiler := fmt.Sprintf("nvrtc %d.%d", nv.major, nv.minor)
+		opts := compileOptions(d.Major, d.Minor, false)
+		var cerr error
+		m.fromCch, cerr = cached(dir, cacheKey(src, opts, compiler, fmt.Sprintf("sm_%d%d.cubin", d.Major, d.Minor)),
+			func() ([]byte, error) { return nv.compileWith(d.arena, src, name+".cu", opts, false) }, load)
+		if cerr == nil {
+			return nil
+		}
+		var ce *Error
+		if !errors.As(cerr, &ce) || !strings.Contains(ce.Text+ce.Name, "gpu-architecture") {
+			return cerr
+		}
+		// An NVRTC older than the GPU: PTX for the GPU's virtual
+		// architecture is refused too, so say which versions meet.
+		return fmt.Errorf("cuda: NVRTC %d.%d (%s) cannot compile for compute %d.%d: install a newer CUDA (the nvidia-cuda-nvrtc wheel, or set QTUNE_NVRTC): %w",
+			nv.major, nv.minor, nv.path, d.Major, d.Minor, cerr)
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	d.mods[name] = m
+	d.mu.Unlock()
+	return m, nil
+}
+
+// fn returns kernel name of module m (looked up once).
+func (d *Device) fn(m *module, name string) (uintptr, error) {
+	d.mu.Lock()
+	f, ok := m.fns[name]
+	d.mu.Unlock()
+	if ok {
+		return f, nil
+	}
+	err := d.do(func() error {
+		return d.drv.err("cuModuleGetFunction "+name, d.drv.cuModuleGetFunction(&f, m.h, name))
+	})
+	if err != nil {
+		return 0, err
+	}
+	d.mu.Lock()
+	m.fns[name] = f
+	d.mu.Unlock()
+	return f, nil
+}

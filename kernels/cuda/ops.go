@@ -1,0 +1,299 @@
+package cuda
+
+import (
+	_ "embed"
+	"fmt"
+	"math"
+
+	"github.com/qtune/qtune/quant"
+)
+
+//go:embed kernels.cu
+var source string
+
+// Source is the CUDA C of qtune's kernels (what NVRTC compiles).
+func Source() string { return source }
+
+// kernel returns one of kernels.cu's functions, compiling the module on
+// first use.
+func (d *Device) kernel(name string) (uintptr, error) {
+	m, err := d.module("qtune", source)
+	if err != nil {
+		return 0, err
+	}
+	return d.fn(m, name)
+}
+
+// FromCache reports whether the device's kernels came from the on-disk
+// cache rather than from NVRTC (after the first kernel call).
+func (d *Device) FromCache() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := d.mods["qtune"]
+	return m != nil && m.fromCch
+}
+
+// Compile loads the kernels now (NVRTC or the cache) instead of at the
+// first call.
+func (d *Device) Compile() error {
+	_, err := d.module("qtune", source)
+	return err
+}
+
+const defaultShared = 48 << 10 // dynamic shared memory a launch may take without opting in
+
+// run launches kernel name.
+func (d *Device) run(name string, grid, block [3]uint32, shared int, args ...any) error {
+	f, err := d.kernel(name)
+	if err != nil {
+		return err
+	}
+	if shared > d.maxSharedPerBloc && d.maxSharedPerBloc > 0 {
+		return fmt.Errorf("cuda: %s needs %d bytes of shared memory, the GPU gives a block %d", name, shared, d.maxSharedPerBloc)
+	}
+	return d.do(func() error {
+		if shared > defaultShared {
+			const maxDynamicShared = 8 // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+			if err := d.drv.err("cuFuncSetAttribute", d.drv.cuFuncSetAttribute(f, maxDynamicShared, int32(shared))); err != nil {
+				return err
+			}
+		}
+		return d.launch(name, f, grid, block, uint32(shared), args...)
+	})
+}
+
+// grid1 is a grid-stride launch over n elements.
+func (d *Device) grid1(n int64) [3]uint32 {
+	b := (n + 255) / 256
+	b = min(b, int64(max(d.SMs, 1))*32)
+	return [3]uint32{uint32(max(b, 1)), 1, 1}
+}
+
+var threads256 = [3]uint32{256, 1, 1}
+
+// opt passes a buffer that may be nil as a null pointer.
+func opt(b *Buffer) any {
+	if b == nil {
+		return uint64(0)
+	}
+	return b
+}
+
+// typeNames are the weight types the kernels decode, by kernel suffix.
+var typeNames = map[quant.Type]string{
+	quant.F32: "f32", quant.F16: "f16", quant.BF16: "bf16", quant.Q4_0: "q4_0", quant.Q8_0: "q8_0",
+	quant.Q4_K: "q4_k", quant.Q6_K: "q6_k", quant.NF4: "nf4",
+}
+
+// Supported reports whether the GPU kernels decode weights of type t.
+func Supported(t quant.Type) bool { _, ok := typeNames[t]; return ok }
+
+// Matrix is a weight matrix (Rows, Cols) resident on the device in its
+// file's encoding (never expanded whole outside a GEMM's workspace).
+type Matrix struct {
+	Type       quant.Type
+	Rows, Cols int
+	Buf        *Buffer
+}
+
+// UploadMatrix copies a weight's bytes (as kernels.Matrix holds them) to
+// the device.
+func (d *Device) UploadMatrix(t quant.Type, rows, cols int, data []byte) (*Matrix, error) {
+	if !Supported(t) {
+		return nil, fmt.Errorf("cuda: %s weights are not decoded on the GPU (F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K, NF4 are)", t)
+	}
+	want, err := quant.Bytes(t, int64(rows)*int64(cols))
+	if err != nil {
+		return nil, fmt.Errorf("cuda: %w", err)
+	}
+	if int64(len(data)) != want {
+		return nil, fmt.Errorf("cuda: a %s matrix of %d×%d holds %d bytes, not %d", t, rows, cols, want, len(data))
+	}
+	b, err := d.Alloc(want)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Write(0, data); err != nil {
+		b.Free()
+		return nil, err
+	}
+	return &Matrix{Type: t, Rows: rows, Cols: cols, Buf: b}, nil
+}
+
+// Free releases the matrix's device memory.
+func (m *Matrix) Free() error { return m.Buf.Free() }
+
+// Dequantize writes elements [e0, e0+count) of m into dst as float32 (or
+// bfloat16 when p is BF16): quant.DequantizeRange on the device,
+// bit-identical to it for float32.
+func (d *Device) Dequantize(dst *Buffer, m *Matrix, e0, count int64, p Precision) error {
+	n := int64(m.Rows) * int64(m.Cols)
+	if e0 < 0 || count <= 0 || e0+count > n {
+		return fmt.Errorf("cuda: Dequantize [%d, %d) of %d elements", e0, e0+count, n)
+	}
+	if p == F16 {
+		return fmt.Errorf("cuda: Dequantize to f16: only f32 and bf16")
+	}
+	if dst.Bytes < count*p.size() {
+		return fmt.Errorf("cuda: Dequantize of %d elements into %d bytes", count, dst.Bytes)
+	}
+	name := "dequant_" + typeNames[m.Type] + "_" + p.String()
+	return d.run(name, d.grid1(count), threads256, 0, dst, m.Buf, n, e0, count)
+}
+
+// MatVec computes y (M, N) = x (M, K)·Wᵀ for M ≤ 4 rows, decoding W in
+// registers (generation's path): kernels.MatMul for small M.
+func (d *Device) MatVec(y, x *Buffer, M int, w *Matrix) error {
+	if M < 1 || M > 4 {
+		return fmt.Errorf("cuda: MatVec of %d rows (1 to 4)", M)
+	}
+	if y.Bytes < int64(4*M*w.Rows) || x.Bytes < int64(4*M*w.Cols) {
+		return fmt.Errorf("cuda: MatVec: y %d x %d bytes for M=%d N=%d K=%d", y.Bytes, x.Bytes, M, w.Rows, w.Cols)
+	}
+	const warps = 8
+	grid := [3]uint32{uint32((w.Rows + warps - 1) / warps), 1, 1}
+	return d.run("matvec_"+typeNames[w.Type], grid, [3]uint32{32 * warps, 1, 1}, 0, y, x, w.Buf, M, w.Rows, w.Cols)
+}
+
+// MatMulWorkspace is the device scratch MatMul and MatMulT take for M rows
+// of w at precision p: the decoded weight, and for BF16 the activations
+// rounded to it.
+func MatMulWorkspace(M int, w *Matrix, p Precision) int64 {
+	n := int64(w.Rows) * int64(w.Cols) * p.size()
+	if p != F32 {
+		n += int64(M) * int64(max(w.Rows, w.Cols)) * 2
+	}
+	return n
+}
+
+func (d *Device) prepare(op string, ws *Buffer, M int, w *Matrix, x *Buffer, xCols int, p Precision) (wd, xd *Buffer, err error) {
+	if need := MatMulWorkspace(M, w, p); ws.Bytes < need {
+		return nil, nil, fmt.Errorf("cuda: %s: workspace of %d bytes, %d needed", op, ws.Bytes, need)
+	}
+	n := int64(w.Rows) * int64(w.Cols)
+	wd = &Buffer{d: d, ptr: ws.ptr, Bytes: n * p.size()}
+	if err := d.Dequantize(wd, w, 0, n, p); err != nil {
+		return nil, nil, err
+	}
+	if p == F32 {
+		return wd, x, nil
+	}
+	cnt := int64(M) * int64(xCols)
+	xd = &Buffer{d: d, ptr: ws.ptr + uint64(wd.Bytes), Bytes: cnt * 2}
+	if err := d.run("to_bf16", d.grid1(cnt), threads256, 0, xd, x, cnt); err != nil {
+		return nil, nil, err
+	}
+	return wd, xd, nil
+}
+
+// MatMul computes y (M, N) = x (M, K)·Wᵀ: W decoded into the workspace,
+// then one cuBLAS GEMM (FP32, or BF16 with FP32 accumulation).
+func (d *Device) MatMul(y, x *Buffer, M int, w *Matrix, ws *Buffer, p Precision) error {
+	if p == F16 {
+		return fmt.Errorf("cuda: MatMul in f16: f32 or bf16")
+	}
+	wd, xd, err := d.prepare("MatMul", ws, M, w, x, w.Cols, p)
+	if err != nil {
+		return err
+	}
+	return d.GemmNT(y, xd, wd, M, w.Rows, w.Cols, false, p)
+}
+
+// MatMulT computes dx (M, K) += dy (M, N)·W: the input gradient through a
+// frozen weight.
+func (d *Device) MatMulT(dx, dy *Buffer, M int, w *Matrix, ws *Buffer, p Precision) error {
+	if p == F16 {
+		return fmt.Errorf("cuda: MatMulT in f16: f32 or bf16")
+	}
+	wd, dyd, err := d.prepare("MatMulT", ws, M, w, dy, w.Rows, p)
+	if err != nil {
+		return err
+	}
+	return d.GemmNN(dx, dyd, wd, M, w.Cols, w.Rows, p)
+}
+
+// RMSNorm normalises rows of n: kernels.RMSNorm per row.
+func (d *Device) RMSNorm(out, x, w *Buffer, rows, n int, eps float32) error {
+	return d.run("rmsnorm_fwd", [3]uint32{uint32(rows), 1, 1}, threads256, 0, out, x, w, n, eps)
+}
+
+// RMSNormBackward is kernels.RMSNormBackward per row; dw may be nil.
+func (d *Device) RMSNormBackward(dx, dw, dy, x, w *Buffer, rows, n int, eps float32) error {
+	return d.run("rmsnorm_bwd", [3]uint32{uint32(rows), 1, 1}, threads256, 0, dx, opt(dw), dy, x, w, n, eps)
+}
+
+// Rope rotates rows × heads head vectors of D by their row's table row
+// (cos, sin: rows × half): kernels.Rope, or RopeBack when back.
+func (d *Device) Rope(v, cos, sin *Buffer, rows, heads, D, half int, neox, back bool) error {
+	nx, sign := 0, float32(1)
+	if neox {
+		nx = 1
+	}
+	if back {
+		sign = -1
+	}
+	n := int64(rows) * int64(heads) * int64(half)
+	grid := [3]uint32{uint32((n + 255) / 256), 1, 1}
+	return d.run("rope", grid, threads256, 0, v, cos, sin, rows, heads, D, half, nx, sign)
+}
+
+// SwiGLU is kernels.SwiGLU over n elements.
+func (d *Device) SwiGLU(out, g, u *Buffer, n int64) error {
+	return d.run("swiglu_fwd", d.grid1(n), threads256, 0, out, g, u, n)
+}
+
+// SwiGLUBackward is kernels.SwiGLUBackward over n elements.
+func (d *Device) SwiGLUBackward(dg, du, dy, g, u *Buffer, n int64) error {
+	return d.run("swiglu_bwd", d.grid1(n), threads256, 0, dg, du, dy, g, u, n)
+}
+
+// CrossEntropy is kernels.CrossEntropy per row of V logits: loss (rows
+// floats) gets each row's loss, dlogits (nil: none) the scaled gradient;
+// targets are int32, negative for rows without a target.
+func (d *Device) CrossEntropy(dlogits, loss, logits, targets *Buffer, rows, V int, scale float32) error {
+	return d.run("xent", [3]uint32{uint32(rows), 1, 1}, [3]uint32{512, 1, 1}, 0, opt(dlogits), loss, logits, targets, V, scale)
+}
+
+func attnScale(D int) float32 { return float32(1 / math.Sqrt(float64(D))) }
+
+// Attention is kernels.AttentionSeqWindow for one sequence (W ≤ 0: no
+// window): out (T, H·D), lse (H, T).
+func (d *Device) Attention(out, lse, q, k, v *Buffer, T, H, Hkv, D, W int) error {
+	if H%Hkv != 0 {
+		return fmt.Errorf("cuda: attention with %d heads over %d kv heads", H, Hkv)
+	}
+	return d.run("attn_fwd", [3]uint32{uint32(T), uint32(H), 1}, [3]uint32{128, 1, 1}, 4*(T+D),
+		out, lse, q, k, v, T, H, Hkv, D, W, attnScale(D))
+}
+
+// AttentionBackward is kernels.AttentionSeqBackwardWindow: dq, dk, dv
+// accumulate.
+func (d *Device) AttentionBackward(dq, dk, dv, dout, q, k, v, lse *Buffer, T, H, Hkv, D, W int) error {
+	if H%Hkv != 0 {
+		return fmt.Errorf("cuda: attention with %d heads over %d kv heads", H, Hkv)
+	}
+	return d.run("attn_bwd", [3]uint32{uint32(T), uint32(H), 1}, [3]uint32{128, 1, 1}, 4*(2*T+2*D),
+		dq, dk, dv, dout, q, k, v, lse, T, H, Hkv, D, W, attnScale(D))
+}
+
+// AdamW is one step of optim.AdamW on n parameters: step is lr/(1−β₁ᵗ),
+// sqrtBC2 √(1−β₂ᵗ), decay 1−lr·wd (or 1).
+func (d *Device) AdamW(w, g, m, v *Buffer, n int64, b1, b2, eps, step, sqrtBC2, decay float64) error {
+	return d.run("adamw", d.grid1(n), threads256, 0, w, g, m, v, n, b1, b2, eps, step, sqrtBC2, decay)
+}
+
+// MezoNormal writes z[off : off+n] of the tensor whose key is key
+// (mezo.TensorKey) into out: mezo.Normal on the device.
+func (d *Device) MezoNormal(out *Buffer, key uint64, off, n int64) error {
+	return d.run("mezo_normal", d.grid1(n), threads256, 0, out, uint64(0), key, off, n, float32(0))
+}
+
+// MezoPerturb adds alpha·z[off : off+n] to w without storing z.
+func (d *Device) MezoPerturb(w *Buffer, key uint64, off, n int64, alpha float32) error {
+	return d.run("mezo_normal", d.grid1(n), threads256, 0, uint64(0), w, key, off, n, alpha)
+}
+
+// Axpy is y += a·x over n elements.
+func (d *Device) Axpy(y, x *Buffer, a float32, n int64) error {
+	return d.run("axpy", d.grid1(n), threads256, 0, y, x, a, n)
+}
