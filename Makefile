@@ -142,6 +142,10 @@ bench-mem: build
 gpu-binaries:
 	@mkdir -p out/gpu
 	CGO_ENABLED=0 $(GO) test -c -o out/gpu/cuda.test ./kernels/cuda
+	CGO_ENABLED=0 $(GO) test -c -o out/gpu/model.test ./model
+	CGO_ENABLED=0 $(GO) test -c -o out/gpu/train.test ./train
+	CGO_ENABLED=0 $(GO) build -o out/gpu/qtune ./cmd/qtune
+	CGO_ENABLED=0 $(GO) build -o out/gpu/synthgen ./internal/cmd/synthgen
 
 test-gpu: gpu-binaries
 	./scripts/gpu-check.sh

@@ -10,12 +10,30 @@ import (
 // Where a layer's weights live during a run.
 type Where string
 
-// Placements. Device is reserved for the GPU backend and never chosen yet.
+// Placements. Device is chosen by a GPU run (train's --device cuda), whose
+// layers all live in the accelerator's memory.
 const (
 	Host   Where = "host"   // mapped and kept resident
 	Disk   Where = "disk"   // mapped, read ahead before use and dropped after
-	Device Where = "device" // accelerator memory (not available yet)
+	Device Where = "device" // accelerator memory
 )
+
+// PlacementString counts the layers in each place: "5 layers on host,
+// 0 on disk, 0 on device".
+func (p *Plan) PlacementString() string {
+	hosts, disks, devs := 0, 0, 0
+	for _, w := range p.Placement {
+		switch w {
+		case Disk:
+			disks++
+		case Device:
+			devs++
+		default:
+			hosts++
+		}
+	}
+	return fmt.Sprintf("%d layers on host, %d on disk, %d on device", hosts, disks, devs)
+}
 
 // Item is one line of a plan's breakdown.
 type Item struct {
@@ -291,14 +309,6 @@ func (p *Plan) String() string {
 	}
 	tw.Flush()
 	fmt.Fprintf(&b, "  strategy: %s\n", strings.Join(p.Strategy, "; "))
-	hosts, disks := 0, 0
-	for _, w := range p.Placement {
-		if w == Disk {
-			disks++
-		} else {
-			hosts++
-		}
-	}
-	fmt.Fprintf(&b, "  placement: %d layers on host, %d on disk, 0 on device", hosts, disks)
+	fmt.Fprintf(&b, "  placement: %s", p.PlacementString())
 	return b.String()
 }

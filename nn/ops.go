@@ -115,6 +115,10 @@ func (r *Rope) table(pos int, buf []float32) (cos, sin []float32) {
 	return cos, sin
 }
 
+// Row computes position pos's cos/sin row (len(cos) = len(sin) = Dims/2),
+// times Mscale: the table a device applies.
+func (r *Rope) Row(cos, sin []float32, pos int) { r.row(cos, sin, pos) }
+
 // row computes position pos's cos/sin row, times Mscale.
 func (r *Rope) row(cos, sin []float32, pos int) {
 	kernels.RopeTable(cos, sin, r.Freq, float64(pos)*r.Scale)

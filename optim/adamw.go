@@ -3,8 +3,10 @@ package optim
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // AdamW is torch.optim.AdamW: Adam with decoupled weight decay (Loshchilov &
@@ -140,20 +142,41 @@ func (o *AdamW) Step(params []*Param, lr float64) error {
 			decay = 1 - lr*o.WeightDecay
 		}
 		w, g, m, v := p.W, p.G[:len(p.W)], s.m[:len(p.W)], s.v[:len(p.W)]
-		for i := range w {
-			gi := float64(g[i])
-			mi := b1*float64(m[i]) + (1-b1)*gi
-			vi := b2*float64(v[i]) + (1-b2)*gi*gi
-			m[i], v[i] = float32(mi), float32(vi)
-			wi := float64(w[i]) * decay
-			w[i] = float32(wi - stepSize*mi/(math.Sqrt(vi)/sqrtBC2+eps))
-		}
+		spread(len(w), func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				gi := float64(g[i])
+				mi := b1*float64(m[i]) + (1-b1)*gi
+				vi := b2*float64(v[i]) + (1-b2)*gi*gi
+				m[i], v[i] = float32(mi), float32(vi)
+				wi := float64(w[i]) * decay
+				w[i] = float32(wi - stepSize*mi/(math.Sqrt(vi)/sqrtBC2+eps))
+			}
+		})
 		if o.Store != nil {
 			o.Store.Evict(s.m)
 			o.Store.Evict(s.v)
 		}
 	}
 	return nil
+}
+
+// spread runs f over [0, n) in one piece, or for large n in a piece per
+// processor at once: an element-wise update gives the same bits either
+// way. (A GPU run steps millions of adapter values on the host each
+// iteration; one core takes tens of milliseconds for them.)
+func spread(n int, f func(lo, hi int)) {
+	const minChunk = 1 << 16
+	k := min(runtime.GOMAXPROCS(0), n/minChunk)
+	if k <= 1 {
+		f(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	for j := 0; j < k; j++ {
+		lo, hi := j*n/k, (j+1)*n/k
+		wg.Go(func() { f(lo, hi) })
+	}
+	wg.Wait()
 }
 
 const (

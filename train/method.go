@@ -250,6 +250,7 @@ type loraMethod struct {
 	set    *lora.Set
 	params []*optim.Param
 	opt    optim.Optimizer
+	gpu    *gpuRun // the device side with --device cuda; nil on the CPU
 }
 
 func newLoRAMethod(m *model.Model, cfg Config) (*loraMethod, error) {
@@ -296,6 +297,9 @@ func (l *loraMethod) StateBytes() int64 {
 
 func (l *loraMethod) Step(ctx context.Context, it int, batches []data.Batch, lr float64) (float64, int, error) {
 	l.set.SetStep(it)
+	if l.gpu != nil {
+		return l.stepGPU(ctx, it, batches, lr)
+	}
 	optim.ZeroGrad(l.params)
 	total, err := stepTargets(it, batches)
 	if err != nil {

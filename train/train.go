@@ -89,6 +89,15 @@ type Config struct {
 	Stage1Iters    int     `json:"stage1_iters"`     // loreml: iterations of score learning
 	WarmStart      float64 `json:"warm_start"`       // loreml: γ of W ← W + γ·S
 	MaxMem         string  `json:"max_mem,omitempty"`
+	// Device runs the micro-batches on "cpu" (the default), "cuda" /
+	// "cuda:N" (an NVIDIA GPU, an error without one) or "auto" (the GPU
+	// when there is one and the run is one it takes, else the CPU).
+	Device string `json:"device,omitempty"`
+	// MaxVRAM caps what the run allocates on the GPU ("": the GPU's
+	// memory); GPUPrecision is the products' input type there: bf16
+	// (default) or f32.
+	MaxVRAM      string `json:"max_vram,omitempty"`
+	GPUPrecision string `json:"gpu_precision,omitempty"`
 	// DryRun stops after the memory plan (qtune plan train).
 	DryRun bool `json:"-"`
 	// PhaseReports adds KindPhase and KindMicroBatch reports to Run's
@@ -208,7 +217,7 @@ func (c *Config) checkRanges() error {
 			return fmt.Errorf("train: --max-mem: %w", err)
 		}
 	}
-	return nil
+	return c.checkGPUConfig()
 }
 
 // DefaultZOTarget is what a method perturbs when --zo-target is not given:
@@ -476,6 +485,14 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		log("optimizer state on disk: moments in a scratch file under " + cfg.CacheDir)
 	}
 	defer ApplyPlan(m, plan)()
+	gr, err := openGPU(m, cfg, meth, plan, log)
+	if err != nil {
+		return &Result{Plan: plan}, err
+	}
+	if gr != nil {
+		defer gr.close()
+		defer func() { log(gr.peakLine()) }()
+	}
 	// The method's state as planned (optimizer moments come at the first
 	// step) and the token cache replace the early estimates.
 	m.Acct.Release(budget.TokenCache, -1, dm.Bytes)
@@ -717,6 +734,12 @@ func evalLoss(ctx context.Context, m *model.Model, meth Method, ex data.Source, 
 	if s, ok := meth.(scoring); ok {
 		sc = s.scorer()
 	}
+	gr := onGPU(meth)
+	if gr != nil {
+		if err := gr.push(); err != nil {
+			return 0, err
+		}
+	}
 	nb := b.BatchesPerEpoch()
 	if cfg.ValBatches > 0 && cfg.ValBatches < nb {
 		nb = cfg.ValBatches
@@ -733,7 +756,9 @@ func evalLoss(ctx context.Context, m *model.Model, meth Method, ex data.Source, 
 		}
 		var l float64
 		var k int
-		if sc != nil {
+		if gr != nil {
+			l, k, err = gr.g.LossGrad(bt.Tokens, bt.Targets, bt.B, bt.T, gr.ad, false, 0)
+		} else if sc != nil {
 			l, k, err = sc.Loss(bt.Tokens, bt.Targets, bt.B, bt.T, o.Adapters)
 		} else {
 			l, k, err = m.LossGrad(bt.Tokens, bt.Targets, bt.B, bt.T, o, false, 0)

@@ -73,10 +73,10 @@ type blasHandle struct {
 
 func (b *blasHandle) destroy() error { return blasErrOf("cublasDestroy", b.api.destroy(b.h)) }
 
-// workspaceBytes is the cuBLAS workspace qtune gives it from the device
+// WorkspaceBytes is the cuBLAS workspace qtune gives it from the device
 // budget: NVIDIA's recommendation for Hopper (32 MiB), less under a small
 // budget. cuBLAS then allocates none of its own.
-func workspaceBytes(maxVRAM int64) int64 {
+func WorkspaceBytes(maxVRAM int64) int64 {
 	if maxVRAM == 0 || maxVRAM >= 1<<30 {
 		return 32 << 20
 	}
@@ -135,7 +135,7 @@ func (d *Device) setupWorkspace() error {
 	if err := d.do(func() error { _, err := d.handle(); return err }); err != nil {
 		return err
 	}
-	ws, err := d.Alloc(workspaceBytes(d.max))
+	ws, err := d.Alloc(WorkspaceBytes(d.max))
 	if err != nil {
 		return fmt.Errorf("cuda: the cuBLAS workspace: %w", err)
 	}

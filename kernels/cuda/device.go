@@ -232,13 +232,26 @@ func (d *Device) ResetPeak() { d.mu.Lock(); d.peak = d.used; d.mu.Unlock() }
 // takes a multiple of it, so accounting rounds up to it.
 const allocGranule = 512
 
-// Buffer is device memory.
+// Buffer is device memory, or a view of part of one (Slice).
 type Buffer struct {
 	d     *Device
 	ptr   uint64
 	Bytes int64
 	freed bool
+	view  bool
 }
+
+// Slice is a view of n bytes of b at off: it shares b's memory and is not
+// freed on its own.
+func (b *Buffer) Slice(off, n int64) (*Buffer, error) {
+	if err := b.check("Slice", off, n); err != nil {
+		return nil, err
+	}
+	return &Buffer{d: b.d, ptr: b.ptr + uint64(off), Bytes: n, view: true}, nil
+}
+
+// F32 is Slice in float32 elements.
+func (b *Buffer) F32(off, n int) (*Buffer, error) { return b.Slice(4*int64(off), 4*int64(n)) }
 
 // Ptr is the buffer's device address.
 func (b *Buffer) Ptr() uint64 { return b.ptr }
@@ -277,6 +290,9 @@ func (d *Device) Alloc(n int64) (*Buffer, error) {
 func (b *Buffer) Free() error {
 	if b == nil || b.freed {
 		return nil
+	}
+	if b.view {
+		return errors.New("cuda: Free of a view (Slice): free the buffer it is part of")
 	}
 	b.freed = true
 	d := b.d

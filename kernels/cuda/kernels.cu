@@ -243,13 +243,14 @@ extern "C" __global__ void rmsnorm_bwd(float* dx, float* dw, const float* dy, co
 }
 
 // rope: kernels.Rope (sign 1) or RopeBack (sign −1) on rows of `heads`
-// head vectors of D, row t rotated by table row t (cos, sin: rows × half).
-extern "C" __global__ void rope(float* v, const float* cs, const float* sn, int rows, int heads, int D, int half, int neox, float sign) {
+// head vectors of D, row r rotated by table row r % period (cos, sin:
+// period × half; period is T for B sequences of T rows).
+extern "C" __global__ void rope(float* v, const float* cs, const float* sn, int rows, int heads, int D, int half, int neox, float sign, int period) {
     i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x, total = (i64)rows * heads * half;
     if (i >= total) return;
     int j = (int)(i % half);
     i64 rh = i / half;
-    int t = (int)(rh / heads);
+    int t = (int)((rh / heads) % period);
     float* h = v + rh * D;
     float c = cs[(i64)t * half + j], s = sign * sn[(i64)t * half + j];
     int ia = neox ? j : 2 * j, ib = neox ? j + half : 2 * j + 1;
@@ -279,15 +280,22 @@ extern "C" __global__ void swiglu_bwd(float* dg, float* du, const float* dy, con
 
 // xent: kernels.CrossEntropy per row (one block per row): loss[row] =
 // lse − logits[target], dlogits += scale·(softmax − onehot) when dlogits
-// is not 0; a negative target skips the row (loss 0, no gradient).
-extern "C" __global__ void xent(float* dlogits, float* loss, const float* logits, const int* targets, int V, float scale) {
+// is not 0 (= when overwrite, and then dlogits may be logits itself: each
+// element is read and written by one thread after the row's reductions);
+// a negative target skips the row (loss 0, no gradient; overwritten rows
+// get zeros).
+extern "C" __global__ void xent(float* dlogits, float* loss, const float* logits, const int* targets, int V, float scale, int overwrite) {
     __shared__ float red[32];
     int row = blockIdx.x, tg = targets[row];
     const float* l = logits + (i64)row * V;
+    float* d = dlogits ? dlogits + (i64)row * V : 0;
     if (tg < 0) {
         if (threadIdx.x == 0) loss[row] = 0;
+        if (d && overwrite)
+            for (int i = threadIdx.x; i < V; i += blockDim.x) d[i] = 0;
         return;
     }
+    float ltg = l[tg];
     float m = -__int_as_float(0x7f800000);
     for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, l[i]);
     m = block_max(m, red);
@@ -295,10 +303,12 @@ extern "C" __global__ void xent(float* dlogits, float* loss, const float* logits
     for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(l[i] - m);
     s = block_sum(s, red);
     float lse = m + logf(s);
-    if (threadIdx.x == 0) loss[row] = lse - l[tg];
-    if (dlogits) {
-        float* d = dlogits + (i64)row * V;
-        for (int i = threadIdx.x; i < V; i += blockDim.x) d[i] += scale * expf(l[i] - lse) - (i == tg ? scale : 0.0f);
+    if (threadIdx.x == 0) loss[row] = lse - ltg;
+    if (d) {
+        for (int i = threadIdx.x; i < V; i += blockDim.x) {
+            float gi = scale * expf(l[i] - lse) - (i == tg ? scale : 0.0f);
+            d[i] = overwrite ? gi : d[i] + gi;
+        }
     }
 }
 
@@ -341,11 +351,14 @@ extern "C" __global__ void attn_fwd(float* out, float* lse, const float* q, cons
     }
 }
 
-// attn_bwd: kernels.AttentionSeqBackwardWindow for one sequence, one
-// block per (t, h): dq_t written, dk and dv gathered with atomics (they
-// must start zeroed or hold what is to be added to).
-extern "C" __global__ void attn_bwd(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v, const float* lse,
-                                    int T, int H, int Hkv, int D, int W, float scale) {
+// The attention backward (kernels.AttentionSeqBackwardWindow) for one
+// sequence, in two kernels without atomics:
+//
+// attn_bwd_dq, one block per (query t, head h): rebuilds p_u and
+// dp_u = dO_t·v_u for u ≤ t, Δ = Σ_u p_u·dp_u (written to delta (H, T)),
+// ds_u = p_u·(dp_u − Δ)/√D, and dq_t += Σ_u ds_u·k_u.
+extern "C" __global__ void attn_bwd_dq(float* dq, float* delta, const float* dout, const float* q, const float* k, const float* v, const float* lse,
+                                       int T, int H, int Hkv, int D, int W, float scale) {
     extern __shared__ float sh[];
     __shared__ float red[32];
     int t = blockIdx.x, h = blockIdx.y, g = h / (H / Hkv);
@@ -360,7 +373,7 @@ extern "C" __global__ void attn_bwd(float* dq, float* dk, float* dv, const float
     }
     __syncthreads();
     int u0 = (W > 0 && t - W + 1 > 0) ? t - W + 1 : 0;
-    float l = lse[(i64)h * T + t], delta = 0;
+    float l = lse[(i64)h * T + t], dl = 0;
     for (int u = u0 + threadIdx.x; u <= t; u += blockDim.x) {
         const float* ku = k + ((i64)u * Hkv + g) * D;
         const float* vu = v + ((i64)u * Hkv + g) * D;
@@ -372,22 +385,79 @@ extern "C" __global__ void attn_bwd(float* dq, float* dk, float* dv, const float
         float pu = expf(s * scale - l);
         p[u] = pu;
         ds[u] = dp;
-        delta += pu * dp;
+        dl += pu * dp;
     }
-    delta = block_sum(delta, red);
-    for (int u = u0 + threadIdx.x; u <= t; u += blockDim.x) ds[u] = p[u] * (ds[u] - delta) * scale;
+    dl = block_sum(dl, red);
+    if (threadIdx.x == 0) delta[(i64)h * T + t] = dl;
+    for (int u = u0 + threadIdx.x; u <= t; u += blockDim.x) ds[u] = p[u] * (ds[u] - dl) * scale;
     __syncthreads();
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float acc = 0;
         for (int u = u0; u <= t; u++) acc += ds[u] * k[((i64)u * Hkv + g) * D + d];
         dq[row + d] += acc;
     }
-    for (int u = u0; u <= t; u++) {
-        i64 kv = ((i64)u * Hkv + g) * D;
-        for (int d = threadIdx.x; d < D; d += blockDim.x) {
-            atomicAdd(dk + kv + d, ds[u] * qs[d]);
-            atomicAdd(dv + kv + d, p[u] * dos[d]);
+}
+
+// attn_bwd_dkv, one block per (key u, kv head g): for each query head h
+// of the group and each query t that sees u, p and ds as above (Δ from
+// attn_bwd_dq), then dk_u += Σ ds·q_t and dv_u += Σ p·dO_t, a chunk of
+// blockDim queries at a time (scores by thread, sums by dimension).
+extern "C" __global__ void attn_bwd_dkv(float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v, const float* lse,
+                                        const float* delta, int T, int H, int Hkv, int D, int W, float scale) {
+    extern __shared__ float sh[];
+    int u = blockIdx.x, g = blockIdx.y, rep = H / Hkv, nt = blockDim.x;
+    float* ku = sh;          // D
+    float* vu = ku + D;      // D
+    float* ak = vu + D;      // D: dk_u
+    float* av = ak + D;      // D: dv_u
+    float* pc = av + D;      // nt
+    float* dc = pc + nt;     // nt
+    i64 kv = ((i64)u * Hkv + g) * D;
+    for (int d = threadIdx.x; d < D; d += nt) {
+        ku[d] = k[kv + d];
+        vu[d] = v[kv + d];
+        ak[d] = 0;
+        av[d] = 0;
+    }
+    __syncthreads();
+    int tEnd = T - 1;
+    if (W > 0 && u + W - 1 < tEnd) tEnd = u + W - 1;
+    for (int hh = 0; hh < rep; hh++) {
+        int h = g * rep + hh;
+        for (int t0 = u; t0 <= tEnd; t0 += nt) {
+            int t = t0 + threadIdx.x;
+            float pt = 0, dst = 0;
+            if (t <= tEnd) {
+                const float* qt = q + ((i64)t * H + h) * D;
+                const float* ot = dout + ((i64)t * H + h) * D;
+                float s = 0, dp = 0;
+                for (int d = 0; d < D; d++) {
+                    s += qt[d] * ku[d];
+                    dp += ot[d] * vu[d];
+                }
+                pt = expf(s * scale - lse[(i64)h * T + t]);
+                dst = pt * (dp - delta[(i64)h * T + t]) * scale;
+            }
+            pc[threadIdx.x] = pt;
+            dc[threadIdx.x] = dst;
+            __syncthreads();
+            int n = tEnd - t0 + 1 < nt ? tEnd - t0 + 1 : nt;
+            for (int d = threadIdx.x; d < D; d += nt) {
+                float a1 = 0, a2 = 0;
+                for (int i = 0; i < n; i++) {
+                    i64 r = ((i64)(t0 + i) * H + h) * D + d;
+                    a1 += dc[i] * q[r];
+                    a2 += pc[i] * dout[r];
+                }
+                ak[d] += a1;
+                av[d] += a2;
+            }
+            __syncthreads();
         }
+    }
+    for (int d = threadIdx.x; d < D; d += nt) {
+        dk[kv + d] += ak[d];
+        dv[kv + d] += av[d];
     }
 }
 
@@ -431,6 +501,11 @@ extern "C" __global__ void mezo_normal(float* out, float* w, u64 key, i64 off, i
         else
             out[i] = z;
     }
+}
+
+// scal: x *= a.
+extern "C" __global__ void scal(float* x, float a, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] *= a;
 }
 
 // axpy: y += a·x.

@@ -225,6 +225,15 @@ func (d *Device) RMSNormBackward(dx, dw, dy, x, w *Buffer, rows, n int, eps floa
 // Rope rotates rows × heads head vectors of D by their row's table row
 // (cos, sin: rows × half): kernels.Rope, or RopeBack when back.
 func (d *Device) Rope(v, cos, sin *Buffer, rows, heads, D, half int, neox, back bool) error {
+	return d.RopeSeqs(v, cos, sin, rows, rows, heads, D, half, neox, back)
+}
+
+// RopeSeqs is Rope for rows that are sequences of period rows each: row r
+// takes table row r % period (cos, sin: period × half).
+func (d *Device) RopeSeqs(v, cos, sin *Buffer, rows, period, heads, D, half int, neox, back bool) error {
+	if period <= 0 || half <= 0 || 2*half > D {
+		return fmt.Errorf("cuda: rope of %d of %d dimensions over %d positions", 2*half, D, period)
+	}
 	nx, sign := 0, float32(1)
 	if neox {
 		nx = 1
@@ -234,7 +243,7 @@ func (d *Device) Rope(v, cos, sin *Buffer, rows, heads, D, half int, neox, back 
 	}
 	n := int64(rows) * int64(heads) * int64(half)
 	grid := [3]uint32{uint32((n + 255) / 256), 1, 1}
-	return d.run("rope", grid, threads256, 0, v, cos, sin, rows, heads, D, half, nx, sign)
+	return d.run("rope", grid, threads256, 0, v, cos, sin, rows, heads, D, half, nx, sign, period)
 }
 
 // SwiGLU is kernels.SwiGLU over n elements.
@@ -251,7 +260,14 @@ func (d *Device) SwiGLUBackward(dg, du, dy, g, u *Buffer, n int64) error {
 // floats) gets each row's loss, dlogits (nil: none) the scaled gradient;
 // targets are int32, negative for rows without a target.
 func (d *Device) CrossEntropy(dlogits, loss, logits, targets *Buffer, rows, V int, scale float32) error {
-	return d.run("xent", [3]uint32{uint32(rows), 1, 1}, [3]uint32{512, 1, 1}, 0, opt(dlogits), loss, logits, targets, V, scale)
+	return d.run("xent", [3]uint32{uint32(rows), 1, 1}, [3]uint32{512, 1, 1}, 0, opt(dlogits), loss, logits, targets, V, scale, 0)
+}
+
+// CrossEntropyInPlace is CrossEntropy with dlogits overwritten instead of
+// accumulated into: dlogits may be logits itself (the logits are dead once
+// their gradient is known).
+func (d *Device) CrossEntropyInPlace(dlogits, loss, logits, targets *Buffer, rows, V int, scale float32) error {
+	return d.run("xent", [3]uint32{uint32(rows), 1, 1}, [3]uint32{512, 1, 1}, 0, opt(dlogits), loss, logits, targets, V, scale, 1)
 }
 
 func attnScale(D int) float32 { return float32(1 / math.Sqrt(float64(D))) }
@@ -267,13 +283,21 @@ func (d *Device) Attention(out, lse, q, k, v *Buffer, T, H, Hkv, D, W int) error
 }
 
 // AttentionBackward is kernels.AttentionSeqBackwardWindow: dq, dk, dv
-// accumulate.
-func (d *Device) AttentionBackward(dq, dk, dv, dout, q, k, v, lse *Buffer, T, H, Hkv, D, W int) error {
+// accumulate; delta is scratch of H·T floats.
+func (d *Device) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, delta *Buffer, T, H, Hkv, D, W int) error {
 	if H%Hkv != 0 {
 		return fmt.Errorf("cuda: attention with %d heads over %d kv heads", H, Hkv)
 	}
-	return d.run("attn_bwd", [3]uint32{uint32(T), uint32(H), 1}, [3]uint32{128, 1, 1}, 4*(2*T+2*D),
-		dq, dk, dv, dout, q, k, v, lse, T, H, Hkv, D, W, attnScale(D))
+	if delta.Bytes < int64(4*H*T) {
+		return fmt.Errorf("cuda: attention backward: delta of %d bytes for %d heads × %d positions", delta.Bytes, H, T)
+	}
+	if err := d.run("attn_bwd_dq", [3]uint32{uint32(T), uint32(H), 1}, [3]uint32{128, 1, 1}, 4*(2*T+2*D),
+		dq, delta, dout, q, k, v, lse, T, H, Hkv, D, W, attnScale(D)); err != nil {
+		return err
+	}
+	const nt = 128
+	return d.run("attn_bwd_dkv", [3]uint32{uint32(T), uint32(Hkv), 1}, [3]uint32{nt, 1, 1}, 4*(4*D+2*nt),
+		dk, dv, dout, q, k, v, lse, delta, T, H, Hkv, D, W, attnScale(D))
 }
 
 // AdamW is one step of optim.AdamW on n parameters: step is lr/(1−β₁ᵗ),
@@ -291,6 +315,11 @@ func (d *Device) MezoNormal(out *Buffer, key uint64, off, n int64) error {
 // MezoPerturb adds alpha·z[off : off+n] to w without storing z.
 func (d *Device) MezoPerturb(w *Buffer, key uint64, off, n int64, alpha float32) error {
 	return d.run("mezo_normal", d.grid1(n), threads256, 0, uint64(0), w, key, off, n, alpha)
+}
+
+// Scale is x *= a over n elements.
+func (d *Device) Scale(x *Buffer, a float32, n int64) error {
+	return d.run("scal", d.grid1(n), threads256, 0, x, a, n)
 }
 
 // Axpy is y += a·x over n elements.

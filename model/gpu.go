@@ -1,0 +1,747 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"unsafe"
+
+	"github.com/qtune/qtune/kernels"
+	"github.com/qtune/qtune/kernels/cuda"
+	"github.com/qtune/qtune/nn"
+)
+
+// GPU is a model's frozen weights resident on a CUDA device in their
+// file's encoding, and LossGrad run there: the forward and backward of
+// LossGrad with LoRA adapters on the device (GPULoRA), every product,
+// norm, rotation, attention and loss a kernel of kernels/cuda. The
+// embedding stays in host memory (one row per token is looked up there
+// and copied over).
+//
+// Families: the Llama shape and its relatives without per-family extras
+// (Llama 2/3, Mistral, SmolLM, TinyLlama, Phi-3 with unfused weights);
+// sliding windows, layers without RoPE, embedding and attention scales
+// are supported. Projection biases, q/k norms, post-norms and GELU are
+// refused with an error naming the feature (the CPU path runs them).
+type GPU struct {
+	m       *Model
+	d       *cuda.Device
+	prec    cuda.Precision
+	layers  []gpuLayer
+	outNorm *cuda.Buffer
+	output  *cuda.Matrix
+	bufs    []*cuda.Buffer // what Close frees
+	ws      *cuda.Buffer   // the MatMul workspace: the largest weight decoded, and its activations rounded
+	wsBytes int64
+	arena   *cuda.Buffer // LossGrad's activations and gradients, kept between calls of the same shape
+	arenaBT int
+}
+
+type gpuLayer struct {
+	attnNorm, ffnNorm *cuda.Buffer
+	w                 [NumModules]*cuda.Matrix
+}
+
+// GPUSupported says why m cannot run on the GPU path, or nil.
+func (m *Model) GPUSupported() error {
+	c := &m.Config
+	var why []string
+	if c.Act != nn.SiLU {
+		why = append(why, "GELU feed-forward")
+	}
+	if c.qkNorm {
+		why = append(why, "q/k norms")
+	}
+	if c.postNorms {
+		why = append(why, "post-norms")
+	}
+	for _, L := range m.Layers {
+		if L.BQ != nil || L.BK != nil || L.BV != nil {
+			why = append(why, "projection biases")
+			break
+		}
+	}
+	for _, w := range append([]*kernels.Matrix{&m.Output}, m.allMatrices()...) {
+		if !cuda.Supported(w.Type) {
+			why = append(why, fmt.Sprintf("%s weights", w.Type))
+			break
+		}
+	}
+	if len(why) > 0 {
+		return fmt.Errorf("model: the GPU path does not run %s yet (%s); use --device cpu", joinAnd(why), c.Arch)
+	}
+	return nil
+}
+
+func (m *Model) allMatrices() []*kernels.Matrix {
+	var out []*kernels.Matrix
+	for l := range m.Layers {
+		for mod := Module(0); mod < NumModules; mod++ {
+			out = append(out, m.Layers[l].Matrix(mod))
+		}
+	}
+	return out
+}
+
+func joinAnd(s []string) string {
+	switch len(s) {
+	case 0:
+		return ""
+	case 1:
+		return s[0]
+	}
+	out := s[0]
+	for _, x := range s[1 : len(s)-1] {
+		out += ", " + x
+	}
+	return out + " and " + s[len(s)-1]
+}
+
+// ToGPU copies the model's weights (as stored: 4-bit stays 4-bit) and norms
+// to device d; products run at precision p (F32, or BF16 inputs with FP32
+// accumulation).
+func (m *Model) ToGPU(d *cuda.Device, p cuda.Precision) (g *GPU, err error) {
+	if err := m.GPUSupported(); err != nil {
+		return nil, err
+	}
+	if p == cuda.F16 {
+		return nil, errors.New("model: GPU products in f16: f32 or bf16")
+	}
+	g = &GPU{m: m, d: d, prec: p}
+	defer func() {
+		if err != nil {
+			g.Close()
+		}
+	}()
+	vec := func(v []float32) (*cuda.Buffer, error) {
+		b, err := d.Alloc(int64(4 * len(v)))
+		if err != nil {
+			return nil, err
+		}
+		g.bufs = append(g.bufs, b)
+		return b, b.WriteF32(0, v)
+	}
+	mat := func(w *kernels.Matrix) (*cuda.Matrix, error) {
+		dm, err := d.UploadMatrix(w.Type, w.Rows, w.Cols, w.Data)
+		if err != nil {
+			return nil, err
+		}
+		g.bufs = append(g.bufs, dm.Buf)
+		return dm, nil
+	}
+	g.layers = make([]gpuLayer, len(m.Layers))
+	for l := range m.Layers {
+		L := &m.Layers[l]
+		gl := &g.layers[l]
+		if gl.attnNorm, err = vec(L.AttnNorm); err != nil {
+			return nil, err
+		}
+		if gl.ffnNorm, err = vec(L.FFNNorm); err != nil {
+			return nil, err
+		}
+		for mod := Module(0); mod < NumModules; mod++ {
+			if gl.w[mod], err = mat(L.Matrix(mod)); err != nil {
+				return nil, fmt.Errorf("model: %s to the GPU: %w", TensorName(l, mod), err)
+			}
+		}
+	}
+	if g.outNorm, err = vec(m.OutNorm); err != nil {
+		return nil, err
+	}
+	if g.output, err = mat(&m.Output); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// Close frees the device memory the model holds.
+func (g *GPU) Close() error {
+	var errs []error
+	for _, b := range append(g.bufs, g.ws, g.arena) {
+		if b != nil {
+			errs = append(errs, b.Free())
+		}
+	}
+	g.bufs, g.ws, g.arena = nil, nil, nil
+	return errors.Join(errs...)
+}
+
+// GPULoRA is one LoRA adapter on the device: y += s·(x·Aᵀ)·Bᵀ, with its
+// gradients GA, GB accumulated by LossGrad's backward (methods/lora's
+// Layer without dropout).
+type GPULoRA struct {
+	In, Out, R int
+	Scale      float32
+	A, B       *cuda.Buffer // (R, In), (Out, R)
+	GA, GB     *cuda.Buffer // same shapes
+}
+
+// GPUAdapters holds an optional device adapter per layer and module.
+type GPUAdapters [][NumModules]*GPULoRA
+
+// NewGPULoRA copies an adapter's factors to d, with zeroed gradients.
+func NewGPULoRA(d *cuda.Device, in, out, r int, scale float32, a, b []float32) (*GPULoRA, error) {
+	if len(a) != r*in || len(b) != out*r {
+		return nil, fmt.Errorf("model: LoRA factors of %d and %d values for r=%d, %d→%d", len(a), len(b), r, in, out)
+	}
+	l := &GPULoRA{In: in, Out: out, R: r, Scale: scale}
+	for _, p := range []struct {
+		dst **cuda.Buffer
+		v   []float32
+		n   int
+	}{{&l.A, a, r * in}, {&l.B, b, out * r}, {&l.GA, nil, r * in}, {&l.GB, nil, out * r}} {
+		buf, err := d.Alloc(int64(4 * p.n))
+		if err != nil {
+			l.Free()
+			return nil, err
+		}
+		*p.dst = buf
+		if p.v != nil {
+			err = buf.WriteF32(0, p.v)
+		} else {
+			err = buf.Zero()
+		}
+		if err != nil {
+			l.Free()
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// Free releases the adapter's device memory.
+func (l *GPULoRA) Free() error {
+	return errors.Join(l.A.Free(), l.B.Free(), l.GA.Free(), l.GB.Free())
+}
+
+// carver hands out float32 views of one device buffer in order.
+type carver struct {
+	b   *cuda.Buffer
+	off int
+	err error
+}
+
+func (c *carver) take(n int) *cuda.Buffer {
+	if c.err != nil {
+		return nil
+	}
+	v, err := c.b.F32(c.off, n)
+	if err != nil {
+		c.err = err
+		return nil
+	}
+	c.off += (n + 63) &^ 63 // 256-byte aligned views
+	return v
+}
+
+// gpuActs are one block's activations on the device, as layerActs.
+type gpuActs struct {
+	xin, xn1, q, k, v, lse, att, xmid, xn2, g, u, h *cuda.Buffer
+}
+
+// gpuStep is LossGrad's device memory for BT rows: the kept activations of
+// every block, the residual streams, the logits, the backward's gradients
+// and the adapters' scratch.
+type gpuStep struct {
+	acts                                  []gpuActs
+	x, tmp, xnf, logits, loss, targets    *cuda.Buffer
+	dx, dxn, dh, dg, du, datt, dq, dk, dv *cuda.Buffer
+	delta                                 *cuda.Buffer // attention backward scratch (H, T) per sequence
+	lh, ldh                               *cuda.Buffer // adapter (M, R) products
+	cos, sin, cosSWA, sinSWA              *cuda.Buffer
+}
+
+func (g *GPU) stepFloats(BT, T, R int) int {
+	c := g.m.Config
+	C, F, V := c.Dim, c.Hidden, c.Vocab
+	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	al := func(n int) int { return (n + 63) &^ 63 }
+	per := al(BT*C)*4 + al(BT*qd)*2 + al(BT*kvd)*2 + al(BT*c.Heads) + al(BT*F)*3
+	n := c.Layers * per
+	n += al(BT*C)*3 + al(BT*V) + al(BT) + al(BT)                           // x, tmp, xnf, logits, loss, targets
+	n += al(BT*C)*2 + al(BT*F)*3 + al(BT*qd)*2 + al(BT*kvd)*2 + al(BT*R)*2 // gradients, adapter scratch
+	n += al(T * c.Heads)                                                   // attention backward scratch
+	n += 4 * al(T*max(g.m.rope.Dims/2, 1))                                 // rope tables
+	return n
+}
+
+// GPUBytes is what ToGPU and LossGrad of micro-batches B×T with adapters
+// of rank up to R hold on the device at precision p: the weights (as
+// stored, the output projection apart even when tied, and the norms), and
+// a step (activations, gradients, logits, the products' workspace).
+func GPUBytes(m *Model, B, T, R int, p cuda.Precision) (weights, step int64) {
+	al := func(n int64) int64 { return (n + 511) &^ 511 }
+	for _, w := range append(m.allMatrices(), &m.Output) {
+		weights += al(int64(len(w.Data)))
+	}
+	weights += al(4*int64(len(m.OutNorm))) + int64(len(m.Layers))*2*al(4*int64(m.Config.Dim))
+	g := &GPU{m: m, prec: p}
+	var ws int64
+	for _, w := range append(m.allMatrices(), &m.Output) {
+		ws = max(ws, cuda.MatMulWorkspace(B*T, &cuda.Matrix{Type: w.Type, Rows: w.Rows, Cols: w.Cols}, p))
+	}
+	return weights, 4*int64(g.stepFloats(B*T, T, max(R, 1))) + al(ws)
+}
+
+func (g *GPU) workspace(M int) (*cuda.Buffer, error) {
+	var need int64
+	for _, gl := range g.layers {
+		for _, w := range gl.w {
+			need = max(need, cuda.MatMulWorkspace(M, w, g.prec))
+		}
+	}
+	need = max(need, cuda.MatMulWorkspace(M, g.output, g.prec))
+	if g.ws != nil && g.wsBytes >= need {
+		return g.ws, nil
+	}
+	if g.ws != nil {
+		g.ws.Free()
+		g.ws = nil
+	}
+	ws, err := g.d.Alloc(need)
+	if err != nil {
+		return nil, err
+	}
+	g.ws, g.wsBytes = ws, need
+	return ws, nil
+}
+
+// linear is y = x·Wᵀ (+ the adapter) for M rows.
+func (g *GPU) linear(y, x *cuda.Buffer, M int, w *cuda.Matrix, a *GPULoRA, s *gpuStep) error {
+	if err := g.matmul(y, x, M, w); err != nil {
+		return err
+	}
+	if a == nil {
+		return nil
+	}
+	d := g.d
+	h := s.lh
+	if err := d.GemmNT(h, x, a.A, M, a.R, a.In, false, cuda.F32); err != nil {
+		return err
+	}
+	if err := d.Scale(h, a.Scale, int64(M*a.R)); err != nil {
+		return err
+	}
+	return d.GemmNT(y, h, a.B, M, a.Out, a.R, true, cuda.F32)
+}
+
+func (g *GPU) matmul(y, x *cuda.Buffer, M int, w *cuda.Matrix) error {
+	if M <= 4 {
+		return g.d.MatVec(y, x, M, w)
+	}
+	ws, err := g.workspace(M)
+	if err != nil {
+		return err
+	}
+	return g.d.MatMul(y, x, M, w, ws, g.prec)
+}
+
+// linearBack is dx += dy·W (+ the adapter's input gradient) and the
+// adapter's gradients, for M rows whose input was x.
+func (g *GPU) linearBack(dx, dy, x *cuda.Buffer, M int, w *cuda.Matrix, a *GPULoRA, s *gpuStep) error {
+	d := g.d
+	ws, err := g.workspace(M)
+	if err != nil {
+		return err
+	}
+	if err := d.MatMulT(dx, dy, M, w, ws, g.prec); err != nil {
+		return err
+	}
+	if a == nil {
+		return nil
+	}
+	h, dh := s.lh, s.ldh
+	// h = s·x·Aᵀ; GB += dyᵀ·h; dh = s·dy·B; GA += dhᵀ·x; dx += dh·A
+	if err := d.GemmNT(h, x, a.A, M, a.R, a.In, false, cuda.F32); err != nil {
+		return err
+	}
+	if err := d.Scale(h, a.Scale, int64(M*a.R)); err != nil {
+		return err
+	}
+	if err := d.GemmTN(a.GB, dy, h, a.Out, a.R, M, cuda.F32); err != nil {
+		return err
+	}
+	if err := dh.Zero(); err != nil {
+		return err
+	}
+	if err := d.GemmNN(dh, dy, a.B, M, a.R, a.Out, cuda.F32); err != nil {
+		return err
+	}
+	if err := d.Scale(dh, a.Scale, int64(M*a.R)); err != nil {
+		return err
+	}
+	if err := d.GemmTN(a.GA, dh, x, a.R, a.In, M, cuda.F32); err != nil {
+		return err
+	}
+	return d.GemmNN(dx, dh, a.A, M, a.In, a.R, cuda.F32)
+}
+
+func adapterAt(ad GPUAdapters, l int, mod Module) *GPULoRA {
+	if l < len(ad) {
+		return ad[l][mod]
+	}
+	return nil
+}
+
+// LossGrad is Model.LossGrad on the device for LoRA adapters (nil: none):
+// the summed cross-entropy over targeted positions and their count, and
+// with backward the gradients of scale·loss accumulated into each
+// adapter's GA and GB. Every block's activations are kept on the device
+// (no checkpointing).
+func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward bool, scale float64) (float64, int, error) {
+	m := g.m
+	c := m.Config
+	BT := B * T
+	if B <= 0 || T <= 0 || len(tokens) != BT || len(targets) != BT {
+		return 0, 0, fmt.Errorf("model: batch of %d tokens and %d targets for B=%d T=%d", len(tokens), len(targets), B, T)
+	}
+	if T > c.Context {
+		return 0, 0, fmt.Errorf("model: sequence length %d exceeds the context of %d", T, c.Context)
+	}
+	tg32 := make([]int32, BT)
+	count := 0
+	for i, t := range tokens {
+		if t < 0 || t >= c.Vocab {
+			return 0, 0, fmt.Errorf("model: token id %d at %d outside the vocabulary (%d)", t, i, c.Vocab)
+		}
+		if tg := targets[i]; tg < -1 || tg >= c.Vocab {
+			return 0, 0, fmt.Errorf("model: target id %d at %d outside the vocabulary (%d)", tg, i, c.Vocab)
+		}
+		tg32[i] = int32(targets[i])
+		if targets[i] >= 0 {
+			count++
+		}
+	}
+	R := 0
+	for _, row := range ad {
+		for _, a := range row {
+			if a != nil {
+				R = max(R, a.R)
+			}
+		}
+	}
+	s, err := g.forward(tokens, tg32, B, T, R, ad)
+	if err != nil {
+		return 0, 0, err
+	}
+	d := g.d
+	C, V := c.Dim, c.Vocab
+	var dlog *cuda.Buffer
+	if backward {
+		dlog = s.logits // the gradient replaces the logits in place, row by row
+	}
+	if err := d.CrossEntropyInPlace(dlog, s.loss, s.logits, s.targets, BT, V, float32(scale)); err != nil {
+		return 0, 0, err
+	}
+	rowLoss := make([]float32, BT)
+	if err := s.loss.ReadF32(rowLoss, 0); err != nil {
+		return 0, 0, err
+	}
+	var loss float64
+	for _, v := range rowLoss {
+		loss += float64(v)
+	}
+	if math.IsNaN(loss) || math.IsInf(loss, 0) {
+		return loss, count, fmt.Errorf("model: loss is %v", loss)
+	}
+	if !backward {
+		return loss, count, nil
+	}
+	// Backward: dxnf = dlogits·Wout, then the final norm into dx.
+	if err := s.dx.Zero(); err != nil {
+		return 0, 0, err
+	}
+	dxnf := s.tmp
+	if err := dxnf.Zero(); err != nil {
+		return 0, 0, err
+	}
+	ws, err := g.workspace(BT)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := d.MatMulT(dxnf, dlog, BT, g.output, ws, g.prec); err != nil {
+		return 0, 0, err
+	}
+	if err := d.RMSNormBackward(s.dx, nil, dxnf, s.x, g.outNorm, BT, C, c.Eps); err != nil {
+		return 0, 0, err
+	}
+	for l := len(m.Layers) - 1; l >= 0; l-- {
+		if err := g.layerBackward(l, &s.acts[l], B, T, ad, s); err != nil {
+			return 0, 0, err
+		}
+	}
+	return loss, count, d.Sync()
+}
+
+// forward runs the blocks, the final norm and the output projection:
+// s.logits holds (B·T, V).
+func (g *GPU) forward(tokens []int, targets []int32, B, T, R int, ad GPUAdapters) (*gpuStep, error) {
+	c := g.m.Config
+	s, err := g.step(B*T, T, R)
+	if err != nil {
+		return nil, err
+	}
+	if err := g.upload(s, tokens, targets, T); err != nil {
+		return nil, err
+	}
+	for l := range g.m.Layers {
+		if err := g.layerForward(l, &s.acts[l], s.x, B, T, ad, s); err != nil {
+			return nil, err
+		}
+	}
+	if err := g.d.RMSNorm(s.xnf, s.x, g.outNorm, B*T, c.Dim, c.Eps); err != nil {
+		return nil, err
+	}
+	return s, g.matmul(s.logits, s.xnf, B*T, g.output)
+}
+
+// Greedy continues prompt by n tokens, each the argmax of the last
+// position's logits, running the whole sequence through the model for
+// each (no KV cache on the device yet: a check of the forward against the
+// CPU's generation, not a fast decoder). It stops at the context length.
+func (g *GPU) Greedy(prompt []int, n int, ad GPUAdapters) ([]int, error) {
+	if len(prompt) == 0 {
+		return nil, errors.New("model: empty prompt")
+	}
+	V := g.m.Config.Vocab
+	seq := append([]int(nil), prompt...)
+	logits := make([]float32, V)
+	for len(seq) < len(prompt)+n && len(seq) < g.m.Config.Context {
+		for i, t := range seq {
+			if t < 0 || t >= V {
+				return nil, fmt.Errorf("model: token id %d at %d outside the vocabulary (%d)", t, i, V)
+			}
+		}
+		s, err := g.forward(seq, nil, 1, len(seq), 1, ad)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.logits.ReadF32(logits, (len(seq)-1)*V); err != nil {
+			return nil, err
+		}
+		seq = append(seq, Argmax(logits))
+	}
+	return seq[len(prompt):], nil
+}
+
+func zero(bs ...*cuda.Buffer) error {
+	for _, b := range bs {
+		if err := b.Zero(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// step carves (or keeps) the device memory of a step of BT rows.
+func (g *GPU) step(BT, T, R int) (*gpuStep, error) {
+	n := g.stepFloats(BT, T, max(R, 1))
+	if g.arena == nil || g.arena.Bytes < int64(4*n) {
+		if g.arena != nil {
+			g.arena.Free()
+			g.arena = nil
+		}
+		b, err := g.d.Alloc(int64(4 * n))
+		if err != nil {
+			return nil, fmt.Errorf("model: the GPU step of %d rows: %w", BT, err)
+		}
+		g.arena = b
+	}
+	c := g.m.Config
+	C, F, V := c.Dim, c.Hidden, c.Vocab
+	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	cv := &carver{b: g.arena}
+	s := &gpuStep{acts: make([]gpuActs, c.Layers)}
+	for l := range s.acts {
+		a := &s.acts[l]
+		a.xin, a.xn1, a.q, a.k, a.v = cv.take(BT*C), cv.take(BT*C), cv.take(BT*qd), cv.take(BT*kvd), cv.take(BT*kvd)
+		a.lse, a.att, a.xmid, a.xn2 = cv.take(BT*c.Heads), cv.take(BT*qd), cv.take(BT*C), cv.take(BT*C)
+		a.g, a.u, a.h = cv.take(BT*F), cv.take(BT*F), cv.take(BT*F)
+	}
+	s.x, s.tmp, s.xnf, s.logits, s.loss, s.targets = cv.take(BT*C), cv.take(BT*C), cv.take(BT*C), cv.take(BT*V), cv.take(BT), cv.take(BT)
+	s.dx, s.dxn = cv.take(BT*C), cv.take(BT*C)
+	s.dh, s.dg, s.du = cv.take(BT*F), cv.take(BT*F), cv.take(BT*F)
+	s.datt, s.dq, s.dk, s.dv = cv.take(BT*qd), cv.take(BT*qd), cv.take(BT*kvd), cv.take(BT*kvd)
+	r := max(R, 1)
+	s.lh, s.ldh = cv.take(BT*r), cv.take(BT*r)
+	s.delta = cv.take(T * c.Heads)
+	half := max(g.m.rope.Dims/2, 1)
+	s.cos, s.sin, s.cosSWA, s.sinSWA = cv.take(T*half), cv.take(T*half), cv.take(T*half), cv.take(T*half)
+	return s, cv.err
+}
+
+// upload copies the step's inputs: the embedding rows of the tokens, the
+// targets and the rotation tables of positions 0..T−1.
+func (g *GPU) upload(s *gpuStep, tokens []int, targets []int32, T int) error {
+	m := g.m
+	C := m.Config.Dim
+	x := make([]float32, len(tokens)*C)
+	for r, id := range tokens {
+		m.Embed.Row(x[r*C:(r+1)*C], id)
+	}
+	if es := m.Config.EmbedScale; es != 0 && es != 1 {
+		for i := range x {
+			x[i] *= es
+		}
+	}
+	if err := s.x.WriteF32(0, x); err != nil {
+		return err
+	}
+	if len(targets) > 0 {
+		tb := unsafe.Slice((*byte)(unsafe.Pointer(&targets[0])), 4*len(targets))
+		if err := s.targets.Write(0, tb); err != nil {
+			return err
+		}
+	}
+	for i, r := range []*nn.Rope{&m.rope, &m.ropeSWA} {
+		half := r.Dims / 2
+		if r.Freq == nil || half == 0 {
+			continue
+		}
+		cs, sn := make([]float32, T*half), make([]float32, T*half)
+		for p := 0; p < T; p++ {
+			r.Row(cs[p*half:(p+1)*half], sn[p*half:(p+1)*half], p)
+		}
+		dc, ds := s.cos, s.sin
+		if i == 1 {
+			dc, ds = s.cosSWA, s.sinSWA
+		}
+		if err := dc.WriteF32(0, cs); err != nil {
+			return err
+		}
+		if err := ds.WriteF32(0, sn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rope rotates M rows of n heads (forward, or back) with layer l's table.
+func (g *GPU) rope(l int, y *cuda.Buffer, M, T, n int, s *gpuStep, back bool) error {
+	r := g.m.ropeOf(l)
+	if r == nil || r.Dims == 0 {
+		return nil
+	}
+	cs, sn := s.cos, s.sin
+	if r == &g.m.ropeSWA {
+		cs, sn = s.cosSWA, s.sinSWA
+	}
+	return g.d.RopeSeqs(y, cs, sn, M, T, n, g.m.Config.HeadDim, r.Dims/2, r.Neox, back)
+}
+
+// layerForward is Model.layerForward on the device: block l on a.xin = x,
+// the block output written back to x.
+func (g *GPU) layerForward(l int, a *gpuActs, x *cuda.Buffer, B, T int, ad GPUAdapters, s *gpuStep) error {
+	m, d := g.m, g.d
+	c := m.Config
+	D := c.HeadDim
+	qd, kvd := c.Heads*D, c.KVHeads*D
+	BT := B * T
+	C, F := c.Dim, c.Hidden
+	L := &m.Layers[l]
+	gl := &g.layers[l]
+	w := func(mod Module) (*cuda.Matrix, *GPULoRA) { return gl.w[mod], adapterAt(ad, l, mod) }
+	steps := []func() error{
+		func() error { return d.Copy(a.xin, 0, x, 0, int64(4*BT*C)) },
+		func() error { return d.RMSNorm(a.xn1, a.xin, gl.attnNorm, BT, C, c.Eps) },
+		func() error { wq, aq := w(ModQ); return g.linear(a.q, a.xn1, BT, wq, aq, s) },
+		func() error { return g.rope(l, a.q, BT, T, c.Heads, s, false) },
+		func() error {
+			if q := m.qScale(); q != 1 {
+				return d.Scale(a.q, q, int64(BT*qd))
+			}
+			return nil
+		},
+		func() error { wk, ak := w(ModK); return g.linear(a.k, a.xn1, BT, wk, ak, s) },
+		func() error { return g.rope(l, a.k, BT, T, c.KVHeads, s, false) },
+		func() error { wv, av := w(ModV); return g.linear(a.v, a.xn1, BT, wv, av, s) },
+		func() error {
+			for b := 0; b < B; b++ {
+				att, _ := a.att.F32(b*T*qd, T*qd)
+				lse, _ := a.lse.F32(b*c.Heads*T, c.Heads*T)
+				q, _ := a.q.F32(b*T*qd, T*qd)
+				k, _ := a.k.F32(b*T*kvd, T*kvd)
+				v, _ := a.v.F32(b*T*kvd, T*kvd)
+				if err := d.Attention(att, lse, q, k, v, T, c.Heads, c.KVHeads, D, L.Window); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		func() error { wo, ao := w(ModO); return g.linear(s.tmp, a.att, BT, wo, ao, s) },
+		func() error { return d.Copy(a.xmid, 0, a.xin, 0, int64(4*BT*C)) },
+		func() error { return d.Axpy(a.xmid, s.tmp, 1, int64(BT*C)) },
+		func() error { return d.RMSNorm(a.xn2, a.xmid, gl.ffnNorm, BT, C, c.Eps) },
+		func() error { wg, ag := w(ModGate); return g.linear(a.g, a.xn2, BT, wg, ag, s) },
+		func() error { wu, au := w(ModUp); return g.linear(a.u, a.xn2, BT, wu, au, s) },
+		func() error { return d.SwiGLU(a.h, a.g, a.u, int64(BT*F)) },
+		func() error { wd, adn := w(ModDown); return g.linear(x, a.h, BT, wd, adn, s) },
+		func() error { return d.Axpy(x, a.xmid, 1, int64(BT*C)) },
+	}
+	for _, f := range steps {
+		if err := f(); err != nil {
+			return fmt.Errorf("model: GPU block %d: %w", l, err)
+		}
+	}
+	return nil
+}
+
+// layerBackward is Model.layerBackward on the device: s.dx, the gradient
+// of the block's output, becomes that of its input.
+func (g *GPU) layerBackward(l int, a *gpuActs, B, T int, ad GPUAdapters, s *gpuStep) error {
+	m, d := g.m, g.d
+	c := m.Config
+	D := c.HeadDim
+	qd, kvd := c.Heads*D, c.KVHeads*D
+	BT := B * T
+	C, F := c.Dim, c.Hidden
+	L := &m.Layers[l]
+	gl := &g.layers[l]
+	w := func(mod Module) (*cuda.Matrix, *GPULoRA) { return gl.w[mod], adapterAt(ad, l, mod) }
+	steps := []func() error{
+		// FFN
+		func() error { return zero(s.dh, s.dg, s.du, s.dxn) },
+		func() error { wd, adn := w(ModDown); return g.linearBack(s.dh, s.dx, a.h, BT, wd, adn, s) },
+		func() error { return d.SwiGLUBackward(s.dg, s.du, s.dh, a.g, a.u, int64(BT*F)) },
+		func() error { wg, ag := w(ModGate); return g.linearBack(s.dxn, s.dg, a.xn2, BT, wg, ag, s) },
+		func() error { wu, au := w(ModUp); return g.linearBack(s.dxn, s.du, a.xn2, BT, wu, au, s) },
+		func() error { return d.RMSNormBackward(s.dx, nil, s.dxn, a.xmid, gl.ffnNorm, BT, C, c.Eps) },
+		// Attention
+		func() error { return zero(s.datt, s.dq, s.dk, s.dv, s.dxn) },
+		func() error { wo, ao := w(ModO); return g.linearBack(s.datt, s.dx, a.att, BT, wo, ao, s) },
+		func() error {
+			for b := 0; b < B; b++ {
+				datt, _ := s.datt.F32(b*T*qd, T*qd)
+				dq, _ := s.dq.F32(b*T*qd, T*qd)
+				dk, _ := s.dk.F32(b*T*kvd, T*kvd)
+				dv, _ := s.dv.F32(b*T*kvd, T*kvd)
+				q, _ := a.q.F32(b*T*qd, T*qd)
+				k, _ := a.k.F32(b*T*kvd, T*kvd)
+				v, _ := a.v.F32(b*T*kvd, T*kvd)
+				lse, _ := a.lse.F32(b*c.Heads*T, c.Heads*T)
+				if err := d.AttentionBackward(dq, dk, dv, datt, q, k, v, lse, s.delta, T, c.Heads, c.KVHeads, D, L.Window); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		func() error {
+			if q := m.qScale(); q != 1 {
+				return d.Scale(s.dq, q, int64(BT*qd))
+			}
+			return nil
+		},
+		func() error { return g.rope(l, s.dq, BT, T, c.Heads, s, true) },
+		func() error { return g.rope(l, s.dk, BT, T, c.KVHeads, s, true) },
+		func() error { wq, aq := w(ModQ); return g.linearBack(s.dxn, s.dq, a.xn1, BT, wq, aq, s) },
+		func() error { wk, ak := w(ModK); return g.linearBack(s.dxn, s.dk, a.xn1, BT, wk, ak, s) },
+		func() error { wv, av := w(ModV); return g.linearBack(s.dxn, s.dv, a.xn1, BT, wv, av, s) },
+		func() error { return d.RMSNormBackward(s.dx, nil, s.dxn, a.xin, gl.attnNorm, BT, C, c.Eps) },
+	}
+	for _, f := range steps {
+		if err := f(); err != nil {
+			return fmt.Errorf("model: GPU block %d backward: %w", l, err)
+		}
+	}
+	return nil
+}

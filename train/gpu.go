@@ -1,0 +1,346 @@
+package train
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/qtune/qtune/budget"
+	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/kernels/cuda"
+	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/optim"
+)
+
+// The GPU side of a LoRA run (--device cuda): the model's weights stay
+// quantized on the device, every micro-batch's forward and backward run
+// there (model.GPU), and the adapters' gradients come back to the host,
+// where the optimizer, clipping, checkpoints and saving are the CPU
+// run's own (the optimizer state lives in host memory, as the design
+// allows). The device's memory is planned before the run and capped by
+// --max-vram: an allocation past it is refused, never made.
+
+// parseDevice reads --device: cpu, cuda, cuda:N or auto.
+func parseDevice(s string) (kind string, ordinal int, err error) {
+	switch s {
+	case "", "cpu":
+		return "cpu", 0, nil
+	case "auto":
+		return "auto", 0, nil
+	case "cuda", "gpu":
+		return "cuda", 0, nil
+	}
+	if n, ok := strings.CutPrefix(s, "cuda:"); ok {
+		if o, err := strconv.Atoi(n); err == nil && o >= 0 && o < 64 {
+			return "cuda", o, nil
+		}
+	}
+	return "", 0, fmt.Errorf("train: --device %q: cpu, cuda, cuda:N or auto", s)
+}
+
+func parsePrecision(s string) (cuda.Precision, error) {
+	switch s {
+	case "", "bf16":
+		return cuda.BF16, nil
+	case "f32", "fp32":
+		return cuda.F32, nil
+	}
+	return 0, fmt.Errorf("train: --gpu-precision %q: bf16 or f32", s)
+}
+
+// checkGPUConfig refuses, before any work, what the GPU path does not run.
+func (c *Config) checkGPUConfig() error {
+	kind, _, err := parseDevice(c.Device)
+	if err != nil {
+		return err
+	}
+	if _, err := parsePrecision(c.GPUPrecision); err != nil {
+		return err
+	}
+	if c.MaxVRAM != "" {
+		if _, err := budget.ParseSize(c.MaxVRAM); err != nil {
+			return fmt.Errorf("train: --max-vram: %w", err)
+		}
+		if kind == "cpu" {
+			return errors.New("train: --max-vram without --device cuda or auto")
+		}
+	}
+	if kind != "cuda" {
+		return nil
+	}
+	if why := c.gpuUnsupported(); why != "" {
+		return fmt.Errorf("train: --device cuda: %s; use --device cpu (or auto, which falls back)", why)
+	}
+	return nil
+}
+
+// gpuUnsupported says which part of the configuration the GPU path lacks.
+func (c *Config) gpuUnsupported() string {
+	switch {
+	case c.Method != "lora" && c.Method != "qlora":
+		return fmt.Sprintf("method %s runs on the CPU only for now (lora and qlora run on the GPU)", c.Method)
+	case c.Dropout > 0:
+		return "LoRA dropout is not on the GPU path yet (--dropout 0)"
+	}
+	return ""
+}
+
+// gpuRun is a LoRA method's device side.
+type gpuRun struct {
+	d     *cuda.Device
+	g     *model.GPU
+	ad    model.GPUAdapters
+	pairs []gpuPair
+	limit int64
+	// The driver's own count, sampled: the most memory in use on the GPU
+	// beyond what was in use when the device was opened.
+	stop    chan struct{}
+	sampled sync.WaitGroup
+	drvPeak atomic.Int64
+}
+
+// sample reads cuMemGetInfo every 10 ms until close.
+func (r *gpuRun) sample() {
+	r.stop = make(chan struct{})
+	base := r.d.ContextBytes()
+	r.sampled.Go(func() {
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if free, total, err := r.d.MemInfo(); err == nil {
+				if used := total - free - base; used > r.drvPeak.Load() {
+					r.drvPeak.Store(used)
+				}
+			}
+			select {
+			case <-r.stop:
+				return
+			case <-tick.C:
+			}
+		}
+	})
+}
+
+type gpuPair struct {
+	cpu *lora.Layer
+	dev *model.GPULoRA
+}
+
+// GPUPlan is what a run will hold on the device.
+type GPUPlan struct {
+	Weights, Adapters, Step, BLAS int64
+	Total, Limit                  int64
+}
+
+func (p GPUPlan) String() string {
+	s := fmt.Sprintf("GPU memory: %s planned (weights %s, adapters and gradients %s, step %s, cuBLAS %s)",
+		fmtMiB(p.Total), fmtMiB(p.Weights), fmtMiB(p.Adapters), fmtMiB(p.Step), fmtMiB(p.BLAS))
+	if p.Limit > 0 {
+		s += fmt.Sprintf(" of --max-vram %s", fmtMiB(p.Limit))
+	}
+	return s + "; the CUDA context takes its own besides"
+}
+
+func fmtMiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// planGPU sizes the device side of a LoRA run of micro-batches B×T.
+func planGPU(m *model.Model, set *lora.Set, B, T int, p cuda.Precision, limit int64) GPUPlan {
+	var ad int64
+	R := 1
+	for _, l := range set.Layers {
+		ad += 2 * 4 * int64(len(l.A)+len(l.B))
+		R = max(R, l.R)
+	}
+	w, step := model.GPUBytes(m, B, T, R, p)
+	pl := GPUPlan{Weights: w, Adapters: ad, Step: step, BLAS: cuda.WorkspaceBytes(limit), Limit: limit}
+	pl.Total = pl.Weights + pl.Adapters + pl.Step + pl.BLAS
+	return pl
+}
+
+// openGPU resolves cfg.Device for a run: nil for the CPU (with a line
+// saying why when auto fell back), or the device with the model and the
+// adapters on it, within --max-vram.
+func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Logger) (*gpuRun, error) {
+	kind, ordinal, err := parseDevice(cfg.Device)
+	if err != nil || kind == "cpu" {
+		return nil, err
+	}
+	fallback := func(err error) (*gpuRun, error) {
+		if kind == "auto" {
+			log("device: the CPU (" + err.Error() + ")")
+			return nil, nil
+		}
+		return nil, err
+	}
+	if why := cfg.gpuUnsupported(); why != "" {
+		return fallback(errors.New(why))
+	}
+	lm, ok := meth.(*loraMethod)
+	if !ok {
+		return fallback(fmt.Errorf("method %s runs on the CPU only", cfg.Method))
+	}
+	if err := m.GPUSupported(); err != nil {
+		return fallback(err)
+	}
+	prec, _ := parsePrecision(cfg.GPUPrecision)
+	var limit int64
+	if cfg.MaxVRAM != "" {
+		limit, _ = budget.ParseSize(cfg.MaxVRAM)
+	}
+	gplan := planGPU(m, lm.set, cfg.BatchSize, cfg.MaxSeqLength, prec, limit)
+	if limit > 0 && gplan.Total > limit {
+		return nil, fmt.Errorf("train: %s: over the budget; give a smaller --batch-size or --max-seq-length, or --max-vram %s", gplan, fmtMiB(gplan.Total+1<<20))
+	}
+	d, err := cuda.Open(ordinal, cuda.Options{MaxVRAM: limit})
+	if err != nil {
+		return fallback(err)
+	}
+	r := &gpuRun{d: d, limit: limit}
+	ok = false
+	defer func() {
+		if !ok {
+			r.close()
+		}
+	}()
+	if err := d.Compile(); err != nil {
+		return nil, err
+	}
+	if r.g, err = m.ToGPU(d, prec); err != nil {
+		return nil, err
+	}
+	r.ad = make(model.GPUAdapters, m.Config.Layers)
+	for l := range lm.set.ByPos {
+		for mod, a := range lm.set.ByPos[l] {
+			L, isLoRA := a.(*lora.Layer)
+			if !isLoRA {
+				continue
+			}
+			ga, err := model.NewGPULoRA(d, L.In, L.Out, L.R, L.Scale, L.A, L.B)
+			if err != nil {
+				return nil, err
+			}
+			r.ad[l][mod] = ga
+			r.pairs = append(r.pairs, gpuPair{L, ga})
+		}
+	}
+	for i := range plan.Placement {
+		plan.Placement[i] = budget.Device
+	}
+	log(fmt.Sprintf("device: %s, products in %s; placement: %s (the host plan above books the CPU path's buffers, more than a GPU run fills)", d, prec, plan.PlacementString()))
+	log(gplan.String())
+	lm.gpu = r
+	ok = true
+	r.sample()
+	return r, nil
+}
+
+func (r *gpuRun) close() {
+	if r == nil || r.d == nil {
+		return
+	}
+	if r.stop != nil {
+		close(r.stop)
+		r.sampled.Wait()
+	}
+	for _, p := range r.pairs {
+		p.dev.Free()
+	}
+	if r.g != nil {
+		r.g.Close()
+	}
+	r.d.Close()
+}
+
+// peakLine reports the most device memory the run held: its own
+// allocations, and the driver's sampled count beyond what the GPU held
+// when the run opened it (which adds what the driver and cuBLAS keep for
+// themselves once work starts).
+func (r *gpuRun) peakLine() string {
+	s := fmt.Sprintf("GPU memory: peak %s allocated, %s in use by the driver's count", fmtMiB(r.d.Peak()), fmtMiB(r.drvPeak.Load()))
+	if r.limit > 0 {
+		s += fmt.Sprintf(" (--max-vram %s)", fmtMiB(r.limit))
+	}
+	return s
+}
+
+// push copies the adapters' current factors to the device and zeroes the
+// device gradients.
+func (r *gpuRun) push() error {
+	for _, p := range r.pairs {
+		if err := errors.Join(p.dev.A.WriteF32(0, p.cpu.A), p.dev.B.WriteF32(0, p.cpu.B), p.dev.GA.Zero(), p.dev.GB.Zero()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pull adds the device gradients into the host ones.
+func (r *gpuRun) pull() error {
+	var buf []float32
+	for _, p := range r.pairs {
+		for _, g := range []struct {
+			host []float32
+			dev  interface{ ReadF32([]float32, int) error }
+		}{{p.cpu.GA, p.dev.GA}, {p.cpu.GB, p.dev.GB}} {
+			if cap(buf) < len(g.host) {
+				buf = make([]float32, len(g.host))
+			}
+			b := buf[:len(g.host)]
+			if err := g.dev.ReadF32(b, 0); err != nil {
+				return err
+			}
+			for i, v := range b {
+				g.host[i] += v
+			}
+		}
+	}
+	return nil
+}
+
+// stepGPU is loraMethod.Step with the micro-batches on the device.
+func (l *loraMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, lr float64) (float64, int, error) {
+	r := l.gpu
+	optim.ZeroGrad(l.params)
+	total, err := stepTargets(it, batches)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := r.push(); err != nil {
+		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+	}
+	var loss float64
+	var n int
+	for k, b := range batches {
+		if err := stepCancelled(ctx, it, k, len(batches)); err != nil {
+			return 0, 0, err
+		}
+		s, c, err := r.g.LossGrad(b.Tokens, b.Targets, b.B, b.T, r.ad, true, 1/float64(total))
+		if err != nil {
+			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+		}
+		passDone("step")
+		loss += s
+		n += c
+	}
+	if err := r.pull(); err != nil {
+		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+	}
+	if l.cfg.MaxGradNorm > 0 {
+		optim.ClipGradNorm(l.params, l.cfg.MaxGradNorm)
+	}
+	return loss, n, l.opt.Step(l.params, lr)
+}
+
+// onGPU returns the method's device side when its passes run there.
+func onGPU(meth Method) *gpuRun {
+	if l, ok := meth.(*loraMethod); ok {
+		return l.gpu
+	}
+	return nil
+}

@@ -1,0 +1,128 @@
+package train
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/qtune/qtune/kernels/cuda"
+)
+
+// --device and its companions are checked before any work, on any machine.
+func TestDeviceFlagsChecked(t *testing.T) {
+	for _, c := range []struct {
+		dev, vram, prec, method string
+		dropout                 float64
+		want                    string
+	}{
+		{"tpu", "", "", "lora", 0, `--device "tpu"`},
+		{"cuda:x", "", "", "lora", 0, `--device "cuda:x"`},
+		{"cuda", "lots", "", "lora", 0, "--max-vram"},
+		{"cpu", "2GiB", "", "lora", 0, "--max-vram without --device"},
+		{"cuda", "", "f8", "lora", 0, "--gpu-precision"},
+		{"cuda", "", "", "mezo", 0, "method mezo runs on the CPU only"},
+		{"cuda:1", "", "", "lora", 0.1, "LoRA dropout"},
+	} {
+		cfg := smallRun(t, t.TempDir())
+		cfg.Device, cfg.MaxVRAM, cfg.GPUPrecision, cfg.Method, cfg.Dropout = c.dev, c.vram, c.prec, c.method, c.dropout
+		err := cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want an error naming %q", c, err, c.want)
+		}
+	}
+	for _, dev := range []string{"", "cpu", "auto", "cuda", "cuda:0", "cuda:3"} {
+		cfg := smallRun(t, t.TempDir())
+		cfg.Device, cfg.Dropout = dev, 0
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("--device %q: %v", dev, err)
+		}
+	}
+	// auto with a method the GPU lacks is not an error: it runs on the CPU.
+	cfg := smallRun(t, t.TempDir())
+	cfg.Device, cfg.Method = "auto", "mezo"
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("--device auto --method mezo: %v", err)
+	}
+}
+
+// Without a GPU, --device auto trains on the CPU and says why; --device
+// cuda fails with one line.
+func TestDeviceWithoutGPU(t *testing.T) {
+	if _, err := cuda.Count(); err == nil {
+		t.Skip("this machine has a GPU")
+	}
+	cfg := smallRun(t, t.TempDir())
+	cfg.Iters, cfg.StepsPerEval, cfg.Dropout = 2, 0, 0
+	cfg.Device = "auto"
+	var lines []string
+	res, err := Run(context.Background(), cfg, func(s string) { lines = append(lines, s) }, nil)
+	if err != nil || len(res.Curve) != 2 {
+		t.Fatalf("--device auto without a GPU: %v", err)
+	}
+	if !strings.Contains(strings.Join(lines, "\n"), "device: the CPU (cuda: CUDA driver not found") {
+		t.Errorf("auto did not say it fell back:\n%s", strings.Join(lines, "\n"))
+	}
+	cfg.Device = "cuda"
+	cfg.AdapterPath = t.TempDir()
+	_, err = Run(context.Background(), cfg, nil, nil)
+	if !errors.Is(err, cuda.ErrNoCUDA) || strings.Contains(err.Error(), "\n") {
+		t.Errorf("--device cuda without a GPU: %v", err)
+	}
+}
+
+// On a GPU: the same run on the CPU and on the device (products in f32)
+// reports the same losses within 1e-3 relative, step after step; under a
+// --max-vram the plan does not fit, the run is refused before it starts;
+// and the device memory the run held stays under its budget.
+func TestGPUTrainMatchesCPU(t *testing.T) {
+	if _, err := cuda.Count(); err != nil {
+		if os.Getenv("QTUNE_REQUIRE_GPU") == "1" {
+			t.Fatal(err)
+		}
+		t.Skipf("no GPU: %v", err)
+	}
+	ctx := context.Background()
+	cfg := smallRun(t, t.TempDir())
+	cfg.Dropout = 0
+	cpu, err := Run(ctx, cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.AdapterPath, cfg.Device, cfg.GPUPrecision, cfg.MaxVRAM = t.TempDir(), "cuda", "f32", "64MiB"
+	var lines []string
+	gpu, err := Run(ctx, cfg, func(s string) { lines = append(lines, s) }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range cpu.Curve {
+		if g := gpu.Curve[i].Loss; math.Abs(g-p.Loss) > 1e-3*math.Abs(p.Loss) {
+			t.Errorf("iteration %d: loss %.6f on the GPU, %.6f on the CPU", p.Iter, g, p.Loss)
+		}
+	}
+	for i, p := range cpu.ValCurve {
+		if g := gpu.ValCurve[i].Loss; math.Abs(g-p.Loss) > 1e-3*math.Abs(p.Loss) {
+			t.Errorf("validation at %d: %.6f on the GPU, %.6f on the CPU", p.Iter, g, p.Loss)
+		}
+	}
+	log := strings.Join(lines, "\n")
+	if !strings.Contains(log, "device: cuda:0") || !strings.Contains(log, "GPU memory: peak") {
+		t.Errorf("the log does not say where the run went:\n%s", log)
+	}
+	var own, drv float64
+	if i := strings.Index(log, "GPU memory: peak "); i >= 0 {
+		fmt.Sscanf(log[i:], "GPU memory: peak %f MiB allocated, %f MiB", &own, &drv)
+	}
+	if !(own > 0 && own <= 64) {
+		t.Errorf("own allocations peaked at %.1f MiB under --max-vram 64MiB", own)
+	}
+	t.Logf("CPU final %.5f, GPU final %.5f; GPU peak %.1f MiB allocated, %.1f MiB by the driver's count\n%s", cpu.FinalTrain, gpu.FinalTrain, own, drv, log)
+
+	cfg.AdapterPath, cfg.MaxVRAM = t.TempDir(), "1MiB"
+	if _, err := Run(ctx, cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "over the budget") {
+		t.Errorf("a 1 MiB GPU budget: %v", err)
+	}
+}
