@@ -229,11 +229,32 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 			r.pairs = append(r.pairs, gpuPair{L, ga})
 		}
 	}
+	// One warm-up step of the planned shape makes every buffer and has
+	// the driver load the kernels cuBLAS picks for these shapes (CUDA
+	// loads them lazily, into device memory the process's own count does
+	// not see): what the driver holds afterwards is what the run holds,
+	// and it is checked against --max-vram before the run starts.
+	B, T := cfg.BatchSize, cfg.MaxSeqLength
+	toks, tgts := make([]int, B*T), make([]int, B*T)
+	if _, _, err := r.g.LossGrad(toks, tgts, B, T, r.ad, true, 1); err != nil {
+		return nil, fmt.Errorf("train: a warm-up step on the GPU: %w", err)
+	}
+	free, total, err := d.MemInfo()
+	if err != nil {
+		return nil, err
+	}
+	used := total - free - d.ContextBytes()
+	r.drvPeak.Store(used)
+	if limit > 0 && used > limit {
+		return nil, fmt.Errorf("train: after a warm-up step the GPU holds %s for this run (%s its own allocations, the rest the driver's and cuBLAS's), over --max-vram %s: give --max-vram %s, or a smaller --batch-size or --max-seq-length: %w",
+			fmtMiB(used), fmtMiB(d.Peak()), fmtMiB(limit), fmtMiB(used+used/16), cuda.ErrVRAM)
+	}
 	for i := range plan.Placement {
 		plan.Placement[i] = budget.Device
 	}
 	log(fmt.Sprintf("device: %s, products in %s; placement: %s (the host plan above books the CPU path's buffers, more than a GPU run fills)", d, prec, plan.PlacementString()))
 	log(gplan.String())
+	log(fmt.Sprintf("GPU memory after a warm-up step: %s allocated, %s in use by the driver's count (kernels loaded, cuBLAS's own)", fmtMiB(d.Peak()), fmtMiB(used)))
 	lm.gpu = r
 	ok = true
 	r.sample()
