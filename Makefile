@@ -92,7 +92,7 @@ test: vet
 	$(GO) test -count=1 -timeout 30m ./internal/memtest/
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 	$(GO) test -count=1 -short -tags noasm ./kernels/ ./nn/ ./model/ ./train/
-	CGO_ENABLED=0 $(GO) test -count=1 ./offload/mpi/ # MPI through purego as the cgo-free binary loads it
+	CGO_ENABLED=0 $(GO) test -count=1 ./offload/mpi/ ./kernels/cuda/ # MPI and CUDA through purego as the cgo-free binary loads them
 	$(MAKE) -s cross
 	$(MAKE) -s test-arm64
 
