@@ -6,7 +6,6 @@ import (
 	"math"
 	"runtime"
 	"sync"
-	"syscall"
 	"unsafe"
 )
 
@@ -63,7 +62,7 @@ func Open(ordinal int, opt Options) (*Device, error) {
 	if ordinal < 0 || ordinal >= n {
 		return nil, fmt.Errorf("cuda: device %d: the driver sees %d GPU(s) (cuda:0 to cuda:%d)", ordinal, n, n-1)
 	}
-	arena, err := syscall.Mmap(-1, 0, arenaBytes, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	arena, err := mapArena(arenaBytes)
 	if err != nil {
 		return nil, fmt.Errorf("cuda: mapping the argument arena: %w", err)
 	}
@@ -72,7 +71,7 @@ func Open(ordinal int, opt Options) (*Device, error) {
 	go d.loop(ready)
 	if err := <-ready; err != nil {
 		close(d.calls)
-		syscall.Munmap(arena)
+		unmapArena(arena)
 		return nil, err
 	}
 	return d, nil
@@ -176,7 +175,7 @@ func (d *Device) Close() error {
 	d.closed = true
 	d.mu.Unlock()
 	close(d.calls)
-	syscall.Munmap(d.arena)
+	unmapArena(d.arena)
 	return err
 }
 

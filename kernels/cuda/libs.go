@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-
-	"github.com/ebitengine/purego"
 )
 
 // ErrNoCUDA says that the machine has no usable CUDA: no driver library,
@@ -143,7 +141,7 @@ func Candidates(lib Library, e Env) []string {
 func open(lib Library, e Env) (handle uintptr, path string, err error) {
 	var errs []string
 	for _, c := range Candidates(lib, e) {
-		h, err := purego.Dlopen(c, purego.RTLD_NOW|purego.RTLD_GLOBAL)
+		h, err := dlopen(c)
 		if err == nil {
 			return h, c, nil
 		}
@@ -167,11 +165,11 @@ func open(lib Library, e Env) (handle uintptr, path string, err error) {
 func bind(h uintptr, lib string, fns map[string]any) error {
 	var missing []string
 	for name, fp := range fns {
-		if _, err := purego.Dlsym(h, name); err != nil {
+		if err := dlsym(h, name); err != nil {
 			missing = append(missing, name)
 			continue
 		}
-		purego.RegisterLibFunc(fp, h, name)
+		register(fp, h, name)
 	}
 	if len(missing) > 0 {
 		sort.Strings(missing)
