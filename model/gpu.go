@@ -33,8 +33,31 @@ type GPU struct {
 	bufs    []*cuda.Buffer // what Close frees
 	ws      *cuda.Buffer   // the MatMul workspace: the largest weight decoded, and its activations rounded
 	wsBytes int64
+	wsM     int          // the row count wsBytes was sized for
 	arena   *cuda.Buffer // LossGrad's activations and gradients, kept between calls of the same shape
 	arenaBT int
+
+	// Streaming: layers [0, resident) stay on the device; the others pass
+	// through two device slots, uploaded from two pinned host buffers on
+	// the device's Copy queue while the previous layer computes (layer l
+	// takes slot l%2, so the forward's and the backward's neighbours
+	// alternate).
+	resident  int
+	slotBytes int64
+	slots     [2]*cuda.Buffer
+	staging   [2]*cuda.Pinned
+	copied    [2]*cuda.Event // the slot's upload is done (its staging is free again)
+	released  [2]*cuda.Event // the slot's layer has finished computing
+	inSlot    [2]int
+	uploads   int // layers uploaded so far (for tests and logs)
+}
+
+// GPUOptions control ToGPUWith.
+type GPUOptions struct {
+	// Resident is how many blocks, from the first, stay on the device;
+	// the others are streamed from host memory each time they are used
+	// (twice a training step). Negative or ≥ the block count: all.
+	Resident int
 }
 
 type gpuLayer struct {
@@ -100,14 +123,25 @@ func joinAnd(s []string) string {
 // ToGPU copies the model's weights (as stored: 4-bit stays 4-bit) and norms
 // to device d; products run at precision p (F32, or BF16 inputs with FP32
 // accumulation).
-func (m *Model) ToGPU(d *cuda.Device, p cuda.Precision) (g *GPU, err error) {
+func (m *Model) ToGPU(d *cuda.Device, p cuda.Precision) (*GPU, error) {
+	return m.ToGPUWith(d, p, GPUOptions{Resident: -1})
+}
+
+// ToGPUWith is ToGPU with only the first o.Resident blocks' weights kept
+// on the device and the others streamed through two slots.
+func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GPU, err error) {
 	if err := m.GPUSupported(); err != nil {
 		return nil, err
 	}
 	if p == cuda.F16 {
 		return nil, errors.New("model: GPU products in f16: f32 or bf16")
 	}
-	g = &GPU{m: m, d: d, prec: p}
+	nl := len(m.Layers)
+	res := o.Resident
+	if res < 0 || res > nl {
+		res = nl
+	}
+	g = &GPU{m: m, d: d, prec: p, resident: res, inSlot: [2]int{-1, -1}}
 	defer func() {
 		if err != nil {
 			g.Close()
@@ -139,6 +173,9 @@ func (m *Model) ToGPU(d *cuda.Device, p cuda.Precision) (g *GPU, err error) {
 		if gl.ffnNorm, err = vec(L.FFNNorm); err != nil {
 			return nil, err
 		}
+		if l >= res {
+			continue // streamed
+		}
 		for mod := Module(0); mod < NumModules; mod++ {
 			if gl.w[mod], err = mat(L.Matrix(mod)); err != nil {
 				return nil, fmt.Errorf("model: %s to the GPU: %w", TensorName(l, mod), err)
@@ -151,18 +188,125 @@ func (m *Model) ToGPU(d *cuda.Device, p cuda.Precision) (g *GPU, err error) {
 	if g.output, err = mat(&m.Output); err != nil {
 		return nil, err
 	}
+	if res < nl {
+		for l := res; l < nl; l++ {
+			g.slotBytes = max(g.slotBytes, layerBytes(&m.Layers[l]))
+		}
+		for i := range 2 {
+			if g.slots[i], err = d.Alloc(g.slotBytes); err != nil {
+				return nil, fmt.Errorf("model: a streaming slot: %w", err)
+			}
+			if g.staging[i], err = d.AllocPinned(g.slotBytes); err != nil {
+				return nil, fmt.Errorf("model: a streaming buffer: %w", err)
+			}
+			if g.copied[i], err = d.NewEvent(); err != nil {
+				return nil, err
+			}
+			if g.released[i], err = d.NewEvent(); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return g, nil
+}
+
+// slotAlign is where each matrix of a streamed layer starts in its slot.
+const slotAlign = 512
+
+// layerBytes is what a block's seven matrices take in a slot.
+func layerBytes(L *Layer) int64 {
+	var n int64
+	for mod := Module(0); mod < NumModules; mod++ {
+		n += (int64(len(L.Matrix(mod).Data)) + slotAlign - 1) &^ (slotAlign - 1)
+	}
+	return n
+}
+
+// Uploads is how many times a streamed block's weights have been copied
+// to the device.
+func (g *GPU) Uploads() int { return g.uploads }
+
+// Resident is how many blocks stay on the device.
+func (g *GPU) Resident() int { return g.resident }
+
+// load queues block l's upload into its slot (l%2) unless it is there:
+// the host copies the mapped weights into the slot's pinned buffer once
+// the previous upload from it is done, and the Copy queue copies them to
+// the device once the slot's previous block has finished computing.
+func (g *GPU) load(l int) error {
+	if l < g.resident || l >= len(g.layers) {
+		return nil
+	}
+	s := l % 2
+	if g.inSlot[s] == l {
+		return nil
+	}
+	d := g.d
+	if err := g.copied[s].Sync(); err != nil {
+		return err
+	}
+	L := &g.m.Layers[l]
+	gl := &g.layers[l]
+	var off int64
+	for mod := Module(0); mod < NumModules; mod++ {
+		w := L.Matrix(mod)
+		n := int64(len(w.Data))
+		copy(g.staging[s].Bytes[off:off+n], w.Data)
+		view, err := g.slots[s].Slice(off, n)
+		if err != nil {
+			return err
+		}
+		gl.w[mod] = &cuda.Matrix{Type: w.Type, Rows: w.Rows, Cols: w.Cols, Buf: view}
+		off += (n + slotAlign - 1) &^ (slotAlign - 1)
+	}
+	if err := d.Wait(cuda.Copy, g.released[s]); err != nil {
+		return err
+	}
+	if err := d.UploadOn(cuda.Copy, g.slots[s], 0, g.staging[s], 0, off); err != nil {
+		return err
+	}
+	if err := g.copied[s].Record(cuda.Copy); err != nil {
+		return err
+	}
+	g.inSlot[s] = l
+	g.uploads++
+	return nil
+}
+
+// acquire makes block l's weights usable by the kernels queued next.
+func (g *GPU) acquire(l int) error {
+	if l < g.resident {
+		return nil
+	}
+	if err := g.load(l); err != nil {
+		return err
+	}
+	return g.d.Wait(cuda.Compute, g.copied[l%2])
+}
+
+// release marks block l's computing done (its slot may be refilled).
+func (g *GPU) release(l int) error {
+	if l < g.resident {
+		return nil
+	}
+	return g.released[l%2].Record(cuda.Compute)
 }
 
 // Close frees the device memory the model holds.
 func (g *GPU) Close() error {
 	var errs []error
-	for _, b := range append(g.bufs, g.ws, g.arena) {
+	for _, b := range append(g.bufs, g.ws, g.arena, g.slots[0], g.slots[1]) {
 		if b != nil {
 			errs = append(errs, b.Free())
 		}
 	}
-	g.bufs, g.ws, g.arena = nil, nil, nil
+	for i := range 2 {
+		if g.staging[i] != nil {
+			errs = append(errs, g.staging[i].Free())
+		}
+		errs = append(errs, g.copied[i].Free(), g.released[i].Free())
+	}
+	g.bufs, g.ws, g.arena, g.slots, g.staging = nil, nil, nil, [2]*cuda.Buffer{}, [2]*cuda.Pinned{}
 	return errors.Join(errs...)
 }
 
@@ -178,6 +322,20 @@ type GPULoRA struct {
 
 // GPUAdapters holds an optional device adapter per layer and module.
 type GPUAdapters [][NumModules]*GPULoRA
+
+// maxRank is the largest rank of ad's adapters (the step's scratch for
+// their products is sized by it), 1 without any.
+func (ad GPUAdapters) maxRank() int {
+	R := 1
+	for _, row := range ad {
+		for _, a := range row {
+			if a != nil {
+				R = max(R, a.R)
+			}
+		}
+	}
+	return R
+}
 
 // NewGPULoRA copies an adapter's factors to d, with zeroed gradients.
 func NewGPULoRA(d *cuda.Device, in, out, r int, scale float32, a, b []float32) (*GPULoRA, error) {
@@ -265,33 +423,41 @@ func (g *GPU) stepFloats(BT, T, R int) int {
 	return n
 }
 
-// GPUBytes is what ToGPU and LossGrad of micro-batches B×T with adapters
-// of rank up to R hold on the device at precision p: the weights (as
-// stored, the output projection apart even when tied, and the norms), and
-// a step (activations, gradients, logits, the products' workspace).
-func GPUBytes(m *Model, B, T, R int, p cuda.Precision) (weights, step int64) {
+// GPUWeightBytes is what ToGPU puts on the device for the weights: each
+// block's seven matrices as stored (what a streaming slot holds too), and
+// the rest (the output projection, apart even when tied, and the norms).
+func GPUWeightBytes(m *Model) (layers []int64, other int64) {
 	al := func(n int64) int64 { return (n + 511) &^ 511 }
-	for _, w := range append(m.allMatrices(), &m.Output) {
-		weights += al(int64(len(w.Data)))
+	layers = make([]int64, len(m.Layers))
+	for l := range m.Layers {
+		layers[l] = layerBytes(&m.Layers[l])
 	}
-	weights += al(4*int64(len(m.OutNorm))) + int64(len(m.Layers))*2*al(4*int64(m.Config.Dim))
+	other = al(int64(len(m.Output.Data))) + al(4*int64(len(m.OutNorm))) + int64(len(m.Layers))*2*al(4*int64(m.Config.Dim))
+	return layers, other
+}
+
+// GPUStepBytes is what LossGrad of micro-batches B×T with adapters of
+// rank up to R holds on the device at precision p: activations,
+// gradients, logits and the products' workspace.
+func GPUStepBytes(m *Model, B, T, R int, p cuda.Precision) int64 {
 	g := &GPU{m: m, prec: p}
 	var ws int64
 	for _, w := range append(m.allMatrices(), &m.Output) {
 		ws = max(ws, cuda.MatMulWorkspace(B*T, &cuda.Matrix{Type: w.Type, Rows: w.Rows, Cols: w.Cols}, p))
 	}
-	return weights, 4*int64(g.stepFloats(B*T, T, max(R, 1))) + al(ws)
+	return 4*int64(g.stepFloats(B*T, T, max(R, 1))) + (ws+511)&^511
 }
 
 func (g *GPU) workspace(M int) (*cuda.Buffer, error) {
-	var need int64
-	for _, gl := range g.layers {
-		for _, w := range gl.w {
-			need = max(need, cuda.MatMulWorkspace(M, w, g.prec))
-		}
+	if g.ws != nil && M == g.wsM {
+		return g.ws, nil
 	}
-	need = max(need, cuda.MatMulWorkspace(M, g.output, g.prec))
+	var need int64 // from the host's shapes: a streamed block has no device matrix until loaded
+	for _, w := range append(g.m.allMatrices(), &g.m.Output) {
+		need = max(need, cuda.MatMulWorkspace(M, &cuda.Matrix{Type: w.Type, Rows: w.Rows, Cols: w.Cols}, g.prec))
+	}
 	if g.ws != nil && g.wsBytes >= need {
+		g.wsM = M
 		return g.ws, nil
 	}
 	if g.ws != nil {
@@ -302,7 +468,7 @@ func (g *GPU) workspace(M int) (*cuda.Buffer, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.ws, g.wsBytes = ws, need
+	g.ws, g.wsBytes, g.wsM = ws, need, M
 	return ws, nil
 }
 
@@ -412,15 +578,7 @@ func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward
 			count++
 		}
 	}
-	R := 0
-	for _, row := range ad {
-		for _, a := range row {
-			if a != nil {
-				R = max(R, a.R)
-			}
-		}
-	}
-	s, err := g.forward(tokens, tg32, B, T, R, ad)
+	s, err := g.forward(tokens, tg32, B, T, ad.maxRank(), ad)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -466,8 +624,19 @@ func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward
 		return 0, 0, err
 	}
 	for l := len(m.Layers) - 1; l >= 0; l-- {
+		if err := g.acquire(l); err != nil {
+			return 0, 0, err
+		}
 		if err := g.layerBackward(l, &s.acts[l], B, T, ad, s); err != nil {
 			return 0, 0, err
+		}
+		if err := g.release(l); err != nil {
+			return 0, 0, err
+		}
+		if l > 0 {
+			if err := g.load(l - 1); err != nil {
+				return 0, 0, err
+			}
 		}
 	}
 	return loss, count, d.Sync()
@@ -485,7 +654,16 @@ func (g *GPU) forward(tokens []int, targets []int32, B, T, R int, ad GPUAdapters
 		return nil, err
 	}
 	for l := range g.m.Layers {
+		if err := g.acquire(l); err != nil {
+			return nil, err
+		}
 		if err := g.layerForward(l, &s.acts[l], s.x, B, T, ad, s); err != nil {
+			return nil, err
+		}
+		if err := g.release(l); err != nil {
+			return nil, err
+		}
+		if err := g.load(l + 1); err != nil { // overlaps block l's work
 			return nil, err
 		}
 	}
@@ -512,7 +690,7 @@ func (g *GPU) Greedy(prompt []int, n int, ad GPUAdapters) ([]int, error) {
 				return nil, fmt.Errorf("model: token id %d at %d outside the vocabulary (%d)", t, i, V)
 			}
 		}
-		s, err := g.forward(seq, nil, 1, len(seq), 1, ad)
+		s, err := g.forward(seq, nil, 1, len(seq), ad.maxRank(), ad)
 		if err != nil {
 			return nil, err
 		}

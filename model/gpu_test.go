@@ -262,3 +262,101 @@ func TestGPURefusals(t *testing.T) {
 		}
 	}
 }
+
+// Blocks streamed through the two slots give the resident run's loss and
+// gradients bit for bit (the same kernels on the same bytes), for every
+// split of resident and streamed blocks, and greedy generation too.
+func TestGPUStreamingMatchesResident(t *testing.T) {
+	d := gpuDevice(t)
+	p := filepath.Join(t.TempDir(), "4L.gguf")
+	if err := synth.Write(p, synth.Config{Name: "gpu4", Dim: 128, Hidden: 320, Layers: 4, Heads: 4, KVHeads: 2, Vocab: 512, Context: 64}, quant.Q4_K, 9); err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Open(p, model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := lora.New(m, lora.Config{Rank: 4, Alpha: 8, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(7, 8))
+	for _, L := range set.Layers {
+		for i := range L.B {
+			L.B[i] = float32(r.NormFloat64() * 0.05)
+		}
+	}
+	const B, T = 2, 20
+	tokens, targets := make([]int, B*T), make([]int, B*T)
+	for i := range tokens {
+		tokens[i], targets[i] = r.IntN(512), r.IntN(512)
+	}
+	type result struct {
+		loss  float64
+		grads [][]float32
+		gen   []int
+		ups   int
+	}
+	run := func(resident int) result {
+		g, err := m.ToGPUWith(d, cuda.BF16, model.GPUOptions{Resident: resident})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		gad := make(model.GPUAdapters, m.Config.Layers)
+		var devs []*model.GPULoRA
+		for l := range set.ByPos {
+			for mod, a := range set.ByPos[l] {
+				if L, ok := a.(*lora.Layer); ok {
+					ga, err := model.NewGPULoRA(d, L.In, L.Out, L.R, L.Scale, L.A, L.B)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer ga.Free()
+					gad[l][mod] = ga
+					devs = append(devs, ga)
+				}
+			}
+		}
+		var res result
+		for step := 0; step < 2; step++ { // twice: the slots' state carries over between steps
+			if res.loss, _, err = g.LossGrad(tokens, targets, B, T, gad, true, 0.01); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, ga := range devs {
+			for _, b := range []*cuda.Buffer{ga.GA, ga.GB} {
+				v := make([]float32, b.Bytes/4)
+				if err := b.ReadF32(v, 0); err != nil {
+					t.Fatal(err)
+				}
+				res.grads = append(res.grads, v)
+			}
+		}
+		if res.gen, err = g.Greedy(tokens[:5], 8, gad); err != nil {
+			t.Fatal(err)
+		}
+		res.ups = g.Uploads()
+		return res
+	}
+	want := run(-1)
+	if want.ups != 0 {
+		t.Fatalf("a resident model uploaded %d blocks", want.ups)
+	}
+	for _, res := range []int{0, 1, 3} {
+		got := run(res)
+		if got.loss != want.loss || !slices.Equal(got.gen, want.gen) {
+			t.Errorf("%d resident: loss %v, generated %v; resident: %v, %v", res, got.loss, got.gen, want.loss, want.gen)
+		}
+		for i := range want.grads {
+			if !slices.Equal(got.grads[i], want.grads[i]) {
+				t.Errorf("%d resident: gradient %d differs", res, i)
+				break
+			}
+		}
+		if got.ups == 0 {
+			t.Errorf("%d resident: no block was streamed", res)
+		}
+		t.Logf("%d of 4 blocks resident: %d uploads, equal", res, got.ups)
+	}
+}

@@ -134,32 +134,77 @@ type gpuPair struct {
 
 // GPUPlan is what a run will hold on the device.
 type GPUPlan struct {
-	Weights, Adapters, Step, BLAS int64
-	Total, Limit                  int64
+	Weights  int64 // the resident blocks and the rest of the weights
+	Slots    int64 // two streaming slots when blocks are streamed
+	Adapters int64
+	Step     int64
+	BLAS     int64
+	// Driver is what the driver and cuBLAS were measured to hold besides
+	// (kernels loaded lazily), once a warm-up step has run; 0 before.
+	Driver           int64
+	Total, Limit     int64
+	Resident, Blocks int
 }
 
 func (p GPUPlan) String() string {
-	s := fmt.Sprintf("GPU memory: %s planned (weights %s, adapters and gradients %s, step %s, cuBLAS %s)",
+	s := fmt.Sprintf("GPU memory: %s planned (weights %s, adapters and gradients %s, step %s, cuBLAS %s",
 		fmtMiB(p.Total), fmtMiB(p.Weights), fmtMiB(p.Adapters), fmtMiB(p.Step), fmtMiB(p.BLAS))
+	if p.Slots > 0 {
+		s += ", streaming slots " + fmtMiB(p.Slots)
+	}
+	if p.Driver > 0 {
+		s += ", the driver's and cuBLAS's own " + fmtMiB(p.Driver) + " as measured"
+	}
+	s += ")"
 	if p.Limit > 0 {
 		s += fmt.Sprintf(" of --max-vram %s", fmtMiB(p.Limit))
+	}
+	s += fmt.Sprintf("; %d of %d blocks resident", p.Resident, p.Blocks)
+	if p.Resident < p.Blocks {
+		s += ", the others streamed from host memory through the two slots (pinned host buffers of the same size)"
 	}
 	return s + "; the CUDA context takes its own besides"
 }
 
 func fmtMiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
-// planGPU sizes the device side of a LoRA run of micro-batches B×T.
-func planGPU(m *model.Model, set *lora.Set, B, T int, p cuda.Precision, limit int64) GPUPlan {
+// planGPU sizes the device side of a LoRA run of micro-batches B×T: every
+// block resident when that fits the limit, else as many of the first
+// blocks as fit beside two slots the others stream through. driver is the
+// driver's measured share (0 until a warm-up step has run).
+func planGPU(m *model.Model, set *lora.Set, B, T int, p cuda.Precision, limit, driver int64) GPUPlan {
 	var ad int64
 	R := 1
 	for _, l := range set.Layers {
 		ad += 2 * 4 * int64(len(l.A)+len(l.B))
 		R = max(R, l.R)
 	}
-	w, step := model.GPUBytes(m, B, T, R, p)
-	pl := GPUPlan{Weights: w, Adapters: ad, Step: step, BLAS: cuda.WorkspaceBytes(limit), Limit: limit}
-	pl.Total = pl.Weights + pl.Adapters + pl.Step + pl.BLAS
+	layers, other := model.GPUWeightBytes(m)
+	pl := GPUPlan{Adapters: ad, Step: model.GPUStepBytes(m, B, T, R, p), BLAS: cuda.WorkspaceBytes(limit), Driver: driver,
+		Limit: limit, Blocks: len(layers), Resident: len(layers), Weights: other}
+	for _, n := range layers {
+		pl.Weights += n
+	}
+	fixed := pl.Adapters + pl.Step + pl.BLAS + pl.Driver
+	pl.Total = fixed + pl.Weights
+	if limit <= 0 || pl.Total <= limit {
+		return pl
+	}
+	// Stream: resident blocks from the first while the rest fits.
+	var slot int64
+	for _, n := range layers {
+		slot = max(slot, n)
+	}
+	pl.Slots = 2 * slot
+	pl.Weights, pl.Resident = other, 0
+	for _, n := range layers {
+		if fixed+pl.Weights+pl.Slots+n > limit {
+			break
+		}
+		pl.Weights += n
+		pl.Resident++
+	}
+	pl.Total = fixed + pl.Weights + pl.Slots
 	return pl
 }
 
@@ -193,7 +238,8 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	if cfg.MaxVRAM != "" {
 		limit, _ = budget.ParseSize(cfg.MaxVRAM)
 	}
-	gplan := planGPU(m, lm.set, cfg.BatchSize, cfg.MaxSeqLength, prec, limit)
+	B, T := cfg.BatchSize, cfg.MaxSeqLength
+	gplan := planGPU(m, lm.set, B, T, prec, limit, 0)
 	if limit > 0 && gplan.Total > limit {
 		return nil, fmt.Errorf("train: %s: over the budget; give a smaller --batch-size or --max-seq-length, or --max-vram %s", gplan, fmtMiB(gplan.Total+1<<20))
 	}
@@ -209,9 +255,6 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		}
 	}()
 	if err := d.Compile(); err != nil {
-		return nil, err
-	}
-	if r.g, err = m.ToGPU(d, prec); err != nil {
 		return nil, err
 	}
 	r.ad = make(model.GPUAdapters, m.Config.Layers)
@@ -233,24 +276,59 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	// the driver load the kernels cuBLAS picks for these shapes (CUDA
 	// loads them lazily, into device memory the process's own count does
 	// not see): what the driver holds afterwards is what the run holds,
-	// and it is checked against --max-vram before the run starts.
-	B, T := cfg.BatchSize, cfg.MaxSeqLength
+	// and it is checked against --max-vram before the run starts. When it
+	// does not fit, the run is planned again with the driver's share as
+	// measured (fewer blocks resident), once.
+	//
+	// Under a budget the plan comes near (within 256 MiB: the driver's
+	// share seen on an H200 was 70–225 MiB), the first warm-up streams
+	// every block, the smallest footprint the run can have, so that
+	// measuring the driver's share does not itself pass the budget when
+	// the final plan fits it.
 	toks, tgts := make([]int, B*T), make([]int, B*T)
-	if _, _, err := r.g.LossGrad(toks, tgts, B, T, r.ad, true, 1); err != nil {
-		return nil, fmt.Errorf("train: a warm-up step on the GPU: %w", err)
+	var used int64
+	first := gplan.Resident
+	if limit > 0 && gplan.Total+256<<20 > limit {
+		first = 0
 	}
-	free, total, err := d.MemInfo()
-	if err != nil {
-		return nil, err
+	for attempt := 0; ; attempt++ {
+		if r.g != nil {
+			r.g.Close()
+		}
+		res := gplan.Resident
+		if attempt == 0 {
+			res = first
+		}
+		if r.g, err = m.ToGPUWith(d, prec, model.GPUOptions{Resident: res}); err != nil {
+			return nil, err
+		}
+		if _, _, err := r.g.LossGrad(toks, tgts, B, T, r.ad, true, 1); err != nil {
+			return nil, fmt.Errorf("train: a warm-up step on the GPU: %w", err)
+		}
+		free, total, err := d.MemInfo()
+		if err != nil {
+			return nil, err
+		}
+		used = total - free - d.ContextBytes()
+		if res == gplan.Resident && (limit <= 0 || used <= limit) {
+			break
+		}
+		drvShare := used - d.Used()
+		next := planGPU(m, lm.set, B, T, prec, limit, drvShare+drvShare/16)
+		if attempt == 1 || next.Total > limit || (used > limit && next.Resident >= res) {
+			return nil, fmt.Errorf("train: after a warm-up step the GPU holds %s for this run (%s its own allocations, the rest the driver's and cuBLAS's), over --max-vram %s: give --max-vram %s, or a smaller --batch-size or --max-seq-length: %w",
+				fmtMiB(used), fmtMiB(d.Used()), fmtMiB(limit), fmtMiB(used+used/16), cuda.ErrVRAM)
+		}
+		log(fmt.Sprintf("a warm-up step with %d of %d blocks resident: the driver holds %s besides qtune's own allocations; planned again with it", res, gplan.Blocks, fmtMiB(drvShare)))
+		gplan = next
 	}
-	used := total - free - d.ContextBytes()
 	r.drvPeak.Store(used)
-	if limit > 0 && used > limit {
-		return nil, fmt.Errorf("train: after a warm-up step the GPU holds %s for this run (%s its own allocations, the rest the driver's and cuBLAS's), over --max-vram %s: give --max-vram %s, or a smaller --batch-size or --max-seq-length: %w",
-			fmtMiB(used), fmtMiB(d.Peak()), fmtMiB(limit), fmtMiB(used+used/16), cuda.ErrVRAM)
-	}
 	for i := range plan.Placement {
-		plan.Placement[i] = budget.Device
+		if i < gplan.Resident {
+			plan.Placement[i] = budget.Device
+		} else {
+			plan.Placement[i] = budget.Host // streamed through the device's slots
+		}
 	}
 	log(fmt.Sprintf("device: %s, products in %s; placement: %s (the host plan above books the CPU path's buffers, more than a GPU run fills)", d, prec, plan.PlacementString()))
 	log(gplan.String())

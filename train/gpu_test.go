@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/qtune/qtune/internal/shared"
 	"github.com/qtune/qtune/kernels/cuda"
+	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/model"
 )
 
 // --device and its companions are checked before any work, on any machine.
@@ -135,4 +139,45 @@ func TestGPUTrainMatchesCPU(t *testing.T) {
 		t.Errorf("a 12 MiB GPU budget: %v", err)
 	}
 	t.Log(err)
+}
+
+// The device plan keeps every block resident when it fits, else as many
+// of the first blocks as fit beside two streaming slots, and never plans
+// past the limit when it can fit at all. No GPU needed.
+func TestPlanGPUStreams(t *testing.T) {
+	m, err := model.Open(shared.Path(t, "assets", "models", "stories260K.gguf"), model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := lora.New(m, lora.Config{Rank: 4, Alpha: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := planGPU(m, set, 2, 32, cuda.BF16, 0, 0)
+	if all.Resident != 5 || all.Slots != 0 || all.Total != all.Weights+all.Adapters+all.Step+all.BLAS {
+		t.Fatalf("no limit: %+v", all)
+	}
+	layers, other := model.GPUWeightBytes(m)
+	limit := all.Total // exactly fits: all resident
+	if p := planGPU(m, set, 2, 32, cuda.BF16, limit, 0); p.Resident != 5 || p.Total > limit {
+		t.Errorf("a limit of exactly the plan: %+v", p)
+	}
+	fixed := all.Adapters + all.Step + cuda.WorkspaceBytes(1)
+	slot := slices.Max(layers)
+	limit = fixed + other + 2*slot + layers[0] + layers[1] + 100
+	p := planGPU(m, set, 2, 32, cuda.BF16, limit, 0)
+	if p.Resident != 2 || p.Slots != 2*slot || p.Total > limit {
+		t.Errorf("room for two blocks beside the slots: %+v", p)
+	}
+	if !strings.Contains(p.String(), "2 of 5 blocks resident, the others streamed") {
+		t.Errorf("%s", p)
+	}
+	// The driver's measured share takes room from the blocks.
+	if q := planGPU(m, set, 2, 32, cuda.BF16, limit, layers[0]); q.Resident != 1 || q.Total > limit {
+		t.Errorf("with the driver's share: %+v", q)
+	}
+	// Nothing fits: the plan says by how much.
+	if q := planGPU(m, set, 2, 32, cuda.BF16, fixed, 0); q.Total <= fixed || q.Resident != 0 {
+		t.Errorf("too small a limit: %+v", q)
+	}
 }

@@ -35,13 +35,14 @@ type Device struct {
 	TotalMem     int64 // the GPU's memory
 	Driver       int   // the CUDA version the driver supports (13000 = 13.0)
 
-	drv    *driverAPI
-	dev    int32
-	ctx    uintptr
-	stream uintptr
-	calls  chan func()
-	arena  []byte // launch arguments and C string arrays: mapped, never the Go heap
-	opt    Options
+	drv        *driverAPI
+	dev        int32
+	ctx        uintptr
+	stream     uintptr
+	copyStream uintptr // the Copy queue, made on first use
+	calls      chan func()
+	arena      []byte // launch arguments and C string arrays: mapped, never the Go heap
+	opt        Options
 
 	mu               sync.Mutex
 	used, peak, max  int64
@@ -166,6 +167,9 @@ func (d *Device) Close() error {
 			errs = append(errs, c.err("cuMemFree", c.cuMemFree(d.workspace.ptr)))
 		}
 		errs = append(errs, c.err("cuStreamDestroy", c.cuStreamDestroy(d.stream)))
+		if d.copyStream != 0 {
+			errs = append(errs, c.err("cuStreamDestroy", c.cuStreamDestroy(d.copyStream)))
+		}
 		errs = append(errs, c.err("cuDevicePrimaryCtxRelease", c.cuPrimaryCtxRelease(d.dev)))
 		return errors.Join(errs...)
 	}); e != nil {
@@ -424,15 +428,7 @@ func (h *Pinned) Free() error {
 // buffer at doff; the host bytes must stay untouched until the stream
 // passes it (Sync, or an event).
 func (d *Device) Upload(dst *Buffer, doff int64, src *Pinned, hoff, n int64) error {
-	if err := dst.check("Upload", doff, n); err != nil {
-		return err
-	}
-	if hoff < 0 || n < 0 || hoff+n > int64(len(src.Bytes)) {
-		return fmt.Errorf("cuda: Upload of %d bytes at %d: the pinned buffer holds %d", n, hoff, len(src.Bytes))
-	}
-	return d.do(func() error {
-		return d.drv.err("cuMemcpyHtoDAsync", d.drv.cuMemcpyHtoDAsync(dst.ptr+uint64(doff), src.p+uintptr(hoff), uint64(n), d.stream))
-	})
+	return d.UploadOn(Compute, dst, doff, src, hoff, n)
 }
 
 // Timer measures device time between two points of the stream with CUDA
