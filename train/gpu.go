@@ -415,7 +415,8 @@ func (l *loraMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 	}
 	var loss float64
 	var n int
-	for k, b := range batches {
+	g := l.cfg.parallel()
+	for k, b := range myBatches(batches, g) {
 		if err := stepCancelled(ctx, it, k, len(batches)); err != nil {
 			return 0, 0, err
 		}
@@ -429,6 +430,9 @@ func (l *loraMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 	}
 	if err := r.pull(); err != nil {
 		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+	}
+	if loss, n, err = reduceStep(g, it, l.params, loss, n); err != nil {
+		return 0, 0, err
 	}
 	if l.cfg.MaxGradNorm > 0 {
 		optim.ClipGradNorm(l.params, l.cfg.MaxGradNorm)

@@ -306,8 +306,12 @@ func (l *loraMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 		return 0, 0, err
 	}
 	o := model.StepOptions{Adapters: l.set.ByPos, Checkpoint: l.cfg.GradCheckpoint}
-	loss, n, err := batchGrad(ctx, l.m, it, batches, o, total)
+	g := l.cfg.parallel()
+	loss, n, err := batchGrad(ctx, l.m, it, myBatches(batches, g), o, total)
 	if err != nil {
+		return 0, 0, err
+	}
+	if loss, n, err = reduceStep(g, it, l.params, loss, n); err != nil {
 		return 0, 0, err
 	}
 	if l.cfg.MaxGradNorm > 0 {

@@ -182,10 +182,15 @@ func (z *mezoMethod) Step(ctx context.Context, it int, batches []data.Batch, _ f
 	// Checked before every micro-batch of every perturbed evaluation: a
 	// cancelled evaluation fails, Estimate undoes its perturbation, and no
 	// update is applied.
+	// Data-parallel: each rank evaluates its share of the micro-batches and
+	// the sums are added over the ranks (one float64 per evaluation), so
+	// every rank sees the same losses and makes the same update.
+	g := z.cfg.parallel()
+	mine := myBatches(batches, g)
 	loss := func() (float64, error) {
 		var sum float64
-		for k, b := range batches {
-			if err := stepCancelled(ctx, it, k, len(batches)); err != nil {
+		for k, b := range mine {
+			if err := stepCancelled(ctx, it, k, len(mine)); err != nil {
 				return 0, err
 			}
 			s, _, err := z.sc.Loss(b.Tokens, b.Targets, b.B, b.T, z.ad)
@@ -194,6 +199,13 @@ func (z *mezoMethod) Step(ctx context.Context, it int, batches []data.Batch, _ f
 			}
 			passDone("step")
 			sum += s
+		}
+		if g != nil {
+			s := []float64{sum}
+			if err := g.AllReduceSum64(s); err != nil {
+				return 0, fmt.Errorf("train: iteration %d: summing the loss over %d ranks: %w", it, g.Size(), err)
+			}
+			sum = s[0]
 		}
 		return sum / float64(total), nil
 	}

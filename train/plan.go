@@ -204,7 +204,22 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 	// Asked for, it is kept: the planner may shrink the micro-batch or
 	// stream, never drop the checkpointing the user chose.
 	r.Checkpoint = cfg.GradCheckpoint
-	return budget.Make(r)
+	p, err := budget.Make(r)
+	if g := cfg.parallel(); g != nil && p != nil {
+		p.Strategy = append(p.Strategy, fmt.Sprintf("data-parallel: %s; %s summed per step", g.Name(), commBytes(cfg, meth)))
+	}
+	return p, err
+}
+
+// commBytes says what a data-parallel step sums over the ranks: every
+// trainable value's gradient and two float64s (loss, tokens) for LoRA, one
+// float64 per perturbed evaluation for MeZO. The sums are made in place
+// (no buffer besides the gradients).
+func commBytes(cfg Config, meth Method) string {
+	if cfg.Method == "mezo" {
+		return fmt.Sprintf("%d B (one float64 per perturbed evaluation)", 16*max(cfg.Perturbations, 1))
+	}
+	return budget.FormatSize(4*meth.Trainable()+16) + " (every gradient, in place, and the loss and token count)"
 }
 
 // laterSlabs is how many slabs meth makes after it is built: the

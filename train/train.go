@@ -26,6 +26,7 @@ import (
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/offload"
+	"github.com/qtune/qtune/offload/comm"
 	"github.com/qtune/qtune/optim"
 	"github.com/qtune/qtune/quant"
 )
@@ -98,6 +99,9 @@ type Config struct {
 	// (default) or f32.
 	MaxVRAM      string `json:"max_vram,omitempty"`
 	GPUPrecision string `json:"gpu_precision,omitempty"`
+	// Comm, with more than one rank, makes the run data-parallel
+	// (parallel.go): the qtune command sets it under mpirun.
+	Comm comm.Comm `json:"-"`
 	// DryRun stops after the memory plan (qtune plan train).
 	DryRun bool `json:"-"`
 	// PhaseReports adds KindPhase and KindMicroBatch reports to Run's
@@ -217,6 +221,9 @@ func (c *Config) checkRanges() error {
 			return fmt.Errorf("train: --max-mem: %w", err)
 		}
 	}
+	if err := c.checkParallel(); err != nil {
+		return err
+	}
 	return c.checkGPUConfig()
 }
 
@@ -318,6 +325,11 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if cfg.CacheDir == "" {
 		cfg.CacheDir = LibraryCacheDir()
 	}
+	cleanup, err := rankFolder(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
 	statePath := filepath.Join(cfg.AdapterPath, stateFile)
 	if cfg.Resume && cfg.Restart {
 		return nil, errors.New("train: --resume and --restart: choose one")

@@ -5,8 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"os"
+	"time"
 
 	"github.com/qtune/qtune/internal/fsx"
+	"github.com/qtune/qtune/offload/mpi"
 	"github.com/qtune/qtune/train"
 )
 
@@ -80,6 +83,16 @@ func loadConfig(path string, c *train.Config) error {
 	return nil
 }
 
+// mpiTimeout bounds each collective of a data-parallel run: a rank that
+// stops (killed, a node gone) makes the others fail after it instead of
+// waiting for ever. $QTUNE_MPI_TIMEOUT (a duration) replaces the default.
+func mpiTimeout() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("QTUNE_MPI_TIMEOUT")); err == nil && d > 0 {
+		return d
+	}
+	return 10 * time.Minute
+}
+
 func (a *app) train(ctx context.Context, args []string) error {
 	cfg := train.Defaults()
 	// First pass: find --config, so the file sets values the flags then override.
@@ -116,6 +129,24 @@ func (a *app) train(ctx context.Context, args []string) error {
 			fmt.Fprintln(a.stdout, res.Plan.String())
 		}
 		return err
+	}
+	// Under mpirun (or another MPI launcher) the run is data-parallel over
+	// the ranks; rank 0 speaks and writes, the others only report errors.
+	if mpi.Launched() {
+		g, err := mpi.Open(mpiTimeout())
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		cfg.Comm = g
+		if g.Rank() > 0 {
+			_, err := train.Run(ctx, cfg, nil, nil)
+			if err != nil {
+				return fmt.Errorf("rank %d: %w", g.Rank(), err)
+			}
+			return nil
+		}
+		a.log.Info().Msg("data-parallel: " + g.Name() + "; each step's micro-batches shared out over the ranks")
 	}
 	a.log.Info().Str("model", cfg.Model).Str("data", cfg.Data).Str("method", cfg.Method).Int("iters", cfg.Iters).
 		Int("batch_size", cfg.BatchSize).Int("rank", cfg.Rank).Msg("training")

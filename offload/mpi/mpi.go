@@ -24,7 +24,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/ebitengine/purego"
 	"github.com/qtune/qtune/offload/comm"
 )
 
@@ -89,7 +88,7 @@ func load() (*library, error) {
 	names := libraries()
 	var errs []error
 	for _, name := range names {
-		h, err := purego.Dlopen(name, purego.RTLD_NOW|purego.RTLD_GLOBAL)
+		h, err := dlopen(name)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -109,17 +108,17 @@ func (l *library) bind(h uintptr) (err error) {
 			err = fmt.Errorf("not an MPI library: %v", r)
 		}
 	}()
-	purego.RegisterLibFunc(&l.initThread, h, "MPI_Init_thread")
-	purego.RegisterLibFunc(&l.finalize, h, "MPI_Finalize")
-	purego.RegisterLibFunc(&l.commRank, h, "MPI_Comm_rank")
-	purego.RegisterLibFunc(&l.commSize, h, "MPI_Comm_size")
-	purego.RegisterLibFunc(&l.allreduce, h, "MPI_Allreduce")
-	purego.RegisterLibFunc(&l.bcast, h, "MPI_Bcast")
-	purego.RegisterLibFunc(&l.allgather, h, "MPI_Allgather")
-	purego.RegisterLibFunc(&l.barrier, h, "MPI_Barrier")
-	purego.RegisterLibFunc(&l.version, h, "MPI_Get_library_version")
+	register(&l.initThread, h, "MPI_Init_thread")
+	register(&l.finalize, h, "MPI_Finalize")
+	register(&l.commRank, h, "MPI_Comm_rank")
+	register(&l.commSize, h, "MPI_Comm_size")
+	register(&l.allreduce, h, "MPI_Allreduce")
+	register(&l.bcast, h, "MPI_Bcast")
+	register(&l.allgather, h, "MPI_Allgather")
+	register(&l.barrier, h, "MPI_Barrier")
+	register(&l.version, h, "MPI_Get_library_version")
 	sym := func(name string) uintptr {
-		p, err := purego.Dlsym(h, name)
+		p, err := dlsym(h, name)
 		if err != nil {
 			return 0
 		}

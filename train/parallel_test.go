@@ -1,0 +1,251 @@
+package train
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qtune/qtune/internal/shared"
+	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/offload/mpi"
+)
+
+// parallelRun is the run both sides make: 4 steps of 2 micro-batches (one
+// per rank with two ranks), dropout on.
+func parallelRun(t *testing.T, dir string) Config {
+	c := smallRun(t, dir)
+	c.Iters, c.GradAccum, c.StepsPerEval, c.SaveEvery = 4, 2, 2, 2
+	// SGD with momentum: AdamW divides each gradient by its own running
+	// size, so entries that are rounding noise (the two sums' orders
+	// differ: one process adds micro-batch 1 into micro-batch 0's
+	// gradient, two ranks add the two afterwards) move by up to the
+	// learning rate either way; with the generic kernels (-tags noasm)
+	// that left adapters 1e-4 apart after 4 steps while every loss stayed
+	// within 1e-5. The summing is the optimizer's input either way.
+	c.Optimizer, c.Momentum, c.LearningRate = "sgd", 0.9, 0.05
+	if os.Getenv("QTUNE_DP_METHOD") == "mezo" {
+		c.Method, c.Dropout = "mezo", 0
+	}
+	return c
+}
+
+// TestDataParallelRank is one rank of TestDataParallelMatchesOneProcess
+// (run by mpirun; skipped otherwise).
+func TestDataParallelRank(t *testing.T) {
+	out := os.Getenv("QTUNE_DP_OUT")
+	if out == "" {
+		t.Skip("a rank of TestDataParallelMatchesOneProcess, started by mpirun")
+	}
+	mode := os.Getenv("QTUNE_DP_MODE")
+	timeout := 2 * time.Minute
+	if mode == "die" {
+		timeout = 5 * time.Second // the survivor's collective gives up after this
+	}
+	g, err := mpi.Open(timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	cfg := parallelRun(t, os.Getenv("QTUNE_DP_DIR"))
+	cfg.Comm = g
+	cfg.Resume = mode == "resume"
+	var onProgress func(Progress)
+	if mode == "die" && g.Rank() == 1 {
+		onProgress = func(p Progress) {
+			if p.Kind == KindTrain && p.Iter == 3 { // after the save at 2
+				os.Exit(3)
+			}
+		}
+	}
+	passes := 0
+	testHookPass = func(phase string) {
+		if phase == "step" {
+			passes++
+		}
+	}
+	defer func() { testHookPass = nil }()
+	res, err := Run(context.Background(), cfg, nil, onProgress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(res)
+	if err := os.WriteFile(filepath.Join(out, fmt.Sprintf("rank%d.json", g.Rank())), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(out, fmt.Sprintf("rank%d.passes", g.Rank())), []byte(fmt.Sprint(passes)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ranks runs TestDataParallelRank as two ranks in mode.
+func ranks(mpirun, mode, dir, out string, limit time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	sh, _ := shared.Dir()
+	cmd := exec.CommandContext(ctx, mpirun, "--oversubscribe", "--allow-run-as-root", "-np", "2",
+		os.Args[0], "-test.run=^TestDataParallelRank$", "-test.v")
+	cmd.Env = append(os.Environ(), "QTUNE_DP_OUT="+out, "QTUNE_DP_DIR="+dir, "QTUNE_SHARED="+sh, "QTUNE_DP_MODE="+mode,
+		"OMPI_MCA_plm_rsh_agent=sh", "OMPI_MCA_btl_vader_single_copy_mechanism=none")
+	b, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		return b, fmt.Errorf("did not finish in %s (a hang)", limit)
+	}
+	return b, err
+}
+
+func rankResults(t *testing.T, out string) [2]Result {
+	var rs [2]Result
+	for r := range rs {
+		b, err := os.ReadFile(filepath.Join(out, fmt.Sprintf("rank%d.json", r)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(b, &rs[r]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return rs
+}
+
+func mpirunOrSkip(t *testing.T) string {
+	exe, err := exec.LookPath("mpirun")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("mpirun is not installed: %v", err)
+		}
+		t.Skip("mpirun is not installed (apt-get install openmpi-bin)")
+	}
+	return exe
+}
+
+// A rank that dies mid-run (after the state saved at iteration 2) stops
+// the run with an error, not a hang; the two ranks then resume from rank
+// 0's state and finish with the uninterrupted run's losses.
+func TestDataParallelKilledRankResumes(t *testing.T) {
+	exe := mpirunOrSkip(t)
+	whole, err := Run(context.Background(), parallelRun(t, t.TempDir()), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	t0 := time.Now()
+	b, err := ranks(exe, "die", dir, t.TempDir(), 2*time.Minute)
+	if err == nil || strings.Contains(err.Error(), "a hang") {
+		t.Fatalf("a killed rank: %v\n%s", err, b)
+	}
+	t.Logf("the run stopped %s after it began: %v", time.Since(t0).Round(time.Millisecond), err)
+	out := t.TempDir()
+	if b, err := ranks(exe, "resume", dir, out, 5*time.Minute); err != nil {
+		t.Fatalf("resuming: %v\n%s", err, b)
+	}
+	rs := rankResults(t, out)
+	if len(rs[0].Curve) != len(whole.Curve) {
+		t.Fatalf("resumed curve of %d points, want %d", len(rs[0].Curve), len(whole.Curve))
+	}
+	for i, p := range whole.Curve {
+		if q := rs[0].Curve[i]; math.Abs(q.Loss-p.Loss) > 1e-5*math.Abs(p.Loss) || q != rs[1].Curve[i] {
+			t.Errorf("iteration %d: resumed ranks %v %v, uninterrupted %v", p.Iter, q, rs[1].Curve[i], p)
+		}
+	}
+}
+
+// Two ranks under mpirun train what one process trains with the same
+// micro-batches per step: every iteration's loss, the validations and the
+// saved adapters within 1e-5 (the gradient sums' order differs), the ranks
+// equal to each other exactly, and only rank 0's folder written.
+func TestDataParallelMatchesOneProcess(t *testing.T) {
+	dataParallelMatches(t, "lora")
+}
+
+// MeZO: each rank's share of every perturbed evaluation, the sums added;
+// the same losses and the same values as one process.
+func TestDataParallelMeZO(t *testing.T) {
+	dataParallelMatches(t, "mezo")
+}
+
+func dataParallelMatches(t *testing.T, method string) {
+	t.Setenv("QTUNE_DP_METHOD", method)
+	exe := mpirunOrSkip(t)
+	oneDir := t.TempDir()
+	one, err := Run(context.Background(), parallelRun(t, oneDir), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, out := t.TempDir(), t.TempDir()
+	if b, err := ranks(exe, "", dir, out, 5*time.Minute); err != nil {
+		t.Fatalf("mpirun -np 2: %v\n%s", err, b)
+	}
+	ranks := rankResults(t, out)
+	close := func(a, b float64) bool { return math.Abs(a-b) <= 1e-5*math.Abs(b) }
+	if len(ranks[0].Curve) != len(one.Curve) || len(ranks[0].ValCurve) != len(one.ValCurve) {
+		t.Fatalf("curves of %d/%d points, one process %d/%d", len(ranks[0].Curve), len(ranks[0].ValCurve), len(one.Curve), len(one.ValCurve))
+	}
+	for i, p := range one.Curve {
+		if q := ranks[0].Curve[i]; !close(q.Loss, p.Loss) || q != ranks[1].Curve[i] {
+			t.Errorf("iteration %d: ranks %v %v, one process %v", p.Iter, q, ranks[1].Curve[i], p)
+		}
+	}
+	for i, p := range one.ValCurve {
+		if q := ranks[0].ValCurve[i]; !close(q.Loss, p.Loss) {
+			t.Errorf("validation %d: %v, one process %v", p.Iter, q, p)
+		}
+	}
+	if ranks[0].Trained != one.Trained {
+		t.Errorf("trained tokens %d, one process %d", ranks[0].Trained, one.Trained)
+	}
+	if method != "lora" {
+		for r := range 2 {
+			b, _ := os.ReadFile(filepath.Join(out, fmt.Sprintf("rank%d.passes", r)))
+			if strings.TrimSpace(string(b)) != "8" { // 4 steps × 2 evaluations × 2 micro-batches / 2 ranks
+				t.Errorf("rank %d ran %q passes, want 8", r, b)
+			}
+		}
+		t.Logf("2 ranks vs one process (%s): final loss %.6f vs %.6f", method, ranks[0].FinalTrain, one.FinalTrain)
+		return
+	}
+	// The adapters rank 0 saved equal the one process's.
+	m, err := model.Open(shared.Path(t, "assets", "models", "stories260K.gguf"), model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := lora.Load(m, oneDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := lora.Load(m, dir)
+	if err != nil {
+		t.Fatalf("rank 0's adapters: %v", err)
+	}
+	worst := 0.0
+	for i, la := range a.Layers {
+		for j, v := range la.B {
+			d := math.Abs(float64(b.Layers[i].B[j] - v))
+			worst = max(worst, d)
+		}
+		for j, v := range la.A {
+			worst = max(worst, math.Abs(float64(b.Layers[i].A[j]-v)))
+		}
+	}
+	if worst > 1e-5 {
+		t.Errorf("saved adapters differ by up to %g", worst)
+	}
+	if _, err := os.Stat(filepath.Join(dir, stateFile)); err != nil {
+		t.Errorf("rank 0 saved no state: %v", err)
+	}
+	// Each rank ran half the micro-batches: 4 steps × 2 / 2.
+	for r := range 2 {
+		b, _ := os.ReadFile(filepath.Join(out, fmt.Sprintf("rank%d.passes", r)))
+		if strings.TrimSpace(string(b)) != "4" {
+			t.Errorf("rank %d ran %q training passes, want 4", r, b)
+		}
+	}
+	t.Logf("2 ranks vs one process: final loss %.6f vs %.6f, adapters within %.2g", ranks[0].FinalTrain, one.FinalTrain, worst)
+}
