@@ -226,9 +226,6 @@ func layerBytes(L *Layer) int64 {
 // to the device.
 func (g *GPU) Uploads() int { return g.uploads }
 
-// Resident is how many blocks stay on the device.
-func (g *GPU) Resident() int { return g.resident }
-
 // load queues block l's upload into its slot (l%2) unless it is there:
 // the host copies the mapped weights into the slot's pinned buffer once
 // the previous upload from it is done, and the Copy queue copies them to
@@ -558,23 +555,14 @@ func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward
 	m := g.m
 	c := m.Config
 	BT := B * T
-	if B <= 0 || T <= 0 || len(tokens) != BT || len(targets) != BT {
-		return 0, 0, fmt.Errorf("model: batch of %d tokens and %d targets for B=%d T=%d", len(tokens), len(targets), B, T)
-	}
-	if T > c.Context {
-		return 0, 0, fmt.Errorf("model: sequence length %d exceeds the context of %d", T, c.Context)
+	if err := c.checkBatch(tokens, targets, B, T); err != nil {
+		return 0, 0, err
 	}
 	tg32 := make([]int32, BT)
 	count := 0
-	for i, t := range tokens {
-		if t < 0 || t >= c.Vocab {
-			return 0, 0, fmt.Errorf("model: token id %d at %d outside the vocabulary (%d)", t, i, c.Vocab)
-		}
-		if tg := targets[i]; tg < -1 || tg >= c.Vocab {
-			return 0, 0, fmt.Errorf("model: target id %d at %d outside the vocabulary (%d)", tg, i, c.Vocab)
-		}
-		tg32[i] = int32(targets[i])
-		if targets[i] >= 0 {
+	for i, t := range targets {
+		tg32[i] = int32(t)
+		if t >= 0 {
 			count++
 		}
 	}
@@ -807,19 +795,34 @@ func (g *GPU) rope(l int, y *cuda.Buffer, M, T, n int, s *gpuStep, back bool) er
 	return g.d.RopeSeqs(y, cs, sn, M, T, n, g.m.Config.HeadDim, r.Dims/2, r.Neox, back)
 }
 
+// block returns what a block's passes use: the config, the layer, its
+// device weights, and each module's weight and adapter.
+func (g *GPU) block(l int, ad GPUAdapters) (Config, *Layer, *gpuLayer, func(Module) (*cuda.Matrix, *GPULoRA)) {
+	gl := &g.layers[l]
+	return g.m.Config, &g.m.Layers[l], gl, func(mod Module) (*cuda.Matrix, *GPULoRA) { return gl.w[mod], adapterAt(ad, l, mod) }
+}
+
+// runSteps runs a block's queued operations in order, naming the block
+// (format takes l and the error) in the first that fails.
+func runSteps(format string, l int, steps []func() error) error {
+	for _, f := range steps {
+		if err := f(); err != nil {
+			return fmt.Errorf(format, l, err)
+		}
+	}
+	return nil
+}
+
 // layerForward is Model.layerForward on the device: block l on a.xin = x,
 // the block output written back to x.
 func (g *GPU) layerForward(l int, a *gpuActs, x *cuda.Buffer, B, T int, ad GPUAdapters, s *gpuStep) error {
 	m, d := g.m, g.d
-	c := m.Config
+	c, L, gl, w := g.block(l, ad)
 	D := c.HeadDim
 	qd, kvd := c.Heads*D, c.KVHeads*D
 	BT := B * T
 	C, F := c.Dim, c.Hidden
-	L := &m.Layers[l]
-	gl := &g.layers[l]
-	w := func(mod Module) (*cuda.Matrix, *GPULoRA) { return gl.w[mod], adapterAt(ad, l, mod) }
-	steps := []func() error{
+	return runSteps("model: GPU block %d: %w", l, []func() error{
 		func() error { return d.Copy(a.xin, 0, x, 0, int64(4*BT*C)) },
 		func() error { return d.RMSNorm(a.xn1, a.xin, gl.attnNorm, BT, C, c.Eps) },
 		func() error { wq, aq := w(ModQ); return g.linear(a.q, a.xn1, BT, wq, aq, s) },
@@ -855,28 +858,19 @@ func (g *GPU) layerForward(l int, a *gpuActs, x *cuda.Buffer, B, T int, ad GPUAd
 		func() error { return d.SwiGLU(a.h, a.g, a.u, int64(BT*F)) },
 		func() error { wd, adn := w(ModDown); return g.linear(x, a.h, BT, wd, adn, s) },
 		func() error { return d.Axpy(x, a.xmid, 1, int64(BT*C)) },
-	}
-	for _, f := range steps {
-		if err := f(); err != nil {
-			return fmt.Errorf("model: GPU block %d: %w", l, err)
-		}
-	}
-	return nil
+	})
 }
 
 // layerBackward is Model.layerBackward on the device: s.dx, the gradient
 // of the block's output, becomes that of its input.
 func (g *GPU) layerBackward(l int, a *gpuActs, B, T int, ad GPUAdapters, s *gpuStep) error {
 	m, d := g.m, g.d
-	c := m.Config
+	c, L, gl, w := g.block(l, ad)
 	D := c.HeadDim
 	qd, kvd := c.Heads*D, c.KVHeads*D
 	BT := B * T
 	C, F := c.Dim, c.Hidden
-	L := &m.Layers[l]
-	gl := &g.layers[l]
-	w := func(mod Module) (*cuda.Matrix, *GPULoRA) { return gl.w[mod], adapterAt(ad, l, mod) }
-	steps := []func() error{
+	return runSteps("model: GPU block %d backward: %w", l, []func() error{
 		// FFN
 		func() error { return zero(s.dh, s.dg, s.du, s.dxn) },
 		func() error { wd, adn := w(ModDown); return g.linearBack(s.dh, s.dx, a.h, BT, wd, adn, s) },
@@ -915,11 +909,5 @@ func (g *GPU) layerBackward(l int, a *gpuActs, B, T int, ad GPUAdapters, s *gpuS
 		func() error { wk, ak := w(ModK); return g.linearBack(s.dxn, s.dk, a.xn1, BT, wk, ak, s) },
 		func() error { wv, av := w(ModV); return g.linearBack(s.dxn, s.dv, a.xn1, BT, wv, av, s) },
 		func() error { return d.RMSNormBackward(s.dx, nil, s.dxn, a.xin, gl.attnNorm, BT, C, c.Eps) },
-	}
-	for _, f := range steps {
-		if err := f(); err != nil {
-			return fmt.Errorf("model: GPU block %d backward: %w", l, err)
-		}
-	}
-	return nil
+	})
 }

@@ -400,19 +400,8 @@ const lossRows = 64
 func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backward bool, scale float64) (float64, int, error) {
 	c := m.Config
 	BT := B * T
-	if B <= 0 || T <= 0 || len(tokens) != BT || len(targets) != BT {
-		return 0, 0, fmt.Errorf("model: batch of %d tokens and %d targets for B=%d T=%d", len(tokens), len(targets), B, T)
-	}
-	if T > c.Context {
-		return 0, 0, fmt.Errorf("model: sequence length %d exceeds the context of %d", T, c.Context)
-	}
-	for i, t := range tokens {
-		if t < 0 || t >= c.Vocab {
-			return 0, 0, fmt.Errorf("model: token id %d at %d outside the vocabulary (%d)", t, i, c.Vocab)
-		}
-		if tg := targets[i]; tg < -1 || tg >= c.Vocab {
-			return 0, 0, fmt.Errorf("model: target id %d at %d outside the vocabulary (%d)", tg, i, c.Vocab)
-		}
+	if err := c.checkBatch(tokens, targets, B, T); err != nil {
+		return 0, 0, err
 	}
 	C, F, V := c.Dim, c.Hidden, c.Vocab
 	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
@@ -578,6 +567,27 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 		}
 	}
 	return loss, n, nil
+}
+
+// checkBatch checks a LossGrad batch against the model: its shape, the
+// context, and every token and target id (−1: no target).
+func (c *Config) checkBatch(tokens, targets []int, B, T int) error {
+	BT := B * T
+	if B <= 0 || T <= 0 || len(tokens) != BT || len(targets) != BT {
+		return fmt.Errorf("model: batch of %d tokens and %d targets for B=%d T=%d", len(tokens), len(targets), B, T)
+	}
+	if T > c.Context {
+		return fmt.Errorf("model: sequence length %d exceeds the context of %d", T, c.Context)
+	}
+	for i, t := range tokens {
+		if t < 0 || t >= c.Vocab {
+			return fmt.Errorf("model: token id %d at %d outside the vocabulary (%d)", t, i, c.Vocab)
+		}
+		if tg := targets[i]; tg < -1 || tg >= c.Vocab {
+			return fmt.Errorf("model: target id %d at %d outside the vocabulary (%d)", tg, i, c.Vocab)
+		}
+	}
+	return nil
 }
 
 // StepWorkspaceBytes is the size of LossGrad's transient buffers for B

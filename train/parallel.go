@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/internal/fsx"
 	"github.com/qtune/qtune/offload/comm"
 	"github.com/qtune/qtune/optim"
 )
@@ -100,18 +101,10 @@ func rankFolder(cfg *Config) (func(), error) {
 }
 
 func copyFile(from, to string) error {
-	in, err := os.Open(from)
+	in, err := fsx.Open(from)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.Create(to)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
+	return fsx.WriteFile(to, func(w io.Writer) error { _, err := io.Copy(w, in); return err })
 }

@@ -228,9 +228,6 @@ func (d *Device) ContextBytes() int64 { return d.baseUsed }
 func (d *Device) Used() int64 { d.mu.Lock(); defer d.mu.Unlock(); return d.used }
 func (d *Device) Peak() int64 { d.mu.Lock(); defer d.mu.Unlock(); return d.peak }
 
-// ResetPeak sets Peak to Used.
-func (d *Device) ResetPeak() { d.mu.Lock(); d.peak = d.used; d.mu.Unlock() }
-
 // allocGranule is the driver's allocation alignment: every cuMemAlloc
 // takes a multiple of it, so accounting rounds up to it.
 const allocGranule = 512
@@ -422,13 +419,6 @@ func (h *Pinned) Free() error {
 	})
 	h.p, h.Bytes = 0, nil
 	return err
-}
-
-// Upload queues a copy of n bytes from pinned memory at hoff into the
-// buffer at doff; the host bytes must stay untouched until the stream
-// passes it (Sync, or an event).
-func (d *Device) Upload(dst *Buffer, doff int64, src *Pinned, hoff, n int64) error {
-	return d.UploadOn(Compute, dst, doff, src, hoff, n)
 }
 
 // Timer measures device time between two points of the stream with CUDA

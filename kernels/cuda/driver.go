@@ -181,16 +181,3 @@ func Count() (int, error) {
 	}
 	return int(n), nil
 }
-
-// DriverVersion is the CUDA version the driver supports, as 13000 for 13.0.
-func DriverVersion() (int, error) {
-	d, err := loadDriver()
-	if err != nil {
-		return 0, err
-	}
-	var v int32
-	if err := d.err("cuDriverGetVersion", d.cuDriverGetVersion(&v)); err != nil {
-		return 0, err
-	}
-	return int(v), nil
-}

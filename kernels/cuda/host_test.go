@@ -144,7 +144,7 @@ func TestKernelCache(t *testing.T) {
 		loaded = append(loaded, string(b))
 		return nil
 	}
-	key := cacheKey("src", compileOptions(9, 0, false), "nvrtc 13.0", "sm_90.cubin")
+	key := cacheKey("src", compileOptions(9, 0), "nvrtc 13.0", "sm_90.cubin")
 
 	hit, err := cached(dir, key, compile, load)
 	if err != nil || hit || compiles != 1 {
@@ -184,13 +184,13 @@ func TestKernelCache(t *testing.T) {
 }
 
 func TestCacheKeySeparatesWhatMatters(t *testing.T) {
-	o := compileOptions(9, 0, false)
+	o := compileOptions(9, 0)
 	base := cacheKey("src", o, "nvrtc 13.0", "sm_90.cubin")
 	for name, k := range map[string]string{
 		"source":   cacheKey("src2", o, "nvrtc 13.0", "sm_90.cubin"),
-		"options":  cacheKey("src", compileOptions(9, 0, true), "nvrtc 13.0", "sm_90.cubin"),
+		"options":  cacheKey("src", append(compileOptions(9, 0), "-G"), "nvrtc 13.0", "sm_90.cubin"),
 		"compiler": cacheKey("src", o, "nvrtc 12.4", "sm_90.cubin"),
-		"arch":     cacheKey("src", compileOptions(8, 6, false), "nvrtc 13.0", "sm_86.cubin"),
+		"arch":     cacheKey("src", compileOptions(8, 6), "nvrtc 13.0", "sm_86.cubin"),
 	} {
 		if k == base {
 			t.Errorf("a different %s gives the same key", name)
@@ -199,7 +199,7 @@ func TestCacheKeySeparatesWhatMatters(t *testing.T) {
 	if !strings.HasSuffix(base, "-sm_90.cubin") {
 		t.Errorf("key %q does not name its architecture", base)
 	}
-	if !slices.Contains(o, "--gpu-architecture=sm_90") || !slices.Contains(compileOptions(9, 0, true), "--gpu-architecture=compute_90") {
+	if !slices.Contains(o, "--gpu-architecture=sm_90") {
 		t.Errorf("options %q", o)
 	}
 }

@@ -5,11 +5,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"unsafe"
+
+	"github.com/qtune/qtune/internal/fsx"
 )
 
 // nvrtcAPI is the part of libnvrtc qtune calls (nvrtcResult 0 = success).
@@ -22,8 +25,6 @@ type nvrtcAPI struct {
 	log          func(prog uintptr, b *byte) int32
 	cubinSize    func(prog uintptr, n *uint64) int32
 	cubin        func(prog uintptr, b *byte) int32
-	ptxSize      func(prog uintptr, n *uint64) int32
-	ptx          func(prog uintptr, b *byte) int32
 	destroy      func(prog *uintptr) int32
 	errorString  func(rc int32) *byte
 	major, minor int32
@@ -47,7 +48,6 @@ func loadNVRTC() (*nvrtcAPI, error) {
 			"nvrtcVersion": &n.version, "nvrtcCreateProgram": &n.create, "nvrtcCompileProgram": &n.compile,
 			"nvrtcGetProgramLogSize": &n.logSize, "nvrtcGetProgramLog": &n.log,
 			"nvrtcGetCUBINSize": &n.cubinSize, "nvrtcGetCUBIN": &n.cubin,
-			"nvrtcGetPTXSize": &n.ptxSize, "nvrtcGetPTX": &n.ptx,
 			"nvrtcDestroyProgram": &n.destroy, "nvrtcGetErrorString": &n.errorString,
 		}); err != nil {
 			nvrtcErr = err
@@ -68,20 +68,15 @@ func (n *nvrtcAPI) err(call string, rc int32) error {
 }
 
 // compileOptions are NVRTC's flags for compute capability major.minor: a
-// cubin for that exact architecture (sm_XY), or PTX for compute_XY when
-// ptx is set (the driver then finishes it).
-func compileOptions(major, minor int, ptx bool) []string {
-	arch := fmt.Sprintf("sm_%d%d", major, minor)
-	if ptx {
-		arch = fmt.Sprintf("compute_%d%d", major, minor)
-	}
-	return []string{"--gpu-architecture=" + arch, "--std=c++17", "-default-device", "-lineinfo"}
+// cubin for that exact architecture (sm_XY).
+func compileOptions(major, minor int) []string {
+	return []string{fmt.Sprintf("--gpu-architecture=sm_%d%d", major, minor), "--std=c++17", "-default-device", "-lineinfo"}
 }
 
 // compileWith runs NVRTC on src with opts on the calling thread, putting
 // the option strings in arena (mapped memory, not the Go heap). It returns
-// the cubin, or the PTX when ptx is set.
-func (n *nvrtcAPI) compileWith(arena []byte, src, name string, opts []string, ptx bool) ([]byte, error) {
+// the cubin.
+func (n *nvrtcAPI) compileWith(arena []byte, src, name string, opts []string) ([]byte, error) {
 	var prog uintptr
 	if err := n.err("nvrtcCreateProgram", n.create(&prog, src, name, 0, 0, 0)); err != nil {
 		return nil, err
@@ -117,19 +112,15 @@ func (n *nvrtcAPI) compileWith(arena []byte, src, name string, opts []string, pt
 		e.Text = logText
 		return nil, e
 	}
-	size, get, what := n.cubinSize, n.cubin, "nvrtcGetCUBIN"
-	if ptx {
-		size, get, what = n.ptxSize, n.ptx, "nvrtcGetPTX"
-	}
 	var sz uint64
-	if err := n.err(what+"Size", size(prog, &sz)); err != nil {
+	if err := n.err("nvrtcGetCUBINSize", n.cubinSize(prog, &sz)); err != nil {
 		return nil, err
 	}
 	if sz == 0 || sz > 1<<30 {
-		return nil, fmt.Errorf("cuda: %s: %d bytes", what, sz)
+		return nil, fmt.Errorf("cuda: nvrtcGetCUBIN: %d bytes", sz)
 	}
 	out := make([]byte, sz)
-	if err := n.err(what, get(prog, &out[0])); err != nil {
+	if err := n.err("nvrtcGetCUBIN", n.cubin(prog, &out[0])); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -179,15 +170,7 @@ func cached(dir, key string, compile func() ([]byte, error), load func([]byte) e
 		return false, err
 	}
 	if os.MkdirAll(dir, 0o755) == nil {
-		if f, err := os.CreateTemp(dir, key+".*.tmp"); err == nil {
-			_, werr := f.Write(img)
-			cerr := f.Close()
-			if werr == nil && cerr == nil {
-				os.Rename(f.Name(), path)
-			} else {
-				os.Remove(f.Name())
-			}
-		}
+		fsx.WriteFile(path, func(w io.Writer) error { _, err := w.Write(img); return err })
 	}
 	return false, nil
 }
@@ -222,10 +205,10 @@ func (d *Device) module(name, src string) (*module, error) {
 			return d.drv.err("cuModuleLoadData", d.drv.cuModuleLoadData(&m.h, unsafe.Pointer(&img[0])))
 		}
 		compiler := fmt.Sprintf("nvrtc %d.%d", nv.major, nv.minor)
-		opts := compileOptions(d.Major, d.Minor, false)
+		opts := compileOptions(d.Major, d.Minor)
 		var cerr error
 		m.fromCch, cerr = cached(dir, cacheKey(src, opts, compiler, fmt.Sprintf("sm_%d%d.cubin", d.Major, d.Minor)),
-			func() ([]byte, error) { return nv.compileWith(d.arena, src, name+".cu", opts, false) }, load)
+			func() ([]byte, error) { return nv.compileWith(d.arena, src, name+".cu", opts) }, load)
 		if cerr == nil {
 			return nil
 		}
@@ -233,8 +216,7 @@ func (d *Device) module(name, src string) (*module, error) {
 		if !errors.As(cerr, &ce) || !strings.Contains(ce.Text+ce.Name, "gpu-architecture") {
 			return cerr
 		}
-		// An NVRTC older than the GPU: PTX for the GPU's virtual
-		// architecture is refused too, so say which versions meet.
+		// An NVRTC older than the GPU cannot target it: say which versions meet.
 		return fmt.Errorf("cuda: NVRTC %d.%d (%s) cannot compile for compute %d.%d: install a newer CUDA (the nvidia-cuda-nvrtc wheel, or set QTUNE_NVRTC): %w",
 			nv.major, nv.minor, nv.path, d.Major, d.Minor, cerr)
 	})

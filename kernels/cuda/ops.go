@@ -11,9 +11,6 @@ import (
 //go:embed kernels.cu
 var source string
 
-// Source is the CUDA C of qtune's kernels (what NVRTC compiles).
-func Source() string { return source }
-
 // kernel returns one of kernels.cu's functions, compiling the module on
 // first use.
 func (d *Device) kernel(name string) (uintptr, error) {
