@@ -38,20 +38,31 @@
 //     as the slabs.
 //   - The runtime: the binary's code (file pages), the Go runtime as
 //     measured after the model was opened (GoRuntimeBytes: parsed header,
-//     tokenizer, rotary tables, stacks), the kernels' pooled scratch on this
-//     machine (packed operands, decoded panels of quantized weights,
-//     attention blocks: Go heap in pools, bounded by the worker count), and
-//     headroom for a step's small garbage. It is the plan's "runtime" item.
+//     tokenizer, rotary tables, stacks), and headroom for a step's small
+//     garbage: the plan's first "runtime" item.
+//   - The kernels' scratch (the second "runtime" item, OffHeap): packed
+//     GEMM operands, decoded panels of quantized weights, attention score
+//     blocks, every worker's GEMM blocks. An arena of anonymous mappings in
+//     package kernels, kept between calls (a request takes a free block of
+//     at most twice its size, else one is mapped), whose mapped total
+//     kernels.ScratchBytes bounds for the plan's shapes and worker count;
+//     train.ApplyPlan makes the item the arena's limit, so free blocks are
+//     unmapped before it would pass it (kernels.ScratchStats says how far
+//     it went: the memory tests require never past).
 //
 // The accountant's limit is what the plan books (slabs and bookings, and a
 // MiB for the slabs' page rounding), at most the budget less the weights
 // and the runtime (Plan.HeapLimit). The Go heap's soft limit
 // (debug.SetMemoryLimit, set by train.ApplyPlan) is the runtime's heap part,
-// the booked heap data and the budget's slack past the plan and its margin, never below
-// the runtime's own mapped overhead plus 4 MiB. Since nothing proportional
-// to the model or the batch is garbage on the heap, the collector only has
-// a step's small objects to keep up with, and the margin that remains for
-// it is the headroom in the runtime item.
+// the booked heap data and the budget's slack past the plan and its margin,
+// never below the runtime's own mapped overhead plus 4 MiB, plus the address
+// space the runtime maps but never touches (the profile's bucket table,
+// 1.4 MiB: the soft limit counts mapped bytes, the plan resident ones).
+// Since nothing proportional to the model or the batch is garbage on the
+// heap (the kernels' scratch is not heap at all), the collector only has a
+// step's small objects to keep up with, and the margin that remains for it
+// is the headroom in the runtime item: a 110M LoRA run collects 12 times in
+// 3 steps at 160 MiB.
 //
 // Every plan keeps Margin(peak) free under its budget (a MiB and 1/128 of
 // the peak): what no estimate can know varies from one run to the next
@@ -61,10 +72,9 @@
 // heap's soft limit does not take it.
 //
 // What stays on the Go heap is small and bounded: parsed metadata and the
-// tokenizer, the kernels' pooled scratch (its pools are emptied by a
-// collection and refilled: the one part of the heap that churns with the
-// model's shapes, megabytes on a 110M model, in the runtime item), per-call
-// garbage of kernels and adapters (a row or a tile per worker), a LoReML
+// tokenizer, the GEMM's per-call state (kept in a free list: a MatMul
+// allocates nothing, kernels.TestGEMMAllocatesNothing), per-call garbage
+// of attention and adapters (a row per worker), a LoReML
 // transition's top-k heaps (one matrix's kept entries at a time) and a
 // stage-1 save's passing copy of the mask, and the I/O buffers of saving
 // (adapters are encoded as they are written, 64 KiB at a time, not whole).

@@ -65,6 +65,9 @@ type Request struct {
 	Fixed []Item
 	// Runtime is the process's own footprint (binary, Go runtime, tokenizer).
 	Runtime int64
+	// Scratch is the kernels' scratch (packed operands, decoded panels,
+	// attention blocks): mapped outside the Go heap, its own item.
+	Scratch int64
 	// CanCheckpoint allows activation checkpointing (training only).
 	CanCheckpoint bool
 	// Checkpoint requires it (the user asked for it): every candidate
@@ -257,6 +260,9 @@ func (r *Request) evaluate(c candidate) *Plan {
 		p.FloorBytes = floor
 	}
 	add(Runtime, r.Runtime+floor, "binary, Go runtime, tokenizer, GC headroom")
+	if r.Scratch > 0 {
+		p.Items = append(p.Items, Item{Category: Runtime, Bytes: r.Scratch, Note: "kernel scratch: packed operands, decoded panels, attention blocks (mapped outside the Go heap)", OffHeap: true})
+	}
 	var heapFree int64
 	for _, it := range p.Items {
 		p.Peak += it.Bytes

@@ -26,10 +26,6 @@ const attnScratch = 1 << 17
 // serial runs the GEMMs of the blocked attention on the calling goroutine.
 var serial = NewPool(1)
 
-var attnPool floats
-
-func attnBuf(n int) *[]float32 { return attnPool.get(n) }
-
 // attnBlockRows is the query block: 64 rows, fewer for long sequences so
 // that the (rows × T) scores stay within attnScratch; a multiple of 8.
 func attnBlockRows(T int) int {
@@ -126,13 +122,13 @@ func AttentionPrefixWindow(out, q, k, v []float32, t0, m, H, Hkv, D, W, h0, h1 i
 	group := H / Hkv
 	scale := float32(1 / math.Sqrt(float64(D)))
 	if kern.fn == nil {
-		buf := attnBuf(n)
-		defer attnPool.put(buf)
+		buf := scratch.get(n)
+		defer scratch.put(buf)
 		for h := h0; h < h1; h++ {
 			g := h / group
 			for i := 0; i < m; i++ {
 				lo := windowStart(t0+i, W)
-				sc := (*buf)[:t0+i+1-lo]
+				sc := buf[:t0+i+1-lo]
 				Gemv(sc, k[lo*kvd+g*D:], q[i*qd+h*D:i*qd+(h+1)*D], len(sc), D, kvd, scale)
 				Softmax(sc)
 				oh := out[i*qd+h*D : i*qd+(h+1)*D]
@@ -143,14 +139,14 @@ func AttentionPrefixWindow(out, q, k, v []float32, t0, m, H, Hkv, D, W, h0, h1 i
 		return
 	}
 	bq := attnBlockRows(n)
-	buf := attnBuf(bq * n)
-	defer attnPool.put(buf)
+	buf := scratch.get(bq * n)
+	defer scratch.put(buf)
 	for h := h0; h < h1; h++ {
 		g := h / group
 		for i0 := 0; i0 < m; i0 += bq {
 			i1 := min(m, i0+bq)
 			mb, nb := i1-i0, t0+i1
-			s := (*buf)[:mb*nb]
+			s := buf[:mb*nb]
 			// S = Q_blk · K[:nb]ᵀ
 			gemm(serial, kern, s, nb, mb, nb, D, headA(q, i0, h*D, qd), operandB{f: k[g*D:], rs: 1, cs: kvd}, false)
 			for i := 0; i < mb; i++ {
@@ -231,14 +227,14 @@ func attentionSeqBlocked(out, lse, q, k, v []float32, T, H, Hkv, D, W int) {
 	qd, kvd := H*D, Hkv*D
 	scale := float32(1 / math.Sqrt(float64(D)))
 	bq := attnBlockRows(T)
-	buf := attnBuf(bq * T)
-	defer attnPool.put(buf)
+	buf := scratch.get(bq * T)
+	defer scratch.put(buf)
 	for h := 0; h < H; h++ {
 		g := h / group
 		for t0 := 0; t0 < T; t0 += bq {
 			t1 := min(T, t0+bq)
 			m, n := t1-t0, t1
-			s := (*buf)[:m*n]
+			s := buf[:m*n]
 			// S = Q_blk · K[:n]ᵀ
 			gemm(serial, kern, s, n, m, n, D, headA(q, t0, h*D, qd), operandB{f: k[g*D:], rs: 1, cs: kvd}, false)
 			for i := 0; i < m; i++ {
@@ -261,14 +257,14 @@ func attentionSeqBackwardBlocked(dq, dk, dv, dout, q, k, v, lse []float32, T, H,
 	qd, kvd := H*D, Hkv*D
 	scale := float32(1 / math.Sqrt(float64(D)))
 	bq := attnBlockRows(T)
-	buf := attnBuf(2 * bq * T)
-	defer attnPool.put(buf)
+	buf := scratch.get(2 * bq * T)
+	defer scratch.put(buf)
 	for h := 0; h < H; h++ {
 		g := h / group
 		for t0 := 0; t0 < T; t0 += bq {
 			t1 := min(T, t0+bq)
 			m, n := t1-t0, t1
-			p, ds := (*buf)[:m*n], (*buf)[bq*T:bq*T+m*n]
+			p, ds := buf[:m*n], buf[bq*T:bq*T+m*n]
 			// P = exp(Q_blk·K[:n]ᵀ/√D − lse), dP = dO_blk·V[:n]ᵀ
 			gemm(serial, kern, p, n, m, n, D, headA(q, t0, h*D, qd), operandB{f: k[g*D:], rs: 1, cs: kvd}, false)
 			gemm(serial, kern, ds, n, m, n, D, headA(dout, t0, h*D, qd), operandB{f: v[g*D:], rs: 1, cs: kvd}, false)

@@ -34,45 +34,35 @@ func (l *freeList[T]) get() *T {
 	return t
 }
 
-func (l *freeList[T]) put(t *T) {
+// put keeps t, unless freeListMax are kept already: it reports whether t
+// was kept.
+func (l *freeList[T]) put(t *T) bool {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if len(l.free) < freeListMax {
 		l.free = append(l.free, t)
+		return true
 	}
-	l.mu.Unlock()
+	return false
 }
 
-// floats is float32 scratch of varying sizes, pooled until the next
-// collection (sync.Pool): the packed operands and dequantized panels it
-// holds can be megabytes, and a run held to a budget must not keep blocks of
-// every shape it has used. Only the fixed-size GEMM worker scratch lives in
-// a freeList.
-type floats struct{ p sync.Pool }
-
-// get returns scratch of length n (its contents are stale).
-func (f *floats) get(n int) *[]float32 {
-	if s, ok := f.p.Get().(*[]float32); ok && cap(*s) >= n {
-		*s = (*s)[:n]
-		return s
-	}
-	s := make([]float32, n)
-	return &s
-}
-
-func (f *floats) put(s *[]float32) { f.p.Put(s) }
-
-// ScratchBytes is the most the kernels' pooled scratch holds at once on
-// this machine for matrices whose shared dimension is at most maxS (rows of
-// a batch, or a matrix's output rows) and inner dimension at most maxK,
-// with attention over sequences of up to T positions: every worker's GEMM
-// block and attention score blocks, and one shared pack. It is Go heap, and
-// a plan counts it in the runtime's part.
-func ScratchBytes(maxS, maxK, T int) int64 {
-	// A worker's GEMM blocks are allocated whole and touched as far as the
-	// shapes reach: that part is resident.
-	gemm := int64(min(mTaskMax, maxS)*min(kcBlock*pcGroup, maxK) + min(nTaskMax, maxS)*min(kcBlock, maxK) + 64*kcBlock + 16*64)
+// ScratchBytes is the most the kernels' scratch (scratch.go) maps at once
+// on this machine for matrices whose shared dimension is at most maxS (rows
+// of a batch, or a matrix's output rows) and inner dimension at most maxK,
+// with attention over sequences of up to T positions and heads of D: every
+// worker's GEMM block (whole: one mapping), decoded row panel, attention
+// score blocks and the shared pack of its attention GEMMs, one shared pack
+// of a whole-matrix GEMM, and a page of rounding per block. The arena keeps
+// what it maps within this when it is its limit (SetScratchLimit).
+func ScratchBytes(maxS, maxK, T, D int) int64 {
+	w := int64(freeListMax) // workers, and the caller
+	page := int64(4 * pageFloats)
+	round := func(n int64) int64 { return (4*n + page - 1) / page * page }
 	bq := attnBlockRows(T)
-	attn := int64(2 * min(attnScratch, bq*T))
-	shared := min(int64(sharedMax+sharedMax/64), int64(min(sChunk, maxS))*int64(maxK))
-	return 4 * (int64(freeListMax)*(gemm+attn) + shared)
+	gemm := round(gemmBufsFloats)
+	panel := round(int64(tileRows * maxK))
+	attn := round(int64(2 * min(attnScratch, bq*T)))
+	attnPack := round(int64((max(bq, D) + 16) * max(T, D)))
+	shared := round(min(int64(sharedMax+sharedMax/64), int64(min(sChunk, maxS)+64)*int64(maxK)))
+	return w*(gemm+panel+attn+attnPack) + shared
 }

@@ -3,6 +3,7 @@ package kernels
 import (
 	"fmt"
 	"runtime"
+	"sync"
 	"sync/atomic"
 
 	"github.com/qtune/qtune/quant"
@@ -93,28 +94,41 @@ type gemmBufs struct {
 	ap, bp, row, tmp []float32
 }
 
-var (
-	gemmBufPool freeList[gemmBufs]
-	sharedPool  floats
-)
+var gemmBufPool freeList[gemmBufs]
+
+// gemmBufsFloats is the size of a worker's gemmBufs, one scratch block.
+const gemmBufsFloats = mTaskMax*kcBlock*pcGroup + nTaskMax*kcBlock + 64*kcBlock + 16*64
 
 func getGemmBufs() *gemmBufs {
 	if b := gemmBufPool.get(); b != nil {
 		return b
 	}
-	return &gemmBufs{
-		ap:  make([]float32, mTaskMax*kcBlock*pcGroup),
-		bp:  make([]float32, nTaskMax*kcBlock),
-		row: make([]float32, max(colGroup+2*256, 64*kcBlock)),
-		tmp: make([]float32, 16*64),
-	}
+	f := scratch.get(gemmBufsFloats)
+	b := &gemmBufs{}
+	b.ap, f = f[:mTaskMax*kcBlock*pcGroup:mTaskMax*kcBlock*pcGroup], f[mTaskMax*kcBlock*pcGroup:]
+	b.bp, f = f[:nTaskMax*kcBlock:nTaskMax*kcBlock], f[nTaskMax*kcBlock:]
+	b.row, f = f[:64*kcBlock:64*kcBlock], f[64*kcBlock:]
+	b.tmp = f
+	return b
 }
 
-func getShared(n int) *[]float32 { return sharedPool.get(n) }
+// putGemmBufs keeps b for the next call, or returns its block to the
+// scratch when enough are kept.
+func putGemmBufs(b *gemmBufs) {
+	if !gemmBufPool.put(b) {
+		scratch.put(b.ap)
+	}
+}
 
 // gemm runs C = A·B (accum false) or C += A·B on the micro-kernel mk, with
 // C (M×N) at c[i*ldc+j].
 func gemm(p *Pool, mk microKernel, c []float32, ldc, M, N, K int, A operandA, B operandB, accum bool) {
+	gemmW(p, mk, c, ldc, M, N, K, A, B, nil, accum)
+}
+
+// gemmW is gemm with B decoded from the weight matrix w (B.w unset; B.wT
+// says how): w is copied, not kept, so a caller's Matrix stays on its stack.
+func gemmW(p *Pool, mk microKernel, c []float32, ldc, M, N, K int, A operandA, B operandB, w *Matrix, accum bool) {
 	if M == 0 || N == 0 {
 		return
 	}
@@ -126,133 +140,184 @@ func gemm(p *Pool, mk microKernel, c []float32, ldc, M, N, K int, A operandA, B 
 		}
 		return
 	}
-	mr, nr := mk.mr, mk.nr
-	shareA := M <= N && (B.w == nil || B.wT)
+	mr := mk.mr
+	g := gemmCalls.get()
+	if g == nil {
+		g = new(gemmCall)
+	}
+	g.mk, g.c, g.ldc, g.A, g.accum = mk, c, ldc, A, accum
+	g.B = B
+	if w != nil {
+		g.w = *w
+		g.B.w = &g.w
+	}
+	B = g.B
+	g.shareA = M <= N && (B.w == nil || B.wT)
 	W := p.Workers()
 	// S is the shared dimension (M or N), T the task dimension.
-	S, T, sUnit, tUnit, tMax := M, N, mr, nr, nTaskMax
-	if !shareA {
-		S, T, sUnit, tUnit, tMax = N, M, nr, mr, mTaskMax
+	S, tUnit, tMax := M, mk.nr, nTaskMax
+	g.T, g.sUnit = N, mr
+	if !g.shareA {
+		S, tUnit, tMax = N, mr, mTaskMax
+		g.T, g.sUnit = M, mk.nr
 	}
+	g.tUnit = tUnit
 	// Row tasks prefetch the next C tile where it pays: beside tiles of 256
 	// or more k steps, or where C (16 MiB or more, half this L3) comes from
 	// memory (the call and its 32 prefetches cost a few percent beside 64 k
 	// steps on a C in cache).
-	pfC := K >= kcBlock || M*N >= 4<<20
+	g.pfC = K >= kcBlock || M*N >= 4<<20
 	// Tasks: U units of tUnit split evenly (sizes differ by at most one
 	// unit) into about three per worker, each at most tMax wide and, for row
 	// tasks, at least 32 rows so that a shared B panel serves several tiles.
-	U := (T + tUnit - 1) / tUnit
+	U := (g.T + tUnit - 1) / tUnit
 	uMax := tMax / tUnit
 	nTask := max(3*W, (U+uMax-1)/uMax)
-	if !shareA {
+	if !g.shareA {
 		nTask = min(nTask, max(1, U/(32/tUnit)))
 	}
-	nTask = max(min(nTask, U), (U+uMax-1)/uMax)
+	g.U, g.nTask = U, max(min(nTask, U), (U+uMax-1)/uMax)
 	// Shared packing units: groups of rows of A or columns of B.
-	gw := 8 * sUnit
-	if !shareA && B.w != nil {
-		gw = colGroup
+	g.gw = 8 * g.sUnit
+	if !g.shareA && B.w != nil {
+		g.gw = colGroup
 	}
 	for s0 := 0; s0 < S; s0 += sChunk {
-		sn := min(sChunk, S-s0)
-		sPad := (sn + sUnit - 1) / sUnit * sUnit
+		g.s0, g.sn = s0, min(sChunk, S-s0)
+		g.sPad = (g.sn + g.sUnit - 1) / g.sUnit * g.sUnit
 		// A 1/64 slack for the padding: 2048 columns padded to 2064 (whole
 		// panels of 48) must still take two kc blocks per chunk.
-		kChunk := max(kcBlock, (sharedMax+sharedMax/64)/sPad/kcBlock*kcBlock)
-		sp := getShared(sPad * min(K, kChunk))
-		shared := *sp
+		kChunk := max(kcBlock, (sharedMax+sharedMax/64)/g.sPad/kcBlock*kcBlock)
+		g.shared = scratch.get(g.sPad * min(K, kChunk))
 		for k0 := 0; k0 < K; k0 += kChunk {
-			k1 := min(K, k0+kChunk)
-			nPc := (k1 - k0 + kcBlock - 1) / kcBlock
-			nGroup := (sn + gw - 1) / gw
-			// The shared pack: block pc (kc = min(kcBlock, k1-pc)) holds the
-			// sPad/sUnit panels of the chunk at (pc-k0)*sPad, panel q at
-			// q*sUnit*kc within it.
-			runTasks(p, nPc*nGroup, func(bufs *gemmBufs, u int) {
-				pc := k0 + u/nGroup*kcBlock
-				kc := min(kcBlock, k1-pc)
-				g0 := u % nGroup * gw
-				g1 := min(sn, g0+gw)
-				dst := shared[(pc-k0)*sPad+g0*kc:]
-				if shareA {
-					packA(dst, A, s0+g0, g1-g0, pc, kc, mr)
-				} else {
-					packB(dst, bufs.row, B, pc, kc, s0+g0, g1-g0, nr)
-				}
-			}, nTask, func(bufs *gemmBufs, t int) {
-				t0 := t * U / nTask * tUnit
-				t1 := min(T, (t+1)*U/nTask*tUnit)
-				if !shareA {
-					// Row tasks: the task's A for up to pcGroup kc blocks at
-					// once, so that each C tile takes them in turn while it is
-					// in cache.
-					mPad := (t1 - t0 + mr - 1) / mr * mr
-					for pg := k0; pg < k1; pg += pcGroup * kcBlock {
-						pe := min(k1, pg+pcGroup*kcBlock)
-						for pc := pg; pc < pe; pc += kcBlock {
-							packA(bufs.ap[(pc-pg)/kcBlock*mPad*kcBlock:], A, t0, t1-t0, pc, min(kcBlock, pe-pc), mr)
-						}
-						sh := shared[(pg-k0)*sPad:]
-						if pe-pg <= kcBlock && !pfC { // one shallow block: the plain loop
-							acc := 0
-							if accum || pg > 0 {
-								acc = 1
-							}
-							gemmTiles(mk, c, ldc, t0, t1-t0, s0, sn, pe-pg, bufs.ap, sh, acc, bufs.tmp)
-							continue
-						}
-						gemmTilesK(mk, c, ldc, t0, t1-t0, s0, sn, pg, pe, sh, sPad, bufs.ap, mPad, accum, pfC, bufs.tmp)
-					}
-					return
-				}
-				for pc := k0; pc < k1; pc += kcBlock {
-					kc := min(kcBlock, k1-pc)
-					acc := 0
-					if accum || pc > 0 {
-						acc = 1
-					}
-					packB(bufs.bp, bufs.row, B, pc, kc, t0, t1-t0, nr)
-					sh := shared[(pc-k0)*sPad:]
-					for ic := 0; ic < sn; ic += mcBlock {
-						mc := min(mcBlock, sn-ic)
-						gemmTiles(mk, c, ldc, s0+ic, mc, t0, t1-t0, kc, sh[ic*kc:], bufs.bp, acc, bufs.tmp)
-					}
-				}
-			})
+			g.k0, g.k1 = k0, min(K, k0+kChunk)
+			g.nPc = (g.k1 - k0 + kcBlock - 1) / kcBlock
+			g.nGroup = (g.sn + g.gw - 1) / g.gw
+			g.run(p, g.nPc*g.nGroup, g.nTask)
 		}
-		sharedPool.put(sp)
+		scratch.put(g.shared)
+	}
+	g.c, g.A, g.B, g.w, g.shared = nil, operandA{}, operandB{}, Matrix{}, nil // no reference kept
+	gemmCalls.put(g)
+}
+
+// gemmCall is one gemm call's state, kept between calls (gemmCalls) so that
+// a call allocates nothing: its two task phases are methods, run by the
+// pool's workers through the runner interface.
+type gemmCall struct {
+	mk                        microKernel
+	c                         []float32
+	ldc                       int
+	A                         operandA
+	B                         operandB
+	w                         Matrix
+	accum, shareA, pfC        bool
+	T, sUnit, tUnit, U, nTask int
+	gw, s0, sn, sPad          int
+	k0, k1, nPc, nGroup       int
+	shared                    []float32
+	n1, n2                    int
+	next1, done1, next2       atomic.Int64
+	wg                        sync.WaitGroup
+}
+
+var gemmCalls freeList[gemmCall]
+
+// pack is task u of the first phase: the shared pack of kc block pc of the
+// chunk, for one group of rows of A or columns of B (packed panel q of the
+// block at (pc-k0)*sPad + q*sUnit*kc).
+func (g *gemmCall) pack(bufs *gemmBufs, u int) {
+	pc := g.k0 + u/g.nGroup*kcBlock
+	kc := min(kcBlock, g.k1-pc)
+	g0 := u % g.nGroup * g.gw
+	g1 := min(g.sn, g0+g.gw)
+	dst := g.shared[(pc-g.k0)*g.sPad+g0*kc:]
+	if g.shareA {
+		packA(dst, g.A, g.s0+g0, g1-g0, pc, kc, g.mk.mr)
+	} else {
+		packB(dst, bufs.row, g.B, pc, kc, g.s0+g0, g1-g0, g.mk.nr)
 	}
 }
 
-// runTasks runs f1(bufs, u) for u < n1, then f2(bufs, t) for t < n2, on the
-// pool's workers, each with its own pooled scratch taking the next task as it
-// finishes one. No f2 task starts before every f1 task has finished; a worker
-// that starts late (a busy core) simply finds the first phase done.
-func runTasks(p *Pool, n1 int, f1 func(bufs *gemmBufs, u int), n2 int, f2 func(bufs *gemmBufs, t int)) {
-	var next1, done1, next2 atomic.Int64
-	p.Parallel(min(max(n1, n2), p.Workers()), 1, func(_, _ int) {
-		bufs := getGemmBufs()
-		defer gemmBufPool.put(bufs)
-		for {
-			u := int(next1.Add(1)) - 1
-			if u >= n1 {
-				break
+// task is task t of the second phase: its rows (or columns) of C against
+// the shared pack.
+func (g *gemmCall) task(bufs *gemmBufs, t int) {
+	mk, c, ldc, k0, k1, sPad, shared := g.mk, g.c, g.ldc, g.k0, g.k1, g.sPad, g.shared
+	mr, nr := mk.mr, mk.nr
+	t0 := t * g.U / g.nTask * g.tUnit
+	t1 := min(g.T, (t+1)*g.U/g.nTask*g.tUnit)
+	if !g.shareA {
+		// Row tasks: the task's A for up to pcGroup kc blocks at once, so
+		// that each C tile takes them in turn while it is in cache.
+		mPad := (t1 - t0 + mr - 1) / mr * mr
+		for pg := k0; pg < k1; pg += pcGroup * kcBlock {
+			pe := min(k1, pg+pcGroup*kcBlock)
+			for pc := pg; pc < pe; pc += kcBlock {
+				packA(bufs.ap[(pc-pg)/kcBlock*mPad*kcBlock:], g.A, t0, t1-t0, pc, min(kcBlock, pe-pc), mr)
 			}
-			f1(bufs, u)
-			done1.Add(1)
-		}
-		for done1.Load() < int64(n1) {
-			runtime.Gosched() // another worker is finishing its share
-		}
-		for {
-			t := int(next2.Add(1)) - 1
-			if t >= n2 {
-				return
+			sh := shared[(pg-k0)*sPad:]
+			if pe-pg <= kcBlock && !g.pfC { // one shallow block: the plain loop
+				acc := 0
+				if g.accum || pg > 0 {
+					acc = 1
+				}
+				gemmTiles(mk, c, ldc, t0, t1-t0, g.s0, g.sn, pe-pg, bufs.ap, sh, acc, bufs.tmp)
+				continue
 			}
-			f2(bufs, t)
+			gemmTilesK(mk, c, ldc, t0, t1-t0, g.s0, g.sn, pg, pe, sh, sPad, bufs.ap, mPad, g.accum, g.pfC, bufs.tmp)
 		}
-	})
+		return
+	}
+	for pc := k0; pc < k1; pc += kcBlock {
+		kc := min(kcBlock, k1-pc)
+		acc := 0
+		if g.accum || pc > 0 {
+			acc = 1
+		}
+		packB(bufs.bp, bufs.row, g.B, pc, kc, t0, t1-t0, nr)
+		sh := shared[(pc-k0)*sPad:]
+		for ic := 0; ic < g.sn; ic += mcBlock {
+			mc := min(mcBlock, g.sn-ic)
+			gemmTiles(mk, c, ldc, g.s0+ic, mc, t0, t1-t0, kc, sh[ic*kc:], bufs.bp, acc, bufs.tmp)
+		}
+	}
+}
+
+// run runs pack(bufs, u) for u < n1, then task(bufs, t) for t < n2, on the
+// pool's workers, each with its own pooled scratch taking the next task as
+// it finishes one. No second-phase task starts before every pack has
+// finished; a worker that starts late (a busy core) simply finds the first
+// phase done.
+func (g *gemmCall) run(p *Pool, n1, n2 int) {
+	g.n1, g.n2 = n1, n2
+	g.next1.Store(0)
+	g.done1.Store(0)
+	g.next2.Store(0)
+	p.parallelRunner(min(max(n1, n2), p.Workers()), g, &g.wg)
+}
+
+// Run is one worker's share of run (the pool's runner interface).
+func (g *gemmCall) Run(_, _ int) {
+	bufs := getGemmBufs()
+	defer putGemmBufs(bufs)
+	for {
+		u := int(g.next1.Add(1)) - 1
+		if u >= g.n1 {
+			break
+		}
+		g.pack(bufs, u)
+		g.done1.Add(1)
+	}
+	for g.done1.Load() < int64(g.n1) {
+		runtime.Gosched() // another worker is finishing its share
+	}
+	for {
+		t := int(g.next2.Add(1)) - 1
+		if t >= g.n2 {
+			return
+		}
+		g.task(bufs, t)
+	}
 }
 
 // gemmTiles runs the micro-kernel over C[i0:i0+mc, j0:j0+nc] from the packed

@@ -56,10 +56,6 @@ func (w Matrix) Row(dst []float32, r int) {
 // against every activation row.
 const tileRows = 4
 
-var scratchPool floats
-
-func getScratch(n int) *[]float32 { return scratchPool.get(n) }
-
 // MatMul computes Y = X·Wᵀ for X (M, K) and W (N, K) stored quantized,
 // writing Y (M, N). Reference loop:
 //
@@ -89,13 +85,13 @@ func MatMul(p *Pool, y, x []float32, M int, w Matrix) {
 		matVec(p, y, x, M, w)
 		return
 	}
-	B := operandB{w: &w, wT: true}
 	if w.Type == quant.F32 {
 		if wf := F32View(w.Data); wf != nil {
-			B = operandB{f: wf, rs: 1, cs: K}
+			gemm(p, kern, y, N, M, N, K, operandA{a: x, rs: K, cs: 1}, operandB{f: wf, rs: 1, cs: K}, false)
+			return
 		}
 	}
-	gemm(p, kern, y, N, M, N, K, operandA{a: x, rs: K, cs: 1}, B, false)
+	gemmW(p, kern, y, N, M, N, K, operandA{a: x, rs: K, cs: 1}, operandB{wT: true}, &w, false)
 }
 
 // MatMulT computes dX += dY·W for dY (M, N) and W (N, K), reading the
@@ -116,13 +112,13 @@ func MatMulT(p *Pool, dx, dy []float32, M int, w Matrix) {
 		matMulTGeneric(p, dx, dy, M, w)
 		return
 	}
-	B := operandB{w: &w}
 	if w.Type == quant.F32 {
 		if wf := F32View(w.Data); wf != nil {
-			B = operandB{f: wf, rs: K, cs: 1}
+			gemm(p, kern, dx, K, M, K, N, operandA{a: dy, rs: N, cs: 1}, operandB{f: wf, rs: K, cs: 1}, true)
+			return
 		}
 	}
-	gemm(p, kern, dx, K, M, K, N, operandA{a: dy, rs: N, cs: 1}, B, true)
+	gemmW(p, kern, dx, K, M, K, N, operandA{a: dy, rs: N, cs: 1}, operandB{}, &w, true)
 }
 
 // matMulGeneric is MatMul's reference. Reference loop:
@@ -144,10 +140,10 @@ func matMulGeneric(p *Pool, y, x []float32, M int, w Matrix) {
 		wf = F32View(w.Data)
 	}
 	p.Parallel(N, tileRows, func(lo, hi int) {
-		var sp *[]float32
+		var sp []float32
 		if wf == nil {
-			sp = getScratch(tileRows * K)
-			defer scratchPool.put(sp)
+			sp = scratch.get(tileRows * K)
+			defer scratch.put(sp)
 		}
 		for n0 := lo; n0 < hi; n0 += tileRows {
 			nt := min(tileRows, hi-n0)
@@ -155,7 +151,7 @@ func matMulGeneric(p *Pool, y, x []float32, M int, w Matrix) {
 			if wf != nil {
 				tile = wf[n0*K : (n0+nt)*K]
 			} else {
-				tile = (*sp)[:nt*K]
+				tile = sp[:nt*K]
 				for i := 0; i < nt; i++ {
 					decodeRow(&w, tile[i*K:(i+1)*K], n0+i, 0)
 				}
@@ -186,16 +182,16 @@ func matMulTGeneric(p *Pool, dx, dy []float32, M int, w Matrix) {
 	}
 	p.Parallel(M, 1, func(lo, hi int) {
 		var row []float32
-		var sp *[]float32
+		var sp []float32
 		if wf == nil {
-			sp = getScratch(K)
-			defer scratchPool.put(sp)
+			sp = scratch.get(K)
+			defer scratch.put(sp)
 		}
 		for n := 0; n < N; n++ {
 			if wf != nil {
 				row = wf[n*K : (n+1)*K]
 			} else {
-				row = (*sp)[:K]
+				row = sp[:K]
 				decodeRow(&w, row, n, 0)
 			}
 			for m := lo; m < hi; m++ {

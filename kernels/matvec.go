@@ -53,10 +53,10 @@ func matVec(p *Pool, y, x []float32, M int, w Matrix) {
 		wf = F32View(w.Data)
 	}
 	p.Parallel(N, 8, func(lo, hi int) {
-		var sp *[]float32
+		var sp []float32
 		defer func() {
 			if sp != nil {
-				scratchPool.put(sp)
+				scratch.put(sp)
 			}
 		}()
 		for n := lo; n < hi; n++ {
@@ -75,9 +75,9 @@ func matVec(p *Pool, y, x []float32, M int, w Matrix) {
 				continue
 			}
 			if sp == nil {
-				sp = getScratch(K)
+				sp = scratch.get(K)
 			}
-			row := (*sp)[:K]
+			row := sp[:K]
 			decodeRow(&w, row, n, 0)
 			for m := 0; m < M; m++ {
 				y[m*N+n] = dotF32Fast(x[m*K:(m+1)*K], row)

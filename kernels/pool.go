@@ -14,8 +14,23 @@ type Pool struct {
 
 type job struct {
 	fn     func(lo, hi int)
+	r      runner
 	lo, hi int
 	wg     *sync.WaitGroup
+}
+
+// runner is work for parallelRunner: a value the caller keeps (a pointer),
+// so that handing it to the workers allocates nothing, where a closure
+// passed to Parallel escapes to the heap with what it captures.
+type runner interface{ Run(lo, hi int) }
+
+func (j *job) run() {
+	if j.r != nil {
+		j.r.Run(j.lo, j.hi)
+	} else {
+		j.fn(j.lo, j.hi)
+	}
+	j.wg.Done()
 }
 
 // NewPool starts n workers (n <= 0 means GOMAXPROCS).
@@ -27,8 +42,7 @@ func NewPool(n int) *Pool {
 	for i := 0; i < n-1; i++ { // the caller is the n-th worker
 		go func() {
 			for j := range p.jobs {
-				j.fn(j.lo, j.hi)
-				j.wg.Done()
+				j.run()
 			}
 		}()
 	}
@@ -80,6 +94,21 @@ func (p *Pool) Parallel(n, grain int, fn func(lo, hi int)) {
 			p.jobs <- job{fn: fn, lo: lo, hi: hi, wg: &wg}
 		}
 		lo = hi
+	}
+	wg.Wait()
+}
+
+// parallelRunner runs r.Run(i, i+1) for each i < n (n at most Workers()),
+// one per worker, the last on the calling goroutine, and returns when all
+// are done; wg is the caller's (kept with r, so nothing is allocated).
+func (p *Pool) parallelRunner(n int, r runner, wg *sync.WaitGroup) {
+	n = min(n, p.n)
+	for i := 0; i < n-1; i++ {
+		wg.Add(1)
+		p.jobs <- job{r: r, lo: i, hi: i + 1, wg: wg}
+	}
+	if n > 0 {
+		r.Run(n-1, n)
 	}
 	wg.Wait()
 }

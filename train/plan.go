@@ -15,7 +15,7 @@ import (
 // runtimeBytes is the process's own footprint besides what the accountant
 // books: the binary's code and read-only data (file pages), the Go runtime
 // with the model open (its floor, the parsed header, the tokenizer, the
-// tables), the kernels' pooled scratch on this machine, and headroom for a
+// tables), the kernels' scratch (mapped outside the heap), and headroom for a
 // step's small garbage between collections.
 func runtimeBytes(m *model.Model) int64 { return runtimeBytesT(m, 0, 0) }
 
@@ -30,11 +30,18 @@ func runtimeBytes(m *model.Model) int64 { return runtimeBytesT(m, 0, 0) }
 // rather than a measurement at run time keeps the plan the same from one
 // run to the next, which a named smallest budget needs.
 func runtimeBytesT(m *model.Model, rows, T int) int64 {
-	c := m.Config
 	base := goRuntime(m)
+	return binaryText + base + scratchBytes(m, rows, T) + gcHeadroom(base)
+}
+
+// scratchBytes is the most the kernels' scratch holds for m's shapes with
+// batches of up to rows positions of sequences of up to T (part of
+// runtimeBytesT, mapped outside the heap).
+func scratchBytes(m *model.Model, rows, T int) int64 {
+	c := m.Config
 	maxS := max(rows, c.Vocab, c.Hidden, c.Dim, c.Heads*c.HeadDim)
 	maxK := max(c.Hidden, c.Dim, c.Heads*c.HeadDim)
-	return binaryText + base + kernels.ScratchBytes(maxS, maxK, max(T, 1)) + gcHeadroom(base)
+	return kernels.ScratchBytes(maxS, maxK, max(T, 1), c.HeadDim)
 }
 
 // goRuntime is the Go runtime's resident memory with m open: 2 MiB and
@@ -63,7 +70,8 @@ func weightRequest(m *model.Model, r *budget.Request, tokens int64, T int) {
 		row := emb / int64(m.Config.Vocab)
 		r.EmbedBytes = min(emb, tokens*max(row, 4096))
 	}
-	r.Runtime = runtimeBytesT(m, r.Batch*T, T)
+	r.Scratch = scratchBytes(m, r.Batch*T, T)
+	r.Runtime = runtimeBytesT(m, r.Batch*T, T) - r.Scratch
 }
 
 // PlanGenerate plans generation of up to maxLen tokens (prompt included).
@@ -243,13 +251,18 @@ func laterSlabs(meth Method) int {
 // (an applied adapter, the token cache) share it. The Go heap's soft limit
 // is what the plan puts on the heap: those bookings and the runtime's heap
 // part, less the binary's text (file pages, not heap); items marked
-// OffHeap (the method's state) are not in it. Slabs are outside the heap,
-// so the collector's pace cannot move them; what it can move is the small
-// garbage of a step and the kernels' pooled scratch, inside the runtime.
+// OffHeap (the method's state, the kernels' scratch) are not in it. Slabs
+// and the scratch are outside the heap, so the collector's pace cannot move
+// them; what it can move is the small garbage of a step, inside the
+// runtime. The kernels' scratch is limited to its item
+// (kernels.SetScratchLimit) until restore.
 func ApplyPlan(m *model.Model, p *budget.Plan) (restore func()) {
 	m.Stream = p.Stream
-	var heap int64
+	var heap, scratch int64
 	for _, it := range p.Items {
+		if it.Category == budget.Runtime && it.OffHeap {
+			scratch += it.Bytes
+		}
 		switch it.Category {
 		case budget.Trainable, budget.Gradients, budget.TokenCache, budget.Runtime:
 			if !it.OffHeap { // an adapter applied to generate or eval
@@ -284,9 +297,28 @@ func ApplyPlan(m *model.Model, p *budget.Plan) (restore func()) {
 	// overhead, measured once free pages are returned, plus 4 MiB. Adding
 	// the overhead to every share instead let 110M runs pass their budget
 	// by 3-4% (the sweep caught it).
-	soft = max(soft, goOverhead()+4<<20)
+	soft = max(soft, goOverhead()+4<<20) + goUnresident()
 	prev := debug.SetMemoryLimit(soft)
-	return func() { debug.SetMemoryLimit(prev) }
+	prevScratch := kernels.SetScratchLimit(scratch)
+	return func() {
+		debug.SetMemoryLimit(prev)
+		kernels.SetScratchLimit(prevScratch)
+	}
+}
+
+// goUnresident is address space the Go runtime maps at start and that the
+// soft limit counts, but that is not resident: the profile's bucket hash
+// table (1.4 MiB, mapped whatever the profiling rate; with no heap profile
+// sampled its zero pages are never written). Without it in the soft limit,
+// a 110M run whose kernels' scratch is outside the heap had its heap goal
+// at its live heap and collected 4,262 times in 3 steps.
+func goUnresident() int64 {
+	s := []metrics.Sample{{Name: "/memory/classes/profiling/buckets:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return min(int64(s[0].Value.Uint64()), 2<<20)
 }
 
 // goOverhead is the memory the Go runtime holds mapped besides heap

@@ -72,6 +72,9 @@ func run(t *testing.T, args ...string) (string, string, int64, error) {
 	if rerr != nil || perr != nil || peak <= 0 {
 		t.Fatalf("no peak RSS from qtune %v: %v %v", args, rerr, perr)
 	}
+	if strings.Contains(e.String(), "kernels' scratch went") {
+		t.Errorf("qtune %v: %s", args, strings.TrimSpace(e.String()))
+	}
 	return o.String(), e.String(), peak, err
 }
 
