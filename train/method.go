@@ -311,7 +311,7 @@ func (l *loraMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 	if err != nil {
 		return 0, 0, err
 	}
-	if loss, n, err = reduceStep(g, it, l.params, loss, n); err != nil {
+	if loss, n, err = reduceStep(g, it, l.set.Grads(), l.params, loss, n); err != nil {
 		return 0, 0, err
 	}
 	if l.cfg.MaxGradNorm > 0 {

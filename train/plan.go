@@ -10,6 +10,7 @@ import (
 	"github.com/qtune/qtune/data"
 	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/offload/comm"
 )
 
 // runtimeBytes is the process's own footprint besides what the accountant
@@ -150,6 +151,12 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 			{Category: budget.Gradients}, // split off the method's state below
 			{Category: budget.TokenCache, Bytes: d.Bytes, Note: fmt.Sprintf("index of %d examples and a step's batches (their %d tokens on disk)", d.Examples, d.Tokens)}}}
 	weightRequest(m, &r, d.Tokens, T)
+	if g := cfg.parallel(); g != nil && g.Footprint() > 0 {
+		// MPI's libraries, heap and shared memory in this rank: measured
+		// when it started (mpi.Open), outside the Go heap and the slabs.
+		r.Fixed = append(r.Fixed, budget.Item{Category: budget.Runtime, Bytes: g.Footprint(), OffHeap: true,
+			Note: fmt.Sprintf("communication: the MPI library's code, heap and shared memory in this rank (measured at start, with a %s bucket)", budget.FormatSize(4*comm.BucketFloats))})
+	}
 	// Training makes garbage enough to reach it (Go keeps a 4 MiB goal plus
 	// its own spans); with the runtime item's headroom, 3 MiB more centres
 	// the plan on tiny first-order runs, whose peaks measured 11.8–13.8 MiB
@@ -222,12 +229,14 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 // commBytes says what a data-parallel step sums over the ranks: every
 // trainable value's gradient and two float64s (loss, tokens) for LoRA, one
 // float64 per perturbed evaluation for MeZO. The sums are made in place
-// (no buffer besides the gradients).
+// (no buffer besides the gradients), at most comm.BucketFloats values per
+// call, so that the library's own copy of a message is bounded (it is in
+// the plan's communication item).
 func commBytes(cfg Config, meth Method) string {
 	if cfg.Method == "mezo" {
 		return fmt.Sprintf("%d B (one float64 per perturbed evaluation)", 16*max(cfg.Perturbations, 1))
 	}
-	return budget.FormatSize(4*meth.Trainable()+16) + " (every gradient, in place, and the loss and token count)"
+	return budget.FormatSize(4*meth.Trainable()+16) + fmt.Sprintf(" (every gradient, in place, in buckets of %s, and the loss and token count)", budget.FormatSize(4*comm.BucketFloats))
 }
 
 // laterSlabs is how many slabs meth makes after it is built: the

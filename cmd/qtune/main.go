@@ -21,6 +21,7 @@ import (
 
 	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/kernels"
+	"github.com/qtune/qtune/offload/mpi"
 	"github.com/qtune/qtune/train"
 )
 
@@ -93,7 +94,7 @@ func main() {
 		}
 	}
 	// QTUNE_PEAK_FILE asks for the process's peak resident set (VmHWM) on
-	// exit, for memory tests: a parent's rusage can carry the parent's own
+	// exit (with ".RANK" appended under an MPI launcher), for memory tests: a parent's rusage can carry the parent's own
 	// high-water mark across fork and exec.
 	// The kernels' scratch past its plan item is a planning error that the
 	// budget's margin may hide: say so (the memory tests fail on it).
@@ -101,6 +102,9 @@ func main() {
 		fmt.Fprintf(os.Stderr, "qtune: warning: the kernels' scratch went %s past its plan\n", budget.FormatSize(over))
 	}
 	if p := os.Getenv("QTUNE_PEAK_FILE"); p != "" {
+		if r, ok := mpi.LaunchedRank(); ok { // one file per rank: FILE.0, FILE.1, …
+			p = fmt.Sprintf("%s.%d", p, r)
+		}
 		os.WriteFile(p, []byte(fmt.Sprintln(train.PeakRSS())), 0o644)
 	}
 	os.Exit(code)

@@ -232,7 +232,15 @@ type Set struct {
 	Layers []*Layer          // in (layer, module) order
 	ByPos  model.Adapters    // for model.StepOptions
 	ByName map[string]*Layer // by target tensor name
+	// grads is every layer's GA and GB in one allocation (with up to 15
+	// floats of zero padding after each), nil without gradients.
+	grads []float32
 }
+
+// Grads returns every gradient in one slice (each layer's GA and GB, in
+// order, zero padding between them), so that a data-parallel step sums them
+// with one call; nil when the set has no gradients.
+func (s *Set) Grads() []float32 { return s.grads }
 
 // New creates adapters for m: A ~ U(−1/√in, 1/√in) (PEFT's default Kaiming
 // uniform with a = √5), B = 0, so training starts from the base model.
@@ -282,6 +290,7 @@ func New(m *model.Model, c Config) (*Set, error) {
 			return nil, fmt.Errorf("lora: gradients of %d values: %w", n, err)
 		}
 	}
+	s.grads = grads
 	piece := func(k int) (v, g []float32) {
 		v = vals[:k:k]
 		if grads != nil {

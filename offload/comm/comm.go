@@ -32,7 +32,17 @@ type Comm interface {
 	Close() error
 	// Name says what carries the group ("single process", "Open MPI 4.1.4").
 	Name() string
+	// Footprint is the memory the group's library holds in this process
+	// (its code, heap and shared memory), measured when it started, after
+	// one all-reduce of BucketFloats values: a plan counts it.
+	Footprint() int64
 }
+
+// BucketFloats bounds one collective: an AllReduceSum of more values is made
+// in pieces of at most this many (1 MiB), so that what the library
+// allocates for a message (Open MPI's ring all-reduce holds a copy of it) is
+// bounded, and counted in Footprint.
+const BucketFloats = 1 << 18
 
 // ErrComm marks a failed collective (a rank gone, a timeout, the MPI
 // library's error).
@@ -48,6 +58,7 @@ func (single) Size() int                      { return 1 }
 func (single) AllReduceSum([]float32) error   { return nil }
 func (single) AllReduceSum64([]float64) error { return nil }
 func (single) Barrier() error                 { return nil }
+func (single) Footprint() int64               { return 0 }
 func (single) Close() error                   { return nil }
 func (single) Name() string                   { return "single process" }
 func (single) Broadcast(_ []byte, root int) error {

@@ -59,6 +59,20 @@ func Launched() bool {
 	return false
 }
 
+// LaunchedRank is this process's rank as its launcher set it (Open MPI's
+// OMPI_COMM_WORLD_RANK, PMI's PMI_RANK, PMIx's PMIX_RANK), when Launched.
+func LaunchedRank() (int, bool) {
+	if !Launched() {
+		return 0, false
+	}
+	for _, v := range []string{"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"} {
+		if n, err := strconv.Atoi(os.Getenv(v)); err == nil && n >= 0 {
+			return n, true
+		}
+	}
+	return 0, false
+}
+
 // handles are the MPI objects the calls name.
 type handles struct {
 	world, float, double, byte_, sum uintptr
@@ -147,11 +161,19 @@ type world struct {
 	mu         sync.Mutex
 	broken     error
 	closed     bool
+	footprint  int64
 }
 
 // Open loads MPI, initializes it and returns MPI_COMM_WORLD. Collectives
 // that take longer than timeout (0: no limit) fail with comm.ErrComm.
+//
+// The memory MPI takes in this process (its libraries, their heap, the
+// shared-memory segments its on-node transport maps) is measured as the
+// growth of the resident set from before loading it to after a first
+// all-reduce of a whole bucket (comm.BucketFloats) and of a float64: its
+// Footprint, which the plan counts.
 func Open(timeout time.Duration) (comm.Comm, error) {
+	rss0 := residentBytes()
 	l, err := load()
 	if err != nil {
 		return nil, err
@@ -162,8 +184,54 @@ func Open(timeout time.Duration) (comm.Comm, error) {
 	if err := <-ready; err != nil {
 		return nil, err
 	}
+	if err := w.warmUp(); err != nil {
+		return nil, err
+	}
+	w.footprint = max(residentBytes()-rss0, 0)
 	return w, nil
 }
+
+// warmUp makes the first collectives of each kind the run makes, with a
+// buffer outside the Go heap that is unmapped before the footprint is
+// read.
+func (w *world) warmUp() error {
+	if w.size == 1 {
+		return nil
+	}
+	b, unmap, err := mapBytes(4 * comm.BucketFloats)
+	if err != nil {
+		return fmt.Errorf("mpi: a warm-up buffer: %w", err)
+	}
+	defer unmap()
+	f := unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), comm.BucketFloats)
+	if err := w.AllReduceSum(f); err != nil {
+		return err
+	}
+	if err := w.AllReduceSum64([]float64{0}); err != nil {
+		return err
+	}
+	return w.Barrier()
+}
+
+// residentBytes is the process's resident set now (/proc/self/statm), or 0
+// where that is not available.
+func residentBytes() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	n, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n * int64(os.Getpagesize())
+}
+
+func (w *world) Footprint() int64 { return w.footprint }
 
 // loop is the one goroutine that calls MPI, on its own OS thread.
 func (w *world) loop(ready chan<- error) {
@@ -241,11 +309,16 @@ func count(what string, n int) (int32, error) {
 	return int32(n), nil
 }
 
+// AllReduceSum sums buf in pieces of at most comm.BucketFloats.
 func (w *world) AllReduceSum(buf []float32) error {
-	if len(buf) == 0 {
-		return nil
+	for len(buf) > 0 {
+		n := min(len(buf), comm.BucketFloats)
+		if err := w.allReduceSum(unsafe.Pointer(&buf[0]), n, w.l.h.float); err != nil {
+			return err
+		}
+		buf = buf[n:]
 	}
-	return w.allReduceSum(unsafe.Pointer(&buf[0]), len(buf), w.l.h.float)
+	return nil
 }
 
 func (w *world) AllReduceSum64(buf []float64) error {
