@@ -351,7 +351,12 @@ func (h *lohoMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 	}
 	// Every forward pass checks ctx; both updates come after the last, so a
 	// cancelled step applies neither.
-	loss, total, err := batchLoss(ctx, h.m, it, batches, h.ad)
+	// Data-parallel: every evaluation on the rank's share of the
+	// micro-batches with its loss summed over the ranks (the zeroth-order
+	// part then makes the same update everywhere from the seed), and the
+	// first-order gradients summed once per step.
+	g := h.cfg.parallel()
+	loss, total, err := batchLoss(ctx, h.m, it, batches, h.ad, g)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -368,7 +373,11 @@ func (h *lohoMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 	if foStep {
 		optim.ZeroGrad(h.fo)
 		o := model.StepOptions{Adapters: h.ad, Checkpoint: h.cfg.GradCheckpoint, FirstLayer: h.first}
-		if sum, _, err = batchGrad(ctx, h.m, it, batches, o, total); err != nil {
+		var n int
+		if sum, n, err = batchGrad(ctx, h.m, it, myBatches(batches, g), o, total); err != nil {
+			return 0, 0, err
+		}
+		if sum, _, err = reduceStep(g, it, nil, h.fo, sum, n); err != nil {
 			return 0, 0, err
 		}
 	}

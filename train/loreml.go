@@ -231,8 +231,15 @@ func (l *loremlMethod) Step(ctx context.Context, it int, batches []data.Batch, l
 		params, opt = l.p2, l.opt2
 	}
 	optim.ZeroGrad(params)
-	loss, n, err := batchGrad(ctx, l.m, it, batches, o, total)
+	// Data-parallel: the rank's share of the micro-batches, the gradients
+	// (scores' or stage 2's) summed once per step; the mask is then formed
+	// from equal scores on every rank.
+	g := l.cfg.parallel()
+	loss, n, err := batchGrad(ctx, l.m, it, myBatches(batches, g), o, total)
 	if err != nil {
+		return 0, 0, err
+	}
+	if loss, n, err = reduceStep(g, it, nil, params, loss, n); err != nil {
 		return 0, 0, err
 	}
 	if l.cfg.MaxGradNorm > 0 {

@@ -12,6 +12,7 @@ import (
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/methods/mezo"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/offload/comm"
 )
 
 // Files a zeroth-order run writes besides (or instead of) a LoRA adapter.
@@ -141,16 +142,21 @@ func (z *mezoMethod) StateBytes() int64 {
 // step's micro-batches without gradients, and their token count. The
 // closure checks ctx before each micro-batch (SPSA undoes its perturbation
 // when it fails).
-func batchLoss(ctx context.Context, m *model.Model, it int, batches []data.Batch, ad model.Adapters) (func() (float64, error), int, error) {
+//
+// Data-parallel (g not nil), each rank evaluates its share of the
+// micro-batches and the sums are added over the ranks: one float64 per
+// evaluation.
+func batchLoss(ctx context.Context, m *model.Model, it int, batches []data.Batch, ad model.Adapters, g comm.Comm) (func() (float64, error), int, error) {
 	total, err := stepTargets(it, batches)
 	if err != nil {
 		return nil, 0, err
 	}
 	o := model.StepOptions{Adapters: ad}
+	mine := myBatches(batches, g)
 	return func() (float64, error) {
 		var sum float64
-		for k, b := range batches {
-			if err := stepCancelled(ctx, it, k, len(batches)); err != nil {
+		for k, b := range mine {
+			if err := stepCancelled(ctx, it, k, len(mine)); err != nil {
 				return 0, err
 			}
 			s, _, err := m.LossGrad(b.Tokens, b.Targets, b.B, b.T, o, false, 0)
@@ -160,8 +166,24 @@ func batchLoss(ctx context.Context, m *model.Model, it int, batches []data.Batch
 			passDone("step")
 			sum += s
 		}
+		sum, err := reduceLossErr(g, it, sum)
+		if err != nil {
+			return 0, err
+		}
 		return sum / float64(total), nil
 	}, total, nil
+}
+
+// reduceLossErr sums a loss over the ranks (as is with one process).
+func reduceLossErr(g comm.Comm, it int, sum float64) (float64, error) {
+	if g == nil {
+		return sum, nil
+	}
+	s := []float64{sum}
+	if err := g.AllReduceSum64(s); err != nil {
+		return 0, fmt.Errorf("train: iteration %d: summing the loss over %d ranks: %w", it, g.Size(), err)
+	}
+	return s[0], nil
 }
 
 // drawsLoss is the step's reported loss: the mean of L(θ±εz) over draws,
@@ -200,12 +222,9 @@ func (z *mezoMethod) Step(ctx context.Context, it int, batches []data.Batch, _ f
 			passDone("step")
 			sum += s
 		}
-		if g != nil {
-			s := []float64{sum}
-			if err := g.AllReduceSum64(s); err != nil {
-				return 0, fmt.Errorf("train: iteration %d: summing the loss over %d ranks: %w", it, g.Size(), err)
-			}
-			sum = s[0]
+		sum, err := reduceLossErr(g, it, sum)
+		if err != nil {
+			return 0, err
 		}
 		return sum / float64(total), nil
 	}

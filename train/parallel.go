@@ -39,8 +39,10 @@ func (c *Config) checkParallel() error {
 	if c.parallel() == nil {
 		return nil
 	}
-	if c.Method != "lora" && c.Method != "qlora" && c.Method != "mezo" {
-		return fmt.Errorf("train: method %s runs in one process only for now (data-parallel runs lora, qlora and mezo)", c.Method)
+	switch c.Method {
+	case "lora", "qlora", "mezo", "loho", "loho-intra", "loreml":
+	default:
+		return fmt.Errorf("train: method %s runs in one process only", c.Method)
 	}
 	return nil
 }

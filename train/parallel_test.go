@@ -31,8 +31,12 @@ func parallelRun(t *testing.T, dir string) Config {
 	// that left adapters 1e-4 apart after 4 steps while every loss stayed
 	// within 1e-5. The summing is the optimizer's input either way.
 	c.Optimizer, c.Momentum, c.LearningRate = "sgd", 0.9, 0.05
-	if os.Getenv("QTUNE_DP_METHOD") == "mezo" {
+	switch m := os.Getenv("QTUNE_DP_METHOD"); m {
+	case "mezo":
 		c.Method, c.Dropout = "mezo", 0
+	case "loho", "loreml":
+		c.Method = m
+		c.Stage1Iters = 2 // LoReML forms its mask after step 2
 	}
 	return c
 }
@@ -171,6 +175,16 @@ func TestDataParallelMeZO(t *testing.T) {
 	dataParallelMatches(t, "mezo")
 }
 
+// LoHO: the zeroth-order part's evaluations summed as MeZO's, the
+// first-order LoRA gradients summed once per step; LoReML: the scores'
+// gradients summed, the mask formed from equal scores on both ranks, then
+// stage 2's gradients summed. Every loss as one process's.
+func TestDataParallelLoHOAndLoReML(t *testing.T) {
+	for _, m := range []string{"loho", "loreml"} {
+		t.Run(m, func(t *testing.T) { dataParallelMatches(t, m) })
+	}
+}
+
 func dataParallelMatches(t *testing.T, method string) {
 	t.Setenv("QTUNE_DP_METHOD", method)
 	exe := mpirunOrSkip(t)
@@ -200,6 +214,10 @@ func dataParallelMatches(t *testing.T, method string) {
 	}
 	if ranks[0].Trained != one.Trained {
 		t.Errorf("trained tokens %d, one process %d", ranks[0].Trained, one.Trained)
+	}
+	if method == "loho" || method == "loreml" {
+		t.Logf("2 ranks vs one process (%s): final loss %.6f vs %.6f", method, ranks[0].FinalTrain, one.FinalTrain)
+		return
 	}
 	if method != "lora" {
 		for r := range 2 {

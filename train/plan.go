@@ -227,16 +227,29 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 }
 
 // commBytes says what a data-parallel step sums over the ranks: every
-// trainable value's gradient and two float64s (loss, tokens) for LoRA, one
-// float64 per perturbed evaluation for MeZO. The sums are made in place
+// trainable value's gradient and two float64s (loss, tokens) for LoRA and
+// LoReML (the stage's), one float64 per perturbed evaluation for MeZO, and
+// both for LoHO (its first-order gradients on first-order steps). The sums are made in place
 // (no buffer besides the gradients), at most comm.BucketFloats values per
 // call, so that the library's own copy of a message is bounded (it is in
 // the plan's communication item).
 func commBytes(cfg Config, meth Method) string {
-	if cfg.Method == "mezo" {
+	bucket := budget.FormatSize(4 * comm.BucketFloats)
+	switch h := meth.(type) {
+	case *mezoMethod:
 		return fmt.Sprintf("%d B (one float64 per perturbed evaluation)", 16*max(cfg.Perturbations, 1))
+	case *lohoMethod:
+		var fo int64
+		for _, p := range h.fo {
+			fo += int64(len(p.W))
+		}
+		zo := ""
+		if h.zo != nil {
+			zo = fmt.Sprintf(", %d B for the zeroth-order part (one float64 per perturbed evaluation)", 16*max(cfg.Perturbations, 1))
+		}
+		return fmt.Sprintf("%s on first-order steps (their gradients, in place, in buckets of %s, and the loss and token count)%s", budget.FormatSize(4*fo+16), bucket, zo)
 	}
-	return budget.FormatSize(4*meth.Trainable()+16) + fmt.Sprintf(" (every gradient, in place, in buckets of %s, and the loss and token count)", budget.FormatSize(4*comm.BucketFloats))
+	return budget.FormatSize(4*meth.Trainable()+16) + fmt.Sprintf(" (every gradient, in place, in buckets of %s, and the loss and token count)", bucket)
 }
 
 // laterSlabs is how many slabs meth makes after it is built: the
