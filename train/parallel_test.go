@@ -61,6 +61,9 @@ func TestDataParallelRank(t *testing.T) {
 	cfg := parallelRun(t, os.Getenv("QTUNE_DP_DIR"))
 	cfg.Comm = g
 	cfg.Resume = mode == "resume"
+	if mode == "nostart" && g.Rank() == 1 {
+		cfg.MaxMem = "1MiB" // refused by its plan; rank 0's fits
+	}
 	var onProgress func(Progress)
 	if mode == "die" && g.Rank() == 1 {
 		onProgress = func(p Progress) {
@@ -77,6 +80,11 @@ func TestDataParallelRank(t *testing.T) {
 	}
 	defer func() { testHookPass = nil }()
 	res, err := Run(context.Background(), cfg, nil, onProgress)
+	if mode == "nostart" {
+		fmt.Printf("rank %d: %v\n", g.Rank(), err)
+		g.Close()
+		os.Exit(0) // the parent reads the messages
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,6 +136,23 @@ func mpirunOrSkip(t *testing.T) string {
 		t.Skip("mpirun is not installed (apt-get install openmpi-bin)")
 	}
 	return exe
+}
+
+// A rank that cannot start (its plan refused) still makes the start's
+// collective: the other stops at once naming it, instead of waiting in its
+// first sum for the group's timeout (2 minutes here).
+func TestDataParallelRankThatCannotStart(t *testing.T) {
+	exe := mpirunOrSkip(t)
+	t0 := time.Now()
+	b, err := ranks(exe, "nostart", t.TempDir(), t.TempDir(), time.Minute)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	out := string(b)
+	if !strings.Contains(out, "rank 1: budget: train does not fit") || !strings.Contains(out, "rank 0: train: 1 of 2 ranks could not start") {
+		t.Fatalf("messages:\n%s", out)
+	}
+	t.Logf("both ranks stopped in %s", time.Since(t0).Round(time.Millisecond))
 }
 
 // A rank that dies mid-run (after the state saved at iteration 2) stops

@@ -325,6 +325,16 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	if cfg.CacheDir == "" {
 		cfg.CacheDir = LibraryCacheDir()
 	}
+	// Data-parallel ranks start training together: a rank that fails
+	// before (a plan refused, a file missing) still makes the start's one
+	// collective, saying so, and the others stop at once with a message
+	// instead of waiting in their first sum until the group's timeout.
+	g, started := cfg.parallel(), false
+	defer func() {
+		if g != nil && !started {
+			g.AllReduceSum64([]float64{1})
+		}
+	}()
 	cleanup, err := rankFolder(&cfg)
 	if err != nil {
 		return nil, err
@@ -559,6 +569,16 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		log(fmt.Sprintf("resumed from %s at iteration %d", statePath, start))
 	}
 	log(meth.Describe())
+	if g != nil {
+		started = true
+		failed := []float64{0}
+		if err := g.AllReduceSum64(failed); err != nil {
+			return nil, fmt.Errorf("train: starting with %d ranks: %w", g.Size(), err)
+		}
+		if failed[0] > 0 {
+			return nil, fmt.Errorf("train: %d of %d ranks could not start (their messages say why)", int(failed[0]), g.Size())
+		}
+	}
 	if _, ok := meth.(scoring); ok {
 		log(fmt.Sprintf("memory: weights %.1f MiB mapped, forward passes ≤ %.1f MiB per micro-batch (no gradients), trainable state %.1f MiB",
 			float64(m.WeightBytes())/(1<<20), float64(m.Config.ScoreBytes(cfg.BatchSize*cfg.MaxSeqLength))/(1<<20), float64(meth.StateBytes())/(1<<20)))

@@ -59,7 +59,8 @@ func TestBudgetPerRankUnderMPI(t *testing.T) {
 	}
 }
 
-// mpiRun runs qtune under mpirun -np 2 and returns each rank's peak RSS.
+// mpiRun runs qtune under mpirun -np 2 and returns each rank's peak RSS
+// (for a failed run, those that were written).
 func mpiRun(t *testing.T, mpirun string, args []string) ([]int64, string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -75,6 +76,9 @@ func mpiRun(t *testing.T, mpirun string, args []string) ([]int64, string, error)
 		b, rerr := os.ReadFile(fmt.Sprintf("%s.%d", pf, r))
 		p, perr := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 		if rerr != nil || perr != nil {
+			if err != nil { // a refused run: mpirun may stop a rank before it writes
+				continue
+			}
 			t.Fatalf("no peak RSS from rank %d: %v %v\n%s", r, rerr, perr, e.String())
 		}
 		peaks = append(peaks, p)

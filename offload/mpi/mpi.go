@@ -14,6 +14,7 @@ package mpi
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -187,7 +188,16 @@ func Open(timeout time.Duration) (comm.Comm, error) {
 	if err := w.warmUp(); err != nil {
 		return nil, err
 	}
-	w.footprint = max(residentBytes()-rss0, 0)
+	// Every rank plans with the same figure (a plan that fits on one rank
+	// and not on another would leave the other waiting in its first
+	// collective): the largest rank's, rounded up to a whole MiB so that
+	// the few hundred KiB it varies by from run to run seldom move the
+	// smallest budget a refusal names.
+	fp, err := w.largest(max(residentBytes()-rss0, 0))
+	if err != nil {
+		return nil, err
+	}
+	w.footprint = (fp + 1<<20 - 1) &^ (1<<20 - 1)
 	return w, nil
 }
 
@@ -211,6 +221,22 @@ func (w *world) warmUp() error {
 		return err
 	}
 	return w.Barrier()
+}
+
+// largest is the largest of every rank's v.
+func (w *world) largest(v int64) (int64, error) {
+	if w.size == 1 {
+		return v, nil
+	}
+	send := binary.LittleEndian.AppendUint64(nil, uint64(v))
+	recv := make([]byte, 8*w.size)
+	if err := w.AllGather(send, recv); err != nil {
+		return 0, err
+	}
+	for r := range w.size {
+		v = max(v, int64(binary.LittleEndian.Uint64(recv[8*r:])))
+	}
+	return v, nil
 }
 
 // residentBytes is the process's resident set now (/proc/self/statm), or 0
