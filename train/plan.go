@@ -325,6 +325,7 @@ func ApplyPlan(m *model.Model, p *budget.Plan) (restore func()) {
 	return func() {
 		debug.SetMemoryLimit(prev)
 		kernels.SetScratchLimit(prevScratch)
+		kernels.ReleaseScratch() // an app that embeds qtune gets the blocks back
 	}
 }
 
