@@ -140,9 +140,13 @@ func ScratchStats() (held, peak, over int64) {
 	return a.held, a.peak, a.over
 }
 
-// ReleaseScratch unmaps every free block (a run's end, or a host app that
-// wants its memory back).
+// ReleaseScratch unmaps every free block, the workers' kept GEMM blocks
+// included (a run's end, or a host app that wants its memory back). No
+// kernel may be running.
 func ReleaseScratch() {
+	for b := gemmBufPool.get(); b != nil; b = gemmBufPool.get() {
+		scratch.put(b.ap)
+	}
 	a := &scratch
 	a.mu.Lock()
 	defer a.mu.Unlock()

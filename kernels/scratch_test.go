@@ -59,6 +59,10 @@ func TestScratchWithinScratchBytes(t *testing.T) {
 	if over > 0 || peak > limit {
 		t.Fatalf("the scratch mapped %d bytes past its limit of %d (peak %d)", over, limit, peak)
 	}
+	kernels.ReleaseScratch()
+	if held, _, _ := kernels.ScratchStats(); held != 0 {
+		t.Errorf("%d bytes still mapped after ReleaseScratch", held)
+	}
 	if peak < limit/4 && kernels.ISA() != "generic" { // the generic kernels map only a row panel per worker
 		t.Errorf("peak %d is under a quarter of ScratchBytes %d: the bound is loose", peak, limit)
 	}
