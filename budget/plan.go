@@ -111,6 +111,9 @@ type Plan struct {
 	// HeapLimit is what the Go heap may use: the budget less the mapped
 	// weights the plan keeps resident and the runtime's own pages.
 	HeapLimit int64 `json:"heap_limit"`
+	// ScratchBytes is the kernels' scratch item (Request.Scratch): the
+	// limit of what they map.
+	ScratchBytes int64 `json:"scratch_bytes"`
 	// FloorBytes is the part of the Runtime item that a FloorOutsideLimit
 	// heap floor added: planned, but not part of the heap's soft limit.
 	FloorBytes int64 `json:"floor_bytes"`
@@ -261,6 +264,7 @@ func (r *Request) evaluate(c candidate) *Plan {
 	}
 	add(Runtime, r.Runtime+floor, "binary, Go runtime, tokenizer, GC headroom")
 	if r.Scratch > 0 {
+		p.ScratchBytes = r.Scratch
 		p.Items = append(p.Items, Item{Category: Runtime, Bytes: r.Scratch, Note: "kernel scratch: packed operands, decoded panels, attention blocks (mapped outside the Go heap)", OffHeap: true})
 	}
 	var heapFree int64

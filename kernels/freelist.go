@@ -16,8 +16,8 @@ type freeList[T any] struct {
 }
 
 // freeListMax bounds a list's length: one item per processor and one for
-// the caller, as many as can be in use at once. More is dropped to the
-// collector, so a list never holds scratch of shapes no longer in use.
+// the caller, as many as can be in use at once. put refuses more (the
+// caller returns the item's scratch to the arena or drops it).
 var freeListMax = runtime.GOMAXPROCS(0) + 1
 
 // get returns a kept item, or nil.

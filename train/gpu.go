@@ -416,8 +416,9 @@ func (l *loraMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 	var loss float64
 	var n int
 	g := l.cfg.parallel()
-	for k, b := range myBatches(batches, g) {
-		if err := stepCancelled(ctx, it, k, len(batches)); err != nil {
+	mine := myBatches(batches, g)
+	for k, b := range mine {
+		if err := stepCancelled(ctx, it, k, len(mine)); err != nil {
 			return 0, 0, err
 		}
 		s, c, err := r.g.LossGrad(b.Tokens, b.Targets, b.B, b.T, r.ad, true, 1/float64(total))

@@ -152,6 +152,16 @@ func batchLoss(ctx context.Context, m *model.Model, it int, batches []data.Batch
 		return nil, 0, err
 	}
 	o := model.StepOptions{Adapters: ad}
+	return meanLoss(ctx, it, batches, total, g, func(b data.Batch) (float64, error) {
+		s, _, err := m.LossGrad(b.Tokens, b.Targets, b.B, b.T, o, false, 0)
+		return s, err
+	}), total, nil
+}
+
+// meanLoss is a zeroth-order evaluation of a step: loss(b) summed over the
+// rank's share of the micro-batches (ctx checked before each), summed over
+// the ranks, per target token.
+func meanLoss(ctx context.Context, it int, batches []data.Batch, total int, g comm.Comm, loss func(data.Batch) (float64, error)) func() (float64, error) {
 	mine := myBatches(batches, g)
 	return func() (float64, error) {
 		var sum float64
@@ -159,23 +169,23 @@ func batchLoss(ctx context.Context, m *model.Model, it int, batches []data.Batch
 			if err := stepCancelled(ctx, it, k, len(mine)); err != nil {
 				return 0, err
 			}
-			s, _, err := m.LossGrad(b.Tokens, b.Targets, b.B, b.T, o, false, 0)
+			s, err := loss(b)
 			if err != nil {
 				return 0, err
 			}
 			passDone("step")
 			sum += s
 		}
-		sum, err := reduceLossErr(g, it, sum)
+		sum, err := reduceLoss(g, it, sum)
 		if err != nil {
 			return 0, err
 		}
 		return sum / float64(total), nil
-	}, total, nil
+	}
 }
 
-// reduceLossErr sums a loss over the ranks (as is with one process).
-func reduceLossErr(g comm.Comm, it int, sum float64) (float64, error) {
+// reduceLoss sums a loss over the ranks (as is with one process).
+func reduceLoss(g comm.Comm, it int, sum float64) (float64, error) {
 	if g == nil {
 		return sum, nil
 	}
@@ -207,27 +217,10 @@ func (z *mezoMethod) Step(ctx context.Context, it int, batches []data.Batch, _ f
 	// Data-parallel: each rank evaluates its share of the micro-batches and
 	// the sums are added over the ranks (one float64 per evaluation), so
 	// every rank sees the same losses and makes the same update.
-	g := z.cfg.parallel()
-	mine := myBatches(batches, g)
-	loss := func() (float64, error) {
-		var sum float64
-		for k, b := range mine {
-			if err := stepCancelled(ctx, it, k, len(mine)); err != nil {
-				return 0, err
-			}
-			s, _, err := z.sc.Loss(b.Tokens, b.Targets, b.B, b.T, z.ad)
-			if err != nil {
-				return 0, err
-			}
-			passDone("step")
-			sum += s
-		}
-		sum, err := reduceLossErr(g, it, sum)
-		if err != nil {
-			return 0, err
-		}
-		return sum / float64(total), nil
-	}
+	loss := meanLoss(ctx, it, batches, total, z.cfg.parallel(), func(b data.Batch) (float64, error) {
+		s, _, err := z.sc.Loss(b.Tokens, b.Targets, b.B, b.T, z.ad)
+		return s, err
+	})
 	ds, err := z.spsa.Step(it, loss)
 	if err != nil {
 		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)

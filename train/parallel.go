@@ -15,16 +15,19 @@ import (
 // Data-parallel training (Config.Comm with several ranks, `mpirun -np N
 // qtune train …`): every rank reads the same data in the same order and
 // takes the micro-batches of each step whose index is its rank modulo the
-// ranks; the adapters' gradients and the step's loss and token count are
-// summed over the ranks once per step (one all-reduce per parameter
-// tensor, one of two float64s; for MeZO one float64 per perturbed
-// evaluation, since z is regenerated from the seed on every rank), and
-// every rank then applies the same
-// optimizer step to the same values, so the adapters stay equal without
-// being sent. Rank 0 writes the adapter folder; the others write theirs
-// into a temporary folder that is removed at the end. The result equals
-// the single-process run with the same --grad-accumulation-steps up to the
-// order of the gradient sums.
+// ranks. First-order gradients (LoRA's and QLoRA's, LoHO's first-order
+// part, LoReML's scores and stage 2) and the step's loss and token count
+// are summed over the ranks once per step (reduceStep: LoRA's gradients in
+// one call over their one allocation, others per tensor; the group sends
+// at most comm.BucketFloats values a message); a zeroth-order evaluation
+// (MeZO, LoHO's zeroth-order part) sums one float64 (meanLoss), since z is
+// regenerated from the seed on every rank. Every rank then applies the same
+// update to the same values, so the adapters stay equal without being
+// sent. Rank 0 writes the adapter folder; the others write theirs into a
+// temporary folder that is removed at the end. Run starts the ranks
+// together (one collective: a rank that cannot start says so). The result
+// equals the single-process run with the same --grad-accumulation-steps up
+// to the order of the gradient sums.
 
 // parallel is the run's group, or nil for one process.
 func (c *Config) parallel() comm.Comm {

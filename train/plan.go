@@ -14,14 +14,14 @@ import (
 )
 
 // runtimeBytes is the process's own footprint besides what the accountant
-// books: the binary's code and read-only data (file pages), the Go runtime
-// with the model open (its floor, the parsed header, the tokenizer, the
-// tables), the kernels' scratch (mapped outside the heap), and headroom for a
-// step's small garbage between collections.
-func runtimeBytes(m *model.Model) int64 { return runtimeBytesT(m, 0, 0) }
+// books: its Go share (goShare) and the kernels' scratch for m's shapes
+// (mapped outside the heap).
+func runtimeBytes(m *model.Model) int64 { return goShare(m) + scratchBytes(m, 0, 0) }
 
-// runtimeBytesT is runtimeBytes for a run whose batches have up to rows
-// positions of sequences of up to T.
+// goShare is the binary's code and read-only data (file pages), the Go
+// runtime with the model open (its floor, the parsed header, the tokenizer,
+// the tables), and headroom for a step's small garbage between collections:
+// the plan's first "runtime" item.
 //
 // The Go runtime with a model open was measured (RssAnon after
 // debug.FreeOSMemory, in fresh processes on linux/amd64): 0.9 MiB before
@@ -30,14 +30,14 @@ func runtimeBytes(m *model.Model) int64 { return runtimeBytesT(m, 0, 0) }
 // 115–304 bytes a token (BPE merges the most). An estimate from the model
 // rather than a measurement at run time keeps the plan the same from one
 // run to the next, which a named smallest budget needs.
-func runtimeBytesT(m *model.Model, rows, T int) int64 {
+func goShare(m *model.Model) int64 {
 	base := goRuntime(m)
-	return binaryText + base + scratchBytes(m, rows, T) + gcHeadroom(base)
+	return binaryText + base + gcHeadroom(base)
 }
 
 // scratchBytes is the most the kernels' scratch holds for m's shapes with
-// batches of up to rows positions of sequences of up to T (part of
-// runtimeBytesT, mapped outside the heap).
+// batches of up to rows positions of sequences of up to T: the plan's
+// scratch item, mapped outside the heap.
 func scratchBytes(m *model.Model, rows, T int) int64 {
 	c := m.Config
 	maxS := max(rows, c.Vocab, c.Hidden, c.Dim, c.Heads*c.HeadDim)
@@ -71,8 +71,8 @@ func weightRequest(m *model.Model, r *budget.Request, tokens int64, T int) {
 		row := emb / int64(m.Config.Vocab)
 		r.EmbedBytes = min(emb, tokens*max(row, 4096))
 	}
+	r.Runtime = goShare(m)
 	r.Scratch = scratchBytes(m, r.Batch*T, T)
-	r.Runtime = runtimeBytesT(m, r.Batch*T, T) - r.Scratch
 }
 
 // PlanGenerate plans generation of up to maxLen tokens (prompt included).
@@ -280,11 +280,8 @@ func laterSlabs(meth Method) int {
 // (kernels.SetScratchLimit) until restore.
 func ApplyPlan(m *model.Model, p *budget.Plan) (restore func()) {
 	m.Stream = p.Stream
-	var heap, scratch int64
+	var heap int64
 	for _, it := range p.Items {
-		if it.Category == budget.Runtime && it.OffHeap {
-			scratch += it.Bytes
-		}
 		switch it.Category {
 		case budget.Trainable, budget.Gradients, budget.TokenCache, budget.Runtime:
 			if !it.OffHeap { // an adapter applied to generate or eval
@@ -321,7 +318,7 @@ func ApplyPlan(m *model.Model, p *budget.Plan) (restore func()) {
 	// by 3-4% (the sweep caught it).
 	soft = max(soft, goOverhead()+4<<20) + goUnresident()
 	prev := debug.SetMemoryLimit(soft)
-	prevScratch := kernels.SetScratchLimit(scratch)
+	prevScratch := kernels.SetScratchLimit(p.ScratchBytes)
 	return func() {
 		debug.SetMemoryLimit(prev)
 		kernels.SetScratchLimit(prevScratch)

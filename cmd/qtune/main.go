@@ -93,14 +93,14 @@ func main() {
 			f.Close()
 		}
 	}
-	// QTUNE_PEAK_FILE asks for the process's peak resident set (VmHWM) on
-	// exit (with ".RANK" appended under an MPI launcher), for memory tests: a parent's rusage can carry the parent's own
-	// high-water mark across fork and exec.
 	// The kernels' scratch past its plan item is a planning error that the
 	// budget's margin may hide: say so (the memory tests fail on it).
 	if _, _, over := kernels.ScratchStats(); over > 0 {
 		fmt.Fprintf(os.Stderr, "qtune: warning: the kernels' scratch went %s past its plan\n", budget.FormatSize(over))
 	}
+	// QTUNE_PEAK_FILE asks for the process's peak resident set (VmHWM) on
+	// exit (FILE.RANK under an MPI launcher), for memory tests: a parent's
+	// rusage can carry the parent's own high-water mark across fork and exec.
 	if p := os.Getenv("QTUNE_PEAK_FILE"); p != "" {
 		if r, ok := mpi.LaunchedRank(); ok { // one file per rank: FILE.0, FILE.1, …
 			p = fmt.Sprintf("%s.%d", p, r)
