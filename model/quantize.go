@@ -198,7 +198,7 @@ func quantize(ctx context.Context, m *Model, w io.Writer, t quant.Type, delta De
 					}
 				}
 				if heads > 0 {
-					f = safetensors.PermuteRowsF32(f, len(f)/int(src.Shape[0]), int(src.Shape[0]), heads, false)
+					safetensors.PermuteRowsInPlace(f, len(f)/int(src.Shape[0]), int(src.Shape[0]), heads, false)
 				}
 				out := make([]byte, size)
 				if err := quant.Quantize(tt, out, f); err != nil {

@@ -19,7 +19,18 @@ type LoRA struct {
 	Rank   int       // R
 	A      []float32 // (R, In) row-major
 	B      []float32 // (Out, R) row-major
+
+	// AAt and BAt take the place of A and B (left nil) in an adapter built
+	// to be written (lora.Set.ToAdapter): element (r, c), computed when the
+	// writer reaches it, so a permuted or fused factor is written without a
+	// copy of it in memory. The writers (WritePEFT, WriteGGUF, WriteMLX)
+	// accept them; Delta and CheckFinite need A and B.
+	AAt, BAt func(r, c int) float32
 }
+
+// viewA and viewB are the layer's factors as the writers read them.
+func (l *LoRA) viewA() view { return view{rows: l.Rank, cols: l.In, v: l.A, at: l.AAt} }
+func (l *LoRA) viewB() view { return view{rows: l.Out, cols: l.Rank, v: l.B, at: l.BAt} }
 
 // Adapter is a set of LoRA layers with their hyper-parameters.
 type Adapter struct {
@@ -293,10 +304,10 @@ func check(a *Adapter) ([]parsed, error) {
 		if l.In <= 0 || l.In > maxFeatures || l.Out <= 0 || l.Out > maxFeatures {
 			return nil, invalidErr("layer %q: shape (%d, %d), want 1..%d", l.Target, l.Out, l.In, maxFeatures)
 		}
-		if len(l.A) != l.Rank*l.In {
+		if len(l.A) != l.Rank*l.In && (l.A != nil || l.AAt == nil) {
 			return nil, invalidErr("layer %q: A has %d values, want (R %d, in %d)", l.Target, len(l.A), l.Rank, l.In)
 		}
-		if len(l.B) != l.Out*l.Rank {
+		if len(l.B) != l.Out*l.Rank && (l.B != nil || l.BAt == nil) {
 			return nil, invalidErr("layer %q: B has %d values, want (out %d, R %d)", l.Target, len(l.B), l.Out, l.Rank)
 		}
 		out[i] = parsed{layer, k, l}

@@ -77,11 +77,11 @@ func WriteGGUF(w io.Writer, a *Adapter, dtype quant.Type, arch string) error {
 	for _, p := range ps {
 		l := p.l
 		// Encoded as the file is written, a chunk at a time.
-		an, aw, err := encoder(dtype, l.A, l.Target+" A")
+		an, aw, err := encoderOf(dtype, l.viewA(), l.Target+" A")
 		if err != nil {
 			return err
 		}
-		bn, bw, err := encoder(dtype, l.B, l.Target+" B")
+		bn, bw, err := encoderOf(dtype, l.viewB(), l.Target+" B")
 		if err != nil {
 			return err
 		}

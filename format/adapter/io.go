@@ -24,14 +24,10 @@ func checkDType(t quant.Type) error {
 	return invalidErr("element type %v, want F32, F16 or BF16", t)
 }
 
-// encode converts v to little-endian bytes of type t (F32, F16 or BF16). A
-// finite value that overflows to ±Inf in the narrower type is an error.
-func encode(t quant.Type, v []float32, what string) ([]byte, error) {
-	return encodeInto(nil, t, v, what, 0)
-}
-
-// encodeInto is encode into b's memory when it holds enough (a new slice
-// otherwise); base is v's index in the whole tensor, for errors.
+// encodeInto converts v to little-endian bytes of type t (F32, F16 or BF16)
+// in b's memory when it holds enough (a new slice otherwise); a finite value
+// that overflows to ±Inf in the narrower type is an error. base is v's index
+// in the whole tensor, for errors.
 func encodeInto(b []byte, t quant.Type, v []float32, what string, base int) ([]byte, error) {
 	grow := func(n int) []byte {
 		if cap(b) >= n {
@@ -71,17 +67,96 @@ func encodeInto(b []byte, t quant.Type, v []float32, what string, base int) ([]b
 // chunks holds encoder's 64 KiB buffers.
 var chunks = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
+// view is a read-only (rows, cols) row-major matrix as a writer sees it,
+// with no copy made: the values of v, or at(r, c) when v is nil; row r of the
+// view is row src(r) of the values when src is set (the q/k permutation);
+// a transposed view is (cols, rows), its element (j, i) the values' (i, j)
+// (MLX-LM's layout).
+type view struct {
+	rows, cols int
+	v          []float32
+	at         func(r, c int) float32
+	src        func(r int) int
+	transposed bool
+}
+
+// plain is a view of v as it is stored.
+func plain(v []float32) view { return view{rows: 1, cols: len(v), v: v} }
+
+// value is element (r, c) of the untransposed view.
+func (m *view) value(r, c int) float32 {
+	if m.src != nil {
+		r = m.src(r)
+	}
+	if m.v != nil {
+		return m.v[r*m.cols+c]
+	}
+	return m.at(r, c)
+}
+
+// fill writes the view's values lo … lo+len(dst)−1, in its own row-major
+// order, into dst.
+func (m *view) fill(dst []float32, lo int) {
+	if !m.transposed {
+		r, c := lo/m.cols, lo%m.cols
+		for len(dst) > 0 {
+			n := min(len(dst), m.cols-c)
+			if m.v != nil {
+				sr := r
+				if m.src != nil {
+					sr = m.src(r)
+				}
+				copy(dst[:n], m.v[sr*m.cols+c:])
+			} else {
+				for i := range n {
+					dst[i] = m.value(r, c+i)
+				}
+			}
+			dst, r, c = dst[n:], r+1, 0
+		}
+		return
+	}
+	j, i := lo/m.rows, lo%m.rows
+	for k := range dst {
+		dst[k] = m.value(i, j)
+		if i++; i == m.rows {
+			i, j = 0, j+1
+		}
+	}
+}
+
+// floats holds encoder's chunks of values gathered from a view.
+var floats = sync.Pool{New: func() any { b := make([]float32, 16<<10); return &b }}
+
 // encoder is encode without the whole encoding in memory: the size in
 // bytes, and a function that writes it in chunks of at most 64 KiB (values
 // that overflow t are refused now, before anything is written). v must not
 // change until the function has run.
 func encoder(t quant.Type, v []float32, what string) (int64, func(w io.Writer) error, error) {
+	return encoderOf(t, plain(v), what)
+}
+
+// encoderOf is encoder for a view: its values are gathered a chunk at a
+// time, so a permuted, transposed or computed matrix is written with no copy
+// of it in memory.
+func encoderOf(t quant.Type, m view, what string) (int64, func(w io.Writer) error, error) {
 	const chunk = 16 << 10 // values per chunk
+	n := m.rows * m.cols
+	direct := m.v != nil && m.src == nil && !m.transposed
 	write := func(w io.Writer) error {
 		bp := chunks.Get().(*[]byte)
 		defer chunks.Put(bp)
-		for lo := 0; lo < len(v); lo += chunk {
-			b, err := encodeInto(*bp, t, v[lo:min(lo+chunk, len(v))], what, lo)
+		fp := floats.Get().(*[]float32)
+		defer floats.Put(fp)
+		for lo := 0; lo < n; lo += chunk {
+			var f []float32
+			if direct {
+				f = m.v[lo:min(lo+chunk, n)]
+			} else {
+				f = (*fp)[:min(chunk, n-lo)]
+				m.fill(f, lo)
+			}
+			b, err := encodeInto(*bp, t, f, what, lo)
 			if err != nil {
 				return err
 			}
@@ -93,12 +168,12 @@ func encoder(t quant.Type, v []float32, what string) (int64, func(w io.Writer) e
 	}
 	switch t {
 	case quant.F32:
-		return 4 * int64(len(v)), write, nil
+		return 4 * int64(n), write, nil
 	case quant.F16, quant.BF16:
 		if err := write(io.Discard); err != nil { // an overflow, before anything is written
 			return 0, nil, err
 		}
-		return 2 * int64(len(v)), write, nil
+		return 2 * int64(n), write, nil
 	}
 	return 0, nil, checkDType(t)
 }
@@ -148,6 +223,42 @@ func decode(t quant.Type, b []byte, n int, what string) ([]float32, error) {
 	case quant.BF16:
 		for i := range v {
 			v[i] = quant.BF16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
+		}
+	}
+	return v, nil
+}
+
+// decodeTransposed is decode of a (rows, cols) row-major tensor into its
+// transpose (cols, rows), with no second copy: MLX-LM stores lora_a as
+// (in, R) and lora_b as (R, out), qtune holds (R, in) and (out, R).
+func decodeTransposed(t quant.Type, b []byte, rows, cols int, what string) ([]float32, error) {
+	var size int
+	switch t {
+	case quant.F32:
+		size = 4
+	case quant.F16, quant.BF16:
+		size = 2
+	default:
+		return nil, unsupportedErr("%s: element type %v, want F32, F16 or BF16", what, t)
+	}
+	n := rows * cols
+	if rows < 0 || cols < 0 || len(b) != n*size {
+		return nil, formatErr("%s: %d bytes for %d values of %v", what, len(b), n, t)
+	}
+	v := make([]float32, n)
+	for i := 0; i < rows; i++ {
+		for j := 0; j < cols; j++ {
+			k := i*cols + j
+			var x float32
+			switch t {
+			case quant.F32:
+				x = math.Float32frombits(binary.LittleEndian.Uint32(b[4*k:]))
+			case quant.F16:
+				x = quant.F16ToF32(binary.LittleEndian.Uint16(b[2*k:]))
+			default:
+				x = quant.BF16ToF32(binary.LittleEndian.Uint16(b[2*k:]))
+			}
+			v[j*rows+i] = x
 		}
 	}
 	return v, nil

@@ -25,17 +25,6 @@ const (
 // mlxDefaultScale is MLX-LM's default lora_parameters.scale.
 const mlxDefaultScale = 20.0
 
-// transpose returns the (cols, rows) transpose of m (rows, cols).
-func transpose(m []float32, rows, cols int) []float32 {
-	t := make([]float32, len(m))
-	for i := 0; i < rows; i++ {
-		for j := 0; j < cols; j++ {
-			t[j*rows+i] = m[i*cols+j]
-		}
-	}
-	return t
-}
-
 // WriteMLX writes an MLX-LM LoRA adapter folder (formats.md §4.3) into dir:
 // adapters.safetensors with, per layer,
 //
@@ -71,25 +60,30 @@ func WriteMLX(dir string, a *Adapter, modelLayers, heads, kvHeads int, dtype qua
 	tensors := make([]safetensors.Tensor, 0, 2*len(ps))
 	for _, p := range ps {
 		l := p.l
-		b := l.B
+		// Transposed (MLX-LM keeps lora_a (in, R), lora_b (R, out)) and q/k
+		// rows in HF order as the file is written: no copy of a factor.
+		av := l.viewA()
+		av.transposed = true
+		bv := l.viewB()
+		bv.transposed = true
 		switch modules[p.kind].kind {
 		case "q":
-			b = permuteQK(b, l.Out, l.Rank, heads, true)
+			bv.src = hfOrder(l.Out, heads)
 		case "k":
-			b = permuteQK(b, l.Out, l.Rank, kvHeads, true)
+			bv.src = hfOrder(l.Out, kvHeads)
 		}
 		name := "model.layers." + strconv.Itoa(p.layer) + "." + modules[p.kind].hf
-		ab, err := encode(dtype, transpose(l.A, l.Rank, l.In), l.Target+" A")
+		_, aw, err := encoderOf(dtype, av, l.Target+" A")
 		if err != nil {
 			return err
 		}
-		bb, err := encode(dtype, transpose(b, l.Out, l.Rank), l.Target+" B")
+		_, bw, err := encoderOf(dtype, bv, l.Target+" B")
 		if err != nil {
 			return err
 		}
 		tensors = append(tensors,
-			safetensors.Tensor{Name: name + ".lora_a", DType: st, Shape: []int64{int64(l.In), int64(l.Rank)}, Data: ab},
-			safetensors.Tensor{Name: name + ".lora_b", DType: st, Shape: []int64{int64(l.Rank), int64(l.Out)}, Data: bb})
+			safetensors.Tensor{Name: name + ".lora_a", DType: st, Shape: []int64{int64(l.In), int64(l.Rank)}, Source: aw},
+			safetensors.Tensor{Name: name + ".lora_b", DType: st, Shape: []int64{int64(l.Rank), int64(l.Out)}, Source: bw})
 	}
 	var keys []string
 	for _, k := range targetKinds(a, ps) {
@@ -223,6 +217,21 @@ func ReadMLX(dir string, heads, kvHeads int) (*Adapter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("adapter: %w", err)
 	}
+	return readMLX(cfg, wb, heads, kvHeads)
+}
+
+// ReadMLXBytes is ReadMLX of a folder's two files given as bytes (the
+// weights may be a read-only mapping: nothing returned refers to them).
+func ReadMLXBytes(config, weights []byte, heads, kvHeads int) (*Adapter, error) {
+	cfg, err := parseMLXConfig(fsx.TrimBOM(config))
+	if err != nil {
+		return nil, err
+	}
+	return readMLX(cfg, weights, heads, kvHeads)
+}
+
+// readMLX decodes the weights of an MLX-LM adapter.
+func readMLX(cfg *mlxConfig, wb []byte, heads, kvHeads int) (*Adapter, error) {
 	f, err := safetensors.Parse(wb)
 	if err != nil {
 		return nil, fmt.Errorf("adapter: %s: %w", MLXWeights, err)
@@ -290,23 +299,22 @@ func ReadMLX(dir string, heads, kvHeads int) (*Adapter, error) {
 		} else if int(r) != rank {
 			return nil, formatErr("%s: rank %d, want %d", name, r, rank)
 		}
-		var at, bt []float32
+		l := &LoRA{Target: target, In: int(in), Out: int(out), Rank: int(r)}
 		for _, x := range []struct {
 			t   *safetensors.Tensor
 			dst *[]float32
-		}{{p.a, &at}, {p.b, &bt}} {
+		}{{p.a, &l.A}, {p.b, &l.B}} {
 			typ, ok := stType(x.t.DType)
 			if !ok {
 				return nil, unsupportedErr("tensor %s: dtype %s, want F32, F16 or BF16", x.t.Name, x.t.DType)
 			}
-			v, err := decode(typ, x.t.Data, int(x.t.Shape[0]*x.t.Shape[1]), x.t.Name)
+			// Decoded into qtune's (R, in) and (out, R): one copy.
+			v, err := decodeTransposed(typ, x.t.Data, int(x.t.Shape[0]), int(x.t.Shape[1]), x.t.Name)
 			if err != nil {
 				return nil, err
 			}
 			*x.dst = v
 		}
-		l := &LoRA{Target: target, In: int(in), Out: int(out), Rank: int(r),
-			A: transpose(at, int(in), int(r)), B: transpose(bt, int(r), int(out))}
 		ps = append(ps, parsed{key[0], key[1], l})
 	}
 	if err := checkHeadDims(ps, heads, kvHeads); err != nil {
@@ -315,9 +323,9 @@ func ReadMLX(dir string, heads, kvHeads int) (*Adapter, error) {
 	for _, p := range ps {
 		switch modules[p.kind].kind {
 		case "q":
-			p.l.B = permuteQK(p.l.B, p.l.Out, p.l.Rank, heads, false)
+			permuteQK(p.l.B, p.l.Out, p.l.Rank, heads)
 		case "k":
-			p.l.B = permuteQK(p.l.B, p.l.Out, p.l.Rank, kvHeads, false)
+			permuteQK(p.l.B, p.l.Out, p.l.Rank, kvHeads)
 		}
 	}
 	if cfg.targets != nil {

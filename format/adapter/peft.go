@@ -46,15 +46,24 @@ func fusedTarget(base string) (string, bool) {
 	return "", false
 }
 
-// permuteQK permutes a q or k B matrix's rows between GGUF and HF order
-// (safetensors.PermuteRowsF32), or returns b as it is when heads is 0: the
-// families whose llama.cpp files keep HF's order (qwen2, qwen3, gemma3,
-// phi3) pass 0 heads.
-func permuteQK(b []float32, rows, cols, heads int, toHF bool) []float32 {
-	if heads == 0 {
-		return b
+// permuteQK moves a q or k B matrix's rows, in place, from HF to GGUF order
+// (formats.md §3.2), or leaves them when heads is 0: the families whose
+// llama.cpp files keep HF's order (qwen2, qwen3, gemma3, phi3) pass 0
+// heads.
+func permuteQK(b []float32, rows, cols, heads int) {
+	if heads > 0 {
+		safetensors.PermuteRowsInPlace(b, rows, cols, heads, false)
 	}
-	return safetensors.PermuteRowsF32(b, rows, cols, heads, toHF)
+}
+
+// hfOrder is the row order a writer reads a GGUF-order q or k B matrix of
+// the given rows in to write it in HF order: HF row r is GGUF row src(r). It
+// is nil (the rows as they are) when heads is 0.
+func hfOrder(rows, heads int) func(r int) int {
+	if heads == 0 {
+		return nil
+	}
+	return func(r int) int { return safetensors.GGUFRowForHF(r, heads, rows) }
 }
 
 // WritePEFT writes a Hugging Face PEFT LoRA adapter into dir (created when
@@ -88,29 +97,23 @@ func WritePEFT(dir string, a *Adapter, heads, kvHeads int, dtype quant.Type) err
 	for _, p := range ps {
 		l := p.l
 		name := peftPrefix + "model.layers." + strconv.Itoa(p.layer) + "." + modules[p.kind].hf
-		// Encoded as the file is written, a chunk at a time (q and k rows
-		// permuted then, one tensor's copy at a time): the adapter is
-		// never in memory twice.
-		_, aw, err := encoder(dtype, l.A, l.Target+" A")
+		// Encoded as the file is written, a chunk at a time, q and k rows
+		// read in HF order from where they are: the adapter is never in
+		// memory twice.
+		_, aw, err := encoderOf(dtype, l.viewA(), l.Target+" A")
 		if err != nil {
 			return err
 		}
-		if _, _, err := encoder(dtype, l.B, l.Target+" B"); err != nil { // permuting moves values, it changes none
-			return err
+		b := l.viewB()
+		switch modules[p.kind].kind {
+		case "q":
+			b.src = hfOrder(l.Out, heads)
+		case "k":
+			b.src = hfOrder(l.Out, kvHeads)
 		}
-		kind, b := modules[p.kind].kind, l.B
-		bw := func(w io.Writer) error {
-			switch kind {
-			case "q":
-				b = permuteQK(b, l.Out, l.Rank, heads, true)
-			case "k":
-				b = permuteQK(b, l.Out, l.Rank, kvHeads, true)
-			}
-			_, write, err := encoder(dtype, b, l.Target+" B")
-			if err != nil {
-				return err
-			}
-			return write(w)
+		_, bw, err := encoderOf(dtype, b, l.Target+" B")
+		if err != nil {
+			return err
 		}
 		tensors = append(tensors,
 			safetensors.Tensor{Name: name + ".lora_A.weight", DType: st, Shape: []int64{int64(l.Rank), int64(l.In)}, Source: aw},
@@ -470,6 +473,16 @@ func ReadPEFT(dir string, heads, kvHeads int) (*Adapter, error) {
 	return readPEFT(cfg, wb, heads, kvHeads)
 }
 
+// ReadPEFTBytes is ReadPEFT of a folder's two files given as bytes (the
+// weights may be a read-only mapping: nothing returned refers to them).
+func ReadPEFTBytes(config, weights []byte, heads, kvHeads int) (*Adapter, error) {
+	cfg, err := parsePEFTConfig(fsx.TrimBOM(config))
+	if err != nil {
+		return nil, err
+	}
+	return readPEFT(cfg, weights, heads, kvHeads)
+}
+
 // readPEFT decodes the weights of a PEFT adapter.
 func readPEFT(cfg *peftConfig, wb []byte, heads, kvHeads int) (*Adapter, error) {
 	f, err := safetensors.Parse(wb)
@@ -549,9 +562,9 @@ func readPEFT(cfg *peftConfig, wb []byte, heads, kvHeads int) (*Adapter, error) 
 	for _, p := range ps {
 		switch modules[p.kind].kind {
 		case "q":
-			p.l.B = permuteQK(p.l.B, p.l.Out, p.l.Rank, heads, false)
+			permuteQK(p.l.B, p.l.Out, p.l.Rank, heads)
 		case "k":
-			p.l.B = permuteQK(p.l.B, p.l.Out, p.l.Rank, kvHeads, false)
+			permuteQK(p.l.B, p.l.Out, p.l.Rank, kvHeads)
 		}
 	}
 	targets := cfg.targets

@@ -238,7 +238,7 @@ func TestPermutation(t *testing.T) {
 
 	// Against llama.cpp's numpy recipe: reshape (H, 2, D/2, C), swap axes 1
 	// and 2, reshape back; for several shapes, both directions round-trip.
-	for _, c := range []struct{ heads, d, cols int }{{1, 2, 1}, {3, 8, 4}, {4, 16, 6}, {8, 64, 2}} {
+	for _, c := range []struct{ heads, d, cols int }{{1, 2, 1}, {3, 8, 4}, {4, 16, 6}, {8, 64, 2}, {2, 128, 3}, {1, 6, 2}} {
 		rows := c.heads * c.d
 		src := make([]float32, rows*c.cols)
 		for i := range src {
@@ -260,6 +260,14 @@ func TestPermutation(t *testing.T) {
 		}
 		if back := PermuteRowsF32(got, rows, c.cols, c.heads, true); !slices.Equal(back, src) {
 			t.Errorf("%+v: round trip differs", c)
+		}
+		inPlace := slices.Clone(src)
+		PermuteRowsInPlace(inPlace, rows, c.cols, c.heads, false)
+		if !slices.Equal(inPlace, want) {
+			t.Errorf("%+v: HF→GGUF in place differs from the numpy recipe", c)
+		}
+		if PermuteRowsInPlace(inPlace, rows, c.cols, c.heads, true); !slices.Equal(inPlace, src) {
+			t.Errorf("%+v: round trip in place differs", c)
 		}
 		for r := 0; r < rows; r++ {
 			if HFRowForGGUF(GGUFRowForHF(r, c.heads, rows), c.heads, rows) != r {

@@ -52,3 +52,42 @@ func PermuteRowsF32(b []float32, rows, cols, heads int, toHF bool) []float32 {
 	}
 	return out
 }
+
+// PermuteRowsInPlace is PermuteRowsF32 without the copy: the rows of b are
+// moved along the permutation's cycles through one row of scratch, so a
+// loader or writer holds a tensor once, not twice. It panics when the rows
+// do not split into heads of even size or b does not hold rows·cols values.
+func PermuteRowsInPlace(b []float32, rows, cols, heads int, toHF bool) {
+	if heads <= 0 || rows <= 0 || cols <= 0 || rows%heads != 0 || (rows/heads)%2 != 0 || len(b) != rows*cols {
+		panic("safetensors: PermuteRowsInPlace: bad shape")
+	}
+	d := rows / heads
+	// src(i) is the row, within a head, whose values row i receives.
+	src := func(i int) int { return GGUFRowForHF(i, 1, d) } // HF row i ← GGUF row
+	if !toHF {
+		src = func(i int) int { return HFRowForGGUF(i, 1, d) } // GGUF row i ← HF row
+	}
+	tmp := make([]float32, cols)
+	done := make([]bool, d)
+	for h := 0; h < heads; h++ {
+		clear(done)
+		head := b[h*d*cols : (h+1)*d*cols]
+		for start := 0; start < d; start++ {
+			if done[start] || src(start) == start {
+				continue
+			}
+			copy(tmp, head[start*cols:(start+1)*cols])
+			i := start
+			for {
+				done[i] = true
+				s := src(i)
+				if s == start {
+					copy(head[i*cols:(i+1)*cols], tmp)
+					break
+				}
+				copy(head[i*cols:(i+1)*cols], head[s*cols:(s+1)*cols])
+				i = s
+			}
+		}
+	}
+}

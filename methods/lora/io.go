@@ -7,11 +7,13 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/qtune/qtune/format/adapter"
 	"github.com/qtune/qtune/format/safetensors"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/offload"
 	"github.com/qtune/qtune/quant"
 )
 
@@ -33,21 +35,24 @@ func qkHeads(c model.Config, target string) int {
 	return 0
 }
 
-// ToAdapter converts the set to the exchange form, with rows in GGUF order
-// (a model loaded from a Hugging Face folder keeps HF order in memory, so its
-// q/k rows are permuted here). A and B alias the set's; treat them as
-// read-only.
+// ToAdapter converts the set to the exchange form for the writers, with rows
+// in GGUF order, and makes no copy of the adapters: A and B alias the set's
+// (treat them as read-only), except where the rows must move. A model loaded
+// from a Hugging Face folder keeps q/k rows in HF order, so those layers get
+// a BAt that reads B's rows in GGUF order; Phi-3's fused layers are AAt and
+// BAt over their parts (fuse).
 func (s *Set) ToAdapter(m *model.Model, baseName string) *adapter.Adapter {
 	a := &adapter.Adapter{Rank: s.Config.Rank, Alpha: s.Config.Alpha, Dropout: s.Config.Dropout, BaseModel: baseName, UseRSLoRA: s.Config.RSLoRA}
 	for _, t := range s.Config.Targets {
 		a.Targets = append(a.Targets, model.ModuleNames[t])
 	}
 	for _, l := range s.Layers {
-		b := l.B // shared, read-only: exporting makes no copy of the adapters
+		al := adapter.LoRA{Target: l.Target, In: l.In, Out: l.Out, Rank: l.R, A: l.A, B: l.B}
 		if h := qkHeads(m.Config, l.Target); h > 0 && m.HoldsHFOrder() {
-			b = safetensors.PermuteRowsF32(b, l.Out, l.R, h, false)
+			b, r, rows := l.B, l.R, l.Out
+			al.B, al.BAt = nil, func(g, c int) float32 { return b[safetensors.HFRowForGGUF(g, h, rows)*r+c] }
 		}
-		a.Layers = append(a.Layers, adapter.LoRA{Target: l.Target, In: l.In, Out: l.Out, Rank: l.R, A: l.A, B: b})
+		a.Layers = append(a.Layers, al)
 	}
 	if m.FusedQKV() || m.FusedGateUp() {
 		return fuse(a, m)
@@ -113,6 +118,7 @@ func fuse(a *adapter.Adapter, m *model.Model) *adapter.Adapter {
 	}
 	kinds := map[string]bool{}
 	done := map[key]bool{}
+	PR := P * R
 	for i := range a.Layers {
 		l := &a.Layers[i]
 		var n int
@@ -122,13 +128,20 @@ func fuse(a *adapter.Adapter, m *model.Model) *adapter.Adapter {
 		gi, fused := groupOf[stem]
 		if !fused {
 			// Zero-padded to rank P·R.
-			A := make([]float32, P*R*l.In)
-			copy(A, l.A)
-			B := make([]float32, l.Out*P*R)
-			for o := 0; o < l.Out; o++ {
-				copy(B[o*P*R:o*P*R+R], l.B[o*R:(o+1)*R])
-			}
-			out.Layers = append(out.Layers, adapter.LoRA{Target: l.Target, In: l.In, Out: l.Out, Rank: P * R, A: A, B: B})
+			la, lb := factors(l)
+			out.Layers = append(out.Layers, adapter.LoRA{Target: l.Target, In: l.In, Out: l.Out, Rank: PR,
+				AAt: func(r, c int) float32 {
+					if r < R {
+						return la(r, c)
+					}
+					return 0
+				},
+				BAt: func(o, c int) float32 {
+					if c < R {
+						return lb(o, c)
+					}
+					return 0
+				}})
 			_, kind, _ := adapter.ParseTarget(l.Target)
 			kinds[kind] = true
 			continue
@@ -138,29 +151,48 @@ func fuse(a *adapter.Adapter, m *model.Model) *adapter.Adapter {
 			continue
 		}
 		done[key{n, g.stem}] = true
-		// Row offsets of the parts in the fused matrix.
-		var rows []int
+		// The parts present, each with its row offset in the fused matrix
+		// and its slot of R columns in the fused rank.
+		type part struct {
+			row0, rows int
+			a, b       func(r, c int) float32
+		}
+		var parts []part // by slot
+		var bounds []int // row offset of each part of the group
+		var slotOf []int // slot of each part of the group, −1 when absent
 		outRows := 0
 		for _, p := range g.parts {
 			w := m.Layers[n].Matrix(partModule(p))
-			rows = append(rows, outRows)
+			bounds = append(bounds, outRows)
+			slotOf = append(slotOf, -1)
+			if pl := byKey[key{n, p}]; pl != nil {
+				slotOf[len(slotOf)-1] = len(parts)
+				pa, pb := factors(pl)
+				parts = append(parts, part{outRows, w.Rows, pa, pb})
+			}
 			outRows += w.Rows
 		}
-		A := make([]float32, P*R*l.In)
-		B := make([]float32, outRows*P*R)
-		slot := 0
-		for pi, p := range g.parts {
-			pl := byKey[key{n, p}]
-			if pl == nil {
-				continue
-			}
-			copy(A[slot*R*l.In:], pl.A)
-			for o := 0; o < pl.Out; o++ {
-				copy(B[(rows[pi]+o)*P*R+slot*R:(rows[pi]+o)*P*R+(slot+1)*R], pl.B[o*R:(o+1)*R])
-			}
-			slot++
-		}
-		out.Layers = append(out.Layers, adapter.LoRA{Target: fmt.Sprintf("blk.%d.%s.weight", n, g.stem), In: l.In, Out: outRows, Rank: P * R, A: A, B: B})
+		out.Layers = append(out.Layers, adapter.LoRA{Target: fmt.Sprintf("blk.%d.%s.weight", n, g.stem), In: l.In, Out: outRows, Rank: PR,
+			// A stacks the parts' A in slot order: row r is row r mod R
+			// of slot r/R's part.
+			AAt: func(r, c int) float32 {
+				if s := r / R; s < len(parts) {
+					return parts[s].a(r%R, c)
+				}
+				return 0
+			},
+			// B holds each part's B in its rows and its slot's columns.
+			BAt: func(o, c int) float32 {
+				pi := len(bounds) - 1
+				for pi > 0 && o < bounds[pi] {
+					pi--
+				}
+				s := slotOf[pi]
+				if s < 0 || c/R != s {
+					return 0
+				}
+				return parts[s].b(o-parts[s].row0, c%R)
+			}})
 		kinds[g.kind] = true
 	}
 	for _, k := range adapter.AllKinds() {
@@ -169,6 +201,21 @@ func fuse(a *adapter.Adapter, m *model.Model) *adapter.Adapter {
 		}
 	}
 	return out
+}
+
+// factors returns element access to a layer's A and B, whether it holds
+// them or computes them (AAt, BAt).
+func factors(l *adapter.LoRA) (a, b func(r, c int) float32) {
+	a, b = l.AAt, l.BAt
+	if l.A != nil {
+		A, in := l.A, l.In
+		a = func(r, c int) float32 { return A[r*in+c] }
+	}
+	if l.B != nil {
+		B, rank := l.B, l.Rank
+		b = func(r, c int) float32 { return B[r*rank+c] }
+	}
+	return a, b
 }
 
 // partModule maps a part's tensor stem to its module.
@@ -223,8 +270,15 @@ func split(a *adapter.Adapter, m *model.Model) *adapter.Adapter {
 }
 
 // FromAdapter attaches a loaded adapter to m, checking every target against
-// the model's shapes.
+// the model's shapes. The set holds copies of a's values.
 func FromAdapter(m *model.Model, a *adapter.Adapter) (*Set, error) {
+	return fromAdapter(m, a, false)
+}
+
+// fromAdapter is FromAdapter; with own the set takes a's values rather than
+// copies (Load's adapter is read for this set alone), so a loaded adapter
+// is in memory once, its q/k rows moved in place.
+func fromAdapter(m *model.Model, a *adapter.Adapter, own bool) (*Set, error) {
 	if len(a.Layers) == 0 {
 		return nil, errors.New("lora: adapter has no layers")
 	}
@@ -252,13 +306,16 @@ func FromAdapter(m *model.Model, a *adapter.Adapter) (*Set, error) {
 		if al.In != w.Cols || al.Out != w.Rows || len(al.A) != al.Rank*al.In || len(al.B) != al.Out*al.Rank {
 			return nil, fmt.Errorf("lora: adapter %s is (%d, %d) rank %d; the model's weight is (%d, %d)", al.Target, al.Out, al.In, al.Rank, w.Rows, w.Cols)
 		}
-		b := append([]float32(nil), al.B...)
+		A, b := al.A, al.B
+		if !own {
+			A, b = slices.Clone(A), slices.Clone(b)
+		}
 		if h := qkHeads(m.Config, al.Target); h > 0 && m.HoldsHFOrder() {
-			b = safetensors.PermuteRowsF32(b, al.Out, al.Rank, h, true)
+			safetensors.PermuteRowsInPlace(b, al.Out, al.Rank, h, true)
 		}
 		// No gradient buffers: a loaded adapter is applied (generate, eval,
 		// export), not trained (Backward must not be called).
-		l := &Layer{Target: al.Target, In: al.In, Out: al.Out, R: al.Rank, Scale: scale, A: append([]float32(nil), al.A...), B: b, pool: m.Pool()}
+		l := &Layer{Target: al.Target, In: al.In, Out: al.Out, R: al.Rank, Scale: scale, A: A, B: b, pool: m.Pool()}
 		s.Layers = append(s.Layers, l)
 		s.ByPos[li][mod] = l
 		s.ByName[l.Target] = l
@@ -306,22 +363,22 @@ func Load(m *model.Model, path string) (*Set, error) {
 		return nil, fmt.Errorf("lora: %w", err)
 	}
 	var a *adapter.Adapter
+	heads, kvHeads := m.AdapterHeads()
 	switch {
 	case st.IsDir() && exists(filepath.Join(path, PEFTFile)):
-		heads, kvHeads := m.AdapterHeads()
-		a, err = adapter.ReadPEFT(path, heads, kvHeads)
+		a, err = readMapped(filepath.Join(path, adapter.PEFTConfig), filepath.Join(path, PEFTFile), func(c, w []byte) (*adapter.Adapter, error) {
+			return adapter.ReadPEFTBytes(c, w, heads, kvHeads)
+		})
 	case st.IsDir() && exists(filepath.Join(path, adapter.MLXWeights)):
 		// MLX-LM's folder: adapters.safetensors + adapter_config.json.
-		heads, kvHeads := m.AdapterHeads()
-		a, err = adapter.ReadMLX(path, heads, kvHeads)
+		a, err = readMapped(filepath.Join(path, adapter.MLXConfig), filepath.Join(path, adapter.MLXWeights), func(c, w []byte) (*adapter.Adapter, error) {
+			return adapter.ReadMLXBytes(c, w, heads, kvHeads)
+		})
 	case st.IsDir() && exists(filepath.Join(path, GGUFFile)):
 		path = filepath.Join(path, GGUFFile)
 		fallthrough
 	case !st.IsDir():
-		var b []byte
-		if b, err = fsx.ReadFile(path); err == nil {
-			a, err = adapter.ReadGGUF(b)
-		}
+		a, err = readMapped("", path, func(_, w []byte) (*adapter.Adapter, error) { return adapter.ReadGGUF(w) })
 	default:
 		return nil, fmt.Errorf("lora: %s holds none of %s (PEFT), %s (MLX-LM) and %s (llama.cpp)", path, PEFTFile, adapter.MLXWeights, GGUFFile)
 	}
@@ -331,7 +388,26 @@ func Load(m *model.Model, path string) (*Set, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lora: %s: %w", path, err)
 	}
-	return FromAdapter(m, a)
+	return fromAdapter(m, a, true)
+}
+
+// readMapped decodes an adapter whose weights file is mapped rather than
+// read (the decoded values are the only copy in memory, and the mapping's
+// pages are the page cache's) and whose config, when named, is read.
+func readMapped(config, weights string, read func(config, weights []byte) (*adapter.Adapter, error)) (*adapter.Adapter, error) {
+	var c []byte
+	if config != "" {
+		var err error
+		if c, err = fsx.ReadFile(config); err != nil {
+			return nil, err
+		}
+	}
+	w, err := offload.Map(weights)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Close()
+	return read(c, w.Bytes())
 }
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
