@@ -133,6 +133,12 @@ type StepOptions struct {
 	// FirstLayer is the lowest layer the backward pass reaches; gradients
 	// below it (and of the embedding) are not computed.
 	FirstLayer int
+	// LayerDone, when set, is called in the backward pass as soon as block
+	// l's gradients (its adapters' and its WeightGrads) hold this pass's
+	// contribution: for l from the last block down to FirstLayer, in that
+	// order. A data-parallel step starts summing block l's gradients
+	// there, while the blocks below run.
+	LayerDone func(l int)
 }
 
 // layerActs are the activations of one block for B·T rows.
@@ -553,6 +559,9 @@ func (m *Model) LossGrad(tokens, targets []int, B, T int, o StepOptions, backwar
 			m.Spill.Evict(acts[l].xin)
 		}
 		m.layerDone(l, l-1)
+		if o.LayerDone != nil {
+			o.LayerDone(l)
+		}
 	}
 	m.prefetch(0)
 	if first == 0 {

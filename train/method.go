@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 	"unsafe"
 
 	"github.com/qtune/qtune/budget"
@@ -251,6 +252,22 @@ type loraMethod struct {
 	params []*optim.Param
 	opt    optim.Optimizer
 	gpu    *gpuRun // the device side with --device cuda; nil on the CPU
+	// Data-parallel: the time steps waited for their sums after the
+	// backward pass, and how many steps (sumsLine).
+	sumWait  time.Duration
+	sumSteps int
+}
+
+// sumsLine says, after a data-parallel run on the CPU, how long a step
+// waited for the ranks' sums once its backward pass was done: what
+// --overlap-sums changes.
+func (l *loraMethod) sumsLine() string {
+	if l.sumSteps == 0 {
+		return ""
+	}
+	_, why := l.cfg.overlapSums()
+	return fmt.Sprintf("data-parallel: a step waited %.1f ms for the sums after its backward pass (mean of %d steps); gradients summed %s",
+		float64(l.sumWait.Microseconds())/1e3/float64(l.sumSteps), l.sumSteps, why)
 }
 
 func newLoRAMethod(m *model.Model, cfg Config) (*loraMethod, error) {
@@ -307,12 +324,31 @@ func (l *loraMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 	}
 	o := model.StepOptions{Adapters: l.set.ByPos, Checkpoint: l.cfg.GradCheckpoint}
 	g := l.cfg.parallel()
+	var sums *blockSums
+	if on, _ := l.cfg.overlapSums(); on && l.set.Grads() != nil {
+		sums = newBlockSums(g, l.set.BlockGrads, l.m.Config.Layers)
+		o.LayerDone = sums.done
+	}
 	loss, n, err := batchGrad(ctx, l.m, it, myBatches(batches, g), o, total)
 	if err != nil {
 		return 0, 0, err
 	}
-	if loss, n, err = reduceStep(g, it, l.set.Grads(), l.params, loss, n); err != nil {
+	t0 := time.Now()
+	if sums != nil {
+		if err := sums.finish(it); err != nil {
+			return 0, 0, err
+		}
+	}
+	grads, params := l.set.Grads(), l.params
+	if sums != nil {
+		grads, params = nil, nil // summed already
+	}
+	if loss, n, err = reduceStep(g, it, grads, params, loss, n); err != nil {
 		return 0, 0, err
+	}
+	if g != nil {
+		l.sumWait += time.Since(t0)
+		l.sumSteps++
 	}
 	if l.cfg.MaxGradNorm > 0 {
 		optim.ClipGradNorm(l.params, l.cfg.MaxGradNorm)
@@ -461,7 +497,11 @@ func batchGrad(ctx context.Context, m *model.Model, it int, batches []data.Batch
 		if err := stepCancelled(ctx, it, k, len(batches)); err != nil {
 			return 0, 0, err
 		}
-		s, c, err := m.LossGrad(b.Tokens, b.Targets, b.B, b.T, o, true, 1/float64(total))
+		ob := o
+		if k < len(batches)-1 {
+			ob.LayerDone = nil // the gradients are whole after the last pass
+		}
+		s, c, err := m.LossGrad(b.Tokens, b.Targets, b.B, b.T, ob, true, 1/float64(total))
 		if err != nil {
 			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
 		}

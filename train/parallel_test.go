@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/qtune/qtune/internal/shared"
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/offload/comm"
 	"github.com/qtune/qtune/offload/mpi"
 )
 
@@ -37,6 +39,15 @@ func parallelRun(t *testing.T, dir string) Config {
 	case "loho", "loreml":
 		c.Method = m
 		c.Stage1Iters = 2 // LoReML forms its mask after step 2
+	}
+	if a := os.Getenv("QTUNE_DP_ACCUM"); a != "" {
+		fmt.Sscan(a, &c.GradAccum)
+	}
+	// On: a 2-core machine running 2 ranks has no core free for MPI, so
+	// auto would sum after the backward pass.
+	c.OverlapSums = "on"
+	if o := os.Getenv("QTUNE_DP_OVERLAP"); o != "" {
+		c.OverlapSums = o
 	}
 	return c
 }
@@ -78,7 +89,9 @@ func TestDataParallelRank(t *testing.T) {
 			passes++
 		}
 	}
-	defer func() { testHookPass = nil }()
+	var sums []string // per step: block sums the backward pass started / all
+	testHookBlockSums = func(inPass, all int) { sums = append(sums, fmt.Sprintf("%d/%d", inPass, all)) }
+	defer func() { testHookPass, testHookBlockSums = nil, nil }()
 	res, err := Run(context.Background(), cfg, nil, onProgress)
 	if mode == "nostart" {
 		fmt.Printf("rank %d: %v\n", g.Rank(), err)
@@ -93,6 +106,9 @@ func TestDataParallelRank(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(out, fmt.Sprintf("rank%d.passes", g.Rank())), []byte(fmt.Sprint(passes)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(out, fmt.Sprintf("rank%d.sums", g.Rank())), []byte(strings.Join(sums, " ")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -194,6 +210,79 @@ func TestDataParallelMatchesOneProcess(t *testing.T) {
 	dataParallelMatches(t, "lora")
 }
 
+// Shares that differ between the ranks: 3 micro-batches a step (rank 0
+// runs two, rank 1 one) and 1 (rank 1 runs none and sums zeros, starting
+// every block's sum after the step while rank 0 started them in its
+// backward pass): the same sums in the same order, the same results.
+func TestDataParallelUnevenShares(t *testing.T) {
+	for _, accum := range []string{"3", "1"} {
+		t.Run("accum"+accum, func(t *testing.T) {
+			t.Setenv("QTUNE_DP_ACCUM", accum)
+			dataParallelMatches(t, "lora")
+		})
+	}
+}
+
+// --overlap-sums off: LoRA's gradients summed after the step, the same
+// results.
+func TestDataParallelSumsAfterTheStep(t *testing.T) {
+	t.Setenv("QTUNE_DP_OVERLAP", "off")
+	dataParallelMatches(t, "lora")
+}
+
+// groupOf is a group of size ranks, local of them on this machine, for
+// the decisions made from those numbers alone.
+type groupOf struct {
+	comm.Comm
+	size, local int
+}
+
+func (g groupOf) Size() int      { return g.size }
+func (g groupOf) LocalSize() int { return g.local }
+func (g groupOf) Name() string   { return "a test group" }
+
+// Auto overlaps the sums only where the user left a core free for MPI's
+// thread (GOMAXPROCS set below the cores the ranks here may use); on and
+// off are obeyed; the plan's line says which and why.
+func TestOverlapSumsDecision(t *testing.T) {
+	cores, procs := runtime.NumCPU(), runtime.GOMAXPROCS(0)
+	for _, c := range []struct {
+		setting, env string
+		local        int
+		want         bool
+	}{
+		{"auto", "", 1, false}, // the runtime's choice leaves nothing free
+		{"auto", fmt.Sprint(procs), 1, cores > procs},
+		{"", fmt.Sprint(procs), cores, false},
+		{"auto", fmt.Sprint(procs), 2, cores > 2*procs},
+		{"on", "", cores, true},
+		{"off", fmt.Sprint(procs), 1, false},
+	} {
+		t.Setenv("GOMAXPROCS", c.env) // read, not applied: the runtime reads it at start
+		cfg := Config{Comm: groupOf{comm.Single(), 4, c.local}, OverlapSums: c.setting}
+		got, why := cfg.overlapSums()
+		if got != c.want || why == "" {
+			t.Errorf("%q with %d local ranks, GOMAXPROCS=%q (%d cores, %d threads): %v (%s), want %v", c.setting, c.local, c.env, cores, procs, got, why, c.want)
+		}
+	}
+	// A core left free: GOMAXPROCS=1 on this machine's cores.
+	if cores > 1 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+		t.Setenv("GOMAXPROCS", "1")
+		if got, why := (&Config{Comm: groupOf{comm.Single(), 4, 1}}).overlapSums(); !got {
+			t.Errorf("one rank here on GOMAXPROCS=1 of %d cores: %s", cores, why)
+		}
+	}
+	if got, _ := (&Config{OverlapSums: "on"}).overlapSums(); got {
+		t.Error("one process overlaps sums")
+	}
+	bad := Defaults()
+	bad.OverlapSums = "yes"
+	if err := bad.checkRanges(); err == nil || !strings.Contains(err.Error(), "--overlap-sums") {
+		t.Errorf("--overlap-sums yes: %v", err)
+	}
+}
+
 // MeZO: each rank's share of every perturbed evaluation, the sums added;
 // the same losses and the same values as one process.
 func TestDataParallelMeZO(t *testing.T) {
@@ -283,11 +372,26 @@ func dataParallelMatches(t *testing.T, method string) {
 	if _, err := os.Stat(filepath.Join(dir, stateFile)); err != nil {
 		t.Errorf("rank 0 saved no state: %v", err)
 	}
-	// Each rank ran half the micro-batches: 4 steps × 2 / 2.
+	// Each rank ran its share of the micro-batches (4 steps × 2 / 2, or
+	// the uneven shares of 1 and 3), and the sums of every step's 5 blocks
+	// were started by its last backward pass (none when the rank had no
+	// micro-batch: it starts them all when the others wait).
+	pr := parallelRun(t, oneDir)
 	for r := range 2 {
+		share := (pr.GradAccum - r + 1) / 2
 		b, _ := os.ReadFile(filepath.Join(out, fmt.Sprintf("rank%d.passes", r)))
-		if strings.TrimSpace(string(b)) != "4" {
-			t.Errorf("rank %d ran %q training passes, want 4", r, b)
+		if strings.TrimSpace(string(b)) != fmt.Sprint(4*share) {
+			t.Errorf("rank %d ran %q training passes, want %d", r, b, 4*share)
+		}
+		want := "5/5 5/5 5/5 5/5"
+		switch {
+		case pr.OverlapSums == "off":
+			want = "" // summed after the step in one call, not by blocks
+		case share == 0:
+			want = "0/5 0/5 0/5 0/5"
+		}
+		if b, _ := os.ReadFile(filepath.Join(out, fmt.Sprintf("rank%d.sums", r))); string(b) != want {
+			t.Errorf("rank %d: block sums started in the pass / all, per step: %q, want %q", r, b, want)
 		}
 	}
 	t.Logf("2 ranks vs one process: final loss %.6f vs %.6f, adapters within %.2g", ranks[0].FinalTrain, one.FinalTrain, worst)

@@ -221,7 +221,12 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 	r.Checkpoint = cfg.GradCheckpoint
 	p, err := budget.Make(r)
 	if g := cfg.parallel(); g != nil && p != nil {
-		p.Strategy = append(p.Strategy, fmt.Sprintf("data-parallel: %s; %s summed per step", g.Name(), commBytes(cfg, meth)))
+		line := fmt.Sprintf("data-parallel: %s; %s summed per step", g.Name(), commBytes(cfg, meth))
+		if _, ok := meth.(*loraMethod); ok && (cfg.Device == "" || cfg.Device == "cpu") { // the GPU step sums after it
+			_, why := cfg.overlapSums()
+			line += ", " + why
+		}
+		p.Strategy = append(p.Strategy, line)
 	}
 	return p, err
 }

@@ -102,6 +102,11 @@ type Config struct {
 	// Comm, with more than one rank, makes the run data-parallel
 	// (parallel.go): the qtune command sets it under mpirun.
 	Comm comm.Comm `json:"-"`
+	// OverlapSums says when a data-parallel LoRA step sums its gradients:
+	// "on", block by block during the backward pass; "off", after it;
+	// "auto" or "" (default), during it when this machine has a core
+	// beyond those its ranks compute on (overlapSums).
+	OverlapSums string `json:"overlap_sums,omitempty"`
 	// DryRun stops after the memory plan (qtune plan train).
 	DryRun bool `json:"-"`
 	// PhaseReports adds KindPhase and KindMicroBatch reports to Run's
@@ -215,6 +220,11 @@ func (c *Config) checkRanges() error {
 	case "constant", "linear", "cosine":
 	default:
 		return fmt.Errorf("train: --lr-schedule %q: want constant, linear or cosine", c.LRSchedule)
+	}
+	switch c.OverlapSums {
+	case "", "auto", "on", "off":
+	default:
+		return fmt.Errorf("train: --overlap-sums %q: want auto, on or off", c.OverlapSums)
 	}
 	if c.MaxMem != "" {
 		if _, err := budget.ParseSize(c.MaxMem); err != nil {
@@ -569,6 +579,13 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		log(fmt.Sprintf("resumed from %s at iteration %d", statePath, start))
 	}
 	log(meth.Describe())
+	if lm, ok := meth.(*loraMethod); ok && g != nil {
+		defer func() {
+			if s := lm.sumsLine(); s != "" && lm.gpu == nil {
+				log(s)
+			}
+		}()
+	}
 	if g != nil {
 		started = true
 		failed := []float64{0}

@@ -233,14 +233,27 @@ type Set struct {
 	ByPos  model.Adapters    // for model.StepOptions
 	ByName map[string]*Layer // by target tensor name
 	// grads is every layer's GA and GB in one allocation (with up to 15
-	// floats of zero padding after each), nil without gradients.
-	grads []float32
+	// floats of zero padding after each), nil without gradients; byBlock
+	// is each model block's part of it (nil for a block without adapters).
+	grads   []float32
+	byBlock [][]float32
 }
 
 // Grads returns every gradient in one slice (each layer's GA and GB, in
 // order, zero padding between them), so that a data-parallel step sums them
 // with one call; nil when the set has no gradients.
 func (s *Set) Grads() []float32 { return s.grads }
+
+// BlockGrads is the part of Grads that holds model block l's gradients (one
+// contiguous piece: a data-parallel step sums it as soon as the backward
+// pass is done with the block); nil when block l has no adapters or the set
+// no gradients.
+func (s *Set) BlockGrads(l int) []float32 {
+	if l < 0 || l >= len(s.byBlock) {
+		return nil
+	}
+	return s.byBlock[l]
+}
 
 // New creates adapters for m: A ~ U(−1/√in, 1/√in) (PEFT's default Kaiming
 // uniform with a = √5), B = 0, so training starts from the base model.
@@ -304,7 +317,11 @@ func New(m *model.Model, c Config) (*Set, error) {
 		return v, g
 	}
 	r := rand.New(rand.NewPCG(c.Seed, 0x10a))
+	if grads != nil {
+		s.byBlock = make([][]float32, nl)
+	}
 	for li := first; li < nl; li++ {
+		rest := grads
 		for _, mod := range c.Targets {
 			w := m.Layers[li].Matrix(mod)
 			l := &Layer{Target: model.TensorName(li, mod), In: w.Cols, Out: w.Rows, R: c.Rank, Scale: float32(scale),
@@ -318,6 +335,9 @@ func New(m *model.Model, c Config) (*Set, error) {
 			s.Layers = append(s.Layers, l)
 			s.ByPos[li][mod] = l
 			s.ByName[l.Target] = l
+		}
+		if rest != nil {
+			s.byBlock[li] = rest[: len(rest)-len(grads) : len(rest)-len(grads)]
 		}
 	}
 	return s, nil

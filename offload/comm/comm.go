@@ -17,9 +17,19 @@ import (
 type Comm interface {
 	Rank() int
 	Size() int
+	// LocalSize is how many of the group's ranks run on this machine, as
+	// the launcher says (Size() when it does not say).
+	LocalSize() int
 	// AllReduceSum replaces buf, on every rank, with the element-wise sum
 	// of every rank's buf.
 	AllReduceSum(buf []float32) error
+	// StartAllReduceSum is AllReduceSum begun and not waited for: the
+	// returned function waits for it (and must be called, once). buf must
+	// not be touched until then. Started sums complete in the order they
+	// were started, before any later call's; a backward pass starts each
+	// block's sum as the block is done, so the sums overlap the blocks
+	// below.
+	StartAllReduceSum(buf []float32) (wait func() error)
 	// AllReduceSum64 is AllReduceSum for float64 (losses, token counts).
 	AllReduceSum64(buf []float64) error
 	// Broadcast copies root's buf into every other rank's buf.
@@ -55,12 +65,16 @@ type single struct{}
 
 func (single) Rank() int                      { return 0 }
 func (single) Size() int                      { return 1 }
+func (single) LocalSize() int                 { return 1 }
 func (single) AllReduceSum([]float32) error   { return nil }
 func (single) AllReduceSum64([]float64) error { return nil }
-func (single) Barrier() error                 { return nil }
-func (single) Footprint() int64               { return 0 }
-func (single) Close() error                   { return nil }
-func (single) Name() string                   { return "single process" }
+func (single) StartAllReduceSum([]float32) func() error {
+	return func() error { return nil }
+}
+func (single) Barrier() error   { return nil }
+func (single) Footprint() int64 { return 0 }
+func (single) Close() error     { return nil }
+func (single) Name() string     { return "single process" }
 func (single) Broadcast(_ []byte, root int) error {
 	if root != 0 {
 		return fmt.Errorf("comm: broadcast from rank %d of 1: %w", root, ErrComm)

@@ -179,7 +179,7 @@ func Open(timeout time.Duration) (comm.Comm, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &world{l: l, calls: make(chan func()), timeout: timeout}
+	w := &world{l: l, calls: make(chan func(), maxQueued), timeout: timeout}
 	ready := make(chan error, 1)
 	go w.loop(ready)
 	if err := <-ready; err != nil {
@@ -291,6 +291,18 @@ func (w *world) loop(ready chan<- error) {
 	}
 }
 
+// LocalSize reads the launcher's count of ranks on this machine: Open
+// MPI's OMPI_COMM_WORLD_LOCAL_SIZE, MPICH's (Hydra's) MPI_LOCALNRANKS,
+// PMIx's PMIX_LOCAL_SIZE; Size() when none is set.
+func (w *world) LocalSize() int {
+	for _, v := range []string{"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PMIX_LOCAL_SIZE"} {
+		if n, err := strconv.Atoi(os.Getenv(v)); err == nil && n >= 1 && n <= w.size {
+			return n
+		}
+	}
+	return w.size
+}
+
 func (w *world) Rank() int    { return w.rank }
 func (w *world) Size() int    { return w.size }
 func (w *world) Name() string { return fmt.Sprintf("%s (%s), %d ranks", w.name, w.l.path, w.size) }
@@ -300,14 +312,45 @@ func (w *world) Name() string { return fmt.Sprintf("%s (%s), %d ranks", w.name, 
 func (w *world) do(what string, f func() int32) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	done := make(chan int32, 1)
+	if err := w.enqueue(what, func() { done <- f() }); err != nil {
+		return err
+	}
+	return w.wait(what, done)
+}
+
+// maxQueued bounds the calls queued for the MPI thread: a step starts one
+// sum per block before it waits for them.
+const maxQueued = 1024
+
+// enqueue hands f to the MPI thread, unless the group is broken or closed
+// (or the queue stays full for the timeout). The caller holds mu.
+func (w *world) enqueue(what string, f func()) error {
 	if w.broken != nil {
 		return w.broken
 	}
 	if w.closed {
 		return fmt.Errorf("mpi: %s after Close: %w", what, comm.ErrComm)
 	}
-	done := make(chan int32, 1)
-	w.calls <- func() { done <- f() }
+	var expired <-chan time.Time
+	if w.timeout > 0 {
+		t := time.NewTimer(w.timeout)
+		defer t.Stop()
+		expired = t.C
+	}
+	select {
+	case w.calls <- f:
+		return nil
+	case <-expired:
+		w.broken = fmt.Errorf("mpi: rank %d of %d: %s could not be queued in %s (the MPI thread is stuck in an earlier call): %w",
+			w.rank, w.size, what, w.timeout, comm.ErrComm)
+		return w.broken
+	}
+}
+
+// wait waits for a queued call's result, at most the timeout; a call that
+// does not complete in it breaks the group. The caller holds mu.
+func (w *world) wait(what string, done <-chan int32) error {
 	var expired <-chan time.Time
 	if w.timeout > 0 {
 		t := time.NewTimer(w.timeout)
@@ -345,6 +388,42 @@ func (w *world) AllReduceSum(buf []float32) error {
 		buf = buf[n:]
 	}
 	return nil
+}
+
+// StartAllReduceSum queues buf's sum (in buckets, as AllReduceSum) on the
+// MPI thread and returns at once; the wait it returns gives the sum the
+// group's timeout from when it is called (a block's backward may take
+// longer than the timeout, and the sum cannot finish before every rank
+// reaches it).
+func (w *world) StartAllReduceSum(buf []float32) func() error {
+	if w.size == 1 || len(buf) == 0 {
+		return func() error { return nil }
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	done := make(chan int32, 1)
+	err := w.enqueue("MPI_Allreduce", func() {
+		for b := buf; len(b) > 0; {
+			n := min(len(b), comm.BucketFloats)
+			if rc := w.l.allreduce(w.l.h.inPlace, unsafe.Pointer(&b[0]), int32(n), w.l.h.float, w.l.h.sum, w.l.h.world); rc != 0 {
+				done <- rc
+				return
+			}
+			b = b[n:]
+		}
+		done <- 0
+	})
+	return func() error {
+		if err != nil {
+			return err
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.broken != nil {
+			return w.broken
+		}
+		return w.wait("MPI_Allreduce", done)
+	}
 }
 
 func (w *world) AllReduceSum64(buf []float64) error {

@@ -251,6 +251,40 @@ func TestRankHelper(t *testing.T) {
 			t.Fatalf("rank %d: bucketed sum[%d] = %v, want %v", r, i, v, w)
 		}
 	}
+	// Started sums (a backward pass's blocks): two queued, the second over
+	// a bucket, a blocking sum after them; each waited for later, in
+	// order, with the values of their own sums.
+	s1, s2, s3 := make([]float32, 777), make([]float32, comm.BucketFloats+3), []float64{float64(r)}
+	for i := range s1 {
+		s1[i] = float32(r + i)
+	}
+	for i := range s2 {
+		s2[i] = float32((r + 1) * (i % 97))
+	}
+	w1 := c.StartAllReduceSum(s1)
+	w2 := c.StartAllReduceSum(s2)
+	if err := c.AllReduceSum64(s3); err != nil {
+		t.Fatal(err)
+	}
+	if err := w1(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w2(); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range s1 {
+		if w := float32(n*(n-1)/2 + n*i); v != w {
+			t.Fatalf("rank %d: started sum 1 [%d] = %v, want %v", r, i, v, w)
+		}
+	}
+	for i, v := range s2 {
+		if w := float32(n * (n + 1) / 2 * (i % 97)); v != w {
+			t.Fatalf("rank %d: started sum 2 [%d] = %v, want %v", r, i, v, w)
+		}
+	}
+	if s3[0] != float64(n*(n-1)/2) {
+		t.Fatalf("rank %d: the blocking sum after two started gave %v", r, s3[0])
+	}
 	if c.Footprint() <= 0 {
 		t.Fatalf("rank %d: no footprint measured", r)
 	}
