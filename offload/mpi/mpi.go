@@ -1,8 +1,10 @@
 // Package mpi is comm.Comm over the system's MPI library, opened at run
 // time with purego (no cgo): Open MPI's libmpi.so.40, whose handles are the
 // addresses of exported objects (ompi_mpi_comm_world, ompi_mpi_float,
-// ompi_mpi_op_sum), or MPICH's libmpi.so.12, whose handles are integers
-// fixed by its mpi.h; which one is read from the library's symbols.
+// ompi_mpi_op_sum), MPICH's libmpi.so.12, whose handles are integers
+// fixed by its mpi.h, or a library of the MPI 5.0 standard ABI
+// (libmpi_abi.so: small constant handles, exports MPI_Abi_get_version);
+// which one is read from the library's symbols.
 //
 // MPI wants its calls from one thread (MPI_THREAD_FUNNELED): one goroutine,
 // locked to its OS thread, makes every call; the others hand it theirs.
@@ -29,18 +31,18 @@ import (
 )
 
 // Libraries are tried in this order after $QTUNE_MPI_LIB: Open MPI's, then
-// MPICH's (Debian names it libmpich.so.12), then whatever libmpi.so is; a
-// process that MPICH's launcher started (PMI_SIZE without Open MPI's
-// variables) tries MPICH's first, so that with both installed each
-// launcher gets its own library.
-var Libraries = []string{"libmpi.so.40", "libmpi.so.12", "libmpich.so.12", "libmpi.so"}
+// MPICH's (Debian names it libmpich.so.12), then whatever libmpi.so is, then
+// the MPI 5.0 standard ABI's libmpi_abi.so; a process that MPICH's launcher
+// started (PMI_SIZE without Open MPI's variables) tries MPICH's first, so
+// that with both installed each launcher gets its own library.
+var Libraries = []string{"libmpi.so.40", "libmpi.so.12", "libmpich.so.12", "libmpi.so", "libmpi_abi.so.0", "libmpi_abi.so"}
 
 func libraries() []string {
 	if p := os.Getenv("QTUNE_MPI_LIB"); p != "" {
 		return []string{p}
 	}
 	if os.Getenv("OMPI_COMM_WORLD_SIZE") == "" && os.Getenv("PMI_SIZE") != "" {
-		return []string{"libmpi.so.12", "libmpich.so.12", "libmpi.so.40", "libmpi.so"}
+		return []string{"libmpi.so.12", "libmpich.so.12", "libmpi.so.40", "libmpi.so", "libmpi_abi.so.0", "libmpi_abi.so"}
 	}
 	return Libraries
 }
@@ -83,9 +85,23 @@ type handles struct {
 // MPICH's mpi.h: handles are ints; MPI_IN_PLACE is (void *)-1.
 var mpich = handles{world: 0x44000000, float: 0x4c00040a, double: 0x4c00080b, byte_: 0x4c00010d, sum: 0x58000003, inPlace: ^uintptr(0)}
 
+// The MPI 5.0 standard ABI (MPI_ABI_VERSION 1.0): handles are pointers
+// whose predefined values are small constants, MPI_IN_PLACE is (void *)1,
+// and the thread levels are 0, 1024, 2048, 4096. A library that exports
+// MPI_Abi_get_version is taken to follow it.
+var abi = handles{world: 0x101, float: 0x210, double: 0x214, byte_: 0x247, sum: 0x21, inPlace: 1}
+
+// Thread levels: MPI_THREAD_FUNNELED in Open MPI's and MPICH's mpi.h, and
+// in the standard ABI.
+const (
+	funneled    = 1
+	funneledABI = 1024
+)
+
 type library struct {
 	path, flavour string
 	h             handles
+	funneled      int32 // MPI_THREAD_FUNNELED's value
 	initThread    func(argc, argv unsafe.Pointer, required int32, provided *int32) int32
 	finalize      func() int32
 	commRank      func(c uintptr, r *int32) int32
@@ -138,6 +154,11 @@ func (l *library) bind(h uintptr) (err error) {
 			return 0
 		}
 		return p
+	}
+	l.funneled = funneled
+	if sym("MPI_Abi_get_version") != 0 {
+		l.flavour, l.h, l.funneled = "MPI ABI", abi, funneledABI
+		return nil
 	}
 	if w := sym("ompi_mpi_comm_world"); w != 0 { // Open MPI: handles are objects' addresses
 		l.flavour = "Open MPI"
@@ -262,14 +283,13 @@ func (w *world) Footprint() int64 { return w.footprint }
 // loop is the one goroutine that calls MPI, on its own OS thread.
 func (w *world) loop(ready chan<- error) {
 	runtime.LockOSThread()
-	const funneled = 1 // MPI_THREAD_FUNNELED in Open MPI's and MPICH's mpi.h
 	var provided, rank, size int32
-	if rc := w.l.initThread(nil, nil, funneled, &provided); rc != 0 {
+	if rc := w.l.initThread(nil, nil, w.l.funneled, &provided); rc != 0 {
 		ready <- fmt.Errorf("mpi: MPI_Init_thread: error %d: %w", rc, comm.ErrComm)
 		return
 	}
-	if provided < funneled {
-		ready <- fmt.Errorf("mpi: the library gives thread level %d, qtune needs %d (funneled): %w", provided, funneled, comm.ErrComm)
+	if provided < w.l.funneled {
+		ready <- fmt.Errorf("mpi: the library gives thread level %d, qtune needs %d (funneled): %w", provided, w.l.funneled, comm.ErrComm)
 		return
 	}
 	w.l.commRank(w.l.h.world, &rank)
