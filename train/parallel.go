@@ -81,8 +81,12 @@ func (c *Config) overlapSums() (bool, string) {
 	if os.Getenv("GOMAXPROCS") != "" && cores > local*procs {
 		return true, fmt.Sprintf("during the backward pass, block by block (%d ranks on this machine computing on GOMAXPROCS=%d threads each, %d cores: one is free for MPI's thread)", local, procs, cores)
 	}
-	return false, fmt.Sprintf("after the backward pass (%d ranks on this machine computing on %d threads each, %d cores: no core left free for MPI's thread, which spins while a sum waits; GOMAXPROCS=%d or --overlap-sums on overlaps them)",
-		local, procs, cores, max(procs-1, 1))
+	hint := "--overlap-sums on overlaps them anyway"
+	if p := (cores - 1) / local; p >= 1 {
+		hint = fmt.Sprintf("GOMAXPROCS=%d leaves one, --overlap-sums on overlaps them anyway", p)
+	}
+	return false, fmt.Sprintf("after the backward pass (%d ranks on this machine computing on %d threads each, %d cores: no core left free for MPI's thread, which spins while a sum waits; %s)",
+		local, procs, cores, hint)
 }
 
 // myBatches is rank r's share of a step's micro-batches.

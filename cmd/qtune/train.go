@@ -123,16 +123,9 @@ func (a *app) train(ctx context.Context, args []string) error {
 	if cfg.CacheDir == "" { // the command's own default; the library's is a temporary folder
 		cfg.CacheDir = train.DefaultCacheDir()
 	}
-	cfg.DryRun = a.planOnly
-	if a.planOnly {
-		res, err := train.Run(ctx, cfg, nil, nil)
-		if res != nil && res.Plan != nil {
-			fmt.Fprintln(a.stdout, res.Plan.String())
-		}
-		return err
-	}
 	// Under mpirun (or another MPI launcher) the run is data-parallel over
 	// the ranks; rank 0 speaks and writes, the others only report errors.
+	// A plan is made the same way (it counts MPI's memory in a rank).
 	if mpi.Launched() {
 		g, err := mpi.Open(mpiTimeout())
 		if err != nil {
@@ -140,6 +133,19 @@ func (a *app) train(ctx context.Context, args []string) error {
 		}
 		defer g.Close()
 		cfg.Comm = g
+	}
+	cfg.DryRun = a.planOnly
+	if a.planOnly {
+		res, err := train.Run(ctx, cfg, nil, nil)
+		if res != nil && res.Plan != nil && (cfg.Comm == nil || cfg.Comm.Rank() == 0) {
+			fmt.Fprintln(a.stdout, res.Plan.String())
+		}
+		if err != nil && cfg.Comm != nil && cfg.Comm.Rank() > 0 {
+			return fmt.Errorf("rank %d: %w", cfg.Comm.Rank(), err)
+		}
+		return err
+	}
+	if g := cfg.Comm; g != nil {
 		if g.Rank() > 0 {
 			_, err := train.Run(ctx, cfg, nil, nil)
 			if err != nil {

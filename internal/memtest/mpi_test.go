@@ -44,6 +44,12 @@ func TestBudgetPerRankUnderMPI(t *testing.T) {
 			t.Fatalf("%s: 8 MiB under mpirun was not refused with a budget named: %v\n%s", method, err, errs)
 		}
 		smallest, _ := strconv.Atoi(mm[1])
+		// qtune plan under mpirun plans as train does: one plan (rank
+		// 0's), with MPI's item, accepting the budget train named.
+		_, out, err := mpiRun(t, mpirun, append([]string{"plan"}, append(args, "--max-mem", fmt.Sprintf("%dMiB", smallest))...))
+		if err != nil || strings.Count(out, "communication: the MPI library") != 1 || !strings.Contains(out, "data-parallel: ") {
+			t.Errorf("%s: qtune plan under mpirun at %d MiB: %v\n%s", method, smallest, err, out)
+		}
 		for _, mib := range []int{smallest, smallest * 3 / 2} {
 			peaks, errs, err := mpiRun(t, mpirun, append(args, "--max-mem", fmt.Sprintf("%dMiB", mib)))
 			if err != nil {
