@@ -77,6 +77,10 @@
 // of attention and adapters (a row per worker), a LoReML
 // transition's top-k heaps (one matrix's kept entries at a time) and a
 // stage-1 save's passing copy of the mask, and the I/O buffers of saving
-// (adapters are encoded as they are written, 64 KiB at a time, not whole).
+// (adapters are encoded as they are written, 64 KiB at a time, not whole:
+// q/k rows in the other order, MLX-LM's transposes and Phi-3's fused
+// layers are read through views, not copied; a loaded adapter's file is
+// mapped, decoded once into qtune's layout and its q/k rows moved in
+// place).
 // Closing a model unmaps its accountant's cached slabs.
 package budget
