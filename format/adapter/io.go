@@ -178,15 +178,33 @@ func encoderOf(t quant.Type, m view, what string) (int64, func(w io.Writer) erro
 	return 0, nil, checkDType(t)
 }
 
-// decode converts n values of type t (F32, F16 or BF16) from b.
-func decode(t quant.Type, b []byte, n int, what string) ([]float32, error) {
-	var size int
+// plainSize is the bytes per value of the element types adapters store
+// value by value (F32, F16, BF16), or 0 for any other.
+func plainSize(t quant.Type) int {
 	switch t {
 	case quant.F32:
-		size = 4
+		return 4
 	case quant.F16, quant.BF16:
-		size = 2
-	default:
+		return 2
+	}
+	return 0
+}
+
+// valueAt reads value k of little-endian F32, F16 or BF16 bytes.
+func valueAt(t quant.Type, b []byte, k int) float32 {
+	switch t {
+	case quant.F32:
+		return math.Float32frombits(binary.LittleEndian.Uint32(b[4*k:]))
+	case quant.F16:
+		return quant.F16ToF32(binary.LittleEndian.Uint16(b[2*k:]))
+	}
+	return quant.BF16ToF32(binary.LittleEndian.Uint16(b[2*k:]))
+}
+
+// decode converts n values of type t (F32, F16 or BF16) from b.
+func decode(t quant.Type, b []byte, n int, what string) ([]float32, error) {
+	size := plainSize(t)
+	if size == 0 {
 		// Any ggml block type (llama.cpp's converter writes Q8_0 with
 		// --outtype q8_0): checked against the bytes, then decoded.
 		need, err := quant.Bytes(t, int64(n))
@@ -211,19 +229,8 @@ func decode(t quant.Type, b []byte, n int, what string) ([]float32, error) {
 		return nil, formatErr("%s: %d bytes for %d values of %v", what, len(b), n, t)
 	}
 	v := make([]float32, n)
-	switch t {
-	case quant.F32:
-		for i := range v {
-			v[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-		}
-	case quant.F16:
-		for i := range v {
-			v[i] = quant.F16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
-		}
-	case quant.BF16:
-		for i := range v {
-			v[i] = quant.BF16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
-		}
+	for i := range v {
+		v[i] = valueAt(t, b, i)
 	}
 	return v, nil
 }
@@ -232,13 +239,8 @@ func decode(t quant.Type, b []byte, n int, what string) ([]float32, error) {
 // transpose (cols, rows), with no second copy: MLX-LM stores lora_a as
 // (in, R) and lora_b as (R, out), qtune holds (R, in) and (out, R).
 func decodeTransposed(t quant.Type, b []byte, rows, cols int, what string) ([]float32, error) {
-	var size int
-	switch t {
-	case quant.F32:
-		size = 4
-	case quant.F16, quant.BF16:
-		size = 2
-	default:
+	size := plainSize(t)
+	if size == 0 {
 		return nil, unsupportedErr("%s: element type %v, want F32, F16 or BF16", what, t)
 	}
 	n := rows * cols
@@ -248,17 +250,7 @@ func decodeTransposed(t quant.Type, b []byte, rows, cols int, what string) ([]fl
 	v := make([]float32, n)
 	for i := 0; i < rows; i++ {
 		for j := 0; j < cols; j++ {
-			k := i*cols + j
-			var x float32
-			switch t {
-			case quant.F32:
-				x = math.Float32frombits(binary.LittleEndian.Uint32(b[4*k:]))
-			case quant.F16:
-				x = quant.F16ToF32(binary.LittleEndian.Uint16(b[2*k:]))
-			default:
-				x = quant.BF16ToF32(binary.LittleEndian.Uint16(b[2*k:]))
-			}
-			v[j*rows+i] = x
+			v[j*rows+i] = valueAt(t, b, i*cols+j)
 		}
 	}
 	return v, nil

@@ -352,12 +352,8 @@ func (w *world) enqueue(what string, f func()) error {
 	if w.closed {
 		return fmt.Errorf("mpi: %s after Close: %w", what, comm.ErrComm)
 	}
-	var expired <-chan time.Time
-	if w.timeout > 0 {
-		t := time.NewTimer(w.timeout)
-		defer t.Stop()
-		expired = t.C
-	}
+	expired, stop := w.deadline()
+	defer stop()
 	select {
 	case w.calls <- f:
 		return nil
@@ -368,15 +364,21 @@ func (w *world) enqueue(what string, f func()) error {
 	}
 }
 
+// deadline fires after the group's timeout (never without one); stop
+// releases its timer.
+func (w *world) deadline() (<-chan time.Time, func()) {
+	if w.timeout <= 0 {
+		return nil, func() {}
+	}
+	t := time.NewTimer(w.timeout)
+	return t.C, func() { t.Stop() }
+}
+
 // wait waits for a queued call's result, at most the timeout; a call that
 // does not complete in it breaks the group. The caller holds mu.
 func (w *world) wait(what string, done <-chan int32) error {
-	var expired <-chan time.Time
-	if w.timeout > 0 {
-		t := time.NewTimer(w.timeout)
-		defer t.Stop()
-		expired = t.C
-	}
+	expired, stop := w.deadline()
+	defer stop()
 	select {
 	case rc := <-done:
 		if rc != 0 {
