@@ -324,10 +324,15 @@ func (l *loraMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 	}
 	o := model.StepOptions{Adapters: l.set.ByPos, Checkpoint: l.cfg.GradCheckpoint}
 	g := l.cfg.parallel()
+	// Summed block by block whether or not during the backward pass, so
+	// that ranks which decide the overlap differently (a free core on one
+	// machine, none on another) still make the same collectives.
 	var sums *blockSums
-	if on, _ := l.cfg.overlapSums(); on && l.set.Grads() != nil {
+	if g != nil && l.set.Grads() != nil {
 		sums = newBlockSums(g, l.set.BlockGrads, l.m.Config.Layers)
-		o.LayerDone = sums.done
+		if on, _ := l.cfg.overlapSums(); on {
+			o.LayerDone = sums.done
+		}
 	}
 	loss, n, err := batchGrad(ctx, l.m, it, myBatches(batches, g), o, total)
 	if err != nil {

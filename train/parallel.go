@@ -20,8 +20,9 @@ import (
 // part, LoReML's scores and stage 2) and the step's loss and token count
 // are summed over the ranks once per step (reduceStep, per tensor; the
 // group sends at most comm.BucketFloats values a message). LoRA's (on the
-// CPU) are summed a block at a time as the step's last backward pass
-// finishes each block (blockSums), so the sums overlap the blocks below; a
+// CPU) are summed a block at a time (blockSums), started as the step's
+// last backward pass finishes each block where a core is free for MPI
+// (overlapSums), so the sums overlap the blocks below, else after it; a
 // zeroth-order evaluation
 // (MeZO, LoHO's zeroth-order part) sums one float64 (meanLoss), since z is
 // regenerated from the seed on every rank. Every rank then applies the same
@@ -134,11 +135,12 @@ func reduceStep(g comm.Comm, it int, grads []float32, params []*optim.Param, los
 }
 
 // blockSums sums a LoRA set's gradients over the ranks block by block,
-// overlapped with the backward pass: done (model.StepOptions.LayerDone on
-// the rank's last micro-batch) starts the sums of the blocks the pass has
-// finished, finish starts the rest and waits for all. Every rank starts the
-// same sums in the same order (blocks from the last down, whether or not
-// its pass reached them), as the collectives require.
+// overlapped with the backward pass where overlapSums says so: done
+// (model.StepOptions.LayerDone on the rank's last micro-batch) starts the
+// sums of the blocks the pass has finished, finish starts the rest and
+// waits for all. Every rank starts the same sums in the same order (blocks
+// from the last down, during its pass or after it), as the collectives
+// require.
 type blockSums struct {
 	g     comm.Comm
 	grads func(l int) []float32
