@@ -432,7 +432,7 @@ func (l *loraMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 	if err := r.pull(); err != nil {
 		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
 	}
-	if loss, n, err = reduceStep(g, it, l.set.Grads(), l.params, loss, n); err != nil {
+	if loss, n, err = l.reduce(g, it, nil, loss, n); err != nil {
 		return 0, 0, err
 	}
 	if l.cfg.MaxGradNorm > 0 {

@@ -377,7 +377,7 @@ func (h *lohoMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 		if sum, n, err = batchGrad(ctx, h.m, it, myBatches(batches, g), o, total); err != nil {
 			return 0, 0, err
 		}
-		if sum, _, err = reduceStep(g, it, nil, h.fo, sum, n); err != nil {
+		if sum, _, err = reduceStep(g, it, h.fo, sum, n); err != nil {
 			return 0, 0, err
 		}
 	}

@@ -239,7 +239,7 @@ func (l *loremlMethod) Step(ctx context.Context, it int, batches []data.Batch, l
 	if err != nil {
 		return 0, 0, err
 	}
-	if loss, n, err = reduceStep(g, it, nil, params, loss, n); err != nil {
+	if loss, n, err = reduceStep(g, it, params, loss, n); err != nil {
 		return 0, 0, err
 	}
 	if l.cfg.MaxGradNorm > 0 {

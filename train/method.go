@@ -13,6 +13,7 @@ import (
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/offload"
+	"github.com/qtune/qtune/offload/comm"
 	"github.com/qtune/qtune/optim"
 )
 
@@ -270,6 +271,29 @@ func (l *loraMethod) sumsLine() string {
 		float64(l.sumWait.Microseconds())/1e3/float64(l.sumSteps), l.sumSteps, why)
 }
 
+// reduce sums a step's LoRA gradients over the ranks block by block (the
+// sums the backward pass began finish here; the GPU step starts them all
+// now), so that every rank, on the CPU or a GPU, overlapping or not, makes
+// the same collectives; then the loss and token count.
+func (l *loraMethod) reduce(g comm.Comm, it int, sums *blockSums, loss float64, n int) (float64, int, error) {
+	if g == nil {
+		return loss, n, nil
+	}
+	t0 := time.Now()
+	if sums == nil && l.set.Grads() != nil {
+		sums = newBlockSums(g, l.set.BlockGrads, l.m.Config.Layers)
+	}
+	if sums != nil {
+		if err := sums.finish(it); err != nil {
+			return 0, 0, err
+		}
+	}
+	loss, n, err := reduceStep(g, it, nil, loss, n)
+	l.sumWait += time.Since(t0)
+	l.sumSteps++
+	return loss, n, err
+}
+
 func newLoRAMethod(m *model.Model, cfg Config) (*loraMethod, error) {
 	targets, err := lora.ParseTargets(cfg.Targets)
 	if err != nil {
@@ -338,22 +362,8 @@ func (l *loraMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 	if err != nil {
 		return 0, 0, err
 	}
-	t0 := time.Now()
-	if sums != nil {
-		if err := sums.finish(it); err != nil {
-			return 0, 0, err
-		}
-	}
-	grads, params := l.set.Grads(), l.params
-	if sums != nil {
-		grads, params = nil, nil // summed already
-	}
-	if loss, n, err = reduceStep(g, it, grads, params, loss, n); err != nil {
+	if loss, n, err = l.reduce(g, it, sums, loss, n); err != nil {
 		return 0, 0, err
-	}
-	if g != nil {
-		l.sumWait += time.Since(t0)
-		l.sumSteps++
 	}
 	if l.cfg.MaxGradNorm > 0 {
 		optim.ClipGradNorm(l.params, l.cfg.MaxGradNorm)

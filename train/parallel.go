@@ -102,29 +102,18 @@ func myBatches(batches []data.Batch, g comm.Comm) []data.Batch {
 	return mine
 }
 
-// reduceStep sums the step's gradients, loss and token count over the
-// ranks: grads, when the method keeps every gradient in one allocation
-// (LoRA's set), in one call that the group makes in buckets
-// (comm.BucketFloats); else each parameter's.
-func reduceStep(g comm.Comm, it int, grads []float32, params []*optim.Param, loss float64, n int) (float64, int, error) {
+// reduceStep sums each parameter's gradient (LoRA's go by blocks:
+// loraMethod.reduce), then the step's loss and token count, over the ranks.
+func reduceStep(g comm.Comm, it int, params []*optim.Param, loss float64, n int) (float64, int, error) {
 	if g == nil {
 		return loss, n, nil
 	}
-	fail := func(err error) (float64, int, error) {
-		return 0, 0, fmt.Errorf("train: iteration %d: summing gradients over %d ranks: %w", it, g.Size(), err)
-	}
-	if grads != nil {
-		if err := g.AllReduceSum(grads); err != nil {
-			return fail(err)
+	for _, p := range params {
+		if p.G == nil {
+			continue
 		}
-	} else {
-		for _, p := range params {
-			if p.G == nil {
-				continue
-			}
-			if err := g.AllReduceSum(p.G[:len(p.W)]); err != nil {
-				return fail(err)
-			}
+		if err := g.AllReduceSum(p.G[:len(p.W)]); err != nil {
+			return 0, 0, fmt.Errorf("train: iteration %d: summing gradients over %d ranks: %w", it, g.Size(), err)
 		}
 	}
 	s := []float64{loss, float64(n)}

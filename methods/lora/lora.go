@@ -240,8 +240,8 @@ type Set struct {
 }
 
 // Grads returns every gradient in one slice (each layer's GA and GB, in
-// order, zero padding between them), so that a data-parallel step sums them
-// with one call; nil when the set has no gradients.
+// order, zero padding between them; BlockGrads are its pieces by model
+// block); nil when the set has no gradients.
 func (s *Set) Grads() []float32 { return s.grads }
 
 // BlockGrads is the part of Grads that holds model block l's gradients (one
