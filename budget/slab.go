@@ -129,7 +129,7 @@ func (a *Accountant) bytes(cat Category, layer int, n int64) ([]byte, error) {
 	if err := a.reserveLocked(cat, layer, size); err != nil {
 		return nil, err
 	}
-	mem, err := mapAnon(int(size))
+	mem, err := MapAnon(int(size))
 	if err != nil {
 		a.used -= size
 		a.byCat[cat] -= size
@@ -172,7 +172,7 @@ func (a *Accountant) trimLocked(n int64) {
 func (a *Accountant) unmapLocked(s *slab) {
 	a.slabs.mapped -= int64(len(s.mem))
 	slabBytes.Add(-int64(len(s.mem)))
-	unmap(s.mem)
+	Unmap(s.mem)
 	s.mem = nil
 }
 

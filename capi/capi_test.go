@@ -21,20 +21,6 @@ import (
 	"github.com/qtune/qtune/internal/shared"
 )
 
-// needTool finds a program the test drives; missing, the test skips (CI,
-// which installs them, fails instead).
-func needTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not installed: %v", name, err)
-		}
-		t.Skipf("%s is not installed", name)
-	}
-	return p
-}
-
 // build runs a command, failing the test with its output.
 func build(t *testing.T, env []string, name string, args ...string) {
 	t.Helper()
@@ -113,7 +99,7 @@ type generated struct {
 // of the same configuration and the same tokens as `qtune generate`. The
 // library exports exactly the header's functions.
 func TestCHostMatchesCLI(t *testing.T) {
-	cc := needTool(t, "cc")
+	cc := shared.Tool(t, "cc", "")
 	dir := libqtune(t)
 	host := filepath.Join(t.TempDir(), "train_generate")
 	build(t, nil, cc, "-std=c11", "-Wall", "-Werror", "-I.", "../examples/c/train_generate.c", "-L"+dir, "-lqtune", "-o", host)
@@ -201,7 +187,7 @@ func TestCHostMatchesCLI(t *testing.T) {
 	}
 
 	// Exported symbols: exactly the header's functions.
-	nm := needTool(t, "nm")
+	nm := shared.Tool(t, "nm", "")
 	syms, err := exec.Command(nm, "-D", "--defined-only", filepath.Join(dir, "libqtune.so")).Output()
 	if err != nil {
 		t.Fatal(err)
@@ -222,7 +208,7 @@ func TestCHostMatchesCLI(t *testing.T) {
 // evaluates with and without it, and exports it: the same plan, losses and
 // files as the CLI's, and bad data is a status naming the file and line.
 func TestCHostAdaptersMatchCLI(t *testing.T) {
-	cc := needTool(t, "cc")
+	cc := shared.Tool(t, "cc", "")
 	dir := libqtune(t)
 	host := filepath.Join(t.TempDir(), "adapters")
 	build(t, nil, cc, "-std=c11", "-Wall", "-Werror", "-I.", "../examples/c/adapters.c", "-L"+dir, "-lqtune", "-o", host)
@@ -350,7 +336,7 @@ func headerFunctions(t *testing.T) []string {
 // as the CLI, a training's progress through a callback, and errors as
 // statuses with messages.
 func TestPythonHostMatchesCLI(t *testing.T) {
-	py := needTool(t, "python3")
+	py := shared.Tool(t, "python3", "")
 	dir := libqtune(t)
 	modelPath := shared.Path(t, "assets", "models", "stories260K.gguf")
 	dataPath := shared.Path(t, "assets", "data", "tinyshakespeare")
@@ -444,7 +430,7 @@ func results(out string) []string {
 // host that runs as the shared library's does: the same losses, phases and
 // tokens.
 func TestStaticLibrary(t *testing.T) {
-	cc := needTool(t, "cc")
+	cc := shared.Tool(t, "cc", "")
 	dir := libqtune(t)
 	tmp := t.TempDir()
 	archive := filepath.Join(tmp, "libqtune.a")
@@ -469,7 +455,7 @@ func TestStaticLibrary(t *testing.T) {
 // and LeakSanitizer finds nothing left allocated at exit. A host that
 // forgets one qtune_free_string is caught, so the check is live.
 func TestCHostsUnderAddressSanitizer(t *testing.T) {
-	cc := needTool(t, "cc")
+	cc := shared.Tool(t, "cc", "")
 	tmp := t.TempDir()
 	root, _ := filepath.Abs("..")
 	build(t, nil, "go", "build", "-asan", "-buildmode=c-shared", "-ldflags=-extldflags=-Wl,--version-script="+filepath.Join(root, "capi", "exports.map"),
@@ -535,9 +521,9 @@ int main(int argc, char **argv) {
 // host, cross-compiled too, runs under qemu-user (the NEON kernels) and
 // gets the same losses, phases and tokens as on this machine.
 func TestLinuxArm64Library(t *testing.T) {
-	xcc := needTool(t, "aarch64-linux-gnu-gcc")
-	qemu := needTool(t, "qemu-aarch64")
-	cc := needTool(t, "cc")
+	xcc := shared.Tool(t, "aarch64-linux-gnu-gcc", "")
+	qemu := shared.Tool(t, "qemu-aarch64", "")
+	cc := shared.Tool(t, "cc", "")
 	const sysroot = "/usr/aarch64-linux-gnu"
 	if _, err := os.Stat(sysroot); err != nil {
 		if os.Getenv("CI") == "true" {
@@ -588,9 +574,9 @@ func TestLinuxArm64Library(t *testing.T) {
 // signal handlers with the Go runtime's (Android's runtime does that
 // itself); with it the JVM reports nothing.
 func TestKotlinHost(t *testing.T) {
-	kotlinc := needTool(t, "kotlinc")
-	java := needTool(t, "java")
-	cc := needTool(t, "cc")
+	kotlinc := shared.Tool(t, "kotlinc", "")
+	java := shared.Tool(t, "java", "")
+	cc := shared.Tool(t, "cc", "")
 	dir := libqtune(t)
 	javaBin, err := filepath.EvalSymlinks(java)
 	if err != nil {
@@ -636,7 +622,7 @@ func TestKotlinHost(t *testing.T) {
 // pages) stays under each budget. The library is built as apps get it
 // (not with cgocheck2).
 func TestBudgetHoldsInHostProcess(t *testing.T) {
-	cc := needTool(t, "cc")
+	cc := shared.Tool(t, "cc", "")
 	cli := libqtune(t)
 	dir := t.TempDir()
 	build(t, nil, "go", "build", "-buildmode=c-shared", "-o", filepath.Join(dir, "libqtune.so"), ".")

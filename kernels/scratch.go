@@ -3,11 +3,13 @@ package kernels
 import (
 	"sync"
 	"unsafe"
+
+	"github.com/qtune/qtune/budget"
 )
 
 // scratch is the kernels' float32 scratch: the GEMM's shared packs and its
 // workers' blocks, decoded panels of quantized weights and attention score
-// blocks. It lives outside the Go heap (anonymous mappings, see mapFloats),
+// blocks. It lives outside the Go heap (anonymous mappings, budget.MapAnon),
 // so the collector neither sees it nor frees it: a run under a memory plan
 // does not make megabytes of garbage per call (with sync.Pool every
 // collection emptied the pools and the next GEMM allocated its packs again,
@@ -62,7 +64,12 @@ func (a *arena) get(n int) []float32 {
 		c := (n + pageFloats - 1) / pageFloats * pageFloats
 		a.trim(4 * int64(c))
 		b = &block{}
-		b.buf = mapFloats(c)
+		// Where the kernel refuses the mapping the block is heap memory
+		// (still counted).
+		var err error
+		if b.buf, err = budget.MapAnon(4 * c); err != nil {
+			b.buf = make([]byte, 4*c)
+		}
 		b.f = unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b.buf))), c)
 		a.held += 4 * int64(c)
 		a.peak = max(a.peak, a.held)
@@ -111,7 +118,7 @@ func (a *arena) unmap(i int) {
 	b := a.free[i]
 	a.free = append(a.free[:i], a.free[i+1:]...)
 	a.held -= 4 * int64(cap(b.f))
-	unmapFloats(b.buf)
+	budget.Unmap(b.buf)
 }
 
 // SetScratchLimit caps the bytes the kernels' scratch keeps mapped (0: no

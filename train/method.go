@@ -253,8 +253,10 @@ type loraMethod struct {
 	params []*optim.Param
 	opt    optim.Optimizer
 	gpu    *gpuRun // the device side with --device cuda; nil on the CPU
-	// Data-parallel: the time steps waited for their sums after the
-	// backward pass, and how many steps (sumsLine).
+	// Data-parallel: whether the CPU step's sums start in its backward
+	// pass (overlapSums, decided once), the time steps waited for their
+	// sums after the backward pass, and how many steps (sumsLine).
+	overlap  bool
 	sumWait  time.Duration
 	sumSteps int
 }
@@ -306,6 +308,7 @@ func newLoRAMethod(m *model.Model, cfg Config) (*loraMethod, error) {
 		return nil, err
 	}
 	lm := &loraMethod{m: m, cfg: cfg, set: set, opt: newOptimizer(cfg)}
+	lm.overlap, _ = cfg.overlapSums()
 	lm.params = loraParams(set)
 	// Run books the plan's optimizer-state item in place of this (the same
 	// size, or none when the moments go to disk).
@@ -354,7 +357,7 @@ func (l *loraMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 	var sums *blockSums
 	if g != nil && l.set.Grads() != nil {
 		sums = newBlockSums(g, l.set.BlockGrads, l.m.Config.Layers)
-		if on, _ := l.cfg.overlapSums(); on {
+		if l.overlap {
 			o.LayerDone = sums.done
 		}
 	}

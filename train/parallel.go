@@ -59,8 +59,8 @@ func (c *Config) checkParallel() error {
 // plan. MPI's thread spins on a core while a sum waits for the other
 // ranks' data, so overlapping pays only where a core is free for it: on 2
 // cores running 2 ranks of one compute thread each, over a 1 Gbit/s link,
-// it hid the sums (the wait after the backward pass fell from 176 to 13 ms
-// a step) and slowed the backward pass by as much (1.07 → 0.98 steps/s).
+// it hid the sums (the wait after the backward pass fell from 179–185 to
+// 14–17 ms a step) and the steps were no faster (the README's figures).
 func (c *Config) overlapSums() (bool, string) {
 	g := c.parallel()
 	if g == nil {

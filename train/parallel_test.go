@@ -144,22 +144,11 @@ func rankResults(t *testing.T, out string) [2]Result {
 	return rs
 }
 
-func mpirunOrSkip(t *testing.T) string {
-	exe, err := exec.LookPath("mpirun")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mpirun is not installed: %v", err)
-		}
-		t.Skip("mpirun is not installed (apt-get install openmpi-bin)")
-	}
-	return exe
-}
-
 // A rank that cannot start (its plan refused) still makes the start's
 // collective: the other stops at once naming it, instead of waiting in its
 // first sum for the group's timeout (2 minutes here).
 func TestDataParallelRankThatCannotStart(t *testing.T) {
-	exe := mpirunOrSkip(t)
+	exe := shared.Tool(t, "mpirun", "apt-get install openmpi-bin")
 	t0 := time.Now()
 	b, err := ranks(exe, "nostart", t.TempDir(), t.TempDir(), time.Minute)
 	if err != nil {
@@ -176,7 +165,7 @@ func TestDataParallelRankThatCannotStart(t *testing.T) {
 // the run with an error, not a hang; the two ranks then resume from rank
 // 0's state and finish with the uninterrupted run's losses.
 func TestDataParallelKilledRankResumes(t *testing.T) {
-	exe := mpirunOrSkip(t)
+	exe := shared.Tool(t, "mpirun", "apt-get install openmpi-bin")
 	whole, err := Run(context.Background(), parallelRun(t, t.TempDir()), nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -319,7 +308,7 @@ func TestDataParallelLoHOAndLoReML(t *testing.T) {
 
 func dataParallelMatches(t *testing.T, method string) {
 	t.Setenv("QTUNE_DP_METHOD", method)
-	exe := mpirunOrSkip(t)
+	exe := shared.Tool(t, "mpirun", "apt-get install openmpi-bin")
 	oneDir := t.TempDir()
 	one, err := Run(context.Background(), parallelRun(t, oneDir), nil, nil)
 	if err != nil {

@@ -26,13 +26,7 @@ import (
 // LoRA and MeZO on a 15M Q4_0 model. Before the item, ranks of a
 // stories260K run under 20 MiB peaked at 28.6 MB.
 func TestBudgetPerRankUnderMPI(t *testing.T) {
-	mpirun, err := exec.LookPath("mpirun")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mpirun is not installed: %v", err)
-		}
-		t.Skip("mpirun is not installed (apt-get install openmpi-bin)")
-	}
+	mpirun := shared.Tool(t, "mpirun", "apt-get install openmpi-bin")
 	m := model(t, "15M", quant.Q4_0)
 	data := shared.Path(t, "assets", "data", "tinyshakespeare")
 	for _, method := range []string{"lora", "mezo"} {

@@ -5,6 +5,7 @@ package shared
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 )
@@ -42,4 +43,22 @@ func Path(t testing.TB, elem ...string) string {
 		t.Fatalf("shared folder not found: expected ../shared beside the module root or $QTUNE_SHARED")
 	}
 	return filepath.Join(append([]string{d}, elem...)...)
+}
+
+// Tool finds a program a test drives. Missing, the test skips, saying how
+// to install it (install, when given: "apt-get install openmpi-bin"); under
+// CI (CI=true), whose .ci/run installs every such program, it fails.
+func Tool(t testing.TB, name, install string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s is not installed: %v", name, err)
+		}
+		if install != "" {
+			t.Skipf("%s is not installed (%s)", name, install)
+		}
+		t.Skipf("%s is not installed", name)
+	}
+	return p
 }

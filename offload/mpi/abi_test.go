@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qtune/qtune/internal/shared"
 )
 
 // fakeABI is an MPI library that follows the MPI 5.0 standard ABI as far as
@@ -56,13 +58,7 @@ int MPI_Get_library_version(char *buf, int *n) { strcpy(buf, "fake MPI ABI 1.0")
 // the library is a fake compiled by the test: it checks qtune's constants
 // against the ABI's, not a real implementation's behaviour.
 func TestStandardABI(t *testing.T) {
-	cc, err := exec.LookPath("cc")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("no C compiler to build the fake MPI ABI library: %v", err)
-		}
-		t.Skip("no C compiler (cc) to build the fake MPI ABI library")
-	}
+	cc := shared.Tool(t, "cc", "apt-get install gcc") // builds the fake library
 	dir := t.TempDir()
 	src, lib := filepath.Join(dir, "fake.c"), filepath.Join(dir, "libmpi_abi.so")
 	if err := os.WriteFile(src, []byte(fakeABI), 0o644); err != nil {

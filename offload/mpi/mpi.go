@@ -27,6 +27,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/offload/comm"
 )
 
@@ -54,12 +55,8 @@ var ErrNoMPI = errors.New("no MPI library")
 // started this process as one of several ranks: Open MPI's
 // OMPI_COMM_WORLD_SIZE, PMI's PMI_SIZE (MPICH's Hydra, Slurm), PMIx's.
 func Launched() bool {
-	for _, v := range []string{"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"} {
-		if n, err := strconv.Atoi(os.Getenv(v)); err == nil && n > 1 {
-			return true
-		}
-	}
-	return false
+	_, ok := envInt(func(n int) bool { return n > 1 }, "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+	return ok
 }
 
 // LaunchedRank is this process's rank as its launcher set it (Open MPI's
@@ -68,8 +65,14 @@ func LaunchedRank() (int, bool) {
 	if !Launched() {
 		return 0, false
 	}
-	for _, v := range []string{"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"} {
-		if n, err := strconv.Atoi(os.Getenv(v)); err == nil && n >= 0 {
+	return envInt(func(n int) bool { return n >= 0 }, "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+}
+
+// envInt is the first of the launcher's variables that holds an integer
+// for which ok holds.
+func envInt(ok func(int) bool, names ...string) (int, bool) {
+	for _, v := range names {
+		if n, err := strconv.Atoi(os.Getenv(v)); err == nil && ok(n) {
 			return n, true
 		}
 	}
@@ -229,11 +232,11 @@ func (w *world) warmUp() error {
 	if w.size == 1 {
 		return nil
 	}
-	b, unmap, err := mapBytes(4 * comm.BucketFloats)
+	b, err := budget.MapAnon(4 * comm.BucketFloats)
 	if err != nil {
 		return fmt.Errorf("mpi: a warm-up buffer: %w", err)
 	}
-	defer unmap()
+	defer budget.Unmap(b)
 	f := unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), comm.BucketFloats)
 	if err := w.AllReduceSum(f); err != nil {
 		return err
@@ -315,10 +318,8 @@ func (w *world) loop(ready chan<- error) {
 // MPI's OMPI_COMM_WORLD_LOCAL_SIZE, MPICH's (Hydra's) MPI_LOCALNRANKS,
 // PMIx's PMIX_LOCAL_SIZE; Size() when none is set.
 func (w *world) LocalSize() int {
-	for _, v := range []string{"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PMIX_LOCAL_SIZE"} {
-		if n, err := strconv.Atoi(os.Getenv(v)); err == nil && n >= 1 && n <= w.size {
-			return n
-		}
+	if n, ok := envInt(func(n int) bool { return n >= 1 && n <= w.size }, "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PMIX_LOCAL_SIZE"); ok {
+		return n
 	}
 	return w.size
 }
@@ -400,17 +401,9 @@ func count(what string, n int) (int32, error) {
 	return int32(n), nil
 }
 
-// AllReduceSum sums buf in pieces of at most comm.BucketFloats.
-func (w *world) AllReduceSum(buf []float32) error {
-	for len(buf) > 0 {
-		n := min(len(buf), comm.BucketFloats)
-		if err := w.allReduceSum(unsafe.Pointer(&buf[0]), n, w.l.h.float); err != nil {
-			return err
-		}
-		buf = buf[n:]
-	}
-	return nil
-}
+// AllReduceSum sums buf in pieces of at most comm.BucketFloats: a started
+// sum, waited for.
+func (w *world) AllReduceSum(buf []float32) error { return w.StartAllReduceSum(buf)() }
 
 // StartAllReduceSum queues buf's sum (in buckets, as AllReduceSum) on the
 // MPI thread and returns at once; the wait it returns gives the sum the

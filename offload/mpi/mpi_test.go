@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qtune/qtune/internal/shared"
 	"github.com/qtune/qtune/offload/comm"
 )
 
@@ -43,26 +44,12 @@ func TestNoLibraryIsAnError(t *testing.T) {
 	}
 }
 
-// mpirun finds the launcher; missing, the test skips (CI, which installs
-// openmpi-bin, fails instead).
-func mpirun(t *testing.T) string {
-	t.Helper()
-	p, err := exec.LookPath("mpirun")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mpirun is not installed: %v", err)
-		}
-		t.Skip("mpirun is not installed (apt-get install openmpi-bin)")
-	}
-	return p
-}
-
 // launch runs this test binary's TestRankHelper as n ranks in mode.
 func launch(t *testing.T, n int, mode string, limit time.Duration) (string, error, time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, mpirun(t), "--oversubscribe", "--allow-run-as-root", "-np", fmt.Sprint(n),
+	cmd := exec.CommandContext(ctx, shared.Tool(t, "mpirun", "apt-get install openmpi-bin"), "--oversubscribe", "--allow-run-as-root", "-np", fmt.Sprint(n),
 		os.Args[0], "-test.run=^TestRankHelper$", "-test.v")
 	// In a container: no ssh (one node needs none, but Open MPI looks for
 	// an agent), and no cross-memory attach for shared-memory copies.
@@ -97,13 +84,7 @@ func TestTwoRanks(t *testing.T) {
 // MPICH (Debian's mpich beside Open MPI): its launcher, its library, the
 // same collectives.
 func TestTwoRanksMPICH(t *testing.T) {
-	exe, err := exec.LookPath("mpiexec.mpich")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mpiexec.mpich is not installed: %v", err)
-		}
-		t.Skip("MPICH is not installed (apt-get install mpich)")
-	}
+	exe := shared.Tool(t, "mpiexec.mpich", "apt-get install mpich")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, exe, "-n", "2", os.Args[0], "-test.run=^TestRankHelper$", "-test.v")
