@@ -6,7 +6,7 @@ MODEL_URL = https://huggingface.co/ggml-org/tiny-llamas/resolve/main/stories260K
 BIN     := bin/qtune
 FUZZTIME ?= 3s
 
-.PHONY: build lib cross demo demo-model test test-short test-arm64 test-mem-sweep fuzz bench bench-mem bench-peer vet clean evidence gpu-binaries test-gpu
+.PHONY: build lib cross demo demo-model test test-short test-arm64 test-gpu-emu test-mem-sweep fuzz bench bench-mem bench-peer vet clean evidence gpu-binaries test-gpu
 
 # The qtune binary is built without cgo: purego then loads libraries with
 # its own dlopen (no libc linked), and the process holds no C runtime the
@@ -93,6 +93,7 @@ test: vet
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 	$(GO) test -count=1 -short -tags noasm ./kernels/ ./nn/ ./model/ ./train/
 	CGO_ENABLED=0 $(GO) test -count=1 ./offload/mpi/ ./kernels/cuda/ # MPI and CUDA through purego as the cgo-free binary loads them
+	$(MAKE) -s test-gpu-emu
 	$(MAKE) -s cross
 	$(MAKE) -s test-arm64
 
@@ -149,6 +150,19 @@ gpu-binaries:
 
 test-gpu: gpu-binaries
 	./scripts/gpu-check.sh
+
+# The GPU path on the CPU (in make test): the GPU tests of kernels/cuda,
+# model and train against qtune's CUDA emulator (internal/cudaemu: the
+# driver's, cuBLAS's and NVRTC's calls answered on the CPU, kernels.cu
+# compiled with g++ over a CUDA prelude, threads as coroutines that meet at
+# barriers and shuffles). It checks what the kernels compute and how the
+# host code drives them on every change; speed and the GPU's own arithmetic
+# are for make test-gpu on a real one. Needs g++.
+test-gpu-emu:
+	@EMU=$$($(GO) run ./internal/cmd/cudaemu -dir $(CURDIR)/out/cudaemu) || exit 1; \
+	echo "test-gpu-emu: $$EMU"; \
+	env QTUNE_CUDA_DRIVER=$$EMU QTUNE_CUBLAS=$$EMU QTUNE_NVRTC=$$EMU QTUNE_REQUIRE_GPU=1 QTUNE_CACHE=$(CURDIR)/out/cudaemu/cache \
+	  CGO_ENABLED=0 $(GO) test -count=1 -run 'GPU|Emulator' ./kernels/cuda/ ./model/ ./train/
 
 # qtune against the PyTorch peer benchmark (../shared/bench) in the same run.
 bench-peer: build

@@ -26,9 +26,13 @@ typedef long long i64;
 #define T_NF4 4096
 
 __device__ __forceinline__ float h2f(u16 h) {
+#ifdef QTUNE_CUDA_EMU // the CPU emulator's build (internal/cudaemu)
+    return __emu_h2f(h);
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
+#endif
 }
 
 __device__ __forceinline__ float bf2f(u16 h) { return __uint_as_float(((u32)h) << 16); }
