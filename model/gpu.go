@@ -18,11 +18,11 @@ import (
 // embedding stays in host memory (one row per token is looked up there
 // and copied over).
 //
-// Families: the Llama shape and its relatives without per-family extras
-// (Llama 2/3, Mistral, SmolLM, TinyLlama, Phi-3 with unfused weights);
-// sliding windows, layers without RoPE, embedding and attention scales
-// are supported. Projection biases, q/k norms, post-norms and GELU are
-// refused with an error naming the feature (the CPU path runs them).
+// Families: the Llama shape and its relatives (Llama 2/3, Mistral, SmolLM,
+// TinyLlama, Phi-3 with unfused weights), Qwen2's projection biases,
+// Qwen3's and Gemma 3's per-head q/k norms, Gemma 3's post-norms and GeGLU
+// feed-forward; sliding windows, layers without RoPE, embedding and
+// attention scales. What is refused is named (GPUSupported).
 type GPU struct {
 	m       *Model
 	d       *cuda.Device
@@ -63,26 +63,17 @@ type GPUOptions struct {
 type gpuLayer struct {
 	attnNorm, ffnNorm *cuda.Buffer
 	w                 [NumModules]*cuda.Matrix
+	// The families' extras, nil where the layer has none; like the norms
+	// they stay on the device when the block is streamed.
+	bq, bk, bv, qNorm, kNorm, postAttn, postFFN *cuda.Buffer
 }
 
 // GPUSupported says why m cannot run on the GPU path, or nil.
 func (m *Model) GPUSupported() error {
 	c := &m.Config
 	var why []string
-	if c.Act != nn.SiLU {
-		why = append(why, "GELU feed-forward")
-	}
-	if c.qkNorm {
-		why = append(why, "q/k norms")
-	}
-	if c.postNorms {
-		why = append(why, "post-norms")
-	}
-	for _, L := range m.Layers {
-		if L.BQ != nil || L.BK != nil || L.BV != nil {
-			why = append(why, "projection biases")
-			break
-		}
+	if c.Act != nn.SiLU && c.Act != nn.GELUTanh {
+		why = append(why, "llama.cpp's table GELU (an inference-only reproduction)")
 	}
 	for _, w := range append([]*kernels.Matrix{&m.Output}, m.allMatrices()...) {
 		if !cuda.Supported(w.Type) {
@@ -172,6 +163,17 @@ func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GP
 		}
 		if gl.ffnNorm, err = vec(L.FFNNorm); err != nil {
 			return nil, err
+		}
+		for _, e := range []struct {
+			dst **cuda.Buffer
+			v   []float32
+		}{{&gl.bq, L.BQ}, {&gl.bk, L.BK}, {&gl.bv, L.BV}, {&gl.qNorm, L.QNorm}, {&gl.kNorm, L.KNorm}, {&gl.postAttn, L.PostAttnNorm}, {&gl.postFFN, L.PostFFNNorm}} {
+			if e.v == nil {
+				continue
+			}
+			if *e.dst, err = vec(e.v); err != nil {
+				return nil, err
+			}
 		}
 		if l >= res {
 			continue // streamed
@@ -389,9 +391,12 @@ func (c *carver) take(n int) *cuda.Buffer {
 	return v
 }
 
-// gpuActs are one block's activations on the device, as layerActs.
+// gpuActs are one block's activations on the device, as layerActs (qraw,
+// kraw: the q/k norms' inputs; ao, fo: the post-norms' inputs; nil where
+// the family has none).
 type gpuActs struct {
 	xin, xn1, q, k, v, lse, att, xmid, xn2, g, u, h *cuda.Buffer
+	qraw, kraw, ao, fo                              *cuda.Buffer
 }
 
 // gpuStep is LossGrad's device memory for BT rows: the kept activations of
@@ -404,6 +409,7 @@ type gpuStep struct {
 	delta                                 *cuda.Buffer // attention backward scratch (H, T) per sequence
 	lh, ldh                               *cuda.Buffer // adapter (M, R) products
 	cos, sin, cosSWA, sinSWA              *cuda.Buffer
+	dpost, dnorm                          *cuda.Buffer // post-norm and q/k-norm backward scratch (nil where unused)
 }
 
 func (g *GPU) stepFloats(BT, T, R int) int {
@@ -412,7 +418,19 @@ func (g *GPU) stepFloats(BT, T, R int) int {
 	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
 	al := func(n int) int { return (n + 63) &^ 63 }
 	per := al(BT*C)*4 + al(BT*qd)*2 + al(BT*kvd)*2 + al(BT*c.Heads) + al(BT*F)*3
+	if c.qkNorm {
+		per += al(BT*qd) + al(BT*kvd)
+	}
+	if c.postNorms {
+		per += al(BT*C) * 2
+	}
 	n := c.Layers * per
+	if c.qkNorm {
+		n += al(BT * qd)
+	}
+	if c.postNorms {
+		n += al(BT * C)
+	}
 	n += al(BT*C)*3 + al(BT*V) + al(BT) + al(BT)                           // x, tmp, xnf, logits, loss, targets
 	n += al(BT*C)*2 + al(BT*F)*3 + al(BT*qd)*2 + al(BT*kvd)*2 + al(BT*R)*2 // gradients, adapter scratch
 	n += al(T * c.Heads)                                                   // attention backward scratch
@@ -429,7 +447,15 @@ func GPUWeightBytes(m *Model) (layers []int64, other int64) {
 	for l := range m.Layers {
 		layers[l] = layerBytes(&m.Layers[l])
 	}
-	other = al(int64(len(m.Output.Data))) + al(4*int64(len(m.OutNorm))) + int64(len(m.Layers))*2*al(4*int64(m.Config.Dim))
+	other = al(int64(len(m.Output.Data))) + al(4*int64(len(m.OutNorm)))
+	for l := range m.Layers {
+		L := &m.Layers[l]
+		for _, v := range [][]float32{L.AttnNorm, L.FFNNorm, L.BQ, L.BK, L.BV, L.QNorm, L.KNorm, L.PostAttnNorm, L.PostFFNNorm} {
+			if v != nil {
+				other += al(4 * int64(len(v)))
+			}
+		}
+	}
 	return layers, other
 }
 
@@ -723,6 +749,18 @@ func (g *GPU) step(BT, T, R int) (*gpuStep, error) {
 		a.xin, a.xn1, a.q, a.k, a.v = cv.take(BT*C), cv.take(BT*C), cv.take(BT*qd), cv.take(BT*kvd), cv.take(BT*kvd)
 		a.lse, a.att, a.xmid, a.xn2 = cv.take(BT*c.Heads), cv.take(BT*qd), cv.take(BT*C), cv.take(BT*C)
 		a.g, a.u, a.h = cv.take(BT*F), cv.take(BT*F), cv.take(BT*F)
+		if c.qkNorm {
+			a.qraw, a.kraw = cv.take(BT*qd), cv.take(BT*kvd)
+		}
+		if c.postNorms {
+			a.ao, a.fo = cv.take(BT*C), cv.take(BT*C)
+		}
+	}
+	if c.qkNorm {
+		s.dnorm = cv.take(BT * qd)
+	}
+	if c.postNorms {
+		s.dpost = cv.take(BT * C)
 	}
 	s.x, s.tmp, s.xnf, s.logits, s.loss, s.targets = cv.take(BT*C), cv.take(BT*C), cv.take(BT*C), cv.take(BT*V), cv.take(BT), cv.take(BT)
 	s.dx, s.dxn = cv.take(BT*C), cv.take(BT*C)
@@ -826,6 +864,7 @@ func (g *GPU) layerForward(l int, a *gpuActs, x *cuda.Buffer, B, T int, ad GPUAd
 		func() error { return d.Copy(a.xin, 0, x, 0, int64(4*BT*C)) },
 		func() error { return d.RMSNorm(a.xn1, a.xin, gl.attnNorm, BT, C, c.Eps) },
 		func() error { wq, aq := w(ModQ); return g.linear(a.q, a.xn1, BT, wq, aq, s) },
+		func() error { return g.finishQK(l, a.q, BT, c.Heads, gl.bq, gl.qNorm, a.qraw) },
 		func() error { return g.rope(l, a.q, BT, T, c.Heads, s, false) },
 		func() error {
 			if q := m.qScale(); q != 1 {
@@ -834,8 +873,15 @@ func (g *GPU) layerForward(l int, a *gpuActs, x *cuda.Buffer, B, T int, ad GPUAd
 			return nil
 		},
 		func() error { wk, ak := w(ModK); return g.linear(a.k, a.xn1, BT, wk, ak, s) },
+		func() error { return g.finishQK(l, a.k, BT, c.KVHeads, gl.bk, gl.kNorm, a.kraw) },
 		func() error { return g.rope(l, a.k, BT, T, c.KVHeads, s, false) },
 		func() error { wv, av := w(ModV); return g.linear(a.v, a.xn1, BT, wv, av, s) },
+		func() error {
+			if gl.bv != nil {
+				return d.AddRows(a.v, gl.bv, BT, kvd)
+			}
+			return nil
+		},
 		func() error {
 			for b := 0; b < B; b++ {
 				att, _ := a.att.F32(b*T*qd, T*qd)
@@ -850,13 +896,20 @@ func (g *GPU) layerForward(l int, a *gpuActs, x *cuda.Buffer, B, T int, ad GPUAd
 			return nil
 		},
 		func() error { wo, ao := w(ModO); return g.linear(s.tmp, a.att, BT, wo, ao, s) },
+		func() error { return g.postNorm(s.tmp, a.ao, gl.postAttn, BT) },
 		func() error { return d.Copy(a.xmid, 0, a.xin, 0, int64(4*BT*C)) },
 		func() error { return d.Axpy(a.xmid, s.tmp, 1, int64(BT*C)) },
 		func() error { return d.RMSNorm(a.xn2, a.xmid, gl.ffnNorm, BT, C, c.Eps) },
 		func() error { wg, ag := w(ModGate); return g.linear(a.g, a.xn2, BT, wg, ag, s) },
 		func() error { wu, au := w(ModUp); return g.linear(a.u, a.xn2, BT, wu, au, s) },
-		func() error { return d.SwiGLU(a.h, a.g, a.u, int64(BT*F)) },
+		func() error {
+			if c.Act == nn.GELUTanh {
+				return d.GeGLU(a.h, a.g, a.u, int64(BT*F))
+			}
+			return d.SwiGLU(a.h, a.g, a.u, int64(BT*F))
+		},
 		func() error { wd, adn := w(ModDown); return g.linear(x, a.h, BT, wd, adn, s) },
+		func() error { return g.postNorm(x, a.fo, gl.postFFN, BT) },
 		func() error { return d.Axpy(x, a.xmid, 1, int64(BT*C)) },
 	})
 }
@@ -873,14 +926,33 @@ func (g *GPU) layerBackward(l int, a *gpuActs, B, T int, ad GPUAdapters, s *gpuS
 	return runSteps("model: GPU block %d backward: %w", l, []func() error{
 		// FFN
 		func() error { return zero(s.dh, s.dg, s.du, s.dxn) },
-		func() error { wd, adn := w(ModDown); return g.linearBack(s.dh, s.dx, a.h, BT, wd, adn, s) },
-		func() error { return d.SwiGLUBackward(s.dg, s.du, s.dh, a.g, a.u, int64(BT*F)) },
+		func() error {
+			wd, adn := w(ModDown)
+			dffn, err := g.postNormBack(s, s.dx, a.fo, gl.postFFN, BT)
+			if err != nil {
+				return err
+			}
+			return g.linearBack(s.dh, dffn, a.h, BT, wd, adn, s)
+		},
+		func() error {
+			if c.Act == nn.GELUTanh {
+				return d.GeGLUBackward(s.dg, s.du, s.dh, a.g, a.u, int64(BT*F))
+			}
+			return d.SwiGLUBackward(s.dg, s.du, s.dh, a.g, a.u, int64(BT*F))
+		},
 		func() error { wg, ag := w(ModGate); return g.linearBack(s.dxn, s.dg, a.xn2, BT, wg, ag, s) },
 		func() error { wu, au := w(ModUp); return g.linearBack(s.dxn, s.du, a.xn2, BT, wu, au, s) },
 		func() error { return d.RMSNormBackward(s.dx, nil, s.dxn, a.xmid, gl.ffnNorm, BT, C, c.Eps) },
 		// Attention
 		func() error { return zero(s.datt, s.dq, s.dk, s.dv, s.dxn) },
-		func() error { wo, ao := w(ModO); return g.linearBack(s.datt, s.dx, a.att, BT, wo, ao, s) },
+		func() error {
+			wo, ao := w(ModO)
+			dattn, err := g.postNormBack(s, s.dx, a.ao, gl.postAttn, BT)
+			if err != nil {
+				return err
+			}
+			return g.linearBack(s.datt, dattn, a.att, BT, wo, ao, s)
+		},
 		func() error {
 			for b := 0; b < B; b++ {
 				datt, _ := s.datt.F32(b*T*qd, T*qd)
@@ -905,9 +977,76 @@ func (g *GPU) layerBackward(l int, a *gpuActs, B, T int, ad GPUAdapters, s *gpuS
 		},
 		func() error { return g.rope(l, s.dq, BT, T, c.Heads, s, true) },
 		func() error { return g.rope(l, s.dk, BT, T, c.KVHeads, s, true) },
+		func() error { return g.unnormQK(s, s.dq, a.qraw, gl.qNorm, BT*c.Heads) },
+		func() error { return g.unnormQK(s, s.dk, a.kraw, gl.kNorm, BT*c.KVHeads) },
 		func() error { wq, aq := w(ModQ); return g.linearBack(s.dxn, s.dq, a.xn1, BT, wq, aq, s) },
 		func() error { wk, ak := w(ModK); return g.linearBack(s.dxn, s.dk, a.xn1, BT, wk, ak, s) },
 		func() error { wv, av := w(ModV); return g.linearBack(s.dxn, s.dv, a.xn1, BT, wv, av, s) },
 		func() error { return d.RMSNormBackward(s.dx, nil, s.dxn, a.xin, gl.attnNorm, BT, C, c.Eps) },
 	})
+}
+
+// finishQK adds the projection's bias (Qwen2) and applies the per-head
+// norm (Qwen3, Gemma 3) to y (M rows of n heads), keeping the norm's input
+// in raw: Model.finishQK before the rotation.
+func (g *GPU) finishQK(l int, y *cuda.Buffer, M, n int, bias, norm, raw *cuda.Buffer) error {
+	c := g.m.Config
+	d := g.d
+	w := n * c.HeadDim
+	if bias != nil {
+		if err := d.AddRows(y, bias, M, w); err != nil {
+			return err
+		}
+	}
+	if norm == nil {
+		return nil
+	}
+	if err := d.Copy(raw, 0, y, 0, int64(4*M*w)); err != nil {
+		return err
+	}
+	return d.RMSNorm(y, y, norm, M*n, c.HeadDim, c.Eps)
+}
+
+// unnormQK is the per-head norm's backward, in place on dy (heads rows
+// of D) whose forward input was raw; nothing without a norm (a bias passes
+// the gradient through).
+func (g *GPU) unnormQK(s *gpuStep, dy, raw, norm *cuda.Buffer, heads int) error {
+	if norm == nil {
+		return nil
+	}
+	c := g.m.Config
+	n := int64(4 * heads * c.HeadDim)
+	if err := s.dnorm.Zero(); err != nil {
+		return err
+	}
+	if err := g.d.RMSNormBackward(s.dnorm, nil, dy, raw, norm, heads, c.HeadDim, c.Eps); err != nil {
+		return err
+	}
+	return g.d.Copy(dy, 0, s.dnorm, 0, n)
+}
+
+// postNorm applies Gemma 3's post-norm w in place to y (M rows), keeping
+// its input in pre; nothing when w is nil.
+func (g *GPU) postNorm(y, pre, w *cuda.Buffer, M int) error {
+	if w == nil {
+		return nil
+	}
+	c := g.m.Config
+	if err := g.d.Copy(pre, 0, y, 0, int64(4*M*c.Dim)); err != nil {
+		return err
+	}
+	return g.d.RMSNorm(y, y, w, M, c.Dim, c.Eps)
+}
+
+// postNormBack returns the gradient of a post-norm's input given dy, that
+// of its output (s.dpost; dy itself when w is nil).
+func (g *GPU) postNormBack(s *gpuStep, dy, pre, w *cuda.Buffer, M int) (*cuda.Buffer, error) {
+	if w == nil {
+		return dy, nil
+	}
+	c := g.m.Config
+	if err := s.dpost.Zero(); err != nil {
+		return nil, err
+	}
+	return s.dpost, g.d.RMSNormBackward(s.dpost, nil, dy, pre, w, M, c.Dim, c.Eps)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/qtune/qtune/kernels/cuda"
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/nn"
 	"github.com/qtune/qtune/quant"
 )
 
@@ -167,9 +168,18 @@ func TestGPUStepMatchesCPU(t *testing.T) {
 				// 2e-3 and each gradient within 15% in norm of the f32 one
 				// (seen up to 9% on 4-block models), pointing the same way
 				// (cosine ≥ 0.99).
-				lossTol, gradTol := 1e-5, 1e-3
+				// Gemma 3 (six blocks, each sublayer's output renormalised by a
+				// post-norm, the input scaled by √C) carries bf16's rounding
+				// further: gradients within 25%, cosine ≥ 0.98 (seen: 18%,
+				// 0.985 under the emulator, whose bf16 GEMM rounds as the
+				// tensor cores do: exact products, f32 sums); its f32 products
+				// meet the same 1e-3 as every family.
+				lossTol, gradTol, cosTol := 1e-5, 1e-3, 0.0
 				if prec == cuda.BF16 {
-					lossTol, gradTol = 2e-3, 0.15
+					lossTol, gradTol, cosTol = 2e-3, 0.15, 0.99
+					if strings.Contains(mc.name, "gemma3") {
+						gradTol, cosTol = 0.25, 0.98
+					}
 				}
 				if gn != cn || math.Abs(gloss-loss) > lossTol*math.Abs(loss) {
 					t.Errorf("loss %.6f over %d targets on the GPU, %.6f over %d on the CPU", gloss, gn, loss, cn)
@@ -190,7 +200,7 @@ func TestGPUStepMatchesCPU(t *testing.T) {
 						if !(e <= gradTol) {
 							t.Errorf("%s grad %s: relative error %.3g > %.0e", p.cpu.Target, gr.name, e, gradTol)
 						}
-						if c := cosine(got, gr.cpu); prec == cuda.BF16 && !(c >= 0.99) {
+						if c := cosine(got, gr.cpu); prec == cuda.BF16 && !(c >= cosTol) {
 							t.Errorf("%s grad %s: cosine %.4f with the f32 gradient", p.cpu.Target, gr.name, c)
 						}
 					}
@@ -228,14 +238,12 @@ func TestGPUGreedyMatchesCPU(t *testing.T) {
 	t.Logf("%d tokens equal: %q", len(got), m.Tokenizer.Decode(got))
 }
 
-// A family the GPU path lacks is refused before anything is copied, with
-// the features named; the Llama-shaped ones pass. No GPU needed.
+// Every family the synthetic set has runs on the GPU path (Qwen2's
+// biases, Qwen3's and Gemma 3's q/k norms, Gemma 3's post-norms and
+// GeGLU); what it lacks is refused before anything is copied, named: a
+// weight type without a device decoder, llama.cpp's table GELU. No GPU
+// needed.
 func TestGPURefusals(t *testing.T) {
-	want := map[string][]string{
-		"qwen2":  {"projection biases"},
-		"qwen3":  {"q/k norms"},
-		"gemma3": {"GELU", "q/k norms", "post-norms"},
-	}
 	dir := t.TempDir()
 	for _, f := range synth.Families() {
 		p := filepath.Join(dir, f.Name+".gguf")
@@ -246,20 +254,27 @@ func TestGPURefusals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = m.GPUSupported()
-		w, refused := want[f.Name]
-		switch {
-		case !refused && err != nil:
+		if err := m.GPUSupported(); err != nil {
 			t.Errorf("%s: %v", f.Name, err)
-		case refused && err == nil:
-			t.Errorf("%s passed the GPU check", f.Name)
-		case refused:
-			for _, x := range append(w, "--device cpu") {
-				if !strings.Contains(err.Error(), x) {
-					t.Errorf("%s: %q does not name %q", f.Name, err, x)
-				}
+		}
+		if f.Name == "gemma3" {
+			m.Config.Act = nn.GELUTable
+			if err := m.GPUSupported(); err == nil || !strings.Contains(err.Error(), "table GELU") || !strings.Contains(err.Error(), "--device cpu") {
+				t.Errorf("gemma3 with the table GELU: %v", err)
 			}
 		}
+	}
+	p := filepath.Join(dir, "q5k.gguf")
+	cfg := synth.Config{Name: "q5k", Dim: 256, Hidden: 512, Layers: 1, Heads: 4, KVHeads: 4, Vocab: 256, Context: 32}
+	if err := synth.Write(p, cfg, quant.Q5_K, 1); err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Open(p, model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.GPUSupported(); err == nil || !strings.Contains(err.Error(), "Q5_K weights") {
+		t.Errorf("Q5_K weights: %v", err)
 	}
 }
 

@@ -372,6 +372,51 @@ func TestGPUNormRopeSwiGLU(t *testing.T) {
 	near(t, "SwiGLUBackward du", down(t, dub, m), wantDu, 1e-6)
 }
 
+// What Qwen's and Gemma's blocks add: GeGLU, a projection's bias, and
+// RMSNorm per head in place (q/k norms: rows of D, out = x).
+func TestGPUGeGLUBiasHeadNorm(t *testing.T) {
+	d := gpu(t)
+	r := rand.New(rand.NewPCG(17, 18))
+	const m = 5000
+	g, u, dy := randn(r, m, 2), randn(r, m, 1), randn(r, m, 1)
+	want := make([]float32, m)
+	kernels.GeGLU(want, g, u)
+	gb, ub := up(t, d, g), up(t, d, u)
+	ob := zeros(t, d, m)
+	must(t, d.GeGLU(ob, gb, ub, m))
+	near(t, "GeGLU", down(t, ob, m), want, 1e-6)
+	dg0, du0 := randn(r, m, 1), randn(r, m, 1)
+	wantDg, wantDu := append([]float32(nil), dg0...), append([]float32(nil), du0...)
+	kernels.GeGLUBackward(wantDg, wantDu, dy, g, u)
+	dgb, dub := up(t, d, dg0), up(t, d, du0)
+	must(t, d.GeGLUBackward(dgb, dub, up(t, d, dy), gb, ub, m))
+	near(t, "GeGLUBackward dg", down(t, dgb, m), wantDg, 1e-6)
+	near(t, "GeGLUBackward du", down(t, dub, m), wantDu, 1e-6)
+
+	const rows, n = 7, 96
+	y, b := randn(r, rows*n, 1), randn(r, n, 1)
+	wantY := append([]float32(nil), y...)
+	for i := range wantY {
+		wantY[i] += b[i%n]
+	}
+	yb := up(t, d, y)
+	must(t, d.AddRows(yb, up(t, d, b), rows, n))
+	near(t, "AddRows", down(t, yb, rows*n), wantY, 0)
+	if err := d.AddRows(yb, up(t, d, b), rows+1, n); err == nil {
+		t.Error("AddRows past the buffer was accepted")
+	}
+
+	const heads, D = 12, 64
+	x, w := randn(r, heads*D, 1.5), randn(r, D, 1)
+	wantN := make([]float32, heads*D)
+	for h := 0; h < heads; h++ {
+		kernels.RMSNorm(wantN[h*D:(h+1)*D], x[h*D:(h+1)*D], w, 1e-6)
+	}
+	xb := up(t, d, x)
+	must(t, d.RMSNorm(xb, xb, up(t, d, w), heads, D, 1e-6))
+	near(t, "RMSNorm per head, in place", down(t, xb, heads*D), wantN, 2e-6)
+}
+
 func TestGPUCrossEntropy(t *testing.T) {
 	d := gpu(t)
 	r := rand.New(rand.NewPCG(9, 10))

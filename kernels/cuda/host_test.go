@@ -257,7 +257,7 @@ float __fmul_rn(float, float); float __fadd_rn(float, float); float __fsub_rn(fl
 float __uint_as_float(unsigned); unsigned __float_as_uint(float); float __int_as_float(int);
 float __shfl_xor_sync(unsigned, float, int);
 float fmaxf(float, float); float expf(float); float logf(float);
-double sqrt(double); double log(double); void sincos(double, double*, double*);
+double sqrt(double); double log(double); double tanh(double); void sincos(double, double*, double*);
 float atomicAdd(float*, float);
 void __syncthreads();
 `

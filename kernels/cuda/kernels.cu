@@ -282,6 +282,31 @@ extern "C" __global__ void swiglu_bwd(float* dg, float* du, const float* dy, con
     }
 }
 
+// geglu_fwd: kernels.GeGLU (Gemma's feed-forward), gelu_tanh in double as
+// the Go loop computes it.
+__device__ __forceinline__ double gelu_th(double g) { return tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)); }
+extern "C" __global__ void geglu_fwd(float* out, const float* g, const float* u, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        double gv = g[i];
+        out[i] = (float)(0.5 * gv * (1 + gelu_th(gv))) * u[i];
+    }
+}
+
+// geglu_bwd: kernels.GeGLUBackward.
+extern "C" __global__ void geglu_bwd(float* dg, float* du, const float* dy, const float* g, const float* u, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        double gv = g[i], th = gelu_th(gv), d = dy[i];
+        du[i] += (float)(d * 0.5 * gv * (1 + th));
+        dg[i] += (float)(d * (double)u[i] * (0.5 * (1 + th) + 0.5 * gv * (1 - th * th) * 0.7978845608028654 * (1 + 3 * 0.044715 * gv * gv)));
+    }
+}
+
+// add_rows: y[r·n + i] += b[i] for rows r (a projection's bias).
+extern "C" __global__ void add_rows(float* y, const float* b, i64 rows, int n) {
+    i64 total = rows * n;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) y[i] += b[i % n];
+}
+
 // xent: kernels.CrossEntropy per row (one block per row): loss[row] =
 // lse − logits[target], dlogits += scale·(softmax − onehot) when dlogits
 // is not 0 (= when overwrite, and then dlogits may be logits itself: each

@@ -253,6 +253,27 @@ func (d *Device) SwiGLUBackward(dg, du, dy, g, u *Buffer, n int64) error {
 	return d.run("swiglu_bwd", d.grid1(n), threads256, 0, dg, du, dy, g, u, n)
 }
 
+// GeGLU is kernels.GeGLU over n elements (gelu_tanh(g)·u, Gemma's).
+func (d *Device) GeGLU(out, g, u *Buffer, n int64) error {
+	return d.run("geglu_fwd", d.grid1(n), threads256, 0, out, g, u, n)
+}
+
+// GeGLUBackward is kernels.GeGLUBackward over n elements.
+func (d *Device) GeGLUBackward(dg, du, dy, g, u *Buffer, n int64) error {
+	return d.run("geglu_bwd", d.grid1(n), threads256, 0, dg, du, dy, g, u, n)
+}
+
+// AddRows adds the n floats of b to each of rows rows of y (a bias).
+func (d *Device) AddRows(y, b *Buffer, rows, n int) error {
+	if rows <= 0 || n <= 0 {
+		return fmt.Errorf("cuda: AddRows of %d rows of %d", rows, n)
+	}
+	if y.Bytes < 4*int64(rows)*int64(n) || b.Bytes < 4*int64(n) {
+		return fmt.Errorf("cuda: AddRows: buffers of %d and %d bytes for %d rows of %d", y.Bytes, b.Bytes, rows, n)
+	}
+	return d.run("add_rows", d.grid1(int64(rows)*int64(n)), threads256, 0, y, b, int64(rows), n)
+}
+
 // CrossEntropy is kernels.CrossEntropy per row of V logits: loss (rows
 // floats) gets each row's loss, dlogits (nil: none) the scaled gradient;
 // targets are int32, negative for rows without a target.
