@@ -14,6 +14,7 @@ import (
 	"github.com/qtune/qtune/data"
 	"github.com/qtune/qtune/kernels/cuda"
 	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/methods/mezo"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/optim"
 )
@@ -83,20 +84,25 @@ func (c *Config) checkGPUConfig() error {
 // gpuUnsupported says which part of the configuration the GPU path lacks.
 func (c *Config) gpuUnsupported() string {
 	switch {
+	case c.Method == "mezo":
+		if c.ZOTarget != "" && c.ZOTarget != "lora" {
+			return fmt.Sprintf("MeZO's --zo-target %s runs on the CPU only for now (--zo-target lora runs on the GPU)", c.ZOTarget)
+		}
 	case c.Method != "lora" && c.Method != "qlora":
-		return fmt.Sprintf("method %s runs on the CPU only for now (lora and qlora run on the GPU)", c.Method)
+		return fmt.Sprintf("method %s runs on the CPU only for now (lora, qlora and mezo run on the GPU)", c.Method)
 	case c.Dropout > 0:
 		return "LoRA dropout is not on the GPU path yet (--dropout 0)"
 	}
 	return ""
 }
 
-// gpuRun is a LoRA method's device side.
+// gpuRun is a LoRA or MeZO run's device side.
 type gpuRun struct {
 	d     *cuda.Device
 	g     *model.GPU
 	ad    model.GPUAdapters
 	pairs []gpuPair
+	dev   map[*lora.Layer]*model.GPULoRA
 	limit int64
 	// The driver's own count, sampled: the most memory in use on the GPU
 	// beyond what was in use when the device was opened.
@@ -226,8 +232,14 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	if why := cfg.gpuUnsupported(); why != "" {
 		return fallback(errors.New(why))
 	}
-	lm, ok := meth.(*loraMethod)
-	if !ok {
+	var set *lora.Set
+	switch mt := meth.(type) {
+	case *loraMethod:
+		set = mt.set
+	case *mezoMethod:
+		set = mt.set
+	}
+	if set == nil {
 		return fallback(fmt.Errorf("method %s runs on the CPU only", cfg.Method))
 	}
 	if err := m.GPUSupported(); err != nil {
@@ -239,7 +251,7 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		limit, _ = budget.ParseSize(cfg.MaxVRAM)
 	}
 	B, T := cfg.BatchSize, cfg.MaxSeqLength
-	gplan := planGPU(m, lm.set, B, T, prec, limit, 0)
+	gplan := planGPU(m, set, B, T, prec, limit, 0)
 	if limit > 0 && gplan.Total > limit {
 		return nil, fmt.Errorf("train: %s: over the budget; give a smaller --batch-size or --max-seq-length, or --max-vram %s", gplan, fmtMiB(gplan.Total+1<<20))
 	}
@@ -247,8 +259,8 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	if err != nil {
 		return fallback(err)
 	}
-	r := &gpuRun{d: d, limit: limit}
-	ok = false
+	r := &gpuRun{d: d, limit: limit, dev: map[*lora.Layer]*model.GPULoRA{}}
+	ok := false
 	defer func() {
 		if !ok {
 			r.close()
@@ -258,8 +270,8 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		return nil, err
 	}
 	r.ad = make(model.GPUAdapters, m.Config.Layers)
-	for l := range lm.set.ByPos {
-		for mod, a := range lm.set.ByPos[l] {
+	for l := range set.ByPos {
+		for mod, a := range set.ByPos[l] {
 			L, isLoRA := a.(*lora.Layer)
 			if !isLoRA {
 				continue
@@ -270,6 +282,7 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 			}
 			r.ad[l][mod] = ga
 			r.pairs = append(r.pairs, gpuPair{L, ga})
+			r.dev[L] = ga
 		}
 	}
 	// One warm-up step of the planned shape makes every buffer and has
@@ -314,7 +327,7 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 			break
 		}
 		drvShare := used - d.Used()
-		next := planGPU(m, lm.set, B, T, prec, limit, drvShare+drvShare/16)
+		next := planGPU(m, set, B, T, prec, limit, drvShare+drvShare/16)
 		if attempt == 1 || next.Total > limit || (used > limit && next.Resident >= res) {
 			return nil, fmt.Errorf("train: after a warm-up step the GPU holds %s for this run (%s its own allocations, the rest the driver's and cuBLAS's), over --max-vram %s: give --max-vram %s, or a smaller --batch-size or --max-seq-length: %w",
 				fmtMiB(used), fmtMiB(d.Used()), fmtMiB(limit), fmtMiB(used+used/16), cuda.ErrVRAM)
@@ -333,7 +346,12 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	log(fmt.Sprintf("device: %s, products in %s; placement: %s (the host plan above books the CPU path's buffers, more than a GPU run fills)", d, prec, plan.PlacementString()))
 	log(gplan.String())
 	log(fmt.Sprintf("GPU memory after a warm-up step: %s allocated, %s in use by the driver's count (kernels loaded, cuBLAS's own)", fmtMiB(d.Peak()), fmtMiB(used)))
-	lm.gpu = r
+	switch mt := meth.(type) {
+	case *loraMethod:
+		mt.gpu = r
+	case *mezoMethod:
+		mt.gpu = r
+	}
 	ok = true
 	r.sample()
 	return r, nil
@@ -377,6 +395,30 @@ func (r *gpuRun) push() error {
 		}
 	}
 	return nil
+}
+
+// perturber is MeZO's perturbation of the device's copies of the LoRA
+// factors: tensor i of the estimator (loraTensors' order: each layer's A,
+// then its B) gets c·z(seed, i), z regenerated on the device.
+func (r *gpuRun) perturber(layers []*lora.Layer) (mezo.Perturber, error) {
+	bufs := make([]*cuda.Buffer, 0, 2*len(layers))
+	lens := make([]int64, 0, 2*len(layers))
+	for _, L := range layers {
+		dv := r.dev[L]
+		if dv == nil {
+			return nil, fmt.Errorf("train: %s has no copy on the GPU", L.Target)
+		}
+		bufs = append(bufs, dv.A, dv.B)
+		lens = append(lens, int64(len(L.A)), int64(len(L.B)))
+	}
+	return func(seed uint64, c float64) error {
+		for i, b := range bufs {
+			if err := r.d.MezoPerturb(b, mezo.TensorKey(seed, i), 0, lens[i], float32(c)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, nil
 }
 
 // pull adds the device gradients into the host ones.
@@ -443,8 +485,11 @@ func (l *loraMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 
 // onGPU returns the method's device side when its passes run there.
 func onGPU(meth Method) *gpuRun {
-	if l, ok := meth.(*loraMethod); ok {
-		return l.gpu
+	switch mt := meth.(type) {
+	case *loraMethod:
+		return mt.gpu
+	case *mezoMethod:
+		return mt.gpu
 	}
 	return nil
 }

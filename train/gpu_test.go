@@ -28,7 +28,7 @@ func TestDeviceFlagsChecked(t *testing.T) {
 		{"cuda", "lots", "", "lora", 0, "--max-vram"},
 		{"cpu", "2GiB", "", "lora", 0, "--max-vram without --device"},
 		{"cuda", "", "f8", "lora", 0, "--gpu-precision"},
-		{"cuda", "", "", "mezo", 0, "method mezo runs on the CPU only"},
+		{"cuda", "", "", "loho", 0, "method loho runs on the CPU only"},
 		{"cuda:1", "", "", "lora", 0.1, "LoRA dropout"},
 	} {
 		cfg := smallRun(t, t.TempDir())
@@ -45,9 +45,14 @@ func TestDeviceFlagsChecked(t *testing.T) {
 			t.Errorf("--device %q: %v", dev, err)
 		}
 	}
-	// auto with a method the GPU lacks is not an error: it runs on the CPU.
 	cfg := smallRun(t, t.TempDir())
-	cfg.Device, cfg.Method = "auto", "mezo"
+	cfg.Device, cfg.Method, cfg.ZOTarget, cfg.Dropout = "cuda", "mezo", "scales", 0
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "--zo-target scales runs on the CPU only") {
+		t.Errorf("--method mezo --zo-target scales --device cuda: %v", err)
+	}
+	// auto with a method the GPU lacks is not an error: it runs on the CPU.
+	cfg = smallRun(t, t.TempDir())
+	cfg.Device, cfg.Method = "auto", "loho"
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("--device auto --method mezo: %v", err)
 	}
@@ -139,6 +144,67 @@ func TestGPUTrainMatchesCPU(t *testing.T) {
 		t.Errorf("a 12 MiB GPU budget: %v", err)
 	}
 	t.Log(err)
+}
+
+// MeZO on the GPU (the forward passes and the ±εz perturbations of the
+// LoRA factors there, z regenerated from the seed) reports the CPU run's
+// losses within 1e-3 relative, step after step, validations included:
+// each step's projected gradient (L+ − L−)/2ε divides the two devices'
+// rounding differences by ε, so this also bounds how far the two
+// forwards may drift apart.
+func TestGPUMeZOMatchesCPU(t *testing.T) {
+	if _, err := cuda.Count(); err != nil {
+		if os.Getenv("QTUNE_REQUIRE_GPU") == "1" {
+			t.Fatal(err)
+		}
+		t.Skipf("no GPU: %v", err)
+	}
+	ctx := context.Background()
+	cfg := smallRun(t, t.TempDir())
+	cfg.Method, cfg.Dropout, cfg.Iters, cfg.Perturbations, cfg.StepsPerEval = "mezo", 0, 4, 1, 4
+	cfg.ZOLearningRate, cfg.Epsilon = 5e-3, 1e-3
+	cpu, err := Run(ctx, cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same run without updates: the updates must move the losses by
+	// far more than the bound, or agreeing within it shows nothing about
+	// the device's perturbations (a wrong z gives other projected
+	// gradients, so other updates).
+	frozen := cfg
+	frozen.AdapterPath, frozen.ZOLearningRate = t.TempDir(), 1e-12 // 0 is refused
+	fr, err := Run(ctx, frozen, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := len(cpu.Curve) - 1
+	if eff := math.Abs(cpu.Curve[last].Loss - fr.Curve[last].Loss); !(eff > 1e-2*math.Abs(fr.Curve[last].Loss)) {
+		t.Fatalf("the updates moved the last loss by %.3g only: raise the learning rate", eff)
+	}
+	cfg.AdapterPath, cfg.Device, cfg.GPUPrecision = t.TempDir(), "cuda", "f32"
+	var lines []string
+	gpu, err := Run(ctx, cfg, func(s string) { lines = append(lines, s) }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(lines, "\n"), "device: cuda:0") {
+		t.Errorf("the log does not say the run went to the GPU:\n%s", strings.Join(lines, "\n"))
+	}
+	if len(gpu.Curve) != len(cpu.Curve) {
+		t.Fatalf("%d iterations on the GPU, %d on the CPU", len(gpu.Curve), len(cpu.Curve))
+	}
+	for i, p := range cpu.Curve {
+		g := gpu.Curve[i].Loss
+		if math.Abs(g-p.Loss) > 1e-3*math.Abs(p.Loss) {
+			t.Errorf("iteration %d: loss %.6f on the GPU, %.6f on the CPU (%.6f without updates)", p.Iter, g, p.Loss, fr.Curve[i].Loss)
+		}
+	}
+	for i, p := range cpu.ValCurve {
+		if g := gpu.ValCurve[i].Loss; math.Abs(g-p.Loss) > 1e-3*math.Abs(p.Loss) {
+			t.Errorf("validation at %d: %.6f on the GPU, %.6f on the CPU", p.Iter, g, p.Loss)
+		}
+	}
+	t.Logf("last loss: CPU %.6f, GPU %.6f, without updates %.6f", cpu.Curve[last].Loss, gpu.Curve[last].Loss, fr.Curve[last].Loss)
 }
 
 // The device plan keeps every block resident when it fits, else as many

@@ -37,6 +37,7 @@ type mezoMethod struct {
 	what   string         // for Describe
 	copies int64          // bytes of writable copies of float matrices
 	sc     *model.Scorer  // the no-gradient forward passes
+	gpu    *gpuRun        // --device cuda: the forward passes and perturbations run there
 }
 
 func (z *mezoMethod) scorer() *model.Scorer { return z.sc }
@@ -217,6 +218,9 @@ func (z *mezoMethod) Step(ctx context.Context, it int, batches []data.Batch, _ f
 	// Data-parallel: each rank evaluates its share of the micro-batches and
 	// the sums are added over the ranks (one float64 per evaluation), so
 	// every rank sees the same losses and makes the same update.
+	if z.gpu != nil {
+		return z.stepGPU(ctx, it, batches, total)
+	}
 	loss := meanLoss(ctx, it, batches, total, z.cfg.parallel(), func(b data.Batch) (float64, error) {
 		s, _, err := z.sc.Loss(b.Tokens, b.Targets, b.B, b.T, z.ad)
 		return s, err
@@ -225,6 +229,31 @@ func (z *mezoMethod) Step(ctx context.Context, it int, batches []data.Batch, _ f
 	if err != nil {
 		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
 	}
+	return drawsLoss(ds, total), total, nil
+}
+
+// stepGPU is Step with the forward passes and the perturbations on the
+// device (the LoRA factors' copies there); the update is the host's, on
+// the host's factors, which are copied over at the start of each step (so
+// the device's ±ε rounding never accumulates).
+func (z *mezoMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, total int) (float64, int, error) {
+	r := z.gpu
+	if err := r.push(); err != nil {
+		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+	}
+	perturb, err := r.perturber(z.set.Layers)
+	if err != nil {
+		return 0, 0, err
+	}
+	loss := meanLoss(ctx, it, batches, total, z.cfg.parallel(), func(b data.Batch) (float64, error) {
+		s, _, err := r.g.LossGrad(b.Tokens, b.Targets, b.B, b.T, r.ad, false, 0)
+		return s, err
+	})
+	ds, err := z.spsa.EstimateWith(it, loss, perturb)
+	if err != nil {
+		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+	}
+	z.spsa.Update(ds)
 	return drawsLoss(ds, total), total, nil
 }
 

@@ -136,20 +136,40 @@ type Draw struct {
 // (beyond float rounding): for each draw, +ε, evaluate, −2ε, evaluate, +ε.
 // loss evaluates the objective at the current parameters (no gradients).
 func (s *SPSA) Estimate(step int, loss func() (float64, error)) ([]Draw, error) {
+	return s.EstimateWith(step, loss, nil)
+}
+
+// Perturber adds c·z(seed) to the parameters the loss reads, wherever they
+// live: nil is the host tensors (Perturb); a GPU run passes one that
+// regenerates the same z on the device (tensor i keyed TensorKey(seed, i))
+// over its copies of the tensors.
+type Perturber func(seed uint64, c float64) error
+
+// EstimateWith is Estimate with the perturbations made by perturb.
+func (s *SPSA) EstimateWith(step int, loss func() (float64, error), perturb Perturber) ([]Draw, error) {
+	if perturb == nil {
+		perturb = func(seed uint64, c float64) error { s.Perturb(seed, c); return nil }
+	}
 	eps := s.Config.Epsilon
 	ds := make([]Draw, s.Config.N)
 	for i := range ds {
 		d := &ds[i]
 		d.Seed = DrawSeed(s.Config.Seed, step, i)
-		s.Perturb(d.Seed, eps)
-		var err error
-		if d.Plus, err = loss(); err != nil {
-			s.Perturb(d.Seed, -eps)
+		if err := perturb(d.Seed, eps); err != nil {
 			return nil, fmt.Errorf("mezo: step %d: %w", step, err)
 		}
-		s.Perturb(d.Seed, -2*eps)
+		var err error
+		if d.Plus, err = loss(); err != nil {
+			perturb(d.Seed, -eps)
+			return nil, fmt.Errorf("mezo: step %d: %w", step, err)
+		}
+		if err := perturb(d.Seed, -2*eps); err != nil {
+			return nil, fmt.Errorf("mezo: step %d: %w", step, err)
+		}
 		d.Minus, err = loss()
-		s.Perturb(d.Seed, eps)
+		if perr := perturb(d.Seed, eps); err == nil && perr != nil {
+			err = perr
+		}
 		if err != nil {
 			return nil, fmt.Errorf("mezo: step %d: %w", step, err)
 		}
