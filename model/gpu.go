@@ -317,6 +317,23 @@ type GPULoRA struct {
 	Scale      float32
 	A, B       *cuda.Buffer // (R, In), (Out, R)
 	GA, GB     *cuda.Buffer // same shapes
+
+	// Dropout on the A path's input, methods/lora's mask: element i of
+	// the (M, In) input kept (×1/(1−p)) when the i-th draw of Go's
+	// rand.NewPCG(seed, id) is ≥ p·(2³²−1). SetDropout sets it per step.
+	Dropout  float32
+	seed, id uint64
+}
+
+// SetDropout sets the adapter's dropout probability and the step's mask
+// stream (lora.Layer.DropoutStream).
+func (l *GPULoRA) SetDropout(p float32, seed, id uint64) { l.Dropout, l.seed, l.id = p, seed, id }
+
+// drop applies the step's mask to n values of x into out (out may be x).
+func (l *GPULoRA) drop(d *cuda.Device, out, x *cuda.Buffer, n int) error {
+	keep := 1 / (1 - l.Dropout)
+	th := uint32(float64(l.Dropout) * math.MaxUint32)
+	return d.Dropout(out, x, int64(n), l.seed, l.id, th, keep)
 }
 
 // GPUAdapters holds an optional device adapter per layer and module.
@@ -334,6 +351,20 @@ func (ad GPUAdapters) maxRank() int {
 		}
 	}
 	return R
+}
+
+// dropIn is the widest input of ad's adapters with dropout (the step's
+// scratch for the masked input is sized by it), 0 without any.
+func (ad GPUAdapters) dropIn() int {
+	n := 0
+	for _, row := range ad {
+		for _, a := range row {
+			if a != nil && a.Dropout > 0 {
+				n = max(n, a.In)
+			}
+		}
+	}
+	return n
 }
 
 // NewGPULoRA copies an adapter's factors to d, with zeroed gradients.
@@ -410,9 +441,10 @@ type gpuStep struct {
 	lh, ldh                               *cuda.Buffer // adapter (M, R) products
 	cos, sin, cosSWA, sinSWA              *cuda.Buffer
 	dpost, dnorm                          *cuda.Buffer // post-norm and q/k-norm backward scratch (nil where unused)
+	xdrop, tdrop                          *cuda.Buffer // LoRA dropout: the masked input, the input gradient through the mask
 }
 
-func (g *GPU) stepFloats(BT, T, R int) int {
+func (g *GPU) stepFloats(BT, T, R, dropIn int) int {
 	c := g.m.Config
 	C, F, V := c.Dim, c.Hidden, c.Vocab
 	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
@@ -431,6 +463,7 @@ func (g *GPU) stepFloats(BT, T, R int) int {
 	if c.postNorms {
 		n += al(BT * C)
 	}
+	n += 2 * al(BT*dropIn)
 	n += al(BT*C)*3 + al(BT*V) + al(BT) + al(BT)                           // x, tmp, xnf, logits, loss, targets
 	n += al(BT*C)*2 + al(BT*F)*3 + al(BT*qd)*2 + al(BT*kvd)*2 + al(BT*R)*2 // gradients, adapter scratch
 	n += al(T * c.Heads)                                                   // attention backward scratch
@@ -461,14 +494,15 @@ func GPUWeightBytes(m *Model) (layers []int64, other int64) {
 
 // GPUStepBytes is what LossGrad of micro-batches B×T with adapters of
 // rank up to R holds on the device at precision p: activations,
-// gradients, logits and the products' workspace.
-func GPUStepBytes(m *Model, B, T, R int, p cuda.Precision) int64 {
+// gradients, logits and the products' workspace; dropIn is the widest
+// input of an adapter with dropout (0: none).
+func GPUStepBytes(m *Model, B, T, R, dropIn int, p cuda.Precision) int64 {
 	g := &GPU{m: m, prec: p}
 	var ws int64
 	for _, w := range append(m.allMatrices(), &m.Output) {
 		ws = max(ws, cuda.MatMulWorkspace(B*T, &cuda.Matrix{Type: w.Type, Rows: w.Rows, Cols: w.Cols}, p))
 	}
-	return 4*int64(g.stepFloats(B*T, T, max(R, 1))) + (ws+511)&^511
+	return 4*int64(g.stepFloats(B*T, T, max(R, 1), dropIn)) + (ws+511)&^511
 }
 
 func (g *GPU) workspace(M int) (*cuda.Buffer, error) {
@@ -505,13 +539,29 @@ func (g *GPU) linear(y, x *cuda.Buffer, M int, w *cuda.Matrix, a *GPULoRA, s *gp
 	}
 	d := g.d
 	h := s.lh
-	if err := d.GemmNT(h, x, a.A, M, a.R, a.In, false, cuda.F32); err != nil {
+	xd, err := g.dropped(x, M, a, s)
+	if err != nil {
+		return err
+	}
+	if err := d.GemmNT(h, xd, a.A, M, a.R, a.In, false, cuda.F32); err != nil {
 		return err
 	}
 	if err := d.Scale(h, a.Scale, int64(M*a.R)); err != nil {
 		return err
 	}
 	return d.GemmNT(y, h, a.B, M, a.Out, a.R, true, cuda.F32)
+}
+
+// dropped is the adapter's input x (M rows) with the step's dropout mask
+// applied (in s.xdrop), or x itself without dropout.
+func (g *GPU) dropped(x *cuda.Buffer, M int, a *GPULoRA, s *gpuStep) (*cuda.Buffer, error) {
+	if a.Dropout <= 0 {
+		return x, nil
+	}
+	if s.xdrop == nil || s.xdrop.Bytes < 4*int64(M*a.In) {
+		return nil, fmt.Errorf("model: no room for the dropout mask of %d×%d", M, a.In)
+	}
+	return s.xdrop, a.drop(g.d, s.xdrop, x, M*a.In)
 }
 
 func (g *GPU) matmul(y, x *cuda.Buffer, M int, w *cuda.Matrix) error {
@@ -540,8 +590,13 @@ func (g *GPU) linearBack(dx, dy, x *cuda.Buffer, M int, w *cuda.Matrix, a *GPULo
 		return nil
 	}
 	h, dh := s.lh, s.ldh
-	// h = s·x·Aᵀ; GB += dyᵀ·h; dh = s·dy·B; GA += dhᵀ·x; dx += dh·A
-	if err := d.GemmNT(h, x, a.A, M, a.R, a.In, false, cuda.F32); err != nil {
+	// h = s·xd·Aᵀ; GB += dyᵀ·h; dh = s·dy·B; GA += dhᵀ·xd; dx += mask(dh·A)
+	// (xd: x through the step's dropout mask, x itself without)
+	xd, err := g.dropped(x, M, a, s)
+	if err != nil {
+		return err
+	}
+	if err := d.GemmNT(h, xd, a.A, M, a.R, a.In, false, cuda.F32); err != nil {
 		return err
 	}
 	if err := d.Scale(h, a.Scale, int64(M*a.R)); err != nil {
@@ -559,10 +614,26 @@ func (g *GPU) linearBack(dx, dy, x *cuda.Buffer, M int, w *cuda.Matrix, a *GPULo
 	if err := d.Scale(dh, a.Scale, int64(M*a.R)); err != nil {
 		return err
 	}
-	if err := d.GemmTN(a.GA, dh, x, a.R, a.In, M, cuda.F32); err != nil {
+	if err := d.GemmTN(a.GA, dh, xd, a.R, a.In, M, cuda.F32); err != nil {
 		return err
 	}
-	return d.GemmNN(dx, dh, a.A, M, a.In, a.R, cuda.F32)
+	if a.Dropout <= 0 {
+		return d.GemmNN(dx, dh, a.A, M, a.In, a.R, cuda.F32)
+	}
+	t, err := s.tdrop.F32(0, M*a.In)
+	if err != nil {
+		return err
+	}
+	if err := t.Zero(); err != nil {
+		return err
+	}
+	if err := d.GemmNN(t, dh, a.A, M, a.In, a.R, cuda.F32); err != nil {
+		return err
+	}
+	if err := a.drop(d, t, t, M*a.In); err != nil {
+		return err
+	}
+	return d.Axpy(dx, t, 1, int64(M*a.In))
 }
 
 func adapterAt(ad GPUAdapters, l int, mod Module) *GPULoRA {
@@ -592,7 +663,7 @@ func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward
 			count++
 		}
 	}
-	s, err := g.forward(tokens, tg32, B, T, ad.maxRank(), ad)
+	s, err := g.forward(tokens, tg32, B, T, ad)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -658,9 +729,9 @@ func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward
 
 // forward runs the blocks, the final norm and the output projection:
 // s.logits holds (B·T, V).
-func (g *GPU) forward(tokens []int, targets []int32, B, T, R int, ad GPUAdapters) (*gpuStep, error) {
+func (g *GPU) forward(tokens []int, targets []int32, B, T int, ad GPUAdapters) (*gpuStep, error) {
 	c := g.m.Config
-	s, err := g.step(B*T, T, R)
+	s, err := g.step(B*T, T, ad.maxRank(), ad.dropIn())
 	if err != nil {
 		return nil, err
 	}
@@ -704,7 +775,7 @@ func (g *GPU) Greedy(prompt []int, n int, ad GPUAdapters) ([]int, error) {
 				return nil, fmt.Errorf("model: token id %d at %d outside the vocabulary (%d)", t, i, V)
 			}
 		}
-		s, err := g.forward(seq, nil, 1, len(seq), ad.maxRank(), ad)
+		s, err := g.forward(seq, nil, 1, len(seq), ad)
 		if err != nil {
 			return nil, err
 		}
@@ -726,8 +797,8 @@ func zero(bs ...*cuda.Buffer) error {
 }
 
 // step carves (or keeps) the device memory of a step of BT rows.
-func (g *GPU) step(BT, T, R int) (*gpuStep, error) {
-	n := g.stepFloats(BT, T, max(R, 1))
+func (g *GPU) step(BT, T, R, dropIn int) (*gpuStep, error) {
+	n := g.stepFloats(BT, T, max(R, 1), dropIn)
 	if g.arena == nil || g.arena.Bytes < int64(4*n) {
 		if g.arena != nil {
 			g.arena.Free()
@@ -761,6 +832,9 @@ func (g *GPU) step(BT, T, R int) (*gpuStep, error) {
 	}
 	if c.postNorms {
 		s.dpost = cv.take(BT * C)
+	}
+	if dropIn > 0 {
+		s.xdrop, s.tdrop = cv.take(BT*dropIn), cv.take(BT*dropIn)
 	}
 	s.x, s.tmp, s.xnf, s.logits, s.loss, s.targets = cv.take(BT*C), cv.take(BT*C), cv.take(BT*C), cv.take(BT*V), cv.take(BT), cv.take(BT)
 	s.dx, s.dxn = cv.take(BT*C), cv.take(BT*C)

@@ -211,6 +211,105 @@ func TestGPUStepMatchesCPU(t *testing.T) {
 	}
 }
 
+// LoRA dropout on the device draws methods/lora's masks: a step with
+// dropout 0.2 gives the CPU's loss and gradients (f32 products), and they
+// differ from the same step without dropout by far more than that.
+func TestGPUStepDropoutMatchesCPU(t *testing.T) {
+	d := gpuDevice(t)
+	m, err := model.Open(shared.Path(t, "assets", "models", "stories260K.gguf"), model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := lora.New(m, lora.Config{Rank: 4, Alpha: 8, Seed: 3, Dropout: 0.2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(8, 9))
+	for _, L := range set.Layers {
+		for i := range L.B {
+			L.B[i] = float32(r.NormFloat64() * 0.05)
+		}
+	}
+	set.SetStep(5)
+	const B, T = 2, 32
+	tokens, targets := make([]int, B*T), make([]int, B*T)
+	for i := range tokens {
+		tokens[i], targets[i] = r.IntN(m.Config.Vocab), r.IntN(m.Config.Vocab)
+	}
+	loss, _, err := m.LossGrad(tokens, targets, B, T, model.StepOptions{Adapters: set.ByPos}, true, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := m.ToGPU(d, cuda.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	gad := make(model.GPUAdapters, m.Config.Layers)
+	type pair struct {
+		cpu *lora.Layer
+		gpu *model.GPULoRA
+	}
+	var pairs []pair
+	for l := range set.ByPos {
+		for mod, a := range set.ByPos[l] {
+			L, ok := a.(*lora.Layer)
+			if !ok {
+				continue
+			}
+			ga, err := model.NewGPULoRA(d, L.In, L.Out, L.R, L.Scale, L.A, L.B)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ga.Free()
+			seed, id := L.DropoutStream()
+			ga.SetDropout(L.Dropout, seed, id)
+			gad[l][mod] = ga
+			pairs = append(pairs, pair{L, ga})
+		}
+	}
+	gloss, _, err := g.LossGrad(tokens, targets, B, T, gad, true, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(gloss-loss) > 1e-5*math.Abs(loss) {
+		t.Errorf("loss %.6f on the GPU, %.6f on the CPU", gloss, loss)
+	}
+	worst := 0.0
+	var noDrop []float32
+	for i, p := range pairs {
+		got := make([]float32, len(p.cpu.GA))
+		if err := p.gpu.GA.ReadF32(got, 0); err != nil {
+			t.Fatal(err)
+		}
+		worst = max(worst, relErr(got, p.cpu.GA))
+		if i == 0 {
+			noDrop = got
+		}
+	}
+	if !(worst <= 1e-4) {
+		t.Errorf("A gradients: worst relative error %.3g with dropout", worst)
+	}
+	// Without the mask the first adapter's A gradient is another one.
+	for _, p := range pairs {
+		p.gpu.SetDropout(0, 0, 0)
+		if err := errors.Join(p.gpu.GA.Zero(), p.gpu.GB.Zero()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := g.LossGrad(tokens, targets, B, T, gad, true, 1); err != nil {
+		t.Fatal(err)
+	}
+	plain := make([]float32, len(pairs[0].cpu.GA))
+	if err := pairs[0].gpu.GA.ReadF32(plain, 0); err != nil {
+		t.Fatal(err)
+	}
+	if e := relErr(plain, noDrop); !(e > 0.05) {
+		t.Errorf("dropout 0.2 moved the first A gradient by %.3g only", e)
+	}
+	t.Logf("loss CPU %.6f GPU %.6f; worst A gradient error %.2g; without dropout the first A gradient moves %.2g", loss, gloss, worst, relErr(plain, noDrop))
+}
+
 // Greedy generation on the GPU equals the CPU's on stories260K F32.
 func TestGPUGreedyMatchesCPU(t *testing.T) {
 	d := gpuDevice(t)

@@ -90,8 +90,6 @@ func (c *Config) gpuUnsupported() string {
 		}
 	case c.Method != "lora" && c.Method != "qlora":
 		return fmt.Sprintf("method %s runs on the CPU only for now (lora, qlora and mezo run on the GPU)", c.Method)
-	case c.Dropout > 0:
-		return "LoRA dropout is not on the GPU path yet (--dropout 0)"
 	}
 	return ""
 }
@@ -180,13 +178,16 @@ func fmtMiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 // driver's measured share (0 until a warm-up step has run).
 func planGPU(m *model.Model, set *lora.Set, B, T int, p cuda.Precision, limit, driver int64) GPUPlan {
 	var ad int64
-	R := 1
+	R, dropIn := 1, 0
 	for _, l := range set.Layers {
 		ad += 2 * 4 * int64(len(l.A)+len(l.B))
 		R = max(R, l.R)
+		if set.Config.Dropout > 0 {
+			dropIn = max(dropIn, l.In)
+		}
 	}
 	layers, other := model.GPUWeightBytes(m)
-	pl := GPUPlan{Adapters: ad, Step: model.GPUStepBytes(m, B, T, R, p), BLAS: cuda.WorkspaceBytes(limit), Driver: driver,
+	pl := GPUPlan{Adapters: ad, Step: model.GPUStepBytes(m, B, T, R, dropIn, p), BLAS: cuda.WorkspaceBytes(limit), Driver: driver,
 		Limit: limit, Blocks: len(layers), Resident: len(layers), Weights: other}
 	for _, n := range layers {
 		pl.Weights += n
@@ -298,6 +299,11 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	// every block, the smallest footprint the run can have, so that
 	// measuring the driver's share does not itself pass the budget when
 	// the final plan fits it.
+	// The adapters' values and dropout before the warm-up, so that it
+	// makes the step's buffers at their full size (the dropout mask's too).
+	if err := r.push(); err != nil {
+		return nil, err
+	}
 	toks, tgts := make([]int, B*T), make([]int, B*T)
 	var used int64
 	first := gplan.Resident
@@ -387,9 +393,12 @@ func (r *gpuRun) peakLine() string {
 }
 
 // push copies the adapters' current factors to the device and zeroes the
-// device gradients.
+// device gradients; each takes its host layer's dropout (0 while a
+// validation runs) and this step's mask stream.
 func (r *gpuRun) push() error {
 	for _, p := range r.pairs {
+		seed, id := p.cpu.DropoutStream()
+		p.dev.SetDropout(p.cpu.Dropout, seed, id)
 		if err := errors.Join(p.dev.A.WriteF32(0, p.cpu.A), p.dev.B.WriteF32(0, p.cpu.B), p.dev.GA.Zero(), p.dev.GB.Zero()); err != nil {
 			return err
 		}

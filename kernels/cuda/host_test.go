@@ -259,5 +259,6 @@ float __shfl_xor_sync(unsigned, float, int);
 float fmaxf(float, float); float expf(float); float logf(float);
 double sqrt(double); double log(double); double tanh(double); void sincos(double, double*, double*);
 float atomicAdd(float*, float);
+unsigned long long __umul64hi(unsigned long long, unsigned long long);
 void __syncthreads();
 `

@@ -532,6 +532,64 @@ extern "C" __global__ void mezo_normal(float* out, float* w, u64 key, i64 off, i
     }
 }
 
+// LoRA dropout's mask (methods/lora): the i-th draw of Go's math/rand/v2
+// rand.New(rand.NewPCG(seed, id)).Uint32() for element i, regenerated on
+// the device. PCG-DXSM on a 128-bit LCG state; a thread jumps ahead to its
+// chunk's first element (O(log i) steps) and then steps through it.
+struct u128 {
+    u64 hi, lo;
+};
+__device__ __forceinline__ u128 mul128(u128 a, u128 b) {
+    u128 r;
+    r.lo = a.lo * b.lo;
+    r.hi = __umul64hi(a.lo, b.lo) + a.hi * b.lo + a.lo * b.hi;
+    return r;
+}
+__device__ __forceinline__ u128 add128(u128 a, u128 b) {
+    u128 r;
+    r.lo = a.lo + b.lo;
+    r.hi = a.hi + b.hi + (r.lo < a.lo ? 1 : 0);
+    return r;
+}
+#define PCG_MUL u128{2549297995355413924ull, 4865540595714422341ull}
+#define PCG_INC u128{6364136223846793005ull, 1442695040888963407ull}
+// pcg_advance: the state n steps after s.
+__device__ u128 pcg_advance(u128 s, u64 n) {
+    u128 am = {0, 1}, ap = {0, 0}, cm = PCG_MUL, cp = PCG_INC;
+    while (n) {
+        if (n & 1) {
+            am = mul128(am, cm);
+            ap = add128(mul128(ap, cm), cp);
+        }
+        cp = mul128(add128(cm, u128{0, 1}), cp);
+        cm = mul128(cm, cm);
+        n >>= 1;
+    }
+    return add128(mul128(am, s), ap);
+}
+__device__ __forceinline__ u32 pcg_u32(u128 st) {
+    u64 hi = st.hi;
+    hi ^= hi >> 32;
+    hi *= 0xda942042e4dd58b5ull;
+    hi ^= hi >> 48;
+    hi *= (st.lo | 1);
+    return (u32)(hi >> 32);
+}
+
+// dropout: out[i] = x[i]·keep where draw i ≥ th, else 0 (out may be x);
+// 64 consecutive elements per thread.
+extern "C" __global__ void dropout(float* out, const float* x, i64 n, u64 seed, u64 id, u32 th, float keep) {
+    const i64 per = 64;
+    for (i64 c = blockIdx.x * (i64)blockDim.x + threadIdx.x; c * per < n; c += (i64)gridDim.x * blockDim.x) {
+        i64 i0 = c * per, i1 = i0 + per < n ? i0 + per : n;
+        u128 st = pcg_advance(u128{seed, id}, (u64)i0);
+        for (i64 i = i0; i < i1; i++) {
+            st = add128(mul128(st, PCG_MUL), PCG_INC);
+            out[i] = pcg_u32(st) >= th ? x[i] * keep : 0.0f;
+        }
+    }
+}
+
 // scal: x *= a.
 extern "C" __global__ void scal(float* x, float a, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] *= a;

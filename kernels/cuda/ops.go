@@ -335,6 +335,16 @@ func (d *Device) MezoPerturb(w *Buffer, key uint64, off, n int64, alpha float32)
 	return d.run("mezo_normal", d.grid1(n), threads256, 0, uint64(0), w, key, off, n, alpha)
 }
 
+// Dropout is methods/lora's dropout mask over n elements: out[i] =
+// x[i]·keep where the i-th Uint32 of Go's rand.New(rand.NewPCG(seed, id))
+// is ≥ th, else 0 (out may be x).
+func (d *Device) Dropout(out, x *Buffer, n int64, seed, id uint64, th uint32, keep float32) error {
+	if out.Bytes < 4*n || x.Bytes < 4*n {
+		return fmt.Errorf("cuda: Dropout of %d values into buffers of %d and %d bytes", n, out.Bytes, x.Bytes)
+	}
+	return d.run("dropout", d.grid1((n+63)/64), threads256, 0, out, x, n, seed, id, th, keep)
+}
+
 // Scale is x *= a over n elements.
 func (d *Device) Scale(x *Buffer, a float32, n int64) error {
 	return d.run("scal", d.grid1(n), threads256, 0, x, a, n)

@@ -343,6 +343,12 @@ func New(m *model.Model, c Config) (*Set, error) {
 	return s, nil
 }
 
+// DropoutStream is the seed and stream id of the layer's dropout mask this
+// step: element i of the (M, In) input is kept when the i-th Uint32 of
+// rand.New(rand.NewPCG(seed, id)) is at least Dropout·(2³²−1) (what a
+// device regenerates: model.GPULoRA.SetDropout).
+func (l *Layer) DropoutStream() (seed, id uint64) { return l.seed, l.id }
+
 // SetStep sets the dropout seed of the coming step.
 func (s *Set) SetStep(step int) {
 	for _, l := range s.Layers {

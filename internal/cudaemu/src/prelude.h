@@ -296,6 +296,10 @@ static inline float __emu_h2f(unsigned short h) {
     }
     return __uint_as_float(u);
 }
+static inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+    return (unsigned long long)(((unsigned __int128)a * b) >> 64);
+}
+static inline long long __mul64hi(long long a, long long b) { return (long long)(((__int128)a * b) >> 64); }
 template <class T>
 static inline T __ldg(const T* p) {
     return *p;
