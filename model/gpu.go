@@ -36,6 +36,7 @@ type GPU struct {
 	wsM     int          // the row count wsBytes was sized for
 	arena   *cuda.Buffer // LossGrad's activations and gradients, kept between calls of the same shape
 	arenaBT int
+	ckpt    bool // activation checkpointing (GPUOptions.Checkpoint)
 
 	// Streaming: layers [0, resident) stay on the device; the others pass
 	// through two device slots, uploaded from two pinned host buffers on
@@ -58,6 +59,12 @@ type GPUOptions struct {
 	// the others are streamed from host memory each time they are used
 	// (twice a training step). Negative or ≥ the block count: all.
 	Resident int
+	// Checkpoint keeps only each block's input through the forward pass
+	// (one row of C floats per position and block) and recomputes the
+	// block's activations, into one block's worth of buffers, just before
+	// its backward: an extra forward of every block for activations that
+	// no longer grow with the depth.
+	Checkpoint bool
 }
 
 type gpuLayer struct {
@@ -132,7 +139,7 @@ func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GP
 	if res < 0 || res > nl {
 		res = nl
 	}
-	g = &GPU{m: m, d: d, prec: p, resident: res, inSlot: [2]int{-1, -1}}
+	g = &GPU{m: m, d: d, prec: p, resident: res, ckpt: o.Checkpoint, inSlot: [2]int{-1, -1}}
 	defer func() {
 		if err != nil {
 			g.Close()
@@ -442,6 +449,7 @@ type gpuStep struct {
 	cos, sin, cosSWA, sinSWA              *cuda.Buffer
 	dpost, dnorm                          *cuda.Buffer // post-norm and q/k-norm backward scratch (nil where unused)
 	xdrop, tdrop                          *cuda.Buffer // LoRA dropout: the masked input, the input gradient through the mask
+	recomp                                *cuda.Buffer // checkpointing: the recomputed block's output
 }
 
 func (g *GPU) stepFloats(BT, T, R, dropIn int) int {
@@ -457,6 +465,9 @@ func (g *GPU) stepFloats(BT, T, R, dropIn int) int {
 		per += al(BT*C) * 2
 	}
 	n := c.Layers * per
+	if g.ckpt { // each block's input, and one block's activations
+		n = c.Layers*al(BT*C) + per + al(BT*C)
+	}
 	if c.qkNorm {
 		n += al(BT * qd)
 	}
@@ -495,9 +506,10 @@ func GPUWeightBytes(m *Model) (layers []int64, other int64) {
 // GPUStepBytes is what LossGrad of micro-batches B×T with adapters of
 // rank up to R holds on the device at precision p: activations,
 // gradients, logits and the products' workspace; dropIn is the widest
-// input of an adapter with dropout (0: none).
-func GPUStepBytes(m *Model, B, T, R, dropIn int, p cuda.Precision) int64 {
-	g := &GPU{m: m, prec: p}
+// input of an adapter with dropout (0: none); ckpt: with activation
+// checkpointing.
+func GPUStepBytes(m *Model, B, T, R, dropIn int, p cuda.Precision, ckpt bool) int64 {
+	g := &GPU{m: m, prec: p, ckpt: ckpt}
 	var ws int64
 	for _, w := range append(m.allMatrices(), &m.Output) {
 		ws = max(ws, cuda.MatMulWorkspace(B*T, &cuda.Matrix{Type: w.Type, Rows: w.Rows, Cols: w.Cols}, p))
@@ -712,6 +724,15 @@ func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward
 		if err := g.acquire(l); err != nil {
 			return 0, 0, err
 		}
+		if g.ckpt { // the block's activations again, from its kept input
+			a := &s.acts[l]
+			if err := d.Copy(s.recomp, 0, a.xin, 0, int64(4*B*T*C)); err != nil {
+				return 0, 0, err
+			}
+			if err := g.layerForward(l, a, s.recomp, B, T, ad, s); err != nil {
+				return 0, 0, err
+			}
+		}
 		if err := g.layerBackward(l, &s.acts[l], B, T, ad, s); err != nil {
 			return 0, 0, err
 		}
@@ -815,8 +836,12 @@ func (g *GPU) step(BT, T, R, dropIn int) (*gpuStep, error) {
 	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
 	cv := &carver{b: g.arena}
 	s := &gpuStep{acts: make([]gpuActs, c.Layers)}
-	for l := range s.acts {
-		a := &s.acts[l]
+	carve := s.acts
+	if g.ckpt { // one block's activations, shared; each block's own input
+		carve = make([]gpuActs, 1)
+	}
+	for l := range carve {
+		a := &carve[l]
 		a.xin, a.xn1, a.q, a.k, a.v = cv.take(BT*C), cv.take(BT*C), cv.take(BT*qd), cv.take(BT*kvd), cv.take(BT*kvd)
 		a.lse, a.att, a.xmid, a.xn2 = cv.take(BT*c.Heads), cv.take(BT*qd), cv.take(BT*C), cv.take(BT*C)
 		a.g, a.u, a.h = cv.take(BT*F), cv.take(BT*F), cv.take(BT*F)
@@ -826,6 +851,13 @@ func (g *GPU) step(BT, T, R, dropIn int) (*gpuStep, error) {
 		if c.postNorms {
 			a.ao, a.fo = cv.take(BT*C), cv.take(BT*C)
 		}
+	}
+	if g.ckpt {
+		for l := range s.acts {
+			s.acts[l] = carve[0]
+			s.acts[l].xin = cv.take(BT * C)
+		}
+		s.recomp = cv.take(BT * C)
 	}
 	if c.qkNorm {
 		s.dnorm = cv.take(BT * qd)

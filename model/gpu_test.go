@@ -411,8 +411,8 @@ func TestGPUStreamingMatchesResident(t *testing.T) {
 		gen   []int
 		ups   int
 	}
-	run := func(resident int) result {
-		g, err := m.ToGPUWith(d, cuda.BF16, model.GPUOptions{Resident: resident})
+	run := func(resident int, ckpt bool) result {
+		g, err := m.ToGPUWith(d, cuda.BF16, model.GPUOptions{Resident: resident, Checkpoint: ckpt})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -453,24 +453,35 @@ func TestGPUStreamingMatchesResident(t *testing.T) {
 		res.ups = g.Uploads()
 		return res
 	}
-	want := run(-1)
+	want := run(-1, false)
 	if want.ups != 0 {
 		t.Fatalf("a resident model uploaded %d blocks", want.ups)
 	}
-	for _, res := range []int{0, 1, 3} {
-		got := run(res)
+	// Streamed blocks, and activation checkpointing (the same kernels on
+	// the same inputs, recomputed), resident or streamed: bit for bit.
+	for _, c := range []struct {
+		res  int
+		ckpt bool
+	}{{0, false}, {1, false}, {3, false}, {-1, true}, {1, true}} {
+		got := run(c.res, c.ckpt)
+		what := fmt.Sprintf("%d resident, checkpointing %v", c.res, c.ckpt)
 		if got.loss != want.loss || !slices.Equal(got.gen, want.gen) {
-			t.Errorf("%d resident: loss %v, generated %v; resident: %v, %v", res, got.loss, got.gen, want.loss, want.gen)
+			t.Errorf("%s: loss %v, generated %v; resident: %v, %v", what, got.loss, got.gen, want.loss, want.gen)
 		}
 		for i := range want.grads {
 			if !slices.Equal(got.grads[i], want.grads[i]) {
-				t.Errorf("%d resident: gradient %d differs", res, i)
+				t.Errorf("%s: gradient %d differs", what, i)
 				break
 			}
 		}
-		if got.ups == 0 {
-			t.Errorf("%d resident: no block was streamed", res)
+		if c.res >= 0 && got.ups == 0 {
+			t.Errorf("%s: no block was streamed", what)
 		}
-		t.Logf("%d of 4 blocks resident: %d uploads, equal", res, got.ups)
+		t.Logf("%s: %d uploads, equal", what, got.ups)
+	}
+	// Checkpointing keeps each block's input instead of its activations.
+	plain, ck := model.GPUStepBytes(m, B, T, 4, 0, cuda.BF16, false), model.GPUStepBytes(m, B, T, 4, 0, cuda.BF16, true)
+	if !(ck < plain) {
+		t.Errorf("step bytes %d with checkpointing, %d without", ck, plain)
 	}
 }

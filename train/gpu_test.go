@@ -129,6 +129,24 @@ func TestGPUTrainMatchesCPU(t *testing.T) {
 	}
 	t.Logf("CPU final %.5f, GPU final %.5f; GPU peak %.1f MiB allocated, %.1f MiB by the driver's count\n%s", cpu.FinalTrain, gpu.FinalTrain, own, drv, log)
 
+	// --grad-checkpoint on the device: the plan says so, and the run's
+	// losses are the plain GPU run's to the bit (the same kernels, recomputed).
+	ck := cfg
+	ck.AdapterPath, ck.GradCheckpoint = t.TempDir(), true
+	lines = nil
+	ckr, err := Run(ctx, ck, func(s string) { lines = append(lines, s) }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(lines, "\n"), "activations checkpointed") {
+		t.Errorf("the plan does not say the activations are checkpointed:\n%s", strings.Join(lines, "\n"))
+	}
+	for i, p := range gpu.Curve {
+		if ckr.Curve[i].Loss != p.Loss {
+			t.Errorf("iteration %d: loss %v checkpointed, %v not", p.Iter, ckr.Curve[i].Loss, p.Loss)
+		}
+	}
+
 	cfg.AdapterPath, cfg.MaxVRAM = t.TempDir(), "1MiB"
 	if _, err := Run(ctx, cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "over the budget") {
 		t.Errorf("a 1 MiB GPU budget: %v", err)
@@ -217,19 +235,19 @@ func TestPlanGPUStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	all := planGPU(m, set, 2, 32, cuda.BF16, 0, 0)
+	all := planGPUWith(m, set, 2, 32, cuda.BF16, 0, 0, false)
 	if all.Resident != 5 || all.Slots != 0 || all.Total != all.Weights+all.Adapters+all.Step+all.BLAS {
 		t.Fatalf("no limit: %+v", all)
 	}
 	layers, other := model.GPUWeightBytes(m)
 	limit := all.Total // exactly fits: all resident
-	if p := planGPU(m, set, 2, 32, cuda.BF16, limit, 0); p.Resident != 5 || p.Total > limit {
+	if p := planGPUWith(m, set, 2, 32, cuda.BF16, limit, 0, false); p.Resident != 5 || p.Total > limit {
 		t.Errorf("a limit of exactly the plan: %+v", p)
 	}
 	fixed := all.Adapters + all.Step + cuda.WorkspaceBytes(1)
 	slot := slices.Max(layers)
 	limit = fixed + other + 2*slot + layers[0] + layers[1] + 100
-	p := planGPU(m, set, 2, 32, cuda.BF16, limit, 0)
+	p := planGPUWith(m, set, 2, 32, cuda.BF16, limit, 0, false)
 	if p.Resident != 2 || p.Slots != 2*slot || p.Total > limit {
 		t.Errorf("room for two blocks beside the slots: %+v", p)
 	}
@@ -237,11 +255,26 @@ func TestPlanGPUStreams(t *testing.T) {
 		t.Errorf("%s", p)
 	}
 	// The driver's measured share takes room from the blocks.
-	if q := planGPU(m, set, 2, 32, cuda.BF16, limit, layers[0]); q.Resident != 1 || q.Total > limit {
+	if q := planGPUWith(m, set, 2, 32, cuda.BF16, limit, layers[0], false); q.Resident != 1 || q.Total > limit {
 		t.Errorf("with the driver's share: %+v", q)
 	}
 	// Nothing fits: the plan says by how much.
-	if q := planGPU(m, set, 2, 32, cuda.BF16, fixed, 0); q.Total <= fixed || q.Resident != 0 {
+	if q := planGPUWith(m, set, 2, 32, cuda.BF16, fixed, 0, false); q.Total <= fixed || q.Resident != 0 {
 		t.Errorf("too small a limit: %+v", q)
+	}
+
+	// Checkpointing: never without need, chosen when only it fits, forced
+	// by --grad-checkpoint.
+	if q := planGPU(m, set, 2, 32, cuda.BF16, all.Total, 0, false); q.Checkpoint || q.Resident != 5 {
+		t.Errorf("a limit the plain plan fits: %+v", q)
+	}
+	smallest := planGPUWith(m, set, 2, 32, cuda.BF16, 1, 0, false) // every block streamed
+	if q := planGPU(m, set, 2, 32, cuda.BF16, smallest.Total-1, 0, false); !q.Checkpoint || q.Total > smallest.Total-1 {
+		t.Errorf("below the smallest plain plan (%d): %+v", smallest.Total, q)
+	} else if !strings.Contains(q.String(), "activations checkpointed") {
+		t.Errorf("%s", q)
+	}
+	if q := planGPU(m, set, 2, 32, cuda.BF16, 0, 0, true); !q.Checkpoint || q.Resident != 5 || q.Step >= all.Step {
+		t.Errorf("--grad-checkpoint: %+v (step %d without)", q, all.Step)
 	}
 }
