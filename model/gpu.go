@@ -37,6 +37,7 @@ type GPU struct {
 	arena   *cuda.Buffer // LossGrad's activations and gradients, kept between calls of the same shape
 	arenaBT int
 	ckpt    bool // activation checkpointing (GPUOptions.Checkpoint)
+	first   int  // the lowest block the backward reaches (SetFirstLayer)
 
 	// Streaming: layers [0, resident) stay on the device; the others pass
 	// through two device slots, uploaded from two pinned host buffers on
@@ -720,7 +721,7 @@ func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward
 	if err := d.RMSNormBackward(s.dx, nil, dxnf, s.x, g.outNorm, BT, C, c.Eps); err != nil {
 		return 0, 0, err
 	}
-	for l := len(m.Layers) - 1; l >= 0; l-- {
+	for l := len(m.Layers) - 1; l >= g.first; l-- {
 		if err := g.acquire(l); err != nil {
 			return 0, 0, err
 		}
@@ -739,7 +740,7 @@ func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward
 		if err := g.release(l); err != nil {
 			return 0, 0, err
 		}
-		if l > 0 {
+		if l > g.first {
 			if err := g.load(l - 1); err != nil {
 				return 0, 0, err
 			}
@@ -747,6 +748,11 @@ func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward
 	}
 	return loss, count, d.Sync()
 }
+
+// SetFirstLayer makes LossGrad's backward stop at block l (StepOptions.
+// FirstLayer): the blocks below get no gradients, their adapters none
+// (LoHO's inter-layer split: first order above, zeroth order below).
+func (g *GPU) SetFirstLayer(l int) { g.first = min(max(l, 0), len(g.m.Layers)) }
 
 // forward runs the blocks, the final norm and the output projection:
 // s.logits holds (B·T, V).

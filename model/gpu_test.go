@@ -310,6 +310,82 @@ func TestGPUStepDropoutMatchesCPU(t *testing.T) {
 	t.Logf("loss CPU %.6f GPU %.6f; worst A gradient error %.2g; without dropout the first A gradient moves %.2g", loss, gloss, worst, relErr(plain, noDrop))
 }
 
+// SetFirstLayer stops the backward at a block: the adapters above get the
+// full backward's gradients to the bit, those below none (LoHO's split).
+func TestGPUFirstLayer(t *testing.T) {
+	d := gpuDevice(t)
+	m, err := model.Open(shared.Path(t, "assets", "models", "stories260K.gguf"), model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := lora.New(m, lora.Config{Rank: 2, Alpha: 4, Seed: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(10, 11))
+	for _, L := range set.Layers {
+		for i := range L.B {
+			L.B[i] = float32(r.NormFloat64() * 0.05)
+		}
+	}
+	const B, T = 1, 16
+	tokens, targets := make([]int, B*T), make([]int, B*T)
+	for i := range tokens {
+		tokens[i], targets[i] = r.IntN(m.Config.Vocab), r.IntN(m.Config.Vocab)
+	}
+	g, err := m.ToGPU(d, cuda.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	gad := make(model.GPUAdapters, m.Config.Layers)
+	var layers []int
+	var devs []*model.GPULoRA
+	for l := range set.ByPos {
+		for mod, a := range set.ByPos[l] {
+			if L, ok := a.(*lora.Layer); ok {
+				ga, err := model.NewGPULoRA(d, L.In, L.Out, L.R, L.Scale, L.A, L.B)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ga.Free()
+				gad[l][mod] = ga
+				layers, devs = append(layers, l), append(devs, ga)
+			}
+		}
+	}
+	grads := func(first int) [][]float32 {
+		g.SetFirstLayer(first)
+		var out [][]float32
+		for _, ga := range devs {
+			if err := errors.Join(ga.GA.Zero(), ga.GB.Zero()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, _, err := g.LossGrad(tokens, targets, B, T, gad, true, 1); err != nil {
+			t.Fatal(err)
+		}
+		for _, ga := range devs {
+			v := make([]float32, ga.GA.Bytes/4)
+			if err := ga.GA.ReadF32(v, 0); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, v)
+		}
+		return out
+	}
+	full, cut := grads(0), grads(3)
+	for i, l := range layers {
+		zero := !slices.ContainsFunc(cut[i], func(v float32) bool { return v != 0 })
+		switch {
+		case l >= 3 && !slices.Equal(cut[i], full[i]):
+			t.Errorf("block %d: the gradient differs from the full backward's", l)
+		case l < 3 && !zero:
+			t.Errorf("block %d, below the first layer: a gradient", l)
+		}
+	}
+}
+
 // Greedy generation on the GPU equals the CPU's on stories260K F32.
 func TestGPUGreedyMatchesCPU(t *testing.T) {
 	d := gpuDevice(t)

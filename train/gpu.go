@@ -84,12 +84,12 @@ func (c *Config) checkGPUConfig() error {
 // gpuUnsupported says which part of the configuration the GPU path lacks.
 func (c *Config) gpuUnsupported() string {
 	switch {
-	case c.Method == "mezo":
+	case c.Method == "mezo" || c.Method == "loho" || c.Method == "loho-inter":
 		if c.ZOTarget != "" && c.ZOTarget != "lora" {
-			return fmt.Sprintf("MeZO's --zo-target %s runs on the CPU only for now (--zo-target lora runs on the GPU)", c.ZOTarget)
+			return fmt.Sprintf("%s's --zo-target %s runs on the CPU only for now (--zo-target lora runs on the GPU)", c.Method, c.ZOTarget)
 		}
 	case c.Method != "lora" && c.Method != "qlora":
-		return fmt.Sprintf("method %s runs on the CPU only for now (lora, qlora and mezo run on the GPU)", c.Method)
+		return fmt.Sprintf("method %s runs on the CPU only for now (lora, qlora, mezo and loho-inter run on the GPU)", c.Method)
 	}
 	return ""
 }
@@ -272,6 +272,10 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		set = mt.set
 	case *mezoMethod:
 		set = mt.set
+	case *lohoMethod:
+		if !mt.intra {
+			set = mt.set
+		}
 	}
 	if set == nil {
 		return fallback(fmt.Errorf("method %s runs on the CPU only", cfg.Method))
@@ -390,6 +394,9 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		mt.gpu = r
 	case *mezoMethod:
 		mt.gpu = r
+	case *lohoMethod:
+		mt.gpu = r
+		r.g.SetFirstLayer(mt.first) // the backward stops at the first first-order block
 	}
 	ok = true
 	r.sample()
@@ -531,6 +538,8 @@ func onGPU(meth Method) *gpuRun {
 	case *loraMethod:
 		return mt.gpu
 	case *mezoMethod:
+		return mt.gpu
+	case *lohoMethod:
 		return mt.gpu
 	}
 	return nil

@@ -42,10 +42,12 @@ type lohoMethod struct {
 	dense      []*loho.Dense
 	zoVal      int64 // zeroth-order entries (¬M) of the dense deltas
 	denseBytes int64
-	denseMax   int64 // the largest dense delta's bytes
-	est        int64 // inter: the plan's estimate for foN
-	foVal      int64 // first-order values
-	nnzIx      int64 // CSR index bytes of the sparse deltas
+	denseMax   int64         // the largest dense delta's bytes
+	est        int64         // inter: the plan's estimate for foN
+	foVal      int64         // first-order values
+	nnzIx      int64         // CSR index bytes of the sparse deltas
+	zoLayers   []*lora.Layer // inter: the zeroth-order factors, in the estimator's order
+	gpu        *gpuRun       // --device cuda (inter): the passes and perturbations run there
 }
 
 // loraDx is a zeroth-order LoRA layer inside the first-order part of the
@@ -198,6 +200,7 @@ func newLoHOMethod(m *model.Model, cfg Config, intra bool) (Method, error) {
 	}
 	if len(zoLayers) > 0 {
 		zoTensors = loraTensors(zoLayers)
+		h.zoLayers = zoLayers
 	}
 	if len(zoTensors) > 0 {
 		if h.zo, err = mezo.New(zoTensors, zc, m.Pool()); err != nil {
@@ -355,6 +358,9 @@ func (h *lohoMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 	// micro-batches with its loss summed over the ranks (the zeroth-order
 	// part then makes the same update everywhere from the seed), and the
 	// first-order gradients summed once per step.
+	if h.gpu != nil {
+		return h.stepGPU(ctx, it, batches, lr)
+	}
 	g := h.cfg.parallel()
 	loss, total, err := batchLoss(ctx, h.m, it, batches, h.ad, g)
 	if err != nil {
@@ -382,6 +388,75 @@ func (h *lohoMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 		}
 	}
 	// Updates: ZO with its constant rate, FO with the scheduled one.
+	if h.zo != nil {
+		h.zo.Update(ds)
+	}
+	if foStep {
+		if h.cfg.MaxGradNorm > 0 {
+			optim.ClipGradNorm(h.fo, h.cfg.MaxGradNorm)
+		}
+		if err := h.opt.Step(h.fo, lr); err != nil {
+			return 0, 0, err
+		}
+		return sum, total, nil
+	}
+	return drawsLoss(ds, total), total, nil
+}
+
+// stepGPU is inter-layer Step on the device: the zeroth-order blocks'
+// factors perturbed there (z regenerated from the seed), the passes there
+// with the backward stopped at the first first-order block, the
+// first-order gradients pulled back; both updates are the host's, on the
+// host's factors, copied over at the start of each step.
+func (h *lohoMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, lr float64) (float64, int, error) {
+	r := h.gpu
+	g := h.cfg.parallel()
+	total, err := stepTargets(it, batches)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := r.push(); err != nil {
+		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+	}
+	var ds []mezo.Draw
+	if h.zo != nil {
+		perturb, err := r.perturber(h.zoLayers)
+		if err != nil {
+			return 0, 0, err
+		}
+		loss := meanLoss(ctx, it, batches, total, g, func(b data.Batch) (float64, error) {
+			s, _, err := r.g.LossGrad(b.Tokens, b.Targets, b.B, b.T, r.ad, false, 0)
+			return s, err
+		})
+		if ds, err = h.zo.EstimateWith(it, loss, perturb); err != nil {
+			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+		}
+	}
+	foStep := len(h.fo) > 0 && (h.cfg.FOEvery <= 1 || it%h.cfg.FOEvery == 0)
+	var sum float64
+	if foStep {
+		optim.ZeroGrad(h.fo)
+		mine := myBatches(batches, g)
+		var n int
+		for k, b := range mine {
+			if err := stepCancelled(ctx, it, k, len(mine)); err != nil {
+				return 0, 0, err
+			}
+			s, c, err := r.g.LossGrad(b.Tokens, b.Targets, b.B, b.T, r.ad, true, 1/float64(total))
+			if err != nil {
+				return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+			}
+			passDone("step")
+			sum += s
+			n += c
+		}
+		if err := r.pull(); err != nil {
+			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+		}
+		if sum, _, err = reduceStep(g, it, h.fo, sum, n); err != nil {
+			return 0, 0, err
+		}
+	}
 	if h.zo != nil {
 		h.zo.Update(ds)
 	}
