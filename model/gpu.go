@@ -325,6 +325,9 @@ type GPULoRA struct {
 	Scale      float32
 	A, B       *cuda.Buffer // (R, In), (Out, R)
 	GA, GB     *cuda.Buffer // same shapes
+	// NoGrad: the factors do not train here (a zeroth-order part, a warm
+	// start): the backward only adds the input gradient.
+	NoGrad bool
 
 	// Dropout on the A path's input, methods/lora's mask: element i of
 	// the (M, In) input kept (×1/(1−p)) when the i-th draw of Go's
@@ -344,20 +347,67 @@ func (l *GPULoRA) drop(d *cuda.Device, out, x *cuda.Buffer, n int) error {
 	return d.Dropout(out, x, int64(n), l.seed, l.id, th, keep)
 }
 
+// GPUAdapter is an adapter on the device, added to one linear layer y =
+// x·Wᵀ: its forward adds to y, its backward accumulates its own gradients
+// (when it trains) and adds its share of dx. The kinds: *GPULoRA,
+// *GPUSparse, *GPUDense, and GPUStack of several.
+type GPUAdapter interface {
+	gpuForward(g *GPU, y, x *cuda.Buffer, M int, s *gpuStep) error
+	gpuBackward(g *GPU, dx, dy, x *cuda.Buffer, M int, s *gpuStep) error
+}
+
+// GPUStack applies several adapters to one layer: outputs and input
+// gradients add (loho.Stack on the device).
+type GPUStack []GPUAdapter
+
+func (st GPUStack) gpuForward(g *GPU, y, x *cuda.Buffer, M int, s *gpuStep) error {
+	for _, a := range st {
+		if err := a.gpuForward(g, y, x, M, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (st GPUStack) gpuBackward(g *GPU, dx, dy, x *cuda.Buffer, M int, s *gpuStep) error {
+	for _, a := range st {
+		if err := a.gpuBackward(g, dx, dy, x, M, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // GPUAdapters holds an optional device adapter per layer and module.
-type GPUAdapters [][NumModules]*GPULoRA
+type GPUAdapters [][NumModules]GPUAdapter
+
+// loras calls f for every LoRA adapter of ad, inside stacks too.
+func (ad GPUAdapters) loras(f func(*GPULoRA)) {
+	var each func(a GPUAdapter)
+	each = func(a GPUAdapter) {
+		switch x := a.(type) {
+		case *GPULoRA:
+			f(x)
+		case GPUStack:
+			for _, y := range x {
+				each(y)
+			}
+		}
+	}
+	for _, row := range ad {
+		for _, a := range row {
+			if a != nil {
+				each(a)
+			}
+		}
+	}
+}
 
 // maxRank is the largest rank of ad's adapters (the step's scratch for
 // their products is sized by it), 1 without any.
 func (ad GPUAdapters) maxRank() int {
 	R := 1
-	for _, row := range ad {
-		for _, a := range row {
-			if a != nil {
-				R = max(R, a.R)
-			}
-		}
-	}
+	ad.loras(func(a *GPULoRA) { R = max(R, a.R) })
 	return R
 }
 
@@ -365,13 +415,11 @@ func (ad GPUAdapters) maxRank() int {
 // scratch for the masked input is sized by it), 0 without any.
 func (ad GPUAdapters) dropIn() int {
 	n := 0
-	for _, row := range ad {
-		for _, a := range row {
-			if a != nil && a.Dropout > 0 {
-				n = max(n, a.In)
-			}
+	ad.loras(func(a *GPULoRA) {
+		if a.Dropout > 0 {
+			n = max(n, a.In)
 		}
-	}
+	})
 	return n
 }
 
@@ -543,26 +591,30 @@ func (g *GPU) workspace(M int) (*cuda.Buffer, error) {
 }
 
 // linear is y = x·Wᵀ (+ the adapter) for M rows.
-func (g *GPU) linear(y, x *cuda.Buffer, M int, w *cuda.Matrix, a *GPULoRA, s *gpuStep) error {
+func (g *GPU) linear(y, x *cuda.Buffer, M int, w *cuda.Matrix, a GPUAdapter, s *gpuStep) error {
 	if err := g.matmul(y, x, M, w); err != nil {
 		return err
 	}
 	if a == nil {
 		return nil
 	}
+	return a.gpuForward(g, y, x, M, s)
+}
+
+func (l *GPULoRA) gpuForward(g *GPU, y, x *cuda.Buffer, M int, s *gpuStep) error {
 	d := g.d
 	h := s.lh
-	xd, err := g.dropped(x, M, a, s)
+	xd, err := g.dropped(x, M, l, s)
 	if err != nil {
 		return err
 	}
-	if err := d.GemmNT(h, xd, a.A, M, a.R, a.In, false, cuda.F32); err != nil {
+	if err := d.GemmNT(h, xd, l.A, M, l.R, l.In, false, cuda.F32); err != nil {
 		return err
 	}
-	if err := d.Scale(h, a.Scale, int64(M*a.R)); err != nil {
+	if err := d.Scale(h, l.Scale, int64(M*l.R)); err != nil {
 		return err
 	}
-	return d.GemmNT(y, h, a.B, M, a.Out, a.R, true, cuda.F32)
+	return d.GemmNT(y, h, l.B, M, l.Out, l.R, true, cuda.F32)
 }
 
 // dropped is the adapter's input x (M rows) with the step's dropout mask
@@ -590,7 +642,7 @@ func (g *GPU) matmul(y, x *cuda.Buffer, M int, w *cuda.Matrix) error {
 
 // linearBack is dx += dy·W (+ the adapter's input gradient) and the
 // adapter's gradients, for M rows whose input was x.
-func (g *GPU) linearBack(dx, dy, x *cuda.Buffer, M int, w *cuda.Matrix, a *GPULoRA, s *gpuStep) error {
+func (g *GPU) linearBack(dx, dy, x *cuda.Buffer, M int, w *cuda.Matrix, a GPUAdapter, s *gpuStep) error {
 	d := g.d
 	ws, err := g.workspace(M)
 	if err != nil {
@@ -602,21 +654,29 @@ func (g *GPU) linearBack(dx, dy, x *cuda.Buffer, M int, w *cuda.Matrix, a *GPULo
 	if a == nil {
 		return nil
 	}
+	return a.gpuBackward(g, dx, dy, x, M, s)
+}
+
+func (a *GPULoRA) gpuBackward(g *GPU, dx, dy, x *cuda.Buffer, M int, s *gpuStep) error {
+	d := g.d
 	h, dh := s.lh, s.ldh
 	// h = s·xd·Aᵀ; GB += dyᵀ·h; dh = s·dy·B; GA += dhᵀ·xd; dx += mask(dh·A)
-	// (xd: x through the step's dropout mask, x itself without)
+	// (xd: x through the step's dropout mask, x itself without); a
+	// NoGrad adapter only passes dx on.
 	xd, err := g.dropped(x, M, a, s)
 	if err != nil {
 		return err
 	}
-	if err := d.GemmNT(h, xd, a.A, M, a.R, a.In, false, cuda.F32); err != nil {
-		return err
-	}
-	if err := d.Scale(h, a.Scale, int64(M*a.R)); err != nil {
-		return err
-	}
-	if err := d.GemmTN(a.GB, dy, h, a.Out, a.R, M, cuda.F32); err != nil {
-		return err
+	if !a.NoGrad {
+		if err := d.GemmNT(h, xd, a.A, M, a.R, a.In, false, cuda.F32); err != nil {
+			return err
+		}
+		if err := d.Scale(h, a.Scale, int64(M*a.R)); err != nil {
+			return err
+		}
+		if err := d.GemmTN(a.GB, dy, h, a.Out, a.R, M, cuda.F32); err != nil {
+			return err
+		}
 	}
 	if err := dh.Zero(); err != nil {
 		return err
@@ -627,8 +687,10 @@ func (g *GPU) linearBack(dx, dy, x *cuda.Buffer, M int, w *cuda.Matrix, a *GPULo
 	if err := d.Scale(dh, a.Scale, int64(M*a.R)); err != nil {
 		return err
 	}
-	if err := d.GemmTN(a.GA, dh, xd, a.R, a.In, M, cuda.F32); err != nil {
-		return err
+	if !a.NoGrad {
+		if err := d.GemmTN(a.GA, dh, xd, a.R, a.In, M, cuda.F32); err != nil {
+			return err
+		}
 	}
 	if a.Dropout <= 0 {
 		return d.GemmNN(dx, dh, a.A, M, a.In, a.R, cuda.F32)
@@ -649,7 +711,7 @@ func (g *GPU) linearBack(dx, dy, x *cuda.Buffer, M int, w *cuda.Matrix, a *GPULo
 	return d.Axpy(dx, t, 1, int64(M*a.In))
 }
 
-func adapterAt(ad GPUAdapters, l int, mod Module) *GPULoRA {
+func adapterAt(ad GPUAdapters, l int, mod Module) GPUAdapter {
 	if l < len(ad) {
 		return ad[l][mod]
 	}
@@ -947,9 +1009,9 @@ func (g *GPU) rope(l int, y *cuda.Buffer, M, T, n int, s *gpuStep, back bool) er
 
 // block returns what a block's passes use: the config, the layer, its
 // device weights, and each module's weight and adapter.
-func (g *GPU) block(l int, ad GPUAdapters) (Config, *Layer, *gpuLayer, func(Module) (*cuda.Matrix, *GPULoRA)) {
+func (g *GPU) block(l int, ad GPUAdapters) (Config, *Layer, *gpuLayer, func(Module) (*cuda.Matrix, GPUAdapter)) {
 	gl := &g.layers[l]
-	return g.m.Config, &g.m.Layers[l], gl, func(mod Module) (*cuda.Matrix, *GPULoRA) { return gl.w[mod], adapterAt(ad, l, mod) }
+	return g.m.Config, &g.m.Layers[l], gl, func(mod Module) (*cuda.Matrix, GPUAdapter) { return gl.w[mod], adapterAt(ad, l, mod) }
 }
 
 // runSteps runs a block's queued operations in order, naming the block

@@ -15,6 +15,8 @@ import (
 	"github.com/qtune/qtune/internal/shared"
 	"github.com/qtune/qtune/internal/synth"
 	"github.com/qtune/qtune/kernels/cuda"
+	"github.com/qtune/qtune/kernels"
+	"github.com/qtune/qtune/methods/loho"
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"
 	"github.com/qtune/qtune/nn"
@@ -384,6 +386,77 @@ func TestGPUFirstLayer(t *testing.T) {
 			t.Errorf("block %d, below the first layer: a gradient", l)
 		}
 	}
+}
+
+// A sparse delta on the device (LoHO-intra's first-order part) computes
+// loho.Sparse's forward, sampled gradient and input gradient, dense or
+// with most rows and columns empty.
+func TestGPUSparseMatchesCPU(t *testing.T) {
+	d := gpuDevice(t)
+	const out, in, M = 96, 160, 7
+	r := rand.New(rand.NewPCG(12, 13))
+	for _, ratio := range []float64{0.3, 0.0005} { // the second: mostly empty rows and columns
+		sp, err := loho.NewSparse("blk.0.attn_q.weight", out, in, ratio, 77, true, kernels.Default(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range sp.Val {
+			sp.Val[i] = float32(r.NormFloat64())
+		}
+		x, dy := randVec(r, M*in), randVec(r, M*out)
+		y0, dx0 := randVec(r, M*out), randVec(r, M*in)
+		wantY, wantDx := append([]float32(nil), y0...), append([]float32(nil), dx0...)
+		sp.Forward(wantY, x, M)
+		sp.Backward(wantDx, dy, x, M)
+		ds, err := model.NewGPUSparse(d, out, in, sp.RowPtr, sp.Cols, sp.Val, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ds.Free()
+		y, dx, gotY, gotDx, gotG := devVec(t, d, y0), devVec(t, d, dx0), make([]float32, M*out), make([]float32, M*in), make([]float32, len(sp.Val))
+		if err := model.SparseForBackForTest(d, ds, y, dx, devVec(t, d, x), devVec(t, d, dy), M); err != nil {
+			t.Fatal(err)
+		}
+		must := func(err error) {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		must(y.ReadF32(gotY, 0))
+		must(dx.ReadF32(gotDx, 0))
+		if len(gotG) > 0 {
+			must(ds.Grad.ReadF32(gotG, 0))
+		}
+		for _, c := range []struct {
+			what      string
+			got, want []float32
+		}{{"forward", gotY, wantY}, {"input gradient", gotDx, wantDx}, {"sampled gradient", gotG, sp.Grad}} {
+			if e := relErr(c.got, c.want); len(c.want) > 0 && !(e <= 1e-6) {
+				t.Errorf("ratio %g: %s: relative error %.3g", ratio, c.what, e)
+			}
+		}
+		t.Logf("ratio %g: %d of %d entries", ratio, len(sp.Val), out*in)
+	}
+}
+
+func randVec(r *rand.Rand, n int) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(r.NormFloat64())
+	}
+	return v
+}
+
+func devVec(t *testing.T, d *cuda.Device, v []float32) *cuda.Buffer {
+	b, err := d.Alloc(int64(4 * max(len(v), 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Free() })
+	if err := b.WriteF32(0, v); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // Greedy generation on the GPU equals the CPU's on stories260K F32.

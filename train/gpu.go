@@ -13,6 +13,7 @@ import (
 	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/data"
 	"github.com/qtune/qtune/kernels/cuda"
+	"github.com/qtune/qtune/methods/loho"
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/methods/mezo"
 	"github.com/qtune/qtune/model"
@@ -84,24 +85,29 @@ func (c *Config) checkGPUConfig() error {
 // gpuUnsupported says which part of the configuration the GPU path lacks.
 func (c *Config) gpuUnsupported() string {
 	switch {
-	case c.Method == "mezo" || c.Method == "loho" || c.Method == "loho-inter":
-		if c.ZOTarget != "" && c.ZOTarget != "lora" {
-			return fmt.Sprintf("%s's --zo-target %s runs on the CPU only for now (--zo-target lora runs on the GPU)", c.Method, c.ZOTarget)
+	case c.Method == "mezo" || c.Method == "loho" || c.Method == "loho-inter" || c.Method == "loho-intra":
+		zt := c.ZOTarget
+		if zt == "" {
+			zt = DefaultZOTarget(c.Method)
+		}
+		if zt != "lora" {
+			return fmt.Sprintf("%s's --zo-target %s runs on the CPU only for now (--zo-target lora runs on the GPU)", c.Method, zt)
 		}
 	case c.Method != "lora" && c.Method != "qlora":
-		return fmt.Sprintf("method %s runs on the CPU only for now (lora, qlora, mezo and loho-inter run on the GPU)", c.Method)
+		return fmt.Sprintf("method %s runs on the CPU only for now (lora, qlora, mezo and loho run on the GPU)", c.Method)
 	}
 	return ""
 }
 
 // gpuRun is a LoRA or MeZO run's device side.
 type gpuRun struct {
-	d     *cuda.Device
-	g     *model.GPU
-	ad    model.GPUAdapters
-	pairs []gpuPair
-	dev   map[*lora.Layer]*model.GPULoRA
-	limit int64
+	d      *cuda.Device
+	g      *model.GPU
+	ad     model.GPUAdapters
+	pairs  []gpuPair
+	sparse []sparsePair
+	dev    map[*lora.Layer]*model.GPULoRA
+	limit  int64
 	// The driver's own count, sampled: the most memory in use on the GPU
 	// beyond what was in use when the device was opened.
 	stop    chan struct{}
@@ -134,6 +140,20 @@ func (r *gpuRun) sample() {
 type gpuPair struct {
 	cpu *lora.Layer
 	dev *model.GPULoRA
+}
+
+type sparsePair struct {
+	cpu *loho.Sparse
+	dev *model.GPUSparse
+}
+
+// sparseOf lists the method's sparse deltas that go to the device with
+// its LoRA factors (LoHO-intra's first-order part), in its set's order.
+func sparseOf(meth Method) []*loho.Sparse {
+	if h, ok := meth.(*lohoMethod); ok && h.intra {
+		return h.sp
+	}
+	return nil
 }
 
 // GPUPlan is what a run will hold on the device.
@@ -188,8 +208,10 @@ func fmtMiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 // checkpointing adds a forward of every block (+30%); streaming costs
 // about half a step's time per streamed fraction of the blocks (1.09×
 // with 4 of 16 streamed, 1.56× with 14 of 16).
-func planGPU(m *model.Model, set *lora.Set, B, T int, p cuda.Precision, limit, driver int64, ckpt bool) GPUPlan {
-	best := planGPUWith(m, set, B, T, p, limit, driver, true)
+//
+// extra is what the method's other device adapters hold (sparse deltas).
+func planGPU(m *model.Model, set *lora.Set, extra int64, B, T int, p cuda.Precision, limit, driver int64, ckpt bool) GPUPlan {
+	best := planGPUWith(m, set, extra, B, T, p, limit, driver, true)
 	if ckpt {
 		return best
 	}
@@ -201,7 +223,7 @@ func planGPU(m *model.Model, set *lora.Set, B, T int, p cuda.Precision, limit, d
 		return c
 	}
 	fits := func(pl GPUPlan) bool { return limit <= 0 || pl.Total <= limit }
-	plain := planGPUWith(m, set, B, T, p, limit, driver, false)
+	plain := planGPUWith(m, set, extra, B, T, p, limit, driver, false)
 	if fits(plain) && (!fits(best) || cost(plain) <= cost(best)) || !fits(plain) && !fits(best) && plain.Total <= best.Total {
 		return plain
 	}
@@ -209,8 +231,8 @@ func planGPU(m *model.Model, set *lora.Set, B, T int, p cuda.Precision, limit, d
 }
 
 // planGPUWith is planGPU with checkpointing on or off.
-func planGPUWith(m *model.Model, set *lora.Set, B, T int, p cuda.Precision, limit, driver int64, ckpt bool) GPUPlan {
-	var ad int64
+func planGPUWith(m *model.Model, set *lora.Set, extra int64, B, T int, p cuda.Precision, limit, driver int64, ckpt bool) GPUPlan {
+	ad := extra
 	R, dropIn := 1, 0
 	for _, l := range set.Layers {
 		ad += 2 * 4 * int64(len(l.A)+len(l.B))
@@ -273,9 +295,7 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	case *mezoMethod:
 		set = mt.set
 	case *lohoMethod:
-		if !mt.intra {
-			set = mt.set
-		}
+		set = mt.set // intra with --zo-target complement has none: refused
 	}
 	if set == nil {
 		return fallback(fmt.Errorf("method %s runs on the CPU only", cfg.Method))
@@ -289,7 +309,12 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		limit, _ = budget.ParseSize(cfg.MaxVRAM)
 	}
 	B, T := cfg.BatchSize, cfg.MaxSeqLength
-	gplan := planGPU(m, set, B, T, prec, limit, 0, cfg.GradCheckpoint)
+	sparse := sparseOf(meth)
+	var extra int64
+	for _, sp := range sparse {
+		extra += 4 * int64(sp.Out+1+sp.In+1+5*len(sp.Val))
+	}
+	gplan := planGPU(m, set, extra, B, T, prec, limit, 0, cfg.GradCheckpoint)
 	if limit > 0 && gplan.Total > limit {
 		return nil, fmt.Errorf("train: %s: over the budget; give a smaller --batch-size or --max-seq-length, or --max-vram %s", gplan, fmtMiB(gplan.Total+1<<20))
 	}
@@ -321,6 +346,27 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 			r.ad[l][mod] = ga
 			r.pairs = append(r.pairs, gpuPair{L, ga})
 			r.dev[L] = ga
+		}
+	}
+	// LoHO-intra: each matrix's first-order sparse delta beside its
+	// zeroth-order factors, which only pass the input gradient on.
+	for i, sp := range sparse {
+		L := set.Layers[i]
+		if L.Target != sp.Target {
+			return nil, fmt.Errorf("train: the sparse delta of %s beside the factors of %s", sp.Target, L.Target)
+		}
+		ds, err := model.NewGPUSparse(d, sp.Out, sp.In, sp.RowPtr, sp.Cols, sp.Val, true)
+		if err != nil {
+			return nil, err
+		}
+		r.sparse = append(r.sparse, sparsePair{sp, ds})
+		ga := r.dev[L]
+		ga.NoGrad = true
+		li := layerOf(L.Target)
+		for mod := range r.ad[li] {
+			if r.ad[li][mod] == model.GPUAdapter(ga) {
+				r.ad[li][mod] = model.GPUStack{ds, ga}
+			}
 		}
 	}
 	// One warm-up step of the planned shape makes every buffer and has
@@ -370,7 +416,7 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 			break
 		}
 		drvShare := used - d.Used()
-		next := planGPU(m, set, B, T, prec, limit, drvShare+drvShare/16, cfg.GradCheckpoint)
+		next := planGPU(m, set, extra, B, T, prec, limit, drvShare+drvShare/16, cfg.GradCheckpoint)
 		if attempt == 1 || next.Total > limit || (used > limit && next.Resident >= res) {
 			return nil, fmt.Errorf("train: after a warm-up step the GPU holds %s for this run (%s its own allocations, the rest the driver's and cuBLAS's), over --max-vram %s: give --max-vram %s, or a smaller --batch-size or --max-seq-length: %w",
 				fmtMiB(used), fmtMiB(d.Used()), fmtMiB(limit), fmtMiB(used+used/16), cuda.ErrVRAM)
@@ -414,6 +460,9 @@ func (r *gpuRun) close() {
 	for _, p := range r.pairs {
 		p.dev.Free()
 	}
+	for _, p := range r.sparse {
+		p.dev.Free()
+	}
 	if r.g != nil {
 		r.g.Close()
 	}
@@ -440,6 +489,14 @@ func (r *gpuRun) push() error {
 		seed, id := p.cpu.DropoutStream()
 		p.dev.SetDropout(p.cpu.Dropout, seed, id)
 		if err := errors.Join(p.dev.A.WriteF32(0, p.cpu.A), p.dev.B.WriteF32(0, p.cpu.B), p.dev.GA.Zero(), p.dev.GB.Zero()); err != nil {
+			return err
+		}
+	}
+	for _, p := range r.sparse {
+		if len(p.cpu.Val) == 0 {
+			continue
+		}
+		if err := errors.Join(p.dev.Val.WriteF32(0, p.cpu.Val), p.dev.Grad.Zero()); err != nil {
 			return err
 		}
 	}
@@ -488,6 +545,21 @@ func (r *gpuRun) pull() error {
 			for i, v := range b {
 				g.host[i] += v
 			}
+		}
+	}
+	for _, p := range r.sparse {
+		if len(p.cpu.Grad) == 0 {
+			continue
+		}
+		if cap(buf) < len(p.cpu.Grad) {
+			buf = make([]float32, len(p.cpu.Grad))
+		}
+		b := buf[:len(p.cpu.Grad)]
+		if err := p.dev.Grad.ReadF32(b, 0); err != nil {
+			return err
+		}
+		for i, v := range b {
+			p.cpu.Grad[i] += v
 		}
 	}
 	return nil

@@ -28,7 +28,8 @@ func TestDeviceFlagsChecked(t *testing.T) {
 		{"cuda", "lots", "", "lora", 0, "--max-vram"},
 		{"cpu", "2GiB", "", "lora", 0, "--max-vram without --device"},
 		{"cuda", "", "f8", "lora", 0, "--gpu-precision"},
-		{"cuda", "", "", "loho", 0, "method loho runs on the CPU only"},
+		{"cuda", "", "", "loreml", 0, "method loreml runs on the CPU only"},
+		{"cuda", "", "", "loho-intra", 0, "loho-intra's --zo-target complement runs on the CPU only"},
 	} {
 		cfg := smallRun(t, t.TempDir())
 		cfg.Device, cfg.MaxVRAM, cfg.GPUPrecision, cfg.Method, cfg.Dropout = c.dev, c.vram, c.prec, c.method, c.dropout
@@ -51,7 +52,7 @@ func TestDeviceFlagsChecked(t *testing.T) {
 	}
 	// auto with a method the GPU lacks is not an error: it runs on the CPU.
 	cfg = smallRun(t, t.TempDir())
-	cfg.Device, cfg.Method = "auto", "loho"
+	cfg.Device, cfg.Method = "auto", "loreml"
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("--device auto --method mezo: %v", err)
 	}
@@ -223,10 +224,13 @@ func TestGPUMeZOMatchesCPU(t *testing.T) {
 	t.Logf("last loss: CPU %.6f, GPU %.6f, without updates %.6f", cpu.Curve[last].Loss, gpu.Curve[last].Loss, fr.Curve[last].Loss)
 }
 
-// Inter-layer LoHO on the GPU (the two deepest blocks first order, their
-// gradients from a backward stopped there; MeZO on the factors of the
-// blocks below, perturbed on the device) reports the CPU run's losses
-// within 1e-3 relative, and its updates move the losses well past that.
+// LoHO on the GPU reports the CPU run's losses within 1e-3 relative, and
+// its updates move the losses well past that. Inter-layer: the two
+// deepest blocks first order, their gradients from a backward stopped
+// there; MeZO on the factors of the blocks below, perturbed on the device.
+// Intra-layer (--zo-target lora): a sparse delta at half of each matrix's
+// entries first order (its sampled gradient and input gradient on the
+// device), MeZO on the same matrices' LoRA factors.
 func TestGPULoHOMatchesCPU(t *testing.T) {
 	if _, err := cuda.Count(); err != nil {
 		if os.Getenv("QTUNE_REQUIRE_GPU") == "1" {
@@ -234,10 +238,19 @@ func TestGPULoHOMatchesCPU(t *testing.T) {
 		}
 		t.Skipf("no GPU: %v", err)
 	}
+	for _, method := range []string{"loho", "loho-intra"} {
+		t.Run(method, func(t *testing.T) { testGPULoHO(t, method) })
+	}
+}
+
+func testGPULoHO(t *testing.T, method string) {
 	ctx := context.Background()
 	cfg := smallRun(t, t.TempDir())
-	cfg.Method, cfg.FOLayers, cfg.Dropout, cfg.Iters, cfg.StepsPerEval = "loho", "2", 0, 4, 4
+	cfg.Method, cfg.FOLayers, cfg.Dropout, cfg.Iters, cfg.StepsPerEval = method, "2", 0, 4, 4
 	cfg.LearningRate, cfg.ZOLearningRate = 2e-2, 1e-3
+	if method == "loho-intra" {
+		cfg.ZOTarget, cfg.FORatio, cfg.LearningRate = "lora", 0.5, 5e-3
+	}
 	cpu, err := Run(ctx, cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -286,19 +299,19 @@ func TestPlanGPUStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	all := planGPUWith(m, set, 2, 32, cuda.BF16, 0, 0, false)
+	all := planGPUWith(m, set, 0, 2, 32, cuda.BF16, 0, 0, false)
 	if all.Resident != 5 || all.Slots != 0 || all.Total != all.Weights+all.Adapters+all.Step+all.BLAS {
 		t.Fatalf("no limit: %+v", all)
 	}
 	layers, other := model.GPUWeightBytes(m)
 	limit := all.Total // exactly fits: all resident
-	if p := planGPUWith(m, set, 2, 32, cuda.BF16, limit, 0, false); p.Resident != 5 || p.Total > limit {
+	if p := planGPUWith(m, set, 0, 2, 32, cuda.BF16, limit, 0, false); p.Resident != 5 || p.Total > limit {
 		t.Errorf("a limit of exactly the plan: %+v", p)
 	}
 	fixed := all.Adapters + all.Step + cuda.WorkspaceBytes(1)
 	slot := slices.Max(layers)
 	limit = fixed + other + 2*slot + layers[0] + layers[1] + 100
-	p := planGPUWith(m, set, 2, 32, cuda.BF16, limit, 0, false)
+	p := planGPUWith(m, set, 0, 2, 32, cuda.BF16, limit, 0, false)
 	if p.Resident != 2 || p.Slots != 2*slot || p.Total > limit {
 		t.Errorf("room for two blocks beside the slots: %+v", p)
 	}
@@ -306,26 +319,26 @@ func TestPlanGPUStreams(t *testing.T) {
 		t.Errorf("%s", p)
 	}
 	// The driver's measured share takes room from the blocks.
-	if q := planGPUWith(m, set, 2, 32, cuda.BF16, limit, layers[0], false); q.Resident != 1 || q.Total > limit {
+	if q := planGPUWith(m, set, 0, 2, 32, cuda.BF16, limit, layers[0], false); q.Resident != 1 || q.Total > limit {
 		t.Errorf("with the driver's share: %+v", q)
 	}
 	// Nothing fits: the plan says by how much.
-	if q := planGPUWith(m, set, 2, 32, cuda.BF16, fixed, 0, false); q.Total <= fixed || q.Resident != 0 {
+	if q := planGPUWith(m, set, 0, 2, 32, cuda.BF16, fixed, 0, false); q.Total <= fixed || q.Resident != 0 {
 		t.Errorf("too small a limit: %+v", q)
 	}
 
 	// Checkpointing: never without need, chosen when only it fits, forced
 	// by --grad-checkpoint.
-	if q := planGPU(m, set, 2, 32, cuda.BF16, all.Total, 0, false); q.Checkpoint || q.Resident != 5 {
+	if q := planGPU(m, set, 0, 2, 32, cuda.BF16, all.Total, 0, false); q.Checkpoint || q.Resident != 5 {
 		t.Errorf("a limit the plain plan fits: %+v", q)
 	}
-	smallest := planGPUWith(m, set, 2, 32, cuda.BF16, 1, 0, false) // every block streamed
-	if q := planGPU(m, set, 2, 32, cuda.BF16, smallest.Total-1, 0, false); !q.Checkpoint || q.Total > smallest.Total-1 {
+	smallest := planGPUWith(m, set, 0, 2, 32, cuda.BF16, 1, 0, false) // every block streamed
+	if q := planGPU(m, set, 0, 2, 32, cuda.BF16, smallest.Total-1, 0, false); !q.Checkpoint || q.Total > smallest.Total-1 {
 		t.Errorf("below the smallest plain plan (%d): %+v", smallest.Total, q)
 	} else if !strings.Contains(q.String(), "activations checkpointed") {
 		t.Errorf("%s", q)
 	}
-	if q := planGPU(m, set, 2, 32, cuda.BF16, 0, 0, true); !q.Checkpoint || q.Resident != 5 || q.Step >= all.Step {
+	if q := planGPU(m, set, 0, 2, 32, cuda.BF16, 0, 0, true); !q.Checkpoint || q.Resident != 5 || q.Step >= all.Step {
 		t.Errorf("--grad-checkpoint: %+v (step %d without)", q, all.Step)
 	}
 }

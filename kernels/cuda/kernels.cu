@@ -590,6 +590,58 @@ extern "C" __global__ void dropout(float* out, const float* x, i64 n, u64 seed, 
     }
 }
 
+// A sparse delta S (Out, In) in CSR form (methods/loho's and loreml's
+// Sparse): rowptr (Out+1), cols and val (nnz).
+//
+// csr_fwd: y (M, Out) += x (M, In)·Sᵀ, one thread per output element.
+extern "C" __global__ void csr_fwd(float* y, const float* x, const int* rowptr, const int* cols, const float* val, i64 M, int In, int Out) {
+    i64 total = M * Out;
+    for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < total; t += (i64)gridDim.x * blockDim.x) {
+        i64 m = t / Out;
+        int o = (int)(t % Out);
+        const float* xr = x + m * In;
+        float acc = 0;
+        for (int k = rowptr[o]; k < rowptr[o + 1]; k++) acc += val[k] * xr[cols[k]];
+        y[t] += acc;
+    }
+}
+
+// csr_sddmm: grad[k] += Σ_m dy[m, o]·x[m, cols[k]] for entry k of row o
+// (the sampled product: no dense gradient), one thread per entry.
+extern "C" __global__ void csr_sddmm(float* grad, const float* dy, const float* x, const int* rowptr, const int* cols, i64 M, int In, int Out,
+                                     i64 nnz) {
+    for (i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x; k < nnz; k += (i64)gridDim.x * blockDim.x) {
+        int lo = 0, hi = Out; // the row: the last o with rowptr[o] ≤ k
+        while (hi - lo > 1) {
+            int mid = (lo + hi) >> 1;
+            if (rowptr[mid] <= k)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        int c = cols[k];
+        float acc = 0;
+        for (i64 m = 0; m < M; m++) acc += dy[m * Out + lo] * x[m * In + c];
+        grad[k] += acc;
+    }
+}
+
+// csc_dx: dx (M, In) += dy (M, Out)·S, S read by columns: colptr (In+1),
+// rowidx (nnz) the row of each, perm (nnz) its position in val; one
+// thread per input element, rows in ascending order.
+extern "C" __global__ void csc_dx(float* dx, const float* dy, const int* colptr, const int* rowidx, const int* perm, const float* val, i64 M, int In,
+                                  int Out) {
+    i64 total = M * In;
+    for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < total; t += (i64)gridDim.x * blockDim.x) {
+        i64 m = t / In;
+        int i = (int)(t % In);
+        const float* dyr = dy + m * Out;
+        float acc = 0;
+        for (int j = colptr[i]; j < colptr[i + 1]; j++) acc += dyr[rowidx[j]] * val[perm[j]];
+        dx[t] += acc;
+    }
+}
+
 // scal: x *= a.
 extern "C" __global__ void scal(float* x, float a, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] *= a;

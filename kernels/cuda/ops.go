@@ -345,6 +345,38 @@ func (d *Device) Dropout(out, x *Buffer, n int64, seed, id uint64, th uint32, ke
 	return d.run("dropout", d.grid1((n+63)/64), threads256, 0, out, x, n, seed, id, th, keep)
 }
 
+// CSR is a sparse (Out, In) matrix on the device: RowPtr (Out+1), Cols
+// and Val (Nnz); for products by columns also ColPtr (In+1), RowIdx and
+// Perm (Nnz: entry j in column order is Val[Perm[j]] of row RowIdx[j]).
+type CSR struct {
+	Out, In, Nnz                               int
+	RowPtr, Cols, Val, ColPtr, RowIdx, Perm *Buffer
+}
+
+// SparseForward is y (M, Out) += x (M, In)·Sᵀ.
+func (d *Device) SparseForward(y, x *Buffer, M int, s *CSR) error {
+	if y.Bytes < 4*int64(M)*int64(s.Out) || x.Bytes < 4*int64(M)*int64(s.In) {
+		return fmt.Errorf("cuda: SparseForward: buffers of %d and %d bytes for %d rows of a %d×%d matrix", y.Bytes, x.Bytes, M, s.Out, s.In)
+	}
+	return d.run("csr_fwd", d.grid1(int64(M)*int64(s.Out)), threads256, 0, y, x, s.RowPtr, s.Cols, s.Val, int64(M), s.In, s.Out)
+}
+
+// SparseGrad is grad[k] += Σ_m dy[m, row(k)]·x[m, col(k)] over the stored entries.
+func (d *Device) SparseGrad(grad, dy, x *Buffer, M int, s *CSR) error {
+	if s.Nnz == 0 {
+		return nil
+	}
+	return d.run("csr_sddmm", d.grid1(int64(s.Nnz)), threads256, 0, grad, dy, x, s.RowPtr, s.Cols, int64(M), s.In, s.Out, int64(s.Nnz))
+}
+
+// SparseBackward is dx (M, In) += dy (M, Out)·S.
+func (d *Device) SparseBackward(dx, dy *Buffer, M int, s *CSR) error {
+	if dx.Bytes < 4*int64(M)*int64(s.In) || dy.Bytes < 4*int64(M)*int64(s.Out) {
+		return fmt.Errorf("cuda: SparseBackward: buffers of %d and %d bytes for %d rows of a %d×%d matrix", dx.Bytes, dy.Bytes, M, s.Out, s.In)
+	}
+	return d.run("csc_dx", d.grid1(int64(M)*int64(s.In)), threads256, 0, dx, dy, s.ColPtr, s.RowIdx, s.Perm, s.Val, int64(M), s.In, s.Out)
+}
+
 // Scale is x *= a over n elements.
 func (d *Device) Scale(x *Buffer, a float32, n int64) error {
 	return d.run("scal", d.grid1(n), threads256, 0, x, a, n)
