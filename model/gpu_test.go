@@ -14,8 +14,8 @@ import (
 
 	"github.com/qtune/qtune/internal/shared"
 	"github.com/qtune/qtune/internal/synth"
-	"github.com/qtune/qtune/kernels/cuda"
 	"github.com/qtune/qtune/kernels"
+	"github.com/qtune/qtune/kernels/cuda"
 	"github.com/qtune/qtune/methods/loho"
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/model"

@@ -349,7 +349,7 @@ func (d *Device) Dropout(out, x *Buffer, n int64, seed, id uint64, th uint32, ke
 // and Val (Nnz); for products by columns also ColPtr (In+1), RowIdx and
 // Perm (Nnz: entry j in column order is Val[Perm[j]] of row RowIdx[j]).
 type CSR struct {
-	Out, In, Nnz                               int
+	Out, In, Nnz                            int
 	RowPtr, Cols, Val, ColPtr, RowIdx, Perm *Buffer
 }
 
