@@ -6,6 +6,7 @@ import (
 	"math"
 	"unsafe"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/kernels/cuda"
 	"github.com/qtune/qtune/nn"
@@ -51,6 +52,9 @@ type GPU struct {
 	copied    [2]*cuda.Event // the slot's upload is done (its staging is free again)
 	released  [2]*cuda.Event // the slot's layer has finished computing
 	inSlot    [2]int
+	// pinnedBooked is what the staging buffers hold booked with the
+	// model's accountant (released by Close).
+	pinnedBooked int64
 	uploads   int // layers uploaded so far (for tests and logs)
 }
 
@@ -141,9 +145,10 @@ func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GP
 		res = nl
 	}
 	g = &GPU{m: m, d: d, prec: p, resident: res, ckpt: o.Checkpoint, inSlot: [2]int{-1, -1}}
+	made := g // the error returns below return a nil g: free what was made
 	defer func() {
 		if err != nil {
-			g.Close()
+			made.Close()
 		}
 	}()
 	vec := func(v []float32) (*cuda.Buffer, error) {
@@ -202,6 +207,12 @@ func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GP
 		for l := res; l < nl; l++ {
 			g.slotBytes = max(g.slotBytes, layerBytes(&m.Layers[l]))
 		}
+		// The pinned host buffers are host memory outside the Go heap:
+		// booked with the host's accountant, so --max-mem holds them.
+		if err := m.Acct.Reserve(budget.WeightsStreamed, -1, 2*g.slotBytes); err != nil {
+			return nil, fmt.Errorf("model: the pinned host buffers the streamed blocks pass through (2 × %.1f MiB): %w", float64(g.slotBytes)/(1<<20), err)
+		}
+		g.pinnedBooked = 2 * g.slotBytes
 		for i := range 2 {
 			if g.slots[i], err = d.Alloc(g.slotBytes); err != nil {
 				return nil, fmt.Errorf("model: a streaming slot: %w", err)
@@ -314,6 +325,8 @@ func (g *GPU) Close() error {
 		errs = append(errs, g.copied[i].Free(), g.released[i].Free())
 	}
 	g.bufs, g.ws, g.arena, g.slots, g.staging = nil, nil, nil, [2]*cuda.Buffer{}, [2]*cuda.Pinned{}
+	g.m.Acct.Release(budget.WeightsStreamed, -1, g.pinnedBooked)
+	g.pinnedBooked = 0
 	return errors.Join(errs...)
 }
 

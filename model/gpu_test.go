@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/internal/shared"
 	"github.com/qtune/qtune/internal/synth"
 	"github.com/qtune/qtune/kernels"
@@ -457,6 +458,46 @@ func devVec(t *testing.T, d *cuda.Device, v []float32) *cuda.Buffer {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// Streaming's pinned host buffers are booked with the model's accountant
+// (host memory outside the Go heap, --max-mem's to hold): refused past its
+// limit, naming them, and released when the model leaves the device.
+func TestGPUPinnedBooked(t *testing.T) {
+	d := gpuDevice(t)
+	p := filepath.Join(t.TempDir(), "2L.gguf")
+	if err := synth.Write(p, synth.Config{Name: "gpu2", Dim: 128, Hidden: 320, Layers: 2, Heads: 4, KVHeads: 2, Vocab: 512, Context: 64}, quant.Q4_0, 9); err != nil {
+		t.Fatal(err)
+	}
+	acct := budget.NewAccountant(0)
+	m, err := model.Open(p, model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Acct = acct
+	before := acct.Used()
+	g, err := m.ToGPUWith(d, cuda.BF16, model.GPUOptions{Resident: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	booked := acct.Used() - before
+	layers, _ := model.GPUWeightBytes(m)
+	if want := 2 * slices.Max(layers); booked != want {
+		t.Errorf("streaming booked %d bytes, want the two pinned buffers' %d", booked, want)
+	}
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if acct.Used() != before {
+		t.Errorf("after Close %d bytes booked, %d before", acct.Used(), before)
+	}
+	acct.SetLimit(before + booked/2)
+	if _, err := m.ToGPUWith(d, cuda.BF16, model.GPUOptions{Resident: 0}); err == nil || !strings.Contains(err.Error(), "pinned host buffers") {
+		t.Errorf("pinned buffers past the host limit: %v", err)
+	}
+	if acct.Used() != before {
+		t.Errorf("after a refused placement %d bytes booked, %d before", acct.Used(), before)
+	}
 }
 
 // Greedy generation on the GPU equals the CPU's on stories260K F32.
