@@ -55,7 +55,7 @@ type GPU struct {
 	// pinnedBooked is what the staging buffers hold booked with the
 	// model's accountant (released by Close).
 	pinnedBooked int64
-	uploads   int // layers uploaded so far (for tests and logs)
+	uploads      int // layers uploaded so far (for tests and logs)
 }
 
 // GPUOptions control ToGPUWith.
