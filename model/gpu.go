@@ -39,6 +39,7 @@ type GPU struct {
 	arenaBT int
 	ckpt    bool // activation checkpointing (GPUOptions.Checkpoint)
 	first   int  // the lowest block the backward reaches (SetFirstLayer)
+	normDW  map[string]*cuda.Buffer // SetNormGrads
 
 	// Streaming: layers [0, resident) stay on the device; the others pass
 	// through two device slots, uploaded from two pinned host buffers on
@@ -793,7 +794,7 @@ func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward
 	if err := d.MatMulT(dxnf, dlog, BT, g.output, ws, g.prec); err != nil {
 		return 0, 0, err
 	}
-	if err := d.RMSNormBackward(s.dx, nil, dxnf, s.x, g.outNorm, BT, C, c.Eps); err != nil {
+	if err := d.RMSNormBackward(s.dx, g.normDW["output_norm.weight"], dxnf, s.x, g.outNorm, BT, C, c.Eps); err != nil {
 		return 0, 0, err
 	}
 	for l := len(m.Layers) - 1; l >= g.first; l-- {
@@ -828,6 +829,33 @@ func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward
 // FirstLayer): the blocks below get no gradients, their adapters none
 // (LoHO's inter-layer split: first order above, zeroth order below).
 func (g *GPU) SetFirstLayer(l int) { g.first = min(max(l, 0), len(g.m.Layers)) }
+
+// SetNormGrads makes LossGrad's backward accumulate the gradients of the
+// norm weights it names (blk.N.attn_norm.weight, blk.N.ffn_norm.weight,
+// output_norm.weight: StepOptions.WeightGrads's names) into the device
+// buffers given; nil: none. LoReML's second stage trains the norms.
+func (g *GPU) SetNormGrads(dw map[string]*cuda.Buffer) { g.normDW = dw }
+
+// NormWeight is the device copy of a norm weight by its GGUF name (the
+// names SetNormGrads takes), nil when the model has none: a run that
+// trains norms writes their new values there.
+func (g *GPU) NormWeight(name string) *cuda.Buffer {
+	if name == "output_norm.weight" {
+		return g.outNorm
+	}
+	var l int
+	var kind string
+	if n, _ := fmt.Sscanf(name, "blk.%d.%s", &l, &kind); n != 2 || l < 0 || l >= len(g.layers) {
+		return nil
+	}
+	switch kind {
+	case "attn_norm.weight":
+		return g.layers[l].attnNorm
+	case "ffn_norm.weight":
+		return g.layers[l].ffnNorm
+	}
+	return nil
+}
 
 // forward runs the blocks, the final norm and the output projection:
 // s.logits holds (B·T, V).
@@ -1129,7 +1157,9 @@ func (g *GPU) layerBackward(l int, a *gpuActs, B, T int, ad GPUAdapters, s *gpuS
 		},
 		func() error { wg, ag := w(ModGate); return g.linearBack(s.dxn, s.dg, a.xn2, BT, wg, ag, s) },
 		func() error { wu, au := w(ModUp); return g.linearBack(s.dxn, s.du, a.xn2, BT, wu, au, s) },
-		func() error { return d.RMSNormBackward(s.dx, nil, s.dxn, a.xmid, gl.ffnNorm, BT, C, c.Eps) },
+		func() error {
+			return d.RMSNormBackward(s.dx, g.normDW[fmt.Sprintf("blk.%d.ffn_norm.weight", l)], s.dxn, a.xmid, gl.ffnNorm, BT, C, c.Eps)
+		},
 		// Attention
 		func() error { return zero(s.datt, s.dq, s.dk, s.dv, s.dxn) },
 		func() error {
@@ -1169,7 +1199,9 @@ func (g *GPU) layerBackward(l int, a *gpuActs, B, T int, ad GPUAdapters, s *gpuS
 		func() error { wq, aq := w(ModQ); return g.linearBack(s.dxn, s.dq, a.xn1, BT, wq, aq, s) },
 		func() error { wk, ak := w(ModK); return g.linearBack(s.dxn, s.dk, a.xn1, BT, wk, ak, s) },
 		func() error { wv, av := w(ModV); return g.linearBack(s.dxn, s.dv, a.xn1, BT, wv, av, s) },
-		func() error { return d.RMSNormBackward(s.dx, nil, s.dxn, a.xin, gl.attnNorm, BT, C, c.Eps) },
+		func() error {
+			return d.RMSNormBackward(s.dx, g.normDW[fmt.Sprintf("blk.%d.attn_norm.weight", l)], s.dxn, a.xin, gl.attnNorm, BT, C, c.Eps)
+		},
 	})
 }
 

@@ -500,6 +500,62 @@ func TestGPUPinnedBooked(t *testing.T) {
 	}
 }
 
+// The norm weights' gradients on the device (SetNormGrads) are the CPU's
+// (StepOptions.WeightGrads), and NormWeight finds the device copies.
+func TestGPUNormGrads(t *testing.T) {
+	d := gpuDevice(t)
+	m, err := model.Open(shared.Path(t, "assets", "models", "stories260K.gguf"), model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(14, 15))
+	const B, T = 2, 16
+	tokens, targets := make([]int, B*T), make([]int, B*T)
+	for i := range tokens {
+		tokens[i], targets[i] = r.IntN(m.Config.Vocab), r.IntN(m.Config.Vocab)
+	}
+	names := []string{"output_norm.weight"}
+	for l := 0; l < m.Config.Layers; l++ {
+		names = append(names, fmt.Sprintf("blk.%d.attn_norm.weight", l), fmt.Sprintf("blk.%d.ffn_norm.weight", l))
+	}
+	C := m.Config.Dim
+	cpu := map[string][]float32{}
+	for _, n := range names {
+		cpu[n] = make([]float32, C)
+	}
+	if _, _, err := m.LossGrad(tokens, targets, B, T, model.StepOptions{WeightGrads: cpu}, true, 1); err != nil {
+		t.Fatal(err)
+	}
+	g, err := m.ToGPU(d, cuda.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	dev := map[string]*cuda.Buffer{}
+	for _, n := range names {
+		if g.NormWeight(n) == nil {
+			t.Fatalf("no device copy of %s", n)
+		}
+		dev[n] = devVec(t, d, make([]float32, C))
+	}
+	if g.NormWeight("blk.99.attn_norm.weight") != nil || g.NormWeight("token_embd.weight") != nil {
+		t.Error("NormWeight found a norm the model lacks")
+	}
+	g.SetNormGrads(dev)
+	if _, _, err := g.LossGrad(tokens, targets, B, T, nil, true, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		got := make([]float32, C)
+		if err := dev[n].ReadF32(got, 0); err != nil {
+			t.Fatal(err)
+		}
+		if e := relErr(got, cpu[n]); !(e <= 1e-4) {
+			t.Errorf("%s: relative error %.3g", n, e)
+		}
+	}
+}
+
 // Greedy generation on the GPU equals the CPU's on stories260K F32.
 func TestGPUGreedyMatchesCPU(t *testing.T) {
 	d := gpuDevice(t)

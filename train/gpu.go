@@ -93,8 +93,8 @@ func (c *Config) gpuUnsupported() string {
 		if zt != "lora" {
 			return fmt.Sprintf("%s's --zo-target %s runs on the CPU only for now (--zo-target lora runs on the GPU)", c.Method, zt)
 		}
-	case c.Method != "lora" && c.Method != "qlora":
-		return fmt.Sprintf("method %s runs on the CPU only for now (lora, qlora, mezo and loho run on the GPU)", c.Method)
+	case c.Method != "lora" && c.Method != "qlora" && c.Method != "loreml":
+		return fmt.Sprintf("method %s runs on the CPU only for now (lora, qlora, mezo, loho and loreml run on the GPU)", c.Method)
 	}
 	return ""
 }
@@ -106,6 +106,7 @@ type gpuRun struct {
 	ad     model.GPUAdapters
 	pairs  []gpuPair
 	sparse []sparsePair
+	norms  []normPair
 	dev    map[*lora.Layer]*model.GPULoRA
 	limit  int64
 	// The driver's own count, sampled: the most memory in use on the GPU
@@ -142,9 +143,18 @@ type gpuPair struct {
 	dev *model.GPULoRA
 }
 
+// sparsePair is a sparse delta's values and gradient on the host and its
+// copy on the device.
 type sparsePair struct {
-	cpu *loho.Sparse
-	dev *model.GPUSparse
+	val, grad []float32
+	dev       *model.GPUSparse
+}
+
+// normPair is a trained norm weight: its values and gradient on the host,
+// the model's device copy and the device gradient.
+type normPair struct {
+	w, g    []float32
+	dev, dw *cuda.Buffer
 }
 
 // sparseOf lists the method's sparse deltas that go to the device with
@@ -234,7 +244,11 @@ func planGPU(m *model.Model, set *lora.Set, extra int64, B, T int, p cuda.Precis
 func planGPUWith(m *model.Model, set *lora.Set, extra int64, B, T int, p cuda.Precision, limit, driver int64, ckpt bool) GPUPlan {
 	ad := extra
 	R, dropIn := 1, 0
-	for _, l := range set.Layers {
+	var layersOf []*lora.Layer
+	if set != nil {
+		layersOf = set.Layers
+	}
+	for _, l := range layersOf {
 		ad += 2 * 4 * int64(len(l.A)+len(l.B))
 		R = max(R, l.R)
 		if set.Config.Dropout > 0 {
@@ -296,8 +310,11 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		set = mt.set
 	case *lohoMethod:
 		set = mt.set // intra with --zo-target complement has none: refused
+	case *loremlMethod:
+		set = mt.scores // nil in stage 2 (resumed): its adapters are made at its first step
 	}
-	if set == nil {
+	_, isLoReML := meth.(*loremlMethod)
+	if set == nil && !isLoReML {
 		return fallback(fmt.Errorf("method %s runs on the CPU only", cfg.Method))
 	}
 	if err := m.GPUSupported(); err != nil {
@@ -313,6 +330,9 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	var extra int64
 	for _, sp := range sparse {
 		extra += 4 * int64(sp.Out+1+sp.In+1+5*len(sp.Val))
+	}
+	if lm, ok := meth.(*loremlMethod); ok {
+		extra = lm.stage2DeviceBytes()
 	}
 	gplan := planGPU(m, set, extra, B, T, prec, limit, 0, cfg.GradCheckpoint)
 	if limit > 0 && gplan.Total > limit {
@@ -333,19 +353,9 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		return nil, err
 	}
 	r.ad = make(model.GPUAdapters, m.Config.Layers)
-	for l := range set.ByPos {
-		for mod, a := range set.ByPos[l] {
-			L, isLoRA := a.(*lora.Layer)
-			if !isLoRA {
-				continue
-			}
-			ga, err := model.NewGPULoRA(d, L.In, L.Out, L.R, L.Scale, L.A, L.B)
-			if err != nil {
-				return nil, err
-			}
-			r.ad[l][mod] = ga
-			r.pairs = append(r.pairs, gpuPair{L, ga})
-			r.dev[L] = ga
+	if set != nil {
+		if err := r.adaptLoRA(set); err != nil {
+			return nil, err
 		}
 	}
 	// LoHO-intra: each matrix's first-order sparse delta beside its
@@ -359,7 +369,7 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		if err != nil {
 			return nil, err
 		}
-		r.sparse = append(r.sparse, sparsePair{sp, ds})
+		r.sparse = append(r.sparse, sparsePair{sp.Val, sp.Grad, ds})
 		ga := r.dev[L]
 		ga.NoGrad = true
 		li := layerOf(L.Target)
@@ -443,6 +453,12 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	case *lohoMethod:
 		mt.gpu = r
 		r.g.SetFirstLayer(mt.first) // the backward stops at the first first-order block
+	case *loremlMethod:
+		mt.gpu = r
+		mt.gpuStage = 1
+		if mt.set != nil {
+			mt.gpuStage = 0 // stage 2's adapters at its first step
+		}
 	}
 	ok = true
 	r.sample()
@@ -457,12 +473,7 @@ func (r *gpuRun) close() {
 		close(r.stop)
 		r.sampled.Wait()
 	}
-	for _, p := range r.pairs {
-		p.dev.Free()
-	}
-	for _, p := range r.sparse {
-		p.dev.Free()
-	}
+	r.freeAdapters()
 	if r.g != nil {
 		r.g.Close()
 	}
@@ -481,6 +492,46 @@ func (r *gpuRun) peakLine() string {
 	return s
 }
 
+// adaptLoRA puts set's LoRA layers on the device as the run's adapters.
+func (r *gpuRun) adaptLoRA(set *lora.Set) error {
+	for l := range set.ByPos {
+		for mod, a := range set.ByPos[l] {
+			L, isLoRA := a.(*lora.Layer)
+			if !isLoRA {
+				continue
+			}
+			ga, err := model.NewGPULoRA(r.d, L.In, L.Out, L.R, L.Scale, L.A, L.B)
+			if err != nil {
+				return err
+			}
+			r.ad[l][mod] = ga
+			r.pairs = append(r.pairs, gpuPair{L, ga})
+			r.dev[L] = ga
+		}
+	}
+	return nil
+}
+
+// freeAdapters releases the device adapters and trained norms' gradients
+// (a method that changes what it trains makes new ones).
+func (r *gpuRun) freeAdapters() {
+	for _, p := range r.pairs {
+		p.dev.Free()
+	}
+	for _, p := range r.sparse {
+		p.dev.Free()
+	}
+	for _, p := range r.norms {
+		p.dw.Free()
+	}
+	r.pairs, r.sparse, r.norms = nil, nil, nil
+	r.dev = map[*lora.Layer]*model.GPULoRA{}
+	r.ad = make(model.GPUAdapters, len(r.ad))
+	if r.g != nil {
+		r.g.SetNormGrads(nil)
+	}
+}
+
 // push copies the adapters' current factors to the device and zeroes the
 // device gradients; each takes its host layer's dropout (0 while a
 // validation runs) and this step's mask stream.
@@ -493,10 +544,15 @@ func (r *gpuRun) push() error {
 		}
 	}
 	for _, p := range r.sparse {
-		if len(p.cpu.Val) == 0 {
+		if len(p.val) == 0 {
 			continue
 		}
-		if err := errors.Join(p.dev.Val.WriteF32(0, p.cpu.Val), p.dev.Grad.Zero()); err != nil {
+		if err := errors.Join(p.dev.Val.WriteF32(0, p.val), p.dev.Grad.Zero()); err != nil {
+			return err
+		}
+	}
+	for _, p := range r.norms {
+		if err := errors.Join(p.dev.WriteF32(0, p.w), p.dw.Zero()); err != nil {
 			return err
 		}
 	}
@@ -548,18 +604,30 @@ func (r *gpuRun) pull() error {
 		}
 	}
 	for _, p := range r.sparse {
-		if len(p.cpu.Grad) == 0 {
+		if len(p.grad) == 0 {
 			continue
 		}
-		if cap(buf) < len(p.cpu.Grad) {
-			buf = make([]float32, len(p.cpu.Grad))
+		if cap(buf) < len(p.grad) {
+			buf = make([]float32, len(p.grad))
 		}
-		b := buf[:len(p.cpu.Grad)]
+		b := buf[:len(p.grad)]
 		if err := p.dev.Grad.ReadF32(b, 0); err != nil {
 			return err
 		}
 		for i, v := range b {
-			p.cpu.Grad[i] += v
+			p.grad[i] += v
+		}
+	}
+	for _, p := range r.norms {
+		if cap(buf) < len(p.g) {
+			buf = make([]float32, len(p.g))
+		}
+		b := buf[:len(p.g)]
+		if err := p.dw.ReadF32(b, 0); err != nil {
+			return err
+		}
+		for i, v := range b {
+			p.g[i] += v
 		}
 	}
 	return nil
@@ -612,6 +680,8 @@ func onGPU(meth Method) *gpuRun {
 	case *mezoMethod:
 		return mt.gpu
 	case *lohoMethod:
+		return mt.gpu
+	case *loremlMethod:
 		return mt.gpu
 	}
 	return nil

@@ -287,6 +287,92 @@ func testGPULoHO(t *testing.T, method string) {
 	t.Logf("last loss: CPU %.6f, GPU %.6f, without updates %.6f", cpu.Curve[last].Loss, gpu.Curve[last].Loss, fr.Curve[last].Loss)
 }
 
+// LoReML on the GPU reports the CPU run's losses within 1e-3 relative in
+// both stages (stage 1: the scores as LoRA layers with their dropout;
+// stage 2: each matrix's sparse delta beside its frozen warm start, and
+// the norms trained with their gradients from the device), validations
+// included; and a run stopped in stage 2 and resumed on the device gives
+// the uninterrupted run's losses.
+func TestGPULoReMLMatchesCPU(t *testing.T) {
+	if _, err := cuda.Count(); err != nil {
+		if os.Getenv("QTUNE_REQUIRE_GPU") == "1" {
+			t.Fatal(err)
+		}
+		t.Skipf("no GPU: %v", err)
+	}
+	ctx := context.Background()
+	cfg := smallRun(t, t.TempDir())
+	cfg.Method, cfg.Iters, cfg.Stage1Iters, cfg.KeepRatio, cfg.StepsPerEval, cfg.SaveEvery = "loreml", 6, 3, 0.05, 3, 4
+	cfg.LearningRate = 1e-2
+	cpu, err := Run(ctx, cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frozen := cfg
+	frozen.AdapterPath, frozen.LearningRate = t.TempDir(), 1e-12
+	fr, err := Run(ctx, frozen, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := len(cpu.Curve) - 1
+	if eff := math.Abs(cpu.Curve[last].Loss - fr.Curve[last].Loss); !(eff > 1e-2*math.Abs(fr.Curve[last].Loss)) {
+		t.Fatalf("the updates moved the last loss by %.3g only: raise the learning rate", eff)
+	}
+	gcfg := cfg
+	gcfg.AdapterPath, gcfg.Device, gcfg.GPUPrecision = t.TempDir(), "cuda", "f32"
+	gpu, err := Run(ctx, gcfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range cpu.Curve {
+		if g := gpu.Curve[i].Loss; math.Abs(g-p.Loss) > 1e-3*math.Abs(p.Loss) {
+			t.Errorf("iteration %d: loss %.6f on the GPU, %.6f on the CPU (%.6f without updates)", p.Iter, g, p.Loss, fr.Curve[i].Loss)
+		}
+	}
+	for i, p := range cpu.ValCurve {
+		if g := gpu.ValCurve[i].Loss; math.Abs(g-p.Loss) > 1e-3*math.Abs(p.Loss) {
+			t.Errorf("validation at %d: %.6f on the GPU, %.6f on the CPU", p.Iter, g, p.Loss)
+		}
+	}
+	// Stopped in stage 2 (its state saved on the way out), resumed on the device.
+	rcfg := gcfg
+	rcfg.AdapterPath = t.TempDir()
+	cctx, cancel := context.WithCancel(ctx)
+	_, err = Run(cctx, rcfg, nil, func(p Progress) {
+		if p.Kind == "train" && p.Iter == 5 {
+			cancel()
+		}
+	})
+	cancel()
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("the stopped run: %v", err)
+	}
+	rcfg.Resume = true
+	var rlog []string
+	res, err := Run(ctx, rcfg, func(s string) { rlog = append(rlog, s) }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := 0
+	for _, l := range rlog {
+		if i := strings.Index(l, " at iteration "); strings.HasPrefix(l, "resumed from") && i > 0 {
+			fmt.Sscanf(l[i:], " at iteration %d", &from)
+		}
+	}
+	if from <= cfg.Stage1Iters {
+		t.Errorf("the run did not resume from a stage-2 state (iteration %d):\n%s", from, strings.Join(rlog, "\n"))
+	}
+	if len(res.Curve) != len(gpu.Curve) {
+		t.Fatalf("%d iterations resumed, %d uninterrupted", len(res.Curve), len(gpu.Curve))
+	}
+	for _, p := range res.Curve {
+		if want := gpu.Curve[p.Iter-1].Loss; math.Abs(p.Loss-want) > 1e-6*math.Abs(want) {
+			t.Errorf("resumed iteration %d: loss %.7f, %.7f uninterrupted", p.Iter, p.Loss, want)
+		}
+	}
+	t.Logf("last loss: CPU %.6f, GPU %.6f, without updates %.6f; resumed at iteration %d", cpu.Curve[last].Loss, gpu.Curve[last].Loss, fr.Curve[last].Loss, from)
+}
+
 // The device plan keeps every block resident when it fits, else as many
 // of the first blocks as fit beside two streaming slots, and never plans
 // past the limit when it can fit at all. No GPU needed.

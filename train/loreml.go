@@ -10,6 +10,7 @@ import (
 
 	"github.com/qtune/qtune/checkpoint"
 	"github.com/qtune/qtune/data"
+	"github.com/qtune/qtune/kernels/cuda"
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/methods/loreml"
 	"github.com/qtune/qtune/model"
@@ -36,6 +37,31 @@ type loremlMethod struct {
 	set  *loreml.Set
 	p2   []*optim.Param
 	opt2 optim.Optimizer
+
+	// --device cuda: the passes run there; gpuStage is the stage whose
+	// adapters the device holds (0: none yet).
+	gpu      *gpuRun
+	gpuStage int
+}
+
+// stage2DeviceBytes bounds what stage 2 puts on the device: per matrix its
+// sparse delta (values, gradient, CSR and column indices: 20 bytes per
+// kept entry and the offsets) and warm start factors (with the buffers a
+// device LoRA keeps), the trained norms' gradients, and the warm start's
+// product scratch.
+func (l *loremlMethod) stage2DeviceBytes() int64 {
+	var n int64
+	for t := range l.m.Config.Layers {
+		for mod := model.Module(0); mod < model.NumModules; mod++ {
+			if l.scores != nil && l.scores.ByPos[t][mod] == nil || l.set != nil && l.set.ByPos[t][mod] == nil {
+				continue
+			}
+			w := l.m.Layers[t].Matrix(mod)
+			k := int64(float64(w.Rows) * float64(w.Cols) * l.lc.KeepRatio)
+			n += 20*k + 4*int64(w.Rows+w.Cols+2) + 16*int64(l.lc.Rank)*int64(w.Rows+w.Cols)
+		}
+	}
+	return n + 4*l.plan.NormValues + 8*int64(l.cfg.BatchSize*l.cfg.MaxSeqLength*l.lc.Rank)
 }
 
 func newLoReMLMethod(m *model.Model, cfg Config) (Method, error) {
@@ -219,6 +245,9 @@ func (l *loremlMethod) Step(ctx context.Context, it int, batches []data.Batch, l
 	if err != nil {
 		return 0, 0, err
 	}
+	if l.gpu != nil {
+		return l.stepGPU(ctx, it, batches, lr, total)
+	}
 	var o model.StepOptions
 	var params []*optim.Param
 	var opt optim.Optimizer
@@ -259,6 +288,115 @@ func (l *loremlMethod) stepAdapters() []model.Adapters {
 		out = append(out, l.set.ByPos)
 	}
 	return out
+}
+
+// syncGPU makes the device hold the current stage's adapters: stage 1's
+// scores as LoRA layers; stage 2's sparse deltas beside their frozen warm
+// starts, and its trained norms with device gradients.
+func (l *loremlMethod) syncGPU() error {
+	stage := 1
+	if l.set != nil {
+		stage = 2
+	}
+	r := l.gpu
+	if l.gpuStage == stage {
+		return nil
+	}
+	r.freeAdapters()
+	l.gpuStage = 0
+	if stage == 1 {
+		if err := r.adaptLoRA(l.scores); err != nil {
+			return err
+		}
+		l.gpuStage = 1
+		return nil
+	}
+	for t := range l.set.ByPos {
+		for mod, a := range l.set.ByPos[t] {
+			x, ok := a.(*loreml.Matrix)
+			if !ok {
+				continue
+			}
+			sp, err := model.NewGPUSparse(r.d, x.Out, x.In, x.Delta.RowPtr, x.Delta.Col, x.Delta.Val, x.Delta.Grad != nil)
+			if err != nil {
+				return err
+			}
+			r.sparse = append(r.sparse, sparsePair{x.Delta.Val, x.Delta.Grad, sp})
+			stack := model.GPUStack{sp}
+			if w := x.Warm; w != nil {
+				wl, err := model.NewGPULoRA(r.d, w.In, w.Out, w.R, w.Scale, w.V, w.U)
+				if err != nil {
+					return err
+				}
+				wl.NoGrad = true // frozen: only its output and input gradient count
+				r.pairs = append(r.pairs, gpuPair{&lora.Layer{Target: x.Target, A: w.V, B: w.U}, wl})
+				stack = append(stack, wl)
+			}
+			r.ad[t][mod] = stack
+		}
+	}
+	dw := map[string]*cuda.Buffer{}
+	for _, n := range l.set.Norms {
+		dev := r.g.NormWeight(n.Name)
+		if dev == nil {
+			return fmt.Errorf("train: loreml: the norm %s has no copy on the GPU", n.Name)
+		}
+		g, err := r.d.Alloc(int64(4 * len(n.W)))
+		if err != nil {
+			return err
+		}
+		r.norms = append(r.norms, normPair{n.W, n.G, dev, g})
+		dw[n.Name] = g
+	}
+	r.g.SetNormGrads(dw)
+	l.gpuStage = 2
+	return nil
+}
+
+// stepGPU is Step with the passes on the device: the current stage's
+// adapters (and in stage 2 the norms) copied over, their gradients pulled
+// back, the optimizer the host's.
+func (l *loremlMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, lr float64, total int) (float64, int, error) {
+	if err := l.syncGPU(); err != nil {
+		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+	}
+	params, opt := l.p2, l.opt2
+	if l.set == nil {
+		l.scores.SetStep(it)
+		params, opt = l.p1, l.opt1
+	}
+	optim.ZeroGrad(params)
+	r := l.gpu
+	if err := r.push(); err != nil {
+		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+	}
+	g := l.cfg.parallel()
+	mine := myBatches(batches, g)
+	var loss float64
+	var n int
+	for k, b := range mine {
+		if err := stepCancelled(ctx, it, k, len(mine)); err != nil {
+			return 0, 0, err
+		}
+		s, c, err := r.g.LossGrad(b.Tokens, b.Targets, b.B, b.T, r.ad, true, 1/float64(total))
+		if err != nil {
+			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+		}
+		passDone("step")
+		loss += s
+		n += c
+	}
+	if err := r.pull(); err != nil {
+		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+	}
+	loss, n, err := reduceStep(g, it, params, loss, n)
+	if err != nil {
+		return 0, 0, err
+	}
+	if l.cfg.MaxGradNorm > 0 {
+		optim.ClipGradNorm(params, l.cfg.MaxGradNorm)
+	}
+	return loss, n, opt.Step(params, lr)
 }
 
 func (l *loremlMethod) Eval() (model.StepOptions, func()) {

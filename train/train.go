@@ -785,6 +785,11 @@ func evalLoss(ctx context.Context, m *model.Model, meth Method, ex data.Source, 
 	}
 	gr := onGPU(meth)
 	if gr != nil {
+		if s, ok := meth.(interface{ syncGPU() error }); ok { // the device holds this stage's adapters
+			if err := s.syncGPU(); err != nil {
+				return 0, err
+			}
+		}
 		if err := gr.push(); err != nil {
 			return 0, err
 		}
