@@ -37,8 +37,8 @@ type GPU struct {
 	wsM     int          // the row count wsBytes was sized for
 	arena   *cuda.Buffer // LossGrad's activations and gradients, kept between calls of the same shape
 	arenaBT int
-	ckpt    bool // activation checkpointing (GPUOptions.Checkpoint)
-	first   int  // the lowest block the backward reaches (SetFirstLayer)
+	ckpt    bool                    // activation checkpointing (GPUOptions.Checkpoint)
+	first   int                     // the lowest block the backward reaches (SetFirstLayer)
 	normDW  map[string]*cuda.Buffer // SetNormGrads
 
 	// Streaming: layers [0, resident) stay on the device; the others pass
