@@ -10,6 +10,7 @@ import (
 	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/kernels/cuda"
 	"github.com/qtune/qtune/nn"
+	"github.com/qtune/qtune/offload"
 )
 
 // GPU is a model's frozen weights resident on a CUDA device in their
@@ -196,6 +197,7 @@ func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GP
 			if gl.w[mod], err = mat(L.Matrix(mod)); err != nil {
 				return nil, fmt.Errorf("model: %s to the GPU: %w", TensorName(l, mod), err)
 			}
+			m.dropMapped(L.Matrix(mod).Data) // on the device now: the host's pages may go
 		}
 	}
 	if g.outNorm, err = vec(m.OutNorm); err != nil {
@@ -203,6 +205,9 @@ func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GP
 	}
 	if g.output, err = mat(&m.Output); err != nil {
 		return nil, err
+	}
+	if !m.Config.Tied { // tied, the host still reads embedding rows from it
+		m.dropMapped(m.Output.Data)
 	}
 	if res < nl {
 		for l := res; l < nl; l++ {
@@ -271,6 +276,7 @@ func (g *GPU) load(l int) error {
 		w := L.Matrix(mod)
 		n := int64(len(w.Data))
 		copy(g.staging[s].Bytes[off:off+n], w.Data)
+		g.m.dropMapped(w.Data) // read again from the file (or page cache) next time: streamed from disk
 		view, err := g.slots[s].Slice(off, n)
 		if err != nil {
 			return err
@@ -823,6 +829,16 @@ func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward
 		}
 	}
 	return loss, count, d.Sync()
+}
+
+// dropMapped drops b's pages from the process's resident set when b is a
+// view of one of the model's read-only file mappings (weights the device
+// holds, or a streamed block just copied out): a GPU run keeps no host
+// copy of the weights resident. Memory that is not a file view is left.
+func (m *Model) dropMapped(b []byte) {
+	if m.store.Holds(b) {
+		offload.Release(b)
+	}
 }
 
 // SetFirstLayer makes LossGrad's backward stop at block l (StepOptions.

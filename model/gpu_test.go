@@ -556,6 +556,79 @@ func TestGPUNormGrads(t *testing.T) {
 	}
 }
 
+// A model on the device keeps no host copy of its weights resident: the
+// mapped file's pages of every uploaded block leave the process's resident
+// set (RssFile), and a streamed block's after each copy to the device.
+var touched int
+
+func TestGPUDropsHostWeights(t *testing.T) {
+	d := gpuDevice(t)
+	rssFile := func() int64 {
+		b, err := os.ReadFile("/proc/self/status")
+		if err != nil {
+			t.Skipf("no /proc/self/status: %v", err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			var kb int64
+			if n, _ := fmt.Sscanf(l, "RssFile: %d kB", &kb); n == 1 {
+				return kb << 10
+			}
+		}
+		t.Skip("no RssFile in /proc/self/status")
+		return 0
+	}
+	p := filepath.Join(t.TempDir(), "drop.gguf")
+	if err := synth.Write(p, synth.Config{Name: "drop", Dim: 384, Hidden: 1024, Layers: 6, Heads: 6, KVHeads: 2, Vocab: 512, Context: 64}, quant.Q8_0, 3); err != nil {
+		t.Fatal(err)
+	}
+	for _, resident := range []int{-1, 2} {
+		m, err := model.Open(p, model.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers, _ := model.GPUWeightBytes(m)
+		var blocks int64
+		for _, n := range layers {
+			blocks += n
+		}
+		touch := func() { // read every block's weights, as a CPU pass would
+			var sum byte
+			for l := range m.Layers {
+				for mod := model.Module(0); mod < model.NumModules; mod++ {
+					for _, b := range m.Layers[l].Matrix(mod).Data {
+						sum += b
+					}
+				}
+			}
+			touched += int(sum)
+		}
+		base := rssFile()
+		touch()
+		before := rssFile()
+		g, err := m.ToGPUWith(d, cuda.F32, model.GPUOptions{Resident: resident})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resident >= 0 { // a step streams every block past the resident ones
+			tokens := make([]int, 8)
+			if _, _, err := g.LossGrad(tokens, tokens, 1, 8, nil, true, 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		after := rssFile()
+		g.Close()
+		if before-base < blocks*8/10 {
+			t.Fatalf("reading the weights raised RssFile by %d bytes only, of %d", before-base, blocks)
+		}
+		if kept := after - base; kept > blocks/5 {
+			t.Errorf("resident %d: %d bytes of mapped file pages stay resident beyond the %d before the weights were read (blocks: %d)", resident, kept, base, blocks)
+		}
+		t.Logf("resident %d: RssFile %.1f MiB, %.1f after reading the weights, %.1f on the device (blocks %.1f MiB)", resident,
+			float64(base)/(1<<20), float64(before)/(1<<20), float64(after)/(1<<20), float64(blocks)/(1<<20))
+		m.Close()
+	}
+}
+
 // Greedy generation on the GPU equals the CPU's on stories260K F32.
 func TestGPUGreedyMatchesCPU(t *testing.T) {
 	d := gpuDevice(t)

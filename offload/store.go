@@ -96,6 +96,25 @@ func (s *Store) Map(path string) (*Mapped, error) {
 	return m, nil
 }
 
+// Holds reports whether b lies inside one of the store's mappings (so
+// that Release on it drops file pages, never data held only in memory).
+func (s *Store) Holds(b []byte) bool {
+	if s == nil || len(b) == 0 {
+		return false
+	}
+	p := uintptr(unsafe.Pointer(&b[0]))
+	for _, f := range s.files {
+		if len(f.data) == 0 {
+			continue
+		}
+		lo := uintptr(unsafe.Pointer(&f.data[0]))
+		if p >= lo && p-lo <= uintptr(len(f.data)) && uintptr(len(b)) <= uintptr(len(f.data))-(p-lo) {
+			return true
+		}
+	}
+	return false
+}
+
 // Close unmaps every file.
 func (s *Store) Close() error {
 	var first error
