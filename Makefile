@@ -158,11 +158,20 @@ test-gpu: gpu-binaries
 # barriers and shuffles). It checks what the kernels compute and how the
 # host code drives them on every change; speed and the GPU's own arithmetic
 # are for make test-gpu on a real one. Needs g++.
+#
+# Then the streaming tests again with the streams deferred
+# (QTUNE_CUDAEMU_ASYNC=1: work runs as late as CUDA allows; 2: the Copy
+# queue as early as it allows): a missing event wait or host-side sync
+# there gives wrong gradients, where running every stream in order hides it.
 test-gpu-emu:
 	@EMU=$$($(GO) run ./internal/cmd/cudaemu -dir $(CURDIR)/out/cudaemu) || exit 1; \
 	echo "test-gpu-emu: $$EMU"; \
-	env QTUNE_CUDA_DRIVER=$$EMU QTUNE_CUBLAS=$$EMU QTUNE_NVRTC=$$EMU QTUNE_REQUIRE_GPU=1 QTUNE_CACHE=$(CURDIR)/out/cudaemu/cache \
-	  CGO_ENABLED=0 $(GO) test -count=1 -run 'GPU|Emulator' ./kernels/cuda/ ./model/ ./train/
+	set -e; for a in 0 1 2; do \
+	  run='GPU|Emulator'; pkgs="./kernels/cuda/ ./model/ ./train/"; \
+	  if [ $$a != 0 ]; then run='GPUStreaming|GPUStep|Emulator'; pkgs="./kernels/cuda/ ./model/"; echo "test-gpu-emu: streams deferred (QTUNE_CUDAEMU_ASYNC=$$a)"; fi; \
+	  env QTUNE_CUDAEMU_ASYNC=$$a QTUNE_CUDA_DRIVER=$$EMU QTUNE_CUBLAS=$$EMU QTUNE_NVRTC=$$EMU QTUNE_REQUIRE_GPU=1 QTUNE_CACHE=$(CURDIR)/out/cudaemu/cache \
+	    CGO_ENABLED=0 $(GO) test -count=1 -run "$$run" $$pkgs; \
+	done
 
 # qtune against the PyTorch peer benchmark (../shared/bench) in the same run.
 bench-peer: build

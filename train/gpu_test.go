@@ -28,7 +28,6 @@ func TestDeviceFlagsChecked(t *testing.T) {
 		{"cuda", "lots", "", "lora", 0, "--max-vram"},
 		{"cpu", "2GiB", "", "lora", 0, "--max-vram without --device"},
 		{"cuda", "", "f8", "lora", 0, "--gpu-precision"},
-		{"cuda", "", "", "loreml", 0, "method loreml runs on the CPU only"},
 		{"cuda", "", "", "loho-intra", 0, "loho-intra's --zo-target complement runs on the CPU only"},
 	} {
 		cfg := smallRun(t, t.TempDir())
@@ -50,11 +49,11 @@ func TestDeviceFlagsChecked(t *testing.T) {
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "--zo-target scales runs on the CPU only") {
 		t.Errorf("--method mezo --zo-target scales --device cuda: %v", err)
 	}
-	// auto with a method the GPU lacks is not an error: it runs on the CPU.
+	// auto with a configuration the GPU lacks is not an error: it runs on the CPU.
 	cfg = smallRun(t, t.TempDir())
-	cfg.Device, cfg.Method = "auto", "loreml"
+	cfg.Device, cfg.Method = "auto", "loho-intra"
 	if err := cfg.Validate(); err != nil {
-		t.Errorf("--device auto --method mezo: %v", err)
+		t.Errorf("--device auto --method loho-intra: %v", err)
 	}
 }
 

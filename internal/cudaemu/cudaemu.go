@@ -70,7 +70,8 @@ func Build(dir string) (string, error) {
 		return "", err
 	}
 	tmp := filepath.Join(work, "lib.so")
-	out, err := exec.Command(cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-unused-function", "-o", tmp, src, "-ldl", "-lpthread").CombinedOutput()
+	build := fmt.Sprintf(`-DQTUNE_CUDAEMU_BUILD="%x"`, h[:8]) // kernels cached by an older emulator are not taken
+	out, err := exec.Command(cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-unused-function", build, "-o", tmp, src, "-ldl", "-lpthread").CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("cudaemu: %s: %v\n%s", cxx, err, out)
 	}

@@ -116,6 +116,9 @@ func TestEmulatorReportsMistakes(t *testing.T) {
 		}, "CUDA_ERROR_INVALID_VALUE"},
 	} {
 		err := d.do(c.run)
+		if err == nil { // with QTUNE_CUDAEMU_ASYNC=1 a kernel's failure shows at the next synchronization, as on a GPU
+			err = d.Sync()
+		}
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %s", c.what, err, c.want)
 		}

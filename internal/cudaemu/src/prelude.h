@@ -345,6 +345,11 @@ static inline int __emu_check(void (*f)(A...), void** p, int (*valid)(const void
     return __emu_check_args(f, p, valid, std::index_sequence_for<A...>{});
 }
 
+template <class... A>
+static inline int __emu_arity(void (*)(A...)) {
+    return (int)sizeof...(A);
+}
+
 typedef void (*__emu_entry_fn)(void**);
 
 static __emu_entry_fn __emu_entry;
