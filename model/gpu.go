@@ -852,6 +852,15 @@ func (g *GPU) SetFirstLayer(l int) { g.first = min(max(l, 0), len(g.m.Layers)) }
 // buffers given; nil: none. LoReML's second stage trains the norms.
 func (g *GPU) SetNormGrads(dw map[string]*cuda.Buffer) { g.normDW = dw }
 
+// normGrad is the gradient buffer of block l's norm kind (attn_norm,
+// ffn_norm), nil when none is trained (no name formatted then).
+func (g *GPU) normGrad(l int, kind string) *cuda.Buffer {
+	if len(g.normDW) == 0 {
+		return nil
+	}
+	return g.normDW[fmt.Sprintf("blk.%d.%s.weight", l, kind)]
+}
+
 // NormWeight is the device copy of a norm weight by its GGUF name (the
 // names SetNormGrads takes), nil when the model has none: a run that
 // trains norms writes their new values there.
@@ -1174,7 +1183,7 @@ func (g *GPU) layerBackward(l int, a *gpuActs, B, T int, ad GPUAdapters, s *gpuS
 		func() error { wg, ag := w(ModGate); return g.linearBack(s.dxn, s.dg, a.xn2, BT, wg, ag, s) },
 		func() error { wu, au := w(ModUp); return g.linearBack(s.dxn, s.du, a.xn2, BT, wu, au, s) },
 		func() error {
-			return d.RMSNormBackward(s.dx, g.normDW[fmt.Sprintf("blk.%d.ffn_norm.weight", l)], s.dxn, a.xmid, gl.ffnNorm, BT, C, c.Eps)
+			return d.RMSNormBackward(s.dx, g.normGrad(l, "ffn_norm"), s.dxn, a.xmid, gl.ffnNorm, BT, C, c.Eps)
 		},
 		// Attention
 		func() error { return zero(s.datt, s.dq, s.dk, s.dv, s.dxn) },
@@ -1216,7 +1225,7 @@ func (g *GPU) layerBackward(l int, a *gpuActs, B, T int, ad GPUAdapters, s *gpuS
 		func() error { wk, ak := w(ModK); return g.linearBack(s.dxn, s.dk, a.xn1, BT, wk, ak, s) },
 		func() error { wv, av := w(ModV); return g.linearBack(s.dxn, s.dv, a.xn1, BT, wv, av, s) },
 		func() error {
-			return d.RMSNormBackward(s.dx, g.normDW[fmt.Sprintf("blk.%d.attn_norm.weight", l)], s.dxn, a.xin, gl.attnNorm, BT, C, c.Eps)
+			return d.RMSNormBackward(s.dx, g.normGrad(l, "attn_norm"), s.dxn, a.xin, gl.attnNorm, BT, C, c.Eps)
 		},
 	})
 }

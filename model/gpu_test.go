@@ -75,6 +75,39 @@ func gpuModels(t *testing.T) []gpuCase {
 	return append([]gpuCase{{"stories260K F32", shared.Path(t, "assets", "models", "stories260K.gguf")}}, cases...)
 }
 
+// loraPair is a LoRA layer on the host and its copy on the device.
+type loraPair struct {
+	cpu   *lora.Layer
+	gpu   *model.GPULoRA
+	layer int
+}
+
+// loraOnGPU copies set's LoRA layers to d as m's device adapters, each
+// with its host layer's dropout and mask stream; freed at the test's end.
+func loraOnGPU(t *testing.T, d *cuda.Device, m *model.Model, set *lora.Set) (model.GPUAdapters, []loraPair) {
+	t.Helper()
+	gad := make(model.GPUAdapters, m.Config.Layers)
+	var pairs []loraPair
+	for l := range set.ByPos {
+		for mod, a := range set.ByPos[l] {
+			L, ok := a.(*lora.Layer)
+			if !ok {
+				continue
+			}
+			ga, err := model.NewGPULoRA(d, L.In, L.Out, L.R, L.Scale, L.A, L.B)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ga.Free() })
+			seed, id := L.DropoutStream()
+			ga.SetDropout(L.Dropout, seed, id)
+			gad[l][mod] = ga
+			pairs = append(pairs, loraPair{L, ga, l})
+		}
+	}
+	return gad, pairs
+}
+
 // relErr is ‖got − want‖ / ‖want‖.
 func relErr(got, want []float32) float64 {
 	var num, den float64
@@ -140,27 +173,7 @@ func TestGPUStepMatchesCPU(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer g.Close()
-				gad := make(model.GPUAdapters, m.Config.Layers)
-				type pair struct {
-					cpu *lora.Layer
-					gpu *model.GPULoRA
-				}
-				var pairs []pair
-				for l := range set.ByPos {
-					for mod, a := range set.ByPos[l] {
-						L, ok := a.(*lora.Layer)
-						if !ok {
-							continue
-						}
-						ga, err := model.NewGPULoRA(d, L.In, L.Out, L.R, L.Scale, L.A, L.B)
-						if err != nil {
-							t.Fatal(err)
-						}
-						defer ga.Free()
-						gad[l][mod] = ga
-						pairs = append(pairs, pair{L, ga})
-					}
-				}
+				gad, pairs := loraOnGPU(t, d, m, set)
 				gloss, gn, err := g.LossGrad(tokens, targets, B, T, gad, true, scale)
 				if err != nil {
 					t.Fatal(err)
@@ -248,29 +261,7 @@ func TestGPUStepDropoutMatchesCPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	gad := make(model.GPUAdapters, m.Config.Layers)
-	type pair struct {
-		cpu *lora.Layer
-		gpu *model.GPULoRA
-	}
-	var pairs []pair
-	for l := range set.ByPos {
-		for mod, a := range set.ByPos[l] {
-			L, ok := a.(*lora.Layer)
-			if !ok {
-				continue
-			}
-			ga, err := model.NewGPULoRA(d, L.In, L.Out, L.R, L.Scale, L.A, L.B)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ga.Free()
-			seed, id := L.DropoutStream()
-			ga.SetDropout(L.Dropout, seed, id)
-			gad[l][mod] = ga
-			pairs = append(pairs, pair{L, ga})
-		}
-	}
+	gad, pairs := loraOnGPU(t, d, m, set) // with the host layers' dropout and this step's masks
 	gloss, _, err := g.LossGrad(tokens, targets, B, T, gad, true, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -341,36 +332,21 @@ func TestGPUFirstLayer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	gad := make(model.GPUAdapters, m.Config.Layers)
-	var layers []int
-	var devs []*model.GPULoRA
-	for l := range set.ByPos {
-		for mod, a := range set.ByPos[l] {
-			if L, ok := a.(*lora.Layer); ok {
-				ga, err := model.NewGPULoRA(d, L.In, L.Out, L.R, L.Scale, L.A, L.B)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer ga.Free()
-				gad[l][mod] = ga
-				layers, devs = append(layers, l), append(devs, ga)
-			}
-		}
-	}
+	gad, pairs := loraOnGPU(t, d, m, set)
 	grads := func(first int) [][]float32 {
 		g.SetFirstLayer(first)
 		var out [][]float32
-		for _, ga := range devs {
-			if err := errors.Join(ga.GA.Zero(), ga.GB.Zero()); err != nil {
+		for _, p := range pairs {
+			if err := errors.Join(p.gpu.GA.Zero(), p.gpu.GB.Zero()); err != nil {
 				t.Fatal(err)
 			}
 		}
 		if _, _, err := g.LossGrad(tokens, targets, B, T, gad, true, 1); err != nil {
 			t.Fatal(err)
 		}
-		for _, ga := range devs {
-			v := make([]float32, ga.GA.Bytes/4)
-			if err := ga.GA.ReadF32(v, 0); err != nil {
+		for _, p := range pairs {
+			v := make([]float32, p.gpu.GA.Bytes/4)
+			if err := p.gpu.GA.ReadF32(v, 0); err != nil {
 				t.Fatal(err)
 			}
 			out = append(out, v)
@@ -378,7 +354,8 @@ func TestGPUFirstLayer(t *testing.T) {
 		return out
 	}
 	full, cut := grads(0), grads(3)
-	for i, l := range layers {
+	for i, p := range pairs {
+		l := p.layer
 		zero := !slices.ContainsFunc(cut[i], func(v float32) bool { return v != 0 })
 		switch {
 		case l >= 3 && !slices.Equal(cut[i], full[i]):
@@ -415,7 +392,7 @@ func TestGPUSparseMatchesCPU(t *testing.T) {
 		}
 		defer ds.Free()
 		y, dx, gotY, gotDx, gotG := devVec(t, d, y0), devVec(t, d, dx0), make([]float32, M*out), make([]float32, M*in), make([]float32, len(sp.Val))
-		if err := model.SparseForBackForTest(d, ds, y, dx, devVec(t, d, x), devVec(t, d, dy), M); err != nil {
+		if err := model.AdapterForBackForTest(d, ds, y, dx, devVec(t, d, x), devVec(t, d, dy), M); err != nil {
 			t.Fatal(err)
 		}
 		must := func(err error) {
@@ -736,29 +713,15 @@ func TestGPUStreamingMatchesResident(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer g.Close()
-		gad := make(model.GPUAdapters, m.Config.Layers)
-		var devs []*model.GPULoRA
-		for l := range set.ByPos {
-			for mod, a := range set.ByPos[l] {
-				if L, ok := a.(*lora.Layer); ok {
-					ga, err := model.NewGPULoRA(d, L.In, L.Out, L.R, L.Scale, L.A, L.B)
-					if err != nil {
-						t.Fatal(err)
-					}
-					defer ga.Free()
-					gad[l][mod] = ga
-					devs = append(devs, ga)
-				}
-			}
-		}
+		gad, pairs := loraOnGPU(t, d, m, set)
 		var res result
 		for step := 0; step < 2; step++ { // twice: the slots' state carries over between steps
 			if res.loss, _, err = g.LossGrad(tokens, targets, B, T, gad, true, 0.01); err != nil {
 				t.Fatal(err)
 			}
 		}
-		for _, ga := range devs {
-			for _, b := range []*cuda.Buffer{ga.GA, ga.GB} {
+		for _, p := range pairs {
+			for _, b := range []*cuda.Buffer{p.gpu.GA, p.gpu.GB} {
 				v := make([]float32, b.Bytes/4)
 				if err := b.ReadF32(v, 0); err != nil {
 					t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/methods/mezo"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/offload/comm"
 	"github.com/qtune/qtune/optim"
 )
 
@@ -644,10 +645,26 @@ func (l *loraMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 	if err := r.push(); err != nil {
 		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
 	}
+	g := l.cfg.parallel()
+	loss, n, err := r.gradSteps(ctx, it, myBatches(batches, g), total)
+	if err != nil {
+		return 0, 0, err
+	}
+	if loss, n, err = l.reduce(g, it, nil, loss, n); err != nil {
+		return 0, 0, err
+	}
+	if l.cfg.MaxGradNorm > 0 {
+		optim.ClipGradNorm(l.params, l.cfg.MaxGradNorm)
+	}
+	return loss, n, l.opt.Step(l.params, lr)
+}
+
+// gradSteps runs the rank's micro-batches forward and backward on the
+// device (ctx checked before each) and adds the gradients into the host's:
+// the summed loss and target count.
+func (r *gpuRun) gradSteps(ctx context.Context, it int, mine []data.Batch, total int) (float64, int, error) {
 	var loss float64
 	var n int
-	g := l.cfg.parallel()
-	mine := myBatches(batches, g)
 	for k, b := range mine {
 		if err := stepCancelled(ctx, it, k, len(mine)); err != nil {
 			return 0, 0, err
@@ -663,13 +680,16 @@ func (l *loraMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 	if err := r.pull(); err != nil {
 		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
 	}
-	if loss, n, err = l.reduce(g, it, nil, loss, n); err != nil {
-		return 0, 0, err
-	}
-	if l.cfg.MaxGradNorm > 0 {
-		optim.ClipGradNorm(l.params, l.cfg.MaxGradNorm)
-	}
-	return loss, n, l.opt.Step(l.params, lr)
+	return loss, n, nil
+}
+
+// evalLoss is a zeroth-order evaluation of the step on the device
+// (meanLoss over the micro-batches, no gradients).
+func (r *gpuRun) evalLoss(ctx context.Context, it int, batches []data.Batch, total int, g comm.Comm) func() (float64, error) {
+	return meanLoss(ctx, it, batches, total, g, func(b data.Batch) (float64, error) {
+		s, _, err := r.g.LossGrad(b.Tokens, b.Targets, b.B, b.T, r.ad, false, 0)
+		return s, err
+	})
 }
 
 // onGPU returns the method's device side when its passes run there.

@@ -88,12 +88,7 @@ func TestDeviceWithoutGPU(t *testing.T) {
 // stays under --max-vram; a budget the plan does not fit, or one the
 // warm-up step's measured use passes, is refused before the run starts.
 func TestGPUTrainMatchesCPU(t *testing.T) {
-	if _, err := cuda.Count(); err != nil {
-		if os.Getenv("QTUNE_REQUIRE_GPU") == "1" {
-			t.Fatal(err)
-		}
-		t.Skipf("no GPU: %v", err)
-	}
+	needGPU(t)
 	ctx := context.Background()
 	cfg := smallRun(t, t.TempDir()) // LoRA dropout 0.1: the device draws the CPU's masks
 	cpu, err := Run(ctx, cfg, nil, nil)
@@ -169,34 +164,15 @@ func TestGPUTrainMatchesCPU(t *testing.T) {
 // rounding differences by ε, so this also bounds how far the two
 // forwards may drift apart.
 func TestGPUMeZOMatchesCPU(t *testing.T) {
-	if _, err := cuda.Count(); err != nil {
-		if os.Getenv("QTUNE_REQUIRE_GPU") == "1" {
-			t.Fatal(err)
-		}
-		t.Skipf("no GPU: %v", err)
-	}
+	needGPU(t)
 	ctx := context.Background()
 	cfg := smallRun(t, t.TempDir())
 	cfg.Method, cfg.Dropout, cfg.Iters, cfg.Perturbations, cfg.StepsPerEval = "mezo", 0, 4, 1, 4
 	cfg.ZOLearningRate, cfg.Epsilon = 5e-3, 1e-3
-	cpu, err := Run(ctx, cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The same run without updates: the updates must move the losses by
-	// far more than the bound, or agreeing within it shows nothing about
-	// the device's perturbations (a wrong z gives other projected
-	// gradients, so other updates).
-	frozen := cfg
-	frozen.AdapterPath, frozen.ZOLearningRate = t.TempDir(), 1e-12 // 0 is refused
-	fr, err := Run(ctx, frozen, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A wrong z on the device gives other projected gradients, so other
+	// updates: cpuAndFrozen checks that the updates move the losses.
+	cpu, fr := cpuAndFrozen(t, ctx, cfg, func(f *Config) { f.ZOLearningRate = 1e-12 }) // 0 is refused
 	last := len(cpu.Curve) - 1
-	if eff := math.Abs(cpu.Curve[last].Loss - fr.Curve[last].Loss); !(eff > 1e-2*math.Abs(fr.Curve[last].Loss)) {
-		t.Fatalf("the updates moved the last loss by %.3g only: raise the learning rate", eff)
-	}
 	cfg.AdapterPath, cfg.Device, cfg.GPUPrecision = t.TempDir(), "cuda", "f32"
 	var lines []string
 	gpu, err := Run(ctx, cfg, func(s string) { lines = append(lines, s) }, nil)
@@ -231,12 +207,7 @@ func TestGPUMeZOMatchesCPU(t *testing.T) {
 // entries first order (its sampled gradient and input gradient on the
 // device), MeZO on the same matrices' LoRA factors.
 func TestGPULoHOMatchesCPU(t *testing.T) {
-	if _, err := cuda.Count(); err != nil {
-		if os.Getenv("QTUNE_REQUIRE_GPU") == "1" {
-			t.Fatal(err)
-		}
-		t.Skipf("no GPU: %v", err)
-	}
+	needGPU(t)
 	for _, method := range []string{"loho", "loho-intra"} {
 		t.Run(method, func(t *testing.T) { testGPULoHO(t, method) })
 	}
@@ -250,20 +221,8 @@ func testGPULoHO(t *testing.T, method string) {
 	if method == "loho-intra" {
 		cfg.ZOTarget, cfg.FORatio, cfg.LearningRate = "lora", 0.5, 5e-3
 	}
-	cpu, err := Run(ctx, cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	frozen := cfg
-	frozen.AdapterPath, frozen.LearningRate, frozen.ZOLearningRate = t.TempDir(), 1e-12, 1e-12
-	fr, err := Run(ctx, frozen, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cpu, fr := cpuAndFrozen(t, ctx, cfg, func(f *Config) { f.LearningRate, f.ZOLearningRate = 1e-12, 1e-12 })
 	last := len(cpu.Curve) - 1
-	if eff := math.Abs(cpu.Curve[last].Loss - fr.Curve[last].Loss); !(eff > 1e-2*math.Abs(fr.Curve[last].Loss)) {
-		t.Fatalf("the updates moved the last loss by %.3g only: raise the learning rates", eff)
-	}
 	cfg.AdapterPath, cfg.Device, cfg.GPUPrecision = t.TempDir(), "cuda", "f32"
 	var lines []string
 	gpu, err := Run(ctx, cfg, func(s string) { lines = append(lines, s) }, nil)
@@ -293,30 +252,13 @@ func testGPULoHO(t *testing.T, method string) {
 // included; and a run stopped in stage 2 and resumed on the device gives
 // the uninterrupted run's losses.
 func TestGPULoReMLMatchesCPU(t *testing.T) {
-	if _, err := cuda.Count(); err != nil {
-		if os.Getenv("QTUNE_REQUIRE_GPU") == "1" {
-			t.Fatal(err)
-		}
-		t.Skipf("no GPU: %v", err)
-	}
+	needGPU(t)
 	ctx := context.Background()
 	cfg := smallRun(t, t.TempDir())
 	cfg.Method, cfg.Iters, cfg.Stage1Iters, cfg.KeepRatio, cfg.StepsPerEval, cfg.SaveEvery = "loreml", 6, 3, 0.05, 3, 4
 	cfg.LearningRate = 1e-2
-	cpu, err := Run(ctx, cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	frozen := cfg
-	frozen.AdapterPath, frozen.LearningRate = t.TempDir(), 1e-12
-	fr, err := Run(ctx, frozen, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cpu, fr := cpuAndFrozen(t, ctx, cfg, func(f *Config) { f.LearningRate = 1e-12 })
 	last := len(cpu.Curve) - 1
-	if eff := math.Abs(cpu.Curve[last].Loss - fr.Curve[last].Loss); !(eff > 1e-2*math.Abs(fr.Curve[last].Loss)) {
-		t.Fatalf("the updates moved the last loss by %.3g only: raise the learning rate", eff)
-	}
 	gcfg := cfg
 	gcfg.AdapterPath, gcfg.Device, gcfg.GPUPrecision = t.TempDir(), "cuda", "f32"
 	gpu, err := Run(ctx, gcfg, nil, nil)
@@ -426,4 +368,38 @@ func TestPlanGPUStreams(t *testing.T) {
 	if q := planGPU(m, set, 0, 2, 32, cuda.BF16, 0, 0, true); !q.Checkpoint || q.Resident != 5 || q.Step >= all.Step {
 		t.Errorf("--grad-checkpoint: %+v (step %d without)", q, all.Step)
 	}
+}
+
+// needGPU skips a test without a GPU (QTUNE_REQUIRE_GPU=1 fails it).
+func needGPU(t *testing.T) {
+	t.Helper()
+	if _, err := cuda.Count(); err != nil {
+		if os.Getenv("QTUNE_REQUIRE_GPU") == "1" {
+			t.Fatal(err)
+		}
+		t.Skipf("no GPU: %v", err)
+	}
+}
+
+// cpuAndFrozen runs cfg on the CPU, and again with freeze setting its
+// learning rates to nothing: the updates must move the last loss by more
+// than 1% of the frozen run's, or a GPU run agreeing with the CPU's
+// within 1e-3 would show nothing about the device's part in them.
+func cpuAndFrozen(t *testing.T, ctx context.Context, cfg Config, freeze func(*Config)) (cpu, frozen *Result) {
+	t.Helper()
+	cpu, err := Run(ctx, cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := cfg
+	f.AdapterPath = t.TempDir()
+	freeze(&f)
+	if frozen, err = Run(ctx, f, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	last := len(cpu.Curve) - 1
+	if eff := math.Abs(cpu.Curve[last].Loss - frozen.Curve[last].Loss); !(eff > 1e-2*math.Abs(frozen.Curve[last].Loss)) {
+		t.Fatalf("the updates moved the last loss by %.3g only: raise the learning rates", eff)
+	}
+	return cpu, frozen
 }

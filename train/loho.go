@@ -387,20 +387,7 @@ func (h *lohoMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 			return 0, 0, err
 		}
 	}
-	// Updates: ZO with its constant rate, FO with the scheduled one.
-	if h.zo != nil {
-		h.zo.Update(ds)
-	}
-	if foStep {
-		if h.cfg.MaxGradNorm > 0 {
-			optim.ClipGradNorm(h.fo, h.cfg.MaxGradNorm)
-		}
-		if err := h.opt.Step(h.fo, lr); err != nil {
-			return 0, 0, err
-		}
-		return sum, total, nil
-	}
-	return drawsLoss(ds, total), total, nil
+	return h.update(ds, foStep, sum, total, lr)
 }
 
 // stepGPU is inter-layer Step on the device: the zeroth-order blocks'
@@ -424,11 +411,7 @@ func (h *lohoMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 		if err != nil {
 			return 0, 0, err
 		}
-		loss := meanLoss(ctx, it, batches, total, g, func(b data.Batch) (float64, error) {
-			s, _, err := r.g.LossGrad(b.Tokens, b.Targets, b.B, b.T, r.ad, false, 0)
-			return s, err
-		})
-		if ds, err = h.zo.EstimateWith(it, loss, perturb); err != nil {
+		if ds, err = h.zo.EstimateWith(it, r.evalLoss(ctx, it, batches, total, g), perturb); err != nil {
 			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
 		}
 	}
@@ -436,27 +419,20 @@ func (h *lohoMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 	var sum float64
 	if foStep {
 		optim.ZeroGrad(h.fo)
-		mine := myBatches(batches, g)
-		var n int
-		for k, b := range mine {
-			if err := stepCancelled(ctx, it, k, len(mine)); err != nil {
-				return 0, 0, err
-			}
-			s, c, err := r.g.LossGrad(b.Tokens, b.Targets, b.B, b.T, r.ad, true, 1/float64(total))
-			if err != nil {
-				return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
-			}
-			passDone("step")
-			sum += s
-			n += c
-		}
-		if err := r.pull(); err != nil {
-			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+		n := 0
+		if sum, n, err = r.gradSteps(ctx, it, myBatches(batches, g), total); err != nil {
+			return 0, 0, err
 		}
 		if sum, _, err = reduceStep(g, it, h.fo, sum, n); err != nil {
 			return 0, 0, err
 		}
 	}
+	return h.update(ds, foStep, sum, total, lr)
+}
+
+// update applies a step's updates, zeroth order with its constant rate and
+// first order with the scheduled one, and returns the step's loss.
+func (h *lohoMethod) update(ds []mezo.Draw, foStep bool, sum float64, total int, lr float64) (float64, int, error) {
 	if h.zo != nil {
 		h.zo.Update(ds)
 	}

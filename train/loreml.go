@@ -371,26 +371,11 @@ func (l *loremlMethod) stepGPU(ctx context.Context, it int, batches []data.Batch
 		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
 	}
 	g := l.cfg.parallel()
-	mine := myBatches(batches, g)
-	var loss float64
-	var n int
-	for k, b := range mine {
-		if err := stepCancelled(ctx, it, k, len(mine)); err != nil {
-			return 0, 0, err
-		}
-		s, c, err := r.g.LossGrad(b.Tokens, b.Targets, b.B, b.T, r.ad, true, 1/float64(total))
-		if err != nil {
-			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
-		}
-		passDone("step")
-		loss += s
-		n += c
-	}
-	if err := r.pull(); err != nil {
-		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
-	}
-	loss, n, err := reduceStep(g, it, params, loss, n)
+	loss, n, err := r.gradSteps(ctx, it, myBatches(batches, g), total)
 	if err != nil {
+		return 0, 0, err
+	}
+	if loss, n, err = reduceStep(g, it, params, loss, n); err != nil {
 		return 0, 0, err
 	}
 	if l.cfg.MaxGradNorm > 0 {

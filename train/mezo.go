@@ -245,11 +245,7 @@ func (z *mezoMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 	if err != nil {
 		return 0, 0, err
 	}
-	loss := meanLoss(ctx, it, batches, total, z.cfg.parallel(), func(b data.Batch) (float64, error) {
-		s, _, err := r.g.LossGrad(b.Tokens, b.Targets, b.B, b.T, r.ad, false, 0)
-		return s, err
-	})
-	ds, err := z.spsa.EstimateWith(it, loss, perturb)
+	ds, err := z.spsa.EstimateWith(it, r.evalLoss(ctx, it, batches, total, z.cfg.parallel()), perturb)
 	if err != nil {
 		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
 	}

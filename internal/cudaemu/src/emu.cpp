@@ -352,7 +352,8 @@ static int takeSticky() {
     return rc;
 }
 
-static CUresult copyChecked(const char* what, void* dst, bool dstDev, const void* src, bool srcDev, size_t n) {
+// checkCopy refuses a copy whose device side leaves device memory.
+static CUresult checkCopy(const char* what, void* dst, bool dstDev, const void* src, bool srcDev, size_t n) {
     {
         std::lock_guard<std::mutex> g(mu);
         bool ok = (!dstDev || inside((uintptr_t)dst, n, false)) && (!srcDev || inside((uintptr_t)src, n, false));
@@ -366,21 +367,21 @@ static CUresult copyChecked(const char* what, void* dst, bool dstDev, const void
 // The synchronous copies go on the legacy default stream: they wait for
 // the blocking streams' work first.
 CUresult cuMemcpyHtoD_v2(uint64_t dst, const void* src, size_t n) {
-    CUresult rc = copyChecked("cuMemcpyHtoD", (void*)dst, true, src, false, n);
+    CUresult rc = checkCopy("cuMemcpyHtoD", (void*)dst, true, src, false, n);
     if (rc) return rc;
     runBlocking();
     memmove((void*)dst, src, n);
     return takeSticky();
 }
 CUresult cuMemcpyDtoH_v2(void* dst, uint64_t src, size_t n) {
-    CUresult rc = copyChecked("cuMemcpyDtoH", dst, false, (void*)src, true, n);
+    CUresult rc = checkCopy("cuMemcpyDtoH", dst, false, (void*)src, true, n);
     if (rc) return rc;
     runBlocking();
     memmove(dst, (void*)src, n);
     return takeSticky();
 }
 static CUresult copyAsync(const char* what, void* dst, bool dstDev, const void* src, bool srcDev, size_t n, void* s) {
-    CUresult rc = copyChecked(what, dst, dstDev, src, srcDev, n);
+    CUresult rc = checkCopy(what, dst, dstDev, src, srcDev, n);
     if (rc == OK) submit(s, [=] { memmove(dst, src, n); });
     return rc;
 }
