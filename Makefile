@@ -145,6 +145,7 @@ gpu-binaries:
 	CGO_ENABLED=0 $(GO) test -c -o out/gpu/cuda.test ./kernels/cuda
 	CGO_ENABLED=0 $(GO) test -c -o out/gpu/model.test ./model
 	CGO_ENABLED=0 $(GO) test -c -o out/gpu/train.test ./train
+	CGO_ENABLED=0 $(GO) test -c -o out/gpu/cmd.test ./cmd/qtune
 	CGO_ENABLED=0 $(GO) build -o out/gpu/qtune ./cmd/qtune
 	CGO_ENABLED=0 $(GO) build -o out/gpu/synthgen ./internal/cmd/synthgen
 
@@ -167,8 +168,8 @@ test-gpu-emu:
 	@EMU=$$($(GO) run ./internal/cmd/cudaemu -dir $(CURDIR)/out/cudaemu) || exit 1; \
 	echo "test-gpu-emu: $$EMU"; \
 	set -e; for a in 0 1 2; do \
-	  run='GPU|Emulator'; pkgs="./kernels/cuda/ ./model/ ./train/"; \
-	  if [ $$a != 0 ]; then run='GPUStreaming|GPUStep|Emulator'; pkgs="./kernels/cuda/ ./model/"; echo "test-gpu-emu: streams deferred (QTUNE_CUDAEMU_ASYNC=$$a)"; fi; \
+	  run='GPU|Emulator'; pkgs="./kernels/cuda/ ./model/ ./train/ ./cmd/qtune/"; \
+	  if [ $$a != 0 ]; then run='GPUStreaming|GPUStep|GPUSession|Emulator'; pkgs="./kernels/cuda/ ./model/"; echo "test-gpu-emu: streams deferred (QTUNE_CUDAEMU_ASYNC=$$a)"; fi; \
 	  env QTUNE_CUDAEMU_ASYNC=$$a QTUNE_CUDA_DRIVER=$$EMU QTUNE_CUBLAS=$$EMU QTUNE_NVRTC=$$EMU QTUNE_REQUIRE_GPU=1 QTUNE_CACHE=$(CURDIR)/out/cudaemu/cache \
 	    CGO_ENABLED=0 $(GO) test -count=1 -run "$$run" $$pkgs; \
 	done

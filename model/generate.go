@@ -119,9 +119,10 @@ func (m *Model) Generate(ctx context.Context, prompt []int, o GenerateOptions) (
 // the cache to where they part.
 type Session struct {
 	m      *Model
-	s      *State
-	toks   []int     // the tokens whose keys and values the cache holds
-	logits []float32 // (V)
+	s      *State      // the CPU's cache, or
+	dev    *GPUSession // the device's (GPU.Session)
+	toks   []int       // the tokens whose keys and values the cache holds
+	logits []float32   // (V)
 	// Reused and Ran count the last Generate call's prompt tokens taken from
 	// the cache and run through the model.
 	Reused, Ran int
@@ -134,11 +135,83 @@ func (m *Model) NewSession(maxLen int) *Session {
 	return &Session{m: m, s: m.NewState(maxLen), logits: make([]float32, m.Config.Vocab)}
 }
 
+// Session is a session whose model runs on the device, with the adapters
+// ad: its KV cache there too (GPUSession).
+func (g *GPU) Session(maxLen int, ad GPUAdapters) (*Session, error) {
+	dev, err := g.NewSession(maxLen, 0, ad)
+	if err != nil {
+		return nil, err
+	}
+	return &Session{m: g.m, dev: dev, logits: make([]float32, g.m.Config.Vocab)}, nil
+}
+
 // Free returns the session's memory; it must not be used after.
-func (se *Session) Free() { se.s.Free() }
+func (se *Session) Free() {
+	if se.dev != nil {
+		se.dev.Free()
+		return
+	}
+	se.s.Free()
+}
 
 // MaxLen is the longest conversation the session holds, in tokens.
-func (se *Session) MaxLen() int { return se.s.MaxLen() }
+func (se *Session) MaxLen() int {
+	if se.dev != nil {
+		return se.dev.MaxLen()
+	}
+	return se.s.MaxLen()
+}
+
+// WarmUp runs a prompt chunk and then one token through a GPU session
+// (token 0), so that the driver loads what those shapes need before the
+// device's memory is measured, and empties the cache again. A CPU session
+// has nothing to do.
+func (se *Session) WarmUp() error {
+	dv := se.dev
+	if dv == nil {
+		return nil
+	}
+	defer func() { dv.Pos, se.toks = 0, se.toks[:0] }()
+	dv.Pos = 0
+	if _, err := dv.Forward(make([]int, dv.Chunk)); err != nil {
+		return err
+	}
+	if dv.Pos < dv.maxLen {
+		_, err := dv.Forward([]int{0})
+		return err
+	}
+	return nil
+}
+
+// pos is the positions the cache holds; setPos rewinds it.
+func (se *Session) pos() int {
+	if se.dev != nil {
+		return se.dev.Pos
+	}
+	return se.s.Pos
+}
+
+func (se *Session) setPos(p int) {
+	if se.dev != nil {
+		se.dev.Pos = p
+		return
+	}
+	se.s.Pos = p
+}
+
+// forward runs tokens at the cache's end, the last one's logits to
+// se.logits.
+func (se *Session) forward(tokens []int) error {
+	if se.dev == nil {
+		return se.m.Forward(se.s, tokens, se.logits, false)
+	}
+	l, err := se.dev.Forward(tokens)
+	if err != nil {
+		return err
+	}
+	copy(se.logits, l)
+	return nil
+}
 
 // Cached is the number of tokens the cache holds.
 func (se *Session) Cached() int { return len(se.toks) }
@@ -148,12 +221,12 @@ func (se *Session) Cached() int { return len(se.toks) }
 // generated ids stay in the cache except the last one drawn, which was never
 // run through the model.
 func (se *Session) Generate(ctx context.Context, prompt []int, o GenerateOptions) ([]int, error) {
-	m, s := se.m, se.s
+	m := se.m
 	if len(prompt) == 0 {
 		return nil, fmt.Errorf("model: empty prompt")
 	}
-	if len(prompt) > s.MaxLen() {
-		return nil, fmt.Errorf("model: prompt of %d tokens exceeds the session's %d", len(prompt), s.MaxLen())
+	if len(prompt) > se.MaxLen() {
+		return nil, fmt.Errorf("model: prompt of %d tokens exceeds the session's %d", len(prompt), se.MaxLen())
 	}
 	if o.Sampler == nil {
 		o.Sampler = NewSampler(0, 1, 0)
@@ -166,10 +239,11 @@ func (se *Session) Generate(ctx context.Context, prompt []int, o GenerateOptions
 	}
 	keep = min(keep, len(prompt)-1)
 	se.toks = se.toks[:keep]
-	s.Pos = keep
+	se.setPos(keep)
 	se.Reused, se.Ran = keep, len(prompt)-keep
-	if err := m.Forward(s, prompt[keep:], se.logits, false); err != nil {
-		se.toks, s.Pos = se.toks[:0], 0
+	if err := se.forward(prompt[keep:]); err != nil {
+		se.toks = se.toks[:0]
+		se.setPos(0)
 		return nil, err
 	}
 	se.toks = append(se.toks, prompt[keep:]...)
@@ -190,10 +264,11 @@ func (se *Session) Generate(ctx context.Context, prompt []int, o GenerateOptions
 		if o.OnToken != nil {
 			o.OnToken(id)
 		}
-		if s.Pos >= s.MaxLen() || len(out) == o.MaxTokens {
+		if se.pos() >= se.MaxLen() || len(out) == o.MaxTokens {
 			break
 		}
-		if err := m.Forward(s, []int{id}, se.logits, false); err != nil {
+		if err := se.forward([]int{id}); err != nil {
+			se.setPos(len(se.toks)) // what the cache holds for certain
 			return out, err
 		}
 		se.toks = append(se.toks, id)

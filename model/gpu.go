@@ -1,6 +1,7 @@
 package model
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -519,13 +520,18 @@ type gpuStep struct {
 	dpost, dnorm                          *cuda.Buffer // post-norm and q/k-norm backward scratch (nil where unused)
 	xdrop, tdrop                          *cuda.Buffer // LoRA dropout: the masked input, the input gradient through the mask
 	recomp                                *cuda.Buffer // checkpointing: the recomputed block's output
+	kv                                    *GPUSession  // decoding: the KV cache the rows join, at position pos
+	pos                                   int
 }
 
-func (g *GPU) stepFloats(BT, T, R, dropIn int) int {
+// al rounds a carved buffer's floats up as the carver does.
+func al(n int) int { return (n + 63) &^ 63 }
+
+// actFloats is one block's activations for BT rows (carveActs).
+func (g *GPU) actFloats(BT int) int {
 	c := g.m.Config
-	C, F, V := c.Dim, c.Hidden, c.Vocab
+	C, F := c.Dim, c.Hidden
 	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
-	al := func(n int) int { return (n + 63) &^ 63 }
 	per := al(BT*C)*4 + al(BT*qd)*2 + al(BT*kvd)*2 + al(BT*c.Heads) + al(BT*F)*3
 	if c.qkNorm {
 		per += al(BT*qd) + al(BT*kvd)
@@ -533,6 +539,30 @@ func (g *GPU) stepFloats(BT, T, R, dropIn int) int {
 	if c.postNorms {
 		per += al(BT*C) * 2
 	}
+	return per
+}
+
+// carveActs carves one block's activations for BT rows.
+func (g *GPU) carveActs(cv *carver, a *gpuActs, BT int) {
+	c := g.m.Config
+	C, F := c.Dim, c.Hidden
+	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	a.xin, a.xn1, a.q, a.k, a.v = cv.take(BT*C), cv.take(BT*C), cv.take(BT*qd), cv.take(BT*kvd), cv.take(BT*kvd)
+	a.lse, a.att, a.xmid, a.xn2 = cv.take(BT*c.Heads), cv.take(BT*qd), cv.take(BT*C), cv.take(BT*C)
+	a.g, a.u, a.h = cv.take(BT*F), cv.take(BT*F), cv.take(BT*F)
+	if c.qkNorm {
+		a.qraw, a.kraw = cv.take(BT*qd), cv.take(BT*kvd)
+	}
+	if c.postNorms {
+		a.ao, a.fo = cv.take(BT*C), cv.take(BT*C)
+	}
+}
+
+func (g *GPU) stepFloats(BT, T, R, dropIn int) int {
+	c := g.m.Config
+	C, F, V := c.Dim, c.Hidden, c.Vocab
+	qd, kvd := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	per := g.actFloats(BT)
 	n := c.Layers * per
 	if g.ckpt { // each block's input, and one block's activations
 		n = c.Layers*al(BT*C) + per + al(BT*C)
@@ -546,7 +576,7 @@ func (g *GPU) stepFloats(BT, T, R, dropIn int) int {
 	n += 2 * al(BT*dropIn)
 	n += al(BT*C)*3 + al(BT*V) + al(BT) + al(BT)                           // x, tmp, xnf, logits, loss, targets
 	n += al(BT*C)*2 + al(BT*F)*3 + al(BT*qd)*2 + al(BT*kvd)*2 + al(BT*R)*2 // gradients, adapter scratch
-	n += al(T * c.Heads)                                                   // attention backward scratch
+	n += al(BT * c.Heads)                                                  // attention backward scratch
 	n += 4 * al(T*max(g.m.rope.Dims/2, 1))                                 // rope tables
 	return n
 }
@@ -890,22 +920,20 @@ func (g *GPU) forward(tokens []int, targets []int32, B, T int, ad GPUAdapters) (
 	if err != nil {
 		return nil, err
 	}
-	if err := g.upload(s, tokens, targets, T); err != nil {
+	if err := g.embed(s.x, tokens); err != nil {
 		return nil, err
 	}
-	for l := range g.m.Layers {
-		if err := g.acquire(l); err != nil {
+	if len(targets) > 0 {
+		tb := unsafe.Slice((*byte)(unsafe.Pointer(&targets[0])), 4*len(targets))
+		if err := s.targets.Write(0, tb); err != nil {
 			return nil, err
 		}
-		if err := g.layerForward(l, &s.acts[l], s.x, B, T, ad, s); err != nil {
-			return nil, err
-		}
-		if err := g.release(l); err != nil {
-			return nil, err
-		}
-		if err := g.load(l + 1); err != nil { // overlaps block l's work
-			return nil, err
-		}
+	}
+	if err := g.ropeTables(s, 0, T); err != nil {
+		return nil, err
+	}
+	if err := g.blocks(s, B, T, ad); err != nil {
+		return nil, err
 	}
 	if err := g.d.RMSNorm(s.xnf, s.x, g.outNorm, B*T, c.Dim, c.Eps); err != nil {
 		return nil, err
@@ -913,33 +941,36 @@ func (g *GPU) forward(tokens []int, targets []int32, B, T int, ad GPUAdapters) (
 	return s, g.matmul(s.logits, s.xnf, B*T, g.output)
 }
 
+// blocks runs every block on s.x (B sequences of T rows), the streamed
+// ones through their slots.
+func (g *GPU) blocks(s *gpuStep, B, T int, ad GPUAdapters) error {
+	for l := range g.m.Layers {
+		if err := g.acquire(l); err != nil {
+			return err
+		}
+		if err := g.layerForward(l, &s.acts[l], s.x, B, T, ad, s); err != nil {
+			return err
+		}
+		if err := g.release(l); err != nil {
+			return err
+		}
+		if err := g.load(l + 1); err != nil { // overlaps block l's work
+			return err
+		}
+	}
+	return nil
+}
+
 // Greedy continues prompt by n tokens, each the argmax of the last
-// position's logits, running the whole sequence through the model for
-// each (no KV cache on the device yet: a check of the forward against the
-// CPU's generation, not a fast decoder). It stops at the context length.
+// position's logits, through a GPU session (the KV cache on the device).
+// It stops at the context length.
 func (g *GPU) Greedy(prompt []int, n int, ad GPUAdapters) ([]int, error) {
-	if len(prompt) == 0 {
-		return nil, errors.New("model: empty prompt")
+	se, err := g.Session(len(prompt)+n, ad)
+	if err != nil {
+		return nil, err
 	}
-	V := g.m.Config.Vocab
-	seq := append([]int(nil), prompt...)
-	logits := make([]float32, V)
-	for len(seq) < len(prompt)+n && len(seq) < g.m.Config.Context {
-		for i, t := range seq {
-			if t < 0 || t >= V {
-				return nil, fmt.Errorf("model: token id %d at %d outside the vocabulary (%d)", t, i, V)
-			}
-		}
-		s, err := g.forward(seq, nil, 1, len(seq), ad)
-		if err != nil {
-			return nil, err
-		}
-		if err := s.logits.ReadF32(logits, (len(seq)-1)*V); err != nil {
-			return nil, err
-		}
-		seq = append(seq, Argmax(logits))
-	}
-	return seq[len(prompt):], nil
+	defer se.Free()
+	return se.Generate(context.Background(), prompt, GenerateOptions{MaxTokens: n})
 }
 
 func zero(bs ...*cuda.Buffer) error {
@@ -975,16 +1006,7 @@ func (g *GPU) step(BT, T, R, dropIn int) (*gpuStep, error) {
 		carve = make([]gpuActs, 1)
 	}
 	for l := range carve {
-		a := &carve[l]
-		a.xin, a.xn1, a.q, a.k, a.v = cv.take(BT*C), cv.take(BT*C), cv.take(BT*qd), cv.take(BT*kvd), cv.take(BT*kvd)
-		a.lse, a.att, a.xmid, a.xn2 = cv.take(BT*c.Heads), cv.take(BT*qd), cv.take(BT*C), cv.take(BT*C)
-		a.g, a.u, a.h = cv.take(BT*F), cv.take(BT*F), cv.take(BT*F)
-		if c.qkNorm {
-			a.qraw, a.kraw = cv.take(BT*qd), cv.take(BT*kvd)
-		}
-		if c.postNorms {
-			a.ao, a.fo = cv.take(BT*C), cv.take(BT*C)
-		}
+		g.carveActs(cv, &carve[l], BT)
 	}
 	if g.ckpt {
 		for l := range s.acts {
@@ -1008,35 +1030,31 @@ func (g *GPU) step(BT, T, R, dropIn int) (*gpuStep, error) {
 	s.datt, s.dq, s.dk, s.dv = cv.take(BT*qd), cv.take(BT*qd), cv.take(BT*kvd), cv.take(BT*kvd)
 	r := max(R, 1)
 	s.lh, s.ldh = cv.take(BT*r), cv.take(BT*r)
-	s.delta = cv.take(T * c.Heads)
+	s.delta = cv.take(BT * c.Heads)
 	half := max(g.m.rope.Dims/2, 1)
 	s.cos, s.sin, s.cosSWA, s.sinSWA = cv.take(T*half), cv.take(T*half), cv.take(T*half), cv.take(T*half)
 	return s, cv.err
 }
 
-// upload copies the step's inputs: the embedding rows of the tokens, the
-// targets and the rotation tables of positions 0..T−1.
-func (g *GPU) upload(s *gpuStep, tokens []int, targets []int32, T int) error {
+// embed writes the (scaled) embedding rows of tokens to x.
+func (g *GPU) embed(x *cuda.Buffer, tokens []int) error {
 	m := g.m
 	C := m.Config.Dim
-	x := make([]float32, len(tokens)*C)
+	e := make([]float32, len(tokens)*C)
 	for r, id := range tokens {
-		m.Embed.Row(x[r*C:(r+1)*C], id)
+		m.Embed.Row(e[r*C:(r+1)*C], id)
 	}
 	if es := m.Config.EmbedScale; es != 0 && es != 1 {
-		for i := range x {
-			x[i] *= es
+		for i := range e {
+			e[i] *= es
 		}
 	}
-	if err := s.x.WriteF32(0, x); err != nil {
-		return err
-	}
-	if len(targets) > 0 {
-		tb := unsafe.Slice((*byte)(unsafe.Pointer(&targets[0])), 4*len(targets))
-		if err := s.targets.Write(0, tb); err != nil {
-			return err
-		}
-	}
+	return x.WriteF32(0, e)
+}
+
+// ropeTables writes the rotation tables of positions p0..p0+T−1.
+func (g *GPU) ropeTables(s *gpuStep, p0, T int) error {
+	m := g.m
 	for i, r := range []*nn.Rope{&m.rope, &m.ropeSWA} {
 		half := r.Dims / 2
 		if r.Freq == nil || half == 0 {
@@ -1044,7 +1062,7 @@ func (g *GPU) upload(s *gpuStep, tokens []int, targets []int32, T int) error {
 		}
 		cs, sn := make([]float32, T*half), make([]float32, T*half)
 		for p := 0; p < T; p++ {
-			r.Row(cs[p*half:(p+1)*half], sn[p*half:(p+1)*half], p)
+			r.Row(cs[p*half:(p+1)*half], sn[p*half:(p+1)*half], p0+p)
 		}
 		dc, ds := s.cos, s.sin
 		if i == 1 {
@@ -1123,17 +1141,17 @@ func (g *GPU) layerForward(l int, a *gpuActs, x *cuda.Buffer, B, T int, ad GPUAd
 			return nil
 		},
 		func() error {
-			for b := 0; b < B; b++ {
-				att, _ := a.att.F32(b*T*qd, T*qd)
-				lse, _ := a.lse.F32(b*c.Heads*T, c.Heads*T)
-				q, _ := a.q.F32(b*T*qd, T*qd)
-				k, _ := a.k.F32(b*T*kvd, T*kvd)
-				v, _ := a.v.F32(b*T*kvd, T*kvd)
-				if err := d.Attention(att, lse, q, k, v, T, c.Heads, c.KVHeads, D, L.Window); err != nil {
+			if kv := s.kv; kv != nil { // decoding: the new rows join the cache, the queries see all of it
+				n := int64(4 * T * kvd)
+				if err := d.Copy(kv.k[l], int64(4*s.pos*kvd), a.k, 0, n); err != nil {
 					return err
 				}
+				if err := d.Copy(kv.v[l], int64(4*s.pos*kvd), a.v, 0, n); err != nil {
+					return err
+				}
+				return d.AttentionCached(a.att, a.lse, a.q, kv.k[l], kv.v[l], T, s.pos+T, c.Heads, c.KVHeads, D, L.Window)
 			}
-			return nil
+			return d.Attention(a.att, a.lse, a.q, a.k, a.v, B, T, c.Heads, c.KVHeads, D, L.Window)
 		},
 		func() error { wo, ao := w(ModO); return g.linear(s.tmp, a.att, BT, wo, ao, s) },
 		func() error { return g.postNorm(s.tmp, a.ao, gl.postAttn, BT) },
@@ -1160,7 +1178,7 @@ func (g *GPU) layerBackward(l int, a *gpuActs, B, T int, ad GPUAdapters, s *gpuS
 	m, d := g.m, g.d
 	c, L, gl, w := g.block(l, ad)
 	D := c.HeadDim
-	qd, kvd := c.Heads*D, c.KVHeads*D
+	qd := c.Heads * D
 	BT := B * T
 	C, F := c.Dim, c.Hidden
 	return runSteps("model: GPU block %d backward: %w", l, []func() error{
@@ -1196,20 +1214,7 @@ func (g *GPU) layerBackward(l int, a *gpuActs, B, T int, ad GPUAdapters, s *gpuS
 			return g.linearBack(s.datt, dattn, a.att, BT, wo, ao, s)
 		},
 		func() error {
-			for b := 0; b < B; b++ {
-				datt, _ := s.datt.F32(b*T*qd, T*qd)
-				dq, _ := s.dq.F32(b*T*qd, T*qd)
-				dk, _ := s.dk.F32(b*T*kvd, T*kvd)
-				dv, _ := s.dv.F32(b*T*kvd, T*kvd)
-				q, _ := a.q.F32(b*T*qd, T*qd)
-				k, _ := a.k.F32(b*T*kvd, T*kvd)
-				v, _ := a.v.F32(b*T*kvd, T*kvd)
-				lse, _ := a.lse.F32(b*c.Heads*T, c.Heads*T)
-				if err := d.AttentionBackward(dq, dk, dv, datt, q, k, v, lse, s.delta, T, c.Heads, c.KVHeads, D, L.Window); err != nil {
-					return err
-				}
-			}
-			return nil
+			return d.AttentionBackward(s.dq, s.dk, s.dv, s.datt, a.q, a.k, a.v, a.att, a.lse, s.delta, B, T, c.Heads, c.KVHeads, D, L.Window)
 		},
 		func() error {
 			if q := m.qScale(); q != 1 {

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The GPU check (make test-gpu, or on a device machine): kernels/cuda's
-# tests against the CPU, the model's GPU step and greedy generation against
-# the CPU's, a training run on the GPU against the same run on the CPU;
+# tests against the CPU, the model's GPU step and generation (a KV cache on
+# the device) against the CPU's, a training run on the GPU against the same
+# run on the CPU, generate and chat on the GPU against the CPU's;
 # then the kernels' device-timed benchmarks beside PyTorch's same shapes
 # (GPU_KBENCH=1) and the training table beside PyTorch+PEFT (GPU_BENCH=1,
 # scripts/gpu-bench.sh). Test binaries are built beforehand (make
@@ -22,6 +23,7 @@ run() { # log-name package-dir binary args...
 run tests-kernels kernels/cuda cuda.test -test.v -test.run 'GPU|Count' -test.timeout 300s
 run tests-model model model.test -test.v -test.run 'GPU' -test.timeout 300s
 run tests-train train train.test -test.v -test.run 'GPU|Device' -test.timeout 300s
+run tests-cmd cmd/qtune cmd.test -test.v -test.run 'GPU' -test.timeout 300s
 if [ "${GPU_KBENCH:-0}" = 1 ]; then
   (cd kernels/cuda && "$BIN/cuda.test" -test.run '^$' -test.bench GPU -test.benchtime 20x -test.timeout 300s) > "$OUT/bench-kernels.log" 2>&1 || rc=1
   grep -E 'Benchmark|FAIL|panic' "$OUT/bench-kernels.log"

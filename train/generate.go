@@ -33,6 +33,9 @@ type GenerateOptions struct {
 	IgnoreEOS bool  // keep going past the end-of-generation tokens
 	MaxMem    int64 // budget in bytes; 0: none
 
+	// DeviceOptions say where the model runs (the CPU by default).
+	DeviceOptions
+
 	// OnPlan, when set, is given the memory plan before any work;
 	// returning false stops there (a plan-only call).
 	OnPlan func(*budget.Plan) bool
@@ -53,9 +56,9 @@ type Generated struct {
 // ErrBadOptions marks options a caller gave out of range (a usage error).
 var ErrBadOptions = errors.New("bad options")
 
-// check range-checks the sampling options (NaN and infinities included;
+// Check range-checks the sampling options (NaN and infinities included;
 // MaxTokens bounded so that prompt + MaxTokens cannot overflow).
-func (o GenerateOptions) check() error {
+func (o GenerateOptions) Check() error {
 	switch {
 	case o.MaxTokens < 0 || o.MaxTokens > 1<<30:
 		return fmt.Errorf("generate: %d tokens to generate: want 0..%d: %w", o.MaxTokens, 1<<30, ErrBadOptions)
@@ -65,6 +68,11 @@ func (o GenerateOptions) check() error {
 		return fmt.Errorf("generate: top-p %v: want a number in [0, 1]: %w", o.TopP, ErrBadOptions)
 	case o.MaxMem < 0:
 		return fmt.Errorf("generate: budget of %d bytes: %w", o.MaxMem, ErrBadOptions)
+	case o.MaxVRAM < 0:
+		return fmt.Errorf("generate: GPU budget of %d bytes: %w", o.MaxVRAM, ErrBadOptions)
+	}
+	if err := o.DeviceOptions.Check(); err != nil {
+		return fmt.Errorf("generate: %w", err)
 	}
 	return nil
 }
@@ -73,7 +81,7 @@ func (o GenerateOptions) check() error {
 // chat template) on m under the budget: the plan is made before any work
 // and the Go heap limited to its share while it runs (put back after).
 func Generate(ctx context.Context, m *model.Model, o GenerateOptions) (*Generated, error) {
-	if err := o.check(); err != nil {
+	if err := o.Check(); err != nil {
 		return nil, err
 	}
 	g := &Generated{}
@@ -104,7 +112,8 @@ func Generate(ctx context.Context, m *model.Model, o GenerateOptions) (*Generate
 	if len(g.PromptTokens) >= m.Config.Context {
 		return nil, fmt.Errorf("generate: the prompt is %d tokens, the model's context %d", len(g.PromptTokens), m.Config.Context)
 	}
-	plan, err := PlanGenerate(m, min(len(g.PromptTokens)+o.MaxTokens, m.Config.Context), len(g.PromptTokens), o.MaxMem)
+	maxLen := min(len(g.PromptTokens)+o.MaxTokens, m.Config.Context)
+	plan, err := PlanGenerate(m, maxLen, len(g.PromptTokens), o.MaxMem)
 	g.Plan = plan
 	if err != nil {
 		return g, err
@@ -117,11 +126,17 @@ func Generate(ctx context.Context, m *model.Model, o GenerateOptions) (*Generate
 		return g, err
 	}
 	defer ApplyPlan(m, plan)()
+	se, done, err := Session(m, o.DeviceOptions, maxLen, plan)
+	if err != nil {
+		return g, err
+	}
+	defer done()
 	opt := model.GenerateOptions{MaxTokens: o.MaxTokens, Sampler: model.NewSampler(o.Temp, o.TopP, o.Seed), StopAtEOS: !o.IgnoreEOS}
 	if o.OnToken != nil {
 		opt.OnToken = func(id int) { o.OnToken(id, m.Tokenizer.Piece(id)) }
 	}
-	if g.Tokens, err = m.Generate(ctx, g.PromptTokens, opt); err != nil {
+	g.Tokens, err = se.Generate(ctx, g.PromptTokens, opt)
+	if err != nil {
 		return g, err
 	}
 	if g.Tokens == nil {

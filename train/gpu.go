@@ -44,7 +44,7 @@ func parseDevice(s string) (kind string, ordinal int, err error) {
 			return "cuda", o, nil
 		}
 	}
-	return "", 0, fmt.Errorf("train: --device %q: cpu, cuda, cuda:N or auto", s)
+	return "", 0, fmt.Errorf("--device %q: cpu, cuda, cuda:N or auto", s)
 }
 
 func parsePrecision(s string) (cuda.Precision, error) {
@@ -54,17 +54,17 @@ func parsePrecision(s string) (cuda.Precision, error) {
 	case "f32", "fp32":
 		return cuda.F32, nil
 	}
-	return 0, fmt.Errorf("train: --gpu-precision %q: bf16 or f32", s)
+	return 0, fmt.Errorf("--gpu-precision %q: bf16 or f32", s)
 }
 
 // checkGPUConfig refuses, before any work, what the GPU path does not run.
 func (c *Config) checkGPUConfig() error {
 	kind, _, err := parseDevice(c.Device)
 	if err != nil {
-		return err
+		return fmt.Errorf("train: %w", err)
 	}
 	if _, err := parsePrecision(c.GPUPrecision); err != nil {
-		return err
+		return fmt.Errorf("train: %w", err)
 	}
 	if c.MaxVRAM != "" {
 		if _, err := budget.ParseSize(c.MaxVRAM); err != nil {
@@ -256,14 +256,24 @@ func planGPUWith(m *model.Model, set *lora.Set, extra int64, B, T int, p cuda.Pr
 			dropIn = max(dropIn, l.In)
 		}
 	}
-	layers, other := model.GPUWeightBytes(m)
 	pl := GPUPlan{Adapters: ad, Step: model.GPUStepBytes(m, B, T, R, dropIn, p, ckpt), BLAS: cuda.WorkspaceBytes(limit), Driver: driver,
-		Limit: limit, Blocks: len(layers), Resident: len(layers), Weights: other, Checkpoint: ckpt}
+		Limit: limit, Checkpoint: ckpt}
+	return placeBlocks(m, pl)
+}
+
+// placeBlocks completes a device plan whose adapters, step, cuBLAS and
+// driver shares are set: every block resident when the total fits
+// pl.Limit, else as many of the first as fit beside two slots the others
+// stream through.
+func placeBlocks(m *model.Model, pl GPUPlan) GPUPlan {
+	layers, other := model.GPUWeightBytes(m)
+	pl.Blocks, pl.Resident, pl.Weights = len(layers), len(layers), other
 	for _, n := range layers {
 		pl.Weights += n
 	}
 	fixed := pl.Adapters + pl.Step + pl.BLAS + pl.Driver
 	pl.Total = fixed + pl.Weights
+	limit := pl.Limit
 	if limit <= 0 || pl.Total <= limit {
 		return pl
 	}
@@ -330,7 +340,7 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	sparse := sparseOf(meth)
 	var extra int64
 	for _, sp := range sparse {
-		extra += 4 * int64(sp.Out+1+sp.In+1+5*len(sp.Val))
+		extra += sparseDeviceBytes(sp.Out, sp.In, len(sp.Val))
 	}
 	if lm, ok := meth.(*loremlMethod); ok {
 		extra = lm.stage2DeviceBytes()
@@ -436,13 +446,7 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		gplan = next
 	}
 	r.drvPeak.Store(used)
-	for i := range plan.Placement {
-		if i < gplan.Resident {
-			plan.Placement[i] = budget.Device
-		} else {
-			plan.Placement[i] = budget.Host // streamed through the device's slots
-		}
-	}
+	devicePlacement(plan, gplan.Resident)
 	log(fmt.Sprintf("device: %s, products in %s; placement: %s (the host plan above books the CPU path's buffers, more than a GPU run fills)", d, prec, plan.PlacementString()))
 	log(gplan.String())
 	log(fmt.Sprintf("GPU memory after a warm-up step: %s allocated, %s in use by the driver's count (kernels loaded, cuBLAS's own)", fmtMiB(d.Peak()), fmtMiB(used)))

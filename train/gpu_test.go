@@ -403,3 +403,70 @@ func cpuAndFrozen(t *testing.T, ctx context.Context, cfg Config, freeze func(*Co
 	}
 	return cpu, frozen
 }
+
+// cpuOnlyAdapter is an adapter the device has no form of.
+type cpuOnlyAdapter struct{}
+
+func (cpuOnlyAdapter) Forward(y, x []float32, M int)       {}
+func (cpuOnlyAdapter) Backward(dx, dy, x []float32, M int) {}
+
+// Generation on the GPU (the KV cache there, sampling on the host) gives
+// the CPU's tokens on stories260K F32, greedy and sampled with one seed,
+// without and with a LoRA adapter; an adapter the device lacks falls back
+// to the CPU under auto and is refused naming it under cuda; a budget the
+// device's plan exceeds is refused before the model is placed.
+func TestGPUGenerateMatchesCPU(t *testing.T) {
+	needGPU(t)
+	m := openStories(t)
+	gen := func(o GenerateOptions) ([]int, []string) {
+		t.Helper()
+		var lines []string
+		o.Prompt, o.MaxTokens, o.TopP, o.GPUPrecision = "Once upon a time", 40, 0.9, "f32"
+		o.Log = func(s string) { lines = append(lines, s) }
+		g, err := Generate(context.Background(), m, o)
+		if err != nil {
+			t.Fatalf("%s: %v", o.Device, err)
+		}
+		return g.Tokens, lines
+	}
+	check := func(what string, o GenerateOptions) {
+		t.Helper()
+		want, _ := gen(o)
+		o.Device = "cuda"
+		got, lines := gen(o)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: GPU %v\nCPU %v", what, got, want)
+		}
+		if !slices.ContainsFunc(lines, func(s string) bool { return strings.HasPrefix(s, "GPU memory: peak") }) {
+			t.Errorf("%s: no peak line in %q", what, lines)
+		}
+		t.Logf("%s: %d tokens equal: %q", what, len(got), Continuation(m, got))
+	}
+	check("greedy", GenerateOptions{Temp: 0})
+	check("sampled", GenerateOptions{Temp: 0.8, Seed: 7})
+	set, err := lora.New(m, lora.Config{Rank: 4, Alpha: 8, Seed: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, L := range set.Layers {
+		for i := range L.B {
+			L.B[i] = float32(math.Sin(float64(i))) * 0.05
+		}
+	}
+	m.Adapters = set.ByPos
+	check("greedy with LoRA", GenerateOptions{Temp: 0})
+
+	m.Adapters[0][model.ModQ] = cpuOnlyAdapter{}
+	_, lines := gen(GenerateOptions{Temp: 0, DeviceOptions: DeviceOptions{Device: "auto"}})
+	if !slices.ContainsFunc(lines, func(s string) bool { return strings.Contains(s, "device: the CPU") && strings.Contains(s, "CPU only") }) {
+		t.Errorf("auto with a CPU-only adapter: lines %q", lines)
+	}
+	if _, err := Generate(context.Background(), m, GenerateOptions{Prompt: "Once", MaxTokens: 4, DeviceOptions: DeviceOptions{Device: "cuda"}}); err == nil || !strings.Contains(err.Error(), "CPU only") {
+		t.Errorf("cuda with a CPU-only adapter: %v", err)
+	}
+	m.Adapters = nil
+	_, err = Generate(context.Background(), m, GenerateOptions{Prompt: "Once", MaxTokens: 4, DeviceOptions: DeviceOptions{Device: "cuda", MaxVRAM: 1 << 20}})
+	if err == nil || !strings.Contains(err.Error(), "--max-vram") {
+		t.Errorf("generation under --max-vram 1MiB: %v", err)
+	}
+}

@@ -98,6 +98,7 @@ func (a *app) chat(ctx context.Context, args []string) error {
 	maxMem := fs.String("max-mem", "", "memory budget (512MiB, 2GB, 1.5GiB or bytes)")
 	ctxLen := fs.Int("ctx", 0, "conversation length in tokens (0: the model's context, or what --max-mem allows)")
 	cf := addChatFlags(fs, 0.7)
+	df := addDeviceFlags(fs)
 	pos, err := a.parse(fs, args)
 	if err != nil {
 		return err
@@ -112,6 +113,10 @@ func (a *app) chat(ctx context.Context, args []string) error {
 		return usageErr("--ctx %d: want 0..%d (0: the model's context, or what --max-mem allows)", *ctxLen, 1<<30)
 	}
 	limit, err := a.budget(*maxMem) // a usage error before any work
+	if err != nil {
+		return err
+	}
+	dev, err := a.deviceOptions(df)
 	if err != nil {
 		return err
 	}
@@ -133,8 +138,11 @@ func (a *app) chat(ctx context.Context, args []string) error {
 		return err
 	}
 	train.ApplyPlan(m, plan)
-	se := m.NewSession(n)
-	defer se.Free()
+	se, done, err := train.Session(m, dev, n, plan)
+	if err != nil {
+		return err
+	}
+	defer done()
 	var msgs []data.Message
 	if *cf.system != "" {
 		msgs = append(msgs, data.Message{Role: "system", Content: *cf.system})

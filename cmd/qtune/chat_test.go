@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/qtune/qtune/internal/shared"
+	"github.com/qtune/qtune/kernels/cuda"
 	"github.com/qtune/qtune/model"
 )
 
@@ -179,5 +180,42 @@ func TestChatREPL(t *testing.T) {
 	}
 	if strings.TrimRight(fresh, "\n") != replies[1] {
 		t.Errorf("second turn %q, fresh generate --chat %q", replies[1], fresh)
+	}
+}
+
+// chat and generate with --device cuda: the KV cache on the GPU, kept
+// across turns as on the CPU; replies (greedy, f32 products) and what each
+// turn reused equal the CPU's, and the log names the device's plan and
+// peak. Skips without a GPU (the CUDA emulator runs it in make test).
+func TestGPUChatMatchesCPU(t *testing.T) {
+	if _, err := cuda.Count(); err != nil {
+		if os.Getenv("QTUNE_REQUIRE_GPU") == "1" {
+			t.Fatal(err)
+		}
+		t.Skipf("no GPU: %v", err)
+	}
+	chat := func(dev ...string) (string, [][]string, string) {
+		var out, errs bytes.Buffer
+		in := strings.NewReader("Hi there\nWhat next?\n/exit\n")
+		args := append([]string{"chat", "--model", stories(t), "--temp", "0", "-n", "24"}, dev...)
+		if code := runIn(args, in, &out, &errs); code != 0 {
+			t.Fatalf("%v: exit %d: %s", dev, code, errs.String())
+		}
+		return out.String(), regexp.MustCompile(`prefilled=(\d+) reused=(\d+)`).FindAllStringSubmatch(errs.String(), -1), errs.String()
+	}
+	want, wturns, _ := chat()
+	got, gturns, logs := chat("--device", "cuda", "--gpu-precision", "f32")
+	if got != want || !slices.EqualFunc(gturns, wturns, slices.Equal) {
+		t.Errorf("GPU chat %q %v, CPU %q %v", got, gturns, want, wturns)
+	}
+	for _, s := range []string{"device: cuda:0", "GPU memory:", "placement: 0 layers on host, 0 on disk, 5 on device", "GPU memory: peak"} {
+		if !strings.Contains(logs, s) {
+			t.Errorf("the GPU chat's log lacks %q:\n%s", s, logs)
+		}
+	}
+	code, gen, e := runCLI(t, "generate", "--model", stories(t), "--prompt", "Once upon a time", "--temp", "0", "-n", "30", "--device", "cuda", "--gpu-precision", "f32")
+	_, cpu, _ := runCLI(t, "generate", "--model", stories(t), "--prompt", "Once upon a time", "--temp", "0", "-n", "30")
+	if code != 0 || gen != cpu {
+		t.Errorf("generate --device cuda: exit %d, %q (CPU %q): %s", code, gen, cpu, e)
 	}
 }

@@ -145,6 +145,7 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	msgFile := fs.String("messages", "", `with --chat: a JSON file of the conversation so far ([{"role","content"}, ...] or {"messages": [...]})`)
 	tmplFile := fs.String("chat-template", "", "with --chat: a Jinja chat template file instead of the model's")
 	kwargs := fs.String("chat-template-kwargs", "", `with --chat: further template variables as a JSON object, e.g. '{"enable_thinking": false}'`)
+	df := addDeviceFlags(fs)
 	pos, err := a.parse(fs, args)
 	if err != nil {
 		return err
@@ -168,17 +169,25 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	m, err := a.openModelAdapter(*mp, *tp, *adp, limit)
+	dev, err := a.deviceOptions(df)
 	if err != nil {
 		return err
 	}
-	defer m.Close()
 	if *seed == 0 {
 		*seed = uint64(time.Now().UnixNano())
 	}
 	// with --chat the prompt is the conversation's last user turn already
 	opt := train.GenerateOptions{Chat: *chatMode, Messages: msgs, ChatTemplate: *tmplFile, TemplateKwargs: *kwargs, ModelPath: *mp,
-		MaxTokens: *n, Temp: *temp, TopP: *topP, Seed: *seed, IgnoreEOS: *ignoreEOS, MaxMem: limit}
+		MaxTokens: *n, Temp: *temp, TopP: *topP, Seed: *seed, IgnoreEOS: *ignoreEOS, MaxMem: limit,
+		DeviceOptions: dev}
+	if err := opt.Check(); err != nil {
+		return usageErr("%v", err)
+	}
+	m, err := a.openModelAdapter(*mp, *tp, *adp, limit)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
 	if !*chatMode {
 		opt.Prompt = *prompt
 	}
@@ -220,6 +229,33 @@ func (a *app) generate(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintln(a.stdout)
 	return nil
+}
+
+// deviceFlags are where generate and chat run.
+type deviceFlags struct{ device, vram, prec *string }
+
+func addDeviceFlags(fs *flag.FlagSet) deviceFlags {
+	return deviceFlags{
+		fs.String("device", "cpu", "where the model runs: cpu, cuda, cuda:N (an NVIDIA GPU, the KV cache there too) or auto (the GPU when there is one and it takes the model)"),
+		fs.String("max-vram", "", "GPU memory budget (the CUDA context is apart)"),
+		fs.String("gpu-precision", "bf16", "input type of the GPU's prompt products: bf16 or f32 (one token's products are float32 either way)"),
+	}
+}
+
+// deviceOptions reads the device flags (a usage error before any work).
+func (a *app) deviceOptions(f deviceFlags) (train.DeviceOptions, error) {
+	o := train.DeviceOptions{Device: *f.device, GPUPrecision: *f.prec, Log: func(s string) { a.log.Info().Msg(s) }}
+	if *f.vram != "" {
+		v, err := budget.ParseSize(*f.vram)
+		if err != nil {
+			return o, usageErr("--max-vram: %v", err)
+		}
+		o.MaxVRAM = v
+	}
+	if err := o.Check(); err != nil {
+		return o, usageErr("%v", err)
+	}
+	return o, nil
 }
 
 // chatMessages builds generate --chat's conversation: the messages file's

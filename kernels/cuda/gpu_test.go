@@ -452,29 +452,84 @@ func TestGPUCrossEntropy(t *testing.T) {
 	near(t, "CrossEntropy loss only", down(t, loss, rows), wantLoss, 1e-5)
 }
 
+// The tiled attention against the CPU's, per sequence: every instance
+// (head sizes 64, 128 with 32- and 16-row tiles, 256; sizes below them),
+// windows, grouped heads, lengths that end inside a tile, several
+// sequences a launch; then the cached form (the last Tq queries over the
+// whole sequence) against the full forward's rows.
 func TestGPUAttention(t *testing.T) {
 	d := gpu(t)
 	r := rand.New(rand.NewPCG(11, 12))
-	for _, c := range []struct{ T, H, Hkv, D, W int }{{37, 4, 2, 64, 0}, {50, 6, 6, 32, 9}, {300, 8, 1, 128, 0}, {260, 4, 4, 256, 140}} {
-		name := fmt.Sprintf("T=%d H=%d Hkv=%d D=%d W=%d", c.T, c.H, c.Hkv, c.D, c.W)
-		q, k, v := randn(r, c.T*c.H*c.D, 1), randn(r, c.T*c.Hkv*c.D, 1), randn(r, c.T*c.Hkv*c.D, 1)
-		out, lse := make([]float32, c.T*c.H*c.D), make([]float32, c.H*c.T)
-		kernels.AttentionSeqWindow(out, lse, q, k, v, c.T, c.H, c.Hkv, c.D, c.W, make([]float32, c.T))
-		qb, kb, vb := up(t, d, q), up(t, d, k), up(t, d, v)
-		ob, lb := zeros(t, d, len(out)), zeros(t, d, len(lse))
-		must(t, d.Attention(ob, lb, qb, kb, vb, c.T, c.H, c.Hkv, c.D, c.W))
-		near(t, name+" out", down(t, ob, len(out)), out, 1e-5)
-		near(t, name+" lse", down(t, lb, len(lse)), lse, 1e-5)
-
+	for _, c := range []struct {
+		B, T, H, Hkv, D, W int
+		short              bool // a GPU whose blocks get 48 KiB of shared memory
+	}{
+		{2, 37, 4, 2, 64, 0, false}, {1, 50, 6, 6, 32, 9, false}, {1, 300, 8, 1, 128, 0, false}, {2, 70, 4, 4, 128, 0, true},
+		{3, 33, 2, 1, 80, 0, false}, {1, 260, 4, 4, 256, 140, false}, {2, 5, 2, 2, 256, 2, false}, {1, 1, 2, 1, 16, 0, false},
+	} {
+		name := fmt.Sprintf("B=%d T=%d H=%d Hkv=%d D=%d W=%d", c.B, c.T, c.H, c.Hkv, c.D, c.W)
+		if c.short {
+			name += " (48 KiB of shared memory)"
+			saved := d.maxSharedPerBloc
+			d.maxSharedPerBloc = 48 << 10
+			defer func() { d.maxSharedPerBloc = saved }()
+			if k, _, _, err := d.attnKernel("attn_fwd", c.D); err != nil || k != "attn_fwd_128_16" {
+				t.Fatalf("%s: attention kernel %q (%v), want attn_fwd_128_16", name, k, err)
+			}
+		}
+		nq, nk := c.T*c.H*c.D, c.T*c.Hkv*c.D
+		q, k, v := randn(r, c.B*nq, 1), randn(r, c.B*nk, 1), randn(r, c.B*nk, 1)
+		out, lse := make([]float32, c.B*nq), make([]float32, c.B*c.H*c.T)
 		dout := randn(r, len(out), 1)
 		dq, dk, dv := randn(r, len(q), 1), randn(r, len(k), 1), randn(r, len(v), 1)
 		wq, wk, wv := append([]float32(nil), dq...), append([]float32(nil), dk...), append([]float32(nil), dv...)
-		kernels.AttentionSeqBackwardWindow(wq, wk, wv, dout, q, k, v, lse, c.T, c.H, c.Hkv, c.D, c.W, make([]float32, 2*c.T))
+		for b := 0; b < c.B; b++ {
+			sq, sk, sl := q[b*nq:(b+1)*nq], k[b*nk:(b+1)*nk], lse[b*c.H*c.T:(b+1)*c.H*c.T]
+			kernels.AttentionSeqWindow(out[b*nq:(b+1)*nq], sl, sq, sk, v[b*nk:(b+1)*nk], c.T, c.H, c.Hkv, c.D, c.W, make([]float32, c.T))
+			kernels.AttentionSeqBackwardWindow(wq[b*nq:(b+1)*nq], wk[b*nk:(b+1)*nk], wv[b*nk:(b+1)*nk], dout[b*nq:(b+1)*nq],
+				sq, sk, v[b*nk:(b+1)*nk], sl, c.T, c.H, c.Hkv, c.D, c.W, make([]float32, 2*c.T))
+		}
+		qb, kb, vb := up(t, d, q), up(t, d, k), up(t, d, v)
+		ob, lb := zeros(t, d, len(out)), zeros(t, d, len(lse))
+		must(t, d.Attention(ob, lb, qb, kb, vb, c.B, c.T, c.H, c.Hkv, c.D, c.W))
+		near(t, name+" out", down(t, ob, len(out)), out, 1e-5)
+		near(t, name+" lse", down(t, lb, len(lse)), lse, 1e-5)
+
 		dqb, dkb, dvb := up(t, d, dq), up(t, d, dk), up(t, d, dv)
-		must(t, d.AttentionBackward(dqb, dkb, dvb, up(t, d, dout), qb, kb, vb, lb, zeros(t, d, c.H*c.T), c.T, c.H, c.Hkv, c.D, c.W))
+		must(t, d.AttentionBackward(dqb, dkb, dvb, up(t, d, dout), qb, kb, vb, ob, lb, zeros(t, d, len(lse)), c.B, c.T, c.H, c.Hkv, c.D, c.W))
 		near(t, name+" dq", down(t, dqb, len(q)), wq, 1e-5)
 		near(t, name+" dk", down(t, dkb, len(k)), wk, 1e-5)
 		near(t, name+" dv", down(t, dvb, len(v)), wv, 1e-5)
+
+		// The cache holds sequence 0 (and 3 rows more, unused); its last
+		// Tq positions are the queries.
+		kc, vc := up(t, d, append(k[:nk:nk], randn(r, 3*c.Hkv*c.D, 1)...)), up(t, d, append(v[:nk:nk], randn(r, 3*c.Hkv*c.D, 1)...))
+		for _, tq := range []int{1, min(3, c.T), c.T} {
+			row := (c.T - tq) * c.H * c.D
+			oc, lc := zeros(t, d, tq*c.H*c.D), zeros(t, d, c.H*tq)
+			must(t, d.AttentionCached(oc, lc, up(t, d, q[row:nq]), kc, vc, tq, c.T, c.H, c.Hkv, c.D, c.W))
+			wl := make([]float32, 0, c.H*tq)
+			for h := 0; h < c.H; h++ {
+				wl = append(wl, lse[h*c.T+c.T-tq:(h+1)*c.T]...)
+			}
+			near(t, fmt.Sprintf("%s cached %d out", name, tq), down(t, oc, tq*c.H*c.D), out[row:nq], 1e-5)
+			near(t, fmt.Sprintf("%s cached %d lse", name, tq), down(t, lc, c.H*tq), wl, 1e-5)
+		}
+		if c.short {
+			d.maxSharedPerBloc = 0 // the deferred restore runs at the end; the next cases take the GPU's own
+		}
+	}
+	o, l, l2, x := zeros(t, d, 64), zeros(t, d, 4), zeros(t, d, 2), zeros(t, d, 64)
+	for _, bad := range []error{
+		d.Attention(o, l, x, x, x, 1, 2, 2, 1, 512, 0),                        // head size over 256 (and buffers too small)
+		d.Attention(o, l, x, x, x, 1, 2, 3, 2, 16, 0),                         // heads not a multiple of kv heads
+		d.Attention(o, l, x, x, x, 2, 4, 2, 1, 16, 0),                         // buffers too small for the shape
+		d.AttentionCached(o, l, x, x, x, 3, 2, 1, 1, 16, 0),                   // more queries than cached positions
+		d.AttentionBackward(o, x, x, x, x, x, x, x, l, l2, 1, 4, 1, 1, 16, 0), // delta too small
+	} {
+		if bad == nil {
+			t.Error("an attention call outside its buffers or shapes was taken")
+		}
 	}
 }
 

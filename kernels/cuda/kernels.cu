@@ -341,154 +341,329 @@ extern "C" __global__ void xent(float* dlogits, float* loss, const float* logits
     }
 }
 
-// attn_fwd: kernels.AttentionSeqWindow for one sequence; one block per
-// (query t, head h), the scores of keys u ≤ t in dynamic shared memory
-// (T floats), then q_t·D floats. out (T, H·D), lse (H, T).
-extern "C" __global__ void attn_fwd(float* out, float* lse, const float* q, const float* k, const float* v, int T, int H, int Hkv, int D, int W, float scale) {
-    extern __shared__ float sh[];
-    __shared__ float red[32];
-    int t = blockIdx.x, h = blockIdx.y, g = h / (H / Hkv);
-    float* sc = sh;
-    float* qs = sh + T;
-    const float* qt = q + ((i64)t * H + h) * D;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) qs[d] = qt[d];
-    __syncthreads();
-    int u0 = (W > 0 && t - W + 1 > 0) ? t - W + 1 : 0;
-    float m = -__int_as_float(0x7f800000);
-    for (int u = u0 + threadIdx.x; u <= t; u += blockDim.x) {
-        const float* ku = k + ((i64)u * Hkv + g) * D;
-        float s = 0;
-        for (int d = 0; d < D; d++) s += qs[d] * ku[d];
-        s *= scale;
-        sc[u] = s;
-        m = fmaxf(m, s);
-    }
-    m = block_max(m, red);
-    float z = 0;
-    for (int u = u0 + threadIdx.x; u <= t; u += blockDim.x) z += expf(sc[u] - m);
-    z = block_sum(z, red);
-    float l = m + logf(z);
-    if (threadIdx.x == 0) lse[(i64)h * T + t] = l;
-    __syncthreads();
-    for (int u = u0 + threadIdx.x; u <= t; u += blockDim.x) sc[u] = expf(sc[u] - l);
-    __syncthreads();
-    float* o = out + ((i64)t * H + h) * D;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float acc = 0;
-        for (int u = u0; u <= t; u++) acc += sc[u] * v[((i64)u * Hkv + g) * D + d];
-        o[d] = acc;
+// Attention, FlashAttention-2's tiling on the CUDA cores in fp32
+// (kernels.AttentionSeqWindow and AttentionSeqBackwardWindow, several
+// sequences per launch). A block takes a tile of TL query rows (or, for
+// dk/dv, key rows) of one head and one sequence and walks the tiles of the
+// other side through shared memory, so each key and value row is read once
+// per TL queries and no T×T matrix exists; the softmax is the online one
+// (running max and sum per row). Each row has TPR = ATT_NT/TL threads:
+// they share its scores (TL/TPR each, reduced by warp shuffles) and its
+// output dimensions (DM/TPR each, in registers). DM is the head size
+// rounded up to 64, 128 or 256; shared rows are padded to D+1 floats so
+// that the rows a warp reads fall in different banks.
+#define ATT_NT 128
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+__device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
+
+// att_sees: whether a query at position qp attends to the key at kp
+// (causal, and within the last W positions when W > 0).
+__device__ __forceinline__ bool att_sees(int qp, int kp, int W) { return kp <= qp && (W <= 0 || kp > qp - W); }
+
+template <int TPR>
+__device__ __forceinline__ float row_max(float v) {
+#pragma unroll
+    for (int o = 1; o < TPR; o <<= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+template <int TPR>
+__device__ __forceinline__ float row_sum(float v) {
+#pragma unroll
+    for (int o = 1; o < TPR; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// att_load copies rows r0..r0+TL−1 of head hd of a (rows, heads, D) tensor
+// into sh (row stride D+1); rows from n on are zeros.
+__device__ __forceinline__ void att_load(float* sh, const float* x, int r0, int TL, int n, int heads, int hd, int D) {
+    for (int i = threadIdx.x; i < TL * D; i += blockDim.x) {
+        int r = i / D, d = i - r * D;
+        sh[r * (D + 1) + d] = r0 + r < n ? x[((i64)(r0 + r) * heads + hd) * D + d] : 0.0f;
     }
 }
 
-// The attention backward (kernels.AttentionSeqBackwardWindow) for one
-// sequence, in two kernels without atomics:
-//
-// attn_bwd_dq, one block per (query t, head h): rebuilds p_u and
-// dp_u = dO_t·v_u for u ≤ t, Δ = Σ_u p_u·dp_u (written to delta (H, T)),
-// ds_u = p_u·(dp_u − Δ)/√D, and dq_t += Σ_u ds_u·k_u.
-extern "C" __global__ void attn_bwd_dq(float* dq, float* delta, const float* dout, const float* q, const float* k, const float* v, const float* lse,
-                                       int T, int H, int Hkv, int D, int W, float scale) {
+// attn_fwd: out (B, Tq, H·D) and lse (B, H, Tq) of queries q (B, Tq, H·D)
+// over keys and values (B, Tk, Hkv·D); query row i sits at position
+// Tk−Tq+i (Tq = Tk in training; fewer queries over a KV cache when
+// decoding). Grid (⌈Tq/TL⌉, H, B).
+template <int DM, int TL>
+__device__ __forceinline__ void attn_fwd_body(float* out, float* lse, const float* q, const float* k, const float* v,
+                                              int Tq, int Tk, int H, int Hkv, int D, int W, float scale) {
+    const int TPR = ATT_NT / TL, KPT = TL / TPR, DPT = DM / TPR, ld = D + 1;
     extern __shared__ float sh[];
-    __shared__ float red[32];
-    int t = blockIdx.x, h = blockIdx.y, g = h / (H / Hkv);
-    float* p = sh;              // T: probabilities
-    float* ds = sh + T;         // T: score gradients
-    float* qs = sh + 2 * T;     // D
-    float* dos = qs + D;        // D
-    i64 row = ((i64)t * H + h) * D;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        qs[d] = q[row + d];
-        dos[d] = dout[row + d];
-    }
-    __syncthreads();
-    int u0 = (W > 0 && t - W + 1 > 0) ? t - W + 1 : 0;
-    float l = lse[(i64)h * T + t], dl = 0;
-    for (int u = u0 + threadIdx.x; u <= t; u += blockDim.x) {
-        const float* ku = k + ((i64)u * Hkv + g) * D;
-        const float* vu = v + ((i64)u * Hkv + g) * D;
-        float s = 0, dp = 0;
+    float* Qs = sh;
+    float* Ks = Qs + TL * ld;
+    float* Vs = Ks + TL * ld;
+    float* Ps = Vs + TL * ld; // TL × (TL+1)
+    int h = blockIdx.y, g = h / (H / Hkv), b = blockIdx.z, t0 = blockIdx.x * TL, q0 = Tk - Tq;
+    q += (i64)b * Tq * H * D;
+    out += (i64)b * Tq * H * D;
+    lse += (i64)b * H * Tq;
+    k += (i64)b * Tk * Hkv * D;
+    v += (i64)b * Tk * Hkv * D;
+    int r = threadIdx.x / TPR, ln = threadIdx.x % TPR, qp = q0 + t0 + r;
+    bool live = t0 + r < Tq;
+    att_load(Qs, q, t0, TL, Tq, H, h, D);
+    float o[DPT];
+#pragma unroll
+    for (int j = 0; j < DPT; j++) o[j] = 0;
+    float m = NEG_INF, l = 0;
+    int last = q0 + imin(t0 + TL, Tq) - 1; // the last key any row sees
+    int first = W > 0 ? imax(0, q0 + t0 - W + 1) : 0;
+    for (int k0 = first; k0 <= last; k0 += TL) {
+        __syncthreads(); // the previous tile is read
+        att_load(Ks, k, k0, TL, Tk, Hkv, g, D);
+        att_load(Vs, v, k0, TL, Tk, Hkv, g, D);
+        __syncthreads();
+        float s[KPT];
+#pragma unroll
+        for (int i = 0; i < KPT; i++) s[i] = 0;
         for (int d = 0; d < D; d++) {
-            s += qs[d] * ku[d];
-            dp += dos[d] * vu[d];
+            float qd = Qs[r * ld + d];
+#pragma unroll
+            for (int i = 0; i < KPT; i++) s[i] += qd * Ks[(ln + TPR * i) * ld + d];
         }
-        float pu = expf(s * scale - l);
-        p[u] = pu;
-        ds[u] = dp;
-        dl += pu * dp;
+        float mx = NEG_INF;
+#pragma unroll
+        for (int i = 0; i < KPT; i++) {
+            int kp = k0 + ln + TPR * i;
+            s[i] = live && kp < Tk && att_sees(qp, kp, W) ? s[i] * scale : NEG_INF;
+            mx = fmaxf(mx, s[i]);
+        }
+        float mn = fmaxf(m, row_max<TPR>(mx));
+        float alpha = mn == NEG_INF ? 1.0f : expf(m - mn), ps = 0;
+#pragma unroll
+        for (int i = 0; i < KPT; i++) {
+            float p = s[i] == NEG_INF ? 0.0f : expf(s[i] - mn);
+            Ps[r * (TL + 1) + ln + TPR * i] = p;
+            ps += p;
+        }
+        l = l * alpha + row_sum<TPR>(ps);
+        m = mn;
+        __syncwarp(); // a row's threads share one warp
+#pragma unroll
+        for (int j = 0; j < DPT; j++) {
+            int d = ln + TPR * j;
+            if (d < D) {
+                float a = 0;
+                for (int c = 0; c < TL; c++) a += Ps[r * (TL + 1) + c] * Vs[c * ld + d];
+                o[j] = o[j] * alpha + a;
+            }
+        }
     }
-    dl = block_sum(dl, red);
-    if (threadIdx.x == 0) delta[(i64)h * T + t] = dl;
-    for (int u = u0 + threadIdx.x; u <= t; u += blockDim.x) ds[u] = p[u] * (ds[u] - dl) * scale;
-    __syncthreads();
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float acc = 0;
-        for (int u = u0; u <= t; u++) acc += ds[u] * k[((i64)u * Hkv + g) * D + d];
-        dq[row + d] += acc;
+    if (!live) return;
+    float* ot = out + ((i64)(t0 + r) * H + h) * D;
+#pragma unroll
+    for (int j = 0; j < DPT; j++) {
+        int d = ln + TPR * j;
+        if (d < D) ot[d] = o[j] / l;
+    }
+    if (ln == 0) lse[(i64)h * Tq + t0 + r] = m + logf(l);
+}
+
+// attn_delta: Δ (B, H, T) = Σ_d dO·O per query row and head, the softmax
+// backward's row term (= Σ_u p_u·(dO·v_u)); one warp per row of (B·T·H).
+extern "C" __global__ void attn_delta(float* delta, const float* dout, const float* out, int T, int H, int D, i64 rows) {
+    i64 row = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return; // whole warps leave together
+    const float* a = dout + row * D;
+    const float* o = out + row * D;
+    float s = 0;
+    for (int d = threadIdx.x & 31; d < D; d += 32) s += a[d] * o[d];
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) {
+        i64 b = row / ((i64)T * H), t = row / H % T, h = row % H;
+        delta[(b * H + h) * T + t] = s;
     }
 }
 
-// attn_bwd_dkv, one block per (key u, kv head g): for each query head h
-// of the group and each query t that sees u, p and ds as above (Δ from
-// attn_bwd_dq), then dk_u += Σ ds·q_t and dv_u += Σ p·dO_t, a chunk of
-// blockDim queries at a time (scores by thread, sums by dimension).
-extern "C" __global__ void attn_bwd_dkv(float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v, const float* lse,
-                                        const float* delta, int T, int H, int Hkv, int D, int W, float scale) {
+// attn_dq: dq += Σ_u ds_u·k_u for a tile of queries of head h, with
+// p_u = exp(q·k_u·scale − lse), ds_u = p_u·(dO·v_u − Δ)·scale. Grid
+// (⌈T/TL⌉, H, B).
+template <int DM, int TL>
+__device__ __forceinline__ void attn_dq_body(float* dq, const float* dout, const float* q, const float* k, const float* v,
+                                             const float* lse, const float* delta, int T, int H, int Hkv, int D, int W, float scale) {
+    const int TPR = ATT_NT / TL, KPT = TL / TPR, DPT = DM / TPR, ld = D + 1;
     extern __shared__ float sh[];
-    int u = blockIdx.x, g = blockIdx.y, rep = H / Hkv, nt = blockDim.x;
-    float* ku = sh;          // D
-    float* vu = ku + D;      // D
-    float* ak = vu + D;      // D: dk_u
-    float* av = ak + D;      // D: dv_u
-    float* pc = av + D;      // nt
-    float* dc = pc + nt;     // nt
-    i64 kv = ((i64)u * Hkv + g) * D;
-    for (int d = threadIdx.x; d < D; d += nt) {
-        ku[d] = k[kv + d];
-        vu[d] = v[kv + d];
-        ak[d] = 0;
-        av[d] = 0;
+    float* Qs = sh;
+    float* Os = Qs + TL * ld; // dO
+    float* Ks = Os + TL * ld;
+    float* Vs = Ks + TL * ld;
+    float* Ss = Vs + TL * ld; // TL × (TL+1): ds
+    int h = blockIdx.y, g = h / (H / Hkv), b = blockIdx.z, t0 = blockIdx.x * TL;
+    i64 qo = (i64)b * T * H * D, ko = (i64)b * T * Hkv * D;
+    lse += (i64)b * H * T + (i64)h * T;
+    delta += (i64)b * H * T + (i64)h * T;
+    int r = threadIdx.x / TPR, ln = threadIdx.x % TPR, qp = t0 + r;
+    bool live = qp < T;
+    att_load(Qs, q + qo, t0, TL, T, H, h, D);
+    att_load(Os, dout + qo, t0, TL, T, H, h, D);
+    float lr = live ? lse[qp] : 0, dr = live ? delta[qp] : 0;
+    float acc[DPT];
+#pragma unroll
+    for (int j = 0; j < DPT; j++) acc[j] = 0;
+    int last = imin(t0 + TL, T) - 1;
+    int first = W > 0 ? imax(0, t0 - W + 1) : 0;
+    for (int k0 = first; k0 <= last; k0 += TL) {
+        __syncthreads();
+        att_load(Ks, k + ko, k0, TL, T, Hkv, g, D);
+        att_load(Vs, v + ko, k0, TL, T, Hkv, g, D);
+        __syncthreads();
+        float s[KPT], dp[KPT];
+#pragma unroll
+        for (int i = 0; i < KPT; i++) s[i] = dp[i] = 0;
+        for (int d = 0; d < D; d++) {
+            float qd = Qs[r * ld + d], od = Os[r * ld + d];
+#pragma unroll
+            for (int i = 0; i < KPT; i++) {
+                int c = (ln + TPR * i) * ld + d;
+                s[i] += qd * Ks[c];
+                dp[i] += od * Vs[c];
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < KPT; i++) {
+            int kp = k0 + ln + TPR * i;
+            float p = live && kp < T && att_sees(qp, kp, W) ? expf(s[i] * scale - lr) : 0.0f;
+            Ss[r * (TL + 1) + ln + TPR * i] = p * (dp[i] - dr) * scale;
+        }
+        __syncwarp();
+#pragma unroll
+        for (int j = 0; j < DPT; j++) {
+            int d = ln + TPR * j;
+            if (d < D) {
+                float a = 0;
+                for (int c = 0; c < TL; c++) a += Ss[r * (TL + 1) + c] * Ks[c * ld + d];
+                acc[j] += a;
+            }
+        }
     }
-    __syncthreads();
-    int tEnd = T - 1;
-    if (W > 0 && u + W - 1 < tEnd) tEnd = u + W - 1;
+    if (!live) return;
+    float* o = dq + qo + ((i64)qp * H + h) * D;
+#pragma unroll
+    for (int j = 0; j < DPT; j++) {
+        int d = ln + TPR * j;
+        if (d < D) o[d] += acc[j];
+    }
+}
+
+// attn_dkv: dk_u += Σ_t ds_t·q_t and dv_u += Σ_t p_t·dO_t for a tile of
+// keys of kv head g, over every query head of its group and every query
+// tile that sees it: each block owns its keys, so no atomics. Grid
+// (⌈T/TL⌉, Hkv, B).
+template <int DM, int TL>
+__device__ __forceinline__ void attn_dkv_body(float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,
+                                              const float* lse, const float* delta, int T, int H, int Hkv, int D, int W, float scale) {
+    const int TPR = ATT_NT / TL, QPT = TL / TPR, DPT = DM / TPR, ld = D + 1;
+    extern __shared__ float sh[];
+    float* Ks = sh;
+    float* Vs = Ks + TL * ld;
+    float* Qs = Vs + TL * ld;
+    float* Os = Qs + TL * ld;       // dO
+    float* Ps = Os + TL * ld;       // TL × (TL+1): p by key row
+    float* Ds = Ps + TL * (TL + 1); // TL × (TL+1): ds by key row
+    float* ls = Ds + TL * (TL + 1); // TL: the query tile's lse
+    float* dls = ls + TL;           // TL: its Δ
+    int g = blockIdx.y, b = blockIdx.z, u0 = blockIdx.x * TL, rep = H / Hkv;
+    i64 qo = (i64)b * T * H * D, ko = (i64)b * T * Hkv * D;
+    int c = threadIdx.x / TPR, ln = threadIdx.x % TPR, kp = u0 + c;
+    bool live = kp < T;
+    att_load(Ks, k + ko, u0, TL, T, Hkv, g, D);
+    att_load(Vs, v + ko, u0, TL, T, Hkv, g, D);
+    float ak[DPT], av[DPT];
+#pragma unroll
+    for (int j = 0; j < DPT; j++) ak[j] = av[j] = 0;
+    int last = T - 1; // the last query that sees a key of the tile
+    if (W > 0) last = imin(last, u0 + TL - 1 + W - 1);
     for (int hh = 0; hh < rep; hh++) {
         int h = g * rep + hh;
-        for (int t0 = u; t0 <= tEnd; t0 += nt) {
-            int t = t0 + threadIdx.x;
-            float pt = 0, dst = 0;
-            if (t <= tEnd) {
-                const float* qt = q + ((i64)t * H + h) * D;
-                const float* ot = dout + ((i64)t * H + h) * D;
-                float s = 0, dp = 0;
-                for (int d = 0; d < D; d++) {
-                    s += qt[d] * ku[d];
-                    dp += ot[d] * vu[d];
-                }
-                pt = expf(s * scale - lse[(i64)h * T + t]);
-                dst = pt * (dp - delta[(i64)h * T + t]) * scale;
-            }
-            pc[threadIdx.x] = pt;
-            dc[threadIdx.x] = dst;
+        const float* lh = lse + (i64)b * H * T + (i64)h * T;
+        const float* dh = delta + (i64)b * H * T + (i64)h * T;
+        for (int t0 = u0; t0 <= last; t0 += TL) {
             __syncthreads();
-            int n = tEnd - t0 + 1 < nt ? tEnd - t0 + 1 : nt;
-            for (int d = threadIdx.x; d < D; d += nt) {
-                float a1 = 0, a2 = 0;
-                for (int i = 0; i < n; i++) {
-                    i64 r = ((i64)(t0 + i) * H + h) * D + d;
-                    a1 += dc[i] * q[r];
-                    a2 += pc[i] * dout[r];
-                }
-                ak[d] += a1;
-                av[d] += a2;
+            att_load(Qs, q + qo, t0, TL, T, H, h, D);
+            att_load(Os, dout + qo, t0, TL, T, H, h, D);
+            if (threadIdx.x < TL) {
+                int t = t0 + threadIdx.x;
+                ls[threadIdx.x] = t < T ? lh[t] : 0;
+                dls[threadIdx.x] = t < T ? dh[t] : 0;
             }
             __syncthreads();
+            float s[QPT], dp[QPT];
+#pragma unroll
+            for (int i = 0; i < QPT; i++) s[i] = dp[i] = 0;
+            for (int d = 0; d < D; d++) {
+                float kd = Ks[c * ld + d], vd = Vs[c * ld + d];
+#pragma unroll
+                for (int i = 0; i < QPT; i++) {
+                    int x = (ln + TPR * i) * ld + d;
+                    s[i] += Qs[x] * kd;
+                    dp[i] += Os[x] * vd;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < QPT; i++) {
+                int rr = ln + TPR * i, t = t0 + rr;
+                float p = live && t < T && att_sees(t, kp, W) ? expf(s[i] * scale - ls[rr]) : 0.0f;
+                Ps[c * (TL + 1) + rr] = p;
+                Ds[c * (TL + 1) + rr] = p * (dp[i] - dls[rr]) * scale;
+            }
+            __syncwarp();
+#pragma unroll
+            for (int j = 0; j < DPT; j++) {
+                int d = ln + TPR * j;
+                if (d < D) {
+                    float a1 = 0, a2 = 0;
+                    for (int rr = 0; rr < TL; rr++) {
+                        a1 += Ds[c * (TL + 1) + rr] * Qs[rr * ld + d];
+                        a2 += Ps[c * (TL + 1) + rr] * Os[rr * ld + d];
+                    }
+                    ak[j] += a1;
+                    av[j] += a2;
+                }
+            }
         }
     }
-    for (int d = threadIdx.x; d < D; d += nt) {
-        dk[kv + d] += ak[d];
-        dv[kv + d] += av[d];
+    if (!live) return;
+    i64 x = ko + ((i64)kp * Hkv + g) * D;
+#pragma unroll
+    for (int j = 0; j < DPT; j++) {
+        int d = ln + TPR * j;
+        if (d < D) {
+            dk[x + d] += ak[j];
+            dv[x + d] += av[j];
+        }
     }
 }
+
+// The instances ops.go picks from: DM the head size rounded up, TL 32
+// rows per tile (16 for DM 256, and for DM 128 where the GPU's shared
+// memory per block is short).
+#define ATTN(DM, TL)                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(ATT_NT) attn_fwd_##DM##_##TL(float* out, float* lse, const float* q,             \
+                                                                             const float* k, const float* v, int Tq, int Tk,     \
+                                                                             int H, int Hkv, int D, int W, float scale) {        \
+        attn_fwd_body<DM, TL>(out, lse, q, k, v, Tq, Tk, H, Hkv, D, W, scale);                                                    \
+    }                                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(ATT_NT) attn_dq_##DM##_##TL(float* dq, const float* dout, const float* q,        \
+                                                                            const float* k, const float* v, const float* lse,     \
+                                                                            const float* delta, int T, int H, int Hkv, int D,     \
+                                                                            int W, float scale) {                                 \
+        attn_dq_body<DM, TL>(dq, dout, q, k, v, lse, delta, T, H, Hkv, D, W, scale);                                              \
+    }                                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(ATT_NT) attn_dkv_##DM##_##TL(float* dk, float* dv, const float* dout,            \
+                                                                             const float* q, const float* k, const float* v,      \
+                                                                             const float* lse, const float* delta, int T, int H,  \
+                                                                             int Hkv, int D, int W, float scale) {                \
+        attn_dkv_body<DM, TL>(dk, dv, dout, q, k, v, lse, delta, T, H, Hkv, D, W, scale);                                         \
+    }
+ATTN(64, 32)
+ATTN(128, 32)
+ATTN(128, 16)
+ATTN(256, 16)
 
 // adamw: one optim.AdamW step of n parameters, in double as the Go loop.
 extern "C" __global__ void adamw(float* w, const float* g, float* m, float* v, i64 n, double b1, double b2, double eps, double step, double sqrtbc2, double decay) {

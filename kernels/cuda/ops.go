@@ -290,31 +290,117 @@ func (d *Device) CrossEntropyInPlace(dlogits, loss, logits, targets *Buffer, row
 
 func attnScale(D int) float32 { return float32(1 / math.Sqrt(float64(D))) }
 
-// Attention is kernels.AttentionSeqWindow for one sequence (W ≤ 0: no
-// window): out (T, H·D), lse (H, T).
-func (d *Device) Attention(out, lse, q, k, v *Buffer, T, H, Hkv, D, W int) error {
-	if H%Hkv != 0 {
-		return fmt.Errorf("cuda: attention with %d heads over %d kv heads", H, Hkv)
+// attnKernel picks the instance of an attention kernel (attn_fwd, attn_dq,
+// attn_dkv) for head size D and the shared memory it takes: the head size
+// rounded up to 64, 128 or 256, and tiles of 32 rows (16 for 256, and for
+// 128 on GPUs whose blocks get less shared memory than 32 rows need).
+func (d *Device) attnKernel(kind string, D int) (name string, tl, shared int, err error) {
+	bytes := func(tl int) int {
+		rows := tl * (D + 1) // one tile of rows, padded
+		switch kind {
+		case "attn_fwd": // q, k, v tiles and p
+			return 4 * (3*rows + tl*(tl+1))
+		case "attn_dq": // q, dO, k, v tiles and ds
+			return 4 * (4*rows + tl*(tl+1))
+		default: // k, v, q, dO tiles, p and ds, lse and Δ
+			return 4 * (4*rows + 2*tl*(tl+1) + 2*tl)
+		}
 	}
-	return d.run("attn_fwd", [3]uint32{uint32(T), uint32(H), 1}, [3]uint32{128, 1, 1}, 4*(T+D),
-		out, lse, q, k, v, T, H, Hkv, D, W, attnScale(D))
+	var dm int
+	switch {
+	case D < 1:
+		return "", 0, 0, fmt.Errorf("cuda: attention with head size %d", D)
+	case D <= 64:
+		dm, tl = 64, 32
+	case D <= 128:
+		dm, tl = 128, 32
+		if d.maxSharedPerBloc > 0 && bytes(32) > d.maxSharedPerBloc {
+			tl = 16
+		}
+	case D <= 256:
+		dm, tl = 256, 16
+	default:
+		return "", 0, 0, fmt.Errorf("cuda: attention with head size %d (the kernels take at most 256)", D)
+	}
+	return fmt.Sprintf("%s_%d_%d", kind, dm, tl), tl, bytes(tl), nil
 }
 
-// AttentionBackward is kernels.AttentionSeqBackwardWindow: dq, dk, dv
-// accumulate; delta is scratch of H·T floats.
-func (d *Device) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, delta *Buffer, T, H, Hkv, D, W int) error {
-	if H%Hkv != 0 {
+// attnCheck refuses shapes the kernels would read or write outside of.
+func attnCheck(H, Hkv int, bufs ...any) error {
+	if H < 1 || Hkv < 1 || H%Hkv != 0 {
 		return fmt.Errorf("cuda: attention with %d heads over %d kv heads", H, Hkv)
 	}
-	if delta.Bytes < int64(4*H*T) {
-		return fmt.Errorf("cuda: attention backward: delta of %d bytes for %d heads × %d positions", delta.Bytes, H, T)
+	for i := 0; i+2 < len(bufs); i += 3 {
+		name, b, n := bufs[i].(string), bufs[i+1].(*Buffer), bufs[i+2].(int)
+		if b.Bytes < 4*int64(n) {
+			return fmt.Errorf("cuda: attention: %s holds %d bytes, the shape needs %d floats", name, b.Bytes, n)
+		}
 	}
-	if err := d.run("attn_bwd_dq", [3]uint32{uint32(T), uint32(H), 1}, [3]uint32{128, 1, 1}, 4*(2*T+2*D),
-		dq, delta, dout, q, k, v, lse, T, H, Hkv, D, W, attnScale(D)); err != nil {
+	return nil
+}
+
+const attnThreads = 128 // ATT_NT in kernels.cu
+
+// Attention is kernels.AttentionSeqWindow for B sequences of T positions
+// (W ≤ 0: no window): q and out (B, T, H·D), k and v (B, T, Hkv·D), lse
+// (B, H, T).
+func (d *Device) Attention(out, lse, q, k, v *Buffer, B, T, H, Hkv, D, W int) error {
+	return d.attention(out, lse, q, k, v, B, T, T, H, Hkv, D, W)
+}
+
+// AttentionCached is the attention of Tq new positions of one sequence over
+// the Tk ≥ Tq positions of its KV cache, the new ones last: query row i
+// sits at position Tk−Tq+i. q and out (Tq, H·D), k and v (Tk, Hkv·D) or
+// longer, lse (H, Tq).
+func (d *Device) AttentionCached(out, lse, q, k, v *Buffer, Tq, Tk, H, Hkv, D, W int) error {
+	if Tq < 1 || Tq > Tk {
+		return fmt.Errorf("cuda: attention of %d queries over %d cached positions", Tq, Tk)
+	}
+	return d.attention(out, lse, q, k, v, 1, Tq, Tk, H, Hkv, D, W)
+}
+
+func (d *Device) attention(out, lse, q, k, v *Buffer, B, Tq, Tk, H, Hkv, D, W int) error {
+	if err := attnCheck(H, Hkv, "q", q, B*Tq*H*D, "out", out, B*Tq*H*D, "lse", lse, B*H*Tq,
+		"k", k, B*Tk*Hkv*D, "v", v, B*Tk*Hkv*D); err != nil {
 		return err
 	}
-	const nt = 128
-	return d.run("attn_bwd_dkv", [3]uint32{uint32(T), uint32(Hkv), 1}, [3]uint32{nt, 1, 1}, 4*(4*D+2*nt),
+	name, tl, shared, err := d.attnKernel("attn_fwd", D)
+	if err != nil {
+		return err
+	}
+	grid := [3]uint32{uint32((Tq + tl - 1) / tl), uint32(H), uint32(B)}
+	return d.run(name, grid, [3]uint32{attnThreads, 1, 1}, shared, out, lse, q, k, v, Tq, Tk, H, Hkv, D, W, attnScale(D))
+}
+
+// AttentionBackward is kernels.AttentionSeqBackwardWindow for B sequences
+// of T positions: dq, dk, dv accumulate; out and lse are the forward's;
+// delta is scratch of B·H·T floats.
+func (d *Device) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, delta *Buffer, B, T, H, Hkv, D, W int) error {
+	nq, nk := B*T*H*D, B*T*Hkv*D
+	if err := attnCheck(H, Hkv, "q", q, nq, "dq", dq, nq, "dout", dout, nq, "out", out, nq, "lse", lse, B*H*T,
+		"delta", delta, B*H*T, "k", k, nk, "v", v, nk, "dk", dk, nk, "dv", dv, nk); err != nil {
+		return err
+	}
+	rows := int64(B) * int64(T) * int64(H)
+	const warps = 8
+	if err := d.run("attn_delta", [3]uint32{uint32((rows + warps - 1) / warps), 1, 1}, [3]uint32{32 * warps, 1, 1}, 0,
+		delta, dout, out, T, H, D, rows); err != nil {
+		return err
+	}
+	name, tl, shared, err := d.attnKernel("attn_dq", D)
+	if err != nil {
+		return err
+	}
+	tiles := uint32((T + tl - 1) / tl)
+	if err := d.run(name, [3]uint32{tiles, uint32(H), uint32(B)}, [3]uint32{attnThreads, 1, 1}, shared,
+		dq, dout, q, k, v, lse, delta, T, H, Hkv, D, W, attnScale(D)); err != nil {
+		return err
+	}
+	if name, tl, shared, err = d.attnKernel("attn_dkv", D); err != nil {
+		return err
+	}
+	tiles = uint32((T + tl - 1) / tl)
+	return d.run(name, [3]uint32{tiles, uint32(Hkv), uint32(B)}, [3]uint32{attnThreads, 1, 1}, shared,
 		dk, dv, dout, q, k, v, lse, delta, T, H, Hkv, D, W, attnScale(D))
 }
 

@@ -850,7 +850,7 @@ int nvrtcCompileProgram(void* prog, int, const char* const*) {
     s = std::regex_replace(s, std::regex(R"(extern\s+__shared__\s+([A-Za-z_][\w\s]*?)\s*(\w+)\s*\[\s*\]\s*;)"), "$1* $2 = ($1*)__emu_dyn_smem();");
     int rc = -1;
     if (writeFile(src, s) && writeFile(dir + "/prelude.h", kPrelude)) {
-        rc = run({cxx, "-E", "-P", "-x", "c++", "-DQTUNE_CUDA_EMU=1", "-D__global__=QTUNE_EMU_GLOBAL", src, "-o", pre}, log);
+        rc = run({cxx, "-E", "-P", "-x", "c++", "-DQTUNE_CUDA_EMU=1", "-D__global__=QTUNE_EMU_GLOBAL", "-D__launch_bounds__(...)=", src, "-o", pre}, log);
     }
     std::vector<std::string> names;
     if (rc == 0) {

@@ -1,0 +1,309 @@
+package train
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/qtune/qtune/budget"
+	"github.com/qtune/qtune/kernels/cuda"
+	"github.com/qtune/qtune/methods/loho"
+	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/methods/loreml"
+	"github.com/qtune/qtune/model"
+)
+
+// Generation on the GPU (generate --device cuda|auto): the weights go to
+// the device as for training (every block resident, or the first ones and
+// the rest streamed through two slots), the adapters beside them, and a
+// model.Session whose KV cache lives there; sampling stays on the host.
+
+// deviceAdapter is the device form of one of m's adapters: its bytes on
+// the device and a maker, or why it runs on the CPU only.
+func deviceAdapter(a model.Adapter) (bytes int64, rank int, mk func(*cuda.Device) (model.GPUAdapter, []func() error, error), err error) {
+	switch x := a.(type) {
+	case *lora.Layer:
+		return 2 * 4 * int64(len(x.A)+len(x.B)), x.R, func(d *cuda.Device) (model.GPUAdapter, []func() error, error) {
+			ga, err := model.NewGPULoRA(d, x.In, x.Out, x.R, x.Scale, x.A, x.B)
+			if err != nil {
+				return nil, nil, err
+			}
+			ga.NoGrad = true
+			return ga, []func() error{ga.Free}, nil
+		}, nil
+	case *loho.Sparse:
+		return sparseDeviceBytes(x.Out, x.In, len(x.Val)), 0, func(d *cuda.Device) (model.GPUAdapter, []func() error, error) {
+			sp, err := model.NewGPUSparse(d, x.Out, x.In, x.RowPtr, x.Cols, x.Val, false)
+			if err != nil {
+				return nil, nil, err
+			}
+			return sp, []func() error{sp.Free}, nil
+		}, nil
+	case *loreml.Matrix:
+		n := sparseDeviceBytes(x.Out, x.In, len(x.Delta.Val))
+		r := 0
+		if w := x.Warm; w != nil {
+			n += 2 * 4 * int64(len(w.U)+len(w.V))
+			r = w.R
+		}
+		return n, r, func(d *cuda.Device) (model.GPUAdapter, []func() error, error) {
+			sp, err := model.NewGPUSparse(d, x.Out, x.In, x.Delta.RowPtr, x.Delta.Col, x.Delta.Val, false)
+			if err != nil {
+				return nil, nil, err
+			}
+			st, frees := model.GPUStack{sp}, []func() error{sp.Free}
+			if w := x.Warm; w != nil {
+				wl, err := model.NewGPULoRA(d, w.In, w.Out, w.R, w.Scale, w.V, w.U)
+				if err != nil {
+					return nil, frees, err
+				}
+				wl.NoGrad = true
+				st, frees = append(st, wl), append(frees, wl.Free)
+			}
+			return st, frees, nil
+		}, nil
+	case loho.Stack:
+		var makers []func(*cuda.Device) (model.GPUAdapter, []func() error, error)
+		for _, e := range x {
+			b, r, mk, err := deviceAdapter(e)
+			if err != nil {
+				return 0, 0, nil, err
+			}
+			bytes, rank = bytes+b, max(rank, r)
+			makers = append(makers, mk)
+		}
+		return bytes, rank, func(d *cuda.Device) (model.GPUAdapter, []func() error, error) {
+			var st model.GPUStack
+			var frees []func() error
+			for _, mk := range makers {
+				a, f, err := mk(d)
+				frees = append(frees, f...)
+				if err != nil {
+					return nil, frees, err
+				}
+				st = append(st, a)
+			}
+			return st, frees, nil
+		}, nil
+	}
+	return 0, 0, nil, fmt.Errorf("an adapter of type %T runs on the CPU only", a)
+}
+
+// sparseDeviceBytes is a device sparse delta's size (row and column
+// offsets, columns, rows, values and their order), as training books it.
+func sparseDeviceBytes(out, in, nnz int) int64 { return 4 * int64(out+1+in+1+5*nnz) }
+
+// DeviceOptions say where inference (generate, chat) runs.
+type DeviceOptions struct {
+	// Device: "" or cpu, cuda, cuda:N, or auto (the GPU when there is one
+	// and it takes the model and its adapters, else the CPU).
+	Device string
+	// MaxVRAM is the device's budget in bytes (0: none).
+	MaxVRAM int64
+	// GPUPrecision is the input type of a prompt's products on the device:
+	// bf16 (the default) or f32. One token's products are float32
+	// matrix-vector kernels either way.
+	GPUPrecision string
+	// Log, when set, is given lines about the device: which, its memory
+	// plan, a fall back to the CPU, the peak when the session ends.
+	Log func(line string)
+}
+
+// Check refuses options out of range (a usage error, ErrBadOptions).
+func (o DeviceOptions) Check() error {
+	kind, _, err := parseDevice(o.Device)
+	if err == nil {
+		_, err = parsePrecision(o.GPUPrecision)
+	}
+	if err == nil && o.MaxVRAM < 0 {
+		err = fmt.Errorf("GPU budget of %d bytes", o.MaxVRAM)
+	}
+	if err == nil && o.MaxVRAM > 0 && kind == "cpu" {
+		err = errors.New("--max-vram without --device cuda or auto")
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %w", err, ErrBadOptions)
+	}
+	return nil
+}
+
+func (o DeviceOptions) log(s string) {
+	if o.Log != nil {
+		o.Log(s)
+	}
+}
+
+// Session makes m's inference session of up to maxLen positions where o
+// says: on the GPU (the weights, m's adapters and the KV cache there; plan's
+// placement marked as the device's plan places the blocks) or the CPU.
+// done frees it, and the device, logging the device's peak.
+func Session(m *model.Model, o DeviceOptions, maxLen int, plan *budget.Plan) (se *model.Session, done func(), err error) {
+	if err := o.Check(); err != nil {
+		return nil, nil, err
+	}
+	gg, err := openSessionGPU(m, o, maxLen)
+	if err != nil {
+		return nil, nil, err
+	}
+	if gg == nil {
+		se := m.NewSession(maxLen)
+		return se, se.Free, nil
+	}
+	if plan != nil {
+		devicePlacement(plan, gg.resident)
+		o.log("placement: " + plan.PlacementString())
+	}
+	return gg.se, func() {
+		o.log(gg.run.peakLine())
+		gg.close()
+	}, nil
+}
+
+// gpuSession is an inference session's device side.
+type gpuSession struct {
+	run      *gpuRun
+	se       *model.Session
+	frees    []func() error
+	resident int // blocks on the device; the others streamed
+}
+
+func (gg *gpuSession) close() {
+	if gg.se != nil {
+		gg.se.Free()
+	}
+	for _, f := range gg.frees {
+		f()
+	}
+	gg.run.close()
+}
+
+// openSessionGPU resolves o.Device for a session of up to maxLen
+// positions: nil for the CPU (with a line saying why when auto fell back),
+// or a session on the device with m's adapters, within o.MaxVRAM.
+func openSessionGPU(m *model.Model, o DeviceOptions, maxLen int) (gg *gpuSession, err error) {
+	kind, ordinal, _ := parseDevice(o.Device)
+	if kind == "cpu" {
+		return nil, nil
+	}
+	prec, _ := parsePrecision(o.GPUPrecision)
+	log := o.log
+	fallback := func(err error) (*gpuSession, error) {
+		if kind == "auto" {
+			log("device: the CPU (" + err.Error() + ")")
+			return nil, nil
+		}
+		return nil, fmt.Errorf("gpu: %w", err)
+	}
+	if err := m.GPUSupported(); err != nil {
+		return fallback(err)
+	}
+	type made struct {
+		l, mod int
+		mk     func(*cuda.Device) (model.GPUAdapter, []func() error, error)
+	}
+	var makers []made
+	var adBytes int64
+	R := 1
+	for l := range m.Adapters {
+		for mod, a := range m.Adapters[l] {
+			if a == nil {
+				continue
+			}
+			b, r, mk, err := deviceAdapter(a)
+			if err != nil {
+				return fallback(err)
+			}
+			adBytes, R = adBytes+b, max(R, r)
+			makers = append(makers, made{l, mod, mk})
+		}
+	}
+	chunk := min(model.GPUPrefillChunk, maxLen)
+	plan := func(driver int64) GPUPlan {
+		return placeBlocks(m, GPUPlan{Adapters: adBytes, Step: model.GPUSessionBytes(m, maxLen, chunk, R, prec),
+			BLAS: cuda.WorkspaceBytes(o.MaxVRAM), Driver: driver, Limit: o.MaxVRAM})
+	}
+	gplan := plan(0)
+	if o.MaxVRAM > 0 && gplan.Total > o.MaxVRAM {
+		return nil, fmt.Errorf("gpu: %s: over the budget; give a shorter session (generate -n, chat --ctx) or --max-vram %s", gplan, fmtMiB(gplan.Total+1<<20))
+	}
+	d, err := cuda.Open(ordinal, cuda.Options{MaxVRAM: o.MaxVRAM})
+	if err != nil {
+		return fallback(err)
+	}
+	gg = &gpuSession{run: &gpuRun{d: d, limit: o.MaxVRAM}}
+	defer func() {
+		if err != nil {
+			gg.close()
+			gg = nil
+		}
+	}()
+	if err := d.Compile(); err != nil {
+		return nil, err
+	}
+	ad := make(model.GPUAdapters, m.Config.Layers)
+	for _, x := range makers {
+		a, frees, err := x.mk(d)
+		gg.frees = append(gg.frees, frees...)
+		if err != nil {
+			return nil, fmt.Errorf("gpu: an adapter on the GPU: %w", err)
+		}
+		ad[x.l][x.mod] = a
+	}
+	// Under a budget, a warm-up (a prompt chunk, then one token) has the
+	// driver load what cuBLAS picks for these shapes; what the GPU then
+	// holds is checked against the budget, and the blocks placed again
+	// with it once, as training does.
+	for attempt := 0; ; attempt++ {
+		if gg.se != nil {
+			gg.se.Free()
+			gg.se = nil
+		}
+		if gg.run.g != nil {
+			gg.run.g.Close()
+		}
+		if gg.run.g, err = m.ToGPUWith(d, prec, model.GPUOptions{Resident: gplan.Resident}); err != nil {
+			return nil, fmt.Errorf("gpu: %w", err)
+		}
+		if gg.se, err = gg.run.g.Session(maxLen, ad); err != nil {
+			return nil, fmt.Errorf("gpu: %w", err)
+		}
+		if o.MaxVRAM <= 0 {
+			break
+		}
+		if err := gg.se.WarmUp(); err != nil {
+			return nil, fmt.Errorf("gpu: a warm-up on the GPU: %w", err)
+		}
+		free, total, err := d.MemInfo()
+		if err != nil {
+			return nil, err
+		}
+		used := total - free - d.ContextBytes()
+		if used <= o.MaxVRAM {
+			break
+		}
+		next := plan(used - d.Used() + (used-d.Used())/16)
+		if attempt == 1 || next.Total > o.MaxVRAM || next.Resident >= gplan.Resident {
+			return nil, fmt.Errorf("gpu: after a warm-up the GPU holds %s for this session (%s its own allocations), over --max-vram %s: give --max-vram %s: %w",
+				fmtMiB(used), fmtMiB(d.Used()), fmtMiB(o.MaxVRAM), fmtMiB(used+used/16), cuda.ErrVRAM)
+		}
+		log(fmt.Sprintf("a warm-up with %d of %d blocks resident: the driver holds %s besides qtune's own allocations; placed again with it", gplan.Resident, gplan.Blocks, fmtMiB(used-d.Used())))
+		gplan = next
+	}
+	gg.resident = gplan.Resident
+	log(fmt.Sprintf("device: %s, prompt products in %s", d, prec))
+	log(gplan.String())
+	gg.run.sample()
+	return gg, nil
+}
+
+// devicePlacement marks a host plan's blocks as the device plan placed
+// them: the first resident ones on the device, the others in host memory
+// (streamed through the device's slots).
+func devicePlacement(plan *budget.Plan, resident int) {
+	for i := range plan.Placement {
+		if i < resident {
+			plan.Placement[i] = budget.Device
+		} else {
+			plan.Placement[i] = budget.Host
+		}
+	}
+}
