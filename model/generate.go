@@ -138,11 +138,16 @@ func (m *Model) NewSession(maxLen int) *Session {
 // Session is a session whose model runs on the device, with the adapters
 // ad: its KV cache there too (GPUSession).
 func (g *GPU) Session(maxLen int, ad GPUAdapters) (*Session, error) {
-	dev, err := g.NewSession(maxLen, 0, ad)
+	dev, err := g.NewSession(GPUSessionOptions{MaxLen: maxLen}, ad)
 	if err != nil {
 		return nil, err
 	}
-	return &Session{m: g.m, dev: dev, logits: make([]float32, g.m.Config.Vocab)}, nil
+	return dev.Session(), nil
+}
+
+// Session wraps the device's session as a Session (Free frees it).
+func (dev *GPUSession) Session() *Session {
+	return &Session{m: dev.g.m, dev: dev, logits: make([]float32, dev.g.m.Config.Vocab)}
 }
 
 // Free returns the session's memory; it must not be used after.
@@ -162,25 +167,14 @@ func (se *Session) MaxLen() int {
 	return se.s.MaxLen()
 }
 
-// WarmUp runs a prompt chunk and then one token through a GPU session
-// (token 0), so that the driver loads what those shapes need before the
-// device's memory is measured, and empties the cache again. A CPU session
-// has nothing to do.
+// WarmUp is the device session's WarmUp (a CPU session has nothing to
+// do); the cache is empty after it.
 func (se *Session) WarmUp() error {
-	dv := se.dev
-	if dv == nil {
+	if se.dev == nil {
 		return nil
 	}
-	defer func() { dv.Pos, se.toks = 0, se.toks[:0] }()
-	dv.Pos = 0
-	if _, err := dv.Forward(make([]int, dv.Chunk)); err != nil {
-		return err
-	}
-	if dv.Pos < dv.maxLen {
-		_, err := dv.Forward([]int{0})
-		return err
-	}
-	return nil
+	se.toks = se.toks[:0]
+	return se.dev.WarmUp()
 }
 
 // pos is the positions the cache holds; setPos rewinds it.

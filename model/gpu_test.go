@@ -674,7 +674,7 @@ func TestGPUSessionMatchesCPU(t *testing.T) {
 			t.Fatal(err)
 		}
 		gad, _ := loraOnGPU(t, d, m, set)
-		se, err := g.NewSession(20, 5, gad)
+		se, err := g.NewSession(model.GPUSessionOptions{MaxLen: 20, Chunk: 5}, gad)
 		if err != nil {
 			t.Fatal(err)
 		}

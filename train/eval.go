@@ -20,10 +20,16 @@ type EvalOptions struct {
 	MaxSeqLen int
 	// Progress, when set, is called after each record with (done, total).
 	Progress func(done, total int)
+
+	dev *model.GPUSession // the device's scoring session, when on a GPU
 }
 
-// EvalRows is how many positions' logits evaluation materialises at once.
-const EvalRows = 64
+// EvalRows is how many positions' logits evaluation materialises at once
+// (gpuEvalRows on a GPU, in device memory).
+const (
+	EvalRows    = 64
+	gpuEvalRows = 128
+)
 
 // LMResult is the outcome of a language-modelling evaluation.
 type LMResult struct {
@@ -55,15 +61,19 @@ func EvalLM(ctx context.Context, m *model.Model, recs []data.Record, kind data.K
 	if kind != data.Text && kind != data.Completion {
 		return LMResult{}, fmt.Errorf("train: language-model evaluation needs text or prompt/completion data, not %s", kind)
 	}
-	W := o.window(m)
-	st := m.NewState(W)
-	defer st.Free()
-	rows := min(W, EvalRows)
-	logits, err := m.Acct.Floats(budget.Workspace, -1, rows*m.Config.Vocab)
-	if err != nil {
-		return LMResult{}, err
+	nllOf := func(ids []int, first int) (float64, int, error) { return gpuTokenNLL(ctx, o.dev, ids, first) }
+	if o.dev == nil {
+		W := o.window(m)
+		st := m.NewState(W)
+		defer st.Free()
+		rows := min(W, EvalRows)
+		logits, err := m.Acct.Floats(budget.Workspace, -1, rows*m.Config.Vocab)
+		if err != nil {
+			return LMResult{}, err
+		}
+		defer m.Acct.Free(logits)
+		nllOf = func(ids []int, first int) (float64, int, error) { return tokenNLL(ctx, m, st, logits, ids, first) }
 	}
-	defer m.Acct.Free(logits)
 	var nll float64
 	var n int
 	for ri, r := range recs {
@@ -78,7 +88,7 @@ func EvalLM(ctx context.Context, m *model.Model, recs []data.Record, kind data.K
 			ids = m.Tokenizer.Encode(r.Prompt+r.Completion, m.Tokenizer.AddBOS())
 			first = max(1, commonPrefix(ids, m.Tokenizer.Encode(r.Prompt, m.Tokenizer.AddBOS())))
 		}
-		s, k, err := tokenNLL(ctx, m, st, logits, ids, first)
+		s, k, err := nllOf(ids, first)
 		if err != nil {
 			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 				return LMResult{}, fmt.Errorf("train: evaluation stopped in record %d of %d: %w", ri+1, len(recs), err)
@@ -158,29 +168,52 @@ func commonPrefix(a, b []int) int {
 	return i
 }
 
+// gpuTokenNLL is tokenNLL through a GPU scoring session: the same
+// windows, each position's loss computed on the device.
+func gpuTokenNLL(ctx context.Context, se *model.GPUSession, ids []int, first int) (float64, int, error) {
+	W := se.MaxLen()
+	if W < 2 {
+		return 0, 0, errors.New("train: window shorter than 2 tokens")
+	}
+	var nll float64
+	var n int
+	for start := 0; start+1 < len(ids); start += W - 1 {
+		end := min(start+W, len(ids))
+		if end > first {
+			if err := ctx.Err(); err != nil {
+				return 0, 0, err
+			}
+			tg := make([]int, end-start)
+			for t := start; t < end; t++ {
+				tg[t-start] = -1
+				if t >= first-1 && t+1 < end {
+					tg[t-start] = ids[t+1]
+				}
+			}
+			se.Pos = 0
+			s, k, err := se.NLL(ids[start:end], tg)
+			if err != nil {
+				return 0, 0, err
+			}
+			passDone("eval")
+			nll, n = nll+s, n+k
+		}
+		if end == len(ids) {
+			break
+		}
+	}
+	return nll, n, nil
+}
+
 // ChoiceScores returns, for one classification record, the summed
 // log-likelihood of each choice's tokens after the prompt (MeZO's protocol:
 // the text prompt+choice is encoded whole and the tokens past the part shared
 // with the prompt's own encoding are scored).
 func ChoiceScores(m *model.Model, st *model.State, r data.Record) ([]float64, error) {
 	V := m.Config.Vocab
-	prompt := m.Tokenizer.Encode(r.Prompt, m.Tokenizer.AddBOS())
-	full := make([][]int, len(r.Choices))
-	lcp := len(prompt)
-	for i, c := range r.Choices {
-		full[i] = m.Tokenizer.Encode(r.Prompt+c, m.Tokenizer.AddBOS())
-		lcp = min(lcp, commonPrefix(full[i], prompt))
-	}
-	lcp = max(lcp, 1)
-	maxLen := 0
-	for _, f := range full {
-		maxLen = max(maxLen, len(f))
-		if len(f) <= lcp {
-			return nil, fmt.Errorf("train: choice adds no tokens after the prompt %q", r.Prompt)
-		}
-	}
-	if maxLen > st.MaxLen() {
-		return nil, fmt.Errorf("train: prompt and choice take %d tokens, more than the window of %d", maxLen, st.MaxLen())
+	full, lcp, maxLen, err := choiceTokens(m, r, st.MaxLen())
+	if err != nil {
+		return nil, err
 	}
 	st.Reset()
 	last := make([]float32, V)
@@ -209,17 +242,78 @@ func ChoiceScores(m *model.Model, st *model.State, r data.Record) ([]float64, er
 	return scores, nil
 }
 
+// choiceTokens encodes a classification record's prompt+choice texts and
+// finds the prefix they share with the prompt's own encoding (at least 1).
+func choiceTokens(m *model.Model, r data.Record, window int) (full [][]int, lcp, maxLen int, err error) {
+	prompt := m.Tokenizer.Encode(r.Prompt, m.Tokenizer.AddBOS())
+	full = make([][]int, len(r.Choices))
+	lcp = len(prompt)
+	for i, c := range r.Choices {
+		full[i] = m.Tokenizer.Encode(r.Prompt+c, m.Tokenizer.AddBOS())
+		lcp = min(lcp, commonPrefix(full[i], prompt))
+	}
+	lcp = max(lcp, 1)
+	for _, f := range full {
+		maxLen = max(maxLen, len(f))
+		if len(f) <= lcp {
+			return nil, 0, 0, fmt.Errorf("train: choice adds no tokens after the prompt %q", r.Prompt)
+		}
+	}
+	if maxLen > window {
+		return nil, 0, 0, fmt.Errorf("train: prompt and choice take %d tokens, more than the window of %d", maxLen, window)
+	}
+	return full, lcp, maxLen, nil
+}
+
+// gpuChoiceScores is ChoiceScores through a GPU scoring session: the
+// shared prefix but its last token once, then for each choice that token
+// and the choice's, each choice token's loss computed on the device.
+func gpuChoiceScores(m *model.Model, se *model.GPUSession, r data.Record) ([]float64, error) {
+	full, lcp, _, err := choiceTokens(m, r, se.MaxLen())
+	if err != nil {
+		return nil, err
+	}
+	se.Pos = 0
+	if lcp > 1 {
+		pre := full[0][:lcp-1]
+		none := make([]int, len(pre))
+		for i := range none {
+			none[i] = -1
+		}
+		if _, _, err := se.NLL(pre, none); err != nil {
+			return nil, err
+		}
+	}
+	scores := make([]float64, len(full))
+	for i, f := range full {
+		se.Pos = lcp - 1
+		tg := make([]int, len(f)-lcp+1)
+		copy(tg, f[lcp:])
+		tg[len(tg)-1] = -1
+		s, _, err := se.NLL(f[lcp-1:], tg)
+		if err != nil {
+			return nil, err
+		}
+		scores[i] = -s
+	}
+	return scores, nil
+}
+
 // EvalClassify returns the accuracy of picking the choice with the highest
 // summed log-likelihood.
 func EvalClassify(ctx context.Context, m *model.Model, recs []data.Record, o EvalOptions) (ClassResult, error) {
-	st := m.NewState(o.window(m))
-	defer st.Free()
+	scoresOf := func(r data.Record) ([]float64, error) { return gpuChoiceScores(m, o.dev, r) }
+	if o.dev == nil {
+		st := m.NewState(o.window(m))
+		defer st.Free()
+		scoresOf = func(r data.Record) ([]float64, error) { return ChoiceScores(m, st, r) }
+	}
 	correct := 0
 	for i, r := range recs {
 		if err := ctx.Err(); err != nil {
 			return ClassResult{}, fmt.Errorf("train: evaluation stopped after %d of %d records: %w", i, len(recs), err)
 		}
-		sc, err := ChoiceScores(m, st, r)
+		sc, err := scoresOf(r)
 		if err != nil {
 			return ClassResult{}, fmt.Errorf("record %d: %w", i+1, err)
 		}

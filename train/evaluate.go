@@ -25,6 +25,10 @@ type EvaluateOptions struct {
 	// 1024, shortened by halves down to 64 tokens when the budget needs it).
 	MaxSeqLen int
 	MaxMem    int64 // budget in bytes; 0: none
+	// DeviceOptions say where the model runs (the CPU by default): on a
+	// GPU the windows go through a KV cache there, and each position's
+	// loss is computed there.
+	DeviceOptions
 
 	// OnPlan, when set, is given the memory plan before the model is run;
 	// returning false stops there (a plan-only call).
@@ -53,6 +57,9 @@ func (o EvaluateOptions) Check() error {
 		return fmt.Errorf("eval: window of %d tokens: want 0..%d (0: the model's context, at most 1024): %w", o.MaxSeqLen, 1<<20, ErrBadOptions)
 	case o.MaxMem < 0:
 		return fmt.Errorf("eval: budget of %d bytes: %w", o.MaxMem, ErrBadOptions)
+	}
+	if err := o.DeviceOptions.Check(); err != nil {
+		return fmt.Errorf("eval: %w", err)
 	}
 	return nil
 }
@@ -101,6 +108,20 @@ func Evaluate(ctx context.Context, m *model.Model, o EvaluateOptions) (*Evaluate
 		return ev, err
 	}
 	defer ApplyPlan(m, ev.Plan)()
+	W := opt.window(m)
+	gg, err := openSessionGPU(m, o.DeviceOptions, model.GPUSessionOptions{MaxLen: W, Chunk: min(W, gpuEvalRows), Scoring: true})
+	if err != nil {
+		return ev, err
+	}
+	if gg != nil {
+		devicePlacement(ev.Plan, gg.resident)
+		o.log("placement: " + ev.Plan.PlacementString())
+		defer func() {
+			o.log(gg.run.peakLine())
+			gg.close()
+		}()
+		opt.dev = gg.dev
+	}
 	if kind == data.Classification {
 		res, err := EvalClassify(ctx, m, recs, opt)
 		if err != nil {

@@ -140,7 +140,7 @@ func Session(m *model.Model, o DeviceOptions, maxLen int, plan *budget.Plan) (se
 	if err := o.Check(); err != nil {
 		return nil, nil, err
 	}
-	gg, err := openSessionGPU(m, o, maxLen)
+	gg, err := openSessionGPU(m, o, model.GPUSessionOptions{MaxLen: maxLen})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -152,23 +152,24 @@ func Session(m *model.Model, o DeviceOptions, maxLen int, plan *budget.Plan) (se
 		devicePlacement(plan, gg.resident)
 		o.log("placement: " + plan.PlacementString())
 	}
-	return gg.se, func() {
+	se = gg.dev.Session()
+	return se, func() {
 		o.log(gg.run.peakLine())
-		gg.close()
+		gg.close() // se's device session with it
 	}, nil
 }
 
 // gpuSession is an inference session's device side.
 type gpuSession struct {
 	run      *gpuRun
-	se       *model.Session
+	dev      *model.GPUSession
 	frees    []func() error
 	resident int // blocks on the device; the others streamed
 }
 
 func (gg *gpuSession) close() {
-	if gg.se != nil {
-		gg.se.Free()
+	if gg.dev != nil {
+		gg.dev.Free()
 	}
 	for _, f := range gg.frees {
 		f()
@@ -176,10 +177,10 @@ func (gg *gpuSession) close() {
 	gg.run.close()
 }
 
-// openSessionGPU resolves o.Device for a session of up to maxLen
-// positions: nil for the CPU (with a line saying why when auto fell back),
-// or a session on the device with m's adapters, within o.MaxVRAM.
-func openSessionGPU(m *model.Model, o DeviceOptions, maxLen int) (gg *gpuSession, err error) {
+// openSessionGPU resolves o.Device for a session shaped so: nil for the
+// CPU (with a line saying why when auto fell back), or a session on the
+// device with m's adapters, within o.MaxVRAM.
+func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions) (gg *gpuSession, err error) {
 	kind, ordinal, _ := parseDevice(o.Device)
 	if kind == "cpu" {
 		return nil, nil
@@ -216,9 +217,8 @@ func openSessionGPU(m *model.Model, o DeviceOptions, maxLen int) (gg *gpuSession
 			makers = append(makers, made{l, mod, mk})
 		}
 	}
-	chunk := min(model.GPUPrefillChunk, maxLen)
 	plan := func(driver int64) GPUPlan {
-		return placeBlocks(m, GPUPlan{Adapters: adBytes, Step: model.GPUSessionBytes(m, maxLen, chunk, R, prec),
+		return placeBlocks(m, GPUPlan{Adapters: adBytes, Step: model.GPUSessionBytes(m, so, R, prec),
 			BLAS: cuda.WorkspaceBytes(o.MaxVRAM), Driver: driver, Limit: o.MaxVRAM})
 	}
 	gplan := plan(0)
@@ -253,9 +253,9 @@ func openSessionGPU(m *model.Model, o DeviceOptions, maxLen int) (gg *gpuSession
 	// holds is checked against the budget, and the blocks placed again
 	// with it once, as training does.
 	for attempt := 0; ; attempt++ {
-		if gg.se != nil {
-			gg.se.Free()
-			gg.se = nil
+		if gg.dev != nil {
+			gg.dev.Free()
+			gg.dev = nil
 		}
 		if gg.run.g != nil {
 			gg.run.g.Close()
@@ -263,13 +263,13 @@ func openSessionGPU(m *model.Model, o DeviceOptions, maxLen int) (gg *gpuSession
 		if gg.run.g, err = m.ToGPUWith(d, prec, model.GPUOptions{Resident: gplan.Resident}); err != nil {
 			return nil, fmt.Errorf("gpu: %w", err)
 		}
-		if gg.se, err = gg.run.g.Session(maxLen, ad); err != nil {
+		if gg.dev, err = gg.run.g.NewSession(so, ad); err != nil {
 			return nil, fmt.Errorf("gpu: %w", err)
 		}
 		if o.MaxVRAM <= 0 {
 			break
 		}
-		if err := gg.se.WarmUp(); err != nil {
+		if err := gg.dev.WarmUp(); err != nil {
 			return nil, fmt.Errorf("gpu: a warm-up on the GPU: %w", err)
 		}
 		free, total, err := d.MemInfo()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -469,4 +470,89 @@ func TestGPUGenerateMatchesCPU(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "--max-vram") {
 		t.Errorf("generation under --max-vram 1MiB: %v", err)
 	}
+}
+
+// eval on the GPU (a scoring session: windows through the device's KV
+// cache, each position's loss computed there) gives the CPU's loss and
+// token count on text, with the model's 512-token window (four chunks of
+// 128 rows) and a 40-token one (windows overlapping by one), with a LoRA
+// adapter; and the CPU's choice scores and accuracy on classification.
+func TestGPUEvaluateMatchesCPU(t *testing.T) {
+	needGPU(t)
+	m := openStories(t)
+	set, err := lora.New(m, lora.Config{Rank: 4, Alpha: 8, Seed: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, L := range set.Layers {
+		for i := range L.B {
+			L.B[i] = float32(math.Cos(float64(i))) * 0.05
+		}
+	}
+	eval := func(path string, o EvaluateOptions) *Evaluated {
+		t.Helper()
+		o.Data, o.GPUPrecision = path, "f32"
+		ev, err := Evaluate(context.Background(), m, o)
+		if err != nil {
+			t.Fatalf("%s on %q: %v", path, o.Device, err)
+		}
+		return ev
+	}
+	story, err := os.ReadFile(shared.Path(t, "assets", "data", "tinystories", "sample.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := filepath.Join(t.TempDir(), "part.txt") // about 600 tokens: two 512-token windows
+	if err := os.WriteFile(text, story[:1200], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		win  int
+		lora bool
+	}{{0, false}, {40, false}, {40, true}} {
+		m.Adapters = nil
+		if c.lora {
+			m.Adapters = set.ByPos
+		}
+		o := EvaluateOptions{MaxSeqLen: c.win}
+		cpu := eval(text, o)
+		o.Device = "cuda"
+		gpu := eval(text, o)
+		if gpu.LM.Tokens != cpu.LM.Tokens || math.Abs(gpu.LM.Loss-cpu.LM.Loss) > 1e-5*cpu.LM.Loss {
+			t.Errorf("window %d, LoRA %v: GPU loss %.7f over %d tokens, CPU %.7f over %d", c.win, c.lora, gpu.LM.Loss, gpu.LM.Tokens, cpu.LM.Loss, cpu.LM.Tokens)
+		}
+		t.Logf("window %d, LoRA %v: loss CPU %.7f, GPU %.7f (%d tokens)", c.win, c.lora, cpu.LM.Loss, gpu.LM.Loss, gpu.LM.Tokens)
+	}
+	m.Adapters = set.ByPos
+	sst := shared.Path(t, "assets", "data", "sst2", "valid.jsonl")
+	cpu, gpu := eval(sst, EvaluateOptions{Limit: 16}), eval(sst, EvaluateOptions{Limit: 16, DeviceOptions: DeviceOptions{Device: "cuda"}})
+	if *gpu.Class != *cpu.Class {
+		t.Errorf("classification: GPU %+v, CPU %+v", *gpu.Class, *cpu.Class)
+	}
+	d, err := LoadEvalData(sst, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gg, err := openSessionGPU(m, DeviceOptions{Device: "cuda", GPUPrecision: "f32"}, model.GPUSessionOptions{MaxLen: 128, Chunk: 16, Scoring: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gg.close()
+	st := m.NewState(128)
+	defer st.Free()
+	worst := 0.0
+	for _, r := range d.Records[:16] {
+		want, err1 := ChoiceScores(m, st, r)
+		got, err2 := gpuChoiceScores(m, gg.dev, r)
+		if err1 != nil || err2 != nil {
+			t.Fatal(err1, err2)
+		}
+		for i := range want {
+			worst = max(worst, math.Abs(got[i]-want[i]))
+		}
+	}
+	if worst > 1e-4 {
+		t.Errorf("choice scores within %.2g of the CPU's (want ≤ 1e-4)", worst)
+	}
+	t.Logf("accuracy %.3f on both; choice scores within %.2g", cpu.Class.Accuracy, worst)
 }

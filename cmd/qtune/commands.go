@@ -238,7 +238,7 @@ func addDeviceFlags(fs *flag.FlagSet) deviceFlags {
 	return deviceFlags{
 		fs.String("device", "cpu", "where the model runs: cpu, cuda, cuda:N (an NVIDIA GPU, the KV cache there too) or auto (the GPU when there is one and it takes the model)"),
 		fs.String("max-vram", "", "GPU memory budget (the CUDA context is apart)"),
-		fs.String("gpu-precision", "bf16", "input type of the GPU's prompt products: bf16 or f32 (one token's products are float32 either way)"),
+		fs.String("gpu-precision", "bf16", "input type of the GPU's products over several positions: bf16 or f32 (one token's are float32 either way)"),
 	}
 }
 
@@ -313,6 +313,7 @@ func (a *app) eval(ctx context.Context, args []string) error {
 	limit := fs.Int("limit", 0, "evaluate only the first N records (0: all)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	maxMem := fs.String("max-mem", "", "memory budget (512MiB, 2GB, 1.5GiB or bytes)")
+	df := addDeviceFlags(fs)
 	pos, err := a.parse(fs, args)
 	if err != nil {
 		return err
@@ -331,6 +332,9 @@ func (a *app) eval(ctx context.Context, args []string) error {
 	}
 	opt := train.EvaluateOptions{Limit: *limit, MaxSeqLen: *maxSeq}
 	if opt.MaxMem, err = a.budget(*maxMem); err != nil {
+		return err
+	}
+	if opt.DeviceOptions, err = a.deviceOptions(df); err != nil {
 		return err
 	}
 	// The records are booked and read before the model is opened: bad data

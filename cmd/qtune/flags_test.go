@@ -67,6 +67,8 @@ func TestBadNumericFlags(t *testing.T) {
 		{[]string{"chat", "--model", stories(t), "--temp", "nan"}, "--temp"},
 		{[]string{"eval", "--model", stories(t), "--data", data, "--max-seq-length", "-1"}, "--max-seq-length -1"},
 		{[]string{"eval", "--model", stories(t), "--data", data, "--limit", "-1"}, "--limit -1"},
+		{[]string{"eval", "--model", stories(t), "--data", data, "--max-vram", "1GiB"}, "--max-vram"},
+		{[]string{"chat", "--model", stories(t), "--device", "cuda:x"}, "--device"},
 		{[]string{"chat", "--model", stories(t), "--ctx", "-1"}, "--ctx -1"},
 	} {
 		code, _, errs := runCLI(t, c.args...)

@@ -227,6 +227,17 @@ func TestGPUMatMulMatchesExact(t *testing.T) {
 			want, abs := refMatMul(x, wd, M, N, K)
 			within(t, fmt.Sprintf("%s MatVec M=%d", typ, M), down(t, y, M*N), want, abs, f32)
 		}
+		if typ == quant.NF4 { // rows that are not whole blocks (of 64) take the per-element kernel
+			const K2 = 96
+			q2 := quantized(t, typ, w[:N*K2])
+			m2, err := d.UploadMatrix(typ, N, K2, q2)
+			must(t, err)
+			x := randn(r, 2*K2, 1)
+			y := zeros(t, d, 2*N)
+			must(t, d.MatVec(y, up(t, d, x), 2, m2))
+			want, abs := refMatMul(x, cpuDequant(t, typ, q2, N*K2, 0, N*K2), 2, N, K2)
+			within(t, "NF4 MatVec of 96-column rows", down(t, y, 2*N), want, abs, float64(K2+2)*math.Ldexp(1, -24))
+		}
 		const M = 37
 		x := randn(r, M*K, 1)
 		want, abs := refMatMul(x, wd, M, N, K)

@@ -56,6 +56,18 @@ __constant__ float nf4_table[16] = {
     0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
     0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
 
+// q4k_scale_min unpacks sub-block sub's 6-bit scale and min of a Q4_K
+// block from its 12 packed bytes s.
+__device__ __forceinline__ void q4k_scale_min(const u8* s, int sub, int& sc, int& m) {
+    if (sub < 4) {
+        sc = s[sub] & 63;
+        m = s[sub + 4] & 63;
+    } else {
+        sc = (s[sub + 4] & 15) | ((s[sub - 4] >> 6) << 4);
+        m = (s[sub + 4] >> 4) | ((s[sub] >> 6) << 4);
+    }
+}
+
 // wval is element e of a tensor of n elements of type T stored at w
 // (quant.DequantizeRange of one element).
 template <int T>
@@ -77,15 +89,8 @@ __device__ __forceinline__ float wval(const u8* __restrict__ w, i64 e, i64 n) {
     } else if (T == T_Q4_K) {
         const u8* b = w + (e >> 8) * 144;
         int r = (int)(e & 255), sub = r >> 5, l = r & 31, g = sub >> 1;
-        const u8* s = b + 4;
         int sc, m;
-        if (sub < 4) {
-            sc = s[sub] & 63;
-            m = s[sub + 4] & 63;
-        } else {
-            sc = (s[sub + 4] & 15) | ((s[sub - 4] >> 6) << 4);
-            m = (s[sub + 4] >> 4) | ((s[sub] >> 6) << 4);
-        }
+        q4k_scale_min(b + 4, sub, sc, m);
         float d = h2f(ld16(b)), dmin = h2f(ld16(b + 2));
         u8 qb = b[16 + 32 * g + l];
         int q = (sub & 1) ? (qb >> 4) : (qb & 15);
@@ -189,6 +194,135 @@ MATVEC(q8_0, T_Q8_0)
 MATVEC(q4_k, T_Q4_K)
 MATVEC(q6_k, T_Q6_K)
 MATVEC(nf4, T_NF4)
+
+// Quantized matrix-vector products by whole blocks, in the manner of
+// llama.cpp's mmvq (with float activations): one warp per output row, each
+// lane taking a piece of a block (Q4_0, Q8_0: 8 of its 32 elements; NF4:
+// 16 of 64; Q4_K, Q6_K: 16 of 256) whose bytes it loads once and whose
+// scales it decodes once, consecutive lanes on consecutive pieces, so a
+// warp reads a contiguous run of blocks. Each element is wval<T>'s value
+// (the same roundings), so the product differs from matvec's only in its
+// summation order. Rows must be whole blocks (ops.go checks).
+template <int T> struct MVQ;
+template <> struct MVQ<T_Q4_0> { enum { BLOCK = 32, BYTES = 18, PIECES = 4 }; };
+template <> struct MVQ<T_Q8_0> { enum { BLOCK = 32, BYTES = 34, PIECES = 4 }; };
+template <> struct MVQ<T_NF4> { enum { BLOCK = 64, BYTES = 0, PIECES = 4 }; };
+template <> struct MVQ<T_Q4_K> { enum { BLOCK = 256, BYTES = 144, PIECES = 16 }; };
+template <> struct MVQ<T_Q6_K> { enum { BLOCK = 256, BYTES = 210, PIECES = 16 }; };
+
+// mvq_acc adds v·x[m][e] to s[m] for the M ≤ 4 activation rows.
+__device__ __forceinline__ void mvq_acc(float* s, float v, const float* __restrict__ x, i64 e, int M, int K) {
+    s[0] += v * x[e];
+    if (M > 1) s[1] += v * x[K + e];
+    if (M > 2) s[2] += v * x[2 * K + e];
+    if (M > 3) s[3] += v * x[3 * K + e];
+}
+
+// mvq_piece adds piece p of block blk (its first element k0 of the row) to s.
+template <int T>
+__device__ __forceinline__ void mvq_piece(float* s, const u8* __restrict__ w, i64 n, i64 blk, int p, const float* __restrict__ x, int k0, int M, int K) {
+    if (T == T_Q4_0) {
+        const u8* b = w + blk * 18;
+        float d = h2f(ld16(b));
+        const u8* q = b + 2 + 4 * p;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int c = q[i];
+            mvq_acc(s, __fmul_rn((float)((c & 15) - 8), d), x, k0 + 4 * p + i, M, K);
+            mvq_acc(s, __fmul_rn((float)((c >> 4) - 8), d), x, k0 + 16 + 4 * p + i, M, K);
+        }
+    } else if (T == T_Q8_0) {
+        const u8* b = w + blk * 34;
+        float d = h2f(ld16(b));
+        const u8* q = b + 2 + 8 * p;
+#pragma unroll
+        for (int i = 0; i < 8; i++) mvq_acc(s, __fmul_rn((float)(i8)q[i], d), x, k0 + 8 * p + i, M, K);
+    } else if (T == T_NF4) {
+        i64 blocks = n >> 6, groups = (blocks + 255) >> 8;
+        i64 codes = n >> 1, c2o = codes + blocks, muo = c2o + 4 * groups;
+        float c2 = ldf32(w + c2o + 4 * (blk >> 8)), mu = ldf32(w + muo);
+        float sc = __fadd_rn(__fmul_rn(__fdiv_rn((float)(i8)w[codes + blk], 127.0f), c2), mu);
+        if (!(sc > 0.0f)) sc = 0.0f;
+        const u8* q = w + blk * 32 + 8 * p;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int c = q[i];
+            mvq_acc(s, __fmul_rn(nf4_table[c & 15], sc), x, k0 + 8 * p + i, M, K);
+            mvq_acc(s, __fmul_rn(nf4_table[c >> 4], sc), x, k0 + 32 + 8 * p + i, M, K);
+        }
+    } else if (T == T_Q4_K) {
+        const u8* b = w + blk * 144;
+        int g = p >> 2, h = p & 3;
+        const u8* sb = b + 4;
+        float d = h2f(ld16(b)), dmin = h2f(ld16(b + 2));
+        float dl[2], ml[2];
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            int sc, m;
+            q4k_scale_min(sb, 2 * g + j, sc, m);
+            dl[j] = __fmul_rn(d, (float)sc);
+            ml[j] = __fmul_rn(dmin, (float)m);
+        }
+        const u8* q = b + 16 + 32 * g + 8 * h;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int c = q[i];
+            mvq_acc(s, __fsub_rn(__fmul_rn(dl[0], (float)(c & 15)), ml[0]), x, k0 + 64 * g + 8 * h + i, M, K);
+            mvq_acc(s, __fsub_rn(__fmul_rn(dl[1], (float)(c >> 4)), ml[1]), x, k0 + 64 * g + 32 + 8 * h + i, M, K);
+        }
+    } else if (T == T_Q6_K) {
+        const u8* b = w + blk * 210;
+        int half = p >> 3, l0 = 4 * (p & 7);
+        const u8* ql = b + 64 * half;
+        const u8* qh = b + 128 + 32 * half;
+        float d = h2f(ld16(b + 208));
+#pragma unroll
+        for (int qq = 0; qq < 4; qq++) {
+            float ds = __fmul_rn(d, (float)(i8)b[192 + 8 * half + (l0 >> 4) + 2 * qq]);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int l = l0 + i;
+                int lo = (qq & 1) ? ql[l + 32] : ql[l];
+                lo = (qq & 2) ? (lo >> 4) : (lo & 15);
+                int q = (lo | (((qh[l] >> (2 * qq)) & 3) << 4)) - 32;
+                mvq_acc(s, __fmul_rn(ds, (float)q), x, k0 + 128 * half + 32 * qq + l, M, K);
+            }
+        }
+    }
+}
+
+template <int T>
+__device__ void matvecq_body(float* __restrict__ y, const float* __restrict__ x, const u8* __restrict__ w, int M, int N, int K) {
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= N) return;
+    const int PIECES = MVQ<T>::PIECES, BLOCK = MVQ<T>::BLOCK;
+    i64 n = (i64)N * K;
+    int nb = K / BLOCK, np = nb * PIECES;
+    i64 b0 = (i64)row * nb;
+    float s[4] = {0, 0, 0, 0};
+    for (int pc = lane; pc < np; pc += 32) {
+        int j = pc / PIECES;
+        mvq_piece<T>(s, w, n, b0 + j, pc - j * PIECES, x, j * BLOCK, M, K);
+    }
+    s[0] = warp_sum(s[0]);
+    if (M > 1) s[1] = warp_sum(s[1]);
+    if (M > 2) s[2] = warp_sum(s[2]);
+    if (M > 3) s[3] = warp_sum(s[3]);
+    if (lane == 0) {
+        y[row] = s[0];
+        if (M > 1) y[N + row] = s[1];
+        if (M > 2) y[2 * N + row] = s[2];
+        if (M > 3) y[3 * N + row] = s[3];
+    }
+}
+
+#define MATVECQ(name, T) \
+    extern "C" __global__ void matvecq_##name(float* y, const float* x, const u8* w, int M, int N, int K) { matvecq_body<T>(y, x, w, M, N, K); }
+MATVECQ(q4_0, T_Q4_0)
+MATVECQ(q8_0, T_Q8_0)
+MATVECQ(q4_k, T_Q4_K)
+MATVECQ(q6_k, T_Q6_K)
+MATVECQ(nf4, T_NF4)
 
 // block_sum reduces v over the block (blockDim.x a multiple of 32, ≤ 1024);
 // every thread gets the sum. red is __shared__ float[32].

@@ -149,8 +149,16 @@ func (d *Device) MatVec(y, x *Buffer, M int, w *Matrix) error {
 	}
 	const warps = 8
 	grid := [3]uint32{uint32((w.Rows + warps - 1) / warps), 1, 1}
-	return d.run("matvec_"+typeNames[w.Type], grid, [3]uint32{32 * warps, 1, 1}, 0, y, x, w.Buf, M, w.Rows, w.Cols)
+	name := "matvec_" + typeNames[w.Type]
+	if b := blockwise[w.Type]; b > 0 && w.Cols%b == 0 {
+		name = "matvecq_" + typeNames[w.Type]
+	}
+	return d.run(name, grid, [3]uint32{32 * warps, 1, 1}, 0, y, x, w.Buf, M, w.Rows, w.Cols)
 }
+
+// blockwise are the types whose rows matvecq takes a block at a time (when
+// a row is whole blocks), by block length.
+var blockwise = map[quant.Type]int{quant.Q4_0: 32, quant.Q8_0: 32, quant.NF4: 64, quant.Q4_K: 256, quant.Q6_K: 256}
 
 // MatMulWorkspace is the device scratch MatMul and MatMulT take for M rows
 // of w at precision p: the decoded weight, and for BF16 the activations
