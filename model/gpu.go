@@ -773,7 +773,15 @@ func adapterAt(ad GPUAdapters, l int, mod Module) GPUAdapter {
 // with backward the gradients of scale·loss accumulated into each
 // adapter's GA and GB. Every block's activations are kept on the device
 // (no checkpointing).
-func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward bool, scale float64) (float64, int, error) {
+func (g *GPU) LossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward bool, scale float64) (loss float64, n int, err error) {
+	err = g.d.Batch(func() (e error) { // one hand-over to the device's thread for the step's thousands of calls
+		loss, n, e = g.lossGrad(tokens, targets, B, T, ad, backward, scale)
+		return e
+	})
+	return loss, n, err
+}
+
+func (g *GPU) lossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward bool, scale float64) (float64, int, error) {
 	m := g.m
 	c := m.Config
 	BT := B * T

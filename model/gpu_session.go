@@ -175,9 +175,7 @@ func (se *GPUSession) WarmUp() error {
 // cache) and returns the last one's logits (V floats, valid until the next
 // call).
 func (se *GPUSession) Forward(tokens []int) ([]float32, error) {
-	var s *gpuStep
 	err := se.run(tokens, func(st *gpuStep, lo, M int, last bool) error {
-		s = st
 		if !last {
 			return nil
 		}
@@ -193,12 +191,15 @@ func (se *GPUSession) Forward(tokens []int) ([]float32, error) {
 		if err := g.d.RMSNorm(xn, x, g.outNorm, 1, c.Dim, c.Eps); err != nil {
 			return err
 		}
-		return g.matmul(st.logits, xn, 1, g.output)
+		if err := g.matmul(st.logits, xn, 1, g.output); err != nil {
+			return err
+		}
+		return st.logits.ReadF32(se.logits, 0)
 	})
 	if err != nil {
 		return nil, err
 	}
-	return se.logits, s.logits.ReadF32(se.logits, 0)
+	return se.logits, nil
 }
 
 // NLL runs tokens at positions Pos.. and returns the summed negative
@@ -251,8 +252,13 @@ func (se *GPUSession) NLL(tokens, targets []int) (float64, int, error) {
 }
 
 // run runs tokens at positions Pos.. a chunk at a time, each chunk's
-// blocks then done(step, first row, rows, whether the last chunk).
+// blocks then done(step, first row, rows, whether the last chunk), all on
+// the device's thread (one Batch).
 func (se *GPUSession) run(tokens []int, done func(s *gpuStep, lo, M int, last bool) error) error {
+	return se.g.d.Batch(func() error { return se.runNow(tokens, done) })
+}
+
+func (se *GPUSession) runNow(tokens []int, done func(s *gpuStep, lo, M int, last bool) error) error {
 	g := se.g
 	c := g.m.Config
 	if len(tokens) == 0 {

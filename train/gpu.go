@@ -122,10 +122,16 @@ func (r *gpuRun) sample() {
 	r.stop = make(chan struct{})
 	base := r.d.ContextBytes()
 	r.sampled.Go(func() {
+		// From a thread of its own with the context current there: the
+		// device's thread is busy for a whole step (a Batch).
+		mem := r.d.MemInfo
+		if r.d.BindThread() == nil {
+			mem = r.d.MemInfoHere
+		}
 		tick := time.NewTicker(10 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if free, total, err := r.d.MemInfo(); err == nil {
+			if free, total, err := mem(); err == nil {
 				if used := total - free - base; used > r.drvPeak.Load() {
 					r.drvPeak.Store(used)
 				}
@@ -540,7 +546,9 @@ func (r *gpuRun) freeAdapters() {
 // push copies the adapters' current factors to the device and zeroes the
 // device gradients; each takes its host layer's dropout (0 while a
 // validation runs) and this step's mask stream.
-func (r *gpuRun) push() error {
+func (r *gpuRun) push() error { return r.d.Batch(r.pushNow) }
+
+func (r *gpuRun) pushNow() error {
 	for _, p := range r.pairs {
 		seed, id := p.cpu.DropoutStream()
 		p.dev.SetDropout(p.cpu.Dropout, seed, id)
@@ -579,17 +587,21 @@ func (r *gpuRun) perturber(layers []*lora.Layer) (mezo.Perturber, error) {
 		lens = append(lens, int64(len(L.A)), int64(len(L.B)))
 	}
 	return func(seed uint64, c float64) error {
-		for i, b := range bufs {
-			if err := r.d.MezoPerturb(b, mezo.TensorKey(seed, i), 0, lens[i], float32(c)); err != nil {
-				return err
+		return r.d.Batch(func() error {
+			for i, b := range bufs {
+				if err := r.d.MezoPerturb(b, mezo.TensorKey(seed, i), 0, lens[i], float32(c)); err != nil {
+					return err
+				}
 			}
-		}
-		return nil
+			return nil
+		})
 	}, nil
 }
 
 // pull adds the device gradients into the host ones.
-func (r *gpuRun) pull() error {
+func (r *gpuRun) pull() error { return r.d.Batch(r.pullNow) }
+
+func (r *gpuRun) pullNow() error {
 	var buf []float32
 	for _, p := range r.pairs {
 		for _, g := range []struct {

@@ -28,3 +28,6 @@ func mapArena(n int) ([]byte, error) {
 }
 
 func unmapArena(b []byte) { syscall.Munmap(b) }
+
+// threadID is the calling OS thread's id.
+func threadID() int { return syscall.Gettid() }

@@ -18,3 +18,4 @@ func dlsym(uintptr, string) error    { return errPlatform }
 func register(any, uintptr, string)  {}
 func mapArena(n int) ([]byte, error) { return make([]byte, n), nil }
 func unmapArena([]byte)              {}
+func threadID() int                  { return -1 }

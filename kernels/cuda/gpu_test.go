@@ -154,7 +154,14 @@ func TestGPUDequantizeBitIdentical(t *testing.T) {
 		m, err := d.UploadMatrix(typ, rows, cols, q)
 		must(t, err)
 		n := int64(rows * cols)
-		for _, rg := range [][2]int64{{0, n}, {17 * cols, 40 * cols}} {
+		// whole blocks (the block-wise types a thread per piece of a
+		// block); for the 32- and 64-element blocks a range of whole blocks
+		// that is not of 256 elements
+		ranges := [][2]int64{{0, n}, {17 * cols, 40 * cols}}
+		if typ != quant.Q4_K && typ != quant.Q6_K {
+			ranges = append(ranges, [2]int64{17*cols + 64, 960})
+		}
+		for _, rg := range ranges {
 			out := zeros(t, d, int(rg[1]))
 			must(t, d.Dequantize(out, m, rg[0], rg[1], F32))
 			got := down(t, out, int(rg[1]))

@@ -130,13 +130,15 @@ __device__ void dequant_body(O* __restrict__ y, const u8* __restrict__ w, i64 n,
         store(y + i, wval<T>(w, e0 + i, n));
 }
 
-#define DEQUANT(name, T)                                                                              \
-    extern "C" __global__ void dequant_##name##_f32(float* y, const u8* w, i64 n, i64 e0, i64 count) { \
-        dequant_body<T, float>(y, w, n, e0, count);                                                    \
-    }                                                                                                  \
-    extern "C" __global__ void dequant_##name##_bf16(u16* y, const u8* w, i64 n, i64 e0, i64 count) {  \
-        dequant_body<T, u16>(y, w, n, e0, count);                                                      \
+// DEQUANT_KERNELS makes kernel_name_f32 and kernel_name_bf16 of body.
+#define DEQUANT_KERNELS(kernel, body, name, T)                                                          \
+    extern "C" __global__ void kernel##_##name##_f32(float* y, const u8* w, i64 n, i64 e0, i64 count) { \
+        body<T, float>(y, w, n, e0, count);                                                             \
+    }                                                                                                   \
+    extern "C" __global__ void kernel##_##name##_bf16(u16* y, const u8* w, i64 n, i64 e0, i64 count) {  \
+        body<T, u16>(y, w, n, e0, count);                                                               \
     }
+#define DEQUANT(name, T) DEQUANT_KERNELS(dequant, dequant_body, name, T)
 DEQUANT(f32, T_F32)
 DEQUANT(f16, T_F16)
 DEQUANT(bf16, T_BF16)
@@ -210,17 +212,24 @@ template <> struct MVQ<T_NF4> { enum { BLOCK = 64, BYTES = 0, PIECES = 4 }; };
 template <> struct MVQ<T_Q4_K> { enum { BLOCK = 256, BYTES = 144, PIECES = 16 }; };
 template <> struct MVQ<T_Q6_K> { enum { BLOCK = 256, BYTES = 210, PIECES = 16 }; };
 
-// mvq_acc adds v·x[m][e] to s[m] for the M ≤ 4 activation rows.
-__device__ __forceinline__ void mvq_acc(float* s, float v, const float* __restrict__ x, i64 e, int M, int K) {
-    s[0] += v * x[e];
-    if (M > 1) s[1] += v * x[K + e];
-    if (M > 2) s[2] += v * x[2 * K + e];
-    if (M > 3) s[3] += v * x[3 * K + e];
-}
+// MVSink adds v·x[m][k0+e] to s[m] for the M ≤ 4 activation rows.
+struct MVSink {
+    float* s;
+    const float* __restrict__ x;
+    int k0, M, K;
+    __device__ __forceinline__ void put(float v, int e) {
+        int k = k0 + e;
+        s[0] += v * x[k];
+        if (M > 1) s[1] += v * x[K + k];
+        if (M > 2) s[2] += v * x[2 * K + k];
+        if (M > 3) s[3] += v * x[3 * K + k];
+    }
+};
 
-// mvq_piece adds piece p of block blk (its first element k0 of the row) to s.
-template <int T>
-__device__ __forceinline__ void mvq_piece(float* s, const u8* __restrict__ w, i64 n, i64 blk, int p, const float* __restrict__ x, int k0, int M, int K) {
+// mvq_piece decodes piece p of block blk of the n-element tensor w, giving
+// each value and its element's index in the block to sink.put.
+template <int T, class S>
+__device__ __forceinline__ void mvq_piece(S& sink, const u8* __restrict__ w, i64 n, i64 blk, int p) {
     if (T == T_Q4_0) {
         const u8* b = w + blk * 18;
         float d = h2f(ld16(b));
@@ -228,15 +237,15 @@ __device__ __forceinline__ void mvq_piece(float* s, const u8* __restrict__ w, i6
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int c = q[i];
-            mvq_acc(s, __fmul_rn((float)((c & 15) - 8), d), x, k0 + 4 * p + i, M, K);
-            mvq_acc(s, __fmul_rn((float)((c >> 4) - 8), d), x, k0 + 16 + 4 * p + i, M, K);
+            sink.put(__fmul_rn((float)((c & 15) - 8), d), 4 * p + i);
+            sink.put(__fmul_rn((float)((c >> 4) - 8), d), 16 + 4 * p + i);
         }
     } else if (T == T_Q8_0) {
         const u8* b = w + blk * 34;
         float d = h2f(ld16(b));
         const u8* q = b + 2 + 8 * p;
 #pragma unroll
-        for (int i = 0; i < 8; i++) mvq_acc(s, __fmul_rn((float)(i8)q[i], d), x, k0 + 8 * p + i, M, K);
+        for (int i = 0; i < 8; i++) sink.put(__fmul_rn((float)(i8)q[i], d), 8 * p + i);
     } else if (T == T_NF4) {
         i64 blocks = n >> 6, groups = (blocks + 255) >> 8;
         i64 codes = n >> 1, c2o = codes + blocks, muo = c2o + 4 * groups;
@@ -247,8 +256,8 @@ __device__ __forceinline__ void mvq_piece(float* s, const u8* __restrict__ w, i6
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             int c = q[i];
-            mvq_acc(s, __fmul_rn(nf4_table[c & 15], sc), x, k0 + 8 * p + i, M, K);
-            mvq_acc(s, __fmul_rn(nf4_table[c >> 4], sc), x, k0 + 32 + 8 * p + i, M, K);
+            sink.put(__fmul_rn(nf4_table[c & 15], sc), 8 * p + i);
+            sink.put(__fmul_rn(nf4_table[c >> 4], sc), 32 + 8 * p + i);
         }
     } else if (T == T_Q4_K) {
         const u8* b = w + blk * 144;
@@ -267,8 +276,8 @@ __device__ __forceinline__ void mvq_piece(float* s, const u8* __restrict__ w, i6
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             int c = q[i];
-            mvq_acc(s, __fsub_rn(__fmul_rn(dl[0], (float)(c & 15)), ml[0]), x, k0 + 64 * g + 8 * h + i, M, K);
-            mvq_acc(s, __fsub_rn(__fmul_rn(dl[1], (float)(c >> 4)), ml[1]), x, k0 + 64 * g + 32 + 8 * h + i, M, K);
+            sink.put(__fsub_rn(__fmul_rn(dl[0], (float)(c & 15)), ml[0]), 64 * g + 8 * h + i);
+            sink.put(__fsub_rn(__fmul_rn(dl[1], (float)(c >> 4)), ml[1]), 64 * g + 32 + 8 * h + i);
         }
     } else if (T == T_Q6_K) {
         const u8* b = w + blk * 210;
@@ -285,7 +294,7 @@ __device__ __forceinline__ void mvq_piece(float* s, const u8* __restrict__ w, i6
                 int lo = (qq & 1) ? ql[l + 32] : ql[l];
                 lo = (qq & 2) ? (lo >> 4) : (lo & 15);
                 int q = (lo | (((qh[l] >> (2 * qq)) & 3) << 4)) - 32;
-                mvq_acc(s, __fmul_rn(ds, (float)q), x, k0 + 128 * half + 32 * qq + l, M, K);
+                sink.put(__fmul_rn(ds, (float)q), 128 * half + 32 * qq + l);
             }
         }
     }
@@ -302,7 +311,8 @@ __device__ void matvecq_body(float* __restrict__ y, const float* __restrict__ x,
     float s[4] = {0, 0, 0, 0};
     for (int pc = lane; pc < np; pc += 32) {
         int j = pc / PIECES;
-        mvq_piece<T>(s, w, n, b0 + j, pc - j * PIECES, x, j * BLOCK, M, K);
+        MVSink sink{s, x, j * BLOCK, M, K};
+        mvq_piece<T>(sink, w, n, b0 + j, pc - j * PIECES);
     }
     s[0] = warp_sum(s[0]);
     if (M > 1) s[1] = warp_sum(s[1]);
@@ -323,6 +333,33 @@ MATVECQ(q8_0, T_Q8_0)
 MATVECQ(q4_k, T_Q4_K)
 MATVECQ(q6_k, T_Q6_K)
 MATVECQ(nf4, T_NF4)
+
+// dequantq is dequant for ranges of whole blocks of the block-wise types,
+// a thread per piece (mvq_piece), the values written where dequant writes
+// them, bit for bit.
+template <class O>
+struct DQSink {
+    O* __restrict__ y;
+    __device__ __forceinline__ void put(float v, int e) { store(y + e, v); }
+};
+
+template <int T, typename O>
+__device__ void dequantq_body(O* __restrict__ y, const u8* __restrict__ w, i64 n, i64 e0, i64 count) {
+    const int PIECES = MVQ<T>::PIECES, BLOCK = MVQ<T>::BLOCK;
+    i64 np = count / BLOCK * PIECES, b0 = e0 / BLOCK;
+    for (i64 pc = blockIdx.x * (i64)blockDim.x + threadIdx.x; pc < np; pc += (i64)gridDim.x * blockDim.x) {
+        i64 j = pc / PIECES;
+        DQSink<O> sink{y + j * BLOCK};
+        mvq_piece<T>(sink, w, n, b0 + j, (int)(pc - j * PIECES));
+    }
+}
+
+#define DEQUANTQ(name, T) DEQUANT_KERNELS(dequantq, dequantq_body, name, T)
+DEQUANTQ(q4_0, T_Q4_0)
+DEQUANTQ(q8_0, T_Q8_0)
+DEQUANTQ(q4_k, T_Q4_K)
+DEQUANTQ(q6_k, T_Q6_K)
+DEQUANTQ(nf4, T_NF4)
 
 // block_sum reduces v over the block (blockDim.x a multiple of 32, ≤ 1024);
 // every thread gets the sum. red is __shared__ float[32].

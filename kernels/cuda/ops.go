@@ -134,8 +134,12 @@ func (d *Device) Dequantize(dst *Buffer, m *Matrix, e0, count int64, p Precision
 	if dst.Bytes < count*p.size() {
 		return fmt.Errorf("cuda: Dequantize of %d elements into %d bytes", count, dst.Bytes)
 	}
-	name := "dequant_" + typeNames[m.Type] + "_" + p.String()
-	return d.run(name, d.grid1(count), threads256, 0, dst, m.Buf, n, e0, count)
+	name, threads := "dequant_"+typeNames[m.Type]+"_"+p.String(), count
+	if b := int64(blockwise[m.Type]); b > 0 && e0%b == 0 && count%b == 0 {
+		// a thread per piece of a block (8 or 16 elements; mvq_piece)
+		name, threads = "dequantq_"+typeNames[m.Type]+"_"+p.String(), count/b*int64(blockPieces[m.Type])
+	}
+	return d.run(name, d.grid1(threads), threads256, 0, dst, m.Buf, n, e0, count)
 }
 
 // MatVec computes y (M, N) = x (M, K)·Wᵀ for M ≤ 4 rows, decoding W in
@@ -159,6 +163,9 @@ func (d *Device) MatVec(y, x *Buffer, M int, w *Matrix) error {
 // blockwise are the types whose rows matvecq takes a block at a time (when
 // a row is whole blocks), by block length.
 var blockwise = map[quant.Type]int{quant.Q4_0: 32, quant.Q8_0: 32, quant.NF4: 64, quant.Q4_K: 256, quant.Q6_K: 256}
+
+// blockPieces are the pieces a block is decoded in (MVQ<T>::PIECES).
+var blockPieces = map[quant.Type]int{quant.Q4_0: 4, quant.Q8_0: 4, quant.NF4: 4, quant.Q4_K: 16, quant.Q6_K: 16}
 
 // MatMulWorkspace is the device scratch MatMul and MatMulT take for M rows
 // of w at precision p: the decoded weight, and for BF16 the activations
