@@ -3,7 +3,8 @@
 # and 1B Llama models (Q4_0 and NF4 bases, LoRA rank 16 on every linear
 # layer of every block, AdamW), beside PyTorch+PEFT (bf16 base) on the
 # same shapes and batch, in the same run; then a 1B run under
-# --max-vram 2GiB. Prints a markdown table. Needs bin/qtune and
+# --max-vram 2GiB; then generation on the GPU and the CPU. Prints markdown
+# tables. Needs bin/qtune and
 # bin/synthgen (make gpu-binaries) and a data folder in $DATA.
 set -u
 Q=${QTUNE:-out/gpu/qtune}
@@ -15,6 +16,9 @@ T=${T:-256}
 ITERS=${ITERS:-8}
 DEV=${DEV:-cuda}
 SPECS=${SPECS-15M:q4_0 110M:q4_0 110M:nf4 1B:q4_0 1B:nf4}
+GSPECS=${GSPECS-110M:q4_0 1B:q4_0 1B:nf4} # generation's models
+GEN_N=${GEN_N:-128}
+VRAM_RUNS=${VRAM_RUNS:-1} # 0 skips the runs under --max-vram
 mkdir -p "$DIR"
 [ -n "$SPECS" ] && echo "| shape | base | tool | batch | tokens/s | GPU memory at peak (beyond the CUDA context) |" && echo "|---|---|---|---|---|---|"
 for spec in $SPECS; do
@@ -41,12 +45,29 @@ done
 # through two slots (after the warm-up step measures what the driver
 # holds besides, the run is planned again with it); 1.2 GiB is refused.
 M=$DIR/1B-nf4.gguf
-[ -f "$M" ] || "$G" -preset 1B -type nf4 -out "$M" >/dev/null 2>&1
-for v in 2GiB 1.6GiB 1.4GiB 1.2GiB; do
+[ "$VRAM_RUNS" = 1 ] && { [ -f "$M" ] || "$G" -preset 1B -type nf4 -out "$M" >/dev/null 2>&1; }
+[ "$VRAM_RUNS" = 1 ] && for v in 2GiB 1.6GiB 1.4GiB 1.2GiB; do
   log=$("$Q" train --model "$M" --data "$DATA" --device cuda --max-vram "$v" --iters 6 --batch-size 1 --max-seq-length 256 --pack \
     --rank 16 --alpha 32 --num-layers -1 --steps-per-eval 0 --steps-per-report 1 --save-every 0 --adapter-path "$DIR/ad-vram" 2>&1)
   tps=$(echo "$log" | sed -n 's/.*Tokens\/sec \([0-9.]*\).*/\1/p' | tail -n +3 | awk '{s+=$1; n++} END {if (n) printf "%.0f", s/n}')
   echo
   echo "1B NF4 under --max-vram $v: ${tps:-no} tokens/s (iterations 3-6)"
   echo "$log" | grep -E "GPU memory|device:|planned again|qtune train" | sed 's/^[0-9:]* INF //'
+done
+# Generation on the GPU (the KV cache there; greedy, 128 tokens after a
+# short prompt): tokens/s from qtune's log line, and the same on the CPU
+# of that machine for scale.
+echo
+echo "| shape | base | device | generation tokens/s ($GEN_N tokens) |"
+echo "|---|---|---|---|"
+for spec in $GSPECS; do
+  p=${spec%%:*}; t=${spec##*:}
+  M=$DIR/$p-$t.gguf
+  [ -f "$M" ] || "$G" -preset "$p" -type "$t" -out "$M" >/dev/null 2>&1
+  for dev in cuda cpu; do
+    log=$("$Q" generate --model "$M" --prompt "Once upon a time" -n "$GEN_N" --temp 0 --ignore-eos --device "$dev" 2>&1 >/dev/null)
+    gtps=$(echo "$log" | sed -n 's/.*tokens_per_s=\([0-9.]*\).*/\1/p' | tail -1)
+    [ -z "$gtps" ] && echo "$log" | tail -2 >&2
+    echo "| $p | $t | $dev | ${gtps:-failed} |"
+  done
 done
