@@ -305,6 +305,26 @@ type generateOptions struct {
 	ChatTemplate   string          `json:"chat_template"`
 	TemplateKwargs json.RawMessage `json:"chat_template_kwargs"`
 	ModelPath      string          `json:"model_path"`
+	deviceJSON
+}
+
+// deviceJSON are where generate and evaluate run (train's options).
+type deviceJSON struct {
+	Device       string `json:"device"`
+	MaxVRAM      string `json:"max_vram"`
+	GPUPrecision string `json:"gpu_precision"`
+}
+
+func (o deviceJSON) options() (train.DeviceOptions, error) {
+	d := train.DeviceOptions{Device: o.Device, GPUPrecision: o.GPUPrecision}
+	if o.MaxVRAM != "" && o.MaxVRAM != "0" {
+		v, err := budget.ParseSize(o.MaxVRAM)
+		if err != nil {
+			return d, fmt.Errorf("qtune: max_vram: %v: %w", err, errArgs)
+		}
+		d.MaxVRAM = v
+	}
+	return d, d.Check()
 }
 
 //export qtune_generate
@@ -323,8 +343,12 @@ func qtune_generate(h *C.qtune_model, optionsJSON *C.char, onToken C.qtune_token
 	if o.ModelPath == "" {
 		o.ModelPath = c.path
 	}
+	dev, err := o.deviceJSON.options()
+	if err != nil {
+		return status(err)
+	}
 	g := train.GenerateOptions{Prompt: o.Prompt, Chat: o.Chat || len(o.Messages) > 0, Messages: o.Messages, ChatTemplate: o.ChatTemplate,
-		ModelPath: o.ModelPath, MaxTokens: 128, Temp: 0.8, TopP: 0.9, Seed: o.Seed, IgnoreEOS: o.IgnoreEOS, MaxMem: limit}
+		ModelPath: o.ModelPath, MaxTokens: 128, Temp: 0.8, TopP: 0.9, Seed: o.Seed, IgnoreEOS: o.IgnoreEOS, MaxMem: limit, DeviceOptions: dev}
 	if len(o.TemplateKwargs) > 0 {
 		g.TemplateKwargs = string(o.TemplateKwargs)
 	}
@@ -531,6 +555,7 @@ type evaluateOptions struct {
 	MaxSeqLength int    `json:"max_seq_length"`
 	MaxMem       string `json:"max_mem"`
 	PlanOnly     bool   `json:"plan_only"`
+	deviceJSON
 }
 
 //export qtune_evaluate
@@ -545,7 +570,11 @@ func qtune_evaluate(h *C.qtune_model, optionsJSON *C.char, out **C.char) (st C.q
 	if err != nil {
 		return status(err)
 	}
-	opt := train.EvaluateOptions{Data: o.Data, Limit: o.Limit, MaxSeqLen: o.MaxSeqLength, MaxMem: limit,
+	dev, err := o.deviceJSON.options()
+	if err != nil {
+		return status(err)
+	}
+	opt := train.EvaluateOptions{Data: o.Data, Limit: o.Limit, MaxSeqLen: o.MaxSeqLength, MaxMem: limit, DeviceOptions: dev,
 		OnPlan: func(*budget.Plan) bool { return !o.PlanOnly }}
 	ev, err := train.Evaluate(context.Background(), c.m, opt)
 	if err != nil {

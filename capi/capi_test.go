@@ -312,6 +312,9 @@ func TestCHostAdaptersMatchCLI(t *testing.T) {
 			t.Errorf("exported %s: %d bytes (%v), the CLI's %d (%v), or they differ", f, len(got), err1, len(want), err2)
 		}
 	}
+	if !strings.HasPrefix(lines["bad-device"], "2 ") || !strings.Contains(lines["bad-device"], `"tpu"`) {
+		t.Errorf("bad device: %q, want status 2 (QTUNE_ERR_ARGS) naming it", lines["bad-device"])
+	}
 	if !strings.HasPrefix(lines["bad-data"], "3 ") || !strings.Contains(lines["bad-data"], bad+": line 2: ") {
 		t.Errorf("bad data: %q, want status 3 naming %s line 2", lines["bad-data"], bad)
 	}

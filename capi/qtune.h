@@ -141,7 +141,9 @@ void qtune_model_free(qtune_model *m);
  * "ignore_eos": false, "max_mem": "256MiB", "chat": false (render with the
  * model's chat template: "messages": [{"role","content"}], then "prompt"
  * as a user turn), "chat_template": "file.jinja", "chat_template_kwargs":
- * {...}, "model_path": "where the model was opened from"}.
+ * {...}, "model_path": "where the model was opened from", "device": "cpu"
+ * (or "cuda", "cuda:N", "auto": the GPU, the KV cache there too),
+ * "max_vram": "2GiB", "gpu_precision": "bf16" or "f32"}.
  * on_token (may be NULL) is called with each token as it is made. When
  * out_json is not NULL it receives {"prompt_tokens": [...], "tokens":
  * [...], "text": "..."}. */
@@ -180,7 +182,8 @@ qtune_status qtune_plan(const char *config_json, char **out_json);
 
 /* Evaluates m on a data file: options_json {"data": "file", "limit": 0
  * (first N records; 0: all), "max_seq_length": 0 (0: the model's context,
- * at most 1024), "max_mem": "256MiB", "plan_only": false}. *out_json:
+ * at most 1024), "max_mem": "256MiB", "plan_only": false, "device",
+ * "max_vram", "gpu_precision" as qtune_generate's}. *out_json:
  * {"kind": "text"|"prompt/completion", "loss", "ppl", "tokens"}
  * or, for classification data, {"kind", "accuracy", "n"}; with plan_only
  * {"plan": {...}} (as qtune_plan's). A malformed data file is

@@ -7,7 +7,8 @@
  *   LD_LIBRARY_PATH=out ./adapters MODEL DATA_FOLDER ADAPTER_FOLDER EXPORT_FOLDER [BAD_JSONL]
  *
  * Output lines (for tests): "plan JSON", "tight-plan JSON", "eval-adapter
- * JSON", "eval-base JSON", "export JSON", "bad-data STATUS MESSAGE".
+ * JSON", "eval-base JSON", "export JSON", "bad-device STATUS MESSAGE",
+ * "bad-data STATUS MESSAGE".
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +71,10 @@ int main(int argc, char **argv) {
     if ((st = qtune_export(m, buf, &out)) != QTUNE_OK)
         return fail("qtune_export", st);
     show("export", out);
+
+    /* A device that does not exist: a usage status before any work. */
+    st = qtune_evaluate(m, "{\"data\": \"x\", \"device\": \"tpu\"}", &out);
+    printf("bad-device %d %s\n", st, qtune_last_error());
 
     /* Bad data: a status and a message naming the file and line. */
     if (argc > 5) {
