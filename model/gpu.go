@@ -12,6 +12,7 @@ import (
 	"github.com/qtune/qtune/kernels/cuda"
 	"github.com/qtune/qtune/nn"
 	"github.com/qtune/qtune/offload"
+	"github.com/qtune/qtune/quant"
 )
 
 // GPU is a model's frozen weights resident on a CUDA device in their
@@ -897,6 +898,39 @@ func (g *GPU) normGrad(l int, kind string) *cuda.Buffer {
 		return nil
 	}
 	return g.normDW[fmt.Sprintf("blk.%d.%s.weight", l, kind)]
+}
+
+// FloatBuffer is the device's copy of the float32 tensor name as the host
+// names it (a norm; an F32 matrix of a resident block; the F32 output
+// projection, which is also token_embd.weight's copy when tied): what a
+// zeroth-order method perturbs there. An error where the device has none.
+func (g *GPU) FloatBuffer(name string) (*cuda.Buffer, error) {
+	if b := g.NormWeight(name); b != nil {
+		return b, nil
+	}
+	mat := func(w *cuda.Matrix) (*cuda.Buffer, error) {
+		if w == nil {
+			return nil, fmt.Errorf("model: %s is not resident on the GPU (streamed)", name)
+		}
+		if w.Type != quant.F32 {
+			return nil, fmt.Errorf("model: %s is %s on the GPU, not F32", name, w.Type)
+		}
+		return w.Buf, nil
+	}
+	if name == "output.weight" || name == "token_embd.weight" && g.m.Config.Tied {
+		return mat(g.output)
+	}
+	for l := range g.layers {
+		for mod := Module(0); mod < NumModules; mod++ {
+			if TensorName(l, mod) == name {
+				if l >= g.resident {
+					return mat(nil)
+				}
+				return mat(g.layers[l].w[mod])
+			}
+		}
+	}
+	return nil, fmt.Errorf("model: no device copy of %s", name)
 }
 
 // NormWeight is the device copy of a norm weight by its GGUF name (the

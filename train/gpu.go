@@ -91,8 +91,8 @@ func (c *Config) gpuUnsupported() string {
 		if zt == "" {
 			zt = DefaultZOTarget(c.Method)
 		}
-		if zt != "lora" {
-			return fmt.Sprintf("%s's --zo-target %s runs on the CPU only for now (--zo-target lora runs on the GPU)", c.Method, zt)
+		if zt != "lora" && !(c.Method == "mezo" && zt == "float") {
+			return fmt.Sprintf("%s's --zo-target %s runs on the CPU only for now (--zo-target lora, and float for mezo, run on the GPU)", c.Method, zt)
 		}
 	case c.Method != "lora" && c.Method != "qlora" && c.Method != "loreml":
 		return fmt.Sprintf("method %s runs on the CPU only for now (lora, qlora, mezo, loho and loreml run on the GPU)", c.Method)
@@ -108,6 +108,7 @@ type gpuRun struct {
 	pairs  []gpuPair
 	sparse []sparsePair
 	norms  []normPair
+	floats []floatPair // mezo --zo-target float: the trained tensors and their device copies
 	dev    map[*lora.Layer]*model.GPULoRA
 	limit  int64
 	// The driver's own count, sampled: the most memory in use on the GPU
@@ -143,6 +144,64 @@ func (r *gpuRun) sample() {
 			}
 		}
 	})
+}
+
+// floatPair is a float tensor MeZO trains (index i of its SPSA tensors)
+// and the device's copy of it (nil for the embedding, which the host
+// looks rows up in; a tied output is its device copy).
+type floatPair struct {
+	i    int
+	host []float32
+	dev  *cuda.Buffer
+	name string
+}
+
+// floatMeZO is the SPSA of a MeZO run over float tensors, or nil.
+func floatMeZO(meth Method) *mezo.SPSA {
+	if z, ok := meth.(*mezoMethod); ok && z.cfg.ZOTarget == "float" {
+		return z.spsa
+	}
+	return nil
+}
+
+// adaptFloats pairs the float tensors s trains with their device copies.
+func (r *gpuRun) adaptFloats(s *mezo.SPSA) error {
+	for i, t := range s.Tensors {
+		p := floatPair{i: i, host: t.Data, name: t.Name}
+		dev, err := r.g.FloatBuffer(t.Name)
+		if err != nil && t.Name != "token_embd.weight" {
+			return fmt.Errorf("train: mezo on the GPU: %w", err)
+		}
+		if err == nil {
+			if dev.Bytes < 4*int64(len(t.Data)) {
+				return fmt.Errorf("train: mezo on the GPU: the device's %s holds %d bytes for %d values", t.Name, dev.Bytes, len(t.Data))
+			}
+			p.dev = dev
+		}
+		r.floats = append(r.floats, p)
+	}
+	return nil
+}
+
+// floatPerturber perturbs the float tensors where the forward reads them:
+// the device's copies, and the embedding on the host (its rows are looked
+// up there), with the CPU's z for each tensor.
+func (r *gpuRun) floatPerturber(s *mezo.SPSA) mezo.Perturber {
+	return func(seed uint64, c float64) error {
+		return r.d.Batch(func() error {
+			for _, p := range r.floats {
+				if p.dev != nil {
+					if err := r.d.MezoPerturb(p.dev, mezo.TensorKey(seed, p.i), 0, int64(len(p.host)), float32(c)); err != nil {
+						return err
+					}
+				}
+				if p.name == "token_embd.weight" {
+					s.PerturbTensor(p.i, seed, c)
+				}
+			}
+			return nil
+		})
+	}
 }
 
 type gpuPair struct {
@@ -331,7 +390,8 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		set = mt.scores // nil in stage 2 (resumed): its adapters are made at its first step
 	}
 	_, isLoReML := meth.(*loremlMethod)
-	if set == nil && !isLoReML {
+	floats := floatMeZO(meth)
+	if set == nil && !isLoReML && floats == nil {
 		return fallback(fmt.Errorf("method %s runs on the CPU only", cfg.Method))
 	}
 	if err := m.GPUSupported(); err != nil {
@@ -354,6 +414,16 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	gplan := planGPU(m, set, extra, B, T, prec, limit, 0, cfg.GradCheckpoint)
 	if limit > 0 && gplan.Total > limit {
 		return nil, fmt.Errorf("train: %s: over the budget; give a smaller --batch-size or --max-seq-length, or --max-vram %s", gplan, fmtMiB(gplan.Total+1<<20))
+	}
+	allResident := func(pl GPUPlan) error {
+		if floats != nil && pl.Resident < pl.Blocks {
+			return fmt.Errorf("train: mezo --zo-target float perturbs its float matrices on the GPU and keeps every block there; %s: give --max-vram %s or more",
+				pl, fmtMiB(pl.Total-pl.Slots+int64(pl.Blocks-pl.Resident)*pl.Slots/2+1<<20))
+		}
+		return nil
+	}
+	if err := allResident(gplan); err != nil {
+		return nil, err
 	}
 	d, err := cuda.Open(ordinal, cuda.Options{MaxVRAM: limit})
 	if err != nil {
@@ -450,6 +520,14 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		}
 		log(fmt.Sprintf("a warm-up step with %d of %d blocks resident: the driver holds %s besides qtune's own allocations; planned again with it", res, gplan.Blocks, fmtMiB(drvShare)))
 		gplan = next
+		if err := allResident(gplan); err != nil {
+			return nil, err
+		}
+	}
+	if floats != nil {
+		if err := r.adaptFloats(floats); err != nil {
+			return nil, err
+		}
 	}
 	r.drvPeak.Store(used)
 	devicePlacement(plan, gplan.Resident)
@@ -567,6 +645,13 @@ func (r *gpuRun) pushNow() error {
 	for _, p := range r.norms {
 		if err := errors.Join(p.dev.WriteF32(0, p.w), p.dw.Zero()); err != nil {
 			return err
+		}
+	}
+	for _, p := range r.floats {
+		if p.dev != nil {
+			if err := p.dev.WriteF32(0, p.host); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

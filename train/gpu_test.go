@@ -166,10 +166,23 @@ func TestGPUTrainMatchesCPU(t *testing.T) {
 // forwards may drift apart.
 func TestGPUMeZOMatchesCPU(t *testing.T) {
 	needGPU(t)
+	for _, target := range []string{"lora", "float"} {
+		t.Run(target, func(t *testing.T) { testGPUMeZO(t, target) })
+	}
+}
+
+// testGPUMeZO: MeZO over LoRA factors (perturbed on the device), or over
+// the float tensors of stories260K F32 (its norms and matrices perturbed
+// on the device, its embedding on the host, the tied output's device copy
+// with it), gives the CPU's losses.
+func testGPUMeZO(t *testing.T, target string) {
 	ctx := context.Background()
 	cfg := smallRun(t, t.TempDir())
 	cfg.Method, cfg.Dropout, cfg.Iters, cfg.Perturbations, cfg.StepsPerEval = "mezo", 0, 4, 1, 4
-	cfg.ZOLearningRate, cfg.Epsilon = 5e-3, 1e-3
+	cfg.ZOLearningRate, cfg.Epsilon, cfg.ZOTarget = 5e-3, 1e-3, target
+	if target == "float" {
+		cfg.ZOLearningRate = 1e-3 // every weight moves: LoRA's step diverges here
+	}
 	// A wrong z on the device gives other projected gradients, so other
 	// updates: cpuAndFrozen checks that the updates move the losses.
 	cpu, fr := cpuAndFrozen(t, ctx, cfg, func(f *Config) { f.ZOLearningRate = 1e-12 }) // 0 is refused

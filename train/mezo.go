@@ -233,16 +233,20 @@ func (z *mezoMethod) Step(ctx context.Context, it int, batches []data.Batch, _ f
 }
 
 // stepGPU is Step with the forward passes and the perturbations on the
-// device (the LoRA factors' copies there); the update is the host's, on
-// the host's factors, which are copied over at the start of each step (so
-// the device's ±ε rounding never accumulates).
+// device (the LoRA factors' copies there, or the float tensors' and the
+// embedding on the host); the update is the host's, on the host's tensors,
+// which are copied over at the start of each step (so the device's ±ε
+// rounding never accumulates).
 func (z *mezoMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, total int) (float64, int, error) {
 	r := z.gpu
 	if err := r.push(); err != nil {
 		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
 	}
-	perturb, err := r.perturber(z.set.Layers)
-	if err != nil {
+	var perturb mezo.Perturber
+	var err error
+	if z.cfg.ZOTarget == "float" {
+		perturb = r.floatPerturber(z.spsa)
+	} else if perturb, err = r.perturber(z.set.Layers); err != nil {
 		return 0, 0, err
 	}
 	ds, err := z.spsa.EstimateWith(it, r.evalLoss(ctx, it, batches, total, z.cfg.parallel()), perturb)

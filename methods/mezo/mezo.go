@@ -125,6 +125,25 @@ func (s *SPSA) apply(seed uint64, c, a float32) {
 // Perturb adds c·z(seed) to every tensor in place.
 func (s *SPSA) Perturb(seed uint64, c float64) { s.apply(seed, float32(c), 1) }
 
+// PerturbTensor adds c·z(seed) to tensor i alone: the part of Perturb that
+// falls on it (a GPU run perturbs the tensors the device holds there).
+func (s *SPSA) PerturbTensor(i int, seed uint64, c float64) {
+	t := s.Tensors[i]
+	z := make([]float32, s.zlen)
+	for _, ch := range s.chunks {
+		if ch.t != i {
+			continue
+		}
+		p := t.Data[ch.lo:ch.hi]
+		zz := z[:len(p)]
+		Normal(zz, seed, ch.t, ch.lo)
+		if t.Mask != nil {
+			t.Mask(ch.lo, zz)
+		}
+		kernels.Axpy(p, float32(c), zz)
+	}
+}
+
 // Draw is one perturbation of a step.
 type Draw struct {
 	Seed        uint64
