@@ -8,7 +8,7 @@ import (
 	"github.com/qtune/qtune/kernels/cuda"
 )
 
-// GPUSession is generation on the device: a KV cache per block (float32,
+// GPUSession is generation (or scoring) on the device: a KV cache per block (float32,
 // maxLen positions) that new tokens' keys and values join, and the buffers
 // of a forward of up to Chunk rows. A prompt runs Chunk rows at a time (so
 // its length does not size the buffers), then each token alone (the
