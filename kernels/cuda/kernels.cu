@@ -592,7 +592,7 @@ __device__ __forceinline__ void attn_fwd_body(float* out, float* lse, const floa
         float s[KPT];
 #pragma unroll
         for (int i = 0; i < KPT; i++) s[i] = 0;
-        for (int d = 0; d < D; d++) {
+        for (int d = 0; live && d < D; d++) { // rows past Tq (most of a decoding tile) skip the products
             float qd = Qs[r * ld + d];
 #pragma unroll
             for (int i = 0; i < KPT; i++) s[i] += qd * Ks[(ln + TPR * i) * ld + d];
@@ -618,7 +618,7 @@ __device__ __forceinline__ void attn_fwd_body(float* out, float* lse, const floa
 #pragma unroll
         for (int j = 0; j < DPT; j++) {
             int d = ln + TPR * j;
-            if (d < D) {
+            if (live && d < D) {
                 float a = 0;
                 for (int c = 0; c < TL; c++) a += Ps[r * (TL + 1) + c] * Vs[c * ld + d];
                 o[j] = o[j] * alpha + a;
