@@ -75,6 +75,22 @@ func gpuModels(t *testing.T) []gpuCase {
 	return append([]gpuCase{{"stories260K F32", shared.Path(t, "assets", "models", "stories260K.gguf")}}, cases...)
 }
 
+// liveLoRA makes m's LoRA set with B drawn from r (B = 0 would leave A's
+// gradient and the adapters' output 0).
+func liveLoRA(t *testing.T, m *model.Model, c lora.Config, r *rand.Rand) *lora.Set {
+	t.Helper()
+	set, err := lora.New(m, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, L := range set.Layers {
+		for i := range L.B {
+			L.B[i] = float32(r.NormFloat64() * 0.05)
+		}
+	}
+	return set
+}
+
 // loraPair is a LoRA layer on the host and its copy on the device.
 type loraPair struct {
 	cpu   *lora.Layer
@@ -138,16 +154,8 @@ func TestGPUStepMatchesCPU(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				set, err := lora.New(m, lora.Config{Rank: 4, Alpha: 8, Seed: 3})
-				if err != nil {
-					t.Fatal(err)
-				}
 				r := rand.New(rand.NewPCG(5, 6))
-				for _, L := range set.Layers { // B = 0 would leave A's gradient 0
-					for i := range L.B {
-						L.B[i] = float32(r.NormFloat64() * 0.05)
-					}
-				}
+				set := liveLoRA(t, m, lora.Config{Rank: 4, Alpha: 8, Seed: 3}, r)
 				const B, T = 2, 24
 				V := m.Config.Vocab
 				tokens, targets := make([]int, B*T), make([]int, B*T)
@@ -236,16 +244,8 @@ func TestGPUStepDropoutMatchesCPU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, err := lora.New(m, lora.Config{Rank: 4, Alpha: 8, Seed: 3, Dropout: 0.2})
-	if err != nil {
-		t.Fatal(err)
-	}
 	r := rand.New(rand.NewPCG(8, 9))
-	for _, L := range set.Layers {
-		for i := range L.B {
-			L.B[i] = float32(r.NormFloat64() * 0.05)
-		}
-	}
+	set := liveLoRA(t, m, lora.Config{Rank: 4, Alpha: 8, Seed: 3, Dropout: 0.2}, r)
 	set.SetStep(5)
 	const B, T = 2, 32
 	tokens, targets := make([]int, B*T), make([]int, B*T)
@@ -312,16 +312,8 @@ func TestGPUFirstLayer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, err := lora.New(m, lora.Config{Rank: 2, Alpha: 4, Seed: 5})
-	if err != nil {
-		t.Fatal(err)
-	}
 	r := rand.New(rand.NewPCG(10, 11))
-	for _, L := range set.Layers {
-		for i := range L.B {
-			L.B[i] = float32(r.NormFloat64() * 0.05)
-		}
-	}
+	set := liveLoRA(t, m, lora.Config{Rank: 2, Alpha: 4, Seed: 5}, r)
 	const B, T = 1, 16
 	tokens, targets := make([]int, B*T), make([]int, B*T)
 	for i := range tokens {
@@ -649,16 +641,8 @@ func TestGPUSessionMatchesCPU(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		set, err := lora.New(m, lora.Config{Rank: 4, Alpha: 8, Seed: 5})
-		if err != nil {
-			t.Fatal(err)
-		}
 		r := rand.New(rand.NewPCG(3, 4))
-		for _, L := range set.Layers {
-			for i := range L.B {
-				L.B[i] = float32(r.NormFloat64() * 0.05)
-			}
-		}
+		set := liveLoRA(t, m, lora.Config{Rank: 4, Alpha: 8, Seed: 5}, r)
 		m.Adapters = set.ByPos
 		V := m.Config.Vocab
 		seq := make([]int, 16)
@@ -775,16 +759,8 @@ func TestGPUStreamingMatchesResident(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, err := lora.New(m, lora.Config{Rank: 4, Alpha: 8, Seed: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
 	r := rand.New(rand.NewPCG(7, 8))
-	for _, L := range set.Layers {
-		for i := range L.B {
-			L.B[i] = float32(r.NormFloat64() * 0.05)
-		}
-	}
+	set := liveLoRA(t, m, lora.Config{Rank: 4, Alpha: 8, Seed: 3}, r)
 	const B, T = 2, 20
 	tokens, targets := make([]int, B*T), make([]int, B*T)
 	for i := range tokens {

@@ -418,6 +418,22 @@ func cpuAndFrozen(t *testing.T, ctx context.Context, cfg Config, freeze func(*Co
 	return cpu, frozen
 }
 
+// liveLoRA is m's rank-4 LoRA set with B[i] = 0.05·f(i) (B = 0 would
+// leave the adapters' output 0).
+func liveLoRA(t *testing.T, m *model.Model, f func(float64) float64) *lora.Set {
+	t.Helper()
+	set, err := lora.New(m, lora.Config{Rank: 4, Alpha: 8, Seed: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, L := range set.Layers {
+		for i := range L.B {
+			L.B[i] = float32(f(float64(i))) * 0.05
+		}
+	}
+	return set
+}
+
 // cpuOnlyAdapter is an adapter the device has no form of.
 type cpuOnlyAdapter struct{}
 
@@ -458,15 +474,7 @@ func TestGPUGenerateMatchesCPU(t *testing.T) {
 	}
 	check("greedy", GenerateOptions{Temp: 0})
 	check("sampled", GenerateOptions{Temp: 0.8, Seed: 7})
-	set, err := lora.New(m, lora.Config{Rank: 4, Alpha: 8, Seed: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, L := range set.Layers {
-		for i := range L.B {
-			L.B[i] = float32(math.Sin(float64(i))) * 0.05
-		}
-	}
+	set := liveLoRA(t, m, math.Sin)
 	m.Adapters = set.ByPos
 	check("greedy with LoRA", GenerateOptions{Temp: 0})
 
@@ -479,7 +487,7 @@ func TestGPUGenerateMatchesCPU(t *testing.T) {
 		t.Errorf("cuda with a CPU-only adapter: %v", err)
 	}
 	m.Adapters = nil
-	_, err = Generate(context.Background(), m, GenerateOptions{Prompt: "Once", MaxTokens: 4, DeviceOptions: DeviceOptions{Device: "cuda", MaxVRAM: 1 << 20}})
+	_, err := Generate(context.Background(), m, GenerateOptions{Prompt: "Once", MaxTokens: 4, DeviceOptions: DeviceOptions{Device: "cuda", MaxVRAM: 1 << 20}})
 	if err == nil || !strings.Contains(err.Error(), "--max-vram") {
 		t.Errorf("generation under --max-vram 1MiB: %v", err)
 	}
@@ -493,15 +501,7 @@ func TestGPUGenerateMatchesCPU(t *testing.T) {
 func TestGPUEvaluateMatchesCPU(t *testing.T) {
 	needGPU(t)
 	m := openStories(t)
-	set, err := lora.New(m, lora.Config{Rank: 4, Alpha: 8, Seed: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, L := range set.Layers {
-		for i := range L.B {
-			L.B[i] = float32(math.Cos(float64(i))) * 0.05
-		}
-	}
+	set := liveLoRA(t, m, math.Cos)
 	eval := func(path string, o EvaluateOptions) *Evaluated {
 		t.Helper()
 		o.Data, o.GPUPrecision = path, "f32"

@@ -556,6 +556,24 @@ __device__ __forceinline__ void att_load(float* sh, const float* x, int r0, int 
     }
 }
 
+// att_dots gives the backward's two products of a thread's N tile rows
+// (ln, ln+TPR, …; shared, stride D+1) with a row's two vectors: s[i] = a·A
+// and dp[i] = b·B (q and dO against k and v, or k and v against q and dO).
+template <int N, int TPR>
+__device__ __forceinline__ void att_dots(float* s, float* dp, const float* a, const float* b, const float* A, const float* B, int ln, int D) {
+#pragma unroll
+    for (int i = 0; i < N; i++) s[i] = dp[i] = 0;
+    for (int d = 0; d < D; d++) {
+        float ad = a[d], bd = b[d];
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            int x = (ln + TPR * i) * (D + 1) + d;
+            s[i] += ad * A[x];
+            dp[i] += bd * B[x];
+        }
+    }
+}
+
 // attn_fwd: out (B, Tq, H·D) and lse (B, H, Tq) of queries q (B, Tq, H·D)
 // over keys and values (B, Tk, Hkv·D); query row i sits at position
 // Tk−Tq+i (Tq = Tk in training; fewer queries over a KV cache when
@@ -684,17 +702,7 @@ __device__ __forceinline__ void attn_dq_body(float* dq, const float* dout, const
         att_load(Vs, v + ko, k0, TL, T, Hkv, g, D);
         __syncthreads();
         float s[KPT], dp[KPT];
-#pragma unroll
-        for (int i = 0; i < KPT; i++) s[i] = dp[i] = 0;
-        for (int d = 0; d < D; d++) {
-            float qd = Qs[r * ld + d], od = Os[r * ld + d];
-#pragma unroll
-            for (int i = 0; i < KPT; i++) {
-                int c = (ln + TPR * i) * ld + d;
-                s[i] += qd * Ks[c];
-                dp[i] += od * Vs[c];
-            }
-        }
+        att_dots<KPT, TPR>(s, dp, Qs + r * ld, Os + r * ld, Ks, Vs, ln, D);
 #pragma unroll
         for (int i = 0; i < KPT; i++) {
             int kp = k0 + ln + TPR * i;
@@ -764,17 +772,7 @@ __device__ __forceinline__ void attn_dkv_body(float* dk, float* dv, const float*
             }
             __syncthreads();
             float s[QPT], dp[QPT];
-#pragma unroll
-            for (int i = 0; i < QPT; i++) s[i] = dp[i] = 0;
-            for (int d = 0; d < D; d++) {
-                float kd = Ks[c * ld + d], vd = Vs[c * ld + d];
-#pragma unroll
-                for (int i = 0; i < QPT; i++) {
-                    int x = (ln + TPR * i) * ld + d;
-                    s[i] += Qs[x] * kd;
-                    dp[i] += Os[x] * vd;
-                }
-            }
+            att_dots<QPT, TPR>(s, dp, Ks + c * ld, Vs + c * ld, Qs, Os, ln, D);
 #pragma unroll
             for (int i = 0; i < QPT; i++) {
                 int rr = ln + TPR * i, t = t0 + rr;
