@@ -125,33 +125,48 @@ func TokenNLL(m *model.Model, st *model.State, logits []float32, ids []int, firs
 // (one text record can be a whole book).
 func tokenNLL(ctx context.Context, m *model.Model, st *model.State, logits []float32, ids []int, first int) (float64, int, error) {
 	W, V := st.MaxLen(), m.Config.Vocab
-	if W < 2 {
-		return 0, 0, errors.New("train: window shorter than 2 tokens")
-	}
 	// A window is fed through the KV cache in chunks of as many positions
 	// as logits holds rows, so the (positions, V) logits never exceed it.
 	rows := max(1, min(len(logits)/V, W))
+	return scoreWindows(W, ids, first, func(start, end int) (nll float64, n int, err error) {
+		st.Reset()
+		for c0 := start; c0 < end; c0 += rows {
+			c1 := min(c0+rows, end)
+			if err := ctx.Err(); err != nil {
+				return 0, 0, err
+			}
+			if err := m.Forward(st, ids[c0:c1], logits, true); err != nil {
+				return 0, 0, err
+			}
+			passDone("eval")
+			for t := max(c0, first-1); t < c1 && t+1 < end; t++ {
+				row := logits[(t-c0)*V : (t-c0+1)*V]
+				nll += nn.LogSumExp(row) - float64(row[ids[t+1]])
+				n++
+			}
+		}
+		return nll, n, nil
+	})
+}
+
+// scoreWindows walks ids in windows of W tokens overlapping by one (so
+// every token after the first is predicted once, with its own window's
+// context), skipping windows that end before first, and sums what score
+// gives for each window [start, end).
+func scoreWindows(W int, ids []int, first int, score func(start, end int) (float64, int, error)) (float64, int, error) {
+	if W < 2 {
+		return 0, 0, errors.New("train: window shorter than 2 tokens")
+	}
 	var nll float64
 	var n int
 	for start := 0; start+1 < len(ids); start += W - 1 {
 		end := min(start+W, len(ids))
 		if end > first {
-			st.Reset()
-			for c0 := start; c0 < end; c0 += rows {
-				c1 := min(c0+rows, end)
-				if err := ctx.Err(); err != nil {
-					return 0, 0, err
-				}
-				if err := m.Forward(st, ids[c0:c1], logits, true); err != nil {
-					return 0, 0, err
-				}
-				passDone("eval")
-				for t := max(c0, first-1); t < c1 && t+1 < end; t++ {
-					row := logits[(t-c0)*V : (t-c0+1)*V]
-					nll += nn.LogSumExp(row) - float64(row[ids[t+1]])
-					n++
-				}
+			s, k, err := score(start, end)
+			if err != nil {
+				return 0, 0, err
 			}
+			nll, n = nll+s, n+k
 		}
 		if end == len(ids) {
 			break
@@ -171,38 +186,24 @@ func commonPrefix(a, b []int) int {
 // gpuTokenNLL is tokenNLL through a GPU scoring session: the same
 // windows, each position's loss computed on the device.
 func gpuTokenNLL(ctx context.Context, se *model.GPUSession, ids []int, first int) (float64, int, error) {
-	W := se.MaxLen()
-	if W < 2 {
-		return 0, 0, errors.New("train: window shorter than 2 tokens")
-	}
-	var nll float64
-	var n int
-	for start := 0; start+1 < len(ids); start += W - 1 {
-		end := min(start+W, len(ids))
-		if end > first {
-			if err := ctx.Err(); err != nil {
-				return 0, 0, err
+	return scoreWindows(se.MaxLen(), ids, first, func(start, end int) (float64, int, error) {
+		if err := ctx.Err(); err != nil {
+			return 0, 0, err
+		}
+		tg := make([]int, end-start)
+		for t := start; t < end; t++ {
+			tg[t-start] = -1
+			if t >= first-1 && t+1 < end {
+				tg[t-start] = ids[t+1]
 			}
-			tg := make([]int, end-start)
-			for t := start; t < end; t++ {
-				tg[t-start] = -1
-				if t >= first-1 && t+1 < end {
-					tg[t-start] = ids[t+1]
-				}
-			}
-			se.Pos = 0
-			s, k, err := se.NLL(ids[start:end], tg)
-			if err != nil {
-				return 0, 0, err
-			}
+		}
+		se.Pos = 0
+		s, k, err := se.NLL(ids[start:end], tg)
+		if err == nil {
 			passDone("eval")
-			nll, n = nll+s, n+k
 		}
-		if end == len(ids) {
-			break
-		}
-	}
-	return nll, n, nil
+		return s, k, err
+	})
 }
 
 // ChoiceScores returns, for one classification record, the summed

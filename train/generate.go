@@ -68,8 +68,6 @@ func (o GenerateOptions) Check() error {
 		return fmt.Errorf("generate: top-p %v: want a number in [0, 1]: %w", o.TopP, ErrBadOptions)
 	case o.MaxMem < 0:
 		return fmt.Errorf("generate: budget of %d bytes: %w", o.MaxMem, ErrBadOptions)
-	case o.MaxVRAM < 0:
-		return fmt.Errorf("generate: GPU budget of %d bytes: %w", o.MaxVRAM, ErrBadOptions)
 	}
 	if err := o.DeviceOptions.Check(); err != nil {
 		return fmt.Errorf("generate: %w", err)

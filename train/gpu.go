@@ -146,14 +146,15 @@ func (r *gpuRun) sample() {
 	})
 }
 
-// floatPair is a float tensor MeZO trains (index i of its SPSA tensors)
-// and the device's copy of it (nil for the embedding, which the host
-// looks rows up in; a tied output is its device copy).
+// floatPair is a tensor MeZO trains (index i of its SPSA tensors) and the
+// device's copy of it: nil for the embedding, which the host looks rows up
+// in and so is perturbed there too (onHost; a tied output is its device
+// copy).
 type floatPair struct {
-	i    int
-	host []float32
-	dev  *cuda.Buffer
-	name string
+	i      int
+	host   []float32
+	dev    *cuda.Buffer
+	onHost bool
 }
 
 // floatMeZO is the SPSA of a MeZO run over float tensors, or nil.
@@ -167,7 +168,7 @@ func floatMeZO(meth Method) *mezo.SPSA {
 // adaptFloats pairs the float tensors s trains with their device copies.
 func (r *gpuRun) adaptFloats(s *mezo.SPSA) error {
 	for i, t := range s.Tensors {
-		p := floatPair{i: i, host: t.Data, name: t.Name}
+		p := floatPair{i: i, host: t.Data, onHost: t.Name == "token_embd.weight"}
 		dev, err := r.g.FloatBuffer(t.Name)
 		if err != nil && t.Name != "token_embd.weight" {
 			return fmt.Errorf("train: mezo on the GPU: %w", err)
@@ -183,19 +184,19 @@ func (r *gpuRun) adaptFloats(s *mezo.SPSA) error {
 	return nil
 }
 
-// floatPerturber perturbs the float tensors where the forward reads them:
-// the device's copies, and the embedding on the host (its rows are looked
-// up there), with the CPU's z for each tensor.
-func (r *gpuRun) floatPerturber(s *mezo.SPSA) mezo.Perturber {
+// perturbPairs perturbs each pair's tensor where the forward reads it: the
+// device's copy (z regenerated there, keyed as the CPU keys tensor i), and
+// the host's for those the host reads (s's z).
+func (r *gpuRun) perturbPairs(pairs []floatPair, s *mezo.SPSA) mezo.Perturber {
 	return func(seed uint64, c float64) error {
 		return r.d.Batch(func() error {
-			for _, p := range r.floats {
+			for _, p := range pairs {
 				if p.dev != nil {
 					if err := r.d.MezoPerturb(p.dev, mezo.TensorKey(seed, p.i), 0, int64(len(p.host)), float32(c)); err != nil {
 						return err
 					}
 				}
-				if p.name == "token_embd.weight" {
+				if p.onHost {
 					s.PerturbTensor(p.i, seed, c)
 				}
 			}
@@ -661,26 +662,15 @@ func (r *gpuRun) pushNow() error {
 // factors: tensor i of the estimator (loraTensors' order: each layer's A,
 // then its B) gets c·z(seed, i), z regenerated on the device.
 func (r *gpuRun) perturber(layers []*lora.Layer) (mezo.Perturber, error) {
-	bufs := make([]*cuda.Buffer, 0, 2*len(layers))
-	lens := make([]int64, 0, 2*len(layers))
+	pairs := make([]floatPair, 0, 2*len(layers))
 	for _, L := range layers {
 		dv := r.dev[L]
 		if dv == nil {
 			return nil, fmt.Errorf("train: %s has no copy on the GPU", L.Target)
 		}
-		bufs = append(bufs, dv.A, dv.B)
-		lens = append(lens, int64(len(L.A)), int64(len(L.B)))
+		pairs = append(pairs, floatPair{i: len(pairs), host: L.A, dev: dv.A}, floatPair{i: len(pairs) + 1, host: L.B, dev: dv.B})
 	}
-	return func(seed uint64, c float64) error {
-		return r.d.Batch(func() error {
-			for i, b := range bufs {
-				if err := r.d.MezoPerturb(b, mezo.TensorKey(seed, i), 0, lens[i], float32(c)); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}, nil
+	return r.perturbPairs(pairs, nil), nil
 }
 
 // pull adds the device gradients into the host ones.

@@ -245,7 +245,7 @@ func (z *mezoMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 	var perturb mezo.Perturber
 	var err error
 	if z.cfg.ZOTarget == "float" {
-		perturb = r.floatPerturber(z.spsa)
+		perturb = r.perturbPairs(r.floats, z.spsa)
 	} else if perturb, err = r.perturber(z.set.Layers); err != nil {
 		return 0, 0, err
 	}

@@ -104,22 +104,27 @@ func (s *SPSA) apply(seed uint64, c, a float32) {
 	s.pool.Parallel(len(s.chunks), 1, func(lo, hi int) {
 		z := make([]float32, s.zlen)
 		for _, ch := range s.chunks[lo:hi] {
-			t := s.Tensors[ch.t]
-			p := t.Data[ch.lo:ch.hi]
-			zz := z[:len(p)]
-			Normal(zz, seed, ch.t, ch.lo)
-			if t.Mask != nil {
-				t.Mask(ch.lo, zz)
-			}
-			if a != 1 && t.Decay {
-				for i := range p {
-					p[i] = a*p[i] + c*zz[i]
-				}
-			} else {
-				kernels.Axpy(p, c, zz)
-			}
+			s.applyChunk(ch, z, seed, c, a)
 		}
 	})
+}
+
+// applyChunk is apply over one chunk, z its scratch.
+func (s *SPSA) applyChunk(ch chunk, z []float32, seed uint64, c, a float32) {
+	t := s.Tensors[ch.t]
+	p := t.Data[ch.lo:ch.hi]
+	zz := z[:len(p)]
+	Normal(zz, seed, ch.t, ch.lo)
+	if t.Mask != nil {
+		t.Mask(ch.lo, zz)
+	}
+	if a != 1 && t.Decay {
+		for i := range p {
+			p[i] = a*p[i] + c*zz[i]
+		}
+	} else {
+		kernels.Axpy(p, c, zz)
+	}
 }
 
 // Perturb adds c·z(seed) to every tensor in place.
@@ -128,19 +133,11 @@ func (s *SPSA) Perturb(seed uint64, c float64) { s.apply(seed, float32(c), 1) }
 // PerturbTensor adds c·z(seed) to tensor i alone: the part of Perturb that
 // falls on it (a GPU run perturbs the tensors the device holds there).
 func (s *SPSA) PerturbTensor(i int, seed uint64, c float64) {
-	t := s.Tensors[i]
 	z := make([]float32, s.zlen)
 	for _, ch := range s.chunks {
-		if ch.t != i {
-			continue
+		if ch.t == i {
+			s.applyChunk(ch, z, seed, float32(c), 1)
 		}
-		p := t.Data[ch.lo:ch.hi]
-		zz := z[:len(p)]
-		Normal(zz, seed, ch.t, ch.lo)
-		if t.Mask != nil {
-			t.Mask(ch.lo, zz)
-		}
-		kernels.Axpy(p, float32(c), zz)
 	}
 }
 
