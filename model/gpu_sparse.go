@@ -118,3 +118,51 @@ func (s *GPUSparse) gpuBackward(g *GPU, dx, dy, x *cuda.Buffer, M int, _ *gpuSte
 	}
 	return g.d.SparseBackward(dx, dy, M, &s.CSR)
 }
+
+// GPUDense is a dense float32 delta D (Out, In) on the device (methods/loho's
+// Dense, the zeroth-order part of intra-layer LoHO): it adds x·Dᵀ to its
+// layer's output and dy·D to the input gradient; it has no gradient (MeZO
+// trains it in place, kernels/cuda's MezoApply).
+type GPUDense struct {
+	Out, In int
+	Val     *cuda.Buffer
+}
+
+// NewGPUDense copies val (Out·In, row-major) to d.
+func NewGPUDense(d *cuda.Device, out, in int, val []float32) (*GPUDense, error) {
+	if out <= 0 || in <= 0 || int64(out)*int64(in) != int64(len(val)) {
+		return nil, fmt.Errorf("model: a dense delta of %d values for %d×%d", len(val), out, in)
+	}
+	b, err := d.Alloc(4 * int64(len(val)))
+	if err != nil {
+		return nil, err
+	}
+	if err := b.WriteF32(0, val); err != nil {
+		b.Free()
+		return nil, err
+	}
+	return &GPUDense{Out: out, In: in, Val: b}, nil
+}
+
+// Free releases the delta's device memory.
+func (s *GPUDense) Free() error {
+	if s.Val == nil {
+		return nil
+	}
+	err := s.Val.Free()
+	s.Val = nil
+	return err
+}
+
+// In float32 (no reduced-precision products): a perturbation of ε·z is
+// far below bf16's resolution of the delta's values.
+func (s *GPUDense) gpuForward(g *GPU, y, x *cuda.Buffer, M int, _ *gpuStep) error {
+	return g.d.GemmNT(y, x, s.Val, M, s.Out, s.In, true, cuda.F32)
+}
+
+func (s *GPUDense) gpuBackward(g *GPU, dx, dy, x *cuda.Buffer, M int, _ *gpuStep) error {
+	if dx == nil {
+		return nil
+	}
+	return g.d.GemmNN(dx, dy, s.Val, M, s.In, s.Out, cuda.F32)
+}

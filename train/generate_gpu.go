@@ -38,6 +38,14 @@ func deviceAdapter(a model.Adapter) (bytes int64, rank int, mk func(*cuda.Device
 			}
 			return sp, []func() error{sp.Free}, nil
 		}, nil
+	case *loho.Dense:
+		return x.Bytes(), 0, func(d *cuda.Device) (model.GPUAdapter, []func() error, error) {
+			dd, err := model.NewGPUDense(d, x.Out, x.In, x.Val)
+			if err != nil {
+				return nil, nil, err
+			}
+			return dd, []func() error{dd.Free}, nil
+		}, nil
 	case *loreml.Matrix:
 		n := sparseDeviceBytes(x.Out, x.In, len(x.Delta.Val))
 		r := 0

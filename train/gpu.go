@@ -91,8 +91,8 @@ func (c *Config) gpuUnsupported() string {
 		if zt == "" {
 			zt = DefaultZOTarget(c.Method)
 		}
-		if zt != "lora" && !(c.Method == "mezo" && zt == "float") {
-			return fmt.Sprintf("%s's --zo-target %s runs on the CPU only for now (--zo-target lora, and float for mezo, run on the GPU)", c.Method, zt)
+		if zt != "lora" && !(c.Method == "mezo" && zt == "float") && !(c.Method == "loho-intra" && zt == "complement") {
+			return fmt.Sprintf("%s's --zo-target %s runs on the CPU only for now (--zo-target lora, float for mezo and complement for loho-intra run on the GPU)", c.Method, zt)
 		}
 	case c.Method != "lora" && c.Method != "qlora" && c.Method != "loreml":
 		return fmt.Sprintf("method %s runs on the CPU only for now (lora, qlora, mezo, loho and loreml run on the GPU)", c.Method)
@@ -109,8 +109,15 @@ type gpuRun struct {
 	sparse []sparsePair
 	norms  []normPair
 	floats []floatPair // mezo --zo-target float: the trained tensors and their device copies
-	dev    map[*lora.Layer]*model.GPULoRA
-	limit  int64
+	// LoHO-intra --zo-target complement: the dense deltas, trained in
+	// place on the device. denseHost: the host's values are newer (a
+	// resumed run's), copied over at the next push; denseDev: the
+	// device's are (updated there), copied back before the host reads
+	// them (a save).
+	dense               []floatPair
+	denseHost, denseDev bool
+	dev                 map[*lora.Layer]*model.GPULoRA
+	limit               int64
 	// The driver's own count, sampled: the most memory in use on the GPU
 	// beyond what was in use when the device was opened.
 	stop    chan struct{}
@@ -155,6 +162,8 @@ type floatPair struct {
 	host   []float32
 	dev    *cuda.Buffer
 	onHost bool
+	mask   cuda.MezoMask // entries z leaves alone (LoHO-intra's first-order mask)
+	decay  bool          // weight decay applies (updates made on the device)
 }
 
 // floatMeZO is the SPSA of a MeZO run over float tensors, or nil.
@@ -192,7 +201,7 @@ func (r *gpuRun) perturbPairs(pairs []floatPair, s *mezo.SPSA) mezo.Perturber {
 		return r.d.Batch(func() error {
 			for _, p := range pairs {
 				if p.dev != nil {
-					if err := r.d.MezoPerturb(p.dev, mezo.TensorKey(seed, p.i), 0, int64(len(p.host)), float32(c)); err != nil {
+					if err := r.d.MezoApply(p.dev, mezo.TensorKey(seed, p.i), 0, int64(len(p.host)), float32(c), 1, p.mask); err != nil {
 						return err
 					}
 				}
@@ -203,6 +212,48 @@ func (r *gpuRun) perturbPairs(pairs []floatPair, s *mezo.SPSA) mezo.Perturber {
 			return nil
 		})
 	}
+}
+
+// updateDense is MeZO's update of the dense deltas on the device (z
+// regenerated there, masked as the CPU masks it); the host's copies are
+// stale until pullDense.
+func (r *gpuRun) updateDense(s *mezo.SPSA, ds []mezo.Draw) error {
+	r.denseDev = true
+	return r.d.Batch(func() error {
+		return s.UpdateWith(ds, func(seed uint64, c, a float64) error {
+			for _, p := range r.dense {
+				pa := float32(1)
+				if p.decay {
+					pa = float32(a)
+				}
+				if err := r.d.MezoApply(p.dev, mezo.TensorKey(seed, p.i), 0, int64(len(p.host)), float32(c), pa, p.mask); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	})
+}
+
+// pullDense copies the dense deltas back to the host when the device's are
+// newer.
+func (r *gpuRun) pullDense() error {
+	if r == nil || !r.denseDev {
+		return nil
+	}
+	err := r.d.Batch(func() error {
+		for _, p := range r.dense {
+			if err := p.dev.ReadF32(p.host, 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("train: copying the dense deltas back from the GPU: %w", err)
+	}
+	r.denseDev = false
+	return nil
 }
 
 type gpuPair struct {
@@ -222,6 +273,27 @@ type sparsePair struct {
 type normPair struct {
 	w, g    []float32
 	dev, dw *cuda.Buffer
+}
+
+// denseOf lists LoHO-intra's dense zeroth-order deltas (--zo-target
+// complement), in its sparse deltas' order.
+func denseOf(meth Method) []*loho.Dense {
+	if h, ok := meth.(*lohoMethod); ok && h.intra {
+		return h.dense
+	}
+	return nil
+}
+
+// modulePos is the block and module of m's matrix named target.
+func modulePos(m *model.Model, target string) (int, model.Module, error) {
+	for l := range m.Layers {
+		for mod := model.Module(0); mod < model.NumModules; mod++ {
+			if model.TensorName(l, mod) == target {
+				return l, mod, nil
+			}
+		}
+	}
+	return 0, 0, fmt.Errorf("the model has no matrix %q", target)
 }
 
 // sparseOf lists the method's sparse deltas that go to the device with
@@ -386,13 +458,14 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	case *mezoMethod:
 		set = mt.set
 	case *lohoMethod:
-		set = mt.set // intra with --zo-target complement has none: refused
+		set = mt.set // nil for intra with --zo-target complement: its deltas go below
 	case *loremlMethod:
 		set = mt.scores // nil in stage 2 (resumed): its adapters are made at its first step
 	}
 	_, isLoReML := meth.(*loremlMethod)
 	floats := floatMeZO(meth)
-	if set == nil && !isLoReML && floats == nil {
+	sparse, dense := sparseOf(meth), denseOf(meth)
+	if set == nil && !isLoReML && floats == nil && len(sparse) == 0 {
 		return fallback(fmt.Errorf("method %s runs on the CPU only", cfg.Method))
 	}
 	if err := m.GPUSupported(); err != nil {
@@ -404,10 +477,12 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		limit, _ = budget.ParseSize(cfg.MaxVRAM)
 	}
 	B, T := cfg.BatchSize, cfg.MaxSeqLength
-	sparse := sparseOf(meth)
 	var extra int64
 	for _, sp := range sparse {
 		extra += sparseDeviceBytes(sp.Out, sp.In, len(sp.Val))
+	}
+	for _, dd := range dense {
+		extra += dd.Bytes()
 	}
 	if lm, ok := meth.(*loremlMethod); ok {
 		extra = lm.stage2DeviceBytes()
@@ -447,25 +522,41 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		}
 	}
 	// LoHO-intra: each matrix's first-order sparse delta beside its
-	// zeroth-order factors, which only pass the input gradient on.
+	// zeroth-order part, which only passes the input gradient on: the
+	// same matrix's LoRA factors, or its dense delta.
 	for i, sp := range sparse {
-		L := set.Layers[i]
-		if L.Target != sp.Target {
-			return nil, fmt.Errorf("train: the sparse delta of %s beside the factors of %s", sp.Target, L.Target)
-		}
 		ds, err := model.NewGPUSparse(d, sp.Out, sp.In, sp.RowPtr, sp.Cols, sp.Val, true)
 		if err != nil {
 			return nil, err
 		}
 		r.sparse = append(r.sparse, sparsePair{sp.Val, sp.Grad, ds})
-		ga := r.dev[L]
-		ga.NoGrad = true
-		li := layerOf(L.Target)
-		for mod := range r.ad[li] {
-			if r.ad[li][mod] == model.GPUAdapter(ga) {
-				r.ad[li][mod] = model.GPUStack{ds, ga}
+		st := model.GPUStack{ds}
+		switch {
+		case set != nil:
+			L := set.Layers[i]
+			if L.Target != sp.Target {
+				return nil, fmt.Errorf("train: the sparse delta of %s beside the factors of %s", sp.Target, L.Target)
 			}
+			r.dev[L].NoGrad = true
+			st = append(st, r.dev[L])
+		case len(dense) > 0:
+			dh := dense[i]
+			if dh.Target != sp.Target {
+				return nil, fmt.Errorf("train: the sparse delta of %s beside the dense delta of %s", sp.Target, dh.Target)
+			}
+			dd, err := model.NewGPUDense(d, dh.Out, dh.In, dh.Val)
+			if err != nil {
+				return nil, err
+			}
+			st = append(st, dd)
+			key, ratio := dh.Mask()
+			r.dense = append(r.dense, floatPair{i: i, host: dh.Val, dev: dd.Val, mask: cuda.MezoMask{Key: key, Ratio: ratio}, decay: true})
 		}
+		li, mod, err := modulePos(m, sp.Target)
+		if err != nil {
+			return nil, fmt.Errorf("train: %w", err)
+		}
+		r.ad[li][mod] = st
 	}
 	// One warm-up step of the planned shape makes every buffer and has
 	// the driver load the kernels cuBLAS picks for these shapes (CUDA
@@ -614,7 +705,10 @@ func (r *gpuRun) freeAdapters() {
 	for _, p := range r.norms {
 		p.dw.Free()
 	}
-	r.pairs, r.sparse, r.norms = nil, nil, nil
+	for _, p := range r.dense {
+		p.dev.Free()
+	}
+	r.pairs, r.sparse, r.norms, r.dense = nil, nil, nil, nil
 	r.dev = map[*lora.Layer]*model.GPULoRA{}
 	r.ad = make(model.GPUAdapters, len(r.ad))
 	if r.g != nil {
@@ -654,6 +748,14 @@ func (r *gpuRun) pushNow() error {
 				return err
 			}
 		}
+	}
+	if r.denseHost {
+		for _, p := range r.dense {
+			if err := p.dev.WriteF32(0, p.host); err != nil {
+				return err
+			}
+		}
+		r.denseHost, r.denseDev = false, false
 	}
 	return nil
 }

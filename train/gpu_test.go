@@ -13,7 +13,9 @@ import (
 
 	"github.com/qtune/qtune/internal/shared"
 	"github.com/qtune/qtune/kernels/cuda"
+	"github.com/qtune/qtune/methods/loho"
 	"github.com/qtune/qtune/methods/lora"
+	"github.com/qtune/qtune/methods/mezo"
 	"github.com/qtune/qtune/model"
 )
 
@@ -29,7 +31,6 @@ func TestDeviceFlagsChecked(t *testing.T) {
 		{"cuda", "lots", "", "lora", 0, "--max-vram"},
 		{"cpu", "2GiB", "", "lora", 0, "--max-vram without --device"},
 		{"cuda", "", "f8", "lora", 0, "--gpu-precision"},
-		{"cuda", "", "", "loho-intra", 0, "loho-intra's --zo-target complement runs on the CPU only"},
 	} {
 		cfg := smallRun(t, t.TempDir())
 		cfg.Device, cfg.MaxVRAM, cfg.GPUPrecision, cfg.Method, cfg.Dropout = c.dev, c.vram, c.prec, c.method, c.dropout
@@ -52,9 +53,9 @@ func TestDeviceFlagsChecked(t *testing.T) {
 	}
 	// auto with a configuration the GPU lacks is not an error: it runs on the CPU.
 	cfg = smallRun(t, t.TempDir())
-	cfg.Device, cfg.Method = "auto", "loho-intra"
+	cfg.Device, cfg.Method, cfg.ZOTarget, cfg.Dropout = "auto", "mezo", "scales", 0
 	if err := cfg.Validate(); err != nil {
-		t.Errorf("--device auto --method loho-intra: %v", err)
+		t.Errorf("--device auto --method mezo --zo-target scales: %v", err)
 	}
 }
 
@@ -217,26 +218,31 @@ func testGPUMeZO(t *testing.T, target string) {
 // its updates move the losses well past that. Inter-layer: the two
 // deepest blocks first order, their gradients from a backward stopped
 // there; MeZO on the factors of the blocks below, perturbed on the device.
-// Intra-layer (--zo-target lora): a sparse delta at half of each matrix's
-// entries first order (its sampled gradient and input gradient on the
-// device), MeZO on the same matrices' LoRA factors.
+// Intra-layer: a sparse delta at half of each matrix's entries first
+// order (its sampled gradient and input gradient on the device), MeZO on
+// the same matrices' LoRA factors (--zo-target lora) or on the other half
+// of their entries (complement: a dense delta per matrix, perturbed and
+// updated in place on the device, z cleared at the first-order mask; the
+// saved deltas are the CPU's, and a run stopped and resumed gives the
+// uninterrupted run's losses).
 func TestGPULoHOMatchesCPU(t *testing.T) {
 	needGPU(t)
-	for _, method := range []string{"loho", "loho-intra"} {
-		t.Run(method, func(t *testing.T) { testGPULoHO(t, method) })
+	for _, c := range []struct{ method, zo string }{{"loho", "lora"}, {"loho-intra", "lora"}, {"loho-intra", "complement"}} {
+		t.Run(c.method+"/"+c.zo, func(t *testing.T) { testGPULoHO(t, c.method, c.zo) })
 	}
 }
 
-func testGPULoHO(t *testing.T, method string) {
+func testGPULoHO(t *testing.T, method, zo string) {
 	ctx := context.Background()
 	cfg := smallRun(t, t.TempDir())
 	cfg.Method, cfg.FOLayers, cfg.Dropout, cfg.Iters, cfg.StepsPerEval = method, "2", 0, 4, 4
-	cfg.LearningRate, cfg.ZOLearningRate = 2e-2, 1e-3
+	cfg.LearningRate, cfg.ZOLearningRate, cfg.ZOTarget = 2e-2, 1e-3, zo
 	if method == "loho-intra" {
-		cfg.ZOTarget, cfg.FORatio, cfg.LearningRate = "lora", 0.5, 5e-3
+		cfg.FORatio, cfg.LearningRate = 0.5, 5e-3
 	}
 	cpu, fr := cpuAndFrozen(t, ctx, cfg, func(f *Config) { f.LearningRate, f.ZOLearningRate = 1e-12, 1e-12 })
 	last := len(cpu.Curve) - 1
+	cpuDir := cfg.AdapterPath
 	cfg.AdapterPath, cfg.Device, cfg.GPUPrecision = t.TempDir(), "cuda", "f32"
 	var lines []string
 	gpu, err := Run(ctx, cfg, func(s string) { lines = append(lines, s) }, nil)
@@ -257,6 +263,62 @@ func testGPULoHO(t *testing.T, method string) {
 		}
 	}
 	t.Logf("last loss: CPU %.6f, GPU %.6f, without updates %.6f", cpu.Curve[last].Loss, gpu.Curve[last].Loss, fr.Curve[last].Loss)
+	if zo == "complement" {
+		sameDenseDeltas(t, cpuDir, cfg.AdapterPath)
+		resumedOnGPU(t, cfg, gpu, 3)
+	}
+}
+
+// sameDenseDeltas: the dense deltas a GPU run saved are the CPU run's
+// within 1% of each one's norm (the projected gradients differ by the
+// devices' rounding over ε), and zero where the CPU's are.
+func sameDenseDeltas(t *testing.T, cpu, gpu string) {
+	t.Helper()
+	read := func(dir string) []mezo.Tensor {
+		ts, _, err := mezo.ReadTensors(filepath.Join(dir, loho.DenseFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ts
+	}
+	want, got := read(cpu), read(gpu)
+	if len(want) == 0 || len(got) != len(want) {
+		t.Fatalf("%d dense deltas saved on the GPU, %d on the CPU", len(got), len(want))
+	}
+	for i, w := range want {
+		g := got[i]
+		if g.Name != w.Name || len(g.Data) != len(w.Data) {
+			t.Fatalf("delta %d: %s (%d values) on the GPU, %s (%d) on the CPU", i, g.Name, len(g.Data), w.Name, len(w.Data))
+		}
+		var diff, norm float64
+		for j, x := range w.Data {
+			if (x == 0) != (g.Data[j] == 0) {
+				t.Fatalf("%s[%d]: %g on the GPU, %g on the CPU", w.Name, j, g.Data[j], x)
+			}
+			d := float64(g.Data[j] - x)
+			diff, norm = diff+d*d, norm+float64(x)*float64(x)
+		}
+		if !(norm > 0) || math.Sqrt(diff) > 1e-2*math.Sqrt(norm) {
+			t.Errorf("%s: ‖GPU − CPU‖ = %.3g, ‖CPU‖ = %.3g", w.Name, math.Sqrt(diff), math.Sqrt(norm))
+		}
+	}
+}
+
+// resumedOnGPU stops cfg's run on the device after iteration stop (its
+// state saved on the way out), resumes it there, and wants the losses of
+// the uninterrupted run full.
+func resumedOnGPU(t *testing.T, cfg Config, full *Result, stop int) {
+	t.Helper()
+	cfg.AdapterPath = t.TempDir()
+	res := stopThenResume(t, cfg, stop, nil)
+	if len(res.Curve) != len(full.Curve) || len(res.Curve) <= stop {
+		t.Fatalf("%d iterations resumed, %d uninterrupted", len(res.Curve), len(full.Curve))
+	}
+	for _, p := range res.Curve[stop:] {
+		if want := full.Curve[p.Iter-1].Loss; math.Abs(p.Loss-want) > 1e-6*math.Abs(want) {
+			t.Errorf("resumed iteration %d: loss %.7f, %.7f uninterrupted", p.Iter, p.Loss, want)
+		}
+	}
 }
 
 // LoReML on the GPU reports the CPU run's losses within 1e-3 relative in
@@ -292,22 +354,8 @@ func TestGPULoReMLMatchesCPU(t *testing.T) {
 	// Stopped in stage 2 (its state saved on the way out), resumed on the device.
 	rcfg := gcfg
 	rcfg.AdapterPath = t.TempDir()
-	cctx, cancel := context.WithCancel(ctx)
-	_, err = Run(cctx, rcfg, nil, func(p Progress) {
-		if p.Kind == "train" && p.Iter == 5 {
-			cancel()
-		}
-	})
-	cancel()
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("the stopped run: %v", err)
-	}
-	rcfg.Resume = true
 	var rlog []string
-	res, err := Run(ctx, rcfg, func(s string) { rlog = append(rlog, s) }, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := stopThenResume(t, rcfg, 5, func(s string) { rlog = append(rlog, s) })
 	from := 0
 	for _, l := range rlog {
 		if i := strings.Index(l, " at iteration "); strings.HasPrefix(l, "resumed from") && i > 0 {
@@ -442,7 +490,7 @@ func (cpuOnlyAdapter) Backward(dx, dy, x []float32, M int) {}
 
 // Generation on the GPU (the KV cache there, sampling on the host) gives
 // the CPU's tokens on stories260K F32, greedy and sampled with one seed,
-// without and with a LoRA adapter; an adapter the device lacks falls back
+// without and with a LoRA adapter, and with LoHO's dense deltas besides; an adapter the device lacks falls back
 // to the CPU under auto and is refused naming it under cuda; a budget the
 // device's plan exceeds is refused before the model is placed.
 func TestGPUGenerateMatchesCPU(t *testing.T) {
@@ -477,6 +525,28 @@ func TestGPUGenerateMatchesCPU(t *testing.T) {
 	set := liveLoRA(t, m, math.Sin)
 	m.Adapters = set.ByPos
 	check("greedy with LoRA", GenerateOptions{Temp: 0})
+	// LoHO-intra's outputs: a dense zeroth-order delta stacked on a LoRA
+	// layer, and on a matrix of its own.
+	c := m.Config
+	for _, p := range []struct {
+		l   int
+		mod model.Module
+	}{{1, model.ModUp}, {0, model.ModGate}} {
+		val := make([]float32, c.Hidden*c.Dim)
+		for i := range val {
+			val[i] = 0.05 * float32(math.Cos(float64(i)))
+		}
+		dd, err := loho.DenseFrom(model.TensorName(p.l, p.mod), c.Hidden, c.Dim, val, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := m.Adapters[p.l][p.mod]; a != nil {
+			m.Adapters[p.l][p.mod] = loho.Stack{a, dd}
+		} else {
+			m.Adapters[p.l][p.mod] = dd
+		}
+	}
+	check("greedy with LoRA and dense deltas", GenerateOptions{Temp: 0})
 
 	m.Adapters[0][model.ModQ] = cpuOnlyAdapter{}
 	_, lines := gen(GenerateOptions{Temp: 0, DeviceOptions: DeviceOptions{Device: "auto"}})

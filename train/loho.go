@@ -390,11 +390,13 @@ func (h *lohoMethod) Step(ctx context.Context, it int, batches []data.Batch, lr 
 	return h.update(ds, foStep, sum, total, lr)
 }
 
-// stepGPU is inter-layer Step on the device: the zeroth-order blocks'
-// factors perturbed there (z regenerated from the seed), the passes there
-// with the backward stopped at the first first-order block, the
-// first-order gradients pulled back; both updates are the host's, on the
-// host's factors, copied over at the start of each step.
+// stepGPU is Step on the device: the zeroth-order part perturbed there (z
+// regenerated from the seed), the passes there with the backward stopped
+// at the first first-order block, the first-order gradients pulled back.
+// The updates are the host's, on the host's values, copied over at the
+// start of each step; but for the dense deltas of --zo-target complement,
+// as large as the matrices they adapt, which are updated on the device and
+// copied back only when saved.
 func (h *lohoMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, lr float64) (float64, int, error) {
 	r := h.gpu
 	g := h.cfg.parallel()
@@ -407,9 +409,11 @@ func (h *lohoMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 	}
 	var ds []mezo.Draw
 	if h.zo != nil {
-		perturb, err := r.perturber(h.zoLayers)
-		if err != nil {
-			return 0, 0, err
+		perturb := r.perturbPairs(r.dense, nil) // the dense deltas, or:
+		if !h.complement {
+			if perturb, err = r.perturber(h.zoLayers); err != nil {
+				return 0, 0, err
+			}
 		}
 		if ds, err = h.zo.EstimateWith(it, r.evalLoss(ctx, it, batches, total, g), perturb); err != nil {
 			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
@@ -434,7 +438,13 @@ func (h *lohoMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 // first order with the scheduled one, and returns the step's loss.
 func (h *lohoMethod) update(ds []mezo.Draw, foStep bool, sum float64, total int, lr float64) (float64, int, error) {
 	if h.zo != nil {
-		h.zo.Update(ds)
+		if h.gpu != nil && h.complement {
+			if err := h.gpu.updateDense(h.zo, ds); err != nil {
+				return 0, 0, err
+			}
+		} else {
+			h.zo.Update(ds)
+		}
 	}
 	if foStep {
 		if h.cfg.MaxGradNorm > 0 {
@@ -495,6 +505,9 @@ func (h *lohoMethod) Load(ts []checkpoint.Tensor) error {
 		}
 		copy(d.Val, v)
 	}
+	if h.gpu != nil {
+		h.gpu.denseHost, h.gpu.denseDev = len(h.dense) > 0, false // copied over at the next push
+	}
 	// Finite values can still overflow the forward (1e38 passes the NaN
 	// check): every delta is held to the bound of the saved outputs.
 	if err := checkLoRARange(h.setLayers()); err != nil {
@@ -522,7 +535,13 @@ func (h *lohoMethod) setLayers() []*lora.Layer {
 	return h.set.Layers
 }
 
+// pullGPU brings the values the device trained in place back to the host.
+func (h *lohoMethod) pullGPU() error { return h.gpu.pullDense() }
+
 func (h *lohoMethod) Save(dir string) error {
+	if err := h.pullGPU(); err != nil {
+		return err
+	}
 	if h.set != nil {
 		if err := WriteAdapters(dir, h.m, h.set, h.cfg); err != nil {
 			return err

@@ -3,7 +3,6 @@ package train
 import (
 	"bytes"
 	"context"
-	"errors"
 	"math"
 	"os"
 	"path/filepath"
@@ -34,22 +33,7 @@ func TestLoReMLResumeAcrossStages(t *testing.T) {
 	}
 	for _, stop := range []int{2, 4} {
 		dir := t.TempDir()
-		cfg := loremlRun(t, dir)
-		cctx, cancel := context.WithCancel(ctx)
-		_, err := Run(cctx, cfg, nil, func(p Progress) {
-			if p.Kind == "train" && p.Iter == stop {
-				cancel()
-			}
-		})
-		cancel()
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("run interrupted at %d: %v", stop, err)
-		}
-		cfg.Resume = true
-		resumed, err := Run(ctx, cfg, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		resumed := stopThenResume(t, loremlRun(t, dir), stop, nil)
 		if len(resumed.Curve) != len(full.Curve) {
 			t.Fatalf("curves of %d and %d points", len(full.Curve), len(resumed.Curve))
 		}

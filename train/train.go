@@ -831,6 +831,11 @@ func evalLoss(ctx context.Context, m *model.Model, meth Method, ex data.Source, 
 }
 
 func saveState(path string, meta runMeta, meth Method) error {
+	if p, ok := meth.(interface{ pullGPU() error }); ok { // values trained in place on the device
+		if err := p.pullGPU(); err != nil {
+			return err
+		}
+	}
 	mb, err := json.Marshal(meta)
 	if err != nil {
 		return err

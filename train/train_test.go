@@ -30,6 +30,30 @@ func smallRun(t *testing.T, dir string) Config {
 	return c
 }
 
+// stopThenResume runs cfg until iteration stop is reported and cancels it
+// (its state saved on the way out), then runs it again with --resume (log
+// gets the resumed run's lines) and returns that run's result.
+func stopThenResume(t *testing.T, cfg Config, stop int, log func(string)) *Result {
+	t.Helper()
+	ctx := context.Background()
+	cctx, cancel := context.WithCancel(ctx)
+	_, err := Run(cctx, cfg, nil, func(p Progress) {
+		if p.Kind == "train" && p.Iter == stop {
+			cancel()
+		}
+	})
+	cancel()
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("the run stopped at iteration %d: %v", stop, err)
+	}
+	cfg.Resume = true
+	res, err := Run(ctx, cfg, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
 // TestResumeGivesSameLosses: a run interrupted after iteration 3 and resumed
 // from its saved state reports the same per-iteration losses as a run that
 // was never interrupted (adapters, optimizer moments, data position and
@@ -42,20 +66,7 @@ func TestResumeGivesSameLosses(t *testing.T) {
 	}
 	dir := t.TempDir()
 	cfg := smallRun(t, dir)
-	cctx, cancel := context.WithCancel(ctx)
-	_, err = Run(cctx, cfg, nil, func(p Progress) {
-		if p.Kind == "train" && p.Iter == 3 {
-			cancel()
-		}
-	})
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("interrupted run: %v", err)
-	}
-	cfg.Resume = true
-	resumed, err := Run(ctx, cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resumed := stopThenResume(t, cfg, 3, nil)
 	if len(full.Curve) != 6 || len(resumed.Curve) != 6 {
 		t.Fatalf("curves of %d and %d points", len(full.Curve), len(resumed.Curve))
 	}
@@ -81,6 +92,7 @@ func TestResumeGivesSameLosses(t *testing.T) {
 	b, _ := os.ReadFile(p)
 	b[len(b)/2] ^= 0xff
 	os.WriteFile(p, b, 0o644)
+	cfg.Resume = true
 	if _, err := Run(ctx, cfg, nil, nil); err == nil || !strings.Contains(err.Error(), stateFile) {
 		t.Fatalf("damaged state: %v", err)
 	}

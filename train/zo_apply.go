@@ -43,20 +43,16 @@ func ApplyZOState(m *model.Model, dir string) (string, error) {
 		parts = append(parts, fmt.Sprintf("LoRA on %d matrices", len(set.Layers)))
 	}
 	add := func(target string, a model.Adapter) error {
-		for l := range m.Layers {
-			for mod := model.Module(0); mod < model.NumModules; mod++ {
-				if model.TensorName(l, mod) != target {
-					continue
-				}
-				if prev := ad[l][mod]; prev != nil {
-					ad[l][mod] = loho.Stack{prev, a}
-				} else {
-					ad[l][mod] = a
-				}
-				return nil
-			}
+		l, mod, err := modulePos(m, target)
+		if err != nil {
+			return fmt.Errorf("train: %s: %w", dir, err)
 		}
-		return fmt.Errorf("train: %s: the model has no matrix %q", dir, target)
+		if prev := ad[l][mod]; prev != nil {
+			ad[l][mod] = loho.Stack{prev, a}
+		} else {
+			ad[l][mod] = a
+		}
+		return nil
 	}
 	if p := filepath.Join(dir, FloatTensorsFile); zoFileExists(p) {
 		ts, _, err := mezo.ReadTensors(p)

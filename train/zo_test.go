@@ -2,7 +2,6 @@ package train
 
 import (
 	"context"
-	"errors"
 	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/internal/synth"
 	"math"
@@ -47,22 +46,7 @@ func TestZOResumeGivesSameLosses(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			dir := t.TempDir()
-			cfg := zoRun(t, dir, tc.method, tc.target)
-			cctx, cancel := context.WithCancel(ctx)
-			_, err = Run(cctx, cfg, nil, func(p Progress) {
-				if p.Kind == "train" && p.Iter == 3 {
-					cancel()
-				}
-			})
-			if !errors.Is(err, context.Canceled) {
-				t.Fatalf("interrupted run: %v", err)
-			}
-			cfg.Resume = true
-			resumed, err := Run(ctx, cfg, nil, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			resumed := stopThenResume(t, zoRun(t, t.TempDir(), tc.method, tc.target), 3, nil)
 			if len(full.Curve) != 6 || len(resumed.Curve) != 6 {
 				t.Fatalf("curves of %d and %d points", len(full.Curve), len(resumed.Curve))
 			}

@@ -855,22 +855,27 @@ __device__ __forceinline__ u64 mix(u64 z) {
     return z ^ (z >> 31);
 }
 
-// mezo_axpy: w[i] += alpha·z[off+i] for the tensor key k (mezo.Normal);
-// w may be 0 to write z itself into out instead.
-extern "C" __global__ void mezo_normal(float* out, float* w, u64 key, i64 off, i64 n, float alpha) {
+// mezo_normal: w[i] = a·w[i] + alpha·z[off+i] for the tensor key k
+// (mezo.Normal), with z cleared at the entries of a mask that keeps the
+// share ratio of them (methods/loho's InMask(mkey, off+i, ratio); ratio ≤ 0:
+// no mask); w may be 0 to write z itself into out instead.
+extern "C" __global__ void mezo_normal(float* out, float* w, u64 key, i64 off, i64 n, float alpha, float a, u64 mkey, double ratio) {
     const u64 gamma = 0x9e3779b97f4a7c15ull;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         i64 e = off + i;
-        u64 a = mix(key + (u64)(e >> 1) * gamma);
-        u64 b = mix(a ^ gamma);
-        double u1 = (double)((a >> 11) + 1) * (1.0 / 9007199254740992.0);
-        double u2 = (double)(b >> 11) * (1.0 / 9007199254740992.0);
-        double r = sqrt(-2.0 * log(u1));
-        double s, c;
-        sincos(2.0 * 3.141592653589793 * u2, &s, &c);
-        float z = (float)(r * ((e & 1) ? s : c));
+        float z = 0;
+        if (!(ratio > 0 && (double)(mix(mkey + (u64)e * gamma) >> 11) * (1.0 / 9007199254740992.0) < ratio)) {
+            u64 ka = mix(key + (u64)(e >> 1) * gamma);
+            u64 kb = mix(ka ^ gamma);
+            double u1 = (double)((ka >> 11) + 1) * (1.0 / 9007199254740992.0);
+            double u2 = (double)(kb >> 11) * (1.0 / 9007199254740992.0);
+            double r = sqrt(-2.0 * log(u1));
+            double s, c;
+            sincos(2.0 * 3.141592653589793 * u2, &s, &c);
+            z = (float)(r * ((e & 1) ? s : c));
+        }
         if (w)
-            w[i] += alpha * z;
+            w[i] = a * w[i] + alpha * z;
         else
             out[i] = z;
     }

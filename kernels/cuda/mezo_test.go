@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/qtune/qtune/kernels/cuda"
+	"github.com/qtune/qtune/methods/loho"
 	"github.com/qtune/qtune/methods/mezo"
 )
 
@@ -55,6 +56,72 @@ func TestGPUMezoNormalIsTheCPUs(t *testing.T) {
 		if want := w0[i] + 1e-3*want[i]; math.Abs(float64(got[i]-want)) > 1e-6 {
 			t.Fatalf("perturbed w[%d] = %g, want %g", i, got[i], want)
 		}
+	}
+}
+
+// LoHO-intra's dense zeroth-order delta trained on the device: MeZO's
+// update (two draws, weight decay on the first) with z cleared at the
+// first-order mask gives the CPU's SPSA.Update over the same tensor, and
+// leaves the mask's entries zero.
+func TestGPUMezoMaskedUpdateIsTheCPUs(t *testing.T) {
+	d := cuda.GPUForTest(t)
+	const out, in = 37, 53
+	dense, err := loho.NewDense("blk.0.attn_q.weight", out, in, 0.3, 11, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, ratio := dense.Mask()
+	r := rand.New(rand.NewPCG(5, 6))
+	masked := 0
+	for i := range dense.Val {
+		if loho.InMask(key, i, ratio) {
+			masked++
+		} else {
+			dense.Val[i] = float32(r.NormFloat64()) * 1e-2
+		}
+	}
+	w0 := append([]float32(nil), dense.Val...)
+	s, err := mezo.New([]mezo.Tensor{{Name: "d", Data: dense.Val, Decay: true, Mask: dense.ZeroMasked}},
+		mezo.Config{Epsilon: 1e-3, LR: 1e-2, WeightDecay: 0.1, N: 2, Seed: 9}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := []mezo.Draw{{Seed: mezo.DrawSeed(9, 3, 0), G: 1.7}, {Seed: mezo.DrawSeed(9, 3, 1), G: -0.4}}
+	wb, err := d.Alloc(4 * out * in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wb.Free()
+	if err := wb.WriteF32(0, w0); err != nil {
+		t.Fatal(err)
+	}
+	s.Update(ds) // the CPU's, in dense.Val
+	if err := s.UpdateWith(ds, func(seed uint64, c, a float64) error {
+		return d.MezoApply(wb, mezo.TensorKey(seed, 0), 0, out*in, float32(c), float32(a), cuda.MezoMask{Key: key, Ratio: ratio})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]float32, out*in)
+	if err := wb.ReadF32(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	moved := 0
+	for i, want := range dense.Val {
+		if loho.InMask(key, i, ratio) {
+			if got[i] != 0 {
+				t.Fatalf("entry %d is in the first-order mask and became %g", i, got[i])
+			}
+			continue
+		}
+		if math.Abs(float64(got[i]-want)) > 1e-7 {
+			t.Fatalf("entry %d: %g on the device, %g on the CPU (was %g)", i, got[i], want, w0[i])
+		}
+		if want != w0[i] {
+			moved++
+		}
+	}
+	if masked < out*in/5 || masked > out*in*2/5 || moved < out*in/2 {
+		t.Errorf("%d of %d entries masked (ratio 0.3), %d moved", masked, out*in, moved)
 	}
 }
 

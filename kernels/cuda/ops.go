@@ -428,12 +428,29 @@ func (d *Device) AdamW(w, g, m, v *Buffer, n int64, b1, b2, eps, step, sqrtBC2, 
 // MezoNormal writes z[off : off+n] of the tensor whose key is key
 // (mezo.TensorKey) into out: mezo.Normal on the device.
 func (d *Device) MezoNormal(out *Buffer, key uint64, off, n int64) error {
-	return d.run("mezo_normal", d.grid1(n), threads256, 0, out, uint64(0), key, off, n, float32(0))
+	return d.run("mezo_normal", d.grid1(n), threads256, 0, out, uint64(0), key, off, n, float32(0), float32(1), uint64(0), float64(0))
 }
 
 // MezoPerturb adds alpha·z[off : off+n] to w without storing z.
 func (d *Device) MezoPerturb(w *Buffer, key uint64, off, n int64, alpha float32) error {
-	return d.run("mezo_normal", d.grid1(n), threads256, 0, uint64(0), w, key, off, n, alpha)
+	return d.MezoApply(w, key, off, n, alpha, 1, MezoMask{})
+}
+
+// MezoMask names the entries a perturbation leaves alone: those in the
+// mask methods/loho's InMask(Key, index, Ratio) selects (Ratio ≤ 0: none).
+type MezoMask struct {
+	Key   uint64
+	Ratio float64
+}
+
+// MezoApply is w ← a·w + alpha·z[off : off+n] with z cleared at mask's
+// entries (index off+i): MeZO's update (a: the weight decay) and, with
+// a = 1, its perturbation.
+func (d *Device) MezoApply(w *Buffer, key uint64, off, n int64, alpha, a float32, mask MezoMask) error {
+	if w.Bytes < 4*n {
+		return fmt.Errorf("cuda: MezoApply of %d values to a buffer of %d bytes", n, w.Bytes)
+	}
+	return d.run("mezo_normal", d.grid1(n), threads256, 0, uint64(0), w, key, off, n, alpha, a, mask.Key, mask.Ratio)
 }
 
 // Dropout is methods/lora's dropout mask over n elements: out[i] =

@@ -82,6 +82,11 @@ func (d *Dense) ZeroMasked(off int, z []float32) {
 	}
 }
 
+// Mask is the first-order mask the delta's zeroth-order entries
+// complement: entry i is in it when InMask(key, i, ratio) (ratio ≤ 0: no
+// mask, a delta read from a file).
+func (d *Dense) Mask() (key uint64, ratio float64) { return d.key, d.ratio }
+
 // Trainable is the number of zeroth-order entries (those outside the mask).
 func (d *Dense) Trainable() int64 {
 	if d.ratio <= 0 {

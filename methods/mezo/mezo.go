@@ -200,15 +200,28 @@ func (s *SPSA) EstimateWith(step int, loss func() (float64, error), perturb Pert
 // Update applies p ← p − (η/n)·Σᵢ gᵢ·zᵢ − η·λ·p (decay once, on tensors
 // with Decay), regenerating each zᵢ from its seed.
 func (s *SPSA) Update(ds []Draw) {
+	s.UpdateWith(ds, func(seed uint64, c, a float64) error {
+		s.apply(seed, float32(c), float32(a))
+		return nil
+	})
+}
+
+// UpdateWith is Update with each draw's p ← a·p + c·z(seed) made by apply,
+// wherever the tensors live (a applies to the tensors with Decay only; it
+// is 1 after the first draw).
+func (s *SPSA) UpdateWith(ds []Draw, apply func(seed uint64, c, a float64) error) error {
 	eta := s.Config.LR
 	n := float64(len(ds))
 	for i, d := range ds {
-		a := float32(1)
+		a := 1.0
 		if i == 0 && s.Config.WeightDecay > 0 {
-			a = float32(1 - eta*s.Config.WeightDecay)
+			a = 1 - eta*s.Config.WeightDecay
 		}
-		s.apply(d.Seed, float32(-eta*d.G/n), a)
+		if err := apply(d.Seed, -eta*d.G/n, a); err != nil {
+			return fmt.Errorf("mezo: update: %w", err)
+		}
 	}
+	return nil
 }
 
 // Step is Estimate followed by Update: one MeZO step.
