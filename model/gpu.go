@@ -523,6 +523,7 @@ type gpuStep struct {
 	recomp                                *cuda.Buffer // checkpointing: the recomputed block's output
 	kv                                    *GPUSession  // decoding: the KV cache the rows join, at position pos
 	pos                                   int
+	w                                     *cuda.Matrix // the frozen weight of the layer whose adapter runs
 }
 
 // al rounds a carved buffer's floats up as the carver does.
@@ -649,6 +650,7 @@ func (g *GPU) linear(y, x *cuda.Buffer, M int, w *cuda.Matrix, a GPUAdapter, s *
 	if a == nil {
 		return nil
 	}
+	s.w = w
 	return a.gpuForward(g, y, x, M, s)
 }
 
@@ -705,6 +707,7 @@ func (g *GPU) linearBack(dx, dy, x *cuda.Buffer, M int, w *cuda.Matrix, a GPUAda
 	if a == nil {
 		return nil
 	}
+	s.w = w
 	return a.gpuBackward(g, dx, dy, x, M, s)
 }
 

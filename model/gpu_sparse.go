@@ -133,26 +133,38 @@ func NewGPUDense(d *cuda.Device, out, in int, val []float32) (*GPUDense, error) 
 	if out <= 0 || in <= 0 || int64(out)*int64(in) != int64(len(val)) {
 		return nil, fmt.Errorf("model: a dense delta of %d values for %d×%d", len(val), out, in)
 	}
-	b, err := d.Alloc(4 * int64(len(val)))
+	b, err := uploadF32(d, val)
 	if err != nil {
-		return nil, err
-	}
-	if err := b.WriteF32(0, val); err != nil {
-		b.Free()
 		return nil, err
 	}
 	return &GPUDense{Out: out, In: in, Val: b}, nil
 }
 
-// Free releases the delta's device memory.
-func (s *GPUDense) Free() error {
-	if s.Val == nil {
+// uploadF32 copies v to a new device buffer.
+func uploadF32(d *cuda.Device, v []float32) (*cuda.Buffer, error) {
+	b, err := d.Alloc(4 * int64(len(v)))
+	if err != nil {
+		return nil, err
+	}
+	if err := b.WriteF32(0, v); err != nil {
+		b.Free()
+		return nil, err
+	}
+	return b, nil
+}
+
+// freeBuf releases *b once.
+func freeBuf(b **cuda.Buffer) error {
+	if *b == nil {
 		return nil
 	}
-	err := s.Val.Free()
-	s.Val = nil
+	err := (*b).Free()
+	*b = nil
 	return err
 }
+
+// Free releases the delta's device memory.
+func (s *GPUDense) Free() error { return freeBuf(&s.Val) }
 
 // In float32 (no reduced-precision products): a perturbation of ε·z is
 // far below bf16's resolution of the delta's values.
@@ -165,4 +177,68 @@ func (s *GPUDense) gpuBackward(g *GPU, dx, dy, x *cuda.Buffer, M int, _ *gpuStep
 		return nil
 	}
 	return g.d.GemmNN(dx, dy, s.Val, M, s.In, s.Out, cuda.F32)
+}
+
+// GPUScales is methods/mezo's Scales on the device: each quantization
+// block b of the layer's frozen weight W gets a multiplier (1 + R[b]), and
+// the adapter adds x·ΔWᵀ, ΔW = R[b(o, j)]·W[o, j] with b the flat index
+// over Block, decoding W (the block's weight where it is now, resident or
+// streamed) into WS in float32 and scaling it there: the CPU's ΔW, value
+// for value. Its backward adds dy·ΔW to dx; R gets no gradient (MeZO
+// perturbs it in place). WS is shared by every GPUScales of a model (the
+// layers run one at a time): 4·Out·In bytes of the largest.
+type GPUScales struct {
+	Out, In, Block int
+	R              *cuda.Buffer
+	WS             *cuda.Buffer
+}
+
+// NewGPUScales copies r (the ⌈Out·In/Block⌉ relative changes R) to d; ws
+// is the shared workspace.
+func NewGPUScales(d *cuda.Device, out, in, block int, r []float32, ws *cuda.Buffer) (*GPUScales, error) {
+	n := int64(out) * int64(in)
+	if out <= 0 || in <= 0 || block <= 0 || int64(len(r)) != (n+int64(block)-1)/int64(block) {
+		return nil, fmt.Errorf("model: %d block scales for %d×%d in blocks of %d", len(r), out, in, block)
+	}
+	if ws == nil || ws.Bytes < 4*n {
+		return nil, fmt.Errorf("model: no workspace for the block scales of %d×%d", out, in)
+	}
+	b, err := uploadF32(d, r)
+	if err != nil {
+		return nil, err
+	}
+	return &GPUScales{Out: out, In: in, Block: block, R: b, WS: ws}, nil
+}
+
+// Free releases the multipliers (not the shared workspace).
+func (s *GPUScales) Free() error { return freeBuf(&s.R) }
+
+// delta decodes the layer's weight into WS and scales its blocks: ΔW.
+func (s *GPUScales) delta(g *GPU, st *gpuStep) error {
+	w := st.w
+	if w == nil || w.Rows != s.Out || w.Cols != s.In {
+		return fmt.Errorf("model: block scales of %d×%d beside another weight", s.Out, s.In)
+	}
+	n := int64(s.Out) * int64(s.In)
+	if err := g.d.Dequantize(s.WS, w, 0, n, cuda.F32); err != nil {
+		return err
+	}
+	return g.d.ScaleBlocks(s.WS, s.R, n, s.Block)
+}
+
+func (s *GPUScales) gpuForward(g *GPU, y, x *cuda.Buffer, M int, st *gpuStep) error {
+	if err := s.delta(g, st); err != nil {
+		return err
+	}
+	return g.d.GemmNT(y, x, s.WS, M, s.Out, s.In, true, cuda.F32)
+}
+
+func (s *GPUScales) gpuBackward(g *GPU, dx, dy, x *cuda.Buffer, M int, st *gpuStep) error {
+	if dx == nil {
+		return nil
+	}
+	if err := s.delta(g, st); err != nil {
+		return err
+	}
+	return g.d.GemmNN(dx, dy, s.WS, M, s.In, s.Out, cuda.F32)
 }

@@ -779,6 +779,24 @@ func TestGPUStreamingMatchesResident(t *testing.T) {
 		}
 		defer g.Close()
 		gad, pairs := loraOnGPU(t, d, m, set)
+		// Block scales on a streamed block's down projection beside its
+		// LoRA layer: decoded from the weight where it is (its slot).
+		w := m.Layers[1].Matrix(model.ModDown)
+		rs := make([]float32, w.Rows*w.Cols/256) // Q4_K: 256 per block
+		for i := range rs {
+			rs[i] = 0.3 * float32(math.Sin(float64(i)))
+		}
+		ws, err := d.Alloc(4 * int64(w.Rows*w.Cols))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ws.Free()
+		gs, err := model.NewGPUScales(d, w.Rows, w.Cols, 256, rs, ws)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer gs.Free()
+		gad[1][model.ModDown] = model.GPUStack{gad[1][model.ModDown], gs}
 		var res result
 		for step := 0; step < 2; step++ { // twice: the slots' state carries over between steps
 			if res.loss, _, err = g.LossGrad(tokens, targets, B, T, gad, true, 0.01); err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/qtune/qtune/methods/loho"
 	"github.com/qtune/qtune/methods/lora"
 	"github.com/qtune/qtune/methods/loreml"
+	"github.com/qtune/qtune/methods/mezo"
 	"github.com/qtune/qtune/model"
 )
 
@@ -18,9 +19,23 @@ import (
 // model.Session whose KV cache lives there; sampling stays on the host.
 
 // deviceAdapter is the device form of one of m's adapters: its bytes on
-// the device and a maker, or why it runs on the CPU only.
-func deviceAdapter(a model.Adapter) (bytes int64, rank int, mk func(*cuda.Device) (model.GPUAdapter, []func() error, error), err error) {
+// the device and a maker, or why it runs on the CPU only. Block scales
+// share ws (its bytes are the caller's to count, once).
+func deviceAdapter(a model.Adapter, ws *sharedWS) (bytes int64, rank int, mk func(*cuda.Device) (model.GPUAdapter, []func() error, error), err error) {
 	switch x := a.(type) {
+	case *mezo.Scales:
+		ws.need = max(ws.need, 4*int64(x.W.Rows)*int64(x.W.Cols))
+		return 4 * int64(len(x.R)), 0, func(d *cuda.Device) (model.GPUAdapter, []func() error, error) {
+			buf, frees, err := ws.get(d)
+			if err != nil {
+				return nil, frees, err
+			}
+			gs, err := model.NewGPUScales(d, x.W.Rows, x.W.Cols, x.Block, x.R, buf)
+			if err != nil {
+				return nil, frees, err
+			}
+			return gs, append(frees, gs.Free), nil
+		}, nil
 	case *lora.Layer:
 		return 2 * 4 * int64(len(x.A)+len(x.B)), x.R, func(d *cuda.Device) (model.GPUAdapter, []func() error, error) {
 			ga, err := model.NewGPULoRA(d, x.In, x.Out, x.R, x.Scale, x.A, x.B)
@@ -72,7 +87,7 @@ func deviceAdapter(a model.Adapter) (bytes int64, rank int, mk func(*cuda.Device
 	case loho.Stack:
 		var makers []func(*cuda.Device) (model.GPUAdapter, []func() error, error)
 		for _, e := range x {
-			b, r, mk, err := deviceAdapter(e)
+			b, r, mk, err := deviceAdapter(e, ws)
 			if err != nil {
 				return 0, 0, nil, err
 			}
@@ -94,6 +109,27 @@ func deviceAdapter(a model.Adapter) (bytes int64, rank int, mk func(*cuda.Device
 		}, nil
 	}
 	return 0, 0, nil, fmt.Errorf("an adapter of type %T runs on the CPU only", a)
+}
+
+// sharedWS is the float32 workspace the block-scale adapters of a model
+// share on the device (they run one layer at a time): need is the largest
+// weight's, the buffer made at the first adapter that takes it.
+type sharedWS struct {
+	need int64
+	buf  *cuda.Buffer
+}
+
+// get returns the workspace, and its release when this call made it.
+func (w *sharedWS) get(d *cuda.Device) (*cuda.Buffer, []func() error, error) {
+	if w.buf != nil {
+		return w.buf, nil, nil
+	}
+	b, err := d.Alloc(w.need)
+	if err != nil {
+		return nil, nil, err
+	}
+	w.buf = b
+	return b, []func() error{func() error { w.buf = nil; return b.Free() }}, nil
 }
 
 // sparseDeviceBytes is a device sparse delta's size (row and column
@@ -211,13 +247,14 @@ func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions)
 	}
 	var makers []made
 	var adBytes int64
+	var ws sharedWS
 	R := 1
 	for l := range m.Adapters {
 		for mod, a := range m.Adapters[l] {
 			if a == nil {
 				continue
 			}
-			b, r, mk, err := deviceAdapter(a)
+			b, r, mk, err := deviceAdapter(a, &ws)
 			if err != nil {
 				return fallback(err)
 			}
@@ -225,6 +262,7 @@ func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions)
 			makers = append(makers, made{l, mod, mk})
 		}
 	}
+	adBytes += ws.need
 	plan := func(driver int64) GPUPlan {
 		return placeBlocks(m, GPUPlan{Adapters: adBytes, Step: model.GPUSessionBytes(m, so, R, prec),
 			BLAS: cuda.WorkspaceBytes(o.MaxVRAM), Driver: driver, Limit: o.MaxVRAM})

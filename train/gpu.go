@@ -74,33 +74,10 @@ func (c *Config) checkGPUConfig() error {
 			return errors.New("train: --max-vram without --device cuda or auto")
 		}
 	}
-	if kind != "cuda" {
-		return nil
-	}
-	if why := c.gpuUnsupported(); why != "" {
-		return fmt.Errorf("train: --device cuda: %s; use --device cpu (or auto, which falls back)", why)
-	}
 	return nil
 }
 
-// gpuUnsupported says which part of the configuration the GPU path lacks.
-func (c *Config) gpuUnsupported() string {
-	switch {
-	case c.Method == "mezo" || c.Method == "loho" || c.Method == "loho-inter" || c.Method == "loho-intra":
-		zt := c.ZOTarget
-		if zt == "" {
-			zt = DefaultZOTarget(c.Method)
-		}
-		if zt != "lora" && !(c.Method == "mezo" && zt == "float") && !(c.Method == "loho-intra" && zt == "complement") {
-			return fmt.Sprintf("%s's --zo-target %s runs on the CPU only for now (--zo-target lora, float for mezo and complement for loho-intra run on the GPU)", c.Method, zt)
-		}
-	case c.Method != "lora" && c.Method != "qlora" && c.Method != "loreml":
-		return fmt.Sprintf("method %s runs on the CPU only for now (lora, qlora, mezo, loho and loreml run on the GPU)", c.Method)
-	}
-	return ""
-}
-
-// gpuRun is a LoRA or MeZO run's device side.
+// gpuRun is a training run's device side.
 type gpuRun struct {
 	d      *cuda.Device
 	g      *model.GPU
@@ -108,7 +85,11 @@ type gpuRun struct {
 	pairs  []gpuPair
 	sparse []sparsePair
 	norms  []normPair
-	floats []floatPair // mezo --zo-target float: the trained tensors and their device copies
+	floats []floatPair // mezo --zo-target float or scales: the trained tensors and their device copies
+	// mezo --zo-target scales: the adapters (their multipliers are in
+	// floats) and the workspace they share.
+	scales  []*model.GPUScales
+	scaleWS *cuda.Buffer
 	// LoHO-intra --zo-target complement: the dense deltas, trained in
 	// place on the device. denseHost: the host's values are newer (a
 	// resumed run's), copied over at the next push; denseDev: the
@@ -284,6 +265,15 @@ func denseOf(meth Method) []*loho.Dense {
 	return nil
 }
 
+// scalesOf lists MeZO's block-scale adapters (--zo-target scales), in its
+// estimator's order.
+func scalesOf(meth Method) []*mezo.Scales {
+	if z, ok := meth.(*mezoMethod); ok {
+		return z.scales
+	}
+	return nil
+}
+
 // modulePos is the block and module of m's matrix named target.
 func modulePos(m *model.Model, target string) (int, model.Module, error) {
 	for l := range m.Layers {
@@ -448,9 +438,6 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		}
 		return nil, err
 	}
-	if why := cfg.gpuUnsupported(); why != "" {
-		return fallback(errors.New(why))
-	}
 	var set *lora.Set
 	switch mt := meth.(type) {
 	case *loraMethod:
@@ -464,8 +451,8 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	}
 	_, isLoReML := meth.(*loremlMethod)
 	floats := floatMeZO(meth)
-	sparse, dense := sparseOf(meth), denseOf(meth)
-	if set == nil && !isLoReML && floats == nil && len(sparse) == 0 {
+	sparse, dense, scales := sparseOf(meth), denseOf(meth), scalesOf(meth)
+	if set == nil && !isLoReML && floats == nil && len(sparse) == 0 && len(scales) == 0 {
 		return fallback(fmt.Errorf("method %s runs on the CPU only", cfg.Method))
 	}
 	if err := m.GPUSupported(); err != nil {
@@ -484,6 +471,12 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	for _, dd := range dense {
 		extra += dd.Bytes()
 	}
+	var scaleWS int64 // the largest scaled weight, decoded in float32
+	for _, s := range scales {
+		extra += 4 * int64(len(s.R))
+		scaleWS = max(scaleWS, 4*int64(s.W.Rows)*int64(s.W.Cols))
+	}
+	extra += scaleWS
 	if lm, ok := meth.(*loremlMethod); ok {
 		extra = lm.stage2DeviceBytes()
 	}
@@ -557,6 +550,26 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 			return nil, fmt.Errorf("train: %w", err)
 		}
 		r.ad[li][mod] = st
+	}
+	// MeZO over block scales: each quantized matrix's multipliers, tensor
+	// i of the estimator, beside the weight they scale.
+	if len(scales) > 0 {
+		if r.scaleWS, err = d.Alloc(scaleWS); err != nil {
+			return nil, err
+		}
+	}
+	for i, s := range scales {
+		gs, err := model.NewGPUScales(d, s.W.Rows, s.W.Cols, s.Block, s.R, r.scaleWS)
+		if err != nil {
+			return nil, err
+		}
+		r.scales = append(r.scales, gs)
+		r.floats = append(r.floats, floatPair{i: i, host: s.R, dev: gs.R})
+		li, mod, err := modulePos(m, s.Target)
+		if err != nil {
+			return nil, fmt.Errorf("train: %w", err)
+		}
+		r.ad[li][mod] = gs
 	}
 	// One warm-up step of the planned shape makes every buffer and has
 	// the driver load the kernels cuBLAS picks for these shapes (CUDA
@@ -708,7 +721,13 @@ func (r *gpuRun) freeAdapters() {
 	for _, p := range r.dense {
 		p.dev.Free()
 	}
-	r.pairs, r.sparse, r.norms, r.dense = nil, nil, nil, nil
+	for _, s := range r.scales {
+		s.Free()
+	}
+	if r.scaleWS != nil {
+		r.scaleWS.Free()
+	}
+	r.pairs, r.sparse, r.norms, r.dense, r.scales, r.scaleWS = nil, nil, nil, nil, nil, nil
 	r.dev = map[*lora.Layer]*model.GPULoRA{}
 	r.ad = make(model.GPUAdapters, len(r.ad))
 	if r.g != nil {

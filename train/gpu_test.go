@@ -46,16 +46,14 @@ func TestDeviceFlagsChecked(t *testing.T) {
 			t.Errorf("--device %q: %v", dev, err)
 		}
 	}
-	cfg := smallRun(t, t.TempDir())
-	cfg.Device, cfg.Method, cfg.ZOTarget, cfg.Dropout = "cuda", "mezo", "scales", 0
-	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "--zo-target scales runs on the CPU only") {
-		t.Errorf("--method mezo --zo-target scales --device cuda: %v", err)
-	}
-	// auto with a configuration the GPU lacks is not an error: it runs on the CPU.
-	cfg = smallRun(t, t.TempDir())
-	cfg.Device, cfg.Method, cfg.ZOTarget, cfg.Dropout = "auto", "mezo", "scales", 0
-	if err := cfg.Validate(); err != nil {
-		t.Errorf("--device auto --method mezo --zo-target scales: %v", err)
+	// Every method and zeroth-order target runs on the GPU.
+	for _, c := range []struct{ method, zo string }{{"mezo", "lora"}, {"mezo", "float"}, {"mezo", "scales"}, {"loho", "lora"},
+		{"loho-intra", "lora"}, {"loho-intra", "complement"}, {"loreml", ""}, {"qlora", ""}} {
+		cfg := smallRun(t, t.TempDir())
+		cfg.Device, cfg.Method, cfg.ZOTarget, cfg.Dropout = "cuda", c.method, c.zo, 0
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("--device cuda --method %s --zo-target %q: %v", c.method, c.zo, err)
+		}
 	}
 }
 
@@ -167,22 +165,27 @@ func TestGPUTrainMatchesCPU(t *testing.T) {
 // forwards may drift apart.
 func TestGPUMeZOMatchesCPU(t *testing.T) {
 	needGPU(t)
-	for _, target := range []string{"lora", "float"} {
+	for _, target := range []string{"lora", "float", "scales"} {
 		t.Run(target, func(t *testing.T) { testGPUMeZO(t, target) })
 	}
 }
 
-// testGPUMeZO: MeZO over LoRA factors (perturbed on the device), or over
+// testGPUMeZO: MeZO over LoRA factors (perturbed on the device), over
 // the float tensors of stories260K F32 (its norms and matrices perturbed
 // on the device, its embedding on the host, the tied output's device copy
-// with it), gives the CPU's losses.
+// with it), or over the block scales of its Q8_0 form (each adapted
+// layer's weight decoded and scaled on the device), gives the CPU's losses.
 func testGPUMeZO(t *testing.T, target string) {
 	ctx := context.Background()
 	cfg := smallRun(t, t.TempDir())
 	cfg.Method, cfg.Dropout, cfg.Iters, cfg.Perturbations, cfg.StepsPerEval = "mezo", 0, 4, 1, 4
 	cfg.ZOLearningRate, cfg.Epsilon, cfg.ZOTarget = 5e-3, 1e-3, target
-	if target == "float" {
+	switch target {
+	case "float":
 		cfg.ZOLearningRate = 1e-3 // every weight moves: LoRA's step diverges here
+	case "scales":
+		cfg.Model = quantizedStories(t, t.TempDir()) // Q8_0: its blocks' multipliers
+		cfg.ZOLearningRate = 5e-2
 	}
 	// A wrong z on the device gives other projected gradients, so other
 	// updates: cpuAndFrozen checks that the updates move the losses.
@@ -638,4 +641,51 @@ func TestGPUEvaluateMatchesCPU(t *testing.T) {
 		t.Errorf("choice scores within %.2g of the CPU's (want ≤ 1e-4)", worst)
 	}
 	t.Logf("accuracy %.3f on both; choice scores within %.2g", cpu.Class.Accuracy, worst)
+}
+
+// MeZO's block scales as an inference adapter (what a --zo-target scales
+// run saves) on the GPU: eval gives the CPU's loss on stories260K Q8_0
+// with every quantized matrix's blocks rescaled (each layer's weight
+// decoded and scaled on the device, one workspace shared by all).
+func TestGPUEvaluateBlockScales(t *testing.T) {
+	needGPU(t)
+	dir := t.TempDir()
+	m, err := model.Open(quantizedStories(t, dir), model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	story, err := os.ReadFile(shared.Path(t, "assets", "data", "tinystories", "sample.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := filepath.Join(dir, "part.txt")
+	if err := os.WriteFile(text, story[:600], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eval := func(device string) float64 {
+		t.Helper()
+		ev, err := Evaluate(context.Background(), m, EvaluateOptions{Data: text, MaxSeqLen: 64,
+			DeviceOptions: DeviceOptions{Device: device, GPUPrecision: "f32"}})
+		if err != nil {
+			t.Fatalf("%s: %v", device, err)
+		}
+		return ev.LM.Loss
+	}
+	plain := eval("cpu")
+	ss, ad, err := mezo.NewScaleSet(m, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, s := range ss {
+		for i := range s.R {
+			s.R[i] = 0.2 * float32(math.Sin(float64(7*k+i)))
+		}
+	}
+	m.Adapters = ad
+	cpu, gpu := eval("cpu"), eval("cuda")
+	if math.Abs(gpu-cpu) > 1e-5*cpu || !(math.Abs(cpu-plain) > 1e-3) {
+		t.Errorf("loss with block scales: GPU %.7f, CPU %.7f (%.7f without)", gpu, cpu, plain)
+	}
+	t.Logf("loss with block scales of %d matrices: GPU %.7f, CPU %.7f (%.7f without)", len(ss), gpu, cpu, plain)
 }

@@ -233,10 +233,10 @@ func (z *mezoMethod) Step(ctx context.Context, it int, batches []data.Batch, _ f
 }
 
 // stepGPU is Step with the forward passes and the perturbations on the
-// device (the LoRA factors' copies there, or the float tensors' and the
-// embedding on the host); the update is the host's, on the host's tensors,
-// which are copied over at the start of each step (so the device's ±ε
-// rounding never accumulates).
+// device (the LoRA factors' copies there, the float tensors' and the
+// embedding on the host, or the block scales'); the update is the host's,
+// on the host's tensors, which are copied over at the start of each step
+// (so the device's ±ε rounding never accumulates).
 func (z *mezoMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, total int) (float64, int, error) {
 	r := z.gpu
 	if err := r.push(); err != nil {
@@ -244,7 +244,7 @@ func (z *mezoMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 	}
 	var perturb mezo.Perturber
 	var err error
-	if z.cfg.ZOTarget == "float" {
+	if z.cfg.ZOTarget == "float" || z.cfg.ZOTarget == "scales" {
 		perturb = r.perturbPairs(r.floats, z.spsa)
 	} else if perturb, err = r.perturber(z.set.Layers); err != nil {
 		return 0, 0, err

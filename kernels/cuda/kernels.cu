@@ -996,6 +996,12 @@ extern "C" __global__ void scal(float* x, float a, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] *= a;
 }
 
+// scal_blocks: x[i] *= r[i / block] (methods/mezo's Scales: a decoded
+// weight times each quantization block's multiplier).
+extern "C" __global__ void scal_blocks(float* x, const float* r, i64 n, int block) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] *= r[i / block];
+}
+
 // axpy: y += a·x.
 extern "C" __global__ void axpy(float* y, const float* x, float a, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) y[i] += a * x[i];

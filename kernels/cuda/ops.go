@@ -500,6 +500,14 @@ func (d *Device) Scale(x *Buffer, a float32, n int64) error {
 	return d.run("scal", d.grid1(n), threads256, 0, x, a, n)
 }
 
+// ScaleBlocks is x[i] *= r[i/block] over n elements.
+func (d *Device) ScaleBlocks(x, r *Buffer, n int64, block int) error {
+	if block <= 0 || x.Bytes < 4*n || r.Bytes < 4*((n+int64(block)-1)/int64(block)) {
+		return fmt.Errorf("cuda: ScaleBlocks of %d values in blocks of %d: buffers of %d and %d bytes", n, block, x.Bytes, r.Bytes)
+	}
+	return d.run("scal_blocks", d.grid1(n), threads256, 0, x, r, n, int32(block))
+}
+
 // Axpy is y += a·x over n elements.
 func (d *Device) Axpy(y, x *Buffer, a float32, n int64) error {
 	return d.run("axpy", d.grid1(n), threads256, 0, y, x, a, n)
