@@ -60,6 +60,8 @@ type Request struct {
 	ActivationsNote string
 	// Workspace returns transient buffers for a micro-batch of b sequences.
 	Workspace func(b int) int64
+	// WorkspaceNote, when set, says what Workspace is in the plan.
+	WorkspaceNote string
 	// Fixed are reservations independent of the strategy (trainable
 	// parameters, gradients, optimizer state, KV cache, token cache).
 	Fixed []Item
@@ -242,7 +244,11 @@ func (r *Request) evaluate(c candidate) *Plan {
 		add(Activations, act, "every block's activations kept for the backward pass")
 	}
 	if r.Workspace != nil {
-		add(Workspace, r.Workspace(c.micro), "logits chunk, backward scratch, dequantization panels")
+		note := r.WorkspaceNote
+		if note == "" {
+			note = "logits chunk, backward scratch, dequantization panels"
+		}
+		add(Workspace, r.Workspace(c.micro), note)
 	}
 	p.Items = append(p.Items, r.Fixed...)
 	if r.OptimizerBytes > 0 {

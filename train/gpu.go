@@ -636,7 +636,7 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	}
 	r.drvPeak.Store(used)
 	devicePlacement(plan, gplan.Resident)
-	log(fmt.Sprintf("device: %s, products in %s; placement: %s (the host plan above books the CPU path's buffers, more than a GPU run fills)", d, prec, plan.PlacementString()))
+	log(fmt.Sprintf("device: %s, products in %s; placement: %s", d, prec, plan.PlacementString()))
 	log(gplan.String())
 	log(fmt.Sprintf("GPU memory after a warm-up step: %s allocated, %s in use by the driver's count (kernels loaded, cuBLAS's own)", fmtMiB(d.Peak()), fmtMiB(used)))
 	switch mt := meth.(type) {
@@ -917,4 +917,21 @@ func onGPU(meth Method) *gpuRun {
 		return mt.gpu
 	}
 	return nil
+}
+
+// gpuLikely says whether a run's steps will be on the GPU, for the host
+// plan made before the device is opened: --device cuda, or auto with a GPU
+// the model's weights decode on.
+func gpuLikely(m *model.Model, cfg Config) bool {
+	kind, _, err := parseDevice(cfg.Device)
+	switch {
+	case err != nil || kind == "cpu":
+		return false
+	case kind == "cuda":
+		return true
+	}
+	if n, err := cuda.Count(); err != nil || n == 0 {
+		return false
+	}
+	return m.GPUSupported() == nil
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/internal/shared"
 	"github.com/qtune/qtune/kernels/cuda"
 	"github.com/qtune/qtune/methods/loho"
@@ -688,4 +689,46 @@ func TestGPUEvaluateBlockScales(t *testing.T) {
 		t.Errorf("loss with block scales: GPU %.7f, CPU %.7f (%.7f without)", gpu, cpu, plain)
 	}
 	t.Logf("loss with block scales of %d matrices: GPU %.7f, CPU %.7f (%.7f without)", len(ss), gpu, cpu, plain)
+}
+
+// A GPU run's host plan books none of the step's activations or workspace
+// (they are in --max-vram's plan): under a budget the CPU's steps need
+// checkpointing for, a --device cuda plan keeps the micro-batch without
+// it. --device auto plans as cuda where there is a GPU, as cpu elsewhere.
+// No GPU needed.
+func TestGPUHostPlan(t *testing.T) {
+	plan := func(device string) *budget.Plan {
+		t.Helper()
+		cfg := smallRun(t, t.TempDir())
+		cfg.BatchSize, cfg.MaxSeqLength, cfg.MaxMem, cfg.Device, cfg.DryRun = 8, 256, "40MiB", device, true
+		res, err := Run(context.Background(), cfg, nil, nil)
+		if err != nil {
+			t.Fatalf("--device %s: %v", device, err)
+		}
+		return res.Plan
+	}
+	acts := func(p *budget.Plan) (n int64) {
+		for _, it := range p.Items {
+			if it.Category == budget.Activations || it.Category == budget.SavedInputs {
+				n += it.Bytes
+			}
+		}
+		return n
+	}
+	cpu, gpu := plan("cpu"), plan("cuda")
+	if !cpu.Checkpoint || acts(cpu) == 0 {
+		t.Fatalf("the CPU plan under 40 MiB: checkpointing %v, activations %d B (the budget no longer tests the difference)", cpu.Checkpoint, acts(cpu))
+	}
+	if gpu.Checkpoint || gpu.MicroBatch != 8 || acts(gpu) != 0 || !(gpu.Peak < cpu.Peak) {
+		t.Errorf("the GPU run's host plan: checkpointing %v, micro-batch %d, activations %d B, peak %d (the CPU's %d)\n%s",
+			gpu.Checkpoint, gpu.MicroBatch, acts(gpu), gpu.Peak, cpu.Peak, gpu)
+	}
+	want := cpu
+	if n, err := cuda.Count(); err == nil && n > 0 {
+		want = gpu
+	}
+	if auto := plan("auto"); auto.Peak != want.Peak {
+		t.Errorf("--device auto planned a peak of %d, want %d", auto.Peak, want.Peak)
+	}
+	t.Logf("peak %.1f MiB on the CPU (activations %.1f MiB, checkpointed), %.1f MiB for the GPU's host side", float64(cpu.Peak)/(1<<20), float64(acts(cpu))/(1<<20), float64(gpu.Peak)/(1<<20))
 }

@@ -216,6 +216,20 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 	if an, ok := meth.(interface{ ActivationsNote() string }); ok {
 		r.ActivationsNote = an.ActivationsNote()
 	}
+	if cfg.onGPU {
+		// The step's activations and workspace are on the device, in
+		// --max-vram's plan; the host keeps a copy-back buffer of the
+		// largest gradient and the batch's tokens.
+		var largest int64
+		for _, t := range meth.Tensors() {
+			largest = max(largest, int64(len(t.Data)))
+		}
+		r.Activations = func(int, bool) int64 { return 0 }
+		r.ActivationsNote = "on the GPU (in --max-vram's plan): none in host memory"
+		r.Workspace = func(b int) int64 { return 4*largest + 16*int64(b*T) }
+		r.WorkspaceNote = "a gradient's copy from the GPU, the batch's tokens"
+		r.CanCheckpoint = cfg.GradCheckpoint
+	}
 	// Asked for, it is kept: the planner may shrink the micro-batch or
 	// stream, never drop the checkpointing the user chose.
 	r.Checkpoint = cfg.GradCheckpoint

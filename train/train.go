@@ -123,6 +123,9 @@ type Config struct {
 	// model's accountant (newLoRAMethod, zoLoRA); Run sets it for lora,
 	// qlora and MeZO on LoRA factors, whose whole state they are.
 	tensors *slabSet
+	// onGPU: the steps run on the GPU (Run decides before the plan), so the
+	// host plan books none of their activations and workspace.
+	onGPU bool
 }
 
 // Defaults returns MLX-LM's defaults where they exist, QLoRA's otherwise.
@@ -460,6 +463,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		}
 		return nil, err
 	}
+	cfg.onGPU = gpuLikely(m, cfg)
 	plan, perr := PlanTrain(m, cfg, meth, dm, limit)
 	if perr == nil && !cfg.DryRun {
 		perr = budget.CheckAvailable(plan)
@@ -520,6 +524,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 	gr, err := openGPU(m, cfg, meth, plan, log)
 	if err != nil {
 		return &Result{Plan: plan}, err
+	}
+	if gr == nil && cfg.onGPU {
+		return &Result{Plan: plan}, errors.New("train: --device auto: the GPU the host plan was made for could not take the run (the line above says why); give --device cpu for a plan of the CPU's steps")
 	}
 	if gr != nil {
 		defer gr.close()
@@ -596,7 +603,10 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 			return nil, fmt.Errorf("train: %d of %d ranks could not start (their messages say why)", int(failed[0]), g.Size())
 		}
 	}
-	if _, ok := meth.(scoring); ok {
+	if gr != nil {
+		log(fmt.Sprintf("memory: weights %.1f MiB mapped, the steps' buffers on the GPU (above), trainable state %.1f MiB in host memory",
+			float64(m.WeightBytes())/(1<<20), float64(meth.StateBytes())/(1<<20)))
+	} else if _, ok := meth.(scoring); ok {
 		log(fmt.Sprintf("memory: weights %.1f MiB mapped, forward passes ≤ %.1f MiB per micro-batch (no gradients), trainable state %.1f MiB",
 			float64(m.WeightBytes())/(1<<20), float64(m.Config.ScoreBytes(cfg.BatchSize*cfg.MaxSeqLength))/(1<<20), float64(meth.StateBytes())/(1<<20)))
 	} else {
