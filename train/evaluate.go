@@ -89,10 +89,10 @@ func Evaluate(ctx context.Context, m *model.Model, o EvaluateOptions) (*Evaluate
 	var err error
 	ev := &Evaluated{Kind: kind}
 	opt := EvalOptions{MaxSeqLen: o.MaxSeqLen, Progress: o.Progress}
-	ev.Plan, err = PlanEval(m, opt.Window(m), size, o.MaxMem)
+	ev.Plan, err = PlanEval(m, opt.Window(m), size, o.MaxMem, o.Device)
 	if err != nil && o.MaxSeqLen == 0 { // a shorter scoring window is the evaluation's own knob
 		for w := opt.Window(m) / 2; w >= 64 && err != nil; w /= 2 {
-			if p, err2 := PlanEval(m, w, size, o.MaxMem); err2 == nil {
+			if p, err2 := PlanEval(m, w, size, o.MaxMem, o.Device); err2 == nil {
 				ev.Plan, err, opt.MaxSeqLen = p, nil, w
 				p.Strategy = append(p.Strategy, fmt.Sprintf("scoring window shortened to %d tokens", w))
 			}
@@ -112,6 +112,9 @@ func Evaluate(ctx context.Context, m *model.Model, o EvaluateOptions) (*Evaluate
 	gg, err := openSessionGPU(m, o.DeviceOptions, model.GPUSessionOptions{MaxLen: W, Chunk: min(W, gpuEvalRows), Scoring: true})
 	if err != nil {
 		return ev, err
+	}
+	if gg == nil && gpuLikely(m, o.Device) {
+		return ev, fmt.Errorf("eval: %w", errPlannedForGPU)
 	}
 	if gg != nil {
 		devicePlacement(ev.Plan, gg.resident)

@@ -111,7 +111,7 @@ func Generate(ctx context.Context, m *model.Model, o GenerateOptions) (*Generate
 		return nil, fmt.Errorf("generate: the prompt is %d tokens, the model's context %d", len(g.PromptTokens), m.Config.Context)
 	}
 	maxLen := min(len(g.PromptTokens)+o.MaxTokens, m.Config.Context)
-	plan, err := PlanGenerate(m, maxLen, len(g.PromptTokens), o.MaxMem)
+	plan, err := PlanGenerate(m, maxLen, len(g.PromptTokens), o.MaxMem, o.Device)
 	g.Plan = plan
 	if err != nil {
 		return g, err

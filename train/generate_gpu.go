@@ -188,6 +188,9 @@ func Session(m *model.Model, o DeviceOptions, maxLen int, plan *budget.Plan) (se
 	if err != nil {
 		return nil, nil, err
 	}
+	if gg == nil && plan != nil && gpuLikely(m, o.Device) {
+		return nil, nil, fmt.Errorf("gpu: %w", errPlannedForGPU)
+	}
 	if gg == nil {
 		se := m.NewSession(maxLen)
 		return se, se.Free, nil

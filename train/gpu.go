@@ -919,19 +919,35 @@ func onGPU(meth Method) *gpuRun {
 	return nil
 }
 
-// gpuLikely says whether a run's steps will be on the GPU, for the host
-// plan made before the device is opened: --device cuda, or auto with a GPU
-// the model's weights decode on.
-func gpuLikely(m *model.Model, cfg Config) bool {
-	kind, _, err := parseDevice(cfg.Device)
+// gpuLikely says whether work on m will run on the GPU, for the host plan
+// made before the device is opened: --device cuda, or auto with a GPU the
+// model's weights and adapters run on.
+func gpuLikely(m *model.Model, device string) bool {
+	kind, _, err := parseDevice(device)
 	switch {
 	case err != nil || kind == "cpu":
 		return false
 	case kind == "cuda":
 		return true
 	}
-	if n, err := cuda.Count(); err != nil || n == 0 {
+	if n, err := cuda.Count(); err != nil || n == 0 || m.GPUSupported() != nil {
 		return false
 	}
-	return m.GPUSupported() == nil
+	var ws sharedWS
+	for l := range m.Adapters {
+		for _, a := range m.Adapters[l] {
+			if a == nil {
+				continue
+			}
+			if _, _, _, err := deviceAdapter(a, &ws); err != nil {
+				return false
+			}
+		}
+	}
+	return true
 }
+
+// errPlannedForGPU is the refusal of work whose host plan was made for the
+// GPU after --device auto fell back to the CPU (the log line before says
+// why): the CPU's buffers were not planned.
+var errPlannedForGPU = errors.New("--device auto: the GPU the host plan was made for could not take the work (the line above says why); give --device cpu for a plan of the CPU's buffers")

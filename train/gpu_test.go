@@ -695,7 +695,8 @@ func TestGPUEvaluateBlockScales(t *testing.T) {
 // (they are in --max-vram's plan): under a budget the CPU's steps need
 // checkpointing for, a --device cuda plan keeps the micro-batch without
 // it. --device auto plans as cuda where there is a GPU, as cpu elsewhere.
-// No GPU needed.
+// Generation's and eval's plans leave their KV cache and activations to
+// the GPU's too. No GPU needed.
 func TestGPUHostPlan(t *testing.T) {
 	plan := func(device string) *budget.Plan {
 		t.Helper()
@@ -731,4 +732,33 @@ func TestGPUHostPlan(t *testing.T) {
 		t.Errorf("--device auto planned a peak of %d, want %d", auto.Peak, want.Peak)
 	}
 	t.Logf("peak %.1f MiB on the CPU (activations %.1f MiB, checkpointed), %.1f MiB for the GPU's host side", float64(cpu.Peak)/(1<<20), float64(acts(cpu))/(1<<20), float64(gpu.Peak)/(1<<20))
+
+	// Generation and eval: the KV cache and the forward's buffers too.
+	m := openStories(t)
+	kv := func(p *budget.Plan) (n int64) {
+		for _, it := range p.Items {
+			if it.Category == budget.KVCache {
+				n += it.Bytes
+			}
+		}
+		return n
+	}
+	for _, job := range []string{"generate", "eval"} {
+		var on [2]*budget.Plan
+		for i, dev := range []string{"cpu", "cuda"} {
+			var err error
+			if job == "generate" {
+				on[i], err = PlanGenerate(m, 256, 8, 0, dev)
+			} else {
+				on[i], err = PlanEval(m, 256, 1000, 0, dev)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if kv(on[0]) == 0 || acts(on[0]) == 0 || kv(on[1]) != 0 || acts(on[1]) != 0 || !(on[1].Peak < on[0].Peak) {
+			t.Errorf("%s: KV cache %d and activations %d B on the CPU, %d and %d for the GPU's host side (peaks %d, %d)",
+				job, kv(on[0]), acts(on[0]), kv(on[1]), acts(on[1]), on[0].Peak, on[1].Peak)
+		}
+	}
 }

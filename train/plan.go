@@ -75,30 +75,51 @@ func weightRequest(m *model.Model, r *budget.Request, tokens int64, T int) {
 	r.Scratch = scratchBytes(m, r.Batch*T, T)
 }
 
-// PlanGenerate plans generation of up to maxLen tokens (prompt included).
-func PlanGenerate(m *model.Model, maxLen, promptLen int, limit int64) (*budget.Plan, error) {
+// PlanGenerate plans generation of up to maxLen tokens (prompt included)
+// on device (as --device: "" is the CPU). On the GPU the KV cache and the
+// forward's buffers are in --max-vram's plan; the host keeps a token's
+// logits for the sampler.
+func PlanGenerate(m *model.Model, maxLen, promptLen int, limit int64, device string) (*budget.Plan, error) {
 	c := m.Config
 	r := budget.Request{Job: "generate", Budget: limit, Batch: 1,
 		Activations: func(int, bool) int64 { return c.ForwardBytes(max(promptLen, 1)) },
 		Workspace:   func(int) int64 { return int64(4 * c.Vocab) },
 		Fixed:       []budget.Item{{Category: budget.KVCache, Bytes: c.KVBytes(maxLen), Note: fmt.Sprintf("%d positions", maxLen)}}}
+	if gpuLikely(m, device) {
+		onDevice(&r, fmt.Sprintf("%d positions, on the GPU", maxLen), "a token's logits for the sampler", int64(4*c.Vocab))
+	}
 	r.Fixed = append(r.Fixed, adapterItems(m)...)
 	weightRequest(m, &r, int64(maxLen), maxLen)
 	return budget.Make(r)
 }
 
 // PlanEval plans evaluation with windows of w tokens over a data file of
-// dataBytes.
-func PlanEval(m *model.Model, w int, dataBytes int64, limit int64) (*budget.Plan, error) {
+// dataBytes on device (as --device). On the GPU the window's KV cache, the
+// forward's buffers and the logits are in --max-vram's plan; the host
+// keeps one loss per position.
+func PlanEval(m *model.Model, w int, dataBytes int64, limit int64, device string) (*budget.Plan, error) {
 	c := m.Config
 	r := budget.Request{Job: "eval", Budget: limit, Batch: 1,
 		Activations: func(int, bool) int64 { return c.ForwardBytes(min(w, EvalRows)) },
 		Workspace:   func(int) int64 { return int64(4 * min(w, EvalRows) * c.Vocab) },
 		Fixed: []budget.Item{{Category: budget.KVCache, Bytes: c.KVBytes(w), Note: fmt.Sprintf("window of %d tokens", w)},
 			{Category: budget.TokenCache, Bytes: 3 * dataBytes, Note: "records and their tokens"}}}
+	if gpuLikely(m, device) {
+		onDevice(&r, fmt.Sprintf("window of %d tokens, on the GPU", w), "a window's losses (one float per position)", 8*int64(w))
+	}
 	r.Fixed = append(r.Fixed, adapterItems(m)...)
 	weightRequest(m, &r, dataBytes/2, w)
 	return budget.Make(r)
+}
+
+// onDevice moves an inference plan's activations and KV cache (r.Fixed[0])
+// to the GPU's plan: none in host memory; work is what the host keeps.
+func onDevice(r *budget.Request, kvNote, workNote string, work int64) {
+	r.Activations = func(int, bool) int64 { return 0 }
+	r.ActivationsNote = "on the GPU (in --max-vram's plan): none in host memory"
+	r.Workspace = func(int) int64 { return work }
+	r.WorkspaceNote = workNote
+	r.Fixed[0].Bytes, r.Fixed[0].Note = 0, kvNote
 }
 
 // adapterItems is the plan's item for the adapter applied to m (none when

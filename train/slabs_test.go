@@ -168,7 +168,7 @@ func TestRunLeavesNoSlabs(t *testing.T) {
 // values are an item, and the planned peak rises by them.
 func TestPlanCountsAppliedAdapter(t *testing.T) {
 	m := openStories(t)
-	without, err := PlanGenerate(m, 64, 8, 0)
+	without, err := PlanGenerate(m, 64, 8, 0, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,8 +182,8 @@ func TestPlanCountsAppliedAdapter(t *testing.T) {
 		t.Fatalf("adapter bytes %d, want 4 per value (%d)", want, 4*set.Params())
 	}
 	for name, plan := range map[string]func() (*budget.Plan, error){
-		"generate": func() (*budget.Plan, error) { return PlanGenerate(m, 64, 8, 0) },
-		"eval":     func() (*budget.Plan, error) { return PlanEval(m, 64, 1000, 0) },
+		"generate": func() (*budget.Plan, error) { return PlanGenerate(m, 64, 8, 0, "") },
+		"eval":     func() (*budget.Plan, error) { return PlanEval(m, 64, 1000, 0, "") },
 	} {
 		p, err := plan()
 		if err != nil {
@@ -197,7 +197,7 @@ func TestPlanCountsAppliedAdapter(t *testing.T) {
 			t.Errorf("%s: no item of the applied adapter's %d bytes:\n%s", name, want, p)
 		}
 	}
-	with, _ := PlanGenerate(m, 64, 8, 0)
+	with, _ := PlanGenerate(m, 64, 8, 0, "")
 	if with.Peak-without.Peak < want {
 		t.Errorf("generate's peak rose by %d with the adapter, its values are %d", with.Peak-without.Peak, want)
 	}

@@ -20,7 +20,7 @@ func TestSoftLimitLeavesTheHeapRoom(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, limit := range []int64{0, 64 << 20} {
-		p, err := PlanGenerate(m, 64, 4, limit)
+		p, err := PlanGenerate(m, 64, 4, limit, "")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -463,7 +463,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		}
 		return nil, err
 	}
-	cfg.onGPU = gpuLikely(m, cfg)
+	cfg.onGPU = gpuLikely(m, cfg.Device)
 	plan, perr := PlanTrain(m, cfg, meth, dm, limit)
 	if perr == nil && !cfg.DryRun {
 		perr = budget.CheckAvailable(plan)
@@ -526,7 +526,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		return &Result{Plan: plan}, err
 	}
 	if gr == nil && cfg.onGPU {
-		return &Result{Plan: plan}, errors.New("train: --device auto: the GPU the host plan was made for could not take the run (the line above says why); give --device cpu for a plan of the CPU's steps")
+		return &Result{Plan: plan}, fmt.Errorf("train: %w", errPlannedForGPU)
 	}
 	if gr != nil {
 		defer gr.close()

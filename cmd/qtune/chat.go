@@ -133,7 +133,7 @@ func (a *app) chat(ctx context.Context, args []string) error {
 	if *ctxLen > 0 {
 		n = min(n, *ctxLen)
 	}
-	plan, err := train.PlanGenerate(m, n, 1, limit)
+	plan, err := train.PlanGenerate(m, n, 1, limit, dev.Device)
 	if err := a.showPlan(plan, err); err != nil || a.planOnly {
 		return err
 	}
