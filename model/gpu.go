@@ -524,6 +524,7 @@ type gpuStep struct {
 	kv                                    *GPUSession  // decoding: the KV cache the rows join, at position pos
 	pos                                   int
 	w                                     *cuda.Matrix // the frozen weight of the layer whose adapter runs
+	part                                  *cuda.Buffer // decoding: a token's attention split across blocks
 }
 
 // al rounds a carved buffer's floats up as the carver does.
@@ -1193,6 +1194,9 @@ func (g *GPU) layerForward(l int, a *gpuActs, x *cuda.Buffer, B, T int, ad GPUAd
 				}
 				if err := d.Copy(kv.v[l], int64(4*s.pos*kvd), a.v, 0, n); err != nil {
 					return err
+				}
+				if T == 1 && s.part != nil { // one token over a cache that may be long: the keys split across blocks
+					return d.AttentionDecode(a.att, a.lse, a.q, kv.k[l], kv.v[l], s.part, s.pos+1, c.Heads, c.KVHeads, D, L.Window)
 				}
 				return d.AttentionCached(a.att, a.lse, a.q, kv.k[l], kv.v[l], T, s.pos+T, c.Heads, c.KVHeads, D, L.Window)
 			}

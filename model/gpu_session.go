@@ -68,7 +68,8 @@ func (o GPUSessionOptions) norm(c Config) GPUSessionOptions {
 // sessionFloats is one forward of M rows: one block's activations (every
 // block reuses them), the residual stream and its scratch, the last row's
 // normalized state and logits (every row's, and their targets and losses,
-// when scoring), the adapters' scratch and the rotation tables.
+// when scoring), the adapters' scratch, the rotation tables and decoding
+// attention's split partials.
 func (g *GPU) sessionFloats(M, R int, scoring bool) int {
 	c := g.m.Config
 	half := max(g.m.rope.Dims/2, 1)
@@ -76,7 +77,13 @@ func (g *GPU) sessionFloats(M, R int, scoring bool) int {
 	if scoring {
 		out = al(M*c.Dim) + al(M*c.Vocab) + 2*al(M)
 	}
-	return g.actFloats(M) + al(M*c.Dim)*2 + out + al(M*R) + 4*al(M*half)
+	return g.actFloats(M) + al(M*c.Dim)*2 + out + al(M*R) + 4*al(M*half) + al(decodePartFloats(c))
+}
+
+// decodePartFloats is the scratch of a token's attention with its keys
+// split across blocks (cuda.AttentionDecode).
+func decodePartFloats(c Config) int {
+	return cuda.DecodePartFloats(c.Heads, c.HeadDim, cuda.MaxDecodeSplits)
 }
 
 // NewSession makes a session with the adapters ad (nil: none; without
@@ -148,6 +155,7 @@ func (se *GPUSession) step(M, pos int) (*gpuStep, error) {
 	}
 	s.lh = cv.take(M * max(se.ad.maxRank(), 1))
 	s.cos, s.sin, s.cosSWA, s.sinSWA = cv.take(M*half), cv.take(M*half), cv.take(M*half), cv.take(M*half)
+	s.part = cv.take(decodePartFloats(c))
 	return s, cv.err
 }
 

@@ -645,14 +645,7 @@ func TestGPUSessionMatchesCPU(t *testing.T) {
 		set := liveLoRA(t, m, lora.Config{Rank: 4, Alpha: 8, Seed: 5}, r)
 		m.Adapters = set.ByPos
 		V := m.Config.Vocab
-		seq := make([]int, 16)
-		for i := range seq {
-			seq[i] = 1 + r.IntN(V-1)
-		}
-		want := make([]float32, len(seq)*V)
-		if err := m.Forward(m.NewState(len(seq)), seq, want, true); err != nil {
-			t.Fatal(err)
-		}
+		seq, want := cpuLogits(t, m, r, 16)
 		g, err := m.ToGPU(d, cuda.F32)
 		if err != nil {
 			t.Fatal(err)
@@ -697,6 +690,65 @@ func TestGPUSessionMatchesCPU(t *testing.T) {
 		gs.Free()
 		g.Close()
 	}
+}
+
+// Decoding over a long cache (300 positions of a 2-head model): each
+// token's attention splits its keys across blocks (cuda.AttentionDecode);
+// the logits are the CPU forward's at every position.
+func TestGPUSessionLongCache(t *testing.T) {
+	d := gpuDevice(t)
+	p := filepath.Join(t.TempDir(), "long.gguf")
+	if err := synth.Write(p, synth.Config{Name: "long", Dim: 64, Hidden: 128, Layers: 2, Heads: 2, KVHeads: 1, Vocab: 256, Context: 512}, quant.F32, 4); err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Open(p, model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	V := m.Config.Vocab
+	seq, want := cpuLogits(t, m, rand.New(rand.NewPCG(9, 10)), 300)
+	g, err := m.ToGPU(d, cuda.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	se, err := g.NewSession(model.GPUSessionOptions{MaxLen: len(seq), Chunk: 64}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer se.Free()
+	if _, err := se.Forward(seq[:280]); err != nil {
+		t.Fatal(err)
+	}
+	worst := 0.0
+	for n := 281; n <= len(seq); n++ {
+		got, err := se.Forward(seq[n-1 : n])
+		if err != nil {
+			t.Fatal(err)
+		}
+		worst = max(worst, relErr(got, want[(n-1)*V:n*V]))
+	}
+	if worst > 1e-5 {
+		t.Errorf("logits of tokens 281..300 within %.2g of the CPU's (want ≤ 1e-5)", worst)
+	}
+	t.Logf("tokens 281..300 over the cache: logits within %.2g of the CPU's", worst)
+}
+
+// cpuLogits draws n tokens and returns them with the CPU forward's logits
+// at every position (m's adapters applied).
+func cpuLogits(t *testing.T, m *model.Model, r *rand.Rand, n int) ([]int, []float32) {
+	t.Helper()
+	V := m.Config.Vocab
+	seq := make([]int, n)
+	for i := range seq {
+		seq[i] = 1 + r.IntN(V-1)
+	}
+	want := make([]float32, n*V)
+	if err := m.Forward(m.NewState(n), seq, want, true); err != nil {
+		t.Fatal(err)
+	}
+	return seq, want
 }
 
 func must2[T any](v T, err error) T {

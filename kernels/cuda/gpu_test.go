@@ -474,7 +474,8 @@ func TestGPUCrossEntropy(t *testing.T) {
 // (head sizes 64, 128 with 32- and 16-row tiles, 256; sizes below them),
 // windows, grouped heads, lengths that end inside a tile, several
 // sequences a launch; then the cached form (the last Tq queries over the
-// whole sequence) against the full forward's rows.
+// whole sequence) against the full forward's rows, and decoding's form
+// with the keys split 2, 3 and 7 ways.
 func TestGPUAttention(t *testing.T) {
 	d := gpu(t)
 	r := rand.New(rand.NewPCG(11, 12))
@@ -532,6 +533,17 @@ func TestGPUAttention(t *testing.T) {
 			}
 			near(t, fmt.Sprintf("%s cached %d out", name, tq), down(t, oc, tq*c.H*c.D), out[row:nq], 1e-5)
 			near(t, fmt.Sprintf("%s cached %d lse", name, tq), down(t, lc, c.H*tq), wl, 1e-5)
+			if tq != 1 {
+				continue
+			}
+			// Decoding with the keys split across blocks (some splits
+			// empty where there are fewer keys than splits).
+			for _, S := range []int{2, 3, 7} {
+				part := zeros(t, d, DecodePartFloats(c.H, c.D, S))
+				must(t, d.attentionDecode(oc, lc, up(t, d, q[row:nq]), kc, vc, part, c.T, c.H, c.Hkv, c.D, c.W, S))
+				near(t, fmt.Sprintf("%s decoding in %d splits: out", name, S), down(t, oc, c.H*c.D), out[row:nq], 1e-5)
+				near(t, fmt.Sprintf("%s decoding in %d splits: lse", name, S), down(t, lc, c.H), wl, 1e-5)
+			}
 		}
 		if c.short {
 			d.maxSharedPerBloc = 0 // the deferred restore runs at the end; the next cases take the GPU's own

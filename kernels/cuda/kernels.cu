@@ -653,6 +653,104 @@ __device__ __forceinline__ void attn_fwd_body(float* out, float* lse, const floa
     if (ln == 0) lse[(i64)h * Tq + t0 + r] = m + logf(l);
 }
 
+// attn_dec: decoding's attention split over the keys (flash-decoding):
+// one query, the newest of Tk cached positions, of head h = blockIdx.y;
+// split s = blockIdx.x of S takes an equal share of the keys the query
+// sees, a warp per key at a time (its lanes over the head's dimensions,
+// so each key and value row is read coalesced), an online softmax per
+// warp, the block's four warps merged. part (H, S, D+2) gets the split's
+// unnormalised output, its running max and sum; attn_dec_combine merges
+// the splits. A long cache then keeps every SM busy where attn_fwd's one
+// tile per head walks it alone.
+#define DEC_NT 128
+template <int DM>
+__device__ __forceinline__ void attn_dec_body(float* part, const float* q, const float* k, const float* v, int Tk, int H, int Hkv,
+                                              int D, int W, float scale) {
+    const int DPL = DM / 32, NW = DEC_NT / 32;
+    __shared__ float red[NW][DM + 2];
+    int s = blockIdx.x, S = gridDim.x, h = blockIdx.y, g = h / (H / Hkv);
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    int first = W > 0 ? imax(0, Tk - W) : 0, per = (Tk - first + S - 1) / S;
+    int k0 = first + s * per, k1 = imin(Tk, k0 + per);
+    float qr[DPL], o[DPL];
+#pragma unroll
+    for (int j = 0; j < DPL; j++) {
+        int d = lane + 32 * j;
+        qr[j] = d < D ? q[h * D + d] : 0.0f;
+        o[j] = 0;
+    }
+    float m = NEG_INF, l = 0;
+    for (int kp = k0 + w; kp < k1; kp += NW) {
+        const float* kr = k + ((i64)kp * Hkv + g) * D;
+        const float* vr = v + ((i64)kp * Hkv + g) * D;
+        float sc = 0;
+#pragma unroll
+        for (int j = 0; j < DPL; j++) {
+            int d = lane + 32 * j;
+            if (d < D) sc += qr[j] * kr[d];
+        }
+        sc = warp_sum(sc) * scale;
+        float mn = fmaxf(m, sc), alpha = expf(m - mn), p = expf(sc - mn);
+        l = l * alpha + p;
+#pragma unroll
+        for (int j = 0; j < DPL; j++) {
+            int d = lane + 32 * j;
+            if (d < D) o[j] = o[j] * alpha + p * vr[d];
+        }
+        m = mn;
+    }
+#pragma unroll
+    for (int j = 0; j < DPL; j++) red[w][lane + 32 * j] = o[j];
+    if (lane == 0) red[w][DM] = m, red[w][DM + 1] = l;
+    __syncthreads();
+    if (w != 0) return;
+    float M = NEG_INF;
+    for (int i = 0; i < NW; i++) M = fmaxf(M, red[i][DM]);
+    float* out = part + ((i64)h * S + s) * (D + 2);
+    float L = 0;
+    for (int i = 0; i < NW; i++) L += M == NEG_INF ? 0.0f : red[i][DM + 1] * expf(red[i][DM] - M);
+#pragma unroll
+    for (int j = 0; j < DPL; j++) {
+        int d = lane + 32 * j;
+        float a = 0;
+        for (int i = 0; M != NEG_INF && i < NW; i++) a += red[i][d] * expf(red[i][DM] - M);
+        if (d < D) out[d] = a;
+    }
+    if (lane == 0) out[D] = M, out[D + 1] = L;
+}
+#define ATTN_DEC(DM)                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(DEC_NT) attn_dec_##DM(float* part, const float* q, const float* k, \
+                                                                       const float* v, int Tk, int H, int Hkv, int D, \
+                                                                       int W, float scale) {                          \
+        attn_dec_body<DM>(part, q, k, v, Tk, H, Hkv, D, W, scale);                                                   \
+    }
+ATTN_DEC(64)
+ATTN_DEC(128)
+ATTN_DEC(256)
+
+// attn_dec_combine: out (H·D) and lse (H) of attn_dec's S splits, a warp
+// per head: the splits' outputs and sums rescaled to their common max.
+extern "C" __global__ void attn_dec_combine(float* out, float* lse, const float* part, int S, int H, int D) {
+    int h = blockIdx.x, lane = threadIdx.x;
+    const float* ph = part + (i64)h * S * (D + 2);
+    float M = NEG_INF;
+    for (int s = 0; s < S; s++) M = fmaxf(M, ph[s * (D + 2) + D]);
+    float L = 0;
+    for (int s = 0; s < S; s++) {
+        float ms = ph[s * (D + 2) + D];
+        if (ms != NEG_INF) L += ph[s * (D + 2) + D + 1] * expf(ms - M);
+    }
+    for (int d = lane; d < D; d += 32) {
+        float a = 0;
+        for (int s = 0; s < S; s++) {
+            float ms = ph[s * (D + 2) + D];
+            if (ms != NEG_INF) a += ph[s * (D + 2) + d] * expf(ms - M);
+        }
+        out[h * D + d] = a / L;
+    }
+    if (lane == 0) lse[h] = M + logf(L);
+}
+
 // attn_delta: Δ (B, H, T) = Σ_d dO·O per query row and head, the softmax
 // backward's row term (= Σ_u p_u·(dO·v_u)); one warp per row of (B·T·H).
 extern "C" __global__ void attn_delta(float* delta, const float* dout, const float* out, int T, int H, int D, i64 rows) {

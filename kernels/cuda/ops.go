@@ -321,23 +321,31 @@ func (d *Device) attnKernel(kind string, D int) (name string, tl, shared int, er
 			return 4 * (4*rows + 2*tl*(tl+1) + 2*tl)
 		}
 	}
-	var dm int
-	switch {
-	case D < 1:
-		return "", 0, 0, fmt.Errorf("cuda: attention with head size %d", D)
-	case D <= 64:
-		dm, tl = 64, 32
-	case D <= 128:
-		dm, tl = 128, 32
-		if d.maxSharedPerBloc > 0 && bytes(32) > d.maxSharedPerBloc {
-			tl = 16
-		}
-	case D <= 256:
-		dm, tl = 256, 16
-	default:
-		return "", 0, 0, fmt.Errorf("cuda: attention with head size %d (the kernels take at most 256)", D)
+	dm, err := headDM(D)
+	if err != nil {
+		return "", 0, 0, err
+	}
+	tl = map[int]int{64: 32, 128: 32, 256: 16}[dm]
+	if dm == 128 && d.maxSharedPerBloc > 0 && bytes(32) > d.maxSharedPerBloc {
+		tl = 16
 	}
 	return fmt.Sprintf("%s_%d_%d", kind, dm, tl), tl, bytes(tl), nil
+}
+
+// headDM is the head size D rounded up to an attention kernel's: 64, 128
+// or 256.
+func headDM(D int) (int, error) {
+	switch {
+	case D < 1:
+		return 0, fmt.Errorf("cuda: attention with head size %d", D)
+	case D <= 64:
+		return 64, nil
+	case D <= 128:
+		return 128, nil
+	case D <= 256:
+		return 256, nil
+	}
+	return 0, fmt.Errorf("cuda: attention with head size %d (the kernels take at most 256)", D)
 }
 
 // attnCheck refuses shapes the kernels would read or write outside of.
@@ -372,6 +380,52 @@ func (d *Device) AttentionCached(out, lse, q, k, v *Buffer, Tq, Tk, H, Hkv, D, W
 		return fmt.Errorf("cuda: attention of %d queries over %d cached positions", Tq, Tk)
 	}
 	return d.attention(out, lse, q, k, v, 1, Tq, Tk, H, Hkv, D, W)
+}
+
+// MaxDecodeSplits is the most key splits AttentionDecode makes.
+const MaxDecodeSplits = 32
+
+// DecodePartFloats is the scratch AttentionDecode takes for H heads of size
+// D in up to splits splits.
+func DecodePartFloats(H, D, splits int) int { return H * splits * (D + 2) }
+
+// AttentionDecode is AttentionCached for one query, the newest of Tk
+// cached positions, with the keys it sees split across blocks
+// (flash-decoding): enough splits of at least 64 keys that about two
+// blocks per SM run, as many as part (scratch, DecodePartFloats) holds.
+// With one split it is AttentionCached.
+func (d *Device) AttentionDecode(out, lse, q, k, v, part *Buffer, Tk, H, Hkv, D, W int) error {
+	n := Tk
+	if W > 0 {
+		n = min(Tk, W)
+	}
+	S := min(MaxDecodeSplits, n/64, (2*max(d.SMs, 1)+H-1)/max(H, 1))
+	if D > 0 && H > 0 && part != nil {
+		S = min(S, int(part.Bytes/4)/(H*(D+2)))
+	}
+	return d.attentionDecode(out, lse, q, k, v, part, Tk, H, Hkv, D, W, S)
+}
+
+func (d *Device) attentionDecode(out, lse, q, k, v, part *Buffer, Tk, H, Hkv, D, W, S int) error {
+	if S <= 1 {
+		return d.AttentionCached(out, lse, q, k, v, 1, Tk, H, Hkv, D, W)
+	}
+	if Tk < 1 {
+		return fmt.Errorf("cuda: attention over %d cached positions", Tk)
+	}
+	if err := attnCheck(H, Hkv, "q", q, H*D, "out", out, H*D, "lse", lse, H, "k", k, Tk*Hkv*D, "v", v, Tk*Hkv*D,
+		"part", part, DecodePartFloats(H, D, S)); err != nil {
+		return err
+	}
+	dm, err := headDM(D)
+	if err != nil {
+		return err
+	}
+	if err := d.run(fmt.Sprintf("attn_dec_%d", dm), [3]uint32{uint32(S), uint32(H), 1}, [3]uint32{128, 1, 1}, 0,
+		part, q, k, v, Tk, H, Hkv, D, W, attnScale(D)); err != nil {
+		return err
+	}
+	return d.run("attn_dec_combine", [3]uint32{uint32(H), 1, 1}, [3]uint32{32, 1, 1}, 0, out, lse, part, S, H, D)
 }
 
 func (d *Device) attention(out, lse, q, k, v *Buffer, B, Tq, Tk, H, Hkv, D, W int) error {
