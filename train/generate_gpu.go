@@ -266,25 +266,41 @@ func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions)
 		}
 	}
 	adBytes += ws.need
+	limit, fromFree := o.MaxVRAM, false
 	plan := func(driver int64) GPUPlan {
 		return placeBlocks(m, GPUPlan{Adapters: adBytes, Step: model.GPUSessionBytes(m, so, R, prec),
-			BLAS: cuda.WorkspaceBytes(o.MaxVRAM), Driver: driver, Limit: o.MaxVRAM})
+			BLAS: cuda.WorkspaceBytes(limit), Driver: driver, Limit: limit, FromFree: fromFree})
+	}
+	over := func(gplan GPUPlan) error {
+		return fmt.Errorf("gpu: %s: over the budget; give a shorter session (generate -n, chat --ctx) or %s", gplan, budgetFix(gplan.Total+1<<20, fromFree))
 	}
 	gplan := plan(0)
-	if o.MaxVRAM > 0 && gplan.Total > o.MaxVRAM {
-		return nil, fmt.Errorf("gpu: %s: over the budget; give a shorter session (generate -n, chat --ctx) or --max-vram %s", gplan, fmtMiB(gplan.Total+1<<20))
+	if limit > 0 && gplan.Total > limit {
+		return nil, over(gplan)
 	}
-	d, err := cuda.Open(ordinal, cuda.Options{MaxVRAM: o.MaxVRAM})
+	d, err := cuda.Open(ordinal, cuda.Options{MaxVRAM: limit})
 	if err != nil {
 		return fallback(err)
 	}
-	gg = &gpuSession{run: &gpuRun{d: d, limit: o.MaxVRAM}}
+	gg = &gpuSession{run: &gpuRun{d: d, limit: limit}}
+	opened := gg // an error return sets gg to nil before this runs
 	defer func() {
 		if err != nil {
-			gg.close()
+			opened.close()
 			gg = nil
 		}
 	}()
+	if limit == 0 {
+		// Without --max-vram, the GPU's free memory is the budget (a model
+		// that does not fit streams; a cache that does not is refused).
+		if limit = d.BudgetFromFree(); limit > 0 {
+			fromFree = true
+			gg.run.limit, gg.run.fromFree = limit, true
+			if gplan = plan(0); gplan.Total > limit {
+				return nil, over(gplan)
+			}
+		}
+	}
 	if err := d.Compile(); err != nil {
 		return nil, err
 	}
@@ -315,7 +331,7 @@ func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions)
 		if gg.dev, err = gg.run.g.NewSession(so, ad); err != nil {
 			return nil, fmt.Errorf("gpu: %w", err)
 		}
-		if o.MaxVRAM <= 0 {
+		if limit <= 0 {
 			break
 		}
 		if err := gg.dev.WarmUp(); err != nil {
@@ -326,13 +342,13 @@ func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions)
 			return nil, err
 		}
 		used := total - free - d.ContextBytes()
-		if used <= o.MaxVRAM {
+		if used <= limit {
 			break
 		}
 		next := plan(used - d.Used() + (used-d.Used())/16)
-		if attempt == 1 || next.Total > o.MaxVRAM || next.Resident >= gplan.Resident {
-			return nil, fmt.Errorf("gpu: after a warm-up the GPU holds %s for this session (%s its own allocations), over --max-vram %s: give --max-vram %s: %w",
-				fmtMiB(used), fmtMiB(d.Used()), fmtMiB(o.MaxVRAM), fmtMiB(used+used/16), cuda.ErrVRAM)
+		if attempt == 1 || next.Total > limit || next.Resident >= gplan.Resident {
+			return nil, fmt.Errorf("gpu: after a warm-up the GPU holds %s for this session (%s its own allocations), over %s: give %s: %w",
+				fmtMiB(used), fmtMiB(d.Used()), budgetName(limit, fromFree), budgetFix(used+used/16, fromFree), cuda.ErrVRAM)
 		}
 		log(fmt.Sprintf("a warm-up with %d of %d blocks resident: the driver holds %s besides qtune's own allocations; placed again with it", gplan.Resident, gplan.Blocks, fmtMiB(used-d.Used())))
 		gplan = next

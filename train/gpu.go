@@ -99,6 +99,7 @@ type gpuRun struct {
 	denseHost, denseDev bool
 	dev                 map[*lora.Layer]*model.GPULoRA
 	limit               int64
+	fromFree            bool // limit is the GPU's free memory (no --max-vram)
 	// The driver's own count, sampled: the most memory in use on the GPU
 	// beyond what was in use when the device was opened.
 	stop    chan struct{}
@@ -306,6 +307,7 @@ type GPUPlan struct {
 	// (kernels loaded lazily), once a warm-up step has run; 0 before.
 	Driver           int64
 	Total, Limit     int64
+	FromFree         bool // Limit is the GPU's free memory (no --max-vram)
 	Resident, Blocks int
 	// Checkpoint: only each block's input is kept through the forward
 	// and its activations are recomputed before its backward.
@@ -323,7 +325,7 @@ func (p GPUPlan) String() string {
 	}
 	s += ")"
 	if p.Limit > 0 {
-		s += fmt.Sprintf(" of --max-vram %s", fmtMiB(p.Limit))
+		s += " of " + budgetName(p.Limit, p.FromFree)
 	}
 	s += fmt.Sprintf("; %d of %d blocks resident", p.Resident, p.Blocks)
 	if p.Resident < p.Blocks {
@@ -336,6 +338,24 @@ func (p GPUPlan) String() string {
 }
 
 func fmtMiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// budgetName names a device budget in messages: --max-vram's, or the GPU's
+// free memory when none was given (cuda.Device.BudgetFromFree).
+func budgetName(limit int64, fromFree bool) string {
+	if fromFree {
+		return fmt.Sprintf("a budget of %s (no --max-vram: the GPU's free memory less a margin)", fmtMiB(limit))
+	}
+	return "--max-vram " + fmtMiB(limit)
+}
+
+// budgetFix is what to give for a device budget of want: --max-vram, or,
+// when the budget was the GPU's free memory, more of it.
+func budgetFix(want int64, fromFree bool) string {
+	if fromFree {
+		return fmt.Sprintf("more free GPU memory (a budget of %s)", fmtMiB(want))
+	}
+	return "--max-vram " + fmtMiB(want)
+}
 
 // planGPU sizes the device side of a LoRA run of micro-batches B×T within
 // limit: with or without activation checkpointing (forced by ckpt), every
@@ -486,8 +506,8 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	}
 	allResident := func(pl GPUPlan) error {
 		if floats != nil && pl.Resident < pl.Blocks {
-			return fmt.Errorf("train: mezo --zo-target float perturbs its float matrices on the GPU and keeps every block there; %s: give --max-vram %s or more",
-				pl, fmtMiB(pl.Total-pl.Slots+int64(pl.Blocks-pl.Resident)*pl.Slots/2+1<<20))
+			return fmt.Errorf("train: mezo --zo-target float perturbs its float matrices on the GPU and keeps every block there; %s: give %s or more",
+				pl, budgetFix(pl.Total-pl.Slots+int64(pl.Blocks-pl.Resident)*pl.Slots/2+1<<20, pl.FromFree))
 		}
 		return nil
 	}
@@ -505,6 +525,22 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 			r.close()
 		}
 	}()
+	if limit == 0 {
+		// Without --max-vram, the GPU's free memory is the budget: a model
+		// that does not fit streams its blocks instead of failing at an
+		// allocation.
+		if limit = d.BudgetFromFree(); limit > 0 {
+			r.limit, r.fromFree = limit, true
+			gplan = planGPU(m, set, extra, B, T, prec, limit, 0, cfg.GradCheckpoint)
+			gplan.FromFree = true
+			if gplan.Total > limit {
+				return nil, fmt.Errorf("train: %s: over the budget; give a smaller --batch-size or --max-seq-length", gplan)
+			}
+			if err := allResident(gplan); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if err := d.Compile(); err != nil {
 		return nil, err
 	}
@@ -620,11 +656,12 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		drvShare := used - d.Used()
 		next := planGPU(m, set, extra, B, T, prec, limit, drvShare+drvShare/16, cfg.GradCheckpoint)
 		if attempt == 1 || next.Total > limit || (used > limit && next.Resident >= res) {
-			return nil, fmt.Errorf("train: after a warm-up step the GPU holds %s for this run (%s its own allocations, the rest the driver's and cuBLAS's), over --max-vram %s: give --max-vram %s, or a smaller --batch-size or --max-seq-length: %w",
-				fmtMiB(used), fmtMiB(d.Used()), fmtMiB(limit), fmtMiB(used+used/16), cuda.ErrVRAM)
+			return nil, fmt.Errorf("train: after a warm-up step the GPU holds %s for this run (%s its own allocations, the rest the driver's and cuBLAS's), over %s: give %s, or a smaller --batch-size or --max-seq-length: %w",
+				fmtMiB(used), fmtMiB(d.Used()), budgetName(limit, r.fromFree), budgetFix(used+used/16, r.fromFree), cuda.ErrVRAM)
 		}
 		log(fmt.Sprintf("a warm-up step with %d of %d blocks resident: the driver holds %s besides qtune's own allocations; planned again with it", res, gplan.Blocks, fmtMiB(drvShare)))
 		gplan = next
+		gplan.FromFree = r.fromFree
 		if err := allResident(gplan); err != nil {
 			return nil, err
 		}
@@ -681,7 +718,7 @@ func (r *gpuRun) close() {
 func (r *gpuRun) peakLine() string {
 	s := fmt.Sprintf("GPU memory: peak %s allocated, %s in use by the driver's count", fmtMiB(r.d.Peak()), fmtMiB(r.drvPeak.Load()))
 	if r.limit > 0 {
-		s += fmt.Sprintf(" (--max-vram %s)", fmtMiB(r.limit))
+		s += " (" + budgetName(r.limit, r.fromFree) + ")"
 	}
 	return s
 }

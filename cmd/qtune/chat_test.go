@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -12,8 +13,10 @@ import (
 	"testing"
 
 	"github.com/qtune/qtune/internal/shared"
+	"github.com/qtune/qtune/internal/synth"
 	"github.com/qtune/qtune/kernels/cuda"
 	"github.com/qtune/qtune/model"
+	"github.com/qtune/qtune/quant"
 )
 
 func lastLine(s string) string {
@@ -217,5 +220,37 @@ func TestGPUChatMatchesCPU(t *testing.T) {
 	_, cpu, _ := runCLI(t, "generate", "--model", stories(t), "--prompt", "Once upon a time", "--temp", "0", "-n", "30")
 	if code != 0 || gen != cpu {
 		t.Errorf("generate --device cuda: exit %d, %q (CPU %q): %s", code, gen, cpu, e)
+	}
+}
+
+// Without --max-vram, the GPU's free memory is the budget: on a GPU too
+// small for the whole model (the emulator's, given 474 MiB, of which its
+// context takes 256 and cuBLAS's lazily loaded kernels 64), generation
+// streams blocks instead of failing at an allocation, and gives the CPU's
+// tokens. Run in a child process: the emulator reads its size once.
+func TestGPUBudgetFromFreeMemory(t *testing.T) {
+	if _, err := cuda.Count(); err != nil || !strings.Contains(os.Getenv("QTUNE_CUDA_DRIVER"), "cudaemu") {
+		t.Skip("needs the CUDA emulator (make test-gpu-emu), whose memory size a test can set")
+	}
+	p := filepath.Join(t.TempDir(), "15M.gguf")
+	if err := synth.Write(p, synth.Presets["15M"], quant.F32, 1); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"generate", "--model", p, "--prompt", "Once upon a time", "--temp", "0", "-n", "6"}
+	_, want, _ := runCLI(t, args...)
+	js, _ := json.Marshal(append(args, "--device", "cuda"))
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSignalChild$")
+	cmd.Env = append(os.Environ(), "QTUNE_CHILD_ARGS="+string(js), "QTUNE_CUDAEMU_MEM=474MiB")
+	var out, errs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errs
+	err := cmd.Run()
+	logs := errs.String()
+	if err != nil || out.String() != want {
+		t.Fatalf("exit %v: %q, CPU %q\n%s", err, out.String(), want, logs)
+	}
+	for _, s := range []string{"(no --max-vram: the GPU's free memory less a margin)", "the others streamed"} {
+		if !strings.Contains(logs, s) {
+			t.Errorf("the log lacks %q:\n%s", s, logs)
+		}
 	}
 }

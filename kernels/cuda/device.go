@@ -47,6 +47,7 @@ type Device struct {
 
 	mu               sync.Mutex
 	used, peak, max  int64
+	fromFree         bool // max is BudgetFromFree's, not Options.MaxVRAM
 	closed           bool
 	mods             map[string]*module
 	blas             *blasHandle
@@ -248,6 +249,30 @@ func (d *Device) MemInfo() (free, total int64, err error) {
 // other processes hold.
 func (d *Device) ContextBytes() int64 { return d.baseUsed }
 
+// BudgetFromFree gives a device opened without a budget (Options.MaxVRAM)
+// one: what it holds now and what the GPU has free, less FreeMargin, so
+// that work without --max-vram is planned within the memory there is
+// (blocks streamed when the model does not fit) instead of failing at an
+// allocation. What CUDA and cuBLAS load lazily once work starts is left
+// to the caller's warm-up to measure, as under --max-vram. It returns the
+// budget: Options.MaxVRAM when one was given, 0 when the driver does not
+// say what is free.
+func (d *Device) BudgetFromFree() int64 {
+	free, _, err := d.MemInfo()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.max > 0 || err != nil || free <= 0 {
+		return d.max
+	}
+	d.max, d.fromFree = d.used+free-FreeMargin(free), true
+	return d.max
+}
+
+// FreeMargin is what a budget taken from free device memory leaves free:
+// the driver's rounding of allocations to 2 MiB pages and other processes'
+// growth (64 MiB and a 32nd, or half of a smaller free share).
+func FreeMargin(free int64) int64 { return min(64<<20+free/32, free/2) }
+
 // Used and Peak are the bytes this process has allocated on the device
 // through Alloc (and the cuBLAS workspace), now and at most.
 func (d *Device) Used() int64 { d.mu.Lock(); defer d.mu.Unlock(); return d.used }
@@ -289,9 +314,12 @@ func (d *Device) Alloc(n int64) (*Buffer, error) {
 	size := (n + allocGranule - 1) / allocGranule * allocGranule
 	d.mu.Lock()
 	if d.max > 0 && d.used+size > d.max {
-		used := d.used
+		used, what := d.used, "--max-vram"
+		if d.fromFree {
+			what = "the budget of the GPU's free memory"
+		}
 		d.mu.Unlock()
-		return nil, fmt.Errorf("cuda: allocating %s with %s in use passes --max-vram %s: %w", fmtBytes(n), fmtBytes(used), fmtBytes(d.max), ErrVRAM)
+		return nil, fmt.Errorf("cuda: allocating %s with %s in use passes %s %s: %w", fmtBytes(n), fmtBytes(used), what, fmtBytes(d.max), ErrVRAM)
 	}
 	d.used += size
 	d.peak = max(d.peak, d.used)
