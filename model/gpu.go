@@ -34,8 +34,9 @@ type GPU struct {
 	layers  []gpuLayer
 	outNorm *cuda.Buffer
 	output  *cuda.Matrix
-	bufs    []*cuda.Buffer // what Close frees
-	ws      *cuda.Buffer   // the MatMul workspace: the largest weight decoded, and its activations rounded
+	freq    [2]*cuda.Buffer // the ropes' half frequencies (float64): rope, ropeSWA
+	bufs    []*cuda.Buffer  // what Close frees
+	ws      *cuda.Buffer    // the MatMul workspace: the largest weight decoded, and its activations rounded
 	wsBytes int64
 	wsM     int          // the row count wsBytes was sized for
 	arena   *cuda.Buffer // LossGrad's activations and gradients, kept between calls of the same shape
@@ -204,6 +205,18 @@ func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GP
 	}
 	if g.outNorm, err = vec(m.OutNorm); err != nil {
 		return nil, err
+	}
+	for i, r := range []*nn.Rope{&m.rope, &m.ropeSWA} {
+		if len(r.Freq) == 0 || r.Dims/2 == 0 {
+			continue
+		}
+		if g.freq[i], err = d.Alloc(8 * int64(len(r.Freq))); err != nil {
+			return nil, err
+		}
+		g.bufs = append(g.bufs, g.freq[i])
+		if err := g.freq[i].Write(0, unsafe.Slice((*byte)(unsafe.Pointer(&r.Freq[0])), 8*len(r.Freq))); err != nil {
+			return nil, err
+		}
 	}
 	if g.output, err = mat(&m.Output); err != nil {
 		return nil, err
@@ -594,6 +607,11 @@ func GPUWeightBytes(m *Model) (layers []int64, other int64) {
 		layers[l] = layerBytes(&m.Layers[l])
 	}
 	other = al(int64(len(m.Output.Data))) + al(4*int64(len(m.OutNorm)))
+	for _, r := range []*nn.Rope{&m.rope, &m.ropeSWA} {
+		if len(r.Freq) > 0 && r.Dims/2 > 0 {
+			other += al(8 * int64(len(r.Freq))) // the frequencies (ropeTables)
+		}
+	}
 	for l := range m.Layers {
 		L := &m.Layers[l]
 		for _, v := range [][]float32{L.AttnNorm, L.FFNNorm, L.BQ, L.BK, L.BV, L.QNorm, L.KNorm, L.PostAttnNorm, L.PostFFNNorm} {
@@ -1098,26 +1116,20 @@ func (g *GPU) embed(x *cuda.Buffer, tokens []int) error {
 	return x.WriteF32(0, e)
 }
 
-// ropeTables writes the rotation tables of positions p0..p0+T−1.
+// ropeTables makes the rotation tables of positions p0..p0+T−1 on the
+// device (nn.Rope.Row there: a decoded token costs a launch, not four
+// copies from the host).
 func (g *GPU) ropeTables(s *gpuStep, p0, T int) error {
 	m := g.m
 	for i, r := range []*nn.Rope{&m.rope, &m.ropeSWA} {
-		half := r.Dims / 2
-		if r.Freq == nil || half == 0 {
+		if g.freq[i] == nil {
 			continue
-		}
-		cs, sn := make([]float32, T*half), make([]float32, T*half)
-		for p := 0; p < T; p++ {
-			r.Row(cs[p*half:(p+1)*half], sn[p*half:(p+1)*half], p0+p)
 		}
 		dc, ds := s.cos, s.sin
 		if i == 1 {
 			dc, ds = s.cosSWA, s.sinSWA
 		}
-		if err := dc.WriteF32(0, cs); err != nil {
-			return err
-		}
-		if err := ds.WriteF32(0, sn); err != nil {
+		if err := g.d.RopeTable(dc, ds, g.freq[i], len(r.Freq), int64(p0), T, r.Scale, float32(r.Mscale)); err != nil {
 			return err
 		}
 	}

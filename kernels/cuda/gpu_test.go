@@ -10,8 +10,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/qtune/qtune/kernels"
+	"github.com/qtune/qtune/nn"
 	"github.com/qtune/qtune/optim"
 	"github.com/qtune/qtune/quant"
 )
@@ -560,6 +562,32 @@ func TestGPUAttention(t *testing.T) {
 		if bad == nil {
 			t.Error("an attention call outside its buffers or shapes was taken")
 		}
+	}
+}
+
+// The rotation tables made on the device are nn.Rope.Row's, within a
+// float's last place (double sincos on both sides): a linear position
+// scale, LongRoPE's factors and attention factor, positions past 1000.
+func TestGPURopeTable(t *testing.T) {
+	d := gpu(t)
+	factors := []float32{1, 1.5, 2, 4, 8, 16}
+	r := nn.NewRopeScaled(24, 10000, true, factors, 0.5, 1.19)
+	const p0, T = 1000, 37
+	half := len(r.Freq)
+	want, wsin := make([]float32, T*half), make([]float32, T*half)
+	for p := 0; p < T; p++ {
+		r.Row(want[p*half:(p+1)*half], wsin[p*half:(p+1)*half], p0+p)
+	}
+	fb, err := d.Alloc(8 * int64(half))
+	must(t, err)
+	defer fb.Free()
+	must(t, fb.Write(0, unsafe.Slice((*byte)(unsafe.Pointer(&r.Freq[0])), 8*half)))
+	cb, sb := zeros(t, d, T*half), zeros(t, d, T*half)
+	must(t, d.RopeTable(cb, sb, fb, half, p0, T, r.Scale, float32(r.Mscale)))
+	near(t, "rope cos", down(t, cb, T*half), want, 1e-7)
+	near(t, "rope sin", down(t, sb, T*half), wsin, 1e-7)
+	if r.Scale == 1 || r.Mscale == 1 {
+		t.Fatalf("the rope has scale %g and attention factor %g: the test no longer tests them", r.Scale, r.Mscale)
 	}
 }
 

@@ -1094,6 +1094,21 @@ extern "C" __global__ void scal(float* x, float a, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] *= a;
 }
 
+// rope_table: the rotation tables of positions p0..p0+T−1 (nn.Rope.Row):
+// cos and sin (T, half) of (p·scale)·freq[j] in double, rounded to float,
+// times mscale when it is neither 0 nor 1.
+extern "C" __global__ void rope_table(float* cs, float* sn, const double* freq, int half, i64 p0, int T, double scale, float mscale) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (i64)T * half; i += (i64)gridDim.x * blockDim.x) {
+        i64 p = p0 + i / half;
+        double s, c;
+        sincos((double)p * scale * freq[i % half], &s, &c);
+        float cf = (float)c, sf = (float)s;
+        if (mscale != 1.0f && mscale != 0.0f) cf *= mscale, sf *= mscale;
+        cs[i] = cf;
+        sn[i] = sf;
+    }
+}
+
 // scal_blocks: x[i] *= r[i / block] (methods/mezo's Scales: a decoded
 // weight times each quantization block's multiplier).
 extern "C" __global__ void scal_blocks(float* x, const float* r, i64 n, int block) {

@@ -554,6 +554,17 @@ func (d *Device) Scale(x *Buffer, a float32, n int64) error {
 	return d.run("scal", d.grid1(n), threads256, 0, x, a, n)
 }
 
+// RopeTable writes the rotation tables of positions p0..p0+T−1 into cos
+// and sin (T, half): nn.Rope.Row on the device, freq its half frequencies
+// (float64).
+func (d *Device) RopeTable(cos, sin, freq *Buffer, half int, p0 int64, T int, scale float64, mscale float32) error {
+	n := int64(T) * int64(half)
+	if half < 1 || T < 1 || cos.Bytes < 4*n || sin.Bytes < 4*n || freq.Bytes < 8*int64(half) {
+		return fmt.Errorf("cuda: RopeTable of %d positions of %d angles: buffers of %d, %d and %d bytes", T, half, cos.Bytes, sin.Bytes, freq.Bytes)
+	}
+	return d.run("rope_table", d.grid1(n), threads256, 0, cos, sin, freq, int32(half), p0, int32(T), scale, mscale)
+}
+
 // ScaleBlocks is x[i] *= r[i/block] over n elements.
 func (d *Device) ScaleBlocks(x, r *Buffer, n int64, block int) error {
 	if block <= 0 || x.Bytes < 4*n || r.Bytes < 4*((n+int64(block)-1)/int64(block)) {
