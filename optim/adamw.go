@@ -160,6 +160,31 @@ func (o *AdamW) Step(params []*Param, lr float64) error {
 	return nil
 }
 
+// Slot returns parameter name's moments (n values each) and step count,
+// made zero (step 0) when it has none: the live state, for a device that
+// steps the parameter itself and copies its moments here before they are
+// saved. A state of another length is refused.
+func (o *AdamW) Slot(name string, n int) (m, v []float32, t *int64, err error) {
+	if o.st == nil {
+		o.st = make(map[string]*adamState)
+	}
+	s := o.st[name]
+	if s == nil {
+		if m, err = o.alloc(n); err != nil {
+			return nil, nil, nil, err
+		}
+		if v, err = o.alloc(n); err != nil {
+			return nil, nil, nil, err
+		}
+		s = &adamState{m: m, v: v}
+		o.st[name] = s
+	}
+	if len(s.m) != n || len(s.v) != n {
+		return nil, nil, nil, fmt.Errorf("optim: adamw: param %q has %d values, its state %d: %w", name, n, len(s.m), ErrState)
+	}
+	return s.m, s.v, &s.t, nil
+}
+
 // spread runs f over [0, n) in one piece, or for large n in a piece per
 // processor at once: an element-wise update gives the same bits either
 // way. (A GPU run steps millions of adapter values on the host each

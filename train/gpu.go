@@ -98,6 +98,7 @@ type gpuRun struct {
 	dense               []floatPair
 	denseHost, denseDev bool
 	dev                 map[*lora.Layer]*model.GPULoRA
+	opt                 *devOptim // LoRA's AdamW on the device (nil: the host's)
 	limit               int64
 	fromFree            bool // limit is the GPU's free memory (no --max-vram)
 	// The driver's own count, sampled: the most memory in use on the GPU
@@ -485,6 +486,10 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	}
 	B, T := cfg.BatchSize, cfg.MaxSeqLength
 	var extra int64
+	devLoRA, adam := deviceOptimizer(meth, cfg, plan.OptimizerOnDisk)
+	if devLoRA != nil {
+		extra += devOptimBytes(set.Params(), 2*len(set.Layers))
+	}
 	for _, sp := range sparse {
 		extra += sparseDeviceBytes(sp.Out, sp.In, len(sp.Val))
 	}
@@ -547,6 +552,11 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	r.ad = make(model.GPUAdapters, m.Config.Layers)
 	if set != nil {
 		if err := r.adaptLoRA(set); err != nil {
+			return nil, err
+		}
+	}
+	if devLoRA != nil {
+		if r.opt, err = newDevOptim(r, devLoRA, adam); err != nil {
 			return nil, err
 		}
 	}
@@ -758,6 +768,10 @@ func (r *gpuRun) freeAdapters() {
 	for _, p := range r.dense {
 		p.dev.Free()
 	}
+	if r.opt != nil {
+		r.opt.free()
+		r.opt = nil
+	}
 	for _, s := range r.scales {
 		s.Free()
 	}
@@ -781,7 +795,12 @@ func (r *gpuRun) pushNow() error {
 	for _, p := range r.pairs {
 		seed, id := p.cpu.DropoutStream()
 		p.dev.SetDropout(p.cpu.Dropout, seed, id)
-		if err := errors.Join(p.dev.A.WriteF32(0, p.cpu.A), p.dev.B.WriteF32(0, p.cpu.B), p.dev.GA.Zero(), p.dev.GB.Zero()); err != nil {
+		if r.opt == nil || r.opt.hostNewer { // else the device's factors are the newer
+			if err := errors.Join(p.dev.A.WriteF32(0, p.cpu.A), p.dev.B.WriteF32(0, p.cpu.B)); err != nil {
+				return err
+			}
+		}
+		if err := errors.Join(p.dev.GA.Zero(), p.dev.GB.Zero()); err != nil {
 			return err
 		}
 	}
@@ -894,10 +913,18 @@ func (l *loraMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 	if err := r.push(); err != nil {
 		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
 	}
+	if r.opt != nil {
+		if err := r.d.Batch(r.opt.pushNow); err != nil {
+			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)
+		}
+	}
 	g := l.cfg.parallel()
 	loss, n, err := r.gradSteps(ctx, it, myBatches(batches, g), total)
 	if err != nil {
 		return 0, 0, err
+	}
+	if r.opt != nil {
+		return loss, n, r.opt.step(r.d, lr, l.cfg.MaxGradNorm)
 	}
 	if loss, n, err = l.reduce(g, it, nil, loss, n); err != nil {
 		return 0, 0, err
@@ -925,6 +952,9 @@ func (r *gpuRun) gradSteps(ctx context.Context, it int, mine []data.Batch, total
 		passDone("step")
 		loss += s
 		n += c
+	}
+	if r.opt != nil {
+		return loss, n, nil // the optimizer steps on the device, with the gradients there
 	}
 	if err := r.pull(); err != nil {
 		return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)

@@ -420,10 +420,27 @@ func (l *loraMethod) Load(ts []checkpoint.Tensor) error {
 		copy(ly.A, a)
 		copy(ly.B, b)
 	}
+	if l.gpu != nil && l.gpu.opt != nil { // copied over at the next step
+		l.gpu.opt.hostNewer, l.gpu.opt.devNewer = true, false
+	}
 	return loadOptim(l.opt, ts)
 }
 
-func (l *loraMethod) Save(dir string) error { return WriteAdapters(dir, l.m, l.set, l.cfg) }
+func (l *loraMethod) Save(dir string) error {
+	if err := l.pullGPU(); err != nil {
+		return err
+	}
+	return WriteAdapters(dir, l.m, l.set, l.cfg)
+}
+
+// pullGPU brings what the device's optimizer stepped (the factors, their
+// moments) back to the host.
+func (l *loraMethod) pullGPU() error {
+	if l.gpu == nil {
+		return nil
+	}
+	return l.gpu.opt.pull(l.gpu.d)
+}
 
 // optimTensors and loadOptim keep an optimizer's moments in a checkpoint
 // under "optim/<name>".

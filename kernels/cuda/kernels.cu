@@ -945,6 +945,24 @@ extern "C" __global__ void adamw(float* w, const float* g, float* m, float* v, i
     }
 }
 
+// sumsq: part[blockIdx.x] = Σ x[i]² in double over the block's grid-stride
+// share of x's n values (blockDim.x = 256): gradient clipping's norm.
+extern "C" __global__ void sumsq(double* part, const float* x, i64 n) {
+    __shared__ double red[256];
+    double s = 0;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        double v = x[i];
+        s += v * v;
+    }
+    red[threadIdx.x] = s;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if ((int)threadIdx.x < o) red[threadIdx.x] += red[threadIdx.x + o];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) part[blockIdx.x] = red[0];
+}
+
 // MeZO's perturbation (methods/mezo/rng.go), regenerated on the device:
 // splitmix64's mix, keyed per tensor, Box–Muller in double.
 __device__ __forceinline__ u64 mix(u64 z) {

@@ -479,6 +479,23 @@ func (d *Device) AdamW(w, g, m, v *Buffer, n int64, b1, b2, eps, step, sqrtBC2, 
 	return d.run("adamw", d.grid1(n), threads256, 0, w, g, m, v, n, b1, b2, eps, step, sqrtBC2, decay)
 }
 
+// SumSquaresBlocks is the blocks SumSquares writes a partial sum from.
+const SumSquaresBlocks = 32
+
+// SumSquares writes SumSquaresBlocks partial sums of x[i]² (float64) over
+// x's n values into part from float64 index off: their total is x's
+// squared norm.
+func (d *Device) SumSquares(part *Buffer, off int, x *Buffer, n int64) error {
+	if off < 0 || part.Bytes < 8*int64(off+SumSquaresBlocks) || x.Bytes < 4*n {
+		return fmt.Errorf("cuda: SumSquares of %d values into a buffer of %d bytes at %d", n, part.Bytes, off)
+	}
+	p, err := part.Slice(8*int64(off), 8*SumSquaresBlocks)
+	if err != nil {
+		return err
+	}
+	return d.run("sumsq", [3]uint32{SumSquaresBlocks, 1, 1}, threads256, 0, p, x, n)
+}
+
 // MezoNormal writes z[off : off+n] of the tensor whose key is key
 // (mezo.TensorKey) into out: mezo.Normal on the device.
 func (d *Device) MezoNormal(out *Buffer, key uint64, off, n int64) error {
