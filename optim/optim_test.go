@@ -673,3 +673,46 @@ func TestSGDMomentumStore(t *testing.T) {
 		t.Errorf("a failed step moved the parameters: %v %v", ps[0].W, ps[1].W)
 	}
 }
+
+// Slot is the live state Step uses: moments made zero at step 0 for a new
+// parameter, written through by whoever steps it elsewhere (a device), and
+// Step continues from them; a state of another length is refused.
+func TestAdamWSlot(t *testing.T) {
+	o := NewAdamW(0.9, 0.999, 1e-8, 0.01)
+	m, v, step, err := o.Slot("w", 3)
+	if err != nil || len(m) != 3 || len(v) != 3 || *step != 0 {
+		t.Fatalf("new slot: %v %v %v %v", m, v, step, err)
+	}
+	// Two steps here, or one here and one "elsewhere" written into the slot.
+	p := &Param{Name: "w", W: []float32{1, 2, 3}, G: []float32{0.1, -0.2, 0.3}}
+	ref := NewAdamW(0.9, 0.999, 1e-8, 0.01)
+	q := &Param{Name: "w", W: []float32{1, 2, 3}, G: []float32{0.1, -0.2, 0.3}}
+	for range 2 {
+		if err := ref.Step([]*Param{q}, 0.01); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := o.Step([]*Param{p}, 0.01); err != nil {
+		t.Fatal(err)
+	}
+	if *step != 1 || m[0] == 0 {
+		t.Fatalf("after a step the slot holds step %d, m %v: not the live state", *step, m)
+	}
+	if err := o.Step([]*Param{p}, 0.01); err != nil {
+		t.Fatal(err)
+	}
+	for i := range p.W {
+		if p.W[i] != q.W[i] {
+			t.Fatalf("w[%d] = %v, %v stepped twice by one optimizer", i, p.W[i], q.W[i])
+		}
+	}
+	m[1] = 42 // written elsewhere: what a checkpoint saves
+	for _, st := range o.State() {
+		if st.Name == "adamw.m/w" && st.Data[1] != 42 {
+			t.Fatalf("the state saved is %v, not the slot's", st.Data)
+		}
+	}
+	if _, _, _, err := o.Slot("w", 4); !errors.Is(err, ErrState) {
+		t.Errorf("a slot of another length: %v", err)
+	}
+}
