@@ -316,7 +316,7 @@ type GPUPlan struct {
 }
 
 func (p GPUPlan) String() string {
-	s := fmt.Sprintf("GPU memory: %s planned (weights %s, adapters and gradients %s, step %s, cuBLAS %s",
+	s := fmt.Sprintf("GPU memory: %s planned (weights %s, adapters and their state %s, step %s, cuBLAS %s",
 		fmtMiB(p.Total), fmtMiB(p.Weights), fmtMiB(p.Adapters), fmtMiB(p.Step), fmtMiB(p.BLAS))
 	if p.Slots > 0 {
 		s += ", streaming slots " + fmtMiB(p.Slots)

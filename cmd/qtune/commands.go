@@ -237,7 +237,7 @@ type deviceFlags struct{ device, vram, prec *string }
 func addDeviceFlags(fs *flag.FlagSet) deviceFlags {
 	return deviceFlags{
 		fs.String("device", "cpu", "where the model runs: cpu, cuda, cuda:N (an NVIDIA GPU, the KV cache there too) or auto (the GPU when there is one and it takes the model)"),
-		fs.String("max-vram", "", "GPU memory budget (the CUDA context is apart)"),
+		fs.String("max-vram", "", "GPU memory budget (the CUDA context is apart; default: what the GPU has free, less a margin)"),
 		fs.String("gpu-precision", "bf16", "input type of the GPU's products over several positions: bf16 or f32 (one token's are float32 either way)"),
 	}
 }

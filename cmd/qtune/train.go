@@ -66,7 +66,7 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) *string {
 	fs.StringVar(&c.MaxMem, "max-mem", c.MaxMem, "memory budget (512MiB, 2GB, 1.5GiB or bytes)")
 	fs.StringVar(&c.Device, "device", c.Device, "where micro-batches run: cpu, cuda, cuda:N (an NVIDIA GPU) or auto (the GPU when there is one and the run is one it takes)")
 	fs.StringVar(&c.OverlapSums, "overlap-sums", "auto", "under mpirun: sum LoRA's gradients during the backward pass (on), after it (off), or on when a core is free for MPI (auto)")
-	fs.StringVar(&c.MaxVRAM, "max-vram", c.MaxVRAM, "GPU memory budget for the run's own allocations (the CUDA context is apart)")
+	fs.StringVar(&c.MaxVRAM, "max-vram", c.MaxVRAM, "GPU memory budget for the run's own allocations (the CUDA context is apart; default: what the GPU has free, less a margin)")
 	fs.StringVar(&c.GPUPrecision, "gpu-precision", c.GPUPrecision, "input type of the GPU's products: bf16 (default, tensor cores) or f32")
 	return fs.String("config", "", "YAML or JSON file of these settings (flags override it)")
 }

@@ -11,7 +11,7 @@
 // A Device owns one GPU's primary context from one goroutine locked to its
 // OS thread; every call is handed to it. Device memory is counted against
 // Options.MaxVRAM (Alloc refuses past it, ErrVRAM), cuBLAS's workspace
-// included. Asynchronous copies read only page-locked memory (Pinned),
+// included; without one, BudgetFromFree takes the GPU's free memory. Asynchronous copies read only page-locked memory (Pinned),
 // never the Go heap; kernel arguments are packed into a mapped arena.
 //
 // The kernels (kernels.cu) are CUDA C compiled by NVRTC at first use for
@@ -22,7 +22,10 @@
 // Q6_K and NF4 (bit-identical to quant.DequantizeRange), the matrix-vector
 // product of generation decoding in registers, the batched product as a
 // decode into a workspace then one cuBLAS GEMM (FP32, or BF16 inputs with
-// FP32 accumulation), RMSNorm, RoPE, SwiGLU, cross-entropy and causal
-// grouped-query attention (forward and backward), AdamW, and MeZO's
-// perturbation regenerated from its seed (the same z as methods/mezo).
+// FP32 accumulation), RMSNorm, RoPE and its tables, SwiGLU, cross-entropy,
+// causal grouped-query attention (forward and backward, and decoding's
+// with the keys split across blocks), AdamW with clipping's norm, and
+// MeZO's perturbation regenerated from its seed (the same z as
+// methods/mezo, LoHO's first-order mask cleared from it), and block
+// scales applied to a decoded weight (methods/mezo's Scales).
 package cuda
