@@ -206,8 +206,8 @@ func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GP
 	if g.outNorm, err = vec(m.OutNorm); err != nil {
 		return nil, err
 	}
-	for i, r := range []*nn.Rope{&m.rope, &m.ropeSWA} {
-		if len(r.Freq) == 0 || r.Dims/2 == 0 {
+	for i, r := range m.tabledRopes() {
+		if r == nil {
 			continue
 		}
 		if g.freq[i], err = d.Alloc(8 * int64(len(r.Freq))); err != nil {
@@ -607,8 +607,8 @@ func GPUWeightBytes(m *Model) (layers []int64, other int64) {
 		layers[l] = layerBytes(&m.Layers[l])
 	}
 	other = al(int64(len(m.Output.Data))) + al(4*int64(len(m.OutNorm)))
-	for _, r := range []*nn.Rope{&m.rope, &m.ropeSWA} {
-		if len(r.Freq) > 0 && r.Dims/2 > 0 {
+	for _, r := range m.tabledRopes() {
+		if r != nil {
 			other += al(8 * int64(len(r.Freq))) // the frequencies (ropeTables)
 		}
 	}
@@ -1116,13 +1116,25 @@ func (g *GPU) embed(x *cuda.Buffer, tokens []int) error {
 	return x.WriteF32(0, e)
 }
 
+// tabledRopes are the model's ropes (the global one, the sliding window's)
+// that rotate anything, nil for one that does not: those the device makes
+// tables of.
+func (m *Model) tabledRopes() [2]*nn.Rope {
+	var rs [2]*nn.Rope
+	for i, r := range []*nn.Rope{&m.rope, &m.ropeSWA} {
+		if len(r.Freq) > 0 && r.Dims/2 > 0 {
+			rs[i] = r
+		}
+	}
+	return rs
+}
+
 // ropeTables makes the rotation tables of positions p0..p0+T−1 on the
 // device (nn.Rope.Row there: a decoded token costs a launch, not four
 // copies from the host).
 func (g *GPU) ropeTables(s *gpuStep, p0, T int) error {
-	m := g.m
-	for i, r := range []*nn.Rope{&m.rope, &m.ropeSWA} {
-		if g.freq[i] == nil {
+	for i, r := range g.m.tabledRopes() {
+		if r == nil {
 			continue
 		}
 		dc, ds := s.cos, s.sin

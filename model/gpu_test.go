@@ -434,15 +434,8 @@ func devVec(t *testing.T, d *cuda.Device, v []float32) *cuda.Buffer {
 // limit, naming them, and released when the model leaves the device.
 func TestGPUPinnedBooked(t *testing.T) {
 	d := gpuDevice(t)
-	p := filepath.Join(t.TempDir(), "2L.gguf")
-	if err := synth.Write(p, synth.Config{Name: "gpu2", Dim: 128, Hidden: 320, Layers: 2, Heads: 4, KVHeads: 2, Vocab: 512, Context: 64}, quant.Q4_0, 9); err != nil {
-		t.Fatal(err)
-	}
 	acct := budget.NewAccountant(0)
-	m, err := model.Open(p, model.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := openSynth(t, synth.Config{Name: "gpu2", Dim: 128, Hidden: 320, Layers: 2, Heads: 4, KVHeads: 2, Vocab: 512, Context: 64}, quant.Q4_0, 9)
 	m.Acct = acct
 	before := acct.Used()
 	g, err := m.ToGPUWith(d, cuda.BF16, model.GPUOptions{Resident: 0})
@@ -697,14 +690,7 @@ func TestGPUSessionMatchesCPU(t *testing.T) {
 // the logits are the CPU forward's at every position.
 func TestGPUSessionLongCache(t *testing.T) {
 	d := gpuDevice(t)
-	p := filepath.Join(t.TempDir(), "long.gguf")
-	if err := synth.Write(p, synth.Config{Name: "long", Dim: 64, Hidden: 128, Layers: 2, Heads: 2, KVHeads: 1, Vocab: 256, Context: 512}, quant.F32, 4); err != nil {
-		t.Fatal(err)
-	}
-	m, err := model.Open(p, model.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := openSynth(t, synth.Config{Name: "long", Dim: 64, Hidden: 128, Layers: 2, Heads: 2, KVHeads: 1, Vocab: 256, Context: 512}, quant.F32, 4)
 	defer m.Close()
 	V := m.Config.Vocab
 	seq, want := cpuLogits(t, m, rand.New(rand.NewPCG(9, 10)), 300)
@@ -733,6 +719,21 @@ func TestGPUSessionLongCache(t *testing.T) {
 		t.Errorf("logits of tokens 281..300 within %.2g of the CPU's (want ≤ 1e-5)", worst)
 	}
 	t.Logf("tokens 281..300 over the cache: logits within %.2g of the CPU's", worst)
+}
+
+// openSynth writes a synthetic model of cfg's shape with matrices of typ
+// and opens it.
+func openSynth(t *testing.T, cfg synth.Config, typ quant.Type, seed uint64) *model.Model {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), cfg.Name+".gguf")
+	if err := synth.Write(p, cfg, typ, seed); err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Open(p, model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 // cpuLogits draws n tokens and returns them with the CPU forward's logits
@@ -803,14 +804,7 @@ func TestGPURefusals(t *testing.T) {
 // split of resident and streamed blocks, and greedy generation too.
 func TestGPUStreamingMatchesResident(t *testing.T) {
 	d := gpuDevice(t)
-	p := filepath.Join(t.TempDir(), "4L.gguf")
-	if err := synth.Write(p, synth.Config{Name: "gpu4", Dim: 128, Hidden: 320, Layers: 4, Heads: 4, KVHeads: 2, Vocab: 512, Context: 64}, quant.Q4_K, 9); err != nil {
-		t.Fatal(err)
-	}
-	m, err := model.Open(p, model.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := openSynth(t, synth.Config{Name: "gpu4", Dim: 128, Hidden: 320, Layers: 4, Heads: 4, KVHeads: 2, Vocab: 512, Context: 64}, quant.Q4_K, 9)
 	r := rand.New(rand.NewPCG(7, 8))
 	set := liveLoRA(t, m, lora.Config{Rank: 4, Alpha: 8, Seed: 3}, r)
 	const B, T = 2, 20

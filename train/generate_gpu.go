@@ -24,7 +24,7 @@ import (
 func deviceAdapter(a model.Adapter, ws *sharedWS) (bytes int64, rank int, mk func(*cuda.Device) (model.GPUAdapter, []func() error, error), err error) {
 	switch x := a.(type) {
 	case *mezo.Scales:
-		ws.need = max(ws.need, 4*int64(x.W.Rows)*int64(x.W.Cols))
+		ws.fit(x)
 		return 4 * int64(len(x.R)), 0, func(d *cuda.Device) (model.GPUAdapter, []func() error, error) {
 			buf, frees, err := ws.get(d)
 			if err != nil {
@@ -118,6 +118,9 @@ type sharedWS struct {
 	need int64
 	buf  *cuda.Buffer
 }
+
+// fit makes the workspace large enough for s's weight decoded in float32.
+func (w *sharedWS) fit(s *mezo.Scales) { w.need = max(w.need, 4*int64(s.W.Rows)*int64(s.W.Cols)) }
 
 // get returns the workspace, and its release when this call made it.
 func (w *sharedWS) get(d *cuda.Device) (*cuda.Buffer, []func() error, error) {

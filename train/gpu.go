@@ -89,7 +89,7 @@ type gpuRun struct {
 	// mezo --zo-target scales: the adapters (their multipliers are in
 	// floats) and the workspace they share.
 	scales  []*model.GPUScales
-	scaleWS *cuda.Buffer
+	scaleWS sharedWS
 	// LoHO-intra --zo-target complement: the dense deltas, trained in
 	// place on the device. denseHost: the host's values are newer (a
 	// resumed run's), copied over at the next push; denseDev: the
@@ -224,16 +224,8 @@ func (r *gpuRun) pullDense() error {
 	if r == nil || !r.denseDev {
 		return nil
 	}
-	err := r.d.Batch(func() error {
-		for _, p := range r.dense {
-			if err := p.dev.ReadF32(p.host, 0); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("train: copying the dense deltas back from the GPU: %w", err)
+	if err := copyBack(r.d, "the dense deltas", r.dense); err != nil {
+		return err
 	}
 	r.denseDev = false
 	return nil
@@ -496,12 +488,12 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	for _, dd := range dense {
 		extra += dd.Bytes()
 	}
-	var scaleWS int64 // the largest scaled weight, decoded in float32
+	var scaleWS sharedWS
 	for _, s := range scales {
 		extra += 4 * int64(len(s.R))
-		scaleWS = max(scaleWS, 4*int64(s.W.Rows)*int64(s.W.Cols))
+		scaleWS.fit(s)
 	}
-	extra += scaleWS
+	extra += scaleWS.need
 	if lm, ok := meth.(*loremlMethod); ok {
 		extra = lm.stage2DeviceBytes()
 	}
@@ -599,13 +591,13 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	}
 	// MeZO over block scales: each quantized matrix's multipliers, tensor
 	// i of the estimator, beside the weight they scale.
-	if len(scales) > 0 {
-		if r.scaleWS, err = d.Alloc(scaleWS); err != nil {
+	r.scaleWS = scaleWS
+	for i, s := range scales {
+		ws, _, err := r.scaleWS.get(d) // freed by freeAdapters
+		if err != nil {
 			return nil, err
 		}
-	}
-	for i, s := range scales {
-		gs, err := model.NewGPUScales(d, s.W.Rows, s.W.Cols, s.Block, s.R, r.scaleWS)
+		gs, err := model.NewGPUScales(d, s.W.Rows, s.W.Cols, s.Block, s.R, ws)
 		if err != nil {
 			return nil, err
 		}
@@ -775,10 +767,10 @@ func (r *gpuRun) freeAdapters() {
 	for _, s := range r.scales {
 		s.Free()
 	}
-	if r.scaleWS != nil {
-		r.scaleWS.Free()
+	if r.scaleWS.buf != nil {
+		r.scaleWS.buf.Free()
 	}
-	r.pairs, r.sparse, r.norms, r.dense, r.scales, r.scaleWS = nil, nil, nil, nil, nil, nil
+	r.pairs, r.sparse, r.norms, r.dense, r.scales, r.scaleWS = nil, nil, nil, nil, nil, sharedWS{}
 	r.dev = map[*lora.Layer]*model.GPULoRA{}
 	r.ad = make(model.GPUAdapters, len(r.ad))
 	if r.g != nil {
@@ -817,20 +809,44 @@ func (r *gpuRun) pushNow() error {
 			return err
 		}
 	}
-	for _, p := range r.floats {
+	if err := copyOver(r.floats); err != nil {
+		return err
+	}
+	if r.denseHost {
+		if err := copyOver(r.dense); err != nil {
+			return err
+		}
+		r.denseHost, r.denseDev = false, false
+	}
+	return nil
+}
+
+// copyOver writes each pair's host values to its device copy (those the
+// device has no copy of are skipped), on the device's thread.
+func copyOver(pairs []floatPair) error {
+	for _, p := range pairs {
 		if p.dev != nil {
 			if err := p.dev.WriteF32(0, p.host); err != nil {
 				return err
 			}
 		}
 	}
-	if r.denseHost {
-		for _, p := range r.dense {
-			if err := p.dev.WriteF32(0, p.host); err != nil {
+	return nil
+}
+
+// copyBack reads each pair's device values into its host slice, in one
+// hand-over to the device's thread; what names them in an error.
+func copyBack(d *cuda.Device, what string, pairs []floatPair) error {
+	err := d.Batch(func() error {
+		for _, p := range pairs {
+			if err := p.dev.ReadF32(p.host, 0); err != nil {
 				return err
 			}
 		}
-		r.denseHost, r.denseDev = false, false
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("train: copying %s back from the GPU: %w", what, err)
 	}
 	return nil
 }

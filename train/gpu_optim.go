@@ -114,18 +114,22 @@ func (o *devOptim) pushNow() error {
 		if s.hm, s.hv, s.t, err = o.opt.Slot(s.p.Name, len(s.p.W)); err != nil {
 			return err
 		}
-		if err := s.w.WriteF32(0, s.p.W); err != nil {
-			return err
-		}
-		if err := s.m.WriteF32(0, s.hm); err != nil {
-			return err
-		}
-		if err := s.v.WriteF32(0, s.hv); err != nil {
-			return err
-		}
+	}
+	if err := copyOver(o.pairs()); err != nil {
+		return err
 	}
 	o.hostNewer, o.devNewer = false, false
 	return nil
+}
+
+// pairs are the host's and the device's copies of each factor and its
+// moments.
+func (o *devOptim) pairs() []floatPair {
+	ps := make([]floatPair, 0, 3*len(o.slots))
+	for _, s := range o.slots {
+		ps = append(ps, floatPair{host: s.p.W, dev: s.w}, floatPair{host: s.hm, dev: s.m}, floatPair{host: s.hv, dev: s.v})
+	}
+	return ps
 }
 
 // step clips the device's gradients to a global norm of maxNorm (≤ 0: no
@@ -183,21 +187,8 @@ func (o *devOptim) pull(d *cuda.Device) error {
 	if o == nil || !o.devNewer {
 		return nil
 	}
-	err := d.Batch(func() error {
-		for _, s := range o.slots {
-			for _, c := range []struct {
-				dst []float32
-				src *cuda.Buffer
-			}{{s.p.W, s.w}, {s.hm, s.m}, {s.hv, s.v}} {
-				if err := c.src.ReadF32(c.dst, 0); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("train: copying the adapters and their moments back from the GPU: %w", err)
+	if err := copyBack(d, "the adapters and their moments", o.pairs()); err != nil {
+		return err
 	}
 	o.devNewer = false
 	return nil

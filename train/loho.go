@@ -409,11 +409,11 @@ func (h *lohoMethod) stepGPU(ctx context.Context, it int, batches []data.Batch, 
 	}
 	var ds []mezo.Draw
 	if h.zo != nil {
-		perturb := r.perturbPairs(r.dense, nil) // the dense deltas, or:
-		if !h.complement {
-			if perturb, err = r.perturber(h.zoLayers); err != nil {
-				return 0, 0, err
-			}
+		var perturb mezo.Perturber
+		if h.complement {
+			perturb = r.perturbPairs(r.dense, nil)
+		} else if perturb, err = r.perturber(h.zoLayers); err != nil {
+			return 0, 0, err
 		}
 		if ds, err = h.zo.EstimateWith(it, r.evalLoss(ctx, it, batches, total, g), perturb); err != nil {
 			return 0, 0, fmt.Errorf("train: iteration %d: %w", it, err)

@@ -86,7 +86,8 @@ func PlanGenerate(m *model.Model, maxLen, promptLen int, limit int64, device str
 		Workspace:   func(int) int64 { return int64(4 * c.Vocab) },
 		Fixed:       []budget.Item{{Category: budget.KVCache, Bytes: c.KVBytes(maxLen), Note: fmt.Sprintf("%d positions", maxLen)}}}
 	if gpuLikely(m, device) {
-		onDevice(&r, fmt.Sprintf("%d positions, on the GPU", maxLen), "a token's logits for the sampler", int64(4*c.Vocab))
+		onDevice(&r, "a token's logits for the sampler", func(int) int64 { return int64(4 * c.Vocab) })
+		r.Fixed[0].Bytes, r.Fixed[0].Note = 0, fmt.Sprintf("%d positions, on the GPU", maxLen)
 	}
 	r.Fixed = append(r.Fixed, adapterItems(m)...)
 	weightRequest(m, &r, int64(maxLen), maxLen)
@@ -105,21 +106,20 @@ func PlanEval(m *model.Model, w int, dataBytes int64, limit int64, device string
 		Fixed: []budget.Item{{Category: budget.KVCache, Bytes: c.KVBytes(w), Note: fmt.Sprintf("window of %d tokens", w)},
 			{Category: budget.TokenCache, Bytes: 3 * dataBytes, Note: "records and their tokens"}}}
 	if gpuLikely(m, device) {
-		onDevice(&r, fmt.Sprintf("window of %d tokens, on the GPU", w), "a window's losses (one float per position)", 8*int64(w))
+		onDevice(&r, "a window's losses (one float per position)", func(int) int64 { return 8 * int64(w) })
+		r.Fixed[0].Bytes, r.Fixed[0].Note = 0, fmt.Sprintf("window of %d tokens, on the GPU", w)
 	}
 	r.Fixed = append(r.Fixed, adapterItems(m)...)
 	weightRequest(m, &r, dataBytes/2, w)
 	return budget.Make(r)
 }
 
-// onDevice moves an inference plan's activations and KV cache (r.Fixed[0])
-// to the GPU's plan: none in host memory; work is what the host keeps.
-func onDevice(r *budget.Request, kvNote, workNote string, work int64) {
+// onDevice leaves a plan's activations to the GPU's plan (none in host
+// memory); work is what the host keeps as workspace instead.
+func onDevice(r *budget.Request, workNote string, work func(b int) int64) {
 	r.Activations = func(int, bool) int64 { return 0 }
 	r.ActivationsNote = "on the GPU (in --max-vram's plan): none in host memory"
-	r.Workspace = func(int) int64 { return work }
-	r.WorkspaceNote = workNote
-	r.Fixed[0].Bytes, r.Fixed[0].Note = 0, kvNote
+	r.Workspace, r.WorkspaceNote = work, workNote
 }
 
 // adapterItems is the plan's item for the adapter applied to m (none when
@@ -245,10 +245,7 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 		for _, t := range meth.Tensors() {
 			largest = max(largest, int64(len(t.Data)))
 		}
-		r.Activations = func(int, bool) int64 { return 0 }
-		r.ActivationsNote = "on the GPU (in --max-vram's plan): none in host memory"
-		r.Workspace = func(b int) int64 { return 4*largest + 16*int64(b*T) }
-		r.WorkspaceNote = "a gradient's copy from the GPU, the batch's tokens"
+		onDevice(&r, "a gradient's copy from the GPU, the batch's tokens", func(b int) int64 { return 4*largest + 16*int64(b*T) })
 		r.CanCheckpoint = cfg.GradCheckpoint
 	}
 	// Asked for, it is kept: the planner may shrink the micro-batch or

@@ -46,7 +46,7 @@ func TestGPUMezoNormalIsTheCPUs(t *testing.T) {
 	if err := zb.WriteF32(0, w0); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.MezoPerturb(zb, mezo.TensorKey(seed, tensor), off, n, 1e-3); err != nil {
+	if err := d.MezoApply(zb, mezo.TensorKey(seed, tensor), off, n, 1e-3, 1, cuda.MezoMask{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := zb.ReadF32(got, 0); err != nil {

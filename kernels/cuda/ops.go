@@ -400,7 +400,7 @@ func (d *Device) AttentionDecode(out, lse, q, k, v, part *Buffer, Tk, H, Hkv, D,
 		n = min(Tk, W)
 	}
 	S := min(MaxDecodeSplits, n/64, (2*max(d.SMs, 1)+H-1)/max(H, 1))
-	if D > 0 && H > 0 && part != nil {
+	if D > 0 && H > 0 {
 		S = min(S, int(part.Bytes/4)/(H*(D+2)))
 	}
 	return d.attentionDecode(out, lse, q, k, v, part, Tk, H, Hkv, D, W, S)
@@ -500,11 +500,6 @@ func (d *Device) SumSquares(part *Buffer, off int, x *Buffer, n int64) error {
 // (mezo.TensorKey) into out: mezo.Normal on the device.
 func (d *Device) MezoNormal(out *Buffer, key uint64, off, n int64) error {
 	return d.run("mezo_normal", d.grid1(n), threads256, 0, out, uint64(0), key, off, n, float32(0), float32(1), uint64(0), float64(0))
-}
-
-// MezoPerturb adds alpha·z[off : off+n] to w without storing z.
-func (d *Device) MezoPerturb(w *Buffer, key uint64, off, n int64, alpha float32) error {
-	return d.MezoApply(w, key, off, n, alpha, 1, MezoMask{})
 }
 
 // MezoMask names the entries a perturbation leaves alone: those in the
