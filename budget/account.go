@@ -25,6 +25,10 @@ const (
 	Workspace       Category = "workspace"
 	TokenCache      Category = "token cache"
 	Runtime         Category = "runtime"
+	// Pinned is page-locked host memory a device copies from (the buffers
+	// a GPU run's streamed blocks pass through): booked with the
+	// accountant, outside the Go heap.
+	Pinned Category = "pinned buffers"
 )
 
 // ErrOverBudget is returned when a reservation would exceed the budget.

@@ -52,7 +52,12 @@ type Request struct {
 	LayerBytes []int64 // stored weights of each block
 	OtherBytes int64   // weights every step touches whole (output matrix, norms)
 	EmbedBytes int64   // the part of the token embedding the run touches (looked-up rows)
-	Batch      int     // sequences per optimizer step
+	// Device: the blocks and the output matrix go to an accelerator; the
+	// host keeps the looked-up embedding rows and OtherBytes (a piece of
+	// a matrix while it is copied), and Pinned while blocks stream there.
+	Device bool
+	Pinned int64 // page-locked buffers the device's streamed blocks pass through
+	Batch  int   // sequences per optimizer step
 	// Activations returns the bytes kept for a micro-batch of b sequences:
 	// saved activations (train) or live buffers (eval, generate).
 	Activations func(b int, checkpoint bool) int64
@@ -169,7 +174,11 @@ func Make(r Request) (*Plan, error) {
 		disk = append(disk, true)
 	}
 	var cands []candidate
-	for _, stream := range []bool{false, true} {
+	streams := []bool{false, true}
+	if r.Device { // the device's plan streams, not the host's
+		streams = streams[:1]
+	}
+	for _, stream := range streams {
 		for micro := r.Batch; micro >= 1; micro = (micro + 1) / 2 {
 			for _, optDisk := range disk {
 				if !r.Checkpoint {
@@ -210,20 +219,31 @@ func (r *Request) evaluate(c candidate) *Plan {
 	}
 	p.Placement = make([]Where, len(r.LayerBytes))
 	for i := range p.Placement {
-		p.Placement[i] = Host
-		if c.stream {
+		switch {
+		case r.Device:
+			p.Placement[i] = Device
+		case c.stream:
 			p.Placement[i] = Disk
+		default:
+			p.Placement[i] = Host
 		}
 	}
 	add := func(cat Category, n int64, note string) {
 		p.Items = append(p.Items, Item{Category: cat, Bytes: n, Note: note})
 	}
-	if c.stream {
+	switch {
+	case r.Device:
+		add(WeightsResident, r.OtherBytes+r.EmbedBytes, fmt.Sprintf("on the GPU: here the embedding rows looked up, and %s of a matrix's pages while it is copied there", FormatSize(r.OtherBytes)))
+		if r.Pinned > 0 {
+			p.Items = append(p.Items, Item{Category: Pinned, Bytes: r.Pinned, OffHeap: true,
+				Note: "page-locked buffers blocks stream through to the GPU (two of the largest), if its budget streams them"})
+		}
+	case c.stream:
 		// The block in use is resident; the next one is read ahead into the
 		// page cache, which is not this process's memory until touched.
 		add(WeightsResident, r.OtherBytes+min(r.EmbedBytes, 1<<20), "output matrix and norms; embedding rows dropped after lookup")
 		add(WeightsStreamed, biggest, fmt.Sprintf("%d layers streamed from the mapped file, one resident at a time", len(r.LayerBytes)))
-	} else {
+	default:
 		add(WeightsResident, all+r.OtherBytes+r.EmbedBytes, "every layer mapped and kept resident")
 	}
 	act := int64(0)
@@ -289,9 +309,12 @@ func (r *Request) evaluate(c candidate) *Plan {
 	if r.Budget > 0 {
 		p.HeapLimit = r.Budget - heapFree
 	}
-	if c.stream {
+	switch {
+	case r.Device:
+		p.Strategy = append(p.Strategy, "weights on the GPU (copied from the mapped file, a piece at a time)")
+	case c.stream:
 		p.Strategy = append(p.Strategy, "weights streamed layer by layer from the mapped file (read ahead of use, dropped after)")
-	} else {
+	default:
 		p.Strategy = append(p.Strategy, "weights resident (memory-mapped)")
 	}
 	if r.Job == "train" {

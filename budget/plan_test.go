@@ -163,3 +163,55 @@ func TestCheckAvailable(t *testing.T) {
 		t.Error("negative")
 	}
 }
+
+// A run whose weights go to an accelerator: every layer placed there, the
+// host booking the looked-up rows, a matrix's pages in transit and the
+// pinned buffers, which the accountant holds (in its share, not the heap's
+// or the mapped weights'); the host never streams instead.
+func TestPlanDeviceWeights(t *testing.T) {
+	r := req(0)
+	r.Device, r.OtherBytes, r.EmbedBytes, r.Pinned = true, 4<<20, 2<<20, 200<<20
+	r.Activations = func(int, bool) int64 { return 0 }
+	p, err := Make(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range p.Placement {
+		if w != Device {
+			t.Fatalf("placement %v", p.Placement)
+		}
+	}
+	var weights, pinned int64
+	for _, it := range p.Items {
+		switch it.Category {
+		case WeightsResident, WeightsStreamed:
+			weights += it.Bytes
+		case Pinned:
+			pinned += it.Bytes
+		}
+	}
+	if weights != 6<<20 || pinned != 200<<20 || p.Stream {
+		t.Fatalf("weights %d, pinned %d B, streaming %v:\n%s", weights, pinned, p.Stream, p)
+	}
+	if !strings.Contains(p.String(), "placement: 0 layers on host, 0 on disk, 4 on device") {
+		t.Fatalf("plan text:\n%s", p)
+	}
+	// Under a budget the pinned buffers are the accountant's: the heap
+	// limit (the budget less the mapped weights and the runtime) keeps them.
+	r.Budget = p.Peak + p.Margin
+	q, err := Make(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := r.Budget - weights - 30<<20; q.HeapLimit != want {
+		t.Errorf("heap limit %d, want the budget less weights and runtime %d", q.HeapLimit, want)
+	}
+	// Short of that, no host streaming (the device's plan streams): the
+	// smallest plan keeps the pinned buffers and the device placement.
+	r.Budget = p.Peak / 2
+	var nf *NoFitError
+	best, err := Make(r)
+	if !errors.As(err, &nf) || best.Stream || best.Placement[0] != Device || nf.Need < 200<<20 {
+		t.Errorf("half the budget: %v, streaming %v, placement %v", err, best.Stream, best.Placement)
+	}
+}

@@ -11,3 +11,12 @@ func AdapterForBackForTest(d *cuda.Device, a GPUAdapter, y, dx, x, dy *cuda.Buff
 	}
 	return a.gpuBackward(g, dx, dy, x, M, nil)
 }
+
+// SetGPUUploadPieceForTest makes the weights go to the device n bytes at a
+// time and calls seen with each piece before its pages drop; restore puts
+// the defaults back.
+func SetGPUUploadPieceForTest(n int64, seen func([]byte)) (restore func()) {
+	old, oldHook := gpuUploadPiece, uploadHook
+	gpuUploadPiece, uploadHook = n, seen
+	return func() { gpuUploadPiece, uploadHook = old, oldHook }
+}

@@ -165,7 +165,9 @@ func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GP
 		return b, b.WriteF32(0, v)
 	}
 	mat := func(w *kernels.Matrix) (*cuda.Matrix, error) {
-		dm, err := d.UploadMatrix(w.Type, w.Rows, w.Cols, w.Data)
+		// On the device now: each piece's pages of a mapped file may go as
+		// it is copied (the host keeps no copy of the weights resident).
+		dm, err := d.UploadMatrixPieces(w.Type, w.Rows, w.Cols, w.Data, int(gpuUploadPiece), m.uploaded)
 		if err != nil {
 			return nil, err
 		}
@@ -200,7 +202,6 @@ func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GP
 			if gl.w[mod], err = mat(L.Matrix(mod)); err != nil {
 				return nil, fmt.Errorf("model: %s to the GPU: %w", TensorName(l, mod), err)
 			}
-			m.dropMapped(L.Matrix(mod).Data) // on the device now: the host's pages may go
 		}
 	}
 	if g.outNorm, err = vec(m.OutNorm); err != nil {
@@ -218,11 +219,10 @@ func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GP
 			return nil, err
 		}
 	}
+	// Tied, the host still reads embedding rows from it: they come back
+	// from the file as they are looked up.
 	if g.output, err = mat(&m.Output); err != nil {
 		return nil, err
-	}
-	if !m.Config.Tied { // tied, the host still reads embedding rows from it
-		m.dropMapped(m.Output.Data)
 	}
 	if res < nl {
 		for l := res; l < nl; l++ {
@@ -230,7 +230,7 @@ func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GP
 		}
 		// The pinned host buffers are host memory outside the Go heap:
 		// booked with the host's accountant, so --max-mem holds them.
-		if err := m.Acct.Reserve(budget.WeightsStreamed, -1, 2*g.slotBytes); err != nil {
+		if err := m.Acct.Reserve(budget.Pinned, -1, 2*g.slotBytes); err != nil {
 			return nil, fmt.Errorf("model: the pinned host buffers the streamed blocks pass through (2 × %.1f MiB): %w", float64(g.slotBytes)/(1<<20), err)
 		}
 		g.pinnedBooked = 2 * g.slotBytes
@@ -254,6 +254,53 @@ func (m *Model) ToGPUWith(d *cuda.Device, p cuda.Precision, o GPUOptions) (g *GP
 
 // slotAlign is where each matrix of a streamed layer starts in its slot.
 const slotAlign = 512
+
+// gpuUploadPiece is how much of a mapped matrix the host holds at a time
+// while it goes to the device: each piece's pages leave the resident set
+// once copied (a variable for the tests).
+var gpuUploadPiece int64 = 4 << 20
+
+// gpuUploadMargin is how far either side of a piece its release reaches:
+// the kernel maps pages around each fault (fault-around, and the whole of
+// a large folio: 2 MiB seen), behind it too and across tensors. A margin of
+// 128 KiB left more resident than none (its releases ahead of the reads
+// made the folios fault in again); 1 MiB left none.
+const gpuUploadMargin = 1 << 20
+
+// uploadHook, when set (tests), sees each piece of a mapped matrix before
+// its pages are dropped.
+var uploadHook func(piece []byte)
+
+// uploaded ends a piece of a matrix's copy to the device: a mapped file's
+// pages of it, and those mapped around it, leave the resident set.
+func (m *Model) uploaded(piece []byte) {
+	if uploadHook != nil {
+		uploadHook(piece)
+	}
+	m.store.ReleaseAround(piece, gpuUploadMargin)
+}
+
+// GPUUploadHeld is the most of a matrix's pages the host holds while the
+// weights go to the device: a piece and the large folios a fault maps
+// around it (4 MiB above a 256 KiB piece measured: TestGPUDropsHostWeights),
+// or the largest matrix when that is less.
+func GPUUploadHeld(m *Model) int64 {
+	var n int64
+	for _, w := range append(m.allMatrices(), &m.Output) {
+		n = max(n, int64(len(w.Data)))
+	}
+	return min(n, gpuUploadPiece+4<<20)
+}
+
+// GPUStagingBytes is the pinned host memory a GPU run holds when its
+// blocks stream: two buffers the size of the largest block.
+func GPUStagingBytes(m *Model) int64 {
+	var n int64
+	for l := range m.Layers {
+		n = max(n, layerBytes(&m.Layers[l]))
+	}
+	return 2 * n
+}
 
 // layerBytes is what a block's seven matrices take in a slot.
 func layerBytes(L *Layer) int64 {
@@ -290,8 +337,13 @@ func (g *GPU) load(l int) error {
 	for mod := Module(0); mod < NumModules; mod++ {
 		w := L.Matrix(mod)
 		n := int64(len(w.Data))
-		copy(g.staging[s].Bytes[off:off+n], w.Data)
-		g.m.dropMapped(w.Data) // read again from the file (or page cache) next time: streamed from disk
+		// Read again from the file (or page cache) next time: streamed from
+		// disk, a piece resident at a time.
+		for p := int64(0); p < n; p += gpuUploadPiece {
+			piece := w.Data[p:min(p+gpuUploadPiece, n)]
+			copy(g.staging[s].Bytes[off+p:], piece)
+			g.m.uploaded(piece)
+		}
 		view, err := g.slots[s].Slice(off, n)
 		if err != nil {
 			return err
@@ -347,7 +399,7 @@ func (g *GPU) Close() error {
 		errs = append(errs, g.copied[i].Free(), g.released[i].Free())
 	}
 	g.bufs, g.ws, g.arena, g.slots, g.staging = nil, nil, nil, [2]*cuda.Buffer{}, [2]*cuda.Pinned{}
-	g.m.Acct.Release(budget.WeightsStreamed, -1, g.pinnedBooked)
+	g.m.Acct.Release(budget.Pinned, -1, g.pinnedBooked)
 	g.pinnedBooked = 0
 	return errors.Join(errs...)
 }

@@ -99,8 +99,14 @@ func (s *Store) Map(path string) (*Mapped, error) {
 // Holds reports whether b lies inside one of the store's mappings (so
 // that Release on it drops file pages, never data held only in memory).
 func (s *Store) Holds(b []byte) bool {
+	_, _, ok := s.find(b)
+	return ok
+}
+
+// find returns the mapping holding b and b's offset in it.
+func (s *Store) find(b []byte) (data []byte, off int, ok bool) {
 	if s == nil || len(b) == 0 {
-		return false
+		return nil, 0, false
 	}
 	p := uintptr(unsafe.Pointer(&b[0]))
 	for _, f := range s.files {
@@ -109,10 +115,22 @@ func (s *Store) Holds(b []byte) bool {
 		}
 		lo := uintptr(unsafe.Pointer(&f.data[0]))
 		if p >= lo && p-lo <= uintptr(len(f.data)) && uintptr(len(b)) <= uintptr(len(f.data))-(p-lo) {
-			return true
+			return f.data, int(p - lo), true
 		}
 	}
-	return false
+	return nil, 0, false
+}
+
+// ReleaseAround is Release of b and of up to margin bytes either side of it
+// in the mapping that holds it: the kernel maps pages around each fault
+// (behind it too, and across tensors), which a release of b alone would
+// leave resident. Memory no mapping of the store holds is left.
+func (s *Store) ReleaseAround(b []byte, margin int) {
+	data, off, ok := s.find(b)
+	if !ok {
+		return
+	}
+	Release(data[max(0, off-margin):min(len(data), off+len(b)+margin)])
 }
 
 // Close unmaps every file.

@@ -60,16 +60,23 @@ func gcHeadroom(base int64) int64 { return 1<<20 + base/8 }
 
 // weightRequest fills the weight fields of a planner request and its
 // runtime; tokens is how many token lookups the run makes (each touches a
-// page of the embedding), T its longest sequence.
-func weightRequest(m *model.Model, r *budget.Request, tokens int64, T int) {
+// page of the embedding), T its longest sequence. On a GPU (device) the
+// host keeps only the rows it looks up, a piece of a matrix while it is
+// copied over, and the pinned buffers of streamed blocks: booked whether
+// or not --max-vram's plan streams, which is made once the device is open.
+func weightRequest(m *model.Model, r *budget.Request, tokens int64, T int, device bool) {
 	r.LayerBytes = m.LayerBytes()
 	r.OtherBytes = m.OutputBytes()
 	emb := m.EmbedBytes()
-	if m.Config.Tied { // the output projection reads the whole embedding
+	rows := min(emb, tokens*max(emb/int64(m.Config.Vocab), 4096))
+	switch {
+	case device:
+		r.Device, r.EmbedBytes, r.Pinned = true, rows, model.GPUStagingBytes(m)
+		r.OtherBytes = model.GPUUploadHeld(m)
+	case m.Config.Tied: // the output projection reads the whole embedding
 		r.OtherBytes += emb
-	} else {
-		row := emb / int64(m.Config.Vocab)
-		r.EmbedBytes = min(emb, tokens*max(row, 4096))
+	default:
+		r.EmbedBytes = rows
 	}
 	r.Runtime = goShare(m)
 	r.Scratch = scratchBytes(m, r.Batch*T, T)
@@ -85,12 +92,13 @@ func PlanGenerate(m *model.Model, maxLen, promptLen int, limit int64, device str
 		Activations: func(int, bool) int64 { return c.ForwardBytes(max(promptLen, 1)) },
 		Workspace:   func(int) int64 { return int64(4 * c.Vocab) },
 		Fixed:       []budget.Item{{Category: budget.KVCache, Bytes: c.KVBytes(maxLen), Note: fmt.Sprintf("%d positions", maxLen)}}}
-	if gpuLikely(m, device) {
+	gpu := gpuLikely(m, device)
+	if gpu {
 		onDevice(&r, "a token's logits for the sampler", func(int) int64 { return int64(4 * c.Vocab) })
 		r.Fixed[0].Bytes, r.Fixed[0].Note = 0, fmt.Sprintf("%d positions, on the GPU", maxLen)
 	}
 	r.Fixed = append(r.Fixed, adapterItems(m)...)
-	weightRequest(m, &r, int64(maxLen), maxLen)
+	weightRequest(m, &r, int64(maxLen), maxLen, gpu)
 	return budget.Make(r)
 }
 
@@ -105,12 +113,13 @@ func PlanEval(m *model.Model, w int, dataBytes int64, limit int64, device string
 		Workspace:   func(int) int64 { return int64(4 * min(w, EvalRows) * c.Vocab) },
 		Fixed: []budget.Item{{Category: budget.KVCache, Bytes: c.KVBytes(w), Note: fmt.Sprintf("window of %d tokens", w)},
 			{Category: budget.TokenCache, Bytes: 3 * dataBytes, Note: "records and their tokens"}}}
-	if gpuLikely(m, device) {
+	gpu := gpuLikely(m, device)
+	if gpu {
 		onDevice(&r, "a window's losses (one float per position)", func(int) int64 { return 8 * int64(w) })
 		r.Fixed[0].Bytes, r.Fixed[0].Note = 0, fmt.Sprintf("window of %d tokens, on the GPU", w)
 	}
 	r.Fixed = append(r.Fixed, adapterItems(m)...)
-	weightRequest(m, &r, dataBytes/2, w)
+	weightRequest(m, &r, dataBytes/2, w, gpu)
 	return budget.Make(r)
 }
 
@@ -171,7 +180,7 @@ func PlanTrain(m *model.Model, cfg Config, meth Method, d DataMem, limit int64) 
 			{Category: budget.Trainable, Bytes: meth.StateBytes(), Note: meth.Describe()},
 			{Category: budget.Gradients}, // split off the method's state below
 			{Category: budget.TokenCache, Bytes: d.Bytes, Note: fmt.Sprintf("index of %d examples and a step's batches (their %d tokens on disk)", d.Examples, d.Tokens)}}}
-	weightRequest(m, &r, d.Tokens, T)
+	weightRequest(m, &r, d.Tokens, T, cfg.onGPU)
 	if g := cfg.parallel(); g != nil && g.Footprint() > 0 {
 		// MPI's libraries, heap and shared memory in this rank: measured
 		// when it started (mpi.Open), outside the Go heap and the slabs.

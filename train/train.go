@@ -604,7 +604,7 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		}
 	}
 	if gr != nil {
-		log(fmt.Sprintf("memory: weights %.1f MiB mapped, the steps' buffers on the GPU (above), trainable state %.1f MiB in host memory",
+		log(fmt.Sprintf("memory: weights %.1f MiB to the GPU (resident there or streamed; the file's pages dropped once copied), the steps' buffers there (above), trainable state %.1f MiB in host memory",
 			float64(m.WeightBytes())/(1<<20), float64(meth.StateBytes())/(1<<20)))
 	} else if _, ok := meth.(scoring); ok {
 		log(fmt.Sprintf("memory: weights %.1f MiB mapped, forward passes ≤ %.1f MiB per micro-batch (no gradients), trainable state %.1f MiB",

@@ -33,7 +33,10 @@ type Device struct {
 	Major, Minor int   // compute capability
 	SMs          int   // multiprocessors
 	TotalMem     int64 // the GPU's memory
-	Driver       int   // the CUDA version the driver supports (13000 = 13.0)
+	// Integrated: the GPU shares the host's memory (a Jetson, or qtune's
+	// emulator): its allocations are host memory the process holds.
+	Integrated bool
+	Driver     int // the CUDA version the driver supports (13000 = 13.0)
 
 	drv        *driverAPI
 	dev        int32
@@ -93,7 +96,7 @@ func (d *Device) loop(ready chan<- error) {
 
 func (d *Device) setup() error {
 	c := d.drv
-	var dev, v, maj, mnr, sms, shm int32
+	var dev, v, maj, mnr, sms, shm, integ int32
 	if err := c.err("cuDeviceGet", c.cuDeviceGet(&dev, int32(d.Ordinal))); err != nil {
 		return err
 	}
@@ -106,12 +109,12 @@ func (d *Device) setup() error {
 	for _, a := range []struct {
 		attr int32
 		v    *int32
-	}{{attrCCMajor, &maj}, {attrCCMinor, &mnr}, {attrMultiprocessors, &sms}, {attrMaxSharedOptin, &shm}} {
+	}{{attrCCMajor, &maj}, {attrCCMinor, &mnr}, {attrMultiprocessors, &sms}, {attrMaxSharedOptin, &shm}, {attrIntegrated, &integ}} {
 		if err := c.err("cuDeviceGetAttribute", c.cuDeviceGetAttribute(a.v, a.attr, dev)); err != nil {
 			return err
 		}
 	}
-	d.Major, d.Minor, d.SMs, d.maxSharedPerBloc = int(maj), int(mnr), int(sms), int(shm)
+	d.Major, d.Minor, d.SMs, d.maxSharedPerBloc, d.Integrated = int(maj), int(mnr), int(sms), int(shm), integ != 0
 	var total uint64
 	if err := c.err("cuDeviceTotalMem", c.cuDeviceTotalMem(&total, dev)); err != nil {
 		return err
@@ -376,6 +379,26 @@ func (b *Buffer) Write(off int64, src []byte) error {
 	return d.do(func() error {
 		return d.drv.err("cuMemcpyHtoD", d.drv.cuMemcpyHtoD(b.ptr+uint64(off), unsafe.Pointer(&src[0]), uint64(len(src))))
 	})
+}
+
+// WritePieces is Write in pieces of piece bytes (0 or less: one), calling
+// after (when not nil) with each piece of src once it is on the device.
+func (b *Buffer) WritePieces(off int64, src []byte, piece int, after func([]byte)) error {
+	if piece <= 0 {
+		piece = len(src)
+	}
+	for len(src) > 0 {
+		n := min(piece, len(src))
+		if err := b.Write(off, src[:n]); err != nil {
+			return err
+		}
+		if after != nil {
+			after(src[:n])
+		}
+		off += int64(n)
+		src = src[n:]
+	}
+	return nil
 }
 
 // Read copies the buffer's bytes at off into dst, after the work queued

@@ -55,6 +55,7 @@ type driverAPI struct {
 // Device attributes (CUdevice_attribute).
 const (
 	attrMultiprocessors = 16
+	attrIntegrated      = 18
 	attrCCMajor         = 75
 	attrCCMinor         = 76
 	attrMaxSharedOptin  = 97

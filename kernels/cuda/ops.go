@@ -96,6 +96,15 @@ type Matrix struct {
 // UploadMatrix copies a weight's bytes (as kernels.Matrix holds them) to
 // the device.
 func (d *Device) UploadMatrix(t quant.Type, rows, cols int, data []byte) (*Matrix, error) {
+	return d.UploadMatrixPieces(t, rows, cols, data, 0, nil)
+}
+
+// UploadMatrixPieces is UploadMatrix copying piece bytes at a time (0: all
+// at once) and calling after, when not nil, with each piece once it is on
+// the device: a caller whose data is a file mapping drops the piece's pages
+// there, so that no more than a piece of the matrix is resident in host
+// memory at once.
+func (d *Device) UploadMatrixPieces(t quant.Type, rows, cols int, data []byte, piece int, after func([]byte)) (*Matrix, error) {
 	if !Supported(t) {
 		return nil, fmt.Errorf("cuda: %s weights are not decoded on the GPU (F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K, NF4 are)", t)
 	}
@@ -110,7 +119,7 @@ func (d *Device) UploadMatrix(t quant.Type, rows, cols int, data []byte) (*Matri
 	if err != nil {
 		return nil, err
 	}
-	if err := b.Write(0, data); err != nil {
+	if err := b.WritePieces(0, data, piece, after); err != nil {
 		b.Free()
 		return nil, err
 	}
