@@ -54,6 +54,17 @@ M=$DIR/1B-nf4.gguf
   echo "1B NF4 under --max-vram $v: ${tps:-no} tokens/s (iterations 3-6)"
   echo "$log" | grep -E "GPU memory|device:|planned again|qtune train" | sed 's/^[0-9:]* INF //'
 done
+# Host memory of a GPU run under --max-mem (1B NF4, blocks streamed under
+# --max-vram 1.4GiB): the host plan, the CUDA driver's measured share, and
+# the process's peak resident set (VmHWM) against the budget.
+[ "$VRAM_RUNS" = 1 ] && for mm in 2GiB 1GiB; do
+  pf=$DIR/peak-$mm; rm -f "$pf"
+  log=$(QTUNE_PEAK_FILE=$pf "$Q" train --model "$M" --data "$DATA" --device cuda --max-vram 1.4GiB --max-mem "$mm" --iters 4 --batch-size 1 --max-seq-length 256 --pack \
+    --rank 16 --alpha 32 --num-layers -1 --steps-per-eval 0 --steps-per-report 1 --save-every 0 --adapter-path "$DIR/ad-mem" 2>&1)
+  echo
+  echo "1B NF4 on the GPU under --max-mem $mm: peak resident set $(awk '{printf "%.1f MiB", $1/1048576}' "$pf" 2>/dev/null)"
+  echo "$log" | grep -E "memory plan:|host memory:|qtune train" | sed 's/^[0-9:]* INF //'
+done
 # Generation on the GPU (the KV cache there; greedy, 128 tokens after a
 # short prompt): tokens/s from qtune's log line, and the same on the CPU
 # of that machine for scale.

@@ -109,7 +109,7 @@ func Evaluate(ctx context.Context, m *model.Model, o EvaluateOptions) (*Evaluate
 	}
 	defer ApplyPlan(m, ev.Plan)()
 	W := opt.window(m)
-	gg, err := openSessionGPU(m, o.DeviceOptions, model.GPUSessionOptions{MaxLen: W, Chunk: min(W, gpuEvalRows), Scoring: true})
+	gg, err := openSessionGPU(m, o.DeviceOptions, model.GPUSessionOptions{MaxLen: W, Chunk: min(W, gpuEvalRows), Scoring: true}, ev.Plan)
 	if err != nil {
 		return ev, err
 	}

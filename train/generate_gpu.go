@@ -187,7 +187,7 @@ func Session(m *model.Model, o DeviceOptions, maxLen int, plan *budget.Plan) (se
 	if err := o.Check(); err != nil {
 		return nil, nil, err
 	}
-	gg, err := openSessionGPU(m, o, model.GPUSessionOptions{MaxLen: maxLen})
+	gg, err := openSessionGPU(m, o, model.GPUSessionOptions{MaxLen: maxLen}, plan)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -229,8 +229,8 @@ func (gg *gpuSession) close() {
 
 // openSessionGPU resolves o.Device for a session shaped so: nil for the
 // CPU (with a line saying why when auto fell back), or a session on the
-// device with m's adapters, within o.MaxVRAM.
-func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions) (gg *gpuSession, err error) {
+// device with m's adapters, within o.MaxVRAM and the host plan (nil: none).
+func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions, hostPlan *budget.Plan) (gg *gpuSession, err error) {
 	kind, ordinal, _ := parseDevice(o.Device)
 	if kind == "cpu" {
 		return nil, nil
@@ -281,6 +281,7 @@ func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions)
 	if limit > 0 && gplan.Total > limit {
 		return nil, over(gplan)
 	}
+	host := startHostShare(m)
 	d, err := cuda.Open(ordinal, cuda.Options{MaxVRAM: limit})
 	if err != nil {
 		return fallback(err)
@@ -334,7 +335,9 @@ func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions)
 		if gg.dev, err = gg.run.g.NewSession(so, ad); err != nil {
 			return nil, fmt.Errorf("gpu: %w", err)
 		}
-		if limit <= 0 {
+		// (a host budget wants the warm-up too: the driver's share of host
+		// memory is measured after it)
+		if limit <= 0 && (hostPlan == nil || hostPlan.Budget <= 0) {
 			break
 		}
 		if err := gg.dev.WarmUp(); err != nil {
@@ -345,7 +348,7 @@ func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions)
 			return nil, err
 		}
 		used := total - free - d.ContextBytes()
-		if used <= limit {
+		if limit <= 0 || used <= limit {
 			break
 		}
 		next := plan(used - d.Used() + (used-d.Used())/16)
@@ -355,6 +358,9 @@ func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions)
 		}
 		log(fmt.Sprintf("a warm-up with %d of %d blocks resident: the driver holds %s besides qtune's own allocations; placed again with it", gplan.Resident, gplan.Blocks, fmtMiB(used-d.Used())))
 		gplan = next
+	}
+	if err := fitHostShare("gpu", host.measure(m, d), hostPlan, log); err != nil {
+		return nil, err
 	}
 	gg.resident = gplan.Resident
 	log(fmt.Sprintf("device: %s, prompt products in %s", d, prec))

@@ -511,6 +511,7 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	if err := allResident(gplan); err != nil {
 		return nil, err
 	}
+	host := startHostShare(m)
 	d, err := cuda.Open(ordinal, cuda.Options{MaxVRAM: limit})
 	if err != nil {
 		return fallback(err)
@@ -674,6 +675,9 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		}
 	}
 	r.drvPeak.Store(used)
+	if err := fitHostShare("train", host.measure(m, d), plan, log); err != nil {
+		return nil, err
+	}
 	devicePlacement(plan, gplan.Resident)
 	log(fmt.Sprintf("device: %s, products in %s; placement: %s", d, prec, plan.PlacementString()))
 	log(gplan.String())

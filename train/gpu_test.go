@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
@@ -662,7 +663,7 @@ func TestGPUEvaluateMatchesCPU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gg, err := openSessionGPU(m, DeviceOptions{Device: "cuda", GPUPrecision: "f32"}, model.GPUSessionOptions{MaxLen: 128, Chunk: 16, Scoring: true})
+	gg, err := openSessionGPU(m, DeviceOptions{Device: "cuda", GPUPrecision: "f32"}, model.GPUSessionOptions{MaxLen: 128, Chunk: 16, Scoring: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -774,6 +775,31 @@ func TestGPUHostPlan(t *testing.T) {
 		t.Errorf("--device auto planned a peak of %d, want %d", auto.Peak, want.Peak)
 	}
 	t.Logf("peak %.1f MiB on the CPU (activations %.1f MiB, checkpointed), %.1f MiB for the GPU's host side", float64(cpu.Peak)/(1<<20), float64(acts(cpu))/(1<<20), float64(gpu.Peak)/(1<<20))
+	// The weights: on the device, the host booking the embedding rows it
+	// looks up, a matrix's pages in transit and the pinned buffers of
+	// streamed blocks (the CPU's plan, every block resident, books all).
+	sm := openStories(t)
+	weights := func(p *budget.Plan) (w, pinned int64) {
+		for _, it := range p.Items {
+			switch it.Category {
+			case budget.WeightsResident, budget.WeightsStreamed:
+				w += it.Bytes
+			case budget.Pinned:
+				pinned += it.Bytes
+			}
+		}
+		return w, pinned
+	}
+	cw, cp := weights(cpu)
+	gw, gp := weights(gpu)
+	var blocks int64
+	for _, n := range sm.LayerBytes() {
+		blocks += n
+	}
+	if cw < blocks+sm.EmbedBytes() || cp != 0 || gp != model.GPUStagingBytes(sm) || gw != sm.EmbedBytes()+model.GPUUploadHeld(sm) || gpu.Placement[0] != budget.Device {
+		t.Errorf("weights %d and pinned %d B in the CPU's plan, %d and %d in the GPU's (placement %v); the model's weights %d, embedding %d, a piece in transit %d, pinned %d",
+			cw, cp, gw, gp, gpu.Placement, sm.WeightBytes(), sm.EmbedBytes(), model.GPUUploadHeld(sm), model.GPUStagingBytes(sm))
+	}
 
 	// Generation and eval: the KV cache and the forward's buffers too.
 	m := openStories(t)
@@ -802,5 +828,63 @@ func TestGPUHostPlan(t *testing.T) {
 			t.Errorf("%s: KV cache %d and activations %d B on the CPU, %d and %d for the GPU's host side (peaks %d, %d)",
 				job, kv(on[0]), acts(on[0]), kv(on[1]), acts(on[1]), on[0].Peak, on[1].Peak)
 		}
+	}
+}
+
+// The CUDA driver's and libraries' host memory, measured after the
+// warm-up, must fit the room --max-mem leaves beside the host plan: at a
+// budget with no room the run stops before training, naming one that
+// holds it, and at that budget it trains. (On the emulator the share is
+// its own code, its compiled kernels and its heap, about 9 MiB.)
+func TestGPUHostShare(t *testing.T) {
+	needGPU(t)
+	if _, ok := residentBytes(); !ok {
+		t.Skip("no resident set to read here")
+	}
+	cfg := smallRun(t, t.TempDir())
+	cfg.Device, cfg.Iters, cfg.StepsPerEval, cfg.SaveEvery, cfg.Dropout, cfg.DryRun = "cuda", 1, 0, 0, 0, true
+	res, err := Run(context.Background(), cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DryRun = false
+	cfg.MaxMem = fmt.Sprintf("%dKiB", (res.Plan.Peak+res.Plan.Margin+1023)>>10)
+	var lines []string
+	_, err = Run(context.Background(), cfg, func(s string) { lines = append(lines, s) }, nil)
+	var need int
+	if err == nil || !errors.Is(err, budget.ErrOverBudget) || !strings.Contains(err.Error(), "CUDA driver and its libraries took") {
+		t.Fatalf("at the plan's smallest budget %s: %v", cfg.MaxMem, err)
+	}
+	if _, serr := fmt.Sscanf(err.Error()[strings.Index(err.Error(), "give --max-mem "):], "give --max-mem %dMiB", &need); serr != nil {
+		t.Fatalf("no budget named: %v", err)
+	}
+	t.Log(err)
+	cfg.MaxMem, lines = fmt.Sprintf("%dMiB", need), nil
+	if _, err := Run(context.Background(), cfg, func(s string) { lines = append(lines, s) }, nil); err != nil {
+		t.Fatalf("at the named budget %s: %v", cfg.MaxMem, err)
+	}
+	if !strings.Contains(strings.Join(lines, "\n"), "within the") {
+		t.Errorf("no line of the driver's share:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
+// fitHostShare: a share within the room is taken from the Go heap's
+// limit; one past it is refused with a budget that holds plan and share.
+func TestFitHostShare(t *testing.T) {
+	plan := &budget.Plan{Job: "train", Budget: 100 << 20, Peak: 80 << 20, Margin: 2 << 20}
+	prev := debug.SetMemoryLimit(60 << 20)
+	defer debug.SetMemoryLimit(prev)
+	if err := fitHostShare("train", 10<<20, plan, func(string) {}); err != nil {
+		t.Fatal(err)
+	}
+	if got := debug.SetMemoryLimit(-1); got != 50<<20 {
+		t.Errorf("the heap's limit after a 10 MiB share: %d, want %d", got, 50<<20)
+	}
+	err := fitHostShare("train", 30<<20, plan, func(string) {})
+	if !errors.Is(err, budget.ErrOverBudget) || !strings.Contains(err.Error(), "give --max-mem 114MiB") {
+		t.Errorf("a 30 MiB share beside an 80 MiB plan under 100 MiB: %v", err)
+	}
+	if err := fitHostShare("train", 30<<20, &budget.Plan{}, func(string) {}); err != nil {
+		t.Errorf("without a budget: %v", err)
 	}
 }

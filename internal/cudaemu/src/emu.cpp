@@ -141,11 +141,13 @@ static double now() {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-// mapGuarded maps n bytes ending (rounded to 256) at a PROT_NONE page.
+// mapGuarded maps n bytes ending (rounded to 256) at a PROT_NONE page,
+// populated: the device reports itself integrated (its memory the host's),
+// and like a real GPU's, an allocation holds its memory from the start.
 static void* mapGuarded(size_t n, Alloc* a) {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t body = roundUp(n ? n : 1, page);
-    void* base = mmap(nullptr, body + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* base = mmap(nullptr, body + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     if (base == MAP_FAILED) return nullptr;
     mprotect((char*)base + body, page, PROT_NONE);
     a->base = base;
@@ -183,6 +185,7 @@ enum { MAX_SHARED_OPTIN = 166912, MAX_SHARED_DEFAULT = 48 << 10 };
 CUresult cuDeviceGetAttribute(int* v, int attr, int) {
     switch (attr) {
     case 16: *v = 4; break;                 // multiprocessors
+    case 18: *v = 1; break;                 // integrated: its memory is the host's
     case 75: *v = 8; break;                 // compute capability 8.0
     case 76: *v = 0; break;
     case 97: *v = MAX_SHARED_OPTIN; break;  // shared memory per block, opt-in
