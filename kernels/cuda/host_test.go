@@ -264,3 +264,57 @@ void __syncthreads();
 void __syncwarp(unsigned = 0xffffffffu);
 #define __launch_bounds__(...)
 `
+
+// The CUDA C compiles with NVIDIA's own compiler, not only the host's
+// over a shim: NVRTC needs no GPU, only its library, so every change to
+// kernels.cu is compiled here to the machine code of the consumer and
+// data-centre GPUs people train on (Ampere: A100, RTX 30; Ada: RTX 40;
+// about 16 s each on 2 cores).
+// The library is $QTUNE_CHECK_NVRTC, else the system's (Debian's
+// libnvrtc11.2 from non-free, which .ci/run installs: CUDA 11.8's
+// compiler); without one the test skips. Hopper (sm_90) is left to the
+// GPU check: 11.8's sm_90 back end crashes (SIGSEGV, or runs out of
+// memory with an unlimited stack) on this source and on the source an
+// H200 compiled with NVRTC 13.0, though a trivial kernel passes.
+func TestSourceCompilesWithNVRTC(t *testing.T) {
+	path := os.Getenv("QTUNE_CHECK_NVRTC")
+	for _, pat := range []string{"/usr/lib/x86_64-linux-gnu/libnvrtc.so.1*", "/usr/local/cuda/lib64/libnvrtc.so.1*"} {
+		if path != "" {
+			break
+		}
+		if m, _ := filepath.Glob(pat); len(m) > 0 {
+			path = m[0]
+		}
+	}
+	if path == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("no NVRTC library: .ci/run installs Debian's libnvrtc11.2")
+		}
+		t.Skip("no NVRTC library (Debian's libnvrtc11.2, or $QTUNE_CHECK_NVRTC) to compile the CUDA source with")
+	}
+	h, err := dlopen(path)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	n, err := bindNVRTC(h, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	arena, err := mapArena(arenaBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unmapArena(arena)
+	for _, cc := range [][2]int{{8, 0}, {8, 9}} {
+		cubin, err := n.compileWith(arena, source, "qtune.cu", compileOptions(cc[0], cc[1]))
+		if err != nil {
+			t.Errorf("NVRTC %d.%d for sm_%d%d: %v", n.major, n.minor, cc[0], cc[1], err)
+			continue
+		}
+		// an ELF object: the cubin
+		if len(cubin) < 4 || string(cubin[1:4]) != "ELF" {
+			t.Errorf("sm_%d%d: %d bytes that are not a cubin", cc[0], cc[1], len(cubin))
+		}
+		t.Logf("NVRTC %d.%d (%s): sm_%d%d cubin of %d KiB", n.major, n.minor, path, cc[0], cc[1], len(cubin)>>10)
+	}
+}

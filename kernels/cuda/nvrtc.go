@@ -43,20 +43,25 @@ func loadNVRTC() (*nvrtcAPI, error) {
 			nvrtcErr = err
 			return
 		}
-		n := &nvrtcAPI{path: path}
-		if err := bind(h, NVRTC.Name, map[string]any{
-			"nvrtcVersion": &n.version, "nvrtcCreateProgram": &n.create, "nvrtcCompileProgram": &n.compile,
-			"nvrtcGetProgramLogSize": &n.logSize, "nvrtcGetProgramLog": &n.log,
-			"nvrtcGetCUBINSize": &n.cubinSize, "nvrtcGetCUBIN": &n.cubin,
-			"nvrtcDestroyProgram": &n.destroy, "nvrtcGetErrorString": &n.errorString,
-		}); err != nil {
-			nvrtcErr = err
-			return
-		}
-		n.version(&n.major, &n.minor)
-		nvrtcLib = n
+		nvrtcLib, nvrtcErr = bindNVRTC(h, path)
 	})
 	return nvrtcLib, nvrtcErr
+}
+
+// bindNVRTC binds the calls qtune makes in the NVRTC library h (loaded
+// from path).
+func bindNVRTC(h uintptr, path string) (*nvrtcAPI, error) {
+	n := &nvrtcAPI{path: path}
+	if err := bind(h, NVRTC.Name, map[string]any{
+		"nvrtcVersion": &n.version, "nvrtcCreateProgram": &n.create, "nvrtcCompileProgram": &n.compile,
+		"nvrtcGetProgramLogSize": &n.logSize, "nvrtcGetProgramLog": &n.log,
+		"nvrtcGetCUBINSize": &n.cubinSize, "nvrtcGetCUBIN": &n.cubin,
+		"nvrtcDestroyProgram": &n.destroy, "nvrtcGetErrorString": &n.errorString,
+	}); err != nil {
+		return nil, err
+	}
+	n.version(&n.major, &n.minor)
+	return n, nil
 }
 
 func (n *nvrtcAPI) err(call string, rc int32) error {
