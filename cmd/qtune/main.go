@@ -21,6 +21,7 @@ import (
 
 	"github.com/qtune/qtune/budget"
 	"github.com/qtune/qtune/kernels"
+	"github.com/qtune/qtune/kernels/cuda"
 	"github.com/qtune/qtune/offload/mpi"
 	"github.com/qtune/qtune/train"
 )
@@ -65,6 +66,12 @@ type app struct {
 }
 
 func main() {
+	// A GPU run compiles its kernels (on a cache miss) in a child qtune:
+	// NVRTC's library and heap stay out of this process and its --max-mem.
+	cuda.ServeCompile()
+	if exe, err := os.Executable(); err == nil {
+		cuda.CompileInChild(exe)
+	}
 	// QTUNE_CPUPROFILE writes a CPU profile of the whole run (go tool pprof).
 	if p := os.Getenv("QTUNE_CPUPROFILE"); p != "" {
 		if f, err := os.Create(p); err == nil && pprof.StartCPUProfile(f) == nil {

@@ -277,21 +277,7 @@ void __syncwarp(unsigned = 0xffffffffu);
 // memory with an unlimited stack) on this source and on the source an
 // H200 compiled with NVRTC 13.0, though a trivial kernel passes.
 func TestSourceCompilesWithNVRTC(t *testing.T) {
-	path := os.Getenv("QTUNE_CHECK_NVRTC")
-	for _, pat := range []string{"/usr/lib/x86_64-linux-gnu/libnvrtc.so.1*", "/usr/local/cuda/lib64/libnvrtc.so.1*"} {
-		if path != "" {
-			break
-		}
-		if m, _ := filepath.Glob(pat); len(m) > 0 {
-			path = m[0]
-		}
-	}
-	if path == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("no NVRTC library: .ci/run installs Debian's libnvrtc11.2")
-		}
-		t.Skip("no NVRTC library (Debian's libnvrtc11.2, or $QTUNE_CHECK_NVRTC) to compile the CUDA source with")
-	}
+	path := realNVRTC(t)
 	h, err := dlopen(path)
 	if err != nil {
 		t.Fatalf("%s: %v", path, err)
@@ -317,4 +303,53 @@ func TestSourceCompilesWithNVRTC(t *testing.T) {
 		}
 		t.Logf("NVRTC %d.%d (%s): sm_%d%d cubin of %d KiB", n.major, n.minor, path, cc[0], cc[1], len(cubin)>>10)
 	}
+}
+
+// realNVRTC is the path of an NVRTC library on this machine: the one
+// $QTUNE_CHECK_NVRTC names, else the system's; the test skips without one
+// (fails under CI=true, whose machine has Debian's).
+func realNVRTC(t *testing.T) string {
+	t.Helper()
+	path := os.Getenv("QTUNE_CHECK_NVRTC")
+	for _, pat := range []string{"/usr/lib/x86_64-linux-gnu/libnvrtc.so.1*", "/usr/local/cuda/lib64/libnvrtc.so.1*"} {
+		if path != "" {
+			break
+		}
+		if m, _ := filepath.Glob(pat); len(m) > 0 {
+			path = m[0]
+		}
+	}
+	if path == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("no NVRTC library: .ci/run installs Debian's libnvrtc11.2")
+		}
+		t.Skip("no NVRTC library (Debian's libnvrtc11.2, or $QTUNE_CHECK_NVRTC) to compile the CUDA source with")
+	}
+	return path
+}
+
+// The kernels compile in a child process (CompileInChild, the qtune
+// binary's way: NVRTC's heap and library out of the parent): the child is
+// this test binary (TestMain serves), its NVRTC the real one, and the
+// image comes back; NVRTC's refusal comes back as the same *Error, its
+// log with it.
+func TestCompileInChild(t *testing.T) {
+	path := realNVRTC(t)
+	t.Setenv("QTUNE_NVRTC", path)
+	CompileInChild(os.Args[0])
+	defer CompileInChild("")
+	img, err := childCompiler(`extern "C" __global__ void k(float* x) { x[threadIdx.x] *= 2.0f; }`, "k.cu", compileOptions(8, 0))
+	if err != nil || len(img) < 4 || string(img[1:4]) != "ELF" {
+		t.Fatalf("a kernel compiled by the child: %d bytes, %v", len(img), err)
+	}
+	_, err = childCompiler(`extern "C" __global__ void k(float* x) { x[0] = undefined_name; }`, "broken.cu", compileOptions(8, 0))
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Call != "nvrtcCompileProgram" || !strings.Contains(ce.Text, "undefined_name") {
+		t.Errorf("a source NVRTC refuses: %v", err)
+	}
+}
+
+func TestMain(m *testing.M) {
+	ServeCompile() // the child of TestCompileInChild
+	os.Exit(m.Run())
 }

@@ -213,7 +213,12 @@ func (d *Device) module(name, src string) (*module, error) {
 		opts := compileOptions(d.Major, d.Minor)
 		var cerr error
 		m.fromCch, cerr = cached(dir, cacheKey(src, opts, compiler, fmt.Sprintf("sm_%d%d.cubin", d.Major, d.Minor)),
-			func() ([]byte, error) { return nv.compileWith(d.arena, src, name+".cu", opts) }, load)
+			func() ([]byte, error) {
+				if childCompiler != nil {
+					return childCompiler(src, name+".cu", opts)
+				}
+				return nv.compileWith(d.arena, src, name+".cu", opts)
+			}, load)
 		if cerr == nil {
 			return nil
 		}
