@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -292,11 +293,12 @@ func TestSourceCompilesWithNVRTC(t *testing.T) {
 	}
 	defer unmapArena(arena)
 	for _, cc := range [][2]int{{8, 0}, {8, 9}} {
-		cubin, err := n.compileWith(arena, source, "qtune.cu", compileOptions(cc[0], cc[1]))
+		cubin, log, err := n.compileLog(arena, source, "qtune.cu", append(compileOptions(cc[0], cc[1]), "--ptxas-options=-v"))
 		if err != nil {
 			t.Errorf("NVRTC %d.%d for sm_%d%d: %v", n.major, n.minor, cc[0], cc[1], err)
 			continue
 		}
+		checkResources(t, fmt.Sprintf("sm_%d%d", cc[0], cc[1]), log)
 		// an ELF object: the cubin
 		if len(cubin) < 4 || string(cubin[1:4]) != "ELF" {
 			t.Errorf("sm_%d%d: %d bytes that are not a cubin", cc[0], cc[1], len(cubin))
@@ -352,4 +354,49 @@ func TestCompileInChild(t *testing.T) {
 func TestMain(m *testing.M) {
 	ServeCompile() // the child of TestCompileInChild
 	os.Exit(m.Run())
+}
+
+// launchThreads is the most threads qtune launches a kernel with (ops.go):
+// 256 for most; the attention kernels' blocks are ATT_NT and DEC_NT (128).
+func launchThreads(kernel string) int {
+	switch {
+	case kernel == "xent":
+		return 512
+	case strings.HasPrefix(kernel, "attn_"):
+		return 128
+	}
+	return 256
+}
+
+// checkResources reads ptxas's report (--ptxas-options=-v) of every
+// kernel: its registers times the threads it is launched with must fit a
+// multiprocessor's 64K registers, or the launch fails on a GPU ("too many
+// resources requested") though the emulator, which has no registers,
+// runs it; and it reports the kernels that spill.
+func checkResources(t *testing.T, arch, log string) {
+	t.Helper()
+	kernel, kernels := "", 0
+	for _, l := range strings.Split(log, "\n") {
+		if i := strings.Index(l, "Compiling entry function '"); i >= 0 {
+			kernel = strings.SplitN(l[i+len("Compiling entry function '"):], "'", 2)[0]
+			kernels++
+		}
+		var regs int
+		if i := strings.Index(l, "Used "); i >= 0 && kernel != "" {
+			if _, err := fmt.Sscanf(l[i:], "Used %d registers", &regs); err == nil {
+				if regs*launchThreads(kernel) > 65536 {
+					t.Errorf("%s: %s uses %d registers a thread: %d threads a block need %d of the 65536", arch, kernel, regs, launchThreads(kernel), regs*launchThreads(kernel))
+				}
+			}
+		}
+		var stack, spill int
+		if i := strings.Index(l, "bytes stack frame"); i >= 0 && kernel != "" {
+			if _, err := fmt.Sscanf(strings.TrimSpace(l[strings.Index(l, ".")+1:]), "%d bytes stack frame, %d bytes spill stores", &stack, &spill); err == nil && spill > 0 {
+				t.Logf("%s: %s spills %d bytes", arch, kernel, spill)
+			}
+		}
+	}
+	if kernels < 50 {
+		t.Errorf("%s: ptxas reported %d kernels; its report was not read:\n%.2000s", arch, kernels, log)
+	}
 }

@@ -82,9 +82,16 @@ func compileOptions(major, minor int) []string {
 // the option strings in arena (mapped memory, not the Go heap). It returns
 // the cubin.
 func (n *nvrtcAPI) compileWith(arena []byte, src, name string, opts []string) ([]byte, error) {
+	img, _, err := n.compileLog(arena, src, name, opts)
+	return img, err
+}
+
+// compileLog is compileWith returning NVRTC's log too (ptxas's resource
+// report with --ptxas-options=-v).
+func (n *nvrtcAPI) compileLog(arena []byte, src, name string, opts []string) ([]byte, string, error) {
 	var prog uintptr
 	if err := n.err("nvrtcCreateProgram", n.create(&prog, src, name, 0, 0, 0)); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer n.destroy(&prog)
 	// char *opts[]: the pointers first, then the strings.
@@ -93,7 +100,7 @@ func (n *nvrtcAPI) compileWith(arena []byte, src, name string, opts []string) ([
 		need += len(o) + 1
 	}
 	if need > len(arena) {
-		return nil, fmt.Errorf("cuda: NVRTC options take %d bytes", need)
+		return nil, "", fmt.Errorf("cuda: NVRTC options take %d bytes", need)
 	}
 	at := 8 * len(opts)
 	base := uintptr(unsafe.Pointer(&arena[0]))
@@ -115,20 +122,20 @@ func (n *nvrtcAPI) compileWith(arena []byte, src, name string, opts []string) ([
 	if rc != 0 {
 		e := n.err("nvrtcCompileProgram", rc).(*Error)
 		e.Text = logText
-		return nil, e
+		return nil, logText, e
 	}
 	var sz uint64
 	if err := n.err("nvrtcGetCUBINSize", n.cubinSize(prog, &sz)); err != nil {
-		return nil, err
+		return nil, logText, err
 	}
 	if sz == 0 || sz > 1<<30 {
-		return nil, fmt.Errorf("cuda: nvrtcGetCUBIN: %d bytes", sz)
+		return nil, logText, fmt.Errorf("cuda: nvrtcGetCUBIN: %d bytes", sz)
 	}
 	out := make([]byte, sz)
 	if err := n.err("nvrtcGetCUBIN", n.cubin(prog, &out[0])); err != nil {
-		return nil, err
+		return nil, logText, err
 	}
-	return out, nil
+	return out, logText, nil
 }
 
 // cacheKey names a compiled module: the source, the options and the
