@@ -444,6 +444,17 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	if err != nil || kind == "cpu" {
 		return nil, err
 	}
+	if g := cfg.parallel(); g != nil && !strings.HasPrefix(cfg.Device, "cuda:") {
+		if n, err := cuda.Count(); err == nil && n > 0 {
+			var line string
+			if ordinal, line, err = rankDevice(g, n); err != nil {
+				return nil, err
+			}
+			if line != "" {
+				log(line)
+			}
+		}
+	}
 	fallback := func(err error) (*gpuRun, error) {
 		if kind == "auto" {
 			log("device: the CPU (" + err.Error() + ")")
@@ -1038,3 +1049,21 @@ func gpuLikely(m *model.Model, device string) bool {
 // GPU after --device auto fell back to the CPU (the log line before says
 // why): the CPU's buffers were not planned.
 var errPlannedForGPU = errors.New("--device auto: the GPU the host plan was made for could not take the work (the line above says why); give --device cpu for a plan of the CPU's buffers")
+
+// rankDevice spreads a data-parallel group's ranks on this machine over
+// its n GPUs (--device cuda or auto, no ordinal given): local rank r takes
+// cuda:r. More ranks here than GPUs is refused: each GPU's memory is one
+// rank's budget (its free memory, or --max-vram checked against the
+// driver's count of the whole device after the warm-up), which a second
+// rank's allocations would pass. line says which GPU when there is more
+// than one rank here.
+func rankDevice(g comm.Comm, n int) (ordinal int, line string, err error) {
+	local, r := g.LocalSize(), g.LocalRank()
+	if local <= 1 || n <= 0 {
+		return 0, "", nil
+	}
+	if local > n {
+		return 0, "", fmt.Errorf("train: %d ranks on this machine and %d GPU(s): each GPU takes one rank (its memory is that rank's budget); launch at most %d ranks a machine, or give --device cpu", local, n, n)
+	}
+	return r, fmt.Sprintf("device: local rank %d of %d on this machine takes cuda:%d of its %d GPUs", r, local, r, n), nil
+}

@@ -246,6 +246,7 @@ type groupOf struct {
 
 func (g groupOf) Size() int      { return g.size }
 func (g groupOf) LocalSize() int { return g.local }
+func (g groupOf) LocalRank() int { return 0 }
 func (g groupOf) Name() string   { return "a test group" }
 
 // Auto overlaps the sums only where the user left a core free for MPI's
@@ -400,3 +401,27 @@ func dataParallelMatches(t *testing.T, method string) {
 	}
 	t.Logf("2 ranks vs one process: final loss %.6f vs %.6f, adapters within %.2g", ranks[0].FinalTrain, one.FinalTrain, worst)
 }
+
+// A data-parallel group's ranks on one machine take its GPUs one each
+// (local rank r, cuda:r); more ranks there than GPUs is refused, naming
+// how many fit.
+func TestRankDevice(t *testing.T) {
+	for _, c := range []struct{ local, rank, gpus, want int }{{1, 0, 4, 0}, {2, 1, 2, 1}, {4, 3, 8, 3}, {2, 0, 2, 0}} {
+		g := rankedGroup{groupOf{local: c.local, size: 2 * c.local}, c.rank}
+		ord, line, err := rankDevice(g, c.gpus)
+		if err != nil || ord != c.want || (c.local > 1) != strings.Contains(line, fmt.Sprintf("takes cuda:%d", c.want)) {
+			t.Errorf("%+v: cuda:%d, %q, %v", c, ord, line, err)
+		}
+	}
+	if _, _, err := rankDevice(rankedGroup{groupOf{local: 3, size: 3}, 2}, 2); err == nil || !strings.Contains(err.Error(), "at most 2 ranks a machine") {
+		t.Errorf("3 ranks on 2 GPUs: %v", err)
+	}
+}
+
+// rankedGroup is a groupOf whose rank on its machine is given.
+type rankedGroup struct {
+	groupOf
+	local int
+}
+
+func (g rankedGroup) LocalRank() int { return g.local }

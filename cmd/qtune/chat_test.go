@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/qtune/qtune/internal/shared"
 	"github.com/qtune/qtune/internal/synth"
@@ -251,6 +253,40 @@ func TestGPUBudgetFromFreeMemory(t *testing.T) {
 	for _, s := range []string{"(no --max-vram: the GPU's free memory less a margin)", "the others streamed"} {
 		if !strings.Contains(logs, s) {
 			t.Errorf("the log lacks %q:\n%s", s, logs)
+		}
+	}
+}
+
+// Under mpirun the ranks on a machine take its GPUs one each (local rank
+// r, cuda:r) with --device cuda, and train; more ranks there than GPUs is
+// refused by every rank with a line naming how many fit. (The emulator,
+// whose GPU count a test sets; the ranks are this test binary.)
+func TestGPURanksUnderMPI(t *testing.T) {
+	if _, err := cuda.Count(); err != nil || !strings.Contains(os.Getenv("QTUNE_CUDA_DRIVER"), "cudaemu") {
+		t.Skip("needs the CUDA emulator (make test-gpu-emu), whose GPU count a test can set")
+	}
+	mpirun := shared.Tool(t, "mpirun", "apt-get install openmpi-bin")
+	for _, gpus := range []string{"2", "1"} {
+		dir := t.TempDir()
+		args := []string{"train", "--model", stories(t), "--data", shared.Path(t, "assets", "data", "tinyshakespeare"), "--device", "cuda",
+			"--iters", "2", "--batch-size", "2", "--max-seq-length", "32", "--steps-per-eval", "0", "--save-every", "0",
+			"--adapter-path", dir, "--cache-dir", filepath.Join(dir, "cache")}
+		js, _ := json.Marshal(args)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		cmd := exec.CommandContext(ctx, mpirun, "--oversubscribe", "--allow-run-as-root", "-np", "2", os.Args[0], "-test.run=^TestSignalChild$")
+		cmd.Env = append(os.Environ(), "QTUNE_CHILD_ARGS="+string(js), "QTUNE_CUDAEMU_DEVICES="+gpus, "QTUNE_MPI_TIMEOUT=2m")
+		out, err := cmd.CombinedOutput()
+		cancel()
+		logs := string(out)
+		switch gpus {
+		case "2":
+			if err != nil || !strings.Contains(logs, "local rank 0 of 2 on this machine takes cuda:0 of its 2 GPUs") || !strings.Contains(logs, "trained 2 iterations") {
+				t.Errorf("2 ranks, 2 GPUs: %v\n%s", err, logs)
+			}
+		case "1":
+			if err == nil || strings.Count(logs, "2 ranks on this machine and 1 GPU(s)") != 2 || !strings.Contains(logs, "launch at most 1 ranks a machine") {
+				t.Errorf("2 ranks, 1 GPU: %v\n%s", err, logs)
+			}
 		}
 	}
 }

@@ -20,6 +20,10 @@ type Comm interface {
 	// LocalSize is how many of the group's ranks run on this machine, as
 	// the launcher says (Size() when it does not say).
 	LocalSize() int
+	// LocalRank is this rank's place among those on this machine
+	// (0..LocalSize()-1), as the launcher says (Rank() modulo LocalSize()
+	// when it does not say).
+	LocalRank() int
 	// AllReduceSum replaces buf, on every rank, with the element-wise sum
 	// of every rank's buf.
 	AllReduceSum(buf []float32) error
@@ -66,6 +70,7 @@ type single struct{}
 func (single) Rank() int                      { return 0 }
 func (single) Size() int                      { return 1 }
 func (single) LocalSize() int                 { return 1 }
+func (single) LocalRank() int                 { return 0 }
 func (single) AllReduceSum([]float32) error   { return nil }
 func (single) AllReduceSum64([]float64) error { return nil }
 func (single) StartAllReduceSum([]float32) func() error {

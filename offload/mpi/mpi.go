@@ -324,6 +324,17 @@ func (w *world) LocalSize() int {
 	return w.size
 }
 
+// LocalRank reads the launcher's place of this rank on its machine: Open
+// MPI's OMPI_COMM_WORLD_LOCAL_RANK, MPICH's MPI_LOCALRANKID, PMIx's
+// PMIX_LOCAL_RANK; Rank() modulo LocalSize() when none is set.
+func (w *world) LocalRank() int {
+	local := w.LocalSize()
+	if n, ok := envInt(func(n int) bool { return n >= 0 && n < local }, "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMIX_LOCAL_RANK"); ok {
+		return n
+	}
+	return w.rank % local
+}
+
 func (w *world) Rank() int    { return w.rank }
 func (w *world) Size() int    { return w.size }
 func (w *world) Name() string { return fmt.Sprintf("%s (%s), %d ranks", w.name, w.l.path, w.size) }
