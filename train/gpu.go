@@ -462,55 +462,14 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		}
 		return nil, err
 	}
-	var set *lora.Set
-	switch mt := meth.(type) {
-	case *loraMethod:
-		set = mt.set
-	case *mezoMethod:
-		set = mt.set
-	case *lohoMethod:
-		set = mt.set // nil for intra with --zo-target complement: its deltas go below
-	case *loremlMethod:
-		set = mt.scores // nil in stage 2 (resumed): its adapters are made at its first step
-	}
-	_, isLoReML := meth.(*loremlMethod)
-	floats := floatMeZO(meth)
-	sparse, dense, scales := sparseOf(meth), denseOf(meth), scalesOf(meth)
-	if set == nil && !isLoReML && floats == nil && len(sparse) == 0 && len(scales) == 0 {
-		return fallback(fmt.Errorf("method %s runs on the CPU only", cfg.Method))
-	}
-	if err := m.GPUSupported(); err != nil {
+	dp, err := planDevice(m, cfg, meth, plan.OptimizerOnDisk)
+	if err != nil {
 		return fallback(err)
 	}
-	prec, _ := parsePrecision(cfg.GPUPrecision)
-	var limit int64
-	if cfg.MaxVRAM != "" {
-		limit, _ = budget.ParseSize(cfg.MaxVRAM)
-	}
-	B, T := cfg.BatchSize, cfg.MaxSeqLength
-	var extra int64
-	devLoRA, adam := deviceOptimizer(meth, cfg, plan.OptimizerOnDisk)
-	if devLoRA != nil {
-		extra += devOptimBytes(set.Params(), 2*len(set.Layers))
-	}
-	for _, sp := range sparse {
-		extra += sparseDeviceBytes(sp.Out, sp.In, len(sp.Val))
-	}
-	for _, dd := range dense {
-		extra += dd.Bytes()
-	}
-	var scaleWS sharedWS
-	for _, s := range scales {
-		extra += 4 * int64(len(s.R))
-		scaleWS.fit(s)
-	}
-	extra += scaleWS.need
-	if lm, ok := meth.(*loremlMethod); ok {
-		extra = lm.stage2DeviceBytes()
-	}
-	gplan := planGPU(m, set, extra, B, T, prec, limit, 0, cfg.GradCheckpoint)
-	if limit > 0 && gplan.Total > limit {
-		return nil, fmt.Errorf("train: %s: over the budget; give a smaller --batch-size or --max-seq-length, or --max-vram %s", gplan, fmtMiB(gplan.Total+1<<20))
+	set, floats, sparse, dense, scales, scaleWS := dp.set, dp.floats, dp.sparse, dp.dense, dp.scales, dp.scaleWS
+	devLoRA, adam, extra, prec, limit, B, T, gplan := dp.devLoRA, dp.adam, dp.extra, dp.prec, dp.limit, dp.B, dp.T, dp.gplan
+	if err := dp.fits(); err != nil {
+		return nil, err
 	}
 	allResident := func(pl GPUPlan) error {
 		if floats != nil && pl.Resident < pl.Blocks {
@@ -1049,6 +1008,105 @@ func gpuLikely(m *model.Model, device string) bool {
 // GPU after --device auto fell back to the CPU (the log line before says
 // why): the CPU's buffers were not planned.
 var errPlannedForGPU = errors.New("--device auto: the GPU the host plan was made for could not take the work (the line above says why); give --device cpu for a plan of the CPU's buffers")
+
+// devicePart is what a training run puts on the GPU, as planned before a
+// device is open: the method's tensors there, their bytes beside the
+// model's, and the device plan under --max-vram (or none).
+type devicePart struct {
+	set          *lora.Set
+	floats       *mezo.SPSA
+	sparse       []*loho.Sparse
+	dense        []*loho.Dense
+	scales       []*mezo.Scales
+	scaleWS      sharedWS
+	devLoRA      *loraMethod
+	adam         *optim.AdamW
+	extra, limit int64
+	prec         cuda.Precision
+	B, T         int
+	gplan        GPUPlan
+}
+
+// fits refuses a plan over --max-vram, naming a budget that holds it.
+func (dp *devicePart) fits() error {
+	if dp.limit > 0 && dp.gplan.Total > dp.limit {
+		return fmt.Errorf("train: %s: over the budget; give a smaller --batch-size or --max-seq-length, or --max-vram %s", dp.gplan, fmtMiB(dp.gplan.Total+1<<20))
+	}
+	return nil
+}
+
+// planDevice plans meth's steps on the GPU; an error says why the method
+// or the model does not run there.
+func planDevice(m *model.Model, cfg Config, meth Method, optOnDisk bool) (dp devicePart, err error) {
+	switch mt := meth.(type) {
+	case *loraMethod:
+		dp.set = mt.set
+	case *mezoMethod:
+		dp.set = mt.set
+	case *lohoMethod:
+		dp.set = mt.set // nil for intra with --zo-target complement: its deltas go below
+	case *loremlMethod:
+		dp.set = mt.scores // nil in stage 2 (resumed): its adapters are made at its first step
+	}
+	_, isLoReML := meth.(*loremlMethod)
+	dp.floats = floatMeZO(meth)
+	dp.sparse, dp.dense, dp.scales = sparseOf(meth), denseOf(meth), scalesOf(meth)
+	if dp.set == nil && !isLoReML && dp.floats == nil && len(dp.sparse) == 0 && len(dp.scales) == 0 {
+		return dp, fmt.Errorf("method %s runs on the CPU only", cfg.Method)
+	}
+	if err := m.GPUSupported(); err != nil {
+		return dp, err
+	}
+	dp.prec, _ = parsePrecision(cfg.GPUPrecision)
+	if cfg.MaxVRAM != "" {
+		dp.limit, _ = budget.ParseSize(cfg.MaxVRAM)
+	}
+	dp.B, dp.T = cfg.BatchSize, cfg.MaxSeqLength
+	dp.devLoRA, dp.adam = deviceOptimizer(meth, cfg, optOnDisk)
+	if dp.devLoRA != nil {
+		dp.extra += devOptimBytes(dp.set.Params(), 2*len(dp.set.Layers))
+	}
+	for _, sp := range dp.sparse {
+		dp.extra += sparseDeviceBytes(sp.Out, sp.In, len(sp.Val))
+	}
+	for _, dd := range dp.dense {
+		dp.extra += dd.Bytes()
+	}
+	for _, s := range dp.scales {
+		dp.extra += 4 * int64(len(s.R))
+		dp.scaleWS.fit(s)
+	}
+	dp.extra += dp.scaleWS.need
+	if lm, ok := meth.(*loremlMethod); ok {
+		dp.extra = lm.stage2DeviceBytes()
+	}
+	dp.gplan = planGPU(m, dp.set, dp.extra, dp.B, dp.T, dp.prec, dp.limit, 0, cfg.GradCheckpoint)
+	return dp, nil
+}
+
+// planDeviceDry is a dry run's device plan (qtune plan --device cuda):
+// what the GPU would hold, from the shapes alone, before a device is
+// opened and a warm-up measures what the driver holds besides; "" when
+// the run is not the GPU's. A plan over --max-vram is the error the run
+// would stop with.
+func planDeviceDry(m *model.Model, cfg Config, meth Method, plan *budget.Plan) (string, error) {
+	if !cfg.onGPU {
+		return "", nil
+	}
+	dp, err := planDevice(m, cfg, meth, plan.OptimizerOnDisk)
+	if err != nil {
+		return "device: " + err.Error(), nil
+	}
+	if err := dp.fits(); err != nil {
+		return "", err
+	}
+	devicePlacement(plan, dp.gplan.Resident)
+	line := dp.gplan.String()
+	if dp.limit == 0 {
+		line += " (no --max-vram: the run's budget is the GPU's free memory when it starts)"
+	}
+	return line + "; the run measures what the driver holds besides after a warm-up step", nil
+}
 
 // rankDevice spreads a data-parallel group's ranks on this machine over
 // its n GPUs (--device cuda or auto, no ordinal given): local rank r takes

@@ -888,3 +888,38 @@ func TestFitHostShare(t *testing.T) {
 		t.Errorf("without a budget: %v", err)
 	}
 }
+
+// A dry run of GPU training (qtune plan --device cuda) plans the device
+// too, from the shapes alone (no GPU needed): every block resident without
+// --max-vram, some streamed under a tighter one (the host plan's placement
+// says which), and a budget under the smallest plan is the run's own
+// refusal, naming one that fits.
+func TestGPUDryRunPlansDevice(t *testing.T) {
+	dry := func(vram string) (*Result, error) {
+		cfg := smallRun(t, t.TempDir())
+		cfg.Device, cfg.MaxVRAM, cfg.DryRun, cfg.BatchSize, cfg.MaxSeqLength = "cuda", vram, true, 4, 128
+		return Run(context.Background(), cfg, nil, nil)
+	}
+	res, err := dry("")
+	if err != nil || !strings.Contains(res.DevicePlan, "5 of 5 blocks resident") || !strings.Contains(res.DevicePlan, "no --max-vram") {
+		t.Fatalf("no --max-vram: %v\n%s", err, res.DevicePlan)
+	}
+	var total float64
+	if _, err := fmt.Sscanf(res.DevicePlan, "GPU memory: %f MiB planned", &total); err != nil {
+		t.Fatalf("%v: %s", err, res.DevicePlan)
+	}
+	// A budget a little under every block resident streams some (under
+	// 1 GiB, cuBLAS's workspace is 4 MiB, not 32).
+	res, err = dry(fmt.Sprintf("%dKiB", int((total-28)*1024)-64))
+	if err != nil || !strings.Contains(res.DevicePlan, "the others streamed") || res.Plan.Placement[len(res.Plan.Placement)-1] != budget.Host || res.Plan.Placement[0] != budget.Device {
+		t.Errorf("just under: %v\n%s\n%s", err, res.DevicePlan, res.Plan)
+	}
+	if _, err := dry("1MiB"); err == nil || !strings.Contains(err.Error(), "over the budget") || !strings.Contains(err.Error(), "--max-vram ") {
+		t.Errorf("1 MiB: %v", err)
+	}
+	cfg := smallRun(t, t.TempDir())
+	cfg.DryRun = true
+	if res, err := Run(context.Background(), cfg, nil, nil); err != nil || res.DevicePlan != "" {
+		t.Errorf("a CPU dry run: device plan %q, %v", res.DevicePlan, err)
+	}
+}

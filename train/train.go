@@ -285,11 +285,14 @@ func (p Progress) String() string {
 
 // Result summarises a finished run.
 type Result struct {
-	Iters         int
-	FirstValLoss  float64
-	FinalValLoss  float64
-	FinalTrain    float64
-	Plan          *budget.Plan
+	Iters        int
+	FirstValLoss float64
+	FinalValLoss float64
+	FinalTrain   float64
+	Plan         *budget.Plan
+	// DevicePlan is a dry run's GPU plan line (qtune plan --device cuda),
+	// "" for the CPU's.
+	DevicePlan    string
 	Trained       int64
 	TrainableSize int64
 	Took          time.Duration
@@ -475,7 +478,11 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		return &Result{Plan: plan}, perr
 	}
 	if cfg.DryRun {
-		return &Result{Plan: plan}, nil
+		dev, err := planDeviceDry(m, cfg, meth, plan)
+		if dev != "" {
+			log(dev)
+		}
+		return &Result{Plan: plan, DevicePlan: dev}, err
 	}
 	// A method that sizes itself to the budget (LoHO's automatic N) may
 	// choose differently with checkpointing or a smaller micro-batch: the
