@@ -127,6 +127,9 @@ type Plan struct {
 	// Margin is what the plan keeps free under the budget (Margin(Peak)):
 	// a plan fits when Peak+Margin is at most the budget.
 	Margin int64 `json:"margin"`
+	// Device, for work on a GPU, is its memory plan (--max-vram's), in a
+	// line: printed after the host's.
+	Device string `json:"device,omitempty"`
 }
 
 // Margin is what a plan of peak bytes keeps free under its budget for what
@@ -349,5 +352,8 @@ func (p *Plan) String() string {
 	tw.Flush()
 	fmt.Fprintf(&b, "  strategy: %s\n", strings.Join(p.Strategy, "; "))
 	fmt.Fprintf(&b, "  placement: %s", p.PlacementString())
+	if p.Device != "" {
+		fmt.Fprintf(&b, "\n%s", p.Device)
+	}
 	return b.String()
 }

@@ -101,6 +101,12 @@ func Evaluate(ctx context.Context, m *model.Model, o EvaluateOptions) (*Evaluate
 	if err != nil {
 		return ev, err
 	}
+	if o.PlanOnly {
+		W := opt.window(m)
+		if err := planSessionDry(m, o.DeviceOptions, model.GPUSessionOptions{MaxLen: W, Chunk: min(W, gpuEvalRows), Scoring: true}, ev.Plan); err != nil {
+			return ev, err
+		}
+	}
 	if o.OnPlan != nil && !o.OnPlan(ev.Plan) {
 		return ev, nil
 	}

@@ -116,6 +116,11 @@ func Generate(ctx context.Context, m *model.Model, o GenerateOptions) (*Generate
 	if err != nil {
 		return g, err
 	}
+	if o.PlanOnly {
+		if err := planSessionDry(m, o.DeviceOptions, model.GPUSessionOptions{MaxLen: maxLen}, plan); err != nil {
+			return g, err
+		}
+	}
 	if o.OnPlan != nil && !o.OnPlan(plan) {
 		return g, nil
 	}

@@ -153,6 +153,9 @@ type DeviceOptions struct {
 	// Log, when set, is given lines about the device: which, its memory
 	// plan, a fall back to the CPU, the peak when the session ends.
 	Log func(line string)
+	// PlanOnly: the caller only plans (qtune plan): the device's plan is
+	// made from the shapes alone and put in the host plan (Plan.Device).
+	PlanOnly bool
 }
 
 // Check refuses options out of range (a usage error, ErrBadOptions).
@@ -244,36 +247,12 @@ func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions,
 		}
 		return nil, fmt.Errorf("gpu: %w", err)
 	}
-	if err := m.GPUSupported(); err != nil {
+	sp, err := planSession(m, o, so)
+	if err != nil {
 		return fallback(err)
 	}
-	type made struct {
-		l, mod int
-		mk     func(*cuda.Device) (model.GPUAdapter, []func() error, error)
-	}
-	var makers []made
-	var adBytes int64
-	var ws sharedWS
-	R := 1
-	for l := range m.Adapters {
-		for mod, a := range m.Adapters[l] {
-			if a == nil {
-				continue
-			}
-			b, r, mk, err := deviceAdapter(a, &ws)
-			if err != nil {
-				return fallback(err)
-			}
-			adBytes, R = adBytes+b, max(R, r)
-			makers = append(makers, made{l, mod, mk})
-		}
-	}
-	adBytes += ws.need
 	limit, fromFree := o.MaxVRAM, false
-	plan := func(driver int64) GPUPlan {
-		return placeBlocks(m, GPUPlan{Adapters: adBytes, Step: model.GPUSessionBytes(m, so, R, prec),
-			BLAS: cuda.WorkspaceBytes(limit), Driver: driver, Limit: limit, FromFree: fromFree})
-	}
+	plan := func(driver int64) GPUPlan { return sp.plan(m, limit, driver, fromFree) }
 	over := func(gplan GPUPlan) error {
 		return fmt.Errorf("gpu: %s: over the budget; give a shorter session (generate -n, chat --ctx) or %s", gplan, budgetFix(gplan.Total+1<<20, fromFree))
 	}
@@ -309,7 +288,7 @@ func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions,
 		return nil, err
 	}
 	ad := make(model.GPUAdapters, m.Config.Layers)
-	for _, x := range makers {
+	for _, x := range sp.makers {
 		a, frees, err := x.mk(d)
 		gg.frees = append(gg.frees, frees...)
 		if err != nil {
@@ -380,4 +359,85 @@ func devicePlacement(plan *budget.Plan, resident int) {
 			plan.Placement[i] = budget.Host
 		}
 	}
+}
+
+// sessionPart is an inference session's device side as planned before a
+// device is open: its adapters' makers and bytes, its products' precision.
+type sessionPart struct {
+	makers  []adapterMaker
+	adBytes int64
+	R       int
+	prec    cuda.Precision
+	so      model.GPUSessionOptions
+}
+
+// adapterMaker puts the adapter of block l's module mod on a device.
+type adapterMaker struct {
+	l, mod int
+	mk     func(*cuda.Device) (model.GPUAdapter, []func() error, error)
+}
+
+// planSession plans a session shaped so with m's adapters on the GPU; an
+// error says why the model or an adapter does not run there.
+func planSession(m *model.Model, o DeviceOptions, so model.GPUSessionOptions) (sp sessionPart, err error) {
+	if err := m.GPUSupported(); err != nil {
+		return sp, err
+	}
+	sp.prec, _ = parsePrecision(o.GPUPrecision)
+	sp.so, sp.R = so, 1
+	var ws sharedWS
+	for l := range m.Adapters {
+		for mod, a := range m.Adapters[l] {
+			if a == nil {
+				continue
+			}
+			b, r, mk, err := deviceAdapter(a, &ws)
+			if err != nil {
+				return sp, err
+			}
+			sp.adBytes, sp.R = sp.adBytes+b, max(sp.R, r)
+			sp.makers = append(sp.makers, adapterMaker{l, mod, mk})
+		}
+	}
+	sp.adBytes += ws.need
+	return sp, nil
+}
+
+// plan places the session's blocks within limit (0: none), the driver's
+// measured share besides.
+func (sp *sessionPart) plan(m *model.Model, limit, driver int64, fromFree bool) GPUPlan {
+	return placeBlocks(m, GPUPlan{Adapters: sp.adBytes, Step: model.GPUSessionBytes(m, sp.so, sp.R, sp.prec),
+		BLAS: cuda.WorkspaceBytes(limit), Driver: driver, Limit: limit, FromFree: fromFree})
+}
+
+// PlanSessionDevice puts the device plan of a session of up to maxLen
+// positions (chat's) in its host plan, from the shapes alone, when o's
+// device is a GPU; a plan over --max-vram is the session's refusal.
+func PlanSessionDevice(m *model.Model, o DeviceOptions, maxLen int, hostPlan *budget.Plan) error {
+	return planSessionDry(m, o, model.GPUSessionOptions{MaxLen: maxLen}, hostPlan)
+}
+
+// planSessionDry puts a plan-only session's device plan in its host plan
+// (qtune plan generate|chat|eval --device cuda), from the shapes alone;
+// a plan over --max-vram is the error the session would stop with.
+func planSessionDry(m *model.Model, o DeviceOptions, so model.GPUSessionOptions, hostPlan *budget.Plan) error {
+	if hostPlan == nil || !gpuLikely(m, o.Device) {
+		return nil
+	}
+	sp, err := planSession(m, o, so)
+	if err != nil {
+		hostPlan.Device = "device: " + err.Error()
+		return nil
+	}
+	gplan := sp.plan(m, o.MaxVRAM, 0, false)
+	if o.MaxVRAM > 0 && gplan.Total > o.MaxVRAM {
+		return fmt.Errorf("gpu: %s: over the budget; give a shorter session (generate -n, chat --ctx) or %s", gplan, budgetFix(gplan.Total+1<<20, false))
+	}
+	devicePlacement(hostPlan, gplan.Resident)
+	hostPlan.Device = gplan.String()
+	if o.MaxVRAM == 0 {
+		hostPlan.Device += " (no --max-vram: the session's budget is the GPU's free memory when it starts)"
+	}
+	hostPlan.Device += "; the session measures what the driver holds besides after a warm-up"
+	return nil
 }

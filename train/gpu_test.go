@@ -901,25 +901,50 @@ func TestGPUDryRunPlansDevice(t *testing.T) {
 		return Run(context.Background(), cfg, nil, nil)
 	}
 	res, err := dry("")
-	if err != nil || !strings.Contains(res.DevicePlan, "5 of 5 blocks resident") || !strings.Contains(res.DevicePlan, "no --max-vram") {
-		t.Fatalf("no --max-vram: %v\n%s", err, res.DevicePlan)
+	if err != nil || !strings.Contains(res.Plan.Device, "5 of 5 blocks resident") || !strings.Contains(res.Plan.Device, "no --max-vram") {
+		t.Fatalf("no --max-vram: %v\n%s", err, res.Plan.Device)
 	}
 	var total float64
-	if _, err := fmt.Sscanf(res.DevicePlan, "GPU memory: %f MiB planned", &total); err != nil {
-		t.Fatalf("%v: %s", err, res.DevicePlan)
+	if _, err := fmt.Sscanf(res.Plan.Device, "GPU memory: %f MiB planned", &total); err != nil {
+		t.Fatalf("%v: %s", err, res.Plan.Device)
 	}
 	// A budget a little under every block resident streams some (under
 	// 1 GiB, cuBLAS's workspace is 4 MiB, not 32).
 	res, err = dry(fmt.Sprintf("%dKiB", int((total-28)*1024)-64))
-	if err != nil || !strings.Contains(res.DevicePlan, "the others streamed") || res.Plan.Placement[len(res.Plan.Placement)-1] != budget.Host || res.Plan.Placement[0] != budget.Device {
-		t.Errorf("just under: %v\n%s\n%s", err, res.DevicePlan, res.Plan)
+	if err != nil || !strings.Contains(res.Plan.Device, "the others streamed") || res.Plan.Placement[len(res.Plan.Placement)-1] != budget.Host || res.Plan.Placement[0] != budget.Device {
+		t.Errorf("just under: %v\n%s\n%s", err, res.Plan.Device, res.Plan)
 	}
 	if _, err := dry("1MiB"); err == nil || !strings.Contains(err.Error(), "over the budget") || !strings.Contains(err.Error(), "--max-vram ") {
 		t.Errorf("1 MiB: %v", err)
 	}
 	cfg := smallRun(t, t.TempDir())
 	cfg.DryRun = true
-	if res, err := Run(context.Background(), cfg, nil, nil); err != nil || res.DevicePlan != "" {
-		t.Errorf("a CPU dry run: device plan %q, %v", res.DevicePlan, err)
+	if res, err := Run(context.Background(), cfg, nil, nil); err != nil || res.Plan.Device != "" {
+		t.Errorf("a CPU dry run: device plan %q, %v", res.Plan.Device, err)
+	}
+}
+
+// Plan-only generation and evaluation on the GPU (qtune plan generate|eval
+// --device cuda) put the device's plan in the host's, from the shapes
+// alone (no GPU needed); a --max-vram under it is the session's refusal.
+func TestGPUPlanOnlySessions(t *testing.T) {
+	m := openStories(t)
+	stop := func(*budget.Plan) bool { return false }
+	for _, vram := range []int64{0, 1 << 20} {
+		dev := DeviceOptions{Device: "cuda", MaxVRAM: vram, PlanOnly: true}
+		g, gerr := Generate(context.Background(), m, GenerateOptions{Prompt: "Once", MaxTokens: 8, DeviceOptions: dev, OnPlan: stop})
+		ev, eerr := Evaluate(context.Background(), m, EvaluateOptions{Data: shared.Path(t, "assets", "data", "tinyshakespeare", "valid.jsonl"), DeviceOptions: dev, OnPlan: stop})
+		for _, c := range []struct {
+			job  string
+			plan *budget.Plan
+			err  error
+		}{{"generate", g.Plan, gerr}, {"eval", ev.Plan, eerr}} {
+			switch {
+			case vram == 0 && (c.err != nil || !strings.HasPrefix(c.plan.Device, "GPU memory: ") || !strings.Contains(c.plan.String(), "\nGPU memory: ")):
+				t.Errorf("%s: %v\n%s", c.job, c.err, c.plan)
+			case vram > 0 && (c.err == nil || !strings.Contains(c.err.Error(), "over the budget")):
+				t.Errorf("%s under --max-vram 1MiB: %v", c.job, c.err)
+			}
+		}
 	}
 }

@@ -285,14 +285,11 @@ func (p Progress) String() string {
 
 // Result summarises a finished run.
 type Result struct {
-	Iters        int
-	FirstValLoss float64
-	FinalValLoss float64
-	FinalTrain   float64
-	Plan         *budget.Plan
-	// DevicePlan is a dry run's GPU plan line (qtune plan --device cuda),
-	// "" for the CPU's.
-	DevicePlan    string
+	Iters         int
+	FirstValLoss  float64
+	FinalValLoss  float64
+	FinalTrain    float64
+	Plan          *budget.Plan
 	Trained       int64
 	TrainableSize int64
 	Took          time.Duration
@@ -481,8 +478,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		dev, err := planDeviceDry(m, cfg, meth, plan)
 		if dev != "" {
 			log(dev)
+			plan.Device = dev
 		}
-		return &Result{Plan: plan, DevicePlan: dev}, err
+		return &Result{Plan: plan}, err
 	}
 	// A method that sizes itself to the budget (LoHO's automatic N) may
 	// choose differently with checkpointing or a smaller micro-batch: the

@@ -134,6 +134,9 @@ func (a *app) chat(ctx context.Context, args []string) error {
 		n = min(n, *ctxLen)
 	}
 	plan, err := train.PlanGenerate(m, n, 1, limit, dev.Device)
+	if err == nil && a.planOnly {
+		err = train.PlanSessionDevice(m, dev, n, plan)
+	}
 	if err := a.showPlan(plan, err); err != nil || a.planOnly {
 		return err
 	}

@@ -244,7 +244,7 @@ func addDeviceFlags(fs *flag.FlagSet) deviceFlags {
 
 // deviceOptions reads the device flags (a usage error before any work).
 func (a *app) deviceOptions(f deviceFlags) (train.DeviceOptions, error) {
-	o := train.DeviceOptions{Device: *f.device, GPUPrecision: *f.prec, Log: func(s string) { a.log.Info().Msg(s) }}
+	o := train.DeviceOptions{Device: *f.device, GPUPrecision: *f.prec, Log: func(s string) { a.log.Info().Msg(s) }, PlanOnly: a.planOnly}
 	if *f.vram != "" {
 		v, err := budget.ParseSize(*f.vram)
 		if err != nil {

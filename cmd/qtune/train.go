@@ -139,9 +139,6 @@ func (a *app) train(ctx context.Context, args []string) error {
 		res, err := train.Run(ctx, cfg, nil, nil)
 		if res != nil && res.Plan != nil && (cfg.Comm == nil || cfg.Comm.Rank() == 0) {
 			fmt.Fprintln(a.stdout, res.Plan.String())
-			if res.DevicePlan != "" {
-				fmt.Fprintln(a.stdout, res.DevicePlan)
-			}
 		}
 		if err != nil && cfg.Comm != nil && cfg.Comm.Rank() > 0 {
 			return fmt.Errorf("rank %d: %w", cfg.Comm.Rank(), err)
