@@ -332,22 +332,36 @@ func realNVRTC(t *testing.T) string {
 
 // The kernels compile in a child process (CompileInChild, the qtune
 // binary's way: NVRTC's heap and library out of the parent): the child is
-// this test binary (TestMain serves), its NVRTC the real one, and the
-// image comes back; NVRTC's refusal comes back as the same *Error, its
-// log with it.
+// this test binary (TestMain serves), its NVRTC the real one. It says the
+// version the cache's key takes, the image comes back, and NVRTC's refusal
+// comes back as the same *Error, its log with it; a child without NVRTC
+// is ErrNoCUDA.
 func TestCompileInChild(t *testing.T) {
 	path := realNVRTC(t)
 	t.Setenv("QTUNE_NVRTC", path)
 	CompileInChild(os.Args[0])
 	defer CompileInChild("")
-	img, err := childCompiler(`extern "C" __global__ void k(float* x) { x[threadIdx.x] *= 2.0f; }`, "k.cu", compileOptions(8, 0))
+	c := childCompiler
+	id, err := c.version()
+	if err != nil || id.Major < 11 || id.Path != path {
+		t.Fatalf("the child's NVRTC: %+v, %v (want %s)", id, err, path)
+	}
+	img, err := c.compile(`extern "C" __global__ void k(float* x) { x[threadIdx.x] *= 2.0f; }`, "k.cu", compileOptions(8, 0))
 	if err != nil || len(img) < 4 || string(img[1:4]) != "ELF" {
 		t.Fatalf("a kernel compiled by the child: %d bytes, %v", len(img), err)
 	}
-	_, err = childCompiler(`extern "C" __global__ void k(float* x) { x[0] = undefined_name; }`, "broken.cu", compileOptions(8, 0))
+	_, err = c.compile(`extern "C" __global__ void k(float* x) { x[0] = undefined_name; }`, "broken.cu", compileOptions(8, 0))
 	var ce *Error
 	if !errors.As(err, &ce) || ce.Call != "nvrtcCompileProgram" || !strings.Contains(ce.Text, "undefined_name") {
 		t.Errorf("a source NVRTC refuses: %v", err)
+	}
+	t.Setenv("QTUNE_NVRTC", filepath.Join(t.TempDir(), "libnvrtc.so.none"))
+	t.Setenv("QTUNE_CUDA_LIBS", t.TempDir())
+	CompileInChild(os.Args[0])
+	if id, err := childCompiler.version(); err == nil {
+		t.Logf("the child found another NVRTC (%s): no refusal to check", id.Path)
+	} else if !errors.Is(err, ErrNoCUDA) {
+		t.Errorf("a child without NVRTC: %v", err)
 	}
 }
 

@@ -203,7 +203,7 @@ func (d *Device) module(name, src string) (*module, error) {
 	if m != nil {
 		return m, nil
 	}
-	nv, err := loadNVRTC()
+	id, compile, err := d.compiler()
 	if err != nil {
 		return nil, err
 	}
@@ -216,16 +216,10 @@ func (d *Device) module(name, src string) (*module, error) {
 		load := func(img []byte) error {
 			return d.drv.err("cuModuleLoadData", d.drv.cuModuleLoadData(&m.h, unsafe.Pointer(&img[0])))
 		}
-		compiler := fmt.Sprintf("nvrtc %d.%d", nv.major, nv.minor)
 		opts := compileOptions(d.Major, d.Minor)
 		var cerr error
-		m.fromCch, cerr = cached(dir, cacheKey(src, opts, compiler, fmt.Sprintf("sm_%d%d.cubin", d.Major, d.Minor)),
-			func() ([]byte, error) {
-				if childCompiler != nil {
-					return childCompiler(src, name+".cu", opts)
-				}
-				return nv.compileWith(d.arena, src, name+".cu", opts)
-			}, load)
+		m.fromCch, cerr = cached(dir, cacheKey(src, opts, id.String(), fmt.Sprintf("sm_%d%d.cubin", d.Major, d.Minor)),
+			func() ([]byte, error) { return compile(src, name+".cu", opts) }, load)
 		if cerr == nil {
 			return nil
 		}
@@ -235,7 +229,7 @@ func (d *Device) module(name, src string) (*module, error) {
 		}
 		// An NVRTC older than the GPU cannot target it: say which versions meet.
 		return fmt.Errorf("cuda: NVRTC %d.%d (%s) cannot compile for compute %d.%d: install a newer CUDA (the nvidia-cuda-nvrtc wheel, or set QTUNE_NVRTC): %w",
-			nv.major, nv.minor, nv.path, d.Major, d.Minor, cerr)
+			id.Major, id.Minor, id.Path, d.Major, d.Minor, cerr)
 	})
 	if err != nil {
 		return nil, err
@@ -244,6 +238,33 @@ func (d *Device) module(name, src string) (*module, error) {
 	d.mods[name] = m
 	d.mu.Unlock()
 	return m, nil
+}
+
+// nvrtcID names the NVRTC that compiles: its version (in the cache's
+// key) and library.
+type nvrtcID struct {
+	Major, Minor int
+	Path         string
+}
+
+func (id nvrtcID) String() string { return fmt.Sprintf("nvrtc %d.%d", id.Major, id.Minor) }
+
+// compiler is the NVRTC this device's modules compile with: a child
+// process's (CompileInChild: this process never loads the library, not
+// even on a cache hit, where only its version is asked), else this
+// process's, called on the device's thread with its arena.
+func (d *Device) compiler() (nvrtcID, func(src, name string, opts []string) ([]byte, error), error) {
+	if c := childCompiler; c != nil {
+		id, err := c.version()
+		return id, c.compile, err
+	}
+	nv, err := loadNVRTC()
+	if err != nil {
+		return nvrtcID{}, nil, err
+	}
+	return nvrtcID{int(nv.major), int(nv.minor), nv.path}, func(src, name string, opts []string) ([]byte, error) {
+		return nv.compileWith(d.arena, src, name, opts)
+	}, nil
 }
 
 // fn returns kernel name of module m (looked up once).
