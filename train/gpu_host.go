@@ -21,13 +21,21 @@ import (
 type hostShare struct {
 	rss, booked, goMem int64
 	ok                 bool
+	// loaded is what loading and initialising the driver took when that
+	// happened before the first reading (--device auto asks for a GPU
+	// before the plan): measured then by package cuda.
+	loaded int64
 }
 
 // startHostShare takes the measure's first reading (before the device is
 // opened).
 func startHostShare(m *model.Model) hostShare {
 	rss, ok := residentBytes()
-	return hostShare{rss: rss, booked: m.Acct.Used(), goMem: goResident(), ok: ok}
+	h := hostShare{rss: rss, booked: m.Acct.Used(), goMem: goResident(), ok: ok}
+	if n, done := cuda.DriverInitBytes(); done {
+		h.loaded = n
+	}
+	return h
 }
 
 // measure takes the second reading (after the warm-up) and returns the
@@ -37,7 +45,7 @@ func (h hostShare) measure(m *model.Model, d *cuda.Device) int64 {
 	if !h.ok || !ok {
 		return 0
 	}
-	n := (rss - h.rss) - (m.Acct.Used() - h.booked) - (goResident() - h.goMem)
+	n := h.loaded + (rss - h.rss) - (m.Acct.Used() - h.booked) - (goResident() - h.goMem)
 	if d.Integrated {
 		n -= d.Used()
 	}

@@ -14,7 +14,7 @@ const mod = "github.com/qtune/qtune/"
 
 // rank: a package may import only packages of strictly lower rank.
 var rank = map[string]int{
-	"quant": 0, "budget": 0, "internal/shared": 0, "internal/llamacpp": 0, "internal/hfjinja": 0, "chat": 0, "internal/fsx": 0, "internal/cudaemu": 0,
+	"quant": 0, "budget": 0, "internal/shared": 0, "internal/llamacpp": 0, "internal/hfjinja": 0, "chat": 0, "internal/fsx": 0, "internal/cudaemu": 0, "internal/procmem": 0,
 	"tensor": 1, "offload/comm": 1, // the interface offload/mpi implements
 	"format/gguf": 2, "format/safetensors": 2, "format/llama2c": 2, "format/adapter": 3, "offload": 2, "data": 2, "optim": 2, "checkpoint": 2,
 	"kernels":   2,

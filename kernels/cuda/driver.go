@@ -3,7 +3,10 @@ package cuda
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"unsafe"
+
+	"github.com/qtune/qtune/internal/procmem"
 )
 
 // driverAPI is the part of libcuda.so.1 qtune calls. Every function
@@ -65,11 +68,27 @@ var (
 	drvOnce sync.Once
 	drv     *driverAPI
 	drvErr  error
+	// drvHost is what loading and initialising the driver added to the
+	// resident set (its code, cuInit's state); drvLoaded says it was tried.
+	drvHost   atomic.Int64
+	drvLoaded atomic.Bool
 )
+
+// DriverInitBytes is what loading and initialising the CUDA driver added
+// to the process's resident set, and whether that has happened: a
+// measure of the driver's host memory that starts after it (train's)
+// adds it.
+func DriverInitBytes() (int64, bool) { return drvHost.Load(), drvLoaded.Load() }
 
 // loadDriver opens and initialises the driver once per process.
 func loadDriver() (*driverAPI, error) {
 	drvOnce.Do(func() {
+		before, _ := procmem.Resident()
+		defer func() {
+			after, _ := procmem.Resident()
+			drvHost.Store(max(after-before, 0))
+			drvLoaded.Store(true)
+		}()
 		h, path, err := open(Driver, OSEnv())
 		if err != nil {
 			drvErr = err

@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"unsafe"
@@ -128,4 +129,26 @@ func TestEmulatorReportsMistakes(t *testing.T) {
 		!strings.Contains(err.Error(), "NVRTC_ERROR_COMPILATION") || !strings.Contains(err.Error(), "undefined_name") {
 		t.Errorf("a kernel that does not compile: %v", err)
 	}
+}
+
+// Loading and initialising the driver is measured (DriverInitBytes: what a
+// measure of the driver's host memory starting later adds), and the
+// emulator says it is integrated (its device memory is the host's).
+func TestEmulatorDriverHostMemory(t *testing.T) {
+	if _, err := Count(); err != nil || !strings.Contains(os.Getenv("QTUNE_CUDA_DRIVER"), "cudaemu") {
+		t.Skip("needs the CUDA emulator (make test-gpu-emu)")
+	}
+	n, loaded := DriverInitBytes()
+	if !loaded || n <= 0 {
+		t.Errorf("after Count: driver load measured %d bytes (loaded %v)", n, loaded)
+	}
+	d, err := Open(0, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if !d.Integrated {
+		t.Error("the emulator does not say it is integrated")
+	}
+	t.Logf("loading and initialising the emulated driver: %.1f MiB resident", float64(n)/(1<<20))
 }
