@@ -11,7 +11,6 @@ import (
 	"github.com/qtune/qtune/kernels"
 	"github.com/qtune/qtune/kernels/cuda"
 	"github.com/qtune/qtune/nn"
-	"github.com/qtune/qtune/offload"
 	"github.com/qtune/qtune/quant"
 )
 
@@ -942,16 +941,6 @@ func (g *GPU) lossGrad(tokens, targets []int, B, T int, ad GPUAdapters, backward
 		}
 	}
 	return loss, count, d.Sync()
-}
-
-// dropMapped drops b's pages from the process's resident set when b is a
-// view of one of the model's read-only file mappings (weights the device
-// holds, or a streamed block just copied out): a GPU run keeps no host
-// copy of the weights resident. Memory that is not a file view is left.
-func (m *Model) dropMapped(b []byte) {
-	if m.store.Holds(b) {
-		offload.Release(b)
-	}
 }
 
 // SetFirstLayer makes LossGrad's backward stop at block l (StepOptions.

@@ -96,14 +96,8 @@ func (s *Store) Map(path string) (*Mapped, error) {
 	return m, nil
 }
 
-// Holds reports whether b lies inside one of the store's mappings (so
-// that Release on it drops file pages, never data held only in memory).
-func (s *Store) Holds(b []byte) bool {
-	_, _, ok := s.find(b)
-	return ok
-}
-
-// find returns the mapping holding b and b's offset in it.
+// find returns the mapping holding b and b's offset in it (false for
+// memory no mapping of the store holds, which a release must not touch).
 func (s *Store) find(b []byte) (data []byte, off int, ok bool) {
 	if s == nil || len(b) == 0 {
 		return nil, 0, false
