@@ -290,3 +290,36 @@ func TestGPURanksUnderMPI(t *testing.T) {
 		}
 	}
 }
+
+// qtune devices says what --device auto would find: on a machine without
+// CUDA, each missing library and the CPU; under the emulator, its GPU
+// with its compute capability and whether its kernels are cached, and
+// the libraries' paths.
+func TestGPUDevicesCommand(t *testing.T) {
+	code, out, errs := runCLI(t, "devices")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if _, err := cuda.Count(); err != nil {
+		for _, s := range []string{"CUDA driver: cuda: CUDA driver not found", "--device auto: the CPU"} {
+			if !strings.Contains(out, s) {
+				t.Errorf("without CUDA, the report lacks %q:\n%s", s, out)
+			}
+		}
+		return
+	}
+	for _, s := range []string{"  cuda:0  ", "compute ", "cuBLAS: /", "NVRTC: /", "--device auto: cuda:0"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("the report lacks %q:\n%s", s, out)
+		}
+	}
+	code, out, _ = runCLI(t, "devices", "--json")
+	var inv struct {
+		GPUs []struct {
+			Major int `json:"major"`
+		} `json:"gpus"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &inv) != nil || len(inv.GPUs) == 0 || inv.GPUs[0].Major < 3 {
+		t.Errorf("--json: exit %d: %s", code, out)
+	}
+}

@@ -40,6 +40,7 @@ Usage:
   qtune quantize IN OUT --type q8_0|q4_0|q4_k|q5_k|q6_k|q3_k|q2_k|iq4_nl|iq4_xs|nf4|f16|bf16|f32
   qtune export --model M --adapter DIR [--merge --type T] --out OUT   adapters for other tools, or a merged model
   qtune plan train|eval|generate [the same flags]   print the memory plan (--max-mem) and stop
+  qtune devices [--json]                           the GPUs and CUDA libraries --device auto would find
   qtune train --model M --data D --method lora|qlora [--iters N --batch-size B --learning-rate LR ...]
 
 Global flags (before or after the command):
@@ -171,6 +172,7 @@ func runIn(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"train":    a.train,
 		"export":   a.export,
 		"plan":     a.plan,
+		"devices":  a.devices,
 	}
 	cmd, ok := cmds[rest[0]]
 	if !ok {

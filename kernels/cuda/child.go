@@ -63,7 +63,7 @@ func (c *child) run(src string, args ...string) ([]byte, error) {
 	msg := strings.TrimSpace(errOut.String())
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.ExitCode() == exitNoNVRTC {
-		return nil, fmt.Errorf("%s: %w", msg, ErrNoCUDA)
+		return nil, fmt.Errorf("%s: %w", strings.TrimSuffix(msg, ": "+ErrNoCUDA.Error()), ErrNoCUDA)
 	}
 	return nil, fmt.Errorf("cuda: the kernel compiler (%s as a child process): %v: %s", c.exe, err, msg)
 }

@@ -96,30 +96,20 @@ func (d *Device) loop(ready chan<- error) {
 
 func (d *Device) setup() error {
 	c := d.drv
-	var dev, v, maj, mnr, sms, shm, integ int32
+	g, err := describe(c, d.Ordinal)
+	if err != nil {
+		return err
+	}
+	var dev, v, shm int32
 	if err := c.err("cuDeviceGet", c.cuDeviceGet(&dev, int32(d.Ordinal))); err != nil {
 		return err
 	}
 	d.dev = dev
-	name := make([]byte, 256)
-	if err := c.err("cuDeviceGetName", c.cuDeviceGetName(&name[0], int32(len(name)), dev)); err != nil {
+	if err := c.err("cuDeviceGetAttribute", c.cuDeviceGetAttribute(&shm, attrMaxSharedOptin, dev)); err != nil {
 		return err
 	}
-	d.Name = cstring(&name[0])
-	for _, a := range []struct {
-		attr int32
-		v    *int32
-	}{{attrCCMajor, &maj}, {attrCCMinor, &mnr}, {attrMultiprocessors, &sms}, {attrMaxSharedOptin, &shm}, {attrIntegrated, &integ}} {
-		if err := c.err("cuDeviceGetAttribute", c.cuDeviceGetAttribute(a.v, a.attr, dev)); err != nil {
-			return err
-		}
-	}
-	d.Major, d.Minor, d.SMs, d.maxSharedPerBloc, d.Integrated = int(maj), int(mnr), int(sms), int(shm), integ != 0
-	var total uint64
-	if err := c.err("cuDeviceTotalMem", c.cuDeviceTotalMem(&total, dev)); err != nil {
-		return err
-	}
-	d.TotalMem = int64(total)
+	d.Name, d.Major, d.Minor, d.SMs, d.Integrated, d.TotalMem = g.Name, g.Major, g.Minor, g.SMs, g.Integrated, g.TotalMem
+	d.maxSharedPerBloc = int(shm)
 	if err := c.err("cuDriverGetVersion", c.cuDriverGetVersion(&v)); err != nil {
 		return err
 	}
