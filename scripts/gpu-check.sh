@@ -13,6 +13,7 @@ OUT=${OUT:-/tmp/qtune-gpu}
 mkdir -p "$OUT"
 BIN=$(cd "${BIN:-out/gpu}" && pwd)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$OUT/gpu.txt"
+"$BIN/qtune" devices 2>&1 | tee "$OUT/devices.txt" # the libraries qtune found, and where
 export QTUNE_REQUIRE_GPU=1 QTUNE_CACHE=${QTUNE_CACHE:-/tmp/qtune-gpu-cache}
 rc=0
 run() { # log-name package-dir binary args...
