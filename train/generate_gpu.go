@@ -253,12 +253,9 @@ func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions,
 	}
 	limit, fromFree := o.MaxVRAM, false
 	plan := func(driver int64) GPUPlan { return sp.plan(m, limit, driver, fromFree) }
-	over := func(gplan GPUPlan) error {
-		return fmt.Errorf("gpu: %s: over the budget; give a shorter session (generate -n, chat --ctx) or %s", gplan, budgetFix(gplan.Total+1<<20, fromFree))
-	}
 	gplan := plan(0)
 	if limit > 0 && gplan.Total > limit {
-		return nil, over(gplan)
+		return nil, sessionOver(gplan)
 	}
 	host := startHostShare(m)
 	d, err := cuda.Open(ordinal, cuda.Options{MaxVRAM: limit})
@@ -280,7 +277,7 @@ func openSessionGPU(m *model.Model, o DeviceOptions, so model.GPUSessionOptions,
 			fromFree = true
 			gg.run.limit, gg.run.fromFree = limit, true
 			if gplan = plan(0); gplan.Total > limit {
-				return nil, over(gplan)
+				return nil, sessionOver(gplan)
 			}
 		}
 	}
@@ -403,6 +400,12 @@ func planSession(m *model.Model, o DeviceOptions, so model.GPUSessionOptions) (s
 	return sp, nil
 }
 
+// sessionOver refuses a session's device plan over its budget, naming one
+// that holds it.
+func sessionOver(gplan GPUPlan) error {
+	return fmt.Errorf("gpu: %s: over the budget; give a shorter session (generate -n, chat --ctx) or %s", gplan, budgetFix(gplan.Total+1<<20, gplan.FromFree))
+}
+
 // plan places the session's blocks within limit (0: none), the driver's
 // measured share besides.
 func (sp *sessionPart) plan(m *model.Model, limit, driver int64, fromFree bool) GPUPlan {
@@ -431,13 +434,8 @@ func planSessionDry(m *model.Model, o DeviceOptions, so model.GPUSessionOptions,
 	}
 	gplan := sp.plan(m, o.MaxVRAM, 0, false)
 	if o.MaxVRAM > 0 && gplan.Total > o.MaxVRAM {
-		return fmt.Errorf("gpu: %s: over the budget; give a shorter session (generate -n, chat --ctx) or %s", gplan, budgetFix(gplan.Total+1<<20, false))
+		return sessionOver(gplan)
 	}
-	devicePlacement(hostPlan, gplan.Resident)
-	hostPlan.Device = gplan.String()
-	if o.MaxVRAM == 0 {
-		hostPlan.Device += " (no --max-vram: the session's budget is the GPU's free memory when it starts)"
-	}
-	hostPlan.Device += "; the session measures what the driver holds besides after a warm-up"
+	dryDevice(hostPlan, gplan, "session")
 	return nil
 }

@@ -466,8 +466,8 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	if err != nil {
 		return fallback(err)
 	}
-	set, floats, sparse, dense, scales, scaleWS := dp.set, dp.floats, dp.sparse, dp.dense, dp.scales, dp.scaleWS
-	devLoRA, adam, extra, prec, limit, B, T, gplan := dp.devLoRA, dp.adam, dp.extra, dp.prec, dp.limit, dp.B, dp.T, dp.gplan
+	set, floats, sparse, dense, scales := dp.set, dp.floats, dp.sparse, dp.dense, dp.scales
+	prec, limit, B, T, gplan := dp.prec, dp.limit, dp.B, dp.T, dp.gplan
 	if err := dp.fits(); err != nil {
 		return nil, err
 	}
@@ -499,7 +499,7 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 		// allocation.
 		if limit = d.BudgetFromFree(); limit > 0 {
 			r.limit, r.fromFree = limit, true
-			gplan = planGPU(m, set, extra, B, T, prec, limit, 0, cfg.GradCheckpoint)
+			gplan = dp.plan(m, limit, 0)
 			gplan.FromFree = true
 			if gplan.Total > limit {
 				return nil, fmt.Errorf("train: %s: over the budget; give a smaller --batch-size or --max-seq-length", gplan)
@@ -518,8 +518,8 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 			return nil, err
 		}
 	}
-	if devLoRA != nil {
-		if r.opt, err = newDevOptim(r, devLoRA, adam); err != nil {
+	if dp.devLoRA != nil {
+		if r.opt, err = newDevOptim(r, dp.devLoRA, dp.adam); err != nil {
 			return nil, err
 		}
 	}
@@ -562,7 +562,7 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 	}
 	// MeZO over block scales: each quantized matrix's multipliers, tensor
 	// i of the estimator, beside the weight they scale.
-	r.scaleWS = scaleWS
+	r.scaleWS = dp.scaleWS
 	for i, s := range scales {
 		ws, _, err := r.scaleWS.get(d) // freed by freeAdapters
 		if err != nil {
@@ -627,7 +627,7 @@ func openGPU(m *model.Model, cfg Config, meth Method, plan *budget.Plan, log Log
 			break
 		}
 		drvShare := used - d.Used()
-		next := planGPU(m, set, extra, B, T, prec, limit, drvShare+drvShare/16, cfg.GradCheckpoint)
+		next := dp.plan(m, limit, drvShare+drvShare/16)
 		if attempt == 1 || next.Total > limit || (used > limit && next.Resident >= res) {
 			return nil, fmt.Errorf("train: after a warm-up step the GPU holds %s for this run (%s its own allocations, the rest the driver's and cuBLAS's), over %s: give %s, or a smaller --batch-size or --max-seq-length: %w",
 				fmtMiB(used), fmtMiB(d.Used()), budgetName(limit, r.fromFree), budgetFix(used+used/16, r.fromFree), cuda.ErrVRAM)
@@ -1024,7 +1024,14 @@ type devicePart struct {
 	extra, limit int64
 	prec         cuda.Precision
 	B, T         int
-	gplan        GPUPlan
+	ckpt         bool
+	gplan        GPUPlan // within limit (none when 0)
+}
+
+// plan places the blocks within limit (0: none), the driver's measured
+// share besides.
+func (dp *devicePart) plan(m *model.Model, limit, driver int64) GPUPlan {
+	return planGPU(m, dp.set, dp.extra, dp.B, dp.T, dp.prec, limit, driver, dp.ckpt)
 }
 
 // fits refuses a plan over --max-vram, naming a budget that holds it.
@@ -1061,7 +1068,7 @@ func planDevice(m *model.Model, cfg Config, meth Method, optOnDisk bool) (dp dev
 	if cfg.MaxVRAM != "" {
 		dp.limit, _ = budget.ParseSize(cfg.MaxVRAM)
 	}
-	dp.B, dp.T = cfg.BatchSize, cfg.MaxSeqLength
+	dp.B, dp.T, dp.ckpt = cfg.BatchSize, cfg.MaxSeqLength, cfg.GradCheckpoint
 	dp.devLoRA, dp.adam = deviceOptimizer(meth, cfg, optOnDisk)
 	if dp.devLoRA != nil {
 		dp.extra += devOptimBytes(dp.set.Params(), 2*len(dp.set.Layers))
@@ -1080,32 +1087,38 @@ func planDevice(m *model.Model, cfg Config, meth Method, optOnDisk bool) (dp dev
 	if lm, ok := meth.(*loremlMethod); ok {
 		dp.extra = lm.stage2DeviceBytes()
 	}
-	dp.gplan = planGPU(m, dp.set, dp.extra, dp.B, dp.T, dp.prec, dp.limit, 0, cfg.GradCheckpoint)
+	dp.gplan = dp.plan(m, dp.limit, 0)
 	return dp, nil
 }
 
-// planDeviceDry is a dry run's device plan (qtune plan --device cuda):
-// what the GPU would hold, from the shapes alone, before a device is
-// opened and a warm-up measures what the driver holds besides; "" when
-// the run is not the GPU's. A plan over --max-vram is the error the run
-// would stop with.
-func planDeviceDry(m *model.Model, cfg Config, meth Method, plan *budget.Plan) (string, error) {
+// planDeviceDry puts a dry run's device plan (qtune plan --device cuda)
+// in its host plan, from the shapes alone, when the run is the GPU's. A
+// plan over --max-vram is the error the run would stop with.
+func planDeviceDry(m *model.Model, cfg Config, meth Method, plan *budget.Plan) error {
 	if !cfg.onGPU {
-		return "", nil
+		return nil
 	}
 	dp, err := planDevice(m, cfg, meth, plan.OptimizerOnDisk)
 	if err != nil {
-		return "device: " + err.Error(), nil
+		plan.Device = "device: " + err.Error()
+		return nil
 	}
 	if err := dp.fits(); err != nil {
-		return "", err
+		return err
 	}
-	devicePlacement(plan, dp.gplan.Resident)
-	line := dp.gplan.String()
-	if dp.limit == 0 {
-		line += " (no --max-vram: the run's budget is the GPU's free memory when it starts)"
+	dryDevice(plan, dp.gplan, "run")
+	return nil
+}
+
+// dryDevice puts device plan gplan in host plan p (its placement, and the
+// line printed after the host's): a plan made before any device is open.
+func dryDevice(p *budget.Plan, gplan GPUPlan, who string) {
+	devicePlacement(p, gplan.Resident)
+	p.Device = gplan.String()
+	if gplan.Limit == 0 {
+		p.Device += fmt.Sprintf(" (no --max-vram: the %s's budget is the GPU's free memory when it starts)", who)
 	}
-	return line + "; the run measures what the driver holds besides after a warm-up step", nil
+	p.Device += fmt.Sprintf("; the %s measures what the driver holds besides after a warm-up", who)
 }
 
 // rankDevice spreads a data-parallel group's ranks on this machine over

@@ -475,10 +475,9 @@ func Run(ctx context.Context, cfg Config, log Logger, onProgress func(Progress))
 		return &Result{Plan: plan}, perr
 	}
 	if cfg.DryRun {
-		dev, err := planDeviceDry(m, cfg, meth, plan)
-		if dev != "" {
-			log(dev)
-			plan.Device = dev
+		err := planDeviceDry(m, cfg, meth, plan)
+		if plan.Device != "" {
+			log(plan.Device)
 		}
 		return &Result{Plan: plan}, err
 	}

@@ -39,7 +39,7 @@ func printDevices(w io.Writer, inv cuda.Inventory) {
 	}
 	for _, g := range inv.GPUs {
 		note := "kernels compiled at first use (a few seconds)"
-		if g.CachedKernel {
+		if g.KernelsCached {
 			note = "kernels cached"
 		}
 		if g.Integrated {

@@ -75,15 +75,13 @@ func (c *child) version() (nvrtcID, error) {
 			c.err = err
 			return
 		}
+		// "major minor path"
 		if _, err := fmt.Sscanf(string(out), "%d %d", &c.id.Major, &c.id.Minor); err != nil {
 			c.err = fmt.Errorf("cuda: the kernel compiler's version %q: %v", out, err)
 			return
 		}
-		if i := strings.IndexByte(string(out), '\n'); i >= 0 {
-			fs := strings.SplitN(strings.TrimSpace(string(out[:i])), " ", 3)
-			if len(fs) == 3 {
-				c.id.Path = fs[2]
-			}
+		if fs := strings.SplitN(strings.TrimSpace(string(out)), " ", 3); len(fs) == 3 {
+			c.id.Path = fs[2]
 		}
 	})
 	return c.id, c.err
@@ -128,7 +126,8 @@ func serveCompile(args []string, in io.Reader, out, errOut io.Writer) int {
 		return fail(err)
 	}
 	if args[0] == "-version" {
-		fmt.Fprintf(out, "%d %d %s\n", nv.major, nv.minor, nv.path)
+		id := nv.id()
+		fmt.Fprintf(out, "%d %d %s\n", id.Major, id.Minor, id.Path)
 		return 0
 	}
 	src, err := io.ReadAll(io.LimitReader(in, 64<<20))

@@ -28,15 +28,8 @@ type Options struct {
 // driver, cuBLAS and NVRTC call of the device runs there, and callers hand
 // it their work. Methods are safe for concurrent use.
 type Device struct {
-	Ordinal      int
-	Name         string
-	Major, Minor int   // compute capability
-	SMs          int   // multiprocessors
-	TotalMem     int64 // the GPU's memory
-	// Integrated: the GPU shares the host's memory (a Jetson, or qtune's
-	// emulator): its allocations are host memory the process holds.
-	Integrated bool
-	Driver     int // the CUDA version the driver supports (13000 = 13.0)
+	GPU        // ordinal, name, compute capability, memory
+	Driver int // the CUDA version the driver supports (13000 = 13.0)
 
 	drv        *driverAPI
 	dev        int32
@@ -72,7 +65,7 @@ func Open(ordinal int, opt Options) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cuda: mapping the argument arena: %w", err)
 	}
-	d := &Device{Ordinal: ordinal, drv: drv, calls: make(chan func()), arena: arena, opt: opt, max: opt.MaxVRAM, mods: map[string]*module{}}
+	d := &Device{GPU: GPU{Ordinal: ordinal}, drv: drv, calls: make(chan func()), arena: arena, opt: opt, max: opt.MaxVRAM, mods: map[string]*module{}}
 	ready := make(chan error, 1)
 	go d.loop(ready)
 	if err := <-ready; err != nil {
@@ -96,25 +89,20 @@ func (d *Device) loop(ready chan<- error) {
 
 func (d *Device) setup() error {
 	c := d.drv
-	g, err := describe(c, d.Ordinal)
-	if err != nil {
+	var err error
+	if d.GPU, d.dev, err = describe(c, d.Ordinal); err != nil {
 		return err
 	}
-	var dev, v, shm int32
-	if err := c.err("cuDeviceGet", c.cuDeviceGet(&dev, int32(d.Ordinal))); err != nil {
+	var v, shm int32
+	if err := c.err("cuDeviceGetAttribute", c.cuDeviceGetAttribute(&shm, attrMaxSharedOptin, d.dev)); err != nil {
 		return err
 	}
-	d.dev = dev
-	if err := c.err("cuDeviceGetAttribute", c.cuDeviceGetAttribute(&shm, attrMaxSharedOptin, dev)); err != nil {
-		return err
-	}
-	d.Name, d.Major, d.Minor, d.SMs, d.Integrated, d.TotalMem = g.Name, g.Major, g.Minor, g.SMs, g.Integrated, g.TotalMem
 	d.maxSharedPerBloc = int(shm)
 	if err := c.err("cuDriverGetVersion", c.cuDriverGetVersion(&v)); err != nil {
 		return err
 	}
 	d.Driver = int(v)
-	if err := c.err("cuDevicePrimaryCtxRetain", c.cuPrimaryCtxRetain(&d.ctx, dev)); err != nil {
+	if err := c.err("cuDevicePrimaryCtxRetain", c.cuPrimaryCtxRetain(&d.ctx, d.dev)); err != nil {
 		return err
 	}
 	if err := c.err("cuCtxSetCurrent", c.cuCtxSetCurrent(d.ctx)); err != nil {

@@ -218,7 +218,7 @@ func (d *Device) module(name, src string) (*module, error) {
 		}
 		opts := compileOptions(d.Major, d.Minor)
 		var cerr error
-		m.fromCch, cerr = cached(dir, cacheKey(src, opts, id.String(), fmt.Sprintf("sm_%d%d.cubin", d.Major, d.Minor)),
+		m.fromCch, cerr = cached(dir, moduleKey(src, d.Major, d.Minor, id),
 			func() ([]byte, error) { return compile(src, name+".cu", opts) }, load)
 		if cerr == nil {
 			return nil
@@ -249,22 +249,40 @@ type nvrtcID struct {
 
 func (id nvrtcID) String() string { return fmt.Sprintf("nvrtc %d.%d", id.Major, id.Minor) }
 
-// compiler is the NVRTC this device's modules compile with: a child
-// process's (CompileInChild: this process never loads the library, not
-// even on a cache hit, where only its version is asked), else this
-// process's, called on the device's thread with its arena.
-func (d *Device) compiler() (nvrtcID, func(src, name string, opts []string) ([]byte, error), error) {
+func (n *nvrtcAPI) id() nvrtcID { return nvrtcID{int(n.major), int(n.minor), n.path} }
+
+// currentNVRTC is the NVRTC modules compile with: a child process's
+// (CompileInChild: this process never loads the library, not even on a
+// cache hit, where only its version is asked; nv is nil), else this
+// process's.
+func currentNVRTC() (id nvrtcID, nv *nvrtcAPI, err error) {
 	if c := childCompiler; c != nil {
-		id, err := c.version()
-		return id, c.compile, err
+		id, err = c.version()
+		return id, nil, err
 	}
-	nv, err := loadNVRTC()
-	if err != nil {
-		return nvrtcID{}, nil, err
+	if nv, err = loadNVRTC(); err != nil {
+		return id, nil, err
 	}
-	return nvrtcID{int(nv.major), int(nv.minor), nv.path}, func(src, name string, opts []string) ([]byte, error) {
-		return nv.compileWith(d.arena, src, name, opts)
-	}, nil
+	return nv.id(), nv, nil
+}
+
+// moduleKey names src compiled for compute major.minor by id in the cache.
+func moduleKey(src string, major, minor int, id nvrtcID) string {
+	return cacheKey(src, compileOptions(major, minor), id.String(), fmt.Sprintf("sm_%d%d.cubin", major, minor))
+}
+
+// compiler is the NVRTC this device's modules compile with and its
+// compile: a child process's, or this process's on the device's thread
+// with its arena.
+func (d *Device) compiler() (nvrtcID, func(src, name string, opts []string) ([]byte, error), error) {
+	id, nv, err := currentNVRTC()
+	switch {
+	case err != nil:
+		return id, nil, err
+	case nv == nil:
+		return id, childCompiler.compile, nil
+	}
+	return id, func(src, name string, opts []string) ([]byte, error) { return nv.compileWith(d.arena, src, name, opts) }, nil
 }
 
 // fn returns kernel name of module m (looked up once).
